@@ -1,0 +1,1 @@
+"""Wallet payment gateway: an async acquirer settling against a double-entry wallet ledger."""

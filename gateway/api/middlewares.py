@@ -1,0 +1,79 @@
+"""Request id, access log, metrics and error rendering for every request.
+
+Invariant: a client never gets a 500 for anything it can send; a 500 means a bug, is logged
+with its traceback, and tells the client nothing but the request id.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from aiohttp import web
+from prometheus_client import Counter, Histogram
+
+from gateway.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
+from gateway.logs import request_id_var
+
+log = logging.getLogger("gateway.http")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+REQUESTS = Counter("gateway_http_requests_total", "HTTP requests", ["method", "route", "status"])
+LATENCY = Histogram(
+    "gateway_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+ERRORS = Counter("gateway_errors_total", "Error responses by code", ["code"])
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error_response(exc: GatewayError, request_id: str) -> web.Response:
+    ERRORS.labels(exc.code).inc()
+    return web.Response(
+        body=msgspec.json.encode(exc.body(request_id)), status=exc.status, content_type="application/json",
+        headers={"Request-Id": request_id},
+    )
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    given = request.headers.get("X-Request-Id", "")
+    request_id = given if _REQUEST_ID_RE.match(given) else f"req_{uuid.uuid4().hex}"
+    token = request_id_var.set(request_id)
+    started_s = time.perf_counter()
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    status = 500
+    try:
+        try:
+            response = await handler(request)
+        except GatewayError as exc:
+            response = _error_response(exc, request_id)
+        except web.HTTPRequestEntityTooLarge:
+            response = _error_response(PayloadTooLarge("the request body is too large"), request_id)
+        except web.HTTPNotFound:
+            response = _error_response(NotFound("no such endpoint", code="unknown_endpoint"), request_id)
+        except web.HTTPMethodNotAllowed:
+            response = _error_response(
+                InvalidRequest("method not allowed here", code="method_not_allowed"), request_id
+            )
+        except web.HTTPException as exc:
+            response = _error_response(InvalidRequest(exc.reason, code="http_error"), request_id)
+            response.set_status(exc.status)
+        except Exception:
+            log.exception("unhandled error", extra={"path": request.path})
+            response = _error_response(GatewayError("internal error; it has been logged"), request_id)
+        response.headers["Request-Id"] = request_id
+        status = response.status
+        return response
+    finally:
+        elapsed_s = time.perf_counter() - started_s
+        REQUESTS.labels(request.method, route, str(status)).inc()
+        LATENCY.labels(request.method, route).observe(elapsed_s)
+        log.info("request", extra={"method": request.method, "route": route, "status": status,
+                                   "duration_ms": round(elapsed_s * 1000, 2)})
+        request_id_var.reset(token)

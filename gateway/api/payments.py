@@ -1,0 +1,67 @@
+"""Merchant-facing payment endpoints and the wallet holder's pay endpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.api import schema
+from gateway.api.routing import Call, api
+from gateway.auth.principals import PrincipalKind as P
+from gateway.domain.payments import CaptureMethod
+from gateway.services import payments, views
+
+
+@api.route("POST", "/v1/payments", summary="Create a payment", auth={P.MERCHANT}, body=schema.CreatePayment,
+           response=views.PaymentView, status=201, tag="payments")
+async def create(call: Call[schema.CreatePayment, None]) -> Any:
+    b = call.body
+    req = payments.NewPayment(
+        amount=b.amount, currency=b.currency, capture_method=CaptureMethod(b.capture_method),  # type: ignore[arg-type]
+        merchant_reference=b.merchant_reference, description=b.description, expires_in_s=b.expires_in, store=b.store,
+    )
+    return await payments.create(call.svc, call.who, req, call.identity())
+
+
+@api.route("GET", "/v1/payments", summary="List payments, newest first", auth={P.MERCHANT},
+           query=schema.PageQuery, response=views.PaymentList, tag="payments")
+async def list_all(call: Call[None, schema.PageQuery]) -> Any:
+    q = call.query
+    return await payments.list_payments(call.svc, call.who, q.limit, q.starting_after, q.ending_before)
+
+
+@api.route("GET", "/v1/payments/{id}", summary="Retrieve a payment (payers and publishable keys get the payer's view)",
+           auth={P.MERCHANT, P.PUBLISHABLE, P.WALLET}, response=views.PaymentView, tag="payments")
+async def retrieve(call: Call[None, None]) -> Any:
+    return await payments.get(call.svc, call.who, call.match("id"))
+
+
+@api.route("POST", "/v1/payments/{id}/capture", summary="Capture an authorised payment, fully or partly",
+           auth={P.MERCHANT}, body=schema.CapturePayment, response=views.PaymentView, tag="payments")
+async def capture(call: Call[schema.CapturePayment, None]) -> Any:
+    amount = call.body.amount_to_capture
+    return await payments.capture(call.svc, call.who, call.match("id"), amount, call.identity())  # type: ignore[arg-type]
+
+
+@api.route("POST", "/v1/payments/{id}/cancel", summary="Cancel an unpaid or uncaptured payment (releases the hold)",
+           auth={P.MERCHANT}, body=schema.CancelPayment, response=views.PaymentView, tag="payments")
+async def cancel(call: Call[schema.CancelPayment, None]) -> Any:
+    return await payments.cancel(call.svc, call.who, call.match("id"), call.identity())
+
+
+@api.route("POST", "/v1/payments/{id}/refunds", summary="Refund a captured payment, fully or partly",
+           auth={P.MERCHANT}, body=schema.CreateRefund, response=views.RefundView, status=201, tag="payments")
+async def refund(call: Call[schema.CreateRefund, None]) -> Any:
+    b = call.body
+    return await payments.refund(call.svc, call.who, call.match("id"), b.amount, b.reason, call.identity())  # type: ignore[arg-type]
+
+
+@api.route("GET", "/v1/payments/{id}/refunds", summary="List a payment's refunds", auth={P.MERCHANT},
+           response=views.RefundList, tag="payments")
+async def refunds(call: Call[None, None]) -> Any:
+    return await payments.list_refunds(call.svc, call.who, call.match("id"))
+
+
+@api.route("POST", "/v1/wallet/payments/{id}/pay", summary="Pay a payment from the holder's wallet",
+           auth={P.WALLET}, body=schema.PayPayment, response=views.PayerPaymentView, tag="wallet")
+async def pay(call: Call[schema.PayPayment, None]) -> Any:
+    return await payments.pay(call.svc, call.who, call.match("id"), call.identity())

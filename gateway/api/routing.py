@@ -1,0 +1,179 @@
+"""Declarative endpoints: one registry feeds both the router and ``/openapi.json``.
+
+An endpoint declares who may call it, its body and query types and its response type; the
+wrapper authenticates, rate-limits, parses strictly (unknown fields, wrong types and oversized
+bodies are 4xx naming the field), builds the idempotency identity, and renders the result.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from gateway.auth.principals import Principal, PrincipalKind
+from gateway.errors import Forbidden, InvalidRequest, NotFound, RateLimited
+from gateway.logs import request_id_var
+from gateway.services import tenants
+from gateway.services.context import Services
+from gateway.services.idempotency import KEY_LENGTH_MAX, Reply, RequestIdentity, fingerprint
+
+SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
+B = TypeVar("B")
+Q = TypeVar("Q")
+_PATH_RE = re.compile(r"at `\$((?:\.[A-Za-z_][A-Za-z0-9_]*|\[\d+\])*)`")
+_UNKNOWN_RE = re.compile(r"unknown field `([^`]+)`")
+
+
+@dataclass
+class Call(Generic[B, Q]):
+    request: web.Request
+    svc: Services
+    principal: Principal | None
+    body: B
+    query: Q
+    raw_params: Any
+
+    def match(self, name: str) -> str:
+        return self.request.match_info[name]
+
+    @property
+    def who(self) -> Principal:
+        assert self.principal is not None
+        return self.principal
+
+    def identity(self) -> RequestIdentity:
+        key = self.request.headers.get("Idempotency-Key")
+        if key is not None and not (1 <= len(key) <= KEY_LENGTH_MAX and key.isprintable()):
+            raise InvalidRequest(
+                f"Idempotency-Key must be 1-{KEY_LENGTH_MAX} printable characters",
+                code="invalid_idempotency_key", param="Idempotency-Key",
+            )
+        scope = self.principal.idempotency_scope if self.principal else f"anonymous:{uuid.uuid4()}"
+        method, path = self.request.method, self.request.path
+        return RequestIdentity(
+            scope=scope, key=key, method=method, path=path,
+            fingerprint=fingerprint(method, path, self.raw_params), request_id=request_id_var.get() or "",
+        )
+
+
+Handler = Callable[[Call[Any, Any]], Awaitable[Any]]
+
+
+@dataclass
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    auth: frozenset[PrincipalKind] | None
+    body: type | None
+    query: type | None
+    response: type | None
+    status: int
+    roles: frozenset[str] | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+def _param(message: str) -> str | None:
+    unknown = _UNKNOWN_RE.search(message)
+    if unknown:
+        return unknown.group(1)
+    found = _PATH_RE.search(message)
+    if found and found.group(1):
+        return found.group(1).lstrip(".").replace("][", ".").replace("[", ".").replace("]", "")
+    return None
+
+
+def _decode(raw: Any, kind: type[B], *, strict: bool, what: str) -> B:
+    try:
+        return msgspec.convert(raw, kind, strict=strict)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        param = _param(text)
+        code = "unknown_parameter" if _UNKNOWN_RE.search(text) else "invalid_parameter"
+        raise InvalidRequest(f"invalid {what}: {text}", code=code, param=param) from None
+
+
+class Api:
+    def __init__(self) -> None:
+        self.endpoints: list[Endpoint] = []
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        summary: str,
+        auth: set[PrincipalKind] | None,
+        body: type | None = None,
+        query: type | None = None,
+        response: type | None = None,
+        status: int = 200,
+        roles: set[str] | None = None,
+        tag: str = "general",
+    ) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.endpoints.append(
+                Endpoint(method, path, handler, summary, frozenset(auth) if auth is not None else None, body, query,
+                         response, status, frozenset(roles) if roles else None, [tag])
+            )
+            return handler
+
+        return register
+
+    def install(self, app: web.Application) -> None:
+        for endpoint in self.endpoints:
+            app.router.add_route(endpoint.method, endpoint.path, self._wrap(endpoint))
+
+    @staticmethod
+    def _wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            svc = request.app[SERVICES]
+            principal = None
+            if endpoint.auth is not None:
+                principal = await tenants.authenticate(svc, request.headers.get("Authorization"))
+                if principal.kind not in endpoint.auth:
+                    # Another kind of credential: to it, this resource does not exist.
+                    raise NotFound("no such resource for these credentials", code="resource_missing")
+                if endpoint.roles is not None and principal.role not in endpoint.roles:
+                    raise Forbidden("this operator role may not do that", code="role_forbidden")
+                if not await svc.accel.within_rate(principal.rate_limit_scope, svc.settings.auth.rate_limit_per_s):
+                    raise RateLimited("too many requests; slow down and retry")
+            raw_params: Any = {}
+            body: Any = None
+            if endpoint.body is not None:
+                data = await request.read()
+                if data.strip():
+                    try:
+                        raw_params = msgspec.json.decode(data)
+                    except msgspec.DecodeError:
+                        raise InvalidRequest("the body is not valid JSON", code="invalid_json") from None
+                if not isinstance(raw_params, dict):
+                    raise InvalidRequest("the body must be a JSON object", code="invalid_json")
+                body = _decode(raw_params, endpoint.body, strict=True, what="body")
+            query: Any = None
+            if endpoint.query is not None:
+                params = dict(request.query)
+                if len(params) != len(request.query):
+                    raise InvalidRequest("a query parameter is repeated", code="invalid_parameter")
+                query = _decode(params, endpoint.query, strict=False, what="query")
+            result = await endpoint.handler(Call(request, svc, principal, body, query, raw_params))
+            if isinstance(result, web.StreamResponse):
+                return result
+            if isinstance(result, Reply):
+                headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
+                return web.Response(body=result.body, status=result.status, content_type="application/json",
+                                    headers=headers)
+            return web.Response(body=msgspec.json.encode(result), status=endpoint.status,
+                                content_type="application/json")
+
+        return handle
+
+
+api = Api()

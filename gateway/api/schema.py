@@ -1,0 +1,118 @@
+"""Request bodies and query strings. Unknown fields are refused; lengths and ranges are bounded."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+# Amounts are integers in minor units; a number with a fraction is accepted by the parser only to
+# be refused with a precise error (amount_too_precise) instead of a generic type error.
+Amount = Annotated[
+    int | float,
+    msgspec.Meta(description="Integer amount in the currency's minor units, e.g. 1050 for 10.50 CNY"),
+]
+Currency = Annotated[str, msgspec.Meta(min_length=3, max_length=3, description="ISO 4217 code, e.g. CNY")]
+Limit = Annotated[int, msgspec.Meta(ge=1, le=100)]
+
+
+class Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class CreatePayment(Strict):
+    amount: Amount
+    currency: Currency
+    capture_method: Literal["automatic", "manual"] = "automatic"
+    merchant_reference: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    description: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    expires_in: Annotated[int, msgspec.Meta(description="Seconds the payment can be paid for")] | None = None
+    store: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
+class CapturePayment(Strict):
+    amount_to_capture: Amount | None = None
+
+
+class CancelPayment(Strict):
+    reason: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+
+
+class CreateRefund(Strict):
+    amount: Amount | None = None
+    reason: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+
+
+class PayPayment(Strict):
+    pass
+
+
+class Login(Strict):
+    email: ShortText
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class WalletCredentials(Strict):
+    phone: Annotated[str, msgspec.Meta(min_length=1, max_length=20)]
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class LinkBankAccount(Strict):
+    bank_name: ShortText
+    account_number: Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
+
+
+class Transfer(Strict):
+    bank_account: Annotated[str, msgspec.Meta(max_length=64)]
+    amount: Amount
+    currency: Currency
+
+
+class CreateMerchant(Strict):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    mcc: Annotated[str, msgspec.Meta(min_length=4, max_length=4)]
+    country: Annotated[str, msgspec.Meta(min_length=2, max_length=2)]
+    city: Annotated[str, msgspec.Meta(min_length=1, max_length=60)]
+    fee_bps: int | None = None
+
+
+class CreateStore(Strict):
+    name: ShortText
+    city: Annotated[str, msgspec.Meta(min_length=1, max_length=60)]
+
+
+class CreateTerminal(Strict):
+    store: Annotated[str, msgspec.Meta(max_length=64)]
+    label: ShortText
+
+
+class CreateApiKey(Strict):
+    kind: Literal["secret", "publishable"]
+
+
+class Empty(Strict):
+    pass
+
+
+class PageQuery(Strict):
+    limit: Limit = 10
+    starting_after: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    ending_before: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
+class EventQuery(Strict):
+    limit: Limit = 10
+    starting_after: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    payment: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
+class HistoryQuery(Strict):
+    limit: Limit = 20
+    starting_after: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    currency: Currency | None = None
+
+
+class LimitQuery(Strict):
+    limit: Limit = 20

@@ -1,0 +1,40 @@
+"""Health, readiness, metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.api import openapi
+from gateway.api.routing import Call, api
+from gateway.services import operations
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+@api.route("GET", "/healthz", summary="Liveness: the process answers", auth=None, response=Health, tag="system")
+async def healthz(call: Call[None, None]) -> Any:
+    return Health(status="ok")
+
+
+@api.route("GET", "/readyz", summary="Readiness: database reachable (503 if not); Redis down means degraded",
+           auth=None, response=operations.Readiness, tag="system")
+async def readyz(call: Call[None, None]) -> Any:
+    ready = await operations.readiness(call.svc)
+    status = 503 if ready.status == "unavailable" else 200
+    return web.Response(body=msgspec.json.encode(ready), status=status, content_type="application/json")
+
+
+@api.route("GET", "/metrics", summary="Prometheus metrics", auth=None, tag="system")
+async def metrics(call: Call[None, None]) -> Any:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@api.route("GET", "/openapi.json", summary="This API's OpenAPI 3.1 description", auth=None, tag="system")
+async def openapi_json(call: Call[None, None]) -> Any:
+    return web.Response(body=openapi.document(api), content_type="application/json")

@@ -1,0 +1,30 @@
+"""The aiohttp application: ``create_app(settings)``; pools and workers live in ``cleanup_ctx``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from gateway.api import admin, payments, system, wallet  # noqa: F401  (registers endpoints)
+from gateway.api.middlewares import observe
+from gateway.api.routing import SERVICES, api
+from gateway.services.context import Services
+from gateway.settings import Settings
+from gateway.workers import run_workers
+
+
+def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
+    app = web.Application(middlewares=[observe], client_max_size=settings.server.body_max_bytes)
+    api.install(app)
+
+    async def services(app: web.Application) -> AsyncIterator[None]:
+        svc = await Services.start(settings)
+        app[SERVICES] = svc
+        yield
+        await svc.stop()
+
+    app.cleanup_ctx.append(services)
+    if workers:
+        app.cleanup_ctx.append(run_workers)
+    return app

@@ -1,0 +1,1 @@
+"""Credentials: API keys, passwords, JWTs, and the principal every request acts as."""

@@ -1,0 +1,111 @@
+"""Command line: ``gateway serve | migrate | create-operator | check | demo``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import multiprocessing
+import sys
+
+from aiohttp import web
+
+from gateway import logs, settings as settings_mod
+from gateway.app import create_app
+from gateway.errors import GatewayError
+from gateway.settings import Settings
+from gateway.store import db
+
+
+def _serve_one(config: Settings) -> None:
+    logs.configure()
+    web.run_app(
+        create_app(config), host=config.server.host, port=config.server.port, reuse_port=True,
+        access_log=None, print=None, shutdown_timeout=10,
+    )
+
+
+def serve(config: Settings, processes: int) -> None:
+    """Serve on one port from ``processes`` processes (SO_REUSEPORT spreads connections)."""
+    asyncio.run(db.migrate(config.database.url))
+    if processes == 1:
+        _serve_one(config)
+        return
+    children = [multiprocessing.Process(target=_serve_one, args=(config,), daemon=True) for _ in range(processes)]
+    for child in children:
+        child.start()
+    try:
+        for child in children:
+            child.join()
+    except KeyboardInterrupt:
+        for child in children:
+            child.terminate()
+
+
+async def _create_operator(config: Settings, email: str, password: str, role: str) -> None:
+    from gateway.services import tenants
+    from gateway.services.context import Services
+
+    await db.migrate(config.database.url)
+    svc = await Services.start(config)
+    try:
+        op_id = await tenants.create_operator(svc, email, password, role)
+    finally:
+        await svc.stop()
+    print(f"operator {email} created with role {role} (id {op_id})")
+
+
+async def _check(config: Settings) -> int:
+    from gateway.services import operations
+    from gateway.services.context import Services
+
+    svc = await Services.start(config)
+    try:
+        report = await operations.invariant_report(svc)
+    finally:
+        await svc.stop()
+    print("ledger invariants: OK" if report.ok else f"ledger invariants BROKEN: {report.violations}")
+    return 0 if report.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_serve = sub.add_parser("serve", help="run the HTTP gateway")
+    p_serve.add_argument("--port", type=int)
+    p_serve.add_argument("--processes", type=int, default=1)
+    sub.add_parser("migrate", help="create the database if missing and apply migrations")
+    p_op = sub.add_parser("create-operator", help="create an operator (password read from stdin if not a tty)")
+    p_op.add_argument("--email", required=True)
+    p_op.add_argument("--role", default="admin", choices=["admin", "settlement", "support"])
+    sub.add_parser("check", help="run the ledger invariant checker")
+    p_demo = sub.add_parser("demo", help="run the demo of a checkout day against a fresh database")
+    p_demo.add_argument("--no-wait", action="store_true", help="exit when the demo is done instead of serving")
+    p_demo.add_argument("--port", type=int, default=8080)
+    args = parser.parse_args(argv)
+
+    overrides = {"server": {"port": args.port}} if getattr(args, "port", None) else {}
+    config = settings_mod.load(**overrides)
+    try:
+        if args.command == "serve":
+            serve(config, args.processes)
+        elif args.command == "migrate":
+            applied = asyncio.run(db.migrate(config.database.url))
+            print(f"migrations applied: {applied or 'none pending'}")
+        elif args.command == "create-operator":
+            password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+            asyncio.run(_create_operator(config, args.email, password, args.role))
+        elif args.command == "check":
+            return asyncio.run(_check(config))
+        elif args.command == "demo":
+            from gateway import demo
+
+            return asyncio.run(demo.main(config, wait=not args.no_wait))
+    except GatewayError as exc:
+        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

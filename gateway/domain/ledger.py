@@ -1,0 +1,120 @@
+"""Double-entry journal entries, built purely.
+
+Invariants (checked here before anything reaches the store, and again by the SQL invariant
+checker after the fact):
+- an entry has at least two postings, each non-zero, each with an integer amount;
+- per currency, the postings of an entry sum to exactly zero: money is moved, never made or lost;
+- a posting's sign is from the account's point of view: positive raises the account's balance.
+
+Accounts are named by role; the store resolves a role to an account row.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class AccountKind(StrEnum):
+    WALLET = "wallet"  # what the gateway owes a wallet holder; never negative
+    MERCHANT = "merchant_receivable"  # what the gateway owes a merchant
+    FEES = "fees"  # the gateway's revenue
+    CLEARING = "clearing"  # the outside world: banks money arrives from and leaves to
+
+
+NO_OVERDRAFT = frozenset({AccountKind.WALLET})
+
+
+class EntryKind(StrEnum):
+    TOP_UP = "top_up"
+    WITHDRAWAL = "withdrawal"
+    CAPTURE = "capture"
+    REFUND = "refund"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRef:
+    kind: AccountKind
+    owner: uuid.UUID | None  # wallet holder / merchant; None for the gateway's own accounts
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    account: AccountRef
+    amount_minor: int
+
+
+class UnbalancedEntry(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    kind: EntryKind
+    postings: tuple[Posting, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.postings) < 2:
+            raise UnbalancedEntry("an entry needs at least two postings")
+        totals: dict[str, int] = defaultdict(int)
+        for posting in self.postings:
+            if isinstance(posting.amount_minor, bool) or not isinstance(posting.amount_minor, int):
+                raise UnbalancedEntry("posting amounts are integers")
+            if posting.amount_minor == 0:
+                raise UnbalancedEntry("zero postings carry no information")
+            totals[posting.account.currency] += posting.amount_minor
+        if any(total != 0 for total in totals.values()):
+            raise UnbalancedEntry(f"postings do not balance: {dict(totals)}")
+
+
+def _entry(kind: EntryKind, *legs: tuple[AccountRef, int]) -> Entry:
+    return Entry(kind, tuple(Posting(account, amount) for account, amount in legs if amount != 0))
+
+
+def clearing(currency: str) -> AccountRef:
+    return AccountRef(AccountKind.CLEARING, None, currency)
+
+
+def fees(currency: str) -> AccountRef:
+    return AccountRef(AccountKind.FEES, None, currency)
+
+
+def wallet(holder: uuid.UUID, currency: str) -> AccountRef:
+    return AccountRef(AccountKind.WALLET, holder, currency)
+
+
+def merchant(merchant_id: uuid.UUID, currency: str) -> AccountRef:
+    return AccountRef(AccountKind.MERCHANT, merchant_id, currency)
+
+
+def top_up(holder: uuid.UUID, currency: str, amount_minor: int) -> Entry:
+    return _entry(EntryKind.TOP_UP, (clearing(currency), -amount_minor), (wallet(holder, currency), amount_minor))
+
+
+def withdrawal(holder: uuid.UUID, currency: str, amount_minor: int) -> Entry:
+    return _entry(EntryKind.WITHDRAWAL, (wallet(holder, currency), -amount_minor), (clearing(currency), amount_minor))
+
+
+def capture(holder: uuid.UUID, merchant_id: uuid.UUID, currency: str, amount_minor: int, fee_minor: int) -> Entry:
+    if not 0 <= fee_minor <= amount_minor:
+        raise UnbalancedEntry("fee out of range")
+    return _entry(
+        EntryKind.CAPTURE,
+        (wallet(holder, currency), -amount_minor),
+        (merchant(merchant_id, currency), amount_minor - fee_minor),
+        (fees(currency), fee_minor),
+    )
+
+
+def refund(holder: uuid.UUID, merchant_id: uuid.UUID, currency: str, amount_minor: int, fee_back_minor: int) -> Entry:
+    if not 0 <= fee_back_minor <= amount_minor:
+        raise UnbalancedEntry("fee refund out of range")
+    return _entry(
+        EntryKind.REFUND,
+        (merchant(merchant_id, currency), -(amount_minor - fee_back_minor)),
+        (fees(currency), -fee_back_minor),
+        (wallet(holder, currency), amount_minor),
+    )

@@ -1,0 +1,131 @@
+"""The payment state machine and the arithmetic of authorise, capture, cancel, expire, refund.
+
+States follow Stripe's PaymentIntent names where they mean the same thing:
+
+    requires_payment_method --authorize(auto)--> succeeded
+    requires_payment_method --authorize(manual)--> requires_capture --capture--> succeeded
+    requires_payment_method | requires_capture --cancel--> canceled
+    requires_payment_method | requires_capture --expire--> expired
+    succeeded --refund (repeatable)--> succeeded
+
+Invariants:
+- ``0 <= captured_minor <= authorized_minor <= amount_minor``; ``0 <= refunded_minor <= captured_minor``;
+- a hold of ``authorized_minor`` exists exactly while the status is ``requires_capture``;
+- terminal states (canceled, expired) accept nothing; a refused transition is ``InvalidState``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from gateway.errors import InvalidRequest, InvalidState
+
+
+class Status(StrEnum):
+    REQUIRES_PAYMENT_METHOD = "requires_payment_method"
+    REQUIRES_CAPTURE = "requires_capture"
+    SUCCEEDED = "succeeded"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+
+
+class CaptureMethod(StrEnum):
+    AUTOMATIC = "automatic"
+    MANUAL = "manual"
+
+
+class Action(StrEnum):
+    AUTHORIZE = "authorize"
+    CAPTURE = "capture"
+    CANCEL = "cancel"
+    EXPIRE = "expire"
+    REFUND = "refund"
+
+
+_ALLOWED: dict[Action, frozenset[Status]] = {
+    Action.AUTHORIZE: frozenset({Status.REQUIRES_PAYMENT_METHOD}),
+    Action.CAPTURE: frozenset({Status.REQUIRES_CAPTURE}),
+    Action.CANCEL: frozenset({Status.REQUIRES_PAYMENT_METHOD, Status.REQUIRES_CAPTURE}),
+    Action.EXPIRE: frozenset({Status.REQUIRES_PAYMENT_METHOD, Status.REQUIRES_CAPTURE}),
+    Action.REFUND: frozenset({Status.SUCCEEDED}),
+}
+
+
+def check_transition(status: Status, action: Action) -> None:
+    if status not in _ALLOWED[action]:
+        raise InvalidState(
+            f"cannot {action.value} a payment that is {status.value}",
+            code=f"payment_not_{'refundable' if action is Action.REFUND else action.value + 'able'}",
+            status_now=status.value,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    id: uuid.UUID
+    merchant_id: uuid.UUID
+    amount_minor: int
+    currency: str
+    status: Status
+    capture_method: CaptureMethod
+    expires_at: datetime
+    payer_id: uuid.UUID | None = None
+    authorized_minor: int = 0
+    captured_minor: int = 0
+    refunded_minor: int = 0
+    fee_minor: int = 0
+    authorization_expires_at: datetime | None = None
+
+    @property
+    def holds_funds(self) -> bool:
+        return self.status is Status.REQUIRES_CAPTURE
+
+    def authorize(self, payer_id: uuid.UUID, now: datetime, authorization_ttl_s: int) -> Payment:
+        """The payer's wallet backs the full amount; auto-capture payments succeed at once."""
+        check_transition(self.status, Action.AUTHORIZE)
+        if now >= self.expires_at:
+            raise InvalidState("the payment has expired", code="payment_expired", status_now=Status.EXPIRED.value)
+        if self.capture_method is CaptureMethod.AUTOMATIC:
+            return replace(
+                self, status=Status.SUCCEEDED, payer_id=payer_id,
+                authorized_minor=self.amount_minor, captured_minor=self.amount_minor,
+            )
+        return replace(
+            self, status=Status.REQUIRES_CAPTURE, payer_id=payer_id, authorized_minor=self.amount_minor,
+            authorization_expires_at=now + timedelta(seconds=authorization_ttl_s),
+        )
+
+    def capture(self, amount_minor: int | None) -> Payment:
+        """Capture all (``None``) or part of the authorisation; the rest of the hold is released."""
+        check_transition(self.status, Action.CAPTURE)
+        amount = self.authorized_minor if amount_minor is None else amount_minor
+        if amount > self.authorized_minor:
+            raise InvalidRequest(
+                "cannot capture more than was authorized", code="amount_too_large", param="amount_to_capture"
+            )
+        return replace(self, status=Status.SUCCEEDED, captured_minor=amount)
+
+    def cancel(self) -> Payment:
+        check_transition(self.status, Action.CANCEL)
+        return replace(self, status=Status.CANCELED)
+
+    def expire(self) -> Payment:
+        check_transition(self.status, Action.EXPIRE)
+        return replace(self, status=Status.EXPIRED)
+
+    def refund(self, amount_minor: int | None) -> tuple[Payment, int]:
+        """Refund part or all of what remains; returns the new payment and the refunded amount."""
+        check_transition(self.status, Action.REFUND)
+        remaining = self.captured_minor - self.refunded_minor
+        amount = remaining if amount_minor is None else amount_minor
+        if remaining == 0:
+            raise InvalidState("the payment is fully refunded", code="payment_fully_refunded")
+        if amount > remaining:
+            raise InvalidRequest(
+                f"at most {remaining} minor units remain refundable", code="amount_too_large", param="amount",
+                refundable_minor=remaining,
+            )
+        return replace(self, refunded_minor=self.refunded_minor + amount), amount

@@ -1,0 +1,1 @@
+"""Use cases. Each one is one database transaction; handlers call exactly one."""

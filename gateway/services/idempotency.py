@@ -1,0 +1,150 @@
+"""Idempotent execution of state-changing requests (api-conventions.md; Brandur Leach's design).
+
+Protocol for a request carrying ``Idempotency-Key`` (scoped per merchant / holder / operator):
+1. claim the key row (its own tiny transaction): new -> ours; done -> replay the stored response
+   byte for byte (or ``idempotency_key_reused`` if the parameters differ); started by a live
+   request -> ``idempotency_key_in_use`` (409, retryable); started but abandoned for longer than
+   ``lock_timeout_s`` (its process died) -> taken over;
+2. run the use case and store its response in the SAME transaction as the work: after a crash
+   the key is either done with the money moved, or still started with nothing moved;
+3. a client error the use case raises (a decline, a refused transition) is stored too, so a
+   retry gets the same answer; an unexpected failure releases the key so a retry runs afresh.
+Redis holds a copy of done responses for a fast replay; PostgreSQL remains the authority.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from gateway.accel import Accelerator
+from gateway.errors import GatewayError, IdempotencyError, IdempotencyInUse, Unavailable
+from gateway.settings import IdempotencySettings
+from gateway.store import idempotency as keys
+from gateway.store.db import Connection, Database
+
+log = logging.getLogger(__name__)
+
+KEY_LENGTH_MAX = 255
+Work = Callable[[Connection], Awaitable[tuple[int, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    body: bytes
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RequestIdentity:
+    scope: str
+    key: str | None
+    method: str
+    path: str
+    fingerprint: bytes
+    request_id: str
+
+
+def fingerprint(method: str, path: str, params: Any) -> bytes:
+    """Same method, path and parameters (whatever their JSON spacing or order) -> same fingerprint."""
+    canonical = msgspec.json.encode(params, order="sorted")
+    return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + canonical).digest()
+
+
+def _encode(status: int, value: Any) -> bytes:
+    return msgspec.json.encode(value)
+
+
+def _pack(request_hash: bytes, status: int, body: bytes) -> bytes:
+    return request_hash + status.to_bytes(2, "big") + body
+
+
+def _unpack(blob: bytes) -> tuple[bytes, int, bytes]:
+    return blob[:32], int.from_bytes(blob[32:34], "big"), blob[34:]
+
+
+class Idempotency:
+    def __init__(self, db: Database, accel: Accelerator, settings: IdempotencySettings) -> None:
+        self.db = db
+        self.accel = accel
+        self.settings = settings
+
+    def _cache_key(self, who: RequestIdentity) -> str:
+        return f"idem:{who.scope}:{hashlib.sha256((who.key or '').encode()).hexdigest()}"
+
+    def _replay(self, who: RequestIdentity, request_hash: bytes, status: int, body: bytes) -> Reply:
+        if request_hash != who.fingerprint:
+            raise IdempotencyError(
+                "this Idempotency-Key was used with different parameters", param="Idempotency-Key"
+            )
+        return Reply(status, body, replayed=True)
+
+    async def run(self, who: RequestIdentity, work: Work) -> Reply:
+        if who.key is None:
+            return await self._run_plain(who, work)
+        cached = await self.accel.get(self._cache_key(who))
+        if cached is not None:
+            return self._replay(who, *_unpack(cached))
+        async with self.db.connection() as conn:
+            row = await keys.claim(
+                conn, who.scope, who.key, who.fingerprint, who.method, who.path, self.settings.lock_timeout_s
+            )
+        if not row.claimed:
+            if row.response_status is not None and row.response_body is not None:
+                return self._replay(who, row.request_hash, row.response_status, row.response_body)
+            if row.request_hash != who.fingerprint:
+                raise IdempotencyError(
+                    "this Idempotency-Key was used with different parameters", param="Idempotency-Key"
+                )
+            raise IdempotencyInUse(
+                "a request with this Idempotency-Key is still being processed; retry shortly",
+                param="Idempotency-Key",
+            )
+        assert row.locked_at is not None
+        locked_at = row.locked_at
+
+        async def guarded(conn: Connection) -> Reply:
+            status, value = await work(conn)
+            body = _encode(status, value)
+            if not await keys.complete(conn, who.scope, who.key or "", locked_at, status, body):
+                # Another request took the key over (we were presumed dead): undo our work.
+                raise IdempotencyInUse("the Idempotency-Key was taken over by a retry", param="Idempotency-Key")
+            return Reply(status, body)
+
+        try:
+            reply = await self.db.run(guarded)
+        except (IdempotencyInUse, Unavailable):
+            await self._release(who, locked_at)
+            raise
+        except GatewayError as exc:
+            body = msgspec.json.encode(exc.body(who.request_id))
+            async with self.db.connection() as conn:
+                stored = await keys.complete(conn, who.scope, who.key, locked_at, exc.status, body)
+            if stored:
+                await self.accel.set(self._cache_key(who), _pack(who.fingerprint, exc.status, body), self.settings.retention_s)
+            return Reply(exc.status, body)
+        except BaseException:
+            await self._release(who, locked_at)
+            raise
+        await self.accel.set(self._cache_key(who), _pack(who.fingerprint, reply.status, reply.body), self.settings.retention_s)
+        return reply
+
+    async def _release(self, who: RequestIdentity, locked_at: Any) -> None:
+        try:
+            async with self.db.connection() as conn:
+                await keys.release(conn, who.scope, who.key or "", locked_at)
+        except Exception:  # the lock times out by itself; a retry can then take the key over
+            log.warning("could not release idempotency key", exc_info=True)
+
+    async def _run_plain(self, who: RequestIdentity, work: Work) -> Reply:
+        async def plain(conn: Connection) -> Reply:
+            status, value = await work(conn)
+            return Reply(status, _encode(status, value))
+
+        return await self.db.run(plain)

@@ -1,0 +1,304 @@
+"""Payment use cases: create, pay (authorise), capture, cancel, refund, expire, read.
+
+Each state change happens in one transaction together with its ledger entry (if money moves),
+its event row and its idempotency record. The payment row is locked first (``FOR UPDATE``), then
+balance rows in account order, so concurrent operations on one payment serialise and operations
+on different payments only meet on balance shards.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+
+from gateway.auth.principals import Principal, PrincipalKind
+from gateway.domain import fees, ledger
+from gateway.domain.ids import Kind, decode
+from gateway.domain.money import check_amount, currency
+from gateway.domain.payments import CaptureMethod, Payment, Status
+from gateway.errors import Declined, InvalidRequest, NotFound
+from gateway.services import views
+from gateway.services.context import Services
+from gateway.services.idempotency import Reply, RequestIdentity
+from gateway.store import ledger as ledger_store
+from gateway.store import payments as store
+from gateway.store import tenants
+from gateway.store.db import Connection
+
+EVENT_FOR_STATUS = {
+    Status.SUCCEEDED: "payment.succeeded",
+    Status.REQUIRES_CAPTURE: "payment.authorized",
+    Status.CANCELED: "payment.canceled",
+    Status.EXPIRED: "payment.expired",
+}
+
+
+def payment_id(text: str) -> uuid.UUID:
+    value = decode(Kind.PAYMENT, text)
+    if value is None:
+        raise NotFound(f"no such payment: {text}", param="id")
+    return value
+
+
+def _missing(text: uuid.UUID) -> NotFound:
+    return NotFound(f"no such payment: {text.hex}", param="id")
+
+
+@dataclass(frozen=True, slots=True)
+class NewPayment:
+    amount: int
+    currency: str
+    capture_method: CaptureMethod
+    merchant_reference: str | None
+    description: str | None
+    expires_in_s: int | None
+    store: str | None
+
+
+async def _record(conn: Connection, row: asyncpg.Record, holder_id: uuid.UUID | None = None) -> views.PaymentView:
+    view = views.payment_view(row)
+    await store.insert_event(
+        conn, EVENT_FOR_STATUS[Status(row["status"])], row["id"], view, merchant_id=row["merchant_id"], holder_id=holder_id
+    )
+    return view
+
+
+async def create(svc: Services, who: Principal, req: NewPayment, identity: RequestIdentity) -> Reply:
+    assert who.merchant_id is not None
+    merchant_id = who.merchant_id
+    amount = check_amount(req.amount)
+    code = currency(req.currency).code
+    expiry_s = svc.settings.payments.expiry_default_s if req.expires_in_s is None else req.expires_in_s
+    if not 60 <= expiry_s <= svc.settings.payments.expiry_max_s:
+        raise InvalidRequest(
+            f"expires_in must be between 60 and {svc.settings.payments.expiry_max_s} seconds",
+            code="invalid_expiry", param="expires_in",
+        )
+    store_id = None
+    if req.store is not None:
+        store_id = decode(Kind.STORE, req.store)
+        if store_id is None:
+            raise NotFound(f"no such store: {req.store}", param="store")
+
+    async def work(conn: Connection) -> tuple[int, Any]:
+        merchant = await tenants.merchant(conn, merchant_id)
+        assert merchant is not None
+        if store_id is not None and await tenants.store(conn, store_id, merchant_id) is None:
+            raise NotFound(f"no such store: {req.store}", param="store")
+        payment = Payment(
+            id=uuid.uuid4(), merchant_id=merchant_id, amount_minor=amount, currency=code,
+            status=Status.REQUIRES_PAYMENT_METHOD, capture_method=req.capture_method,
+            expires_at=svc.now() + timedelta(seconds=expiry_s),
+        )
+        row = await store.insert(
+            conn, payment, store_id=store_id, terminal_id=None, merchant_reference=req.merchant_reference,
+            description=req.description, fee_bps=merchant["fee_bps"],
+        )
+        view = views.payment_view(row)
+        await store.insert_event(conn, "payment.created", payment.id, view, merchant_id=merchant_id, holder_id=None)
+        return 201, view
+
+    return await svc.idempotency.run(identity, work)
+
+
+async def get(svc: Services, who: Principal, text_id: str) -> Any:
+    pid = payment_id(text_id)
+    async with svc.db.connection() as conn:
+        if who.kind is PrincipalKind.MERCHANT:
+            row = await store.get(conn, pid, merchant_id=who.merchant_id)
+            if row is None:
+                raise _missing(pid)
+            return views.payment_view(row)
+        # A publishable key sees its own merchant's payments; a wallet holder may look up any
+        # payment it was given the id of (that is how it pays), but only the payer's view of it.
+        scope = who.merchant_id if who.kind is PrincipalKind.PUBLISHABLE else None
+        row = await store.get(conn, pid, merchant_id=scope)
+        if row is None:
+            raise _missing(pid)
+        merchant = await tenants.merchant(conn, row["merchant_id"])
+        assert merchant is not None
+        return views.payer_payment_view(row, merchant["name"])
+
+
+async def list_payments(
+    svc: Services, who: Principal, limit: int, starting_after: str | None, ending_before: str | None
+) -> views.PaymentList:
+    assert who.merchant_id is not None
+    after = payment_id(starting_after) if starting_after else None
+    before = payment_id(ending_before) if ending_before else None
+    async with svc.db.connection() as conn:
+        for cursor, name in ((after, "starting_after"), (before, "ending_before")):
+            if cursor is not None and not await store.exists_for_merchant(conn, cursor, who.merchant_id):
+                raise InvalidRequest("the cursor names no payment of yours", code="invalid_cursor", param=name)
+        rows = await store.list_for_merchant(conn, who.merchant_id, limit, after, before)
+    has_more = len(rows) > limit
+    rows = rows[:limit] if before is None else rows[-limit:]
+    return views.PaymentList(data=[views.payment_view(r) for r in rows], has_more=has_more)
+
+
+async def pay(svc: Services, who: Principal, text_id: str, identity: RequestIdentity) -> Reply:
+    """The wallet holder pays a payment from its wallet: an authorisation, captured at once if automatic."""
+    assert who.kind is PrincipalKind.WALLET
+    holder_id = who.id
+    pid = payment_id(text_id)
+    async with svc.db.connection() as conn:
+        head = await store.get(conn, pid)
+        if head is None:
+            raise _missing(pid)
+        cur = head["currency"]
+        wallet_ref = ledger.wallet(holder_id, cur)
+        accounts = await ledger_store.resolve_accounts(
+            conn, [wallet_ref, ledger.merchant(head["merchant_id"], cur), ledger.fees(cur)]
+        )
+    wallet_account = accounts[wallet_ref]
+
+    async def work(conn: Connection) -> tuple[int, Any]:
+        row = await store.get(conn, pid, for_update=True)
+        assert row is not None
+        payment = store.to_domain(row).authorize(holder_id, svc.now(), svc.settings.payments.authorization_ttl_s)
+        try:
+            if payment.status is Status.SUCCEEDED:
+                payment = _with_fee(payment, row["fee_bps"])
+                entry = ledger.capture(holder_id, payment.merchant_id, cur, payment.captured_minor, payment.fee_minor)
+                await ledger_store.post(conn, entry, accounts, payment_id=pid)
+            else:
+                await ledger_store.hold(conn, wallet_account, payment.authorized_minor)
+        except ledger_store.InsufficientFunds:
+            raise Declined(
+                "the wallet's available balance is lower than the amount", code="insufficient_funds", param="amount"
+            ) from None
+        updated = await store.update(conn, payment, wallet_account_id=wallet_account.id)
+        await _record(conn, updated, holder_id)
+        merchant = await tenants.merchant(conn, payment.merchant_id)
+        assert merchant is not None
+        return 200, views.payer_payment_view(updated, merchant["name"])
+
+    return await svc.idempotency.run(identity, work)
+
+
+def _with_fee(payment: Payment, fee_bps: int) -> Payment:
+    return replace(payment, fee_minor=fees.fee_minor(payment.captured_minor, fee_bps))
+
+
+async def _locked(conn: Connection, who: Principal, pid: uuid.UUID) -> asyncpg.Record:
+    row = await store.get(conn, pid, merchant_id=who.merchant_id, for_update=True)
+    if row is None:
+        raise _missing(pid)
+    return row
+
+
+async def _merchant_head(svc: Services, who: Principal, pid: uuid.UUID) -> asyncpg.Record:
+    async with svc.db.connection() as conn:
+        head = await store.get(conn, pid, merchant_id=who.merchant_id)
+    if head is None:
+        raise _missing(pid)
+    return head
+
+
+async def _accounts_for(svc: Services, head: asyncpg.Record) -> dict[ledger.AccountRef, ledger_store.Account]:
+    cur = head["currency"]
+    refs = [ledger.merchant(head["merchant_id"], cur), ledger.fees(cur)]
+    if head["payer_id"] is not None:
+        refs.append(ledger.wallet(head["payer_id"], cur))
+    async with svc.db.connection() as conn:
+        return await ledger_store.resolve_accounts(conn, refs)
+
+
+async def capture(svc: Services, who: Principal, text_id: str, amount: int | None, identity: RequestIdentity) -> Reply:
+    pid = payment_id(text_id)
+    if amount is not None:
+        check_amount(amount, "amount_to_capture")
+    accounts = await _accounts_for(svc, await _merchant_head(svc, who, pid))
+
+    async def work(conn: Connection) -> tuple[int, Any]:
+        row = await _locked(conn, who, pid)
+        before = store.to_domain(row)
+        payment = _with_fee(before.capture(amount), row["fee_bps"])
+        assert payment.payer_id is not None
+        wallet_ref = ledger.wallet(payment.payer_id, payment.currency)
+        if payment.captured_minor > 0:
+            entry = ledger.capture(
+                payment.payer_id, payment.merchant_id, payment.currency, payment.captured_minor, payment.fee_minor
+            )
+            await ledger_store.post(conn, entry, accounts, payment_id=pid, release_holds={wallet_ref: before.authorized_minor})
+        else:
+            await ledger_store.release(conn, accounts[wallet_ref].id, before.authorized_minor)
+        return 200, await _record(conn, await store.update(conn, payment))
+
+    return await svc.idempotency.run(identity, work)
+
+
+async def cancel(svc: Services, who: Principal, text_id: str, identity: RequestIdentity) -> Reply:
+    pid = payment_id(text_id)
+    await _merchant_head(svc, who, pid)
+
+    async def work(conn: Connection) -> tuple[int, Any]:
+        row = await _locked(conn, who, pid)
+        return 200, await _record(conn, await _end(conn, row, "cancel"))
+
+    return await svc.idempotency.run(identity, work)
+
+
+async def _end(conn: Connection, row: asyncpg.Record, how: str) -> asyncpg.Record:
+    """Cancel or expire: the hold, if any, is released in the same transaction."""
+    before = store.to_domain(row)
+    payment = before.cancel() if how == "cancel" else before.expire()
+    if before.holds_funds:
+        await ledger_store.release(conn, row["wallet_account_id"], before.authorized_minor)
+    return await store.update(conn, payment)
+
+
+async def refund(
+    svc: Services, who: Principal, text_id: str, amount: int | None, reason: str | None, identity: RequestIdentity
+) -> Reply:
+    pid = payment_id(text_id)
+    if amount is not None:
+        check_amount(amount)
+    head = await _merchant_head(svc, who, pid)
+    if head["payer_id"] is None:
+        raise InvalidRequest("the payment has not been paid", code="payment_not_refundable")
+    accounts = await _accounts_for(svc, head)
+
+    async def work(conn: Connection) -> tuple[int, Any]:
+        row = await _locked(conn, who, pid)
+        before = store.to_domain(row)
+        payment, refunded = before.refund(amount)
+        assert payment.payer_id is not None
+        fee_back = fees.refund_fee_minor(before.captured_minor, before.fee_minor, before.refunded_minor, refunded)
+        refund_id = uuid.uuid4()
+        entry = ledger.refund(payment.payer_id, payment.merchant_id, payment.currency, refunded, fee_back)
+        await ledger_store.post(conn, entry, accounts, payment_id=pid, refund_id=refund_id)
+        refund_row = await store.insert_refund(conn, refund_id, payment, refunded, fee_back, reason)
+        await store.update(conn, payment)
+        view = views.refund_view(refund_row)
+        await store.insert_event(
+            conn, "refund.succeeded", refund_id, view, merchant_id=payment.merchant_id, holder_id=payment.payer_id
+        )
+        return 201, view
+
+    return await svc.idempotency.run(identity, work)
+
+
+async def list_refunds(svc: Services, who: Principal, text_id: str) -> views.RefundList:
+    pid = payment_id(text_id)
+    async with svc.db.connection() as conn:
+        if await store.get(conn, pid, merchant_id=who.merchant_id) is None:
+            raise _missing(pid)
+        rows = await store.refunds_of(conn, pid)
+    return views.RefundList(data=[views.refund_view(r) for r in rows], has_more=False)
+
+
+async def expire_due(svc: Services) -> int:
+    """Expire open payments and lapsed authorisations (releasing holds). Safe in every process."""
+
+    async def work(conn: Connection) -> int:
+        rows = await store.due_for_expiry(conn, svc.now(), svc.settings.workers.batch_max)
+        for row in rows:
+            await _record(conn, await _end(conn, row, "expire"), row["payer_id"])
+        return len(rows)
+
+    return await svc.db.run(work)

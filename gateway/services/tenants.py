@@ -1,0 +1,222 @@
+"""Operator, merchant, store, terminal and API key use cases; authentication of requests."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from gateway.auth import api_keys, passwords
+from gateway.auth.principals import Principal, PrincipalKind
+from gateway.domain import ledger
+from gateway.domain.fees import FEE_BPS_MAX
+from gateway.domain.ids import Kind, decode
+from gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthenticated
+from gateway.services import views
+from gateway.services.context import Services
+from gateway.services.idempotency import Reply, RequestIdentity
+from gateway.services.wallets import WALLET_AUDIENCE
+from gateway.store import ledger as ledger_store
+from gateway.store import payments as event_store
+from gateway.store import tenants as store
+from gateway.store.db import Connection
+
+OPERATOR_AUDIENCE = "operator"
+ROLES = ("admin", "settlement", "support")
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+async def create_operator(svc: Services, email: str, password: str, role: str) -> uuid.UUID:
+    if role not in ROLES:
+        raise InvalidRequest(f"role must be one of {ROLES}", code="invalid_role", param="role")
+    if not _EMAIL_RE.match(email):
+        raise InvalidRequest("not an email address", code="invalid_email", param="email")
+    if len(password) < 12:
+        raise InvalidRequest("operator passwords have at least 12 characters", code="weak_password", param="password")
+    op_id = uuid.uuid4()
+    async with svc.db.connection() as conn:
+        created = await store.insert_operator(conn, op_id, email.lower(), await passwords.hash_password(password), role)
+    if not created:
+        raise Conflict("an operator with this email exists", code="operator_exists", param="email")
+    return op_id
+
+
+async def operator_login(svc: Services, email: str, password: str) -> views.TokenView:
+    async with svc.db.connection() as conn:
+        row = await store.operator_by_email(conn, email.lower())
+    if not await passwords.verify_password(row["password_hash"] if row else None, password) or row is None:
+        raise Unauthenticated("wrong email or password", code="invalid_credentials")
+    ttl_s = svc.settings.auth.operator_token_ttl_s
+    return views.TokenView(token=svc.tokens.issue(row["id"], OPERATOR_AUDIENCE, ttl_s, role=row["role"]), expires_in=ttl_s)
+
+
+async def authenticate(svc: Services, authorization: str | None) -> Principal:
+    """The principal behind an ``Authorization: Bearer`` header: an API key or a JWT."""
+    if not authorization or not authorization.startswith("Bearer "):
+        raise Unauthenticated("send credentials as 'Authorization: Bearer <key or token>'", code="missing_credentials")
+    credential = authorization[7:].strip()
+    kind = api_keys.kind_of(credential)
+    if kind is not None:
+        async with svc.db.connection() as conn:
+            row = await store.api_key_by_hash(conn, api_keys.keyed_hash(svc.settings.auth.api_key_pepper, credential))
+        if row is None:
+            raise Unauthenticated("the API key is not valid or was revoked", code="invalid_api_key")
+        if row["merchant_status"] != "active":
+            raise Forbidden("the merchant is suspended", code="merchant_suspended")
+        principal_kind = PrincipalKind.MERCHANT if kind == "secret" else PrincipalKind.PUBLISHABLE
+        return Principal(principal_kind, row["id"], merchant_id=row["merchant_id"])
+    audience = svc.tokens.unverified_audience(credential)
+    if audience == OPERATOR_AUDIENCE:
+        claims = svc.tokens.verify(credential, OPERATOR_AUDIENCE)
+        return Principal(PrincipalKind.OPERATOR, uuid.UUID(claims["sub"]), role=str(claims.get("role")))
+    if audience == WALLET_AUDIENCE:
+        claims = svc.tokens.verify(credential, WALLET_AUDIENCE)
+        return Principal(PrincipalKind.WALLET, uuid.UUID(claims["sub"]))
+    raise Unauthenticated("the token is not valid", code="invalid_token")
+
+
+def merchant_id(text: str, param: str = "merchant") -> uuid.UUID:
+    value = decode(Kind.MERCHANT, text)
+    if value is None:
+        raise NotFound(f"no such merchant: {text}", param=param)
+    return value
+
+
+async def create_merchant(
+    svc: Services, name: str, mcc: str, country: str, city: str, fee_bps: int | None, identity: RequestIdentity
+) -> Reply:
+    if not (len(mcc) == 4 and mcc.isdigit()):
+        raise InvalidRequest("mcc is 4 digits (ISO 18245)", code="invalid_mcc", param="mcc")
+    if not (len(country) == 2 and country.isalpha() and country.isupper()):
+        raise InvalidRequest("country is an ISO 3166-1 alpha-2 code", code="invalid_country", param="country")
+    rate = svc.settings.payments.fee_bps_default if fee_bps is None else fee_bps
+    if not 0 <= rate <= FEE_BPS_MAX:
+        raise InvalidRequest("fee_bps is between 0 and 10000", code="invalid_fee", param="fee_bps")
+
+    async def work(conn: Connection) -> tuple[int, Any]:
+        row = await store.insert_merchant(conn, uuid.uuid4(), name, mcc, country, city, rate)
+        view = views.merchant_view(row)
+        await event_store.insert_event(conn, "merchant.created", row["id"], view, merchant_id=row["id"], holder_id=None)
+        return 201, view
+
+    return await svc.idempotency.run(identity, work)
+
+
+async def get_merchant(svc: Services, who: Principal, text_id: str) -> views.MerchantView:
+    mid = merchant_id(text_id, "id")
+    if who.kind is not PrincipalKind.OPERATOR and who.merchant_id != mid:
+        raise NotFound(f"no such merchant: {text_id}", param="id")
+    async with svc.db.connection() as conn:
+        row = await store.merchant(conn, mid)
+    if row is None:
+        raise NotFound(f"no such merchant: {text_id}", param="id")
+    return views.merchant_view(row)
+
+
+async def list_merchants(svc: Services, limit: int) -> views.MerchantList:
+    async with svc.db.connection() as conn:
+        rows = await store.list_merchants(conn, limit + 1)
+    return views.MerchantList(data=[views.merchant_view(r) for r in rows[:limit]], has_more=len(rows) > limit)
+
+
+async def _require_merchant(conn: Connection, mid: uuid.UUID, text_id: str) -> None:
+    if await store.merchant(conn, mid) is None:
+        raise NotFound(f"no such merchant: {text_id}", param="merchant")
+
+
+async def create_store(svc: Services, text_mid: str, name: str, city: str, identity: RequestIdentity) -> Reply:
+    mid = merchant_id(text_mid)
+
+    async def work(conn: Connection) -> tuple[int, Any]:
+        await _require_merchant(conn, mid, text_mid)
+        return 201, views.store_view(await store.insert_store(conn, uuid.uuid4(), mid, name, city))
+
+    return await svc.idempotency.run(identity, work)
+
+
+async def create_terminal(
+    svc: Services, text_mid: str, text_store: str, label: str, identity: RequestIdentity
+) -> Reply:
+    mid = merchant_id(text_mid)
+    sid = decode(Kind.STORE, text_store)
+
+    async def work(conn: Connection) -> tuple[int, Any]:
+        await _require_merchant(conn, mid, text_mid)
+        if sid is None or await store.store(conn, sid, mid) is None:
+            raise NotFound(f"no such store of this merchant: {text_store}", param="store")
+        return 201, views.terminal_view(await store.insert_terminal(conn, uuid.uuid4(), mid, sid, label))
+
+    return await svc.idempotency.run(identity, work)
+
+
+async def create_api_key(svc: Services, text_mid: str, kind: str, identity: RequestIdentity) -> Reply:
+    """A new key; its secret appears in this one answer only (and, for a retry, its replay)."""
+    mid = merchant_id(text_mid)
+    if kind not in api_keys.KINDS:
+        raise InvalidRequest("kind is 'secret' or 'publishable'", code="invalid_key_kind", param="kind")
+
+    async def work(conn: Connection) -> tuple[int, Any]:
+        await _require_merchant(conn, mid, text_mid)
+        secret = api_keys.generate(kind, svc.settings.auth.key_mode)
+        key_hash = api_keys.keyed_hash(svc.settings.auth.api_key_pepper, secret)
+        row = await store.insert_api_key(conn, uuid.uuid4(), mid, kind, api_keys.visible_prefix(secret), key_hash)
+        return 201, views.api_key_view(row, secret=secret)
+
+    # The stored replay must not keep the secret in clear: create keys without an idempotency record.
+    return await svc.idempotency.run(RequestIdentity(identity.scope, None, identity.method, identity.path,
+                                                     identity.fingerprint, identity.request_id), work)
+
+
+async def list_api_keys(svc: Services, who: Principal, text_mid: str) -> views.ApiKeyList:
+    mid = merchant_id(text_mid)
+    if who.kind is not PrincipalKind.OPERATOR and who.merchant_id != mid:
+        raise NotFound(f"no such merchant: {text_mid}", param="merchant")
+    async with svc.db.connection() as conn:
+        rows = await store.list_api_keys(conn, mid)
+    return views.ApiKeyList(data=[views.api_key_view(r) for r in rows], has_more=False)
+
+
+async def revoke_api_key(svc: Services, who: Principal, text_id: str, identity: RequestIdentity) -> Reply:
+    key_id = decode(Kind.API_KEY, text_id)
+    if key_id is None:
+        raise NotFound(f"no such API key: {text_id}", param="id")
+    scope = None if who.kind is PrincipalKind.OPERATOR else who.merchant_id
+
+    async def work(conn: Connection) -> tuple[int, Any]:
+        row = await store.revoke_api_key(conn, key_id, scope)
+        if row is None:
+            raise NotFound(f"no such API key: {text_id}", param="id")
+        return 200, views.api_key_view(row)
+
+    return await svc.idempotency.run(identity, work)
+
+
+async def merchant_balance(svc: Services, who: Principal) -> views.MerchantBalanceView:
+    assert who.merchant_id is not None
+    async with svc.db.connection() as conn:
+        rows = await ledger_store.accounts_of(conn, ledger.AccountKind.MERCHANT, who.merchant_id)
+        sums = await ledger_store.balances_of(conn, [r[0] for r in rows])
+    return views.MerchantBalanceView(
+        balances=[views.BalanceView(currency=cur, available=sums[aid][0] - sums[aid][1], held=sums[aid][1],
+                                    total=sums[aid][0]) for aid, cur in rows]
+    )
+
+
+async def list_events(
+    svc: Services, who: Principal, limit: int, starting_after: str | None, payment: str | None
+) -> views.EventList:
+    assert who.merchant_id is not None
+    async with svc.db.connection() as conn:
+        after_seq = None
+        if starting_after is not None:
+            event_id = decode(Kind.EVENT, starting_after)
+            after_seq = await event_store.event_seq(conn, event_id, who.merchant_id) if event_id else None
+            if after_seq is None:
+                raise InvalidRequest("the cursor names no event of yours", code="invalid_cursor", param="starting_after")
+        object_id = None
+        if payment is not None:
+            object_id = decode(Kind.PAYMENT, payment)
+            if object_id is None:
+                raise NotFound(f"no such payment: {payment}", param="payment")
+        rows = await event_store.list_events(conn, who.merchant_id, limit, after_seq, object_id)
+    return views.EventList(data=[views.event_view(r) for r in rows[:limit]], has_more=len(rows) > limit)

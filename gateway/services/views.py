@@ -1,0 +1,334 @@
+"""The API's view of objects: what responses and event payloads contain. Pure functions of rows.
+
+Amounts are integers in minor units of ``currency`` (Stripe's convention: 1050 CNY = 10.50 yuan).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from gateway.domain import ids
+from gateway.domain.ids import Kind
+
+
+def _ts(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+class PaymentView(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "payment"
+    status: str
+    amount: int
+    currency: str
+    capture_method: str
+    amount_capturable: int
+    amount_received: int
+    amount_refunded: int
+    fee: int
+    merchant: str
+    store: str | None
+    terminal: str | None
+    merchant_reference: str | None
+    description: str | None
+    expires_at: str
+    authorization_expires_at: str | None
+    created_at: str
+    updated_at: str
+
+
+def payment_view(row: Any) -> PaymentView:
+    held = row["authorized_minor"] if row["status"] == "requires_capture" else 0
+    return PaymentView(
+        id=ids.encode(Kind.PAYMENT, row["id"]),
+        status=row["status"],
+        amount=row["amount_minor"],
+        currency=row["currency"],
+        capture_method=row["capture_method"],
+        amount_capturable=held,
+        amount_received=row["captured_minor"],
+        amount_refunded=row["refunded_minor"],
+        fee=row["fee_minor"],
+        merchant=ids.encode(Kind.MERCHANT, row["merchant_id"]),
+        store=ids.encode(Kind.STORE, row["store_id"]) if row["store_id"] else None,
+        terminal=ids.encode(Kind.TERMINAL, row["terminal_id"]) if row["terminal_id"] else None,
+        merchant_reference=row["merchant_reference"],
+        description=row["description"],
+        expires_at=row["expires_at"].isoformat(),
+        authorization_expires_at=_ts(row["authorization_expires_at"]),
+        created_at=row["created_at"].isoformat(),
+        updated_at=row["updated_at"].isoformat(),
+    )
+
+
+class PayerPaymentView(msgspec.Struct, kw_only=True):
+    """What a wallet holder (or a checkout page) sees of a payment: no fees, no merchant internals."""
+
+    id: str
+    object: str = "payment"
+    status: str
+    amount: int
+    currency: str
+    merchant_name: str
+    description: str | None
+    expires_at: str
+
+
+def payer_payment_view(row: Any, merchant_name: str) -> PayerPaymentView:
+    return PayerPaymentView(
+        id=ids.encode(Kind.PAYMENT, row["id"]),
+        status=row["status"],
+        amount=row["amount_minor"],
+        currency=row["currency"],
+        merchant_name=merchant_name,
+        description=row["description"],
+        expires_at=row["expires_at"].isoformat(),
+    )
+
+
+class RefundView(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "refund"
+    payment: str
+    amount: int
+    fee_returned: int
+    currency: str
+    reason: str | None
+    status: str
+    created_at: str
+
+
+def refund_view(row: Any) -> RefundView:
+    return RefundView(
+        id=ids.encode(Kind.REFUND, row["id"]),
+        payment=ids.encode(Kind.PAYMENT, row["payment_id"]),
+        amount=row["amount_minor"],
+        fee_returned=row["fee_back_minor"],
+        currency=row["currency"],
+        reason=row["reason"],
+        status=row["status"],
+        created_at=row["created_at"].isoformat(),
+    )
+
+
+class RefundList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[RefundView]
+    has_more: bool
+
+
+class PaymentList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[PaymentView]
+    has_more: bool
+
+
+class EventView(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "event"
+    type: str
+    data: dict[str, Any]
+    created_at: str
+
+
+class EventList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[EventView]
+    has_more: bool
+
+
+def event_view(row: Any) -> EventView:
+    return EventView(
+        id=ids.encode(Kind.EVENT, row["id"]),
+        type=row["type"],
+        data={"object": msgspec.json.decode(row["data"])},
+        created_at=row["created_at"].isoformat(),
+    )
+
+
+class MerchantView(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "merchant"
+    name: str
+    mcc: str
+    country: str
+    city: str
+    fee_bps: int
+    status: str
+    created_at: str
+
+
+def merchant_view(row: Any) -> MerchantView:
+    return MerchantView(
+        id=ids.encode(Kind.MERCHANT, row["id"]), name=row["name"], mcc=row["mcc"], country=row["country"],
+        city=row["city"], fee_bps=row["fee_bps"], status=row["status"], created_at=row["created_at"].isoformat(),
+    )
+
+
+class MerchantList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[MerchantView]
+    has_more: bool
+
+
+class StoreView(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "store"
+    merchant: str
+    name: str
+    city: str
+    created_at: str
+
+
+def store_view(row: Any) -> StoreView:
+    return StoreView(
+        id=ids.encode(Kind.STORE, row["id"]), merchant=ids.encode(Kind.MERCHANT, row["merchant_id"]),
+        name=row["name"], city=row["city"], created_at=row["created_at"].isoformat(),
+    )
+
+
+class TerminalView(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "terminal"
+    merchant: str
+    store: str
+    label: str
+    status: str
+    created_at: str
+
+
+def terminal_view(row: Any) -> TerminalView:
+    return TerminalView(
+        id=ids.encode(Kind.TERMINAL, row["id"]), merchant=ids.encode(Kind.MERCHANT, row["merchant_id"]),
+        store=ids.encode(Kind.STORE, row["store_id"]), label=row["label"], status=row["status"],
+        created_at=row["created_at"].isoformat(),
+    )
+
+
+class ApiKeyView(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "api_key"
+    merchant: str
+    kind: str
+    prefix: str
+    created_at: str
+    revoked_at: str | None
+    secret: str | None = None  # present only in the answer that created the key
+
+
+class ApiKeyList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[ApiKeyView]
+    has_more: bool
+
+
+def api_key_view(row: Any, secret: str | None = None) -> ApiKeyView:
+    return ApiKeyView(
+        id=ids.encode(Kind.API_KEY, row["id"]), merchant=ids.encode(Kind.MERCHANT, row["merchant_id"]),
+        kind=row["kind"], prefix=row["prefix"], created_at=row["created_at"].isoformat(),
+        revoked_at=_ts(row["revoked_at"]), secret=secret,
+    )
+
+
+class TokenView(msgspec.Struct, kw_only=True):
+    object: str = "token"
+    token: str
+    token_type: str = "Bearer"
+    expires_in: int
+
+
+class WalletHolderView(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "wallet_holder"
+    phone_masked: str
+    tier: int
+    created_at: str
+
+
+def mask_phone(phone: str) -> str:
+    return phone[:3] + "*" * max(0, len(phone) - 7) + phone[-4:] if len(phone) > 7 else "*" * len(phone)
+
+
+def holder_view(row: Any) -> WalletHolderView:
+    return WalletHolderView(
+        id=ids.encode(Kind.WALLET_HOLDER, row["id"]), phone_masked=mask_phone(row["phone"]), tier=row["tier"],
+        created_at=row["created_at"].isoformat(),
+    )
+
+
+class BalanceView(msgspec.Struct, kw_only=True):
+    currency: str
+    available: int
+    held: int
+    total: int
+
+
+class WalletView(msgspec.Struct, kw_only=True):
+    object: str = "wallet"
+    holder: WalletHolderView
+    balances: list[BalanceView]
+
+
+class BankAccountView(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "bank_account"
+    bank_name: str
+    number_masked: str
+    created_at: str
+
+
+def bank_account_view(row: Any) -> BankAccountView:
+    return BankAccountView(
+        id=ids.encode(Kind.BANK_ACCOUNT, row["id"]), bank_name=row["bank_name"],
+        number_masked=row["number_masked"], created_at=row["created_at"].isoformat(),
+    )
+
+
+class BankAccountList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[BankAccountView]
+    has_more: bool
+
+
+class TransferView(msgspec.Struct, kw_only=True):
+    id: str
+    object: str
+    bank_account: str
+    amount: int
+    currency: str
+    balance_after: BalanceView
+    created_at: str
+
+
+class TransactionView(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "wallet_transaction"
+    kind: str
+    amount: int
+    currency: str
+    payment: str | None
+    refund: str | None
+    transfer: str | None
+    merchant_name: str | None
+    created_at: str
+
+
+class TransactionList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[TransactionView]
+    has_more: bool
+    next_cursor: str | None
+
+
+class MerchantBalanceView(msgspec.Struct, kw_only=True):
+    object: str = "balance"
+    balances: list[BalanceView]
+
+
+class InvariantReport(msgspec.Struct, kw_only=True):
+    object: str = "invariant_report"
+    ok: bool
+    violations: dict[str, list[dict[str, Any]]]

@@ -1,0 +1,173 @@
+"""Wallet holder use cases: register, log in, balances, bank accounts, top-up, withdrawal, history."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.auth import passwords
+from gateway.auth.principals import Principal
+from gateway.domain import ledger
+from gateway.domain.ids import Kind, decode, encode
+from gateway.domain.money import check_amount, currency
+from gateway.errors import Conflict, Declined, InvalidRequest, NotFound, Unauthenticated
+from gateway.services import views
+from gateway.services.context import Services
+from gateway.services.idempotency import Reply, RequestIdentity
+from gateway.store import ledger as ledger_store
+from gateway.store import payments as events
+from gateway.store import wallets as store
+from gateway.store.db import Connection
+
+WALLET_AUDIENCE = "wallet"
+_PHONE_RE = re.compile(r"^\+[1-9][0-9]{6,14}$")  # E.164
+_ACCOUNT_NUMBER_RE = re.compile(r"^[A-Z0-9]{8,34}$")
+PASSWORD_LENGTH_MIN = 8
+
+
+def _phone(text: str) -> str:
+    if not _PHONE_RE.match(text):
+        raise InvalidRequest("phone must be in E.164 form, e.g. +8613800138000", code="invalid_phone", param="phone")
+    return text
+
+
+async def register(svc: Services, phone: str, password: str) -> views.WalletHolderView:
+    phone = _phone(phone)
+    if len(password) < PASSWORD_LENGTH_MIN:
+        raise InvalidRequest(
+            f"password must have at least {PASSWORD_LENGTH_MIN} characters", code="weak_password", param="password"
+        )
+    hashed = await passwords.hash_password(password)
+    async with svc.db.connection() as conn:
+        row = await store.insert_holder(conn, uuid.uuid4(), phone, hashed)
+    if row is None:
+        raise Conflict("this phone number is registered already", code="phone_taken", param="phone")
+    return views.holder_view(row)
+
+
+async def login(svc: Services, phone: str, password: str) -> views.TokenView:
+    async with svc.db.connection() as conn:
+        row = await store.holder_by_phone(conn, phone)
+    if not await passwords.verify_password(row["password_hash"] if row else None, password) or row is None:
+        raise Unauthenticated("wrong phone number or password", code="invalid_credentials")
+    ttl_s = svc.settings.auth.wallet_token_ttl_s
+    token = svc.tokens.issue(row["id"], WALLET_AUDIENCE, ttl_s)
+    return views.TokenView(token=token, expires_in=ttl_s)
+
+
+def _balance(currency_code: str, posted: int, held: int) -> views.BalanceView:
+    return views.BalanceView(currency=currency_code, available=posted - held, held=held, total=posted)
+
+
+async def wallet(svc: Services, who: Principal) -> views.WalletView:
+    async with svc.db.connection() as conn:
+        holder = await store.holder(conn, who.id)
+        if holder is None:
+            raise Unauthenticated("the wallet holder no longer exists", code="invalid_token")
+        rows = await store.wallet_accounts(conn, who.id)
+    return views.WalletView(
+        holder=views.holder_view(holder),
+        balances=[_balance(r["currency"], r["posted_minor"], r["held_minor"]) for r in rows],
+    )
+
+
+def _mask_account(number: str) -> str:
+    return "*" * (len(number) - 4) + number[-4:]
+
+
+async def link_bank_account(svc: Services, who: Principal, bank_name: str, number: str) -> views.BankAccountView:
+    normalised = number.replace(" ", "").upper()
+    if not _ACCOUNT_NUMBER_RE.match(normalised):
+        raise InvalidRequest(
+            "account_number must be 8-34 letters or digits", code="invalid_account_number", param="account_number"
+        )
+    if not 1 <= len(bank_name) <= 100:
+        raise InvalidRequest("bank_name must have 1-100 characters", code="invalid_bank_name", param="bank_name")
+    # The full number is never stored: a keyed hash recognises it again, the mask shows it.
+    digest = hmac.new(svc.settings.auth.api_key_pepper.encode(), normalised.encode(), hashlib.sha256).digest()
+    async with svc.db.connection() as conn:
+        row = await store.insert_bank_account(conn, uuid.uuid4(), who.id, bank_name, _mask_account(normalised), digest)
+    return views.bank_account_view(row)
+
+
+async def bank_accounts(svc: Services, who: Principal) -> views.BankAccountList:
+    async with svc.db.connection() as conn:
+        rows = await store.list_bank_accounts(conn, who.id)
+    return views.BankAccountList(data=[views.bank_account_view(r) for r in rows], has_more=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRequest:
+    kind: str  # "top_up" | "withdrawal"
+    bank_account: str
+    amount: int
+    currency: str
+
+
+async def transfer(svc: Services, who: Principal, req: TransferRequest, identity: RequestIdentity) -> Reply:
+    """Move money between the linked bank (the clearing account) and the wallet."""
+    amount = check_amount(req.amount)
+    code = currency(req.currency).code
+    bank_id = decode(Kind.BANK_ACCOUNT, req.bank_account)
+    if bank_id is None:
+        raise NotFound(f"no such bank account: {req.bank_account}", param="bank_account")
+    entry = (ledger.top_up if req.kind == "top_up" else ledger.withdrawal)(who.id, code, amount)
+    wallet_ref = ledger.wallet(who.id, code)
+    async with svc.db.connection() as conn:
+        accounts = await ledger_store.resolve_accounts(conn, [wallet_ref, ledger.clearing(code)])
+
+    async def work(conn: Connection) -> tuple[int, Any]:
+        if await store.bank_account(conn, bank_id, who.id) is None:
+            raise NotFound(f"no such bank account: {req.bank_account}", param="bank_account")
+        transfer_id = uuid.uuid4()
+        try:
+            await ledger_store.post(conn, entry, accounts, transfer_id=transfer_id)
+        except ledger_store.InsufficientFunds:
+            raise Declined(
+                "the wallet's available balance is lower than the amount", code="insufficient_funds", param="amount"
+            ) from None
+        row = await store.insert_transfer(conn, transfer_id, who.id, bank_id, req.kind, amount, code)
+        posted, held = (await ledger_store.balances_of(conn, [accounts[wallet_ref].id]))[accounts[wallet_ref].id]
+        view = views.TransferView(
+            id=encode(Kind.TRANSFER, transfer_id), object=req.kind, bank_account=req.bank_account, amount=amount,
+            currency=code, balance_after=_balance(code, posted, held), created_at=row["created_at"].isoformat(),
+        )
+        await events.insert_event(conn, f"wallet.{req.kind}", transfer_id, view, merchant_id=None, holder_id=who.id)
+        return 201, view
+
+    return await svc.idempotency.run(identity, work)
+
+
+def _cursor(text: str | None) -> int | None:
+    if text is None:
+        return None
+    digits = text.removeprefix("txn_")
+    if digits == text or not digits.isdigit() or len(digits) > 18:
+        raise InvalidRequest("starting_after is not a cursor this API gave", code="invalid_cursor", param="starting_after")
+    return int(digits)
+
+
+async def history(
+    svc: Services, who: Principal, currency_code: str | None, limit: int, starting_after: str | None
+) -> views.TransactionList:
+    after = _cursor(starting_after)
+    code = currency(currency_code).code if currency_code else None
+    async with svc.db.connection() as conn:
+        rows = await store.history(conn, who.id, code, limit, after)
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    data = [
+        views.TransactionView(
+            id=f"txn_{r['id']}", kind=r["kind"], amount=r["amount_minor"], currency=r["currency"],
+            payment=encode(Kind.PAYMENT, r["payment_id"]) if r["payment_id"] else None,
+            refund=encode(Kind.REFUND, r["refund_id"]) if r["refund_id"] else None,
+            transfer=encode(Kind.TRANSFER, r["transfer_id"]) if r["transfer_id"] else None,
+            merchant_name=r["merchant_name"], created_at=r["created_at"].isoformat(),
+        )
+        for r in rows
+    ]
+    return views.TransactionList(data=data, has_more=has_more, next_cursor=data[-1].id if has_more and data else None)

@@ -1,0 +1,157 @@
+"""Settings: one frozen object built at start-up from ``config/gateway.toml`` and the environment.
+
+Nothing else in the gateway reads ``os.environ``. Environment variables named
+``GATEWAY_<SECTION>_<KEY>`` override the file; values are converted to the type of the default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    body_max_bytes: int = 65536
+    public_url: str = "http://127.0.0.1:8080"
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = "postgresql://postgres@127.0.0.1:5432/gateway"
+    pool_min: int = 2
+    pool_max: int = 16
+    acquire_timeout_s: float = 5.0
+    command_timeout_s: float = 10.0
+    retry_count_max: int = 5
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str = "redis://127.0.0.1:6379/0"
+    timeout_s: float = 0.25
+    backoff_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    jwt_issuer: str = "wallet-gateway"
+    jwt_keys: str = ""
+    jwt_active_kid: str = ""
+    api_key_pepper: str = ""
+    operator_token_ttl_s: int = 3600
+    wallet_token_ttl_s: int = 900
+    rate_limit_per_s: int = 1000
+    key_mode: str = "test"
+
+    def jwt_key_ring(self) -> dict[str, str]:
+        ring: dict[str, str] = {}
+        for pair in self.jwt_keys.split(","):
+            kid, sep, secret = pair.strip().partition(":")
+            if sep and kid and secret:
+                ring[kid] = secret
+        return ring
+
+
+@dataclass(frozen=True)
+class PaymentSettings:
+    expiry_default_s: int = 900
+    expiry_max_s: int = 86400
+    authorization_ttl_s: int = 604800
+    fee_bps_default: int = 60
+
+
+@dataclass(frozen=True)
+class IdempotencySettings:
+    retention_s: int = 86400
+    lock_timeout_s: int = 30
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    interval_s: float = 5.0
+    batch_max: int = 500
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings
+    database: DatabaseSettings
+    redis: RedisSettings
+    auth: AuthSettings
+    payments: PaymentSettings
+    idempotency: IdempotencySettings
+    workers: WorkerSettings
+
+    def __post_init__(self) -> None:
+        ring = self.auth.jwt_key_ring()
+        if self.auth.jwt_active_kid not in ring:
+            raise ValueError("auth.jwt_active_kid must name a key in auth.jwt_keys")
+        if len(self.auth.api_key_pepper) < 16:
+            raise ValueError("auth.api_key_pepper must be at least 16 characters")
+
+
+T = TypeVar("T")
+
+
+def _convert(raw: Any, default: Any, name: str) -> Any:
+    if isinstance(default, bool):
+        if isinstance(raw, bool):
+            return raw
+        if str(raw).lower() in {"1", "true", "yes", "on"}:
+            return True
+        if str(raw).lower() in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(f"{name}: expected a boolean, got {raw!r}")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return str(raw)
+
+
+def _section(
+    cls: type[T], name: str, table: Mapping[str, Any], env: Mapping[str, str], forced: Mapping[str, Any]
+) -> T:
+    assert is_dataclass(cls)
+    values: dict[str, Any] = {}
+    known = {f.name for f in fields(cls)}
+    unknown = (set(table) | set(forced)) - known
+    if unknown:
+        raise ValueError(f"unknown settings in [{name}]: {sorted(unknown)}")
+    for field in fields(cls):
+        default = field.default
+        raw = table.get(field.name, default)
+        env_name = f"GATEWAY_{name}_{field.name}".upper()
+        if env_name in env:
+            raw = env[env_name]
+        if field.name in forced:
+            raw = forced[field.name]
+        values[field.name] = _convert(raw, default, f"{name}.{field.name}")
+    return cls(**values)
+
+
+def load(path: Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build the settings; ``overrides`` are ``section={"key": value}`` applied last (tests, CLI flags)."""
+    env = os.environ if env is None else env
+    config_path = path or Path(env.get("GATEWAY_CONFIG", str(DEFAULT_CONFIG)))
+    data: dict[str, Any] = tomllib.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
+    sections = {
+        "server": ServerSettings, "database": DatabaseSettings, "redis": RedisSettings, "auth": AuthSettings,
+        "payments": PaymentSettings, "idempotency": IdempotencySettings, "workers": WorkerSettings,
+    }
+    unknown = set(data) - set(sections)
+    if unknown:
+        raise ValueError(f"unknown settings sections: {sorted(unknown)}")
+    built: dict[str, Any] = {}
+    for name, cls in sections.items():
+        built[name] = _section(cls, name, data.get(name, {}), env, overrides.get(name, {}))
+    return Settings(**built)

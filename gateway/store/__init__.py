@@ -1,0 +1,1 @@
+"""The store owns every SQL statement and the migrations. Nothing else writes SQL."""

@@ -1,0 +1,146 @@
+"""Connection pool, migrations and the unit of work.
+
+Invariants:
+- a use case runs in exactly one transaction (``Database.transaction``), retried as a whole, a
+  bounded number of times, only on serialization failure or deadlock;
+- waiting for a pooled connection is bounded (``acquire_timeout_s``) and surfaces as a retryable
+  503, never as a hang;
+- migrations are versioned files applied in order, each in its own transaction, under an
+  advisory lock so that several processes starting together apply each once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from gateway.errors import Unavailable
+from gateway.settings import DatabaseSettings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Connection = asyncpg.Connection  # type alias used in the store's signatures
+_MIGRATION_LOCK = 0x6761_7465  # "gate"
+_RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
+
+
+def _admin_url(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/") or "postgres"
+    return urlunsplit(parts._replace(path="/postgres")), name
+
+
+async def ensure_database(url: str) -> bool:
+    """Create the database named in ``url`` if it is missing; True if it was created."""
+    admin_url, name = _admin_url(url)
+    conn = await asyncpg.connect(admin_url, timeout=10)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if exists:
+            return False
+        # Identifiers cannot be parameters; quote it the way PostgreSQL itself would.
+        quoted = await conn.fetchval("SELECT quote_ident($1)", name)
+        try:
+            await conn.execute(f"CREATE DATABASE {quoted}")
+        except asyncpg.DuplicateDatabaseError:
+            return False
+        return True
+    finally:
+        await conn.close()
+
+
+def migration_files() -> list[tuple[int, str, str]]:
+    folder = resources.files("gateway.store").joinpath("migrations")
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+async def migrate(url: str) -> list[str]:
+    """Create the database if needed and apply pending migrations; returns the names applied."""
+    await ensure_database(url)
+    conn = await asyncpg.connect(url, timeout=10)
+    applied: list[str] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, name, sql in migration_files():
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+            applied.append(name)
+            log.info("migration applied", extra={"migration": name})
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+        await conn.close()
+    return applied
+
+
+class Database:
+    def __init__(self, pool: asyncpg.Pool, settings: DatabaseSettings) -> None:
+        self.pool = pool
+        self.settings = settings
+
+    @classmethod
+    async def connect(cls, settings: DatabaseSettings) -> Database:
+        pool = await asyncpg.create_pool(
+            settings.url,
+            min_size=settings.pool_min,
+            max_size=settings.pool_max,
+            command_timeout=settings.command_timeout_s,
+            timeout=10,
+        )
+        assert pool is not None
+        return cls(pool, settings)
+
+    async def close(self) -> None:
+        await asyncio.wait_for(self.pool.close(), timeout=10)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        try:
+            conn_cm = self.pool.acquire(timeout=self.settings.acquire_timeout_s)
+            conn = await conn_cm.__aenter__()
+        except (TimeoutError, asyncio.TimeoutError) as exc:
+            raise Unavailable("the database is busy; retry with the same idempotency key", code="database_busy") from exc
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError) as exc:
+            raise Unavailable("the database is unreachable", code="database_unavailable") from exc
+        try:
+            yield conn
+        finally:
+            await conn_cm.__aexit__(None, None, None)
+
+    async def run(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run ``work`` in one transaction, retried whole on serialization failure or deadlock."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self.connection() as conn, conn.transaction():
+                    return await work(conn)
+            except _RETRYABLE:
+                if attempt >= self.settings.retry_count_max:
+                    raise Unavailable("too much contention; retry", code="contention") from None
+                await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        async with self.connection() as conn:
+            return await conn.fetchval(sql, *args)

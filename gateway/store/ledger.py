@@ -1,0 +1,195 @@
+"""Ledger persistence: accounts, balance shards, journal entries and holds.
+
+Invariants kept here (and proven after the fact by ``invariants.sql``):
+- an entry, its postings and the balance changes they imply are written by ONE statement, so
+  they commit or vanish together, inside the caller's transaction;
+- a balance shard changes only together with postings (or holds): ``sum(shards.posted_minor)``
+  equals the sum of the account's postings;
+- no-overdraft accounts are protected by the ``balances_no_overdraft`` CHECK, which the database
+  enforces under any concurrency; its violation is reported as ``InsufficientFunds``;
+- shard rows are updated in (account_id, shard) order to keep lock order fixed.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+
+import asyncpg
+
+from gateway.domain.ledger import NO_OVERDRAFT, AccountKind, AccountRef, Entry
+from gateway.store.db import Connection
+
+HOT_SHARD_COUNT = 8
+_NIL = uuid.UUID(int=0)
+
+
+class InsufficientFunds(Exception):
+    """The no-overdraft CHECK refused a change: the account lacks available funds."""
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: int
+    shard_count: int
+
+
+# Account identities never change once committed, so caching them per process is safe.
+_accounts: dict[AccountRef, Account] = {}
+
+
+def _shard_count(kind: AccountKind) -> int:
+    return 1 if kind in NO_OVERDRAFT or kind is AccountKind.WALLET else HOT_SHARD_COUNT
+
+
+async def resolve_accounts(conn: Connection, refs: list[AccountRef]) -> dict[AccountRef, Account]:
+    """Ids of the accounts, creating missing ones (with their shards) in their own transaction.
+
+    Call outside the use case's transaction: a created account must be committed before its id is
+    cached, or a rollback would leave the cache pointing at nothing.
+    """
+    missing = [ref for ref in dict.fromkeys(refs) if ref not in _accounts]
+    if missing:
+        rows = await conn.fetch(
+            """
+            WITH wanted AS (
+                SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::bool[], $5::int2[])
+                    AS w(kind, owner_id, currency, no_overdraft, shard_count)
+            ), created AS (
+                INSERT INTO accounts (kind, owner_id, currency, no_overdraft, shard_count)
+                SELECT kind, NULLIF(owner_id, $6::uuid), currency, no_overdraft, shard_count FROM wanted
+                ON CONFLICT DO NOTHING
+                RETURNING id, kind, owner_id, currency, no_overdraft, shard_count
+            ), shards AS (
+                INSERT INTO balances (account_id, shard, no_overdraft)
+                SELECT c.id, s, c.no_overdraft FROM created c, generate_series(0, c.shard_count - 1) AS s
+            )
+            SELECT id, kind, owner_id, currency, shard_count FROM created
+            UNION ALL
+            SELECT a.id, a.kind, a.owner_id, a.currency, a.shard_count
+              FROM accounts a JOIN wanted w
+                ON a.kind = w.kind AND COALESCE(a.owner_id, $6::uuid) = w.owner_id AND a.currency = w.currency
+            """,
+            [ref.kind.value for ref in missing],
+            [ref.owner or _NIL for ref in missing],
+            [ref.currency for ref in missing],
+            [ref.kind in NO_OVERDRAFT for ref in missing],
+            [_shard_count(ref.kind) for ref in missing],
+            _NIL,
+        )
+        for row in rows:
+            owner = row["owner_id"]
+            ref = AccountRef(AccountKind(row["kind"]), owner, row["currency"])
+            _accounts[ref] = Account(row["id"], row["shard_count"])
+    return {ref: _accounts[ref] for ref in refs}
+
+
+def _is_overdraft(exc: asyncpg.CheckViolationError) -> bool:
+    return getattr(exc, "constraint_name", None) == "balances_no_overdraft"
+
+
+async def post(
+    conn: Connection,
+    entry: Entry,
+    accounts: dict[AccountRef, Account],
+    *,
+    payment_id: uuid.UUID | None = None,
+    refund_id: uuid.UUID | None = None,
+    transfer_id: uuid.UUID | None = None,
+    release_holds: dict[AccountRef, int] | None = None,
+) -> int:
+    """Write the entry, its postings and the balance changes in one statement; returns the entry id.
+
+    ``release_holds`` lowers the held amount of accounts in the same statement (a capture consumes
+    its authorisation's hold).
+    """
+    release_holds = release_holds or {}
+    deltas: dict[tuple[int, int], list[int]] = defaultdict(lambda: [0, 0])
+    for posting in entry.postings:
+        account = accounts[posting.account]
+        shard = 0 if account.shard_count == 1 else random.randrange(account.shard_count)
+        deltas[(account.id, shard)][0] += posting.amount_minor
+    for ref, amount in release_holds.items():
+        deltas[(accounts[ref].id, 0)][1] += amount
+    keys = sorted(deltas)
+    try:
+        entry_id: int = await conn.fetchval(
+            """
+            WITH e AS (
+                INSERT INTO journal_entries (kind, payment_id, refund_id, transfer_id)
+                VALUES ($1, $2, $3, $4) RETURNING id
+            ), p AS (
+                INSERT INTO postings (entry_id, account_id, currency, amount_minor)
+                SELECT e.id, t.account_id, t.currency, t.amount_minor
+                  FROM e, unnest($5::int8[], $6::text[], $7::int8[]) AS t(account_id, currency, amount_minor)
+            ), u AS (
+                UPDATE balances b
+                   SET posted_minor = b.posted_minor + d.delta, held_minor = b.held_minor - d.released
+                  FROM unnest($8::int8[], $9::int2[], $10::int8[], $11::int8[]) WITH ORDINALITY
+                       AS d(account_id, shard, delta, released, ord)
+                 WHERE b.account_id = d.account_id AND b.shard = d.shard
+                RETURNING 1
+            )
+            SELECT e.id FROM e WHERE (SELECT count(*) FROM u) = $12
+            """,
+            entry.kind.value,
+            payment_id,
+            refund_id,
+            transfer_id,
+            [accounts[p.account].id for p in entry.postings],
+            [p.account.currency for p in entry.postings],
+            [p.amount_minor for p in entry.postings],
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [deltas[k][0] for k in keys],
+            [deltas[k][1] for k in keys],
+            len(keys),
+        )
+    except asyncpg.CheckViolationError as exc:
+        if _is_overdraft(exc):
+            raise InsufficientFunds() from exc
+        raise
+    if entry_id is None:
+        raise RuntimeError("a balance shard of the entry is missing")
+    return entry_id
+
+
+async def hold(conn: Connection, account: Account, amount_minor: int) -> None:
+    """Reserve funds on a single-shard account; ``InsufficientFunds`` if they are not available."""
+    try:
+        await conn.execute(
+            "UPDATE balances SET held_minor = held_minor + $2 WHERE account_id = $1 AND shard = 0",
+            account.id,
+            amount_minor,
+        )
+    except asyncpg.CheckViolationError as exc:
+        if _is_overdraft(exc):
+            raise InsufficientFunds() from exc
+        raise
+
+
+async def release(conn: Connection, account_id: int, amount_minor: int) -> None:
+    await conn.execute(
+        "UPDATE balances SET held_minor = held_minor - $2 WHERE account_id = $1 AND shard = 0",
+        account_id,
+        amount_minor,
+    )
+
+
+async def balances_of(conn: Connection, account_ids: list[int]) -> dict[int, tuple[int, int]]:
+    """(posted, held) per account, summed over shards."""
+    rows = await conn.fetch(
+        "SELECT account_id, sum(posted_minor)::int8 AS posted, sum(held_minor)::int8 AS held"
+        " FROM balances WHERE account_id = ANY($1::int8[]) GROUP BY account_id",
+        account_ids,
+    )
+    return {row["account_id"]: (row["posted"], row["held"]) for row in rows}
+
+
+async def accounts_of(conn: Connection, kind: AccountKind, owner_id: uuid.UUID) -> list[tuple[int, str]]:
+    rows = await conn.fetch(
+        "SELECT id, currency FROM accounts WHERE kind = $1 AND owner_id = $2 ORDER BY currency", kind.value, owner_id
+    )
+    return [(row["id"], row["currency"]) for row in rows]

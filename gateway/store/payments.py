@@ -1,0 +1,188 @@
+"""Payments, refunds and the event rows written with them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from gateway.domain.payments import CaptureMethod, Payment, Status
+from gateway.store.db import Connection
+
+_COLUMNS = (
+    "id, merchant_id, amount_minor, currency, status, capture_method, expires_at, payer_id,"
+    " authorized_minor, captured_minor, refunded_minor, fee_minor, authorization_expires_at"
+)
+_EXTRA = "store_id, terminal_id, merchant_reference, description, fee_bps, wallet_account_id, created_at, updated_at"
+
+
+def to_domain(row: asyncpg.Record) -> Payment:
+    return Payment(
+        id=row["id"],
+        merchant_id=row["merchant_id"],
+        amount_minor=row["amount_minor"],
+        currency=row["currency"],
+        status=Status(row["status"]),
+        capture_method=CaptureMethod(row["capture_method"]),
+        expires_at=row["expires_at"],
+        payer_id=row["payer_id"],
+        authorized_minor=row["authorized_minor"],
+        captured_minor=row["captured_minor"],
+        refunded_minor=row["refunded_minor"],
+        fee_minor=row["fee_minor"],
+        authorization_expires_at=row["authorization_expires_at"],
+    )
+
+
+async def insert(
+    conn: Connection,
+    payment: Payment,
+    *,
+    store_id: uuid.UUID | None,
+    terminal_id: uuid.UUID | None,
+    merchant_reference: str | None,
+    description: str | None,
+    fee_bps: int,
+) -> asyncpg.Record:
+    row: asyncpg.Record = await conn.fetchrow(
+        f"""
+        INSERT INTO payments (id, merchant_id, store_id, terminal_id, amount_minor, currency, status,
+                              capture_method, merchant_reference, description, expires_at, fee_bps)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+        RETURNING {_COLUMNS}, {_EXTRA}
+        """,
+        payment.id, payment.merchant_id, store_id, terminal_id, payment.amount_minor, payment.currency,
+        payment.status.value, payment.capture_method.value, merchant_reference, description,
+        payment.expires_at, fee_bps,
+    )
+    return row
+
+
+async def get(
+    conn: Connection, payment_id: uuid.UUID, *, merchant_id: uuid.UUID | None = None, for_update: bool = False
+) -> asyncpg.Record | None:
+    lock = " FOR UPDATE" if for_update else ""
+    scope = " AND merchant_id = $2" if merchant_id is not None else ""
+    args: list[Any] = [payment_id] + ([merchant_id] if merchant_id is not None else [])
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"SELECT {_COLUMNS}, {_EXTRA} FROM payments WHERE id = $1{scope}{lock}", *args
+    )
+    return row
+
+
+async def update(conn: Connection, payment: Payment, *, wallet_account_id: int | None = None) -> asyncpg.Record:
+    row: asyncpg.Record = await conn.fetchrow(
+        f"""
+        UPDATE payments SET status = $2, payer_id = $3, authorized_minor = $4, captured_minor = $5,
+               refunded_minor = $6, fee_minor = $7, authorization_expires_at = $8,
+               wallet_account_id = COALESCE($9, wallet_account_id), updated_at = now()
+         WHERE id = $1
+        RETURNING {_COLUMNS}, {_EXTRA}
+        """,
+        payment.id, payment.status.value, payment.payer_id, payment.authorized_minor, payment.captured_minor,
+        payment.refunded_minor, payment.fee_minor, payment.authorization_expires_at, wallet_account_id,
+    )
+    return row
+
+
+async def list_for_merchant(
+    conn: Connection, merchant_id: uuid.UUID, limit: int, after: uuid.UUID | None, before: uuid.UUID | None
+) -> list[asyncpg.Record]:
+    """Newest first; ``after``/``before`` are cursors (ids of payments of the same merchant)."""
+    if after is not None:
+        cond, order = "(created_at, id) < (SELECT created_at, id FROM payments WHERE id = $3 AND merchant_id = $1)", "DESC"
+        cursor: uuid.UUID | None = after
+    elif before is not None:
+        cond, order = "(created_at, id) > (SELECT created_at, id FROM payments WHERE id = $3 AND merchant_id = $1)", "ASC"
+        cursor = before
+    else:
+        cond, order, cursor = "$3::uuid IS NULL", "DESC", None
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS}, {_EXTRA} FROM payments WHERE merchant_id = $1 AND {cond}"
+        f" ORDER BY created_at {order}, id {order} LIMIT $2",
+        merchant_id, limit + 1, cursor,
+    )
+    return list(rows) if order == "DESC" else list(reversed(rows))
+
+
+async def exists_for_merchant(conn: Connection, payment_id: uuid.UUID, merchant_id: uuid.UUID) -> bool:
+    return bool(await conn.fetchval("SELECT 1 FROM payments WHERE id = $1 AND merchant_id = $2", payment_id, merchant_id))
+
+
+async def insert_refund(
+    conn: Connection, refund_id: uuid.UUID, payment: Payment, amount_minor: int, fee_back_minor: int, reason: str | None
+) -> asyncpg.Record:
+    row: asyncpg.Record = await conn.fetchrow(
+        """
+        INSERT INTO refunds (id, payment_id, merchant_id, amount_minor, fee_back_minor, currency, reason)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        RETURNING id, payment_id, merchant_id, amount_minor, fee_back_minor, currency, reason, status, created_at
+        """,
+        refund_id, payment.id, payment.merchant_id, amount_minor, fee_back_minor, payment.currency, reason,
+    )
+    return row
+
+
+async def refunds_of(conn: Connection, payment_id: uuid.UUID) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            "SELECT id, payment_id, merchant_id, amount_minor, fee_back_minor, currency, reason, status, created_at"
+            " FROM refunds WHERE payment_id = $1 ORDER BY created_at DESC, id DESC",
+            payment_id,
+        )
+    )
+
+
+async def due_for_expiry(conn: Connection, now: datetime, limit: int) -> list[asyncpg.Record]:
+    """Open payments past their expiry and authorisations past theirs, locked, skipping rows others hold."""
+    return list(
+        await conn.fetch(
+            f"""
+            SELECT {_COLUMNS}, {_EXTRA} FROM payments
+             WHERE (status = 'requires_payment_method' AND expires_at <= $1)
+                OR (status = 'requires_capture' AND authorization_expires_at <= $1)
+             ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
+            """,
+            now, limit,
+        )
+    )
+
+
+async def insert_event(
+    conn: Connection,
+    event_type: str,
+    object_id: uuid.UUID,
+    data: Any,
+    *,
+    merchant_id: uuid.UUID | None,
+    holder_id: uuid.UUID | None,
+) -> uuid.UUID:
+    event_id = uuid.uuid4()
+    await conn.execute(
+        "INSERT INTO events (id, type, merchant_id, holder_id, object_id, data) VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
+        event_id, event_type, merchant_id, holder_id, object_id, msgspec.json.encode(data).decode(),
+    )
+    return event_id
+
+
+async def list_events(
+    conn: Connection, merchant_id: uuid.UUID, limit: int, after_seq: int | None, object_id: uuid.UUID | None
+) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            """
+            SELECT seq, id, type, object_id, data::text AS data, created_at FROM events
+             WHERE merchant_id = $1 AND ($3::int8 IS NULL OR seq < $3) AND ($4::uuid IS NULL OR object_id = $4)
+             ORDER BY seq DESC LIMIT $2
+            """,
+            merchant_id, limit + 1, after_seq, object_id,
+        )
+    )
+
+
+async def event_seq(conn: Connection, event_id: uuid.UUID, merchant_id: uuid.UUID) -> int | None:
+    seq: int | None = await conn.fetchval("SELECT seq FROM events WHERE id = $1 AND merchant_id = $2", event_id, merchant_id)
+    return seq

@@ -1,0 +1,51 @@
+-- The ledger's invariants. Each query returns the rows that break one; all empty means sound.
+-- name: entry_unbalanced
+SELECT entry_id, currency, sum(amount_minor) AS total FROM postings GROUP BY entry_id, currency HAVING sum(amount_minor) <> 0;
+-- name: entry_too_small
+SELECT e.id FROM journal_entries e LEFT JOIN postings p ON p.entry_id = e.id GROUP BY e.id HAVING count(p.id) < 2;
+-- name: posting_currency_mismatch
+SELECT p.id FROM postings p JOIN accounts a ON a.id = p.account_id WHERE p.currency <> a.currency;
+-- name: balance_differs_from_postings
+SELECT a.id, b.posted, COALESCE(s.total, 0) AS postings_total
+  FROM accounts a
+  JOIN (SELECT account_id, sum(posted_minor) AS posted FROM balances GROUP BY account_id) b ON b.account_id = a.id
+  LEFT JOIN (SELECT account_id, sum(amount_minor) AS total FROM postings GROUP BY account_id) s ON s.account_id = a.id
+ WHERE b.posted <> COALESCE(s.total, 0);
+-- name: shards_missing
+SELECT a.id FROM accounts a LEFT JOIN balances b ON b.account_id = a.id GROUP BY a.id, a.shard_count HAVING count(b.shard) <> a.shard_count;
+-- name: forbidden_negative
+SELECT account_id, shard, posted_minor, held_minor FROM balances WHERE no_overdraft AND posted_minor - held_minor < 0;
+-- name: hold_differs_from_authorizations
+SELECT a.id, b.held_minor, COALESCE(h.total, 0) AS authorized
+  FROM accounts a JOIN balances b ON b.account_id = a.id AND b.shard = 0
+  LEFT JOIN (SELECT wallet_account_id, sum(authorized_minor) AS total FROM payments
+              WHERE status = 'requires_capture' GROUP BY wallet_account_id) h ON h.wallet_account_id = a.id
+ WHERE a.kind = 'wallet' AND b.held_minor <> COALESCE(h.total, 0);
+-- name: captured_payment_postings
+SELECT pay.id, pay.captured_minor, pay.refunded_minor, pay.fee_minor
+  FROM payments pay
+  LEFT JOIN (SELECT e.payment_id,
+                    sum(p.amount_minor) FILTER (WHERE e.kind = 'capture' AND a.kind = 'wallet') AS captured,
+                    sum(p.amount_minor) FILTER (WHERE e.kind = 'capture' AND a.kind = 'fees') AS fee,
+                    sum(p.amount_minor) FILTER (WHERE e.kind = 'refund' AND a.kind = 'wallet') AS refunded,
+                    count(DISTINCT e.id) FILTER (WHERE e.kind = 'capture') AS captures
+               FROM journal_entries e JOIN postings p ON p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
+              WHERE e.payment_id IS NOT NULL GROUP BY e.payment_id) x ON x.payment_id = pay.id
+ WHERE COALESCE(-x.captured, 0) <> pay.captured_minor
+    OR COALESCE(x.fee, 0) <> pay.fee_minor
+    OR COALESCE(x.refunded, 0) <> pay.refunded_minor
+    OR (pay.captured_minor > 0 AND x.captures <> 1)
+    OR (pay.captured_minor > 0 AND pay.wallet_account_id IS DISTINCT FROM
+        (SELECT p.account_id FROM journal_entries e JOIN postings p ON p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
+          WHERE e.payment_id = pay.id AND e.kind = 'capture' AND a.kind = 'wallet' LIMIT 1));
+-- name: refunds_differ_from_payment
+SELECT pay.id FROM payments pay LEFT JOIN (SELECT payment_id, sum(amount_minor) AS total FROM refunds GROUP BY payment_id) r
+    ON r.payment_id = pay.id WHERE COALESCE(r.total, 0) <> pay.refunded_minor;
+-- name: uncaptured_state_with_money
+SELECT id FROM payments WHERE status IN ('requires_payment_method', 'canceled', 'expired') AND captured_minor <> 0;
+-- name: refund_fee_postings
+SELECT r.payment_id FROM (SELECT payment_id, sum(fee_back_minor) AS fee_back FROM refunds GROUP BY payment_id) r
+  LEFT JOIN (SELECT e.payment_id, sum(p.amount_minor) AS fee_posted FROM journal_entries e
+          JOIN postings p ON p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
+         WHERE e.kind = 'refund' AND a.kind = 'fees' GROUP BY e.payment_id) f ON f.payment_id = r.payment_id
+ WHERE COALESCE(-f.fee_posted, 0) <> r.fee_back;

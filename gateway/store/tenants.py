@@ -1,0 +1,116 @@
+"""Operators, merchants, stores, terminals and API keys."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+
+from gateway.store.db import Connection
+
+
+async def insert_operator(conn: Connection, op_id: uuid.UUID, email: str, password_hash: str, role: str) -> bool:
+    """False if an operator with this email exists already."""
+    status = await conn.execute(
+        "INSERT INTO operators (id, email, password_hash, role) VALUES ($1, $2, $3, $4) ON CONFLICT (email) DO NOTHING",
+        op_id, email, password_hash, role,
+    )
+    return bool(status.endswith(" 1"))
+
+
+async def operator_by_email(conn: Connection, email: str) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT id, email, password_hash, role FROM operators WHERE email = $1", email
+    )
+    return row
+
+
+_MERCHANT = "id, name, mcc, country, city, fee_bps, status, created_at"
+
+
+async def insert_merchant(
+    conn: Connection, merchant_id: uuid.UUID, name: str, mcc: str, country: str, city: str, fee_bps: int
+) -> asyncpg.Record:
+    row: asyncpg.Record = await conn.fetchrow(
+        f"INSERT INTO merchants (id, name, mcc, country, city, fee_bps) VALUES ($1, $2, $3, $4, $5, $6)"
+        f" RETURNING {_MERCHANT}",
+        merchant_id, name, mcc, country, city, fee_bps,
+    )
+    return row
+
+
+async def merchant(conn: Connection, merchant_id: uuid.UUID) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(f"SELECT {_MERCHANT} FROM merchants WHERE id = $1", merchant_id)
+    return row
+
+
+async def list_merchants(conn: Connection, limit: int) -> list[asyncpg.Record]:
+    return list(await conn.fetch(f"SELECT {_MERCHANT} FROM merchants ORDER BY created_at DESC, id DESC LIMIT $1", limit))
+
+
+async def insert_store(conn: Connection, store_id: uuid.UUID, merchant_id: uuid.UUID, name: str, city: str) -> asyncpg.Record:
+    row: asyncpg.Record = await conn.fetchrow(
+        "INSERT INTO stores (id, merchant_id, name, city) VALUES ($1, $2, $3, $4)"
+        " RETURNING id, merchant_id, name, city, created_at",
+        store_id, merchant_id, name, city,
+    )
+    return row
+
+
+async def store(conn: Connection, store_id: uuid.UUID, merchant_id: uuid.UUID) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT id, merchant_id, name, city, created_at FROM stores WHERE id = $1 AND merchant_id = $2",
+        store_id, merchant_id,
+    )
+    return row
+
+
+async def insert_terminal(
+    conn: Connection, terminal_id: uuid.UUID, merchant_id: uuid.UUID, store_id: uuid.UUID, label: str
+) -> asyncpg.Record:
+    row: asyncpg.Record = await conn.fetchrow(
+        "INSERT INTO terminals (id, merchant_id, store_id, label) VALUES ($1, $2, $3, $4)"
+        " RETURNING id, merchant_id, store_id, label, status, created_at",
+        terminal_id, merchant_id, store_id, label,
+    )
+    return row
+
+
+async def insert_api_key(
+    conn: Connection, key_id: uuid.UUID, merchant_id: uuid.UUID, kind: str, prefix: str, key_hash: bytes
+) -> asyncpg.Record:
+    row: asyncpg.Record = await conn.fetchrow(
+        "INSERT INTO api_keys (id, merchant_id, kind, prefix, key_hash) VALUES ($1, $2, $3, $4, $5)"
+        " RETURNING id, merchant_id, kind, prefix, created_at, revoked_at",
+        key_id, merchant_id, kind, prefix, key_hash,
+    )
+    return row
+
+
+async def api_key_by_hash(conn: Connection, key_hash: bytes) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT k.id, k.merchant_id, k.kind, m.status AS merchant_status FROM api_keys k"
+        " JOIN merchants m ON m.id = k.merchant_id WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+        key_hash,
+    )
+    return row
+
+
+async def revoke_api_key(conn: Connection, key_id: uuid.UUID, merchant_id: uuid.UUID | None) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now())"
+        " WHERE id = $1 AND ($2::uuid IS NULL OR merchant_id = $2)"
+        " RETURNING id, merchant_id, kind, prefix, key_hash, created_at, revoked_at",
+        key_id, merchant_id,
+    )
+    return row
+
+
+async def list_api_keys(conn: Connection, merchant_id: uuid.UUID) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            "SELECT id, merchant_id, kind, prefix, created_at, revoked_at FROM api_keys"
+            " WHERE merchant_id = $1 ORDER BY created_at DESC",
+            merchant_id,
+        )
+    )

@@ -1,0 +1,47 @@
+"""Background loops run by every gateway process: expiry of payments and authorisations, reaping
+of idempotency keys. Safe to run everywhere at once: rows are claimed with SKIP LOCKED and every
+change is a state-checked transition."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from gateway.api.routing import SERVICES
+from gateway.services import payments
+from gateway.services.context import Services
+from gateway.store import idempotency
+
+log = logging.getLogger(__name__)
+
+
+async def tick(svc: Services) -> tuple[int, int]:
+    expired = await payments.expire_due(svc)
+    async with svc.db.connection() as conn:
+        reaped = await idempotency.reap(conn, svc.settings.idempotency.retention_s, svc.settings.workers.batch_max)
+    return expired, reaped
+
+
+async def _loop(svc: Services) -> None:
+    while True:
+        # Jitter spreads the processes' ticks apart.
+        await asyncio.sleep(svc.settings.workers.interval_s * random.uniform(0.8, 1.2))
+        try:
+            expired, reaped = await asyncio.wait_for(tick(svc), timeout=60)
+            if expired or reaped:
+                log.info("worker tick", extra={"expired": expired, "keys_reaped": reaped})
+        except Exception:
+            log.exception("worker tick failed; will retry")
+
+
+async def run_workers(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(_loop(app[SERVICES]))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,48 @@
+"""Integration fixtures: the real app over real HTTP on loopback; the ledger proven after every test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import create_app
+from gateway.settings import Settings
+from gateway.store import invariants
+from tests.conftest import make_settings
+from tests.integration.world import World
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def client(clean_db: str, settings: Settings) -> AsyncIterator[TestClient]:
+    server = TestServer(create_app(settings, workers=False), host="127.0.0.1")
+    async with TestClient(server) as test_client:
+        yield test_client
+    conn = await asyncpg.connect(clean_db)
+    try:
+        found = await invariants.check(conn)
+    finally:
+        await conn.close()
+    broken = {name: rows for name, rows in found.items() if rows}
+    assert not broken, f"ledger invariants broken after the test: {broken}"
+
+
+@pytest.fixture
+async def world(client: TestClient) -> World:
+    return await World.create(client)
+
+
+@pytest.fixture
+def app_factory(clean_db: str) -> Callable[..., Any]:
+    def build(settings: Settings) -> Any:
+        return create_app(settings, workers=False)
+
+    return build

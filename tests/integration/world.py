@@ -1,0 +1,123 @@
+"""Builds real objects through the public API: an operator, merchants with keys, wallet holders."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from gateway.services import tenants
+from gateway.services.context import Services
+from tests.conftest import make_settings
+
+OPERATOR_EMAIL = "ops@example.com"
+OPERATOR_PASSWORD = "correct horse battery"
+_phones = itertools.count(13800000000)
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@dataclass
+class Merchant:
+    id: str
+    secret: str
+    publishable: str
+    store: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return auth(self.secret)
+
+
+@dataclass
+class Holder:
+    id: str
+    phone: str
+    token: str
+    bank_account: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return auth(self.token)
+
+
+class World:
+    def __init__(self, client: TestClient, operator_token: str) -> None:
+        self.client = client
+        self.operator_token = operator_token
+
+    @classmethod
+    async def create(cls, client: TestClient) -> World:
+        svc = await Services.start(make_settings())
+        try:
+            await tenants.create_operator(svc, OPERATOR_EMAIL, OPERATOR_PASSWORD, "admin")
+        finally:
+            await svc.stop()
+        token = await cls.json(client, "POST", "/v1/operator/sessions",
+                               json={"email": OPERATOR_EMAIL, "password": OPERATOR_PASSWORD}, expect=201)
+        return cls(client, token["token"])
+
+    @staticmethod
+    async def json(client: TestClient, method: str, path: str, expect: int = 200, **kwargs: Any) -> Any:
+        resp = await client.request(method, path, **kwargs)
+        body = await resp.json()
+        assert resp.status == expect, (resp.status, body)
+        return body
+
+    async def call(self, method: str, path: str, expect: int = 200, **kwargs: Any) -> Any:
+        return await self.json(self.client, method, path, expect, **kwargs)
+
+    @property
+    def ops(self) -> dict[str, str]:
+        return auth(self.operator_token)
+
+    async def merchant(self, name: str = "Best Noodles", fee_bps: int = 100) -> Merchant:
+        m = await self.call("POST", "/v1/merchants", 201, headers=self.ops,
+                            json={"name": name, "mcc": "5812", "country": "CN", "city": "Beijing", "fee_bps": fee_bps})
+        store = await self.call("POST", f"/v1/merchants/{m['id']}/stores", 201, headers=self.ops,
+                                json={"name": "Main street", "city": "Beijing"})
+        sk = await self.call("POST", f"/v1/merchants/{m['id']}/api_keys", 201, headers=self.ops, json={"kind": "secret"})
+        pk = await self.call("POST", f"/v1/merchants/{m['id']}/api_keys", 201, headers=self.ops,
+                             json={"kind": "publishable"})
+        return Merchant(m["id"], sk["secret"], pk["secret"], store["id"])
+
+    async def holder(self, top_up: int = 0, currency: str = "CNY") -> Holder:
+        phone = f"+86{next(_phones)}{uuid.uuid4().int % 10}"
+        holder = await self.call("POST", "/v1/wallet/holders", 201, json={"phone": phone, "password": "s3cret-pass"})
+        token = (await self.call("POST", "/v1/wallet/sessions", 201,
+                                 json={"phone": phone, "password": "s3cret-pass"}))["token"]
+        bank = await self.call("POST", "/v1/wallet/bank_accounts", 201, headers=auth(token),
+                               json={"bank_name": "ICBC", "account_number": "6222020200112233445"})
+        h = Holder(holder["id"], phone, token, bank["id"])
+        if top_up:
+            await self.top_up(h, top_up, currency)
+        return h
+
+    async def top_up(self, h: Holder, amount: int, currency: str = "CNY") -> Any:
+        return await self.call("POST", "/v1/wallet/top_ups", 201, headers=h.headers,
+                               json={"bank_account": h.bank_account, "amount": amount, "currency": currency})
+
+    async def payment(self, m: Merchant, amount: int, currency: str = "CNY", **extra: Any) -> Any:
+        return await self.call("POST", "/v1/payments", 201, headers=m.headers,
+                               json={"amount": amount, "currency": currency, **extra})
+
+    async def pay(self, h: Holder, payment_id: str, expect: int = 200, key: str | None = None) -> Any:
+        headers = dict(h.headers)
+        if key:
+            headers["Idempotency-Key"] = key
+        return await self.call("POST", f"/v1/wallet/payments/{payment_id}/pay", expect, headers=headers, json={})
+
+    async def available(self, h: Holder, currency: str = "CNY") -> int:
+        wallet = await self.call("GET", "/v1/wallet", headers=h.headers)
+        return next((b["available"] for b in wallet["balances"] if b["currency"] == currency), 0)
+
+    async def merchant_total(self, m: Merchant, currency: str = "CNY") -> int:
+        bal = await self.call("GET", "/v1/balance", headers=m.headers)
+        return next((b["total"] for b in bal["balances"] if b["currency"] == currency), 0)
+
+
