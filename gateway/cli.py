@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     p_demo.add_argument("--port", type=int, default=8080)
     args = parser.parse_args(argv)
 
-    overrides = {"server": {"port": args.port}} if getattr(args, "port", None) else {}
-    config = settings_mod.load(**overrides)
+    port = getattr(args, "port", None)
+    config = settings_mod.load(server={"port": port}) if port else settings_mod.load()
     try:
         if args.command == "serve":
             serve(config, args.processes)

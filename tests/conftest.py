@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
 
 from gateway import settings as settings_mod
 from gateway.settings import Settings
 from gateway.store import db, ledger
 
-TEST_DB_URL = os.environ.get("GATEWAY_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/gateway_test")
+# One database per test session (pid in the name), so parallel sessions never share state.
+TEST_DB_URL = os.environ.get(
+    "GATEWAY_TEST_DATABASE_URL", f"postgresql://postgres@127.0.0.1:5432/gateway_test_{os.getpid()}"
+)
 TEST_REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 _TABLES_KEPT = {"schema_migrations"}
 
@@ -29,21 +32,21 @@ def make_settings(**overrides: dict[str, object]) -> Settings:
     return settings_mod.load(env={}, **sections)
 
 
+async def _drop(url: str) -> None:
+    admin_url, name = db._admin_url(url)
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(scope="session")
-def _schema() -> str:
-    import asyncio
-
-    async def fresh() -> None:
-        admin_url, name = db._admin_url(TEST_DB_URL)
-        conn = await asyncpg.connect(admin_url)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-        await db.migrate(TEST_DB_URL)
-
-    asyncio.run(fresh())
-    return TEST_DB_URL
+def _schema() -> Iterator[str]:
+    asyncio.run(_drop(TEST_DB_URL))
+    asyncio.run(db.migrate(TEST_DB_URL))
+    yield TEST_DB_URL
+    asyncio.run(_drop(TEST_DB_URL))
 
 
 @pytest.fixture
@@ -55,8 +58,6 @@ async def clean_db(_schema: str) -> AsyncIterator[str]:
         await conn.execute(f"TRUNCATE {wanted} RESTART IDENTITY CASCADE")
     finally:
         await conn.close()
+    # Redis needs no cleaning: every key is scoped by ids that are new in each test.
     ledger._accounts.clear()
-    client = aioredis.Redis.from_url(TEST_REDIS_URL)
-    await client.flushdb()
-    await client.aclose()
     yield _schema

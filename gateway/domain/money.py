@@ -95,7 +95,7 @@ class Money:
     def parse(cls, text: str, code: str, param: str = "amount") -> Money:
         """Parse a decimal string such as ``"23.72"`` exactly; more decimals than the exponent is an error."""
         cur = currency(code)
-        match = _DECIMAL_RE.match(text)
+        match = _DECIMAL_RE.fullmatch(text)
         if match is None:
             raise InvalidRequest("amount must be a plain decimal number", code="invalid_amount", param=param)
         whole, frac = match.group(1), match.group(2) or ""

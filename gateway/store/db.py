@@ -17,10 +17,11 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from gateway.errors import Unavailable
 from gateway.settings import DatabaseSettings
@@ -28,7 +29,8 @@ from gateway.settings import DatabaseSettings
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Connection = asyncpg.Connection  # type alias used in the store's signatures
+# What the store's functions take: a pooled connection, or a plain one (migrations, tests).
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 _MIGRATION_LOCK = 0x6761_7465  # "gate"
 _RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 
@@ -144,3 +146,12 @@ class Database:
     async def fetchval(self, sql: str, *args: Any) -> Any:
         async with self.connection() as conn:
             return await conn.fetchval(sql, *args)
+
+
+async def one(conn: Connection, sql: str, *args: Any) -> asyncpg.Record:
+    """The single row a statement must return (an INSERT/UPDATE ... RETURNING that cannot miss)."""
+    row = await conn.fetchrow(sql, *args)
+    if row is None:
+        raise LookupError("statement returned no row")
+    return row
+

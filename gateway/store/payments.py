@@ -10,7 +10,7 @@ import asyncpg
 import msgspec
 
 from gateway.domain.payments import CaptureMethod, Payment, Status
-from gateway.store.db import Connection
+from gateway.store.db import Connection, one
 
 _COLUMNS = (
     "id, merchant_id, amount_minor, currency, status, capture_method, expires_at, payer_id,"
@@ -47,7 +47,7 @@ async def insert(
     description: str | None,
     fee_bps: int,
 ) -> asyncpg.Record:
-    row: asyncpg.Record = await conn.fetchrow(
+    row = await one(conn, 
         f"""
         INSERT INTO payments (id, merchant_id, store_id, terminal_id, amount_minor, currency, status,
                               capture_method, merchant_reference, description, expires_at, fee_bps)
@@ -74,7 +74,7 @@ async def get(
 
 
 async def update(conn: Connection, payment: Payment, *, wallet_account_id: int | None = None) -> asyncpg.Record:
-    row: asyncpg.Record = await conn.fetchrow(
+    row = await one(conn, 
         f"""
         UPDATE payments SET status = $2, payer_id = $3, authorized_minor = $4, captured_minor = $5,
                refunded_minor = $6, fee_minor = $7, authorization_expires_at = $8,
@@ -115,7 +115,7 @@ async def exists_for_merchant(conn: Connection, payment_id: uuid.UUID, merchant_
 async def insert_refund(
     conn: Connection, refund_id: uuid.UUID, payment: Payment, amount_minor: int, fee_back_minor: int, reason: str | None
 ) -> asyncpg.Record:
-    row: asyncpg.Record = await conn.fetchrow(
+    row = await one(conn, 
         """
         INSERT INTO refunds (id, payment_id, merchant_id, amount_minor, fee_back_minor, currency, reason)
         VALUES ($1, $2, $3, $4, $5, $6, $7)

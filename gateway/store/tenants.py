@@ -6,7 +6,7 @@ import uuid
 
 import asyncpg
 
-from gateway.store.db import Connection
+from gateway.store.db import Connection, one
 
 
 async def insert_operator(conn: Connection, op_id: uuid.UUID, email: str, password_hash: str, role: str) -> bool:
@@ -31,7 +31,7 @@ _MERCHANT = "id, name, mcc, country, city, fee_bps, status, created_at"
 async def insert_merchant(
     conn: Connection, merchant_id: uuid.UUID, name: str, mcc: str, country: str, city: str, fee_bps: int
 ) -> asyncpg.Record:
-    row: asyncpg.Record = await conn.fetchrow(
+    row = await one(conn, 
         f"INSERT INTO merchants (id, name, mcc, country, city, fee_bps) VALUES ($1, $2, $3, $4, $5, $6)"
         f" RETURNING {_MERCHANT}",
         merchant_id, name, mcc, country, city, fee_bps,
@@ -49,7 +49,7 @@ async def list_merchants(conn: Connection, limit: int) -> list[asyncpg.Record]:
 
 
 async def insert_store(conn: Connection, store_id: uuid.UUID, merchant_id: uuid.UUID, name: str, city: str) -> asyncpg.Record:
-    row: asyncpg.Record = await conn.fetchrow(
+    row = await one(conn, 
         "INSERT INTO stores (id, merchant_id, name, city) VALUES ($1, $2, $3, $4)"
         " RETURNING id, merchant_id, name, city, created_at",
         store_id, merchant_id, name, city,
@@ -68,7 +68,7 @@ async def store(conn: Connection, store_id: uuid.UUID, merchant_id: uuid.UUID) -
 async def insert_terminal(
     conn: Connection, terminal_id: uuid.UUID, merchant_id: uuid.UUID, store_id: uuid.UUID, label: str
 ) -> asyncpg.Record:
-    row: asyncpg.Record = await conn.fetchrow(
+    row = await one(conn, 
         "INSERT INTO terminals (id, merchant_id, store_id, label) VALUES ($1, $2, $3, $4)"
         " RETURNING id, merchant_id, store_id, label, status, created_at",
         terminal_id, merchant_id, store_id, label,
@@ -79,7 +79,7 @@ async def insert_terminal(
 async def insert_api_key(
     conn: Connection, key_id: uuid.UUID, merchant_id: uuid.UUID, kind: str, prefix: str, key_hash: bytes
 ) -> asyncpg.Record:
-    row: asyncpg.Record = await conn.fetchrow(
+    row = await one(conn, 
         "INSERT INTO api_keys (id, merchant_id, kind, prefix, key_hash) VALUES ($1, $2, $3, $4, $5)"
         " RETURNING id, merchant_id, kind, prefix, created_at, revoked_at",
         key_id, merchant_id, kind, prefix, key_hash,

@@ -6,7 +6,7 @@ import uuid
 
 import asyncpg
 
-from gateway.store.db import Connection
+from gateway.store.db import Connection, one
 
 
 async def insert_holder(conn: Connection, holder_id: uuid.UUID, phone: str, password_hash: str) -> asyncpg.Record | None:
@@ -47,7 +47,7 @@ async def wallet_accounts(conn: Connection, holder_id: uuid.UUID) -> list[asyncp
 async def insert_bank_account(
     conn: Connection, account_id: uuid.UUID, holder_id: uuid.UUID, bank_name: str, masked: str, number_hash: bytes
 ) -> asyncpg.Record:
-    row: asyncpg.Record = await conn.fetchrow(
+    row = await one(conn, 
         """
         INSERT INTO bank_accounts (id, holder_id, bank_name, number_masked, number_hash) VALUES ($1, $2, $3, $4, $5)
         ON CONFLICT (holder_id, number_hash) DO UPDATE SET bank_name = EXCLUDED.bank_name
@@ -80,7 +80,7 @@ async def insert_transfer(
     conn: Connection, transfer_id: uuid.UUID, holder_id: uuid.UUID, bank_account_id: uuid.UUID,
     kind: str, amount_minor: int, currency: str,
 ) -> asyncpg.Record:
-    row: asyncpg.Record = await conn.fetchrow(
+    row = await one(conn, 
         "INSERT INTO transfers (id, holder_id, bank_account_id, kind, amount_minor, currency)"
         " VALUES ($1, $2, $3, $4, $5, $6)"
         " RETURNING id, holder_id, bank_account_id, kind, amount_minor, currency, created_at",
