@@ -111,11 +111,18 @@ def _convert(raw: Any, default: Any, name: str) -> Any:
         if str(raw).lower() in {"0", "false", "no", "off"}:
             return False
         raise ValueError(f"{name}: expected a boolean, got {raw!r}")
-    if isinstance(default, int):
-        return int(raw)
-    if isinstance(default, float):
-        return float(raw)
-    return str(raw)
+    if isinstance(raw, str) and not isinstance(default, str):
+        try:  # environment values are text
+            return int(raw) if isinstance(default, int) else float(raw)
+        except ValueError:
+            raise ValueError(f"{name}: expected a number, got {raw!r}") from None
+    if isinstance(default, int) and (isinstance(raw, bool) or not isinstance(raw, int)):
+        raise ValueError(f"{name}: expected an integer, got {raw!r}")
+    if isinstance(default, float) and (isinstance(raw, bool) or not isinstance(raw, (int, float))):
+        raise ValueError(f"{name}: expected a number, got {raw!r}")
+    if isinstance(default, str) and not isinstance(raw, str):
+        raise ValueError(f"{name}: expected text, got {raw!r}")
+    return float(raw) if isinstance(default, float) else raw
 
 
 def _section(
@@ -143,7 +150,9 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None, **overr
     """Build the settings; ``overrides`` are ``section={"key": value}`` applied last (tests, CLI flags)."""
     env = os.environ if env is None else env
     config_path = path or Path(env.get("GATEWAY_CONFIG", str(DEFAULT_CONFIG)))
-    data: dict[str, Any] = tomllib.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
+    if not config_path.exists():
+        raise ValueError(f"settings file not found: {config_path}")
+    data: dict[str, Any] = tomllib.loads(config_path.read_text(encoding="utf-8"))
     sections = {
         "server": ServerSettings, "database": DatabaseSettings, "redis": RedisSettings, "auth": AuthSettings,
         "payments": PaymentSettings, "idempotency": IdempotencySettings, "workers": WorkerSettings,

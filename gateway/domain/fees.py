@@ -12,6 +12,8 @@ FEE_BPS_MAX = 10_000
 def fee_minor(amount_minor: int, rate_bps: int, fixed_minor: int = 0) -> int:
     if not 0 <= rate_bps <= FEE_BPS_MAX:
         raise ValueError("rate_bps out of range")
+    if fixed_minor < 0:
+        raise ValueError("fixed_minor must not be negative")
     if amount_minor <= 0:
         return 0
     proportional = (amount_minor * rate_bps + 5_000) // 10_000

@@ -6,8 +6,11 @@ to the caller (a guessed id reveals nothing).
 
 from __future__ import annotations
 
+import re
 import uuid
 from enum import StrEnum
+
+_HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
 class Kind(StrEnum):
@@ -30,9 +33,7 @@ def encode(kind: Kind, value: uuid.UUID) -> str:
 
 def decode(kind: Kind, text: str) -> uuid.UUID | None:
     prefix, sep, rest = text.partition("_")
-    if sep != "_" or prefix != kind.value or len(rest) != 32:
+    # Exactly the spelling ``encode`` produces: one object, one id.
+    if sep != "_" or prefix != kind.value or not _HEX32.fullmatch(rest):
         return None
-    try:
-        return uuid.UUID(hex=rest)
-    except ValueError:
-        return None
+    return uuid.UUID(hex=rest)

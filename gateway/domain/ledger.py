@@ -90,15 +90,23 @@ def merchant(merchant_id: uuid.UUID, currency: str) -> AccountRef:
     return AccountRef(AccountKind.MERCHANT, merchant_id, currency)
 
 
+def _check_positive(amount_minor: int) -> None:
+    if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor <= 0:
+        raise UnbalancedEntry("amounts moved are positive integers")
+
+
 def top_up(holder: uuid.UUID, currency: str, amount_minor: int) -> Entry:
+    _check_positive(amount_minor)
     return _entry(EntryKind.TOP_UP, (clearing(currency), -amount_minor), (wallet(holder, currency), amount_minor))
 
 
 def withdrawal(holder: uuid.UUID, currency: str, amount_minor: int) -> Entry:
+    _check_positive(amount_minor)
     return _entry(EntryKind.WITHDRAWAL, (wallet(holder, currency), -amount_minor), (clearing(currency), amount_minor))
 
 
 def capture(holder: uuid.UUID, merchant_id: uuid.UUID, currency: str, amount_minor: int, fee_minor: int) -> Entry:
+    _check_positive(amount_minor)
     if not 0 <= fee_minor <= amount_minor:
         raise UnbalancedEntry("fee out of range")
     return _entry(
@@ -110,6 +118,7 @@ def capture(holder: uuid.UUID, merchant_id: uuid.UUID, currency: str, amount_min
 
 
 def refund(holder: uuid.UUID, merchant_id: uuid.UUID, currency: str, amount_minor: int, fee_back_minor: int) -> Entry:
+    _check_positive(amount_minor)
     if not 0 <= fee_back_minor <= amount_minor:
         raise UnbalancedEntry("fee refund out of range")
     return _entry(

@@ -54,13 +54,26 @@ _ALLOWED: dict[Action, frozenset[Status]] = {
 }
 
 
+_REFUSAL_CODE = {
+    Action.AUTHORIZE: "payment_not_payable",
+    Action.CAPTURE: "payment_not_capturable",
+    Action.CANCEL: "payment_not_cancelable",
+    Action.EXPIRE: "payment_not_expirable",
+    Action.REFUND: "payment_not_refundable",
+}
+
+
 def check_transition(status: Status, action: Action) -> None:
     if status not in _ALLOWED[action]:
         raise InvalidState(
-            f"cannot {action.value} a payment that is {status.value}",
-            code=f"payment_not_{'refundable' if action is Action.REFUND else action.value + 'able'}",
+            f"cannot {action.value} a payment that is {status.value}", code=_REFUSAL_CODE[action],
             status_now=status.value,
         )
+
+
+def _positive(amount_minor: int, param: str) -> None:
+    if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor <= 0:
+        raise InvalidRequest("amount must be a positive integer of minor units", code="invalid_amount", param=param)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +115,7 @@ class Payment:
         """Capture all (``None``) or part of the authorisation; the rest of the hold is released."""
         check_transition(self.status, Action.CAPTURE)
         amount = self.authorized_minor if amount_minor is None else amount_minor
+        _positive(amount, "amount_to_capture")
         if amount > self.authorized_minor:
             raise InvalidRequest(
                 "cannot capture more than was authorized", code="amount_too_large", param="amount_to_capture"
@@ -123,6 +137,7 @@ class Payment:
         amount = remaining if amount_minor is None else amount_minor
         if remaining == 0:
             raise InvalidState("the payment is fully refunded", code="payment_fully_refunded")
+        _positive(amount, "amount")
         if amount > remaining:
             raise InvalidRequest(
                 f"at most {remaining} minor units remain refundable", code="amount_too_large", param="amount",

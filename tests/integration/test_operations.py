@@ -44,7 +44,7 @@ async def test_unpaid_payment_and_lapsed_authorisation_expire(world: World, clea
         assert got["status"] == "expired"
     assert await world.available(h) == 1_000
     late = await world.pay(h, unpaid["id"], expect=409)
-    assert late["error"]["code"] == "payment_not_authorizeable"
+    assert late["error"]["code"] == "payment_not_payable"
 
 
 async def test_paying_after_expiry_before_the_worker_runs_is_refused(world: World, clean_db: str) -> None:

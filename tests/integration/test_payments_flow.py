@@ -30,7 +30,7 @@ async def test_manual_capture_partial_releases_rest(world: World) -> None:
     assert captured["status"] == "succeeded" and captured["amount_received"] == 3_000
     assert await world.available(h) == 7_000
     again = await world.call("POST", f"/v1/payments/{p['id']}/capture", 409, headers=m.headers, json={})
-    assert again["error"]["code"] == "payment_not_captureable"
+    assert again["error"]["code"] == "payment_not_capturable"
 
 
 async def test_refunds_partial_then_rest_never_more(world: World) -> None:

@@ -1,0 +1,173 @@
+"""Settings: the file, then the environment, then keyword overrides; unknown names and bad key rings refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.settings import DEFAULT_CONFIG, AuthSettings, Settings, load
+
+# Enough for Settings.__post_init__ when a test's own file has no [auth] section.
+AUTH_OK = {"jwt_keys": "k1:secret-one-0123456789abcdef-0123", "jwt_active_kid": "k1", "api_key_pepper": "p" * 16}
+
+
+def write_toml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_come_from_config_gateway_toml() -> None:
+    assert DEFAULT_CONFIG == Path(__file__).resolve().parents[2] / "config" / "gateway.toml"
+    expected = tomllib.loads(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+    settings = load(env={})
+    for section, table in expected.items():
+        for key, value in table.items():
+            assert getattr(getattr(settings, section), key) == value, f"{section}.{key}"
+
+
+def test_a_file_overrides_the_built_in_defaults(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, '[server]\nport = 9123\nhost = "0.0.0.0"\n[database]\nacquire_timeout_s = 1.5\n')
+    settings = load(path, env={}, auth=AUTH_OK)
+    assert (settings.server.port, settings.server.host) == (9123, "0.0.0.0")
+    assert settings.database.acquire_timeout_s == 1.5
+    assert settings.database.pool_max == 16  # not in the file: the dataclass default
+
+
+def test_gateway_config_names_the_file(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "[server]\nport = 9124\n")
+    assert load(env={"GATEWAY_CONFIG": str(path)}, auth=AUTH_OK).server.port == 9124
+
+
+def test_env_overrides_the_file() -> None:
+    settings = load(env={"GATEWAY_DATABASE_URL": "postgresql://app@db.internal:5432/gw"})
+    assert settings.database.url == "postgresql://app@db.internal:5432/gw"
+    assert settings.redis.url == "redis://127.0.0.1:6379/0"
+
+
+def test_keyword_overrides_beat_env() -> None:
+    settings = load(
+        env={"GATEWAY_DATABASE_URL": "postgresql://from-env/gw", "GATEWAY_SERVER_PORT": "9001"},
+        database={"url": "postgresql://from-keyword/gw"},
+    )
+    assert settings.database.url == "postgresql://from-keyword/gw"
+    assert settings.server.port == 9001  # env still applies where no keyword is given
+
+
+def test_environment_is_not_read_when_env_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_SERVER_PORT", "9002")
+    assert load(env={}).server.port == 8080
+    assert load().server.port == 9002
+
+
+@pytest.mark.parametrize(
+    ("env_name", "raw", "section", "key", "expected"),
+    [
+        ("GATEWAY_SERVER_PORT", "9090", "server", "port", 9090),
+        ("GATEWAY_DATABASE_POOL_MAX", "32", "database", "pool_max", 32),
+        ("GATEWAY_DATABASE_ACQUIRE_TIMEOUT_S", "2.5", "database", "acquire_timeout_s", 2.5),
+        ("GATEWAY_REDIS_TIMEOUT_S", "1", "redis", "timeout_s", 1.0),
+        ("GATEWAY_WORKERS_INTERVAL_S", "0.05", "workers", "interval_s", 0.05),
+        ("GATEWAY_AUTH_JWT_ISSUER", "gw-prod", "auth", "jwt_issuer", "gw-prod"),
+    ],
+)
+def test_env_values_take_the_type_of_the_default(
+    env_name: str, raw: str, section: str, key: str, expected: Any
+) -> None:
+    value = getattr(getattr(load(env={env_name: raw}), section), key)
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+def test_file_ints_become_floats_where_the_default_is_a_float(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "[redis]\ntimeout_s = 1\n")
+    timeout_s = load(path, env={}, auth=AUTH_OK).redis.timeout_s
+    assert (timeout_s, type(timeout_s)) == (1.0, float)
+
+
+def test_keyword_values_are_converted_too() -> None:
+    settings = load(env={}, server={"port": "9003"}, redis={"timeout_s": 2})
+    assert (settings.server.port, type(settings.redis.timeout_s)) == (9003, float)
+
+
+@pytest.mark.parametrize(
+    ("env_name", "raw"),
+    [("GATEWAY_SERVER_PORT", "eighty"), ("GATEWAY_SERVER_PORT", "80.5"), ("GATEWAY_REDIS_TIMEOUT_S", "fast")],
+)
+def test_unconvertible_env_values_refused(env_name: str, raw: str) -> None:
+    with pytest.raises(ValueError):
+        load(env={env_name: raw})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("[database]\npool_max = 2.5\n", id="fractional_float_for_int"),
+        pytest.param("[server]\nport = true\n", id="bool_for_int"),
+    ],
+)
+def test_file_values_of_the_wrong_type_refused(tmp_path: Path, text: str) -> None:
+    # The environment refuses "80.5" for an int; the file must not silently truncate 2.5 to 2 or read true as 1.
+    with pytest.raises(ValueError):
+        load(write_toml(tmp_path, text), env={}, auth=AUTH_OK)
+
+
+def test_unknown_key_in_file_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="pool_maximum"):
+        load(write_toml(tmp_path, "[database]\npool_maximum = 3\n"), env={}, auth=AUTH_OK)
+
+
+def test_unknown_section_in_file_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="webhooks"):
+        load(write_toml(tmp_path, "[webhooks]\nurl = 'x'\n"), env={}, auth=AUTH_OK)
+
+
+def test_unknown_keyword_override_refused() -> None:
+    with pytest.raises(ValueError, match="prot"):
+        load(env={}, server={"prot": 1})
+
+
+def test_active_kid_must_be_in_the_key_ring() -> None:
+    with pytest.raises(ValueError, match="jwt_active_kid"):
+        load(env={}, auth={"jwt_active_kid": "2027-01"})
+    with pytest.raises(ValueError, match="jwt_active_kid"):
+        load(env={"GATEWAY_AUTH_JWT_KEYS": "2027-01:another-secret-0123456789abcdef"})
+
+
+def test_rotated_ring_with_the_new_active_kid_loads() -> None:
+    settings = load(
+        env={
+            "GATEWAY_AUTH_JWT_KEYS": "old:old-secret-0123456789abcdef-0123, new:new-secret-0123456789abcdef-0123",
+            "GATEWAY_AUTH_JWT_ACTIVE_KID": "new",
+        }
+    )
+    assert settings.auth.jwt_key_ring() == {
+        "old": "old-secret-0123456789abcdef-0123",
+        "new": "new-secret-0123456789abcdef-0123",
+    }
+    assert settings.auth.jwt_active_kid == "new"
+
+
+def test_key_ring_parsing() -> None:
+    auth = AuthSettings(jwt_keys=" a:s1 ,b:s:2,,:orphan,nokey,c:")
+    assert auth.jwt_key_ring() == {"a": "s1", "b": "s:2"}
+    assert AuthSettings(jwt_keys="").jwt_key_ring() == {}
+
+
+def test_short_pepper_refused() -> None:
+    with pytest.raises(ValueError, match="pepper"):
+        load(env={}, auth={"api_key_pepper": "p" * 15})
+    assert load(env={}, auth={"api_key_pepper": "p" * 16}).auth.api_key_pepper == "p" * 16
+
+
+def test_settings_are_frozen() -> None:
+    settings = load(env={})
+    assert isinstance(settings, Settings)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.server.port = 1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.server = settings.server  # type: ignore[misc]
