@@ -1,0 +1,1 @@
+"""Rendering adapters: turn domain values into images. Pure CPU work, no I/O."""
