@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.domain.limits import Caps, Tier
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
 
 
@@ -82,6 +84,56 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class WalletSettings:
+    tier_default: int = 4
+    pin_threshold_minor: str = ""
+    pin_failures_max: int = 5
+    pay_code_ttl_s: int = 60
+    pay_code_prefix: str = "19"
+    confirmation_timeout_s: int = 60
+    limits_timezone: str = "Asia/Shanghai"
+
+    def pin_thresholds(self) -> dict[str, int]:
+        return {cur: int(amount) for cur, amount in _pairs(self.pin_threshold_minor)}
+
+
+@dataclass(frozen=True)
+class TierSettings:
+    tier1: str = ""
+    tier2: str = ""
+    tier3: str = ""
+    tier4: str = ""
+
+    def tiers(self) -> dict[int, Tier]:
+        found: dict[int, Tier] = {}
+        for number, text in ((1, self.tier1), (2, self.tier2), (3, self.tier3), (4, self.tier4)):
+            caps: dict[str, Caps] = {}
+            for part in filter(None, (p.strip() for p in text.split(";"))):
+                cur, balance, payment, daily = part.split(":")
+                caps[cur] = Caps(int(balance), int(payment), int(daily))
+            found[number] = Tier(number, f"tier {number}", caps)
+        return found
+
+
+@dataclass(frozen=True)
+class QrSettings:
+    scheme_id: str = "org.walletgateway"
+    ttl_default_s: int = 300
+    ttl_max_s: int = 86400
+    image_cache_entries: int = 512
+
+
+def _pairs(text: str) -> list[tuple[str, str]]:
+    pairs = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition(":")
+        if not sep:
+            raise ValueError(f"expected KEY:VALUE, got {part!r}")
+        pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings
     database: DatabaseSettings
@@ -90,8 +142,17 @@ class Settings:
     payments: PaymentSettings
     idempotency: IdempotencySettings
     workers: WorkerSettings
+    wallet: WalletSettings
+    tiers: TierSettings
+    qr: QrSettings
 
     def __post_init__(self) -> None:
+        self.tiers.tiers()  # refuse malformed caps at start-up, not at the first payment
+        self.wallet.pin_thresholds()
+        if not (len(self.wallet.pay_code_prefix) == 2 and self.wallet.pay_code_prefix.isdigit()):
+            raise ValueError("wallet.pay_code_prefix is two digits")
+        if self.wallet.tier_default not in self.tiers.tiers():
+            raise ValueError("wallet.tier_default must name a tier")
         ring = self.auth.jwt_key_ring()
         if self.auth.jwt_active_kid not in ring:
             raise ValueError("auth.jwt_active_kid must name a key in auth.jwt_keys")
@@ -156,6 +217,7 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None, **overr
     sections = {
         "server": ServerSettings, "database": DatabaseSettings, "redis": RedisSettings, "auth": AuthSettings,
         "payments": PaymentSettings, "idempotency": IdempotencySettings, "workers": WorkerSettings,
+        "wallet": WalletSettings, "tiers": TierSettings, "qr": QrSettings,
     }
     unknown = set(data) - set(sections)
     if unknown:

@@ -9,13 +9,14 @@ import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from aiohttp import web
 
 from gateway.api.routing import SERVICES
 from gateway.services import payments
 from gateway.services.context import Services
-from gateway.store import idempotency
+from gateway.store import codes, idempotency
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,8 @@ async def tick(svc: Services) -> tuple[int, int]:
     expired = await payments.expire_due(svc)
     async with svc.db.connection() as conn:
         reaped = await idempotency.reap(conn, svc.settings.idempotency.retention_s, svc.settings.workers.batch_max)
+        # Unused pay-codes are worthless a minute after issue; keep a day of them for support.
+        reaped += await codes.reap_pay_codes(conn, svc.now() - timedelta(days=1), svc.settings.workers.batch_max)
     return expired, reaped
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from gateway.api import schema
 from gateway.api.routing import Call, api
 from gateway.auth.principals import PrincipalKind as P
-from gateway.services import operations, tenants, views
+from gateway.services import operations, tenants, views, wallets
 
 ADMIN = {"admin"}
 
@@ -22,7 +22,8 @@ async def operator_login(call: Call[schema.Login, None]) -> Any:
            body=schema.CreateMerchant, response=views.MerchantView, status=201, tag="operators")
 async def create_merchant(call: Call[schema.CreateMerchant, None]) -> Any:
     b = call.body
-    return await tenants.create_merchant(call.svc, b.name, b.mcc, b.country, b.city, b.fee_bps, call.identity())
+    return await tenants.create_merchant(call.svc, b.name, b.mcc, b.country, b.city, b.fee_bps, call.identity(),
+                                         b.name_local, b.city_local, b.language_local)
 
 
 @api.route("GET", "/v1/merchants", summary="List merchants", auth={P.OPERATOR}, query=schema.LimitQuery,
@@ -67,6 +68,20 @@ async def list_keys(call: Call[None, None]) -> Any:
            body=schema.Empty, response=views.ApiKeyView, tag="operators")
 async def revoke_key(call: Call[schema.Empty, None]) -> Any:
     return await tenants.revoke_api_key(call.svc, call.who, call.match("id"), call.identity())
+
+
+@api.route("POST", "/v1/operator/wallet_holders/{id}/unlock", summary="Unlock payments after too many wrong PINs",
+           auth={P.OPERATOR}, roles={"admin", "support"}, body=schema.Empty, response=views.WalletHolderView,
+           tag="operators")
+async def unlock_wallet(call: Call[schema.Empty, None]) -> Any:
+    return await wallets.unlock(call.svc, call.match("id"))
+
+
+@api.route("POST", "/v1/operator/wallet_holders/{id}/tier", summary="Set a wallet holder's verification tier",
+           auth={P.OPERATOR}, roles={"admin", "support"}, body=schema.SetTier, response=views.WalletHolderView,
+           tag="operators")
+async def set_tier(call: Call[schema.SetTier, None]) -> Any:
+    return await wallets.set_tier(call.svc, call.match("id"), call.body.tier)
 
 
 @api.route("GET", "/v1/balance", summary="The merchant's receivable balance per currency", auth={P.MERCHANT},

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiohttp import web
+
 from gateway.api import schema
 from gateway.api.routing import Call, api
 from gateway.auth.principals import PrincipalKind as P
 from gateway.domain.payments import CaptureMethod
-from gateway.services import payments, views
+from gateway.services import pay_codes, payments, qr, views
 
 
 @api.route("POST", "/v1/payments", summary="Create a payment", auth={P.MERCHANT}, body=schema.CreatePayment,
@@ -64,4 +66,45 @@ async def refunds(call: Call[None, None]) -> Any:
 @api.route("POST", "/v1/wallet/payments/{id}/pay", summary="Pay a payment from the holder's wallet",
            auth={P.WALLET}, body=schema.PayPayment, response=views.PayerPaymentView, tag="wallet")
 async def pay(call: Call[schema.PayPayment, None]) -> Any:
-    return await payments.pay(call.svc, call.who, call.match("id"), call.identity())
+    return await payments.pay(call.svc, call.who, call.match("id"), call.body.pin, call.identity())
+
+
+@api.route("POST", "/v1/payments/{id}/qr_codes", summary="Issue a dynamic QR code for the payment (single use)",
+           auth={P.MERCHANT}, body=schema.IssueQr, response=views.QrCodeView, status=201, tag="qr")
+async def issue_qr(call: Call[schema.IssueQr, None]) -> Any:
+    b = call.body
+    return await qr.issue_dynamic(call.svc, call.who, call.match("id"), b.ttl, b.terminal_label, call.identity())
+
+
+@api.route("GET", "/v1/stores/{id}/qr_code", summary="The store's static QR code (the payer enters the amount)",
+           auth={P.MERCHANT}, query=schema.StaticQrQuery, response=views.QrCodeView, tag="qr")
+async def static_qr(call: Call[None, schema.StaticQrQuery]) -> Any:
+    return await qr.static_for_store(call.svc, call.who, call.match("id"), call.query.currency)
+
+
+async def _image(call: Call[None, None], fmt: str) -> web.Response:
+    body = await qr.image(call.svc, call.who, call.match("token"), fmt)
+    content_type = "image/png" if fmt == "png" else "image/svg+xml"
+    return web.Response(body=body, content_type=content_type, headers={"Cache-Control": "private, max-age=300"})
+
+
+@api.route("GET", "/v1/qr_codes/{token}/image.png", summary="The QR code as a PNG image",
+           auth={P.MERCHANT, P.PUBLISHABLE}, tag="qr")
+async def qr_png(call: Call[None, None]) -> Any:
+    return await _image(call, "png")
+
+
+@api.route("GET", "/v1/qr_codes/{token}/image.svg", summary="The QR code as an SVG image",
+           auth={P.MERCHANT, P.PUBLISHABLE}, tag="qr")
+async def qr_svg(call: Call[None, None]) -> Any:
+    return await _image(call, "svg")
+
+
+@api.route("POST", "/v1/pay_code_charges", summary="Charge a scanned pay-code (may need the payer's PIN)",
+           auth={P.MERCHANT}, body=schema.ChargePayCode, response=views.PaymentView, status=201, tag="pay_codes")
+async def charge_pay_code(call: Call[schema.ChargePayCode, None]) -> Any:
+    b = call.body
+    req = pay_codes.Charge(pay_code=b.pay_code, amount=b.amount, currency=b.currency,  # type: ignore[arg-type]
+                           merchant_reference=b.merchant_reference, description=b.description, store=b.store,
+                           capture_method=CaptureMethod(b.capture_method))
+    return await pay_codes.charge(call.svc, call.who, req, call.identity())

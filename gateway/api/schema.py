@@ -45,8 +45,58 @@ class CreateRefund(Strict):
     reason: Annotated[str, msgspec.Meta(max_length=200)] | None = None
 
 
+Pin = Annotated[str, msgspec.Meta(min_length=1, max_length=12)]
+Payload = Annotated[str, msgspec.Meta(min_length=1, max_length=600, description="The scanned EMV QR text")]
+
+
 class PayPayment(Strict):
+    pin: Pin | None = None
+
+
+class ConfirmPayment(Strict):
+    pin: Pin
+
+
+class SetPin(Strict):
+    pin: Pin
+    current_pin: Pin | None = None
+
+
+class IssueQr(Strict):
+    ttl: Annotated[int, msgspec.Meta(description="Seconds the code is valid (not beyond the payment)")] | None = None
+    terminal_label: Annotated[str, msgspec.Meta(max_length=25)] | None = None
+
+
+class StaticQrQuery(Strict):
+    currency: Currency
+
+
+class QrPreview(Strict):
+    payload: Payload
+
+
+class QrPay(Strict):
+    payload: Payload
+    amount: Amount | None = None
+    pin: Pin | None = None
+
+
+class IssuePayCode(Strict):
     pass
+
+
+class ChargePayCode(Strict):
+    pay_code: Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
+    amount: Amount
+    currency: Currency
+    capture_method: Literal["automatic", "manual"] = "automatic"
+    merchant_reference: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    description: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    store: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
+class SetTier(Strict):
+    tier: Annotated[int, msgspec.Meta(ge=1, le=4)]
 
 
 class Login(Strict):
@@ -57,6 +107,10 @@ class Login(Strict):
 class WalletCredentials(Strict):
     phone: Annotated[str, msgspec.Meta(min_length=1, max_length=20)]
     password: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class WalletLogin(WalletCredentials):
+    device_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64, description="The wallet app's device")] | None = None
 
 
 class LinkBankAccount(Strict):
@@ -76,6 +130,9 @@ class CreateMerchant(Strict):
     country: Annotated[str, msgspec.Meta(min_length=2, max_length=2)]
     city: Annotated[str, msgspec.Meta(min_length=1, max_length=60)]
     fee_bps: int | None = None
+    name_local: Annotated[str, msgspec.Meta(min_length=1, max_length=25)] | None = None
+    city_local: Annotated[str, msgspec.Meta(min_length=1, max_length=15)] | None = None
+    language_local: Annotated[str, msgspec.Meta(min_length=2, max_length=2)] | None = None
 
 
 class CreateStore(Strict):

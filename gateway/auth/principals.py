@@ -24,6 +24,7 @@ class Principal:
     id: uuid.UUID  # operator id, API key id, or wallet holder id
     merchant_id: uuid.UUID | None = None
     role: str | None = None
+    device_id: str | None = None  # the wallet app's device, from its login
 
     @property
     def idempotency_scope(self) -> str:

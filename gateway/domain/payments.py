@@ -4,13 +4,16 @@ States follow Stripe's PaymentIntent names where they mean the same thing:
 
     requires_payment_method --authorize(auto)--> succeeded
     requires_payment_method --authorize(manual)--> requires_capture --capture--> succeeded
-    requires_payment_method | requires_capture --cancel--> canceled
-    requires_payment_method | requires_capture --expire--> expired
+    requires_payment_method --authorize(needs the payer's PIN)--> requires_action
+    requires_action --confirm--> succeeded | requires_capture (as authorize would)
+    requires_payment_method | requires_action | requires_capture --cancel--> canceled
+    requires_payment_method | requires_action | requires_capture --expire--> expired
     succeeded --refund (repeatable)--> succeeded
 
 Invariants:
 - ``0 <= captured_minor <= authorized_minor <= amount_minor``; ``0 <= refunded_minor <= captured_minor``;
-- a hold of ``authorized_minor`` exists exactly while the status is ``requires_capture``;
+- a hold of ``authorized_minor`` exists exactly while the status is ``requires_action`` or
+  ``requires_capture`` (a counter payment waiting for the PIN already reserves the money);
 - terminal states (canceled, expired) accept nothing; a refused transition is ``InvalidState``.
 """
 
@@ -26,6 +29,7 @@ from gateway.errors import InvalidRequest, InvalidState
 
 class Status(StrEnum):
     REQUIRES_PAYMENT_METHOD = "requires_payment_method"
+    REQUIRES_ACTION = "requires_action"
     REQUIRES_CAPTURE = "requires_capture"
     SUCCEEDED = "succeeded"
     CANCELED = "canceled"
@@ -39,23 +43,27 @@ class CaptureMethod(StrEnum):
 
 class Action(StrEnum):
     AUTHORIZE = "authorize"
+    CONFIRM = "confirm"
     CAPTURE = "capture"
     CANCEL = "cancel"
     EXPIRE = "expire"
     REFUND = "refund"
 
 
+_OPEN = frozenset({Status.REQUIRES_PAYMENT_METHOD, Status.REQUIRES_ACTION, Status.REQUIRES_CAPTURE})
 _ALLOWED: dict[Action, frozenset[Status]] = {
     Action.AUTHORIZE: frozenset({Status.REQUIRES_PAYMENT_METHOD}),
+    Action.CONFIRM: frozenset({Status.REQUIRES_ACTION}),
     Action.CAPTURE: frozenset({Status.REQUIRES_CAPTURE}),
-    Action.CANCEL: frozenset({Status.REQUIRES_PAYMENT_METHOD, Status.REQUIRES_CAPTURE}),
-    Action.EXPIRE: frozenset({Status.REQUIRES_PAYMENT_METHOD, Status.REQUIRES_CAPTURE}),
+    Action.CANCEL: _OPEN,
+    Action.EXPIRE: _OPEN,
     Action.REFUND: frozenset({Status.SUCCEEDED}),
 }
 
 
 _REFUSAL_CODE = {
     Action.AUTHORIZE: "payment_not_payable",
+    Action.CONFIRM: "payment_not_confirmable",
     Action.CAPTURE: "payment_not_capturable",
     Action.CANCEL: "payment_not_cancelable",
     Action.EXPIRE: "payment_not_expirable",
@@ -91,16 +99,39 @@ class Payment:
     refunded_minor: int = 0
     fee_minor: int = 0
     authorization_expires_at: datetime | None = None
+    confirm_by: datetime | None = None
 
     @property
     def holds_funds(self) -> bool:
-        return self.status is Status.REQUIRES_CAPTURE
+        return self.status in (Status.REQUIRES_CAPTURE, Status.REQUIRES_ACTION)
 
-    def authorize(self, payer_id: uuid.UUID, now: datetime, authorization_ttl_s: int) -> Payment:
-        """The payer's wallet backs the full amount; auto-capture payments succeed at once."""
+    def authorize(
+        self, payer_id: uuid.UUID, now: datetime, authorization_ttl_s: int, *, confirm_within_s: int | None = None
+    ) -> Payment:
+        """The payer's wallet backs the full amount; auto-capture payments succeed at once.
+
+        With ``confirm_within_s`` the payer must still confirm (PIN): the money is held meanwhile.
+        """
         check_transition(self.status, Action.AUTHORIZE)
         if now >= self.expires_at:
             raise InvalidState("the payment has expired", code="payment_expired", status_now=Status.EXPIRED.value)
+        if confirm_within_s is not None:
+            return replace(
+                self, status=Status.REQUIRES_ACTION, payer_id=payer_id, authorized_minor=self.amount_minor,
+                confirm_by=now + timedelta(seconds=confirm_within_s),
+            )
+        return self._authorized(payer_id, now, authorization_ttl_s)
+
+    def confirm(self, now: datetime, authorization_ttl_s: int) -> Payment:
+        """The payer confirmed (its PIN was checked by the caller) in time."""
+        check_transition(self.status, Action.CONFIRM)
+        if self.confirm_by is not None and now >= self.confirm_by:
+            raise InvalidState("the time to confirm has passed", code="confirmation_expired",
+                               status_now=self.status.value)
+        assert self.payer_id is not None
+        return replace(self._authorized(self.payer_id, now, authorization_ttl_s), confirm_by=None)
+
+    def _authorized(self, payer_id: uuid.UUID, now: datetime, authorization_ttl_s: int) -> Payment:
         if self.capture_method is CaptureMethod.AUTOMATIC:
             return replace(
                 self, status=Status.SUCCEEDED, payer_id=payer_id,

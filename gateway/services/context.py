@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from zoneinfo import ZoneInfo
 
 from gateway.accel import Accelerator
 from gateway.auth.tokens import TokenIssuer
+from gateway.domain.limits import Tier
 from gateway.services.idempotency import Idempotency
 from gateway.settings import Settings
 from gateway.store.db import Database
@@ -19,17 +21,28 @@ class Services:
     accel: Accelerator
     idempotency: Idempotency
     tokens: TokenIssuer
+    tiers: dict[int, Tier] = field(default_factory=dict)
+    pin_thresholds_minor: dict[str, int] = field(default_factory=dict)
+    limits_zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
 
     @staticmethod
     def now() -> datetime:
         return datetime.now(UTC)
+
+    def local_day(self, at: datetime) -> date:
+        """The day the daily caps count in."""
+        return at.astimezone(self.limits_zone).date()
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
         db = await Database.connect(settings.database)
         accel = Accelerator(settings.redis)
         tokens = TokenIssuer(settings.auth.jwt_issuer, settings.auth.jwt_key_ring(), settings.auth.jwt_active_kid)
-        return cls(settings, db, accel, Idempotency(db, accel, settings.idempotency), tokens)
+        return cls(
+            settings, db, accel, Idempotency(db, accel, settings.idempotency), tokens,
+            tiers=settings.tiers.tiers(), pin_thresholds_minor=settings.wallet.pin_thresholds(),
+            limits_zone=ZoneInfo(settings.wallet.limits_timezone),
+        )
 
     async def stop(self) -> None:
         await self.accel.close()

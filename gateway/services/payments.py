@@ -16,22 +16,24 @@ from typing import Any
 import asyncpg
 
 from gateway.auth.principals import Principal, PrincipalKind
-from gateway.domain import fees, ledger
+from gateway.domain import fees, ledger, limits
 from gateway.domain.ids import Kind, decode
 from gateway.domain.money import check_amount, currency
 from gateway.domain.payments import CaptureMethod, Payment, Status
-from gateway.errors import Declined, InvalidRequest, NotFound
-from gateway.services import views
+from gateway.errors import Declined, Forbidden, InvalidRequest, NotFound
+from gateway.services import pins, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.store import ledger as ledger_store
 from gateway.store import payments as store
 from gateway.store import tenants
+from gateway.store import wallets as wallet_store
 from gateway.store.db import Connection
 
 EVENT_FOR_STATUS = {
     Status.SUCCEEDED: "payment.succeeded",
     Status.REQUIRES_CAPTURE: "payment.authorized",
+    Status.REQUIRES_ACTION: "payment.requires_action",
     Status.CANCELED: "payment.canceled",
     Status.EXPIRED: "payment.expired",
 }
@@ -140,44 +142,120 @@ async def list_payments(
     return views.PaymentList(data=[views.payment_view(r) for r in rows], has_more=has_more)
 
 
-async def pay(svc: Services, who: Principal, text_id: str, identity: RequestIdentity) -> Reply:
+async def payer_accounts(
+    svc: Services, holder_id: uuid.UUID, merchant_id: uuid.UUID, cur: str
+) -> dict[ledger.AccountRef, ledger_store.Account]:
+    """The accounts an authorisation touches; resolved (and created) before its transaction."""
+    async with svc.db.connection() as conn:
+        return await ledger_store.resolve_accounts(
+            conn, [ledger.wallet(holder_id, cur), ledger.merchant(merchant_id, cur), ledger.fees(cur)]
+        )
+
+
+async def authorize_locked(
+    svc: Services,
+    conn: Connection,
+    row: asyncpg.Record,
+    holder_id: uuid.UUID,
+    accounts: dict[ledger.AccountRef, ledger_store.Account],
+    *,
+    channel: str,
+    needs_confirmation: bool = False,
+) -> asyncpg.Record:
+    """Authorise a locked, unpaid payment against the holder's wallet: tier caps, funds, then hold
+    or capture. Shared by every way of paying (by id, QR, pay-code, tap)."""
+    now = svc.now()
+    payment = store.to_domain(row)
+    holder = await wallet_store.holder_for_payment(conn, holder_id)
+    if holder["payments_locked_at"] is not None:
+        raise Forbidden("payments from this wallet are locked; an operator can unlock it", code="wallet_locked")
+    spent = await wallet_store.add_daily_spend(conn, holder_id, payment.currency, svc.local_day(now),
+                                               payment.amount_minor)
+    limits.check_payment(svc.tiers[holder["tier"]], payment.currency, spent - payment.amount_minor,
+                         payment.amount_minor)
+    confirm_s = svc.settings.wallet.confirmation_timeout_s if needs_confirmation else None
+    payment = payment.authorize(holder_id, now, svc.settings.payments.authorization_ttl_s, confirm_within_s=confirm_s)
+    wallet_ref = ledger.wallet(holder_id, payment.currency)
+    try:
+        if payment.status is Status.SUCCEEDED:
+            payment = _with_fee(payment, row["fee_bps"])
+            entry = ledger.capture(holder_id, payment.merchant_id, payment.currency, payment.captured_minor,
+                                   payment.fee_minor)
+            await ledger_store.post(conn, entry, accounts, payment_id=payment.id)
+        else:
+            await ledger_store.hold(conn, accounts[wallet_ref], payment.authorized_minor)
+    except ledger_store.InsufficientFunds:
+        raise Declined(
+            "the wallet's available balance is lower than the amount", code="insufficient_funds", param="amount"
+        ) from None
+    updated = await store.update(conn, payment, wallet_account_id=accounts[wallet_ref].id, channel=channel)
+    await _record(conn, updated, holder_id)
+    return updated
+
+
+async def payer_view(conn: Connection, row: asyncpg.Record) -> views.PayerPaymentView:
+    merchant = await tenants.merchant(conn, row["merchant_id"])
+    assert merchant is not None
+    return views.payer_payment_view(row, merchant["name"])
+
+
+async def pay(svc: Services, who: Principal, text_id: str, pin: str | None, identity: RequestIdentity) -> Reply:
     """The wallet holder pays a payment from its wallet: an authorisation, captured at once if automatic."""
     assert who.kind is PrincipalKind.WALLET
     holder_id = who.id
     pid = payment_id(text_id)
     async with svc.db.connection() as conn:
         head = await store.get(conn, pid)
-        if head is None:
-            raise _missing(pid)
-        cur = head["currency"]
-        wallet_ref = ledger.wallet(holder_id, cur)
-        accounts = await ledger_store.resolve_accounts(
-            conn, [wallet_ref, ledger.merchant(head["merchant_id"], cur), ledger.fees(cur)]
-        )
-    wallet_account = accounts[wallet_ref]
+    if head is None:
+        raise _missing(pid)
+    if pins.needed(svc, head["currency"], head["amount_minor"]):
+        await pins.verify(svc, holder_id, pin)
+    accounts = await payer_accounts(svc, holder_id, head["merchant_id"], head["currency"])
 
     async def work(conn: Connection) -> tuple[int, Any]:
         row = await store.get(conn, pid, for_update=True)
         assert row is not None
-        payment = store.to_domain(row).authorize(holder_id, svc.now(), svc.settings.payments.authorization_ttl_s)
-        try:
-            if payment.status is Status.SUCCEEDED:
-                payment = _with_fee(payment, row["fee_bps"])
-                entry = ledger.capture(holder_id, payment.merchant_id, cur, payment.captured_minor, payment.fee_minor)
-                await ledger_store.post(conn, entry, accounts, payment_id=pid)
-            else:
-                await ledger_store.hold(conn, wallet_account, payment.authorized_minor)
-        except ledger_store.InsufficientFunds:
-            raise Declined(
-                "the wallet's available balance is lower than the amount", code="insufficient_funds", param="amount"
-            ) from None
-        updated = await store.update(conn, payment, wallet_account_id=wallet_account.id)
-        await _record(conn, updated, holder_id)
-        merchant = await tenants.merchant(conn, payment.merchant_id)
-        assert merchant is not None
-        return 200, views.payer_payment_view(updated, merchant["name"])
+        updated = await authorize_locked(svc, conn, row, holder_id, accounts, channel="wallet")
+        return 200, await payer_view(conn, updated)
 
     return await svc.idempotency.run(identity, work)
+
+
+async def confirm(svc: Services, who: Principal, text_id: str, pin: str | None, identity: RequestIdentity) -> Reply:
+    """The payer confirms a counter payment waiting for its PIN (a pay-code charge above the threshold)."""
+    pid = payment_id(text_id)
+    async with svc.db.connection() as conn:
+        head = await store.get(conn, pid)
+    if head is None or head["payer_id"] != who.id:
+        raise _missing(pid)
+    await pins.verify(svc, who.id, pin)
+    accounts = await _accounts_for(svc, head)
+
+    async def work(conn: Connection) -> tuple[int, Any]:
+        row = await store.get(conn, pid, for_update=True)
+        assert row is not None
+        before = store.to_domain(row)
+        payment = before.confirm(svc.now(), svc.settings.payments.authorization_ttl_s)
+        if payment.status is Status.SUCCEEDED:
+            payment = _with_fee(payment, row["fee_bps"])
+            assert payment.payer_id is not None
+            entry = ledger.capture(payment.payer_id, payment.merchant_id, payment.currency, payment.captured_minor,
+                                   payment.fee_minor)
+            wallet_ref = ledger.wallet(payment.payer_id, payment.currency)
+            await ledger_store.post(conn, entry, accounts, payment_id=pid,
+                                    release_holds={wallet_ref: before.authorized_minor})
+        updated = await store.update(conn, payment)
+        await _record(conn, updated, who.id)
+        return 200, await payer_view(conn, updated)
+
+    return await svc.idempotency.run(identity, work)
+
+
+async def awaiting_confirmation(svc: Services, who: Principal) -> views.PayerPaymentList:
+    async with svc.db.connection() as conn:
+        rows = await store.awaiting_confirmation(conn, who.id)
+        data = [await payer_view(conn, row) for row in rows]
+    return views.PayerPaymentList(data=data, has_more=False)
 
 
 def _with_fee(payment: Payment, fee_bps: int) -> Payment:

@@ -71,7 +71,8 @@ async def authenticate(svc: Services, authorization: str | None) -> Principal:
         return Principal(PrincipalKind.OPERATOR, uuid.UUID(claims["sub"]), role=str(claims.get("role")))
     if audience == WALLET_AUDIENCE:
         claims = svc.tokens.verify(credential, WALLET_AUDIENCE)
-        return Principal(PrincipalKind.WALLET, uuid.UUID(claims["sub"]))
+        device = claims.get("did")
+        return Principal(PrincipalKind.WALLET, uuid.UUID(claims["sub"]), device_id=str(device) if device else None)
     raise Unauthenticated("the token is not valid", code="invalid_token")
 
 
@@ -83,7 +84,8 @@ def merchant_id(text: str, param: str = "merchant") -> uuid.UUID:
 
 
 async def create_merchant(
-    svc: Services, name: str, mcc: str, country: str, city: str, fee_bps: int | None, identity: RequestIdentity
+    svc: Services, name: str, mcc: str, country: str, city: str, fee_bps: int | None, identity: RequestIdentity,
+    name_local: str | None = None, city_local: str | None = None, language_local: str | None = None,
 ) -> Reply:
     if not (len(mcc) == 4 and mcc.isdigit()):
         raise InvalidRequest("mcc is 4 digits (ISO 18245)", code="invalid_mcc", param="mcc")
@@ -92,9 +94,13 @@ async def create_merchant(
     rate = svc.settings.payments.fee_bps_default if fee_bps is None else fee_bps
     if not 0 <= rate <= FEE_BPS_MAX:
         raise InvalidRequest("fee_bps is between 0 and 10000", code="invalid_fee", param="fee_bps")
+    if language_local is not None and not (len(language_local) == 2 and language_local.isascii()
+                                           and language_local.isalpha()):
+        raise InvalidRequest("language_local is an ISO 639-1 code", code="invalid_language", param="language_local")
 
     async def work(conn: Connection) -> tuple[int, Any]:
-        row = await store.insert_merchant(conn, uuid.uuid4(), name, mcc, country, city, rate)
+        row = await store.insert_merchant(conn, uuid.uuid4(), name, mcc, country, city, rate, name_local, city_local,
+                                          language_local)
         view = views.merchant_view(row)
         await event_store.insert_event(conn, "merchant.created", row["id"], view, merchant_id=row["id"], holder_id=None)
         return 201, view

@@ -25,6 +25,7 @@ class PaymentView(msgspec.Struct, kw_only=True):
     amount: int
     currency: str
     capture_method: str
+    channel: str | None
     amount_capturable: int
     amount_received: int
     amount_refunded: int
@@ -36,19 +37,20 @@ class PaymentView(msgspec.Struct, kw_only=True):
     description: str | None
     expires_at: str
     authorization_expires_at: str | None
+    confirm_by: str | None
     created_at: str
     updated_at: str
 
 
 def payment_view(row: Any) -> PaymentView:
-    held = row["authorized_minor"] if row["status"] == "requires_capture" else 0
     return PaymentView(
         id=ids.encode(Kind.PAYMENT, row["id"]),
         status=row["status"],
         amount=row["amount_minor"],
         currency=row["currency"],
         capture_method=row["capture_method"],
-        amount_capturable=held,
+        channel=row["channel"],
+        amount_capturable=row["authorized_minor"] if row["status"] == "requires_capture" else 0,
         amount_received=row["captured_minor"],
         amount_refunded=row["refunded_minor"],
         fee=row["fee_minor"],
@@ -59,6 +61,7 @@ def payment_view(row: Any) -> PaymentView:
         description=row["description"],
         expires_at=row["expires_at"].isoformat(),
         authorization_expires_at=_ts(row["authorization_expires_at"]),
+        confirm_by=_ts(row["confirm_by"]),
         created_at=row["created_at"].isoformat(),
         updated_at=row["updated_at"].isoformat(),
     )
@@ -75,6 +78,7 @@ class PayerPaymentView(msgspec.Struct, kw_only=True):
     merchant_name: str
     description: str | None
     expires_at: str
+    confirm_by: str | None = None
 
 
 def payer_payment_view(row: Any, merchant_name: str) -> PayerPaymentView:
@@ -86,7 +90,14 @@ def payer_payment_view(row: Any, merchant_name: str) -> PayerPaymentView:
         merchant_name=merchant_name,
         description=row["description"],
         expires_at=row["expires_at"].isoformat(),
+        confirm_by=_ts(row["confirm_by"]),
     )
+
+
+class PayerPaymentList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[PayerPaymentView]
+    has_more: bool
 
 
 class RefundView(msgspec.Struct, kw_only=True):
@@ -159,12 +170,15 @@ class MerchantView(msgspec.Struct, kw_only=True):
     fee_bps: int
     status: str
     created_at: str
+    name_local: str | None = None
+    city_local: str | None = None
 
 
 def merchant_view(row: Any) -> MerchantView:
     return MerchantView(
         id=ids.encode(Kind.MERCHANT, row["id"]), name=row["name"], mcc=row["mcc"], country=row["country"],
         city=row["city"], fee_bps=row["fee_bps"], status=row["status"], created_at=row["created_at"].isoformat(),
+        name_local=row["name_local"], city_local=row["city_local"],
     )
 
 
@@ -246,6 +260,8 @@ class WalletHolderView(msgspec.Struct, kw_only=True):
     phone_masked: str
     tier: int
     created_at: str
+    pin_set: bool | None = None
+    payments_locked: bool | None = None
 
 
 def mask_phone(phone: str) -> str:
@@ -256,6 +272,8 @@ def holder_view(row: Any) -> WalletHolderView:
     return WalletHolderView(
         id=ids.encode(Kind.WALLET_HOLDER, row["id"]), phone_masked=mask_phone(row["phone"]), tier=row["tier"],
         created_at=row["created_at"].isoformat(),
+        pin_set=row["pin_set"] if "pin_set" in row.keys() else None,
+        payments_locked=(row["payments_locked_at"] is not None) if "payments_locked_at" in row.keys() else None,
     )
 
 
@@ -332,3 +350,36 @@ class InvariantReport(msgspec.Struct, kw_only=True):
     object: str = "invariant_report"
     ok: bool
     violations: dict[str, list[dict[str, Any]]]
+
+
+class QrCodeView(msgspec.Struct, kw_only=True):
+    object: str = "qr_code"
+    kind: str  # "dynamic" (one payment, amount inside) or "static" (a store; the payer enters the amount)
+    payload: str
+    payment: str | None
+    store: str | None
+    expires_at: str | None
+    image_png: str
+    image_svg: str
+
+
+class QrPreview(msgspec.Struct, kw_only=True):
+    object: str = "qr_preview"
+    kind: str
+    payment: str | None
+    status: str | None
+    merchant_name: str
+    merchant_name_local: str | None
+    store_name: str | None
+    amount: int | None
+    currency: str
+    expires_at: str | None
+    pin_required: bool
+
+
+class PayCodeView(msgspec.Struct, kw_only=True):
+    object: str = "pay_code"
+    code: str
+    expires_at: str
+    device_id: str
+    qr_svg: str

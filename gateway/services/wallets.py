@@ -11,7 +11,7 @@ from typing import Any
 
 from gateway.auth import passwords
 from gateway.auth.principals import Principal
-from gateway.domain import ledger
+from gateway.domain import ledger, limits
 from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import check_amount, currency
 from gateway.errors import Conflict, Declined, InvalidRequest, NotFound, Unauthenticated
@@ -43,19 +43,21 @@ async def register(svc: Services, phone: str, password: str) -> views.WalletHold
         )
     hashed = await passwords.hash_password(password)
     async with svc.db.connection() as conn:
-        row = await store.insert_holder(conn, uuid.uuid4(), phone, hashed)
+        row = await store.insert_holder(conn, uuid.uuid4(), phone, hashed, svc.settings.wallet.tier_default)
     if row is None:
         raise Conflict("this phone number is registered already", code="phone_taken", param="phone")
     return views.holder_view(row)
 
 
-async def login(svc: Services, phone: str, password: str) -> views.TokenView:
+async def login(svc: Services, phone: str, password: str, device_id: str | None = None) -> views.TokenView:
     async with svc.db.connection() as conn:
         row = await store.holder_by_phone(conn, phone)
     if not await passwords.verify_password(row["password_hash"] if row else None, password) or row is None:
         raise Unauthenticated("wrong phone number or password", code="invalid_credentials")
     ttl_s = svc.settings.auth.wallet_token_ttl_s
-    token = svc.tokens.issue(row["id"], WALLET_AUDIENCE, ttl_s)
+    token = svc.tokens.issue(row["id"], WALLET_AUDIENCE, ttl_s, did=device_id) if device_id else svc.tokens.issue(
+        row["id"], WALLET_AUDIENCE, ttl_s
+    )
     return views.TokenView(token=token, expires_in=ttl_s)
 
 
@@ -124,6 +126,7 @@ async def transfer(svc: Services, who: Principal, req: TransferRequest, identity
         if await store.bank_account(conn, bank_id, who.id) is None:
             raise NotFound(f"no such bank account: {req.bank_account}", param="bank_account")
         transfer_id = uuid.uuid4()
+        holder = await store.holder_for_payment(conn, who.id)
         try:
             await ledger_store.post(conn, entry, accounts, transfer_id=transfer_id)
         except ledger_store.InsufficientFunds:
@@ -132,6 +135,8 @@ async def transfer(svc: Services, who: Principal, req: TransferRequest, identity
             ) from None
         row = await store.insert_transfer(conn, transfer_id, who.id, bank_id, req.kind, amount, code)
         posted, held = (await ledger_store.balances_of(conn, [accounts[wallet_ref].id]))[accounts[wallet_ref].id]
+        if req.kind == "top_up":  # the wallet row is locked by the posting: concurrent top-ups queue here
+            limits.check_top_up(svc.tiers[holder["tier"]], code, posted - amount, amount)
         view = views.TransferView(
             id=encode(Kind.TRANSFER, transfer_id), object=req.kind, bank_account=req.bank_account, amount=amount,
             currency=code, balance_after=_balance(code, posted, held), created_at=row["created_at"].isoformat(),
@@ -171,3 +176,23 @@ async def history(
         for r in rows
     ]
     return views.TransactionList(data=data, has_more=has_more, next_cursor=data[-1].id if has_more and data else None)
+
+
+async def set_tier(svc: Services, text_id: str, tier: int) -> views.WalletHolderView:
+    holder_id = decode(Kind.WALLET_HOLDER, text_id)
+    if tier not in svc.tiers:
+        raise InvalidRequest(f"tier must be one of {sorted(svc.tiers)}", code="invalid_tier", param="tier")
+    async with svc.db.connection() as conn:
+        row = await store.set_tier(conn, holder_id, tier) if holder_id else None
+    if row is None:
+        raise NotFound(f"no such wallet holder: {text_id}", param="id")
+    return views.holder_view(row)
+
+
+async def unlock(svc: Services, text_id: str) -> views.WalletHolderView:
+    holder_id = decode(Kind.WALLET_HOLDER, text_id)
+    async with svc.db.connection() as conn:
+        row = await store.unlock(conn, holder_id) if holder_id else None
+    if row is None:
+        raise NotFound(f"no such wallet holder: {text_id}", param="id")
+    return views.holder_view(row)

@@ -14,9 +14,12 @@ from gateway.store.db import Connection, one
 
 _COLUMNS = (
     "id, merchant_id, amount_minor, currency, status, capture_method, expires_at, payer_id,"
-    " authorized_minor, captured_minor, refunded_minor, fee_minor, authorization_expires_at"
+    " authorized_minor, captured_minor, refunded_minor, fee_minor, authorization_expires_at, confirm_by"
 )
-_EXTRA = "store_id, terminal_id, merchant_reference, description, fee_bps, wallet_account_id, created_at, updated_at"
+_EXTRA = (
+    "store_id, terminal_id, merchant_reference, description, fee_bps, wallet_account_id, channel, created_at,"
+    " updated_at"
+)
 
 
 def to_domain(row: asyncpg.Record) -> Payment:
@@ -34,6 +37,7 @@ def to_domain(row: asyncpg.Record) -> Payment:
         refunded_minor=row["refunded_minor"],
         fee_minor=row["fee_minor"],
         authorization_expires_at=row["authorization_expires_at"],
+        confirm_by=row["confirm_by"],
     )
 
 
@@ -46,17 +50,19 @@ async def insert(
     merchant_reference: str | None,
     description: str | None,
     fee_bps: int,
+    channel: str | None = None,
 ) -> asyncpg.Record:
-    row = await one(conn, 
+    row = await one(
+        conn,
         f"""
         INSERT INTO payments (id, merchant_id, store_id, terminal_id, amount_minor, currency, status,
-                              capture_method, merchant_reference, description, expires_at, fee_bps)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                              capture_method, merchant_reference, description, expires_at, fee_bps, channel)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
         RETURNING {_COLUMNS}, {_EXTRA}
         """,
         payment.id, payment.merchant_id, store_id, terminal_id, payment.amount_minor, payment.currency,
         payment.status.value, payment.capture_method.value, merchant_reference, description,
-        payment.expires_at, fee_bps,
+        payment.expires_at, fee_bps, channel,
     )
     return row
 
@@ -73,19 +79,34 @@ async def get(
     return row
 
 
-async def update(conn: Connection, payment: Payment, *, wallet_account_id: int | None = None) -> asyncpg.Record:
-    row = await one(conn, 
+async def update(
+    conn: Connection, payment: Payment, *, wallet_account_id: int | None = None, channel: str | None = None
+) -> asyncpg.Record:
+    row = await one(
+        conn,
         f"""
         UPDATE payments SET status = $2, payer_id = $3, authorized_minor = $4, captured_minor = $5,
                refunded_minor = $6, fee_minor = $7, authorization_expires_at = $8,
-               wallet_account_id = COALESCE($9, wallet_account_id), updated_at = now()
+               wallet_account_id = COALESCE($9, wallet_account_id), confirm_by = $10,
+               channel = COALESCE($11, channel), updated_at = now()
          WHERE id = $1
         RETURNING {_COLUMNS}, {_EXTRA}
         """,
         payment.id, payment.status.value, payment.payer_id, payment.authorized_minor, payment.captured_minor,
         payment.refunded_minor, payment.fee_minor, payment.authorization_expires_at, wallet_account_id,
+        payment.confirm_by, channel,
     )
     return row
+
+
+async def awaiting_confirmation(conn: Connection, holder_id: uuid.UUID) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            f"SELECT {_COLUMNS}, {_EXTRA} FROM payments WHERE payer_id = $1 AND status = 'requires_action'"
+            " ORDER BY created_at DESC LIMIT 20",
+            holder_id,
+        )
+    )
 
 
 async def list_for_merchant(
@@ -115,7 +136,8 @@ async def exists_for_merchant(conn: Connection, payment_id: uuid.UUID, merchant_
 async def insert_refund(
     conn: Connection, refund_id: uuid.UUID, payment: Payment, amount_minor: int, fee_back_minor: int, reason: str | None
 ) -> asyncpg.Record:
-    row = await one(conn, 
+    row = await one(
+        conn,
         """
         INSERT INTO refunds (id, payment_id, merchant_id, amount_minor, fee_back_minor, currency, reason)
         VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -144,6 +166,7 @@ async def due_for_expiry(conn: Connection, now: datetime, limit: int) -> list[as
             SELECT {_COLUMNS}, {_EXTRA} FROM payments
              WHERE (status = 'requires_payment_method' AND expires_at <= $1)
                 OR (status = 'requires_capture' AND authorization_expires_at <= $1)
+                OR (status = 'requires_action' AND confirm_by <= $1)
              ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
             """,
             now, limit,

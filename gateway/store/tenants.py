@@ -25,16 +25,18 @@ async def operator_by_email(conn: Connection, email: str) -> asyncpg.Record | No
     return row
 
 
-_MERCHANT = "id, name, mcc, country, city, fee_bps, status, created_at"
+_MERCHANT = "id, name, mcc, country, city, fee_bps, status, created_at, name_local, city_local, language_local"
 
 
 async def insert_merchant(
-    conn: Connection, merchant_id: uuid.UUID, name: str, mcc: str, country: str, city: str, fee_bps: int
+    conn: Connection, merchant_id: uuid.UUID, name: str, mcc: str, country: str, city: str, fee_bps: int,
+    name_local: str | None = None, city_local: str | None = None, language_local: str | None = None,
 ) -> asyncpg.Record:
-    row = await one(conn, 
-        f"INSERT INTO merchants (id, name, mcc, country, city, fee_bps) VALUES ($1, $2, $3, $4, $5, $6)"
-        f" RETURNING {_MERCHANT}",
-        merchant_id, name, mcc, country, city, fee_bps,
+    row = await one(
+        conn,
+        f"INSERT INTO merchants (id, name, mcc, country, city, fee_bps, name_local, city_local, language_local)"
+        f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {_MERCHANT}",
+        merchant_id, name, mcc, country, city, fee_bps, name_local, city_local, language_local,
     )
     return row
 
@@ -49,7 +51,8 @@ async def list_merchants(conn: Connection, limit: int) -> list[asyncpg.Record]:
 
 
 async def insert_store(conn: Connection, store_id: uuid.UUID, merchant_id: uuid.UUID, name: str, city: str) -> asyncpg.Record:
-    row = await one(conn, 
+    row = await one(
+        conn,
         "INSERT INTO stores (id, merchant_id, name, city) VALUES ($1, $2, $3, $4)"
         " RETURNING id, merchant_id, name, city, created_at",
         store_id, merchant_id, name, city,
@@ -68,7 +71,8 @@ async def store(conn: Connection, store_id: uuid.UUID, merchant_id: uuid.UUID) -
 async def insert_terminal(
     conn: Connection, terminal_id: uuid.UUID, merchant_id: uuid.UUID, store_id: uuid.UUID, label: str
 ) -> asyncpg.Record:
-    row = await one(conn, 
+    row = await one(
+        conn,
         "INSERT INTO terminals (id, merchant_id, store_id, label) VALUES ($1, $2, $3, $4)"
         " RETURNING id, merchant_id, store_id, label, status, created_at",
         terminal_id, merchant_id, store_id, label,
@@ -79,7 +83,8 @@ async def insert_terminal(
 async def insert_api_key(
     conn: Connection, key_id: uuid.UUID, merchant_id: uuid.UUID, kind: str, prefix: str, key_hash: bytes
 ) -> asyncpg.Record:
-    row = await one(conn, 
+    row = await one(
+        conn,
         "INSERT INTO api_keys (id, merchant_id, kind, prefix, key_hash) VALUES ($1, $2, $3, $4, $5)"
         " RETURNING id, merchant_id, kind, prefix, created_at, revoked_at",
         key_id, merchant_id, kind, prefix, key_hash,

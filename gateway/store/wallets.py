@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import uuid
+from datetime import date
 
 import asyncpg
 
 from gateway.store.db import Connection, one
 
 
-async def insert_holder(conn: Connection, holder_id: uuid.UUID, phone: str, password_hash: str) -> asyncpg.Record | None:
+async def insert_holder(
+    conn: Connection, holder_id: uuid.UUID, phone: str, password_hash: str, tier: int
+) -> asyncpg.Record | None:
     """None if the phone number is registered already."""
     row: asyncpg.Record | None = await conn.fetchrow(
-        "INSERT INTO wallet_holders (id, phone, password_hash) VALUES ($1, $2, $3)"
+        "INSERT INTO wallet_holders (id, phone, password_hash, tier) VALUES ($1, $2, $3, $4)"
         " ON CONFLICT (phone) DO NOTHING RETURNING id, phone, tier, created_at",
-        holder_id, phone, password_hash,
+        holder_id, phone, password_hash, tier,
     )
     return row
 
@@ -28,7 +31,9 @@ async def holder_by_phone(conn: Connection, phone: str) -> asyncpg.Record | None
 
 async def holder(conn: Connection, holder_id: uuid.UUID) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
-        "SELECT id, phone, tier, created_at FROM wallet_holders WHERE id = $1", holder_id
+        "SELECT id, phone, tier, created_at, payments_locked_at, pin_hash IS NOT NULL AS pin_set"
+        " FROM wallet_holders WHERE id = $1",
+        holder_id,
     )
     return row
 
@@ -47,7 +52,8 @@ async def wallet_accounts(conn: Connection, holder_id: uuid.UUID) -> list[asyncp
 async def insert_bank_account(
     conn: Connection, account_id: uuid.UUID, holder_id: uuid.UUID, bank_name: str, masked: str, number_hash: bytes
 ) -> asyncpg.Record:
-    row = await one(conn, 
+    row = await one(
+        conn,
         """
         INSERT INTO bank_accounts (id, holder_id, bank_name, number_masked, number_hash) VALUES ($1, $2, $3, $4, $5)
         ON CONFLICT (holder_id, number_hash) DO UPDATE SET bank_name = EXCLUDED.bank_name
@@ -80,7 +86,8 @@ async def insert_transfer(
     conn: Connection, transfer_id: uuid.UUID, holder_id: uuid.UUID, bank_account_id: uuid.UUID,
     kind: str, amount_minor: int, currency: str,
 ) -> asyncpg.Record:
-    row = await one(conn, 
+    row = await one(
+        conn,
         "INSERT INTO transfers (id, holder_id, bank_account_id, kind, amount_minor, currency)"
         " VALUES ($1, $2, $3, $4, $5, $6)"
         " RETURNING id, holder_id, bank_account_id, kind, amount_minor, currency, created_at",
@@ -110,3 +117,72 @@ async def history(
             holder_id, currency, limit + 1, after,
         )
     )
+
+
+async def holder_for_payment(conn: Connection, holder_id: uuid.UUID) -> asyncpg.Record:
+    """The holder's tier and lock, read with a share lock so an operator's change waits for the payment."""
+    return await one(
+        conn,
+        "SELECT id, tier, payments_locked_at FROM wallet_holders WHERE id = $1 FOR SHARE",
+        holder_id,
+    )
+
+
+async def add_daily_spend(conn: Connection, holder_id: uuid.UUID, currency: str, day: date, amount_minor: int) -> int:
+    """Add to the day's total and return the new total; the row lock serialises the holder's payments."""
+    spent: int = await conn.fetchval(
+        """
+        INSERT INTO daily_spend (holder_id, currency, day, spent_minor) VALUES ($1, $2, $3, $4)
+        ON CONFLICT (holder_id, currency, day) DO UPDATE SET spent_minor = daily_spend.spent_minor + EXCLUDED.spent_minor
+        RETURNING spent_minor
+        """,
+        holder_id, currency, day, amount_minor,
+    )
+    return spent
+
+
+async def pin_state(conn: Connection, holder_id: uuid.UUID) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT pin_hash, pin_failures, payments_locked_at FROM wallet_holders WHERE id = $1", holder_id
+    )
+    return row
+
+
+async def record_pin_failure(conn: Connection, holder_id: uuid.UUID, failures_max: int) -> asyncpg.Record:
+    """Count a wrong PIN atomically; the failure that reaches ``failures_max`` locks payments."""
+    return await one(
+        conn,
+        """
+        UPDATE wallet_holders SET pin_failures = pin_failures + 1,
+               payments_locked_at = CASE WHEN pin_failures + 1 >= $2 THEN COALESCE(payments_locked_at, now())
+                                         ELSE payments_locked_at END
+         WHERE id = $1 RETURNING pin_failures, payments_locked_at
+        """,
+        holder_id, failures_max,
+    )
+
+
+async def reset_pin_failures(conn: Connection, holder_id: uuid.UUID) -> None:
+    await conn.execute(
+        "UPDATE wallet_holders SET pin_failures = 0 WHERE id = $1 AND payments_locked_at IS NULL", holder_id
+    )
+
+
+async def set_pin(conn: Connection, holder_id: uuid.UUID, pin_hash: str) -> None:
+    await conn.execute("UPDATE wallet_holders SET pin_hash = $2, pin_failures = 0 WHERE id = $1", holder_id, pin_hash)
+
+
+async def unlock(conn: Connection, holder_id: uuid.UUID) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "UPDATE wallet_holders SET pin_failures = 0, payments_locked_at = NULL WHERE id = $1"
+        " RETURNING id, phone, tier, created_at",
+        holder_id,
+    )
+    return row
+
+
+async def set_tier(conn: Connection, holder_id: uuid.UUID, tier: int) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "UPDATE wallet_holders SET tier = $2 WHERE id = $1 RETURNING id, phone, tier, created_at", holder_id, tier
+    )
+    return row

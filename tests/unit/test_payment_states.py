@@ -50,6 +50,7 @@ def captured(amount_minor: int = AMOUNT_MINOR) -> Payment:
 # Each status reached through the public transitions, as the services reach it.
 PAYMENT_IN: dict[Status, Callable[[], Payment]] = {
     Status.REQUIRES_PAYMENT_METHOD: new_payment,
+    Status.REQUIRES_ACTION: lambda: new_payment().authorize(PAYER, NOW, AUTHORIZATION_TTL_S, confirm_within_s=60),
     Status.REQUIRES_CAPTURE: authorized,
     Status.SUCCEEDED: captured,
     Status.CANCELED: lambda: new_payment().cancel(),
@@ -58,6 +59,7 @@ PAYMENT_IN: dict[Status, Callable[[], Payment]] = {
 
 ACT: dict[Action, Callable[[Payment], Payment]] = {
     Action.AUTHORIZE: lambda p: p.authorize(PAYER, NOW, AUTHORIZATION_TTL_S),
+    Action.CONFIRM: lambda p: p.confirm(NOW, AUTHORIZATION_TTL_S),
     Action.CAPTURE: lambda p: p.capture(None),
     Action.CANCEL: lambda p: p.cancel(),
     Action.EXPIRE: lambda p: p.expire(),
@@ -66,24 +68,27 @@ ACT: dict[Action, Callable[[Payment], Payment]] = {
 
 REFUSAL_CODE = {
     Action.AUTHORIZE: "payment_not_payable",
+    Action.CONFIRM: "payment_not_confirmable",
     Action.CAPTURE: "payment_not_capturable",
     Action.CANCEL: "payment_not_cancelable",
     Action.EXPIRE: "payment_not_expirable",
     Action.REFUND: "payment_not_refundable",
 }
 
-RPM, RC, OK, CX, EX = (
-    Status.REQUIRES_PAYMENT_METHOD, Status.REQUIRES_CAPTURE, Status.SUCCEEDED, Status.CANCELED, Status.EXPIRED
+RPM, RA, RC, OK, CX, EX = (
+    Status.REQUIRES_PAYMENT_METHOD, Status.REQUIRES_ACTION, Status.REQUIRES_CAPTURE, Status.SUCCEEDED,
+    Status.CANCELED, Status.EXPIRED,
 )  # fmt: skip
-A, C, X, E, R = Action.AUTHORIZE, Action.CAPTURE, Action.CANCEL, Action.EXPIRE, Action.REFUND
+A, F, C, X, E, R = Action.AUTHORIZE, Action.CONFIRM, Action.CAPTURE, Action.CANCEL, Action.EXPIRE, Action.REFUND
 
 # (status, action) -> the next status, or None where the transition is refused.
 TRANSITIONS: dict[tuple[Status, Action], Status | None] = {
-    (RPM, A): RC, (RPM, C): None, (RPM, X): CX, (RPM, E): EX, (RPM, R): None,
-    (RC, A): None, (RC, C): OK, (RC, X): CX, (RC, E): EX, (RC, R): None,
-    (OK, A): None, (OK, C): None, (OK, X): None, (OK, E): None, (OK, R): OK,
-    (CX, A): None, (CX, C): None, (CX, X): None, (CX, E): None, (CX, R): None,
-    (EX, A): None, (EX, C): None, (EX, X): None, (EX, E): None, (EX, R): None,
+    (RPM, A): RC, (RPM, F): None, (RPM, C): None, (RPM, X): CX, (RPM, E): EX, (RPM, R): None,
+    (RA, A): None, (RA, F): RC, (RA, C): None, (RA, X): CX, (RA, E): EX, (RA, R): None,
+    (RC, A): None, (RC, F): None, (RC, C): OK, (RC, X): CX, (RC, E): EX, (RC, R): None,
+    (OK, A): None, (OK, F): None, (OK, C): None, (OK, X): None, (OK, E): None, (OK, R): OK,
+    (CX, A): None, (CX, F): None, (CX, C): None, (CX, X): None, (CX, E): None, (CX, R): None,
+    (EX, A): None, (EX, F): None, (EX, C): None, (EX, X): None, (EX, E): None, (EX, R): None,
 }  # fmt: skip
 
 
@@ -155,8 +160,9 @@ def test_authorize_just_before_expiry_accepted() -> None:
     assert payment.status is Status.REQUIRES_CAPTURE
 
 
-def test_only_requires_capture_holds_funds() -> None:
-    assert [status for status, build in PAYMENT_IN.items() if build().holds_funds] == [Status.REQUIRES_CAPTURE]
+def test_only_requires_action_and_requires_capture_hold_funds() -> None:
+    holding = [status for status, build in PAYMENT_IN.items() if build().holds_funds]
+    assert holding == [Status.REQUIRES_ACTION, Status.REQUIRES_CAPTURE]
 
 
 # -- capture ------------------------------------------------------------------------------------
@@ -259,3 +265,22 @@ def test_transitions_do_not_mutate() -> None:
     before.cancel()
     assert before.status is Status.REQUIRES_CAPTURE
     assert before.captured_minor == 0
+
+
+# -- confirm (a counter payment waiting for the payer's PIN) ------------------------------------
+
+
+def test_waiting_for_confirmation_holds_and_confirming_in_time_captures_automatic_payments() -> None:
+    waiting = new_payment(CaptureMethod.AUTOMATIC).authorize(PAYER, NOW, AUTHORIZATION_TTL_S, confirm_within_s=60)
+    assert waiting.status is Status.REQUIRES_ACTION and waiting.holds_funds
+    assert waiting.authorized_minor == AMOUNT_MINOR and waiting.captured_minor == 0
+    assert waiting.confirm_by == NOW + timedelta(seconds=60)
+    done = waiting.confirm(NOW + timedelta(seconds=59), AUTHORIZATION_TTL_S)
+    assert done.status is Status.SUCCEEDED and done.captured_minor == AMOUNT_MINOR and done.confirm_by is None
+
+
+def test_confirming_too_late_is_refused() -> None:
+    waiting = new_payment().authorize(PAYER, NOW, AUTHORIZATION_TTL_S, confirm_within_s=60)
+    with pytest.raises(InvalidState) as caught:
+        waiting.confirm(NOW + timedelta(seconds=60), AUTHORIZATION_TTL_S)
+    assert caught.value.code == "confirmation_expired"

@@ -19,7 +19,7 @@ SELECT account_id, shard, posted_minor, held_minor FROM balances WHERE no_overdr
 SELECT a.id, b.held_minor, COALESCE(h.total, 0) AS authorized
   FROM accounts a JOIN balances b ON b.account_id = a.id AND b.shard = 0
   LEFT JOIN (SELECT wallet_account_id, sum(authorized_minor) AS total FROM payments
-              WHERE status = 'requires_capture' GROUP BY wallet_account_id) h ON h.wallet_account_id = a.id
+              WHERE status IN ('requires_capture', 'requires_action') GROUP BY wallet_account_id) h ON h.wallet_account_id = a.id
  WHERE a.kind = 'wallet' AND b.held_minor <> COALESCE(h.total, 0);
 -- name: captured_payment_postings
 SELECT pay.id, pay.captured_minor, pay.refunded_minor, pay.fee_minor
@@ -42,7 +42,7 @@ SELECT pay.id, pay.captured_minor, pay.refunded_minor, pay.fee_minor
 SELECT pay.id FROM payments pay LEFT JOIN (SELECT payment_id, sum(amount_minor) AS total FROM refunds GROUP BY payment_id) r
     ON r.payment_id = pay.id WHERE COALESCE(r.total, 0) <> pay.refunded_minor;
 -- name: uncaptured_state_with_money
-SELECT id FROM payments WHERE status IN ('requires_payment_method', 'canceled', 'expired') AND captured_minor <> 0;
+SELECT id FROM payments WHERE status IN ('requires_payment_method', 'requires_action', 'canceled', 'expired') AND captured_minor <> 0;
 -- name: refund_fee_postings
 SELECT r.payment_id FROM (SELECT payment_id, sum(fee_back_minor) AS fee_back FROM refunds GROUP BY payment_id) r
   LEFT JOIN (SELECT e.payment_id, sum(p.amount_minor) AS fee_posted FROM journal_entries e

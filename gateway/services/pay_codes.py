@@ -1,0 +1,128 @@
+"""Pay-codes: the customer shows a one-time code, the counter scans it and charges it.
+
+Invariants:
+- a code is 18 digits: the gateway's 2-digit prefix and 16 random digits; only a keyed hash is
+  stored (the code is a bearer credential for its minute), with a masked form for people;
+- a code is bound to the wallet holder and the device it was issued to, valid for
+  ``pay_code_ttl_s``, and charged at most once: the code row is locked and marked used in the
+  charge's transaction;
+- above the PIN threshold the charge waits for the payer's confirmation (``requires_action``)
+  with the amount held; the worker reverses it if it is not confirmed in time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from gateway.auth.principals import Principal
+from gateway.domain.ids import Kind, decode
+from gateway.domain.money import check_amount, currency
+from gateway.domain.payments import CaptureMethod, Payment, Status
+from gateway.errors import Conflict, InvalidRequest, NotFound
+from gateway.services import payments, pins, qr, views
+from gateway.services.context import Services
+from gateway.services.idempotency import Reply, RequestIdentity
+from gateway.store import codes, tenants
+from gateway.store import payments as payment_store
+from gateway.store.db import Connection
+
+CODE_LENGTH = 18
+_DRAWS_MAX = 5
+
+
+def _hash(svc: Services, code: str) -> bytes:
+    return hmac.new(svc.settings.auth.api_key_pepper.encode(), b"paycode:" + code.encode(), hashlib.sha256).digest()
+
+
+def _mask(code: str) -> str:
+    return code[:4] + "*" * (len(code) - 8) + code[-4:]
+
+
+def is_ours(svc: Services, text: str) -> bool:
+    return len(text) == CODE_LENGTH and text.isascii() and text.isdigit() and text.startswith(
+        svc.settings.wallet.pay_code_prefix
+    )
+
+
+async def issue(svc: Services, who: Principal, device_id: str | None) -> views.PayCodeView:
+    """A fresh code for the holder's device. No idempotency record: its answer holds the code in clear."""
+    if not device_id:
+        raise InvalidRequest("pay-codes are bound to a device: log in with a device_id", code="device_required",
+                             param="device_id")
+    expires_at = svc.now() + timedelta(seconds=svc.settings.wallet.pay_code_ttl_s)
+    async with svc.db.connection() as conn:
+        for _ in range(_DRAWS_MAX):
+            code = svc.settings.wallet.pay_code_prefix + f"{secrets.randbelow(10**16):016d}"
+            if await codes.insert_pay_code(conn, _hash(svc, code), who.id, device_id, _mask(code), expires_at):
+                break
+        else:
+            raise Conflict("could not draw a free pay-code; retry", code="pay_code_exhausted")
+    svg = await qr.render(code, "svg")
+    return views.PayCodeView(code=code, expires_at=expires_at.isoformat(), device_id=device_id, qr_svg=svg.decode())
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    pay_code: str
+    amount: int
+    currency: str
+    merchant_reference: str | None
+    description: str | None
+    store: str | None
+    capture_method: CaptureMethod
+
+
+async def charge(svc: Services, who: Principal, req: Charge, identity: RequestIdentity) -> Reply:
+    """The counter charges a scanned pay-code: one transaction creates the payment and authorises it."""
+    assert who.merchant_id is not None
+    merchant_id = who.merchant_id
+    if not is_ours(svc, req.pay_code):
+        raise InvalidRequest("not a pay-code of this gateway", code="pay_code_foreign", param="pay_code")
+    amount = check_amount(req.amount)
+    cur = currency(req.currency).code
+    store_id = decode(Kind.STORE, req.store) if req.store else None
+    if req.store and store_id is None:
+        raise NotFound(f"no such store: {req.store}", param="store")
+    code_hash = _hash(svc, req.pay_code)
+    async with svc.db.connection() as conn:
+        head = await codes.take_pay_code(conn, code_hash, svc.now())
+    if head is None:
+        raise NotFound("this pay-code is not known to the gateway", code="pay_code_unknown", param="pay_code")
+    holder_id = head["holder_id"]
+    accounts = await payments.payer_accounts(svc, holder_id, merchant_id, cur)
+    needs_pin = pins.needed(svc, cur, amount)
+
+    async def work(conn: Connection) -> tuple[int, Any]:
+        code_row = await codes.take_pay_code(conn, code_hash, svc.now())
+        assert code_row is not None
+        if code_row["used_at"] is not None:
+            raise Conflict("this pay-code has been used", code="pay_code_used", param="pay_code")
+        if code_row["expires_at"] <= svc.now():
+            raise Conflict("this pay-code has expired; ask for a fresh one", code="pay_code_expired",
+                           param="pay_code")
+        merchant = await tenants.merchant(conn, merchant_id)
+        assert merchant is not None
+        if store_id is not None and await tenants.store(conn, store_id, merchant_id) is None:
+            raise NotFound(f"no such store: {req.store}", param="store")
+        new = Payment(
+            id=uuid.uuid4(), merchant_id=merchant_id, amount_minor=amount, currency=cur,
+            status=Status.REQUIRES_PAYMENT_METHOD, capture_method=req.capture_method,
+            expires_at=svc.now() + timedelta(seconds=svc.settings.payments.expiry_default_s),
+        )
+        row = await payment_store.insert(conn, new, store_id=store_id, terminal_id=None,
+                                         merchant_reference=req.merchant_reference, description=req.description,
+                                         fee_bps=merchant["fee_bps"], channel="pay_code")
+        await payment_store.insert_event(conn, "payment.created", new.id, views.payment_view(row),
+                                         merchant_id=merchant_id, holder_id=holder_id)
+        await codes.use_pay_code(conn, code_hash, new.id)
+        updated = await payments.authorize_locked(svc, conn, row, holder_id, accounts, channel="pay_code",
+                                                  needs_confirmation=needs_pin)
+        return 201, views.payment_view(updated)
+
+    return await svc.idempotency.run(identity, work)
