@@ -61,6 +61,11 @@ class NotFound(GatewayError):
     default_code = "resource_missing"
 
 
+class MethodNotAllowed(InvalidRequest):
+    status = 405
+    default_code = "method_not_allowed"
+
+
 class Declined(GatewayError):
     """Valid request, refused by the money rules (HTTP 402)."""
 

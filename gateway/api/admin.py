@@ -65,7 +65,7 @@ async def list_keys(call: Call[None, None]) -> Any:
 
 
 @api.route("POST", "/v1/api_keys/{id}/revoke", summary="Revoke an API key", auth={P.OPERATOR, P.MERCHANT},
-           body=schema.Empty, response=views.ApiKeyView, tag="operators")
+           roles=ADMIN, body=schema.Empty, response=views.ApiKeyView, tag="operators")
 async def revoke_key(call: Call[schema.Empty, None]) -> Any:
     return await tenants.revoke_api_key(call.svc, call.who, call.match("id"), call.identity())
 

@@ -16,7 +16,7 @@ import msgspec
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
-from gateway.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
+from gateway.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound, PayloadTooLarge
 from gateway.logs import request_id_var
 
 log = logging.getLogger("gateway.http")
@@ -57,10 +57,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             response = _error_response(PayloadTooLarge("the request body is too large"), request_id)
         except web.HTTPNotFound:
             response = _error_response(NotFound("no such endpoint", code="unknown_endpoint"), request_id)
-        except web.HTTPMethodNotAllowed:
-            response = _error_response(
-                InvalidRequest("method not allowed here", code="method_not_allowed"), request_id
-            )
+        except web.HTTPMethodNotAllowed as exc:
+            response = _error_response(MethodNotAllowed(f"{request.method} is not allowed here"), request_id)
+            response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
         except web.HTTPException as exc:
             response = _error_response(InvalidRequest(exc.reason, code="http_error"), request_id)
             response.set_status(exc.status)

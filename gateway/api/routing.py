@@ -28,6 +28,8 @@ B = TypeVar("B")
 Q = TypeVar("Q")
 _PATH_RE = re.compile(r"at `\$((?:\.[A-Za-z_][A-Za-z0-9_]*|\[\d+\])*)`")
 _UNKNOWN_RE = re.compile(r"unknown field `([^`]+)`")
+_MISSING_RE = re.compile(r"missing required field `([^`]+)`")
+_NESTING_MAX = 32
 
 
 @dataclass
@@ -81,13 +83,30 @@ class Endpoint:
 
 
 def _param(message: str) -> str | None:
-    unknown = _UNKNOWN_RE.search(message)
-    if unknown:
-        return unknown.group(1)
+    path = ""
     found = _PATH_RE.search(message)
     if found and found.group(1):
-        return found.group(1).lstrip(".").replace("][", ".").replace("[", ".").replace("]", "")
-    return None
+        path = found.group(1).lstrip(".").replace("][", ".").replace("[", ".").replace("]", "")
+    named = _UNKNOWN_RE.search(message) or _MISSING_RE.search(message)
+    if named:
+        return f"{path}.{named.group(1)}" if path else named.group(1)
+    return path or None
+
+
+def _check_text(value: Any, path: str = "", depth: int = 0) -> None:
+    """Refuse text PostgreSQL cannot store (NUL) and absurd nesting, naming the field."""
+    if depth > _NESTING_MAX:
+        raise InvalidRequest("the body is nested too deeply", code="invalid_json", param=path or None)
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidRequest("text may not contain NUL characters", code="invalid_parameter", param=path or None)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, path, depth + 1)
+            _check_text(item, f"{path}.{key}" if path else str(key), depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_text(item, f"{path}.{index}" if path else str(index), depth + 1)
 
 
 def _decode(raw: Any, kind: type[B], *, strict: bool, what: str) -> B:
@@ -141,7 +160,8 @@ class Api:
                 if principal.kind not in endpoint.auth:
                     # Another kind of credential: to it, this resource does not exist.
                     raise NotFound("no such resource for these credentials", code="resource_missing")
-                if endpoint.roles is not None and principal.role not in endpoint.roles:
+                if (endpoint.roles is not None and principal.kind is PrincipalKind.OPERATOR
+                        and principal.role not in endpoint.roles):
                     raise Forbidden("this operator role may not do that", code="role_forbidden")
                 if not await svc.accel.within_rate(principal.rate_limit_scope, svc.settings.auth.rate_limit_per_s):
                     raise RateLimited("too many requests; slow down and retry")
@@ -152,16 +172,20 @@ class Api:
                 if data.strip():
                     try:
                         raw_params = msgspec.json.decode(data)
-                    except msgspec.DecodeError:
-                        raise InvalidRequest("the body is not valid JSON", code="invalid_json") from None
+                    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+                        raise InvalidRequest("the body is not valid UTF-8 JSON", code="invalid_json") from None
                 if not isinstance(raw_params, dict):
                     raise InvalidRequest("the body must be a JSON object", code="invalid_json")
+                _check_text(raw_params)
                 body = _decode(raw_params, endpoint.body, strict=True, what="body")
             query: Any = None
             if endpoint.query is not None:
                 params = dict(request.query)
                 if len(params) != len(request.query):
-                    raise InvalidRequest("a query parameter is repeated", code="invalid_parameter")
+                    repeated = next(k for k in params if len(request.query.getall(k)) > 1)
+                    raise InvalidRequest(f"the query parameter {repeated} is repeated", code="invalid_parameter",
+                                         param=repeated)
+                _check_text(params)
                 query = _decode(params, endpoint.query, strict=False, what="query")
             result = await endpoint.handler(Call(request, svc, principal, body, query, raw_params))
             if isinstance(result, web.StreamResponse):

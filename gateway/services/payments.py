@@ -126,12 +126,21 @@ async def get(svc: Services, who: Principal, text_id: str) -> Any:
         return views.payer_payment_view(row, merchant["name"])
 
 
+def _cursor(text: str | None, param: str) -> uuid.UUID | None:
+    if text is None:
+        return None
+    value = decode(Kind.PAYMENT, text)
+    if value is None:
+        raise InvalidRequest("the cursor is not a payment id", code="invalid_cursor", param=param)
+    return value
+
+
 async def list_payments(
     svc: Services, who: Principal, limit: int, starting_after: str | None, ending_before: str | None
 ) -> views.PaymentList:
     assert who.merchant_id is not None
-    after = payment_id(starting_after) if starting_after else None
-    before = payment_id(ending_before) if ending_before else None
+    after = _cursor(starting_after, "starting_after")
+    before = _cursor(ending_before, "ending_before")
     async with svc.db.connection() as conn:
         for cursor, name in ((after, "starting_after"), (before, "ending_before")):
             if cursor is not None and not await store.exists_for_merchant(conn, cursor, who.merchant_id):

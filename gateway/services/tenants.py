@@ -55,6 +55,8 @@ async def authenticate(svc: Services, authorization: str | None) -> Principal:
     if not authorization or not authorization.startswith("Bearer "):
         raise Unauthenticated("send credentials as 'Authorization: Bearer <key or token>'", code="missing_credentials")
     credential = authorization[7:].strip()
+    if not (credential.isascii() and credential.isprintable()) or len(credential) > 4096:
+        raise Unauthenticated("the credential is malformed", code="invalid_token")
     kind = api_keys.kind_of(credential)
     if kind is not None:
         async with svc.db.connection() as conn:

@@ -120,6 +120,8 @@ async def transfer(svc: Services, who: Principal, req: TransferRequest, identity
     entry = (ledger.top_up if req.kind == "top_up" else ledger.withdrawal)(who.id, code, amount)
     wallet_ref = ledger.wallet(who.id, code)
     async with svc.db.connection() as conn:
+        if await store.bank_account(conn, bank_id, who.id) is None:  # before any account is opened
+            raise NotFound(f"no such bank account: {req.bank_account}", param="bank_account")
         accounts = await ledger_store.resolve_accounts(conn, [wallet_ref, ledger.clearing(code)])
 
     async def work(conn: Connection) -> tuple[int, Any]:
