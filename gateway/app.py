@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.api import admin, payments, system, wallet  # noqa: F401  (registers endpoints)
+from gateway.api import admin, devices, payments, system, wallet  # noqa: F401  (registers endpoints)
 from gateway.api.middlewares import observe
 from gateway.api.routing import SERVICES, api
 from gateway.services.context import Services

@@ -123,6 +123,25 @@ class QrSettings:
     image_cache_entries: int = 512
 
 
+@dataclass(frozen=True)
+class DeviceSettings:
+    enrolment_code_ttl_s: int = 900
+    token_ttl_s: int = 900
+
+
+@dataclass(frozen=True)
+class IssuerSettings:
+    imk_hex: str = ""
+    token_bin: str = "999001"
+    token_pan_length: int = 16
+    expiry_yymm: str = "3012"
+    aid_hex: str = "F057414C4C455401"
+
+    @property
+    def imk(self) -> bytes:
+        return bytes.fromhex(self.imk_hex)
+
+
 def _pairs(text: str) -> list[tuple[str, str]]:
     pairs = []
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -145,8 +164,14 @@ class Settings:
     wallet: WalletSettings
     tiers: TierSettings
     qr: QrSettings
+    devices: DeviceSettings
+    issuer: IssuerSettings
 
     def __post_init__(self) -> None:
+        if self.issuer.imk_hex and len(self.issuer.imk) != 16:
+            raise ValueError("issuer.imk_hex is a 16-byte (32 hex digit) key (empty: taps disabled)")
+        if not (self.issuer.token_bin.isdigit() and len(self.issuer.token_bin) + 2 <= self.issuer.token_pan_length <= 19):
+            raise ValueError("issuer.token_bin must be digits leaving room in token_pan_length")
         self.tiers.tiers()  # refuse malformed caps at start-up, not at the first payment
         self.wallet.pin_thresholds()
         if not (len(self.wallet.pay_code_prefix) == 2 and self.wallet.pay_code_prefix.isdigit()):
@@ -217,7 +242,8 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None, **overr
     sections = {
         "server": ServerSettings, "database": DatabaseSettings, "redis": RedisSettings, "auth": AuthSettings,
         "payments": PaymentSettings, "idempotency": IdempotencySettings, "workers": WorkerSettings,
-        "wallet": WalletSettings, "tiers": TierSettings, "qr": QrSettings,
+        "wallet": WalletSettings, "tiers": TierSettings, "qr": QrSettings, "devices": DeviceSettings,
+        "issuer": IssuerSettings,
     }
     unknown = set(data) - set(sections)
     if unknown:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -10,10 +11,10 @@ from gateway.api import schema
 from gateway.api.routing import Call, api
 from gateway.auth.principals import PrincipalKind as P
 from gateway.domain.payments import CaptureMethod
-from gateway.services import pay_codes, payments, qr, views
+from gateway.services import pay_codes, payments, qr, taps, views
 
 
-@api.route("POST", "/v1/payments", summary="Create a payment", auth={P.MERCHANT}, body=schema.CreatePayment,
+@api.route("POST", "/v1/payments", summary="Create a payment", auth={P.MERCHANT, P.DEVICE}, body=schema.CreatePayment,
            response=views.PaymentView, status=201, tag="payments")
 async def create(call: Call[schema.CreatePayment, None]) -> Any:
     b = call.body
@@ -24,15 +25,16 @@ async def create(call: Call[schema.CreatePayment, None]) -> Any:
     return await payments.create(call.svc, call.who, req, call.identity())
 
 
-@api.route("GET", "/v1/payments", summary="List payments, newest first", auth={P.MERCHANT},
+@api.route("GET", "/v1/payments", summary="List payments, newest first", auth={P.MERCHANT, P.DEVICE},
            query=schema.PageQuery, response=views.PaymentList, tag="payments")
 async def list_all(call: Call[None, schema.PageQuery]) -> Any:
     q = call.query
-    return await payments.list_payments(call.svc, call.who, q.limit, q.starting_after, q.ending_before)
+    return await payments.list_payments(call.svc, call.who, q.limit, q.starting_after, q.ending_before,
+                                        q.merchant_reference)
 
 
 @api.route("GET", "/v1/payments/{id}", summary="Retrieve a payment (payers and publishable keys get the payer's view)",
-           auth={P.MERCHANT, P.PUBLISHABLE, P.WALLET}, response=views.PaymentView, tag="payments")
+           auth={P.MERCHANT, P.DEVICE, P.PUBLISHABLE, P.WALLET}, response=views.PaymentView, tag="payments")
 async def retrieve(call: Call[None, None]) -> Any:
     return await payments.get(call.svc, call.who, call.match("id"))
 
@@ -45,7 +47,7 @@ async def capture(call: Call[schema.CapturePayment, None]) -> Any:
 
 
 @api.route("POST", "/v1/payments/{id}/cancel", summary="Cancel an unpaid or uncaptured payment (releases the hold)",
-           auth={P.MERCHANT}, body=schema.CancelPayment, response=views.PaymentView, tag="payments")
+           auth={P.MERCHANT, P.DEVICE}, body=schema.CancelPayment, response=views.PaymentView, tag="payments")
 async def cancel(call: Call[schema.CancelPayment, None]) -> Any:
     return await payments.cancel(call.svc, call.who, call.match("id"), call.identity())
 
@@ -70,7 +72,7 @@ async def pay(call: Call[schema.PayPayment, None]) -> Any:
 
 
 @api.route("POST", "/v1/payments/{id}/qr_codes", summary="Issue a dynamic QR code for the payment (single use)",
-           auth={P.MERCHANT}, body=schema.IssueQr, response=views.QrCodeView, status=201, tag="qr")
+           auth={P.MERCHANT, P.DEVICE}, body=schema.IssueQr, response=views.QrCodeView, status=201, tag="qr")
 async def issue_qr(call: Call[schema.IssueQr, None]) -> Any:
     b = call.body
     return await qr.issue_dynamic(call.svc, call.who, call.match("id"), b.ttl, b.terminal_label, call.identity())
@@ -89,22 +91,40 @@ async def _image(call: Call[None, None], fmt: str) -> web.Response:
 
 
 @api.route("GET", "/v1/qr_codes/{token}/image.png", summary="The QR code as a PNG image",
-           auth={P.MERCHANT, P.PUBLISHABLE}, tag="qr")
+           auth={P.MERCHANT, P.DEVICE, P.PUBLISHABLE}, tag="qr")
 async def qr_png(call: Call[None, None]) -> Any:
     return await _image(call, "png")
 
 
 @api.route("GET", "/v1/qr_codes/{token}/image.svg", summary="The QR code as an SVG image",
-           auth={P.MERCHANT, P.PUBLISHABLE}, tag="qr")
+           auth={P.MERCHANT, P.DEVICE, P.PUBLISHABLE}, tag="qr")
 async def qr_svg(call: Call[None, None]) -> Any:
     return await _image(call, "svg")
 
 
 @api.route("POST", "/v1/pay_code_charges", summary="Charge a scanned pay-code (may need the payer's PIN)",
-           auth={P.MERCHANT}, body=schema.ChargePayCode, response=views.PaymentView, status=201, tag="pay_codes")
+           auth={P.MERCHANT, P.DEVICE}, body=schema.ChargePayCode, response=views.PaymentView, status=201, tag="pay_codes")
 async def charge_pay_code(call: Call[schema.ChargePayCode, None]) -> Any:
     b = call.body
     req = pay_codes.Charge(pay_code=b.pay_code, amount=b.amount, currency=b.currency,  # type: ignore[arg-type]
                            merchant_reference=b.merchant_reference, description=b.description, store=b.store,
                            capture_method=CaptureMethod(b.capture_method))
     return await pay_codes.charge(call.svc, call.who, req, call.identity())
+
+
+@api.route("POST", "/v1/payments/{id}/reverse", summary="Undo a sale: cancel if uncaptured, refund in full if captured",
+           auth={P.MERCHANT, P.DEVICE}, body=schema.Empty, response=views.PaymentView, tag="payments")
+async def reverse(call: Call[schema.Empty, None]) -> Any:
+    return await payments.reverse(call.svc, call.who, call.match("id"), call.identity())
+
+
+@api.route("POST", "/v1/tap_payments", summary="Authorise an NFC tap (idempotent by terminal_transaction_id)",
+           auth={P.DEVICE}, body=schema.TapPayment, response=views.PaymentView, status=201, tag="taps")
+async def tap(call: Call[schema.TapPayment, None]) -> Any:
+    b = call.body
+    identity = call.identity()
+    if identity.key is None:  # the terminal's transaction id is the idempotency key
+        identity = replace(identity, key=f"tap:{b.terminal_transaction_id}")
+    req = taps.TapRequest(terminal_transaction_id=b.terminal_transaction_id, amount=b.amount,  # type: ignore[arg-type]
+                          currency=b.currency, merchant_reference=b.merchant_reference, tap=b.tap)
+    return await taps.authorize(call.svc, call.who, req, identity)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -157,6 +157,26 @@ class PageQuery(Strict):
     limit: Limit = 10
     starting_after: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     ending_before: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    merchant_reference: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
+class TapPayment(Strict):
+    terminal_transaction_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    amount: Amount
+    currency: Currency
+    merchant_reference: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    offline_approved_at: Annotated[str, msgspec.Meta(max_length=40)] | None = None
+    tap: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class EnrolDevice(Strict):
+    code: Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+
+
+class RenewDevice(Strict):
+    device: Annotated[str, msgspec.Meta(max_length=64)]
+    device_secret: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
 
 class EventQuery(Strict):

@@ -16,6 +16,7 @@ class PrincipalKind(StrEnum):
     MERCHANT = "merchant"  # secret API key
     PUBLISHABLE = "publishable"  # publishable API key: read-only checkout view
     WALLET = "wallet"
+    DEVICE = "device"  # an enrolled POS agent: acts for its merchant, store and terminal
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,8 @@ class Principal:
     merchant_id: uuid.UUID | None = None
     role: str | None = None
     device_id: str | None = None  # the wallet app's device, from its login
+    store_id: uuid.UUID | None = None  # a POS device's store and terminal
+    terminal_id: uuid.UUID | None = None
 
     @property
     def idempotency_scope(self) -> str:

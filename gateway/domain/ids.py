@@ -25,6 +25,8 @@ class Kind(StrEnum):
     REFUND = "re"
     EVENT = "evt"
     TRANSFER = "tr"
+    DEVICE = "dev"
+    TAP_TOKEN = "tt"
 
 
 def encode(kind: Kind, value: uuid.UUID) -> str:

@@ -72,6 +72,7 @@ async def _record(conn: Connection, row: asyncpg.Record, holder_id: uuid.UUID | 
 async def create(svc: Services, who: Principal, req: NewPayment, identity: RequestIdentity) -> Reply:
     assert who.merchant_id is not None
     merchant_id = who.merchant_id
+    terminal_id = who.terminal_id  # set for a POS device, whose store is its own
     amount = check_amount(req.amount)
     code = currency(req.currency).code
     expiry_s = svc.settings.payments.expiry_default_s if req.expires_in_s is None else req.expires_in_s
@@ -80,10 +81,10 @@ async def create(svc: Services, who: Principal, req: NewPayment, identity: Reque
             f"expires_in must be between 60 and {svc.settings.payments.expiry_max_s} seconds",
             code="invalid_expiry", param="expires_in",
         )
-    store_id = None
+    store_id = who.store_id
     if req.store is not None:
         store_id = decode(Kind.STORE, req.store)
-        if store_id is None:
+        if store_id is None or (who.store_id is not None and store_id != who.store_id):
             raise NotFound(f"no such store: {req.store}", param="store")
 
     async def work(conn: Connection) -> tuple[int, Any]:
@@ -97,7 +98,7 @@ async def create(svc: Services, who: Principal, req: NewPayment, identity: Reque
             expires_at=svc.now() + timedelta(seconds=expiry_s),
         )
         row = await store.insert(
-            conn, payment, store_id=store_id, terminal_id=None, merchant_reference=req.merchant_reference,
+            conn, payment, store_id=store_id, terminal_id=terminal_id, merchant_reference=req.merchant_reference,
             description=req.description, fee_bps=merchant["fee_bps"],
         )
         view = views.payment_view(row)
@@ -110,7 +111,7 @@ async def create(svc: Services, who: Principal, req: NewPayment, identity: Reque
 async def get(svc: Services, who: Principal, text_id: str) -> Any:
     pid = payment_id(text_id)
     async with svc.db.connection() as conn:
-        if who.kind is PrincipalKind.MERCHANT:
+        if who.kind in (PrincipalKind.MERCHANT, PrincipalKind.DEVICE):
             row = await store.get(conn, pid, merchant_id=who.merchant_id)
             if row is None:
                 raise _missing(pid)
@@ -136,7 +137,8 @@ def _cursor(text: str | None, param: str) -> uuid.UUID | None:
 
 
 async def list_payments(
-    svc: Services, who: Principal, limit: int, starting_after: str | None, ending_before: str | None
+    svc: Services, who: Principal, limit: int, starting_after: str | None, ending_before: str | None,
+    merchant_reference: str | None = None,
 ) -> views.PaymentList:
     assert who.merchant_id is not None
     after = _cursor(starting_after, "starting_after")
@@ -145,7 +147,7 @@ async def list_payments(
         for cursor, name in ((after, "starting_after"), (before, "ending_before")):
             if cursor is not None and not await store.exists_for_merchant(conn, cursor, who.merchant_id):
                 raise InvalidRequest("the cursor names no payment of yours", code="invalid_cursor", param=name)
-        rows = await store.list_for_merchant(conn, who.merchant_id, limit, after, before)
+        rows = await store.list_for_merchant(conn, who.merchant_id, limit, after, before, merchant_reference)
     has_more = len(rows) > limit
     rows = rows[:limit] if before is None else rows[-limit:]
     return views.PaymentList(data=[views.payment_view(r) for r in rows], has_more=has_more)
@@ -330,6 +332,28 @@ async def cancel(svc: Services, who: Principal, text_id: str, identity: RequestI
     return await svc.idempotency.run(identity, work)
 
 
+async def reverse(svc: Services, who: Principal, text_id: str, identity: RequestIdentity) -> Reply:
+    """Undo a sale whatever it reached: cancel it if no money was captured, refund the rest if it was.
+
+    What a counter does when it cannot know the outcome of a charge: never a blind second charge.
+    """
+    pid = payment_id(text_id)
+    head = await _merchant_head(svc, who, pid)
+    accounts = await _accounts_for(svc, head)
+
+    async def work(conn: Connection) -> tuple[int, Any]:
+        row = await _locked(conn, who, pid)
+        status = Status(row["status"])
+        if status in (Status.REQUIRES_PAYMENT_METHOD, Status.REQUIRES_ACTION, Status.REQUIRES_CAPTURE):
+            return 200, await _record(conn, await _end(conn, row, "cancel"))
+        if status is Status.SUCCEEDED and row["refunded_minor"] < row["captured_minor"]:
+            await _refund_locked(conn, row, None, "reversal", accounts)
+            row = await _locked(conn, who, pid)
+        return 200, views.payment_view(row)
+
+    return await svc.idempotency.run(identity, work)
+
+
 async def _end(conn: Connection, row: asyncpg.Record, how: str) -> asyncpg.Record:
     """Cancel or expire: the hold, if any, is released in the same transaction."""
     before = store.to_domain(row)
@@ -351,23 +375,29 @@ async def refund(
     accounts = await _accounts_for(svc, head)
 
     async def work(conn: Connection) -> tuple[int, Any]:
-        row = await _locked(conn, who, pid)
-        before = store.to_domain(row)
-        payment, refunded = before.refund(amount)
-        assert payment.payer_id is not None
-        fee_back = fees.refund_fee_minor(before.captured_minor, before.fee_minor, before.refunded_minor, refunded)
-        refund_id = uuid.uuid4()
-        entry = ledger.refund(payment.payer_id, payment.merchant_id, payment.currency, refunded, fee_back)
-        await ledger_store.post(conn, entry, accounts, payment_id=pid, refund_id=refund_id)
-        refund_row = await store.insert_refund(conn, refund_id, payment, refunded, fee_back, reason)
-        await store.update(conn, payment)
-        view = views.refund_view(refund_row)
-        await store.insert_event(
-            conn, "refund.succeeded", refund_id, view, merchant_id=payment.merchant_id, holder_id=payment.payer_id
-        )
-        return 201, view
+        return 201, await _refund_locked(conn, await _locked(conn, who, pid), amount, reason, accounts)
 
     return await svc.idempotency.run(identity, work)
+
+
+async def _refund_locked(
+    conn: Connection, row: asyncpg.Record, amount: int | None, reason: str | None,
+    accounts: dict[ledger.AccountRef, ledger_store.Account],
+) -> views.RefundView:
+    before = store.to_domain(row)
+    payment, refunded = before.refund(amount)
+    assert payment.payer_id is not None
+    fee_back = fees.refund_fee_minor(before.captured_minor, before.fee_minor, before.refunded_minor, refunded)
+    refund_id = uuid.uuid4()
+    entry = ledger.refund(payment.payer_id, payment.merchant_id, payment.currency, refunded, fee_back)
+    await ledger_store.post(conn, entry, accounts, payment_id=payment.id, refund_id=refund_id)
+    refund_row = await store.insert_refund(conn, refund_id, payment, refunded, fee_back, reason)
+    await store.update(conn, payment)
+    view = views.refund_view(refund_row)
+    await store.insert_event(
+        conn, "refund.succeeded", refund_id, view, merchant_id=payment.merchant_id, holder_id=payment.payer_id
+    )
+    return view
 
 
 async def list_refunds(svc: Services, who: Principal, text_id: str) -> views.RefundList:

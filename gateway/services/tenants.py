@@ -12,7 +12,7 @@ from gateway.domain import ledger
 from gateway.domain.fees import FEE_BPS_MAX
 from gateway.domain.ids import Kind, decode
 from gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthenticated
-from gateway.services import views
+from gateway.services import devices, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.services.wallets import WALLET_AUDIENCE
@@ -71,6 +71,8 @@ async def authenticate(svc: Services, authorization: str | None) -> Principal:
     if audience == OPERATOR_AUDIENCE:
         claims = svc.tokens.verify(credential, OPERATOR_AUDIENCE)
         return Principal(PrincipalKind.OPERATOR, uuid.UUID(claims["sub"]), role=str(claims.get("role")))
+    if audience == devices.DEVICE_AUDIENCE:
+        return await devices.principal(svc, credential)
     if audience == WALLET_AUDIENCE:
         claims = svc.tokens.verify(credential, WALLET_AUDIENCE)
         device = claims.get("did")

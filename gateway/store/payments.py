@@ -51,18 +51,20 @@ async def insert(
     description: str | None,
     fee_bps: int,
     channel: str | None = None,
+    terminal_transaction_id: str | None = None,
 ) -> asyncpg.Record:
     row = await one(
         conn,
         f"""
         INSERT INTO payments (id, merchant_id, store_id, terminal_id, amount_minor, currency, status,
-                              capture_method, merchant_reference, description, expires_at, fee_bps, channel)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                              capture_method, merchant_reference, description, expires_at, fee_bps, channel,
+                              terminal_transaction_id)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
         RETURNING {_COLUMNS}, {_EXTRA}
         """,
         payment.id, payment.merchant_id, store_id, terminal_id, payment.amount_minor, payment.currency,
         payment.status.value, payment.capture_method.value, merchant_reference, description,
-        payment.expires_at, fee_bps, channel,
+        payment.expires_at, fee_bps, channel, terminal_transaction_id,
     )
     return row
 
@@ -110,7 +112,8 @@ async def awaiting_confirmation(conn: Connection, holder_id: uuid.UUID) -> list[
 
 
 async def list_for_merchant(
-    conn: Connection, merchant_id: uuid.UUID, limit: int, after: uuid.UUID | None, before: uuid.UUID | None
+    conn: Connection, merchant_id: uuid.UUID, limit: int, after: uuid.UUID | None, before: uuid.UUID | None,
+    merchant_reference: str | None = None,
 ) -> list[asyncpg.Record]:
     """Newest first; ``after``/``before`` are cursors (ids of payments of the same merchant)."""
     if after is not None:
@@ -123,8 +126,9 @@ async def list_for_merchant(
         cond, order, cursor = "$3::uuid IS NULL", "DESC", None
     rows = await conn.fetch(
         f"SELECT {_COLUMNS}, {_EXTRA} FROM payments WHERE merchant_id = $1 AND {cond}"
+        f" AND ($4::text IS NULL OR merchant_reference = $4)"
         f" ORDER BY created_at {order}, id {order} LIMIT $2",
-        merchant_id, limit + 1, cursor,
+        merchant_id, limit + 1, cursor, merchant_reference,
     )
     return list(rows) if order == "DESC" else list(reversed(rows))
 

@@ -39,6 +39,18 @@ CREATE TABLE tap_tokens (
 );
 CREATE INDEX tap_tokens_holder ON tap_tokens (holder_id);
 
+-- Every counter value a token has used, with the tap that used it: a retry of the same tap is
+-- recognised, any other use of an old counter is a replay. Written in its own transaction, so a
+-- declined tap still burns its counter.
+CREATE TABLE tap_uses (
+    token_id                uuid NOT NULL REFERENCES tap_tokens (id),
+    atc                     integer NOT NULL,
+    device_id               uuid NOT NULL REFERENCES devices (id),
+    terminal_transaction_id text NOT NULL,
+    created_at              timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (token_id, atc)
+);
+
 ALTER TABLE payments ADD COLUMN terminal_transaction_id text;
 CREATE UNIQUE INDEX payments_terminal_txn ON payments (terminal_id, terminal_transaction_id)
     WHERE terminal_transaction_id IS NOT NULL;

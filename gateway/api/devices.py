@@ -1,0 +1,48 @@
+"""POS device enrolment and sessions, terminal revocation, wallet phone tap tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.api import schema
+from gateway.api.routing import Call, api
+from gateway.auth.principals import PrincipalKind as P
+from gateway.services import devices, taps, views
+
+
+@api.route("POST", "/v1/terminals/{id}/enrolment_codes", summary="A one-time code to enrol the terminal's POS agent",
+           auth={P.MERCHANT, P.OPERATOR}, roles={"admin"}, body=schema.Empty, response=devices.EnrolmentCodeView,
+           status=201, tag="devices")
+async def enrolment_code(call: Call[schema.Empty, None]) -> Any:
+    return await devices.create_enrolment_code(call.svc, call.who, call.match("id"))
+
+
+@api.route("POST", "/v1/devices/enrolments", summary="Exchange an enrolment code for device credentials", auth=None,
+           body=schema.EnrolDevice, response=devices.EnrolmentView, status=201, tag="devices")
+async def enrol(call: Call[schema.EnrolDevice, None]) -> Any:
+    return await devices.enrol(call.svc, call.body.code, call.body.name)
+
+
+@api.route("POST", "/v1/devices/sessions", summary="Renew a device token with the device secret", auth=None,
+           body=schema.RenewDevice, response=views.TokenView, status=201, tag="devices")
+async def renew(call: Call[schema.RenewDevice, None]) -> Any:
+    return await devices.renew(call.svc, call.body.device, call.body.device_secret)
+
+
+@api.route("POST", "/v1/terminals/{id}/revoke", summary="Revoke a terminal and every device enrolled on it",
+           auth={P.MERCHANT, P.OPERATOR}, roles={"admin"}, body=schema.Empty, response=views.TerminalView,
+           tag="devices")
+async def revoke_terminal(call: Call[schema.Empty, None]) -> Any:
+    return await devices.revoke_terminal(call.svc, call.who, call.match("id"), call.identity())
+
+
+@api.route("POST", "/v1/wallet/tap_tokens", summary="Provision this phone for NFC taps (key shown once)",
+           auth={P.WALLET}, body=schema.Empty, response=taps.TapTokenView, status=201, tag="wallet")
+async def provision(call: Call[schema.Empty, None]) -> Any:
+    return await taps.provision(call.svc, call.who)
+
+
+@api.route("POST", "/v1/wallet/tap_tokens/{id}/revoke", summary="Revoke a phone's tap token", auth={P.WALLET},
+           body=schema.Empty, tag="wallet")
+async def revoke_token(call: Call[schema.Empty, None]) -> Any:
+    return await taps.revoke(call.svc, call.who, call.match("id"))

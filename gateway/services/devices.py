@@ -1,0 +1,143 @@
+"""POS devices: enrolment with a one-time code, device tokens, renewal, revocation.
+
+Invariants: enrolment codes and device secrets are stored only as keyed hashes and shown once;
+a device token is accepted only while its device and terminal are active (checked on every
+request, so revocation takes effect at once); a device acts only for its own merchant, store
+and terminal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import msgspec
+
+from gateway.auth.principals import Principal, PrincipalKind
+from gateway.domain.ids import Kind, decode, encode
+from gateway.errors import NotFound, Unauthenticated
+from gateway.services import views
+from gateway.services.context import Services
+from gateway.services.idempotency import Reply, RequestIdentity
+from gateway.store import devices as store
+from gateway.store.db import Connection
+
+DEVICE_AUDIENCE = "device"
+_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
+
+
+class EnrolmentCodeView(msgspec.Struct, kw_only=True):
+    object: str = "enrolment_code"
+    code: str
+    terminal: str
+    expires_at: str
+
+
+class EnrolmentView(msgspec.Struct, kw_only=True):
+    object: str = "device_enrolment"
+    device: str
+    device_secret: str
+    merchant: str
+    store: str
+    terminal: str
+    access_token: str
+    token_type: str = "Bearer"
+    expires_in: int
+
+
+def _keyed(svc: Services, purpose: str, secret: str) -> bytes:
+    return hmac.new(svc.settings.auth.api_key_pepper.encode(), f"{purpose}:{secret}".encode(), hashlib.sha256).digest()
+
+
+def _normalise_code(code: str) -> str:
+    return code.strip().upper().replace(" ", "")
+
+
+def _token(svc: Services, device: Any) -> tuple[str, int]:
+    ttl_s = svc.settings.devices.token_ttl_s
+    token = svc.tokens.issue(device["id"], DEVICE_AUDIENCE, ttl_s, mid=str(device["merchant_id"]),
+                             sid=str(device["store_id"]), tid=str(device["terminal_id"]))
+    return token, ttl_s
+
+
+async def create_enrolment_code(svc: Services, who: Principal, text_terminal: str) -> EnrolmentCodeView:
+    """A one-time code for the agent at this terminal. Not kept for idempotent replay: it is a secret."""
+    terminal_id = decode(Kind.TERMINAL, text_terminal)
+    async with svc.db.connection() as conn:
+        terminal = None
+        if terminal_id is not None:
+            scope = who.merchant_id
+            terminal = await store.terminal(conn, terminal_id, scope) if scope else await _any_terminal(conn, terminal_id)
+        if terminal is None or terminal["status"] != "active":
+            raise NotFound(f"no such active terminal: {text_terminal}", param="id")
+        code = "ENR-" + "-".join("".join(secrets.choice(_CODE_ALPHABET) for _ in range(4)) for _ in range(3))
+        expires_at = svc.now() + timedelta(seconds=svc.settings.devices.enrolment_code_ttl_s)
+        await store.insert_enrolment_code(conn, _keyed(svc, "enrol", code), terminal["id"], terminal["merchant_id"],
+                                          expires_at)
+    return EnrolmentCodeView(code=code, terminal=text_terminal, expires_at=expires_at.isoformat())
+
+
+async def _any_terminal(conn: Connection, terminal_id: uuid.UUID) -> Any:
+    return await conn.fetchrow("SELECT id, merchant_id, status FROM terminals WHERE id = $1", terminal_id)
+
+
+async def enrol(svc: Services, code: str, name: str) -> EnrolmentView:
+    secret = "ds_" + secrets.token_urlsafe(32)
+    async with svc.db.connection() as conn, conn.transaction():
+        taken = await store.take_enrolment_code(conn, _keyed(svc, "enrol", _normalise_code(code)), svc.now())
+        if taken is None:
+            raise Unauthenticated("the enrolment code is unknown, used or expired", code="invalid_enrolment_code")
+        device = await store.insert_device(conn, uuid.uuid4(), taken["merchant_id"], taken["store_id"],
+                                           taken["terminal_id"], name, _keyed(svc, "device", secret))
+    token, ttl_s = _token(svc, device)
+    return EnrolmentView(
+        device=encode(Kind.DEVICE, device["id"]), device_secret=secret,
+        merchant=encode(Kind.MERCHANT, device["merchant_id"]), store=encode(Kind.STORE, device["store_id"]),
+        terminal=encode(Kind.TERMINAL, device["terminal_id"]), access_token=token, expires_in=ttl_s,
+    )
+
+
+async def renew(svc: Services, text_device: str, secret: str) -> views.TokenView:
+    device_id = decode(Kind.DEVICE, text_device)
+    async with svc.db.connection() as conn:
+        device = await store.device(conn, device_id) if device_id else None
+        active = device is not None and await store.device_active(conn, device["id"])
+    given = _keyed(svc, "device", secret)
+    if device is None or not hmac.compare_digest(bytes(device["secret_hash"]), given):
+        raise Unauthenticated("unknown device or wrong secret", code="invalid_device_credentials")
+    if not active:
+        raise Unauthenticated("this device has been revoked", code="device_revoked")
+    token, ttl_s = _token(svc, device)
+    return views.TokenView(token=token, expires_in=ttl_s)
+
+
+async def principal(svc: Services, credential: str) -> Principal:
+    claims = svc.tokens.verify(credential, DEVICE_AUDIENCE)
+    device_id = uuid.UUID(claims["sub"])
+    async with svc.db.connection() as conn:
+        if not await store.device_active(conn, device_id):
+            raise Unauthenticated("this device has been revoked", code="device_revoked")
+    return Principal(PrincipalKind.DEVICE, device_id, merchant_id=uuid.UUID(claims["mid"]),
+                     store_id=uuid.UUID(claims["sid"]), terminal_id=uuid.UUID(claims["tid"]))
+
+
+async def revoke_terminal(svc: Services, who: Principal, text_terminal: str, identity: RequestIdentity) -> Reply:
+    terminal_id = decode(Kind.TERMINAL, text_terminal)
+    if terminal_id is None:
+        raise NotFound(f"no such terminal: {text_terminal}", param="id")
+
+    async def work(conn: Connection) -> tuple[int, Any]:
+        scope = who.merchant_id
+        if scope is None:  # an operator
+            row = await _any_terminal(conn, terminal_id)
+            scope = row["merchant_id"] if row else None
+        revoked = await store.revoke_terminal(conn, terminal_id, scope) if scope else None
+        if revoked is None:
+            raise NotFound(f"no such terminal: {text_terminal}", param="id")
+        return 200, views.terminal_view(revoked)
+
+    return await svc.idempotency.run(identity, work)

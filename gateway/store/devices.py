@@ -1,0 +1,135 @@
+"""Enrolment codes, POS devices and wallet tap tokens."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import asyncpg
+
+from gateway.store.db import Connection, one
+
+_DEVICE = "id, merchant_id, store_id, terminal_id, name, status, created_at, revoked_at"
+_TAP = "id, holder_id, phone_device, pan_last4, psn, expiry_yymm, last_atc, status, created_at"
+
+
+async def insert_enrolment_code(
+    conn: Connection, code_hash: bytes, terminal_id: uuid.UUID, merchant_id: uuid.UUID, expires_at: datetime
+) -> None:
+    await conn.execute(
+        "INSERT INTO enrolment_codes (code_hash, terminal_id, merchant_id, expires_at) VALUES ($1, $2, $3, $4)",
+        code_hash, terminal_id, merchant_id, expires_at,
+    )
+
+
+async def take_enrolment_code(conn: Connection, code_hash: bytes, now: datetime) -> asyncpg.Record | None:
+    """Use the code once: None if unknown, used or expired (the caller cannot tell which, on purpose)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        """
+        UPDATE enrolment_codes e SET used_at = $2
+          FROM terminals t
+         WHERE e.code_hash = $1 AND e.used_at IS NULL AND e.expires_at > $2
+           AND t.id = e.terminal_id AND t.status = 'active'
+        RETURNING e.terminal_id, e.merchant_id, t.store_id
+        """,
+        code_hash, now,
+    )
+    return row
+
+
+async def insert_device(
+    conn: Connection, device_id: uuid.UUID, merchant_id: uuid.UUID, store_id: uuid.UUID, terminal_id: uuid.UUID,
+    name: str, secret_hash: bytes,
+) -> asyncpg.Record:
+    return await one(
+        conn,
+        f"INSERT INTO devices (id, merchant_id, store_id, terminal_id, name, secret_hash)"
+        f" VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_DEVICE}",
+        device_id, merchant_id, store_id, terminal_id, name, secret_hash,
+    )
+
+
+async def device(conn: Connection, device_id: uuid.UUID) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"SELECT {_DEVICE}, secret_hash FROM devices WHERE id = $1", device_id
+    )
+    return row
+
+
+async def device_active(conn: Connection, device_id: uuid.UUID) -> bool:
+    return bool(await conn.fetchval(
+        "SELECT 1 FROM devices d JOIN terminals t ON t.id = d.terminal_id"
+        " WHERE d.id = $1 AND d.status = 'active' AND t.status = 'active'",
+        device_id,
+    ))
+
+
+async def revoke_terminal(conn: Connection, terminal_id: uuid.UUID, merchant_id: uuid.UUID) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "UPDATE terminals SET status = 'revoked' WHERE id = $1 AND merchant_id = $2"
+        " RETURNING id, merchant_id, store_id, label, status, created_at",
+        terminal_id, merchant_id,
+    )
+    if row is not None:
+        await conn.execute(
+            "UPDATE devices SET status = 'revoked', revoked_at = now() WHERE terminal_id = $1 AND status = 'active'",
+            terminal_id,
+        )
+    return row
+
+
+async def terminal(conn: Connection, terminal_id: uuid.UUID, merchant_id: uuid.UUID) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT id, merchant_id, store_id, label, status, created_at FROM terminals WHERE id = $1 AND merchant_id = $2",
+        terminal_id, merchant_id,
+    )
+    return row
+
+
+async def insert_tap_token(
+    conn: Connection, token_id: uuid.UUID, holder_id: uuid.UUID, phone_device: str, pan_hash: bytes, pan_last4: str,
+    psn: int, expiry_yymm: str,
+) -> asyncpg.Record | None:
+    """None on a PAN collision (draw another)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"INSERT INTO tap_tokens (id, holder_id, phone_device, pan_hash, pan_last4, psn, expiry_yymm)"
+        f" VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (pan_hash) DO NOTHING RETURNING {_TAP}",
+        token_id, holder_id, phone_device, pan_hash, pan_last4, psn, expiry_yymm,
+    )
+    return row
+
+
+async def tap_token_by_pan(conn: Connection, pan_hash: bytes) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(f"SELECT {_TAP} FROM tap_tokens WHERE pan_hash = $1", pan_hash)
+    return row
+
+
+async def claim_atc(
+    conn: Connection, token_id: uuid.UUID, atc: int, device_id: uuid.UUID, terminal_transaction_id: str
+) -> bool:
+    """Burn the tap's counter (committed on its own). True if it was above every counter seen, or if
+    this very tap (same device and terminal transaction) burnt it before: a retry."""
+    row = await one(
+        conn,
+        """
+        WITH advanced AS (
+            UPDATE tap_tokens SET last_atc = $2 WHERE id = $1 AND last_atc < $2 AND status = 'active' RETURNING id
+        ), used AS (
+            INSERT INTO tap_uses (token_id, atc, device_id, terminal_transaction_id)
+            SELECT id, $2, $3, $4 FROM advanced RETURNING 1
+        )
+        SELECT EXISTS (SELECT 1 FROM used) AS fresh,
+               EXISTS (SELECT 1 FROM tap_uses WHERE token_id = $1 AND atc = $2 AND device_id = $3
+                        AND terminal_transaction_id = $4) AS retry
+        """,
+        token_id, atc, device_id, terminal_transaction_id,
+    )
+    return bool(row["fresh"] or row["retry"])
+
+
+async def revoke_tap_token(conn: Connection, token_id: uuid.UUID, holder_id: uuid.UUID) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"UPDATE tap_tokens SET status = 'revoked' WHERE id = $1 AND holder_id = $2 RETURNING {_TAP}",
+        token_id, holder_id,
+    )
+    return row
