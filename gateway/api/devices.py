@@ -24,7 +24,7 @@ async def enrol(call: Call[schema.EnrolDevice, None]) -> Any:
 
 
 @api.route("POST", "/v1/devices/sessions", summary="Renew a device token with the device secret", auth=None,
-           body=schema.RenewDevice, response=views.TokenView, status=201, tag="devices")
+           body=schema.RenewDevice, response=devices.DeviceTokenView, status=201, tag="devices")
 async def renew(call: Call[schema.RenewDevice, None]) -> Any:
     return await devices.renew(call.svc, call.body.device, call.body.device_secret)
 

@@ -37,6 +37,13 @@ class EnrolmentCodeView(msgspec.Struct, kw_only=True):
     expires_at: str
 
 
+class DeviceTokenView(msgspec.Struct, kw_only=True):
+    object: str = "device_token"
+    access_token: str
+    token_type: str = "Bearer"
+    expires_in: int
+
+
 class EnrolmentView(msgspec.Struct, kw_only=True):
     object: str = "device_enrolment"
     device: str
@@ -101,7 +108,7 @@ async def enrol(svc: Services, code: str, name: str) -> EnrolmentView:
     )
 
 
-async def renew(svc: Services, text_device: str, secret: str) -> views.TokenView:
+async def renew(svc: Services, text_device: str, secret: str) -> DeviceTokenView:
     device_id = decode(Kind.DEVICE, text_device)
     async with svc.db.connection() as conn:
         device = await store.device(conn, device_id) if device_id else None
@@ -112,7 +119,7 @@ async def renew(svc: Services, text_device: str, secret: str) -> views.TokenView
     if not active:
         raise Unauthenticated("this device has been revoked", code="device_revoked")
     token, ttl_s = _token(svc, device)
-    return views.TokenView(token=token, expires_in=ttl_s)
+    return DeviceTokenView(access_token=token, expires_in=ttl_s)
 
 
 async def principal(svc: Services, credential: str) -> Principal:

@@ -133,7 +133,7 @@ async def test_device_token_renewal_scope_and_revocation(world: World) -> None:
     device, terminal = await _device(world, m)
     renewed = await world.call("POST", "/v1/devices/sessions", 201,
                                json={"device": device["device"], "device_secret": device["device_secret"]})
-    token = renewed["token"]
+    token = renewed["access_token"]
     p = await world.call("POST", "/v1/payments", 201, headers=auth(token), json={"amount": 100, "currency": "CNY"})
     assert p["store"] == device["store"] and p["terminal"] == device["terminal"]
     theirs = await world.payment(other, 100)
