@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -41,6 +42,14 @@ class Client:
     def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
         self.session, self.base = session, base
 
+    async def download(self, path: str, token: str, target: Path) -> Path:
+        async with self.session.get(self.base + path, headers={"Authorization": f"Bearer {token}"},
+                                    timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            resp.raise_for_status()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(await resp.read())
+        return target.resolve()
+
     async def call(self, method: str, path: str, token: str | None = None, body: Any = None,
                    key: str | None = None, expect: int | None = None) -> tuple[int, Any, dict[str, str]]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -58,7 +67,7 @@ def step(text: str) -> None:
     print(f"\n== {text}")
 
 
-async def play(c: Client) -> None:
+async def play(c: Client, out_dir: Path) -> None:
     step("Operator logs in (created from the command line)")
     _, op, _ = await c.call("POST", "/v1/operator/sessions", body={"email": OPERATOR[0], "password": OPERATOR[1]}, expect=201)
     ops = op["token"]
@@ -66,7 +75,8 @@ async def play(c: Client) -> None:
 
     step("Operator onboards a merchant with a store, a terminal and API keys")
     _, merchant, _ = await c.call("POST", "/v1/merchants", ops, {"name": "Lanzhou Noodle House", "mcc": "5812",
-                                  "country": "CN", "city": "Beijing", "fee_bps": 60}, key=str(uuid.uuid4()), expect=201)
+                                  "country": "CN", "city": "Beijing", "fee_bps": 60, "name_local": "兰州拉面馆",
+                                  "city_local": "北京", "language_local": "zh"}, key=str(uuid.uuid4()), expect=201)
     mid = merchant["id"]
     _, store, _ = await c.call("POST", f"/v1/merchants/{mid}/stores", ops, {"name": "Wangfujing", "city": "Beijing"},
                                key=str(uuid.uuid4()), expect=201)
@@ -121,6 +131,57 @@ async def play(c: Client) -> None:
     status, declined, _ = await c.call("POST", f"/v1/wallet/payments/{p3['id']}/pay", holders["Bob"], {}, key=str(uuid.uuid4()))
     print(f"   HTTP {status}: {declined['error']['code']} - {declined['error']['message']}")
 
+    step("Scan-to-pay: the counter shows a dynamic QR code for 58.00 CNY; Alice's wallet scans it")
+    _, p4, _ = await c.call("POST", "/v1/payments", secret, {"amount": 5_800, "currency": "CNY", "merchant_reference": "T1-0004",
+                            "description": "Lamb noodles"}, key="order-T1-0004", expect=201)
+    _, qr, _ = await c.call("POST", f"/v1/payments/{p4['id']}/qr_codes", secret, {"ttl": 300, "terminal_label": "Counter 1"},
+                            key=str(uuid.uuid4()), expect=201)
+    png_path = await c.download(qr["image_png"], secret, out_dir / f"qr-{p4['id']}.png")
+    print(f"   payload: {qr['payload']}")
+    print(f"   image:   {png_path}  (valid until {qr['expires_at'][11:19]} UTC)")
+    _, preview, _ = await c.call("POST", "/v1/wallet/qr/preview", holders["Alice"], {"payload": qr["payload"]}, expect=200)
+    print(f"   Alice's wallet shows: {preview['merchant_name']} / {preview['merchant_name_local']},"
+          f" {money(preview['amount'])} {preview['currency']}")
+    _, qr_paid, _ = await c.call("POST", "/v1/wallet/qr/pay", holders["Alice"], {"payload": qr["payload"]},
+                                 key=str(uuid.uuid4()), expect=200)
+    status, used, _ = await c.call("POST", "/v1/wallet/qr/pay", holders["Bob"], {"payload": qr["payload"]}, key=str(uuid.uuid4()))
+    print(f"   {qr_paid['id']}: {qr_paid['status']}; Bob scanning the same code: HTTP {status} {used['error']['code']}")
+
+    step("Pay-code: Bob's wallet shows an 18-digit one-time code; the counter scans it and charges 12.00 CNY")
+    _, bob_session, _ = await c.call("POST", "/v1/wallet/sessions", body={"phone": "+8613800000002",
+                                     "password": "Bob-wallet-pw", "device_id": "bob-phone"}, expect=201)
+    _, code, _ = await c.call("POST", "/v1/wallet/pay_codes", bob_session["token"], {}, expect=201)
+    print(f"   code {code['code'][:4]}{'*' * 10}{code['code'][-4:]} valid until {code['expires_at'][11:19]} UTC")
+    _, charged, _ = await c.call("POST", "/v1/pay_code_charges", secret, {"pay_code": code["code"], "amount": 1_200,
+                                 "currency": "CNY", "merchant_reference": "T1-0005"}, key="order-T1-0005", expect=201)
+    print(f"   {charged['id']}: {charged['status']} by {charged['channel']}")
+
+    step("A large pay-code charge (1,500.00 CNY) waits for Alice's payment PIN")
+    _, alice_session, _ = await c.call("POST", "/v1/wallet/sessions", body={"phone": "+8613800000001",
+                                       "password": "Alice-wallet-pw", "device_id": "alice-phone"}, expect=201)
+    alice = alice_session["token"]
+    await c.call("POST", "/v1/wallet/pin", alice, {"pin": "246810"}, expect=200)
+    _, banks, _ = await c.call("GET", "/v1/wallet/bank_accounts", alice, expect=200)
+    await c.call("POST", "/v1/wallet/top_ups", alice, {"bank_account": banks["data"][0]["id"], "amount": 150_000,
+                 "currency": "CNY"}, key=str(uuid.uuid4()), expect=201)
+    _, big_code, _ = await c.call("POST", "/v1/wallet/pay_codes", alice, {}, expect=201)
+    _, waiting, _ = await c.call("POST", "/v1/pay_code_charges", secret, {"pay_code": big_code["code"], "amount": 150_000,
+                                 "currency": "CNY", "merchant_reference": "T1-0006"}, key="order-T1-0006", expect=201)
+    print(f"   counter sees {waiting['status']} (held {money(waiting['amount'])}), confirm by {waiting['confirm_by'][11:19]} UTC")
+    status, wrong, _ = await c.call("POST", f"/v1/wallet/payments/{waiting['id']}/confirm", alice, {"pin": "000001"},
+                                    key=str(uuid.uuid4()))
+    print(f"   wrong PIN: HTTP {status} {wrong['error']['code']}, {wrong['error']['attempts_remaining']} attempts left")
+    await c.call("POST", f"/v1/wallet/payments/{waiting['id']}/confirm", alice, {"pin": "246810"}, key=str(uuid.uuid4()),
+                 expect=200)
+    _, polled, _ = await c.call("GET", f"/v1/payments/{waiting['id']}", secret, expect=200)
+    print(f"   right PIN; the counter polls: {polled['status']}")
+
+    step("Verification tier caps: Bob (tier 4) tries to top up beyond his wallet's 10,000.00 CNY cap")
+    _, bob_banks, _ = await c.call("GET", "/v1/wallet/bank_accounts", holders["Bob"], expect=200)
+    status, capped, _ = await c.call("POST", "/v1/wallet/top_ups", holders["Bob"], {"bank_account": bob_banks["data"][0]["id"],
+                                     "amount": 1_000_000, "currency": "CNY"}, key=str(uuid.uuid4()))
+    print(f"   HTTP {status} {capped['error']['code']}: {capped['error']['limit']} = {money(capped['error']['limit_amount'])}")
+
     step("Balances")
     for name, token in holders.items():
         _, w, _ = await c.call("GET", "/v1/wallet", token, expect=200)
@@ -134,7 +195,7 @@ async def play(c: Client) -> None:
     _, events, _ = await c.call("GET", "/v1/events?limit=20", secret, expect=200)
     for e in events["data"]:
         obj = e["data"]["object"]
-        print(f"   {e['created_at'][11:23]}  {e['type']:<20} {obj['id']}  {obj.get('status', '')}")
+        print(f"   {e['created_at'][11:23]}  {e['type']:<24} {obj['id']}  {obj.get('status', '')}")
 
     step("Ledger invariant check")
     _, report, _ = await c.call("GET", "/v1/operator/ledger/invariants", ops, expect=200)
@@ -169,7 +230,7 @@ async def main(settings: Settings, *, wait: bool) -> int:
     base = f"http://{host}:{port}"
     try:
         async with aiohttp.ClientSession() as session:
-            await play(Client(session, base))
+            await play(Client(session, base), Path("var/demo"))
         print(f"\nThe gateway is running at {base}")
         for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
             print(f"   {base}{path}")
