@@ -22,7 +22,9 @@ import asyncpg
 from gateway.domain.ledger import NO_OVERDRAFT, AccountKind, AccountRef, Entry
 from gateway.store.db import Connection
 
-HOT_SHARD_COUNT = 8
+# Shards of each hot account: concurrent payments pick one at random, so a merchant every payer
+# pays (and the fee account every payment touches) does not serialise them on one row.
+HOT_SHARD_COUNT = 32
 _NIL = uuid.UUID(int=0)
 
 
@@ -79,11 +81,32 @@ async def resolve_accounts(conn: Connection, refs: list[AccountRef]) -> dict[Acc
             [_shard_count(ref.kind) for ref in missing],
             _NIL,
         )
-        for row in rows:
-            owner = row["owner_id"]
-            ref = AccountRef(AccountKind(row["kind"]), owner, row["currency"])
-            _accounts[ref] = Account(row["id"], row["shard_count"])
+        _remember(rows)
+        # A concurrent request may have created some of them after this statement's snapshot:
+        # its INSERT skipped them and its SELECT could not see them. Read those again.
+        late = [ref for ref in missing if ref not in _accounts]
+        if late:
+            _remember(await conn.fetch(
+                "SELECT a.id, a.kind, a.owner_id, a.currency, a.shard_count FROM accounts a"
+                " JOIN unnest($1::text[], $2::uuid[], $3::text[]) AS w(kind, owner_id, currency)"
+                " ON a.kind = w.kind AND COALESCE(a.owner_id, $4::uuid) = w.owner_id AND a.currency = w.currency",
+                [ref.kind.value for ref in late], [ref.owner or _NIL for ref in late], [ref.currency for ref in late],
+                _NIL,
+            ))
     return {ref: _accounts[ref] for ref in refs}
+
+
+def cached(refs: list[AccountRef]) -> dict[AccountRef, Account] | None:
+    """The accounts if every one is known already (no database round trip), else None."""
+    if all(ref in _accounts for ref in refs):
+        return {ref: _accounts[ref] for ref in refs}
+    return None
+
+
+def _remember(rows: list[asyncpg.Record]) -> None:
+    for row in rows:
+        ref = AccountRef(AccountKind(row["kind"]), row["owner_id"], row["currency"])
+        _accounts[ref] = Account(row["id"], row["shard_count"])
 
 
 def _is_overdraft(exc: asyncpg.CheckViolationError) -> bool:
