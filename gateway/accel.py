@@ -78,6 +78,28 @@ class Accelerator:
     async def delete(self, key: str) -> None:
         await self._call("delete", key)
 
+    async def preflight(self, scope: str, limit_per_s: int, key: str | None) -> tuple[bool, bytes | None, bool]:
+        """Rate check and (with ``key``) the cached idempotent answer in one round trip.
+
+        Returns (allowed, cached answer, whether Redis answered).
+        """
+        if not self.available:
+            return True, None, False
+        window = int(time.time())
+        counter = f"rl:{scope}:{window}"
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.incr(counter)
+                pipe.expire(counter, 2)
+                if key is not None:
+                    pipe.get(key)
+                results = await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed(exc)
+            return True, None, False
+        cached = results[2] if key is not None and isinstance(results[2], bytes) else None
+        return int(results[0]) <= limit_per_s, cached, True
+
     async def within_rate(self, scope: str, limit_per_s: int) -> bool:
         """Fixed one-second window; True (allowed) when Redis cannot tell."""
         window = int(time.time())

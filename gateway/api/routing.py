@@ -21,7 +21,7 @@ from gateway.errors import Forbidden, InvalidRequest, NotFound, RateLimited
 from gateway.logs import request_id_var
 from gateway.services import tenants
 from gateway.services.context import Services
-from gateway.services.idempotency import KEY_LENGTH_MAX, Reply, RequestIdentity, fingerprint
+from gateway.services.idempotency import KEY_LENGTH_MAX, Reply, RequestIdentity, cache_key, fingerprint
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
 B = TypeVar("B")
@@ -40,6 +40,7 @@ class Call(Generic[B, Q]):
     body: B
     query: Q
     raw_params: Any
+    prefetched: tuple[bytes | None, bool] = (None, False)
 
     def match(self, name: str) -> str:
         return self.request.match_info[name]
@@ -61,6 +62,7 @@ class Call(Generic[B, Q]):
         return RequestIdentity(
             scope=scope, key=key, method=method, path=path,
             fingerprint=fingerprint(method, path, self.raw_params), request_id=request_id_var.get() or "",
+            cached=self.prefetched[0], prefetched=self.prefetched[1],
         )
 
 
@@ -155,6 +157,7 @@ class Api:
         async def handle(request: web.Request) -> web.StreamResponse:
             svc = request.app[SERVICES]
             principal = None
+            prefetched: tuple[bytes | None, bool] = (None, False)
             if endpoint.auth is not None:
                 principal = await tenants.authenticate(svc, request.headers.get("Authorization"))
                 if principal.kind not in endpoint.auth:
@@ -163,8 +166,14 @@ class Api:
                 if (endpoint.roles is not None and principal.kind is PrincipalKind.OPERATOR
                         and principal.role not in endpoint.roles):
                     raise Forbidden("this operator role may not do that", code="role_forbidden")
-                if not await svc.accel.within_rate(principal.rate_limit_scope, svc.settings.auth.rate_limit_per_s):
+                idem_key = request.headers.get("Idempotency-Key") if request.method == "POST" else None
+                allowed, cached, answered = await svc.accel.preflight(
+                    principal.rate_limit_scope, svc.settings.auth.rate_limit_per_s,
+                    cache_key(principal.idempotency_scope, idem_key) if idem_key else None,
+                )
+                if not allowed:
                     raise RateLimited("too many requests; slow down and retry")
+                prefetched = (cached, answered and idem_key is not None)
             raw_params: Any = {}
             body: Any = None
             if endpoint.body is not None:
@@ -187,7 +196,7 @@ class Api:
                                          param=repeated)
                 _check_text(params)
                 query = _decode(params, endpoint.query, strict=False, what="query")
-            result = await endpoint.handler(Call(request, svc, principal, body, query, raw_params))
+            result = await endpoint.handler(Call(request, svc, principal, body, query, raw_params, prefetched))
             if isinstance(result, web.StreamResponse):
                 return result
             if isinstance(result, Reply):

@@ -14,6 +14,7 @@ Redis holds a copy of done responses for a fast replay; PostgreSQL remains the a
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,7 @@ from gateway.store.db import Connection, Database
 log = logging.getLogger(__name__)
 
 KEY_LENGTH_MAX = 255
+_BACKGROUND_MAX = 1000  # Redis copies in flight; beyond that they are skipped (PostgreSQL has them)
 Work = Callable[[Connection], Awaitable[tuple[int, Any]]]
 
 
@@ -49,6 +51,12 @@ class RequestIdentity:
     path: str
     fingerprint: bytes
     request_id: str
+    cached: bytes | None = None  # the Redis copy of a stored answer, when the caller fetched it already
+    prefetched: bool = False
+
+
+def cache_key(scope: str, key: str) -> str:
+    return f"idem:{scope}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 def fingerprint(method: str, path: str, params: Any) -> bytes:
@@ -74,9 +82,7 @@ class Idempotency:
         self.db = db
         self.accel = accel
         self.settings = settings
-
-    def _cache_key(self, who: RequestIdentity) -> str:
-        return f"idem:{who.scope}:{hashlib.sha256((who.key or '').encode()).hexdigest()}"
+        self._background: set[asyncio.Task[None]] = set()
 
     def _replay(self, who: RequestIdentity, request_hash: bytes, status: int, body: bytes) -> Reply:
         if request_hash != who.fingerprint:
@@ -85,54 +91,64 @@ class Idempotency:
             )
         return Reply(status, body, replayed=True)
 
+    def _remember(self, who: RequestIdentity, status: int, body: bytes) -> None:
+        """Copy the stored answer to Redis in the background: the reply does not wait for it."""
+        if len(self._background) >= _BACKGROUND_MAX:
+            return
+        task = asyncio.create_task(
+            self.accel.set(cache_key(who.scope, who.key or ""), _pack(who.fingerprint, status, body),
+                           self.settings.retention_s)
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def run(self, who: RequestIdentity, work: Work) -> Reply:
         if who.key is None:
             return await self._run_plain(who, work)
-        cached = await self.accel.get(self._cache_key(who))
+        cached = who.cached if who.prefetched else await self.accel.get(cache_key(who.scope, who.key))
         if cached is not None:
             return self._replay(who, *_unpack(cached))
+        # One pooled connection for the claim, the work and the answer.
         async with self.db.connection() as conn:
             row = await keys.claim(
                 conn, who.scope, who.key, who.fingerprint, who.method, who.path, self.settings.lock_timeout_s
             )
-        if not row.claimed:
-            if row.response_status is not None and row.response_body is not None:
-                return self._replay(who, row.request_hash, row.response_status, row.response_body)
-            if row.request_hash != who.fingerprint:
-                raise IdempotencyError(
-                    "this Idempotency-Key was used with different parameters", param="Idempotency-Key"
+            if not row.claimed:
+                if row.response_status is not None and row.response_body is not None:
+                    return self._replay(who, row.request_hash, row.response_status, row.response_body)
+                if row.request_hash != who.fingerprint:
+                    raise IdempotencyError(
+                        "this Idempotency-Key was used with different parameters", param="Idempotency-Key"
+                    )
+                raise IdempotencyInUse(
+                    "a request with this Idempotency-Key is still being processed; retry shortly",
+                    param="Idempotency-Key",
                 )
-            raise IdempotencyInUse(
-                "a request with this Idempotency-Key is still being processed; retry shortly",
-                param="Idempotency-Key",
-            )
-        assert row.locked_at is not None
-        locked_at = row.locked_at
+            assert row.locked_at is not None
+            locked_at = row.locked_at
 
-        async def guarded(conn: Connection) -> Reply:
-            status, value = await work(conn)
-            body = _encode(status, value)
-            if not await keys.complete(conn, who.scope, who.key or "", locked_at, status, body):
-                # Another request took the key over (we were presumed dead): undo our work.
-                raise IdempotencyInUse("the Idempotency-Key was taken over by a retry", param="Idempotency-Key")
-            return Reply(status, body)
+            async def guarded(conn: Connection) -> Reply:
+                status, value = await work(conn)
+                body = _encode(status, value)
+                if not await keys.complete(conn, who.scope, who.key or "", locked_at, status, body):
+                    # Another request took the key over (we were presumed dead): undo our work.
+                    raise IdempotencyInUse("the Idempotency-Key was taken over by a retry", param="Idempotency-Key")
+                return Reply(status, body)
 
-        try:
-            reply = await self.db.run(guarded)
-        except (IdempotencyInUse, Unavailable):
-            await self._release(who, locked_at)
-            raise
-        except GatewayError as exc:
-            body = msgspec.json.encode(exc.body(who.request_id))
-            async with self.db.connection() as conn:
-                stored = await keys.complete(conn, who.scope, who.key, locked_at, exc.status, body)
-            if stored:
-                await self.accel.set(self._cache_key(who), _pack(who.fingerprint, exc.status, body), self.settings.retention_s)
-            return Reply(exc.status, body)
-        except BaseException:
-            await self._release(who, locked_at)
-            raise
-        await self.accel.set(self._cache_key(who), _pack(who.fingerprint, reply.status, reply.body), self.settings.retention_s)
+            try:
+                reply = await self.db.run(guarded, conn)
+            except (IdempotencyInUse, Unavailable):
+                await self._release(who, locked_at)
+                raise
+            except GatewayError as exc:
+                body = msgspec.json.encode(exc.body(who.request_id))
+                if await keys.complete(conn, who.scope, who.key, locked_at, exc.status, body):
+                    self._remember(who, exc.status, body)
+                return Reply(exc.status, body)
+            except BaseException:
+                await self._release(who, locked_at)
+                raise
+        self._remember(who, reply.status, reply.body)
         return reply
 
     async def _release(self, who: RequestIdentity, locked_at: Any) -> None:

@@ -157,10 +157,12 @@ async def payer_accounts(
     svc: Services, holder_id: uuid.UUID, merchant_id: uuid.UUID, cur: str
 ) -> dict[ledger.AccountRef, ledger_store.Account]:
     """The accounts an authorisation touches; resolved (and created) before its transaction."""
+    refs = [ledger.wallet(holder_id, cur), ledger.merchant(merchant_id, cur), ledger.fees(cur)]
+    known = ledger_store.cached(refs)
+    if known is not None:
+        return known
     async with svc.db.connection() as conn:
-        return await ledger_store.resolve_accounts(
-            conn, [ledger.wallet(holder_id, cur), ledger.merchant(merchant_id, cur), ledger.fees(cur)]
-        )
+        return await ledger_store.resolve_accounts(conn, refs)
 
 
 async def authorize_locked(
@@ -177,19 +179,22 @@ async def authorize_locked(
     or capture. Shared by every way of paying (by id, QR, pay-code, tap)."""
     now = svc.now()
     payment = store.to_domain(row)
-    holder = await wallet_store.holder_for_payment(conn, holder_id)
+    holder = await wallet_store.spend_for_payment(conn, holder_id, payment.currency, svc.local_day(now),
+                                                  payment.amount_minor)
     if holder["payments_locked_at"] is not None:
         raise Forbidden("payments from this wallet are locked; an operator can unlock it", code="wallet_locked")
-    spent = await wallet_store.add_daily_spend(conn, holder_id, payment.currency, svc.local_day(now),
-                                               payment.amount_minor)
-    limits.check_payment(svc.tiers[holder["tier"]], payment.currency, spent - payment.amount_minor,
+    limits.check_payment(svc.tiers[holder["tier"]], payment.currency, holder["spent_minor"] - payment.amount_minor,
                          payment.amount_minor)
     confirm_s = svc.settings.wallet.confirmation_timeout_s if needs_confirmation else None
     payment = payment.authorize(holder_id, now, svc.settings.payments.authorization_ttl_s, confirm_within_s=confirm_s)
+    if payment.status is Status.SUCCEEDED:
+        payment = _with_fee(payment, row["fee_bps"])
     wallet_ref = ledger.wallet(holder_id, payment.currency)
+    updated = await store.update(conn, payment, wallet_account_id=accounts[wallet_ref].id, channel=channel)
+    await _record(conn, updated, holder_id)
+    # Money last: the hot balance rows (merchant and fee shards) stay locked only until the commit.
     try:
         if payment.status is Status.SUCCEEDED:
-            payment = _with_fee(payment, row["fee_bps"])
             entry = ledger.capture(holder_id, payment.merchant_id, payment.currency, payment.captured_minor,
                                    payment.fee_minor)
             await ledger_store.post(conn, entry, accounts, payment_id=payment.id)
@@ -199,12 +204,12 @@ async def authorize_locked(
         raise Declined(
             "the wallet's available balance is lower than the amount", code="insufficient_funds", param="amount"
         ) from None
-    updated = await store.update(conn, payment, wallet_account_id=accounts[wallet_ref].id, channel=channel)
-    await _record(conn, updated, holder_id)
     return updated
 
 
 async def payer_view(conn: Connection, row: asyncpg.Record) -> views.PayerPaymentView:
+    if "merchant_name" in row.keys():  # rows from store.update carry it
+        return views.payer_payment_view(row, row["merchant_name"])
     merchant = await tenants.merchant(conn, row["merchant_id"])
     assert merchant is not None
     return views.payer_payment_view(row, merchant["name"])

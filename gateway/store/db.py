@@ -96,6 +96,10 @@ async def migrate(url: str) -> list[str]:
     return applied
 
 
+async def _no_session_state(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    return None
+
+
 class Database:
     def __init__(self, pool: asyncpg.Pool, settings: DatabaseSettings) -> None:
         self.pool = pool
@@ -109,6 +113,10 @@ class Database:
             max_size=settings.pool_max,
             command_timeout=settings.command_timeout_s,
             timeout=10,
+            # The gateway sets no session state (no SET, LISTEN, cursors or advisory locks on pooled
+            # connections), so the RESET ALL round trip on every release is skipped; asyncpg still
+            # rolls back a transaction left open.
+            reset=_no_session_state,
         )
         assert pool is not None
         return cls(pool, settings)
@@ -130,14 +138,20 @@ class Database:
         finally:
             await conn_cm.__aexit__(None, None, None)
 
-    async def run(self, work: Callable[[Connection], Awaitable[T]]) -> T:
-        """Run ``work`` in one transaction, retried whole on serialization failure or deadlock."""
+    async def run(self, work: Callable[[Connection], Awaitable[T]], conn: Connection | None = None) -> T:
+        """Run ``work`` in one transaction, retried whole on serialization failure or deadlock.
+
+        With ``conn`` the transaction runs on that (already acquired) connection.
+        """
         attempt = 0
         while True:
             attempt += 1
             try:
-                async with self.connection() as conn, conn.transaction():
-                    return await work(conn)
+                if conn is not None:
+                    async with conn.transaction():
+                        return await work(conn)
+                async with self.connection() as own, own.transaction():
+                    return await work(own)
             except _RETRYABLE:
                 if attempt >= self.settings.retry_count_max:
                     raise Unavailable("too much contention; retry", code="contention") from None

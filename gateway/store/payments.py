@@ -92,7 +92,7 @@ async def update(
                wallet_account_id = COALESCE($9, wallet_account_id), confirm_by = $10,
                channel = COALESCE($11, channel), updated_at = now()
          WHERE id = $1
-        RETURNING {_COLUMNS}, {_EXTRA}
+        RETURNING {_COLUMNS}, {_EXTRA}, (SELECT name FROM merchants m WHERE m.id = payments.merchant_id) AS merchant_name
         """,
         payment.id, payment.status.value, payment.payer_id, payment.authorized_minor, payment.captured_minor,
         payment.refunded_minor, payment.fee_minor, payment.authorization_expires_at, wallet_account_id,

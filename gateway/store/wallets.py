@@ -128,6 +128,27 @@ async def holder_for_payment(conn: Connection, holder_id: uuid.UUID) -> asyncpg.
     )
 
 
+async def spend_for_payment(
+    conn: Connection, holder_id: uuid.UUID, currency: str, day: date, amount_minor: int
+) -> asyncpg.Record:
+    """One round trip for what an authorisation needs of the holder: its tier and lock (share-locked,
+    so an operator's change waits for the payment) and the day's total with this payment added."""
+    return await one(
+        conn,
+        """
+        WITH h AS (SELECT tier, payments_locked_at FROM wallet_holders WHERE id = $1 FOR SHARE),
+        s AS (
+            INSERT INTO daily_spend (holder_id, currency, day, spent_minor) VALUES ($1, $2, $3, $4)
+            ON CONFLICT (holder_id, currency, day)
+            DO UPDATE SET spent_minor = daily_spend.spent_minor + EXCLUDED.spent_minor
+            RETURNING spent_minor
+        )
+        SELECT h.tier, h.payments_locked_at, s.spent_minor FROM h, s
+        """,
+        holder_id, currency, day, amount_minor,
+    )
+
+
 async def add_daily_spend(conn: Connection, holder_id: uuid.UUID, currency: str, day: date, amount_minor: int) -> int:
     """Add to the day's total and return the new total; the row lock serialises the holder's payments."""
     spent: int = await conn.fetchval(
