@@ -178,9 +178,9 @@ async def authorize_locked(
     """Authorise a locked, unpaid payment against the holder's wallet: tier caps, funds, then hold
     or capture. Shared by every way of paying (by id, QR, pay-code, tap)."""
     now = svc.now()
+    day = svc.local_day(now)
     payment = store.to_domain(row)
-    holder = await wallet_store.spend_for_payment(conn, holder_id, payment.currency, svc.local_day(now),
-                                                  payment.amount_minor)
+    holder = await wallet_store.spend_for_payment(conn, holder_id, payment.currency, day, payment.amount_minor)
     if holder["payments_locked_at"] is not None:
         raise Forbidden("payments from this wallet are locked; an operator can unlock it", code="wallet_locked")
     limits.check_payment(svc.tiers[holder["tier"]], payment.currency, holder["spent_minor"] - payment.amount_minor,
@@ -190,7 +190,8 @@ async def authorize_locked(
     if payment.status is Status.SUCCEEDED:
         payment = _with_fee(payment, row["fee_bps"])
     wallet_ref = ledger.wallet(holder_id, payment.currency)
-    updated = await store.update(conn, payment, wallet_account_id=accounts[wallet_ref].id, channel=channel)
+    updated = await store.update(conn, payment, wallet_account_id=accounts[wallet_ref].id, channel=channel,
+                                 spend_day=day)
     await _record(conn, updated, holder_id)
     # Money last: the hot balance rows (merchant and fee shards) stay locked only until the commit.
     try:
@@ -314,13 +315,11 @@ async def capture(svc: Services, who: Principal, text_id: str, amount: int | Non
         payment = _with_fee(before.capture(amount), row["fee_bps"])
         assert payment.payer_id is not None
         wallet_ref = ledger.wallet(payment.payer_id, payment.currency)
-        if payment.captured_minor > 0:
-            entry = ledger.capture(
-                payment.payer_id, payment.merchant_id, payment.currency, payment.captured_minor, payment.fee_minor
-            )
-            await ledger_store.post(conn, entry, accounts, payment_id=pid, release_holds={wallet_ref: before.authorized_minor})
-        else:
-            await ledger_store.release(conn, accounts[wallet_ref].id, before.authorized_minor)
+        entry = ledger.capture(
+            payment.payer_id, payment.merchant_id, payment.currency, payment.captured_minor, payment.fee_minor
+        )
+        await ledger_store.post(conn, entry, accounts, payment_id=pid, release_holds={wallet_ref: before.authorized_minor})
+        await _give_back(conn, row, before.authorized_minor - payment.captured_minor)
         return 200, await _record(conn, await store.update(conn, payment))
 
     return await svc.idempotency.run(identity, work)
@@ -335,6 +334,12 @@ async def cancel(svc: Services, who: Principal, text_id: str, identity: RequestI
         return 200, await _record(conn, await _end(conn, row, "cancel"))
 
     return await svc.idempotency.run(identity, work)
+
+
+async def _give_back(conn: Connection, row: asyncpg.Record, released_minor: int) -> None:
+    """Money an authorisation held but never took no longer counts against the day's cap."""
+    if released_minor > 0 and row["spend_day"] is not None and row["payer_id"] is not None:
+        await wallet_store.give_back_spend(conn, row["payer_id"], row["currency"], row["spend_day"], released_minor)
 
 
 async def reverse(svc: Services, who: Principal, text_id: str, identity: RequestIdentity) -> Reply:
@@ -365,6 +370,7 @@ async def _end(conn: Connection, row: asyncpg.Record, how: str) -> asyncpg.Recor
     payment = before.cancel() if how == "cancel" else before.expire()
     if before.holds_funds:
         await ledger_store.release(conn, row["wallet_account_id"], before.authorized_minor)
+        await _give_back(conn, row, before.authorized_minor)
     return await store.update(conn, payment)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg
@@ -18,7 +18,7 @@ _COLUMNS = (
 )
 _EXTRA = (
     "store_id, terminal_id, merchant_reference, description, fee_bps, wallet_account_id, channel, created_at,"
-    " updated_at"
+    " updated_at, spend_day"
 )
 
 
@@ -82,7 +82,8 @@ async def get(
 
 
 async def update(
-    conn: Connection, payment: Payment, *, wallet_account_id: int | None = None, channel: str | None = None
+    conn: Connection, payment: Payment, *, wallet_account_id: int | None = None, channel: str | None = None,
+    spend_day: date | None = None,
 ) -> asyncpg.Record:
     row = await one(
         conn,
@@ -90,13 +91,13 @@ async def update(
         UPDATE payments SET status = $2, payer_id = $3, authorized_minor = $4, captured_minor = $5,
                refunded_minor = $6, fee_minor = $7, authorization_expires_at = $8,
                wallet_account_id = COALESCE($9, wallet_account_id), confirm_by = $10,
-               channel = COALESCE($11, channel), updated_at = now()
+               channel = COALESCE($11, channel), spend_day = COALESCE($12, spend_day), updated_at = now()
          WHERE id = $1
         RETURNING {_COLUMNS}, {_EXTRA}, (SELECT name FROM merchants m WHERE m.id = payments.merchant_id) AS merchant_name
         """,
         payment.id, payment.status.value, payment.payer_id, payment.authorized_minor, payment.captured_minor,
         payment.refunded_minor, payment.fee_minor, payment.authorization_expires_at, wallet_account_id,
-        payment.confirm_by, channel,
+        payment.confirm_by, channel, spend_day,
     )
     return row
 

@@ -149,6 +149,14 @@ async def spend_for_payment(
     )
 
 
+async def give_back_spend(conn: Connection, holder_id: uuid.UUID, currency: str, day: date, amount_minor: int) -> None:
+    await conn.execute(
+        "UPDATE daily_spend SET spent_minor = GREATEST(spent_minor - $4, 0)"
+        " WHERE holder_id = $1 AND currency = $2 AND day = $3",
+        holder_id, currency, day, amount_minor,
+    )
+
+
 async def add_daily_spend(conn: Connection, holder_id: uuid.UUID, currency: str, day: date, amount_minor: int) -> int:
     """Add to the day's total and return the new total; the row lock serialises the holder's payments."""
     spent: int = await conn.fetchval(

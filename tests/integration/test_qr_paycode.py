@@ -263,3 +263,23 @@ async def test_tier_caps_name_the_cap(world: World) -> None:
     paid = await world.call("POST", f"/v1/wallet/payments/{third['id']}/pay", headers=h.headers,
                             json={"pin": "135790"})
     assert paid["status"] == "succeeded"
+
+
+async def test_released_holds_give_the_daily_allowance_back(world: World) -> None:
+    m = await world.merchant()
+    h = await world.holder(top_up=1_000_000)
+    await world.call("POST", "/v1/wallet/pin", headers=h.headers, json={"pin": "135790"})
+    held = await world.payment(m, 200_000, capture_method="manual")
+    await world.call("POST", f"/v1/wallet/payments/{held['id']}/pay", headers=h.headers, json={"pin": "135790"})
+    partial = await world.payment(m, 200_000, capture_method="manual")
+    await world.call("POST", f"/v1/wallet/payments/{partial['id']}/pay", headers=h.headers, json={"pin": "135790"})
+    await world.call("POST", f"/v1/payments/{held['id']}/cancel", headers=m.headers, json={})
+    await world.call("POST", f"/v1/payments/{partial['id']}/capture", headers=m.headers, json={"amount_to_capture": 50_000})
+    # Spent today: 50,000 captured; the 350,000 released is allowed again (daily cap 500,000).
+    again = await world.payment(m, 200_000)
+    await world.call("POST", f"/v1/wallet/payments/{again['id']}/pay", headers=h.headers, json={"pin": "135790"})
+    another = await world.payment(m, 200_000)
+    await world.call("POST", f"/v1/wallet/payments/{another['id']}/pay", headers=h.headers, json={"pin": "135790"})
+    over = await world.payment(m, 50_001)
+    err = await world.call("POST", f"/v1/wallet/payments/{over['id']}/pay", 402, headers=h.headers, json={"pin": "135790"})
+    assert err["error"]["limit"] == "daily_max"
