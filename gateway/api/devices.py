@@ -43,6 +43,6 @@ async def provision(call: Call[schema.Empty, None]) -> Any:
 
 
 @api.route("POST", "/v1/wallet/tap_tokens/{id}/revoke", summary="Revoke a phone's tap token", auth={P.WALLET},
-           body=schema.Empty, tag="wallet")
+           body=schema.Empty, response=taps.RevokedTapTokenView, tag="wallet")
 async def revoke_token(call: Call[schema.Empty, None]) -> Any:
     return await taps.revoke(call.svc, call.who, call.match("id"))

@@ -60,6 +60,11 @@ def _render(api_id: int, api: Api) -> bytes:
         ok: dict[str, Any] = {"description": "OK"}
         if ep.response is not None:
             ok["content"] = {"application/json": {"schema": by_type[ep.response]}}
+        elif ep.produces is not None:
+            schema = {"type": "string"} if ep.produces.startswith("text/") else {"type": "string", "format": "binary"}
+            ok["content"] = {ep.produces: {"schema": schema}}
+        else:
+            ok["content"] = {"application/json": {"schema": {"type": "object"}}}
         responses: dict[str, Any] = {str(ep.status): ok}
         for status, text in _STATUS_TEXT.items():
             responses[str(status)] = {"description": text, "content": {"application/json": {"schema": by_type[ErrorBody]}}}

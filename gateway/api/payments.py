@@ -91,13 +91,13 @@ async def _image(call: Call[None, None], fmt: str) -> web.Response:
 
 
 @api.route("GET", "/v1/qr_codes/{token}/image.png", summary="The QR code as a PNG image",
-           auth={P.MERCHANT, P.DEVICE, P.PUBLISHABLE}, tag="qr")
+           auth={P.MERCHANT, P.DEVICE, P.PUBLISHABLE}, tag="qr", produces="image/png")
 async def qr_png(call: Call[None, None]) -> Any:
     return await _image(call, "png")
 
 
 @api.route("GET", "/v1/qr_codes/{token}/image.svg", summary="The QR code as an SVG image",
-           auth={P.MERCHANT, P.DEVICE, P.PUBLISHABLE}, tag="qr")
+           auth={P.MERCHANT, P.DEVICE, P.PUBLISHABLE}, tag="qr", produces="image/svg+xml")
 async def qr_svg(call: Call[None, None]) -> Any:
     return await _image(call, "svg")
 

@@ -82,6 +82,7 @@ class Endpoint:
     status: int
     roles: frozenset[str] | None = None
     tags: list[str] = field(default_factory=list)
+    produces: str | None = None  # a media type other than JSON (images, metrics)
 
 
 def _param(message: str) -> str | None:
@@ -138,11 +139,12 @@ class Api:
         status: int = 200,
         roles: set[str] | None = None,
         tag: str = "general",
+        produces: str | None = None,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.endpoints.append(
                 Endpoint(method, path, handler, summary, frozenset(auth) if auth is not None else None, body, query,
-                         response, status, frozenset(roles) if roles else None, [tag])
+                         response, status, frozenset(roles) if roles else None, [tag], produces)
             )
             return handler
 

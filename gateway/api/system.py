@@ -30,7 +30,7 @@ async def readyz(call: Call[None, None]) -> Any:
     return web.Response(body=msgspec.json.encode(ready), status=status, content_type="application/json")
 
 
-@api.route("GET", "/metrics", summary="Prometheus metrics", auth=None, tag="system")
+@api.route("GET", "/metrics", summary="Prometheus metrics", auth=None, tag="system", produces="text/plain")
 async def metrics(call: Call[None, None]) -> Any:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 

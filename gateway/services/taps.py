@@ -85,13 +85,20 @@ async def provision(svc: Services, who: Principal) -> TapTokenView:
                         aid=issuer.aid_hex)
 
 
-async def revoke(svc: Services, who: Principal, text_id: str) -> dict[str, Any]:
+class RevokedTapTokenView(msgspec.Struct, kw_only=True):
+    object: str = "tap_token"
+    token: str
+    status: str
+    pan_last4: str
+
+
+async def revoke(svc: Services, who: Principal, text_id: str) -> RevokedTapTokenView:
     token_id = decode(Kind.TAP_TOKEN, text_id)
     async with svc.db.connection() as conn:
         row = await store.revoke_tap_token(conn, token_id, who.id) if token_id else None
     if row is None:
         raise NotFound(f"no such tap token: {text_id}", param="id")
-    return {"object": "tap_token", "token": text_id, "status": row["status"], "pan_last4": row["pan_last4"]}
+    return RevokedTapTokenView(token=text_id, status=row["status"], pan_last4=row["pan_last4"])
 
 
 @dataclass(frozen=True, slots=True)
