@@ -1,0 +1,197 @@
+"""A checkout counter end to end, every part a real process or a real protocol on a pty:
+the gateway (``gateway serve``), the POS agent (``python -m pos_agent run``), the wallet phone
+(``python -m hardware.sim.phone`` over nfcpy's udp driver), an unmodified pyTeliumManager register
+over a pty null modem, and scanner/display/printer simulators on ptys.
+
+Each test is bounded (the register waits at most ``waiting_timeout_s``; every helper wait has a
+timeout) and the fixture stops every process and checks the ledger invariants afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import REGISTER_THREAD_JOIN_S, Counter
+
+
+async def answer(sale: asyncio.Task[Any]) -> Any:
+    """pyTeliumManager's ``TeliumResponse`` (untyped), or None when the register gave up."""
+    return await asyncio.wait_for(sale, REGISTER_THREAD_JOIN_S)
+
+
+async def test_tap_sale(counter: Counter) -> None:
+    phone = await counter.start_phone()
+    before = await counter.shop.available(counter.holder)
+    response = await answer(counter.sell(38.00))
+    assert response is not None and response.has_succeeded, response
+    assert response.amount == 38.0 and response.currency_numeric == "156"
+    assert response.transaction_id.strip() == "000001"
+    assert response.repport.strip().startswith("tap pay_")
+    payment_id = response.repport.strip().split()[1]
+
+    assert await counter.shop.available(counter.holder) == before - 3_800
+    by_ref = {p["merchant_reference"]: p for p in await counter.payments_of_sale(1)}
+    tap = next(p for ref, p in by_ref.items() if "-T" in ref)
+    assert tap["id"] == payment_id and tap["status"] == "succeeded" and tap["amount"] == 3_800
+    assert tap["terminal"] == counter.shop.terminal and tap["channel"] == "tap"
+    qr = next(p for ref, p in by_ref.items() if "-Q" in ref)
+    assert qr["status"] == "canceled"  # the loser was reversed
+
+    slip = await counter.printer.next_receipt(timeout_s=5)
+    assert slip.qr_payloads and slip.qr_payloads[0].startswith("000201")
+    receipt = await counter.printer.next_receipt(timeout_s=5)
+    text = "\n".join(receipt.lines)
+    assert "CNY 38.00" in text and payment_id in text and "Tap" in text and "好面馆" in text
+    await counter.display.wait_for_lines("APPROVED", "CNY 38.00".rjust(20), timeout_s=5)
+    assert phone.atc == int(counter.provisioning["atc"]) + 1
+
+
+async def test_qr_sale(counter: Counter) -> None:
+    before = await counter.shop.available(counter.holder)
+    sale = counter.sell(12.50)
+    slip = await counter.printer.next_receipt(timeout_s=10)  # the pole display cannot draw the QR
+    assert len(slip.qr_payloads) == 1 and "CNY 12.50" in "\n".join(slip.lines)
+    paid = await counter.api.call("POST", "/v1/wallet/qr/pay", counter.holder.token,
+                                  json={"payload": slip.qr_payloads[0]})
+    assert paid["status"] == "succeeded"
+    response = await answer(sale)
+    assert response is not None and response.has_succeeded and response.amount == 12.5
+    assert response.repport.strip() == f"qr {paid['id']}"
+    assert await counter.shop.available(counter.holder) == before - 1_250
+    payments = await counter.payments_of_sale(1)
+    assert [(p["id"], p["status"], p["amount_refunded"]) for p in payments] == [(paid["id"], "succeeded", 0)]
+    receipt = await counter.printer.next_receipt(timeout_s=5)
+    assert paid["id"] in "\n".join(receipt.lines) and "QR" in "\n".join(receipt.lines)
+
+
+async def test_pay_code_sale(counter: Counter) -> None:
+    before = await counter.shop.available(counter.holder)
+    sale = counter.sell(9.90)
+    await counter.printer.next_receipt(timeout_s=10)  # the sale is waiting for a payment
+    code = (await counter.api.call("POST", "/v1/wallet/pay_codes", counter.holder.token, 201, json={}))["code"]
+    assert len(code) == 18 and code.startswith("19")
+    await counter.scanner.scan("6901234567892")  # a product barcode first: ignored
+    await counter.scanner.scan(code)
+    response = await answer(sale)
+    assert response is not None and response.has_succeeded and response.amount == 9.9
+    assert response.repport.strip().startswith("pay_code pay_")
+    assert await counter.shop.available(counter.holder) == before - 990
+    statuses = {p["merchant_reference"][-2]: p["status"] for p in await counter.payments_of_sale(1)}
+    assert statuses == {"Q": "canceled", "P": "succeeded"}
+    assert code not in "\n".join(counter.agent.messages())  # the pay-code is never logged
+
+
+async def test_cashier_cancels_the_sale(counter: Counter) -> None:
+    sale = counter.sell(20.00)
+    await counter.printer.next_receipt(timeout_s=10)
+    counter.agent.send_signal(signal.SIGUSR1)
+    response = await answer(sale)
+    assert response is not None and not response.has_succeeded and response.transaction_result == 7
+    assert response.repport.strip() == "cancelled_by_cashier"
+    assert [p["status"] for p in await counter.payments_of_sale(1)] == ["canceled"]
+    await counter.display.wait_for_lines("DECLINED", "cancelled_by_cashier", timeout_s=5)
+    # The counter goes on: the next sale is served normally.
+    await counter.start_phone()
+    again = await answer(counter.sell(1.00))
+    assert again is not None and again.has_succeeded, again.repport
+    assert again.transaction_id.strip() == "000002"
+
+
+async def test_register_gives_up_then_the_payment_is_reversed(counter: Counter) -> None:
+    before = await counter.shop.available(counter.holder)
+    sale = counter.sell(30.00, waiting_timeout_s=2.0)
+    slip = await counter.printer.next_receipt(timeout_s=10)
+    assert await answer(sale) is None  # the register stopped waiting and closed its port
+    paid = await counter.api.call("POST", "/v1/wallet/qr/pay", counter.holder.token,
+                                  json={"payload": slip.qr_payloads[0]})
+    assert paid["status"] == "succeeded"
+    # The agent approves, cannot deliver the answer (no ACK to its ENQs), and reverses.
+    await counter.agent.wait_log(lambda e: str(e.get("msg", "")).startswith("reversed " + paid["id"]),
+                                 timeout_s=15)
+    payment = await counter.api.call("GET", f"/v1/payments/{paid['id']}", counter.shop.secret)
+    assert payment["status"] == "succeeded" and payment["amount_refunded"] == 3_000
+    assert await counter.shop.available(counter.holder) == before
+    assert (await counter.agent.status()).get("sales.voided") == 1
+
+
+async def test_phone_leaves_the_field_and_comes_back(counter: Counter) -> None:
+    phone = await counter.start_phone()
+    first = await answer(counter.sell(2.00))
+    assert first is not None and first.has_succeeded
+    await phone.stop(sig=signal.SIGKILL)  # the phone vanishes mid-flight
+    sale = counter.sell(3.00)
+    await counter.printer.next_receipt(timeout_s=10)  # the second sale is armed, nobody in the field
+    await counter.printer.next_receipt(timeout_s=10)
+    await asyncio.sleep(1.5)
+    assert not sale.done()
+    back = await counter.start_phone(atc=phone.atc)  # back with its counter where it was
+    response = await answer(sale)
+    assert response is not None and response.has_succeeded and response.amount == 3.0
+    assert back.atc == phone.atc + 1
+    statuses = sorted(p["status"] for p in await counter.payments_of_sale(2))
+    assert statuses == ["canceled", "succeeded"]
+
+
+async def test_gateway_outage_offline_tap_forwarded_once_after_agent_kill(counter: Counter) -> None:
+    phone = await counter.start_phone()
+    before = await counter.shop.available(counter.holder)
+    await counter.gateway.kill()
+    response = await answer(counter.sell(45.00))
+    assert response is not None and response.has_succeeded and response.amount == 45.0
+    assert response.repport.strip().startswith("tap_offline ")
+    await counter.display.wait_for_lines("APPROVED", "CNY 45.00".rjust(20), timeout_s=5)
+    receipt = await counter.printer.next_receipt(timeout_s=5)
+    assert "OFFLINE" in "\n".join(receipt.lines)
+    status = await counter.agent.status()
+    assert status.get("offline_taps.pending") == 1 and status.get("sales.answered") == 1, status
+
+    # Killed between approval and forwarding: the journal keeps the tap.
+    await counter.agent.stop(sig=signal.SIGKILL)
+    await counter.gateway.start()
+    await counter.agent.start()
+    await counter.agent.wait_log(lambda e: str(e.get("msg", "")).startswith("forwarder: offline tap")
+                                 and "accepted" in str(e.get("msg")), timeout_s=15)
+    status = await counter.agent.status()
+    assert status.get("offline_taps.forwarded") == 1 and "offline_taps.pending" not in status, status
+
+    taps = [p for p in await counter.payments_of_sale(1) if "-T" in p["merchant_reference"]]
+    assert [(p["status"], p["amount"], p["channel"]) for p in taps] == [("succeeded", 4_500, "tap")]
+    assert await counter.shop.available(counter.holder) == before - 4_500
+    # Once only: another round finds nothing to forward, and the next online tap of the same
+    # phone (a higher ATC) is accepted.
+    again = await answer(counter.sell(1.00))
+    assert again is not None and again.has_succeeded and again.repport.strip().startswith("tap pay_")
+    assert await counter.shop.available(counter.holder) == before - 4_600
+    assert phone.atc == int(counter.provisioning["atc"]) + 2
+
+
+async def test_gateway_dies_mid_sale_the_unused_qr_payment_is_reversed_later(counter: Counter) -> None:
+    sale = counter.sell(15.00)
+    await counter.printer.next_receipt(timeout_s=10)  # QR payment created while the gateway was up
+    await counter.gateway.kill()
+    await counter.start_phone()
+    response = await answer(sale)
+    assert response is not None and response.has_succeeded and response.repport.strip().startswith("tap_offline")
+    status = await counter.agent.status()
+    assert status.get("offline_taps.pending") == 1 and status.get("operations.pending", 0) >= 1, status
+
+    await counter.gateway.start()
+    await counter.agent.wait_log(lambda e: str(e.get("msg", "")).startswith("reversed "), timeout_s=15)
+    await counter.agent.wait_log(lambda e: "accepted as" in str(e.get("msg", "")), timeout_s=15)
+    statuses = {p["merchant_reference"][-2]: p["status"] for p in await counter.payments_of_sale(1)}
+    assert statuses == {"Q": "canceled", "T": "succeeded"}
+
+
+async def test_agent_killed_mid_sale_reverses_it_at_restart(counter: Counter) -> None:
+    sale = counter.sell(8.00, waiting_timeout_s=3.0)
+    await counter.printer.next_receipt(timeout_s=10)
+    await counter.agent.stop(sig=signal.SIGKILL)
+    assert await answer(sale) is None
+    await counter.agent.start()
+    assert "sale E2E-000001 was interrupted (open): reversing its payments" in counter.agent.messages()
+    assert [p["status"] for p in await counter.payments_of_sale(1)] == ["canceled"]
+    assert (await counter.agent.status()).get("sales.voided") == 1
