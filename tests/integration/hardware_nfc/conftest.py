@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import errno
 import socket
-import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import nfc.clf.device
-import pyemv
 import pytest
-from cryptography.utils import CryptographyDeprecationWarning
 
-from hardware.nfc import NfcReader, TapResult, WalletCard, WalletProvisioning
-from hardware.nfc.emv import Tag
+from tests.emv_issuer import derive_icc_mk, expected_arqc  # noqa: F401  (re-exported to the tests here)
+from hardware.nfc import NfcReader, WalletCard, WalletProvisioning
 from hardware.sim.phone import PhoneSimulator
 
 IMK = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
@@ -33,32 +30,6 @@ def free_udp_port() -> int:
         probe.bind(("0.0.0.0", 0))  # nfcpy's listener binds 0.0.0.0:PORT
         port: int = probe.getsockname()[1]
         return port
-
-
-def derive_icc_mk(imk: bytes, pan: str, psn: int) -> bytes:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
-        return pyemv.kd.derive_icc_mk_b(imk, pan, f"{psn:02d}")
-
-
-def expected_arqc(imk: bytes, tap: TapResult) -> bytes:
-    """Issuer side of Visa CVN 18 from the IMK and what the reader reports."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
-        cvn18 = pyemv.cvn.VisaCVN18(imk, imk, imk, tap.token_pan, f"{tap.psn or 0:02d}")
-        return cvn18.generate_ac(
-            tag_9f02=tap.terminal_value(Tag.AMOUNT_AUTHORISED),
-            tag_9f03=tap.terminal_value(Tag.AMOUNT_OTHER),
-            tag_9f1a=tap.terminal_value(Tag.TERMINAL_COUNTRY),
-            tag_95=tap.terminal_value(Tag.TVR),
-            tag_5f2a=tap.terminal_value(Tag.TRANSACTION_CURRENCY),
-            tag_9a=tap.terminal_value(Tag.TRANSACTION_DATE),
-            tag_9c=tap.terminal_value(Tag.TRANSACTION_TYPE),
-            tag_9f37=tap.terminal_value(Tag.UNPREDICTABLE_NUMBER),
-            tag_82=tap.aip,
-            tag_9f36=tap.atc.to_bytes(2, "big"),
-            tag_9f10=tap.iad,
-        )
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import pytest
 from cryptography.utils import CryptographyDeprecationWarning
 
 from hardware.nfc import apdu, card, emv, tlv
+from tests.emv_issuer import expected_arqc
 from hardware.nfc.card import WALLET_AID, WalletCard, WalletProvisioning
 from hardware.nfc.emv import Tag, TerminalData
 from hardware.nfc.errors import CardError
@@ -39,23 +40,6 @@ def _provisioning() -> WalletProvisioning:
 
 def _terminal(amount_minor: int = 4_250, un: bytes = bytes.fromhex("0BADF00D")) -> TerminalData:
     return TerminalData(amount_minor, 978, 250, datetime.date(2025, 11, 23), un)
-
-
-def issuer_expected_arqc(imk: bytes, tap: emv.TapResult) -> bytes:
-    cvn18 = pyemv.cvn.VisaCVN18(imk, imk, imk, tap.token_pan, f"{tap.psn or 0:02d}")
-    return cvn18.generate_ac(
-        tag_9f02=tap.terminal_value(Tag.AMOUNT_AUTHORISED),
-        tag_9f03=tap.terminal_value(Tag.AMOUNT_OTHER),
-        tag_9f1a=tap.terminal_value(Tag.TERMINAL_COUNTRY),
-        tag_95=tap.terminal_value(Tag.TVR),
-        tag_5f2a=tap.terminal_value(Tag.TRANSACTION_CURRENCY),
-        tag_9a=tap.terminal_value(Tag.TRANSACTION_DATE),
-        tag_9c=tap.terminal_value(Tag.TRANSACTION_TYPE),
-        tag_9f37=tap.terminal_value(Tag.UNPREDICTABLE_NUMBER),
-        tag_82=tap.aip,
-        tag_9f36=tap.atc.to_bytes(2, "big"),
-        tag_9f10=tap.iad,
-    )
 
 
 def test_pyemv_published_icc_master_key_vector() -> None:
@@ -97,7 +81,7 @@ def test_fast_path_arqc_verifies_from_the_imk_and_atc_increments() -> None:
     for tap in taps:
         assert tap.token_pan == PAN and tap.psn == PSN
         assert tap.iad == bytes.fromhex("06011203A00000")
-        assert tap.arqc == issuer_expected_arqc(IMK, tap)
+        assert tap.arqc == expected_arqc(IMK, tap)
     assert taps[0].arqc != taps[1].arqc
 
 
@@ -113,7 +97,7 @@ def test_arqc_binds_the_amount() -> None:
             ),
         }
     )
-    assert issuer_expected_arqc(IMK, forged) != tap.arqc
+    assert expected_arqc(IMK, forged) != tap.arqc
 
 
 def test_ppse_and_application_fci() -> None:
