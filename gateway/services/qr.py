@@ -153,8 +153,13 @@ async def preview(svc: Services, who: Principal, payload_text: str) -> views.QrP
         merchant = await tenants.merchant(conn, qr_row["merchant_id"])
         store_row = await tenants.store(conn, qr_row["store_id"], qr_row["merchant_id"]) if qr_row["store_id"] else None
     assert merchant is not None
-    cur = currency_by_numeric(int(payload.currency_numeric))
-    code = payment["currency"] if payment else (cur.code if cur else "XXX")
+    if payment is not None:
+        code = payment["currency"]
+    else:
+        found = currency_by_numeric(int(payload.currency_numeric))
+        if found is None:
+            raise InvalidRequest("the code names an unknown currency", code="invalid_qr_payload", param="payload")
+        code = found.code
     amount = payment["amount_minor"] if payment else None
     return views.QrPreview(
         kind=qr_row["kind"], payment=encode(Kind.PAYMENT, payment["id"]) if payment else None,
