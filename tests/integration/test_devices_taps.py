@@ -168,3 +168,22 @@ async def test_reverse_cancels_or_refunds(world: World) -> None:
     again = await world.call("POST", f"/v1/payments/{paid['id']}/reverse", headers=auth(token), json={})
     assert again["amount_refunded"] == 2_000
     assert await world.available(h) == 10_000
+
+
+async def test_revoked_tap_token_is_declined_and_keys_never_logged(world: World, caplog: Any) -> None:
+    m = await world.merchant()
+    h = await world.holder(top_up=10_000)
+    device, _ = await _device(world, m)
+    session = await world.call("POST", "/v1/wallet/sessions", 201,
+                               json={"phone": h.phone, "password": "s3cret-pass", "device_id": "phone-9"})
+    with caplog.at_level("DEBUG"):
+        token = await world.call("POST", "/v1/wallet/tap_tokens", 201, headers=auth(session["token"]), json={})
+    assert token["icc_master_key"] not in caplog.text and token["token_pan"] not in caplog.text
+    card = WalletCard(WalletProvisioning(token_pan=token["token_pan"], psn=token["psn"],
+                                         icc_mk_ac=bytes.fromhex(token["icc_master_key"])), atc=token["atc"])
+    revoked = await world.call("POST", f"/v1/wallet/tap_tokens/{token['token']}/revoke", headers=auth(session["token"]),
+                               json={})
+    assert revoked["status"] == "revoked" and revoked["pan_last4"] == token["token_pan"][-4:]
+    err = await _pay_tap(world, device["access_token"], _tap(card, 100), 100, 402)
+    assert err["error"]["code"] == "tap_token_revoked"
+    assert await world.available(h) == 10_000
