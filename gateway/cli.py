@@ -19,6 +19,10 @@ from gateway.store import db
 
 def _serve_one(config: Settings) -> None:
     logs.configure()
+    if config.server.event_loop == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     web.run_app(
         create_app(config), host=config.server.host, port=config.server.port, reuse_port=True,
         access_log=None, print=None, shutdown_timeout=10,

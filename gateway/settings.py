@@ -24,6 +24,7 @@ class ServerSettings:
     port: int = 8080
     body_max_bytes: int = 65536
     public_url: str = "http://127.0.0.1:8080"
+    event_loop: str = "uvloop"
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,8 @@ class Settings:
             raise ValueError("issuer.imk_hex is a 16-byte (32 hex digit) key (empty: taps disabled)")
         if not (self.issuer.token_bin.isdigit() and len(self.issuer.token_bin) + 2 <= self.issuer.token_pan_length <= 19):
             raise ValueError("issuer.token_bin must be digits leaving room in token_pan_length")
+        if self.server.event_loop not in ("uvloop", "asyncio"):
+            raise ValueError("server.event_loop is 'uvloop' or 'asyncio'")
         self.tiers.tiers()  # refuse malformed caps at start-up, not at the first payment
         self.wallet.pin_thresholds()
         if not (len(self.wallet.pay_code_prefix) == 2 and self.wallet.pay_code_prefix.isdigit()):
