@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,10 @@ from gateway.settings import Settings
 from gateway.store import db
 
 OPERATOR = ("ops@demo.example", "demo-operator-pass")
+COUNTER_SALE_MINOR = 2_600
+COUNTER_TOP_UP_MINOR = 10_000
+COUNTER_TIMEOUT_S = 90.0
+COUNTER_STOP_S = 40.0  # the counter demo stops its agent and phone (each bounded) before it exits
 
 
 def _demo_url(url: str) -> str:
@@ -182,6 +187,15 @@ async def play(c: Client, out_dir: Path) -> None:
                                      "amount": 1_000_000, "currency": "CNY"}, key=str(uuid.uuid4()))
     print(f"   HTTP {status} {capped['error']['code']}: {capped['error']['limit']} = {money(capped['error']['limit_amount'])}")
 
+    step("Counter sale by NFC tap: POS agent, cash register, phone, display and printer (all simulated)")
+    _, wallet, _ = await c.call("GET", "/v1/wallet", alice, expect=200)
+    left = next(b["available"] for b in wallet["balances"] if b["currency"] == "CNY")
+    _, topped, _ = await c.call("POST", "/v1/wallet/top_ups", alice, {"bank_account": banks["data"][0]["id"],
+                                "amount": COUNTER_TOP_UP_MINOR, "currency": "CNY"}, key=str(uuid.uuid4()), expect=201)
+    print(f"   Alice has {money(left)} CNY left: she tops up {money(COUNTER_TOP_UP_MINOR)} first,"
+          f" available {money(topped['balance_after']['available'])}")
+    await counter_sale(c.base, secret, terminal["id"], "+8613800000001", "Alice-wallet-pw", COUNTER_SALE_MINOR)
+
     step("Balances")
     for name, token in holders.items():
         _, w, _ = await c.call("GET", "/v1/wallet", token, expect=200)
@@ -204,6 +218,35 @@ async def play(c: Client, out_dir: Path) -> None:
           if report["ok"] else f"   BROKEN: {json.dumps(report['violations'])}")
     if not report["ok"]:
         raise RuntimeError("ledger invariants broken")
+
+
+async def counter_sale(base: str, secret: str, terminal: str, phone: str, password: str, amount_minor: int) -> None:
+    """``python -m pos_agent.counter_demo`` as a child process (the gateway never imports the POS
+    agent); the merchant key and wallet password go on its stdin, its output is shown indented.
+    Bounded by ``COUNTER_TIMEOUT_S``; a failure (or a timeout) fails the demo."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pos_agent.counter_demo", "--gateway", base, "--terminal", terminal, "--phone", phone,
+        "--amount-minor", str(amount_minor), "--currency", "CNY",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        async with asyncio.timeout(COUNTER_TIMEOUT_S):
+            process.stdin.write(f"{secret}\n{password}\n".encode())
+            await process.stdin.drain()
+            process.stdin.close()
+            while line := await process.stdout.readline():
+                print(f"   {line.decode(errors='replace').rstrip()}", flush=True)
+            code = await process.wait()
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), COUNTER_STOP_S)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+    if code != 0:
+        raise RuntimeError(f"the counter sale failed (exit code {code})")
 
 
 async def main(settings: Settings, *, wait: bool) -> int:

@@ -351,7 +351,7 @@ def build_receipt(
         items=(
             ReceiptItem("金额 Amount", amount_text),
             ReceiptItem("方式 Method", METHOD_LABELS[method]),
-            ReceiptItem("支付单号 Payment", payment_text),
+            ReceiptItem("单号 ID", payment_text),  # 36-character ids: a short label keeps one line
             ReceiptItem("参考号 Ref", reference),
             ReceiptItem("时间 Time", at.strftime("%Y-%m-%d %H:%M:%S")),
         ),
