@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -22,8 +23,6 @@ from aiohttp import web
 
 from gateway import logs
 from gateway.app import create_app
-from gateway.services import tenants
-from gateway.services.context import Services
 from gateway.settings import Settings
 from gateway.store import db
 
@@ -261,11 +260,16 @@ async def main(settings: Settings, *, wait: bool) -> int:
     await db.migrate(url)
     demo_settings = dataclasses.replace(settings, database=dataclasses.replace(settings.database, url=url))
     print(f"Fresh database {name} created and migrated.")
-    svc = await Services.start(demo_settings)
-    try:
-        await tenants.create_operator(svc, OPERATOR[0], OPERATOR[1], "admin")
-    finally:
-        await svc.stop()
+    # The first operator comes from the command line, as on a real installation.
+    created = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "create-operator", "--email", OPERATOR[0], "--role", "admin",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "GATEWAY_DATABASE_URL": url},
+    )
+    out, _ = await asyncio.wait_for(created.communicate(f"{OPERATOR[1]}\n".encode()), timeout=60)
+    if created.returncode != 0:
+        raise RuntimeError(f"gateway create-operator failed: {out.decode()}")
+    print(f"$ gateway create-operator --email {OPERATOR[0]} --role admin   -> {out.decode().strip()}")
     runner = web.AppRunner(create_app(demo_settings), access_log=None)
     await runner.setup()
     host, port = demo_settings.server.host, demo_settings.server.port
