@@ -122,9 +122,9 @@ async def reverse(call: Call[schema.Empty, None]) -> Any:
            auth={P.DEVICE}, body=schema.TapPayment, response=views.PaymentView, status=201, tag="taps")
 async def tap(call: Call[schema.TapPayment, None]) -> Any:
     b = call.body
-    identity = call.identity()
-    if identity.key is None:  # the terminal's transaction id is the idempotency key
-        identity = replace(identity, key=f"tap:{b.terminal_transaction_id}")
+    # The terminal's transaction id IS the idempotency key (whatever header came with it): a tap
+    # retried under any key replays the first answer.
+    identity = replace(call.identity(), key=f"tap:{b.terminal_transaction_id}", prefetched=False)
     req = taps.TapRequest(terminal_transaction_id=b.terminal_transaction_id, amount=b.amount,  # type: ignore[arg-type]
                           currency=b.currency, merchant_reference=b.merchant_reference, tap=b.tap)
     return await taps.authorize(call.svc, call.who, req, identity)

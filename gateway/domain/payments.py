@@ -142,9 +142,16 @@ class Payment:
             authorization_expires_at=now + timedelta(seconds=authorization_ttl_s),
         )
 
-    def capture(self, amount_minor: int | None) -> Payment:
-        """Capture all (``None``) or part of the authorisation; the rest of the hold is released."""
+    def capture(self, amount_minor: int | None, now: datetime | None = None) -> Payment:
+        """Capture all (``None``) or part of the authorisation; the rest of the hold is released.
+
+        A lapsed authorisation (``now`` past ``authorization_expires_at``) is refused even before the
+        expiry worker has released it.
+        """
         check_transition(self.status, Action.CAPTURE)
+        if now is not None and self.authorization_expires_at is not None and now >= self.authorization_expires_at:
+            raise InvalidState("the authorisation has expired", code="authorization_expired",
+                               status_now=self.status.value)
         amount = self.authorized_minor if amount_minor is None else amount_minor
         _positive(amount, "amount_to_capture")
         if amount > self.authorized_minor:

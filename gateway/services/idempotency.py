@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 KEY_LENGTH_MAX = 255
 _BACKGROUND_MAX = 1000  # Redis copies in flight; beyond that they are skipped (PostgreSQL has them)
 Work = Callable[[Connection], Awaitable[tuple[int, Any]]]
+Check = Callable[[Connection], Awaitable[None]]  # runs on the request's connection, outside its transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +103,12 @@ class Idempotency:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def run(self, who: RequestIdentity, work: Work) -> Reply:
+    async def run(self, who: RequestIdentity, work: Work, before: Check | None = None) -> Reply:
+        """``before`` holds the checks that depend on the moment (PIN, code still usable, tap counter): it
+        runs only when the request really executes, so a retry of a finished request gets its stored
+        answer whatever changed since; a client error it raises is the stored answer too."""
         if who.key is None:
-            return await self._run_plain(who, work)
+            return await self._run_plain(who, work, before)
         cached = who.cached if who.prefetched else await self.accel.get(cache_key(who.scope, who.key))
         if cached is not None:
             return self._replay(who, *_unpack(cached))
@@ -136,6 +140,8 @@ class Idempotency:
                 return Reply(status, body)
 
             try:
+                if before is not None:
+                    await before(conn)
                 reply = await self.db.run(guarded, conn)
             except (IdempotencyInUse, Unavailable):
                 await self._release(who, locked_at)
@@ -158,9 +164,12 @@ class Idempotency:
         except Exception:  # the lock times out by itself; a retry can then take the key over
             log.warning("could not release idempotency key", exc_info=True)
 
-    async def _run_plain(self, who: RequestIdentity, work: Work) -> Reply:
+    async def _run_plain(self, who: RequestIdentity, work: Work, before: Check | None) -> Reply:
         async def plain(conn: Connection) -> Reply:
             status, value = await work(conn)
             return Reply(status, _encode(status, value))
 
-        return await self.db.run(plain)
+        async with self.db.connection() as conn:
+            if before is not None:
+                await before(conn)
+            return await self.db.run(plain, conn)

@@ -86,8 +86,8 @@ async def charge(svc: Services, who: Principal, req: Charge, identity: RequestId
         raise InvalidRequest("not a pay-code of this gateway", code="pay_code_foreign", param="pay_code")
     amount = check_amount(req.amount)
     cur = currency(req.currency).code
-    store_id = decode(Kind.STORE, req.store) if req.store else None
-    if req.store and store_id is None:
+    store_id = decode(Kind.STORE, req.store) if req.store else who.store_id
+    if req.store and (store_id is None or (who.store_id is not None and store_id != who.store_id)):
         raise NotFound(f"no such store: {req.store}", param="store")
     code_hash = _hash(svc, req.pay_code)
     async with svc.db.connection() as conn:
@@ -115,7 +115,7 @@ async def charge(svc: Services, who: Principal, req: Charge, identity: RequestId
             status=Status.REQUIRES_PAYMENT_METHOD, capture_method=req.capture_method,
             expires_at=svc.now() + timedelta(seconds=svc.settings.payments.expiry_default_s),
         )
-        row = await payment_store.insert(conn, new, store_id=store_id, terminal_id=None,
+        row = await payment_store.insert(conn, new, store_id=store_id, terminal_id=who.terminal_id,
                                          merchant_reference=req.merchant_reference, description=req.description,
                                          fee_bps=merchant["fee_bps"], channel="pay_code")
         await payment_store.insert_event(conn, "payment.created", new.id, views.payment_view(row),

@@ -20,7 +20,7 @@ from gateway.domain import fees, ledger, limits
 from gateway.domain.ids import Kind, decode
 from gateway.domain.money import check_amount, currency
 from gateway.domain.payments import CaptureMethod, Payment, Status
-from gateway.errors import Declined, Forbidden, InvalidRequest, NotFound
+from gateway.errors import Declined, InvalidRequest, InvalidState, NotFound
 from gateway.services import pins, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
@@ -182,7 +182,7 @@ async def authorize_locked(
     payment = store.to_domain(row)
     holder = await wallet_store.spend_for_payment(conn, holder_id, payment.currency, day, payment.amount_minor)
     if holder["payments_locked_at"] is not None:
-        raise Forbidden("payments from this wallet are locked; an operator can unlock it", code="wallet_locked")
+        raise pins.locked_error()
     limits.check_payment(svc.tiers[holder["tier"]], payment.currency, holder["spent_minor"] - payment.amount_minor,
                          payment.amount_minor)
     confirm_s = svc.settings.wallet.confirmation_timeout_s if needs_confirmation else None
@@ -225,9 +225,11 @@ async def pay(svc: Services, who: Principal, text_id: str, pin: str | None, iden
         head = await store.get(conn, pid)
     if head is None:
         raise _missing(pid)
-    if pins.needed(svc, head["currency"], head["amount_minor"]):
-        await pins.verify(svc, holder_id, pin)
     accounts = await payer_accounts(svc, holder_id, head["merchant_id"], head["currency"])
+
+    async def check_pin(conn: Connection) -> None:
+        if pins.needed(svc, head["currency"], head["amount_minor"]):
+            await pins.verify(svc, holder_id, pin, conn)
 
     async def work(conn: Connection) -> tuple[int, Any]:
         row = await store.get(conn, pid, for_update=True)
@@ -235,7 +237,7 @@ async def pay(svc: Services, who: Principal, text_id: str, pin: str | None, iden
         updated = await authorize_locked(svc, conn, row, holder_id, accounts, channel="wallet")
         return 200, await payer_view(conn, updated)
 
-    return await svc.idempotency.run(identity, work)
+    return await svc.idempotency.run(identity, work, before=check_pin)
 
 
 async def confirm(svc: Services, who: Principal, text_id: str, pin: str | None, identity: RequestIdentity) -> Reply:
@@ -245,12 +247,17 @@ async def confirm(svc: Services, who: Principal, text_id: str, pin: str | None, 
         head = await store.get(conn, pid)
     if head is None or head["payer_id"] != who.id:
         raise _missing(pid)
-    await pins.verify(svc, who.id, pin)
     accounts = await _accounts_for(svc, head)
+
+    async def check_pin(conn: Connection) -> None:
+        await pins.verify(svc, who.id, pin, conn)
 
     async def work(conn: Connection) -> tuple[int, Any]:
         row = await store.get(conn, pid, for_update=True)
         assert row is not None
+        holder = await wallet_store.holder_for_payment(conn, who.id)
+        if holder["payments_locked_at"] is not None:  # locked by a concurrent wrong PIN
+            raise pins.locked_error()
         before = store.to_domain(row)
         payment = before.confirm(svc.now(), svc.settings.payments.authorization_ttl_s)
         if payment.status is Status.SUCCEEDED:
@@ -265,7 +272,7 @@ async def confirm(svc: Services, who: Principal, text_id: str, pin: str | None, 
         await _record(conn, updated, who.id)
         return 200, await payer_view(conn, updated)
 
-    return await svc.idempotency.run(identity, work)
+    return await svc.idempotency.run(identity, work, before=check_pin)
 
 
 async def awaiting_confirmation(svc: Services, who: Principal) -> views.PayerPaymentList:
@@ -281,15 +288,33 @@ def _with_fee(payment: Payment, fee_bps: int) -> Payment:
 
 async def _locked(conn: Connection, who: Principal, pid: uuid.UUID) -> asyncpg.Record:
     row = await store.get(conn, pid, merchant_id=who.merchant_id, for_update=True)
-    if row is None:
+    if row is None or not _device_may_change(who, row):
         raise _missing(pid)
     return row
+
+
+def _device_may_change(who: Principal, row: asyncpg.Record) -> bool:
+    """A POS device sees its merchant's payments but changes only the ones made at its terminal."""
+    return who.kind is not PrincipalKind.DEVICE or row["terminal_id"] == who.terminal_id
+
+
+async def _with_payer(
+    conn: Connection, row: asyncpg.Record, accounts: dict[ledger.AccountRef, ledger_store.Account]
+) -> dict[ledger.AccountRef, ledger_store.Account]:
+    """The accounts plus the payer's wallet, read from the locked row: the payer may have paid
+    between the first read and the lock. The wallet account exists (its payment committed)."""
+    if row["payer_id"] is None:
+        return accounts
+    wallet_ref = ledger.wallet(row["payer_id"], row["currency"])
+    if wallet_ref in accounts:
+        return accounts
+    return {**accounts, **await ledger_store.existing_accounts(conn, [wallet_ref])}
 
 
 async def _merchant_head(svc: Services, who: Principal, pid: uuid.UUID) -> asyncpg.Record:
     async with svc.db.connection() as conn:
         head = await store.get(conn, pid, merchant_id=who.merchant_id)
-    if head is None:
+    if head is None or not _device_may_change(who, head):
         raise _missing(pid)
     return head
 
@@ -312,13 +337,23 @@ async def capture(svc: Services, who: Principal, text_id: str, amount: int | Non
     async def work(conn: Connection) -> tuple[int, Any]:
         row = await _locked(conn, who, pid)
         before = store.to_domain(row)
-        payment = _with_fee(before.capture(amount), row["fee_bps"])
+        now = svc.now()
+        if before.holds_funds and before.authorization_expires_at and now >= before.authorization_expires_at:
+            # Touching a lapsed authorisation expires it at once (the worker would a moment later):
+            # the hold is released in this transaction and the refusal is the stored answer.
+            await _record(conn, await _end(conn, row, "expire"), row["payer_id"])
+            refusal = InvalidState("the authorisation has expired", code="authorization_expired",
+                                   status_now=Status.EXPIRED.value)
+            return refusal.status, refusal.body(identity.request_id)
+        payment = _with_fee(before.capture(amount, now), row["fee_bps"])
+        payer_accounts = await _with_payer(conn, row, accounts)
         assert payment.payer_id is not None
         wallet_ref = ledger.wallet(payment.payer_id, payment.currency)
         entry = ledger.capture(
             payment.payer_id, payment.merchant_id, payment.currency, payment.captured_minor, payment.fee_minor
         )
-        await ledger_store.post(conn, entry, accounts, payment_id=pid, release_holds={wallet_ref: before.authorized_minor})
+        await ledger_store.post(conn, entry, payer_accounts, payment_id=pid,
+                                release_holds={wallet_ref: before.authorized_minor})
         await _give_back(conn, row, before.authorized_minor - payment.captured_minor)
         return 200, await _record(conn, await store.update(conn, payment))
 
@@ -357,7 +392,7 @@ async def reverse(svc: Services, who: Principal, text_id: str, identity: Request
         if status in (Status.REQUIRES_PAYMENT_METHOD, Status.REQUIRES_ACTION, Status.REQUIRES_CAPTURE):
             return 200, await _record(conn, await _end(conn, row, "cancel"))
         if status is Status.SUCCEEDED and row["refunded_minor"] < row["captured_minor"]:
-            await _refund_locked(conn, row, None, "reversal", accounts)
+            await _refund_locked(conn, row, None, "reversal", await _with_payer(conn, row, accounts))
             row = await _locked(conn, who, pid)
         return 200, views.payment_view(row)
 
@@ -386,7 +421,8 @@ async def refund(
     accounts = await _accounts_for(svc, head)
 
     async def work(conn: Connection) -> tuple[int, Any]:
-        return 201, await _refund_locked(conn, await _locked(conn, who, pid), amount, reason, accounts)
+        row = await _locked(conn, who, pid)
+        return 201, await _refund_locked(conn, row, amount, reason, await _with_payer(conn, row, accounts))
 
     return await svc.idempotency.run(identity, work)
 

@@ -77,14 +77,23 @@ async def issue_dynamic(
         cur = currency(row["currency"])
         token = secrets.token_urlsafe(12)
         reference = row["merchant_reference"] or pid.hex[:25]
-        payload = checkout_qr.dynamic(svc.settings.qr.scheme_id, token, _face(merchant), cur.numeric,
-                                      row["amount_minor"], cur.exponent, reference, terminal_label)
+        try:
+            payload = checkout_qr.dynamic(svc.settings.qr.scheme_id, token, _face(merchant), cur.numeric,
+                                          row["amount_minor"], cur.exponent, reference, terminal_label)
+        except emv_qr.QrFormatError as exc:  # the payment's or the request's text cannot go in a QR code
+            raise InvalidRequest(f"this payment cannot be put in a QR code: {exc}", code="qr_not_encodable",
+                                 param=_QR_FIELD_PARAM.get(exc.id or "", None), qr_error=str(exc.code)) from None
         expires_at = min(svc.now() + timedelta(seconds=ttl), row["expires_at"])
         qr_row = await codes.insert_qr(conn, token, "dynamic", row["merchant_id"], row["store_id"], pid, payload,
                                        expires_at)
         return 201, _view(svc, qr_row)
 
     return await svc.idempotency.run(identity, work)
+
+
+# Which request or payment field ends up in which QR field, to name it in an error.
+_QR_FIELD_PARAM = {"54": "amount", "62": "terminal_label"}
+_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 def store_domain(row: asyncpg.Record) -> Payment:
@@ -103,6 +112,9 @@ async def static_for_store(svc: Services, who: Principal, text_store: str, curre
             raise NotFound(f"no such store: {text_store}", param="store")
         existing = await codes.static_qr(conn, store_row["id"])
         if existing is not None:
+            if emv_qr.parse(existing["payload"]).currency_numeric != f"{cur.numeric:03d}":
+                raise Conflict("this store's static code is in another currency", code="static_code_currency",
+                               param="currency")
             return _view(svc, existing)
         merchant = await tenants.merchant(conn, store_row["merchant_id"])
         assert merchant is not None
@@ -178,8 +190,11 @@ async def pay(
     async with svc.db.connection() as conn:
         qr_row = await codes.qr(conn, token)
         head = await payment_store.get(conn, qr_row["payment_id"]) if qr_row and qr_row["payment_id"] else None
-    _refuse_if_unusable(svc, qr_row, head)
-    assert qr_row is not None
+    if qr_row is None:
+        raise NotFound("this QR code is not known to the gateway", code="qr_code_unknown", param="payload")
+    if payload_text.strip() != qr_row["payload"]:
+        # Only the token is looked up: every other field must be the gateway's own, untouched.
+        raise InvalidRequest("this QR code was altered", code="qr_code_altered", param="payload")
     if qr_row["kind"] == "dynamic":
         assert head is not None
         if amount is not None and amount != head["amount_minor"]:
@@ -194,9 +209,12 @@ async def pay(
         if found is None:
             raise InvalidRequest("the code names an unknown currency", code="invalid_qr_payload", param="payload")
         cur_code = found.code
-    if pins.needed(svc, cur_code, amount_minor):
-        await pins.verify(svc, who.id, pin)
     accounts = await payments.payer_accounts(svc, who.id, qr_row["merchant_id"], cur_code)
+
+    async def checks(conn: Connection) -> None:
+        _refuse_if_unusable(svc, qr_row, head)
+        if pins.needed(svc, cur_code, amount_minor):
+            await pins.verify(svc, who.id, pin, conn)
 
     async def work(conn: Connection) -> tuple[int, Any]:
         locked_qr = await codes.qr(conn, token, for_update=True)
@@ -221,7 +239,7 @@ async def pay(
         updated = await payments.authorize_locked(svc, conn, row, who.id, accounts, channel="qr")
         return 200, await payments.payer_view(conn, updated)
 
-    return await svc.idempotency.run(identity, work)
+    return await svc.idempotency.run(identity, work, before=checks)
 
 
 class _ImageCache:
@@ -251,6 +269,8 @@ _caches: dict[int, _ImageCache] = {}
 
 async def image(svc: Services, who: Principal, token: str, fmt: str) -> bytes:
     """A code's image, for its merchant (secret or publishable key)."""
+    if not (0 < len(token) <= 64 and set(token) <= _TOKEN_CHARS):
+        raise NotFound("no such QR code", code="qr_code_unknown", param="token")
     async with svc.db.connection() as conn:
         row = await codes.qr(conn, token)
     if row is None or row["merchant_id"] != who.merchant_id:

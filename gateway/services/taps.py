@@ -151,16 +151,17 @@ async def authorize(svc: Services, who: Principal, req: TapRequest, identity: Re
         token = await store.tap_token_by_pan(conn, _pan_hash(svc, tap.token_pan))
     if token is None:
         raise Declined("the tapped token is not known to the gateway", code="tap_token_unknown", param="tap")
-    if token["status"] != "active":
-        raise Declined("the tapped token has been revoked", code="tap_token_revoked", param="tap")
-    if token["psn"] != tap.psn or not cryptogram.arqc_is_valid(_issuer_key(svc), tap):
-        raise Declined("the tap's cryptogram does not verify", code="cryptogram_invalid", param="tap")
-    async with svc.db.connection() as conn:
+    holder_id = token["holder_id"]
+    accounts = await payments.payer_accounts(svc, holder_id, merchant_id, cur.code)
+
+    async def checks(conn: Connection) -> None:
+        if token["status"] != "active":
+            raise Declined("the tapped token has been revoked", code="tap_token_revoked", param="tap")
+        if token["psn"] != tap.psn or not cryptogram.arqc_is_valid(_issuer_key(svc), tap):
+            raise Declined("the tap's cryptogram does not verify", code="cryptogram_invalid", param="tap")
         if not await store.claim_atc(conn, token["id"], tap.atc, device_id, req.terminal_transaction_id):
             raise Declined("the tap's transaction counter was used before (a replay)", code="atc_replayed",
                            param="tap")
-    holder_id = token["holder_id"]
-    accounts = await payments.payer_accounts(svc, holder_id, merchant_id, cur.code)
 
     async def work(conn: Connection) -> tuple[int, Any]:
         merchant = await tenants.merchant(conn, merchant_id)
@@ -180,4 +181,4 @@ async def authorize(svc: Services, who: Principal, req: TapRequest, identity: Re
         updated = await payments.authorize_locked(svc, conn, row, holder_id, accounts, channel="tap")
         return 201, views.payment_view(updated)
 
-    return await svc.idempotency.run(identity, work)
+    return await svc.idempotency.run(identity, work, before=checks)

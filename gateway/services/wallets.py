@@ -14,7 +14,7 @@ from gateway.auth.principals import Principal
 from gateway.domain import ledger, limits
 from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import check_amount, currency
-from gateway.errors import Conflict, Declined, InvalidRequest, NotFound, Unauthenticated
+from gateway.errors import Conflict, Declined, Forbidden, InvalidRequest, NotFound, Unauthenticated
 from gateway.services import views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
@@ -129,6 +129,9 @@ async def transfer(svc: Services, who: Principal, req: TransferRequest, identity
             raise NotFound(f"no such bank account: {req.bank_account}", param="bank_account")
         transfer_id = uuid.uuid4()
         holder = await store.holder_for_payment(conn, who.id)
+        if req.kind == "withdrawal" and holder["payments_locked_at"] is not None:
+            raise Forbidden("this wallet is locked after too many wrong PINs; an operator can unlock it",
+                            code="wallet_locked")
         try:
             await ledger_store.post(conn, entry, accounts, transfer_id=transfer_id)
         except ledger_store.InsufficientFunds:

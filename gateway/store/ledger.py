@@ -84,15 +84,21 @@ async def resolve_accounts(conn: Connection, refs: list[AccountRef]) -> dict[Acc
         _remember(rows)
         # A concurrent request may have created some of them after this statement's snapshot:
         # its INSERT skipped them and its SELECT could not see them. Read those again.
-        late = [ref for ref in missing if ref not in _accounts]
-        if late:
-            _remember(await conn.fetch(
-                "SELECT a.id, a.kind, a.owner_id, a.currency, a.shard_count FROM accounts a"
-                " JOIN unnest($1::text[], $2::uuid[], $3::text[]) AS w(kind, owner_id, currency)"
-                " ON a.kind = w.kind AND COALESCE(a.owner_id, $4::uuid) = w.owner_id AND a.currency = w.currency",
-                [ref.kind.value for ref in late], [ref.owner or _NIL for ref in late], [ref.currency for ref in late],
-                _NIL,
-            ))
+        return await existing_accounts(conn, refs)
+    return {ref: _accounts[ref] for ref in refs}
+
+
+async def existing_accounts(conn: Connection, refs: list[AccountRef]) -> dict[AccountRef, Account]:
+    """Ids of accounts that exist and are committed (read only: safe inside a transaction)."""
+    missing = [ref for ref in refs if ref not in _accounts]
+    if missing:
+        _remember(await conn.fetch(
+            "SELECT a.id, a.kind, a.owner_id, a.currency, a.shard_count FROM accounts a"
+            " JOIN unnest($1::text[], $2::uuid[], $3::text[]) AS w(kind, owner_id, currency)"
+            " ON a.kind = w.kind AND COALESCE(a.owner_id, $4::uuid) = w.owner_id AND a.currency = w.currency",
+            [ref.kind.value for ref in missing], [ref.owner or _NIL for ref in missing],
+            [ref.currency for ref in missing], _NIL,
+        ))
     return {ref: _accounts[ref] for ref in refs}
 
 

@@ -177,13 +177,24 @@ async def pin_state(conn: Connection, holder_id: uuid.UUID) -> asyncpg.Record | 
     return row
 
 
-async def record_pin_failure(conn: Connection, holder_id: uuid.UUID, failures_max: int) -> asyncpg.Record:
-    """Count a wrong PIN atomically; the failure that reaches ``failures_max`` locks payments."""
+async def reserve_pin_attempt(conn: Connection, holder_id: uuid.UUID, failures_max: int) -> asyncpg.Record | None:
+    """Count an attempt BEFORE its PIN is checked, so a burst of guesses cannot outrun the limit.
+    None when the wallet is locked or every allowed attempt is already taken."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "UPDATE wallet_holders SET pin_failures = pin_failures + 1"
+        " WHERE id = $1 AND payments_locked_at IS NULL AND pin_failures < $2 RETURNING pin_hash, pin_failures",
+        holder_id, failures_max,
+    )
+    return row
+
+
+async def pin_attempt_failed(conn: Connection, holder_id: uuid.UUID, failures_max: int) -> asyncpg.Record:
+    """The attempt stays counted; reaching ``failures_max`` locks payments."""
     return await one(
         conn,
         """
-        UPDATE wallet_holders SET pin_failures = pin_failures + 1,
-               payments_locked_at = CASE WHEN pin_failures + 1 >= $2 THEN COALESCE(payments_locked_at, now())
+        UPDATE wallet_holders
+           SET payments_locked_at = CASE WHEN pin_failures >= $2 THEN COALESCE(payments_locked_at, now())
                                          ELSE payments_locked_at END
          WHERE id = $1 RETURNING pin_failures, payments_locked_at
         """,
@@ -191,7 +202,7 @@ async def record_pin_failure(conn: Connection, holder_id: uuid.UUID, failures_ma
     )
 
 
-async def reset_pin_failures(conn: Connection, holder_id: uuid.UUID) -> None:
+async def pin_attempt_succeeded(conn: Connection, holder_id: uuid.UUID) -> None:
     await conn.execute(
         "UPDATE wallet_holders SET pin_failures = 0 WHERE id = $1 AND payments_locked_at IS NULL", holder_id
     )
