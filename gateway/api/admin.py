@@ -38,6 +38,18 @@ async def get_merchant(call: Call[None, None]) -> Any:
     return await tenants.get_merchant(call.svc, call.who, call.match("id"))
 
 
+@api.route("POST", "/v1/merchants/{id}/suspend", summary="Suspend a merchant: no API access, no payments",
+           auth={P.OPERATOR}, roles=ADMIN, body=schema.Empty, response=views.MerchantView, tag="operators")
+async def suspend_merchant(call: Call[schema.Empty, None]) -> Any:
+    return await tenants.set_merchant_status(call.svc, call.match("id"), "suspended", call.identity())
+
+
+@api.route("POST", "/v1/merchants/{id}/reactivate", summary="Reactivate a suspended merchant",
+           auth={P.OPERATOR}, roles=ADMIN, body=schema.Empty, response=views.MerchantView, tag="operators")
+async def reactivate_merchant(call: Call[schema.Empty, None]) -> Any:
+    return await tenants.set_merchant_status(call.svc, call.match("id"), "active", call.identity())
+
+
 @api.route("POST", "/v1/merchants/{id}/stores", summary="Create a store", auth={P.OPERATOR}, roles=ADMIN,
            body=schema.CreateStore, response=views.StoreView, status=201, tag="operators")
 async def create_store(call: Call[schema.CreateStore, None]) -> Any:

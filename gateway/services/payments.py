@@ -180,9 +180,12 @@ async def authorize_locked(
     now = svc.now()
     day = svc.local_day(now)
     payment = store.to_domain(row)
-    holder = await wallet_store.spend_for_payment(conn, holder_id, payment.currency, day, payment.amount_minor)
+    holder = await wallet_store.spend_for_payment(conn, holder_id, payment.currency, day, payment.amount_minor,
+                                                  payment.merchant_id)
     if holder["payments_locked_at"] is not None:
         raise pins.locked_error()
+    if holder["merchant_status"] != "active":
+        raise Declined("the merchant cannot take payments now", code="merchant_unavailable")
     limits.check_payment(svc.tiers[holder["tier"]], payment.currency, holder["spent_minor"] - payment.amount_minor,
                          payment.amount_minor)
     confirm_s = svc.settings.wallet.confirmation_timeout_s if needs_confirmation else None

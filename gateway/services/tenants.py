@@ -123,6 +123,22 @@ async def get_merchant(svc: Services, who: Principal, text_id: str) -> views.Mer
     return views.merchant_view(row)
 
 
+async def set_merchant_status(svc: Services, text_id: str, status: str, identity: RequestIdentity) -> Reply:
+    """Suspend (no API access, no payments) or reactivate a merchant."""
+    mid = merchant_id(text_id, "id")
+
+    async def work(conn: Connection) -> tuple[int, Any]:
+        row = await store.set_merchant_status(conn, mid, status)
+        if row is None:
+            raise NotFound(f"no such merchant: {text_id}", param="id")
+        view = views.merchant_view(row)
+        await event_store.insert_event(conn, f"merchant.{'suspended' if status == 'suspended' else 'reactivated'}",
+                                       mid, view, merchant_id=mid, holder_id=None)
+        return 200, view
+
+    return await svc.idempotency.run(identity, work)
+
+
 async def list_merchants(svc: Services, limit: int) -> views.MerchantList:
     async with svc.db.connection() as conn:
         rows = await store.list_merchants(conn, limit + 1)

@@ -73,12 +73,12 @@ async def release(conn: Connection, principal: str, key: str, locked_at: datetim
 
 
 async def reap(conn: Connection, retention_s: int, limit: int) -> int:
-    """Delete done keys older than the retention; returns how many."""
+    """Delete keys older than the retention (a key still started by then was abandoned); returns how many."""
     result = await conn.execute(
         """
         DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
             SELECT ctid FROM idempotency_keys
-             WHERE created_at < now() - make_interval(secs => $1) AND response_status IS NOT NULL
+             WHERE created_at < now() - make_interval(secs => $1)
              LIMIT $2 FOR UPDATE SKIP LOCKED))
         """,
         float(retention_s), limit,

@@ -46,6 +46,13 @@ async def merchant(conn: Connection, merchant_id: uuid.UUID) -> asyncpg.Record |
     return row
 
 
+async def set_merchant_status(conn: Connection, merchant_id: uuid.UUID, status: str) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"UPDATE merchants SET status = $2 WHERE id = $1 RETURNING {_MERCHANT}", merchant_id, status
+    )
+    return row
+
+
 async def list_merchants(conn: Connection, limit: int) -> list[asyncpg.Record]:
     return list(await conn.fetch(f"SELECT {_MERCHANT} FROM merchants ORDER BY created_at DESC, id DESC LIMIT $1", limit))
 

@@ -129,7 +129,7 @@ async def holder_for_payment(conn: Connection, holder_id: uuid.UUID) -> asyncpg.
 
 
 async def spend_for_payment(
-    conn: Connection, holder_id: uuid.UUID, currency: str, day: date, amount_minor: int
+    conn: Connection, holder_id: uuid.UUID, currency: str, day: date, amount_minor: int, merchant_id: uuid.UUID
 ) -> asyncpg.Record:
     """One round trip for what an authorisation needs of the holder: its tier and lock (share-locked,
     so an operator's change waits for the payment) and the day's total with this payment added."""
@@ -143,9 +143,11 @@ async def spend_for_payment(
             DO UPDATE SET spent_minor = daily_spend.spent_minor + EXCLUDED.spent_minor
             RETURNING spent_minor
         )
-        SELECT h.tier, h.payments_locked_at, s.spent_minor FROM h, s
+        SELECT h.tier, h.payments_locked_at, s.spent_minor,
+               (SELECT status FROM merchants WHERE id = $5) AS merchant_status
+          FROM h, s
         """,
-        holder_id, currency, day, amount_minor,
+        holder_id, currency, day, amount_minor, merchant_id,
     )
 
 

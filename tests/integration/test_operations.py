@@ -148,3 +148,34 @@ async def test_api_key_revocation(world: World) -> None:
     await world.call("POST", f"/v1/api_keys/{secret_key['id']}/revoke", headers=world.ops, json={})
     err = await world.call("GET", "/v1/payments", 401, headers=m.headers)
     assert err["error"]["code"] == "invalid_api_key"
+
+
+async def test_suspended_merchant_takes_no_payments(world: World) -> None:
+    m = await world.merchant()
+    h = await world.holder(top_up=1_000)
+    p = await world.payment(m, 100)
+    await world.call("POST", f"/v1/merchants/{m.id}/suspend", headers=world.ops, json={})
+    assert (await world.call("GET", "/v1/payments", 403, headers=m.headers))["error"]["code"] == "merchant_suspended"
+    assert (await world.pay(h, p["id"], expect=402))["error"]["code"] == "merchant_unavailable"
+    await world.call("POST", f"/v1/merchants/{m.id}/reactivate", headers=world.ops, json={})
+    assert (await world.pay(h, p["id"]))["status"] == "succeeded"
+
+
+async def test_reaper_removes_old_keys_abandoned_or_done(world: World, clean_db: str) -> None:
+    m = await world.merchant()
+    await world.call("POST", "/v1/payments", 201, headers={**m.headers, "Idempotency-Key": "old-done"},
+                     json={"amount": 100, "currency": "CNY"})
+    conn = await asyncpg.connect(clean_db)
+    try:
+        await conn.execute(
+            "INSERT INTO idempotency_keys (principal, key, request_hash, method, path, locked_at)"
+            " VALUES ('merchant:x', 'old-abandoned', '\\x00', 'POST', '/v1/payments', now())")
+        await conn.execute("UPDATE idempotency_keys SET created_at = now() - interval '2 days'")
+        svc = await Services.start(make_settings())
+        try:
+            await tick(svc)
+        finally:
+            await svc.stop()
+        assert await conn.fetchval("SELECT count(*) FROM idempotency_keys") == 0
+    finally:
+        await conn.close()
