@@ -89,7 +89,7 @@ async def create_enrolment_code(svc: Services, who: Principal, text_terminal: st
 
 
 async def _any_terminal(conn: Connection, terminal_id: uuid.UUID) -> Any:
-    return await conn.fetchrow("SELECT id, merchant_id, status FROM terminals WHERE id = $1", terminal_id)
+    return await store.terminal(conn, terminal_id, None)
 
 
 async def enrol(svc: Services, code: str, name: str) -> EnrolmentView:

@@ -78,9 +78,13 @@ async def revoke_terminal(conn: Connection, terminal_id: uuid.UUID, merchant_id:
     return row
 
 
-async def terminal(conn: Connection, terminal_id: uuid.UUID, merchant_id: uuid.UUID) -> asyncpg.Record | None:
+async def terminal(
+    conn: Connection, terminal_id: uuid.UUID, merchant_id: uuid.UUID | None
+) -> asyncpg.Record | None:
+    """The terminal, scoped to ``merchant_id`` (None: any merchant's, for operators)."""
     row: asyncpg.Record | None = await conn.fetchrow(
-        "SELECT id, merchant_id, store_id, label, status, created_at FROM terminals WHERE id = $1 AND merchant_id = $2",
+        "SELECT id, merchant_id, store_id, label, status, created_at FROM terminals"
+        " WHERE id = $1 AND ($2::uuid IS NULL OR merchant_id = $2)",
         terminal_id, merchant_id,
     )
     return row
