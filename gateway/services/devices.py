@@ -75,10 +75,8 @@ async def create_enrolment_code(svc: Services, who: Principal, text_terminal: st
     """A one-time code for the agent at this terminal. Not kept for idempotent replay: it is a secret."""
     terminal_id = decode(Kind.TERMINAL, text_terminal)
     async with svc.db.connection() as conn:
-        terminal = None
-        if terminal_id is not None:
-            scope = who.merchant_id
-            terminal = await store.terminal(conn, terminal_id, scope) if scope else await _any_terminal(conn, terminal_id)
+        # A merchant reaches its own terminals; an operator (no merchant) reaches any.
+        terminal = await store.terminal(conn, terminal_id, who.merchant_id) if terminal_id else None
         if terminal is None or terminal["status"] != "active":
             raise NotFound(f"no such active terminal: {text_terminal}", param="id")
         code = "ENR-" + "-".join("".join(secrets.choice(_CODE_ALPHABET) for _ in range(4)) for _ in range(3))
@@ -86,10 +84,6 @@ async def create_enrolment_code(svc: Services, who: Principal, text_terminal: st
         await store.insert_enrolment_code(conn, _keyed(svc, "enrol", code), terminal["id"], terminal["merchant_id"],
                                           expires_at)
     return EnrolmentCodeView(code=code, terminal=text_terminal, expires_at=expires_at.isoformat())
-
-
-async def _any_terminal(conn: Connection, terminal_id: uuid.UUID) -> Any:
-    return await store.terminal(conn, terminal_id, None)
 
 
 async def enrol(svc: Services, code: str, name: str) -> EnrolmentView:
@@ -138,10 +132,8 @@ async def revoke_terminal(svc: Services, who: Principal, text_terminal: str, ide
         raise NotFound(f"no such terminal: {text_terminal}", param="id")
 
     async def work(conn: Connection) -> tuple[int, Any]:
-        scope = who.merchant_id
-        if scope is None:  # an operator
-            row = await _any_terminal(conn, terminal_id)
-            scope = row["merchant_id"] if row else None
+        terminal = await store.terminal(conn, terminal_id, who.merchant_id)
+        scope = terminal["merchant_id"] if terminal else None
         revoked = await store.revoke_terminal(conn, terminal_id, scope) if scope else None
         if revoked is None:
             raise NotFound(f"no such terminal: {text_terminal}", param="id")
