@@ -22,9 +22,12 @@ import os
 import select
 import threading
 import tty
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Final
+from typing import Final, TypeVar
+
+_T = TypeVar("_T")
 
 __all__ = ["PtyNullModem", "PtyPort", "PtyPortClosedError", "RawPty", "open_raw_pty"]
 
@@ -94,34 +97,29 @@ class PtyPort:
     async def read_some(self, *, timeout_s: float, size_max: int = _READ_CHUNK_MAX_BYTES) -> bytes:
         """Between 1 and ``size_max`` bytes; ``TimeoutError`` if none arrive in time."""
         async with asyncio.timeout(timeout_s):
-            while True:
-                try:
-                    data = os.read(self._fd, size_max)
-                except BlockingIOError:
-                    await self._wait_ready(readable=True)
-                    continue
-                except OSError as exc:
-                    if exc.errno in (errno.EIO, errno.EBADF):
-                        raise PtyPortClosedError(f"pty hung up: {exc}") from exc
-                    raise
-                if not data:
-                    raise PtyPortClosedError("pty hung up: end of file")
-                return data
+            data = await self._until_ready(lambda: os.read(self._fd, size_max), readable=True)
+        if not data:
+            raise PtyPortClosedError("pty hung up: end of file")
+        return data
 
     async def write(self, data: bytes, *, timeout_s: float) -> None:
         view = memoryview(data)
         async with asyncio.timeout(timeout_s):
             while view:
-                try:
-                    written = os.write(self._fd, view)
-                except BlockingIOError:
-                    await self._wait_ready(readable=False)
-                    continue
-                except OSError as exc:
-                    if exc.errno in (errno.EIO, errno.EBADF):
-                        raise PtyPortClosedError(f"pty hung up: {exc}") from exc
-                    raise
+                written = await self._until_ready(lambda: os.write(self._fd, view), readable=False)
                 view = view[written:]
+
+    async def _until_ready(self, op: Callable[[], _T], *, readable: bool) -> _T:
+        """``op`` (a non-blocking read or write), retried when the descriptor is ready; a hang-up is typed."""
+        while True:
+            try:
+                return op()
+            except BlockingIOError:
+                await self._wait_ready(readable=readable)
+            except OSError as exc:
+                if exc.errno in (errno.EIO, errno.EBADF):
+                    raise PtyPortClosedError(f"pty hung up: {exc}") from exc
+                raise
 
     async def _wait_ready(self, *, readable: bool) -> None:
         loop = asyncio.get_running_loop()
