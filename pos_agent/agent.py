@@ -127,7 +127,7 @@ async def recover(client: GatewayClient, journal: AsyncJournal) -> None:
         except GatewayError as exc:
             log.warning("sale %s: compensation queued for the forwarder: %s", sale.reference, exc)
         reference = sale.reference
-        await journal.call(lambda j: j.sale_voided(reference))
+        await journal.call(lambda j: j.sale_voided(reference))  # noqa: B023 (awaited at once)
 
 
 async def open_devices(settings: Settings) -> Devices:

@@ -909,7 +909,8 @@ async def reverse_payment(client: GatewayClient, journal: AsyncJournal, sale_ref
     except GatewayRejected as exc:
         # A definite refusal: the payment cannot be reversed (already closed, or not ours).
         log.warning("reversal of %s refused: %s", payment_id, exc)
-        await journal.call(lambda j: j.finish_operation(key, OpState.FAILED, outcome=exc.error_code))
+        refusal = exc.error_code
+        await journal.call(lambda j: j.finish_operation(key, OpState.FAILED, outcome=refusal))
         return True
     await journal.call(lambda j: j.finish_operation(key, OpState.DONE, outcome=payment.status))
     log.info("reversed %s: now %s (refunded %d)", payment_id, payment.status, payment.amount_refunded)

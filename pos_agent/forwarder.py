@@ -140,7 +140,8 @@ class Forwarder:
         try:
             payment = await self._client.tap_payment(tap.body, idempotency_key=ttid)
         except (GatewayUnreachable, OutcomeUnknown) as exc:
-            await self._journal.call(lambda j: j.offline_tap_attempted(ttid, exc.code))
+            failure = exc.code
+            await self._journal.call(lambda j: j.offline_tap_attempted(ttid, failure))
             log.info("forwarder: offline tap %s not delivered yet: %s", ttid, exc)
             return False
         except DeviceAuthError:
@@ -156,8 +157,9 @@ class Forwarder:
                         ttid, OfflineTapState.FORWARDED, outcome=paid.status, payment_id=paid.id))
                     result.forwarded += 1
                     return True
+            refusal = exc.error_code
             await self._journal.call(lambda j: j.finish_offline_tap(ttid, OfflineTapState.DECLINED,
-                                                                    outcome=exc.error_code))
+                                                                    outcome=refusal))
             log.warning("forwarder: offline tap %s (%d minor) declined by the gateway: %s", ttid,
                         tap.amount_minor, exc.error_code)
             result.declined += 1
@@ -205,6 +207,8 @@ class Forwarder:
                 if not await reverse_payment(self._client, self._journal, op.sale_reference, payment.id):
                     result.blocked = True
                     return
-            key = op.idempotency_key
-            await self._journal.call(lambda j: j.finish_operation(key, OpState.DONE, outcome=f"found_{len(found)}"))
+            await self._finish(op.idempotency_key, f"found_{len(found)}")
             result.resolved += 1
+
+    async def _finish(self, idempotency_key: str, outcome: str) -> None:
+        await self._journal.call(lambda j: j.finish_operation(idempotency_key, OpState.DONE, outcome=outcome))

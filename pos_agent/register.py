@@ -129,7 +129,7 @@ class RegisterService:
             if exchange is not None and self._undelivered_reference is not None:
                 reference, self._undelivered_reference = self._undelivered_reference, None
                 try:
-                    await self._journal.call(lambda j: j.sale_answered(reference))
+                    await self._journal.call(lambda j: j.sale_answered(reference))  # noqa: B023 (awaited at once)
                 except JournalError as exc:  # the register has its answer; a restart would void it
                     log.error("sale %s answered but not journalled as such: %s", reference, exc)
 

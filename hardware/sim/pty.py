@@ -106,7 +106,7 @@ class PtyPort:
         view = memoryview(data)
         async with asyncio.timeout(timeout_s):
             while view:
-                written = await self._until_ready(lambda: os.write(self._fd, view), readable=False)
+                written = await self._until_ready(lambda: os.write(self._fd, view), readable=False)  # noqa: B023 (awaited at once)
                 view = view[written:]
 
     async def _until_ready(self, op: Callable[[], _T], *, readable: bool) -> _T:

@@ -32,7 +32,9 @@ class Clock:
 
 
 @pytest.fixture
-async def setup(fake: tuple[Fake, str], tmp_path: Path) -> AsyncIterator[tuple[Fake, Forwarder, AsyncJournal, Clock]]:
+async def setup(
+    fake: tuple[Fake, str], tmp_path: Path  # noqa: F811 (the imported fixture)
+) -> AsyncIterator[tuple[Fake, Forwarder, AsyncJournal, Clock]]:
     gateway, url = fake
     clock = Clock()
     settings = Settings(gateway=GatewaySettings(url=url, backoff_base_s=0.01, backoff_max_s=0.02,

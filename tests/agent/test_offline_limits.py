@@ -12,7 +12,10 @@ LIMITS = OfflineLimits(tap_amount_max_minor=5_000, token_count_max=2, token_amou
                        total_amount_max_minor=12_000)
 
 
-def snapshot(token: Exposure = Exposure(), terminal: Exposure = Exposure(), total: Exposure = Exposure(),
+NOTHING = Exposure()
+
+
+def snapshot(token: Exposure = NOTHING, terminal: Exposure = NOTHING, total: Exposure = NOTHING,
              blocked: bool = False, last_atc: int | None = None) -> OfflineSnapshot:
     return OfflineSnapshot(token, terminal, total, blocked, last_atc)
 

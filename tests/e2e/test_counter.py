@@ -13,7 +13,6 @@ import asyncio
 import signal
 from typing import Any
 
-import pytest
 
 from tests.e2e.conftest import REGISTER_THREAD_JOIN_S, Counter
 
