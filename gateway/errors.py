@@ -4,6 +4,9 @@ Every error a client can cause is a ``GatewayError`` subclass carrying its HTTP 
 ``type`` family, a stable machine-readable ``code`` and the offending ``param``. Handlers never
 build error bodies themselves: the error middleware renders these. Anything else is a bug and
 becomes a 500 with no detail.
+
+Every 429 and 503 tells the client when to come back: ``retry_after_s`` (whole seconds, at least
+1), sent as the ``Retry-After`` header.
 """
 
 from __future__ import annotations
@@ -15,12 +18,17 @@ class GatewayError(Exception):
     status: ClassVar[int] = 500
     type: ClassVar[str] = "api_error"
     default_code: ClassVar[str] = "internal_error"
+    default_retry_after_s: ClassVar[int | None] = None
 
-    def __init__(self, message: str, *, code: str | None = None, param: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, param: str | None = None, retry_after_s: int | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code
         self.param = param
+        self.retry_after_s = max(1, retry_after_s) if retry_after_s is not None else self.default_retry_after_s
         self.extra = extra
 
     def body(self, request_id: str | None) -> dict[str, Any]:
@@ -101,6 +109,7 @@ class RateLimited(GatewayError):
     status = 429
     type = "rate_limit_error"
     default_code = "rate_limited"
+    default_retry_after_s = 1
 
 
 class Unavailable(GatewayError):
@@ -109,3 +118,4 @@ class Unavailable(GatewayError):
     status = 503
     type = "api_error"
     default_code = "service_unavailable"
+    default_retry_after_s = 1

@@ -34,9 +34,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _error_response(exc: GatewayError, request_id: str) -> web.Response:
     ERRORS.labels(exc.code).inc()
+    headers = {"Request-Id": request_id}
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(exc.retry_after_s)
     return web.Response(
         body=msgspec.json.encode(exc.body(request_id)), status=exc.status, content_type="application/json",
-        headers={"Request-Id": request_id},
+        headers=headers,
     )
 
 
