@@ -29,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+from prometheus_client import Counter
 
 from gateway.errors import Unavailable
 from gateway.settings import DatabaseSettings
@@ -40,6 +41,7 @@ T = TypeVar("T")
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 _MIGRATION_LOCK = 0x6761_7465  # "gate"
 _RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
+RETRIES = Counter("gateway_db_transaction_retries_total", "Transactions retried whole", ["reason"])
 # The server or the link to it went away (shutdown, crash, restart, network, a session it ended).
 _LOST = (
     OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError,
@@ -211,7 +213,8 @@ class Database:
                         return await work(conn)
                 async with self.connection() as own, own.transaction():
                     return await work(own)
-            except _RETRYABLE:
+            except _RETRYABLE as exc:
+                RETRIES.labels("deadlock" if isinstance(exc, asyncpg.DeadlockDetectedError) else "serialization").inc()
                 if attempt >= self.settings.retry_count_max:
                     raise Unavailable("too much contention; retry", code="contention") from None
                 await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
