@@ -118,12 +118,12 @@ async def renew(svc: Services, text_device: str, secret: str) -> DeviceTokenView
 
 async def principal(svc: Services, credential: str) -> Principal:
     claims = svc.tokens.verify(credential, DEVICE_AUDIENCE)
-    device_id = uuid.UUID(claims["sub"])
+    device_id = svc.tokens.uuid_claim(claims, "sub")
     async with svc.db.connection() as conn:
         if not await store.device_active(conn, device_id):
             raise Unauthenticated("this device has been revoked", code="device_revoked")
-    return Principal(PrincipalKind.DEVICE, device_id, merchant_id=uuid.UUID(claims["mid"]),
-                     store_id=uuid.UUID(claims["sid"]), terminal_id=uuid.UUID(claims["tid"]))
+    return Principal(PrincipalKind.DEVICE, device_id, merchant_id=svc.tokens.uuid_claim(claims, "mid"),
+                     store_id=svc.tokens.uuid_claim(claims, "sid"), terminal_id=svc.tokens.uuid_claim(claims, "tid"))
 
 
 async def revoke_terminal(svc: Services, who: Principal, text_terminal: str, identity: RequestIdentity) -> Reply:

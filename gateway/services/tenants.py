@@ -70,13 +70,14 @@ async def authenticate(svc: Services, authorization: str | None) -> Principal:
     audience = svc.tokens.unverified_audience(credential)
     if audience == OPERATOR_AUDIENCE:
         claims = svc.tokens.verify(credential, OPERATOR_AUDIENCE)
-        return Principal(PrincipalKind.OPERATOR, uuid.UUID(claims["sub"]), role=str(claims.get("role")))
+        return Principal(PrincipalKind.OPERATOR, svc.tokens.uuid_claim(claims, "sub"), role=str(claims.get("role")))
     if audience == devices.DEVICE_AUDIENCE:
         return await devices.principal(svc, credential)
     if audience == WALLET_AUDIENCE:
         claims = svc.tokens.verify(credential, WALLET_AUDIENCE)
         device = claims.get("did")
-        return Principal(PrincipalKind.WALLET, uuid.UUID(claims["sub"]), device_id=str(device) if device else None)
+        return Principal(PrincipalKind.WALLET, svc.tokens.uuid_claim(claims, "sub"),
+                         device_id=str(device) if device else None)
     raise Unauthenticated("the token is not valid", code="invalid_token")
 
 
