@@ -48,7 +48,7 @@ for i = 1, n do
     level = math.min(burst, tonumber(state[1]) + math.max(0, now_s - tonumber(state[2])) * per_s)
   end
   tokens[i] = level
-  if level < 1 - 1e-9 then
+  if level < 1 - 1e-6 then
     wait_s = math.max(wait_s, (1 - level) / per_s)
   end
 end

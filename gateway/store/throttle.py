@@ -12,14 +12,14 @@ from datetime import datetime
 from gateway.store.db import Connection
 
 # $3 now, $4 forget failures last seen before this, $5 lockout_s per failure count (the last repeats).
-_FAILURES = "CASE WHEN f.updated_at < $4 THEN 1 ELSE f.failures + 1 END"
+_FAILURES = "CASE WHEN f.updated_at < $4::timestamptz THEN 1 ELSE f.failures + 1 END"
 _COUNT_ATTEMPT = f"""
 INSERT INTO login_failures AS f (kind, subject_hash, failures, locked_until, updated_at)
-VALUES ($1, $2, 1, CASE WHEN ($5::int[])[1] > 0 THEN $3 + make_interval(secs => ($5::int[])[1]) END, $3)
+VALUES ($1, $2, 1, CASE WHEN ($5::int[])[1] > 0 THEN $3::timestamptz + make_interval(secs => ($5::int[])[1]) END, $3)
 ON CONFLICT (kind, subject_hash) DO UPDATE SET
     failures = {_FAILURES},
     locked_until = CASE WHEN ($5::int[])[LEAST({_FAILURES}, cardinality($5::int[]))] > 0
-                        THEN $3 + make_interval(secs => ($5::int[])[LEAST({_FAILURES}, cardinality($5::int[]))]) END,
+                        THEN $3::timestamptz + make_interval(secs => ($5::int[])[LEAST({_FAILURES}, cardinality($5::int[]))]) END,
     updated_at = $3
 WHERE f.locked_until IS NULL OR f.locked_until <= $3
 RETURNING failures
