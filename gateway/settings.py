@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.domain.limits import Caps, Tier
+from gateway.domain.throttle import Backoff, Rate
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
 
@@ -135,6 +136,31 @@ class DeviceSettings:
 
 
 @dataclass(frozen=True)
+class ThrottleSettings:
+    failures_before_lockout: int = 5
+    lockout_base_s: int = 60
+    lockout_max_s: int = 3600
+    failures_forget_s: int = 86400
+    address_per_s: float = 1.0
+    address_burst: int = 30
+    address_exempt: str = "127.0.0.1,::1"
+    overall_per_s: float = 20.0
+    overall_burst: int = 100
+
+    def backoff(self) -> Backoff:
+        return Backoff(self.failures_before_lockout, self.lockout_base_s, self.lockout_max_s)
+
+    def per_address(self) -> Rate:
+        return Rate(self.address_per_s, float(self.address_burst))
+
+    def overall(self) -> Rate:
+        return Rate(self.overall_per_s, float(self.overall_burst))
+
+    def exempt_addresses(self) -> frozenset[str]:
+        return frozenset(filter(None, (a.strip() for a in self.address_exempt.split(","))))
+
+
+@dataclass(frozen=True)
 class IssuerSettings:
     imk_hex: str = ""
     token_bin: str = "999001"
@@ -171,6 +197,7 @@ class Settings:
     qr: QrSettings
     devices: DeviceSettings
     issuer: IssuerSettings
+    throttle: ThrottleSettings
 
     def __post_init__(self) -> None:
         if self.issuer.imk_hex and len(self.issuer.imk) != 16:
@@ -190,6 +217,13 @@ class Settings:
             raise ValueError("auth.jwt_active_kid must name a key in auth.jwt_keys")
         if len(self.auth.api_key_pepper) < 16:
             raise ValueError("auth.api_key_pepper must be at least 16 characters")
+        if self.auth.rate_limit_per_s < 1:
+            raise ValueError("auth.rate_limit_per_s must be at least 1")
+        self.throttle.backoff()  # each refuses nonsense (zero rates, a cap below the base) with ValueError
+        self.throttle.per_address()
+        self.throttle.overall()
+        if self.throttle.failures_forget_s < self.throttle.lockout_max_s:
+            raise ValueError("throttle.failures_forget_s must be at least throttle.lockout_max_s")
 
 
 T = TypeVar("T")
@@ -250,7 +284,7 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None, **overr
         "server": ServerSettings, "database": DatabaseSettings, "redis": RedisSettings, "auth": AuthSettings,
         "payments": PaymentSettings, "idempotency": IdempotencySettings, "workers": WorkerSettings,
         "wallet": WalletSettings, "tiers": TierSettings, "qr": QrSettings, "devices": DeviceSettings,
-        "issuer": IssuerSettings,
+        "issuer": IssuerSettings, "throttle": ThrottleSettings,
     }
     unknown = set(data) - set(sections)
     if unknown:

@@ -13,6 +13,7 @@ the role -> 403. Another tenant's object stays 404 (the services scope every loo
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -209,12 +210,12 @@ class Api:
                         and principal.role not in endpoint.roles):
                     raise Forbidden("this operator role may not do that", code="role_forbidden")
                 idem_key = request.headers.get("Idempotency-Key") if request.method == "POST" else None
-                allowed, cached, answered = await svc.accel.preflight(
+                wait_s, cached, answered = await svc.accel.preflight(
                     principal.rate_limit_scope, svc.settings.auth.rate_limit_per_s,
                     cache_key(principal.idempotency_scope, idem_key) if idem_key else None,
                 )
-                if not allowed:
-                    raise RateLimited("too many requests; slow down and retry")
+                if wait_s > 0:
+                    raise RateLimited("too many requests; slow down and retry", retry_after_s=math.ceil(wait_s))
                 prefetched = (cached, answered and idem_key is not None)
             raw_params: Any = {}
             body: Any = None

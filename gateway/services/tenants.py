@@ -12,7 +12,7 @@ from gateway.domain import ledger
 from gateway.domain.fees import FEE_BPS_MAX
 from gateway.domain.ids import Kind, decode
 from gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthenticated
-from gateway.services import devices, views
+from gateway.services import devices, throttle, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.services.wallets import WALLET_AUDIENCE
@@ -41,11 +41,13 @@ async def create_operator(svc: Services, email: str, password: str, role: str) -
     return op_id
 
 
-async def operator_login(svc: Services, email: str, password: str) -> views.TokenView:
+async def operator_login(svc: Services, email: str, password: str, address: str | None = None) -> views.TokenView:
+    attempt = await throttle.admit(svc, throttle.Kind.OPERATOR, email, address)  # before the hash
     async with svc.db.connection() as conn:
         row = await store.operator_by_email(conn, email.lower())
     if not await passwords.verify_password(row["password_hash"] if row else None, password) or row is None:
         raise Unauthenticated("wrong email or password", code="invalid_credentials")
+    await throttle.succeeded(svc, attempt)
     ttl_s = svc.settings.auth.operator_token_ttl_s
     return views.TokenView(token=svc.tokens.issue(row["id"], OPERATOR_AUDIENCE, ttl_s, role=row["role"]), expires_in=ttl_s)
 
