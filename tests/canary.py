@@ -109,7 +109,7 @@ class Canary:
             return
         try:
             self.learn(json.loads(raw))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # not JSON, or nested too deep: no credential of ours
             pass
 
     def scan(self, text: str, where: str) -> list[Finding]:

@@ -76,6 +76,7 @@ async def clean_db(_schema: str) -> AsyncIterator[str]:
 
 
 CANARY_MODULE = Path(__file__).parent / "security" / "test_secret_canary.py"
+CANARY_LOGGERS = ("gateway", "pos_agent", "hardware")
 R = TypeVar("R")
 
 
@@ -116,9 +117,12 @@ def secret_canary() -> Iterator[canary.Canary]:
     handler = logging.FileHandler(found.session_log, encoding="utf-8")
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
-    level = root.level
     root.addHandler(handler)
-    root.setLevel(min(level, logging.INFO) if level else logging.INFO)  # what a serving gateway logs
+    # What a serving gateway or agent logs (INFO), without the libraries' chatter.
+    ours = [logging.getLogger(name) for name in CANARY_LOGGERS]
+    levels = [logger.level for logger in ours]
+    for logger in ours:
+        logger.setLevel(logging.INFO)
     undo = _learning_client(found)
     try:
         yield found
@@ -126,7 +130,8 @@ def secret_canary() -> Iterator[canary.Canary]:
         undo()
         root.removeHandler(handler)
         handler.close()
-        root.setLevel(level)
+        for logger, level in zip(ours, levels, strict=True):
+            logger.setLevel(level)
         canary.stop()
         found.close(keep=bool(found.findings))
 
