@@ -124,10 +124,16 @@ def _verify_stripe(raw: bytes, header: str, secrets: list[str], tolerance_s: int
 
 def _standard_key(secret: str) -> bytes:
     encoded = secret[len(SECRET_PREFIX):] if secret.startswith(SECRET_PREFIX) else secret
+    # Unpadded base64 is accepted, as the standardwebhooks libraries accept it.
+    encoded = encoded.rstrip("=")
+    encoded += "=" * (-len(encoded) % 4)
     try:
-        return base64.b64decode(encoded, validate=True)
+        key = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ValueError("a Standard Webhooks secret is 'whsec_' followed by base64") from exc
+    if not key:
+        raise ValueError("the webhook secret is empty")
+    return key
 
 
 def _require_match(expected: list[bytes], given: list[bytes]) -> None:
