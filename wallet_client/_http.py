@@ -14,7 +14,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -43,7 +43,6 @@ class Requester:
         timeout_s: float,
         user_agent: str,
         rng: random.Random | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._auth = f"Bearer {api_key}"
         self._base_url = base_url.rstrip("/")
@@ -52,7 +51,6 @@ class Requester:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._user_agent = user_agent
         self._rng = rng or random.SystemRandom()
-        self._sleep = sleep
 
     async def request(
         self,
@@ -90,7 +88,7 @@ class Requester:
                 wait_s = _retry.delay_s(self._policy, retry_index, error.retry_after_s, self._rng)
                 if wait_s is None or time.monotonic() - started + wait_s > self._policy.elapsed_max_s:
                     raise
-            await self._sleep(wait_s)
+            await asyncio.sleep(wait_s)
             retry_index += 1
 
     async def _attempt(
