@@ -56,7 +56,7 @@ class FakeGateway:
         self.script: dict[tuple[str, str], list[Scripted]] = {}
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.deliveries: dict[str, list[dict[str, Any]]] = {}
-        self.events = [{"id": f"evt_{n}", "object": "event", "type": "payment.succeeded" if n % 2 else
+        self.events: list[dict[str, Any]] = [{"id": f"evt_{n}", "object": "event", "type": "payment.succeeded" if n % 2 else
                         "payment.created", "created": 1_700_000_000 + n, "data": {"object": {"id": f"pay_{n}"}}}
                        for n in range(7, 0, -1)]
         self._ids = itertools.count(1)
