@@ -16,7 +16,7 @@ from PIL import Image
 from playwright.async_api import Browser, BrowserContext, Page, expect
 from yarl import URL
 
-from gateway.demo_browser import DESKTOP, PHONE
+from gateway.demo_browser import DESKTOP, PHONE, screenshot
 from gateway.services.context import Services
 from gateway.settings import Settings
 from gateway.workers import tick
@@ -231,3 +231,11 @@ async def test_the_shops_own_page_reads_the_payment_with_its_publishable_key_cor
     blocked = await page.evaluate(fetch, [f"{base}/v1/payments/{p['id']}", m.secret])
     assert blocked[0] == "blocked"
     await context.close()
+
+
+async def test_the_demos_screenshot_helper_writes_a_phone_sized_png(world: World, shop: Shop, tmp_path: Path) -> None:
+    m = await world.merchant()
+    p = await _checkout(world, m, shop)
+    shot = await screenshot(p["checkout_url"], tmp_path / "demo" / "checkout.png")
+    with Image.open(shot) as image:
+        assert image.format == "PNG" and image.width == PHONE[0] and image.height >= PHONE[1]
