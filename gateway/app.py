@@ -6,17 +6,20 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.api import admin, devices, payments, system, wallet  # noqa: F401  (registers endpoints)
+from gateway.api import admin, checkout, cors, devices, payments, system, wallet  # noqa: F401  (registers endpoints)
 from gateway.api.middlewares import observe
 from gateway.api.routing import SERVICES, api
 from gateway.services.context import Services
 from gateway.settings import Settings
+from gateway.web import checkout as web_checkout
 from gateway.workers import run_workers
 
 
 def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
     app = web.Application(middlewares=[observe], client_max_size=settings.server.body_max_bytes)
     api.install(app)
+    cors.install(app, cors.browser_paths(api, also=[checkout.STATUS_PATH]))
+    web_checkout.install(app)
 
     async def services(app: web.Application) -> AsyncIterator[None]:
         svc = await Services.start(settings)

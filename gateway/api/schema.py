@@ -30,6 +30,13 @@ class CreatePayment(Strict):
     description: Annotated[str, msgspec.Meta(max_length=500)] | None = None
     expires_in: Annotated[int, msgspec.Meta(description="Seconds the payment can be paid for")] | None = None
     store: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    return_url: Annotated[str, msgspec.Meta(description="Hosted checkout: where the payer returns when paid"
+                                                        " (the payment id is added as ?payment=)")] | None = None
+    cancel_url: Annotated[str, msgspec.Meta(description="Hosted checkout: where a payer who gives up goes")] | None = None
+
+
+class CheckoutQuery(Strict):
+    secret: Annotated[str, msgspec.Meta(max_length=100, description="The client secret of the checkout URL")]
 
 
 class CapturePayment(Strict):

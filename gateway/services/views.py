@@ -40,9 +40,12 @@ class PaymentView(msgspec.Struct, kw_only=True):
     confirm_by: str | None
     created_at: str
     updated_at: str
+    return_url: str | None = None
+    cancel_url: str | None = None
+    checkout_url: str | None = None  # the hosted checkout page (with its client secret): the merchant's only
 
 
-def payment_view(row: Any) -> PaymentView:
+def payment_view(row: Any, checkout_url: str | None = None) -> PaymentView:
     return PaymentView(
         id=ids.encode(Kind.PAYMENT, row["id"]),
         status=row["status"],
@@ -64,6 +67,9 @@ def payment_view(row: Any) -> PaymentView:
         confirm_by=_ts(row["confirm_by"]),
         created_at=row["created_at"].isoformat(),
         updated_at=row["updated_at"].isoformat(),
+        return_url=row["return_url"],
+        cancel_url=row["cancel_url"],
+        checkout_url=checkout_url,
     )
 
 
@@ -92,6 +98,16 @@ def payer_payment_view(row: Any, merchant_name: str) -> PayerPaymentView:
         expires_at=row["expires_at"].isoformat(),
         confirm_by=_ts(row["confirm_by"]),
     )
+
+
+class CheckoutStatus(msgspec.Struct, kw_only=True):
+    """What the hosted checkout page (or the shop's own page) polls: the payer's status and where to go."""
+
+    object: str = "checkout_status"
+    payment: str
+    status: str
+    redirect_url: str | None  # return_url with ?payment=, once paid
+    cancel_url: str | None
 
 
 class PayerPaymentList(msgspec.Struct, kw_only=True):

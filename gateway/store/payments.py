@@ -18,7 +18,7 @@ _COLUMNS = (
 )
 _EXTRA = (
     "store_id, terminal_id, merchant_reference, description, fee_bps, wallet_account_id, channel, created_at,"
-    " updated_at, spend_day"
+    " updated_at, spend_day, return_url, cancel_url"
 )
 
 
@@ -52,19 +52,21 @@ async def insert(
     fee_bps: int,
     channel: str | None = None,
     terminal_transaction_id: str | None = None,
+    return_url: str | None = None,
+    cancel_url: str | None = None,
 ) -> asyncpg.Record:
     row = await one(
         conn,
         f"""
         INSERT INTO payments (id, merchant_id, store_id, terminal_id, amount_minor, currency, status,
                               capture_method, merchant_reference, description, expires_at, fee_bps, channel,
-                              terminal_transaction_id)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                              terminal_transaction_id, return_url, cancel_url)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
         RETURNING {_COLUMNS}, {_EXTRA}
         """,
         payment.id, payment.merchant_id, store_id, terminal_id, payment.amount_minor, payment.currency,
         payment.status.value, payment.capture_method.value, merchant_reference, description,
-        payment.expires_at, fee_bps, channel, terminal_transaction_id,
+        payment.expires_at, fee_bps, channel, terminal_transaction_id, return_url, cancel_url,
     )
     return row
 
