@@ -93,6 +93,7 @@ class WorkerSettings:
 @dataclass(frozen=True)
 class WebhookSettings:
     timeout_s: float = 15.0
+    lease_margin_s: float = 30.0
     response_excerpt_bytes: int = 1024
     concurrency_max: int = 64
     endpoint_concurrency_max: int = 4

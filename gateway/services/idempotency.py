@@ -173,9 +173,10 @@ class Idempotency:
             if refused is None:
                 stored = await keys.complete(conn, who.scope, key, locked_at, exc.status, body, unlock)
             else:
+                failure, record = exc, refused
                 try:
                     stored = await self.db.run(
-                        lambda c: self._refuse(c, exc, refused, who, key, locked_at, body, unlock), conn)
+                        lambda c: self._refuse(c, failure, record, who, key, locked_at, body, unlock), conn)
                 except _NotOurs:
                     stored = False
             if stored:

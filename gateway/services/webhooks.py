@@ -36,7 +36,6 @@ from gateway.store import webhooks as store
 from gateway.store.db import Connection
 
 SECRET_BYTES = 32
-_LEASE_MARGIN_S = 10.0
 
 
 def _id(kind: Kind, text: str, what: str, param: str = "id") -> uuid.UUID:
@@ -312,7 +311,7 @@ def _attempt(svc: Services, row: Any) -> Attempt:
 async def claim(svc: Services, limit: int, room: Callable[[uuid.UUID], int],
                 busy_endpoints: Sequence[uuid.UUID]) -> list[Attempt]:
     """Lease up to ``limit`` due deliveries, at most ``room(endpoint)`` per endpoint, none of ``busy_endpoints``."""
-    lease_s = svc.settings.webhooks.timeout_s * 2 + _LEASE_MARGIN_S
+    lease_s = svc.settings.webhooks.timeout_s + svc.settings.webhooks.lease_margin_s
 
     async def work(conn: Connection) -> list[Attempt]:
         taken: list[uuid.UUID] = []

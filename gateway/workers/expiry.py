@@ -5,7 +5,6 @@ change is a state-checked transition."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from datetime import timedelta
