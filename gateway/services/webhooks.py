@@ -300,7 +300,8 @@ def _attempt(svc: Services, row: Any) -> Attempt:
     secrets = [svc.sealer.open(row["secret_sealed"], context)]
     if row["previous_secret_sealed"] is not None and row["previous_secret_expires_at"] > row["leased_at"]:
         secrets.append(svc.sealer.open(row["previous_secret_sealed"], context))
-    event = views.event_view(row)
+    event = views.event_view({"id": row["event_id"], "type": row["type"], "data": row["data"],
+                              "created_at": row["created_at"]})
     return Attempt(
         delivery_id=row["id"], endpoint_id=row["endpoint_id"], merchant_id=row["merchant_id"], url=row["url"],
         message_id=event.id, body=msgspec.json.encode(event), secrets=tuple(secrets), number=row["attempt_count"],
