@@ -114,13 +114,6 @@ async def balance(call: Call[None, None]) -> Any:
     return await tenants.merchant_balance(call.svc, call.who)
 
 
-@api.route("GET", "/v1/events", summary="The merchant's events, newest first", auth={P.MERCHANT},
-           query=schema.EventQuery, response=views.EventList, tag="payments")
-async def events(call: Call[None, schema.EventQuery]) -> Any:
-    q = call.query
-    return await tenants.list_events(call.svc, call.who, q.limit, q.starting_after, q.payment)
-
-
 @api.route("GET", "/v1/operator/ledger/invariants", summary="Run the ledger invariant checker",
            auth={P.OPERATOR}, response=views.InvariantReport, tag="operators")
 async def check_invariants(call: Call[None, None]) -> Any:

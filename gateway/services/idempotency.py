@@ -35,6 +35,8 @@ KEY_LENGTH_MAX = 255
 _BACKGROUND_MAX = 1000  # Redis copies in flight; beyond that they are skipped (PostgreSQL has them)
 Work = Callable[[Connection], Awaitable[tuple[int, Any]]]
 Check = Callable[[Connection], Awaitable[None]]  # runs on the request's connection, outside its transaction
+# Records a refusal (e.g. a payment.failed event) in the transaction that stores the refused answer.
+Refused = Callable[[Connection, GatewayError], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,10 @@ class _TakenOver(Exception):
     """Our key was taken over by a retry while our work ran: the work is rolled back."""
 
 
+class _NotOurs(Exception):
+    """Our key was taken over before our refusal was stored: what was written with it is rolled back."""
+
+
 class Idempotency:
     def __init__(self, db: Database, accel: Accelerator, settings: IdempotencySettings) -> None:
         self.db = db
@@ -107,12 +113,16 @@ class Idempotency:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def run(self, who: RequestIdentity, work: Work, before: Check | None = None) -> Reply:
+    async def run(self, who: RequestIdentity, work: Work, before: Check | None = None,
+                  refused: Refused | None = None) -> Reply:
         """``before`` holds the checks that depend on the moment (PIN, code still usable, tap counter): it
         runs only when the request really executes, so a retry of a finished request gets its stored
-        answer whatever changed since; a client error it raises is the stored answer too."""
+        answer whatever changed since; a client error it raises is the stored answer too.
+
+        ``refused`` runs when the work or ``before`` raises a client error, in the one transaction that
+        stores that answer: what it writes exists once per key (a retry replays, it does not run again)."""
         if who.key is None:
-            return await self._run_plain(who, work, before)
+            return await self._run_plain(who, work, before, refused)
         cached = who.cached if who.prefetched else await self.accel.get(cache_key(who.scope, who.key))
         if cached is not None:
             return self._replay(who, *_unpack(cached))
@@ -131,13 +141,13 @@ class Idempotency:
                 if row.key_locked:
                     await keys.unlock(conn, who.scope, who.key)
                 return self._answer_of_other(who, row)
-            reply = await self._own(conn, who, work, before, row)
+            reply = await self._own(conn, who, work, before, row, refused)
         if not reply.replayed:
             self._remember(who, reply.status, reply.body)
         return reply
 
     async def _own(self, conn: Connection, who: RequestIdentity, work: Work, before: Check | None,
-                   row: keys.KeyRow) -> Reply:
+                   row: keys.KeyRow, refused: Refused | None) -> Reply:
         """Run a claimed key's request. Its answer is stored only while the key is still ours; a request
         that finds its key taken over (it stalled past ``lock_timeout_s`` and a retry ran) answers what
         the new owner stored, or a retryable 409, never an answer of its own."""
@@ -166,12 +176,29 @@ class Idempotency:
         except GatewayError as exc:
             body = msgspec.json.encode(exc.body(who.request_id))
             unlock, key_locked = key_locked, False
-            if await keys.complete(conn, who.scope, key, locked_at, exc.status, body, unlock):
+            if refused is None:
+                stored = await keys.complete(conn, who.scope, key, locked_at, exc.status, body, unlock)
+            else:
+                failure, record = exc, refused
+                try:
+                    stored = await self.db.run(
+                        lambda c: self._refuse(c, failure, record, who, key, locked_at, body, unlock), conn)
+                except _NotOurs:
+                    stored = False
+            if stored:
                 return Reply(exc.status, body)
             return await self._answer_after_takeover(conn, who)
         except BaseException:
             await self._release(conn, who, locked_at, key_locked)
             raise
+
+    @staticmethod
+    async def _refuse(conn: Connection, exc: GatewayError, refused: Refused, who: RequestIdentity, key: str,
+                      locked_at: Any, body: bytes, unlock: bool) -> bool:
+        await refused(conn, exc)
+        if not await keys.complete(conn, who.scope, key, locked_at, exc.status, body, unlock):
+            raise _NotOurs()  # the key was taken over: what ``refused`` wrote is rolled back
+        return True
 
     def _answer_of_other(self, who: RequestIdentity, row: keys.KeyRow) -> Reply:
         """The answer for a key another request owns: its stored response, or 409 while it runs."""
@@ -201,12 +228,19 @@ class Idempotency:
             log.warning("could not release idempotency key; closing its connection", exc_info=True)
             conn.terminate()
 
-    async def _run_plain(self, who: RequestIdentity, work: Work, before: Check | None) -> Reply:
+    async def _run_plain(self, who: RequestIdentity, work: Work, before: Check | None,
+                         refused: Refused | None) -> Reply:
         async def plain(conn: Connection) -> Reply:
             status, value = await work(conn)
             return Reply(status, _encode(status, value))
 
         async with self.db.connection() as conn:
-            if before is not None:
-                await before(conn)
-            return await self.db.run(plain, conn)
+            try:
+                if before is not None:
+                    await before(conn)
+                return await self.db.run(plain, conn)
+            except GatewayError as exc:
+                if refused is not None and not isinstance(exc, (IdempotencyInUse, Unavailable)):
+                    failure = exc
+                    await self.db.run(lambda c: refused(c, failure), conn)
+                raise

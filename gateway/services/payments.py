@@ -29,10 +29,10 @@ from gateway.domain import checkout, fees, ledger, limits
 from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import check_amount, currency
 from gateway.domain.payments import CaptureMethod, Payment, Status
-from gateway.errors import Declined, InvalidRequest, InvalidState, NotFound
+from gateway.errors import Declined, GatewayError, InvalidRequest, InvalidState, NotFound
 from gateway.services import pins, views
 from gateway.services.context import Services
-from gateway.services.idempotency import Reply, RequestIdentity
+from gateway.services.idempotency import Refused, Reply, RequestIdentity
 from gateway.store import ledger as ledger_store
 from gateway.store import payments as store
 from gateway.store import tenants
@@ -92,6 +92,23 @@ async def _record(conn: Connection, row: asyncpg.Record, holder_id: uuid.UUID | 
         conn, EVENT_FOR_STATUS[Status(row["status"])], row["id"], view, merchant_id=row["merchant_id"], holder_id=holder_id
     )
     return view
+
+
+def record_decline(pid: uuid.UUID, holder_id: uuid.UUID) -> Refused:
+    """A ``payment.failed`` event for a declined attempt to pay ``pid``, written with the stored refusal
+    (so once per idempotency key); the payment itself is unchanged and can still be paid."""
+
+    async def refused(conn: Connection, exc: GatewayError) -> None:
+        if not isinstance(exc, Declined):
+            return
+        row = await store.get(conn, pid)
+        if row is None:
+            return
+        data = msgspec.to_builtins(views.payment_view(row))
+        data["last_payment_error"] = {"code": exc.code, "message": exc.message, "param": exc.param}
+        await store.insert_event(conn, "payment.failed", pid, data, merchant_id=row["merchant_id"], holder_id=holder_id)
+
+    return refused
 
 
 async def create(svc: Services, who: Principal, req: NewPayment, identity: RequestIdentity) -> Reply:
@@ -273,7 +290,7 @@ async def pay(svc: Services, who: Principal, text_id: str, pin: str | None, iden
         updated = await authorize_locked(svc, conn, row, holder_id, accounts, channel="wallet")
         return 200, await payer_view(conn, updated)
 
-    return await svc.idempotency.run(identity, work, before=check_pin)
+    return await svc.idempotency.run(identity, work, before=check_pin, refused=record_decline(pid, holder_id))
 
 
 async def confirm(svc: Services, who: Principal, text_id: str, pin: str | None, identity: RequestIdentity) -> Reply:

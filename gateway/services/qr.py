@@ -250,7 +250,10 @@ async def pay(
         updated = await payments.authorize_locked(svc, conn, row, who.id, accounts, channel="qr")
         return 200, await payments.payer_view(conn, updated)
 
-    return await svc.idempotency.run(identity, work, before=checks)
+    # A declined dynamic code leaves its payment unpaid: a payment.failed event says why. (A static
+    # code's payment is created by the work, so a decline leaves no payment to speak of.)
+    refused = payments.record_decline(head["id"], who.id) if head is not None else None
+    return await svc.idempotency.run(identity, work, before=checks, refused=refused)
 
 
 class _ImageCache:

@@ -71,7 +71,8 @@ async def stop_process(process: asyncio.subprocess.Process, *, sig: int = signal
 
 
 class GatewayProcess:
-    def __init__(self, port: int, database: str) -> None:
+    def __init__(self, port: int, database: str, extra_env: dict[str, str] | None = None) -> None:
+        self.extra_env = extra_env or {}
         self.port = port
         self.database = database
         self.db_url = f"postgresql://postgres@127.0.0.1:5432/{database}"
@@ -89,11 +90,12 @@ class GatewayProcess:
             "GATEWAY_SERVER_PUBLIC_URL": self.url,
             "GATEWAY_DATABASE_POOL_MIN": "1",
             "GATEWAY_DATABASE_POOL_MAX": "4",
+            **self.extra_env,
         }
 
     @classmethod
-    async def create(cls) -> GatewayProcess:
-        gateway = cls(free_tcp_port(), f"gateway_e2e_{os.getpid()}_{uuid.uuid4().hex[:8]}")
+    async def create(cls, extra_env: dict[str, str] | None = None) -> GatewayProcess:
+        gateway = cls(free_tcp_port(), f"gateway_e2e_{os.getpid()}_{uuid.uuid4().hex[:8]}", extra_env)
         await gateway.cli("migrate")
         await gateway.cli("create-operator", "--email", OPERATOR_EMAIL, stdin=OPERATOR_PASSWORD + "\n")
         await gateway.start()

@@ -19,7 +19,7 @@ from yarl import URL
 from gateway.demo_browser import DESKTOP, PHONE, screenshot
 from gateway.services.context import Services
 from gateway.settings import Settings
-from gateway.workers import tick
+from gateway.workers.expiry import tick
 from tests.integration.world import Merchant, World
 from tests.web.conftest import Shop
 
