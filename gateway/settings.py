@@ -166,7 +166,9 @@ class ThrottleSettings:
     failures_forget_s: int = 86400
     address_per_s: float = 1.0
     address_burst: int = 30
-    address_exempt: str = "127.0.0.1,::1"
+    address_exempt: str = ""
+    address_ipv6_prefix_bits: int = 64
+    trusted_proxies: str = ""
     overall_per_s: float = 20.0
     overall_burst: int = 100
 
@@ -181,6 +183,9 @@ class ThrottleSettings:
 
     def exempt_addresses(self) -> frozenset[str]:
         return frozenset(filter(None, (a.strip() for a in self.address_exempt.split(","))))
+
+    def proxies(self) -> frozenset[str]:
+        return frozenset(filter(None, (a.strip() for a in self.trusted_proxies.split(","))))
 
 
 @dataclass(frozen=True)
@@ -312,6 +317,8 @@ class Settings:
             raise ValueError("webhooks: poll_interval_s and endpoints_per_merchant_max are positive")
         if not 0 <= w.rotation_overlap_s <= w.rotation_overlap_max_s:
             raise ValueError("webhooks.rotation_overlap_s is between 0 and rotation_overlap_max_s")
+        if not 8 <= self.throttle.address_ipv6_prefix_bits <= 128:
+            raise ValueError("throttle.address_ipv6_prefix_bits is between 8 and 128")
         if self.throttle.failures_forget_s < self.throttle.lockout_max_s:
             raise ValueError("throttle.failures_forget_s must be at least throttle.lockout_max_s")
         if self.auth.key_mode == "live":

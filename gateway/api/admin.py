@@ -15,7 +15,7 @@ ADMIN = {"admin"}
 @api.route("POST", "/v1/operator/sessions", summary="Operator log in; returns a JWT", auth=None,
            body=schema.Login, response=views.TokenView, status=201, tag="operators")
 async def operator_login(call: Call[schema.Login, None]) -> Any:
-    return await tenants.operator_login(call.svc, call.body.email, call.body.password, call.request.remote)
+    return await tenants.operator_login(call.svc, call.body.email, call.body.password, call.client_address)
 
 
 @api.route("POST", "/v1/merchants", summary="Create a merchant", auth={P.OPERATOR}, roles=ADMIN,
