@@ -21,7 +21,7 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from gateway import logs
+from gateway import demo_shop, logs
 from gateway.app import create_app
 from gateway.settings import Settings
 from gateway.store import db
@@ -195,6 +195,9 @@ async def play(c: Client, out_dir: Path) -> None:
           f" available {money(topped['balance_after']['available'])}")
     await counter_sale(c.base, secret, terminal["id"], "+8613800000001", "Alice-wallet-pw", COUNTER_SALE_MINOR)
 
+    step("Web shop order: the hosted checkout page, Alice's wallet pays its QR code, the shop gets a signed webhook")
+    await demo_shop.order(c.call, secret, alice, out_dir, money)
+
     step("Balances")
     for name, token in holders.items():
         _, w, _ = await c.call("GET", "/v1/wallet", token, expect=200)
@@ -258,7 +261,10 @@ async def main(settings: Settings, *, wait: bool) -> int:
     finally:
         await conn.close()
     await db.migrate(url)
-    demo_settings = dataclasses.replace(settings, database=dataclasses.replace(settings.database, url=url))
+    # The demo serves where its links (checkout pages) point, whatever port it was given.
+    public_url = f"http://{settings.server.host}:{settings.server.port}"
+    demo_settings = dataclasses.replace(settings, database=dataclasses.replace(settings.database, url=url),
+                                        server=dataclasses.replace(settings.server, public_url=public_url))
     print(f"Fresh database {name} created and migrated.")
     # The first operator comes from the command line, as on a real installation.
     created = await asyncio.create_subprocess_exec(
