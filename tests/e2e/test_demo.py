@@ -1,0 +1,38 @@
+"""``gateway demo --no-wait``, the README's first command, plays its whole day on a fresh database."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import asyncpg
+
+from tests.e2e.harness import PG_ADMIN_URL, REDIS_URL, REPO_ROOT, VENV_BIN, free_tcp_port, stop_process
+
+DEMO_TIMEOUT_S = 240.0
+
+
+async def test_the_demo_plays_a_full_day() -> None:
+    base = f"gateway_e2e_{os.getpid()}_demo_run"
+    env = {**os.environ, "GATEWAY_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{base}",
+           "GATEWAY_REDIS_URL": REDIS_URL}
+    process = await asyncio.create_subprocess_exec(
+        str(VENV_BIN / "gateway"), "demo", "--no-wait", "--port", str(free_tcp_port()), env=env, cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), DEMO_TIMEOUT_S)
+    finally:
+        await stop_process(process, sig=signal.SIGKILL)
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{base}_demo" WITH (FORCE)')
+        finally:
+            await conn.close()
+    text = out.decode(errors="replace")
+    assert process.returncode == 0, text[-4000:]
+    for seen in ("Sale 1: Alice pays", "Idempotent-Replayed: true", "insufficient_funds", "Counter sale by NFC tap",
+                 "the browser returned to", "/orders/done?order=W-1001&payment=pay_",
+                 "shop received payment.succeeded", "verified: webhook-signature and Wallet-Signature",
+                 "refused: 0", "OK: every entry balances"):
+        assert seen in text, (seen, text[-4000:])
