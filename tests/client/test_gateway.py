@@ -116,3 +116,26 @@ async def test_errors_from_the_real_gateway(client: TestClient, wallet: WalletCl
         with pytest.raises(AuthenticationError) as unauth:
             await bad_key.balance.retrieve()
     assert unauth.value.http_status == 401 and unauth.value.attempt_count == 1
+
+
+async def test_webhook_endpoints_and_events_against_the_real_gateway(world: World, wallet: WalletClient) -> None:
+    """The calls the fake stood in for, now against the server: same paths, bodies and answers."""
+    created = await wallet.webhook_endpoints.create(url="http://127.0.0.1:9/hooks", enabled_events=["payment.created", "payment.succeeded"],
+                                                    description="orders")
+    assert created["secret"].startswith("whsec_")
+    endpoint = created["id"]
+    assert (await wallet.webhook_endpoints.retrieve(endpoint))["url"] == "http://127.0.0.1:9/hooks"
+    assert [e["id"] for e in (await wallet.webhook_endpoints.list()).data] == [endpoint]
+    updated = await wallet.webhook_endpoints.update(endpoint, description="all orders", disabled=True)
+    assert updated["description"] == "all orders"
+    rotated = await wallet.webhook_endpoints.rotate_secret(endpoint)
+    assert rotated["secret"].startswith("whsec_") and rotated["secret"] != created["secret"]
+    p = await wallet.payments.create(amount=500, currency="CNY")
+    events = (await wallet.events.list(type="payment.created", payment=p["id"])).data
+    assert [e["type"] for e in events] == ["payment.created"]
+    assert (await wallet.events.retrieve(events[0]["id"]))["id"] == events[0]["id"]
+    await wallet.events.redeliver(events[0]["id"])
+    assert isinstance((await wallet.webhook_endpoints.deliveries(endpoint)).data, list)
+    await wallet.webhook_endpoints.delete(endpoint)
+    with pytest.raises(NotFoundError):
+        await wallet.webhook_endpoints.retrieve(endpoint)
