@@ -57,7 +57,7 @@ class Options:
     seed: int
     duration_s: float = 60.0
     gateways: int = 3
-    workers: int = 8
+    workers: int = 16
     merchants: int = 3
     holders: int = 6
     lock_timeout_s: float = 3.0
@@ -235,7 +235,9 @@ async def run(options: Options, *, out: Callable[[str], None] = print, cleanup: 
                 await client.drain(client.now_s() + DRAIN_S)
             await client.settle_late()
             journal.close()
-            ops = Journal(workdir / "journal.sqlite3").load()  # what a fresh reader finds on disk
+            reader = Journal(workdir / "journal.sqlite3")  # what a fresh reader finds on disk
+            ops = reader.load()
+            reader.close()
         snapshot = await _snapshot(pg.url(DATABASE))
         report.anomalies = nemesis.anomalies + checker.check(
             ops, snapshot, world, client.stats.observations, nemesis.windows,
@@ -271,14 +273,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of load (faults within it)")
     parser.add_argument("--seed", type=int, default=None, help="replay this seed's schedule")
     parser.add_argument("--gateways", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--merchants", type=int, default=3)
-    parser.add_argument("--holders", type=int, default=None, help="wallets (default: one per 10 s of load, 6 at least)")
+    parser.add_argument("--holders", type=int, default=None, help="wallets (default: one per 30 s of load, 6 at least)")
     parser.add_argument("--lock-timeout", type=float, default=3.0, help="GATEWAY_IDEMPOTENCY_LOCK_TIMEOUT_S")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (journal, gateway logs)")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
-    holders = args.holders if args.holders is not None else max(6, int(args.duration / 10))
+    holders = args.holders if args.holders is not None else max(6, int(args.duration / 30))
     options = Options(seed, args.duration, args.gateways, args.workers, args.merchants, holders,
                       args.lock_timeout, args.keep)
     cleanup = Cleanup()

@@ -108,8 +108,8 @@ class BankClient:
             code = _error_code(body) if status >= 400 else None
             if _definite(status, code):
                 answer = Answer(status, body, self.now_s())
-                self.journal.answered(op.key, answer)
                 op.answers.append(answer)
+                await self.journal.answered(op.key, answer)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             error = type(exc).__name__
         received_s = self.now_s()
@@ -144,10 +144,10 @@ class BankClient:
             self.unresolved.pop(op.key, None)
         return answer
 
-    def _op(self, key: str, kind: str, parent: str | None, shop: int, holder: int, amount: int, path: str,
-            actor: str, body: dict[str, Any]) -> Op:
+    async def _op(self, key: str, kind: str, parent: str | None, shop: int, holder: int, amount: int, path: str,
+                  actor: str, body: dict[str, Any]) -> Op:
         op = Op(key, kind, parent, shop, holder, amount, "POST", path, actor, body, self.now_s())
-        self.journal.intend(op)
+        await self.journal.intend(op)
         return op
 
     async def worker(self, index: int, stop_s: float, give_up_s: float) -> int:
@@ -158,21 +158,21 @@ class BankClient:
             count += 1
             base = f"s{self.seed}-w{index}-{count}"
             shop, holder = rng.randrange(len(self.shops)), rng.randrange(len(self.holders))
-            amount = rng.randint(100, 2_000)
-            create = self._op(f"{base}-c", "create", None, shop, holder, amount, "/v1/payments", "shop",
+            amount = rng.randint(10, 200)
+            create = await self._op(f"{base}-c", "create", None, shop, holder, amount, "/v1/payments", "shop",
                               {"amount": amount, "currency": "CNY", "merchant_reference": f"{base}-c"})
             answer = await self.resolve(create, give_up_s)
             if answer is None or answer.status != 201:
                 continue
             payment = str(answer.json()["id"])
-            pay = self._op(f"{base}-p", "pay", create.key, shop, holder, amount, f"/v1/wallet/payments/{payment}/pay",
+            pay = await self._op(f"{base}-p", "pay", create.key, shop, holder, amount, f"/v1/wallet/payments/{payment}/pay",
                            "holder", {})
             answer = await self.resolve(pay, give_up_s)
             if answer is None or answer.status != 200 or answer.json().get("status") != "succeeded":
                 continue
             if rng.random() < self.refund_probability:
                 refunded = rng.randint(1, amount)
-                refund = self._op(f"{base}-r", "refund", create.key, shop, holder, refunded,
+                refund = await self._op(f"{base}-r", "refund", create.key, shop, holder, refunded,
                                   f"/v1/payments/{payment}/refunds", "shop", {"amount": refunded})
                 await self.resolve(refund, give_up_s)
         return count

@@ -3,13 +3,16 @@
 Invariants: an operation (its Idempotency-Key, the request it stands for, what it intends) is
 committed BEFORE the first byte is sent, so a crashed client still knows every key it may have
 used; every definite answer is committed with the exact bytes received. A key is never reused
-for another request, so the journal maps keys to intentions one to one.
+for another request, so the journal maps keys to intentions one to one. Writes run on one
+thread of their own (in order), so an fsync does not stop the event loop and the other workers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,19 +76,26 @@ class Op:
 class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
 
-    def intend(self, op: Op) -> None:
+    async def intend(self, op: Op) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._writer, self._intend, op)
+
+    async def answered(self, key: str, answer: Answer) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._writer, self._answered, key, answer)
+
+    def _intend(self, op: Op) -> None:
         with self._db:
             self._db.execute(
                 "INSERT INTO ops VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (op.key, op.kind, op.parent, op.shop, op.holder, op.amount, op.method, op.path, op.actor,
                  json.dumps(op.body, sort_keys=True), op.intended_s))
 
-    def answered(self, key: str, answer: Answer) -> None:
+    def _answered(self, key: str, answer: Answer) -> None:
         with self._db:
             self._db.execute("INSERT INTO answers (key, status, body, received_s) VALUES (?, ?, ?, ?)",
                              (key, answer.status, answer.body, answer.received_s))
@@ -102,4 +112,5 @@ class Journal:
         return list(ops.values())
 
     def close(self) -> None:
+        self._writer.shutdown(wait=True)
         self._db.close()

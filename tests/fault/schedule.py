@@ -2,7 +2,9 @@
 
 Faults never overlap, so each recovery is attributed to exactly one fault. The first round
 takes every kind once (in a seeded order) so that even a short run exercises them all; later
-rounds draw kinds at random. Durations are drawn per kind; a gateway stall always lasts longer
+faults draw kinds at random, a gateway stall three times as often as the others (a stall that
+catches a request between claiming its key and finishing is the rarest interleaving, and the
+one that matters most for idempotency). Durations are drawn per kind; a gateway stall always lasts longer
 than the idempotency key lock timeout (so another gateway may take the stalled request's key over).
 """
 
@@ -32,6 +34,9 @@ class Fault:
     target: int | None   # gateway index for single-gateway faults
 
 
+_WEIGHTED = [*FaultKind, FaultKind.STALL_GATEWAY, FaultKind.STALL_GATEWAY]
+
+
 def _duration_s(rng: random.Random, kind: FaultKind, lock_timeout_s: float) -> float:
     if kind is FaultKind.STALL_GATEWAY:
         return round(lock_timeout_s + rng.uniform(1.5, 4.0), 2)
@@ -53,7 +58,7 @@ def make_schedule(seed: int, duration_s: float, gateway_count: int, lock_timeout
     faults: list[Fault] = []
     at_s = warmup_s + rng.uniform(0.0, gap_max_s / 2)
     while True:
-        kind = first_round[len(faults)] if len(faults) < len(first_round) else rng.choice(list(FaultKind))
+        kind = first_round[len(faults)] if len(faults) < len(first_round) else rng.choice(_WEIGHTED)
         length_s = _duration_s(rng, kind, lock_timeout_s)
         target = rng.randrange(gateway_count) if kind in (FaultKind.KILL_GATEWAY, FaultKind.STALL_GATEWAY) else None
         if at_s + length_s > duration_s - cooldown_s:
