@@ -60,7 +60,9 @@ class Options:
     workers: int = 16
     merchants: int = 3
     holders: int = 6
-    lock_timeout_s: float = 3.0
+    lock_timeout_s: float | None = 3.0   # None: the gateway's own default
+    in_use_limit_s: float = 8.0
+    stuck_limit_s: float = 5.0
     keep: bool = False
 
 
@@ -74,6 +76,7 @@ class Report:
     paid: int = 0
     refunds: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
+    errors_in_windows: Counter[str] = field(default_factory=Counter)
     windows: list[Window] = field(default_factory=list)
     recoveries_s: list[float | None] = field(default_factory=list)
     anomalies: list[str] = field(default_factory=list)
@@ -89,6 +92,8 @@ class Report:
             f"refunds confirmed: {self.refunds}",
             "faults by kind: " + ", ".join(f"{kind} {count}" for kind, count in sorted(faults.items())),
             "HTTP statuses seen: " + ", ".join(f"{status} {count}" for status, count in sorted(self.statuses.items())),
+            "HTTP 5xx other than 503 inside fault windows: "
+            + (", ".join(f"{kind} {count}" for kind, count in sorted(self.errors_in_windows.items())) or "none"),
             "recovery after each fault (fault end -> first success):",
         ]
         for window, recovery in zip(self.windows, self.recoveries_s, strict=True):
@@ -173,7 +178,7 @@ def _merchant_id(text: str) -> uuid.UUID:
 async def run(options: Options, *, out: Callable[[str], None] = print, cleanup: Cleanup | None = None) -> Report:
     """One bank run; ``report.anomalies`` is empty when every check held."""
     started = time.monotonic()
-    schedule = make_schedule(options.seed, options.duration_s, options.gateways, options.lock_timeout_s)
+    schedule = make_schedule(options.seed, options.duration_s, options.gateways, options.lock_timeout_s or 30.0)
     report = Report(options, schedule)
     out(f"bank run seed={options.seed} (replay with --seed {options.seed}); {len(schedule)} faults scheduled")
     for fault in schedule:
@@ -194,12 +199,13 @@ async def run(options: Options, *, out: Callable[[str], None] = print, cleanup: 
         await asyncio.to_thread(redis.start)
         port = free_tcp_port()
         overrides = {
-            "GATEWAY_IDEMPOTENCY_LOCK_TIMEOUT_S": str(int(options.lock_timeout_s)),
             "GATEWAY_WORKERS_INTERVAL_S": "1.0",
             "GATEWAY_DATABASE_POOL_MAX": "8",
             "GATEWAY_AUTH_WALLET_TOKEN_TTL_S": str(int(options.duration_s + 3600)),
             "GATEWAY_AUTH_OPERATOR_TOKEN_TTL_S": str(int(options.duration_s + 3600)),
         }
+        if options.lock_timeout_s is not None:
+            overrides["GATEWAY_IDEMPOTENCY_LOCK_TIMEOUT_S"] = str(int(options.lock_timeout_s))
         for index in range(options.gateways):
             gateway = GatewayProcess(port, DATABASE, db_url=pg.url(DATABASE), redis_url=redis.url,
                                      overrides=overrides, log_path=workdir / f"gateway-{index}.log")
@@ -220,7 +226,7 @@ async def run(options: Options, *, out: Callable[[str], None] = print, cleanup: 
             cleanup.push(journal.close)
             t0 = time.monotonic()
             client = BankClient(gateways[0].url, session, journal, shops, holders, seed=options.seed, t0=t0)
-            nemesis = Nemesis(schedule, gateways, pg, redis, t0)
+            nemesis = Nemesis(schedule, gateways, pg, redis, t0, pg.url(DATABASE), options.stuck_limit_s)
             out(f"setup done in {t0 - started:.1f} s; load for {options.duration_s:.0f} s")
             stop_s = options.duration_s
             load = asyncio.create_task(client.run(options.workers, stop_s, stop_s + GIVE_UP_AFTER_STOP_S))
@@ -241,13 +247,14 @@ async def run(options: Options, *, out: Callable[[str], None] = print, cleanup: 
         snapshot = await _snapshot(pg.url(DATABASE))
         report.anomalies = nemesis.anomalies + checker.check(
             ops, snapshot, world, client.stats.observations, nemesis.windows,
-            lock_timeout_s=options.lock_timeout_s, gateway_count=options.gateways)
+            in_use_limit_s=options.in_use_limit_s, gateway_count=options.gateways)
         report.attempted = sum(1 for op in ops if op.kind == "create")
         report.confirmed = sum(1 for op in ops if op.kind == "create" and op.answer and op.answer.status == 201)
         report.paid = sum(1 for op in ops if op.kind == "pay" and op.answer and op.answer.status == 200)
         report.refunds = sum(1 for op in ops if op.kind == "refund" and op.answer and op.answer.status == 201)
         report.statuses = client.stats.statuses
         report.windows = nemesis.windows
+        report.errors_in_windows = checker.errors_in_windows(client.stats.observations, nemesis.windows)
         report.recoveries_s = [checker.recovery_s(client.stats.observations, w) for w in nemesis.windows]
     finally:
         await asyncio.gather(*(g.stop() for g in gateways), return_exceptions=True)
@@ -276,13 +283,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--merchants", type=int, default=3)
     parser.add_argument("--holders", type=int, default=None, help="wallets (default: one per 30 s of load, 6 at least)")
-    parser.add_argument("--lock-timeout", type=float, default=3.0, help="GATEWAY_IDEMPOTENCY_LOCK_TIMEOUT_S")
+    parser.add_argument("--lock-timeout", type=float, default=3.0,
+                        help="GATEWAY_IDEMPOTENCY_LOCK_TIMEOUT_S (0: the gateway's own default)")
+    parser.add_argument("--in-use-limit", type=float, default=8.0,
+                        help="longest a key may answer idempotency_key_in_use before it is an anomaly")
+    parser.add_argument("--stuck-limit", type=float, default=5.0,
+                        help="longest a session may wait on a lock or idle in a transaction during a stall")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (journal, gateway logs)")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     holders = args.holders if args.holders is not None else max(6, int(args.duration / 30))
     options = Options(seed, args.duration, args.gateways, args.workers, args.merchants, holders,
-                      args.lock_timeout, args.keep)
+                      args.lock_timeout or None, args.in_use_limit, args.stuck_limit, args.keep)
     cleanup = Cleanup()
     atexit.register(cleanup.run)
     signal.signal(signal.SIGTERM, _interrupt)

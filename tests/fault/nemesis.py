@@ -3,21 +3,37 @@
 A window runs from the moment the fault is injected until the component is back (the gateways
 answer /healthz again, PostgreSQL accepts connections, the process is resumed). A gateway that
 exits without having been killed is an anomaly (it is restarted, so the run goes on).
+
+Just before a stalled gateway is resumed, PostgreSQL is asked what the stall did to it: a session
+waiting for a lock, or idle in a transaction, for longer than ``stuck_limit_s`` means the
+database lets one stopped process hold everyone else up (no lock_timeout /
+idle_in_transaction_session_timeout): an anomaly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
 from dataclasses import dataclass, field
+
+import asyncpg
 
 from tests.e2e.harness import GatewayProcess
 from tests.fault.cluster import PostgresCluster, RedisServer
 from tests.fault.schedule import Fault, FaultKind
 
 RESTART_TIMEOUT_S = 30.0
+STUCK_SQL = """
+SELECT pid, state, wait_event_type AS waiting, round(extract(epoch FROM now() - state_change)::numeric, 1) AS age_s,
+       left(query, 60) AS query
+FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid()
+  AND now() - state_change > make_interval(secs => $1)
+  AND (wait_event_type = 'Lock' OR state LIKE 'idle in transaction%')
+"""
 
 
 @dataclass(slots=True)
@@ -35,6 +51,8 @@ class Nemesis:
     pg: PostgresCluster
     redis: RedisServer
     t0: float
+    db_url: str
+    stuck_limit_s: float = 5.0
     windows: list[Window] = field(default_factory=list)
     anomalies: list[str] = field(default_factory=list)
 
@@ -71,6 +89,7 @@ class Nemesis:
             os.kill(process.pid, signal.SIGSTOP)
             try:
                 await asyncio.sleep(fault.duration_s)
+                await self._stuck_sessions(fault)
             finally:
                 os.kill(process.pid, signal.SIGCONT)
         elif kind is FaultKind.PG_CRASH:
@@ -93,6 +112,21 @@ class Nemesis:
                 await asyncio.sleep(fault.duration_s)
             finally:
                 self.redis.resume()
+
+    async def _stuck_sessions(self, fault: Fault) -> None:
+        rows: list[asyncpg.Record] = []
+        with contextlib.suppress(OSError, asyncpg.PostgresError, TimeoutError):
+            conn = await asyncpg.connect(self.db_url, timeout=3)
+            try:
+                rows = await conn.fetch(STUCK_SQL, self.stuck_limit_s, timeout=3)
+            finally:
+                await conn.close(timeout=3)
+        if rows:
+            self.anomalies.append(
+                f"fault #{fault.index} (stall of gateway {fault.target} for {fault.duration_s} s): {len(rows)} "
+                f"session(s) stuck longer than {self.stuck_limit_s} s: "
+                + "; ".join(f"{r['state']}{' waiting on ' + r['waiting'] if r['waiting'] else ''} {r['age_s']} s "
+                            f"{r['query']!r}" for r in rows[:5]))
 
     async def _kill_restart(self, gateways: list[GatewayProcess], down_s: float) -> None:
         await asyncio.gather(*(gateway.kill() for gateway in gateways))

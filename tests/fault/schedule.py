@@ -39,7 +39,7 @@ _WEIGHTED = [*FaultKind, FaultKind.STALL_GATEWAY, FaultKind.STALL_GATEWAY]
 
 def _duration_s(rng: random.Random, kind: FaultKind, lock_timeout_s: float) -> float:
     if kind is FaultKind.STALL_GATEWAY:
-        return round(lock_timeout_s + rng.uniform(1.5, 4.0), 2)
+        return round(lock_timeout_s + rng.uniform(4.0, 7.0), 2)
     if kind in (FaultKind.PG_CRASH, FaultKind.PG_PAUSE):
         return round(rng.uniform(1.0, 4.0), 2)
     if kind in (FaultKind.KILL_GATEWAY, FaultKind.KILL_ALL_GATEWAYS):
