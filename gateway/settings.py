@@ -35,6 +35,10 @@ class DatabaseSettings:
     acquire_timeout_s: float = 5.0
     command_timeout_s: float = 10.0
     retry_count_max: int = 5
+    lock_timeout_s: float = 2.0
+    statement_timeout_s: float = 8.0
+    idle_in_transaction_timeout_s: float = 5.0
+    connection_check_interval_s: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,10 @@ Invariants:
   merchant reference, and if it still cannot tell, rejects the sale and queues a ``resolve``
   compensation (find by reference, reverse) for the forwarder.
 - A tap is approved offline only when the gateway was definitely unreachable for that very tap,
-  the device was never refused by the gateway (revoked), and the offline limits allow it; QR and
+  the device was never refused by the gateway (revoked), its ATC is higher than every ATC the
+  journal saw for that token (online or offline), and the offline limits allow it; QR and
   pay-codes always need the gateway.
+- A tap's ATC is journalled before the tap is sent online (``Journal.record_tap``).
 - A wallet's pending offline taps are forwarded before its new online tap (ATC order).
 - The whole sale is bounded by ``sale_timeout_s``; the clean-up after it by ``cleanup_timeout_s``.
 """
@@ -644,7 +646,11 @@ class CheckoutRunner:
         ttid = uuid.uuid4().hex
         body = tap_body(tap, terminal_transaction_id=ttid, amount_minor=sale.amount_minor, currency=s.currency,
                         reference=reference, offline_approved_at=None)
-        await self._record(ttid, OpKind.TAP, sale, reference, body)
+        # Counter before wire (pos_agent.journal): the ATC is durable before the tap can reach
+        # the gateway, so an offline replay of it is refused even after a crash right here.
+        await self._journal.call(lambda j: j.record_tap(
+            ttid, sale_reference=sale.reference, reference=reference, token_pan=tap.token_pan, atc=tap.atc,
+            body=body))
         await self._drain_offline_taps_of(tap.token_pan)
         try:
             payment = await self._client.tap_payment(body, idempotency_key=ttid)

@@ -16,10 +16,26 @@ What it holds:
   "reversal advice" rule).
 - ``offline_taps``: taps approved while the gateway was unreachable, with their full request
   body, forwarded in approval order (a wallet's ATCs must reach the gateway in order).
+- ``tap_counters``: every application transaction counter (ATC) the agent has seen, per wallet
+  token, online or offline, approved, declined, refused or voided: the memory that refuses an
+  offline replay. A genuine phone never shows one ATC twice; a relay replaying a captured
+  cryptogram does, and offline the agent cannot check the cryptogram itself.
+- ``meta``: the schema version (migrated forward step by step at open) and the sale sequence.
 
 Invariants:
 - Every write is one transaction, durable when the call returns (kill -9 safe).
 - An offline tap is inserted only together with the limit check that allowed it.
+- Counter before wire: an online tap's ATC is committed (fsynced) in ``tap_counters`` in the same
+  transaction as its ``operations`` entry, and the checkout sends the tap only after that commit
+  returned (``record_tap``). A crash after sending therefore never leaves an ATC the gateway may
+  have burnt unknown to the journal; a crash before sending leaves one recorded that the gateway
+  never saw, which only refuses a replay of it (a genuine phone's next tap counts higher).
+- An offline tap's ATC is recorded in the transaction that decides it, whatever the decision,
+  and it is approved only if it is higher than every ATC recorded for its token by any *other*
+  tap (``terminal_transaction_id``): the tap whose own online attempt found the gateway
+  unreachable is not a replay of itself. Counters are never lowered or deleted.
+- Tokens are identified by their token number, as ``offline_taps`` and the tap bodies already
+  store them (the forwarder needs it in clear to send the tap).
 - Entries are marked done only on a definite gateway answer; nothing is ever deleted.
 - ``terminal_transaction_id`` and idempotency keys are unique; re-recording one is a no-op.
 - The file is created with mode 0600 (it holds wallet token numbers, never keys).
@@ -57,12 +73,14 @@ __all__ = [
     "SaleState",
 ]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 BUSY_TIMEOUT_S: Final = 5.0
 CALL_TIMEOUT_S: Final = 10.0
 LIST_LIMIT_MAX: Final = 1000
 
-_SCHEMA: Final = """
+# Version 1, frozen: a new journal is created as version 1 and then migrated like an old one, so
+# one path builds every journal. Changes go into a new step of ``_MIGRATIONS``, never here.
+SCHEMA_V1: Final = """
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -113,6 +131,46 @@ CREATE INDEX IF NOT EXISTS offline_taps_state ON offline_taps (state, seq);
 CREATE INDEX IF NOT EXISTS offline_taps_token ON offline_taps (token_pan, state);
 CREATE INDEX IF NOT EXISTS offline_taps_time ON offline_taps (approved_at);
 """
+
+_TAP_COUNTERS_V2: Final = """
+CREATE TABLE tap_counters (
+    terminal_transaction_id TEXT NOT NULL,
+    token_pan TEXT NOT NULL,
+    atc INTEGER NOT NULL,
+    seen_at REAL NOT NULL,
+    PRIMARY KEY (terminal_transaction_id, atc)
+);
+CREATE INDEX tap_counters_token ON tap_counters (token_pan, atc);
+"""
+
+
+def _statements(script: str) -> list[str]:
+    """DDL split into statements (``executescript`` would commit the open transaction)."""
+    return [statement for statement in script.split(";") if statement.strip()]
+
+
+def _migrate_to_v2(db: sqlite3.Connection) -> None:
+    """Add ``tap_counters`` and fill it with every ATC the version-1 journal already holds."""
+    for statement in _statements(_TAP_COUNTERS_V2):
+        db.execute(statement)
+    db.execute(
+        "INSERT OR IGNORE INTO tap_counters (terminal_transaction_id, token_pan, atc, seen_at)"
+        " SELECT terminal_transaction_id, token_pan, atc, approved_at FROM offline_taps"
+    )
+    # Online taps kept their ATC only in the request body (journalled before sending).
+    rows = db.execute("SELECT idempotency_key, body, created_at FROM operations WHERE kind = 'tap'")
+    for key, body, created_at in rows.fetchall():
+        tap = json.loads(body).get("tap") or {}
+        if isinstance(tap.get("token_pan"), str) and isinstance(tap.get("atc"), int):
+            db.execute(
+                "INSERT OR IGNORE INTO tap_counters (terminal_transaction_id, token_pan, atc, seen_at)"
+                " VALUES (?, ?, ?, ?)",
+                (key, tap["token_pan"], tap["atc"], created_at),
+            )
+
+
+_MIGRATIONS: Final[tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...]] = ((2, _migrate_to_v2),)
+assert _MIGRATIONS[-1][0] == SCHEMA_VERSION
 
 
 class OpKind(StrEnum):
@@ -210,13 +268,28 @@ class Journal:
                 raise JournalError(f"{self._path}: WAL mode refused (got {mode})")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(
-                "BEGIN;" + _SCHEMA
-                + f"INSERT OR IGNORE INTO meta VALUES ('schema_version', {SCHEMA_VERSION});"
-                + "INSERT OR IGNORE INTO meta VALUES ('sale_sequence', 0); COMMIT;"
-            )
+            self.schema_version = self._migrate()
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"cannot open journal {self._path}: {exc}") from exc
+
+    def _migrate(self) -> int:
+        """Create version 1 if the file is new, then apply each later step once: one transaction,
+        so an agent killed mid-upgrade finds the journal as it was."""
+        with self._transaction(immediate=True):
+            for statement in _statements(SCHEMA_V1):
+                self._db.execute(statement)
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', 1)")
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('sale_sequence', 0)")
+            version = int(self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise JournalError(f"{self._path}: schema version {version} is newer than this agent's"
+                                   f" ({SCHEMA_VERSION}); refusing to open it")
+            for target, step in _MIGRATIONS:
+                if version < target:
+                    step(self._db)
+                    version = target
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (version,))
+        return version
 
     @property
     def path(self) -> Path:
@@ -302,6 +375,37 @@ class Journal:
                 (key, kind.value, sale_reference, reference, payment_id, json.dumps(body), now, now),
             )
 
+    def record_tap(
+        self,
+        key: str,
+        *,
+        sale_reference: str,
+        reference: str,
+        token_pan: str,
+        atc: int,
+        body: dict[str, Any],
+    ) -> None:
+        """Persist an online tap and its counter in one durable transaction, before it is sent.
+
+        Approved or declined, a tap the gateway receives spends its ATC there; recording it here
+        first is what lets an offline replay of it be refused later.
+        """
+        assert atc >= 0
+        now = self._clock()
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR IGNORE INTO operations (idempotency_key, kind, sale_reference, reference, payment_id,"
+                " body, state, created_at, updated_at) VALUES (?, 'tap', ?, ?, NULL, ?, 'pending', ?, ?)",
+                (key, sale_reference, reference, json.dumps(body), now, now),
+            )
+            self._record_counter(key, token_pan, atc, now)
+
+    def _record_counter(self, terminal_transaction_id: str, token_pan: str, atc: int, now: float) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO tap_counters (terminal_transaction_id, token_pan, atc, seen_at) VALUES (?, ?, ?, ?)",
+            (terminal_transaction_id, token_pan, atc, now),
+        )
+
     def finish_operation(
         self, key: str, state: OpState, *, outcome: str | None = None, payment_id: str | None = None
     ) -> None:
@@ -349,10 +453,12 @@ class Journal:
         expected_currency: str,
         body: dict[str, Any],
     ) -> OfflineDecision:
-        """Check the offline limits and, if they allow it, record the approval: one transaction."""
+        """Check the offline limits and the counter and, if they allow it, record the approval:
+        one transaction, which also records the tap's ATC whatever the decision."""
         now = self._clock()
         with self._transaction(immediate=True):
-            snapshot = self._offline_snapshot(token_pan, now - limits.total_window_s)
+            snapshot = self._offline_snapshot(token_pan, terminal_transaction_id, now - limits.total_window_s)
+            self._record_counter(terminal_transaction_id, token_pan, atc, now)
             decision = decide(
                 limits, snapshot, amount_minor=amount_minor, atc=atc, currency_matches=currency == expected_currency
             )
@@ -365,7 +471,7 @@ class Journal:
                 )
         return decision
 
-    def _offline_snapshot(self, token_pan: str, window_start: float) -> OfflineSnapshot:
+    def _offline_snapshot(self, token_pan: str, terminal_transaction_id: str, window_start: float) -> OfflineSnapshot:
         def exposure(where: str, *args: Any) -> Exposure:
             count, amount = self._db.execute(
                 f"SELECT COUNT(*), COALESCE(SUM(amount_minor), 0) FROM offline_taps WHERE {where}", args
@@ -376,7 +482,8 @@ class Journal:
             "SELECT 1 FROM offline_taps WHERE token_pan = ? AND state = 'declined' LIMIT 1", (token_pan,)
         ).fetchone()
         last_atc = self._db.execute(
-            "SELECT MAX(atc) FROM offline_taps WHERE token_pan = ? AND state != 'voided'", (token_pan,)
+            "SELECT MAX(atc) FROM tap_counters WHERE token_pan = ? AND terminal_transaction_id != ?",
+            (token_pan, terminal_transaction_id),
         ).fetchone()[0]
         return OfflineSnapshot(
             token_pending=exposure("token_pan = ? AND state = 'pending'", token_pan),

@@ -8,8 +8,9 @@ Invariants:
   count and amount of its wallet token, the pending count and amount of this terminal, and the
   count and amount of all offline approvals in the rolling window. A limit of 0 allows nothing.
 - A token with an offline tap the gateway declined is never approved offline again.
-- A token's offline ATCs strictly increase: a replayed or older cryptogram is refused locally
-  (the gateway would refuse it later, after the goods left).
+- An offline tap's ATC must be higher than every ATC seen for its token before, online or
+  offline (``token_last_atc``, kept by the journal): a replayed or older cryptogram is refused
+  locally with ``offline_atc_replayed`` (the gateway would refuse it later, after the goods left).
 - The reasons are stable codes, checked in a fixed order, so logs and tests can rely on them.
 """
 
@@ -39,13 +40,14 @@ class OfflineSnapshot:
     total_window: Exposure
     token_blocked: bool
     token_last_atc: int | None
+    """The highest ATC any other tap of this token showed, online or offline; None if none."""
 
 
 class OfflineRefusal(StrEnum):
     DISABLED = "offline_disabled"
     CURRENCY = "offline_currency_mismatch"
     TOKEN_BLOCKED = "offline_token_blocked"
-    ATC_NOT_INCREASING = "offline_atc_not_increasing"
+    ATC_REPLAYED = "offline_atc_replayed"  # 20 characters: whole on the pole display
     TAP_AMOUNT = "offline_tap_amount_exceeded"
     TOKEN_COUNT = "offline_token_count_exceeded"
     TOKEN_AMOUNT = "offline_token_amount_exceeded"
@@ -81,7 +83,7 @@ def decide(
     if snapshot.token_blocked:
         return OfflineDecision(OfflineRefusal.TOKEN_BLOCKED)
     if snapshot.token_last_atc is not None and atc <= snapshot.token_last_atc:
-        return OfflineDecision(OfflineRefusal.ATC_NOT_INCREASING)
+        return OfflineDecision(OfflineRefusal.ATC_REPLAYED)
     if amount_minor > limits.tap_amount_max_minor:
         return OfflineDecision(OfflineRefusal.TAP_AMOUNT)
     checks = (

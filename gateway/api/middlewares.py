@@ -1,11 +1,14 @@
 """Request id, access log, metrics and error rendering for every request.
 
 Invariant: a client never gets a 500 for anything it can send; a 500 means a bug, is logged
-with its traceback, and tells the client nothing but the request id.
+with its traceback, and tells the client nothing but the request id. A client that hangs up
+before its request is read is no error of ours: logged at info level, counted as status 499
+(the convention of nginx for "client closed request").
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -21,6 +24,7 @@ from gateway.logs import request_id_var
 
 log = logging.getLogger("gateway.http")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+CLIENT_CLOSED = 499
 
 REQUESTS = Counter("gateway_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram(
@@ -66,6 +70,13 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         except web.HTTPException as exc:
             response = _error_response(InvalidRequest(exc.reason, code="http_error"), request_id)
             response.set_status(exc.status)
+        except ConnectionResetError:  # the client hung up while its body was being read
+            status = CLIENT_CLOSED
+            log.info("client closed the connection", extra={"path": request.path})
+            raise
+        except asyncio.CancelledError:  # the connection was lost and the handler cancelled
+            status = CLIENT_CLOSED
+            raise
         except Exception:
             log.exception("unhandled error", extra={"path": request.path})
             response = _error_response(GatewayError("internal error; it has been logged"), request_id)

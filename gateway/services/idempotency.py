@@ -78,6 +78,10 @@ def _unpack(blob: bytes) -> tuple[bytes, int, bytes]:
     return blob[:32], int.from_bytes(blob[32:34], "big"), blob[34:]
 
 
+class _TakenOver(Exception):
+    """Our key was taken over by a retry while our work ran: the work is rolled back."""
+
+
 class Idempotency:
     def __init__(self, db: Database, accel: Accelerator, settings: IdempotencySettings) -> None:
         self.db = db
@@ -112,57 +116,84 @@ class Idempotency:
         cached = who.cached if who.prefetched else await self.accel.get(cache_key(who.scope, who.key))
         if cached is not None:
             return self._replay(who, *_unpack(cached))
-        # One pooled connection for the claim, the work and the answer.
+        # One pooled connection for the claim, the work and the answer (it holds the key's liveness lock).
         async with self.db.connection() as conn:
             row = await keys.claim(
                 conn, who.scope, who.key, who.fingerprint, who.method, who.path, self.settings.lock_timeout_s
             )
             if not row.claimed:
-                if row.response_status is not None and row.response_body is not None:
-                    return self._replay(who, row.request_hash, row.response_status, row.response_body)
-                if row.request_hash != who.fingerprint:
-                    raise IdempotencyError(
-                        "this Idempotency-Key was used with different parameters", param="Idempotency-Key"
-                    )
-                raise IdempotencyInUse(
-                    "a request with this Idempotency-Key is still being processed; retry shortly",
-                    param="Idempotency-Key",
-                )
-            assert row.locked_at is not None
-            locked_at = row.locked_at
-
-            async def guarded(conn: Connection) -> Reply:
-                status, value = await work(conn)
-                body = _encode(status, value)
-                if not await keys.complete(conn, who.scope, who.key or "", locked_at, status, body):
-                    # Another request took the key over (we were presumed dead): undo our work.
-                    raise IdempotencyInUse("the Idempotency-Key was taken over by a retry", param="Idempotency-Key")
-                return Reply(status, body)
-
-            try:
-                if before is not None:
-                    await before(conn)
-                reply = await self.db.run(guarded, conn)
-            except (IdempotencyInUse, Unavailable):
-                await self._release(who, locked_at)
-                raise
-            except GatewayError as exc:
-                body = msgspec.json.encode(exc.body(who.request_id))
-                if await keys.complete(conn, who.scope, who.key, locked_at, exc.status, body):
-                    self._remember(who, exc.status, body)
-                return Reply(exc.status, body)
-            except BaseException:
-                await self._release(who, locked_at)
-                raise
-        self._remember(who, reply.status, reply.body)
+                if row.key_locked:
+                    await keys.unlock(conn, who.scope, who.key)
+                return self._answer_of_other(who, row)
+            reply = await self._own(conn, who, work, before, row)
+        if not reply.replayed:
+            self._remember(who, reply.status, reply.body)
         return reply
 
-    async def _release(self, who: RequestIdentity, locked_at: Any) -> None:
+    async def _own(self, conn: Connection, who: RequestIdentity, work: Work, before: Check | None,
+                   row: keys.KeyRow) -> Reply:
+        """Run a claimed key's request. Its answer is stored only while the key is still ours; a request
+        that finds its key taken over (it stalled past ``lock_timeout_s`` and a retry ran) answers what
+        the new owner stored, or a retryable 409, never an answer of its own."""
+        assert row.locked_at is not None and who.key is not None
+        locked_at, key = row.locked_at, who.key
+        key_locked = row.key_locked
+
+        async def guarded(conn: Connection) -> Reply:
+            nonlocal key_locked
+            status, value = await work(conn)
+            body = _encode(status, value)
+            unlock, key_locked = key_locked, False  # session-level: freed even if this transaction is retried
+            if not await keys.complete(conn, who.scope, key, locked_at, status, body, unlock):
+                raise _TakenOver()  # rolls our work back
+            return Reply(status, body)
+
         try:
-            async with self.db.connection() as conn:
-                await keys.release(conn, who.scope, who.key or "", locked_at)
-        except Exception:  # the lock times out by itself; a retry can then take the key over
-            log.warning("could not release idempotency key", exc_info=True)
+            if before is not None:
+                await before(conn)
+            return await self.db.run(guarded, conn)
+        except _TakenOver:
+            return await self._answer_after_takeover(conn, who)
+        except (IdempotencyInUse, Unavailable):
+            await self._release(conn, who, locked_at, key_locked)
+            raise
+        except GatewayError as exc:
+            body = msgspec.json.encode(exc.body(who.request_id))
+            unlock, key_locked = key_locked, False
+            if await keys.complete(conn, who.scope, key, locked_at, exc.status, body, unlock):
+                return Reply(exc.status, body)
+            return await self._answer_after_takeover(conn, who)
+        except BaseException:
+            await self._release(conn, who, locked_at, key_locked)
+            raise
+
+    def _answer_of_other(self, who: RequestIdentity, row: keys.KeyRow) -> Reply:
+        """The answer for a key another request owns: its stored response, or 409 while it runs."""
+        if row.response_status is not None and row.response_body is not None:
+            return self._replay(who, row.request_hash, row.response_status, row.response_body)
+        if row.request_hash != who.fingerprint:
+            raise IdempotencyError("this Idempotency-Key was used with different parameters", param="Idempotency-Key")
+        raise IdempotencyInUse(
+            "a request with this Idempotency-Key is still being processed; retry shortly", param="Idempotency-Key"
+        )
+
+    async def _answer_after_takeover(self, conn: Connection, who: RequestIdentity) -> Reply:
+        assert who.key is not None
+        log.warning("idempotency key taken over while its request ran; answering the new owner's answer")
+        row = await keys.stored(conn, who.scope, who.key)
+        if row is None:  # the new owner gave the key up (nothing done): the client retries afresh
+            raise IdempotencyInUse("the Idempotency-Key was taken over by a retry; retry", param="Idempotency-Key")
+        return self._answer_of_other(who, row)
+
+    async def _release(self, conn: Connection, who: RequestIdentity, locked_at: Any, key_locked: bool) -> None:
+        """Give the key up on the connection that holds its lock; if that connection is broken, close it
+        (PostgreSQL then drops the lock and a retry takes the key over at once)."""
+        try:
+            async with asyncio.timeout(self.db.settings.command_timeout_s):
+                await keys.release(conn, who.scope, who.key or "", locked_at, key_locked)
+        except Exception:  # the lock dies with the connection; a retry can then take the key over
+            log.warning("could not release idempotency key; closing its connection", exc_info=True)
+            conn.terminate()
 
     async def _run_plain(self, who: RequestIdentity, work: Work, before: Check | None) -> Reply:
         async def plain(conn: Connection) -> Reply:

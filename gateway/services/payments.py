@@ -1,9 +1,17 @@
 """Payment use cases: create, pay (authorise), capture, cancel, refund, expire, read.
 
 Each state change happens in one transaction together with its ledger entry (if money moves),
-its event row and its idempotency record. The payment row is locked first (``FOR UPDATE``), then
-balance rows in account order, so concurrent operations on one payment serialise and operations
-on different payments only meet on balance shards.
+its event row and its idempotency record.
+
+Lock order (every use case that touches a wallet takes its rows in this order, so no two of them
+can deadlock; ``tests/fault/test_lock_order.py`` races every pair on one wallet):
+1. the code the payer presented (QR code, pay-code, tap token), if any;
+2. payment rows (``FOR UPDATE``; several at once in id order, as the expiry worker does);
+3. the wallet holder (``FOR SHARE``: tier, PIN lock);
+4. the holder's daily spend row (``daily_spend``);
+5. balance rows, in (account id, shard) order: the wallet's, then hot merchant / fee / clearing
+   shards, touched last so they stay locked only until the commit;
+then inserts only (events, refunds, journal entries), which lock nothing anyone waits for.
 """
 
 from __future__ import annotations
@@ -355,9 +363,9 @@ async def capture(svc: Services, who: Principal, text_id: str, amount: int | Non
         entry = ledger.capture(
             payment.payer_id, payment.merchant_id, payment.currency, payment.captured_minor, payment.fee_minor
         )
+        await _give_back(conn, row, before.authorized_minor - payment.captured_minor)  # daily spend before balances
         await ledger_store.post(conn, entry, payer_accounts, payment_id=pid,
                                 release_holds={wallet_ref: before.authorized_minor})
-        await _give_back(conn, row, before.authorized_minor - payment.captured_minor)
         return 200, await _record(conn, await store.update(conn, payment))
 
     return await svc.idempotency.run(identity, work)
@@ -407,8 +415,8 @@ async def _end(conn: Connection, row: asyncpg.Record, how: str) -> asyncpg.Recor
     before = store.to_domain(row)
     payment = before.cancel() if how == "cancel" else before.expire()
     if before.holds_funds:
+        await _give_back(conn, row, before.authorized_minor)  # the daily spend row before the balance row
         await ledger_store.release(conn, row["wallet_account_id"], before.authorized_minor)
-        await _give_back(conn, row, before.authorized_minor)
     return await store.update(conn, payment)
 
 
@@ -464,7 +472,8 @@ async def expire_due(svc: Services) -> int:
 
     async def work(conn: Connection) -> int:
         rows = await store.due_for_expiry(conn, svc.now(), svc.settings.workers.batch_max)
-        for row in rows:
+        # Holders' rows in one order in every process's batch (two batches never wait on each other in a circle).
+        for row in sorted(rows, key=lambda r: (r["payer_id"] is not None, r["payer_id"] or uuid.UUID(int=0), r["id"])):
             await _record(conn, await _end(conn, row, "expire"), row["payer_id"])
         return len(rows)
 

@@ -5,6 +5,13 @@ Invariants:
   bounded number of times, only on serialization failure or deadlock;
 - waiting for a pooled connection is bounded (``acquire_timeout_s``) and surfaces as a retryable
   503, never as a hang;
+- no session can hold others up for long: every gateway session runs with ``lock_timeout``,
+  ``statement_timeout`` and ``idle_in_transaction_session_timeout`` (a stalled process's
+  transaction is ended by the server, its row locks freed), and the server checks for vanished
+  clients while a statement runs;
+- a database that went away, a lost connection, a lock or statement timeout is a retryable 503
+  (``database_unavailable`` / ``database_busy``), never a 500: the transaction either committed
+  or not, and the client's retry with the same Idempotency-Key finds out which;
 - migrations are versioned files applied in order, each in its own transaction, under an
   advisory lock so that several processes starting together apply each once.
 """
@@ -22,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+from prometheus_client import Counter
 
 from gateway.errors import Unavailable
 from gateway.settings import DatabaseSettings
@@ -33,6 +41,48 @@ T = TypeVar("T")
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 _MIGRATION_LOCK = 0x6761_7465  # "gate"
 _RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
+RETRIES = Counter("gateway_db_transaction_retries_total", "Transactions retried whole", ["reason"])
+# The server or the link to it went away (shutdown, crash, restart, network, a session it ended).
+_LOST = (
+    OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError, asyncpg.IdleInTransactionSessionTimeoutError, asyncpg.TooManyConnectionsError,
+)
+# The server ended a statement that waited or ran too long (lock_timeout, statement_timeout).
+_TIMED_OUT = (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError, TimeoutError)
+
+
+def _ms(seconds: float) -> str:
+    return str(max(0, round(seconds * 1000)))
+
+
+def session_settings(settings: DatabaseSettings) -> dict[str, str]:
+    """Server settings of every gateway session (0 turns one off)."""
+    return {
+        "lock_timeout": _ms(settings.lock_timeout_s),
+        "statement_timeout": _ms(settings.statement_timeout_s),
+        "idle_in_transaction_session_timeout": _ms(settings.idle_in_transaction_timeout_s),
+        "client_connection_check_interval": _ms(settings.connection_check_interval_s),
+    }
+
+
+def _closed(conn: Connection | None) -> bool:
+    """The connection is gone (closed, or terminated and detached after a failure)."""
+    if conn is None:
+        return True
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:
+        return True
+
+
+def unavailable(exc: BaseException, conn: Connection | None = None) -> Unavailable | None:
+    """The retryable 503 a database failure means, or None if it is not one (a bug stays a bug)."""
+    if isinstance(exc, _TIMED_OUT):
+        return Unavailable("the database is busy; retry with the same idempotency key", code="database_busy")
+    if isinstance(exc, _LOST) or (isinstance(exc, asyncpg.InterfaceError) and _closed(conn)):
+        return Unavailable("the database is unavailable; retry with the same idempotency key",
+                           code="database_unavailable", retry_after_s=2)
+    return None
 
 
 def _admin_url(url: str) -> tuple[str, str]:
@@ -113,9 +163,10 @@ class Database:
             max_size=settings.pool_max,
             command_timeout=settings.command_timeout_s,
             timeout=10,
-            # The gateway sets no session state (no SET, LISTEN, cursors or advisory locks on pooled
-            # connections), so the RESET ALL round trip on every release is skipped; asyncpg still
-            # rolls back a transaction left open.
+            server_settings=session_settings(settings),
+            # The gateway leaves no session state on a pooled connection (no SET, LISTEN or cursors; the
+            # idempotency key lock is released before the connection goes back), so the RESET ALL round
+            # trip on every release is skipped; asyncpg still rolls back a transaction left open.
             reset=_no_session_state,
         )
         assert pool is not None
@@ -131,12 +182,22 @@ class Database:
             conn = await conn_cm.__aenter__()
         except (TimeoutError, asyncio.TimeoutError) as exc:
             raise Unavailable("the database is busy; retry with the same idempotency key", code="database_busy") from exc
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError) as exc:
-            raise Unavailable("the database is unreachable", code="database_unavailable") from exc
+        except (*_LOST, asyncpg.InterfaceError) as exc:
+            raise Unavailable("the database is unreachable", code="database_unavailable", retry_after_s=2) from exc
         try:
             yield conn
+        except Exception as exc:
+            failure = unavailable(exc, conn)
+            if failure is None:
+                raise
+            log.warning("database call failed: %s", type(exc).__name__)
+            raise failure from exc
         finally:
-            await conn_cm.__aexit__(None, None, None)
+            try:
+                await conn_cm.__aexit__(None, None, None)
+            except Exception:  # a broken connection cannot be reset; the pool replaces it
+                log.warning("could not return a connection to the pool", exc_info=True)
+                conn.terminate()
 
     async def run(self, work: Callable[[Connection], Awaitable[T]], conn: Connection | None = None) -> T:
         """Run ``work`` in one transaction, retried whole on serialization failure or deadlock.
@@ -152,7 +213,8 @@ class Database:
                         return await work(conn)
                 async with self.connection() as own, own.transaction():
                     return await work(own)
-            except _RETRYABLE:
+            except _RETRYABLE as exc:
+                RETRIES.labels("deadlock" if isinstance(exc, asyncpg.DeadlockDetectedError) else "serialization").inc()
                 if attempt >= self.settings.retry_count_max:
                     raise Unavailable("too much contention; retry", code="contention") from None
                 await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))

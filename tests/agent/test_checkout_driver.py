@@ -4,8 +4,10 @@ limits, pay-codes refused offline, cancellation. (The online paths run end to en
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import socket
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -206,5 +208,96 @@ async def test_unknown_tap_outcome_not_found_is_rejected_and_queued_for_resoluti
         tap_ops = [op for op in await journal.call(lambda j: j.operations_of_sale(outcome.reference))  # type: ignore[attr-defined]
                    if op.kind is OpKind.TAP]
         assert [op.state for op in tap_ops] == [OpState.FAILED]  # handed over to the resolve entry
+    finally:
+        await journal.close()
+
+
+# --- a replay at the counter: approved online, then the gateway goes down ----------------------
+
+
+async def replay_after_online_answer(
+    tmp_path: Path, *, tap_status: int, counters_when_sent: list[tuple[str, list[tuple[str, int]]]] | None = None,
+) -> tuple[object, object, FakeDisplay, AsyncJournal]:
+    """Sale 1: the gateway answers the tap (``tap_status``). Then the gateway is gone, and sale 2
+    gets the very same tap (same cryptogram, same ATC), as a relay replaying it would send it.
+    ``counters_when_sent`` gets what another reader of the journal file sees as each tap arrives."""
+    journal_path = tmp_path / "journal.sqlite3"
+
+    async def handle(request: web.Request) -> web.Response:
+        path = request.path
+        if path == "/v1/tap_payments" and counters_when_sent is not None:
+            ttid = (await request.json())["terminal_transaction_id"]
+            with contextlib.closing(sqlite3.connect(journal_path)) as other:
+                counters_when_sent.append((ttid, other.execute(
+                    "SELECT terminal_transaction_id, atc FROM tap_counters ORDER BY seen_at").fetchall()))
+        if path == "/v1/devices/sessions":
+            return web.json_response({"access_token": "t", "expires_in": 900}, status=201)
+        if path == "/v1/payments" and request.method == "POST":
+            return web.json_response(payment("pay_q", "requires_payment_method", "Q"), status=201)
+        if path == "/v1/payments/pay_q/qr_codes":
+            return web.json_response({"payload": "000201QR", "image_png": None}, status=201)
+        if path == "/v1/payments/pay_q":
+            return web.json_response(payment("pay_q", "requires_payment_method", "Q"))
+        if path == "/v1/tap_payments" and tap_status == 201:
+            return web.json_response(payment("pay_t", "succeeded", "T"), status=201)
+        if path == "/v1/tap_payments":
+            return web.json_response({"error": {"type": "card_error", "code": "insufficient_funds"}},
+                                     status=tap_status)
+        if path == "/v1/payments/pay_q/reverse":
+            return web.json_response(payment("pay_q", "canceled", "Q"))
+        return web.json_response({"error": {"code": "resource_missing"}}, status=404)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    settings = Settings(
+        gateway=GatewaySettings(url=str(server.make_url("")).rstrip("/"), retry_count_max=1, backoff_base_s=0.01,
+                                backoff_max_s=0.02),
+        sale=SaleSettings(sale_timeout_s=5.0, cleanup_timeout_s=2.0, status_poll_interval_s=5.0),
+    )
+    journal = AsyncJournal.open(journal_path)
+    reader, display = FakeReader(), FakeDisplay()
+    tap = make_tap()
+    async with GatewayClient(settings.gateway, credentials=Credentials("x", "d", "s", "t", "s", "m")) as client:
+        runner = CheckoutRunner(settings, client, journal, CheckoutDevices(reader=reader, display=display))
+        reader.taps.put_nowait(tap)
+        first = await runner.sell(3_800)
+        await server.close()  # the gateway is down: connections are refused
+        reader.taps.put_nowait(tap)
+        replayed = await runner.sell(3_800)
+    return first, replayed, display, journal
+
+
+async def test_offline_replay_of_a_tap_approved_online_is_refused(tmp_path: Path) -> None:
+    first, replayed, display, journal = await replay_after_online_answer(tmp_path, tap_status=201)
+    try:
+        assert first.approved and first.method is Method.TAP  # type: ignore[attr-defined]
+        assert not replayed.approved and replayed.reason == "offline_atc_replayed"  # type: ignore[attr-defined]
+        assert display.shown[-1] == ("DECLINED", "offline_atc_replayed")
+        assert await journal.call(lambda j: j.pending_offline_taps(10)) == []
+        assert await journal.call(lambda j: j.offline_taps_of_sale(replayed.reference)) == []  # type: ignore[attr-defined]
+    finally:
+        await journal.close()
+
+
+async def test_offline_replay_of_a_tap_declined_online_is_refused(tmp_path: Path) -> None:
+    first, replayed, _, journal = await replay_after_online_answer(tmp_path, tap_status=402)
+    try:
+        assert not first.approved and first.reason == "insufficient_funds"  # type: ignore[attr-defined]
+        assert not replayed.approved and replayed.reason == "offline_atc_replayed"  # type: ignore[attr-defined]
+        assert await journal.call(lambda j: j.pending_offline_taps(10)) == []
+    finally:
+        await journal.close()
+
+
+async def test_the_counter_is_durable_before_the_tap_reaches_the_gateway(tmp_path: Path) -> None:
+    seen: list[tuple[str, list[tuple[str, int]]]] = []
+    first, _, _, journal = await replay_after_online_answer(tmp_path, tap_status=201, counters_when_sent=seen)
+    try:
+        assert first.approved  # type: ignore[attr-defined]
+        # Another connection (a restarted agent would be one) already sees the tap's ATC committed.
+        [(ttid, counters)] = seen
+        assert counters == [(ttid, 17)]
     finally:
         await journal.close()

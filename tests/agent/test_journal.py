@@ -1,15 +1,19 @@
-"""The journal: records survive reopening and kill -9; offline approvals are atomic with their limits."""
+"""The journal: records survive reopening and kill -9; offline approvals are atomic with their limits;
+every tap's counter (ATC), online or offline, is remembered so that an offline replay is refused."""
 
 from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from pos_agent import journal as journal_module
+from pos_agent.errors import JournalError
 from pos_agent.journal import Journal, OfflineTapState, OpKind, OpState, SaleState
 from pos_agent.offline import OfflineRefusal
 from pos_agent.settings import OfflineLimits
@@ -84,7 +88,7 @@ def test_offline_limits_count_pending_taps_atomically(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.sqlite3", clock=clock)
     try:
         assert approve(journal, "a", atc=1) is None
-        assert approve(journal, "b", atc=1) is OfflineRefusal.ATC_NOT_INCREASING  # replayed counter
+        assert approve(journal, "b", atc=1) is OfflineRefusal.ATC_REPLAYED  # replayed counter
         assert approve(journal, "b", atc=2, amount=6_000) is OfflineRefusal.TAP_AMOUNT
         assert approve(journal, "b", atc=2) is None
         assert approve(journal, "c", atc=3) is OfflineRefusal.TOKEN_COUNT  # two pending for this wallet
@@ -114,7 +118,9 @@ def test_declined_token_is_blocked_and_voided_taps_are_not_forwarded(tmp_path: P
         assert approve(journal, "c", token="9902", atc=1, sale="T1-000009") is None
         assert journal.void_offline_taps_of_sale("T1-000009") == 1
         assert journal.pending_offline_taps(10) == []
-        assert approve(journal, "d", token="9902", atc=1) is None  # a voided tap's ATC does not count
+        # A voided tap was never forwarded, but the phone spent that counter: its replay is refused.
+        assert approve(journal, "d", token="9902", atc=1) is OfflineRefusal.ATC_REPLAYED
+        assert approve(journal, "d", token="9902", atc=2) is None
     finally:
         journal.close()
 
@@ -129,6 +135,101 @@ def test_pending_taps_by_token_in_order(tmp_path: Path) -> None:
     finally:
         journal.close()
 
+
+
+def online(journal: Journal, ttid: str, *, atc: int, token: str = "9901", state: OpState = OpState.DONE,
+           outcome: str = "succeeded") -> None:
+    """An online tap as the checkout sends it: recorded (with its ATC) first, then answered."""
+    journal.record_tap(ttid, sale_reference="T1-000001", reference=f"T1-000001-{ttid}", token_pan=token, atc=atc,
+                       body={"terminal_transaction_id": ttid, "tap": {"token_pan": token, "atc": atc}})
+    journal.finish_operation(ttid, state, outcome=outcome)
+
+
+def test_offline_replay_of_an_online_approved_counter_is_refused(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite3")
+    try:
+        online(journal, "on1", atc=5)
+        assert approve(journal, "replay", atc=5) is OfflineRefusal.ATC_REPLAYED
+        assert approve(journal, "older", atc=4) is OfflineRefusal.ATC_REPLAYED
+        assert approve(journal, "other", token="9902", atc=5) is None  # counters are per token
+        assert approve(journal, "fresh", atc=6) is None
+        assert [t.terminal_transaction_id for t in journal.pending_offline_taps(10)] == ["other", "fresh"]
+    finally:
+        journal.close()
+
+
+def test_an_online_decline_burns_the_counter_too(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite3")
+    try:
+        online(journal, "on1", atc=7, state=OpState.FAILED, outcome="insufficient_funds")
+        assert approve(journal, "replay", atc=7) is OfflineRefusal.ATC_REPLAYED
+        assert journal.pending_offline_taps(10) == []
+        assert approve(journal, "fresh", atc=8) is None
+    finally:
+        journal.close()
+
+
+def test_the_tap_that_found_the_gateway_down_is_approved_with_its_own_counter(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite3")
+    try:
+        online(journal, "t1", atc=3, state=OpState.FAILED, outcome="unreachable")
+        assert approve(journal, "t1", atc=3) is None  # the same tap, not a replay of it
+        assert approve(journal, "t2", atc=3) is OfflineRefusal.ATC_REPLAYED
+    finally:
+        journal.close()
+
+
+def test_counters_survive_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    journal = Journal(path)
+    online(journal, "on1", atc=9)
+    journal.close()
+    reopened = Journal(path)
+    try:
+        assert approve(reopened, "replay", atc=9) is OfflineRefusal.ATC_REPLAYED
+        assert approve(reopened, "fresh", atc=10) is None
+    finally:
+        reopened.close()
+
+
+def test_a_version_1_journal_is_migrated_with_the_counters_it_holds(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(journal_module.SCHEMA_V1 + """
+        INSERT INTO meta VALUES ('schema_version', 1), ('sale_sequence', 2);
+        INSERT INTO operations VALUES ('old-on', 'tap', 'T1-000001', 'T1-000001-T1', 'pay_1',
+            '{"terminal_transaction_id": "old-on", "tap": {"token_pan": "9901", "atc": 12}}',
+            'done', 'succeeded', 1.0, 1.0);
+        INSERT INTO operations VALUES ('k-qr', 'create_payment', 'T1-000001', 'T1-000001-Q2', NULL, '{}',
+            'done', 'requires_payment_method', 1.0, 1.0);
+        INSERT INTO offline_taps (terminal_transaction_id, sale_reference, token_pan, atc, amount_minor, currency,
+            body, approved_at, state, updated_at) VALUES ('old-off', 'T1-000002', '9902', 4, 100, 'CNY', '{}',
+            2.0, 'voided', 2.0);
+    """)
+    old.close()
+    journal = Journal(path)
+    try:
+        assert journal.schema_version == journal_module.SCHEMA_VERSION == 2
+        assert approve(journal, "r1", atc=12) is OfflineRefusal.ATC_REPLAYED  # seen online before the upgrade
+        assert approve(journal, "r2", token="9902", atc=4) is OfflineRefusal.ATC_REPLAYED  # seen offline
+        assert approve(journal, "fresh", atc=13) is None
+        assert journal.open_sale("T1", 1, "CNY") == "T1-000003"  # the rest of the journal is intact
+    finally:
+        journal.close()
+    again = Journal(path)  # migrating is done once
+    try:
+        assert again.schema_version == 2 and approve(again, "r3", atc=13) is OfflineRefusal.ATC_REPLAYED
+    finally:
+        again.close()
+
+
+def test_a_journal_newer_than_the_agent_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    Journal(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = 99 WHERE key = 'schema_version'")
+    with pytest.raises(JournalError, match="schema version 99"):
+        Journal(path)
 
 _CHILD = """
 import os, sys

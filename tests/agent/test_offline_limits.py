@@ -43,8 +43,8 @@ def test_limits_are_inclusive() -> None:
     (snapshot(total=Exposure(4, 100)), OfflineRefusal.TOTAL_COUNT),
     (snapshot(total=Exposure(1, 11_500)), OfflineRefusal.TOTAL_AMOUNT),
     (snapshot(blocked=True), OfflineRefusal.TOKEN_BLOCKED),
-    (snapshot(last_atc=10), OfflineRefusal.ATC_NOT_INCREASING),
-    (snapshot(last_atc=11), OfflineRefusal.ATC_NOT_INCREASING),
+    (snapshot(last_atc=10), OfflineRefusal.ATC_REPLAYED),
+    (snapshot(last_atc=11), OfflineRefusal.ATC_REPLAYED),
 ])
 def test_each_limit_refuses(snap: OfflineSnapshot, expected: OfflineRefusal) -> None:
     assert refusal(snap) is expected

@@ -15,6 +15,7 @@ from typing import Any
 
 
 from tests.e2e.conftest import REGISTER_THREAD_JOIN_S, Counter
+from tests.e2e.relay import RelayPhone
 
 
 async def answer(sale: asyncio.Task[Any]) -> Any:
@@ -194,3 +195,31 @@ async def test_agent_killed_mid_sale_reverses_it_at_restart(counter: Counter) ->
     assert "sale E2E-000001 was interrupted (open): reversing its payments" in counter.agent.messages()
     assert [p["status"] for p in await counter.payments_of_sale(1)] == ["canceled"]
     assert (await counter.agent.status()).get("sales.voided") == 1
+
+
+async def test_offline_replay_of_a_tap_approved_online_is_declined_at_the_counter(counter: Counter) -> None:
+    relay = RelayPhone(counter.nfc_port, counter.provisioning)
+    relay.start()
+    try:
+        first = await answer(counter.sell(38.00))
+        assert first is not None and first.has_succeeded and first.repport.strip().startswith("tap pay_"), first
+        assert relay.card.captured is not None and relay.card.replay_count == 0
+        before = await counter.shop.available(counter.holder)
+
+        await counter.gateway.kill()
+        replayed = await answer(counter.sell(38.00))  # the same cryptogram, byte for byte
+        assert relay.card.replay_count >= 1
+        assert replayed is not None and not replayed.has_succeeded, replayed.repport
+        assert replayed.repport.strip() == "offline_atc_replayed"
+        await counter.display.wait_for_lines("DECLINED", "offline_atc_replayed", timeout_s=5)
+    finally:
+        relay.stop()
+    status = await counter.agent.status()
+    assert "offline_taps.pending" not in status and status.get("sales.answered") == 2, status
+
+    # Back online nothing is forwarded for the replay: the merchant was never told it was paid.
+    await counter.gateway.start()
+    await asyncio.sleep(1.5)  # more than two forwarder rounds
+    assert [p["merchant_reference"] for p in await counter.payments_of_sale(2)
+            if "-T" in p["merchant_reference"]] == []
+    assert await counter.shop.available(counter.holder) == before

@@ -10,8 +10,6 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.domain.ids import Kind, decode
-from gateway.services.idempotency import fingerprint
 
 from tests.integration.world import Holder, World
 
@@ -132,27 +130,3 @@ async def test_retry_after_connection_dropped_mid_request_moves_money_once(
     assert resp.status == 200
     assert await world.available(h) == 3_800
     assert await world.merchant_total(m) == 1_200
-
-
-async def test_abandoned_key_is_taken_over_after_lock_timeout(world: World, clean_db: str) -> None:
-    """A process died after claiming a key (nothing moved, no response stored): a retry runs it."""
-    m = await world.merchant(fee_bps=0)
-    h = await world.holder(top_up=5_000)
-    p = await world.payment(m, 1_000)
-    path, key = f"/v1/wallet/payments/{p['id']}/pay", "crashed-1"
-    holder_uuid = decode(Kind.WALLET_HOLDER, h.id)
-    conn = await asyncpg.connect(clean_db)
-    try:
-        await conn.execute(
-            "INSERT INTO idempotency_keys (principal, key, request_hash, method, path, locked_at)"
-            " VALUES ($1, $2, $3, 'POST', $4, now() - interval '5 seconds')",
-            f"wallet:{holder_uuid}", key, fingerprint("POST", path, {}), path,
-        )
-        busy = await world.client.post(path, json={}, headers={**h.headers, "Idempotency-Key": key})
-        assert busy.status == 409  # still within the lock timeout: presumed alive
-        await conn.execute("UPDATE idempotency_keys SET locked_at = now() - interval '1 hour' WHERE key = $1", key)
-    finally:
-        await conn.close()
-    resp = await world.client.post(path, json={}, headers={**h.headers, "Idempotency-Key": key})
-    assert resp.status == 200, await resp.text()
-    assert await world.available(h) == 4_000

@@ -1,0 +1,133 @@
+"""Every pair of use cases that touch one wallet, raced: no deadlock, every request succeeds (issue 8).
+
+The documented lock order is in ``gateway/services/payments.py``. Deadlocks are counted by the
+gateway itself (``gateway_db_transaction_retries_total{reason="deadlock"}``): PostgreSQL breaks a
+deadlock by failing one transaction, which the gateway retries, so without the counter a deadlock
+would only show as latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from prometheus_client import REGISTRY
+
+from gateway.api.routing import SERVICES
+from gateway.domain.ids import Kind, decode
+from gateway.services import payments as payment_service
+from tests.integration.world import Holder, Merchant, World
+
+PER_KIND = 4
+AMOUNT = 1_000
+
+
+def deadlocks() -> float:
+    return REGISTRY.get_sample_value("gateway_db_transaction_retries_total", {"reason": "deadlock"}) or 0.0
+
+
+@dataclass
+class Scene:
+    world: World
+    m: Merchant
+    h: Holder
+    db_url: str
+
+    async def post(self, path: str, headers: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
+        resp = await self.world.client.post(path, json=body, headers=headers)
+        return resp.status, await resp.json()
+
+    async def unpaid(self) -> str:
+        return str((await self.world.payment(self.m, AMOUNT))["id"])
+
+    async def authorised(self) -> str:
+        p = await self.world.payment(self.m, AMOUNT, capture_method="manual")
+        assert (await self.world.pay(self.h, p["id"]))["status"] == "requires_capture"
+        return str(p["id"])
+
+    async def paid(self) -> str:
+        p = await self.world.payment(self.m, AMOUNT)
+        assert (await self.world.pay(self.h, p["id"]))["status"] == "succeeded"
+        return str(p["id"])
+
+    async def lapsed(self) -> str:
+        pid = await self.authorised()
+        conn = await asyncpg.connect(self.db_url)
+        try:
+            await conn.execute("UPDATE payments SET authorization_expires_at = now() - interval '1 second'"
+                               " WHERE id = $1", decode(Kind.PAYMENT, pid))
+        finally:
+            await conn.close()
+        return pid
+
+
+Op = Callable[[], Awaitable[tuple[int, Any]]]
+
+
+async def prepare(scene: Scene, kind: str) -> Op:
+    """Set up what one operation of ``kind`` needs, and return the operation itself."""
+    s, m, h = scene, scene.m, scene.h
+    if kind == "pay":
+        pid = await s.unpaid()
+        return lambda: s.post(f"/v1/wallet/payments/{pid}/pay", h.headers, {})
+    if kind == "capture_partial":
+        pid = await s.authorised()
+        return lambda: s.post(f"/v1/payments/{pid}/capture", m.headers, {"amount_to_capture": AMOUNT // 2})
+    if kind == "cancel":
+        pid = await s.authorised()
+        return lambda: s.post(f"/v1/payments/{pid}/cancel", m.headers, {})
+    if kind == "refund":
+        pid = await s.paid()
+        return lambda: s.post(f"/v1/payments/{pid}/refunds", m.headers, {"amount": AMOUNT // 4})
+    if kind == "top_up":
+        return lambda: s.post("/v1/wallet/top_ups", h.headers,
+                              {"bank_account": h.bank_account, "amount": AMOUNT, "currency": "CNY"})
+    if kind == "withdrawal":
+        return lambda: s.post("/v1/wallet/withdrawals", h.headers,
+                              {"bank_account": h.bank_account, "amount": AMOUNT // 10, "currency": "CNY"})
+    if kind == "expire":
+        await s.lapsed()
+        svc = s.world.client.server.app[SERVICES]
+
+        async def expire() -> tuple[int, Any]:
+            return 200, await payment_service.expire_due(svc)
+
+        return expire
+    raise AssertionError(kind)
+
+
+KINDS = ("pay", "capture_partial", "cancel", "refund", "top_up", "withdrawal", "expire")
+
+
+async def race(scene: Scene, kinds: list[str]) -> list[tuple[int, Any]]:
+    ops = [await prepare(scene, kind) for kind in kinds]
+    return list(await asyncio.gather(*(op() for op in ops)))
+
+
+async def test_twenty_partial_captures_and_twenty_pays_of_one_wallet(world: World, clean_db: str) -> None:
+    m = await world.merchant()
+    h = await world.holder(top_up=200_000)
+    scene = Scene(world, m, h, clean_db)
+    before = deadlocks()
+    results = await race(scene, ["capture_partial"] * 20 + ["pay"] * 20)
+    failed = [r for r in results if r[0] != 200]
+    assert not failed, failed
+    assert deadlocks() == before
+
+
+async def test_every_pair_of_wallet_use_cases_raced_on_one_wallet(world: World, clean_db: str) -> None:
+    m = await world.merchant()
+    problems: list[str] = []
+    for a, b in itertools.combinations_with_replacement(KINDS, 2):
+        h = await world.holder(top_up=100_000)
+        scene = Scene(world, m, h, clean_db)
+        before = deadlocks()
+        results = await race(scene, [a] * PER_KIND + [b] * PER_KIND)
+        failed = [r for r in results if r[0] not in (200, 201)]
+        if failed or deadlocks() != before:
+            problems.append(f"{a} x {b}: {deadlocks() - before:g} deadlocks, failed {failed}")
+    assert not problems, "\n".join(problems)
