@@ -1,6 +1,6 @@
 """A seeded, replayable bank run against real processes, in the style of Jepsen's bank test.
 
-    python -m tests.fault.bank --duration 600 [--seed N] [--gateways 3] [--workers 8]
+    python -m tests.fault.bank --duration 600 [--seed N] [--gateways 3] [--workers 16]
 
 It creates a private PostgreSQL cluster and Redis server, starts several ``gateway serve``
 processes sharing one port, builds merchants and topped-up wallets through the public API, then
@@ -62,7 +62,7 @@ class Options:
     holders: int = 6
     lock_timeout_s: float | None = 3.0   # None: the gateway's own default
     in_use_limit_s: float = 8.0
-    stuck_limit_s: float = 5.0
+    stuck_limit_s: float = 6.0
     keep: bool = False
 
 
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="GATEWAY_IDEMPOTENCY_LOCK_TIMEOUT_S (0: the gateway's own default)")
     parser.add_argument("--in-use-limit", type=float, default=8.0,
                         help="longest a key may answer idempotency_key_in_use before it is an anomaly")
-    parser.add_argument("--stuck-limit", type=float, default=5.0,
+    parser.add_argument("--stuck-limit", type=float, default=6.0,
                         help="longest a session may wait on a lock or idle in a transaction during a stall")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (journal, gateway logs)")
     args = parser.parse_args(argv)

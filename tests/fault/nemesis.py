@@ -52,7 +52,7 @@ class Nemesis:
     redis: RedisServer
     t0: float
     db_url: str
-    stuck_limit_s: float = 5.0
+    stuck_limit_s: float = 6.0
     windows: list[Window] = field(default_factory=list)
     anomalies: list[str] = field(default_factory=list)
 
