@@ -63,6 +63,7 @@ class Options:
     lock_timeout_s: float | None = 3.0   # None: the gateway's own default
     in_use_limit_s: float = 8.0
     stuck_limit_s: float = 6.0
+    allow_500_in_faults: bool = False
     keep: bool = False
 
 
@@ -247,7 +248,8 @@ async def run(options: Options, *, out: Callable[[str], None] = print, cleanup: 
         snapshot = await _snapshot(pg.url(DATABASE))
         report.anomalies = nemesis.anomalies + checker.check(
             ops, snapshot, world, client.stats.observations, nemesis.windows,
-            in_use_limit_s=options.in_use_limit_s, gateway_count=options.gateways)
+            in_use_limit_s=options.in_use_limit_s, gateway_count=options.gateways,
+            allow_500_in_faults=options.allow_500_in_faults)
         report.attempted = sum(1 for op in ops if op.kind == "create")
         report.confirmed = sum(1 for op in ops if op.kind == "create" and op.answer and op.answer.status == 201)
         report.paid = sum(1 for op in ops if op.kind == "pay" and op.answer and op.answer.status == 200)
@@ -289,12 +291,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="longest a key may answer idempotency_key_in_use before it is an anomaly")
     parser.add_argument("--stuck-limit", type=float, default=6.0,
                         help="longest a session may wait on a lock or idle in a transaction during a stall")
+    parser.add_argument("--allow-500-in-faults", action="store_true",
+                        help="a 500 answered during a fault window is not an anomaly (only outside them)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (journal, gateway logs)")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     holders = args.holders if args.holders is not None else max(6, int(args.duration / 30))
     options = Options(seed, args.duration, args.gateways, args.workers, args.merchants, holders,
-                      args.lock_timeout or None, args.in_use_limit, args.stuck_limit, args.keep)
+                      args.lock_timeout or None, args.in_use_limit, args.stuck_limit, args.allow_500_in_faults,
+                      args.keep)
     cleanup = Cleanup()
     atexit.register(cleanup.run)
     signal.signal(signal.SIGTERM, _interrupt)

@@ -11,7 +11,8 @@ Each check returns anomalies as sentences naming the key, payment or wallet conc
 - every stored idempotent answer is the bytes the client got for that key (and all definite
   answers a key got are the same bytes);
 - the ledger invariant checker reports nothing;
-- no HTTP 500 outside an outage window; no key answered "in use" for longer than a limit (a
+- no HTTP 500 outside an outage window (nor inside one, unless allowed: a lost connection is a
+  retryable 503); no key answered "in use" for longer than a limit (a
   crashed owner must not block its key for the whole lock timeout); every operation got a
   definite answer once the faults were over.
 """
@@ -252,12 +253,20 @@ def _overlaps(obs: Observation, windows: list[Window]) -> bool:
                for w in windows)
 
 
-def check_observations(observations: list[Observation], windows: list[Window], in_use_limit_s: float) -> list[str]:
+def check_observations(observations: list[Observation], windows: list[Window], in_use_limit_s: float, *,
+                       allow_500_in_faults: bool = False) -> list[str]:
+    """A 5xx other than 503 is a bug: outside a fault window always; inside one too unless allowed
+    (a lost database connection or a paused server is a retryable 503, never a 500)."""
     found: list[str] = []
     for obs in observations:
-        if obs.status is not None and obs.status >= 500 and obs.status != 503 and not _overlaps(obs, windows):
-            found.append(f"HTTP {obs.status} outside any fault window: key {obs.key} ({obs.kind}) sent at "
-                         f"{obs.sent_s:.2f} s, answered at {obs.received_s:.2f} s")
+        if obs.status is None or obs.status < 500 or obs.status == 503:
+            continue
+        during = next((w for w in windows if _overlaps(obs, [w])), None)
+        where = (f"during fault #{during.fault.index} ({during.fault.kind}; a retryable failure must be a 503)"
+                 if during is not None else "outside any fault window")
+        if during is None or not allow_500_in_faults:
+            found.append(f"HTTP {obs.status} {where}: key {obs.key} ({obs.kind}) sent at {obs.sent_s:.2f} s, "
+                         f"answered at {obs.received_s:.2f} s")
     in_use: dict[str, list[float]] = defaultdict(list)
     for obs in observations:
         if obs.status == 409 and obs.code == "idempotency_key_in_use":
@@ -313,7 +322,7 @@ def recovery_s(observations: list[Observation], window: Window) -> float | None:
 
 
 def check(ops: list[Op], snap: Snapshot, world: World, observations: list[Observation], windows: list[Window],
-          *, in_use_limit_s: float, gateway_count: int) -> list[str]:
+          *, in_use_limit_s: float, gateway_count: int, allow_500_in_faults: bool = False) -> list[str]:
     verdict = Verdict()
     verdict.add(check_payments(ops, snap, world))
     verdict.add(check_refunds(ops, snap))
@@ -321,7 +330,7 @@ def check(ops: list[Op], snap: Snapshot, world: World, observations: list[Observ
     verdict.add(check_events(snap))
     verdict.add(check_idempotency(ops, snap))
     verdict.add(check_invariants(snap))
-    verdict.add(check_observations(observations, windows, in_use_limit_s))
+    verdict.add(check_observations(observations, windows, in_use_limit_s, allow_500_in_faults=allow_500_in_faults))
     verdict.add(check_liveness(ops))
     verdict.add(check_progress(observations, windows, gateway_count))
     return verdict.anomalies
