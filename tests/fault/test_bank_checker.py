@@ -112,6 +112,8 @@ def test_500s_and_keys_stuck_in_use_are_found() -> None:
     assert any("in use" in a or "idempotency_key_in_use" in a for a in found), found
     relaxed = checker.check_observations(observations, [window], 8.0, allow_500_in_faults=True)
     assert sum("HTTP 500" in a for a in relaxed) == 1, relaxed
+    stall = Window(Fault(1, FaultKind.STALL_GATEWAY, 0.5, 30.0, 0), 0.5, 30.5)  # a live owner, stalled
+    assert not [a for a in checker.check_observations(observations, [window, stall], 8.0) if "in_use" in a]
 
 
 def test_an_operation_without_a_definite_answer_is_found() -> None:
