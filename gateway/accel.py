@@ -2,7 +2,10 @@
 
 Invariants:
 - nothing here is the source of truth: every value is a copy of something PostgreSQL holds, or
-  a rate-limit counter whose loss only loosens a limit for a second;
+  a token bucket whose loss only refills it (a limit loosened for one burst);
+- a token bucket is read and charged by one script, atomically, in the same round trip as the
+  cached idempotent answer; while Redis is down each process keeps its own buckets (so N
+  processes allow N times the rate, never unlimited);
 - every call is bounded by ``timeout_s``; after a failure Redis is not tried again for
   ``backoff_s`` (a circuit breaker), so a dead Redis costs one timeout, not one per request;
 - a failure never propagates: callers get "no answer" and take the PostgreSQL path.
@@ -12,14 +15,73 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway.domain import throttle
+from gateway.domain.throttle import Level, Rate
 from gateway.settings import RedisSettings
 
 log = logging.getLogger(__name__)
+LOCAL_BUCKETS_MAX = 10_000  # buckets one process keeps while Redis is down; the idlest go first
+
+# gateway.domain.throttle.take, run by Redis on its own clock so that every gateway process shares
+# one bucket, atomically, in one round trip. KEYS: the buckets, then (optional) a cached idempotent
+# answer to return. ARGV: the number of buckets, then per_s and burst of each. Returns the seconds
+# to wait (text: 0 when taken) and the cached answer. Times and tokens are kept as text with
+# microsecond precision; a bucket expires once it would be full again.
+_TAKE_LUA = """
+local n = tonumber(ARGV[1])
+local clock = redis.call('TIME')
+local now_s = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local wait_s = 0
+local tokens = {}
+for i = 1, n do
+  local per_s, burst = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local state = redis.call('HMGET', KEYS[i], 'tokens', 'at_s')
+  local level = burst
+  if state[1] and state[2] then
+    level = math.min(burst, tonumber(state[1]) + math.max(0, now_s - tonumber(state[2])) * per_s)
+  end
+  tokens[i] = level
+  if level < 1 - 1e-6 then
+    wait_s = math.max(wait_s, (1 - level) / per_s)
+  end
+end
+if wait_s == 0 then
+  for i = 1, n do
+    local per_s, burst = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+    redis.call('HSET', KEYS[i], 'tokens', string.format('%.6f', math.max(0, tokens[i] - 1)), 'at_s', string.format('%.6f', now_s))
+    redis.call('PEXPIRE', KEYS[i], math.ceil(burst / per_s * 1000) + 1000)
+  end
+end
+local cached = false
+if #KEYS > n then
+  cached = redis.call('GET', KEYS[n + 1])
+end
+return {string.format('%.6f', wait_s), cached}
+"""
+
+
+class LocalBuckets:
+    """Token buckets in this process: the fallback while Redis is down (each process limits alone)."""
+
+    def __init__(self, entries_max: int) -> None:
+        self.entries_max = entries_max
+        self._levels: OrderedDict[str, Level] = OrderedDict()
+
+    def take(self, buckets: Sequence[tuple[str, Rate]], now_s: float) -> float:
+        decision = throttle.take([(rate, self._levels.get(name)) for name, rate in buckets], now_s)
+        for (name, _), level in zip(buckets, decision.levels, strict=True):
+            self._levels[name] = level
+            self._levels.move_to_end(name)
+        while len(self._levels) > self.entries_max:
+            self._levels.popitem(last=False)  # the least recently used: the most likely to be full again
+        return decision.wait_s
 
 
 class Accelerator:
@@ -35,6 +97,8 @@ class Accelerator:
         )
         self._down_until_s = 0.0
         self.last_error: str | None = None
+        self._take_script = self.client.register_script(_TAKE_LUA)
+        self._local = LocalBuckets(LOCAL_BUCKETS_MAX)
 
     @property
     def available(self) -> bool:
@@ -78,43 +142,34 @@ class Accelerator:
     async def delete(self, key: str) -> None:
         await self._call("delete", key)
 
-    async def preflight(self, scope: str, limit_per_s: int, key: str | None) -> tuple[bool, bytes | None, bool]:
-        """Rate check and (with ``key``) the cached idempotent answer in one round trip.
+    async def preflight(self, scope: str, limit_per_s: int, key: str | None) -> tuple[float, bytes | None, bool]:
+        """The API rate check and (with ``key``) the cached idempotent answer, in one round trip.
 
-        Returns (allowed, cached answer, whether Redis answered).
+        A token bucket per scope holding ``limit_per_s`` tokens, refilled at ``limit_per_s``.
+        Returns (seconds to wait, 0 when allowed; the cached answer; whether Redis answered).
         """
-        if not self.available:
-            return True, None, False
-        window = int(time.time())
-        counter = f"rl:{scope}:{window}"
-        try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.incr(counter)
-                pipe.expire(counter, 2)
-                if key is not None:
-                    pipe.get(key)
-                results = await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc)
-            return True, None, False
-        cached = results[2] if key is not None and isinstance(results[2], bytes) else None
-        return int(results[0]) <= limit_per_s, cached, True
+        rate = Rate(per_s=float(limit_per_s), burst=float(limit_per_s))
+        return await self._take([(f"tb:api:{scope}", rate)], key)
 
-    async def within_rate(self, scope: str, limit_per_s: int) -> bool:
-        """Fixed one-second window; True (allowed) when Redis cannot tell."""
-        window = int(time.time())
-        key = f"rl:{scope}:{window}"
-        if not self.available:
-            return True
-        try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.incr(key)
-                pipe.expire(key, 2)
-                count, _ = await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc)
-            return True
-        return int(count) <= limit_per_s
+    async def take(self, buckets: Sequence[tuple[str, Rate]]) -> float:
+        """Take a token from every named bucket or from none; returns the seconds to wait (0: taken)."""
+        wait_s, _, _ = await self._take(buckets, None)
+        return wait_s
+
+    async def _take(self, buckets: Sequence[tuple[str, Rate]], key: str | None) -> tuple[float, bytes | None, bool]:
+        if self.available:
+            args: list[float | int] = [len(buckets)]
+            for _, rate in buckets:
+                args += [rate.per_s, rate.burst]
+            keys = [name for name, _ in buckets] + ([key] if key is not None else [])
+            try:
+                wait, cached = await self._take_script(keys=keys, args=args)
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._failed(exc)
+            else:
+                self.last_error = None
+                return float(wait), cached if isinstance(cached, bytes) else None, True
+        return self._local.take(buckets, time.monotonic()), None, False
 
     async def close(self) -> None:
         await self.client.aclose()

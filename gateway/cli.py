@@ -89,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     port = getattr(args, "port", None)
-    config = settings_mod.load(server={"port": port}) if port else settings_mod.load()
+    try:
+        config = settings_mod.load(server={"port": port}) if port else settings_mod.load()
+    except (ValueError, OSError) as exc:  # bad settings are the operator's to fix: one line, no traceback
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     try:
         if args.command == "serve":
             serve(config, args.processes)

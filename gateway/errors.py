@@ -69,6 +69,11 @@ class NotFound(GatewayError):
     default_code = "resource_missing"
 
 
+class UnsupportedMediaType(InvalidRequest):
+    status = 415
+    default_code = "unsupported_media_type"
+
+
 class MethodNotAllowed(InvalidRequest):
     status = 405
     default_code = "method_not_allowed"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.domain.limits import Caps, Tier
+from gateway.domain.throttle import Backoff, Rate
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
 
@@ -135,6 +136,31 @@ class DeviceSettings:
 
 
 @dataclass(frozen=True)
+class ThrottleSettings:
+    failures_before_lockout: int = 5
+    lockout_base_s: int = 60
+    lockout_max_s: int = 3600
+    failures_forget_s: int = 86400
+    address_per_s: float = 1.0
+    address_burst: int = 30
+    address_exempt: str = "127.0.0.1,::1"
+    overall_per_s: float = 20.0
+    overall_burst: int = 100
+
+    def backoff(self) -> Backoff:
+        return Backoff(self.failures_before_lockout, self.lockout_base_s, self.lockout_max_s)
+
+    def per_address(self) -> Rate:
+        return Rate(self.address_per_s, float(self.address_burst))
+
+    def overall(self) -> Rate:
+        return Rate(self.overall_per_s, float(self.overall_burst))
+
+    def exempt_addresses(self) -> frozenset[str]:
+        return frozenset(filter(None, (a.strip() for a in self.address_exempt.split(","))))
+
+
+@dataclass(frozen=True)
 class IssuerSettings:
     imk_hex: str = ""
     token_bin: str = "999001"
@@ -157,6 +183,56 @@ def _pairs(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
+# Weak whatever the file says: the textbook EMV test IMK, and words marking a placeholder.
+_TEST_IMKS_HEX = frozenset({"0123456789ABCDEFFEDCBA9876543210", "0123456789ABCDEF0123456789ABCDEF"})
+_PLACEHOLDER_WORDS = ("dev-only", "change-me", "changeme")
+JWT_SECRET_MIN_BYTES = 32  # HS256 wants a key at least as long as its 256-bit output
+
+
+def development_secrets(path: Path = DEFAULT_CONFIG) -> frozenset[str]:
+    """The secrets shipped in the default settings file: JWT key secrets, API key pepper, issuer IMK."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return frozenset()
+    auth, issuer = data.get("auth", {}), data.get("issuer", {})
+    shipped = AuthSettings(jwt_keys=str(auth.get("jwt_keys", ""))).jwt_key_ring().values()
+    return frozenset(filter(None, {*shipped, str(auth.get("api_key_pepper", "")), str(issuer.get("imk_hex", ""))}))
+
+
+def _weakness(secret: str, shipped: frozenset[str]) -> str | None:
+    """Why ``secret`` must not protect live money, or None. Never returns the secret itself."""
+    if secret in shipped or secret.upper() in {s.upper() for s in shipped}:
+        return "the development value"
+    if any(word in secret.lower() for word in _PLACEHOLDER_WORDS):
+        return "a placeholder value (dev-only / change-me)"
+    if len(set(secret.upper())) <= 1:
+        return "a single repeated character"
+    return None
+
+
+def _live_secret_problems(config: Settings) -> list[tuple[str, str]]:
+    """(setting, reason) for every secret a live gateway must not run with; empty when all are fit."""
+    shipped = development_secrets()
+    problems: list[tuple[str, str]] = []
+    for kid, secret in config.auth.jwt_key_ring().items():
+        reason = _weakness(secret, shipped)
+        if reason is None and len(secret.encode()) < JWT_SECRET_MIN_BYTES:
+            reason = f"a secret shorter than {JWT_SECRET_MIN_BYTES} bytes"
+        if reason:
+            problems.append(("auth.jwt_keys", f"key {kid!r}: {reason}"))
+    reason = _weakness(config.auth.api_key_pepper, shipped)
+    if reason:
+        problems.append(("auth.api_key_pepper", reason))
+    if config.issuer.imk_hex:  # empty: taps disabled, nothing to protect
+        reason = _weakness(config.issuer.imk_hex, shipped)
+        if reason is None and config.issuer.imk_hex.upper() in _TEST_IMKS_HEX:
+            reason = "a well-known test key"
+        if reason:
+            problems.append(("issuer.imk_hex", reason))
+    return problems
+
+
 @dataclass(frozen=True)
 class Settings:
     server: ServerSettings
@@ -171,16 +247,25 @@ class Settings:
     qr: QrSettings
     devices: DeviceSettings
     issuer: IssuerSettings
+    throttle: ThrottleSettings
 
     def __post_init__(self) -> None:
+        if self.auth.key_mode not in ("test", "live"):
+            raise ValueError(f"auth.key_mode is 'test' or 'live', got {self.auth.key_mode!r}")
         if self.issuer.imk_hex and len(self.issuer.imk) != 16:
             raise ValueError("issuer.imk_hex is a 16-byte (32 hex digit) key (empty: taps disabled)")
         if not (self.issuer.token_bin.isdigit() and len(self.issuer.token_bin) + 2 <= self.issuer.token_pan_length <= 19):
             raise ValueError("issuer.token_bin must be digits leaving room in token_pan_length")
         if self.server.event_loop not in ("uvloop", "asyncio"):
             raise ValueError("server.event_loop is 'uvloop' or 'asyncio'")
-        self.tiers.tiers()  # refuse malformed caps at start-up, not at the first payment
-        self.wallet.pin_thresholds()
+        try:  # refuse malformed caps at start-up, not at the first payment
+            self.tiers.tiers()
+        except ValueError as exc:
+            raise ValueError(f"tiers: expected CUR:balance_max:payment_max:daily_max parts ({exc})") from None
+        try:
+            self.wallet.pin_thresholds()
+        except ValueError as exc:
+            raise ValueError(f"wallet.pin_threshold_minor: expected CUR:minor pairs ({exc})") from None
         if not (len(self.wallet.pay_code_prefix) == 2 and self.wallet.pay_code_prefix.isdigit()):
             raise ValueError("wallet.pay_code_prefix is two digits")
         if self.wallet.tier_default not in self.tiers.tiers():
@@ -190,6 +275,18 @@ class Settings:
             raise ValueError("auth.jwt_active_kid must name a key in auth.jwt_keys")
         if len(self.auth.api_key_pepper) < 16:
             raise ValueError("auth.api_key_pepper must be at least 16 characters")
+        if self.auth.rate_limit_per_s < 1:
+            raise ValueError("auth.rate_limit_per_s must be at least 1")
+        self.throttle.backoff()  # each refuses nonsense (zero rates, a cap below the base) with ValueError
+        self.throttle.per_address()
+        self.throttle.overall()
+        if self.throttle.failures_forget_s < self.throttle.lockout_max_s:
+            raise ValueError("throttle.failures_forget_s must be at least throttle.lockout_max_s")
+        if self.auth.key_mode == "live":
+            refused = [f"{name}: {reason} cannot be used in live mode; set GATEWAY_{name.replace('.', '_').upper()}"
+                       for name, reason in _live_secret_problems(self)]
+            if refused:
+                raise ValueError(" | ".join(refused))
 
 
 T = TypeVar("T")
@@ -250,7 +347,7 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None, **overr
         "server": ServerSettings, "database": DatabaseSettings, "redis": RedisSettings, "auth": AuthSettings,
         "payments": PaymentSettings, "idempotency": IdempotencySettings, "workers": WorkerSettings,
         "wallet": WalletSettings, "tiers": TierSettings, "qr": QrSettings, "devices": DeviceSettings,
-        "issuer": IssuerSettings,
+        "issuer": IssuerSettings, "throttle": ThrottleSettings,
     }
     unknown = set(data) - set(sections)
     if unknown:

@@ -1,17 +1,29 @@
-"""Shared fixtures: real PostgreSQL and Redis on this machine, a fresh schema per test session."""
+"""Shared fixtures: real PostgreSQL and Redis on this machine, a fresh schema per test session.
+
+Also the secret canary's plugin (``tests/canary.py``): a session log of every record, aiohttp's
+client taught to remember the secrets it carries, the test database read before each truncation,
+and the canary's module run last.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
 
+import aiohttp
 import asyncpg
 import pytest
 
 from gateway import settings as settings_mod
+from gateway.logs import JsonFormatter
 from gateway.settings import Settings
 from gateway.store import db, ledger
+from tests import canary
 
 # One database per test session (pid in the name), so parallel sessions never share state.
 TEST_DB_URL = os.environ.get(
@@ -61,3 +73,88 @@ async def clean_db(_schema: str) -> AsyncIterator[str]:
     # Redis needs no cleaning: every key is scoped by ids that are new in each test.
     ledger._accounts.clear()
     yield _schema
+
+
+CANARY_MODULE = Path(__file__).parent / "security" / "test_secret_canary.py"
+CANARY_LOGGERS = ("gateway", "pos_agent", "hardware")
+R = TypeVar("R")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The canary checks what every other test left behind, so it runs after all of them.
+    items.sort(key=lambda item: item.path == CANARY_MODULE)
+
+
+def _learning_client(found: canary.Canary) -> Callable[[], None]:
+    """Teach the canary every JSON body aiohttp's client sends or receives; returns the undo."""
+    request, read = aiohttp.ClientSession._request, aiohttp.ClientResponse.read
+
+    async def learning_request(self: aiohttp.ClientSession, method: str, url: Any, **kwargs: Any) -> Any:
+        found.learn(kwargs.get("json"))
+        if isinstance(kwargs.get("data"), (str, bytes)):
+            found.learn_text(kwargs["data"])
+        return await request(self, method, url, **kwargs)
+
+    async def learning_read(self: aiohttp.ClientResponse) -> bytes:
+        body = await read(self)
+        if self.content_type == "application/json":
+            found.learn_text(body)
+        return body
+
+    aiohttp.ClientSession._request = learning_request  # type: ignore[method-assign]
+    aiohttp.ClientResponse.read = learning_read  # type: ignore[method-assign]
+
+    def undo() -> None:
+        aiohttp.ClientSession._request = request  # type: ignore[method-assign]
+        aiohttp.ClientResponse.read = read  # type: ignore[method-assign]
+
+    return undo
+
+
+@pytest.fixture(scope="session", autouse=True)
+def secret_canary() -> Iterator[canary.Canary]:
+    found = canary.start()
+    handler = logging.FileHandler(found.session_log, encoding="utf-8")
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    # What a serving gateway or agent logs (INFO), without the libraries' chatter.
+    ours = [logging.getLogger(name) for name in CANARY_LOGGERS]
+    levels = [logger.level for logger in ours]
+    for logger in ours:
+        logger.setLevel(logging.INFO)
+    undo = _learning_client(found)
+    try:
+        yield found
+    finally:
+        undo()
+        root.removeHandler(handler)
+        handler.close()
+        for logger, level in zip(ours, levels, strict=True):
+            logger.setLevel(level)
+        canary.stop()
+        found.close(keep=bool(found.findings))
+
+
+def _in_thread(work: Coroutine[Any, Any, R]) -> R:
+    # Its own thread and loop: the test's event loop (pytest-asyncio) is not touched.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, work).result()
+
+
+async def _rows(url: str) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        return await canary.rows_as_text(conn)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(autouse=True)
+def _canary_reads_the_database(request: pytest.FixtureRequest, secret_canary: canary.Canary) -> None:
+    """Before ``clean_db`` truncates, the canary reads what the previous test left: every test's data, once."""
+    if "clean_db" not in request.fixturenames:
+        return
+    url: str = request.getfixturevalue("_schema")
+    secret_canary.scan(_in_thread(_rows(url)), f"database rows left by {secret_canary.last_db_test}")
+    secret_canary.last_db_test = request.node.nodeid

@@ -7,7 +7,7 @@ from typing import Any
 from gateway.api import schema
 from gateway.api.routing import Call, api
 from gateway.auth.principals import PrincipalKind as P
-from gateway.services import operations, tenants, views, wallets
+from gateway.services import operations, tenants, throttle, views, wallets
 
 ADMIN = {"admin"}
 
@@ -15,7 +15,7 @@ ADMIN = {"admin"}
 @api.route("POST", "/v1/operator/sessions", summary="Operator log in; returns a JWT", auth=None,
            body=schema.Login, response=views.TokenView, status=201, tag="operators")
 async def operator_login(call: Call[schema.Login, None]) -> Any:
-    return await tenants.operator_login(call.svc, call.body.email, call.body.password)
+    return await tenants.operator_login(call.svc, call.body.email, call.body.password, call.request.remote)
 
 
 @api.route("POST", "/v1/merchants", summary="Create a merchant", auth={P.OPERATOR}, roles=ADMIN,
@@ -87,6 +87,18 @@ async def revoke_key(call: Call[schema.Empty, None]) -> Any:
            tag="operators")
 async def unlock_wallet(call: Call[schema.Empty, None]) -> Any:
     return await wallets.unlock(call.svc, call.match("id"))
+
+
+class ClearLockout(schema.Strict):
+    kind: throttle.Kind
+    subject: schema.Text  # phone number, operator email, enrolment code or device id
+
+
+@api.route("POST", "/v1/operator/lockouts/clear", summary="Lift a sign-in lockout and forget the account's failures",
+           auth={P.OPERATOR}, roles={"admin", "support"}, body=ClearLockout, response=throttle.LockoutClearedView,
+           tag="operators")
+async def clear_lockout(call: Call[ClearLockout, None]) -> Any:
+    return await throttle.clear(call.svc, call.body.kind, call.body.subject)
 
 
 @api.route("POST", "/v1/operator/wallet_holders/{id}/tier", summary="Set a wallet holder's verification tier",

@@ -1,12 +1,19 @@
 """Declarative endpoints: one registry feeds both the router and ``/openapi.json``.
 
 An endpoint declares who may call it, its body and query types and its response type; the
-wrapper authenticates, rate-limits, parses strictly (unknown fields, wrong types and oversized
-bodies are 4xx naming the field), builds the idempotency identity, and renders the result.
+wrapper authenticates, rate-limits, parses strictly (unknown fields, wrong types, duplicate keys,
+non-JSON media types and oversized bodies are 4xx naming the field), builds the idempotency
+identity, and renders the result.
+
+Credentials: none or invalid -> 401; a kind of credential the route never accepts (a wallet token
+on an operator route, a publishable key where a secret key is needed) -> 401; an operator without
+the role -> 403. Another tenant's object stays 404 (the services scope every lookup).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -17,7 +24,7 @@ import msgspec
 from aiohttp import web
 
 from gateway.auth.principals import Principal, PrincipalKind
-from gateway.errors import Forbidden, InvalidRequest, NotFound, RateLimited
+from gateway.errors import Forbidden, InvalidRequest, RateLimited, Unauthenticated, UnsupportedMediaType
 from gateway.logs import request_id_var
 from gateway.services import tenants
 from gateway.services.context import Services
@@ -112,6 +119,39 @@ def _check_text(value: Any, path: str = "", depth: int = 0) -> None:
             _check_text(item, f"{path}.{index}" if path else str(index), depth + 1)
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return found
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(data: bytes) -> Any:
+    """Strict JSON: UTF-8 only, no duplicate keys (``{"amount":1,"amount":1000}`` is refused, not
+    read as 1000), no NaN or Infinity."""
+    try:
+        return json.loads(data.decode("utf-8"), object_pairs_hook=_object, parse_constant=_no_constant)
+    except _DuplicateKey as exc:
+        raise InvalidRequest(f"the key {exc.key!r} appears twice in the body", code="duplicate_key",
+                             param=exc.key) from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise InvalidRequest("the body is not valid UTF-8 JSON", code="invalid_json") from None
+
+
 def _decode(raw: Any, kind: type[B], *, strict: bool, what: str) -> B:
     try:
         return msgspec.convert(raw, kind, strict=strict)
@@ -163,28 +203,29 @@ class Api:
             if endpoint.auth is not None:
                 principal = await tenants.authenticate(svc, request.headers.get("Authorization"))
                 if principal.kind not in endpoint.auth:
-                    # Another kind of credential: to it, this resource does not exist.
-                    raise NotFound("no such resource for these credentials", code="resource_missing")
+                    kinds = ", ".join(sorted(k.value for k in endpoint.auth))
+                    raise Unauthenticated(f"this endpoint takes credentials of another kind ({kinds})",
+                                          code="credential_not_accepted")
                 if (endpoint.roles is not None and principal.kind is PrincipalKind.OPERATOR
                         and principal.role not in endpoint.roles):
                     raise Forbidden("this operator role may not do that", code="role_forbidden")
                 idem_key = request.headers.get("Idempotency-Key") if request.method == "POST" else None
-                allowed, cached, answered = await svc.accel.preflight(
+                wait_s, cached, answered = await svc.accel.preflight(
                     principal.rate_limit_scope, svc.settings.auth.rate_limit_per_s,
                     cache_key(principal.idempotency_scope, idem_key) if idem_key else None,
                 )
-                if not allowed:
-                    raise RateLimited("too many requests; slow down and retry")
+                if wait_s > 0:
+                    raise RateLimited("too many requests; slow down and retry", retry_after_s=math.ceil(wait_s))
                 prefetched = (cached, answered and idem_key is not None)
             raw_params: Any = {}
             body: Any = None
             if endpoint.body is not None:
                 data = await request.read()
                 if data.strip():
-                    try:
-                        raw_params = msgspec.json.decode(data)
-                    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-                        raise InvalidRequest("the body is not valid UTF-8 JSON", code="invalid_json") from None
+                    if request.content_type != "application/json":
+                        raise UnsupportedMediaType("send the body as Content-Type: application/json",
+                                                   param="Content-Type")
+                    raw_params = parse_json(data)
                 if not isinstance(raw_params, dict):
                     raise InvalidRequest("the body must be a JSON object", code="invalid_json")
                 _check_text(raw_params)

@@ -1,4 +1,8 @@
-"""Slow password hashing (Argon2id). Hashing is CPU-bound: callers run it off the event loop."""
+"""Slow password hashing (Argon2id). Hashing is CPU-bound: callers run it off the event loop.
+
+``verifications_total`` counts the verifications this process started (tests prove with it that
+a throttled sign-in computes no hash).
+"""
 
 from __future__ import annotations
 
@@ -23,5 +27,10 @@ def _verify(stored: str | None, password: str) -> bool:
         return False
 
 
+verifications_total = 0
+
+
 async def verify_password(stored: str | None, password: str) -> bool:
+    global verifications_total
+    verifications_total += 1
     return await asyncio.get_running_loop().run_in_executor(None, _verify, stored, password)

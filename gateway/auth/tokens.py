@@ -39,6 +39,17 @@ class TokenIssuer:
             raise Unauthenticated("the credential is neither an API key nor a token", code="invalid_token") from None
         return audience if isinstance(audience, str) else None
 
+    @staticmethod
+    def uuid_claim(claims: dict[str, Any], name: str) -> uuid.UUID:
+        """A claim that names an object: a correctly signed token whose claim is not a UUID is refused."""
+        value = claims.get(name)
+        if isinstance(value, str):
+            try:
+                return uuid.UUID(value)
+            except ValueError:
+                pass
+        raise Unauthenticated("the token is not valid", code="invalid_token")
+
     def verify(self, token: str, audience: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)

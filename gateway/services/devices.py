@@ -20,7 +20,7 @@ import msgspec
 from gateway.auth.principals import Principal, PrincipalKind
 from gateway.domain.ids import Kind, decode, encode
 from gateway.errors import NotFound, Unauthenticated
-from gateway.services import views
+from gateway.services import throttle, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.store import devices as store
@@ -86,14 +86,17 @@ async def create_enrolment_code(svc: Services, who: Principal, text_terminal: st
     return EnrolmentCodeView(code=code, terminal=text_terminal, expires_at=expires_at.isoformat())
 
 
-async def enrol(svc: Services, code: str, name: str) -> EnrolmentView:
+async def enrol(svc: Services, code: str, name: str, address: str | None = None) -> EnrolmentView:
+    normalised = _normalise_code(code)
+    attempt = await throttle.admit(svc, throttle.Kind.ENROLMENT, normalised, address)
     secret = "ds_" + secrets.token_urlsafe(32)
     async with svc.db.connection() as conn, conn.transaction():
-        taken = await store.take_enrolment_code(conn, _keyed(svc, "enrol", _normalise_code(code)), svc.now())
+        taken = await store.take_enrolment_code(conn, _keyed(svc, "enrol", normalised), svc.now())
         if taken is None:
             raise Unauthenticated("the enrolment code is unknown, used or expired", code="invalid_enrolment_code")
         device = await store.insert_device(conn, uuid.uuid4(), taken["merchant_id"], taken["store_id"],
                                            taken["terminal_id"], name, _keyed(svc, "device", secret))
+    await throttle.succeeded(svc, attempt)
     token, ttl_s = _token(svc, device)
     return EnrolmentView(
         device=encode(Kind.DEVICE, device["id"]), device_secret=secret,
@@ -102,7 +105,8 @@ async def enrol(svc: Services, code: str, name: str) -> EnrolmentView:
     )
 
 
-async def renew(svc: Services, text_device: str, secret: str) -> DeviceTokenView:
+async def renew(svc: Services, text_device: str, secret: str, address: str | None = None) -> DeviceTokenView:
+    attempt = await throttle.admit(svc, throttle.Kind.DEVICE, text_device, address)
     device_id = decode(Kind.DEVICE, text_device)
     async with svc.db.connection() as conn:
         device = await store.device(conn, device_id) if device_id else None
@@ -112,18 +116,19 @@ async def renew(svc: Services, text_device: str, secret: str) -> DeviceTokenView
         raise Unauthenticated("unknown device or wrong secret", code="invalid_device_credentials")
     if not active:
         raise Unauthenticated("this device has been revoked", code="device_revoked")
+    await throttle.succeeded(svc, attempt)
     token, ttl_s = _token(svc, device)
     return DeviceTokenView(access_token=token, expires_in=ttl_s)
 
 
 async def principal(svc: Services, credential: str) -> Principal:
     claims = svc.tokens.verify(credential, DEVICE_AUDIENCE)
-    device_id = uuid.UUID(claims["sub"])
+    device_id = svc.tokens.uuid_claim(claims, "sub")
     async with svc.db.connection() as conn:
         if not await store.device_active(conn, device_id):
             raise Unauthenticated("this device has been revoked", code="device_revoked")
-    return Principal(PrincipalKind.DEVICE, device_id, merchant_id=uuid.UUID(claims["mid"]),
-                     store_id=uuid.UUID(claims["sid"]), terminal_id=uuid.UUID(claims["tid"]))
+    return Principal(PrincipalKind.DEVICE, device_id, merchant_id=svc.tokens.uuid_claim(claims, "mid"),
+                     store_id=svc.tokens.uuid_claim(claims, "sid"), terminal_id=svc.tokens.uuid_claim(claims, "tid"))
 
 
 async def revoke_terminal(svc: Services, who: Principal, text_terminal: str, identity: RequestIdentity) -> Reply:

@@ -124,11 +124,12 @@ async def get(svc: Services, who: Principal, text_id: str) -> Any:
             if row is None:
                 raise _missing(pid)
             return views.payment_view(row)
-        # A publishable key sees its own merchant's payments; a wallet holder may look up any
-        # payment it was given the id of (that is how it pays), but only the payer's view of it.
+        # A publishable key sees its own merchant's payments; a wallet holder may look up an unpaid
+        # payment it was given the id of (that is how it pays), in the payer's view; once paid, only
+        # its payer (and its merchant) see it.
         scope = who.merchant_id if who.kind is PrincipalKind.PUBLISHABLE else None
         row = await store.get(conn, pid, merchant_id=scope)
-        if row is None:
+        if row is None or (who.kind is PrincipalKind.WALLET and row["payer_id"] not in (None, who.id)):
             raise _missing(pid)
         merchant = await tenants.merchant(conn, row["merchant_id"])
         assert merchant is not None

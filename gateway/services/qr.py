@@ -141,6 +141,16 @@ def _token(svc: Services, payload_text: str) -> tuple[str, emv_qr.MerchantPayloa
     return token, payload
 
 
+def _refuse_if_unknown(qr_row: asyncpg.Record | None, payload_text: str) -> asyncpg.Record:
+    """The code the gateway issued, exactly: preview and pay refuse the same scanned texts."""
+    if qr_row is None:
+        raise NotFound("this QR code is not known to the gateway", code="qr_code_unknown", param="payload")
+    if payload_text.strip() != qr_row["payload"]:
+        # Only the token is looked up: every other field must be the gateway's own, untouched.
+        raise InvalidRequest("this QR code was altered", code="qr_code_altered", param="payload")
+    return qr_row
+
+
 def _refuse_if_unusable(svc: Services, qr_row: asyncpg.Record | None, payment: asyncpg.Record | None) -> None:
     if qr_row is None:
         raise NotFound("this QR code is not known to the gateway", code="qr_code_unknown", param="payload")
@@ -158,10 +168,9 @@ def _refuse_if_unusable(svc: Services, qr_row: asyncpg.Record | None, payment: a
 async def preview(svc: Services, who: Principal, payload_text: str) -> views.QrPreview:
     token, payload = _token(svc, payload_text)
     async with svc.db.connection() as conn:
-        qr_row = await codes.qr(conn, token)
-        payment = await payment_store.get(conn, qr_row["payment_id"]) if qr_row and qr_row["payment_id"] else None
+        qr_row = _refuse_if_unknown(await codes.qr(conn, token), payload_text)
+        payment = await payment_store.get(conn, qr_row["payment_id"]) if qr_row["payment_id"] else None
         _refuse_if_unusable(svc, qr_row, payment)
-        assert qr_row is not None
         merchant = await tenants.merchant(conn, qr_row["merchant_id"])
         store_row = await tenants.store(conn, qr_row["store_id"], qr_row["merchant_id"]) if qr_row["store_id"] else None
     assert merchant is not None
@@ -188,13 +197,8 @@ async def pay(
     """Pay a scanned code: a dynamic code pays its payment; a static one creates and pays a payment."""
     token, payload = _token(svc, payload_text)
     async with svc.db.connection() as conn:
-        qr_row = await codes.qr(conn, token)
-        head = await payment_store.get(conn, qr_row["payment_id"]) if qr_row and qr_row["payment_id"] else None
-    if qr_row is None:
-        raise NotFound("this QR code is not known to the gateway", code="qr_code_unknown", param="payload")
-    if payload_text.strip() != qr_row["payload"]:
-        # Only the token is looked up: every other field must be the gateway's own, untouched.
-        raise InvalidRequest("this QR code was altered", code="qr_code_altered", param="payload")
+        qr_row = _refuse_if_unknown(await codes.qr(conn, token), payload_text)
+        head = await payment_store.get(conn, qr_row["payment_id"]) if qr_row["payment_id"] else None
     if qr_row["kind"] == "dynamic":
         assert head is not None
         if amount is not None and amount != head["amount_minor"]:

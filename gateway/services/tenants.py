@@ -12,7 +12,7 @@ from gateway.domain import ledger
 from gateway.domain.fees import FEE_BPS_MAX
 from gateway.domain.ids import Kind, decode
 from gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthenticated
-from gateway.services import devices, views
+from gateway.services import devices, throttle, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.services.wallets import WALLET_AUDIENCE
@@ -41,11 +41,13 @@ async def create_operator(svc: Services, email: str, password: str, role: str) -
     return op_id
 
 
-async def operator_login(svc: Services, email: str, password: str) -> views.TokenView:
+async def operator_login(svc: Services, email: str, password: str, address: str | None = None) -> views.TokenView:
+    attempt = await throttle.admit(svc, throttle.Kind.OPERATOR, email, address)  # before the hash
     async with svc.db.connection() as conn:
         row = await store.operator_by_email(conn, email.lower())
     if not await passwords.verify_password(row["password_hash"] if row else None, password) or row is None:
         raise Unauthenticated("wrong email or password", code="invalid_credentials")
+    await throttle.succeeded(svc, attempt)
     ttl_s = svc.settings.auth.operator_token_ttl_s
     return views.TokenView(token=svc.tokens.issue(row["id"], OPERATOR_AUDIENCE, ttl_s, role=row["role"]), expires_in=ttl_s)
 
@@ -70,13 +72,14 @@ async def authenticate(svc: Services, authorization: str | None) -> Principal:
     audience = svc.tokens.unverified_audience(credential)
     if audience == OPERATOR_AUDIENCE:
         claims = svc.tokens.verify(credential, OPERATOR_AUDIENCE)
-        return Principal(PrincipalKind.OPERATOR, uuid.UUID(claims["sub"]), role=str(claims.get("role")))
+        return Principal(PrincipalKind.OPERATOR, svc.tokens.uuid_claim(claims, "sub"), role=str(claims.get("role")))
     if audience == devices.DEVICE_AUDIENCE:
         return await devices.principal(svc, credential)
     if audience == WALLET_AUDIENCE:
         claims = svc.tokens.verify(credential, WALLET_AUDIENCE)
         device = claims.get("did")
-        return Principal(PrincipalKind.WALLET, uuid.UUID(claims["sub"]), device_id=str(device) if device else None)
+        return Principal(PrincipalKind.WALLET, svc.tokens.uuid_claim(claims, "sub"),
+                         device_id=str(device) if device else None)
     raise Unauthenticated("the token is not valid", code="invalid_token")
 
 

@@ -15,7 +15,7 @@ from gateway.domain import ledger, limits
 from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import check_amount, currency
 from gateway.errors import Conflict, Declined, Forbidden, InvalidRequest, NotFound, Unauthenticated
-from gateway.services import views
+from gateway.services import throttle, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.store import ledger as ledger_store
@@ -49,11 +49,15 @@ async def register(svc: Services, phone: str, password: str) -> views.WalletHold
     return views.holder_view(row)
 
 
-async def login(svc: Services, phone: str, password: str, device_id: str | None = None) -> views.TokenView:
+async def login(
+    svc: Services, phone: str, password: str, device_id: str | None = None, address: str | None = None
+) -> views.TokenView:
+    attempt = await throttle.admit(svc, throttle.Kind.WALLET, phone, address)  # before the hash
     async with svc.db.connection() as conn:
         row = await store.holder_by_phone(conn, phone)
     if not await passwords.verify_password(row["password_hash"] if row else None, password) or row is None:
         raise Unauthenticated("wrong phone number or password", code="invalid_credentials")
+    await throttle.succeeded(svc, attempt)
     ttl_s = svc.settings.auth.wallet_token_ttl_s
     token = svc.tokens.issue(row["id"], WALLET_AUDIENCE, ttl_s, did=device_id) if device_id else svc.tokens.issue(
         row["id"], WALLET_AUDIENCE, ttl_s

@@ -9,7 +9,8 @@
   provisioning endpoint (key passed on stdin, never on the command line).
 - ``Register``: an unmodified pyTeliumManager register in a thread, on one end of a pty null modem.
 
-Every wait is bounded; every process is stopped (SIGTERM, then SIGKILL) by its owner.
+Every wait is bounded; every process is stopped (SIGTERM, then SIGKILL) by its owner. In a test
+session every process's output is kept in a file of the secret canary's directory (``tests/canary.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+
+from tests import canary
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -81,7 +84,7 @@ class GatewayProcess:
         self.overrides = dict(overrides or {})
         self.url = f"http://127.0.0.1:{port}"
         self.process: asyncio.subprocess.Process | None = None
-        self.log_path = log_path or Path(f"/tmp/e2e-gateway-{database}.log")
+        self.log_path = log_path or canary.log_path(f"e2e-gateway-{database}.log")
 
     @property
     def env(self) -> dict[str, str]:
@@ -112,6 +115,8 @@ class GatewayProcess:
             out, _ = await asyncio.wait_for(process.communicate(stdin.encode() if stdin else None), timeout_s)
         finally:
             await stop_process(process, sig=signal.SIGKILL)
+        with self.log_path.open("ab") as log_file:
+            log_file.write(out)
         assert process.returncode == 0, (args, out.decode())
         return out.decode()
 
@@ -150,8 +155,9 @@ class GatewayProcess:
             await conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
         finally:
             await conn.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.log_path.unlink()
+        if canary.active() is None:
+            with contextlib.suppress(FileNotFoundError):
+                self.log_path.unlink()
 
 
 class ApiError(AssertionError):
@@ -275,14 +281,16 @@ class AgentProcess:
 
     async def _read_logs(self, process: asyncio.subprocess.Process) -> None:
         assert process.stderr is not None
-        while line := await process.stderr.readline():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                entry = {"msg": line.decode(errors="replace").rstrip(), "level": "RAW"}
-            async with self._changed:
-                self.logs.append(entry)
-                self._changed.notify_all()
+        with canary.log_path(f"e2e-agent-{process.pid}.log").open("ab") as log_file:
+            while line := await process.stderr.readline():
+                log_file.write(line)
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    entry = {"msg": line.decode(errors="replace").rstrip(), "level": "RAW"}
+                async with self._changed:
+                    self.logs.append(entry)
+                    self._changed.notify_all()
 
     async def wait_log(self, match: Callable[[dict[str, Any]], bool], *, timeout_s: float = 10.0,
                        after: int = 0) -> dict[str, Any]:
@@ -327,30 +335,37 @@ class PhoneProcess:
         self.tap_times: list[float] = []
         self._reader: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
+        self.log_path = canary.log_path(f"e2e-phone-{port}.log")
 
     async def start(self) -> None:
         p = self.provisioning
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "hardware.sim.phone", "--port", str(self.port), "--host", "127.0.0.1",
-            "--pan", p["token_pan"], "--psn", str(p["psn"]), "--icc-mk-hex", "-", "--atc-start", str(self.atc),
-            "--expiry", p["expiry_yymm"], cwd=REPO_ROOT,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        with self.log_path.open("ab") as log_file:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "hardware.sim.phone", "--port", str(self.port), "--host", "127.0.0.1",
+                "--pan", p["token_pan"], "--psn", str(p["psn"]), "--icc-mk-hex", "-", "--atc-start", str(self.atc),
+                "--expiry", p["expiry_yymm"], cwd=REPO_ROOT,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log_file)
         assert self.process.stdin is not None and self.process.stdout is not None
         self.process.stdin.write(p["icc_master_key"].encode() + b"\n")
         await asyncio.wait_for(self.process.stdin.drain(), 2)
         ready = await asyncio.wait_for(self.process.stdout.readline(), 10)
         assert ready.startswith(b"phone: ready"), ready
-        self._reader = asyncio.create_task(self._read(self.process))
+        self._reader = asyncio.create_task(self._read(self.process, ready))
 
-    async def _read(self, process: asyncio.subprocess.Process) -> None:
+    async def _read(self, process: asyncio.subprocess.Process, first: bytes) -> None:
         assert process.stdout is not None
-        while line := await process.stdout.readline():
-            text = line.decode()
-            if text.startswith("phone: tap atc="):
-                async with self._changed:
-                    self.atc = int(text.split("=", 1)[1])
-                    self.tap_times.append(time.monotonic())
-                    self._changed.notify_all()
+        with self.log_path.open("ab") as log_file:
+            log_file.write(first)
+            while line := await process.stdout.readline():
+                log_file.write(line)
+                await self._follow(line.decode())
+
+    async def _follow(self, text: str) -> None:
+        if text.startswith("phone: tap atc="):
+            async with self._changed:
+                self.atc = int(text.split("=", 1)[1])
+                self.tap_times.append(time.monotonic())
+                self._changed.notify_all()
 
     async def wait_taps(self, count: int, timeout_s: float = 10) -> None:
         async with asyncio.timeout(timeout_s), self._changed:

@@ -47,6 +47,12 @@ def missing(name: str, who: str, method: str, path: str, body: Any = None, param
     return case(name, who, method, path, body, status=404, code="resource_missing", param=param)
 
 
+def not_accepted(name: str, who: str, method: str, path: str, body: Any = None) -> Any:
+    """A kind of credential the route never takes: 401, whatever object it names."""
+    return case(name, who, method, path, body, status=401, code="credential_not_accepted",
+                type_="authentication_error")
+
+
 # Merchant A reaching for merchant B's objects.
 CROSS_MERCHANT = [
     missing("read-payment", "a", "GET", "/v1/payments/{b_paid}", param="id"),
@@ -66,32 +72,32 @@ CROSS_MERCHANT = [
 
 # A publishable key only reads the payer's view of its own merchant's payments.
 PUBLISHABLE = [
-    missing("create-payment", "a_pk", "POST", "/v1/payments", {"amount": 100, "currency": "CNY"}),
-    missing("list-payments", "a_pk", "GET", "/v1/payments"),
-    missing("capture", "a_pk", "POST", "/v1/payments/{a_held}/capture", {}),
-    missing("cancel", "a_pk", "POST", "/v1/payments/{a_held}/cancel", {}),
-    missing("refund", "a_pk", "POST", "/v1/payments/{a_paid}/refunds", {}),
-    missing("list-refunds", "a_pk", "GET", "/v1/payments/{a_paid}/refunds"),
-    missing("balance", "a_pk", "GET", "/v1/balance"),
-    missing("events", "a_pk", "GET", "/v1/events"),
-    missing("list-own-keys", "a_pk", "GET", "/v1/merchants/{a_merchant}/api_keys"),
-    missing("revoke-own-secret-key", "a_pk", "POST", "/v1/api_keys/{a_sk_key}/revoke", {}),
+    not_accepted("create-payment", "a_pk", "POST", "/v1/payments", {"amount": 100, "currency": "CNY"}),
+    not_accepted("list-payments", "a_pk", "GET", "/v1/payments"),
+    not_accepted("capture", "a_pk", "POST", "/v1/payments/{a_held}/capture", {}),
+    not_accepted("cancel", "a_pk", "POST", "/v1/payments/{a_held}/cancel", {}),
+    not_accepted("refund", "a_pk", "POST", "/v1/payments/{a_paid}/refunds", {}),
+    not_accepted("list-refunds", "a_pk", "GET", "/v1/payments/{a_paid}/refunds"),
+    not_accepted("balance", "a_pk", "GET", "/v1/balance"),
+    not_accepted("events", "a_pk", "GET", "/v1/events"),
+    not_accepted("list-own-keys", "a_pk", "GET", "/v1/merchants/{a_merchant}/api_keys"),
+    not_accepted("revoke-own-secret-key", "a_pk", "POST", "/v1/api_keys/{a_sk_key}/revoke", {}),
     missing("read-other-merchants-payment", "a_pk", "GET", "/v1/payments/{b_paid}", param="id"),
-    missing("pay", "a_pk", "POST", "/v1/wallet/payments/{b_open}/pay", {}),
+    not_accepted("pay", "a_pk", "POST", "/v1/wallet/payments/{b_open}/pay", {}),
 ]
 
 # A wallet holder is not a merchant, and sees only its own bank accounts.
 WALLET = [
-    missing("create-payment", "h", "POST", "/v1/payments", {"amount": 100, "currency": "CNY"}),
-    missing("list-payments", "h", "GET", "/v1/payments"),
-    missing("capture", "h", "POST", "/v1/payments/{a_held}/capture", {}),
-    missing("cancel", "h", "POST", "/v1/payments/{a_held}/cancel", {}),
-    missing("refund-own-payment", "h", "POST", "/v1/payments/{a_paid}/refunds", {}),
-    missing("list-refunds", "h", "GET", "/v1/payments/{a_paid}/refunds"),
-    missing("balance", "h", "GET", "/v1/balance"),
-    missing("events", "h", "GET", "/v1/events"),
-    missing("merchant", "h", "GET", "/v1/merchants/{a_merchant}"),
-    missing("revoke-key", "h", "POST", "/v1/api_keys/{a_sk_key}/revoke", {}),
+    not_accepted("create-payment", "h", "POST", "/v1/payments", {"amount": 100, "currency": "CNY"}),
+    not_accepted("list-payments", "h", "GET", "/v1/payments"),
+    not_accepted("capture", "h", "POST", "/v1/payments/{a_held}/capture", {}),
+    not_accepted("cancel", "h", "POST", "/v1/payments/{a_held}/cancel", {}),
+    not_accepted("refund-own-payment", "h", "POST", "/v1/payments/{a_paid}/refunds", {}),
+    not_accepted("list-refunds", "h", "GET", "/v1/payments/{a_paid}/refunds"),
+    not_accepted("balance", "h", "GET", "/v1/balance"),
+    not_accepted("events", "h", "GET", "/v1/events"),
+    not_accepted("merchant", "h", "GET", "/v1/merchants/{a_merchant}"),
+    not_accepted("revoke-key", "h", "POST", "/v1/api_keys/{a_sk_key}/revoke", {}),
     missing("top-up-from-others-bank", "h", "POST", "/v1/wallet/top_ups",
             {"bank_account": "{g_bank}", "amount": 500, "currency": "CNY"}, param="bank_account"),
     missing("withdraw-to-others-bank", "h", "POST", "/v1/wallet/withdrawals",
@@ -128,9 +134,10 @@ async def test_wallet_holder_is_not_a_merchant_and_keeps_to_its_own_bank(scene: 
 
 
 @pytest.mark.parametrize(("method", "path", "body"), OPERATOR_ONLY, ids=[f"{m} {p}" for m, p, _ in OPERATOR_ONLY])
-async def test_operator_endpoints_do_not_exist_for_others(scene: Scene, method: str, path: str, body: Any) -> None:
+async def test_operator_endpoints_refuse_other_credentials(scene: Scene, method: str, path: str, body: Any) -> None:
     for who in ("a", "a_pk", "h"):
-        await refused_and_nothing_changed(scene, Case(who, method, path, body, status=404, code="resource_missing"))
+        await refused_and_nothing_changed(scene, Case(who, method, path, body, status=401,
+                                                      code="credential_not_accepted", type_="authentication_error"))
 
 
 async def test_each_tenant_lists_only_its_own(scene: Scene) -> None:
@@ -157,7 +164,7 @@ async def test_each_tenant_lists_only_its_own(scene: Scene) -> None:
 
 async def test_payer_views_show_no_merchant_internals(scene: Scene) -> None:
     w = scene.world
-    for headers, payment in ((auth(scene.a.publishable), scene.a_paid), (scene.g.headers, scene.a_paid),
+    for headers, payment in ((auth(scene.a.publishable), scene.a_paid), (scene.h.headers, scene.a_paid),
                              (scene.h.headers, scene.b_open)):
         view = await w.call("GET", f"/v1/payments/{payment['id']}", headers=headers)
         assert set(view) == PAYER_VIEW_FIELDS, view

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -171,3 +174,127 @@ def test_settings_are_frozen() -> None:
         settings.server.port = 1  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.server = settings.server  # type: ignore[misc]
+
+
+# Secrets of a live gateway as an operator would set them (made up for the test, fit for live mode).
+LIVE_OK = {
+    "GATEWAY_AUTH_KEY_MODE": "live",
+    "GATEWAY_AUTH_JWT_KEYS": "live-2027-01:Vq3xT9pLm2Rr8sKw1ZyB6nHc4JdF0gAe",
+    "GATEWAY_AUTH_JWT_ACTIVE_KID": "live-2027-01",
+    "GATEWAY_AUTH_API_KEY_PEPPER": "N7c2Wq9Lx4Pz1Rm8Ks3Vb6Hy0Jt5Gd2F",
+    "GATEWAY_ISSUER_IMK_HEX": "9F3A61C04E5B27D8A1C3E5F70B2D4869",
+}
+SHIPPED = tomllib.loads(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+DEV_JWT_KEYS = SHIPPED["auth"]["jwt_keys"]
+DEV_PEPPER = SHIPPED["auth"]["api_key_pepper"]
+DEV_IMK = SHIPPED["issuer"]["imk_hex"]
+
+
+def test_test_mode_keeps_the_development_defaults() -> None:
+    settings = load(env={})
+    assert settings.auth.key_mode == "test"
+    assert (settings.auth.api_key_pepper, settings.issuer.imk_hex) == (DEV_PEPPER, DEV_IMK)
+
+
+def test_live_mode_with_its_own_secrets_loads() -> None:
+    settings = load(env=LIVE_OK)
+    assert settings.auth.key_mode == "live"
+    assert settings.auth.jwt_key_ring() == {"live-2027-01": "Vq3xT9pLm2Rr8sKw1ZyB6nHc4JdF0gAe"}
+
+
+def test_live_mode_without_an_issuer_key_loads_with_taps_disabled() -> None:
+    assert load(env={**LIVE_OK, "GATEWAY_ISSUER_IMK_HEX": ""}).issuer.imk_hex == ""
+
+
+@pytest.mark.parametrize("mode", ["banana", "LIVE", "production", ""])
+def test_unknown_key_mode_refused(mode: str) -> None:
+    with pytest.raises(ValueError, match=r"^auth\.key_mode is 'test' or 'live'"):
+        load(env={"GATEWAY_AUTH_KEY_MODE": mode})
+
+
+@pytest.mark.parametrize(
+    ("env", "setting", "secret"),
+    [
+        pytest.param({"GATEWAY_AUTH_JWT_KEYS": DEV_JWT_KEYS, "GATEWAY_AUTH_JWT_ACTIVE_KID": "dev-2026-11"},
+                     "auth.jwt_keys", DEV_JWT_KEYS.partition(":")[2], id="jwt_shipped"),
+        pytest.param({"GATEWAY_AUTH_JWT_KEYS": "live-2027-01:Vq3xT9pLm2Rr8sKw1ZyB6nHc4JdF0gAe,"
+                                               + DEV_JWT_KEYS.replace("dev-2026-11", "old")},
+                     "auth.jwt_keys", DEV_JWT_KEYS.partition(":")[2], id="jwt_shipped_kept_for_verifying"),
+        pytest.param({"GATEWAY_AUTH_JWT_KEYS": "live-2027-01:prod-dev-only-signing-key-0123456789"},
+                     "auth.jwt_keys", "prod-dev-only-signing-key-0123456789", id="jwt_dev_only"),
+        pytest.param({"GATEWAY_AUTH_JWT_KEYS": "live-2027-01:Please-Change-Me-Before-Go-Live-2027"},
+                     "auth.jwt_keys", "Please-Change-Me-Before-Go-Live-2027", id="jwt_change_me"),
+        pytest.param({"GATEWAY_AUTH_JWT_KEYS": "live-2027-01:Vq3xT9pLm2Rr8sKw1ZyB6nHc4Jd"},
+                     "auth.jwt_keys", "Vq3xT9pLm2Rr8sKw1ZyB6nHc4Jd", id="jwt_shorter_than_32_bytes"),
+        pytest.param({"GATEWAY_AUTH_JWT_KEYS": "live-2027-01:" + "x" * 40}, "auth.jwt_keys", "x" * 40,
+                     id="jwt_one_repeated_character"),
+        pytest.param({"GATEWAY_AUTH_API_KEY_PEPPER": DEV_PEPPER}, "auth.api_key_pepper", DEV_PEPPER,
+                     id="pepper_shipped"),
+        pytest.param({"GATEWAY_AUTH_API_KEY_PEPPER": "our-pepper-CHANGE-ME-later"}, "auth.api_key_pepper",
+                     "our-pepper-CHANGE-ME-later", id="pepper_change_me"),
+        pytest.param({"GATEWAY_AUTH_API_KEY_PEPPER": "0" * 32}, "auth.api_key_pepper", "0" * 32,
+                     id="pepper_one_repeated_character"),
+        pytest.param({"GATEWAY_ISSUER_IMK_HEX": DEV_IMK}, "issuer.imk_hex", DEV_IMK, id="imk_shipped"),
+        pytest.param({"GATEWAY_ISSUER_IMK_HEX": DEV_IMK.lower()}, "issuer.imk_hex", DEV_IMK.lower(),
+                     id="imk_shipped_lower_case"),
+        pytest.param({"GATEWAY_ISSUER_IMK_HEX": "0" * 32}, "issuer.imk_hex", "0" * 32, id="imk_all_zero"),
+        pytest.param({"GATEWAY_ISSUER_IMK_HEX": "7" * 32}, "issuer.imk_hex", "7" * 32, id="imk_all_same_digit"),
+        pytest.param({"GATEWAY_ISSUER_IMK_HEX": "0123456789ABCDEF0123456789ABCDEF"}, "issuer.imk_hex",
+                     "0123456789ABCDEF0123456789ABCDEF", id="imk_textbook_test_key"),
+    ],
+)
+def test_live_mode_refuses_development_and_weak_secrets(env: dict[str, str], setting: str, secret: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        load(env={**LIVE_OK, **env})
+    message = str(refused.value)
+    assert message.startswith(f"{setting}: ") and "live mode" in message
+    assert f"set GATEWAY_{setting.replace('.', '_').upper()}" in message
+    assert secret not in message and secret.lower() not in message.lower()
+
+
+def test_live_mode_refuses_the_shipped_secrets_even_under_another_settings_file(tmp_path: Path) -> None:
+    other = write_toml(tmp_path, f'[issuer]\nimk_hex = "{LIVE_OK["GATEWAY_ISSUER_IMK_HEX"]}"\n')
+    with pytest.raises(ValueError, match=r"^issuer\.imk_hex: the development value "):
+        load(other, env={**LIVE_OK, "GATEWAY_ISSUER_IMK_HEX": DEV_IMK})
+
+
+def test_live_mode_with_the_shipped_file_names_every_secret_on_one_line() -> None:
+    with pytest.raises(ValueError) as refused:
+        load(env={"GATEWAY_AUTH_KEY_MODE": "live"})
+    message = str(refused.value)
+    assert "\n" not in message
+    for setting in ("auth.jwt_keys", "auth.api_key_pepper", "issuer.imk_hex"):
+        assert setting in message
+    for secret in (DEV_JWT_KEYS.partition(":")[2], DEV_PEPPER, DEV_IMK):
+        assert secret not in message
+
+
+def _gateway_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    return subprocess.run([str(Path(sys.executable).parent / "gateway"), *args], env={**clean, **env},
+                          capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_serve_in_live_mode_with_development_secrets_exits_2_with_one_line() -> None:
+    done = _gateway_cli("serve", GATEWAY_AUTH_KEY_MODE="live")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: auth.jwt_keys: "), done.stderr
+    assert "set GATEWAY_AUTH_API_KEY_PEPPER" in lines[0] and "Traceback" not in done.stderr
+    assert DEV_PEPPER not in done.stderr and DEV_IMK not in done.stderr and done.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        pytest.param({"GATEWAY_AUTH_KEY_MODE": "banana"}, "auth.key_mode", id="unknown_mode"),
+        pytest.param({"GATEWAY_SERVER_PORT": "eighty"}, "server.port", id="unconvertible"),
+        pytest.param({"GATEWAY_TIERS_TIER1": "CNY:1"}, "tiers", id="malformed_caps"),
+        pytest.param({"GATEWAY_CONFIG": "/nonexistent/gateway.toml"}, "settings file not found", id="no_file"),
+    ],
+)
+def test_every_settings_error_at_start_up_is_one_line_and_exit_2(env: dict[str, str], named: str) -> None:
+    done = _gateway_cli("migrate", **env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error: {named}") and done.stderr.count("\n") == 1, done.stderr
+    assert "Traceback" not in done.stderr
