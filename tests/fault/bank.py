@@ -38,6 +38,7 @@ import asyncpg
 
 from gateway.domain.ids import Kind, decode
 from gateway.store import invariants
+from tests import canary
 from tests.e2e.harness import OPERATOR_EMAIL, OPERATOR_PASSWORD, Api, GatewayProcess, Holder, Shop, free_tcp_port
 from tests.fault import checker
 from tests.fault.client import BankClient
@@ -156,6 +157,9 @@ async def _snapshot(url: str) -> checker.Snapshot:
             for r in await conn.fetch("SELECT id, holder_id, amount_minor FROM transfers WHERE kind = 'top_up'"):
                 top_ups.setdefault(r["holder_id"], []).append((r["id"], r["amount_minor"]))
         report = await invariants.check(conn)
+        watcher = canary.active()
+        if watcher is not None:  # no database row may hold a secret either
+            watcher.scan(await canary.rows_as_text(conn), "the bank run's database")
     finally:
         await conn.close()
     return checker.Snapshot(payments, refunds, events, keys, wallets, top_ups, report)
@@ -208,8 +212,11 @@ async def run(options: Options, *, out: Callable[[str], None] = print, cleanup: 
         if options.lock_timeout_s is not None:
             overrides["GATEWAY_IDEMPOTENCY_LOCK_TIMEOUT_S"] = str(int(options.lock_timeout_s))
         for index in range(options.gateways):
+            # Under pytest the secret canary scans what every gateway logged (tests/canary.py).
+            log_path = (canary.log_path(f"bank-{options.seed}-gateway-{index}.log") if canary.active()
+                        else workdir / f"gateway-{index}.log")
             gateway = GatewayProcess(port, DATABASE, db_url=pg.url(DATABASE), redis_url=redis.url,
-                                     overrides=overrides, log_path=workdir / f"gateway-{index}.log")
+                                     overrides=overrides, log_path=log_path)
             gateways.append(gateway)
             cleanup.push(functools.partial(_kill_gateway, gateway))
         await gateways[0].cli("migrate", timeout_s=60)
