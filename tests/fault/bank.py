@@ -185,7 +185,9 @@ async def run(options: Options, *, out: Callable[[str], None] = print, cleanup: 
     started = time.monotonic()
     schedule = make_schedule(options.seed, options.duration_s, options.gateways, options.lock_timeout_s or 30.0)
     report = Report(options, schedule)
-    out(f"bank run seed={options.seed} (replay with --seed {options.seed}); {len(schedule)} faults scheduled")
+    lock = f" --lock-timeout {options.lock_timeout_s:g}" if options.lock_timeout_s is not None else " --lock-timeout 0"
+    out(f"bank run seed={options.seed}; {len(schedule)} faults scheduled (replay: ./dev faults --seed {options.seed} "
+        f"--duration {options.duration_s:g} --gateways {options.gateways}{lock})")
     for fault in schedule:
         out(f"  #{fault.index} at {fault.at_s:.1f} s: {fault.kind} for {fault.duration_s} s"
             f"{f' (gateway {fault.target})' if fault.target is not None else ''}")
