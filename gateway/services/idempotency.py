@@ -118,9 +118,15 @@ class Idempotency:
             return self._replay(who, *_unpack(cached))
         # One pooled connection for the claim, the work and the answer (it holds the key's liveness lock).
         async with self.db.connection() as conn:
-            row = await keys.claim(
-                conn, who.scope, who.key, who.fingerprint, who.method, who.path, self.settings.lock_timeout_s
-            )
+            try:
+                row = await keys.claim(
+                    conn, who.scope, who.key, who.fingerprint, who.method, who.path, self.settings.lock_timeout_s
+                )
+            except BaseException:
+                # Whether the claim (and its key lock) happened is unknown: no pooled connection may keep
+                # a key lock, so this one is closed (PostgreSQL drops the lock with it).
+                conn.terminate()
+                raise
             if not row.claimed:
                 if row.key_locked:
                     await keys.unlock(conn, who.scope, who.key)
