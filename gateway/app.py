@@ -6,17 +6,20 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.api import admin, devices, payments, system, wallet  # noqa: F401  (registers endpoints)
+from gateway.api import admin, checkout, cors, devices, payments, system, wallet, webhooks  # noqa: F401  (registers endpoints)
 from gateway.api.middlewares import observe
 from gateway.api.routing import SERVICES, api
 from gateway.services.context import Services
 from gateway.settings import Settings
-from gateway.workers import run_workers
+from gateway.web import checkout as web_checkout
+from gateway.workers import running
 
 
 def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
     app = web.Application(middlewares=[observe], client_max_size=settings.server.body_max_bytes)
     api.install(app)
+    cors.install(app, cors.browser_paths(api, also=[checkout.STATUS_PATH]))
+    web_checkout.install(app)
 
     async def services(app: web.Application) -> AsyncIterator[None]:
         svc = await Services.start(settings)
@@ -26,5 +29,9 @@ def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
 
     app.cleanup_ctx.append(services)
     if workers:
-        app.cleanup_ctx.append(run_workers)
+        async def background(app: web.Application) -> AsyncIterator[None]:
+            async with running(app[SERVICES]):  # the loops get the services, not the app
+                yield
+
+        app.cleanup_ctx.append(background)
     return app

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from gateway.domain.limits import Caps, Tier
 from gateway.domain.throttle import Backoff, Rate
+from gateway.domain.webhooks import Backoff as WebhookBackoff
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
 
@@ -90,6 +91,28 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class WebhookSettings:
+    timeout_s: float = 15.0
+    lease_margin_s: float = 30.0
+    response_excerpt_bytes: int = 1024
+    concurrency_max: int = 64
+    endpoint_concurrency_max: int = 4
+    batch_max: int = 100
+    poll_interval_s: float = 2.0
+    listen: bool = True
+    backoff_base_s: float = 5.0
+    backoff_max_s: float = 21600.0
+    retry_window_s: float = 259200.0
+    disable_after_s: float = 432000.0
+    rotation_overlap_s: int = 86400
+    rotation_overlap_max_s: int = 604800
+    endpoints_per_merchant_max: int = 16
+
+    def backoff(self) -> WebhookBackoff:
+        return WebhookBackoff(self.backoff_base_s, self.backoff_max_s, self.retry_window_s)
+
+
+@dataclass(frozen=True)
 class WalletSettings:
     tier_default: int = 4
     pin_threshold_minor: str = ""
@@ -143,7 +166,9 @@ class ThrottleSettings:
     failures_forget_s: int = 86400
     address_per_s: float = 1.0
     address_burst: int = 30
-    address_exempt: str = "127.0.0.1,::1"
+    address_exempt: str = ""
+    address_ipv6_prefix_bits: int = 64
+    trusted_proxies: str = ""
     overall_per_s: float = 20.0
     overall_burst: int = 100
 
@@ -158,6 +183,9 @@ class ThrottleSettings:
 
     def exempt_addresses(self) -> frozenset[str]:
         return frozenset(filter(None, (a.strip() for a in self.address_exempt.split(","))))
+
+    def proxies(self) -> frozenset[str]:
+        return frozenset(filter(None, (a.strip() for a in self.trusted_proxies.split(","))))
 
 
 @dataclass(frozen=True)
@@ -248,6 +276,7 @@ class Settings:
     devices: DeviceSettings
     issuer: IssuerSettings
     throttle: ThrottleSettings
+    webhooks: WebhookSettings = WebhookSettings()
 
     def __post_init__(self) -> None:
         if self.auth.key_mode not in ("test", "live"):
@@ -280,6 +309,16 @@ class Settings:
         self.throttle.backoff()  # each refuses nonsense (zero rates, a cap below the base) with ValueError
         self.throttle.per_address()
         self.throttle.overall()
+        self.webhooks.backoff()
+        w = self.webhooks
+        if w.timeout_s <= 0 or w.concurrency_max < 1 or w.endpoint_concurrency_max < 1 or w.batch_max < 1:
+            raise ValueError("webhooks: timeout_s, concurrency_max, endpoint_concurrency_max and batch_max are positive")
+        if w.poll_interval_s <= 0 or w.response_excerpt_bytes < 0 or w.endpoints_per_merchant_max < 1:
+            raise ValueError("webhooks: poll_interval_s and endpoints_per_merchant_max are positive")
+        if not 0 <= w.rotation_overlap_s <= w.rotation_overlap_max_s:
+            raise ValueError("webhooks.rotation_overlap_s is between 0 and rotation_overlap_max_s")
+        if not 8 <= self.throttle.address_ipv6_prefix_bits <= 128:
+            raise ValueError("throttle.address_ipv6_prefix_bits is between 8 and 128")
         if self.throttle.failures_forget_s < self.throttle.lockout_max_s:
             raise ValueError("throttle.failures_forget_s must be at least throttle.lockout_max_s")
         if self.auth.key_mode == "live":
@@ -347,7 +386,7 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None, **overr
         "server": ServerSettings, "database": DatabaseSettings, "redis": RedisSettings, "auth": AuthSettings,
         "payments": PaymentSettings, "idempotency": IdempotencySettings, "workers": WorkerSettings,
         "wallet": WalletSettings, "tiers": TierSettings, "qr": QrSettings, "devices": DeviceSettings,
-        "issuer": IssuerSettings, "throttle": ThrottleSettings,
+        "issuer": IssuerSettings, "throttle": ThrottleSettings, "webhooks": WebhookSettings,
     }
     unknown = set(data) - set(sections)
     if unknown:

@@ -38,6 +38,9 @@ def make_settings(**overrides: dict[str, object]) -> Settings:
         "database": {"url": TEST_DB_URL, "pool_min": 1, "pool_max": 10},
         "redis": {"url": TEST_REDIS_URL},
         "workers": {"interval_s": 3600.0},
+        # Every client of the suite signs in from loopback: no per-address limit for it (tests of that
+        # limit set their own addresses or settings).
+        "throttle": {"address_exempt": "127.0.0.1,::1"},
     }
     for name, values in overrides.items():
         sections.setdefault(name, {}).update(values)

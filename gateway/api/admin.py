@@ -15,7 +15,7 @@ ADMIN = {"admin"}
 @api.route("POST", "/v1/operator/sessions", summary="Operator log in; returns a JWT", auth=None,
            body=schema.Login, response=views.TokenView, status=201, tag="operators")
 async def operator_login(call: Call[schema.Login, None]) -> Any:
-    return await tenants.operator_login(call.svc, call.body.email, call.body.password, call.request.remote)
+    return await tenants.operator_login(call.svc, call.body.email, call.body.password, call.client_address)
 
 
 @api.route("POST", "/v1/merchants", summary="Create a merchant", auth={P.OPERATOR}, roles=ADMIN,
@@ -112,13 +112,6 @@ async def set_tier(call: Call[schema.SetTier, None]) -> Any:
            response=views.MerchantBalanceView, tag="payments")
 async def balance(call: Call[None, None]) -> Any:
     return await tenants.merchant_balance(call.svc, call.who)
-
-
-@api.route("GET", "/v1/events", summary="The merchant's events, newest first", auth={P.MERCHANT},
-           query=schema.EventQuery, response=views.EventList, tag="payments")
-async def events(call: Call[None, schema.EventQuery]) -> Any:
-    q = call.query
-    return await tenants.list_events(call.svc, call.who, q.limit, q.starting_after, q.payment)
 
 
 @api.route("GET", "/v1/operator/ledger/invariants", summary="Run the ledger invariant checker",

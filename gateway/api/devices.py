@@ -20,13 +20,13 @@ async def enrolment_code(call: Call[schema.Empty, None]) -> Any:
 @api.route("POST", "/v1/devices/enrolments", summary="Exchange an enrolment code for device credentials", auth=None,
            body=schema.EnrolDevice, response=devices.EnrolmentView, status=201, tag="devices")
 async def enrol(call: Call[schema.EnrolDevice, None]) -> Any:
-    return await devices.enrol(call.svc, call.body.code, call.body.name, call.request.remote)
+    return await devices.enrol(call.svc, call.body.code, call.body.name, call.client_address)
 
 
 @api.route("POST", "/v1/devices/sessions", summary="Renew a device token with the device secret", auth=None,
            body=schema.RenewDevice, response=devices.DeviceTokenView, status=201, tag="devices")
 async def renew(call: Call[schema.RenewDevice, None]) -> Any:
-    return await devices.renew(call.svc, call.body.device, call.body.device_secret, call.request.remote)
+    return await devices.renew(call.svc, call.body.device, call.body.device_secret, call.client_address)
 
 
 @api.route("POST", "/v1/terminals/{id}/revoke", summary="Revoke a terminal and every device enrolled on it",

@@ -48,7 +48,7 @@ def _render(api_id: int, api: Api) -> bytes:
         if ep.query is not None:
             for field in msgspec.structs.fields(ep.query):
                 schema = msgspec.json.schema(field.type)
-                params.append({"name": field.name, "in": "query", "required": field.required, "schema": schema})
+                params.append({"name": field.encode_name, "in": "query", "required": field.required, "schema": schema})
         if ep.method == "POST":
             params.append({"name": "Idempotency-Key", "in": "header", "required": False,
                            "schema": {"type": "string", "maxLength": 255},

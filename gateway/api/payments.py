@@ -21,6 +21,7 @@ async def create(call: Call[schema.CreatePayment, None]) -> Any:
     req = payments.NewPayment(
         amount=b.amount, currency=b.currency, capture_method=CaptureMethod(b.capture_method),  # type: ignore[arg-type]
         merchant_reference=b.merchant_reference, description=b.description, expires_in_s=b.expires_in, store=b.store,
+        return_url=b.return_url, cancel_url=b.cancel_url,
     )
     return await payments.create(call.svc, call.who, req, call.identity())
 

@@ -24,6 +24,7 @@ import msgspec
 from aiohttp import web
 
 from gateway.auth.principals import Principal, PrincipalKind
+from gateway.domain import throttle
 from gateway.errors import Forbidden, InvalidRequest, RateLimited, Unauthenticated, UnsupportedMediaType
 from gateway.logs import request_id_var
 from gateway.services import tenants
@@ -51,6 +52,12 @@ class Call(Generic[B, Q]):
 
     def match(self, name: str) -> str:
         return self.request.match_info[name]
+
+    @property
+    def client_address(self) -> str | None:
+        """The client's address: the peer's, or behind a trusted proxy the one it forwarded."""
+        return throttle.forwarded_client(self.request.remote, self.request.headers.getall("X-Forwarded-For", []),
+                                         self.svc.settings.throttle.proxies())
 
     @property
     def who(self) -> Principal:
@@ -104,12 +111,19 @@ def _param(message: str) -> str | None:
 
 
 def _check_text(value: Any, path: str = "", depth: int = 0) -> None:
-    """Refuse text PostgreSQL cannot store (NUL) and absurd nesting, naming the field."""
+    """Refuse text PostgreSQL cannot store (NUL), text that is not Unicode (a lone surrogate such as
+    ``"\\ud800"``, which JSON escapes allow but UTF-8 cannot encode) and absurd nesting, naming the field."""
     if depth > _NESTING_MAX:
         raise InvalidRequest("the body is nested too deeply", code="invalid_json", param=path or None)
     if isinstance(value, str):
         if "\x00" in value:
             raise InvalidRequest("text may not contain NUL characters", code="invalid_parameter", param=path or None)
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidRequest("text must be valid Unicode (no lone surrogates)", code="invalid_json",
+                                     param=path or None) from None
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_text(key, path, depth + 1)
@@ -146,8 +160,8 @@ def parse_json(data: bytes) -> Any:
     try:
         return json.loads(data.decode("utf-8"), object_pairs_hook=_object, parse_constant=_no_constant)
     except _DuplicateKey as exc:
-        raise InvalidRequest(f"the key {exc.key!r} appears twice in the body", code="duplicate_key",
-                             param=exc.key) from None
+        key = exc.key.encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate stays printable
+        raise InvalidRequest(f"the key {key!r} appears twice in the body", code="duplicate_key", param=key) from None
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidRequest("the body is not valid UTF-8 JSON", code="invalid_json") from None
 

@@ -30,6 +30,13 @@ class CreatePayment(Strict):
     description: Annotated[str, msgspec.Meta(max_length=500)] | None = None
     expires_in: Annotated[int, msgspec.Meta(description="Seconds the payment can be paid for")] | None = None
     store: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    return_url: Annotated[str, msgspec.Meta(description="Hosted checkout: where the payer returns when paid"
+                                                        " (the payment id is added as ?payment=)")] | None = None
+    cancel_url: Annotated[str, msgspec.Meta(description="Hosted checkout: where a payer who gives up goes")] | None = None
+
+
+class CheckoutQuery(Strict):
+    secret: Annotated[str, msgspec.Meta(max_length=100, description="The client secret of the checkout URL")]
 
 
 class CapturePayment(Strict):
@@ -182,7 +189,44 @@ class RenewDevice(Strict):
 class EventQuery(Strict):
     limit: Limit = 10
     starting_after: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    ending_before: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     payment: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    type: Annotated[str, msgspec.Meta(max_length=64, description="An event type, or a family: payment.*")] | None = None
+    created_gte: Annotated[int, msgspec.Meta(ge=0, description="Unix seconds")] | None = msgspec.field(
+        default=None, name="created[gte]")
+    created_lt: Annotated[int, msgspec.Meta(ge=0, description="Unix seconds")] | None = msgspec.field(
+        default=None, name="created[lt]")
+
+
+EventType = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class CreateWebhookEndpoint(Strict):
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+    enabled_events: Annotated[list[EventType], msgspec.Meta(min_length=1, max_length=32,
+                                                            description='Event types, or ["*"] for all')]
+    description: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+class UpdateWebhookEndpoint(Strict):
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | None = None
+    enabled_events: Annotated[list[EventType], msgspec.Meta(min_length=1, max_length=32)] | None = None
+    description: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    disabled: bool | None = None
+
+
+class RotateSecret(Strict):
+    expires_in: Annotated[int, msgspec.Meta(ge=0, description="Seconds the previous secret keeps signing")] | None = None
+
+
+class Redeliver(Strict):
+    endpoint: Annotated[str, msgspec.Meta(max_length=64, description="Only to this endpoint")] | None = None
+
+
+class DeliveryQuery(Strict):
+    limit: Limit = 10
+    starting_after: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    status: Literal["pending", "succeeded", "failed"] | None = None
 
 
 class HistoryQuery(Strict):

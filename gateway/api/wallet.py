@@ -19,7 +19,7 @@ async def register(call: Call[schema.WalletCredentials, None]) -> Any:
 @api.route("POST", "/v1/wallet/sessions", summary="Log in; returns a short-lived wallet token", auth=None,
            body=schema.WalletLogin, response=views.TokenView, status=201, tag="wallet")
 async def login(call: Call[schema.WalletLogin, None]) -> Any:
-    return await wallets.login(call.svc, call.body.phone, call.body.password, call.body.device_id, call.request.remote)
+    return await wallets.login(call.svc, call.body.phone, call.body.password, call.body.device_id, call.client_address)
 
 
 @api.route("GET", "/v1/wallet", summary="The holder's balances per currency", auth={P.WALLET},

@@ -27,6 +27,8 @@ class Kind(StrEnum):
     TRANSFER = "tr"
     DEVICE = "dev"
     TAP_TOKEN = "tt"
+    WEBHOOK_ENDPOINT = "we"
+    WEBHOOK_DELIVERY = "whd"
 
 
 def encode(kind: Kind, value: uuid.UUID) -> str:

@@ -16,7 +16,8 @@ the script.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ipaddress
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 COST = 1.0  # tokens one request takes
@@ -108,3 +109,32 @@ def schedule(backoff: Backoff) -> list[int]:
         delays_s.append(lockout_s(backoff, failures))
         failures += 1
     return delays_s
+
+
+def client_network(address: str | None, ipv6_prefix_bits: int) -> str:
+    """The network a client address stands for: an IPv4 address itself, an IPv6 address its
+    ``/ipv6_prefix_bits`` network (one subscriber gets a whole /64, so per-address buckets must not
+    be per IPv6 address), an IPv4-mapped IPv6 address its IPv4; "unknown" for anything else."""
+    if not address:
+        return "unknown"
+    try:
+        parsed = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return "unknown"
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, ipv6_prefix_bits), strict=False))
+    return str(parsed)
+
+
+def forwarded_client(remote: str | None, forwarded_for: Sequence[str], trusted: Collection[str]) -> str | None:
+    """The client behind trusted proxies: ``remote`` unless it is a trusted proxy, then the right-most
+    ``X-Forwarded-For`` hop that is not one (hops left of it are the client's own claims)."""
+    if remote is None or remote not in trusted:
+        return remote
+    hops = [hop.strip() for value in forwarded_for for hop in value.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if hop not in trusted:
+            return hop
+    return remote

@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
 from gateway.accel import Accelerator
+from gateway.auth.sealing import Sealer
 from gateway.auth.tokens import TokenIssuer
 from gateway.domain.limits import Tier
 from gateway.services.idempotency import Idempotency
@@ -21,6 +22,7 @@ class Services:
     accel: Accelerator
     idempotency: Idempotency
     tokens: TokenIssuer
+    sealer: Sealer
     tiers: dict[int, Tier] = field(default_factory=dict)
     pin_thresholds_minor: dict[str, int] = field(default_factory=dict)
     limits_zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
@@ -39,7 +41,7 @@ class Services:
         accel = Accelerator(settings.redis)
         tokens = TokenIssuer(settings.auth.jwt_issuer, settings.auth.jwt_key_ring(), settings.auth.jwt_active_kid)
         return cls(
-            settings, db, accel, Idempotency(db, accel, settings.idempotency), tokens,
+            settings, db, accel, Idempotency(db, accel, settings.idempotency), tokens, Sealer(settings.auth.api_key_pepper),
             tiers=settings.tiers.tiers(), pin_thresholds_minor=settings.wallet.pin_thresholds(),
             limits_zone=ZoneInfo(settings.wallet.limits_timezone),
         )

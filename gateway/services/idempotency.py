@@ -35,6 +35,8 @@ KEY_LENGTH_MAX = 255
 _BACKGROUND_MAX = 1000  # Redis copies in flight; beyond that they are skipped (PostgreSQL has them)
 Work = Callable[[Connection], Awaitable[tuple[int, Any]]]
 Check = Callable[[Connection], Awaitable[None]]  # runs on the request's connection, outside its transaction
+# Records a refusal (e.g. a payment.failed event) in the transaction that stores the refused answer.
+Refused = Callable[[Connection, GatewayError], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +80,22 @@ def _unpack(blob: bytes) -> tuple[bytes, int, bytes]:
     return blob[:32], int.from_bytes(blob[32:34], "big"), blob[34:]
 
 
+@dataclass(slots=True)
+class _KeyLock:
+    """Whether this request's connection may still hold the key's liveness lock. It is cleared only
+    by a statement that freed the lock and returned; a connection that may still hold it when the
+    request ends is closed, never pooled (asyncpg's reset is skipped, so nothing else would free it:
+    a later request with the same key on that connection would re-enter the lock)."""
+
+    held: bool = True
+
+
 class _TakenOver(Exception):
     """Our key was taken over by a retry while our work ran: the work is rolled back."""
+
+
+class _NotOurs(Exception):
+    """Our key was taken over before our refusal was stored: what was written with it is rolled back."""
 
 
 class Idempotency:
@@ -107,50 +123,55 @@ class Idempotency:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def run(self, who: RequestIdentity, work: Work, before: Check | None = None) -> Reply:
+    async def run(self, who: RequestIdentity, work: Work, before: Check | None = None,
+                  refused: Refused | None = None) -> Reply:
         """``before`` holds the checks that depend on the moment (PIN, code still usable, tap counter): it
         runs only when the request really executes, so a retry of a finished request gets its stored
-        answer whatever changed since; a client error it raises is the stored answer too."""
+        answer whatever changed since; a client error it raises is the stored answer too.
+
+        ``refused`` runs when the work or ``before`` raises a client error, in the one transaction that
+        stores that answer: what it writes exists once per key (a retry replays, it does not run again)."""
         if who.key is None:
-            return await self._run_plain(who, work, before)
+            return await self._run_plain(who, work, before, refused)
         cached = who.cached if who.prefetched else await self.accel.get(cache_key(who.scope, who.key))
         if cached is not None:
             return self._replay(who, *_unpack(cached))
         # One pooled connection for the claim, the work and the answer (it holds the key's liveness lock).
         async with self.db.connection() as conn:
+            lock = _KeyLock()  # until the claim returns, whether it took the lock is unknown
             try:
                 row = await keys.claim(
                     conn, who.scope, who.key, who.fingerprint, who.method, who.path, self.settings.lock_timeout_s
                 )
+                lock.held = row.key_locked
+                if not row.claimed:
+                    if lock.held:
+                        await keys.unlock(conn, who.scope, who.key)
+                        lock.held = False
+                    return self._answer_of_other(who, row)
+                reply = await self._own(conn, who, work, before, row, refused, lock)
             except BaseException:
-                # Whether the claim (and its key lock) happened is unknown: no pooled connection may keep
-                # a key lock, so this one is closed (PostgreSQL drops the lock with it).
-                conn.terminate()
+                if lock.held:  # PostgreSQL drops the lock with the connection
+                    conn.terminate()
                 raise
-            if not row.claimed:
-                if row.key_locked:
-                    await keys.unlock(conn, who.scope, who.key)
-                return self._answer_of_other(who, row)
-            reply = await self._own(conn, who, work, before, row)
         if not reply.replayed:
             self._remember(who, reply.status, reply.body)
         return reply
 
     async def _own(self, conn: Connection, who: RequestIdentity, work: Work, before: Check | None,
-                   row: keys.KeyRow) -> Reply:
+                   row: keys.KeyRow, refused: Refused | None, lock: _KeyLock) -> Reply:
         """Run a claimed key's request. Its answer is stored only while the key is still ours; a request
         that finds its key taken over (it stalled past ``lock_timeout_s`` and a retry ran) answers what
         the new owner stored, or a retryable 409, never an answer of its own."""
         assert row.locked_at is not None and who.key is not None
         locked_at, key = row.locked_at, who.key
-        key_locked = row.key_locked
 
         async def guarded(conn: Connection) -> Reply:
-            nonlocal key_locked
             status, value = await work(conn)
             body = _encode(status, value)
-            unlock, key_locked = key_locked, False  # session-level: freed even if this transaction is retried
-            if not await keys.complete(conn, who.scope, key, locked_at, status, body, unlock):
+            ours = await keys.complete(conn, who.scope, key, locked_at, status, body, lock.held)
+            lock.held = False  # session-level: freed even if this transaction is rolled back or retried
+            if not ours:
                 raise _TakenOver()  # rolls our work back
             return Reply(status, body)
 
@@ -161,17 +182,36 @@ class Idempotency:
         except _TakenOver:
             return await self._answer_after_takeover(conn, who)
         except (IdempotencyInUse, Unavailable):
-            await self._release(conn, who, locked_at, key_locked)
+            await self._release(conn, who, locked_at, lock)
             raise
         except GatewayError as exc:
             body = msgspec.json.encode(exc.body(who.request_id))
-            unlock, key_locked = key_locked, False
-            if await keys.complete(conn, who.scope, key, locked_at, exc.status, body, unlock):
+            if refused is None:
+                stored = await keys.complete(conn, who.scope, key, locked_at, exc.status, body, lock.held)
+                lock.held = False
+            else:
+                failure, record = exc, refused
+                try:
+                    stored = await self.db.run(
+                        lambda c: self._refuse(c, failure, record, who, key, locked_at, body, lock), conn)
+                except _NotOurs:
+                    stored = False
+            if stored:
                 return Reply(exc.status, body)
             return await self._answer_after_takeover(conn, who)
         except BaseException:
-            await self._release(conn, who, locked_at, key_locked)
+            await self._release(conn, who, locked_at, lock)
             raise
+
+    @staticmethod
+    async def _refuse(conn: Connection, exc: GatewayError, refused: Refused, who: RequestIdentity, key: str,
+                      locked_at: Any, body: bytes, lock: _KeyLock) -> bool:
+        await refused(conn, exc)
+        ours = await keys.complete(conn, who.scope, key, locked_at, exc.status, body, lock.held)
+        lock.held = False
+        if not ours:
+            raise _NotOurs()  # the key was taken over: what ``refused`` wrote is rolled back
+        return True
 
     def _answer_of_other(self, who: RequestIdentity, row: keys.KeyRow) -> Reply:
         """The answer for a key another request owns: its stored response, or 409 while it runs."""
@@ -191,22 +231,29 @@ class Idempotency:
             raise IdempotencyInUse("the Idempotency-Key was taken over by a retry; retry", param="Idempotency-Key")
         return self._answer_of_other(who, row)
 
-    async def _release(self, conn: Connection, who: RequestIdentity, locked_at: Any, key_locked: bool) -> None:
-        """Give the key up on the connection that holds its lock; if that connection is broken, close it
-        (PostgreSQL then drops the lock and a retry takes the key over at once)."""
+    async def _release(self, conn: Connection, who: RequestIdentity, locked_at: Any, lock: _KeyLock) -> None:
+        """Give the key up on the connection that holds its lock; if that fails, the caller closes the
+        connection (PostgreSQL then drops the lock and a retry takes the key over at once)."""
         try:
             async with asyncio.timeout(self.db.settings.command_timeout_s):
-                await keys.release(conn, who.scope, who.key or "", locked_at, key_locked)
-        except Exception:  # the lock dies with the connection; a retry can then take the key over
-            log.warning("could not release idempotency key; closing its connection", exc_info=True)
-            conn.terminate()
+                await keys.release(conn, who.scope, who.key or "", locked_at, lock.held)
+            lock.held = False
+        except Exception:
+            log.warning("could not release idempotency key; its connection will be closed", exc_info=True)
 
-    async def _run_plain(self, who: RequestIdentity, work: Work, before: Check | None) -> Reply:
+    async def _run_plain(self, who: RequestIdentity, work: Work, before: Check | None,
+                         refused: Refused | None) -> Reply:
         async def plain(conn: Connection) -> Reply:
             status, value = await work(conn)
             return Reply(status, _encode(status, value))
 
         async with self.db.connection() as conn:
-            if before is not None:
-                await before(conn)
-            return await self.db.run(plain, conn)
+            try:
+                if before is not None:
+                    await before(conn)
+                return await self.db.run(plain, conn)
+            except GatewayError as exc:
+                if refused is not None and not isinstance(exc, (IdempotencyInUse, Unavailable)):
+                    failure = exc
+                    await self.db.run(lambda c: refused(c, failure), conn)
+                raise

@@ -22,16 +22,17 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from gateway.auth.principals import Principal, PrincipalKind
-from gateway.domain import fees, ledger, limits
-from gateway.domain.ids import Kind, decode
+from gateway.domain import checkout, fees, ledger, limits
+from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import check_amount, currency
 from gateway.domain.payments import CaptureMethod, Payment, Status
-from gateway.errors import Declined, InvalidRequest, InvalidState, NotFound
+from gateway.errors import Declined, GatewayError, InvalidRequest, InvalidState, NotFound
 from gateway.services import pins, views
 from gateway.services.context import Services
-from gateway.services.idempotency import Reply, RequestIdentity
+from gateway.services.idempotency import Refused, Reply, RequestIdentity
 from gateway.store import ledger as ledger_store
 from gateway.store import payments as store
 from gateway.store import tenants
@@ -67,6 +68,22 @@ class NewPayment:
     description: str | None
     expires_in_s: int | None
     store: str | None
+    return_url: str | None = None
+    cancel_url: str | None = None
+
+
+def checkout_url(svc: Services, row: asyncpg.Record) -> str | None:
+    """The hosted checkout page of a payment that has one, while the payer can still pay it."""
+    if row["return_url"] is None or checkout.payer_status(row["status"], row["expires_at"], svc.now()) != (
+            Status.REQUIRES_PAYMENT_METHOD.value):
+        return None
+    # The API key pepper is the server key; the secret's own HMAC label keeps the two uses apart.
+    return checkout.checkout_url(svc.settings.server.public_url, svc.settings.auth.api_key_pepper, row["id"],
+                                 encode(Kind.PAYMENT, row["id"]))
+
+
+def _merchant_view(svc: Services, row: asyncpg.Record) -> views.PaymentView:
+    return views.payment_view(row, checkout_url(svc, row))
 
 
 async def _record(conn: Connection, row: asyncpg.Record, holder_id: uuid.UUID | None = None) -> views.PaymentView:
@@ -75,6 +92,23 @@ async def _record(conn: Connection, row: asyncpg.Record, holder_id: uuid.UUID | 
         conn, EVENT_FOR_STATUS[Status(row["status"])], row["id"], view, merchant_id=row["merchant_id"], holder_id=holder_id
     )
     return view
+
+
+def record_decline(pid: uuid.UUID, holder_id: uuid.UUID) -> Refused:
+    """A ``payment.failed`` event for a declined attempt to pay ``pid``, written with the stored refusal
+    (so once per idempotency key); the payment itself is unchanged and can still be paid."""
+
+    async def refused(conn: Connection, exc: GatewayError) -> None:
+        if not isinstance(exc, Declined):
+            return
+        row = await store.get(conn, pid)
+        if row is None:
+            return
+        data = msgspec.to_builtins(views.payment_view(row))
+        data["last_payment_error"] = {"code": exc.code, "message": exc.message, "param": exc.param}
+        await store.insert_event(conn, "payment.failed", pid, data, merchant_id=row["merchant_id"], holder_id=holder_id)
+
+    return refused
 
 
 async def create(svc: Services, who: Principal, req: NewPayment, identity: RequestIdentity) -> Reply:
@@ -89,6 +123,12 @@ async def create(svc: Services, who: Principal, req: NewPayment, identity: Reque
             f"expires_in must be between 60 and {svc.settings.payments.expiry_max_s} seconds",
             code="invalid_expiry", param="expires_in",
         )
+    live = svc.settings.auth.key_mode == "live"
+    return_url = checkout.redirect_url(req.return_url, "return_url", live=live)
+    cancel_url = checkout.redirect_url(req.cancel_url, "cancel_url", live=live)
+    if cancel_url is not None and return_url is None:
+        raise InvalidRequest("cancel_url needs a return_url (both belong to the hosted checkout)",
+                             code="cancel_url_without_return_url", param="cancel_url")
     store_id = who.store_id
     if req.store is not None:
         store_id = decode(Kind.STORE, req.store)
@@ -107,11 +147,12 @@ async def create(svc: Services, who: Principal, req: NewPayment, identity: Reque
         )
         row = await store.insert(
             conn, payment, store_id=store_id, terminal_id=terminal_id, merchant_reference=req.merchant_reference,
-            description=req.description, fee_bps=merchant["fee_bps"],
+            description=req.description, fee_bps=merchant["fee_bps"], return_url=return_url, cancel_url=cancel_url,
         )
         view = views.payment_view(row)
+        # The event goes without the checkout URL: its client secret is not kept with the payment's history.
         await store.insert_event(conn, "payment.created", payment.id, view, merchant_id=merchant_id, holder_id=None)
-        return 201, view
+        return 201, msgspec.structs.replace(view, checkout_url=checkout_url(svc, row))
 
     return await svc.idempotency.run(identity, work)
 
@@ -123,7 +164,7 @@ async def get(svc: Services, who: Principal, text_id: str) -> Any:
             row = await store.get(conn, pid, merchant_id=who.merchant_id)
             if row is None:
                 raise _missing(pid)
-            return views.payment_view(row)
+            return _merchant_view(svc, row)
         # A publishable key sees its own merchant's payments; a wallet holder may look up an unpaid
         # payment it was given the id of (that is how it pays), in the payer's view; once paid, only
         # its payer (and its merchant) see it.
@@ -159,7 +200,7 @@ async def list_payments(
         rows = await store.list_for_merchant(conn, who.merchant_id, limit, after, before, merchant_reference)
     has_more = len(rows) > limit
     rows = rows[:limit] if before is None else rows[-limit:]
-    return views.PaymentList(data=[views.payment_view(r) for r in rows], has_more=has_more)
+    return views.PaymentList(data=[_merchant_view(svc, r) for r in rows], has_more=has_more)
 
 
 async def payer_accounts(
@@ -249,7 +290,7 @@ async def pay(svc: Services, who: Principal, text_id: str, pin: str | None, iden
         updated = await authorize_locked(svc, conn, row, holder_id, accounts, channel="wallet")
         return 200, await payer_view(conn, updated)
 
-    return await svc.idempotency.run(identity, work, before=check_pin)
+    return await svc.idempotency.run(identity, work, before=check_pin, refused=record_decline(pid, holder_id))
 
 
 async def confirm(svc: Services, who: Principal, text_id: str, pin: str | None, identity: RequestIdentity) -> Reply:

@@ -14,6 +14,7 @@ import asyncio
 import secrets
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -68,27 +69,33 @@ async def issue_dynamic(
         row = await payment_store.get(conn, pid, merchant_id=who.merchant_id, for_update=True)
         if row is None:
             raise NotFound(f"no such payment: {text_id}", param="id")
-        payment = store_domain(row)
-        if payment.status is not Status.REQUIRES_PAYMENT_METHOD:
-            raise Conflict(f"the payment is {payment.status.value}; it cannot be paid", code="payment_not_payable",
-                           status_now=payment.status.value)
-        merchant = await tenants.merchant(conn, row["merchant_id"])
-        assert merchant is not None
-        cur = currency(row["currency"])
-        token = secrets.token_urlsafe(12)
-        reference = row["merchant_reference"] or pid.hex[:25]
-        try:
-            payload = checkout_qr.dynamic(svc.settings.qr.scheme_id, token, _face(merchant), cur.numeric,
-                                          row["amount_minor"], cur.exponent, reference, terminal_label)
-        except emv_qr.QrFormatError as exc:  # the payment's or the request's text cannot go in a QR code
-            raise InvalidRequest(f"this payment cannot be put in a QR code: {exc}", code="qr_not_encodable",
-                                 param=_QR_FIELD_PARAM.get(exc.id or "", None), qr_error=str(exc.code)) from None
-        expires_at = min(svc.now() + timedelta(seconds=ttl), row["expires_at"])
-        qr_row = await codes.insert_qr(conn, token, "dynamic", row["merchant_id"], row["store_id"], pid, payload,
-                                       expires_at)
-        return 201, _view(svc, qr_row)
+        return 201, _view(svc, await issue_locked(svc, conn, row, ttl, terminal_label))
 
     return await svc.idempotency.run(identity, work)
+
+
+async def issue_locked(
+    svc: Services, conn: Connection, row: asyncpg.Record, ttl_s: int, terminal_label: str | None
+) -> asyncpg.Record:
+    """A new dynamic code for a payment row locked by the caller; the code lives at most as long as it."""
+    payment = store_domain(row)
+    if payment.status is not Status.REQUIRES_PAYMENT_METHOD:
+        raise Conflict(f"the payment is {payment.status.value}; it cannot be paid", code="payment_not_payable",
+                       status_now=payment.status.value)
+    merchant = await tenants.merchant(conn, row["merchant_id"])
+    assert merchant is not None
+    cur = currency(row["currency"])
+    token = secrets.token_urlsafe(12)
+    reference = row["merchant_reference"] or row["id"].hex[:25]
+    try:
+        payload = checkout_qr.dynamic(svc.settings.qr.scheme_id, token, _face(merchant), cur.numeric,
+                                      row["amount_minor"], cur.exponent, reference, terminal_label)
+    except emv_qr.QrFormatError as exc:  # the payment's or the request's text cannot go in a QR code
+        raise InvalidRequest(f"this payment cannot be put in a QR code: {exc}", code="qr_not_encodable",
+                             param=_QR_FIELD_PARAM.get(exc.id or "", None), qr_error=str(exc.code)) from None
+    expires_at = min(svc.now() + timedelta(seconds=ttl_s), row["expires_at"])
+    return await codes.insert_qr(conn, token, "dynamic", row["merchant_id"], row["store_id"], row["id"], payload,
+                                 expires_at)
 
 
 # Which request or payment field ends up in which QR field, to name it in an error.
@@ -243,7 +250,10 @@ async def pay(
         updated = await payments.authorize_locked(svc, conn, row, who.id, accounts, channel="qr")
         return 200, await payments.payer_view(conn, updated)
 
-    return await svc.idempotency.run(identity, work, before=checks)
+    # A declined dynamic code leaves its payment unpaid: a payment.failed event says why. (A static
+    # code's payment is created by the work, so a decline leaves no payment to speak of.)
+    refused = payments.record_decline(head["id"], who.id) if head is not None else None
+    return await svc.idempotency.run(identity, work, before=checks, refused=refused)
 
 
 class _ImageCache:
@@ -273,11 +283,20 @@ _caches: dict[int, _ImageCache] = {}
 
 async def image(svc: Services, who: Principal, token: str, fmt: str) -> bytes:
     """A code's image, for its merchant (secret or publishable key)."""
+    return await _image_of(svc, token, fmt, lambda row: row["merchant_id"] == who.merchant_id)
+
+
+async def payment_image(svc: Services, payment_id: uuid.UUID, token: str, fmt: str) -> bytes:
+    """A code's image for whoever may see its payment (the hosted checkout, by the client secret)."""
+    return await _image_of(svc, token, fmt, lambda row: row["payment_id"] == payment_id)
+
+
+async def _image_of(svc: Services, token: str, fmt: str, allowed: Callable[[asyncpg.Record], bool]) -> bytes:
     if not (0 < len(token) <= 64 and set(token) <= _TOKEN_CHARS):
         raise NotFound("no such QR code", code="qr_code_unknown", param="token")
     async with svc.db.connection() as conn:
         row = await codes.qr(conn, token)
-    if row is None or row["merchant_id"] != who.merchant_id:
+    if row is None or not allowed(row):
         raise NotFound("no such QR code", code="qr_code_unknown", param="token")
     cache = _caches.setdefault(id(svc), _ImageCache(svc.settings.qr.image_cache_entries))
     return await cache.get(row["payload"], fmt)

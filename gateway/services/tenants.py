@@ -229,23 +229,3 @@ async def merchant_balance(svc: Services, who: Principal) -> views.MerchantBalan
         balances=[views.BalanceView(currency=cur, available=sums[aid][0] - sums[aid][1], held=sums[aid][1],
                                     total=sums[aid][0]) for aid, cur in rows]
     )
-
-
-async def list_events(
-    svc: Services, who: Principal, limit: int, starting_after: str | None, payment: str | None
-) -> views.EventList:
-    assert who.merchant_id is not None
-    async with svc.db.connection() as conn:
-        after_seq = None
-        if starting_after is not None:
-            event_id = decode(Kind.EVENT, starting_after)
-            after_seq = await event_store.event_seq(conn, event_id, who.merchant_id) if event_id else None
-            if after_seq is None:
-                raise InvalidRequest("the cursor names no event of yours", code="invalid_cursor", param="starting_after")
-        object_id = None
-        if payment is not None:
-            object_id = decode(Kind.PAYMENT, payment)
-            if object_id is None:
-                raise NotFound(f"no such payment: {payment}", param="payment")
-        rows = await event_store.list_events(conn, who.merchant_id, limit, after_seq, object_id)
-    return views.EventList(data=[views.event_view(r) for r in rows[:limit]], has_more=len(rows) > limit)

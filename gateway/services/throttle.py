@@ -66,8 +66,8 @@ def _buckets(svc: Services, address: str | None) -> list[tuple[str, Rate]]:
     settings = svc.settings.throttle
     space = urlsplit(svc.settings.database.url).path.lstrip("/")
     buckets = [(f"tb:login:{space}:all", settings.overall())]
-    client = address or "unknown"
-    if client not in settings.exempt_addresses():
+    client = throttle.client_network(address, settings.address_ipv6_prefix_bits)
+    if client not in settings.exempt_addresses() and address not in settings.exempt_addresses():
         buckets.append((f"tb:login:{space}:addr:{client}", settings.per_address()))
     return buckets
 

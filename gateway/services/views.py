@@ -40,9 +40,12 @@ class PaymentView(msgspec.Struct, kw_only=True):
     confirm_by: str | None
     created_at: str
     updated_at: str
+    return_url: str | None = None
+    cancel_url: str | None = None
+    checkout_url: str | None = None  # the hosted checkout page (with its client secret): the merchant's only
 
 
-def payment_view(row: Any) -> PaymentView:
+def payment_view(row: Any, checkout_url: str | None = None) -> PaymentView:
     return PaymentView(
         id=ids.encode(Kind.PAYMENT, row["id"]),
         status=row["status"],
@@ -64,6 +67,9 @@ def payment_view(row: Any) -> PaymentView:
         confirm_by=_ts(row["confirm_by"]),
         created_at=row["created_at"].isoformat(),
         updated_at=row["updated_at"].isoformat(),
+        return_url=row["return_url"],
+        cancel_url=row["cancel_url"],
+        checkout_url=checkout_url,
     )
 
 
@@ -92,6 +98,16 @@ def payer_payment_view(row: Any, merchant_name: str) -> PayerPaymentView:
         expires_at=row["expires_at"].isoformat(),
         confirm_by=_ts(row["confirm_by"]),
     )
+
+
+class CheckoutStatus(msgspec.Struct, kw_only=True):
+    """What the hosted checkout page (or the shop's own page) polls: the payer's status and where to go."""
+
+    object: str = "checkout_status"
+    payment: str
+    status: str
+    redirect_url: str | None  # return_url with ?payment=, once paid
+    cancel_url: str | None
 
 
 class PayerPaymentList(msgspec.Struct, kw_only=True):
@@ -141,6 +157,7 @@ class EventView(msgspec.Struct, kw_only=True):
     id: str
     object: str = "event"
     type: str
+    created: int  # Unix seconds (Stripe's convention); created_at has the same instant in ISO 8601
     data: dict[str, Any]
     created_at: str
 
@@ -155,9 +172,87 @@ def event_view(row: Any) -> EventView:
     return EventView(
         id=ids.encode(Kind.EVENT, row["id"]),
         type=row["type"],
+        created=int(row["created_at"].timestamp()),
         data={"object": msgspec.json.decode(row["data"])},
         created_at=row["created_at"].isoformat(),
     )
+
+
+class WebhookEndpointView(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "webhook_endpoint"
+    url: str
+    description: str | None
+    enabled_events: list[str]
+    status: str  # "enabled" or "disabled"
+    disabled_reason: str | None
+    previous_secret_expires_at: str | None  # during a rotation's overlap both secrets sign
+    created_at: str
+    updated_at: str
+    secret: str | None = None  # present only in the answers of create and rotate_secret
+
+
+def webhook_endpoint_view(row: Any, secret: str | None = None) -> WebhookEndpointView:
+    return WebhookEndpointView(
+        id=ids.encode(Kind.WEBHOOK_ENDPOINT, row["id"]), url=row["url"], description=row["description"],
+        enabled_events=list(row["enabled_events"]), status=row["status"], disabled_reason=row["disabled_reason"],
+        previous_secret_expires_at=_ts(row["previous_secret_expires_at"]) if row["previous_secret_sealed"] else None,
+        created_at=row["created_at"].isoformat(), updated_at=row["updated_at"].isoformat(), secret=secret,
+    )
+
+
+class WebhookEndpointList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[WebhookEndpointView]
+    has_more: bool
+
+
+class DeletedView(msgspec.Struct, kw_only=True):
+    id: str
+    object: str
+    deleted: bool = True
+
+
+class WebhookAttemptView(msgspec.Struct, kw_only=True):
+    attempted_at: str
+    status_code: int | None
+    latency_ms: int
+    error: str | None
+    response_excerpt: str | None
+
+
+class WebhookDeliveryView(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "webhook_delivery"
+    event: str
+    event_type: str
+    endpoint: str
+    status: str  # "pending", "succeeded" or "failed" (retries exhausted)
+    attempt_count: int
+    next_attempt_at: str | None
+    delivered_at: str | None
+    created_at: str
+    attempts: list[WebhookAttemptView]  # the latest, newest first
+
+
+def webhook_delivery_view(row: Any) -> WebhookDeliveryView:
+    attempts = msgspec.json.decode(row["attempts"])
+    return WebhookDeliveryView(
+        id=ids.encode(Kind.WEBHOOK_DELIVERY, row["id"]), event=ids.encode(Kind.EVENT, row["event_id"]),
+        event_type=row["event_type"], endpoint=ids.encode(Kind.WEBHOOK_ENDPOINT, row["endpoint_id"]),
+        status=row["status"], attempt_count=row["attempt_count"],
+        next_attempt_at=row["next_attempt_at"].isoformat() if row["status"] == "pending" else None,
+        delivered_at=_ts(row["delivered_at"]), created_at=row["created_at"].isoformat(),
+        attempts=[WebhookAttemptView(attempted_at=a["attempted_at"], status_code=a["status_code"],
+                                     latency_ms=a["latency_ms"], error=a["error"],
+                                     response_excerpt=a["response_excerpt"]) for a in attempts],
+    )
+
+
+class WebhookDeliveryList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[WebhookDeliveryView]
+    has_more: bool
 
 
 class MerchantView(msgspec.Struct, kw_only=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
@@ -18,7 +19,7 @@ _COLUMNS = (
 )
 _EXTRA = (
     "store_id, terminal_id, merchant_reference, description, fee_bps, wallet_account_id, channel, created_at,"
-    " updated_at, spend_day"
+    " updated_at, spend_day, return_url, cancel_url"
 )
 
 
@@ -52,19 +53,21 @@ async def insert(
     fee_bps: int,
     channel: str | None = None,
     terminal_transaction_id: str | None = None,
+    return_url: str | None = None,
+    cancel_url: str | None = None,
 ) -> asyncpg.Record:
     row = await one(
         conn,
         f"""
         INSERT INTO payments (id, merchant_id, store_id, terminal_id, amount_minor, currency, status,
                               capture_method, merchant_reference, description, expires_at, fee_bps, channel,
-                              terminal_transaction_id)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                              terminal_transaction_id, return_url, cancel_url)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
         RETURNING {_COLUMNS}, {_EXTRA}
         """,
         payment.id, payment.merchant_id, store_id, terminal_id, payment.amount_minor, payment.currency,
         payment.status.value, payment.capture_method.value, merchant_reference, description,
-        payment.expires_at, fee_bps, channel, terminal_transaction_id,
+        payment.expires_at, fee_bps, channel, terminal_transaction_id, return_url, cancel_url,
     )
     return row
 
@@ -196,19 +199,44 @@ async def insert_event(
     return event_id
 
 
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    object_id: uuid.UUID | None = None
+    type: str | None = None  # exact, or "payment.*" for a family
+    created_gte: datetime | None = None
+    created_lt: datetime | None = None
+
+
 async def list_events(
-    conn: Connection, merchant_id: uuid.UUID, limit: int, after_seq: int | None, object_id: uuid.UUID | None
+    conn: Connection, merchant_id: uuid.UUID, limit: int, after_seq: int | None, before_seq: int | None,
+    match: EventFilter,
 ) -> list[asyncpg.Record]:
-    return list(
-        await conn.fetch(
-            """
-            SELECT seq, id, type, object_id, data::text AS data, created_at FROM events
-             WHERE merchant_id = $1 AND ($3::int8 IS NULL OR seq < $3) AND ($4::uuid IS NULL OR object_id = $4)
-             ORDER BY seq DESC LIMIT $2
-            """,
-            merchant_id, limit + 1, after_seq, object_id,
-        )
+    """Newest first (by commit-ordered ``seq``); ``after_seq``/``before_seq`` are cursors. One row more
+    than ``limit`` tells there are more."""
+    family = match.type[:-1] if match.type is not None and match.type.endswith(".*") else None
+    exact = None if family is not None else match.type
+    order = "ASC" if before_seq is not None else "DESC"
+    rows = await conn.fetch(
+        f"""
+        SELECT seq, id, type, object_id, data::text AS data, created_at FROM events
+         WHERE merchant_id = $1 AND ($3::int8 IS NULL OR seq < $3) AND ($4::int8 IS NULL OR seq > $4)
+           AND ($5::uuid IS NULL OR object_id = $5) AND ($6::text IS NULL OR type = $6)
+           AND ($7::text IS NULL OR starts_with(type, $7))
+           AND ($8::timestamptz IS NULL OR created_at >= $8) AND ($9::timestamptz IS NULL OR created_at < $9)
+         ORDER BY seq {order} LIMIT $2
+        """,
+        merchant_id, limit + 1, after_seq, before_seq, match.object_id, exact, family, match.created_gte,
+        match.created_lt,
     )
+    return list(rows) if order == "DESC" else list(reversed(rows))
+
+
+async def event(conn: Connection, event_id: uuid.UUID, merchant_id: uuid.UUID) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT seq, id, type, object_id, data::text AS data, created_at FROM events WHERE id = $1 AND merchant_id = $2",
+        event_id, merchant_id,
+    )
+    return row
 
 
 async def event_seq(conn: Connection, event_id: uuid.UUID, merchant_id: uuid.UUID) -> int | None:

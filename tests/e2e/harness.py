@@ -72,16 +72,16 @@ async def stop_process(process: asyncio.subprocess.Process, *, sig: int = signal
 
 class GatewayProcess:
     """One ``gateway serve`` process. By default against the machine's PostgreSQL and Redis; the fault
-    harness passes its private cluster's URLs, extra ``GATEWAY_*`` overrides and its own log file
+    harness passes its private cluster's URLs, extra ``GATEWAY_*`` settings and its own log file
     (several processes may share one port: the gateway binds with SO_REUSEPORT)."""
 
-    def __init__(self, port: int, database: str, *, db_url: str | None = None, redis_url: str = REDIS_URL,
-                 overrides: dict[str, str] | None = None, log_path: Path | None = None) -> None:
+    def __init__(self, port: int, database: str, extra_env: dict[str, str] | None = None, *,
+                 db_url: str | None = None, redis_url: str = REDIS_URL, log_path: Path | None = None) -> None:
+        self.extra_env = extra_env or {}
         self.port = port
         self.database = database
         self.db_url = db_url or f"postgresql://postgres@127.0.0.1:5432/{database}"
         self.redis_url = redis_url
-        self.overrides = dict(overrides or {})
         self.url = f"http://127.0.0.1:{port}"
         self.process: asyncio.subprocess.Process | None = None
         self.log_path = log_path or canary.log_path(f"e2e-gateway-{database}.log")
@@ -96,12 +96,13 @@ class GatewayProcess:
             "GATEWAY_SERVER_PUBLIC_URL": self.url,
             "GATEWAY_DATABASE_POOL_MIN": "1",
             "GATEWAY_DATABASE_POOL_MAX": "4",
-            **self.overrides,
+            "GATEWAY_THROTTLE_ADDRESS_EXEMPT": "127.0.0.1,::1",  # every test client signs in from loopback
+            **self.extra_env,
         }
 
     @classmethod
-    async def create(cls) -> GatewayProcess:
-        gateway = cls(free_tcp_port(), f"gateway_e2e_{os.getpid()}_{uuid.uuid4().hex[:8]}")
+    async def create(cls, extra_env: dict[str, str] | None = None) -> GatewayProcess:
+        gateway = cls(free_tcp_port(), f"gateway_e2e_{os.getpid()}_{uuid.uuid4().hex[:8]}", extra_env)
         await gateway.cli("migrate")
         await gateway.cli("create-operator", "--email", OPERATOR_EMAIL, stdin=OPERATOR_PASSWORD + "\n")
         await gateway.start()

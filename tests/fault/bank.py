@@ -217,8 +217,8 @@ async def run(options: Options, *, out: Callable[[str], None] = print, cleanup: 
             # Under pytest the secret canary scans what every gateway logged (tests/canary.py).
             log_path = (canary.log_path(f"bank-{options.seed}-gateway-{index}.log") if canary.active()
                         else workdir / f"gateway-{index}.log")
-            gateway = GatewayProcess(port, DATABASE, db_url=pg.url(DATABASE), redis_url=redis.url,
-                                     overrides=overrides, log_path=log_path)
+            gateway = GatewayProcess(port, DATABASE, overrides, db_url=pg.url(DATABASE), redis_url=redis.url,
+                                     log_path=log_path)
             gateways.append(gateway)
             cleanup.push(functools.partial(_kill_gateway, gateway))
         await gateways[0].cli("migrate", timeout_s=60)

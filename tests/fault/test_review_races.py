@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 
 from gateway.services.context import Services
-from gateway.workers import tick
+from gateway.workers.expiry import tick
 from tests.conftest import make_settings
 from tests.integration.test_qr_paycode import _charge, _device_holder
 from tests.integration.world import World

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -21,18 +22,25 @@ def settings() -> Settings:
     return make_settings()
 
 
-@pytest.fixture
-async def client(clean_db: str, settings: Settings) -> AsyncIterator[TestClient]:
-    server = TestServer(create_app(settings, workers=False), host="127.0.0.1")
+@asynccontextmanager
+async def serving(db_url: str, settings: Settings, port: int | None = None) -> AsyncIterator[TestClient]:
+    """The app on a real loopback port (``port``, or any free one); the ledger is proven afterwards."""
+    server = TestServer(create_app(settings, workers=False), host="127.0.0.1", port=port)
     async with TestClient(server) as test_client:
         yield test_client
-    conn = await asyncpg.connect(clean_db)
+    conn = await asyncpg.connect(db_url)
     try:
         found = await invariants.check(conn)
     finally:
         await conn.close()
     broken = {name: rows for name, rows in found.items() if rows}
     assert not broken, f"ledger invariants broken after the test: {broken}"
+
+
+@pytest.fixture
+async def client(clean_db: str, settings: Settings) -> AsyncIterator[TestClient]:
+    async with serving(clean_db, settings) as test_client:
+        yield test_client
 
 
 @pytest.fixture

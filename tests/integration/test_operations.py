@@ -10,7 +10,7 @@ import asyncpg
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.services.context import Services
-from gateway.workers import tick
+from gateway.workers.expiry import tick
 from tests.conftest import make_settings
 from tests.integration.world import World
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from gateway.domain import emv_qr
 from gateway.services.context import Services
-from gateway.workers import tick
+from gateway.workers.expiry import tick
 from tests.conftest import make_settings
 from tests.integration.world import Holder, Merchant, World, auth
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.domain import throttle
 from gateway.domain.throttle import Backoff, Level, Rate, lockout_s, schedule, take, tokens_at
 
 FIVE_PER_S = Rate(per_s=5.0, burst=5.0)
@@ -97,3 +98,21 @@ def test_a_backoff_refuses_nonsense() -> None:
         Backoff(0, 60, 900)
     with pytest.raises(ValueError):
         Backoff(5, 60, 30)
+
+
+def test_client_network_groups_an_ipv6_subscriber_and_keeps_ipv4_addresses() -> None:
+    net = throttle.client_network
+    assert net("2001:db8:dead:beef::1", 64) == net("2001:db8:dead:beef:ffff::2", 64) == "2001:db8:dead:beef::/64"
+    assert net("2001:db8:dead:bef0::1", 64) != net("2001:db8:dead:beef::1", 64)
+    assert net("203.0.113.9", 64) == "203.0.113.9"
+    assert net("::ffff:203.0.113.9", 64) == "203.0.113.9"
+    assert net("fe80::1%eth0", 64) == "fe80::/64"
+    assert net(None, 64) == net("not an address", 64) == "unknown"
+
+
+def test_forwarded_client_trusts_only_the_proxies_it_is_told_of() -> None:
+    fc = throttle.forwarded_client
+    assert fc("203.0.113.9", ["198.51.100.1"], {"127.0.0.1"}) == "203.0.113.9"  # not from a proxy: ignored
+    assert fc("127.0.0.1", ["10.0.0.1, 203.0.113.9"], {"127.0.0.1"}) == "203.0.113.9"  # left hops are claims
+    assert fc("127.0.0.1", ["203.0.113.9, 10.1.1.1"], {"127.0.0.1", "10.1.1.1"}) == "203.0.113.9"
+    assert fc("127.0.0.1", [], {"127.0.0.1"}) == "127.0.0.1"

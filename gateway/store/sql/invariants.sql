@@ -49,3 +49,10 @@ SELECT r.payment_id FROM (SELECT payment_id, sum(fee_back_minor) AS fee_back FRO
           JOIN postings p ON p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
          WHERE e.kind = 'refund' AND a.kind = 'fees' GROUP BY e.payment_id) f ON f.payment_id = r.payment_id
  WHERE COALESCE(-f.fee_posted, 0) <> r.fee_back;
+-- name: webhook_delivery_of_another_merchant
+SELECT d.id FROM webhook_deliveries d JOIN events ev ON ev.id = d.event_id JOIN webhook_endpoints e ON e.id = d.endpoint_id
+ WHERE ev.merchant_id IS DISTINCT FROM d.merchant_id OR e.merchant_id <> d.merchant_id;
+-- name: webhook_delivered_without_a_2xx
+SELECT d.id FROM webhook_deliveries d
+ WHERE d.status = 'succeeded'
+   AND NOT EXISTS (SELECT 1 FROM webhook_attempts a WHERE a.delivery_id = d.id AND a.status_code BETWEEN 200 AND 299);

@@ -1,19 +1,14 @@
-"""Background loops run by every gateway process: expiry of payments and authorisations, reaping
-of idempotency keys. Safe to run everywhere at once: rows are claimed with SKIP LOCKED and every
+"""Expiry of payments and authorisations, reaping of idempotency keys and old pay-codes, every
+``workers.interval_s``. Safe to run everywhere at once: rows are claimed with SKIP LOCKED and every
 change is a state-checked transition."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
-from aiohttp import web
-
-from gateway.api.routing import SERVICES
 from gateway.services import payments
 from gateway.services.context import Services
 from gateway.store import codes, idempotency
@@ -30,7 +25,7 @@ async def tick(svc: Services) -> tuple[int, int]:
     return expired, reaped
 
 
-async def _loop(svc: Services) -> None:
+async def loop(svc: Services) -> None:
     while True:
         # Jitter spreads the processes' ticks apart.
         await asyncio.sleep(svc.settings.workers.interval_s * random.uniform(0.8, 1.2))
@@ -40,11 +35,3 @@ async def _loop(svc: Services) -> None:
                 log.info("worker tick", extra={"expired": expired, "keys_reaped": reaped})
         except Exception:
             log.exception("worker tick failed; will retry")
-
-
-async def run_workers(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(_loop(app[SERVICES]))
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
