@@ -71,21 +71,27 @@ async def stop_process(process: asyncio.subprocess.Process, *, sig: int = signal
 
 
 class GatewayProcess:
-    def __init__(self, port: int, database: str, extra_env: dict[str, str] | None = None) -> None:
+    """One ``gateway serve`` process. By default against the machine's PostgreSQL and Redis; the fault
+    harness passes its private cluster's URLs, extra ``GATEWAY_*`` settings and its own log file
+    (several processes may share one port: the gateway binds with SO_REUSEPORT)."""
+
+    def __init__(self, port: int, database: str, extra_env: dict[str, str] | None = None, *,
+                 db_url: str | None = None, redis_url: str = REDIS_URL, log_path: Path | None = None) -> None:
         self.extra_env = extra_env or {}
         self.port = port
         self.database = database
-        self.db_url = f"postgresql://postgres@127.0.0.1:5432/{database}"
+        self.db_url = db_url or f"postgresql://postgres@127.0.0.1:5432/{database}"
+        self.redis_url = redis_url
         self.url = f"http://127.0.0.1:{port}"
         self.process: asyncio.subprocess.Process | None = None
-        self.log_path = canary.log_path(f"e2e-gateway-{database}.log")
+        self.log_path = log_path or canary.log_path(f"e2e-gateway-{database}.log")
 
     @property
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
             "GATEWAY_DATABASE_URL": self.db_url,
-            "GATEWAY_REDIS_URL": REDIS_URL,
+            "GATEWAY_REDIS_URL": self.redis_url,
             "GATEWAY_SERVER_PORT": str(self.port),
             "GATEWAY_SERVER_PUBLIC_URL": self.url,
             "GATEWAY_DATABASE_POOL_MIN": "1",
@@ -115,7 +121,7 @@ class GatewayProcess:
         assert process.returncode == 0, (args, out.decode())
         return out.decode()
 
-    async def start(self) -> None:
+    async def start(self, *, timeout_s: float = 15.0) -> None:
         assert self.process is None or self.process.returncode is not None
         log_file = self.log_path.open("ab")
         try:
@@ -124,7 +130,7 @@ class GatewayProcess:
                 stdout=log_file, stderr=log_file)
         finally:
             log_file.close()
-        deadline = time.monotonic() + 15.0
+        deadline = time.monotonic() + timeout_s
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
                 assert self.process.returncode is None, self.log_path.read_text()[-3000:]
