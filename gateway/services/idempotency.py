@@ -27,7 +27,7 @@ from gateway.accel import Accelerator
 from gateway.errors import GatewayError, IdempotencyError, IdempotencyInUse, Unavailable
 from gateway.settings import IdempotencySettings
 from gateway.store import idempotency as keys
-from gateway.store.db import Connection, Database
+from gateway.store.db import Connection, Database, terminate
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class Idempotency:
                 reply = await self._own(conn, who, work, before, row, refused, lock)
             except BaseException:
                 if lock.held:  # PostgreSQL drops the lock with the connection
-                    conn.terminate()
+                    terminate(conn)
                 raise
         if not reply.replayed:
             self._remember(who, reply.status, reply.body)

@@ -65,6 +65,14 @@ def session_settings(settings: DatabaseSettings) -> dict[str, str]:
     }
 
 
+def terminate(conn: Connection) -> None:
+    """Close a connection now, whatever state it (or its pool holder) is in."""
+    try:
+        conn.terminate()
+    except (asyncpg.InterfaceError, asyncpg.InternalClientError):
+        pass  # already closed, or already given back and detached by asyncpg
+
+
 def _closed(conn: Connection | None) -> bool:
     """The connection is gone (closed, or terminated and detached after a failure)."""
     if conn is None:
@@ -79,7 +87,9 @@ def unavailable(exc: BaseException, conn: Connection | None = None) -> Unavailab
     """The retryable 503 a database failure means, or None if it is not one (a bug stays a bug)."""
     if isinstance(exc, _TIMED_OUT):
         return Unavailable("the database is busy; retry with the same idempotency key", code="database_busy")
-    if isinstance(exc, _LOST) or (isinstance(exc, asyncpg.InterfaceError) and _closed(conn)):
+    # asyncpg's InternalClientError: its protocol state is lost (a session the server ended mid-operation).
+    if isinstance(exc, (*_LOST, asyncpg.InternalClientError)) or (
+            isinstance(exc, asyncpg.InterfaceError) and _closed(conn)):
         return Unavailable("the database is unavailable; retry with the same idempotency key",
                            code="database_unavailable", retry_after_s=2)
     return None
@@ -191,13 +201,15 @@ class Database:
             if failure is None:
                 raise
             log.warning("database call failed: %s", type(exc).__name__)
+            if failure.code == "database_unavailable":
+                terminate(conn)  # never pooled again: the pool opens a fresh one
             raise failure from exc
         finally:
             try:
                 await conn_cm.__aexit__(None, None, None)
             except Exception:  # a broken connection cannot be reset; the pool replaces it
                 log.warning("could not return a connection to the pool", exc_info=True)
-                conn.terminate()
+                terminate(conn)
 
     async def run(self, work: Callable[[Connection], Awaitable[T]], conn: Connection | None = None) -> T:
         """Run ``work`` in one transaction, retried whole on serialization failure or deadlock.
