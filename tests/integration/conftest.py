@@ -23,9 +23,11 @@ def settings() -> Settings:
 
 
 @asynccontextmanager
-async def serving(db_url: str, settings: Settings, port: int | None = None) -> AsyncIterator[TestClient]:
-    """The app on a real loopback port (``port``, or any free one); the ledger is proven afterwards."""
-    server = TestServer(create_app(settings, workers=False), host="127.0.0.1", port=port)
+async def serving(db_url: str, settings: Settings, port: int | None = None,
+                  workers: bool = False) -> AsyncIterator[TestClient]:
+    """The app on a real loopback port (``port``, or any free one), with its background loops if
+    ``workers``; the ledger is proven afterwards."""
+    server = TestServer(create_app(settings, workers=workers), host="127.0.0.1", port=port)
     async with TestClient(server) as test_client:
         yield test_client
     conn = await asyncpg.connect(db_url)

@@ -16,13 +16,12 @@ import pytest
 import standardwebhooks
 import stripe
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from gateway.app import create_app
 from gateway.settings import Settings
-from gateway.store import invariants
 from gateway.workers.webhooks import PolicyResolver
 from tests.conftest import make_settings
+from tests.integration.conftest import serving
 from tests.integration.world import Merchant, World
 
 FAST = {"timeout_s": 1.0, "lease_margin_s": 1.0, "poll_interval_s": 0.2, "backoff_base_s": 0.1,
@@ -93,15 +92,8 @@ def settings() -> Settings:
 @pytest.fixture
 async def live_client(clean_db: str, settings: Settings) -> AsyncIterator[TestClient]:
     """The app WITH its background workers (the delivery loop), over real HTTP."""
-    server = TestServer(create_app(settings, workers=True), host="127.0.0.1")
-    async with TestClient(server) as test_client:
+    async with serving(clean_db, settings, workers=True) as test_client:
         yield test_client
-    conn = await asyncpg.connect(clean_db)
-    try:
-        found = await invariants.check(conn)
-    finally:
-        await conn.close()
-    assert not {name: rows for name, rows in found.items() if rows}
 
 
 @pytest.fixture
