@@ -46,3 +46,18 @@ async def forget(conn: Connection, kind: str, subject_hash: bytes) -> bool:
         "DELETE FROM login_failures WHERE kind = $1 AND subject_hash = $2 RETURNING true", kind, subject_hash
     )
     return deleted is True
+
+
+async def reap(conn: Connection, quiet_since: datetime, limit: int) -> int:
+    """Forget accounts whose last failure is older than ``quiet_since`` and that are not locked (the
+    count would restart at 1 anyway: see ``_FAILURES``); returns how many rows went."""
+    result = await conn.execute(
+        """
+        DELETE FROM login_failures WHERE ctid = ANY(ARRAY(
+            SELECT ctid FROM login_failures
+             WHERE updated_at < $1 AND (locked_until IS NULL OR locked_until < $1)
+             LIMIT $2 FOR UPDATE SKIP LOCKED))
+        """,
+        quiet_since, limit,
+    )
+    return int(result.split()[-1])

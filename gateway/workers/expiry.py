@@ -1,4 +1,5 @@
-"""Expiry of payments and authorisations, reaping of idempotency keys and old pay-codes, every
+"""Expiry of payments and authorisations, reaping of idempotency keys, old pay-codes and forgotten
+sign-in failures, every
 ``workers.interval_s``. Safe to run everywhere at once: rows are claimed with SKIP LOCKED and every
 change is a state-checked transition."""
 
@@ -11,7 +12,7 @@ from datetime import timedelta
 
 from gateway.services import payments
 from gateway.services.context import Services
-from gateway.store import codes, idempotency
+from gateway.store import codes, idempotency, throttle
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,9 @@ async def tick(svc: Services) -> tuple[int, int]:
         reaped = await idempotency.reap(conn, svc.settings.idempotency.retention_s, svc.settings.workers.batch_max)
         # Unused pay-codes are worthless a minute after issue; keep a day of them for support.
         reaped += await codes.reap_pay_codes(conn, svc.now() - timedelta(days=1), svc.settings.workers.batch_max)
+        # Sign-in failures older than the forget window count for nothing any more.
+        reaped += await throttle.reap(conn, svc.now() - timedelta(seconds=svc.settings.throttle.failures_forget_s),
+                                      svc.settings.workers.batch_max)
     return expired, reaped
 
 

@@ -275,3 +275,25 @@ async def test_without_redis_each_process_still_limits_addresses(world: World, a
                                                                "address_burst": 2}) as client:
         statuses = [(await attempt(client, WALLET_LOGIN, {"phone": p, "password": PASSWORD}))[0] for p in phones]
     assert statuses == [201, 201, 429]
+
+
+async def test_the_reaper_forgets_quiet_unlocked_accounts_only(world: World, clean_db: str) -> None:
+    """``login_failures`` does not grow for ever: rows quiet for the forget window go, unless locked."""
+    import asyncpg
+
+    from gateway.api.routing import SERVICES
+    from gateway.workers.expiry import tick
+
+    conn = await asyncpg.connect(clean_db)
+    try:
+        await conn.execute(
+            "INSERT INTO login_failures (kind, subject_hash, failures, locked_until, updated_at) VALUES"
+            " ('wallet', $1, 3, NULL, now() - interval '2 days'),"
+            " ('wallet', $2, 3, NULL, now() - interval '1 hour'),"
+            " ('operator', $3, 9, now() + interval '1 hour', now() - interval '2 days')",
+            b"a" * 32, b"b" * 32, b"c" * 32)
+        await tick(world.client.server.app[SERVICES])
+        left = {bytes(r["subject_hash"])[:1] for r in await conn.fetch("SELECT subject_hash FROM login_failures")}
+    finally:
+        await conn.close()
+    assert left == {b"b", b"c"}
