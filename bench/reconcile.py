@@ -112,13 +112,19 @@ async def main() -> int:
         config = settings_mod.load(env={}, database={"url": args.database_url, "pool_min": 1, "pool_max": 2})
         svc = await Services.start(config)
         try:
+            marks: dict[str, float] = {}
+
+            def progress(stage: str, done: int, total: int) -> None:
+                marks.setdefault(f"{stage} {'done' if done == total else 'start'}", time.perf_counter() - started)
+
             started = time.perf_counter()
-            reply = await reconciliation.import_statement(svc, None, statement, "camt053")
+            reply = await reconciliation.import_statement(svc, None, statement, "camt053", progress=progress)
             elapsed = time.perf_counter() - started
         finally:
             await svc.stop()
         print(f"import + match: {elapsed:.1f} s ({args.entries / elapsed:,.0f} entries/s); "
               f"peak RSS {_rss_mib():.0f} MiB")
+        print("stages (s from the start): " + ", ".join(f"{k} {v:.1f}" for k, v in marks.items()))
         print(f"summary: {reply.body.decode()}")
         conn = await asyncpg.connect(args.database_url)
         try:

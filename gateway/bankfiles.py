@@ -134,9 +134,14 @@ class _Camt:
         self.debits = 0
         self.seen: set[str] = set()
         self.current: Statement | None = None
+        self._q: dict[str, str] = {}
+        self.entries_before = 0
 
     def q(self, path: str) -> str:
-        return "/".join(f"{{{self.ns}}}{part}" if part and part[0].isalpha() else part for part in path.split("/"))
+        found = self._q.get(path)
+        if found is None:
+            found = self._q[path] = "/".join(f"{{{self.ns}}}{part}" for part in path.split("/"))
+        return found
 
     def where(self, *parts: str) -> str:
         base = f"/Document/BkToCstmrStmt/Stmt[{self.stmt_no}]"
@@ -182,12 +187,13 @@ class _Camt:
         if frm and to:
             st.date_from, st.date_to = _date(frm, self.where("FrToDt/FrDtTm")), _date(to, self.where("FrToDt/ToDtTm"))
         self.statements.append(st)
+        self.entries_before += len(st.entries)
 
     def entry(self, el: etree._Element) -> None:
         st = self.current
         assert st is not None
         self.ntry_no += 1
-        if sum(len(s.entries) for s in self.statements) + len(st.entries) >= ENTRIES_MAX:
+        if self.entries_before + len(st.entries) >= ENTRIES_MAX:
             raise MalformedStatement(f"more than {ENTRIES_MAX} entries", param=self.where(f"Ntry[{self.ntry_no}]"))
         here = f"Ntry[{self.ntry_no}]"
         ref = _text(self.find(el, "NtryRef") or self.find(el, "AcctSvcrRef"))
@@ -240,16 +246,25 @@ class _Camt:
         ))
 
 
+_WATCHED = ("Document", "Stmt", "Ntry", "Ccy")
+
+
 def _events(data: bytes) -> Iterator[tuple[str, etree._Element]]:
+    """Events only for the elements the parser acts on (far fewer Python calls than every element)."""
+    tags = [f"{{{ns}}}{local}" for ns in NAMESPACES for local in _WATCHED]
     context = etree.iterparse(
-        io.BytesIO(data), events=("start", "end"), resolve_entities=False, no_network=True, load_dtd=False,
-        dtd_validation=False, huge_tree=False, remove_comments=True, remove_pis=True,
+        io.BytesIO(data), events=("start", "end"), tag=tags, resolve_entities=False, no_network=True,
+        load_dtd=False, dtd_validation=False, huge_tree=False, remove_comments=True, remove_pis=True,
     )
     try:
         yield from context
+        root = context.root
     except etree.XMLSyntaxError as exc:
         line = exc.lineno if exc.lineno else "?"
         raise MalformedStatement(f"not well-formed XML: {exc.msg}", param=f"line {line}") from None
+    if root is not None and str(root.tag).lstrip("{").partition("}")[0] not in NAMESPACES:
+        raise MalformedStatement(f"not a camt.053 Document (root {root.tag!r}); accepted: {', '.join(NAMESPACES)}",
+                                 param="/Document")
 
 
 def _parse_camt(data: bytes) -> list[Statement]:
@@ -259,40 +274,41 @@ def _parse_camt(data: bytes) -> list[Statement]:
     if data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in data[:64]:
         raise MalformedStatement("camt.053 must be UTF-8", param="/")
     camt: _Camt | None = None
-    depth = 0
     for event, el in _events(data):
+        ns, _, local = str(el.tag).lstrip("{").partition("}")
+        if camt is None:
+            if local != "Document" or el.getparent() is not None:
+                raise MalformedStatement(f"not a camt.053 Document (root {el.tag!r})", param="/Document")
+            camt = _Camt(ns)
+            continue
+        if ns != camt.ns:
+            raise MalformedStatement(f"one namespace per document ({el.tag!r} inside {camt.ns})", param="/Document")
+        parent = el.getparent()
+        in_stmt = parent is not None and parent.tag == camt.q("Stmt")
         if event == "start":
-            depth += 1
-            if camt is None:
-                ns, _, local = str(el.tag).partition("}")
-                ns = ns.lstrip("{")
-                if local != "Document" or ns not in NAMESPACES:
-                    raise MalformedStatement(f"not a camt.053 Document (root {el.tag!r}); accepted: {', '.join(NAMESPACES)}",
-                                             param="/Document")
-                camt = _Camt(ns)
-            elif el.tag == camt.q("Stmt") and depth == 3:
+            if local == "Stmt" and parent is not None and parent.tag == camt.q("BkToCstmrStmt"):
                 camt.stmt_no += 1
                 camt.ntry_no, camt.credits, camt.debits, camt.seen = 0, 0, 0, set()
                 camt.current = Statement(statement_ref="", format="camt053", account="", currency="")
             continue
-        depth -= 1
-        assert camt is not None
-        tag = el.tag
-        if camt.current is not None and tag == camt.q("Ccy") and depth == 4 and not camt.current.currency:
-            code = (el.text or "").strip().upper()  # Stmt/Acct/Ccy: ends before the balances and entries
-            _amount("0", code, camt.where("Acct/Ccy"))
-            camt.current.currency = code
-        elif tag == camt.q("Ntry") and depth == 3:
+        if local == "Ccy":
+            grand = parent.getparent() if parent is not None else None
+            if (camt.current is not None and parent is not None and parent.tag == camt.q("Acct")
+                    and grand is not None and grand.tag == camt.q("Stmt") and not camt.current.currency):
+                code = (el.text or "").strip().upper()  # Stmt/Acct/Ccy: ends before the balances and entries
+                _amount("0", code, camt.where("Acct/Ccy"))
+                camt.current.currency = code
+        elif local == "Ntry" and in_stmt:
             if camt.current is None or not camt.current.currency:
                 raise MalformedStatement("Acct/Ccy must come before the entries", param=camt.where("Acct/Ccy"))
             camt.entry(el)
             el.clear()
-            parent, previous = el.getparent(), el.getprevious()
-            while parent is not None and previous is not None and previous.tag == tag:  # finished entries
+            previous = el.getprevious()
+            while parent is not None and previous is not None and previous.tag == el.tag:  # finished entries
                 parent.remove(previous)
                 previous = el.getprevious()
-        elif tag == camt.q("Stmt") and depth == 2:
-            if camt.current is None or not camt.current.currency:
+        elif local == "Stmt" and camt.current is not None:
+            if not camt.current.currency:
                 raise MalformedStatement("Acct/Ccy is missing", param=camt.where("Acct/Ccy"))
             camt.statement(el)
             camt.current = None

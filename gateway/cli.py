@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return asyncio.run(demo.main(config, wait=not args.no_wait))
     except GatewayError as exc:
-        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        where = f" (at {exc.param})" if exc.param else ""
+        print(f"error: {exc.code}: {exc.message}{where}", file=sys.stderr)
         return 2
     return 0
 

@@ -3,9 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import os
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -160,3 +165,22 @@ async def test_roles_and_credentials(world: World) -> None:
     await world.call("GET", EXC, 401, headers=m.headers)
     await world.call("POST", f"{EXC}/{x['id']}/resolve", 401, headers=m.headers, json={"action": "write_off",
                                                                                       "reason": "no"})
+
+
+async def test_cli_reconcile_prints_the_summary(world: World, clean_db: str, tmp_path: Path) -> None:
+    mv = await _movements(world, 3)
+    env = {**os.environ, "GATEWAY_DATABASE_URL": clean_db, "GATEWAY_REDIS_URL": "redis://127.0.0.1:6379/15"}
+    good = tmp_path / "statement.csv"
+    good.write_bytes(csv(book(mv, Inject(unknown_deposits=1)), statement_id="CLI-1"))
+    done = await asyncio.to_thread(_gateway, ["reconcile", str(good)], env)
+    assert done.returncode == 0, done.stderr
+    assert "matched: reference" in done.stdout and "exception: unknown_entry" in done.stdout
+    bad = tmp_path / "bad.xml"
+    bad.write_bytes(camt053(book(mv), statement_id="CLI-2").replace(b"<Ccy>CNY</Ccy>", b"<Ccy>XXQ</Ccy>"))
+    refused = await asyncio.to_thread(_gateway, ["reconcile", "--format", "camt053", str(bad)], env)
+    assert refused.returncode == 2 and "malformed_statement" in refused.stderr and "Acct/Ccy" in refused.stderr
+
+
+def _gateway(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
