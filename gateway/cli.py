@@ -1,4 +1,4 @@
-"""Command line: ``gateway serve | migrate | create-operator | check | demo``."""
+"""Command line: ``gateway serve | migrate | create-operator | check | reconcile | demo``."""
 
 from __future__ import annotations
 
@@ -72,6 +72,52 @@ async def _check(config: Settings) -> int:
     return 0 if report.ok else 1
 
 
+async def _reconcile(config: Settings, path: str, fmt: str | None) -> int:
+    """Import and match a bank statement file, with a progress bar and a summary table."""
+    import msgspec
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from gateway.services import reconciliation
+    from gateway.services.context import Services
+
+    cap = config.reconciliation.statement_max_bytes
+    with open(path, "rb") as handle:  # read at most one byte past the cap: the parser refuses it
+        data = handle.read(cap + 1)
+    await db.migrate(config.database.url)
+    svc = await Services.start(config)
+    console = Console()
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as bar:
+            tasks: dict[str, object] = {}
+
+            def progress(stage: str, done: int, total: int) -> None:
+                task = tasks.get(stage)
+                if task is None:
+                    task = tasks[stage] = bar.add_task(stage, total=max(total, 1))
+                bar.update(task, completed=done, total=max(total, 1))  # type: ignore[arg-type]
+
+            progress("parse", 0, 1)
+            reply = await reconciliation.import_statement(svc, None, data, fmt, progress=progress)
+    finally:
+        await svc.stop()
+    summary = msgspec.json.decode(reply.body, type=reconciliation.ImportSummary)
+    table = Table(title=f"reconciliation of {path}")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row("entries in the file", str(summary.entries))
+    table.add_row("entries new", str(summary.entries_new))
+    for rule, count in sorted(summary.matched.items()):
+        table.add_row(f"matched: {rule}", str(count))
+    for kind, count in sorted(summary.exceptions.items()):
+        table.add_row(f"exception: {kind}", str(count))
+    table.add_row("exceptions newly opened", str(summary.exceptions_opened))
+    console.print(table)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     p_op.add_argument("--email", required=True)
     p_op.add_argument("--role", default="admin", choices=["admin", "settlement", "support"])
     sub.add_parser("check", help="run the ledger invariant checker")
+    p_rec = sub.add_parser("reconcile", help="import a bank statement (camt.053 or CSV) and match it")
+    p_rec.add_argument("file")
+    p_rec.add_argument("--format", choices=["camt053", "csv"], help="default: detected from the content")
     p_demo = sub.add_parser("demo", help="run the demo of a checkout day against a fresh database")
     p_demo.add_argument("--no-wait", action="store_true", help="exit when the demo is done instead of serving")
     p_demo.add_argument("--port", type=int, default=8080)
@@ -105,12 +154,15 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_create_operator(config, args.email, password, args.role))
         elif args.command == "check":
             return asyncio.run(_check(config))
+        elif args.command == "reconcile":
+            return asyncio.run(_reconcile(config, args.file, args.format))
         elif args.command == "demo":
             from gateway import demo
 
             return asyncio.run(demo.main(config, wait=not args.no_wait))
     except GatewayError as exc:
-        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        where = f" (at {exc.param})" if exc.param else ""
+        print(f"error: {exc.code}: {exc.message}{where}", file=sys.stderr)
         return 2
     return 0
 

@@ -51,6 +51,13 @@ class PayloadTooLarge(InvalidRequest):
     default_code = "body_too_large"
 
 
+class MalformedStatement(InvalidRequest):
+    """A bank statement refused as a whole; ``param`` names the element (XPath-like) or ``line N``."""
+
+    status = 422
+    default_code = "malformed_statement"
+
+
 class Unauthenticated(GatewayError):
     status = 401
     type = "authentication_error"

@@ -113,6 +113,13 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True)
+class ReconciliationSettings:
+    tolerance_business_days: int = 3
+    statement_max_bytes: int = 67_108_864
+    api_body_max_bytes: int = 16_777_216
+
+
+@dataclass(frozen=True)
 class WalletSettings:
     tier_default: int = 4
     pin_threshold_minor: str = ""
@@ -277,6 +284,7 @@ class Settings:
     issuer: IssuerSettings
     throttle: ThrottleSettings
     webhooks: WebhookSettings = WebhookSettings()
+    reconciliation: ReconciliationSettings = ReconciliationSettings()
 
     def __post_init__(self) -> None:
         if self.auth.key_mode not in ("test", "live"):
@@ -317,6 +325,9 @@ class Settings:
             raise ValueError("webhooks: poll_interval_s and endpoints_per_merchant_max are positive")
         if not 0 <= w.rotation_overlap_s <= w.rotation_overlap_max_s:
             raise ValueError("webhooks.rotation_overlap_s is between 0 and rotation_overlap_max_s")
+        r = self.reconciliation
+        if not 0 <= r.tolerance_business_days <= 30 or r.statement_max_bytes < 1 or r.api_body_max_bytes < 1:
+            raise ValueError("reconciliation: tolerance_business_days is 0-30; the size caps are positive")
         if not 8 <= self.throttle.address_ipv6_prefix_bits <= 128:
             raise ValueError("throttle.address_ipv6_prefix_bits is between 8 and 128")
         if self.throttle.failures_forget_s < self.throttle.lockout_max_s:
@@ -387,6 +398,7 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None, **overr
         "payments": PaymentSettings, "idempotency": IdempotencySettings, "workers": WorkerSettings,
         "wallet": WalletSettings, "tiers": TierSettings, "qr": QrSettings, "devices": DeviceSettings,
         "issuer": IssuerSettings, "throttle": ThrottleSettings, "webhooks": WebhookSettings,
+        "reconciliation": ReconciliationSettings,
     }
     unknown = set(data) - set(sections)
     if unknown:

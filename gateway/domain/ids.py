@@ -29,6 +29,10 @@ class Kind(StrEnum):
     TAP_TOKEN = "tt"
     WEBHOOK_ENDPOINT = "we"
     WEBHOOK_DELIVERY = "whd"
+    BANK_STATEMENT = "bst"
+    BANK_ENTRY = "bse"
+    RECON_EXCEPTION = "rex"
+    RECON_MATCH = "rcm"
 
 
 def encode(kind: Kind, value: uuid.UUID) -> str:

@@ -22,6 +22,7 @@ class AccountKind(StrEnum):
     MERCHANT = "merchant_receivable"  # what the gateway owes a merchant
     FEES = "fees"  # the gateway's revenue
     CLEARING = "clearing"  # the outside world: banks money arrives from and leaves to
+    WRITE_OFF = "write_off"  # bank money the ledger cannot explain, written off by an operator
 
 
 NO_OVERDRAFT = frozenset({AccountKind.WALLET})
@@ -32,6 +33,7 @@ class EntryKind(StrEnum):
     WITHDRAWAL = "withdrawal"
     CAPTURE = "capture"
     REFUND = "refund"
+    WRITE_OFF = "write_off"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,3 +129,12 @@ def refund(holder: uuid.UUID, merchant_id: uuid.UUID, currency: str, amount_mino
         (fees(currency), -fee_back_minor),
         (wallet(holder, currency), amount_minor),
     )
+
+
+def write_off(currency: str, amount_minor: int) -> Entry:
+    """Write off ``amount_minor`` (signed, from the bank's view: the bank holds that much more than the
+    ledger expected; negative when it holds less): clearing takes the bank's side, write-off the rest."""
+    if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor == 0:
+        raise UnbalancedEntry("a write-off moves a non-zero integer amount")
+    return _entry(EntryKind.WRITE_OFF, (clearing(currency), -amount_minor),
+                  (AccountRef(AccountKind.WRITE_OFF, None, currency), amount_minor))

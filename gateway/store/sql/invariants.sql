@@ -56,3 +56,30 @@ SELECT d.id FROM webhook_deliveries d JOIN events ev ON ev.id = d.event_id JOIN 
 SELECT d.id FROM webhook_deliveries d
  WHERE d.status = 'succeeded'
    AND NOT EXISTS (SELECT 1 FROM webhook_attempts a WHERE a.delivery_id = d.id AND a.status_code BETWEEN 200 AND 299);
+-- name: recon_match_unbalanced
+SELECT i.match_id, sum(i.amount_minor) FILTER (WHERE i.side = 'bank') AS bank,
+       sum(i.amount_minor) FILTER (WHERE i.side <> 'bank') AS expected_and_written_off
+  FROM recon_match_items i WHERE i.active GROUP BY i.match_id
+HAVING COALESCE(sum(i.amount_minor) FILTER (WHERE i.side = 'bank'), 0)
+    <> COALESCE(sum(i.amount_minor) FILTER (WHERE i.side <> 'bank'), 0);
+-- name: recon_bank_item_amount_differs
+SELECT i.id FROM recon_match_items i JOIN bank_entries b ON b.id = i.bank_entry_id
+ WHERE i.active AND i.amount_minor <> CASE b.direction WHEN 'CRDT' THEN b.amount_minor ELSE -b.amount_minor END;
+-- name: recon_bank_entry_matched_flag
+SELECT b.id FROM bank_entries b
+ WHERE b.matched <> EXISTS (SELECT 1 FROM recon_match_items i WHERE i.active AND i.side = 'bank' AND i.bank_entry_id = b.id);
+-- name: recon_transfer_item_amount_differs
+SELECT i.id FROM recon_match_items i JOIN transfers t ON t.id = i.expected_id AND t.kind = i.expected_kind
+ WHERE i.active AND i.amount_minor <> CASE t.kind WHEN 'top_up' THEN t.amount_minor ELSE -t.amount_minor END;
+-- name: recon_transfer_reconciled_flag
+SELECT t.id FROM transfers t
+ WHERE (t.reconciled_at IS NOT NULL) <> EXISTS (SELECT 1 FROM recon_match_items i
+        WHERE i.active AND i.side = 'expected' AND i.expected_kind = t.kind AND i.expected_id = t.id);
+-- name: write_off_balance_differs_from_write_offs
+SELECT c.currency, COALESCE(l.total, 0) AS ledger, COALESCE(w.total, 0) AS written_off
+  FROM (SELECT currency FROM accounts WHERE kind = 'write_off' UNION SELECT currency FROM recon_matches) c
+  LEFT JOIN (SELECT a.currency, sum(p.amount_minor) AS total FROM postings p JOIN accounts a ON a.id = p.account_id
+              WHERE a.kind = 'write_off' GROUP BY a.currency) l ON l.currency = c.currency
+  LEFT JOIN (SELECT m.currency, sum(i.amount_minor) AS total FROM recon_match_items i JOIN recon_matches m ON m.id = i.match_id
+              WHERE i.active AND i.side = 'write_off' GROUP BY m.currency) w ON w.currency = c.currency
+ WHERE COALESCE(l.total, 0) <> COALESCE(w.total, 0);
