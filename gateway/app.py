@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.api import admin, checkout, cors, devices, payments, system, wallet, webhooks  # noqa: F401  (registers endpoints)
+from gateway.api import admin, checkout, cors, devices, payments, settlement, system, wallet, webhooks  # noqa: F401  (registers endpoints)
 from gateway.api.middlewares import observe
 from gateway.api.routing import SERVICES, api
 from gateway.services.context import Services

@@ -113,6 +113,16 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True)
+class SettlementSettings:
+    # The gateway's own account the payouts are paid from: the debtor of the pain.001 file.
+    debtor_name: str = "Wallet Gateway Ltd"
+    debtor_account: str = "GATEWAYSETTLEMENT0001"
+    debtor_bic: str = "GATEWAYXXXX"
+    # A close waits this long at most for transactions begun before the cutoff to end.
+    drain_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class WalletSettings:
     tier_default: int = 4
     pin_threshold_minor: str = ""
@@ -277,6 +287,7 @@ class Settings:
     issuer: IssuerSettings
     throttle: ThrottleSettings
     webhooks: WebhookSettings = WebhookSettings()
+    settlement: SettlementSettings = SettlementSettings()
 
     def __post_init__(self) -> None:
         if self.auth.key_mode not in ("test", "live"):
@@ -317,6 +328,11 @@ class Settings:
             raise ValueError("webhooks: poll_interval_s and endpoints_per_merchant_max are positive")
         if not 0 <= w.rotation_overlap_s <= w.rotation_overlap_max_s:
             raise ValueError("webhooks.rotation_overlap_s is between 0 and rotation_overlap_max_s")
+        st = self.settlement
+        if not (1 <= len(st.debtor_name) <= 70 and 1 <= len(st.debtor_account) <= 34 and len(st.debtor_bic) in (8, 11)):
+            raise ValueError("settlement: debtor_name (1-70), debtor_account (1-34) and debtor_bic (8 or 11) are needed")
+        if st.drain_timeout_s <= 0:
+            raise ValueError("settlement.drain_timeout_s is positive")
         if not 8 <= self.throttle.address_ipv6_prefix_bits <= 128:
             raise ValueError("throttle.address_ipv6_prefix_bits is between 8 and 128")
         if self.throttle.failures_forget_s < self.throttle.lockout_max_s:
@@ -387,6 +403,7 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None, **overr
         "payments": PaymentSettings, "idempotency": IdempotencySettings, "workers": WorkerSettings,
         "wallet": WalletSettings, "tiers": TierSettings, "qr": QrSettings, "devices": DeviceSettings,
         "issuer": IssuerSettings, "throttle": ThrottleSettings, "webhooks": WebhookSettings,
+        "settlement": SettlementSettings,
     }
     unknown = set(data) - set(sections)
     if unknown:

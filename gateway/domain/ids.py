@@ -29,6 +29,10 @@ class Kind(StrEnum):
     TAP_TOKEN = "tt"
     WEBHOOK_ENDPOINT = "we"
     WEBHOOK_DELIVERY = "whd"
+    SETTLEMENT_RUN = "srun"
+    SETTLEMENT_BATCH = "sb"
+    PAYOUT = "po"
+    MERCHANT_BANK_ACCOUNT = "mba"
 
 
 def encode(kind: Kind, value: uuid.UUID) -> str:
