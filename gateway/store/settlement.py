@@ -114,14 +114,10 @@ async def close_batches(conn: Connection, run_id: uuid.UUID, merchant_ids: list[
              WHERE NOT EXISTS (SELECT 1 FROM settlement_batches b WHERE b.merchant_id = w.merchant_id
                                   AND b.currency = a.currency AND b.business_date >= w.business_date)
         ), lines AS (
-            SELECT e.id AS entry_id, pr.merchant_id, pr.currency, e.kind,
-                   CASE WHEN e.kind = 'capture' THEN pay.captured_minor ELSE r.amount_minor END AS amount_minor,
-                   CASE WHEN e.kind = 'capture' THEN pay.fee_minor ELSE r.fee_back_minor END AS fee_minor
-              FROM journal_entries e
-              JOIN payments pay ON pay.id = e.payment_id
-              JOIN pairs pr ON pr.merchant_id = pay.merchant_id AND pr.currency = pay.currency
-              LEFT JOIN refunds r ON r.id = e.refund_id
-             WHERE e.batch_id IS NULL AND e.kind IN ('capture', 'refund') AND e.created_at < pr.window_end
+            SELECT l.entry_id, l.merchant_id, l.currency, l.kind, l.amount_minor, l.fee_minor
+              FROM settlement_lines l
+              JOIN pairs pr ON pr.merchant_id = l.merchant_id AND pr.currency = l.currency
+             WHERE l.batch_id IS NULL AND l.created_at < pr.window_end
         ), sums AS (
             SELECT merchant_id, currency,
                    count(*) FILTER (WHERE kind = 'capture')::int AS capture_count,
@@ -212,13 +208,10 @@ async def batch_lines(conn: Connection, batch_id: uuid.UUID, chunk_rows: int = 5
     last_id = 0
     while True:
         rows = await conn.fetch(
-            "SELECT e.id AS entry_id, e.kind, e.created_at, e.payment_id, e.refund_id, pay.merchant_reference,"
-            " CASE WHEN e.kind = 'capture' THEN pay.captured_minor ELSE r.amount_minor END AS amount_minor,"
-            " CASE WHEN e.kind = 'capture' THEN pay.fee_minor ELSE r.fee_back_minor END AS fee_minor"
-            " FROM journal_entries e JOIN payments pay ON pay.id = e.payment_id LEFT JOIN refunds r ON r.id = e.refund_id"
-            " WHERE e.batch_id = $1 AND e.kind IN ('capture', 'refund')"
-            " AND ($2::timestamptz IS NULL OR (e.created_at, e.id) > ($2, $3))"
-            " ORDER BY e.created_at, e.id LIMIT $4",
+            "SELECT entry_id, kind, created_at, payment_id, refund_id, merchant_reference, amount_minor, fee_minor"
+            " FROM settlement_lines WHERE batch_id = $1"
+            " AND ($2::timestamptz IS NULL OR (created_at, entry_id) > ($2, $3))"
+            " ORDER BY created_at, entry_id LIMIT $4",
             batch_id, last_at, last_id, chunk_rows,
         )
         for row in rows:

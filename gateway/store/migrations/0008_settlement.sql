@@ -104,3 +104,17 @@ CREATE TABLE payouts (
 );
 CREATE UNIQUE INDEX payouts_batch ON payouts (batch_id);
 CREATE INDEX payouts_merchant ON payouts (merchant_id, created_at DESC, id DESC);
+
+-- What settlement counts, one row per capture or refund entry: its merchant, currency, gross amount
+-- (positive), fee (the capture's, or the part a refund gave back) and net (signed: a refund is negative).
+-- The close, the reports and the invariant checker all read this one definition.
+CREATE VIEW settlement_lines AS
+SELECT e.id AS entry_id, e.batch_id, e.created_at, e.kind, e.payment_id, e.refund_id, pay.merchant_id, pay.currency,
+       pay.merchant_reference, x.amount_minor, x.fee_minor,
+       CASE WHEN e.kind = 'capture' THEN x.amount_minor - x.fee_minor ELSE x.fee_minor - x.amount_minor END AS net_minor
+  FROM journal_entries e
+  JOIN payments pay ON pay.id = e.payment_id
+  LEFT JOIN refunds r ON r.id = e.refund_id
+  CROSS JOIN LATERAL (SELECT CASE WHEN e.kind = 'capture' THEN pay.captured_minor ELSE r.amount_minor END AS amount_minor,
+                             CASE WHEN e.kind = 'capture' THEN pay.fee_minor ELSE r.fee_back_minor END AS fee_minor) x
+ WHERE e.kind IN ('capture', 'refund');
