@@ -197,12 +197,12 @@ async def test_captures_racing_the_close_land_in_exactly_one_batch(world: World,
             await asyncio.sleep(delay_s)
             await world.pay(h, payment_id)
 
-        async def close_after_end(merchant: Merchant) -> None:
+        async def close_after_end(merchant: Merchant, end: datetime, day: date) -> None:
             now = await db.fetchval("SELECT clock_timestamp()")
             await asyncio.sleep(max(0.0, (end - now).total_seconds()) + rng.uniform(0, 0.01))
             await settlement.settle(svc, day, decode(Kind.MERCHANT, merchant.id))
 
-        await asyncio.gather(close_after_end(m),
+        await asyncio.gather(close_after_end(m, end, day),
                              *(pay_later(p["id"], rng.uniform(0.10, 0.20)) for p in payments))
         rows = await db.fetch(
             "SELECT e.created_at, e.batch_id, b.window_end FROM journal_entries e JOIN payments p ON p.id = e.payment_id"
@@ -296,3 +296,25 @@ async def test_settings_are_refused_when_malformed(world: World) -> None:
     for body in ({"timezone": "Mars/Olympus"}, {"settlement_cutoff": "25:00"}):
         resp = await world.client.post(f"/v1/operator/merchants/{m.id}/settlement", headers=world.ops, json=body)
         assert resp.status == 400, body
+
+
+async def test_the_close_waits_for_transactions_begun_before_the_cutoff(world: World, db: asyncpg.Connection,
+                                                                       clean_db: str, svc: Services) -> None:
+    m = await world.merchant(fee_bps=0)
+    h = await world.holder(top_up=10_000)
+    await world.pay(h, (await world.payment(m, 100))["id"])
+    end = await db.fetchval("SELECT clock_timestamp()") + timedelta(milliseconds=100)
+    await db.execute("UPDATE merchants SET settlement_cutoff = $2 WHERE id = $1", decode(Kind.MERCHANT, m.id),
+                     end.time())
+    straggler = await asyncpg.connect(clean_db)
+    try:
+        async with straggler.transaction():  # a capture's transaction would be stamped before the cutoff
+            await straggler.execute("SELECT 1")
+            await asyncio.sleep(0.15)
+            closing = asyncio.create_task(settlement.settle(svc, end.date(), decode(Kind.MERCHANT, m.id)))
+            await asyncio.sleep(0.3)
+            assert not closing.done()
+        result = await asyncio.wait_for(closing, timeout=5)
+    finally:
+        await straggler.close()
+    assert result.batches_closed_now == 1
