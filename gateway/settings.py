@@ -120,6 +120,9 @@ class SettlementSettings:
     debtor_bic: str = "GATEWAYXXXX"
     # A close waits this long at most for transactions begun before the cutoff to end.
     drain_timeout_s: float = 30.0
+    # A run closes every batch of the day in one transaction: its statements may take longer than
+    # database.statement_timeout_s (about 10 s per million captures on a small machine).
+    statement_timeout_s: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -331,8 +334,8 @@ class Settings:
         st = self.settlement
         if not (1 <= len(st.debtor_name) <= 70 and 1 <= len(st.debtor_account) <= 34 and len(st.debtor_bic) in (8, 11)):
             raise ValueError("settlement: debtor_name (1-70), debtor_account (1-34) and debtor_bic (8 or 11) are needed")
-        if st.drain_timeout_s <= 0:
-            raise ValueError("settlement.drain_timeout_s is positive")
+        if st.drain_timeout_s <= 0 or st.statement_timeout_s <= 0:
+            raise ValueError("settlement.drain_timeout_s and settlement.statement_timeout_s are positive")
         if not 8 <= self.throttle.address_ipv6_prefix_bits <= 128:
             raise ValueError("throttle.address_ipv6_prefix_bits is between 8 and 128")
         if self.throttle.failures_forget_s < self.throttle.lockout_max_s:

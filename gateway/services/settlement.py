@@ -111,13 +111,15 @@ async def _drain(svc: Services, conn: Connection, plan: _Plan) -> None:
 
 async def _close(svc: Services, conn: Connection, day: date, merchant_id: uuid.UUID | None,
                  plan: _Plan) -> views.SettlementRunView:
+    long_s = svc.settings.settlement.statement_timeout_s
+    await store.allow_long_statements(conn, long_s)
     run = await store.claim_run(conn, uuid.uuid4(), day, merchant_id)
     closed: list[asyncpg.Record] = []
     if plan.windows:
         closed = await store.close_batches(
             conn, run["id"], [m for m, _, _, _ in plan.windows], [day] * len(plan.windows),
             [w.start for _, _, w, _ in plan.windows], [w.end for _, _, w, _ in plan.windows],
-            [tz for _, tz, _, _ in plan.windows], [c for _, _, _, c in plan.windows],
+            [tz for _, tz, _, _ in plan.windows], [c for _, _, _, c in plan.windows], long_s,
         )
     entries: list[tuple[uuid.UUID, ledger.Entry]] = []
     for row in closed:

@@ -89,9 +89,14 @@ async def claim_run(conn: Connection, run_id: uuid.UUID, business_date: date,
     )
 
 
+async def allow_long_statements(conn: Connection, timeout_s: float) -> None:
+    """Raise this transaction's statement timeout (a run's set-based statements scan a whole day)."""
+    await conn.execute("SELECT set_config('statement_timeout', $1, true)", str(round(timeout_s * 1000)))
+
+
 async def close_batches(conn: Connection, run_id: uuid.UUID, merchant_ids: list[uuid.UUID], days: list[date],
                         starts: list[datetime], ends: list[datetime], zones: list[str],
-                        cutoffs: list[time]) -> list[asyncpg.Record]:
+                        cutoffs: list[time], timeout_s: float) -> list[asyncpg.Record]:
     """Close the given business days (one window per merchant), set-based: lock the merchants'
     receivable accounts, write one batch per merchant and currency that has unbatched entries before
     its window end or a carry-over, and mark those entries settled by it. Returns the new batches.
@@ -101,7 +106,7 @@ async def close_batches(conn: Connection, run_id: uuid.UUID, merchant_ids: list[
     await conn.execute(
         "SELECT 1 FROM accounts WHERE kind = 'merchant_receivable' AND owner_id = ANY($1::uuid[])"
         " ORDER BY id FOR NO KEY UPDATE",
-        merchant_ids,
+        merchant_ids, timeout=timeout_s,
     )
     return await conn.fetch(
         f"""
@@ -160,7 +165,7 @@ async def close_batches(conn: Connection, run_id: uuid.UUID, merchant_ids: list[
         SELECT b.*, (SELECT count(*) FROM assigned) AS assigned_total
           FROM batches b ORDER BY b.merchant_id, b.currency
         """,
-        run_id, merchant_ids, days, starts, ends, zones, cutoffs,
+        run_id, merchant_ids, days, starts, ends, zones, cutoffs, timeout=timeout_s,
     )
 
 
