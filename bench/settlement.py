@@ -68,7 +68,7 @@ async def generate(url: str, payments: int, merchants: int) -> None:
                                   authorized_minor, captured_minor, fee_minor, fee_bps, created_at, updated_at)
             SELECT gen_random_uuid(), m.id, a.amount, 'CNY', 'succeeded', 'automatic', $3::timestamptz + interval '1 day',
                    a.amount, a.amount, (a.amount * $4 + 5000) / 10000, $4, a.at, a.at
-              FROM generate_series(0, $1 - 1) g
+              FROM generate_series(0::int8, $1::int8 - 1) g
               CROSS JOIN LATERAL (SELECT 100 + (g * 7919) % 100000 AS amount,
                                          $3::timestamptz + (g % 86400) * interval '1 second' AS at) a
               JOIN m ON m.n = g % $2
