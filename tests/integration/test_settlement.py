@@ -6,11 +6,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import random
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -318,3 +322,25 @@ async def test_the_close_waits_for_transactions_begun_before_the_cutoff(world: W
     finally:
         await straggler.close()
     assert result.batches_closed_now == 1
+
+
+async def test_the_command_line_settles_a_day_and_writes_checksummed_files(world: World, db: asyncpg.Connection,
+                                                                          clean_db: str, tmp_path: Path) -> None:
+    m = await world.merchant()
+    h = await world.holder(top_up=10_000)
+    await captured(world, db, m, h, 2_000, at(D0, 9))
+    env = {**os.environ, "GATEWAY_DATABASE_URL": clean_db, "GATEWAY_REDIS_URL": "redis://127.0.0.1:6379/15"}
+
+    def settle_cli() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway", "settle", "--date", D0.isoformat(), "--out",
+                               str(tmp_path)], env=env, capture_output=True, text=True, timeout=120, check=False)
+
+    done = await asyncio.to_thread(settle_cli)
+    assert done.returncode == 0, done.stderr
+    assert "CNY" in done.stdout and "1980" in done.stdout and "batches closed now: 1" in done.stdout
+    manifest = json.loads((tmp_path / "manifest.json").read_bytes())
+    for entry in manifest["files"]:
+        assert hashlib.sha256((tmp_path / entry["name"]).read_bytes()).hexdigest() == entry["sha256"]
+    again = await asyncio.to_thread(settle_cli)
+    assert again.returncode == 0 and "batches closed now: 0" in again.stdout
+    assert json.loads((tmp_path / "manifest.json").read_bytes()) == manifest
