@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -162,6 +163,14 @@ def _path(parent: etree._Element, path: str, text: str) -> None:
     node.text = text
 
 
+_IBAN_RE = re.compile(r"^[A-Z]{2}[0-9]{2}[A-Z0-9]{11,30}$")
+
+
+def _account(parent: etree._Element, tag: str, number: str) -> None:
+    """``{tag}/Id/IBAN`` for an IBAN, ``{tag}/Id/Othr/Id`` for any other account number."""
+    _path(parent, f"{tag}/Id/IBAN" if _IBAN_RE.match(number) else f"{tag}/Id/Othr/Id", number)
+
+
 def _decimal(p: PayoutInstruction) -> str:
     return Money(p.amount_minor, currency(p.currency)).format()
 
@@ -173,7 +182,10 @@ def _ctrl_sum(payouts: list[PayoutInstruction]) -> str:
 
 
 def pain001(message_id: str, created_at: datetime, debtor: Debtor, payouts: list[PayoutInstruction]) -> bytes:
-    """A CstmrCdtTrfInitn (pain.001.001.03): one PmtInf per (currency, execution date), payouts sorted."""
+    """A CstmrCdtTrfInitn (pain.001.001.03): one PmtInf per (currency, execution date), payouts sorted.
+    ``message_id`` has at most 28 characters, leaving room for the PmtInfId suffixes (ISO 20022: 35)."""
+    if not 1 <= len(message_id) <= 28:
+        raise ValueError("a pain.001 MsgId here has 1-28 characters")
     ordered = sorted(payouts, key=lambda p: (p.currency, p.execution_date, p.reference))
     root = etree.Element(f"{{{PAIN_NS}}}Document", nsmap={None: PAIN_NS})  # type: ignore[dict-item]
     initiation = _sub(root, "CstmrCdtTrfInitn")
@@ -186,13 +198,13 @@ def pain001(message_id: str, created_at: datetime, debtor: Debtor, payouts: list
     for n, ((code, when), group) in enumerate(groupby(ordered, key=lambda p: (p.currency, p.execution_date)), 1):
         items = list(group)
         info = _sub(initiation, "PmtInf")
-        _sub(info, "PmtInfId", f"{message_id}-{n}"[:35])
+        _sub(info, "PmtInfId", f"{message_id}-{n}")
         _sub(info, "PmtMtd", "TRF")
         _sub(info, "NbOfTxs", str(len(items)))
         _sub(info, "CtrlSum", _ctrl_sum(items))
         _sub(info, "ReqdExctnDt", when.isoformat())
         _path(info, "Dbtr/Nm", debtor.name)
-        _path(info, "DbtrAcct/Id/Othr/Id", debtor.account_number)
+        _account(info, "DbtrAcct", debtor.account_number)
         _path(info, "DbtrAgt/FinInstnId/BIC", debtor.bic)
         for p in items:
             tx = _sub(info, "CdtTrfTxInf")
@@ -201,7 +213,7 @@ def pain001(message_id: str, created_at: datetime, debtor: Debtor, payouts: list
             if p.bic:
                 _path(tx, "CdtrAgt/FinInstnId/BIC", p.bic)
             _path(tx, "Cdtr/Nm", p.holder_name)
-            _path(tx, "CdtrAcct/Id/Othr/Id", p.account_number)
+            _account(tx, "CdtrAcct", p.account_number)
             _path(tx, "RmtInf/Ustrd", f"Settlement {p.business_date.isoformat()} {p.reference}")
     return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
 

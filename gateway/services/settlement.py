@@ -72,13 +72,13 @@ def business_date(text: str) -> date:
 class _Plan:
     """What a run will close: the windows of the merchants whose day has ended, and the accounts."""
 
-    windows: list[tuple[uuid.UUID, str, domain.Window, Any]]  # (merchant, timezone, window, cutoff)
+    windows: list[tuple[uuid.UUID, str, str, domain.Window, Any]]  # (merchant, currency, timezone, window, cutoff)
     not_ended: list[uuid.UUID]
     accounts: dict[ledger.AccountRef, ledger_store.Account]
 
     @property
     def latest_end(self) -> datetime | None:
-        return max((w.end for _, _, w, _ in self.windows), default=None)
+        return max((w.end for _, _, _, w, _ in self.windows), default=None)
 
 
 async def _plan(svc: Services, day: date, merchant_id: uuid.UUID | None) -> _Plan:
@@ -93,8 +93,8 @@ async def _plan(svc: Services, day: date, merchant_id: uuid.UUID | None) -> _Pla
             if w.end > now:
                 not_ended.append(row["id"])
                 continue
-            windows.append((row["id"], row["timezone"], w, row["settlement_cutoff"]))
             for code in row["currencies"]:
+                windows.append((row["id"], code, row["timezone"], w, row["settlement_cutoff"]))
                 refs += [ledger.merchant(row["id"], code), ledger.payable(row["id"], code), ledger.fees(code),
                          ledger.revenue(code)]
         accounts = await ledger_store.resolve_accounts(conn, refs) if refs else {}
@@ -116,10 +116,10 @@ async def _close(svc: Services, conn: Connection, day: date, merchant_id: uuid.U
     run = await store.claim_run(conn, uuid.uuid4(), day, merchant_id)
     closed: list[asyncpg.Record] = []
     if plan.windows:
+        ws = plan.windows
         closed = await store.close_batches(
-            conn, run["id"], [m for m, _, _, _ in plan.windows], [day] * len(plan.windows),
-            [w.start for _, _, w, _ in plan.windows], [w.end for _, _, w, _ in plan.windows],
-            [tz for _, tz, _, _ in plan.windows], [c for _, _, _, c in plan.windows], long_s,
+            conn, run["id"], [x[0] for x in ws], [x[1] for x in ws], [day] * len(ws), [x[3].start for x in ws],
+            [x[3].end for x in ws], [x[2] for x in ws], [x[4] for x in ws], long_s,
         )
     entries: list[tuple[uuid.UUID, ledger.Entry]] = []
     for row in closed:
@@ -344,7 +344,7 @@ async def write_run_files(svc: Services, run_text: str, sink: Sink,
     out.write("payouts.csv", files.payouts_csv(instructions))
     st = svc.settings.settlement
     debtor = files.Debtor(st.debtor_name, st.debtor_account, st.debtor_bic)
-    message_id = ("SR" + run_id.hex)[:35]
+    message_id = "SR" + run_id.hex[:24]  # 96 bits of the run id
     out.write("pain001.xml", files.pain001(message_id, run["created_at"], debtor, instructions))
     digests = [h.digest() for h in out.files.values()]
     sink.write("manifest.json", files.manifest(run_text, day, digests))

@@ -94,30 +94,29 @@ async def allow_long_statements(conn: Connection, timeout_s: float) -> None:
     await conn.execute("SELECT set_config('statement_timeout', $1, true)", str(round(timeout_s * 1000)))
 
 
-async def close_batches(conn: Connection, run_id: uuid.UUID, merchant_ids: list[uuid.UUID], days: list[date],
-                        starts: list[datetime], ends: list[datetime], zones: list[str],
+async def close_batches(conn: Connection, run_id: uuid.UUID, merchant_ids: list[uuid.UUID], currencies: list[str],
+                        days: list[date], starts: list[datetime], ends: list[datetime], zones: list[str],
                         cutoffs: list[time], timeout_s: float) -> list[asyncpg.Record]:
-    """Close the given business days (one window per merchant), set-based: lock the merchants'
-    receivable accounts, write one batch per merchant and currency that has unbatched entries before
-    its window end or a carry-over, and mark those entries settled by it. Returns the new batches.
+    """Close the given business days (one window per merchant and currency), set-based: lock the
+    merchants' receivable accounts, write one batch per merchant and currency that has unbatched
+    entries before its window end or a carry-over, and mark those entries settled by it. Returns the
+    new batches.
 
     A merchant and currency that already has a batch on or after the day is left alone (closing twice
     changes nothing; days close in order)."""
     await conn.execute(
         "SELECT 1 FROM accounts WHERE kind = 'merchant_receivable' AND owner_id = ANY($1::uuid[])"
         " ORDER BY id FOR NO KEY UPDATE",
-        merchant_ids, timeout=timeout_s,
+        sorted(set(merchant_ids)), timeout=timeout_s,
     )
     return await conn.fetch(
         f"""
-        WITH w AS (
-            SELECT * FROM unnest($2::uuid[], $3::date[], $4::timestamptz[], $5::timestamptz[], $6::text[], $7::time[])
-                AS w(merchant_id, business_date, window_start, window_end, timezone, cutoff)
-        ), pairs AS (
-            SELECT w.*, a.currency FROM w
-              JOIN accounts a ON a.owner_id = w.merchant_id AND a.kind = 'merchant_receivable'
+        WITH pairs AS (
+            SELECT * FROM unnest($2::uuid[], $3::text[], $4::date[], $5::timestamptz[], $6::timestamptz[], $7::text[],
+                                 $8::time[])
+                AS w(merchant_id, currency, business_date, window_start, window_end, timezone, cutoff)
              WHERE NOT EXISTS (SELECT 1 FROM settlement_batches b WHERE b.merchant_id = w.merchant_id
-                                  AND b.currency = a.currency AND b.business_date >= w.business_date)
+                                  AND b.currency = w.currency AND b.business_date >= w.business_date)
         ), lines AS (
             SELECT l.entry_id, l.merchant_id, l.currency, l.kind, l.amount_minor, l.fee_minor
               FROM settlement_lines l
@@ -165,7 +164,7 @@ async def close_batches(conn: Connection, run_id: uuid.UUID, merchant_ids: list[
         SELECT b.*, (SELECT count(*) FROM assigned) AS assigned_total
           FROM batches b ORDER BY b.merchant_id, b.currency
         """,
-        run_id, merchant_ids, days, starts, ends, zones, cutoffs, timeout=timeout_s,
+        run_id, merchant_ids, currencies, days, starts, ends, zones, cutoffs, timeout=timeout_s,
     )
 
 

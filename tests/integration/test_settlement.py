@@ -282,7 +282,8 @@ async def test_run_files_are_deterministic_checksummed_and_parse_back(world: Wor
     assert Decimal(doc.findtext("p:CstmrCdtTrfInitn/p:GrpHdr/p:CtrlSum", namespaces=ns) or "") == sum(amounts)
     payouts = (await world.call("GET", "/v1/payouts", headers=a.headers))["data"]
     assert doc.xpath("//p:EndToEndId/text()", namespaces=ns) == [payouts[0]["reference"]]
-    assert doc.xpath("//p:CdtrAcct/p:Id/p:Othr/p:Id/text()", namespaces=ns) == [number]
+    assert doc.xpath("//p:CdtrAcct/p:Id/p:IBAN/text()", namespaces=ns) == [number]
+    assert doc.xpath("//p:PmtInf/p:DbtrAcct/p:Id/p:Othr/p:Id/text()", namespaces=ns) == ["GATEWAYSETTLEMENT0001"]
     assert amounts == [Decimal(payouts[0]["amount"]) / 100]
     assert number not in first.files["payouts.csv"].decode()
     detail = first.files[f"merchants/{a.id}/detail.csv"].decode().splitlines()

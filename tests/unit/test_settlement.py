@@ -158,6 +158,14 @@ def test_pain001_is_deterministic_and_its_control_sums_add_up() -> None:
         total = sum(Decimal(t.findtext("p:Amt/p:InstdAmt", namespaces=ns) or "") for t in txs)
         assert Decimal(info.findtext("p:CtrlSum", namespaces=ns) or "") == total
     assert doc.xpath("//p:EndToEndId/text()", namespaces=ns) == ["POA", "POB", "POC", "POD"]
+    assert doc.xpath("//p:CdtrAcct/p:Id/p:IBAN/text()", namespaces=ns) == ["GB33BUKB20201555555555"] * 4
+    assert doc.xpath("//p:DbtrAcct/p:Id/p:Othr/p:Id/text()", namespaces=ns) == ["GATEWAY0001"] * 3
+    long_id = "SR" + "f" * 26
+    info_ids = etree.fromstring(files.pain001(long_id, created, debtor, payouts)).xpath("//p:PmtInfId/text()",
+                                                                                      namespaces=ns)
+    assert len(set(info_ids)) == 3 and all(len(i) <= 35 for i in info_ids)
+    with pytest.raises(ValueError):
+        files.pain001(long_id + "f", created, debtor, payouts)
 
 
 def test_reports_render_the_same_bytes_and_parse_back() -> None:
