@@ -24,7 +24,7 @@ from lxml import etree
 
 from gateway.domain.ids import Kind, decode
 from gateway.render import settlement_files as files
-from gateway.services import settlement
+from gateway.services import settlement, tenants
 from gateway.services.context import Services
 from gateway.store import invariants
 from tests.conftest import make_settings
@@ -345,3 +345,13 @@ async def test_the_command_line_settles_a_day_and_writes_checksummed_files(world
     again = await asyncio.to_thread(settle_cli)
     assert again.returncode == 0 and "batches closed now: 0" in again.stdout
     assert json.loads((tmp_path / "manifest.json").read_bytes()) == manifest
+
+
+async def test_only_admin_and_settlement_operators_run_settlement(world: World, svc: Services) -> None:
+    for role in ("settlement", "support"):
+        await tenants.create_operator(svc, f"{role}@example.com", "a-long-operator-password", role)
+        token = (await world.call("POST", "/v1/operator/sessions", 201,
+                                  json={"email": f"{role}@example.com", "password": "a-long-operator-password"}))["token"]
+        resp = await world.client.post("/v1/operator/settlement_runs", headers=auth(token),
+                                       json={"date": D0.isoformat()})
+        assert resp.status == (200 if role == "settlement" else 403), role
