@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway.api import (  # noqa: F401  (registers endpoints)
-    admin, checkout, cors, devices, payments, reconciliation, system, wallet, webhooks,
+    admin, checkout, cors, devices, payments, reconciliation, settlement, system, wallet, webhooks,
 )
 from gateway.api.middlewares import observe
 from gateway.api.routing import SERVICES, api

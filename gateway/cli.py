@@ -1,4 +1,4 @@
-"""Command line: ``gateway serve | migrate | create-operator | check | reconcile | demo``."""
+"""Command line: ``gateway serve | migrate | create-operator | check | settle | reconcile | demo``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import getpass
 import multiprocessing
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
@@ -118,6 +119,71 @@ async def _reconcile(config: Settings, path: str, fmt: str | None) -> int:
     return 0
 
 
+class _Directory:
+    """Writes each file of a run under ``root`` (the first piece truncates, the next ones append)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._started: set[str] = set()
+
+    def write(self, name: str, data: bytes) -> None:
+        path = self.root / name
+        if name not in self._started:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._started.add(name)
+            path.write_bytes(data)
+            return
+        with path.open("ab") as out:
+            out.write(data)
+
+
+async def _settle(config: Settings, day_text: str, merchant_text: str | None, out: Path | None) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from gateway.domain.ids import Kind, decode
+    from gateway.services import settlement
+    from gateway.services.context import Services
+
+    day = settlement.business_date(day_text)
+    merchant_id = None
+    if merchant_text is not None:
+        merchant_id = decode(Kind.MERCHANT, merchant_text)
+        if merchant_id is None:
+            print(f"error: no such merchant: {merchant_text}", file=sys.stderr)
+            return 2
+    console = Console(stderr=True)
+    svc = await Services.start(config)
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as progress:
+            closing = progress.add_task("closing batches", total=1)
+            run = await settlement.settle(svc, day, merchant_id)
+            progress.update(closing, completed=1)
+            files_task = progress.add_task("writing files", total=None)
+
+            def advance(phase: str, done: int, total: int) -> None:
+                progress.update(files_task, completed=done, total=total)
+
+            root = out or Path(f"settlement-{day.isoformat()}") / run.id
+            digests = await settlement.write_run_files(svc, run.id, _Directory(root), advance)
+    finally:
+        await svc.stop()
+    table = Table(title=f"Settlement run {run.id} for {run.business_date}")
+    for column in ("currency", "batches", "captured", "refunded", "fee", "net", "payout", "carried"):
+        table.add_column(column, justify="right")
+    for t in run.totals:
+        table.add_row(t.currency, str(t.batch_count), str(t.captured), str(t.refunded), str(t.fee), str(t.net),
+                      str(t.payout), str(t.carried))
+    Console().print(table)
+    print(f"batches closed now: {run.batches_closed_now}; in the run: {run.batch_count}; payouts: {run.payout_count}"
+          f" ({run.payouts_without_account} held: no payout account); merchants whose day has not ended:"
+          f" {len(run.merchants_not_ended)}")
+    print(f"files: {len(digests)} in {root} (manifest.json lists their SHA-256)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     p_rec = sub.add_parser("reconcile", help="import a bank statement (camt.053 or CSV) and match it")
     p_rec.add_argument("file")
     p_rec.add_argument("--format", choices=["camt053", "csv"], help="default: detected from the content")
+    p_settle = sub.add_parser("settle", help="close a business day's settlement batches and write the run's files")
+    p_settle.add_argument("--date", required=True, help="business date, YYYY-MM-DD")
+    p_settle.add_argument("--merchant", help="only this merchant (mer_...)")
+    p_settle.add_argument("--out", type=Path, help="directory for the files (default settlement-DATE/RUN)")
     p_demo = sub.add_parser("demo", help="run the demo of a checkout day against a fresh database")
     p_demo.add_argument("--no-wait", action="store_true", help="exit when the demo is done instead of serving")
     p_demo.add_argument("--port", type=int, default=8080)
@@ -156,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_check(config))
         elif args.command == "reconcile":
             return asyncio.run(_reconcile(config, args.file, args.format))
+        elif args.command == "settle":
+            return asyncio.run(_settle(config, args.date, args.merchant, args.out))
         elif args.command == "demo":
             from gateway import demo
 

@@ -117,6 +117,16 @@ class ReconciliationSettings:
     tolerance_business_days: int = 3
     statement_max_bytes: int = 67_108_864
     api_body_max_bytes: int = 16_777_216
+class SettlementSettings:
+    # The gateway's own account the payouts are paid from: the debtor of the pain.001 file.
+    debtor_name: str = "Wallet Gateway Ltd"
+    debtor_account: str = "GATEWAYSETTLEMENT0001"
+    debtor_bic: str = "GATEWAYXXXX"
+    # A close waits this long at most for transactions begun before the cutoff to end.
+    drain_timeout_s: float = 30.0
+    # A run closes every batch of the day in one transaction: its statements may take longer than
+    # database.statement_timeout_s (about 10 s per million captures on a small machine).
+    statement_timeout_s: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -285,6 +295,7 @@ class Settings:
     throttle: ThrottleSettings
     webhooks: WebhookSettings = WebhookSettings()
     reconciliation: ReconciliationSettings = ReconciliationSettings()
+    settlement: SettlementSettings = SettlementSettings()
 
     def __post_init__(self) -> None:
         if self.auth.key_mode not in ("test", "live"):
@@ -328,6 +339,11 @@ class Settings:
         r = self.reconciliation
         if not 0 <= r.tolerance_business_days <= 30 or r.statement_max_bytes < 1 or r.api_body_max_bytes < 1:
             raise ValueError("reconciliation: tolerance_business_days is 0-30; the size caps are positive")
+        st = self.settlement
+        if not (1 <= len(st.debtor_name) <= 70 and 1 <= len(st.debtor_account) <= 34 and len(st.debtor_bic) in (8, 11)):
+            raise ValueError("settlement: debtor_name (1-70), debtor_account (1-34) and debtor_bic (8 or 11) are needed")
+        if st.drain_timeout_s <= 0 or st.statement_timeout_s <= 0:
+            raise ValueError("settlement.drain_timeout_s and settlement.statement_timeout_s are positive")
         if not 8 <= self.throttle.address_ipv6_prefix_bits <= 128:
             raise ValueError("throttle.address_ipv6_prefix_bits is between 8 and 128")
         if self.throttle.failures_forget_s < self.throttle.lockout_max_s:
@@ -399,6 +415,7 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None, **overr
         "wallet": WalletSettings, "tiers": TierSettings, "qr": QrSettings, "devices": DeviceSettings,
         "issuer": IssuerSettings, "throttle": ThrottleSettings, "webhooks": WebhookSettings,
         "reconciliation": ReconciliationSettings,
+        "settlement": SettlementSettings,
     }
     unknown = set(data) - set(sections)
     if unknown:

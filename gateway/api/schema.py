@@ -237,3 +237,26 @@ class HistoryQuery(Strict):
 
 class LimitQuery(Strict):
     limit: Limit = 20
+
+
+class SettlementRun(Strict):
+    date: Annotated[str, msgspec.Meta(max_length=10, description="The business date, YYYY-MM-DD")]
+    merchant: Annotated[str, msgspec.Meta(max_length=64, description="Only this merchant")] | None = None
+
+
+class MerchantSettlement(Strict):
+    timezone: Annotated[str, msgspec.Meta(max_length=64, description="IANA time zone, e.g. Asia/Shanghai")] | None = None
+    settlement_cutoff: Annotated[str, msgspec.Meta(max_length=8, description="Local time the day ends, HH:MM")] | None = None
+    fee_fixed: Annotated[int, msgspec.Meta(ge=0, description="Fixed fee per capture, minor units")] | None = None
+
+
+class PayoutAccount(Strict):
+    holder_name: Annotated[str, msgspec.Meta(min_length=1, max_length=70)]
+    bank_name: ShortText
+    account_number: Annotated[str, msgspec.Meta(min_length=8, max_length=42)]
+    bic: Annotated[str, msgspec.Meta(min_length=8, max_length=11)] | None = None
+
+
+class CursorQuery(Strict):
+    limit: Limit = 10
+    starting_after: Annotated[str, msgspec.Meta(max_length=64)] | None = None

@@ -33,6 +33,10 @@ class Kind(StrEnum):
     BANK_ENTRY = "bse"
     RECON_EXCEPTION = "rex"
     RECON_MATCH = "rcm"
+    SETTLEMENT_RUN = "srun"
+    SETTLEMENT_BATCH = "sb"
+    PAYOUT = "po"
+    MERCHANT_BANK_ACCOUNT = "mba"
 
 
 def encode(kind: Kind, value: uuid.UUID) -> str:

@@ -20,9 +20,11 @@ from enum import StrEnum
 class AccountKind(StrEnum):
     WALLET = "wallet"  # what the gateway owes a wallet holder; never negative
     MERCHANT = "merchant_receivable"  # what the gateway owes a merchant
-    FEES = "fees"  # the gateway's revenue
+    FEES = "fees"  # fees taken on captures not yet settled: a refund gives part back, so not yet earned
     CLEARING = "clearing"  # the outside world: banks money arrives from and leaves to
     WRITE_OFF = "write_off"  # bank money the ledger cannot explain, written off by an operator
+    PAYABLE = "merchant_payable"  # settled, owed to the merchant's bank account until the payout is paid
+    REVENUE = "revenue"  # the gateway's earned fee income: fees of closed settlement batches
 
 
 NO_OVERDRAFT = frozenset({AccountKind.WALLET})
@@ -34,6 +36,8 @@ class EntryKind(StrEnum):
     CAPTURE = "capture"
     REFUND = "refund"
     WRITE_OFF = "write_off"
+    SETTLEMENT = "settlement"  # a batch closes: receivable -> payable, fees -> revenue
+    PAYOUT = "payout"  # a payout is paid: payable -> clearing
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +96,14 @@ def merchant(merchant_id: uuid.UUID, currency: str) -> AccountRef:
     return AccountRef(AccountKind.MERCHANT, merchant_id, currency)
 
 
+def payable(merchant_id: uuid.UUID, currency: str) -> AccountRef:
+    return AccountRef(AccountKind.PAYABLE, merchant_id, currency)
+
+
+def revenue(currency: str) -> AccountRef:
+    return AccountRef(AccountKind.REVENUE, None, currency)
+
+
 def _check_positive(amount_minor: int) -> None:
     if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor <= 0:
         raise UnbalancedEntry("amounts moved are positive integers")
@@ -138,3 +150,24 @@ def write_off(currency: str, amount_minor: int) -> Entry:
         raise UnbalancedEntry("a write-off moves a non-zero integer amount")
     return _entry(EntryKind.WRITE_OFF, (clearing(currency), -amount_minor),
                   (AccountRef(AccountKind.WRITE_OFF, None, currency), amount_minor))
+
+
+def settlement_close(merchant_id: uuid.UUID, currency: str, payout_minor: int, fee_minor: int) -> Entry | None:
+    """A batch closes: its payout moves from receivable to payable, its fees (negative when the day's refunds
+    gave back more fee than its captures took) from unearned fees to revenue. None when nothing moves."""
+    if isinstance(payout_minor, bool) or not isinstance(payout_minor, int) or payout_minor < 0:
+        raise UnbalancedEntry("a payout is not negative")
+    if payout_minor == 0 and fee_minor == 0:
+        return None
+    return _entry(
+        EntryKind.SETTLEMENT,
+        (merchant(merchant_id, currency), -payout_minor),
+        (payable(merchant_id, currency), payout_minor),
+        (fees(currency), -fee_minor),
+        (revenue(currency), fee_minor),
+    )
+
+
+def payout_paid(merchant_id: uuid.UUID, currency: str, amount_minor: int) -> Entry:
+    _check_positive(amount_minor)
+    return _entry(EntryKind.PAYOUT, (payable(merchant_id, currency), -amount_minor), (clearing(currency), amount_minor))

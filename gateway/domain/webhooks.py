@@ -148,5 +148,5 @@ def matches(enabled_events: Sequence[str], event_type: str) -> bool:
 EVENT_TYPES = frozenset({
     "payment.created", "payment.authorized", "payment.requires_action", "payment.succeeded", "payment.canceled",
     "payment.expired", "payment.failed", "refund.succeeded", "merchant.created", "merchant.suspended",
-    "merchant.reactivated", "webhook_endpoint.disabled",
+    "merchant.reactivated", "webhook_endpoint.disabled", "settlement_batch.closed", "payout.paid",
 })

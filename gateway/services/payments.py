@@ -241,7 +241,7 @@ async def authorize_locked(
     confirm_s = svc.settings.wallet.confirmation_timeout_s if needs_confirmation else None
     payment = payment.authorize(holder_id, now, svc.settings.payments.authorization_ttl_s, confirm_within_s=confirm_s)
     if payment.status is Status.SUCCEEDED:
-        payment = _with_fee(payment, row["fee_bps"])
+        payment = _with_fee(payment, row)
     wallet_ref = ledger.wallet(holder_id, payment.currency)
     updated = await store.update(conn, payment, wallet_account_id=accounts[wallet_ref].id, channel=channel,
                                  spend_day=day)
@@ -314,7 +314,7 @@ async def confirm(svc: Services, who: Principal, text_id: str, pin: str | None, 
         before = store.to_domain(row)
         payment = before.confirm(svc.now(), svc.settings.payments.authorization_ttl_s)
         if payment.status is Status.SUCCEEDED:
-            payment = _with_fee(payment, row["fee_bps"])
+            payment = _with_fee(payment, row)
             assert payment.payer_id is not None
             entry = ledger.capture(payment.payer_id, payment.merchant_id, payment.currency, payment.captured_minor,
                                    payment.fee_minor)
@@ -335,8 +335,9 @@ async def awaiting_confirmation(svc: Services, who: Principal) -> views.PayerPay
     return views.PayerPaymentList(data=data, has_more=False)
 
 
-def _with_fee(payment: Payment, fee_bps: int) -> Payment:
-    return replace(payment, fee_minor=fees.fee_minor(payment.captured_minor, fee_bps))
+def _with_fee(payment: Payment, row: asyncpg.Record) -> Payment:
+    """The capture's fee, fixed now: the rate and fixed part copied onto the payment at its creation."""
+    return replace(payment, fee_minor=fees.fee_minor(payment.captured_minor, row["fee_bps"], row["fee_fixed_minor"]))
 
 
 async def _locked(conn: Connection, who: Principal, pid: uuid.UUID) -> asyncpg.Record:
@@ -398,7 +399,7 @@ async def capture(svc: Services, who: Principal, text_id: str, amount: int | Non
             refusal = InvalidState("the authorisation has expired", code="authorization_expired",
                                    status_now=Status.EXPIRED.value)
             return refusal.status, refusal.body(identity.request_id)
-        payment = _with_fee(before.capture(amount, now), row["fee_bps"])
+        payment = _with_fee(before.capture(amount, now), row)
         payer_accounts = await _with_payer(conn, row, accounts)
         assert payment.payer_id is not None
         wallet_ref = ledger.wallet(payment.payer_id, payment.currency)

@@ -478,3 +478,141 @@ class PayCodeView(msgspec.Struct, kw_only=True):
     expires_at: str
     device_id: str
     qr_svg: str
+
+
+class SettlementBatchView(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "settlement_batch"
+    merchant: str
+    currency: str
+    business_date: str
+    window_start: str
+    window_end: str
+    timezone: str
+    settlement_cutoff: str
+    status: str
+    capture_count: int
+    refund_count: int
+    captured: int
+    refunded: int
+    fee: int
+    carry_in: int
+    net: int
+    payout: int
+    carry_out: int
+    closed_at: str
+    paid_at: str | None
+    reconciled_at: str | None
+
+
+def settlement_batch_view(row: Any) -> SettlementBatchView:
+    return SettlementBatchView(
+        id=ids.encode(Kind.SETTLEMENT_BATCH, row["id"]), merchant=ids.encode(Kind.MERCHANT, row["merchant_id"]),
+        currency=row["currency"], business_date=row["business_date"].isoformat(),
+        window_start=row["window_start"].isoformat(), window_end=row["window_end"].isoformat(),
+        timezone=row["timezone"], settlement_cutoff=row["cutoff"].isoformat(), status=row["status"],
+        capture_count=row["capture_count"], refund_count=row["refund_count"], captured=row["captured_minor"],
+        refunded=row["refunded_minor"], fee=row["fee_minor"], carry_in=row["carry_in_minor"], net=row["net_minor"],
+        payout=row["payout_minor"], carry_out=row["carry_out_minor"], closed_at=row["closed_at"].isoformat(),
+        paid_at=_ts(row["paid_at"]), reconciled_at=_ts(row["reconciled_at"]),
+    )
+
+
+class SettlementBatchList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[SettlementBatchView]
+    has_more: bool
+
+
+class PayoutView(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "payout"
+    batch: str
+    merchant: str
+    amount: int
+    currency: str
+    reference: str
+    status: str
+    execution_date: str
+    bank_account: str | None
+    created_at: str
+    paid_at: str | None
+    reconciled_at: str | None
+
+
+def payout_view(row: Any) -> PayoutView:
+    account = row["bank_account_id"]
+    return PayoutView(
+        id=ids.encode(Kind.PAYOUT, row["id"]), batch=ids.encode(Kind.SETTLEMENT_BATCH, row["batch_id"]),
+        merchant=ids.encode(Kind.MERCHANT, row["merchant_id"]), amount=row["amount_minor"], currency=row["currency"],
+        reference=row["reference"], status=row["status"], execution_date=row["execution_date"].isoformat(),
+        bank_account=None if account is None else ids.encode(Kind.MERCHANT_BANK_ACCOUNT, account),
+        created_at=row["created_at"].isoformat(), paid_at=_ts(row["paid_at"]), reconciled_at=_ts(row["reconciled_at"]),
+    )
+
+
+class PayoutList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[PayoutView]
+    has_more: bool
+
+
+class SettlementTotal(msgspec.Struct, kw_only=True):
+    currency: str
+    batch_count: int
+    captured: int
+    refunded: int
+    fee: int
+    net: int
+    payout: int
+    carried: int
+
+
+class SettlementRunView(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "settlement_run"
+    business_date: str
+    merchant: str | None
+    created_at: str
+    batches_closed_now: int
+    batch_count: int
+    payout_count: int
+    payouts_without_account: int
+    merchants_not_ended: list[str]
+    totals: list[SettlementTotal]
+
+
+class MerchantSettlementView(msgspec.Struct, kw_only=True):
+    merchant: str
+    object: str = "merchant_settlement"
+    timezone: str
+    settlement_cutoff: str
+    fee_bps: int
+    fee_fixed: int
+
+
+def merchant_settlement_view(row: Any) -> MerchantSettlementView:
+    return MerchantSettlementView(
+        merchant=ids.encode(Kind.MERCHANT, row["id"]), timezone=row["timezone"],
+        settlement_cutoff=row["settlement_cutoff"].isoformat(), fee_bps=row["fee_bps"],
+        fee_fixed=row["fee_fixed_minor"],
+    )
+
+
+class PayoutAccountView(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "payout_account"
+    merchant: str
+    holder_name: str
+    bank_name: str
+    bic: str | None
+    number_masked: str
+    created_at: str
+
+
+def payout_account_view(row: Any) -> PayoutAccountView:
+    return PayoutAccountView(
+        id=ids.encode(Kind.MERCHANT_BANK_ACCOUNT, row["id"]), merchant=ids.encode(Kind.MERCHANT, row["merchant_id"]),
+        holder_name=row["holder_name"], bank_name=row["bank_name"], bic=row["bic"],
+        number_masked=row["number_masked"], created_at=row["created_at"].isoformat(),
+    )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
 import uuid
 from dataclasses import dataclass
@@ -11,6 +9,7 @@ from typing import Any
 
 from gateway.auth import passwords
 from gateway.auth.principals import Principal
+from gateway.domain import bank_accounts as account_numbers
 from gateway.domain import ledger, limits
 from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import check_amount, currency
@@ -25,7 +24,6 @@ from gateway.store.db import Connection
 
 WALLET_AUDIENCE = "wallet"
 _PHONE_RE = re.compile(r"^\+[1-9][0-9]{6,14}$")  # E.164
-_ACCOUNT_NUMBER_RE = re.compile(r"^[A-Z0-9]{8,34}$")
 PASSWORD_LENGTH_MIN = 8
 
 
@@ -81,22 +79,19 @@ async def wallet(svc: Services, who: Principal) -> views.WalletView:
     )
 
 
-def _mask_account(number: str) -> str:
-    return "*" * (len(number) - 4) + number[-4:]
-
-
 async def link_bank_account(svc: Services, who: Principal, bank_name: str, number: str) -> views.BankAccountView:
-    normalised = number.replace(" ", "").upper()
-    if not _ACCOUNT_NUMBER_RE.match(normalised):
+    normalised = account_numbers.normalised(number)
+    if normalised is None:
         raise InvalidRequest(
             "account_number must be 8-34 letters or digits", code="invalid_account_number", param="account_number"
         )
     if not 1 <= len(bank_name) <= 100:
         raise InvalidRequest("bank_name must have 1-100 characters", code="invalid_bank_name", param="bank_name")
     # The full number is never stored: a keyed hash recognises it again, the mask shows it.
-    digest = hmac.new(svc.settings.auth.api_key_pepper.encode(), normalised.encode(), hashlib.sha256).digest()
+    digest = account_numbers.number_hash(svc.settings.auth.api_key_pepper, normalised)
     async with svc.db.connection() as conn:
-        row = await store.insert_bank_account(conn, uuid.uuid4(), who.id, bank_name, _mask_account(normalised), digest)
+        row = await store.insert_bank_account(conn, uuid.uuid4(), who.id, bank_name, account_numbers.masked(normalised),
+                                              digest)
     return views.bank_account_view(row)
 
 

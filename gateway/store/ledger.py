@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from gateway.domain.ledger import NO_OVERDRAFT, AccountKind, AccountRef, Entry
+from gateway.domain.ledger import NO_OVERDRAFT, AccountKind, AccountRef, Entry, EntryKind
 from gateway.store.db import Connection
 
 # Shards of each hot account: concurrent payments pick one at random, so a merchant every payer
@@ -127,6 +127,7 @@ async def post(
     payment_id: uuid.UUID | None = None,
     refund_id: uuid.UUID | None = None,
     transfer_id: uuid.UUID | None = None,
+    payout_id: uuid.UUID | None = None,
     release_holds: dict[AccountRef, int] | None = None,
 ) -> int:
     """Write the entry, its postings and the balance changes in one statement; returns the entry id.
@@ -147,8 +148,8 @@ async def post(
         entry_id: int = await conn.fetchval(
             """
             WITH e AS (
-                INSERT INTO journal_entries (kind, payment_id, refund_id, transfer_id)
-                VALUES ($1, $2, $3, $4) RETURNING id
+                INSERT INTO journal_entries (kind, payment_id, refund_id, transfer_id, payout_id)
+                VALUES ($1, $2, $3, $4, $13) RETURNING id
             ), p AS (
                 INSERT INTO postings (entry_id, account_id, currency, amount_minor)
                 SELECT e.id, t.account_id, t.currency, t.amount_minor
@@ -175,6 +176,7 @@ async def post(
             [deltas[k][0] for k in keys],
             [deltas[k][1] for k in keys],
             len(keys),
+            payout_id,
         )
     except asyncpg.CheckViolationError as exc:
         if _is_overdraft(exc):
@@ -183,6 +185,59 @@ async def post(
     if entry_id is None:
         raise RuntimeError("a balance shard of the entry is missing")
     return entry_id
+
+
+async def post_batches(conn: Connection, entries: list[tuple[uuid.UUID, Entry]],
+                       accounts: dict[AccountRef, Account]) -> None:
+    """Write many settlement entries (keyed by their batch id) in one statement, after locking every
+    balance shard they touch in (account_id, shard) order, the order every use case locks them in."""
+    deltas: dict[tuple[int, int], int] = defaultdict(int)
+    batch_ids: list[uuid.UUID] = []
+    account_ids: list[int] = []
+    currencies: list[str] = []
+    amounts: list[int] = []
+    for batch_id, entry in entries:
+        if entry.kind is not EntryKind.SETTLEMENT:
+            raise ValueError("post_batches writes settlement entries only")
+        for posting in entry.postings:
+            account = accounts[posting.account]
+            shard = 0 if account.shard_count == 1 else random.randrange(account.shard_count)
+            deltas[(account.id, shard)] += posting.amount_minor
+            batch_ids.append(batch_id)
+            account_ids.append(account.id)
+            currencies.append(posting.account.currency)
+            amounts.append(posting.amount_minor)
+    if not entries:
+        return
+    keys = sorted(deltas)
+    await conn.execute(
+        "SELECT 1 FROM balances b JOIN unnest($1::int8[], $2::int2[]) AS k(account_id, shard)"
+        " ON b.account_id = k.account_id AND b.shard = k.shard ORDER BY b.account_id, b.shard FOR UPDATE OF b",
+        [k[0] for k in keys], [k[1] for k in keys],
+    )
+    updated = await conn.fetchval(
+        """
+        WITH e AS (
+            INSERT INTO journal_entries (kind, batch_id)
+            SELECT $1, b FROM unnest($2::uuid[]) AS b RETURNING id, batch_id
+        ), p AS (
+            INSERT INTO postings (entry_id, account_id, currency, amount_minor)
+            SELECT e.id, t.account_id, t.currency, t.amount_minor
+              FROM unnest($3::uuid[], $4::int8[], $5::text[], $6::int8[]) AS t(batch_id, account_id, currency, amount_minor)
+              JOIN e ON e.batch_id = t.batch_id
+        ), u AS (
+            UPDATE balances b SET posted_minor = b.posted_minor + d.delta
+              FROM unnest($7::int8[], $8::int2[], $9::int8[]) AS d(account_id, shard, delta)
+             WHERE b.account_id = d.account_id AND b.shard = d.shard
+            RETURNING 1
+        )
+        SELECT count(*) FROM u
+        """,
+        EntryKind.SETTLEMENT.value, [batch_id for batch_id, _ in entries], batch_ids, account_ids, currencies, amounts,
+        [k[0] for k in keys], [k[1] for k in keys], [deltas[k] for k in keys],
+    )
+    if updated != len(keys):
+        raise RuntimeError("a balance shard of a settlement entry is missing")
 
 
 async def hold(conn: Connection, account: Account, amount_minor: int) -> None:

@@ -18,7 +18,7 @@ _COLUMNS = (
     " authorized_minor, captured_minor, refunded_minor, fee_minor, authorization_expires_at, confirm_by"
 )
 _EXTRA = (
-    "store_id, terminal_id, merchant_reference, description, fee_bps, wallet_account_id, channel, created_at,"
+    "store_id, terminal_id, merchant_reference, description, fee_bps, fee_fixed_minor, wallet_account_id, channel, created_at,"
     " updated_at, spend_day, return_url, cancel_url"
 )
 
@@ -61,8 +61,9 @@ async def insert(
         f"""
         INSERT INTO payments (id, merchant_id, store_id, terminal_id, amount_minor, currency, status,
                               capture_method, merchant_reference, description, expires_at, fee_bps, channel,
-                              terminal_transaction_id, return_url, cancel_url)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                              terminal_transaction_id, return_url, cancel_url, fee_fixed_minor)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                (SELECT fee_fixed_minor FROM merchants WHERE id = $2))
         RETURNING {_COLUMNS}, {_EXTRA}
         """,
         payment.id, payment.merchant_id, store_id, terminal_id, payment.amount_minor, payment.currency,

@@ -11,7 +11,7 @@
 -- Money the bank shows that the ledger cannot explain (or the reverse), once an operator writes it off.
 ALTER TABLE accounts DROP CONSTRAINT accounts_kind_check;
 ALTER TABLE accounts ADD CONSTRAINT accounts_kind_check
-    CHECK (kind IN ('wallet', 'merchant_receivable', 'fees', 'clearing', 'write_off'));
+    CHECK (kind IN ('wallet', 'merchant_receivable', 'fees', 'clearing', 'merchant_payable', 'revenue', 'write_off'));
 
 ALTER TABLE transfers ADD COLUMN reconciled_at timestamptz;
 CREATE INDEX transfers_unreconciled ON transfers (currency, created_at) WHERE reconciled_at IS NULL;

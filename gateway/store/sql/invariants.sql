@@ -83,3 +83,77 @@ SELECT c.currency, COALESCE(l.total, 0) AS ledger, COALESCE(w.total, 0) AS writt
   LEFT JOIN (SELECT m.currency, sum(i.amount_minor) AS total FROM recon_match_items i JOIN recon_matches m ON m.id = i.match_id
               WHERE i.active AND i.side = 'write_off' GROUP BY m.currency) w ON w.currency = c.currency
  WHERE COALESCE(l.total, 0) <> COALESCE(w.total, 0);
+-- name: settlement_batch_differs_from_its_entries
+SELECT b.id FROM settlement_batches b
+  LEFT JOIN (SELECT batch_id, count(*) FILTER (WHERE kind = 'capture') AS captures, count(*) FILTER (WHERE kind = 'refund') AS refunds,
+                    COALESCE(sum(amount_minor) FILTER (WHERE kind = 'capture'), 0) AS captured,
+                    COALESCE(sum(amount_minor) FILTER (WHERE kind = 'refund'), 0) AS refunded,
+                    COALESCE(sum(fee_minor) FILTER (WHERE kind = 'capture'), 0) - COALESCE(sum(fee_minor) FILTER (WHERE kind = 'refund'), 0) AS fee,
+                    sum(net_minor) AS net
+               FROM settlement_lines WHERE batch_id IS NOT NULL GROUP BY batch_id) l ON l.batch_id = b.id
+ WHERE (COALESCE(l.captures, 0), COALESCE(l.refunds, 0), COALESCE(l.captured, 0), COALESCE(l.refunded, 0), COALESCE(l.fee, 0),
+        COALESCE(l.net, 0) + b.carry_in_minor)
+       IS DISTINCT FROM (b.capture_count::int8, b.refund_count::int8, b.captured_minor::numeric, b.refunded_minor::numeric,
+                         b.fee_minor::numeric, b.net_minor::numeric);
+-- name: entry_settled_by_a_wrong_batch
+SELECT l.entry_id FROM settlement_lines l LEFT JOIN settlement_batches b ON b.id = l.batch_id
+ WHERE l.batch_id IS NOT NULL AND (b.id IS NULL OR b.merchant_id <> l.merchant_id OR b.currency <> l.currency OR l.created_at >= b.window_end);
+-- name: entry_unsettled_before_a_closed_cutoff
+SELECT l.entry_id, l.created_at FROM settlement_lines l
+ WHERE l.batch_id IS NULL AND EXISTS (SELECT 1 FROM settlement_batches b WHERE b.merchant_id = l.merchant_id
+                                         AND b.currency = l.currency AND b.window_end > l.created_at);
+-- name: carry_over_not_carried
+SELECT id FROM (SELECT id, carry_in_minor, lag(carry_out_minor, 1, 0::int8) OVER (PARTITION BY merchant_id, currency ORDER BY business_date) AS carried
+                  FROM settlement_batches) b WHERE carry_in_minor <> carried;
+-- name: merchant_receivable_differs_from_unsettled
+SELECT a.id, bal.posted, COALESCE(u.net, 0) + COALESCE(c.carry_out_minor, 0) AS unsettled
+  FROM accounts a
+  JOIN (SELECT account_id, sum(posted_minor) AS posted FROM balances GROUP BY account_id) bal ON bal.account_id = a.id
+  LEFT JOIN (SELECT merchant_id, currency, sum(net_minor) AS net FROM settlement_lines WHERE batch_id IS NULL GROUP BY merchant_id, currency) u
+    ON u.merchant_id = a.owner_id AND u.currency = a.currency
+  LEFT JOIN (SELECT DISTINCT ON (merchant_id, currency) merchant_id, currency, carry_out_minor FROM settlement_batches
+              ORDER BY merchant_id, currency, business_date DESC) c ON c.merchant_id = a.owner_id AND c.currency = a.currency
+ WHERE a.kind = 'merchant_receivable' AND bal.posted <> COALESCE(u.net, 0) + COALESCE(c.carry_out_minor, 0);
+-- name: unearned_fees_differ_from_unsettled
+SELECT a.id, bal.posted, COALESCE(u.fee, 0) AS unsettled
+  FROM accounts a
+  JOIN (SELECT account_id, sum(posted_minor) AS posted FROM balances GROUP BY account_id) bal ON bal.account_id = a.id
+  LEFT JOIN (SELECT currency, sum(CASE WHEN kind = 'capture' THEN fee_minor ELSE -fee_minor END) AS fee FROM settlement_lines
+              WHERE batch_id IS NULL GROUP BY currency) u ON u.currency = a.currency
+ WHERE a.kind = 'fees' AND bal.posted <> COALESCE(u.fee, 0);
+-- name: revenue_differs_from_batch_fees
+SELECT a.id, bal.posted, COALESCE(f.fee, 0) AS batch_fees
+  FROM accounts a
+  JOIN (SELECT account_id, sum(posted_minor) AS posted FROM balances GROUP BY account_id) bal ON bal.account_id = a.id
+  LEFT JOIN (SELECT currency, sum(fee_minor) AS fee FROM settlement_batches GROUP BY currency) f ON f.currency = a.currency
+ WHERE a.kind = 'revenue' AND bal.posted <> COALESCE(f.fee, 0);
+-- name: merchant_payable_differs_from_unpaid_payouts
+SELECT a.id, bal.posted, COALESCE(p.unpaid, 0) AS unpaid
+  FROM accounts a
+  JOIN (SELECT account_id, sum(posted_minor) AS posted FROM balances GROUP BY account_id) bal ON bal.account_id = a.id
+  LEFT JOIN (SELECT merchant_id, currency, sum(amount_minor) AS unpaid FROM payouts WHERE status IN ('pending', 'failed')
+              GROUP BY merchant_id, currency) p ON p.merchant_id = a.owner_id AND p.currency = a.currency
+ WHERE a.kind = 'merchant_payable' AND bal.posted <> COALESCE(p.unpaid, 0);
+-- name: batch_payout_mismatch
+SELECT b.id FROM settlement_batches b LEFT JOIN payouts p ON p.batch_id = b.id
+ WHERE (b.payout_minor > 0) <> (p.id IS NOT NULL)
+    OR p.amount_minor <> b.payout_minor OR p.currency <> b.currency OR p.merchant_id <> b.merchant_id
+    OR (b.status = 'paid' AND p.status IS DISTINCT FROM 'paid' AND p.status IS DISTINCT FROM 'reconciled')
+    OR (b.status = 'closed' AND p.status IN ('paid', 'reconciled'));
+-- name: settlement_entry_differs_from_batch
+SELECT b.id FROM settlement_batches b
+  LEFT JOIN (SELECT e.batch_id, count(DISTINCT e.id) AS entries,
+                    COALESCE(sum(p.amount_minor) FILTER (WHERE a.kind = 'merchant_payable'), 0) AS payable,
+                    COALESCE(sum(p.amount_minor) FILTER (WHERE a.kind = 'revenue'), 0) AS revenue
+               FROM journal_entries e JOIN postings p ON p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
+              WHERE e.kind = 'settlement' GROUP BY e.batch_id) s ON s.batch_id = b.id
+ WHERE COALESCE(s.entries, 0) <> CASE WHEN b.payout_minor = 0 AND b.fee_minor = 0 THEN 0 ELSE 1 END
+    OR COALESCE(s.payable, 0) <> b.payout_minor OR COALESCE(s.revenue, 0) <> b.fee_minor
+UNION ALL
+SELECT e.batch_id FROM journal_entries e LEFT JOIN settlement_batches b ON b.id = e.batch_id WHERE e.kind = 'settlement' AND b.id IS NULL;
+-- name: payout_cleared_differs_from_status
+SELECT p.id FROM payouts p
+  LEFT JOIN (SELECT e.payout_id, sum(po.amount_minor) AS cleared FROM journal_entries e JOIN postings po ON po.entry_id = e.id
+               JOIN accounts a ON a.id = po.account_id WHERE e.payout_id IS NOT NULL AND a.kind = 'clearing' GROUP BY e.payout_id) x
+    ON x.payout_id = p.id
+ WHERE COALESCE(x.cleared, 0) <> CASE WHEN p.status IN ('paid', 'reconciled') THEN p.amount_minor ELSE 0 END;
