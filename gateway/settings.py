@@ -117,6 +117,9 @@ class ReconciliationSettings:
     tolerance_business_days: int = 3
     statement_max_bytes: int = 67_108_864
     api_body_max_bytes: int = 16_777_216
+
+
+@dataclass(frozen=True)
 class SettlementSettings:
     # The gateway's own account the payouts are paid from: the debtor of the pain.001 file.
     debtor_name: str = "Wallet Gateway Ltd"

@@ -85,6 +85,8 @@ class ExceptionList(msgspec.Struct, kw_only=True):
 
 
 def public_expected(kind: str, object_id: uuid.UUID) -> str:
+    if kind == "payout":
+        return encode(Kind.PAYOUT, object_id)
     return encode(Kind.TRANSFER, object_id) if kind in ("top_up", "withdrawal") else f"{kind}_{object_id.hex}"
 
 

@@ -3,8 +3,9 @@
 The expected movements come from ONE query (``_EXPECTED``), a ``UNION ALL`` of every source of
 money the gateway's bank account should see; each branch yields the same columns (reference,
 direction, amount_minor, currency, day, kind, object_id, reconciled). Marking a movement
-reconciled (or not, on reopen) goes through ``_MARK``, one statement per kind. A new source
-(settlement's payouts) is one more branch and one more ``_MARK`` entry.
+reconciled (or not, on reopen) goes through ``_MARK``, one statement per kind. Sources: wallet
+top-ups (CRDT) and withdrawals (DBIT) by their transfer id, and merchant payouts once paid (DBIT) by
+their pain.001 EndToEndId; a reconciled payout reconciles its settlement batch (one payout a batch).
 """
 
 from __future__ import annotations
@@ -26,11 +27,27 @@ _EXPECTED = """
            t.reconciled_at IS NOT NULL AS reconciled
       FROM transfers t
      WHERE t.currency = $1 AND t.created_at >= $2::date AND t.created_at < $3::date + 1
+    UNION ALL
+    SELECT p.reference, 'DBIT', p.amount_minor, p.currency::text, p.execution_date, 'payout', p.id,
+           p.status = 'reconciled'
+      FROM payouts p
+     WHERE p.currency = $1 AND p.execution_date BETWEEN $2::date AND $3::date AND p.status IN ('paid', 'reconciled')
 """
 
 _MARK = {
     "top_up": "UPDATE transfers SET reconciled_at = CASE WHEN $2 THEN now() END WHERE id = ANY($1::uuid[])",
     "withdrawal": "UPDATE transfers SET reconciled_at = CASE WHEN $2 THEN now() END WHERE id = ANY($1::uuid[])",
+    "payout": """
+        WITH p AS (
+            UPDATE payouts SET status = CASE WHEN $2 THEN 'reconciled' ELSE 'paid' END,
+                               reconciled_at = CASE WHEN $2 THEN now() END
+             WHERE id = ANY($1::uuid[]) AND status IN ('paid', 'reconciled')
+            RETURNING batch_id
+        )
+        UPDATE settlement_batches b SET status = CASE WHEN $2 THEN 'reconciled' ELSE 'paid' END,
+                                        reconciled_at = CASE WHEN $2 THEN now() END
+          FROM p WHERE b.id = p.batch_id
+    """,
 }
 
 

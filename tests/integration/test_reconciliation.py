@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +184,37 @@ async def test_cli_reconcile_prints_the_summary(world: World, clean_db: str, tmp
 def _gateway(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway", *args], env=env, capture_output=True, text=True,
                           timeout=120, check=False)
+
+
+async def test_a_paid_payout_is_matched_on_the_statement_and_reconciles_its_batch(world: World, clean_db: str) -> None:
+    """Settlement and reconciliation together: a day settled, its payout paid, the bank's statement
+    showing the debit under the payout's EndToEndId: matched 1:1, payout and batch reconciled; a
+    reopen is not exercised here (the invariant checker runs after the test)."""
+    from datetime import timedelta
+
+    from tests.integration.test_settlement import at, captured, configure, run
+
+    day = datetime.now(UTC).date() - timedelta(days=3)
+    m = await world.merchant(fee_bps=100)
+    await configure(world, m, timezone="UTC")
+    await world.call("POST", f"/v1/operator/merchants/{m.id}/payout_account", 201, headers=world.ops,
+                     json={"holder_name": "Best Noodles Ltd", "bank_name": "ICBC", "account_number": "6222020200998877"})
+    h = await world.holder(top_up=50_000)
+    conn = await asyncpg.connect(clean_db)
+    try:
+        await captured(world, conn, m, h, 10_000, at(day, 10))
+    finally:
+        await conn.close()
+    await run(world, day)
+    [payout] = (await world.call("GET", "/v1/payouts", headers=m.headers))["data"]
+    assert payout["amount"] == 9_900 and payout["status"] == "pending"
+    await world.call("POST", f"/v1/operator/payouts/{payout['id']}/mark_paid", headers=world.ops, json={})
+    payout_day = date.fromisoformat(payout["execution_date"])
+    lines = book([Movement(payout["reference"], "DBIT", 9_900, payout_day)])
+    summary = await _import(world, camt053(lines, statement_id="STMT-PAYOUT-1"))
+    assert summary["matched"] == {"reference": 1} and summary["exceptions"] == {}, summary
+    [after] = (await world.call("GET", "/v1/payouts", headers=m.headers))["data"]
+    assert after["status"] == "reconciled" and after["reconciled_at"]
+    [batch] = [b for b in (await world.call("GET", "/v1/settlement_batches", headers=m.headers))["data"]
+               if b["id"] == payout["batch"]]
+    assert batch["status"] == "reconciled"

@@ -157,3 +157,13 @@ SELECT p.id FROM payouts p
                JOIN accounts a ON a.id = po.account_id WHERE e.payout_id IS NOT NULL AND a.kind = 'clearing' GROUP BY e.payout_id) x
     ON x.payout_id = p.id
  WHERE COALESCE(x.cleared, 0) <> CASE WHEN p.status IN ('paid', 'reconciled') THEN p.amount_minor ELSE 0 END;
+-- name: recon_payout_item_amount_differs
+SELECT i.id FROM recon_match_items i JOIN payouts p ON p.id = i.expected_id AND i.expected_kind = 'payout'
+ WHERE i.active AND i.amount_minor <> -p.amount_minor;
+-- name: recon_payout_reconciled_flag
+SELECT p.id FROM payouts p
+ WHERE (p.status = 'reconciled') <> EXISTS (SELECT 1 FROM recon_match_items i
+        WHERE i.active AND i.side = 'expected' AND i.expected_kind = 'payout' AND i.expected_id = p.id);
+-- name: batch_reconciled_differs_from_its_payout
+SELECT b.id FROM settlement_batches b LEFT JOIN payouts p ON p.batch_id = b.id
+ WHERE (b.status = 'reconciled') <> (p.status IS NOT DISTINCT FROM 'reconciled');
