@@ -31,7 +31,7 @@ from gateway.services import reconciliation  # noqa: E402
 from gateway.services.context import Services  # noqa: E402
 from gateway.store import db, invariants  # noqa: E402
 from gateway.store import ledger as ledger_store  # noqa: E402
-from tests.recon_statements import Movement, book, camt053  # noqa: E402
+from gateway.banksim import Movement, book, camt053  # noqa: E402
 
 DAY = date(2026, 3, 2)  # a Monday
 

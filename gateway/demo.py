@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -21,8 +22,9 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from gateway import demo_shop, logs
+from gateway import demo_backoffice, demo_shop, logs
 from gateway.app import create_app
+from gateway.banksim import Movement
 from gateway.settings import Settings
 from gateway.store import db
 
@@ -31,6 +33,9 @@ COUNTER_SALE_MINOR = 2_600
 COUNTER_TOP_UP_MINOR = 10_000
 COUNTER_TIMEOUT_S = 90.0
 COUNTER_STOP_S = 40.0  # the counter demo stops its agent and phone (each bounded) before it exits
+
+
+_BANK_DIRECTIONS = {"/v1/wallet/top_ups": "CRDT", "/v1/wallet/withdrawals": "DBIT"}
 
 
 def _demo_url(url: str) -> str:
@@ -45,6 +50,7 @@ def money(amount: int) -> str:
 class Client:
     def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
         self.session, self.base = session, base
+        self.bank: list[Movement] = []  # what the gateway's bank account sees: the simulated bank books these
 
     async def download(self, path: str, token: str, target: Path) -> Path:
         async with self.session.get(self.base + path, headers={"Authorization": f"Bearer {token}"},
@@ -64,6 +70,8 @@ class Client:
             data = await resp.json()
             if expect is not None and resp.status != expect:
                 raise RuntimeError(f"{method} {path} -> {resp.status}: {data}")
+            if method == "POST" and path in _BANK_DIRECTIONS and resp.status == 201:
+                self.bank.append(Movement(data["id"], _BANK_DIRECTIONS[path], data["amount"], datetime.now(UTC).date()))
             return resp.status, data, dict(resp.headers)
 
 
@@ -197,6 +205,9 @@ async def play(c: Client, out_dir: Path) -> None:
 
     step("Web shop order: the hosted checkout page, Alice's wallet pays its QR code, the shop gets a signed webhook")
     await demo_shop.order(c.call, secret, alice, out_dir, money)
+
+    step("End of day: the merchant's day closes, is settled and paid out; the bank's statement is reconciled")
+    await demo_backoffice.end_of_day(c.call, ops, secret, mid, c.bank, money)
 
     step("Balances")
     for name, token in holders.items():

@@ -20,7 +20,7 @@ from gateway.services import tenants
 from gateway.services.context import Services
 from tests.conftest import make_settings
 from tests.integration.world import World, auth
-from tests.recon_statements import Inject, Movement, book, camt053, csv
+from gateway.banksim import Inject, Movement, book, camt053, csv
 
 EXC = "/v1/operator/reconciliation/exceptions"
 

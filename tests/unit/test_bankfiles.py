@@ -8,7 +8,7 @@ import pytest
 
 from gateway import bankfiles
 from gateway.errors import MalformedStatement, PayloadTooLarge
-from tests.recon_statements import Line, camt053, csv
+from gateway.banksim import Line, camt053, csv
 
 DAY = date(2026, 3, 2)
 LINES = [

@@ -1,4 +1,5 @@
-"""A generator of bank statements for tests and the benchmark.
+"""The bank, simulated: statements of the gateway's own account for the demo, the tests and the
+benchmark (no bank can exist here; what crosses the line is the real file format, camt.053 or CSV).
 
 Given the movements the ledger expects, ``book`` lays out the bank's entries with chosen
 exceptions injected (a missing one, an amount off by one, an unknown deposit, a duplicate, a 1:N
