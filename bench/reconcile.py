@@ -40,15 +40,6 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def _drop(url: str) -> None:
-    admin_url, name = db._admin_url(url)
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 async def _generate(url: str, count: int) -> list[Movement]:
     holder, bank = uuid.uuid4(), uuid.uuid4()
     conn = await asyncpg.connect(url)
@@ -97,7 +88,7 @@ async def main() -> int:
     if "bench" not in args.database_url.rsplit("/", 1)[-1]:
         print("refusing a database whose name does not contain 'bench'", file=sys.stderr)
         return 2
-    await _drop(args.database_url)
+    await db.drop_database(args.database_url)
     await db.migrate(args.database_url)
     try:
         started = time.perf_counter()
@@ -135,7 +126,7 @@ async def main() -> int:
         return 0 if not broken else 1
     finally:
         if not args.keep:
-            await _drop(args.database_url)
+            await db.drop_database(args.database_url)
 
 
 if __name__ == "__main__":

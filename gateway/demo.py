@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-import asyncpg
 from aiohttp import web
 
 from gateway import demo_backoffice, demo_shop, logs
@@ -265,12 +264,8 @@ async def counter_sale(base: str, secret: str, terminal: str, phone: str, passwo
 async def main(settings: Settings, *, wait: bool) -> int:
     logs.configure("WARNING")
     url = _demo_url(settings.database.url)
-    admin_url, name = db._admin_url(url)
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    _, name = db._admin_url(url)
+    await db.drop_database(url)
     await db.migrate(url)
     # The demo serves where its links (checkout pages) point, whatever port it was given.
     public_url = f"http://{settings.server.host}:{settings.server.port}"

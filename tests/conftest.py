@@ -47,21 +47,12 @@ def make_settings(**overrides: dict[str, object]) -> Settings:
     return settings_mod.load(env={}, **sections)
 
 
-async def _drop(url: str) -> None:
-    admin_url, name = db._admin_url(url)
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="session")
 def _schema() -> Iterator[str]:
-    asyncio.run(_drop(TEST_DB_URL))
+    asyncio.run(db.drop_database(TEST_DB_URL))
     asyncio.run(db.migrate(TEST_DB_URL))
     yield TEST_DB_URL
-    asyncio.run(_drop(TEST_DB_URL))
+    asyncio.run(db.drop_database(TEST_DB_URL))
 
 
 @pytest.fixture

@@ -120,6 +120,17 @@ async def ensure_database(url: str) -> bool:
         await conn.close()
 
 
+async def drop_database(url: str) -> None:
+    """Drop the database named in ``url`` if it exists, ending its sessions (tests, benches, the demo)."""
+    admin_url, name = _admin_url(url)
+    conn = await asyncpg.connect(admin_url, timeout=10)
+    try:
+        quoted = await conn.fetchval("SELECT quote_ident($1)", name)
+        await conn.execute(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)", timeout=60)
+    finally:
+        await conn.close()
+
+
 def migration_files() -> list[tuple[int, str, str]]:
     folder = resources.files("gateway.store").joinpath("migrations")
     found = []
