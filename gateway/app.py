@@ -14,6 +14,7 @@ from gateway.api.routing import SERVICES, api
 from gateway.services.context import Services
 from gateway.settings import Settings
 from gateway.web import checkout as web_checkout
+from gateway.web import console as web_console
 from gateway.workers import running
 
 
@@ -22,6 +23,7 @@ def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
     api.install(app)
     cors.install(app, cors.browser_paths(api, also=[checkout.STATUS_PATH]))
     web_checkout.install(app)
+    web_console.install(app)
 
     async def services(app: web.Application) -> AsyncIterator[None]:
         svc = await Services.start(settings)

@@ -62,3 +62,68 @@ LANGUAGE_NAMES = {"en": "English", "zh": "中文"}
 
 assert set(MESSAGES) == set(LANGUAGES) == set(LANGUAGE_NAMES)
 assert all(set(words) == set(MESSAGES["en"]) for words in MESSAGES.values())
+
+# The operator console's words (``web.console``); the same invariant: every language, the same keys.
+CONSOLE: dict[str, dict[str, str]] = {
+    "en": {
+        "console": "Operator console", "language": "Language", "skip": "Skip to content",
+        "login_title": "Operator log in", "email": "Email", "password": "Password", "log_in": "Log in",
+        "log_out": "Log out", "login_failed": "Wrong email or password.", "signed_in_as": "Role: {role}",
+        "nav": "Sections", "overview": "Overview", "settlement": "Batches and payouts", "exceptions": "Exceptions",
+        "payments": "Payment search", "merchants": "Merchants and terminals", "audit": "Audit log",
+        "currency": "Currency", "show": "Show", "last_days": "Last {days} days (UTC)",
+        "chart_volume": "Daily volume", "chart_fees": "Fees", "chart_payouts": "Payouts",
+        "chart_match": "Bank entries matched (%)", "chart_exceptions": "Exceptions opened",
+        "total": "Total", "open_exceptions": "Open exceptions", "no_data": "No data",
+        "merchant_id": "Merchant id", "from": "From", "to": "To", "filter": "Filter",
+        "batches": "Settlement batches", "payouts": "Payouts", "day": "Business day", "merchant": "Merchant",
+        "status": "Status", "captures": "Captures", "refunds": "Refunds", "captured": "Captured", "fees": "Fees",
+        "net": "Net", "payout": "Payout", "amount": "Amount", "reference": "Reference",
+        "execution_date": "Execution date", "paid_at": "Paid at", "nothing": "Nothing to show.",
+        "kind": "Kind", "bank_amount": "Bank amount", "expected_amount": "Expected amount", "detected": "Detected",
+        "actions": "Actions", "reason": "Reason", "write_off": "Write off", "match": "Match by hand",
+        "reopen": "Reopen", "match_refs": "Payout or transfer references (comma separated)",
+        "all": "All", "open": "Open", "resolved": "Resolved", "cleared": "Cleared",
+        "read_only": "Your role can see exceptions but not resolve them.", "done": "Done: {action} on {id}.",
+        "payment_id": "Payment id", "merchant_reference": "Merchant reference", "phone": "Wallet phone",
+        "date": "Date", "search": "Search", "created": "Created", "refunded": "Refunded",
+        "search_hint": "Fill in any of the fields; every one given must match.", "results": "Results",
+        "name": "Name", "city": "City", "fee_bps": "Fee (bp)", "terminals": "Terminals", "label": "Label",
+        "store": "Store", "device": "Device", "enrolled": "Enrolled",
+        "last_seen_note": "Devices do not report a last-seen time yet: the enrolment time of each terminal's latest device is shown.",
+        "at": "When", "operator": "Operator", "action": "Action", "exception": "Exception",
+        "statement": "Statement", "details": "Details", "error": "Error",
+    },
+    "zh": {
+        "console": "运营控制台", "language": "语言", "skip": "跳到正文",
+        "login_title": "运营人员登录", "email": "邮箱", "password": "密码", "log_in": "登录",
+        "log_out": "退出登录", "login_failed": "邮箱或密码错误。", "signed_in_as": "角色：{role}",
+        "nav": "栏目", "overview": "概览", "settlement": "结算批次与付款", "exceptions": "对账异常",
+        "payments": "支付查询", "merchants": "商户与终端", "audit": "审计日志",
+        "currency": "币种", "show": "显示", "last_days": "最近 {days} 天（UTC）",
+        "chart_volume": "每日交易额", "chart_fees": "手续费", "chart_payouts": "付款",
+        "chart_match": "银行流水匹配率（%）", "chart_exceptions": "新增异常",
+        "total": "合计", "open_exceptions": "未处理异常", "no_data": "无数据",
+        "merchant_id": "商户编号", "from": "起始日期", "to": "截止日期", "filter": "筛选",
+        "batches": "结算批次", "payouts": "付款", "day": "营业日", "merchant": "商户",
+        "status": "状态", "captures": "收款笔数", "refunds": "退款笔数", "captured": "收款金额", "fees": "手续费",
+        "net": "净额", "payout": "付款金额", "amount": "金额", "reference": "参考号",
+        "execution_date": "执行日期", "paid_at": "付款时间", "nothing": "暂无记录。",
+        "kind": "类型", "bank_amount": "银行金额", "expected_amount": "应收付金额", "detected": "发现时间",
+        "actions": "操作", "reason": "原因", "write_off": "核销", "match": "手工匹配",
+        "reopen": "重新打开", "match_refs": "付款或转账参考号（逗号分隔）",
+        "all": "全部", "open": "未处理", "resolved": "已处理", "cleared": "已清除",
+        "read_only": "您的角色可以查看异常，但不能处理。", "done": "已完成：{id} 的 {action}。",
+        "payment_id": "支付编号", "merchant_reference": "商户订单号", "phone": "钱包手机号",
+        "date": "日期", "search": "查询", "created": "创建时间", "refunded": "已退款",
+        "search_hint": "填写任意字段；所填字段须全部匹配。", "results": "结果",
+        "name": "名称", "city": "城市", "fee_bps": "费率（基点）", "terminals": "终端", "label": "标签",
+        "store": "门店", "device": "设备", "enrolled": "注册时间",
+        "last_seen_note": "设备尚未上报最后在线时间：此处显示各终端最新设备的注册时间。",
+        "at": "时间", "operator": "操作人", "action": "操作", "exception": "异常",
+        "statement": "对账单", "details": "详情", "error": "错误",
+    },
+}
+
+assert set(CONSOLE) == set(LANGUAGES)
+assert all(set(words) == set(CONSOLE["en"]) for words in CONSOLE.values())
