@@ -30,7 +30,7 @@ from gateway.web.checkout import _page_headers
 COOKIE = "console_session"
 LANG_COOKIE = "console_lang"
 PATH = "/console"
-CHART_WIDTH_PX = 560
+CHART_WIDTH_PX = 420
 CHART_HEIGHT_PX = 160
 CHART_PAD_PX = 24
 ACTIONS = ("write_off", "match", "reopen")
