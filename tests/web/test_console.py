@@ -189,7 +189,8 @@ async def test_logged_out_pages_redirect_to_login_and_a_wrong_password_is_refuse
     await context.close()
 
 
-async def test_the_chinese_console(world: World, browser: Browser, settings: Settings, clean_db: str) -> None:
+async def test_the_chinese_console(world: World, browser: Browser, settings: Settings, clean_db: str,
+                                   tmp_path: Path) -> None:
     await _seed(world, clean_db)
     base = settings.server.public_url
     context, page = await _login(browser, base, language="zh-CN,zh;q=0.9")
@@ -202,6 +203,9 @@ async def test_the_chinese_console(world: World, browser: Browser, settings: Set
     await expect(page.get_by_role("heading", name="Exceptions")).to_be_visible()
     await page.get_by_role("link", name="中文").click()
     await expect(page.get_by_role("heading", name="对账异常")).to_be_visible()
+    shot = tmp_path / "console-exceptions-zh.png"
+    await page.screenshot(path=str(shot), full_page=True)
+    print(f"exceptions screenshot: {shot}")
     await context.close()
 
 
