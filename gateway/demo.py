@@ -291,6 +291,7 @@ async def main(settings: Settings, *, wait: bool) -> int:
         async with aiohttp.ClientSession() as session:
             await play(Client(session, base), Path("var/demo"))
         print(f"\nThe gateway is running at {base}")
+        print(f"   operator console: {base}/console/ (log in as {OPERATOR[0]})")
         for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
             print(f"   {base}{path}")
         print(f"   operator login: POST {base}/v1/operator/sessions {{\"email\": \"{OPERATOR[0]}\", \"password\": \"{OPERATOR[1]}\"}}")

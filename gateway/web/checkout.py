@@ -32,7 +32,7 @@ POLL_COUNT_MAX = 450  # 15 minutes of polling per page load; then the page asks 
 QR_SIZE_PX = 256
 
 
-def _page_headers(response: web.StreamResponse) -> web.StreamResponse:
+def page_headers(response: web.StreamResponse) -> web.StreamResponse:
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers["Cache-Control"] = "no-store"
@@ -46,7 +46,7 @@ def _render(request: web.Request, template: str, lang: rules.Language, context: 
     switch = [(code, i18n.LANGUAGE_NAMES[code], str(request.rel_url.update_query(lang=code)))
               for code in rules.LANGUAGES]
     context = {"lang": lang, "t": i18n.MESSAGES[lang.code], "languages": switch, "static": assets.url, **context}
-    return _page_headers(aiohttp_jinja2.render_template(template, request, context, status=status))
+    return page_headers(aiohttp_jinja2.render_template(template, request, context, status=status))
 
 
 async def page(request: web.Request) -> web.StreamResponse:
@@ -58,7 +58,7 @@ async def page(request: web.Request) -> web.StreamResponse:
     except NotFound:
         return _render(request, "not_found.html", lang, {}, status=404)
     if view.redirect_url is not None:  # paid already: straight back to the shop
-        return _page_headers(web.Response(status=303, headers={"Location": view.redirect_url}))
+        return page_headers(web.Response(status=303, headers={"Location": view.redirect_url}))
     base = f"/checkout/{view.payment}"
     query = {"secret": secret}
     name = view.merchant_name_local if lang.code == "zh" and view.merchant_name_local else view.merchant_name

@@ -25,7 +25,7 @@ from gateway.domain import checkout as rules
 from gateway.errors import GatewayError, Unauthenticated
 from gateway.services import console
 from gateway.web import assets, i18n
-from gateway.web.checkout import _page_headers
+from gateway.web.checkout import page_headers
 
 COOKIE = "console_session"
 LANG_COOKIE = "console_lang"
@@ -61,13 +61,13 @@ def _render(request: web.Request, template: str, context: dict[str, Any], status
     if "lang" in request.query and request.query["lang"] in rules.LANGUAGES:
         response.set_cookie(LANG_COOKIE, lang.code, path=PATH, httponly=True, samesite="Strict",
                             secure=_secure(request), max_age=365 * 86400)
-    return _page_headers(response)
+    return page_headers(response)
 
 
 def _to_login(request: web.Request) -> web.StreamResponse:
     response = web.Response(status=303, headers={"Location": f"{PATH}/login"})
     response.del_cookie(COOKIE, path=PATH)
-    return _page_headers(response)
+    return page_headers(response)
 
 
 def page(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -110,7 +110,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     response = web.Response(status=303, headers={"Location": f"{PATH}/"})
     response.set_cookie(COOKIE, session.token, path=PATH, httponly=True, samesite="Strict",
                         secure=_secure(request), max_age=session.expires_in_s)
-    return _page_headers(response)
+    return page_headers(response)
 
 
 @page
@@ -249,7 +249,7 @@ async def audit(request: web.Request, who: Principal, token: str) -> web.StreamR
 
 
 async def _slash(request: web.Request) -> web.StreamResponse:
-    return _page_headers(web.Response(status=308, headers={"Location": f"{PATH}/"}))
+    return page_headers(web.Response(status=308, headers={"Location": f"{PATH}/"}))
 
 
 def install(app: web.Application) -> None:

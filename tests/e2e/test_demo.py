@@ -35,5 +35,5 @@ async def test_the_demo_plays_a_full_day() -> None:
                  "the browser returned to", "/orders/done?order=W-1001&payment=pay_",
                  "shop received payment.succeeded", "verified: webhook-signature and Wallet-Signature",
                  "refused: 0", "settlement run srun_", "marked paid", "matched 5 by reference; exceptions: 1 unknown_entry",
-                 "payout now reconciled", "OK: every entry balances"):
+                 "payout now reconciled", "OK: every entry balances", "operator console: http"):
         assert seen in text, (seen, text[-4000:])
