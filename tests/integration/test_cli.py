@@ -10,7 +10,7 @@ import uuid
 
 import asyncpg
 
-from tests.conftest import _drop
+from gateway.store import db
 
 
 def _run(args: list[str], env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -43,4 +43,4 @@ async def test_migrate_then_create_operator_then_login(tmp_path: object) -> None
         checked = await asyncio.to_thread(_run, ["check"], env)
         assert checked.returncode == 0 and "OK" in checked.stdout
     finally:
-        await _drop(url)
+        await db.drop_database(url)
