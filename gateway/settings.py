@@ -278,6 +278,11 @@ def _live_secret_problems(config: Settings) -> list[tuple[str, str]]:
             reason = "a well-known test key"
         if reason:
             problems.append(("issuer.imk_hex", reason))
+    # Not secrets, but shipped placeholders: a live payout file must name the gateway's real account.
+    shipped_debtor = SettlementSettings()
+    for name in ("debtor_name", "debtor_account", "debtor_bic"):
+        if getattr(config.settlement, name) == getattr(shipped_debtor, name):
+            problems.append((f"settlement.{name}", "the placeholder value"))
     return problems
 
 

@@ -21,7 +21,7 @@ from gateway.errors import InvalidRequest
 from gateway.services import reconciliation
 from gateway.services.context import Services
 
-RESOLVERS = {"admin", "settlement"}
+RESOLVERS = set(reconciliation.RESOLVER_ROLES)
 Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
 Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 

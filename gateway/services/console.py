@@ -29,7 +29,6 @@ from gateway.services.context import Services
 from gateway.services.idempotency import RequestIdentity, fingerprint
 from gateway.store import console as store
 
-RESOLVER_ROLES = frozenset({"admin", "settlement"})  # the same roles the operator API lets resolve
 LIST_LIMIT = 100
 OVERVIEW_DAYS = 14
 SEARCH_TEXT_MAX = 100
@@ -71,7 +70,7 @@ def check_csrf(svc: Services, session_token: str, sent: str | None) -> None:
 
 
 def can_resolve(who: Principal) -> bool:
-    return who.role in RESOLVER_ROLES
+    return who.role in reconciliation.RESOLVER_ROLES
 
 
 def _money(minor: int, code: str) -> str:

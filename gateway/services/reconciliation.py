@@ -30,6 +30,7 @@ from gateway.store.db import Connection
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 ACTIONS = ("match", "write_off", "reopen")
+RESOLVER_ROLES = frozenset({"admin", "settlement"})  # operators who import statements and resolve exceptions
 _WINDOW_EXTRA_DAYS = 7  # expected movements looked at before a statement's first day, beyond the tolerance
 
 

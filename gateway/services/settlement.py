@@ -322,7 +322,7 @@ async def write_run_files(svc: Services, run_text: str, sink: Sink,
     run_id = _id(Kind.SETTLEMENT_RUN, run_text, "settlement run")
     out = _Hashed(sink)
     async with svc.db.connection() as conn:
-        run = await conn.fetchrow("SELECT id, business_date, created_at FROM settlement_runs WHERE id = $1", run_id)
+        run = await store.run(conn, run_id)
         if run is None:
             raise NotFound(f"no such settlement run: {run_text}", param="id")
         day: date = run["business_date"]

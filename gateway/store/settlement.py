@@ -188,6 +188,12 @@ async def insert_payouts(conn: Connection, ids: list[uuid.UUID], batch_ids: list
     )
 
 
+async def run(conn: Connection, run_id: uuid.UUID) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT id, business_date, created_at FROM settlement_runs WHERE id = $1", run_id)
+    return row
+
+
 async def run_batches(conn: Connection, run_id: uuid.UUID) -> list[asyncpg.Record]:
     return await conn.fetch(f"SELECT {_BATCH} FROM settlement_batches WHERE run_id = $1"
                             " ORDER BY merchant_id, currency", run_id)

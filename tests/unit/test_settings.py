@@ -183,6 +183,9 @@ LIVE_OK = {
     "GATEWAY_AUTH_JWT_ACTIVE_KID": "live-2027-01",
     "GATEWAY_AUTH_API_KEY_PEPPER": "N7c2Wq9Lx4Pz1Rm8Ks3Vb6Hy0Jt5Gd2F",
     "GATEWAY_ISSUER_IMK_HEX": "9F3A61C04E5B27D8A1C3E5F70B2D4869",
+    "GATEWAY_SETTLEMENT_DEBTOR_NAME": "Example Wallet Payments Co",
+    "GATEWAY_SETTLEMENT_DEBTOR_ACCOUNT": "CN1201020000001234567890",
+    "GATEWAY_SETTLEMENT_DEBTOR_BIC": "ICBKCNBJ",
 }
 SHIPPED = tomllib.loads(DEFAULT_CONFIG.read_text(encoding="utf-8"))
 DEV_JWT_KEYS = SHIPPED["auth"]["jwt_keys"]
@@ -256,6 +259,14 @@ def test_live_mode_refuses_the_shipped_secrets_even_under_another_settings_file(
     other = write_toml(tmp_path, f'[issuer]\nimk_hex = "{LIVE_OK["GATEWAY_ISSUER_IMK_HEX"]}"\n')
     with pytest.raises(ValueError, match=r"^issuer\.imk_hex: the development value "):
         load(other, env={**LIVE_OK, "GATEWAY_ISSUER_IMK_HEX": DEV_IMK})
+
+
+@pytest.mark.parametrize("name", ["debtor_name", "debtor_account", "debtor_bic"])
+def test_live_mode_refuses_the_placeholder_payout_debtor(name: str) -> None:
+    """A live pain.001 file must name the gateway's real account, not the shipped placeholder."""
+    env = {k: v for k, v in LIVE_OK.items() if k != f"GATEWAY_SETTLEMENT_{name.upper()}"}
+    with pytest.raises(ValueError, match=rf"^settlement\.{name}: the placeholder value cannot be used in live mode"):
+        load(env=env)
 
 
 def test_live_mode_with_the_shipped_file_names_every_secret_on_one_line() -> None:
