@@ -335,6 +335,8 @@ def _live_settings() -> Settings:
         webhooks=FAST, issuer={"imk_hex": ""},
         auth={"key_mode": "live", "jwt_keys": f"k1:{secrets.token_hex(32)}", "jwt_active_kid": "k1",
               "api_key_pepper": secrets.token_hex(24)},
+        settlement={"debtor_name": "Example Wallet Payments Co", "debtor_account": "CN1201020000001234567890",
+                    "debtor_bic": "ICBKCNBJ"},
     )
 
 
