@@ -22,6 +22,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway import metrics
 from gateway.domain import throttle
 from gateway.domain.throttle import Level, Rate
 from gateway.settings import RedisSettings
@@ -109,6 +110,14 @@ class Accelerator:
             log.warning("redis unavailable; continuing without it", extra={"error": type(exc).__name__})
         self._down_until_s = time.monotonic() + self.settings.backoff_s
         self.last_error = type(exc).__name__
+        metrics.REDIS_FAILURES.inc()
+        metrics.REDIS_BREAKER_OPEN.set(1)
+
+    def _answered(self) -> None:
+        """Redis answered: the breaker is closed (the gauge is written only when that changes it)."""
+        if self.last_error is not None:
+            self.last_error = None
+            metrics.REDIS_BREAKER_OPEN.set(0)
 
     async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         if not self.available:
@@ -118,7 +127,7 @@ class Accelerator:
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
             return None
-        self.last_error = None
+        self._answered()
         return result
 
     async def ping(self) -> bool:
@@ -129,7 +138,7 @@ class Accelerator:
             self._failed(exc)
             return False
         self._down_until_s = 0.0
-        self.last_error = None
+        self._answered()
         return ok
 
     async def get(self, key: str) -> bytes | None:
@@ -167,7 +176,7 @@ class Accelerator:
             except (RedisError, OSError, TimeoutError) as exc:
                 self._failed(exc)
             else:
-                self.last_error = None
+                self._answered()
                 return float(wait), cached if isinstance(cached, bytes) else None, True
         return self._local.take(buckets, time.monotonic()), None, False
 

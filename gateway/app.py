@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from importlib import metadata
 
 from aiohttp import web
 
+from gateway import metrics
 from gateway.api import (  # noqa: F401  (registers endpoints)
     admin, checkout, cors, devices, payments, reconciliation, settlement, system, wallet, webhooks,
 )
@@ -26,6 +28,8 @@ def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
     web_console.install(app)
 
     async def services(app: web.Application) -> AsyncIterator[None]:
+        # At start-up, in the process that serves (not in a parent that forks it).
+        metrics.announce_build(metadata.version("wallet-gateway"), settings.auth.key_mode)
         svc = await Services.start(settings)
         app[SERVICES] = svc
         yield

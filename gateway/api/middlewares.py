@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 from aiohttp import web
-from prometheus_client import Counter, Histogram
 
+from gateway import metrics
 from gateway.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound, PayloadTooLarge
 from gateway.logs import request_id_var
 
@@ -26,18 +26,11 @@ log = logging.getLogger("gateway.http")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 CLIENT_CLOSED = 499
 
-REQUESTS = Counter("gateway_http_requests_total", "HTTP requests", ["method", "route", "status"])
-LATENCY = Histogram(
-    "gateway_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-)
-ERRORS = Counter("gateway_errors_total", "Error responses by code", ["code"])
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error_response(exc: GatewayError, request_id: str) -> web.Response:
-    ERRORS.labels(exc.code).inc()
+    metrics.ERRORS.labels(exc.code).inc()
     headers = {"Request-Id": request_id}
     if exc.retry_after_s is not None:
         headers["Retry-After"] = str(exc.retry_after_s)
@@ -85,8 +78,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         return response
     finally:
         elapsed_s = time.perf_counter() - started_s
-        REQUESTS.labels(request.method, route, str(status)).inc()
-        LATENCY.labels(request.method, route).observe(elapsed_s)
+        metrics.HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
+        metrics.HTTP_REQUEST_DURATION.labels(request.method, route, metrics.status_class(status)).observe(elapsed_s)
         log.info("request", extra={"method": request.method, "route": route, "status": status,
                                    "duration_ms": round(elapsed_s * 1000, 2)})
         request_id_var.reset(token)

@@ -6,10 +6,10 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.api import openapi
 from gateway.api.routing import Call, api
+from gateway.metrics import exposition
 from gateway.services import operations
 
 
@@ -32,7 +32,8 @@ async def readyz(call: Call[None, None]) -> Any:
 
 @api.route("GET", "/metrics", summary="Prometheus metrics", auth=None, tag="system", produces="text/plain")
 async def metrics(call: Call[None, None]) -> Any:
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    body, content_type = exposition()
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 @api.route("GET", "/openapi.json", summary="This API's OpenAPI 3.1 description", auth=None, tag="system")

@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 
+from gateway import metrics
 from gateway.accel import Accelerator
 from gateway.errors import GatewayError, IdempotencyError, IdempotencyInUse, Unavailable
 from gateway.settings import IdempotencySettings
@@ -105,11 +106,12 @@ class Idempotency:
         self.settings = settings
         self._background: set[asyncio.Task[None]] = set()
 
-    def _replay(self, who: RequestIdentity, request_hash: bytes, status: int, body: bytes) -> Reply:
+    def _replay(self, who: RequestIdentity, request_hash: bytes, status: int, body: bytes, source: str) -> Reply:
         if request_hash != who.fingerprint:
             raise IdempotencyError(
                 "this Idempotency-Key was used with different parameters", param="Idempotency-Key"
             )
+        metrics.IDEMPOTENCY_REPLAYS.labels(source).inc()
         return Reply(status, body, replayed=True)
 
     def _remember(self, who: RequestIdentity, status: int, body: bytes) -> None:
@@ -135,7 +137,7 @@ class Idempotency:
             return await self._run_plain(who, work, before, refused)
         cached = who.cached if who.prefetched else await self.accel.get(cache_key(who.scope, who.key))
         if cached is not None:
-            return self._replay(who, *_unpack(cached))
+            return self._replay(who, *_unpack(cached), source="redis")
         # One pooled connection for the claim, the work and the answer (it holds the key's liveness lock).
         async with self.db.connection() as conn:
             lock = _KeyLock()  # until the claim returns, whether it took the lock is unknown
@@ -144,6 +146,8 @@ class Idempotency:
                     conn, who.scope, who.key, who.fingerprint, who.method, who.path, self.settings.lock_timeout_s
                 )
                 lock.held = row.key_locked
+                if row.taken_over:
+                    metrics.IDEMPOTENCY_TAKEOVERS.inc()
                 if not row.claimed:
                     if lock.held:
                         await keys.unlock(conn, who.scope, who.key)
@@ -216,7 +220,7 @@ class Idempotency:
     def _answer_of_other(self, who: RequestIdentity, row: keys.KeyRow) -> Reply:
         """The answer for a key another request owns: its stored response, or 409 while it runs."""
         if row.response_status is not None and row.response_body is not None:
-            return self._replay(who, row.request_hash, row.response_status, row.response_body)
+            return self._replay(who, row.request_hash, row.response_status, row.response_body, source="database")
         if row.request_hash != who.fingerprint:
             raise IdempotencyError("this Idempotency-Key was used with different parameters", param="Idempotency-Key")
         raise IdempotencyInUse(

@@ -78,6 +78,7 @@ class Charge:
     capture_method: CaptureMethod
 
 
+@payments.counted("pay_code")
 async def charge(svc: Services, who: Principal, req: Charge, identity: RequestIdentity) -> Reply:
     """The counter charges a scanned pay-code: one transaction creates the payment and authorises it."""
     assert who.merchant_id is not None

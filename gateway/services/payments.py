@@ -16,20 +16,25 @@ then inserts only (events, refunds, journal entries), which lock nothing anyone 
 
 from __future__ import annotations
 
+import functools
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any
+from typing import Any, ParamSpec
 
 import asyncpg
 import msgspec
 
+from gateway import metrics
 from gateway.auth.principals import Principal, PrincipalKind
 from gateway.domain import checkout, fees, ledger, limits
 from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import check_amount, currency
 from gateway.domain.payments import CaptureMethod, Payment, Status
-from gateway.errors import Declined, GatewayError, InvalidRequest, InvalidState, NotFound
+from gateway.errors import (
+    Declined, GatewayError, IdempotencyError, IdempotencyInUse, InvalidRequest, InvalidState, NotFound,
+)
 from gateway.services import pins, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Refused, Reply, RequestIdentity
@@ -46,6 +51,57 @@ EVENT_FOR_STATUS = {
     Status.CANCELED: "payment.canceled",
     Status.EXPIRED: "payment.expired",
 }
+
+
+P = ParamSpec("P")
+
+
+class _Refusal(msgspec.Struct):
+    code: str
+
+
+class _Outcome(msgspec.Struct):
+    """What counting needs of an answer: a payment's status, or the refusal's code."""
+
+    status: str | None = None
+    error: _Refusal | None = None
+
+
+def _count(channel: str, reply: Reply) -> None:
+    outcome = msgspec.json.decode(reply.body, type=_Outcome)
+    if outcome.error is not None:
+        _count_refusal(channel, outcome.error.code, declined=reply.status == Declined.status)
+    elif outcome.status is not None:
+        metrics.PAYMENTS.labels(channel, outcome.status).inc()
+
+
+def _count_refusal(channel: str, code: str, *, declined: bool) -> None:
+    metrics.PAYMENTS.labels(channel, "declined" if declined else "error").inc()
+    if declined:
+        metrics.PAYMENT_DECLINES.labels(channel, code).inc()
+
+
+def counted(channel: str) -> Callable[[Callable[P, Awaitable[Reply]]], Callable[P, Awaitable[Reply]]]:
+    """Count each attempt to pay through ``channel`` once, by its outcome, after it is final: its
+    transaction committed or its refusal stored or raised. A replayed answer is no new attempt."""
+
+    def wrap(use_case: Callable[P, Awaitable[Reply]]) -> Callable[P, Awaitable[Reply]]:
+        @functools.wraps(use_case)
+        async def counting(*args: P.args, **kwargs: P.kwargs) -> Reply:
+            try:
+                reply = await use_case(*args, **kwargs)
+            except (IdempotencyError, IdempotencyInUse):
+                raise  # a key reused or still in flight: that attempt is counted by the request that owns the key
+            except GatewayError as exc:
+                _count_refusal(channel, exc.code, declined=isinstance(exc, Declined))
+                raise
+            if not reply.replayed:
+                _count(channel, reply)
+            return reply
+
+        return counting
+
+    return wrap
 
 
 def payment_id(text: str) -> uuid.UUID:
@@ -269,6 +325,7 @@ async def payer_view(conn: Connection, row: asyncpg.Record) -> views.PayerPaymen
     return views.payer_payment_view(row, merchant["name"])
 
 
+@counted("wallet")
 async def pay(svc: Services, who: Principal, text_id: str, pin: str | None, identity: RequestIdentity) -> Reply:
     """The wallet holder pays a payment from its wallet: an authorisation, captured at once if automatic."""
     assert who.kind is PrincipalKind.WALLET
@@ -293,6 +350,7 @@ async def pay(svc: Services, who: Principal, text_id: str, pin: str | None, iden
     return await svc.idempotency.run(identity, work, before=check_pin, refused=record_decline(pid, holder_id))
 
 
+@counted("pay_code")  # only a pay-code charge waits for its payer's confirmation
 async def confirm(svc: Services, who: Principal, text_id: str, pin: str | None, identity: RequestIdentity) -> Reply:
     """The payer confirms a counter payment waiting for its PIN (a pay-code charge above the threshold)."""
     pid = payment_id(text_id)

@@ -198,6 +198,7 @@ async def preview(svc: Services, who: Principal, payload_text: str) -> views.QrP
     )
 
 
+@payments.counted("qr")
 async def pay(
     svc: Services, who: Principal, payload_text: str, amount: int | None, pin: str | None, identity: RequestIdentity
 ) -> Reply:

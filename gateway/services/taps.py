@@ -138,6 +138,7 @@ def parse_tap(raw: dict[str, Any]) -> Tap:
         raise InvalidRequest(str(exc), code="invalid_tap_data", param=exc.field) from None
 
 
+@payments.counted("tap")
 async def authorize(svc: Services, who: Principal, req: TapRequest, identity: RequestIdentity) -> Reply:
     assert who.merchant_id is not None and who.terminal_id is not None
     merchant_id, device_id = who.merchant_id, who.id

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -29,8 +30,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
-from prometheus_client import Counter
 
+from gateway import metrics
 from gateway.errors import Unavailable
 from gateway.settings import DatabaseSettings
 
@@ -41,7 +42,6 @@ T = TypeVar("T")
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 _MIGRATION_LOCK = 0x6761_7465  # "gate"
 _RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
-RETRIES = Counter("gateway_db_transaction_retries_total", "Transactions retried whole", ["reason"])
 # The server or the link to it went away (shutdown, crash, restart, network, a session it ended).
 _LOST = (
     OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError,
@@ -191,13 +191,16 @@ class Database:
             reset=_no_session_state,
         )
         assert pool is not None
+        metrics.DB_POOL_CONNECTIONS_MAX.inc(settings.pool_max)
         return cls(pool, settings)
 
     async def close(self) -> None:
+        metrics.DB_POOL_CONNECTIONS_MAX.dec(self.settings.pool_max)
         await asyncio.wait_for(self.pool.close(), timeout=10)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
+        started_s = time.perf_counter()
         try:
             conn_cm = self.pool.acquire(timeout=self.settings.acquire_timeout_s)
             conn = await conn_cm.__aenter__()
@@ -205,6 +208,10 @@ class Database:
             raise Unavailable("the database is busy; retry with the same idempotency key", code="database_busy") from exc
         except (*_LOST, asyncpg.InterfaceError) as exc:
             raise Unavailable("the database is unreachable", code="database_unavailable", retry_after_s=2) from exc
+        finally:
+            metrics.DB_POOL_ACQUIRE_WAIT.observe(time.perf_counter() - started_s)
+        metrics.DB_POOL_CONNECTIONS_OPEN.set(self.pool.get_size())
+        metrics.DB_POOL_CONNECTIONS_IN_USE.inc()
         try:
             yield conn
         except Exception as exc:
@@ -216,6 +223,7 @@ class Database:
                 terminate(conn)  # never pooled again: the pool opens a fresh one
             raise failure from exc
         finally:
+            metrics.DB_POOL_CONNECTIONS_IN_USE.dec()
             try:
                 await conn_cm.__aexit__(None, None, None)
             except Exception:  # a broken connection cannot be reset; the pool replaces it
@@ -237,7 +245,7 @@ class Database:
                 async with self.connection() as own, own.transaction():
                     return await work(own)
             except _RETRYABLE as exc:
-                RETRIES.labels("deadlock" if isinstance(exc, asyncpg.DeadlockDetectedError) else "serialization").inc()
+                metrics.DB_TRANSACTION_RETRIES.labels("deadlock" if isinstance(exc, asyncpg.DeadlockDetectedError) else "serialization").inc()
                 if attempt >= self.settings.retry_count_max:
                     raise Unavailable("too much contention; retry", code="contention") from None
                 await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))

@@ -30,6 +30,7 @@ class KeyRow:
     response_body: bytes | None
     claimed: bool  # True when this call created or took over the row
     key_locked: bool  # True when this connection now holds the key's liveness lock
+    taken_over: bool = False  # True when this call took the row over from a request that died or stalled
 
 
 async def claim(
@@ -44,18 +45,18 @@ async def claim(
             INSERT INTO idempotency_keys (principal, key, request_hash, method, path, locked_at)
             VALUES ($1, $2, $3, $4, $5, clock_timestamp())
             ON CONFLICT (principal, key) DO NOTHING
-            RETURNING request_hash, locked_at, response_status, response_body, true AS claimed
+            RETURNING request_hash, locked_at, response_status, response_body, true AS claimed, false AS taken_over
         ), takeover AS (
             UPDATE idempotency_keys SET locked_at = clock_timestamp()
              WHERE principal = $1 AND key = $2 AND request_hash = $3 AND response_status IS NULL
                AND ((SELECT got FROM lk) OR locked_at < clock_timestamp() - make_interval(secs => $6))
                AND NOT EXISTS (SELECT 1 FROM ins)
-            RETURNING request_hash, locked_at, response_status, response_body, true AS claimed
+            RETURNING request_hash, locked_at, response_status, response_body, true AS claimed, true AS taken_over
         ), found AS (
             SELECT * FROM ins
             UNION ALL SELECT * FROM takeover
             UNION ALL
-            SELECT request_hash, locked_at, response_status, response_body, false FROM idempotency_keys
+            SELECT request_hash, locked_at, response_status, response_body, false, false FROM idempotency_keys
              WHERE principal = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM ins)
                AND NOT EXISTS (SELECT 1 FROM takeover)
             LIMIT 1
@@ -71,7 +72,7 @@ async def claim(
             await unlock(conn, principal, key)
         return await claim(conn, principal, key, request_hash, method, path, lock_timeout_s)
     return KeyRow(row["request_hash"], row["locked_at"], row["response_status"], row["response_body"],
-                  row["claimed"], row["key_locked"])
+                  row["claimed"], row["key_locked"], row["taken_over"])
 
 
 async def complete(

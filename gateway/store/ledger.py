@@ -13,12 +13,14 @@ Invariants kept here (and proven after the fact by ``invariants.sql``):
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 
 import asyncpg
 
+from gateway import metrics
 from gateway.domain.ledger import NO_OVERDRAFT, AccountKind, AccountRef, Entry, EntryKind
 from gateway.store.db import Connection
 
@@ -144,6 +146,7 @@ async def post(
     for ref, amount in release_holds.items():
         deltas[(accounts[ref].id, 0)][1] += amount
     keys = sorted(deltas)
+    started_s = time.perf_counter()
     try:
         entry_id: int = await conn.fetchval(
             """
@@ -182,6 +185,8 @@ async def post(
         if _is_overdraft(exc):
             raise InsufficientFunds() from exc
         raise
+    finally:
+        metrics.LEDGER_POST_DURATION.labels(entry.kind.value).observe(time.perf_counter() - started_s)
     if entry_id is None:
         raise RuntimeError("a balance shard of the entry is missing")
     return entry_id

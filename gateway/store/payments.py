@@ -183,6 +183,22 @@ async def due_for_expiry(conn: Connection, now: datetime, limit: int) -> list[as
     )
 
 
+async def oldest_overdue(conn: Connection, now: datetime) -> datetime | None:
+    """The earliest due time among the payments ``due_for_expiry`` would pick now (None: none is due);
+    each part is one probe of its partial index."""
+    oldest: datetime | None = await conn.fetchval(
+        """
+        SELECT least(
+            (SELECT min(expires_at) FROM payments WHERE status = 'requires_payment_method' AND expires_at <= $1),
+            (SELECT min(authorization_expires_at) FROM payments
+              WHERE status = 'requires_capture' AND authorization_expires_at <= $1),
+            (SELECT min(confirm_by) FROM payments WHERE status = 'requires_action' AND confirm_by <= $1))
+        """,
+        now,
+    )
+    return oldest
+
+
 async def insert_event(
     conn: Connection,
     event_type: str,

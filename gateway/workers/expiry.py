@@ -10,14 +10,22 @@ import logging
 import random
 from datetime import timedelta
 
+from gateway import metrics
 from gateway.services import payments
 from gateway.services.context import Services
 from gateway.store import codes, idempotency, throttle
+from gateway.store import payments as payment_store
 
 log = logging.getLogger(__name__)
 
 
 async def tick(svc: Services) -> tuple[int, int]:
+    async with svc.db.connection() as conn:
+        # Measured before the batch, so that a batch that keeps failing shows as a growing lag: up to one
+        # interval while the worker keeps up, more when it falls behind.
+        now = svc.now()
+        oldest = await payment_store.oldest_overdue(conn, now)
+    metrics.EXPIRY_LAG.set(0.0 if oldest is None else (now - oldest).total_seconds())
     expired = await payments.expire_due(svc)
     async with svc.db.connection() as conn:
         reaped = await idempotency.reap(conn, svc.settings.idempotency.retention_s, svc.settings.workers.batch_max)

@@ -29,17 +29,14 @@ from typing import Any
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
-from prometheus_client import Counter, Histogram
 
+from gateway import metrics
 from gateway.domain import webhooks as domain
 from gateway.services import webhooks
 from gateway.services.context import Services
 from gateway.store import webhooks as store
 
 log = logging.getLogger(__name__)
-ATTEMPTS = Counter("gateway_webhook_attempts_total", "Webhook delivery attempts", ["outcome"])
-DELAY = Histogram("gateway_webhook_first_attempt_delay_seconds", "From the event to its first attempt's answer",
-                  buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60))
 _LISTEN_RETRY_S = 2.0
 _DB_CALL_TIMEOUT_S = 30.0
 _USER_AGENT = "wallet-gateway-webhooks/1"
@@ -153,9 +150,9 @@ class Deliverer:
         try:
             outcome = await send(session, attempt, self.svc)
             if attempt.number == 1:
-                DELAY.observe(max(0.0, (self.svc.now() - attempt.event_created_at).total_seconds()))
+                metrics.WEBHOOK_FIRST_ATTEMPT_DELAY.observe(max(0.0, (self.svc.now() - attempt.event_created_at).total_seconds()))
             status = await asyncio.wait_for(webhooks.record(self.svc, attempt, outcome), _DB_CALL_TIMEOUT_S)
-            ATTEMPTS.labels(status or "superseded").inc()
+            metrics.WEBHOOK_ATTEMPTS.labels(status or "superseded").inc()
             if not outcome.succeeded:
                 log.info("webhook attempt failed", extra={"delivery": attempt.delivery_id.hex,
                                                           "attempt": attempt.number, "status": outcome.status_code,
