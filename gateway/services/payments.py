@@ -68,7 +68,10 @@ class _Outcome(msgspec.Struct):
 
 
 def _count(channel: str, reply: Reply) -> None:
-    outcome = msgspec.json.decode(reply.body, type=_Outcome)
+    try:
+        outcome = msgspec.json.decode(reply.body, type=_Outcome)
+    except msgspec.ValidationError:  # an answer of another shape is not counted: counting never fails a payment
+        return
     if outcome.error is not None:
         _count_refusal(channel, outcome.error.code, declined=reply.status == Declined.status)
     elif outcome.status is not None:
