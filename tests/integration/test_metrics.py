@@ -24,7 +24,7 @@ from gateway.services.context import Services
 from gateway.workers.expiry import tick
 from tests.conftest import make_settings
 from tests.e2e.harness import REPO_ROOT, VENV_BIN, GatewayProcess, free_tcp_port, stop_process
-from tests.integration.test_qr_paycode import _device_holder
+from tests.integration.test_qr_paycode import _device_holder, _qr, _scan_pay
 from tests.integration.world import World
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -107,6 +107,21 @@ async def test_pay_code_channel_counts_the_charge_then_its_confirmation(world: W
     for outcome in ("requires_action", "succeeded"):
         assert value(after, "gateway_payments_total", channel="pay_code", outcome=outcome) - value(
             before, "gateway_payments_total", channel="pay_code", outcome=outcome) == 1
+
+
+async def test_qr_channel_counts_a_scan_paid_and_a_refused_second_scan(world: World) -> None:
+    m = await world.merchant()
+    h = await world.holder(top_up=10_000)
+    _, code = await _qr(world, m, 3_800)
+    before = await scrape(world.client)
+    assert (await _scan_pay(world, h, code["payload"]))["status"] == "succeeded"
+    await _scan_pay(world, h, code["payload"], 409)  # the code is used: refused, not declined
+    after = await scrape(world.client)
+    for outcome in ("succeeded", "error"):
+        assert value(after, "gateway_payments_total", channel="qr", outcome=outcome) - value(
+            before, "gateway_payments_total", channel="qr", outcome=outcome) == 1
+    assert total(after, "gateway_payment_declines_total", channel="qr") == total(
+        before, "gateway_payment_declines_total", channel="qr")
 
 
 async def test_request_latency_is_by_route_template_method_and_status_class(world: World) -> None:
