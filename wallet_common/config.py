@@ -103,12 +103,13 @@ def build(
     merged: dict[str, Any] = {name: dict(table) if isinstance(table, dict) else table for name, table in data.items()}
     sections = _sections(cls)
     for name, section in sections.items():
-        merged.setdefault(name, {})  # an absent section is all defaults
+        table = merged.setdefault(name, {})  # an absent section is all defaults
+        if not isinstance(table, dict):  # not a table: msgspec refuses it below, by name
+            continue
         for field in msgspec.structs.fields(section):
             env_name = f"{env_prefix}{name}_{field.name}".upper()
             if env_prefix and env is not None and env_name in env:
-                value = _coerce(env[env_name], field.type, f"{name}.{field.name}", env_name)
-                merged.setdefault(name, {})[field.name] = value
+                table[field.name] = _coerce(env[env_name], field.type, f"{name}.{field.name}", env_name)
     for name, values in (overrides or {}).items():
         known = {f.name: f.type for f in msgspec.structs.fields(sections[name])} if name in sections else {}
         table = merged.setdefault(name, {})
