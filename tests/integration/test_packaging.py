@@ -19,7 +19,7 @@ import sys
 import time
 import tomllib
 import uuid
-from collections.abc import Iterator
+import zipfile
 from pathlib import Path
 
 import aiohttp
@@ -57,6 +57,10 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", out, source,
          cwd=out)
     (built,) = out.glob("wallet_gateway-*.whl")
+    with zipfile.ZipFile(built) as contents:
+        names = set(contents.namelist())
+    assert {"gateway/defaults.toml", "wallet_common/py.typed", "gateway/store/migrations/0001_core.sql"} <= names
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names), sorted(names)
     return built
 
 
@@ -98,10 +102,11 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def elsewhere(tmp_path: Path) -> Iterator[Path]:
+def elsewhere(tmp_path: Path) -> Path:
+    """An empty working directory: nothing importable or readable next to it."""
     cwd = tmp_path / "empty"
     cwd.mkdir()
-    yield cwd
+    return cwd
 
 
 async def _ready(url: str, process: subprocess.Popen[str]) -> tuple[int, dict[str, object]]:
