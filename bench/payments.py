@@ -141,7 +141,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
     p.add_argument("--pgbench-duration", type=int, default=15)
     p.add_argument("--skip-pgbench", action="store_true")
     p.add_argument("--gateway-src", default=str(REPO),
-                   help="source tree to run the gateway from (holds gateway/ and config/), e.g. an exported commit")
+                   help="source tree to run the gateway from (holds gateway/), e.g. an exported commit")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                    help=f"before starting, wait up to this long for the machine to be idle (< {QUIET_CORES_MAX} cores busy)")
     p.add_argument("--log-dir", default=None, help="gateway log and profile go here (default: a new temp dir)")

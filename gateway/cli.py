@@ -16,6 +16,7 @@ from gateway.app import create_app
 from gateway.errors import GatewayError
 from gateway.settings import Settings
 from gateway.store import db
+from wallet_common.config import render
 
 
 def _serve_one(config: Settings) -> None:
@@ -186,6 +187,8 @@ async def _settle(config: Settings, day_text: str, merchant_text: str | None, ou
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="settings file (default: $GATEWAY_CONFIG, else the defaults inside the package)")
     sub = parser.add_subparsers(dest="command", required=True)
     p_serve = sub.add_parser("serve", help="run the HTTP gateway")
     p_serve.add_argument("--port", type=int)
@@ -202,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     p_settle.add_argument("--date", required=True, help="business date, YYYY-MM-DD")
     p_settle.add_argument("--merchant", help="only this merchant (mer_...)")
     p_settle.add_argument("--out", type=Path, help="directory for the files (default settlement-DATE/RUN)")
+    p_config = sub.add_parser("config", help="print the settings in effect (file, then environment), secrets redacted")
+    p_config.add_argument("--format", choices=["toml", "json"], default="toml", help="output format (default: toml)")
     p_demo = sub.add_parser("demo", help="run the demo of a checkout day against a fresh database")
     p_demo.add_argument("--no-wait", action="store_true", help="exit when the demo is done instead of serving")
     p_demo.add_argument("--port", type=int, default=8080)
@@ -209,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
     port = getattr(args, "port", None)
     try:
-        config = settings_mod.load(server={"port": port}) if port else settings_mod.load()
+        config = settings_mod.load(args.config, server={"port": port}) if port else settings_mod.load(args.config)
     except (ValueError, OSError) as exc:  # bad settings are the operator's to fix: one line, no traceback
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
@@ -228,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_reconcile(config, args.file, args.format))
         elif args.command == "settle":
             return asyncio.run(_settle(config, args.date, args.merchant, args.out))
+        elif args.command == "config":
+            print(render(config, args.format), end="")
         elif args.command == "demo":
             from gateway import demo
 

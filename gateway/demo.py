@@ -8,7 +8,6 @@ the ledger proof, and leaves the gateway running with its URLs printed.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import sys
@@ -19,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import msgspec
 from aiohttp import web
 
 from gateway import demo_backoffice, demo_shop, logs
@@ -269,8 +269,8 @@ async def main(settings: Settings, *, wait: bool) -> int:
     await db.migrate(url)
     # The demo serves where its links (checkout pages) point, whatever port it was given.
     public_url = f"http://{settings.server.host}:{settings.server.port}"
-    demo_settings = dataclasses.replace(settings, database=dataclasses.replace(settings.database, url=url),
-                                        server=dataclasses.replace(settings.server, public_url=public_url))
+    demo_settings = msgspec.structs.replace(settings, database=msgspec.structs.replace(settings.database, url=url),
+                                            server=msgspec.structs.replace(settings.server, public_url=public_url))
     print(f"Fresh database {name} created and migrated.")
     # The first operator comes from the command line, as on a real installation.
     created = await asyncio.create_subprocess_exec(

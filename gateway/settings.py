@@ -1,27 +1,33 @@
-"""Settings: one frozen object built at start-up from ``config/gateway.toml`` and the environment.
+"""Settings: one frozen object built at start-up from a TOML file and the environment.
 
-Nothing else in the gateway reads ``os.environ``. Environment variables named
-``GATEWAY_<SECTION>_<KEY>`` override the file; values are converted to the type of the default.
+Nothing else in the gateway reads ``os.environ``. The file is ``GATEWAY_CONFIG`` (or ``gateway
+--config FILE``), by default ``gateway/defaults.toml`` inside the package (so an installed wheel
+starts anywhere); a key the file leaves out takes the class default below. Environment variables
+named ``GATEWAY_<SECTION>_<KEY>`` override the file, converted to the field's type (a table such
+as ``GATEWAY_TIERS_TIER4`` or ``GATEWAY_WALLET_PIN_THRESHOLD_MINOR`` takes a JSON object). Loading
+goes through ``wallet_common.config`` (msgspec): wrong types and unknown keys are refused by name.
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any
+
+import msgspec
 
 from gateway.domain.limits import Caps, Tier
 from gateway.domain.throttle import Backoff, Rate
 from gateway.domain.webhooks import Backoff as WebhookBackoff
+from wallet_common.config import ConfigError, Secret, Section, build, read_toml
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "defaults.toml"
+Currency = Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")]
+MinorUnits = Annotated[int, msgspec.Meta(ge=0)]
 
 
-@dataclass(frozen=True)
-class ServerSettings:
+class ServerSettings(Section, frozen=True):
     host: str = "127.0.0.1"
     port: int = 8080
     body_max_bytes: int = 65536
@@ -29,8 +35,7 @@ class ServerSettings:
     event_loop: str = "uvloop"
 
 
-@dataclass(frozen=True)
-class DatabaseSettings:
+class DatabaseSettings(Section, frozen=True):
     url: str = "postgresql://postgres@127.0.0.1:5432/gateway"
     pool_min: int = 2
     pool_max: int = 16
@@ -43,19 +48,17 @@ class DatabaseSettings:
     connection_check_interval_s: float = 1.0
 
 
-@dataclass(frozen=True)
-class RedisSettings:
+class RedisSettings(Section, frozen=True):
     url: str = "redis://127.0.0.1:6379/0"
     timeout_s: float = 0.25
     backoff_s: float = 5.0
 
 
-@dataclass(frozen=True)
-class AuthSettings:
+class AuthSettings(Section, frozen=True):
     jwt_issuer: str = "wallet-gateway"
-    jwt_keys: str = ""
+    jwt_keys: Secret = ""
     jwt_active_kid: str = ""
-    api_key_pepper: str = ""
+    api_key_pepper: Secret = ""
     operator_token_ttl_s: int = 3600
     wallet_token_ttl_s: int = 900
     rate_limit_per_s: int = 1000
@@ -70,28 +73,24 @@ class AuthSettings:
         return ring
 
 
-@dataclass(frozen=True)
-class PaymentSettings:
+class PaymentSettings(Section, frozen=True):
     expiry_default_s: int = 900
     expiry_max_s: int = 86400
     authorization_ttl_s: int = 604800
     fee_bps_default: int = 60
 
 
-@dataclass(frozen=True)
-class IdempotencySettings:
+class IdempotencySettings(Section, frozen=True):
     retention_s: int = 86400
     lock_timeout_s: int = 30
 
 
-@dataclass(frozen=True)
-class WorkerSettings:
+class WorkerSettings(Section, frozen=True):
     interval_s: float = 5.0
     batch_max: int = 500
 
 
-@dataclass(frozen=True)
-class WebhookSettings:
+class WebhookSettings(Section, frozen=True):
     timeout_s: float = 15.0
     lease_margin_s: float = 30.0
     response_excerpt_bytes: int = 1024
@@ -112,15 +111,13 @@ class WebhookSettings:
         return WebhookBackoff(self.backoff_base_s, self.backoff_max_s, self.retry_window_s)
 
 
-@dataclass(frozen=True)
-class ReconciliationSettings:
+class ReconciliationSettings(Section, frozen=True):
     tolerance_business_days: int = 3
     statement_max_bytes: int = 67_108_864
     api_body_max_bytes: int = 16_777_216
 
 
-@dataclass(frozen=True)
-class SettlementSettings:
+class SettlementSettings(Section, frozen=True):
     # The gateway's own account the payouts are paid from: the debtor of the pain.001 file.
     debtor_name: str = "Wallet Gateway Ltd"
     debtor_account: str = "GATEWAYSETTLEMENT0001"
@@ -132,54 +129,50 @@ class SettlementSettings:
     statement_timeout_s: float = 900.0
 
 
-@dataclass(frozen=True)
-class WalletSettings:
+class WalletSettings(Section, frozen=True):
     tier_default: int = 4
-    pin_threshold_minor: str = ""
+    pin_threshold_minor: dict[Currency, MinorUnits] = {}
     pin_failures_max: int = 5
     pay_code_ttl_s: int = 60
     pay_code_prefix: str = "19"
     confirmation_timeout_s: int = 60
     limits_timezone: str = "Asia/Shanghai"
 
-    def pin_thresholds(self) -> dict[str, int]:
-        return {cur: int(amount) for cur, amount in _pairs(self.pin_threshold_minor)}
+
+class TierCaps(Section, frozen=True):
+    balance_max_minor: MinorUnits
+    payment_max_minor: MinorUnits
+    daily_max_minor: MinorUnits
 
 
-@dataclass(frozen=True)
-class TierSettings:
-    tier1: str = ""
-    tier2: str = ""
-    tier3: str = ""
-    tier4: str = ""
+class TierSettings(Section, frozen=True):
+    tier1: dict[Currency, TierCaps] = {}
+    tier2: dict[Currency, TierCaps] = {}
+    tier3: dict[Currency, TierCaps] = {}
+    tier4: dict[Currency, TierCaps] = {}
 
     def tiers(self) -> dict[int, Tier]:
-        found: dict[int, Tier] = {}
-        for number, text in ((1, self.tier1), (2, self.tier2), (3, self.tier3), (4, self.tier4)):
-            caps: dict[str, Caps] = {}
-            for part in filter(None, (p.strip() for p in text.split(";"))):
-                cur, balance, payment, daily = part.split(":")
-                caps[cur] = Caps(int(balance), int(payment), int(daily))
-            found[number] = Tier(number, f"tier {number}", caps)
-        return found
+        return {
+            number: Tier(number, f"tier {number}", {
+                cur: Caps(c.balance_max_minor, c.payment_max_minor, c.daily_max_minor) for cur, c in caps.items()
+            })
+            for number, caps in ((1, self.tier1), (2, self.tier2), (3, self.tier3), (4, self.tier4))
+        }
 
 
-@dataclass(frozen=True)
-class QrSettings:
+class QrSettings(Section, frozen=True):
     scheme_id: str = "org.walletgateway"
     ttl_default_s: int = 300
     ttl_max_s: int = 86400
     image_cache_entries: int = 512
 
 
-@dataclass(frozen=True)
-class DeviceSettings:
+class DeviceSettings(Section, frozen=True):
     enrolment_code_ttl_s: int = 900
     token_ttl_s: int = 900
 
 
-@dataclass(frozen=True)
-class ThrottleSettings:
+class ThrottleSettings(Section, frozen=True):
     failures_before_lockout: int = 5
     lockout_base_s: int = 60
     lockout_max_s: int = 3600
@@ -208,9 +201,8 @@ class ThrottleSettings:
         return frozenset(filter(None, (a.strip() for a in self.trusted_proxies.split(","))))
 
 
-@dataclass(frozen=True)
-class IssuerSettings:
-    imk_hex: str = ""
+class IssuerSettings(Section, frozen=True):
+    imk_hex: Secret = ""
     token_bin: str = "999001"
     token_pan_length: int = 16
     expiry_yymm: str = "3012"
@@ -219,16 +211,6 @@ class IssuerSettings:
     @property
     def imk(self) -> bytes:
         return bytes.fromhex(self.imk_hex)
-
-
-def _pairs(text: str) -> list[tuple[str, str]]:
-    pairs = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition(":")
-        if not sep:
-            raise ValueError(f"expected KEY:VALUE, got {part!r}")
-        pairs.append((key.strip(), value.strip()))
-    return pairs
 
 
 # Weak whatever the file says: the textbook EMV test IMK, and words marking a placeholder.
@@ -240,8 +222,8 @@ JWT_SECRET_MIN_BYTES = 32  # HS256 wants a key at least as long as its 256-bit o
 def development_secrets(path: Path = DEFAULT_CONFIG) -> frozenset[str]:
     """The secrets shipped in the default settings file: JWT key secrets, API key pepper, issuer IMK."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_toml(path)
+    except ConfigError:
         return frozenset()
     auth, issuer = data.get("auth", {}), data.get("issuer", {})
     shipped = AuthSettings(jwt_keys=str(auth.get("jwt_keys", ""))).jwt_key_ring().values()
@@ -286,8 +268,7 @@ def _live_secret_problems(config: Settings) -> list[tuple[str, str]]:
     return problems
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(Section, frozen=True):
     server: ServerSettings
     database: DatabaseSettings
     redis: RedisSettings
@@ -314,14 +295,6 @@ class Settings:
             raise ValueError("issuer.token_bin must be digits leaving room in token_pan_length")
         if self.server.event_loop not in ("uvloop", "asyncio"):
             raise ValueError("server.event_loop is 'uvloop' or 'asyncio'")
-        try:  # refuse malformed caps at start-up, not at the first payment
-            self.tiers.tiers()
-        except ValueError as exc:
-            raise ValueError(f"tiers: expected CUR:balance_max:payment_max:daily_max parts ({exc})") from None
-        try:
-            self.wallet.pin_thresholds()
-        except ValueError as exc:
-            raise ValueError(f"wallet.pin_threshold_minor: expected CUR:minor pairs ({exc})") from None
         if not (len(self.wallet.pay_code_prefix) == 2 and self.wallet.pay_code_prefix.isdigit()):
             raise ValueError("wallet.pay_code_prefix is two digits")
         if self.wallet.tier_default not in self.tiers.tiers():
@@ -363,72 +336,11 @@ class Settings:
                 raise ValueError(" | ".join(refused))
 
 
-T = TypeVar("T")
-
-
-def _convert(raw: Any, default: Any, name: str) -> Any:
-    if isinstance(default, bool):
-        if isinstance(raw, bool):
-            return raw
-        if str(raw).lower() in {"1", "true", "yes", "on"}:
-            return True
-        if str(raw).lower() in {"0", "false", "no", "off"}:
-            return False
-        raise ValueError(f"{name}: expected a boolean, got {raw!r}")
-    if isinstance(raw, str) and not isinstance(default, str):
-        try:  # environment values are text
-            return int(raw) if isinstance(default, int) else float(raw)
-        except ValueError:
-            raise ValueError(f"{name}: expected a number, got {raw!r}") from None
-    if isinstance(default, int) and (isinstance(raw, bool) or not isinstance(raw, int)):
-        raise ValueError(f"{name}: expected an integer, got {raw!r}")
-    if isinstance(default, float) and (isinstance(raw, bool) or not isinstance(raw, (int, float))):
-        raise ValueError(f"{name}: expected a number, got {raw!r}")
-    if isinstance(default, str) and not isinstance(raw, str):
-        raise ValueError(f"{name}: expected text, got {raw!r}")
-    return float(raw) if isinstance(default, float) else raw
-
-
-def _section(
-    cls: type[T], name: str, table: Mapping[str, Any], env: Mapping[str, str], forced: Mapping[str, Any]
-) -> T:
-    assert is_dataclass(cls)
-    values: dict[str, Any] = {}
-    known = {f.name for f in fields(cls)}
-    unknown = (set(table) | set(forced)) - known
-    if unknown:
-        raise ValueError(f"unknown settings in [{name}]: {sorted(unknown)}")
-    for field in fields(cls):
-        default = field.default
-        raw = table.get(field.name, default)
-        env_name = f"GATEWAY_{name}_{field.name}".upper()
-        if env_name in env:
-            raw = env[env_name]
-        if field.name in forced:
-            raw = forced[field.name]
-        values[field.name] = _convert(raw, default, f"{name}.{field.name}")
-    return cls(**values)
-
-
 def load(path: Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Build the settings; ``overrides`` are ``section={"key": value}`` applied last (tests, CLI flags)."""
+    """Build the settings; ``overrides`` are ``section={"key": value}`` applied last (tests, CLI flags).
+
+    Raises ``ConfigError`` (a ``ValueError``) with one line naming the setting or the file.
+    """
     env = os.environ if env is None else env
     config_path = path or Path(env.get("GATEWAY_CONFIG", str(DEFAULT_CONFIG)))
-    if not config_path.exists():
-        raise ValueError(f"settings file not found: {config_path}")
-    data: dict[str, Any] = tomllib.loads(config_path.read_text(encoding="utf-8"))
-    sections = {
-        "server": ServerSettings, "database": DatabaseSettings, "redis": RedisSettings, "auth": AuthSettings,
-        "payments": PaymentSettings, "idempotency": IdempotencySettings, "workers": WorkerSettings,
-        "wallet": WalletSettings, "tiers": TierSettings, "qr": QrSettings, "devices": DeviceSettings,
-        "issuer": IssuerSettings, "throttle": ThrottleSettings, "webhooks": WebhookSettings,
-        "reconciliation": ReconciliationSettings,
-        "settlement": SettlementSettings,
-    }
-    unknown = set(data) - set(sections)
-    if unknown:
-        raise ValueError(f"unknown settings sections: {sorted(unknown)}")
-    built: dict[str, Any] = {}
-    for name, cls in sections.items():
-        built[name] = _section(cls, name, data.get(name, {}), env, overrides.get(name, {}))
-    return Settings(**built)
+    return build(Settings, read_toml(config_path), env=env, env_prefix="GATEWAY_", overrides=overrides)

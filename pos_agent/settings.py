@@ -1,9 +1,11 @@
 """Settings: one frozen object built at start-up from a TOML file (``pos-agent --config FILE``).
 
 Invariants:
-- Nothing else in the agent reads the configuration file or ``os.environ``.
-- Unknown sections or keys, wrong types and impossible values are refused at load time with a
-  ``ConfigError`` naming the key, so a typo never silently falls back to a default.
+- Nothing else in the agent reads the configuration file or ``os.environ`` (the agent takes no
+  environment overrides: a counter box is configured by its one file).
+- Loaded by the gateway's mechanism (``wallet_common.config``, msgspec): unknown sections or keys,
+  wrong types and impossible values are refused at load time with a ``ConfigError`` naming the
+  key, so a typo never silently falls back to a default.
 - Relative paths (credentials, journal) are resolved against the configuration file's folder.
 - Every timeout is positive and every limit non-negative; the sale deadline leaves the register
   link time to deliver the answer (``sale.sale_timeout_s < devices.register.result_s``).
@@ -11,14 +13,13 @@ Invariants:
 
 from __future__ import annotations
 
-import tomllib
-import types
-import typing
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
+
+import msgspec
 
 from pos_agent.errors import ConfigError
+from wallet_common import config
 
 __all__ = [
     "AgentSettings",
@@ -39,8 +40,7 @@ __all__ = [
 Parity = Literal["N", "E", "O", "M", "S"]
 
 
-@dataclass(frozen=True, slots=True)
-class AgentSettings:
+class AgentSettings(config.Section, frozen=True):
     name: str = "pos agent"
     """Sent at enrolment; shown to the merchant."""
     terminal_label: str = "T1"
@@ -50,8 +50,7 @@ class AgentSettings:
     log_level: str = "INFO"
 
 
-@dataclass(frozen=True, slots=True)
-class GatewaySettings:
+class GatewaySettings(config.Section, frozen=True):
     url: str = "http://127.0.0.1:8080"
     credentials_path: str = "credentials.json"
     connect_timeout_s: float = 2.0
@@ -64,8 +63,7 @@ class GatewaySettings:
     """Renew the device token this long before it expires."""
 
 
-@dataclass(frozen=True, slots=True)
-class SaleSettings:
+class SaleSettings(config.Section, frozen=True):
     currency: str = "CNY"
     currency_numeric: int = 156
     country_numeric: int = 156
@@ -82,8 +80,7 @@ class SaleSettings:
     """Bound on reversing the losing payments once a checkout is decided."""
 
 
-@dataclass(frozen=True, slots=True)
-class OfflineLimits:
+class OfflineLimits(config.Section, frozen=True):
     """What may be approved while the gateway is unreachable.
 
     ``token_*`` and ``terminal_*`` count offline approvals not yet accepted by the gateway (one
@@ -102,21 +99,18 @@ class OfflineLimits:
     total_window_s: float = 86_400.0
 
 
-@dataclass(frozen=True, slots=True)
-class ForwarderSettings:
+class ForwarderSettings(config.Section, frozen=True):
     interval_s: float = 2.0
     """Pause between forwarding rounds when nothing failed."""
     backoff_max_s: float = 30.0
     batch_max: int = 20
 
 
-@dataclass(frozen=True, slots=True)
-class JournalSettings:
+class JournalSettings(config.Section, frozen=True):
     path: str = "journal.sqlite3"
 
 
-@dataclass(frozen=True, slots=True)
-class SerialPortSettings:
+class SerialPortSettings(config.Section, frozen=True):
     url: str = ""
     baudrate: int = 9600
     bytesize: Literal[5, 6, 7, 8] = 8
@@ -125,33 +119,28 @@ class SerialPortSettings:
     open_timeout_s: float = 3.0
 
 
-@dataclass(frozen=True, slots=True)
-class RegisterSettings(SerialPortSettings):
+class RegisterSettings(SerialPortSettings, frozen=True):
     handshake_step_s: float = 3.0
     result_s: float = 110.0
     """The longest a register waits for a result; the checkout ends before it."""
 
 
-@dataclass(frozen=True, slots=True)
-class ScannerSettings(SerialPortSettings):
+class ScannerSettings(SerialPortSettings, frozen=True):
     terminator: str = "\r"
 
 
-@dataclass(frozen=True, slots=True)
-class PrinterSettings(SerialPortSettings):
+class PrinterSettings(SerialPortSettings, frozen=True):
     line_width_columns: int = 48
     print_qr_slip: bool = True
     """Print the payment's QR code when the sale starts (a pole display cannot draw it)."""
 
 
-@dataclass(frozen=True, slots=True)
-class NfcSettings:
+class NfcSettings(config.Section, frozen=True):
     path: str = ""
     """nfcpy path: ``usb:054c:06c1``, ``tty:USB0:pn532`` or ``udp:127.0.0.1:PORT`` (simulator)."""
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceSettings:
+class DeviceSettings(config.Section, frozen=True):
     register: RegisterSettings | None = None
     nfc: NfcSettings | None = None
     scanner: ScannerSettings | None = None
@@ -159,15 +148,14 @@ class DeviceSettings:
     printer: PrinterSettings | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    agent: AgentSettings = field(default_factory=AgentSettings)
-    gateway: GatewaySettings = field(default_factory=GatewaySettings)
-    sale: SaleSettings = field(default_factory=SaleSettings)
-    offline: OfflineLimits = field(default_factory=OfflineLimits)
-    forwarder: ForwarderSettings = field(default_factory=ForwarderSettings)
-    journal: JournalSettings = field(default_factory=JournalSettings)
-    devices: DeviceSettings = field(default_factory=DeviceSettings)
+class Settings(config.Section, frozen=True):
+    agent: AgentSettings = AgentSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    sale: SaleSettings = SaleSettings()
+    offline: OfflineLimits = OfflineLimits()
+    forwarder: ForwarderSettings = ForwarderSettings()
+    journal: JournalSettings = JournalSettings()
+    devices: DeviceSettings = DeviceSettings()
     config_path: str = ""
 
     @property
@@ -177,57 +165,6 @@ class Settings:
     @property
     def journal_path(self) -> Path:
         return Path(self.journal.path)
-
-
-T = TypeVar("T")
-
-
-def _build(cls: type[T], raw: Any, where: str) -> T:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"[{where}] must be a table")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"[{where}] unknown keys: {', '.join(unknown)}")
-    values: dict[str, Any] = {}
-    for f in fields(cls):  # type: ignore[arg-type]
-        if f.name not in raw:
-            continue
-        values[f.name] = _convert(hints[f.name], raw[f.name], f"{where}.{f.name}")
-    return cls(**values)
-
-
-def _convert(hint: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-        assert len(options) == 1, where
-        return _build(options[0], value, where)
-    if origin is Literal:
-        allowed = typing.get_args(hint)
-        if value not in allowed:
-            raise ConfigError(f"{where} must be one of {allowed}, got {value!r}")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where} must be a number")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string")
-        return value
-    if isinstance(hint, type) and hasattr(hint, "__dataclass_fields__"):
-        return _build(hint, value, where)
-    raise AssertionError(f"unsupported settings type {hint!r} at {where}")
 
 
 def _check(settings: Settings) -> None:
@@ -269,7 +206,7 @@ def _check(settings: Settings) -> None:
             raise ConfigError(f"{where} must be an ISO numeric code 1..999, got {code}")
     if not s.pay_code_prefix.isdigit() or not 1 <= len(s.pay_code_prefix) < s.pay_code_length <= 32:
         raise ConfigError("sale.pay_code_prefix must be digits, shorter than sale.pay_code_length (<= 32)")
-    for f in fields(o):
+    for f in msgspec.structs.fields(o):
         value = getattr(o, f.name)
         if not isinstance(value, bool) and value < 0:
             raise ConfigError(f"offline.{f.name} must not be negative")
@@ -289,53 +226,27 @@ def _check(settings: Settings) -> None:
         raise ConfigError("devices.nfc.path is required when [devices.nfc] is present")
 
 
-_SECTIONS: dict[str, type[Any]] = {
-    "agent": AgentSettings,
-    "gateway": GatewaySettings,
-    "sale": SaleSettings,
-    "offline": OfflineLimits,
-    "forwarder": ForwarderSettings,
-    "journal": JournalSettings,
-    "devices": DeviceSettings,
-}
-
-
 def parse(raw: dict[str, Any], *, base_dir: Path, config_path: str = "") -> Settings:
     """Settings from an already parsed TOML document (paths resolved against ``base_dir``)."""
-    unknown = sorted(set(raw) - set(_SECTIONS))
-    if unknown:
-        raise ConfigError(f"unknown sections: {', '.join(unknown)}")
-    sections = {name: _build(cls, raw[name], name) for name, cls in _SECTIONS.items() if name in raw}
-    settings = Settings(**sections, config_path=config_path)
+    try:
+        settings = config.build(Settings, {**raw, "config_path": config_path})
+    except config.ConfigError as exc:
+        raise ConfigError(str(exc)) from None
     gateway = settings.gateway
-    journal = settings.journal
-    resolved = Settings(
-        agent=settings.agent,
-        gateway=GatewaySettings(
-            **{
-                **{f.name: getattr(gateway, f.name) for f in fields(gateway)},
-                "url": gateway.url.rstrip("/"),
-                "credentials_path": str(base_dir / gateway.credentials_path),
-            }
-        ),
-        sale=settings.sale,
-        offline=settings.offline,
-        forwarder=settings.forwarder,
-        journal=JournalSettings(path=str(base_dir / journal.path)),
-        devices=settings.devices,
-        config_path=config_path,
+    resolved = msgspec.structs.replace(
+        settings,
+        gateway=msgspec.structs.replace(gateway, url=gateway.url.rstrip("/"),
+                                        credentials_path=str(base_dir / gateway.credentials_path)),
+        journal=JournalSettings(path=str(base_dir / settings.journal.path)),
     )
     _check(resolved)
     return resolved
 
 
 def load(path: str | Path) -> Settings:
-    config = Path(path)
+    file = Path(path)
     try:
-        raw = tomllib.loads(config.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read {config}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{config} is not valid TOML: {exc}") from exc
-    return parse(raw, base_dir=config.resolve().parent, config_path=str(config))
-
+        raw = config.read_toml(file)
+    except config.ConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    return parse(raw, base_dir=file.resolve().parent, config_path=str(file))

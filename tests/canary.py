@@ -4,7 +4,7 @@ Secrets are learnt where they cross the wire, in aiohttp's client (both the in-p
 and the e2e ``Api`` go through it): JSON bodies the tests send (passwords, PINs, bank account
 numbers, device secrets, pay-codes, enrolment codes) and JSON bodies they receive (API secret keys,
 device secrets, enrolment and pay-codes, ICC master keys, token PANs). The shipped development
-secrets of ``config/gateway.toml`` are known from the start. Scanned: the session log (every record
+secrets of ``gateway/defaults.toml`` are known from the start. Scanned: the session log (every record
 of the pytest process in the gateway's JSON format), the logs of the processes the e2e harness
 starts, the test database as JSON rows before each ``clean_db`` truncation, and ``pg_dump`` at the end.
 
@@ -158,7 +158,7 @@ def start() -> Canary:
     assert _active is None, "one canary per session"
     _active = Canary(Path(tempfile.mkdtemp(prefix="gateway-canary-")))
     for secret in development_secrets():
-        _active.remember(secret, "development secret of config/gateway.toml")
+        _active.remember(secret, "development secret of gateway/defaults.toml")
     return _active
 
 

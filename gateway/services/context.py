@@ -42,7 +42,7 @@ class Services:
         tokens = TokenIssuer(settings.auth.jwt_issuer, settings.auth.jwt_key_ring(), settings.auth.jwt_active_kid)
         return cls(
             settings, db, accel, Idempotency(db, accel, settings.idempotency), tokens, Sealer(settings.auth.api_key_pepper),
-            tiers=settings.tiers.tiers(), pin_thresholds_minor=settings.wallet.pin_thresholds(),
+            tiers=settings.tiers.tiers(), pin_thresholds_minor=settings.wallet.pin_threshold_minor,
             limits_zone=ZoneInfo(settings.wallet.limits_timezone),
         )
 
