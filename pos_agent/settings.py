@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from pos_agent import currency
 from pos_agent.errors import ConfigError
 
 __all__ = [
@@ -262,11 +263,9 @@ def _check(settings: Settings) -> None:
             raise ConfigError(f"{where} must be at least 1, got {count}")
     if g.retry_count_max > 10:
         raise ConfigError("gateway.retry_count_max must be at most 10")
-    if len(s.currency) != 3 or not s.currency.isalpha() or not s.currency.isupper():
-        raise ConfigError(f"sale.currency must be an ISO 4217 code like CNY, got {s.currency!r}")
-    for where, code in (("sale.currency_numeric", s.currency_numeric), ("sale.country_numeric", s.country_numeric)):
-        if not 1 <= code <= 999:
-            raise ConfigError(f"{where} must be an ISO numeric code 1..999, got {code}")
+    currency.check_configured(s.currency, s.currency_numeric)
+    if not 1 <= s.country_numeric <= 999:
+        raise ConfigError(f"sale.country_numeric must be an ISO numeric code 1..999, got {s.country_numeric}")
     if not s.pay_code_prefix.isdigit() or not 1 <= len(s.pay_code_prefix) < s.pay_code_length <= 32:
         raise ConfigError("sale.pay_code_prefix must be digits, shorter than sale.pay_code_length (<= 32)")
     for f in fields(o):
