@@ -321,6 +321,18 @@ class GatewayClient:
         # A gateway that ignored the filter must not make us reverse someone else's payment.
         return [payment for payment in found if payment.merchant_reference == reference]
 
+    async def heartbeat(
+        self, *, agent_version: str, backlog_count: int, backlog_oldest_age_s: int | None, idempotency_key: str
+    ) -> str:
+        """Report this agent's version and offline backlog; the gateway's ``last_seen_at``."""
+        body = {"agent_version": agent_version, "offline_backlog_count": backlog_count,
+                "offline_backlog_oldest_age_s": backlog_oldest_age_s}
+        return _str(await self._call("POST", "/v1/devices/heartbeat", body, key=idempotency_key), "last_seen_at")
+
+    async def ping(self) -> None:
+        """The gateway answers (``/healthz``, no credentials)."""
+        await self._call("GET", "/healthz", None, auth=False)
+
     async def renew_token(self) -> None:
         """Get a fresh device token now."""
         async with self._token_lock:

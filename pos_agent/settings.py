@@ -63,6 +63,8 @@ class GatewaySettings:
     backoff_max_s: float = 2.0
     token_renew_margin_s: float = 120.0
     """Renew the device token this long before it expires."""
+    heartbeat_interval_s: float = 60.0
+    """How often the agent reports its version and offline backlog (the fleet's last-seen time)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +246,7 @@ def _check(settings: Settings) -> None:
         ("gateway.request_timeout_s", g.request_timeout_s),
         ("gateway.backoff_base_s", g.backoff_base_s),
         ("gateway.backoff_max_s", g.backoff_max_s),
+        ("gateway.heartbeat_interval_s", g.heartbeat_interval_s),
         ("sale.sale_timeout_s", s.sale_timeout_s),
         ("sale.status_poll_interval_s", s.status_poll_interval_s),
         ("sale.resolve_query_interval_s", s.resolve_query_interval_s),

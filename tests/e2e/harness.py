@@ -267,9 +267,10 @@ class AgentProcess:
         return process.returncode, out.decode(), err.decode()
 
     async def status(self) -> dict[str, int]:
-        code, out, err = await self.cli("status")
-        assert code == 0, err
-        counts: dict[str, int] = json.loads(out)
+        """The journal's counts from ``pos-agent status --json`` (exit 1 when a check fails: gateway down)."""
+        code, out, err = await self.cli("status", "--json")
+        assert code in (0, 1), err
+        counts: dict[str, int] = json.loads(out)["journal"]
         return counts
 
     async def start(self) -> None:

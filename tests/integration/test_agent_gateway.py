@@ -6,20 +6,34 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
+import socket
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from pos_agent.agent import enrol, enrolment_key
+from pos_agent.credentials import Credentials
 from pos_agent.errors import DeviceAuthError, GatewayRejected
 from pos_agent.gateway_client import GatewayClient
-from pos_agent.settings import GatewaySettings, Settings, parse
-from tests.integration.world import World
+from pos_agent.health import agent_version, heartbeat_forever
+from pos_agent.journal import AsyncJournal, Journal
+from pos_agent.settings import GatewaySettings, OfflineLimits, Settings, parse
+from tests.integration.world import World, auth
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT_S = 30.0
 CALL_TIMEOUT_S = 10.0
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def gateway_url(client: TestClient) -> str:
@@ -94,3 +108,93 @@ async def test_enrolment_then_an_authenticated_call(world: World, tmp_path: Path
             payment = await client.create_payment(amount_minor=100, currency="CNY", reference="T1-000001-Q1",
                                                   description=None, idempotency_key=enrolment_key(code) + "-p")
     assert payment.status == "requires_payment_method"
+
+
+async def test_heartbeat_shows_on_the_terminal_to_its_merchant_and_operators(world: World, tmp_path: Path) -> None:
+    m = await world.merchant()
+    other = await world.merchant("Other shop")
+    terminal = await world.call("POST", f"/v1/merchants/{m.id}/terminals", 201, headers=world.ops,
+                                json={"store": m.store, "label": "Counter 1"})
+    code = (await world.call("POST", f"/v1/terminals/{terminal['id']}/enrolment_codes", 201, headers=m.headers,
+                             json={}))["code"]
+    path = f"/v1/terminals/{terminal['id']}"
+    unseen = await world.call("GET", path, headers=m.headers)
+    assert (unseen["device"], unseen["agent_version"], unseen["last_seen_at"]) == (None, None, None)
+
+    now_s = [1_000.0]
+    journal = AsyncJournal(Journal(tmp_path / "journal.sqlite3", clock=lambda: now_s[0]))
+    journal.sync.approve_offline_tap(
+        OfflineLimits(), terminal_transaction_id="tt1", sale_reference="T1-000001", token_pan="9901", atc=3,
+        amount_minor=500, currency="CNY", expected_currency="CNY", body={"terminal_transaction_id": "tt1"})
+    now_s[0] = 1_090.0  # the oldest offline tap has waited 90 s by the agent's clock
+    settings = agent_settings(tmp_path, gateway_url(world.client))
+    try:
+        async with asyncio.timeout(CALL_TIMEOUT_S):
+            enrolment = await enrol(settings, code)
+            async with GatewayClient(settings.gateway, credentials=enrolment.credentials) as client:
+                beating = asyncio.create_task(heartbeat_forever(client, journal, interval_s=3600))
+                while (seen := await world.call("GET", path, headers=m.headers))["last_seen_at"] is None:
+                    assert not beating.done(), beating
+                    await asyncio.sleep(0.05)
+                beating.cancel()
+    finally:
+        await journal.close()
+    assert seen["device"] == enrolment.credentials.device and seen["agent_version"] == agent_version()
+    assert seen["offline_backlog_count"] == 1
+    waited = datetime.fromisoformat(seen["last_seen_at"]) - datetime.fromisoformat(seen["offline_backlog_oldest_at"])
+    assert waited == timedelta(seconds=90)
+
+    listed = await world.call("GET", "/v1/terminals", headers=m.headers)
+    assert listed["data"] == [seen] and listed["has_more"] is False
+    assert await world.call("GET", path, headers=world.ops) == seen
+    operators_list = await world.call("GET", "/v1/terminals", headers=world.ops, params={"limit": "100"})
+    assert seen in operators_list["data"]
+    # Tenancy: another merchant neither reads nor lists it; a publishable key is no credential for it.
+    hidden = await world.call("GET", path, 404, headers=other.headers)
+    assert hidden["error"]["code"] == "resource_missing" and hidden["error"]["param"] == "id"
+    assert (await world.call("GET", "/v1/terminals", headers=other.headers))["data"] == []
+    await world.call("GET", "/v1/terminals", 401, headers=auth(m.publishable))
+
+    # Revoked: the device's heartbeats are refused, the terminal keeps what its agent last reported.
+    revoked = await world.call("POST", f"{path}/revoke", headers=m.headers, json={})
+    assert revoked["status"] == "revoked" and revoked["last_seen_at"] == seen["last_seen_at"]
+    async with GatewayClient(settings.gateway, credentials=enrolment.credentials) as client:
+        with pytest.raises(DeviceAuthError):
+            await client.heartbeat(agent_version="9", backlog_count=0, backlog_oldest_age_s=None,
+                                   idempotency_key="hb-after-revoke")
+
+
+async def test_terminals_are_paginated_newest_first(world: World) -> None:
+    m = await world.merchant()
+    made = [(await world.call("POST", f"/v1/merchants/{m.id}/terminals", 201, headers=world.ops,
+                              json={"store": m.store, "label": f"Counter {i}"}))["id"] for i in range(3)]
+    first = await world.call("GET", "/v1/terminals", headers=m.headers, params={"limit": "2"})
+    assert [t["id"] for t in first["data"]] == made[:0:-1] and first["has_more"] is True
+    rest = await world.call("GET", "/v1/terminals", headers=m.headers,
+                            params={"limit": "2", "starting_after": first["data"][-1]["id"]})
+    assert [t["id"] for t in rest["data"]] == made[:1] and rest["has_more"] is False
+    bad = await world.call("GET", "/v1/terminals", 400, headers=m.headers, params={"starting_after": "pay_x"})
+    assert bad["error"]["param"] == "starting_after"
+
+
+async def test_the_heartbeat_survives_a_gateway_that_is_down(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="pos_agent")
+    settings = agent_settings(tmp_path, f"http://127.0.0.1:{closed_port()}")
+    journal = AsyncJournal.open(tmp_path / "journal.sqlite3")
+    credentials = Credentials("x", "dev_1", "ds_x", "ter_1", "sto_1", "mer_1")
+
+    def count(text: str) -> int:
+        return sum(text in r.getMessage() for r in caplog.records)
+
+    try:
+        async with GatewayClient(settings.gateway, credentials=credentials) as client:
+            beating = asyncio.create_task(heartbeat_forever(client, journal, interval_s=0.01))
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                # Three beats, each failing to get its token: the gateway is not there.
+                while count("POST /v1/devices/sessions -> CONNECT_FAILED") < 3 * settings.gateway.retry_count_max:
+                    assert not beating.done(), beating
+                    await asyncio.sleep(0.01)
+            beating.cancel()
+    finally:
+        await journal.close()
+    assert count("heartbeat failed") == 1  # once per failing streak, not once per beat
