@@ -22,6 +22,7 @@ from pos_agent.gateway_client import GatewayClient
 from pos_agent.health import agent_version, heartbeat_forever
 from pos_agent.journal import AsyncJournal, Journal
 from pos_agent.settings import GatewaySettings, OfflineLimits, Settings, parse
+from tests.agent.test_health import simulated_devices
 from tests.integration.world import World, auth
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -198,3 +199,43 @@ async def test_the_heartbeat_survives_a_gateway_that_is_down(tmp_path: Path, cap
     finally:
         await journal.close()
     assert count("heartbeat failed") == 1  # once per failing streak, not once per beat
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pos_agent", *args, cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT_S)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_doctor_and_status_commands_before_the_shop_opens(world: World, tmp_path: Path) -> None:
+    _, code = await terminal_code(world)
+    async with simulated_devices() as devices:
+        config = tmp_path / "agent.toml"
+        config.write_text(devices.toml(gateway_url(world.client)), encoding="utf-8")
+        enrolled, _, err = await run_cli("enrol", "--config", str(config), "--code", code)
+        assert enrolled == 0, err
+
+        healthy, out, err = await run_cli("doctor", "--config", str(config))
+        lines = out.splitlines()
+        assert healthy == 0, out + err
+        assert len(lines) == 7 and all(line.startswith("ok   ") for line in lines), lines
+        assert any(line.startswith("ok   printer ") and line.endswith(": online, paper loaded") for line in lines)
+        assert "accepts this device" in out
+
+        gone = str(tmp_path / "ttyACM7")
+        config.write_text(devices.toml(gateway_url(world.client), printer=gone), encoding="utf-8")
+        failing, out, _ = await run_cli("doctor", "--config", str(config))
+        assert failing == 1
+        failed = [line for line in out.splitlines() if line.startswith("FAIL")]
+        assert len(failed) == 1 and failed[0].startswith(f"FAIL printer {gone}: cannot open {gone}"), out
+
+        status, out, _ = await run_cli("status", "--config", str(config))
+        assert status == 1 and f"FAIL printer {gone}: no such device" in out.splitlines()
+        assert "ok   offline backlog: no offline taps waiting" in out.splitlines()
+        _, out, _ = await run_cli("status", "--json", "--config", str(config))
+        report = json.loads(out)
+        assert report["offline_backlog"] == {"count": 0, "oldest_age_s": None}
+        assert {c["name"]: c["ok"] for c in report["checks"]}["gateway"] is True
