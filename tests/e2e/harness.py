@@ -403,6 +403,7 @@ def agent_config(tmp: Path, *, gateway_url: str, register: str, nfc_port: int | 
         'log_level = "INFO"',
         "[gateway]", f'url = "{gateway_url}"', 'credentials_path = "credentials.json"', "connect_timeout_s = 1.0",
         "request_timeout_s = 4.0", "retry_count_max = 3", "backoff_base_s = 0.05", "backoff_max_s = 0.2",
+        "heartbeat_interval_s = 0.5",
         "[sale]", *(f"{key} = {value!r}" for key, value in sale_settings.items()),
         "[offline]", "tap_amount_max_minor = 20000", "token_count_max = 2", "token_amount_max_minor = 30000",
         "[forwarder]", "interval_s = 0.5", "backoff_max_s = 1.0",
