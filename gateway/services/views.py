@@ -307,7 +307,7 @@ class TerminalView(msgspec.Struct, kw_only=True):
     label: str
     status: str
     created_at: str
-    # Fleet health, from the last heartbeat of the terminal's active agent (null: none reported yet).
+    # Fleet health, from the last heartbeat of the terminal's agent (null: none reported yet).
     device: str | None = None
     agent_version: str | None = None
     last_seen_at: str | None = None
