@@ -1,5 +1,7 @@
-"""The POS agent's gateway client and command line against the real gateway (real HTTP on loopback):
-the gateway's own refusal reaches the cashier, and a 401 on a call made without a token is final."""
+"""The POS agent against the real gateway (real HTTP on loopback): the gateway's own refusal reaches
+the cashier and a 401 on a call made without a token is final; the heartbeat shows on the
+terminal (to its merchant and operators only) and survives a gateway that is down; ``pos-agent
+doctor`` and ``status`` with simulated devices."""
 
 from __future__ import annotations
 
@@ -57,10 +59,9 @@ async def terminal_code(world: World) -> tuple[str, str]:
 async def test_a_wrong_enrolment_code_is_the_gateways_refusal(world: World, tmp_path: Path) -> None:
     settings = agent_settings(tmp_path, gateway_url(world.client))
     async with asyncio.timeout(CALL_TIMEOUT_S):
-        try:
+        with pytest.raises(GatewayRejected) as refused:
             await enrol(settings, "ENR-WRNG-WRNG-WRNG")
-        except GatewayRejected as refused:
-            rejection = refused
+    rejection = refused.value
     assert type(rejection) is GatewayRejected  # not a device credential problem: there is no device yet
     assert (rejection.status, rejection.error_code) == (401, "invalid_enrolment_code")
     assert "unknown, used or expired" in str(rejection)
@@ -91,11 +92,9 @@ async def test_a_wrong_device_secret_is_refused_at_once(world: World, tmp_path: 
         enrolment = await enrol(settings, code)
         wrong = dataclasses.replace(enrolment.credentials, device_secret="ds_wrong")
         async with GatewayClient(settings.gateway, credentials=wrong) as client:
-            try:
+            with pytest.raises(DeviceAuthError) as refused:
                 await client.renew_token()
-            except DeviceAuthError as refused:
-                rejection = refused
-    assert (rejection.status, rejection.error_code) == (401, "invalid_device_credentials")
+    assert (refused.value.status, refused.value.error_code) == (401, "invalid_device_credentials")
     assert client.device_refused
 
 
