@@ -4,10 +4,14 @@
   for device credentials (written to the configured file, mode 0600).
 - ``pos-agent run --config FILE``: serve the register until SIGTERM/SIGINT; SIGUSR1 cancels the
   sale in progress (a cashier's cancel button can send it). JSON logs on stderr.
-- ``pos-agent status --config FILE``: the journal's counts as JSON (pending offline taps, ...).
+- ``pos-agent status --config FILE [--json]``: enrolment, gateway reachability, each configured
+  device (present or not; never opened, the running agent owns them), the offline backlog.
+- ``pos-agent doctor --config FILE``: before the shop opens (agent stopped), every configured
+  device is opened and made to answer; one line per check.
 
-Exit codes: 0 clean stop, 2 configuration or enrolment problem, 3 device refused by the gateway,
-4 gateway unreachable during enrolment.
+Exit codes: 0 clean stop (status, doctor: every check passed), 1 a status or doctor check failed,
+2 configuration or enrolment problem, 3 device refused by the gateway, 4 gateway unreachable
+during enrolment.
 """
 
 from __future__ import annotations
@@ -20,10 +24,9 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from pos_agent import logs, settings as settings_mod
+from pos_agent import health, logs, settings as settings_mod
 from pos_agent.agent import Agent, enrol
 from pos_agent.errors import ConfigError, DeviceAuthError, GatewayError, GatewayRejected, NotEnrolledError
-from pos_agent.journal import Journal
 
 log = logging.getLogger("pos_agent")
 
@@ -48,9 +51,18 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p_enrol.add_argument("--code", required=True)
     p_enrol.add_argument("--name", help="device name shown to the merchant (default: agent.name)")
     p_enrol.add_argument("--force", action="store_true", help="replace existing credentials")
-    p_status = sub.add_parser("status", help="print the journal's counts as JSON")
+    p_status = sub.add_parser("status", help="enrolment, gateway, devices and offline backlog, one line each")
     p_status.add_argument("--config", required=True)
+    p_status.add_argument("--json", action="store_true", help="print one JSON object instead")
+    p_doctor = sub.add_parser("doctor", help="make every configured device answer (run with the agent stopped)")
+    p_doctor.add_argument("--config", required=True)
     return parser.parse_args(argv)
+
+
+def _report(checks: list[health.Check]) -> int:
+    for check in checks:
+        print(check.line())
+    return 0 if all(check.ok for check in checks) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,11 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                               "terminal": enrolment.credentials.terminal,
                               "credentials": str(settings.credentials_path)}))
         elif args.command == "status":
-            journal = Journal(settings.journal_path)
-            try:
-                print(json.dumps(journal.counts(), sort_keys=True))
-            finally:
-                journal.close()
+            checks, report = asyncio.run(health.status(settings))
+            if not args.json:
+                return _report(checks)
+            print(json.dumps(report, sort_keys=True, ensure_ascii=False))
+            return 0 if all(check.ok for check in checks) else 1
+        elif args.command == "doctor":
+            return _report(asyncio.run(health.doctor(settings)))
         else:
             asyncio.run(_run(settings))
     except (NotEnrolledError, ConfigError, FileExistsError) as exc:

@@ -27,6 +27,7 @@ from pos_agent.devices import Devices, DisplayPort, PrinterPort, ScannerFeed
 from pos_agent.errors import DeviceAuthError, GatewayError
 from pos_agent.forwarder import Forwarder
 from pos_agent.gateway_client import Enrolment, GatewayClient
+from pos_agent.health import heartbeat_forever
 from pos_agent.journal import AsyncJournal
 from pos_agent.register import RegisterService
 from pos_agent.settings import Settings
@@ -87,7 +88,9 @@ class Agent:
                 )
                 self._running = _Running(runner, forwarder)
                 tasks = {asyncio.create_task(forwarder.run_forever(), name="forwarder"),
-                         asyncio.create_task(client.keep_token_fresh(), name="token")}
+                         asyncio.create_task(client.keep_token_fresh(), name="token"),
+                         asyncio.create_task(heartbeat_forever(client, journal, settings.gateway.heartbeat_interval_s),
+                                             name="heartbeat")}
                 register = settings.devices.register
                 if register is not None:
                     service = RegisterService(register, settings.sale, runner, client, journal)

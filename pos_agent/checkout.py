@@ -8,7 +8,7 @@ rejection; a receipt is printed.
 
 Pure part (no I/O, no clock): ``CheckoutState`` + ``transition`` (phases and events),
 ``compensations`` (which payments a finished sale must reverse), ``tap_body``, ``is_pay_code``,
-``format_amount``, ``build_receipt``.
+``build_receipt``. Amounts are shown by ``pos_agent.currency.format_amount``.
 
 Invariants:
 - Money and the register agree. When the register is told "approved", exactly one payment of the
@@ -44,6 +44,7 @@ from typing import Any, Final
 from hardware.nfc import CardError, ReaderBusy, ReaderUnavailable, TapCancelled, TapResult, TapTimeout
 from hardware.nfc.emv import Tag
 from hardware.serial.printer import Receipt, ReceiptItem
+from pos_agent.currency import format_amount
 from pos_agent.devices import CodeSource, Display, Printer, TapSource
 from pos_agent.errors import (
     DeviceAuthError,
@@ -69,7 +70,6 @@ __all__ = [
     "SaleOutcome",
     "build_receipt",
     "compensations",
-    "format_amount",
     "is_pay_code",
     "tap_body",
     "transition",
@@ -319,13 +319,6 @@ def tap_body(
 
 def is_pay_code(text: str, *, prefix: str, length: int) -> bool:
     return len(text) == length and text.isascii() and text.isdigit() and text.startswith(prefix)
-
-
-def format_amount(amount_minor: int, currency: str, exponent: int = 2) -> str:
-    if exponent == 0:
-        return f"{currency} {amount_minor}"
-    units, fraction = divmod(amount_minor, 10**exponent)
-    return f"{currency} {units}.{fraction:0{exponent}d}"
 
 
 METHOD_LABELS: Final = {

@@ -48,7 +48,7 @@ from hardware.sim.display_sim import DisplayScreen
 from hardware.sim.printer_sim import PrintedReceipt, PrinterSimulator
 from hardware.sim.pty import PtyNullModem, PtyPort, PtyPortClosedError, open_raw_pty
 from pos_agent.agent import enrol
-from pos_agent.checkout import format_amount
+from pos_agent.currency import format_amount
 from pos_agent.errors import GatewayError
 from pos_agent.settings import AgentSettings, GatewaySettings, Settings
 
@@ -78,7 +78,7 @@ AGENT_NAME: Final = "counter demo agent"
 COLUMN: Final = 9
 AGENT_NARRATED: Final = (" requested", " reader armed", " -> ", "reversed ")
 CURRENCY_EXPONENT: Final = 2
-"""The agent's display and receipts show two decimals (``checkout.format_amount``)."""
+"""pyTeliumManager's register takes amounts as floats with two decimals (Concert carries minor units)."""
 
 T = TypeVar("T")
 
@@ -460,7 +460,7 @@ async def run(base_url: str, merchant_secret: str, terminal_id: str, wallet_phon
     except ValueError:
         raise CounterDemoError(f"unknown currency {currency!r}") from None
     if entry.exponent != CURRENCY_EXPONENT:
-        raise CounterDemoError(f"the agent shows amounts with {CURRENCY_EXPONENT} decimals; {currency} has"
+        raise CounterDemoError(f"the demo's register speaks {CURRENCY_EXPONENT} decimals; {currency} has"
                                f" {entry.exponent}")
     if amount_minor <= 0:
         raise CounterDemoError("the amount must be positive")

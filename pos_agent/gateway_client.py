@@ -11,8 +11,11 @@ Invariants:
 - The error tells the caller what it may do (see ``pos_agent.errors``): ``GatewayUnreachable``
   only when no attempt can have reached the gateway; ``OutcomeUnknown`` when one may have.
 - The device token is renewed ``token_renew_margin_s`` before it expires, one renewal at a time;
-  a 401 other than ``device_revoked`` renews once and resends. Once the gateway refuses the
-  device itself, ``device_refused`` stays set (the checkout then approves nothing offline).
+  a 401 on a call that sent the token (other than ``device_revoked``) renews once and resends. A
+  401 on a call sent without a token (enrolment, session renewal) is the gateway's final answer,
+  carried with its own code (``invalid_enrolment_code``, ``invalid_device_credentials``). Once
+  the gateway refuses the device itself, ``device_refused`` stays set (the checkout then approves
+  nothing offline).
 - The device secret and access token are never logged.
 """
 
@@ -40,6 +43,7 @@ from pos_agent.errors import (
     GatewayProtocolError,
     GatewayRejected,
     GatewayUnreachable,
+    NotEnrolledError,
     OutcomeUnknown,
 )
 from pos_agent.settings import GatewaySettings
@@ -68,7 +72,8 @@ DECLINE_CODES: Final = frozenset({
     "payment_declined", "wallet_locked", "pin_required",
 })
 RETRYABLE_409_CODES: Final = frozenset({"idempotency_key_in_use"})
-DEVICE_AUTH_CODES: Final = frozenset({"device_revoked", "device_unknown", "device_secret_invalid"})
+# Refusals of the device itself, on the session call or on any call that carried its token.
+DEVICE_AUTH_CODES: Final = frozenset({"device_revoked", "invalid_device_credentials"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,16 +88,16 @@ class Attempt(Enum):
     NO_ANSWER = auto()  # sent, no (complete) answer: may have executed
     SERVER_ERROR = auto()  # 5xx: may have executed
     BUSY = auto()  # 429 or 409 idempotency_key_in_use: not executed (yet), try again
-    TOKEN_EXPIRED = auto()  # 401 on the device token: renew and resend
+    TOKEN_EXPIRED = auto()  # 401 on a call that sent the device token: renew and resend
     DEFINITE = auto()  # a 4xx refusal: final
 
 
-def classify_status(status: int, error_code: str | None) -> Attempt:
+def classify_status(status: int, error_code: str | None, *, token_sent: bool) -> Attempt:
     if 200 <= status < 300:
         return Attempt.OK
     if status == 429 or (status == 409 and error_code in RETRYABLE_409_CODES):
         return Attempt.BUSY
-    if status == 401 and error_code not in DEVICE_AUTH_CODES:
+    if status == 401 and token_sent and error_code not in DEVICE_AUTH_CODES:
         return Attempt.TOKEN_EXPIRED
     if status >= 500:
         return Attempt.SERVER_ERROR
@@ -316,6 +321,18 @@ class GatewayClient:
         # A gateway that ignored the filter must not make us reverse someone else's payment.
         return [payment for payment in found if payment.merchant_reference == reference]
 
+    async def heartbeat(
+        self, *, agent_version: str, backlog_count: int, backlog_oldest_age_s: int | None, idempotency_key: str
+    ) -> str:
+        """Report this agent's version and offline backlog; the gateway's ``last_seen_at``."""
+        body = {"agent_version": agent_version, "offline_backlog_count": backlog_count,
+                "offline_backlog_oldest_age_s": backlog_oldest_age_s}
+        return _str(await self._call("POST", "/v1/devices/heartbeat", body, key=idempotency_key), "last_seen_at")
+
+    async def ping(self) -> None:
+        """The gateway answers (``/healthz``, no credentials)."""
+        await self._call("GET", "/healthz", None, auth=False)
+
     async def renew_token(self) -> None:
         """Get a fresh device token now."""
         async with self._token_lock:
@@ -347,7 +364,7 @@ class GatewayClient:
     async def _renew_locked(self) -> None:
         credentials = self._credentials
         if credentials is None:
-            raise DeviceAuthError(401, "not_enrolled", "this agent has no device credentials")
+            raise NotEnrolledError("this agent has no device credentials: run `pos-agent enrol` first")
         raw = await self._call(
             "POST", "/v1/devices/sessions",
             {"device": credentials.device, "device_secret": credentials.device_secret},
@@ -380,14 +397,14 @@ class GatewayClient:
             if auth:
                 headers["Authorization"] = f"Bearer {await self._bearer()}"
             started = self._clock()
-            attempt, detail, payload = await self._attempt(session, method, path, body, headers, params)
+            attempt, detail, payload = await self._attempt(session, method, path, body, headers, params, auth)
             log.debug("%s %s -> %s (%s) in %.1f ms", method, path, attempt.name, detail,
                       (self._clock() - started) * 1000)
             if attempt is Attempt.OK:
                 assert payload is not None
                 return payload
             if attempt is Attempt.DEFINITE:
-                raise self._noted(_rejection(detail, payload))
+                raise self._noted(_rejection(detail, payload, token_sent=auth))
             if attempt in (Attempt.NO_ANSWER, Attempt.SERVER_ERROR):
                 maybe_executed = True
             last = (attempt, detail)
@@ -401,7 +418,7 @@ class GatewayClient:
             await asyncio.sleep(backoff_delay_s(attempt_index, self._policy, self._rng))
         attempt, detail = last
         if attempt is Attempt.TOKEN_EXPIRED:
-            raise self._noted(_rejection(detail, None))
+            raise self._noted(_rejection(detail, None, token_sent=auth))
         if maybe_executed:
             raise OutcomeUnknown(f"{method} {path}: outcome unknown after retries ({detail})")
         if attempt is Attempt.BUSY:
@@ -409,7 +426,7 @@ class GatewayClient:
         raise GatewayUnreachable(f"{method} {path}: gateway unreachable ({detail})")
 
     def _noted(self, rejection: GatewayRejected) -> GatewayRejected:
-        if isinstance(rejection, DeviceAuthError) and rejection.error_code != "not_enrolled":
+        if isinstance(rejection, DeviceAuthError):
             self.device_refused = True
         return rejection
 
@@ -421,6 +438,7 @@ class GatewayClient:
         body: dict[str, Any] | None,
         headers: dict[str, str],
         params: dict[str, str] | None,
+        token_sent: bool,
     ) -> tuple[Attempt, str, dict[str, Any] | None]:
         try:
             async with session.request(method, self._base_url + path, json=body, headers=headers,
@@ -436,7 +454,7 @@ class GatewayClient:
         payload = _json_object(raw_body)
         error = payload.get("error") if payload is not None else None
         error_code = error.get("code") if isinstance(error, dict) else None
-        attempt = classify_status(status, error_code if isinstance(error_code, str) else None)
+        attempt = classify_status(status, error_code if isinstance(error_code, str) else None, token_sent=token_sent)
         if attempt is Attempt.OK and payload is None:
             raise GatewayProtocolError(f"{method} {path}: {status} without a JSON object")
         return attempt, f"{status} {error_code or ''}".strip(), payload
@@ -450,14 +468,15 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _rejection(detail: str, payload: dict[str, Any] | None) -> GatewayRejected:
+def _rejection(detail: str, payload: dict[str, Any] | None, *, token_sent: bool) -> GatewayRejected:
     status_text, _, _ = detail.partition(" ")
     status = int(status_text) if status_text.isdigit() else 0
     error = payload.get("error") if payload else None
     error = error if isinstance(error, dict) else {}
     code = str(error.get("code") or "unknown")
     message = str(error.get("message") or detail)
-    if status in (401, 403) and (status == 401 or code in DEVICE_AUTH_CODES):
+    # Without a token, a 401 refuses what was sent (an enrolment code), not this device.
+    if status in (401, 403) and ((status == 401 and token_sent) or code in DEVICE_AUTH_CODES):
         return DeviceAuthError(status, code, message, error)
     if status == 402 or code in DECLINE_CODES:
         return Declined(status, code, message, error)

@@ -63,6 +63,7 @@ from pos_agent.settings import OfflineLimits
 
 __all__ = [
     "AsyncJournal",
+    "Backlog",
     "Journal",
     "OfflineTap",
     "OfflineTapState",
@@ -539,6 +540,14 @@ class Journal:
             )
             return cursor.rowcount
 
+    def offline_backlog(self) -> Backlog:
+        """Offline taps the gateway has not accepted yet: how many, and how long the oldest has waited."""
+        count, oldest = self._db.execute(
+            "SELECT COUNT(*), MIN(approved_at) FROM offline_taps WHERE state = 'pending'"
+        ).fetchone()
+        age_s = None if oldest is None else max(int(self._clock() - float(oldest)), 0)
+        return Backlog(int(count), age_s)
+
     def counts(self) -> dict[str, int]:
         """Row counts by table and state, for logs and tests."""
         result: dict[str, int] = {}
@@ -546,6 +555,13 @@ class Journal:
             for state, count in self._db.execute(f"SELECT state, COUNT(*) FROM {table} GROUP BY state"):
                 result[f"{table}.{state}"] = int(count)
         return result
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    count: int
+    oldest_age_s: int | None
+    """Whole seconds since the oldest pending offline tap was approved; None when there is none."""
 
 
 class _Transaction:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from pos_agent import currency
 from pos_agent.errors import ConfigError
 from wallet_common import config
 
@@ -61,6 +62,8 @@ class GatewaySettings(config.Section, frozen=True):
     backoff_max_s: float = 2.0
     token_renew_margin_s: float = 120.0
     """Renew the device token this long before it expires."""
+    heartbeat_interval_s: float = 60.0
+    """How often the agent reports its version and offline backlog (the fleet's last-seen time)."""
 
 
 class SaleSettings(config.Section, frozen=True):
@@ -180,6 +183,7 @@ def _check(settings: Settings) -> None:
         ("gateway.request_timeout_s", g.request_timeout_s),
         ("gateway.backoff_base_s", g.backoff_base_s),
         ("gateway.backoff_max_s", g.backoff_max_s),
+        ("gateway.heartbeat_interval_s", g.heartbeat_interval_s),
         ("sale.sale_timeout_s", s.sale_timeout_s),
         ("sale.status_poll_interval_s", s.status_poll_interval_s),
         ("sale.resolve_query_interval_s", s.resolve_query_interval_s),
@@ -199,11 +203,9 @@ def _check(settings: Settings) -> None:
             raise ConfigError(f"{where} must be at least 1, got {count}")
     if g.retry_count_max > 10:
         raise ConfigError("gateway.retry_count_max must be at most 10")
-    if len(s.currency) != 3 or not s.currency.isalpha() or not s.currency.isupper():
-        raise ConfigError(f"sale.currency must be an ISO 4217 code like CNY, got {s.currency!r}")
-    for where, code in (("sale.currency_numeric", s.currency_numeric), ("sale.country_numeric", s.country_numeric)):
-        if not 1 <= code <= 999:
-            raise ConfigError(f"{where} must be an ISO numeric code 1..999, got {code}")
+    currency.check_configured(s.currency, s.currency_numeric)
+    if not 1 <= s.country_numeric <= 999:
+        raise ConfigError(f"sale.country_numeric must be an ISO numeric code 1..999, got {s.country_numeric}")
     if not s.pay_code_prefix.isdigit() or not 1 <= len(s.pay_code_prefix) < s.pay_code_length <= 32:
         raise ConfigError("sale.pay_code_prefix must be digits, shorter than sale.pay_code_length (<= 32)")
     for f in msgspec.structs.fields(o):

@@ -1,4 +1,4 @@
-"""POS device enrolment and sessions, terminal revocation, wallet phone tap tokens."""
+"""POS device enrolment, sessions and heartbeats; terminals (fleet health, revocation); wallet phone tap tokens."""
 
 from __future__ import annotations
 
@@ -27,6 +27,26 @@ async def enrol(call: Call[schema.EnrolDevice, None]) -> Any:
            body=schema.RenewDevice, response=devices.DeviceTokenView, status=201, tag="devices")
 async def renew(call: Call[schema.RenewDevice, None]) -> Any:
     return await devices.renew(call.svc, call.body.device, call.body.device_secret, call.client_address)
+
+
+@api.route("POST", "/v1/devices/heartbeat", summary="The agent's periodic report: its version and offline backlog",
+           auth={P.DEVICE}, body=schema.DeviceHeartbeat, response=devices.HeartbeatView, tag="devices")
+async def heartbeat(call: Call[schema.DeviceHeartbeat, None]) -> Any:
+    b = call.body
+    return await devices.heartbeat(call.svc, call.who, b.agent_version, b.offline_backlog_count,
+                                   b.offline_backlog_oldest_age_s)
+
+
+@api.route("GET", "/v1/terminals", summary="Terminals with their agent's version, last heartbeat and offline backlog",
+           auth={P.MERCHANT, P.OPERATOR}, query=schema.CursorQuery, response=views.TerminalList, tag="devices")
+async def list_terminals(call: Call[None, schema.CursorQuery]) -> Any:
+    return await devices.list_terminals(call.svc, call.who, call.query.limit, call.query.starting_after)
+
+
+@api.route("GET", "/v1/terminals/{id}", summary="A terminal with its agent's version, last heartbeat and offline backlog",
+           auth={P.MERCHANT, P.OPERATOR}, response=views.TerminalView, tag="devices")
+async def get_terminal(call: Call[None, None]) -> Any:
+    return await devices.get_terminal(call.svc, call.who, call.match("id"))
 
 
 @api.route("POST", "/v1/terminals/{id}/revoke", summary="Revoke a terminal and every device enrolled on it",

@@ -181,6 +181,14 @@ class EnrolDevice(Strict):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 
 
+class DeviceHeartbeat(Strict):
+    agent_version: Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
+    offline_backlog_count: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
+    offline_backlog_oldest_age_s: Annotated[int, msgspec.Meta(
+        ge=0, le=366 * 86_400, description="Seconds since the oldest offline tap not yet forwarded was approved")
+    ] | None = None
+
+
 class RenewDevice(Strict):
     device: Annotated[str, msgspec.Meta(max_length=64)]
     device_secret: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]

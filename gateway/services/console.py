@@ -225,7 +225,8 @@ async def merchants(svc: Services) -> list[MerchantRow]:
         by_merchant.setdefault(t["merchant_id"], []).append(Row(encode(Kind.TERMINAL, t["id"]), {
             "label": t["label"], "store": t["store_name"], "status": t["status"], "created": _at(t["created_at"]),
             "device": t["device_name"] or "", "device_status": t["device_status"] or "",
-            "enrolled": _at(t["enrolled_at"]),
+            "enrolled": _at(t["enrolled_at"]), "agent_version": t["agent_version"] or "",
+            "last_seen": _at(t["last_seen_at"]),
         }))
     return [MerchantRow(Row(encode(Kind.MERCHANT, r["id"]), {
         "name": r["name"], "city": r["city"], "country": r["country"], "fee_bps": str(r["fee_bps"]),

@@ -1,9 +1,10 @@
-"""POS devices: enrolment with a one-time code, device tokens, renewal, revocation.
+"""POS devices: enrolment with a one-time code, device tokens, renewal, revocation, fleet health.
 
 Invariants: enrolment codes and device secrets are stored only as keyed hashes and shown once;
 a device token is accepted only while its device and terminal are active (checked on every
 request, so revocation takes effect at once); a device acts only for its own merchant, store
-and terminal.
+and terminal. A heartbeat is one UPDATE of its device's row; a terminal shows the health of its
+active agent seen last.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import msgspec
 
 from gateway.auth.principals import Principal, PrincipalKind
 from gateway.domain.ids import Kind, decode, encode
-from gateway.errors import NotFound, Unauthenticated
+from gateway.errors import InvalidRequest, NotFound, Unauthenticated
 from gateway.services import throttle, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
@@ -54,6 +55,13 @@ class EnrolmentView(msgspec.Struct, kw_only=True):
     access_token: str
     token_type: str = "Bearer"
     expires_in: int
+
+
+class HeartbeatView(msgspec.Struct, kw_only=True):
+    object: str = "device_heartbeat"
+    device: str
+    terminal: str
+    last_seen_at: str
 
 
 def _keyed(svc: Services, purpose: str, secret: str) -> bytes:
@@ -131,6 +139,38 @@ async def principal(svc: Services, credential: str) -> Principal:
                      store_id=svc.tokens.uuid_claim(claims, "sid"), terminal_id=svc.tokens.uuid_claim(claims, "tid"))
 
 
+async def heartbeat(
+    svc: Services, who: Principal, agent_version: str, backlog_count: int, backlog_oldest_age_s: int | None
+) -> HeartbeatView:
+    """The agent's periodic report (version, offline backlog): overwritten in place, so a retry is harmless."""
+    assert who.kind is PrincipalKind.DEVICE and who.terminal_id is not None
+    async with svc.db.connection() as conn:
+        seen_at = await store.record_heartbeat(conn, who.id, agent_version, backlog_count, backlog_oldest_age_s)
+    if seen_at is None:  # revoked between authentication and the write
+        raise Unauthenticated("this device has been revoked", code="device_revoked")
+    return HeartbeatView(device=encode(Kind.DEVICE, who.id), terminal=encode(Kind.TERMINAL, who.terminal_id),
+                         last_seen_at=seen_at.isoformat())
+
+
+async def get_terminal(svc: Services, who: Principal, text_terminal: str) -> views.TerminalView:
+    """A merchant sees its own terminals; an operator (no merchant) any. Another's is not found."""
+    terminal_id = decode(Kind.TERMINAL, text_terminal)
+    async with svc.db.connection() as conn:
+        row = await store.terminal_with_agent(conn, terminal_id, who.merchant_id) if terminal_id else None
+    if row is None:
+        raise NotFound(f"no such terminal: {text_terminal}", param="id")
+    return views.terminal_view(row)
+
+
+async def list_terminals(svc: Services, who: Principal, limit: int, after: str | None) -> views.TerminalList:
+    cursor = decode(Kind.TERMINAL, after) if after is not None else None
+    if after is not None and cursor is None:
+        raise InvalidRequest("starting_after is not a terminal id", code="invalid_cursor", param="starting_after")
+    async with svc.db.connection() as conn:
+        rows = await store.terminals_with_agent(conn, who.merchant_id, limit, cursor)
+    return views.TerminalList(data=[views.terminal_view(r) for r in rows[:limit]], has_more=len(rows) > limit)
+
+
 async def revoke_terminal(svc: Services, who: Principal, text_terminal: str, identity: RequestIdentity) -> Reply:
     terminal_id = decode(Kind.TERMINAL, text_terminal)
     if terminal_id is None:
@@ -142,6 +182,6 @@ async def revoke_terminal(svc: Services, who: Principal, text_terminal: str, ide
         revoked = await store.revoke_terminal(conn, terminal_id, scope) if scope else None
         if revoked is None:
             raise NotFound(f"no such terminal: {text_terminal}", param="id")
-        return 200, views.terminal_view(revoked)
+        return 200, views.terminal_view(await store.terminal_with_agent(conn, revoked["id"], scope))
 
     return await svc.idempotency.run(identity, work)

@@ -307,13 +307,35 @@ class TerminalView(msgspec.Struct, kw_only=True):
     label: str
     status: str
     created_at: str
+    # Fleet health, from the last heartbeat of the terminal's agent (null: none reported yet).
+    device: str | None = None
+    agent_version: str | None = None
+    last_seen_at: str | None = None
+    offline_backlog_count: int | None = None
+    offline_backlog_oldest_at: str | None = None
+
+
+class TerminalList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[TerminalView]
+    has_more: bool
+
+
+def _iso(value: Any) -> str | None:
+    return None if value is None else str(value.isoformat())
 
 
 def terminal_view(row: Any) -> TerminalView:
+    """From a terminal row; the health columns are read when the row has them (``*_with_agent``)."""
+    device_id = row.get("device_id")
     return TerminalView(
         id=ids.encode(Kind.TERMINAL, row["id"]), merchant=ids.encode(Kind.MERCHANT, row["merchant_id"]),
         store=ids.encode(Kind.STORE, row["store_id"]), label=row["label"], status=row["status"],
         created_at=row["created_at"].isoformat(),
+        device=None if device_id is None else ids.encode(Kind.DEVICE, device_id),
+        agent_version=row.get("agent_version"), last_seen_at=_iso(row.get("last_seen_at")),
+        offline_backlog_count=row.get("offline_backlog_count"),
+        offline_backlog_oldest_at=_iso(row.get("offline_backlog_oldest_at")),
     )
 
 

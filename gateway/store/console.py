@@ -124,14 +124,14 @@ async def merchants(conn: Connection, limit: int) -> list[asyncpg.Record]:
 
 
 async def terminals(conn: Connection, merchant_ids: list[uuid.UUID], limit: int) -> list[asyncpg.Record]:
-    """The terminals of these merchants with their latest device. Devices record no last-seen time
-    (the agent does not report one), so a device's enrolment time is what there is."""
+    """The terminals of these merchants with their latest device and what its agent last reported."""
     rows: list[asyncpg.Record] = await conn.fetch(
         """
         SELECT t.id, t.merchant_id, t.label, t.status, t.created_at, s.name AS store_name,
-               d.name AS device_name, d.status AS device_status, d.created_at AS enrolled_at
+               d.name AS device_name, d.status AS device_status, d.created_at AS enrolled_at,
+               d.agent_version, d.last_seen_at
         FROM terminals t JOIN stores s ON s.id = t.store_id
-        LEFT JOIN LATERAL (SELECT name, status, created_at FROM devices
+        LEFT JOIN LATERAL (SELECT name, status, created_at, agent_version, last_seen_at FROM devices
                            WHERE terminal_id = t.id ORDER BY created_at DESC LIMIT 1) d ON true
         WHERE t.merchant_id = ANY($1::uuid[])
         ORDER BY t.merchant_id, t.created_at, t.id

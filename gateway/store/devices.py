@@ -1,4 +1,4 @@
-"""Enrolment codes, POS devices and wallet tap tokens."""
+"""Enrolment codes, POS devices (and their agents' heartbeats) and wallet tap tokens."""
 
 from __future__ import annotations
 
@@ -76,6 +76,56 @@ async def revoke_terminal(conn: Connection, terminal_id: uuid.UUID, merchant_id:
             terminal_id,
         )
     return row
+
+
+async def record_heartbeat(
+    conn: Connection, device_id: uuid.UUID, agent_version: str, backlog_count: int, backlog_oldest_age_s: int | None,
+) -> datetime | None:
+    """What the agent reports, in place: one UPDATE. None if the device is not active any more."""
+    seen_at: datetime | None = await conn.fetchval(
+        "UPDATE devices SET agent_version = $2, last_seen_at = now(), offline_backlog_count = $3,"
+        " offline_backlog_oldest_at = now() - make_interval(secs => $4::double precision)"
+        " WHERE id = $1 AND status = 'active' RETURNING last_seen_at",
+        device_id, agent_version, backlog_count, backlog_oldest_age_s,
+    )
+    return seen_at
+
+
+# A terminal with the health of its agent: an active device before a revoked one (a revoked
+# terminal still shows what its agent last reported), then the one seen last, then enrolled last.
+_TERMINAL_WITH_AGENT = """
+    SELECT t.id, t.merchant_id, t.store_id, t.label, t.status, t.created_at,
+           d.id AS device_id, d.agent_version, d.last_seen_at, d.offline_backlog_count, d.offline_backlog_oldest_at
+    FROM terminals t
+    LEFT JOIN LATERAL (SELECT id, agent_version, last_seen_at, offline_backlog_count, offline_backlog_oldest_at
+                       FROM devices WHERE terminal_id = t.id
+                       ORDER BY status = 'active' DESC, last_seen_at DESC NULLS LAST, created_at DESC LIMIT 1) d ON true
+"""
+
+
+async def terminal_with_agent(
+    conn: Connection, terminal_id: uuid.UUID, merchant_id: uuid.UUID | None
+) -> asyncpg.Record | None:
+    """Scoped to ``merchant_id`` (None: any merchant's, for operators)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        _TERMINAL_WITH_AGENT + " WHERE t.id = $1 AND ($2::uuid IS NULL OR t.merchant_id = $2)",
+        terminal_id, merchant_id,
+    )
+    return row
+
+
+async def terminals_with_agent(
+    conn: Connection, merchant_id: uuid.UUID | None, limit: int, after: uuid.UUID | None
+) -> list[asyncpg.Record]:
+    """Newest first, keyset-paginated on (created_at, id); ``limit + 1`` rows tell whether more exist."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        _TERMINAL_WITH_AGENT
+        + " WHERE ($1::uuid IS NULL OR t.merchant_id = $1) AND ($3::uuid IS NULL OR (t.created_at, t.id) <"
+          " (SELECT created_at, id FROM terminals WHERE id = $3 AND ($1::uuid IS NULL OR merchant_id = $1)))"
+          " ORDER BY t.created_at DESC, t.id DESC LIMIT $2",
+        merchant_id, limit + 1, after,
+    )
+    return rows
 
 
 async def terminal(

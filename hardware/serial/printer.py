@@ -14,10 +14,13 @@ Invariants:
 - Item rows are laid out in display columns (Han and other wide characters count as two), so
   amounts line up for mixed Chinese/Latin text; over-long labels are cut, never wrapped.
 - The serial write is bounded by a timeout derived from the byte count and the line speed.
+- ``status`` asks the printer itself (``DLE EOT 1`` printer, ``DLE EOT 4`` roll paper, answered
+  in real time even while it prints); a byte without the fixed status bits is refused, never guessed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import unicodedata
 from dataclasses import dataclass
 from typing import Final
@@ -25,15 +28,18 @@ from typing import Final
 from escpos.constants import QR_ECLEVEL_M
 from escpos.printer import Dummy
 
+from hardware.serial.errors import SerialDeviceError, SerialTimeoutError
 from hardware.serial.transport import SerialLink
 
 __all__ = [
     "QR_MODULE_SIZE_DOTS_DEFAULT",
+    "PrinterStatus",
     "Receipt",
     "ReceiptItem",
     "ReceiptPrinter",
     "build_receipt_bytes",
     "display_width",
+    "parse_status",
 ]
 
 TEXT_ENCODING: Final = "gb18030"
@@ -41,6 +47,27 @@ CMD_CHINESE_MODE_ON: Final = b"\x1c\x26"  # FS &
 LINE_WIDTH_COLUMNS_DEFAULT: Final = 48  # 80 mm paper, font A; 58 mm paper takes 32
 QR_MODULE_SIZE_DOTS_DEFAULT: Final = 6
 QR_PAYLOAD_BYTES_MAX: Final = 2331  # byte mode, version 40, error correction level M
+CMD_STATUS_PRINTER: Final = b"\x10\x04\x01"  # DLE EOT 1: printer status (bit 3: offline)
+CMD_STATUS_PAPER: Final = b"\x10\x04\x04"  # DLE EOT 4: roll paper sensor (bits 5-6: paper end)
+STATUS_FIXED_MASK: Final = 0b1001_0011
+STATUS_FIXED_BITS: Final = 0b0001_0010  # bits 1 and 4 set, bits 0 and 7 clear in every status byte
+
+
+@dataclass(frozen=True, slots=True)
+class PrinterStatus:
+    online: bool
+    paper_out: bool
+
+    @property
+    def ready(self) -> bool:
+        return self.online and not self.paper_out
+
+
+def parse_status(printer_byte: int, paper_byte: int) -> PrinterStatus:
+    for value in (printer_byte, paper_byte):
+        if value & STATUS_FIXED_MASK != STATUS_FIXED_BITS:
+            raise SerialDeviceError(f"0x{value:02x} is not an ESC/POS real-time status byte")
+    return PrinterStatus(online=not printer_byte & 0x08, paper_out=bool(paper_byte & 0x60))
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,3 +175,16 @@ class ReceiptPrinter:
         data = build_receipt_bytes(receipt, line_width_columns=self._line_width_columns)
         timeout_s = self._link.settings.write_timeout_s(len(data), margin_s=self._write_margin_s)
         await self._link.write(data, timeout_s=timeout_s)
+
+    async def status(self, *, timeout_s: float) -> PrinterStatus:
+        """The printer's own answer; ``SerialTimeoutError`` if it gives none within ``timeout_s``."""
+        query = CMD_STATUS_PRINTER + CMD_STATUS_PAPER
+        await self._link.write(query, timeout_s=self._link.settings.write_timeout_s(len(query)))
+        answer = bytearray()
+        try:
+            async with asyncio.timeout(timeout_s):
+                while len(answer) < 2:
+                    answer += await self._link.read_some(timeout_s=timeout_s, size_max=2 - len(answer))
+        except TimeoutError:
+            raise SerialTimeoutError(f"{self._link.settings.url}: no status answer within {timeout_s:g} s") from None
+        return parse_status(answer[0], answer[1])

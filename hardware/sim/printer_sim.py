@@ -10,6 +10,8 @@ Invariants:
   changes inside it.
 - ``GS ( k`` QR commands: the payload stored with function 80 is reported once printed by
   function 81. Styles (bold, size, alignment) are accepted and not modelled.
+- ``DLE EOT n`` (real-time status, n = 1 printer, 4 roll paper) is answered at once with one
+  status byte from ``online`` and ``paper_out``, as a printer answers it even mid-receipt.
 - Bounded: a line longer than ``line_bytes_max`` is emitted as soon as it reaches the bound,
   unknown commands are kept up to a fixed count, the receipt queue has a maximum size.
 """
@@ -27,6 +29,9 @@ __all__ = ["EscPosInterpreter", "PrintedReceipt", "PrinterSimulator"]
 _ESC: Final = 0x1B
 _GS: Final = 0x1D
 _FS: Final = 0x1C
+_DLE: Final = 0x10
+_EOT: Final = 0x04
+_STATUS_FIXED_BITS: Final = 0b0001_0010  # bits 1 and 4 are set in every real-time status byte
 _LF: Final = 0x0A
 _UNKNOWN_KEPT_MAX: Final = 100
 _CODE_TABLES: Final[dict[int, str]] = {0: "cp437", 2: "cp850", 16: "cp1252", 19: "cp858"}
@@ -58,6 +63,10 @@ class EscPosInterpreter:
         self._qr_payloads: list[str] = []
         self._qr_stored: bytes | None = None
         self.unknown_commands: list[bytes] = []
+        self.online = True
+        self.paper_out = False
+        self.replies = bytearray()
+        """Status bytes owed to the host; the simulator sends and clears them after each feed."""
 
     def feed(self, data: bytes) -> list[PrintedReceipt]:
         self._pending += data
@@ -76,6 +85,8 @@ class EscPosInterpreter:
     @staticmethod
     def _command_length(buffer: bytearray) -> int | None:
         first = buffer[0]
+        if first == _DLE:
+            return 3 if len(buffer) >= 3 else None
         if first not in (_ESC, _GS, _FS):
             return 1
         if len(buffer) < 2:
@@ -100,6 +111,8 @@ class EscPosInterpreter:
             self._end_line()
         elif first == 0x0D:
             pass  # CR without auto line feed prints nothing
+        elif first == _DLE:
+            self._execute_status(command)
         elif first < 0x20 and first not in (_ESC, _GS, _FS):
             self._unknown(command)
         elif first == _ESC:
@@ -130,6 +143,14 @@ class EscPosInterpreter:
             self._end_line_if_any()  # paper feed: blank paper is not a text line
         elif second not in _ESC_LENGTHS:
             self._unknown(command)
+
+    def _execute_status(self, command: bytes) -> None:
+        if command[1] != _EOT or command[2] not in (1, 4):
+            self._unknown(command)
+        elif command[2] == 1:
+            self.replies.append(_STATUS_FIXED_BITS | (0 if self.online else 0x08))
+        else:
+            self.replies.append(_STATUS_FIXED_BITS | (0x60 if self.paper_out else 0))
 
     def _execute_fs(self, command: bytes) -> None:
         if command in (b"\x1c&", b"\x1c."):
@@ -199,7 +220,17 @@ class PrinterSimulator:
                 continue
             except PtyPortClosedError:
                 return
-            for receipt in self.interpreter.feed(data):
+            receipts = self.interpreter.feed(data)
+            if self.interpreter.replies:
+                replies = bytes(self.interpreter.replies)
+                self.interpreter.replies.clear()
+                try:
+                    await self._port.write(replies, timeout_s=self._read_timeout_s)
+                except PtyPortClosedError:
+                    return
+                except TimeoutError:
+                    pass  # the host stopped reading: a status it no longer waits for is dropped
+            for receipt in receipts:
                 await self._receipts.put(receipt)
 
     async def next_receipt(self, *, timeout_s: float = 2.0) -> PrintedReceipt:

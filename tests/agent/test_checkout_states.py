@@ -29,7 +29,6 @@ from pos_agent.checkout import (
     Unknown,
     build_receipt,
     compensations,
-    format_amount,
     is_pay_code,
     tap_body,
     transition,
@@ -160,12 +159,6 @@ def test_pay_code_recognition() -> None:
     assert not is_pay_code("19000000000000001", prefix="19", length=18)
     assert not is_pay_code("19000000000000000A", prefix="19", length=18)
     assert not is_pay_code("１９0000000000000001", prefix="19", length=18)  # full-width digits
-
-
-def test_amount_formatting() -> None:
-    assert format_amount(3_800, "CNY") == "CNY 38.00"
-    assert format_amount(5, "CNY") == "CNY 0.05"
-    assert format_amount(500, "JPY", 0) == "JPY 500"
 
 
 def test_concert_answers() -> None:

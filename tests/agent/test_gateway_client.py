@@ -33,7 +33,12 @@ POLICY = RetryPolicy(attempt_count_max=3, backoff_base_s=0.1, backoff_max_s=1.0)
     (503, "unavailable", Attempt.SERVER_ERROR),
 ])
 def test_classify_status(status: int, code: str | None, expected: Attempt) -> None:
-    assert classify_status(status, code) is expected
+    assert classify_status(status, code, token_sent=True) is expected
+
+
+@pytest.mark.parametrize("code", ["invalid_enrolment_code", "invalid_device_credentials", "device_revoked"])
+def test_a_401_without_a_token_is_no_token_expiry(code: str) -> None:
+    assert classify_status(401, code, token_sent=False) is Attempt.DEFINITE
 
 
 def test_next_step_is_bounded_and_never_repeats_definite_answers() -> None:

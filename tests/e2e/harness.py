@@ -267,9 +267,10 @@ class AgentProcess:
         return process.returncode, out.decode(), err.decode()
 
     async def status(self) -> dict[str, int]:
-        code, out, err = await self.cli("status")
-        assert code == 0, err
-        counts: dict[str, int] = json.loads(out)
+        """The journal's counts from ``pos-agent status --json`` (exit 1 when a check fails: gateway down)."""
+        code, out, err = await self.cli("status", "--json")
+        assert code in (0, 1), err
+        counts: dict[str, int] = json.loads(out)["journal"]
         return counts
 
     async def start(self) -> None:
@@ -402,6 +403,7 @@ def agent_config(tmp: Path, *, gateway_url: str, register: str, nfc_port: int | 
         'log_level = "INFO"',
         "[gateway]", f'url = "{gateway_url}"', 'credentials_path = "credentials.json"', "connect_timeout_s = 1.0",
         "request_timeout_s = 4.0", "retry_count_max = 3", "backoff_base_s = 0.05", "backoff_max_s = 0.2",
+        "heartbeat_interval_s = 0.5",
         "[sale]", *(f"{key} = {value!r}" for key, value in sale_settings.items()),
         "[offline]", "tap_amount_max_minor = 20000", "token_count_max = 2", "token_amount_max_minor = 30000",
         "[forwarder]", "interval_s = 0.5", "backoff_max_s = 1.0",

@@ -14,6 +14,7 @@ import signal
 from typing import Any
 
 
+from pos_agent import health
 from tests.e2e.conftest import REGISTER_THREAD_JOIN_S, Counter
 from tests.e2e.relay import RelayPhone
 
@@ -134,6 +135,20 @@ async def test_phone_leaves_the_field_and_comes_back(counter: Counter) -> None:
     assert back.atc == phone.atc + 1
     statuses = sorted(p["status"] for p in await counter.payments_of_sale(2))
     assert statuses == ["canceled", "succeeded"]
+
+
+async def test_the_terminal_shows_its_agents_heartbeat(counter: Counter) -> None:
+    path = f"/v1/terminals/{counter.shop.terminal}"
+    seen: list[str] = []
+    async with asyncio.timeout(15):
+        while len(seen) < 2:  # two beats: last_seen_at moves on while the agent runs
+            terminal = await counter.api.call("GET", path, counter.shop.secret)
+            if terminal["last_seen_at"] is not None and terminal["last_seen_at"] not in seen:
+                seen.append(terminal["last_seen_at"])
+            await asyncio.sleep(0.2)
+    assert terminal["agent_version"] == health.agent_version() and terminal["offline_backlog_count"] == 0
+    listed = await counter.api.call("GET", "/v1/terminals", counter.shop.secret)
+    assert [t["id"] for t in listed["data"]] == [counter.shop.terminal]
 
 
 async def test_gateway_outage_offline_tap_forwarded_once_after_agent_kill(counter: Counter) -> None:

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from gateway.store import console as store
-from tests.integration.world import World
+from tests.integration.world import World, auth
 
 
 @pytest.fixture
@@ -76,3 +76,17 @@ async def test_the_searches_use_their_indexes(db: asyncpg.Connection) -> None:
         plan = "\n".join(r[0] for r in await db.fetch(
             f"EXPLAIN SELECT id FROM payments WHERE {where} ORDER BY created_at DESC LIMIT 100"))
         assert index in plan, plan
+
+
+async def test_terminals_show_what_their_agent_last_reported(world: World, db: asyncpg.Connection) -> None:
+    m = await world.merchant()
+    terminal = await world.call("POST", f"/v1/merchants/{m.id}/terminals", 201, headers=world.ops,
+                                json={"store": m.store, "label": "Counter 1"})
+    [row] = await store.terminals(db, [_id(m.id)], 10)
+    assert (row["agent_version"], row["last_seen_at"]) == (None, None)
+    code = await world.call("POST", f"/v1/terminals/{terminal['id']}/enrolment_codes", 201, headers=m.headers, json={})
+    device = await world.call("POST", "/v1/devices/enrolments", 201, json={"code": code["code"], "name": "agent"})
+    beat = await world.call("POST", "/v1/devices/heartbeat", headers=auth(device["access_token"]),
+                            json={"agent_version": "7.1.0"})
+    [row] = await store.terminals(db, [_id(m.id)], 10)
+    assert (row["agent_version"], row["last_seen_at"].isoformat()) == ("7.1.0", beat["last_seen_at"])

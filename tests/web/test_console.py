@@ -23,11 +23,23 @@ from gateway.services import tenants
 from gateway.services.context import Services
 from gateway.settings import Settings
 from tests.conftest import make_settings
-from tests.integration.world import OPERATOR_EMAIL, OPERATOR_PASSWORD, World
+from tests.integration.world import OPERATOR_EMAIL, OPERATOR_PASSWORD, World, auth
 
 WAIT_MS = 15_000
 SUPPORT_EMAIL = "support@example.com"
 SUPPORT_PASSWORD = "support horse battery"
+
+
+async def _terminal_seen(world: World, m: Any) -> dict[str, Any]:
+    """A terminal of ``m`` whose enrolled agent sent one heartbeat, as the merchant's API shows it."""
+    terminal = await world.call("POST", f"/v1/merchants/{m.id}/terminals", 201, headers=world.ops,
+                                json={"store": m.store, "label": "Counter 1"})
+    code = await world.call("POST", f"/v1/terminals/{terminal['id']}/enrolment_codes", 201, headers=m.headers, json={})
+    device = await world.call("POST", "/v1/devices/enrolments", 201, json={"code": code["code"], "name": "agent"})
+    await world.call("POST", "/v1/devices/heartbeat", headers=auth(device["access_token"]),
+                     json={"agent_version": "7.1.0", "offline_backlog_count": 0})
+    seen: dict[str, Any] = await world.call("GET", f"/v1/terminals/{terminal['id']}", headers=m.headers)
+    return seen
 
 
 async def _seed(world: World, clean_db: str) -> dict[str, Any]:
@@ -136,9 +148,12 @@ async def test_log_in_see_charts_find_a_payment_write_off_an_exception_and_see_i
     await expect(first).to_contain_text(OPERATOR_EMAIL)
     await expect(first).to_contain_text(seeded["exception"])
 
+    terminal = await _terminal_seen(world, seeded["merchant"])
     await page.get_by_role("link", name="Merchants and terminals").click()
     await expect(page.locator(f"[id='{seeded['merchant'].id}']")).to_contain_text("Best Noodles")
-    await expect(page.locator("#last-seen-note")).to_be_visible()
+    row = page.locator(f"[id='{terminal['id']}']")
+    await expect(row.locator(".agent-version")).to_have_text("7.1.0")
+    await expect(row.locator(".last-seen")).to_have_text(terminal["last_seen_at"][:16].replace("T", " "))
     await page.get_by_role("link", name="Batches and payouts").click()
     await expect(page.get_by_role("heading", name="Settlement batches")).to_be_visible()
 
