@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import logging
 import os
 import shutil
 import sys
@@ -22,16 +23,15 @@ if TYPE_CHECKING:
 # ``serve`` must set PROMETHEUS_MULTIPROC_DIR first, since prometheus_client picks its value
 # class when it is first imported.
 DATABASE_SETTING = "database.url / GATEWAY_DATABASE_URL"
+log = logging.getLogger("gateway.cli")
 
 
 async def _database_reachable(config: Settings) -> None:
     """Wait (``database.connect_wait_s``) for PostgreSQL, saying once which setting and address."""
-    import logging
-
     from gateway.store import db
 
     def waiting(exc: BaseException, left_s: float) -> None:
-        logging.getLogger("gateway.cli").warning(
+        log.warning(
             f"database unreachable at {db.address(config.database.url)} ({DATABASE_SETTING}); retrying for"
             f" {left_s:.0f} s", extra={"error": type(exc).__name__})
 
@@ -59,8 +59,6 @@ async def _prepare(config: Settings, migrate: bool) -> bool:
 def serve(config: Settings, processes: int, *, migrate: bool) -> None:
     """Serve from ``processes`` supervised processes on one socket (gateway/serve.py); returns only by
     ``SystemExit`` once stopped."""
-    import logging
-
     assert "prometheus_client" not in sys.modules, "prometheus_client imported before its directory was set"
     metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # every process of this serve, and only those
@@ -71,7 +69,7 @@ def serve(config: Settings, processes: int, *, migrate: bool) -> None:
 
         listener = supervisor.bind(config.server.host, config.server.port)
         redis_up = asyncio.run(_prepare(config, migrate))
-        logging.getLogger("gateway.cli").info("gateway started", extra={
+        log.info("gateway started", extra={
             "version": gateway.__version__, "mode": config.auth.key_mode,
             "address": f"http://{config.server.host}:{config.server.port}", "processes": processes,
             "database": db.address(config.database.url), "redis": "up" if redis_up else "down",
@@ -241,6 +239,12 @@ async def _settle(config: Settings, day_text: str, merchant_text: str | None, ou
     return 0
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gateway", description="The wallet payment gateway: serve the HTTP API, run migrations and operator tools.",
@@ -253,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          " processes on one port. SIGTERM or SIGINT drains in-flight requests"
                                          " (server.shutdown_grace_s), then every process exits.")
     p_serve.add_argument("--port", type=int, help="TCP port to listen on (default: server.port)")
-    p_serve.add_argument("--processes", type=int, default=1, help="serving processes (default: 1; one per core)")
+    p_serve.add_argument("--processes", type=_positive, default=1, help="serving processes (default: 1; one per core)")
     p_serve.add_argument("--no-migrate", action="store_true",
                          help="do not apply migrations (a database role without DDL rights); refuse to start if one"
                               " is pending")

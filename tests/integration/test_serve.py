@@ -48,6 +48,12 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _metric_dirs(pid: int) -> set[Path]:
+    """Where a process's multiprocess metric files are (prometheus_client maps them into memory)."""
+    maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    return {Path(line.split()[-1]).parent for line in maps if line.endswith(".db") and "/" in line}
+
+
 def _children(pid: int) -> set[int]:
     found = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -143,6 +149,10 @@ async def test_sigterm_drains_the_request_in_flight_then_every_process_exits(dat
         assert len(started) == 1 and started[0]["processes"] == 2 and started[0]["redis"] == "up"
         assert started[0]["database"] == db.address(database) and started[0]["mode"] == "test"
 
+        dirs = [_metric_dirs(pid) for pid in pids]
+        assert dirs[0] and all(found == dirs[0] for found in dirs)  # one directory, made by the master, for all
+        (metrics_dir,) = dirs[0]
+
         second = _cli(env, "serve")  # a second gateway on the same port
         assert second.returncode == 2
         assert second.stderr == f"error: port 127.0.0.1:{gateway.port} is taken (server.port / --port)\n"
@@ -176,6 +186,7 @@ async def test_sigterm_drains_the_request_in_flight_then_every_process_exits(dat
         assert await gateway.exit_code() == 0
         await _until("every serving process to exit", lambda: not any(_alive(pid) for pid in pids))
         assert [line["msg"] for line in gateway.lines()].count("gateway stopped") == 1
+        assert not metrics_dir.exists()
 
 
 async def test_a_killed_process_comes_back_and_all_die_with_the_master(database: str, tmp_path: Path) -> None:
