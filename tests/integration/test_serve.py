@@ -137,7 +137,9 @@ async def serving(env: dict[str, str], log: Path, *args: str) -> AsyncIterator[S
         gateway.kill()
 
 
-async def test_sigterm_drains_the_request_in_flight_then_every_process_exits(database: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+async def test_a_stop_drains_the_request_in_flight_then_every_process_exits(
+        database: str, tmp_path: Path, stop: signal.Signals) -> None:
     env = _env(database, free_tcp_port(), server_shutdown_grace_s="20", database_lock_timeout_s="20",
                database_statement_timeout_s="20", throttle_address_exempt="127.0.0.1")
     assert _cli(env, "migrate").returncode == 0
@@ -174,7 +176,7 @@ async def test_sigterm_drains_the_request_in_flight_then_every_process_exits(dat
                         " AND wait_event_type = 'Lock'"):
                     assert time.monotonic() < deadline, "the login never waited on the lock"
                     await asyncio.sleep(0.05)
-                os.kill(gateway.proc.pid, signal.SIGTERM)
+                os.killpg(gateway.proc.pid, stop)  # the whole group, as Ctrl-C in a terminal does
                 await asyncio.sleep(1.0)
                 assert gateway.proc.poll() is None and not login.done()  # draining, not gone
                 await lock.commit()
