@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -121,11 +121,22 @@ class Serve:
 
 @pytest.fixture
 async def database() -> AsyncIterator[str]:
+    """A database of its own (not there yet)."""
     url = f"{PG}/gateway_serve_{uuid.uuid4().hex[:10]}"
     try:
         yield url
     finally:
         await db.drop_database(url)
+
+
+@pytest.fixture(scope="module")
+def shared_database() -> Iterator[str]:
+    """One database for the tests that only serve from it (each drop costs PostgreSQL a checkpoint)."""
+    url = f"{PG}/gateway_serve_{uuid.uuid4().hex[:10]}"
+    try:
+        yield url
+    finally:
+        asyncio.run(db.drop_database(url))
 
 
 @contextlib.asynccontextmanager
@@ -139,11 +150,12 @@ async def serving(env: dict[str, str], log: Path, *args: str) -> AsyncIterator[S
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
 async def test_a_stop_drains_the_request_in_flight_then_every_process_exits(
-        database: str, tmp_path: Path, stop: signal.Signals) -> None:
+        shared_database: str, tmp_path: Path, stop: signal.Signals) -> None:
+    database = shared_database
+    email = f"drain-{stop.name.lower()}@example.com"
     env = _env(database, free_tcp_port(), server_shutdown_grace_s="20", database_lock_timeout_s="20",
                database_statement_timeout_s="20", throttle_address_exempt="127.0.0.1")
-    assert _cli(env, "migrate").returncode == 0
-    made = _cli(env, "create-operator", "--email", "drain@example.com", stdin="a-long-operator-password\n")
+    made = _cli(env, "create-operator", "--email", email, stdin="a-long-operator-password\n")
     assert made.returncode == 0, made.stderr
     async with serving(env, tmp_path / "serve.log", "--processes", "2") as gateway:
         pids = await gateway.healthy(2)
@@ -167,8 +179,7 @@ async def test_a_stop_drains_the_request_in_flight_then_every_process_exits(
             await holder.execute("LOCK TABLE operators IN ACCESS EXCLUSIVE MODE")
             async with aiohttp.ClientSession() as session:
                 login = asyncio.create_task(session.post(
-                    f"{gateway.url}/v1/operator/sessions", json={"email": "drain@example.com",
-                                                                 "password": "a-long-operator-password"},
+                    f"{gateway.url}/v1/operator/sessions", json={"email": email, "password": "a-long-operator-password"},
                     timeout=aiohttp.ClientTimeout(total=WAIT_S)))
                 deadline = time.monotonic() + WAIT_S
                 while not await holder.fetchval(
@@ -191,8 +202,8 @@ async def test_a_stop_drains_the_request_in_flight_then_every_process_exits(
         assert not metrics_dir.exists()
 
 
-async def test_a_killed_process_comes_back_and_all_die_with_the_master(database: str, tmp_path: Path) -> None:
-    env = _env(database, free_tcp_port())
+async def test_a_killed_process_comes_back_and_all_die_with_the_master(shared_database: str, tmp_path: Path) -> None:
+    env = _env(shared_database, free_tcp_port())
     async with serving(env, tmp_path / "serve.log", "--processes", "2") as gateway:
         first = await gateway.healthy(2)
         victim = min(first)
@@ -207,10 +218,10 @@ async def test_a_killed_process_comes_back_and_all_die_with_the_master(database:
         await _until("the serving processes to die with their master", lambda: not any(_alive(p) for p in now), 5)
 
 
-async def test_processes_that_keep_dying_stop_the_master(database: str, tmp_path: Path) -> None:
+async def test_processes_that_keep_dying_stop_the_master(shared_database: str, tmp_path: Path) -> None:
     # Out of PostgreSQL's range (INT_MAX ms): only a serving process's pool sends it, and the server refuses
     # every session, so each one dies at start. The master's own connections do not carry it.
-    env = _env(database, free_tcp_port(), database_lock_timeout_s="3000000", server_crash_count_max="2",
+    env = _env(shared_database, free_tcp_port(), database_lock_timeout_s="3000000", server_crash_count_max="2",
                server_restart_backoff_max_s="0.2")
     async with serving(env, tmp_path / "serve.log", "--processes", "2") as gateway:
         assert await gateway.exit_code(30) == 1
@@ -282,8 +293,10 @@ async def test_migrate_status_pending_and_changed_files(database: str, tmp_path:
         await conn.execute("UPDATE schema_migrations SET checksum = repeat('0', 64) WHERE version = 1")
         changed = await asyncio.to_thread(_cli, env, "migrate", "--status")
         assert names[0] in _one_error_line(changed) and "CHANGED" in changed.stdout
-        for args in (["migrate"], ["serve"], ["serve", "--no-migrate"]):
-            done = await asyncio.to_thread(_cli, env, *args)
+        refusals = (["migrate"], ["serve"], ["serve", "--no-migrate"])
+        answers = await asyncio.gather(*(  # at once, each serve on a port of its own
+            asyncio.to_thread(_cli, {**env, "GATEWAY_SERVER_PORT": str(free_tcp_port())}, *a) for a in refusals))
+        for args, done in zip(refusals, answers, strict=True):
             assert "changed after they were applied" in _one_error_line(done), args
         assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(names) - 1  # nothing applied
 
