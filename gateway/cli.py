@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import logging
 import os
@@ -56,11 +57,32 @@ async def _prepare(config: Settings, migrate: bool) -> bool:
         await accel.close()
 
 
+def _metrics_dir() -> str:
+    """A fresh private directory for this serve's metric files, named after the master's pid. A master
+    that was SIGKILLed could not remove its own: those of masters no longer alive are removed here."""
+    for left in Path(tempfile.gettempdir()).glob("gateway-metrics-*-*"):
+        pid = left.name.split("-")[2]
+        with contextlib.suppress(OSError):
+            if pid.isdigit() and left.stat().st_uid == os.getuid() and not _alive(int(pid)):
+                shutil.rmtree(left)
+    return tempfile.mkdtemp(prefix=f"gateway-metrics-{os.getpid()}-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's
+        return True
+    return True
+
+
 def serve(config: Settings, processes: int, *, migrate: bool) -> None:
     """Serve from ``processes`` supervised processes on one socket (gateway/serve.py); returns only by
     ``SystemExit`` once stopped."""
     assert "prometheus_client" not in sys.modules, "prometheus_client imported before its directory was set"
-    metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+    metrics_dir = _metrics_dir()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # every process of this serve, and only those
     master_pid = os.getpid()
     try:

@@ -214,8 +214,17 @@ async def test_a_killed_process_comes_back_and_all_die_with_the_master(shared_da
         died = [line for line in gateway.lines() if line["msg"] == "serving process died; starting another"]
         assert [line["pid"] for line in died] == [victim]
 
+        (metrics_dir,) = _metric_dirs(min(now))
         os.kill(gateway.proc.pid, signal.SIGKILL)
         await _until("the serving processes to die with their master", lambda: not any(_alive(p) for p in now), 5)
+    # A SIGKILLed master leaves its metrics directory behind; the next serve removes it (this one only
+    # gets as far as the port, taken).
+    assert metrics_dir.is_dir()
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        _one_error_line(await asyncio.to_thread(_cli, _env(shared_database, other.getsockname()[1]), "serve"))
+    assert not metrics_dir.exists()
 
 
 async def test_processes_that_keep_dying_stop_the_master(shared_database: str, tmp_path: Path) -> None:
