@@ -6,7 +6,8 @@ figures and never asserts on timings; bench/README.md says what each figure mean
 Steps, each bounded by a count, a duration or a timeout:
 1. drop and re-create a dedicated database, migrate it, create an operator (``gateway
    create-operator``), start ``gateway serve`` with K processes on a free 127.0.0.1 port with a
-   rate limit too high to throttle, wait until K listeners exist and /readyz answers 200;
+   rate limit too high to throttle, wait until K serving processes exist, the port listens and
+   /readyz answers 200;
 2. seed through the public HTTP API: M merchants with secret keys, W wallet holders, each with a
    linked bank account and one top-up far above what the run can spend;
 3. phases, each after ``VACUUM ANALYZE`` (autovacuum is off on these machines): warm-up,
@@ -412,6 +413,12 @@ class Gateway:
         children = [pid for pid in self.pids() if pid != self.proc.pid]
         return children[0] if children else self.proc.pid
 
+    def serving(self) -> int:
+        """Serving processes started: the children, or the parent itself when it serves alone (older
+        trees ran one process without a supervisor)."""
+        assert self.proc is not None
+        return max(1, len([pid for pid in self.pids() if pid != self.proc.pid]))
+
     def listeners(self) -> int:
         count = 0
         for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
@@ -427,7 +434,7 @@ class Gateway:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited with {self.proc.returncode}; log: {self.log_path}\n{self.log_tail()}")
-            if self.listeners() >= self.processes:
+            if self.listeners() >= 1 and self.serving() >= self.processes:
                 try:
                     async with session.get(f"{self.base_url}/readyz") as resp:
                         last = f"{resp.status} {await resp.text()}"

@@ -290,14 +290,17 @@ async def main(settings: Settings, *, wait: bool) -> int:
     try:
         async with aiohttp.ClientSession() as session:
             await play(Client(session, base), Path("var/demo"))
+        if not wait:
+            print(f"\nThe demo is done and its gateway has stopped; without --no-wait it keeps serving at {base}"
+                  f" (operator console: {base}/console/).")
+            return 0
         print(f"\nThe gateway is running at {base}")
         print(f"   operator console: {base}/console/ (log in as {OPERATOR[0]})")
         for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
             print(f"   {base}{path}")
         print(f"   operator login: POST {base}/v1/operator/sessions {{\"email\": \"{OPERATOR[0]}\", \"password\": \"{OPERATOR[1]}\"}}")
-        if wait:
-            print("Press Ctrl-C to stop.")
-            await asyncio.Event().wait()
+        print("Press Ctrl-C to stop.")
+        await asyncio.Event().wait()
     finally:
         await runner.cleanup()
     return 0

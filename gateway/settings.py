@@ -33,6 +33,10 @@ class ServerSettings(Section, frozen=True):
     body_max_bytes: int = 65536
     public_url: str = "http://127.0.0.1:8080"
     event_loop: str = "uvloop"
+    shutdown_grace_s: float = 30.0
+    restart_backoff_max_s: float = 10.0
+    crash_count_max: int = 5
+    crash_window_s: float = 60.0
 
 
 class DatabaseSettings(Section, frozen=True):
@@ -46,6 +50,7 @@ class DatabaseSettings(Section, frozen=True):
     statement_timeout_s: float = 8.0
     idle_in_transaction_timeout_s: float = 5.0
     connection_check_interval_s: float = 1.0
+    connect_wait_s: float = 30.0
 
 
 class RedisSettings(Section, frozen=True):
@@ -295,6 +300,10 @@ class Settings(Section, frozen=True):
             raise ValueError("issuer.token_bin must be digits leaving room in token_pan_length")
         if self.server.event_loop not in ("uvloop", "asyncio"):
             raise ValueError("server.event_loop is 'uvloop' or 'asyncio'")
+        if min(self.server.shutdown_grace_s, self.server.restart_backoff_max_s, self.database.connect_wait_s) < 0:
+            raise ValueError("server.shutdown_grace_s, server.restart_backoff_max_s, database.connect_wait_s are >= 0")
+        if self.server.crash_count_max < 1 or self.server.crash_window_s <= 0:
+            raise ValueError("server.crash_count_max and server.crash_window_s are positive")
         if not (len(self.wallet.pay_code_prefix) == 2 and self.wallet.pay_code_prefix.isdigit()):
             raise ValueError("wallet.pay_code_prefix is two digits")
         if self.wallet.tier_default not in self.tiers.tiers():

@@ -13,17 +13,21 @@ Invariants:
   (``database_unavailable`` / ``database_busy``), never a 500: the transaction either committed
   or not, and the client's retry with the same Idempotency-Key finds out which;
 - migrations are versioned files applied in order, each in its own transaction, under an
-  advisory lock so that several processes starting together apply each once.
+  advisory lock so that several processes starting together apply each once; each file's SHA-256
+  is recorded when it is applied, and a file changed after that is refused (migrate and serve).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources
 from typing import Any, TypeAlias, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -141,30 +145,170 @@ def migration_files() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
+def checksum(sql: str) -> str:
+    return hashlib.sha256(sql.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class MigrationState:
+    version: int
+    name: str
+    applied_at: datetime | None  # None: pending
+    changed: bool  # applied, and the file's SHA-256 is no longer the one recorded when it was applied
+
+
+class MigrationChanged(Exception):
+    """An applied migration's file differs from what was applied: the schema is not what the code says."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(f"migration file(s) changed after they were applied: {', '.join(names)}"
+                         " (checksum differs from schema_migrations; restore the file, or fix the database by hand)")
+
+
+class MigrationPending(Exception):
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(f"{len(names)} migration(s) pending ({', '.join(names)}): run `gateway migrate` first")
+
+
+_BOOKKEEPING = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(),"
+    " checksum text)",
+    # Tables made before checksums were kept lack the column.
+    "ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS checksum text",
+)
+
+
+async def _states(conn: Connection, files: list[tuple[int, str, str]]) -> list[MigrationState]:
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    rows = {}
+    if exists:
+        has_checksum = await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns"
+            " WHERE table_name = 'schema_migrations' AND column_name = 'checksum'"
+            " AND table_schema = current_schema())")
+        column = "checksum" if has_checksum else "NULL AS checksum"
+        rows = {r["version"]: r for r in await conn.fetch(f"SELECT version, applied_at, {column} FROM schema_migrations")}
+    states = []
+    for version, name, sql in files:
+        row = rows.get(version)
+        states.append(MigrationState(
+            version, name, row["applied_at"] if row else None,
+            # No recorded checksum (applied before they were kept): nothing to compare; migrate records one.
+            bool(row and row["checksum"] is not None and row["checksum"] != checksum(sql))))
+    return states
+
+
+def _refuse_changed(states: list[MigrationState]) -> None:
+    changed = [s.name for s in states if s.changed]
+    if changed:
+        raise MigrationChanged(changed)
+
+
+async def migration_status(url: str) -> list[MigrationState]:
+    """Every migration file, applied (when) or pending, and whether its file changed since; no writes."""
+    try:
+        conn = await asyncpg.connect(url, timeout=10)
+    except asyncpg.InvalidCatalogNameError:  # no database yet: everything is pending
+        return [MigrationState(version, name, None, False) for version, name, _ in migration_files()]
+    try:
+        return await _states(conn, migration_files())
+    finally:
+        await conn.close(timeout=10)
+
+
 async def migrate(url: str) -> list[str]:
-    """Create the database if needed and apply pending migrations; returns the names applied."""
+    """Create the database if needed and apply pending migrations; returns the names applied.
+
+    Refuses (``MigrationChanged``) before applying anything when an applied file changed. A migration
+    applied before checksums were kept gets the current file's checksum recorded: the only record of
+    what was applied is the file, so it is trusted once, and any later change to it is caught.
+    """
     await ensure_database(url)
     conn = await asyncpg.connect(url, timeout=10)
     applied: list[str] = []
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
-        for version, name, sql in migration_files():
-            if version in done:
+        for statement in _BOOKKEEPING:
+            await conn.execute(statement)
+        files = migration_files()
+        for version, name, sql in files:
+            recorded = await conn.execute(
+                "UPDATE schema_migrations SET checksum = $2 WHERE version = $1 AND checksum IS NULL",
+                version, checksum(sql))
+            if recorded != "UPDATE 0":
+                log.info("migration checksum recorded", extra={"migration": name})
+        states = await _states(conn, files)
+        _refuse_changed(states)
+        for state, (version, name, sql) in zip(states, files, strict=True):
+            if state.applied_at is not None:
                 continue
             async with conn.transaction():
                 await conn.execute(sql)
-                await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+                await conn.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                                   version, name, checksum(sql))
             applied.append(name)
             log.info("migration applied", extra={"migration": name})
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
         await conn.close()
     return applied
+
+
+async def check_migrated(url: str) -> None:
+    """For a role without DDL rights: refuse (``MigrationPending`` / ``MigrationChanged``) unless the
+    schema is exactly what the migration files say."""
+    states = await migration_status(url)
+    _refuse_changed(states)
+    pending = [s.name for s in states if s.applied_at is None]
+    if pending:
+        raise MigrationPending(pending)
+
+
+def address(url: str) -> str:
+    """``url`` as a log line may show it: user, host, port and database, never a password."""
+    parts = urlsplit(url)
+    user = f"{parts.username}@" if parts.username else ""
+    host = parts.hostname or "localhost"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{user}{host}:{parts.port or 5432}{parts.path}"
+
+
+class DatabaseUnreachable(Exception):
+    def __init__(self, url: str, wait_s: float, cause: BaseException) -> None:
+        why = " ".join(str(cause).split()) or type(cause).__name__
+        super().__init__(f"database unreachable at {address(url)} after {wait_s:g} s: {why}")
+
+
+# The server is not there (yet): refused, unroutable, timed out, or still starting up.
+_UNREACHABLE = (OSError, TimeoutError, asyncpg.CannotConnectNowError)
+
+
+async def wait_until_reachable(url: str, wait_s: float, waiting: Callable[[BaseException, float], None]) -> None:
+    """Return once PostgreSQL at ``url`` answers; meanwhile retry with backoff (0.25 s doubling to 5 s),
+    calling ``waiting(error, seconds_left)`` once at the first failure; after ``wait_s`` raise
+    ``DatabaseUnreachable``. A missing database counts as an answer (``migrate`` creates it)."""
+    deadline = time.monotonic() + wait_s
+    delay_s = 0.25
+    told = False
+    while True:
+        left_s = deadline - time.monotonic()
+        try:
+            conn = await asyncpg.connect(url, timeout=min(5.0, max(left_s, 1.0)))
+        except asyncpg.InvalidCatalogNameError:
+            return
+        except _UNREACHABLE as exc:
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                raise DatabaseUnreachable(url, wait_s, exc) from exc
+            if not told:
+                waiting(exc, left_s)
+                told = True
+            await asyncio.sleep(min(delay_s, left_s))
+            delay_s = min(delay_s * 2, 5.0)
+            continue
+        await conn.close(timeout=5)
+        return
 
 
 async def _no_session_state(conn: asyncpg.Connection[asyncpg.Record]) -> None:

@@ -71,9 +71,9 @@ async def stop_process(process: asyncio.subprocess.Process, *, sig: int = signal
 
 
 class GatewayProcess:
-    """One ``gateway serve`` process. By default against the machine's PostgreSQL and Redis; the fault
-    harness passes its private cluster's URLs, extra ``GATEWAY_*`` settings and its own log file
-    (several processes may share one port: the gateway binds with SO_REUSEPORT)."""
+    """One ``gateway serve`` (its master and serving processes). By default against the machine's
+    PostgreSQL and Redis; the fault harness passes its private cluster's URLs, extra ``GATEWAY_*``
+    settings and its own log file."""
 
     def __init__(self, port: int, database: str, extra_env: dict[str, str] | None = None, *,
                  db_url: str | None = None, redis_url: str = REDIS_URL, log_path: Path | None = None) -> None:
@@ -141,10 +141,43 @@ class GatewayProcess:
                 await asyncio.sleep(0.1)
         raise AssertionError(f"gateway did not become healthy: {self.log_path.read_text()[-3000:]}")
 
+    def pids(self) -> list[int]:
+        """The master first, then its serving processes."""
+        assert self.process is not None
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == self.process.pid:
+                    children.append(int(stat.parent.name))
+        return [self.process.pid, *children]
+
+    def stall(self) -> None:
+        """SIGSTOP every process: the master first, so that it restarts none."""
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT the serving processes first: they beat their heartbeat before the master looks at it."""
+        master, *serving = self.pids()
+        for pid in [*serving, master]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
     async def kill(self) -> None:
-        """kill -9: an outage, not a shutdown."""
+        """kill -9 of the master (its serving processes die with it): an outage, not a shutdown."""
         assert self.process is not None
         await stop_process(self.process, sig=signal.SIGKILL)
+        # The kernel kills the serving processes as the master dies; wait until the last one has
+        # let go of the socket, so that a restart on this port finds it free.
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    pass
+            except OSError:
+                return
+            await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         if self.process is not None:

@@ -15,10 +15,11 @@ DEMO_TIMEOUT_S = 300.0  # the end of day waits up to a minute for the merchant's
 
 async def test_the_demo_plays_a_full_day() -> None:
     base = f"gateway_e2e_{os.getpid()}_demo_run"
+    port = free_tcp_port()  # through the environment: the demo honours GATEWAY_SERVER_PORT
     env = {**os.environ, "GATEWAY_DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{base}",
-           "GATEWAY_REDIS_URL": REDIS_URL}
+           "GATEWAY_REDIS_URL": REDIS_URL, "GATEWAY_SERVER_PORT": str(port)}
     process = await asyncio.create_subprocess_exec(
-        str(VENV_BIN / "gateway"), "demo", "--no-wait", "--port", str(free_tcp_port()), env=env, cwd=REPO_ROOT,
+        str(VENV_BIN / "gateway"), "demo", "--no-wait", env=env, cwd=REPO_ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
         out, _ = await asyncio.wait_for(process.communicate(), DEMO_TIMEOUT_S)
@@ -35,5 +36,7 @@ async def test_the_demo_plays_a_full_day() -> None:
                  "the browser returned to", "/orders/done?order=W-1001&payment=pay_",
                  "shop received payment.succeeded", "verified: webhook-signature and Wallet-Signature",
                  "refused: 0", "settlement run srun_", "marked paid", "matched 5 by reference; exceptions: 1 unknown_entry",
-                 "payout now reconciled", "OK: every entry balances", "operator console: http"):
+                 "payout now reconciled", "OK: every entry balances", f"operator console: http://127.0.0.1:{port}/",
+                 "its gateway has stopped"):
         assert seen in text, (seen, text[-4000:])
+    assert "is running" not in text  # --no-wait: it is not

@@ -3,8 +3,8 @@
     python -m tests.fault.bank --duration 600 [--seed N] [--gateways 3] [--workers 16]
 
 It creates a private PostgreSQL cluster and Redis server, starts several ``gateway serve``
-processes sharing one port, builds merchants and topped-up wallets through the public API, then
-runs the bank client (tests/fault/client.py) while the nemesis (tests/fault/nemesis.py) plays a
+processes, each on its own port (the client's attempts go round them), builds merchants and
+topped-up wallets through the public API, then runs the bank client (tests/fault/client.py) while the nemesis (tests/fault/nemesis.py) plays a
 schedule of faults that is a pure function of the seed (tests/fault/schedule.py). After healing
 everything and draining the unresolved calls it reads the database and proves what
 tests/fault/checker.py lists. The seed is printed first; ``--seed`` replays the same schedule.
@@ -129,7 +129,7 @@ class Cleanup:
 def _kill_gateway(gateway: GatewayProcess) -> None:
     process = gateway.process
     if process is not None and process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError):  # its serving processes die with it (PR_SET_PDEATHSIG)
             os.kill(process.pid, signal.SIGCONT)
             os.kill(process.pid, signal.SIGKILL)
 
@@ -204,7 +204,6 @@ async def run(options: Options, *, out: Callable[[str], None] = print, cleanup: 
         await asyncio.to_thread(pg.init)
         await asyncio.to_thread(pg.start)
         await asyncio.to_thread(redis.start)
-        port = free_tcp_port()
         overrides = {
             "GATEWAY_WORKERS_INTERVAL_S": "1.0",
             "GATEWAY_DATABASE_POOL_MAX": "8",
@@ -217,7 +216,7 @@ async def run(options: Options, *, out: Callable[[str], None] = print, cleanup: 
             # Under pytest the secret canary scans what every gateway logged (tests/canary.py).
             log_path = (canary.log_path(f"bank-{options.seed}-gateway-{index}.log") if canary.active()
                         else workdir / f"gateway-{index}.log")
-            gateway = GatewayProcess(port, DATABASE, overrides, db_url=pg.url(DATABASE), redis_url=redis.url,
+            gateway = GatewayProcess(free_tcp_port(), DATABASE, overrides, db_url=pg.url(DATABASE), redis_url=redis.url,
                                      log_path=log_path)
             gateways.append(gateway)
             cleanup.push(functools.partial(_kill_gateway, gateway))
@@ -235,7 +234,7 @@ async def run(options: Options, *, out: Callable[[str], None] = print, cleanup: 
             journal = Journal(workdir / "journal.sqlite3")
             cleanup.push(journal.close)
             t0 = time.monotonic()
-            client = BankClient(gateways[0].url, session, journal, shops, holders, seed=options.seed, t0=t0)
+            client = BankClient([g.url for g in gateways], session, journal, shops, holders, seed=options.seed, t0=t0)
             nemesis = Nemesis(schedule, gateways, pg, redis, t0, pg.url(DATABASE), options.stuck_limit_s)
             out(f"setup done in {t0 - started:.1f} s; load for {options.duration_s:.0f} s")
             stop_s = options.duration_s

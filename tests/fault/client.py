@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import random
 import time
@@ -70,10 +71,11 @@ def _definite(status: int, code: str | None) -> bool:
 
 
 class BankClient:
-    def __init__(self, base_url: str, session: aiohttp.ClientSession, journal: Journal, shops: list[Shop],
+    def __init__(self, base_urls: list[str], session: aiohttp.ClientSession, journal: Journal, shops: list[Shop],
                  holders: list[Holder], *, seed: int, t0: float, soft_timeout_s: float = 2.5,
                  hard_timeout_s: float = 20.0, refund_probability: float = 0.25) -> None:
-        self.base_url = base_url
+        self.base_urls = base_urls
+        self._turns = itertools.count()  # attempts go round the gateways: a retry reaches another one
         self.session = session
         self.journal = journal
         self.shops = shops
@@ -93,6 +95,9 @@ class BankClient:
     def _token(self, op: Op) -> str:
         return self.shops[op.shop].secret if op.actor == "shop" else self.holders[op.holder].token
 
+    def _base_url(self) -> str:
+        return self.base_urls[next(self._turns) % len(self.base_urls)]
+
     async def _attempt(self, op: Op) -> Answer | None:
         sent_s = self.now_s()
         headers = {"Authorization": f"Bearer {self._token(op)}", "Idempotency-Key": op.key}
@@ -101,7 +106,7 @@ class BankClient:
         error: str | None = None
         answer: Answer | None = None
         try:
-            async with self.session.request(op.method, self.base_url + op.path, json=op.body, headers=headers,
+            async with self.session.request(op.method, self._base_url() + op.path, json=op.body, headers=headers,
                                             timeout=aiohttp.ClientTimeout(total=self.hard_timeout_s)) as resp:
                 body = await resp.read()
             status = resp.status

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import time
 from dataclasses import dataclass, field
 
@@ -84,14 +82,14 @@ class Nemesis:
             await self._kill_restart(self.gateways, fault.duration_s)
         elif kind is FaultKind.STALL_GATEWAY:
             assert fault.target is not None
-            process = self.gateways[fault.target % len(self.gateways)].process
-            assert process is not None and process.returncode is None
-            os.kill(process.pid, signal.SIGSTOP)
+            gateway = self.gateways[fault.target % len(self.gateways)]
+            assert gateway.process is not None and gateway.process.returncode is None
+            gateway.stall()
             try:
                 await asyncio.sleep(fault.duration_s)
                 await self._stuck_sessions(fault)
             finally:
-                os.kill(process.pid, signal.SIGCONT)
+                gateway.resume()
         elif kind is FaultKind.PG_CRASH:
             await asyncio.to_thread(self.pg.stop_immediate)
             await asyncio.sleep(fault.duration_s)
@@ -147,7 +145,7 @@ class Nemesis:
         self.redis.resume()
         for gateway in self.gateways:
             if gateway.process is not None and gateway.process.returncode is None:
-                os.kill(gateway.process.pid, signal.SIGCONT)
+                gateway.resume()
         if self.pg.postmaster_pid() is None:
             await asyncio.to_thread(self.pg.start)
         if self.redis.process is None or self.redis.process.poll() is not None:
