@@ -55,20 +55,21 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     started_s = time.perf_counter()
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     status = 500
+    error: GatewayError | None = None  # the error answered, for the request line
     try:
         try:
             response = await handler(request)
         except GatewayError as exc:
-            response = _error_response(exc, request_id)
+            response = _error_response(error := exc, request_id)
         except web.HTTPRequestEntityTooLarge:
-            response = _error_response(PayloadTooLarge("the request body is too large"), request_id)
+            response = _error_response(error := PayloadTooLarge("the request body is too large"), request_id)
         except web.HTTPNotFound:
-            response = _error_response(NotFound("no such endpoint", code="unknown_endpoint"), request_id)
+            response = _error_response(error := NotFound("no such endpoint", code="unknown_endpoint"), request_id)
         except web.HTTPMethodNotAllowed as exc:
-            response = _error_response(MethodNotAllowed(f"{request.method} is not allowed here"), request_id)
+            response = _error_response(error := MethodNotAllowed(f"{request.method} is not allowed here"), request_id)
             response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
         except web.HTTPException as exc:
-            response = _error_response(InvalidRequest(exc.reason, code="http_error"), request_id)
+            response = _error_response(error := InvalidRequest(exc.reason, code="http_error"), request_id)
             response.set_status(exc.status)
         except ConnectionResetError:  # the client hung up while its body was being read
             status = CLIENT_CLOSED
@@ -79,7 +80,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise
         except Exception:
             log.exception("unhandled error", extra={"path": request.path})
-            response = _error_response(GatewayError("internal error; it has been logged"), request_id)
+            response = _error_response(error := GatewayError("internal error; it has been logged"), request_id)
         response.headers["Request-Id"] = request_id
         status = response.status
         return response
@@ -87,6 +88,11 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         elapsed_s = time.perf_counter() - started_s
         REQUESTS.labels(request.method, route, str(status)).inc()
         LATENCY.labels(request.method, route).observe(elapsed_s)
-        log.info("request", extra={"method": request.method, "route": route, "status": status,
-                                   "duration_ms": round(elapsed_s * 1000, 2)})
+        line: dict[str, object] = {"method": request.method, "route": route, "status": status,
+                                   "duration_ms": round(elapsed_s * 1000, 2)}
+        if error is not None:
+            line["code"] = error.code
+            if error.param is not None:
+                line["param"] = error.param
+        log.info("request", extra=line)
         request_id_var.reset(token)

@@ -18,7 +18,7 @@ import jwt
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.logs import JsonFormatter
+from gateway.logs import SERVICE, JsonFormatter
 from gateway.services import tenants
 from gateway.services.context import Services
 from gateway.services.views import PayerPaymentView
@@ -383,7 +383,7 @@ async def test_no_secret_reaches_a_log_line(scene: Scene) -> None:
     finally:
         root.removeHandler(captured)
         root.setLevel(level)
-    formatter = JsonFormatter()
+    formatter = JsonFormatter(SERVICE)
     lines = [formatter.format(r) for r in captured.records] + [repr(r.__dict__) for r in captured.records]
     assert any('"msg": "request"' in line for line in lines), "the request log was not captured"
     leaks = [(name, line[:200]) for line in lines for name in _exposed(secrets, line)]
