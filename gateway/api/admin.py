@@ -86,7 +86,7 @@ async def revoke_key(call: Call[schema.Empty, None]) -> Any:
            auth={P.OPERATOR}, roles={"admin", "support"}, body=schema.Empty, response=views.WalletHolderView,
            tag="operators")
 async def unlock_wallet(call: Call[schema.Empty, None]) -> Any:
-    return await wallets.unlock(call.svc, call.match("id"))
+    return await wallets.unlock(call.svc, call.who, call.match("id"))
 
 
 class ClearLockout(schema.Strict):
@@ -105,7 +105,7 @@ async def clear_lockout(call: Call[ClearLockout, None]) -> Any:
            auth={P.OPERATOR}, roles={"admin", "support"}, body=schema.SetTier, response=views.WalletHolderView,
            tag="operators")
 async def set_tier(call: Call[schema.SetTier, None]) -> Any:
-    return await wallets.set_tier(call.svc, call.match("id"), call.body.tier)
+    return await wallets.set_tier(call.svc, call.who, call.match("id"), call.body.tier)
 
 
 @api.route("GET", "/v1/balance", summary="The merchant's receivable balance per currency", auth={P.MERCHANT},

@@ -88,8 +88,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         elapsed_s = time.perf_counter() - started_s
         REQUESTS.labels(request.method, route, str(status)).inc()
         LATENCY.labels(request.method, route).observe(elapsed_s)
+        # The request id rides on the record too: a handler that formats later has no context left.
         line: dict[str, object] = {"method": request.method, "route": route, "status": status,
-                                   "duration_ms": round(elapsed_s * 1000, 2)}
+                                   "duration_ms": round(elapsed_s * 1000, 2), "request_id": request_id}
         if error is not None:
             line["code"] = error.code
             if error.param is not None:
