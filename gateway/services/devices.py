@@ -87,8 +87,8 @@ async def create_enrolment_code(svc: Services, who: Principal, text_terminal: st
         await store.insert_enrolment_code(conn, _keyed(svc, "enrol", code), terminal["id"], terminal["merchant_id"],
                                           expires_at)
         await audit.record(conn, who, "terminal.enrolment_code_created", terminal["id"],
-                           {"object": "enrolment_code", "terminal": text_terminal,
-                            "expires_at": expires_at.isoformat()}, merchant_id=terminal["merchant_id"])
+                           {"object": "terminal", "id": encode(Kind.TERMINAL, terminal["id"]),
+                            "enrolment_code_expires_at": expires_at.isoformat()}, merchant_id=terminal["merchant_id"])
     return EnrolmentCodeView(code=code, terminal=text_terminal, expires_at=expires_at.isoformat())
 
 

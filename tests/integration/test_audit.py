@@ -13,12 +13,14 @@ from typing import Any
 import asyncpg
 import pytest
 
+from gateway.domain.ids import Kind, decode
 from gateway.errors import Conflict
 from gateway.logs import SERVICE, JsonFormatter
 from gateway.services import audit
 from gateway.services.context import Services
 from gateway.store.db import Connection
 from tests.conftest import make_settings
+from tests.integration.test_devices_taps import _device, _pay_tap, _phone, _tap
 from tests.integration.world import OPERATOR_EMAIL, Merchant, World, auth
 
 HOOK_URL = "http://127.0.0.1:9/hook"  # never called: this suite runs without the delivery worker
@@ -57,8 +59,8 @@ async def test_each_admin_action_writes_its_audit_event_listed_with_tenancy(worl
     enrolled = await world.call("POST", "/v1/devices/enrolments", 201, json={"code": code["code"], "name": "agent"})
     await world.call("POST", f"/v1/terminals/{terminal['id']}/revoke", headers=a.headers, json={})
     spare = await world.call("POST", f"/v1/merchants/{a.id}/api_keys", 201, headers=world.ops, json={"kind": "secret"})
-    await world.call("POST", f"/v1/api_keys/{spare['id']}/revoke", headers={**world.ops, "X-Request-Id": "req-revoke-1"},
-                     json={})
+    await world.call("POST", f"/v1/api_keys/{spare['id']}/revoke",
+                     headers={**world.ops, "X-Request-Id": "req-revoke-1"}, json={})
     endpoint = await world.call("POST", "/v1/webhook_endpoints", 201, headers=a.headers,
                                 json={"url": HOOK_URL, "enabled_events": ["*"]})
     await world.call("DELETE", f"/v1/webhook_endpoints/{endpoint['id']}", headers=a.headers)
@@ -213,3 +215,25 @@ async def test_business_logs_of_key_creation_and_enrolment_name_ids_and_prefixes
     for secret in (m.secret, m.publishable, code["code"], enrolled["device_secret"], enrolled["access_token"]):
         assert secret not in text
     assert auth(m.secret)["Authorization"] not in text
+
+
+async def test_declines_and_cryptogram_failures_are_business_logs(world: World,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    m = await world.merchant()
+    h = await world.holder(top_up=100)
+    device, _ = await _device(world, m)
+    card = await _phone(world, h)
+    payment = await world.payment(m, 5_000)
+    tap = _tap(card, 1_000)
+    forged = {**tap, "terminal": {**tap["terminal"], "9F02": "000000000010"}}
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        await world.pay(h, payment["id"], expect=402)
+        await _pay_tap(world, device["access_token"], forged, 10, expect=402)
+    [declined] = [r for r in caplog.records if r.getMessage() == "payment declined"]
+    assert vars(declined)["code"] == "insufficient_funds" and vars(declined)["channel"] == "wallet"
+    assert vars(declined)["payment_id"] == str(decode(Kind.PAYMENT, payment["id"]))
+    assert vars(declined)["merchant_id"] == str(decode(Kind.MERCHANT, m.id))
+    [refused] = [r for r in caplog.records if r.getMessage() == "tap cryptogram refused"]
+    assert refused.levelno == logging.WARNING and vars(refused)["code"] == "cryptogram_invalid"
+    text = "\n".join(JsonFormatter(SERVICE).format(r) for r in caplog.records)
+    assert tap["arqc"] not in text and tap["token_pan"] not in text
