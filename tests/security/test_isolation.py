@@ -112,6 +112,7 @@ OPERATOR_ONLY = [
     ("POST", "/v1/merchants/{a_merchant}/terminals", {"store": "{a_store}", "label": "till 9"}),
     ("POST", "/v1/merchants/{a_merchant}/api_keys", {"kind": "secret"}),
     ("GET", "/v1/operator/ledger/invariants", None),
+    ("GET", "/v1/operator/events", None),
     ("POST", "/v1/operator/bank_statements", {"format": "csv", "content_base64": ""}),
     ("GET", "/v1/operator/reconciliation/exceptions", None),
     ("POST", f"/v1/operator/reconciliation/exceptions/rex_{'0' * 32}/resolve", {"action": "write_off", "reason": "x"}),
