@@ -98,7 +98,7 @@ class ClearLockout(schema.Strict):
            auth={P.OPERATOR}, roles={"admin", "support"}, body=ClearLockout, response=throttle.LockoutClearedView,
            tag="operators")
 async def clear_lockout(call: Call[ClearLockout, None]) -> Any:
-    return await throttle.clear(call.svc, call.body.kind, call.body.subject)
+    return await throttle.clear(call.svc, call.who, call.body.kind, call.body.subject)
 
 
 @api.route("POST", "/v1/operator/wallet_holders/{id}/tier", summary="Set a wallet holder's verification tier",

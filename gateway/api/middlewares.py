@@ -36,6 +36,30 @@ ERRORS = Counter("gateway_errors_total", "Error responses by code", ["code"])
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class _AnsweredError(msgspec.Struct):
+    code: str
+    param: str | None = None
+
+
+class _Answered(msgspec.Struct):
+    error: _AnsweredError
+
+
+_ANSWERED = msgspec.json.Decoder(_Answered)
+
+
+def _answered_error(response: web.StreamResponse) -> tuple[str, str | None] | None:
+    """The code and param of an error answer that was not raised here (the replay of a stored
+    refusal): read from its body, for error answers only, so the request line costs nothing more."""
+    if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+        return None
+    try:
+        error = _ANSWERED.decode(response.body).error
+    except msgspec.DecodeError:
+        return None
+    return error.code, error.param
+
+
 def _error_response(exc: GatewayError, request_id: str) -> web.Response:
     ERRORS.labels(exc.code).inc()
     headers = {"Request-Id": request_id}
@@ -56,6 +80,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     status = 500
     error: GatewayError | None = None  # the error answered, for the request line
+    answered: tuple[str, str | None] | None = None  # (code, param) of an error answer given as a body
     try:
         try:
             response = await handler(request)
@@ -83,6 +108,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             response = _error_response(error := GatewayError("internal error; it has been logged"), request_id)
         response.headers["Request-Id"] = request_id
         status = response.status
+        if error is None and status >= 400:
+            answered = _answered_error(response)
         return response
     finally:
         elapsed_s = time.perf_counter() - started_s
@@ -91,9 +118,10 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         # The request id rides on the record too: a handler that formats later has no context left.
         line: dict[str, object] = {"method": request.method, "route": route, "status": status,
                                    "duration_ms": round(elapsed_s * 1000, 2), "request_id": request_id}
-        if error is not None:
-            line["code"] = error.code
-            if error.param is not None:
-                line["param"] = error.param
+        failure = (error.code, error.param) if error is not None else answered
+        if failure is not None:
+            line["code"] = failure[0]
+            if failure[1] is not None:
+                line["param"] = failure[1]
         log.info("request", extra=line)
         request_id_var.reset(token)

@@ -73,6 +73,9 @@ async def test_each_admin_action_writes_its_audit_event_listed_with_tenancy(worl
                            "bic": "BUKBGB22"})
     h = await world.holder()
     await world.call("POST", f"/v1/operator/wallet_holders/{h.id}/unlock", headers=world.ops, json={})
+    await world.call("POST", f"/v1/operator/wallet_holders/{h.id}/tier", headers=world.ops, json={"tier": 2})
+    await world.call("POST", "/v1/operator/lockouts/clear", headers=world.ops,
+                     json={"kind": "wallet", "subject": h.phone})
     run = await world.call("POST", "/v1/operator/settlement_runs", headers=world.ops,
                            json={"date": (date.today() - timedelta(days=3)).isoformat(), "merchant": b.id})
 
@@ -109,7 +112,10 @@ async def test_each_admin_action_writes_its_audit_event_listed_with_tenancy(worl
     [unlocked] = _of(every, "wallet.unlocked")
     assert unlocked["merchant"] is None and unlocked["data"]["object"]["id"] == h.id
     assert unlocked["actor"] == {"type": "operator", "id": ops_id}
-    [created] = [e for e in _of(every, "operator.created")]
+    assert _of(every, "wallet.tier_set")[0]["data"]["object"]["tier"] == 2
+    [cleared] = _of(every, "lockout.cleared")
+    assert cleared["data"]["object"]["kind"] == "wallet" and h.phone not in json.dumps(every)
+    [created] = _of(every, "operator.created")
     assert created["actor"] == {"type": "cli", "id": None} and OPERATOR_EMAIL not in json.dumps(created)
     only_b = await _events(world, world.ops, "/v1/operator/events", merchant=b.id, type="merchant.*")
     # created, suspended, reactivated, settlement_updated, payout_account_set
@@ -184,8 +190,16 @@ async def test_request_line_carries_the_error_code_and_failed_logins_name_no_sec
                          json={"email": OPERATOR_EMAIL, "password": "not the password at all"})
         await world.call("POST", "/v1/operator/sessions", 401,
                          json={"email": "nobody@elsewhere.example", "password": "not the password at all"})
+        # A stored refusal replayed: its answer is a body, not a raised error; the line has its code too.
+        m = await world.merchant()
+        h = await world.holder()
+        payment = await world.payment(m, 5_000)
+        for _ in range(2):
+            await world.pay(h, payment["id"], expect=402, key="pay-once")
     lines = [json.loads(formatter.format(r)) for r in caplog.records]
     requests = [line for line in lines if line["msg"] == "request"]
+    pays = [line for line in requests if line["route"] == "/v1/wallet/payments/{id}/pay"]
+    assert [(p["status"], p["code"], p["param"]) for p in pays] == [(402, "insufficient_funds", "amount")] * 2
     refused = next(line for line in requests if line["route"] == "/v1/api_keys/{id}/revoke")
     assert (refused["status"], refused["code"], refused["param"]) == (404, "resource_missing", "id")
     assert refused["request_id"].startswith("req_") and refused["service"] == "gateway"
