@@ -11,7 +11,7 @@ Invariants:
   ``payout.paid``, ...) are delivered to webhook endpoints; the audit-only types are not, so an
   endpoint subscribed to ``*`` keeps receiving what it did;
 - the data is the object's public view: ids, prefixes, masked numbers; never a secret, code or PIN;
-- each event is also a business log line (``gateway.audit``) with the same ids.
+- each event is also a business log line ("audit event", logger ``gateway.audit``) with the same ids.
 """
 
 from __future__ import annotations
@@ -35,19 +35,19 @@ _ACTOR_TYPES = {PrincipalKind.OPERATOR: "operator", PrincipalKind.MERCHANT: "api
                 PrincipalKind.WALLET: "wallet_holder"}
 
 
-def actor(who: Principal | None) -> events_store.Actor:
+def actor(who: Principal | None) -> Actor:
     """The principal of a request, or the command line when there is none."""
-    return CLI if who is None else events_store.Actor(_ACTOR_TYPES[who.kind], who.id)
+    return CLI if who is None else Actor(_ACTOR_TYPES[who.kind], who.id)
 
 
-async def record(conn: Connection, who: Principal | events_store.Actor | None, event_type: str, object_id: uuid.UUID,
+async def record(conn: Connection, who: Principal | Actor | None, event_type: str, object_id: uuid.UUID,
                  data: Any, *, merchant_id: uuid.UUID | None, holder_id: uuid.UUID | None = None) -> None:
     """Write the audit event of an action (call it inside the action's transaction)."""
-    by = who if isinstance(who, events_store.Actor) else actor(who)
+    by = who if isinstance(who, Actor) else actor(who)
     request_id = request_id_var.get()
     await events_store.insert_event(conn, event_type, object_id, data, merchant_id=merchant_id, holder_id=holder_id,
                                     actor=by, request_id=request_id,
                                     deliverable=event_type in webhooks.EVENT_TYPES)
-    log.info("admin action", extra={"event_type": event_type, "object_id": str(object_id),
+    log.info("audit event", extra={"event_type": event_type, "object_id": str(object_id),
                                     "merchant_id": str(merchant_id) if merchant_id else None,
                                     "actor_type": by.type, "actor_id": str(by.id) if by.id else None})

@@ -53,7 +53,7 @@ async def operator_login(svc: Services, email: str, password: str, address: str 
     async with svc.db.connection() as conn:
         row = await store.operator_by_email(conn, email.lower())
     if not await passwords.verify_password(row["password_hash"] if row else None, password) or row is None:
-        # Who, without the address itself: the operator's id when the account exists, else the domain.
+        # Who, never the e-mail itself: the operator's id when the account exists, else the e-mail's domain.
         log.warning("operator login failed", extra={
             "operator_id": str(row["id"]) if row else None, "email_domain": email.rpartition("@")[2].lower()[:64],
             "client_address": address})
