@@ -127,6 +127,8 @@ async def renew(svc: Services, text_device: str, secret: str, address: str | Non
         active = device is not None and await store.device_active(conn, device["id"])
     given = _keyed(svc, "device", secret)
     if device is None or not hmac.compare_digest(bytes(device["secret_hash"]), given):
+        log.warning("device session refused", extra={"device_id": str(device["id"]) if device else None,
+                                                     "client_address": address})
         raise Unauthenticated("unknown device or wrong secret", code="invalid_device_credentials")
     if not active:
         raise Unauthenticated("this device has been revoked", code="device_revoked")

@@ -222,10 +222,14 @@ async def test_business_logs_of_key_creation_and_enrolment_name_ids_and_prefixes
         code = await world.call("POST", f"/v1/terminals/{terminal['id']}/enrolment_codes", 201, headers=m.headers,
                                 json={})
         enrolled = await world.call("POST", "/v1/devices/enrolments", 201, json={"code": code["code"], "name": "a"})
+        await world.call("POST", "/v1/devices/sessions", 401,
+                         json={"device": enrolled["device"], "device_secret": "ds_wrong"})
     text = "\n".join(JsonFormatter(SERVICE).format(r) for r in caplog.records)
     created = [r for r in caplog.records if r.getMessage() == "api key created"]
     assert len(created) == 2 and m.secret.startswith(vars(created[0])["key_prefix"])
     assert any(r.getMessage() == "device enrolled" for r in caplog.records)
+    [refused] = [r for r in caplog.records if r.getMessage() == "device session refused"]
+    assert vars(refused)["device_id"] and "ds_wrong" not in text
     for secret in (m.secret, m.publishable, code["code"], enrolled["device_secret"], enrolled["access_token"]):
         assert secret not in text
     assert auth(m.secret)["Authorization"] not in text
