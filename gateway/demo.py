@@ -221,7 +221,7 @@ async def play(c: Client, out_dir: Path) -> None:
     _, events, _ = await c.call("GET", "/v1/events?limit=20", secret, expect=200)
     for e in events["data"]:
         obj = e["data"]["object"]
-        print(f"   {e['created_at'][11:23]}  {e['type']:<24} {obj['id']}  {obj.get('status', '')}")
+        print(f"   {e['created_at'][11:23]}  {e['type']:<24} {obj.get('id', '')}  {obj.get('status', '')}")
 
     step("Ledger invariant check")
     _, report, _ = await c.call("GET", "/v1/operator/ledger/invariants", ops, expect=200)

@@ -320,7 +320,7 @@ def _narrate_agent(line: str) -> None:
     """The sale's steps from the agent's log (its summary line repeats the register's answer)."""
     entry = _agent_entry(line)
     message = str(entry.get("msg", ""))
-    if entry.get("level") != "INFO" or any(part in message for part in AGENT_NARRATED):
+    if entry.get("level") != "info" or any(part in message for part in AGENT_NARRATED):
         say("agent", message)
 
 

@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 
 from gateway import settings as settings_mod
-from gateway.logs import JsonFormatter
+from gateway.logs import SERVICE, JsonFormatter
 from gateway.settings import Settings
 from gateway.store import db, ledger
 from tests import canary
@@ -109,7 +109,7 @@ def _learning_client(found: canary.Canary) -> Callable[[], None]:
 def secret_canary() -> Iterator[canary.Canary]:
     found = canary.start()
     handler = logging.FileHandler(found.session_log, encoding="utf-8")
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(SERVICE))
     root = logging.getLogger()
     root.addHandler(handler)
     # What a serving gateway or agent logs (INFO), without the libraries' chatter.

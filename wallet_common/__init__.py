@@ -1,1 +1,1 @@
-"""Code shared by the gateway and the POS agent (settings); it imports neither of them."""
+"""What the gateway and the POS agent share (settings, the log schema), importing nothing of either."""

@@ -86,7 +86,7 @@ async def revoke_key(call: Call[schema.Empty, None]) -> Any:
            auth={P.OPERATOR}, roles={"admin", "support"}, body=schema.Empty, response=views.WalletHolderView,
            tag="operators")
 async def unlock_wallet(call: Call[schema.Empty, None]) -> Any:
-    return await wallets.unlock(call.svc, call.match("id"))
+    return await wallets.unlock(call.svc, call.who, call.match("id"))
 
 
 class ClearLockout(schema.Strict):
@@ -98,14 +98,14 @@ class ClearLockout(schema.Strict):
            auth={P.OPERATOR}, roles={"admin", "support"}, body=ClearLockout, response=throttle.LockoutClearedView,
            tag="operators")
 async def clear_lockout(call: Call[ClearLockout, None]) -> Any:
-    return await throttle.clear(call.svc, call.body.kind, call.body.subject)
+    return await throttle.clear(call.svc, call.who, call.body.kind, call.body.subject)
 
 
 @api.route("POST", "/v1/operator/wallet_holders/{id}/tier", summary="Set a wallet holder's verification tier",
            auth={P.OPERATOR}, roles={"admin", "support"}, body=schema.SetTier, response=views.WalletHolderView,
            tag="operators")
 async def set_tier(call: Call[schema.SetTier, None]) -> Any:
-    return await wallets.set_tier(call.svc, call.match("id"), call.body.tier)
+    return await wallets.set_tier(call.svc, call.who, call.match("id"), call.body.tier)
 
 
 @api.route("GET", "/v1/balance", summary="The merchant's receivable balance per currency", auth={P.MERCHANT},

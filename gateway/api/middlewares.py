@@ -29,6 +29,30 @@ CLIENT_CLOSED = 499
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class _AnsweredError(msgspec.Struct):
+    code: str
+    param: str | None = None
+
+
+class _Answered(msgspec.Struct):
+    error: _AnsweredError
+
+
+_ANSWERED = msgspec.json.Decoder(_Answered)
+
+
+def _answered_error(response: web.StreamResponse) -> tuple[str, str | None] | None:
+    """The code and param of an error answer that was not raised here (the replay of a stored
+    refusal): read from its body, for error answers only, so the request line costs nothing more."""
+    if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+        return None
+    try:
+        error = _ANSWERED.decode(response.body).error
+    except msgspec.DecodeError:
+        return None
+    return error.code, error.param
+
+
 def _error_response(exc: GatewayError, request_id: str) -> web.Response:
     metrics.ERRORS.labels(exc.code).inc()
     headers = {"Request-Id": request_id}
@@ -48,20 +72,22 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     started_s = time.perf_counter()
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     status = 500
+    error: GatewayError | None = None  # the error answered, for the request line
+    answered: tuple[str, str | None] | None = None  # (code, param) of an error answer given as a body
     try:
         try:
             response = await handler(request)
         except GatewayError as exc:
-            response = _error_response(exc, request_id)
+            response = _error_response(error := exc, request_id)
         except web.HTTPRequestEntityTooLarge:
-            response = _error_response(PayloadTooLarge("the request body is too large"), request_id)
+            response = _error_response(error := PayloadTooLarge("the request body is too large"), request_id)
         except web.HTTPNotFound:
-            response = _error_response(NotFound("no such endpoint", code="unknown_endpoint"), request_id)
+            response = _error_response(error := NotFound("no such endpoint", code="unknown_endpoint"), request_id)
         except web.HTTPMethodNotAllowed as exc:
-            response = _error_response(MethodNotAllowed(f"{request.method} is not allowed here"), request_id)
+            response = _error_response(error := MethodNotAllowed(f"{request.method} is not allowed here"), request_id)
             response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
         except web.HTTPException as exc:
-            response = _error_response(InvalidRequest(exc.reason, code="http_error"), request_id)
+            response = _error_response(error := InvalidRequest(exc.reason, code="http_error"), request_id)
             response.set_status(exc.status)
         except ConnectionResetError:  # the client hung up while its body was being read
             status = CLIENT_CLOSED
@@ -72,14 +98,23 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise
         except Exception:
             log.exception("unhandled error", extra={"path": request.path})
-            response = _error_response(GatewayError("internal error; it has been logged"), request_id)
+            response = _error_response(error := GatewayError("internal error; it has been logged"), request_id)
         response.headers["Request-Id"] = request_id
         status = response.status
+        if error is None and status >= 400:
+            answered = _answered_error(response)
         return response
     finally:
         elapsed_s = time.perf_counter() - started_s
         metrics.HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
         metrics.HTTP_REQUEST_DURATION.labels(request.method, route, metrics.status_class(status)).observe(elapsed_s)
-        log.info("request", extra={"method": request.method, "route": route, "status": status,
-                                   "duration_ms": round(elapsed_s * 1000, 2)})
+        # The request id rides on the record too: a handler that formats later has no context left.
+        line: dict[str, object] = {"method": request.method, "route": route, "status": status,
+                                   "duration_ms": round(elapsed_s * 1000, 2), "request_id": request_id}
+        failure = (error.code, error.param) if error is not None else answered
+        if failure is not None:
+            line["code"] = failure[0]
+            if failure[1] is not None:
+                line["param"] = failure[1]
+        log.info("request", extra=line)
         request_id_var.reset(token)

@@ -76,7 +76,7 @@ class Call(Generic[B, Q]):
         return RequestIdentity(
             scope=scope, key=key, method=method, path=path,
             fingerprint=fingerprint(method, path, self.raw_params), request_id=request_id_var.get() or "",
-            cached=self.prefetched[0], prefetched=self.prefetched[1],
+            cached=self.prefetched[0], prefetched=self.prefetched[1], actor=self.principal,
         )
 
 

@@ -206,6 +206,10 @@ class EventQuery(Strict):
         default=None, name="created[lt]")
 
 
+class OperatorEventQuery(EventQuery):
+    merchant: Annotated[str, msgspec.Meta(max_length=64, description="Only this merchant's events")] | None = None
+
+
 EventType = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
 

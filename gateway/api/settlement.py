@@ -43,7 +43,7 @@ async def mark_paid(call: Call[schema.Empty, None]) -> Any:
 async def set_merchant_settlement(call: Call[schema.MerchantSettlement, None]) -> Any:
     b = call.body
     return await settlement.set_merchant_settlement(call.svc, call.match("id"), b.timezone, b.settlement_cutoff,
-                                                    b.fee_fixed)
+                                                    b.fee_fixed, who=call.who)
 
 
 @api.route("POST", "/v1/operator/merchants/{id}/payout_account", summary="Set a merchant's payout bank account",
@@ -52,7 +52,7 @@ async def set_merchant_settlement(call: Call[schema.MerchantSettlement, None]) -
 async def set_payout_account(call: Call[schema.PayoutAccount, None]) -> Any:
     b = call.body
     return await settlement.set_payout_account(call.svc, call.match("id"), b.holder_name, b.bank_name,
-                                               b.account_number, b.bic)
+                                               b.account_number, b.bic, who=call.who)
 
 
 @api.route("GET", "/v1/settlement_batches", summary="The merchant's settlement batches, newest first",

@@ -1,4 +1,4 @@
-"""Events and webhook endpoints (merchant secret keys)."""
+"""Events (a merchant's own; every event for operators) and webhook endpoints (merchant secret keys)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,17 @@ async def list_events(call: Call[None, schema.EventQuery]) -> Any:
     return await webhooks.list_events(call.svc, call.who, webhooks.EventQuery(
         limit=q.limit, starting_after=q.starting_after, ending_before=q.ending_before, payment=q.payment, type=q.type,
         created_gte_s=q.created_gte, created_lt_s=q.created_lt))
+
+
+@api.route("GET", "/v1/operator/events",
+           summary="Every event, newest first: each merchant's and the gateway's own, audit events included"
+                   " (filters: merchant, type, created[gte|lt], payment)",
+           auth={P.OPERATOR}, query=schema.OperatorEventQuery, response=views.EventList, tag="events")
+async def list_all_events(call: Call[None, schema.OperatorEventQuery]) -> Any:
+    q = call.query
+    return await webhooks.list_events(call.svc, call.who, webhooks.EventQuery(
+        limit=q.limit, starting_after=q.starting_after, ending_before=q.ending_before, payment=q.payment, type=q.type,
+        created_gte_s=q.created_gte, created_lt_s=q.created_lt, merchant=q.merchant))
 
 
 @api.route("GET", "/v1/events/{id}", summary="Retrieve an event", auth=MERCHANT, response=views.EventView,

@@ -253,7 +253,7 @@ async def resolve(svc: Services, who: Principal, exception: str, action: str, re
     params = {"action": action, "reason": reason, "references": references}
     path = f"/console/exceptions/{exception}/resolve"
     identity = RequestIdentity(scope=who.idempotency_scope, key=None, method="POST", path=path,
-                               fingerprint=fingerprint("POST", path, params), request_id=request_id)
+                               fingerprint=fingerprint("POST", path, params), request_id=request_id, actor=who)
     reply = await reconciliation.resolve(svc, who, exception, action, reason, None, references or None, identity)
     return msgspec.json.decode(reply.body, type=reconciliation.ExceptionView)
 

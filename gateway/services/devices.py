@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import uuid
 from datetime import timedelta
@@ -21,11 +22,13 @@ import msgspec
 from gateway.auth.principals import Principal, PrincipalKind
 from gateway.domain.ids import Kind, decode, encode
 from gateway.errors import InvalidRequest, NotFound, Unauthenticated
-from gateway.services import throttle, views
+from gateway.services import audit, throttle, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.store import devices as store
 from gateway.store.db import Connection
+
+log = logging.getLogger(__name__)
 
 DEVICE_AUDIENCE = "device"
 _CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
@@ -82,7 +85,7 @@ def _token(svc: Services, device: Any) -> tuple[str, int]:
 async def create_enrolment_code(svc: Services, who: Principal, text_terminal: str) -> EnrolmentCodeView:
     """A one-time code for the agent at this terminal. Not kept for idempotent replay: it is a secret."""
     terminal_id = decode(Kind.TERMINAL, text_terminal)
-    async with svc.db.connection() as conn:
+    async with svc.db.connection() as conn, conn.transaction():
         # A merchant reaches its own terminals; an operator (no merchant) reaches any.
         terminal = await store.terminal(conn, terminal_id, who.merchant_id) if terminal_id else None
         if terminal is None or terminal["status"] != "active":
@@ -91,6 +94,9 @@ async def create_enrolment_code(svc: Services, who: Principal, text_terminal: st
         expires_at = svc.now() + timedelta(seconds=svc.settings.devices.enrolment_code_ttl_s)
         await store.insert_enrolment_code(conn, _keyed(svc, "enrol", code), terminal["id"], terminal["merchant_id"],
                                           expires_at)
+        await audit.record(conn, who, "terminal.enrolment_code_created", terminal["id"],
+                           {"object": "terminal", "id": encode(Kind.TERMINAL, terminal["id"]),
+                            "enrolment_code_expires_at": expires_at.isoformat()}, merchant_id=terminal["merchant_id"])
     return EnrolmentCodeView(code=code, terminal=text_terminal, expires_at=expires_at.isoformat())
 
 
@@ -101,9 +107,17 @@ async def enrol(svc: Services, code: str, name: str, address: str | None = None)
     async with svc.db.connection() as conn, conn.transaction():
         taken = await store.take_enrolment_code(conn, _keyed(svc, "enrol", normalised), svc.now())
         if taken is None:
+            log.warning("device enrolment refused: unknown, used or expired code", extra={"client_address": address})
             raise Unauthenticated("the enrolment code is unknown, used or expired", code="invalid_enrolment_code")
         device = await store.insert_device(conn, uuid.uuid4(), taken["merchant_id"], taken["store_id"],
                                            taken["terminal_id"], name, _keyed(svc, "device", secret))
+        await audit.record(conn, audit.Actor("device", device["id"]), "terminal.enrolled", device["terminal_id"],
+                           {"object": "device", "id": encode(Kind.DEVICE, device["id"]), "name": name,
+                            "store": encode(Kind.STORE, device["store_id"]),
+                            "terminal": encode(Kind.TERMINAL, device["terminal_id"])},
+                           merchant_id=device["merchant_id"])
+    log.info("device enrolled", extra={"device_id": str(device["id"]), "terminal_id": str(device["terminal_id"]),
+                                       "merchant_id": str(device["merchant_id"])})
     await throttle.succeeded(svc, attempt)
     token, ttl_s = _token(svc, device)
     return EnrolmentView(
@@ -121,6 +135,8 @@ async def renew(svc: Services, text_device: str, secret: str, address: str | Non
         active = device is not None and await store.device_active(conn, device["id"])
     given = _keyed(svc, "device", secret)
     if device is None or not hmac.compare_digest(bytes(device["secret_hash"]), given):
+        log.warning("device session refused", extra={"device_id": str(device["id"]) if device else None,
+                                                     "client_address": address})
         raise Unauthenticated("unknown device or wrong secret", code="invalid_device_credentials")
     if not active:
         raise Unauthenticated("this device has been revoked", code="device_revoked")
@@ -182,6 +198,8 @@ async def revoke_terminal(svc: Services, who: Principal, text_terminal: str, ide
         revoked = await store.revoke_terminal(conn, terminal_id, scope) if scope else None
         if revoked is None:
             raise NotFound(f"no such terminal: {text_terminal}", param="id")
-        return 200, views.terminal_view(await store.terminal_with_agent(conn, revoked["id"], scope))
+        view = views.terminal_view(await store.terminal_with_agent(conn, revoked["id"], scope))
+        await audit.record(conn, who, "terminal.revoked", terminal_id, view, merchant_id=scope)
+        return 200, view
 
     return await svc.idempotency.run(identity, work)

@@ -25,6 +25,7 @@ import msgspec
 
 from gateway import metrics
 from gateway.accel import Accelerator
+from gateway.auth.principals import Principal
 from gateway.errors import GatewayError, IdempotencyError, IdempotencyInUse, Unavailable
 from gateway.settings import IdempotencySettings
 from gateway.store import idempotency as keys
@@ -57,6 +58,7 @@ class RequestIdentity:
     request_id: str
     cached: bytes | None = None  # the Redis copy of a stored answer, when the caller fetched it already
     prefetched: bool = False
+    actor: Principal | None = None  # who sends it (None: anonymous, or the command line): audit events name it
 
 
 def cache_key(scope: str, key: str) -> str:

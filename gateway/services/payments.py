@@ -17,6 +17,7 @@ then inserts only (events, refunds, journal entries), which lock nothing anyone 
 from __future__ import annotations
 
 import functools
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -33,7 +34,7 @@ from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import check_amount, currency
 from gateway.domain.payments import CaptureMethod, Payment, Status
 from gateway.errors import (
-    Declined, GatewayError, IdempotencyError, IdempotencyInUse, InvalidRequest, InvalidState, NotFound,
+    Declined, Forbidden, GatewayError, IdempotencyError, IdempotencyInUse, InvalidRequest, InvalidState, NotFound,
 )
 from gateway.services import pins, views
 from gateway.services.context import Services
@@ -44,6 +45,7 @@ from gateway.store import tenants
 from gateway.store import wallets as wallet_store
 from gateway.store.db import Connection
 
+log = logging.getLogger(__name__)
 EVENT_FOR_STATUS = {
     Status.SUCCEEDED: "payment.succeeded",
     Status.REQUIRES_CAPTURE: "payment.authorized",
@@ -285,7 +287,27 @@ async def authorize_locked(
     needs_confirmation: bool = False,
 ) -> asyncpg.Record:
     """Authorise a locked, unpaid payment against the holder's wallet: tier caps, funds, then hold
-    or capture. Shared by every way of paying (by id, QR, pay-code, tap)."""
+    or capture. Shared by every way of paying (by id, QR, pay-code, tap), so every decline of a
+    payment is logged here once (code, payment, merchant, channel; never an amount's payer data)."""
+    try:
+        return await _authorize_locked(svc, conn, row, holder_id, accounts, channel=channel,
+                                       needs_confirmation=needs_confirmation)
+    except (Declined, Forbidden) as exc:
+        log.info("payment declined", extra={"code": exc.code, "payment_id": str(row["id"]),
+                                            "merchant_id": str(row["merchant_id"]), "channel": channel})
+        raise
+
+
+async def _authorize_locked(
+    svc: Services,
+    conn: Connection,
+    row: asyncpg.Record,
+    holder_id: uuid.UUID,
+    accounts: dict[ledger.AccountRef, ledger_store.Account],
+    *,
+    channel: str,
+    needs_confirmation: bool,
+) -> asyncpg.Record:
     now = svc.now()
     day = svc.local_day(now)
     payment = store.to_domain(row)

@@ -8,6 +8,7 @@ wallet for payments until an operator unlocks it.
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 from gateway.auth import passwords
@@ -16,6 +17,8 @@ from gateway.errors import Declined, Forbidden, InvalidRequest
 from gateway.services.context import Services
 from gateway.store import wallets as store
 from gateway.store.db import Connection
+
+log = logging.getLogger(__name__)
 
 
 def locked_error() -> Forbidden:
@@ -54,6 +57,8 @@ async def _verify(svc: Services, holder_id: uuid.UUID, pin: str, conn: Connectio
         await store.pin_attempt_succeeded(conn, holder_id)
         return
     failed = await store.pin_attempt_failed(conn, holder_id, failures_max)
+    log.warning("wrong payment PIN", extra={"holder_id": str(holder_id), "pin_failures": failed["pin_failures"],
+                                            "locked": failed["payments_locked_at"] is not None})
     if failed["payments_locked_at"] is not None:
         raise locked_error()
     raise Declined("the PIN is wrong", code="incorrect_pin", param="pin",

@@ -22,6 +22,7 @@ from gateway.domain import reconciliation as rules
 from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import Money, currency
 from gateway.errors import Conflict, InvalidRequest, InvalidState, NotFound
+from gateway.services import audit
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.store import ledger as ledger_store
@@ -30,6 +31,7 @@ from gateway.store.db import Connection
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 ACTIONS = ("match", "write_off", "reopen")
+_RESOLVED_AS = {"match": "matched", "write_off": "written_off", "reopen": "reopened"}  # audit event type suffixes
 RESOLVER_ROLES = frozenset({"admin", "settlement"})  # operators who import statements and resolve exceptions
 _WINDOW_EXTRA_DAYS = 7  # expected movements looked at before a statement's first day, beyond the tolerance
 
@@ -179,9 +181,12 @@ async def import_statement(svc: Services, who: Principal | None, data: bytes, fm
                 progress("store", new, total)
             known = periods.get(st.currency)
             periods[st.currency] = (min(start, known[0]), max(end, known[1])) if known else (start, end)
+            summary = {"statement_ref": st.statement_ref, "format": st.format, "entries": len(st.entries),
+                       "entries_new": added}
             await store.audit(conn, operator_id, "import", statement_id=statement_id, reason=None,
-                              details=json.dumps({"statement_ref": st.statement_ref, "format": st.format,
-                                                  "entries": len(st.entries), "entries_new": added}))
+                              details=json.dumps(summary))
+            await audit.record(conn, who, "bank_statement.imported", statement_id,
+                               {"object": "bank_statement", "id": ids[-1], **summary}, merchant_id=None)
         matched: dict[str, int] = {}
         kinds: dict[str, int] = {}
         opened = 0
@@ -268,9 +273,13 @@ async def resolve(svc: Services, who: Principal, public_id: str, action: str, re
                 raise InvalidState(f"the exception is {row['status']}; reopen it first", param="action")
             await _settle(conn, who, row, action, reason, bank_entries, references, accounts)
         fresh = await store.exception(conn, exception_id)
-        return 200, _exception_view(fresh, await store.audit_of(conn, exception_id))
+        view = _exception_view(fresh, await store.audit_of(conn, exception_id))
+        await audit.record(conn, who, f"reconciliation_exception.{_RESOLVED_AS[action]}", exception_id, view,
+                           merchant_id=None)
+        return 200, view
 
     return await svc.idempotency.run(identity, work)
+
 
 
 def _write_off_ref(code: str) -> ledger.AccountRef:

@@ -33,11 +33,10 @@ from gateway.domain import settlement as domain
 from gateway.domain.ids import Kind, decode, encode
 from gateway.errors import InvalidRequest, InvalidState, NotFound, Unavailable
 from gateway.render import settlement_files as files
-from gateway.services import views
+from gateway.services import audit, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.store import ledger as ledger_store
-from gateway.store import payments as events
 from gateway.store import settlement as store
 from gateway.store import tenants
 from gateway.store.db import Connection
@@ -110,7 +109,7 @@ async def _drain(svc: Services, conn: Connection, plan: _Plan) -> None:
 
 
 async def _close(svc: Services, conn: Connection, day: date, merchant_id: uuid.UUID | None,
-                 plan: _Plan) -> views.SettlementRunView:
+                 plan: _Plan, who: Principal | None) -> views.SettlementRunView:
     long_s = svc.settings.settlement.statement_timeout_s
     await store.allow_long_statements(conn, long_s)
     run = await store.claim_run(conn, uuid.uuid4(), day, merchant_id)
@@ -144,7 +143,9 @@ async def _close(svc: Services, conn: Connection, day: date, merchant_id: uuid.U
             conn, "settlement_batch.closed", [r["id"] for r in closed], [r["merchant_id"] for r in closed],
             [msgspec.json.encode(views.settlement_batch_view(r)).decode() for r in closed],
         )
-    return await _run_view(conn, run, len(closed), plan.not_ended)
+    view = await _run_view(conn, run, len(closed), plan.not_ended)
+    await audit.record(conn, who, "settlement_run.completed", run["id"], view, merchant_id=merchant_id)
+    return view
 
 
 async def _run_view(conn: Connection, run: asyncpg.Record, closed_now: int,
@@ -175,7 +176,7 @@ async def settle(svc: Services, day: date, merchant_id: uuid.UUID | None = None)
         await _drain(svc, conn, plan)
 
         async def work(c: Connection) -> views.SettlementRunView:
-            return await _close(svc, c, day, merchant_id, plan)
+            return await _close(svc, c, day, merchant_id, plan, None)
 
         return await svc.db.run(work, conn)
 
@@ -190,7 +191,7 @@ async def start_run(svc: Services, day_text: str, merchant_text: str | None, ide
         await _drain(svc, conn, plan)
 
     async def work(conn: Connection) -> tuple[int, Any]:
-        return 200, await _close(svc, conn, day, merchant_id, plan)
+        return 200, await _close(svc, conn, day, merchant_id, plan, identity.actor)
 
     return await svc.idempotency.run(identity, work, before=before)
 
@@ -215,7 +216,7 @@ async def mark_paid(svc: Services, payout_text: str, identity: RequestIdentity) 
         updated = await store.mark_payout_paid(conn, payout_id)
         await ledger_store.post(conn, entry, accounts, payout_id=payout_id)
         view = views.payout_view(updated)
-        await events.insert_event(conn, "payout.paid", payout_id, view, merchant_id=row["merchant_id"], holder_id=None)
+        await audit.record(conn, identity.actor, "payout.paid", payout_id, view, merchant_id=row["merchant_id"])
         return 200, view
 
     return await svc.idempotency.run(identity, work)
@@ -401,7 +402,9 @@ async def batch_report(svc: Services, who: Principal, text: str, fmt: str) -> by
 
 
 async def set_merchant_settlement(svc: Services, merchant_text: str, timezone: str | None, cutoff: str | None,
-                                  fee_fixed: int | None) -> views.MerchantSettlementView:
+                                  fee_fixed: int | None, *, who: Principal | None = None
+                                  ) -> views.MerchantSettlementView:
+    """``who`` is the operator (None: the command line)."""
     merchant_id = _id(Kind.MERCHANT, merchant_text, "merchant")
     try:
         zone_name = None if timezone is None else domain.zone(timezone).key
@@ -411,16 +414,20 @@ async def set_merchant_settlement(svc: Services, merchant_text: str, timezone: s
                              param="timezone" if "timezone" in str(exc) else "settlement_cutoff") from None
     if fee_fixed is not None and not 0 <= fee_fixed <= 100_000_000:
         raise InvalidRequest("fee_fixed is between 0 and 100000000 minor units", code="invalid_fee", param="fee_fixed")
-    async with svc.db.connection() as conn:
+    async with svc.db.connection() as conn, conn.transaction():
         row = await store.set_merchant_settlement(conn, merchant_id, zone_name, cut, fee_fixed)
+        if row is not None:
+            await audit.record(conn, who, "merchant.settlement_updated", merchant_id,
+                               views.merchant_settlement_view(row), merchant_id=merchant_id)
     if row is None:
         raise NotFound(f"no such merchant: {merchant_text}", param="id")
     return views.merchant_settlement_view(row)
 
 
 async def set_payout_account(svc: Services, merchant_text: str, holder_name: str, bank_name: str, number: str,
-                             bic: str | None) -> views.PayoutAccountView:
-    """The merchant's payout account: sealed in full (the payout file needs it), masked and hashed."""
+                             bic: str | None, *, who: Principal | None = None) -> views.PayoutAccountView:
+    """The merchant's payout account: sealed in full (the payout file needs it), masked and hashed; its
+    audit event carries the masked view only. ``who`` is the operator (None: the command line)."""
     merchant_id = _id(Kind.MERCHANT, merchant_text, "merchant")
     normalised = bank_accounts.normalised(number)
     if normalised is None:
@@ -435,8 +442,11 @@ async def set_payout_account(svc: Services, merchant_text: str, holder_name: str
     async def work(conn: Connection) -> asyncpg.Record:
         if await tenants.merchant(conn, merchant_id) is None:
             raise NotFound(f"no such merchant: {merchant_text}", param="id")
-        return await store.replace_bank_account(conn, account_id, merchant_id, holder_name, bank_name, bic,
-                                                bank_accounts.masked(normalised), digest, sealed)
+        row = await store.replace_bank_account(conn, account_id, merchant_id, holder_name, bank_name, bic,
+                                               bank_accounts.masked(normalised), digest, sealed)
+        await audit.record(conn, who, "merchant.payout_account_set", account_id, views.payout_account_view(row),
+                           merchant_id=merchant_id)
+        return row
 
     return views.payout_account_view(await svc.db.run(work))
 

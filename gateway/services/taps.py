@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from gateway.store import payments as payment_store
 from gateway.store import tenants
 from gateway.store.db import Connection
 
+log = logging.getLogger(__name__)
 _DRAWS_MAX = 5
 PSN = 1
 
@@ -159,8 +161,13 @@ async def authorize(svc: Services, who: Principal, req: TapRequest, identity: Re
         if token["status"] != "active":
             raise Declined("the tapped token has been revoked", code="tap_token_revoked", param="tap")
         if token["psn"] != tap.psn or not cryptogram.arqc_is_valid(_issuer_key(svc), tap):
+            log.warning("tap cryptogram refused", extra={"code": "cryptogram_invalid", "tap_token_id": str(token["id"]),
+                                                         "merchant_id": str(merchant_id), "device_id": str(device_id)})
             raise Declined("the tap's cryptogram does not verify", code="cryptogram_invalid", param="tap")
         if not await store.claim_atc(conn, token["id"], tap.atc, device_id, req.terminal_transaction_id):
+            log.warning("tap cryptogram refused", extra={"code": "atc_replayed", "tap_token_id": str(token["id"]),
+                                                         "merchant_id": str(merchant_id), "device_id": str(device_id),
+                                                         "atc": tap.atc})
             raise Declined("the tap's transaction counter was used before (a replay)", code="atc_replayed",
                            param="tap")
 

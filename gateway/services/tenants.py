@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
 import uuid
 from typing import Any
@@ -10,17 +12,17 @@ from gateway.auth import api_keys, passwords
 from gateway.auth.principals import Principal, PrincipalKind
 from gateway.domain import ledger
 from gateway.domain.fees import FEE_BPS_MAX
-from gateway.domain.ids import Kind, decode
+from gateway.domain.ids import Kind, decode, encode
 from gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthenticated
-from gateway.services import devices, throttle, views
+from gateway.services import audit, devices, throttle, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.services.wallets import WALLET_AUDIENCE
 from gateway.store import ledger as ledger_store
-from gateway.store import payments as event_store
 from gateway.store import tenants as store
 from gateway.store.db import Connection
 
+log = logging.getLogger(__name__)
 OPERATOR_AUDIENCE = "operator"
 ROLES = ("admin", "settlement", "support")
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -34,8 +36,13 @@ async def create_operator(svc: Services, email: str, password: str, role: str) -
     if len(password) < 12:
         raise InvalidRequest("operator passwords have at least 12 characters", code="weak_password", param="password")
     op_id = uuid.uuid4()
-    async with svc.db.connection() as conn:
-        created = await store.insert_operator(conn, op_id, email.lower(), await passwords.hash_password(password), role)
+    password_hash = await passwords.hash_password(password)
+    async with svc.db.connection() as conn, conn.transaction():
+        created = await store.insert_operator(conn, op_id, email.lower(), password_hash, role)
+        if created:
+            await audit.record(conn, None, "operator.created", op_id,
+                               {"id": encode(Kind.OPERATOR, op_id), "object": "operator", "role": role},
+                               merchant_id=None)
     if not created:
         raise Conflict("an operator with this email exists", code="operator_exists", param="email")
     return op_id
@@ -46,6 +53,10 @@ async def operator_login(svc: Services, email: str, password: str, address: str 
     async with svc.db.connection() as conn:
         row = await store.operator_by_email(conn, email.lower())
     if not await passwords.verify_password(row["password_hash"] if row else None, password) or row is None:
+        # Who, never the e-mail itself: the operator's id when the account exists, else the e-mail's domain.
+        log.warning("operator login failed", extra={
+            "operator_id": str(row["id"]) if row else None, "email_domain": email.rpartition("@")[2].lower()[:64],
+            "client_address": address})
         raise Unauthenticated("wrong email or password", code="invalid_credentials")
     await throttle.succeeded(svc, attempt)
     ttl_s = svc.settings.auth.operator_token_ttl_s
@@ -109,7 +120,7 @@ async def create_merchant(
         row = await store.insert_merchant(conn, uuid.uuid4(), name, mcc, country, city, rate, name_local, city_local,
                                           language_local)
         view = views.merchant_view(row)
-        await event_store.insert_event(conn, "merchant.created", row["id"], view, merchant_id=row["id"], holder_id=None)
+        await audit.record(conn, identity.actor, "merchant.created", row["id"], view, merchant_id=row["id"])
         return 201, view
 
     return await svc.idempotency.run(identity, work)
@@ -135,8 +146,8 @@ async def set_merchant_status(svc: Services, text_id: str, status: str, identity
         if row is None:
             raise NotFound(f"no such merchant: {text_id}", param="id")
         view = views.merchant_view(row)
-        await event_store.insert_event(conn, f"merchant.{'suspended' if status == 'suspended' else 'reactivated'}",
-                                       mid, view, merchant_id=mid, holder_id=None)
+        await audit.record(conn, identity.actor, f"merchant.{'suspended' if status == 'suspended' else 'reactivated'}",
+                           mid, view, merchant_id=mid)
         return 200, view
 
     return await svc.idempotency.run(identity, work)
@@ -158,7 +169,10 @@ async def create_store(svc: Services, text_mid: str, name: str, city: str, ident
 
     async def work(conn: Connection) -> tuple[int, Any]:
         await _require_merchant(conn, mid, text_mid)
-        return 201, views.store_view(await store.insert_store(conn, uuid.uuid4(), mid, name, city))
+        row = await store.insert_store(conn, uuid.uuid4(), mid, name, city)
+        view = views.store_view(row)
+        await audit.record(conn, identity.actor, "store.created", row["id"], view, merchant_id=mid)
+        return 201, view
 
     return await svc.idempotency.run(identity, work)
 
@@ -173,7 +187,10 @@ async def create_terminal(
         await _require_merchant(conn, mid, text_mid)
         if sid is None or await store.store(conn, sid, mid) is None:
             raise NotFound(f"no such store of this merchant: {text_store}", param="store")
-        return 201, views.terminal_view(await store.insert_terminal(conn, uuid.uuid4(), mid, sid, label))
+        row = await store.insert_terminal(conn, uuid.uuid4(), mid, sid, label)
+        view = views.terminal_view(row)
+        await audit.record(conn, identity.actor, "terminal.created", row["id"], view, merchant_id=mid)
+        return 201, view
 
     return await svc.idempotency.run(identity, work)
 
@@ -189,11 +206,13 @@ async def create_api_key(svc: Services, text_mid: str, kind: str, identity: Requ
         secret = api_keys.generate(kind, svc.settings.auth.key_mode)
         key_hash = api_keys.keyed_hash(svc.settings.auth.api_key_pepper, secret)
         row = await store.insert_api_key(conn, uuid.uuid4(), mid, kind, api_keys.visible_prefix(secret), key_hash)
+        await audit.record(conn, identity.actor, "api_key.created", row["id"], views.api_key_view(row), merchant_id=mid)
+        log.info("api key created", extra={"api_key_id": str(row["id"]), "merchant_id": str(mid), "kind": kind,
+                                           "key_prefix": row["prefix"]})
         return 201, views.api_key_view(row, secret=secret)
 
     # The stored replay must not keep the secret in clear: create keys without an idempotency record.
-    return await svc.idempotency.run(RequestIdentity(identity.scope, None, identity.method, identity.path,
-                                                     identity.fingerprint, identity.request_id), work)
+    return await svc.idempotency.run(dataclasses.replace(identity, key=None, cached=None, prefetched=False), work)
 
 
 async def list_api_keys(svc: Services, who: Principal, text_mid: str) -> views.ApiKeyList:
@@ -215,7 +234,11 @@ async def revoke_api_key(svc: Services, who: Principal, text_id: str, identity: 
         row = await store.revoke_api_key(conn, key_id, scope)
         if row is None:
             raise NotFound(f"no such API key: {text_id}", param="id")
-        return 200, views.api_key_view(row)
+        view = views.api_key_view(row)
+        await audit.record(conn, who, "api_key.revoked", key_id, view, merchant_id=row["merchant_id"])
+        log.info("api key revoked", extra={"api_key_id": str(key_id), "merchant_id": str(row["merchant_id"]),
+                                           "key_prefix": row["prefix"]})
+        return 200, view
 
     return await svc.idempotency.run(identity, work)
 

@@ -16,6 +16,7 @@ Invariants:
 from __future__ import annotations
 
 import math
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -25,9 +26,11 @@ from urllib.parse import urlsplit
 import msgspec
 
 from gateway.auth.api_keys import keyed_hash
+from gateway.auth.principals import Principal
 from gateway.domain import throttle
 from gateway.domain.throttle import Backoff, Rate
 from gateway.errors import RateLimited
+from gateway.services import audit
 from gateway.services.context import Services
 from gateway.store import throttle as store
 
@@ -98,8 +101,12 @@ async def succeeded(svc: Services, attempt: Attempt) -> None:
         await store.forget(conn, attempt.kind.value, attempt.subject_hash)
 
 
-async def clear(svc: Services, kind: Kind, subject: str) -> LockoutClearedView:
-    """An operator lifts an account's lockout and forgets its failures."""
-    async with svc.db.connection() as conn:
-        cleared = await store.forget(conn, kind.value, _subject_hash(svc, kind, subject))
-    return LockoutClearedView(kind=kind.value, cleared=cleared)
+async def clear(svc: Services, who: Principal | None, kind: Kind, subject: str) -> LockoutClearedView:
+    """An operator lifts an account's lockout and forgets its failures. The audit event names the
+    account by its keyed hash (as an id), never by the phone number, e-mail or code."""
+    subject_hash = _subject_hash(svc, kind, subject)
+    async with svc.db.connection() as conn, conn.transaction():
+        cleared = await store.forget(conn, kind.value, subject_hash)
+        view = LockoutClearedView(kind=kind.value, cleared=cleared)
+        await audit.record(conn, who, "lockout.cleared", uuid.UUID(bytes=subject_hash[:16]), view, merchant_id=None)
+    return view

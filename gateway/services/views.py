@@ -153,6 +153,13 @@ class PaymentList(msgspec.Struct, kw_only=True):
     has_more: bool
 
 
+class EventActor(msgspec.Struct, kw_only=True):
+    """Who caused an audit event: ``operator``, ``api_key``, ``device``, ``wallet_holder`` or ``cli`` (no id)."""
+
+    type: str
+    id: str | None
+
+
 class EventView(msgspec.Struct, kw_only=True):
     id: str
     object: str = "event"
@@ -160,6 +167,13 @@ class EventView(msgspec.Struct, kw_only=True):
     created: int  # Unix seconds (Stripe's convention); created_at has the same instant in ISO 8601
     data: dict[str, Any]
     created_at: str
+    merchant: str | None = None  # None: an event of no merchant (wallet, operator, whole-gateway)
+    actor: EventActor | None = None  # set on audit events (admin actions)
+    request_id: str | None = None  # the API request that caused it, when one did
+
+
+_ACTOR_KINDS = {"operator": Kind.OPERATOR, "api_key": Kind.API_KEY, "device": Kind.DEVICE,
+                "wallet_holder": Kind.WALLET_HOLDER}
 
 
 class EventList(msgspec.Struct, kw_only=True):
@@ -169,12 +183,17 @@ class EventList(msgspec.Struct, kw_only=True):
 
 
 def event_view(row: Any) -> EventView:
+    actor_type, actor_id = row["actor_type"], row["actor_id"]
     return EventView(
         id=ids.encode(Kind.EVENT, row["id"]),
         type=row["type"],
         created=int(row["created_at"].timestamp()),
         data={"object": msgspec.json.decode(row["data"])},
         created_at=row["created_at"].isoformat(),
+        merchant=ids.encode(Kind.MERCHANT, row["merchant_id"]) if row["merchant_id"] is not None else None,
+        actor=None if actor_type is None else EventActor(
+            type=actor_type, id=None if actor_id is None else ids.encode(_ACTOR_KINDS[actor_type], actor_id)),
+        request_id=row["request_id"],
     )
 
 

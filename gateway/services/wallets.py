@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from gateway.domain import ledger, limits
 from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import check_amount, currency
 from gateway.errors import Conflict, Declined, Forbidden, InvalidRequest, NotFound, Unauthenticated
-from gateway.services import throttle, views
+from gateway.services import audit, throttle, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.store import ledger as ledger_store
@@ -22,6 +23,7 @@ from gateway.store import payments as events
 from gateway.store import wallets as store
 from gateway.store.db import Connection
 
+log = logging.getLogger(__name__)
 WALLET_AUDIENCE = "wallet"
 _PHONE_RE = re.compile(r"^\+[1-9][0-9]{6,14}$")  # E.164
 PASSWORD_LENGTH_MIN = 8
@@ -54,6 +56,9 @@ async def login(
     async with svc.db.connection() as conn:
         row = await store.holder_by_phone(conn, phone)
     if not await passwords.verify_password(row["password_hash"] if row else None, password) or row is None:
+        # The holder's id when the account exists; never the phone number or the password.
+        log.warning("wallet login failed", extra={"holder_id": str(row["id"]) if row else None,
+                                                  "client_address": address})
         raise Unauthenticated("wrong phone number or password", code="invalid_credentials")
     await throttle.succeeded(svc, attempt)
     ttl_s = svc.settings.auth.wallet_token_ttl_s
@@ -182,21 +187,27 @@ async def history(
     return views.TransactionList(data=data, has_more=has_more, next_cursor=data[-1].id if has_more and data else None)
 
 
-async def set_tier(svc: Services, text_id: str, tier: int) -> views.WalletHolderView:
+async def set_tier(svc: Services, who: Principal | None, text_id: str, tier: int) -> views.WalletHolderView:
     holder_id = decode(Kind.WALLET_HOLDER, text_id)
     if tier not in svc.tiers:
         raise InvalidRequest(f"tier must be one of {sorted(svc.tiers)}", code="invalid_tier", param="tier")
-    async with svc.db.connection() as conn:
+    async with svc.db.connection() as conn, conn.transaction():
         row = await store.set_tier(conn, holder_id, tier) if holder_id else None
+        if row is not None:
+            await audit.record(conn, who, "wallet.tier_set", row["id"], views.holder_view(row), merchant_id=None,
+                               holder_id=row["id"])
     if row is None:
         raise NotFound(f"no such wallet holder: {text_id}", param="id")
     return views.holder_view(row)
 
 
-async def unlock(svc: Services, text_id: str) -> views.WalletHolderView:
+async def unlock(svc: Services, who: Principal | None, text_id: str) -> views.WalletHolderView:
     holder_id = decode(Kind.WALLET_HOLDER, text_id)
-    async with svc.db.connection() as conn:
+    async with svc.db.connection() as conn, conn.transaction():
         row = await store.unlock(conn, holder_id) if holder_id else None
+        if row is not None:
+            await audit.record(conn, who, "wallet.unlocked", row["id"], views.holder_view(row), merchant_id=None,
+                               holder_id=row["id"])
     if row is None:
         raise NotFound(f"no such wallet holder: {text_id}", param="id")
     return views.holder_view(row)

@@ -24,11 +24,11 @@ from typing import Any
 
 import msgspec
 
-from gateway.auth.principals import Principal
+from gateway.auth.principals import Principal, PrincipalKind
 from gateway.domain import webhooks as domain
 from gateway.domain.ids import Kind, decode, encode
 from gateway.errors import Conflict, InvalidRequest, NotFound
-from gateway.services import views
+from gateway.services import audit, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity, Work
 from gateway.store import payments as events_store
@@ -92,7 +92,9 @@ async def create_endpoint(svc: Services, who: Principal, url: str, enabled_event
         row = await store.insert_endpoint(conn, endpoint_id, merchant_id, url, description, wanted,
                                           svc.sealer.seal(secret, endpoint_id.bytes))
         shown["view"] = views.webhook_endpoint_view(row, secret=secret)
-        return 201, views.webhook_endpoint_view(row)
+        view = views.webhook_endpoint_view(row)
+        await audit.record(conn, who, "webhook_endpoint.created", endpoint_id, view, merchant_id=merchant_id)
+        return 201, view
 
     return await _with_secret_once(svc, identity, work, shown)
 
@@ -139,7 +141,9 @@ async def update_endpoint(svc: Services, who: Principal, text_id: str, *, url: s
                                           reason="disabled by the merchant" if disabled else None)
         if row is None:
             raise NotFound(f"no such webhook endpoint: {text_id}", param="id")
-        return 200, views.webhook_endpoint_view(row)
+        view = views.webhook_endpoint_view(row)
+        await audit.record(conn, who, "webhook_endpoint.updated", endpoint_id, view, merchant_id=merchant_id)
+        return 200, view
 
     return await svc.idempotency.run(identity, work)
 
@@ -152,7 +156,9 @@ async def delete_endpoint(svc: Services, who: Principal, text_id: str, identity:
     async def work(conn: Connection) -> tuple[int, Any]:
         if not await store.delete_endpoint(conn, endpoint_id, merchant_id):
             raise NotFound(f"no such webhook endpoint: {text_id}", param="id")
-        return 200, views.DeletedView(id=encode(Kind.WEBHOOK_ENDPOINT, endpoint_id), object="webhook_endpoint")
+        view = views.DeletedView(id=encode(Kind.WEBHOOK_ENDPOINT, endpoint_id), object="webhook_endpoint")
+        await audit.record(conn, who, "webhook_endpoint.deleted", endpoint_id, view, merchant_id=merchant_id)
+        return 200, view
 
     return await svc.idempotency.run(identity, work)
 
@@ -179,7 +185,9 @@ async def rotate_secret(svc: Services, who: Principal, text_id: str, expires_in_
         row = await store.rotate_secret(conn, endpoint_id, merchant_id, svc.sealer.seal(secret, endpoint_id.bytes),
                                         previous, expires_at)
         shown["view"] = views.webhook_endpoint_view(row, secret=secret)
-        return 200, views.webhook_endpoint_view(row)
+        view = views.webhook_endpoint_view(row)
+        await audit.record(conn, who, "webhook_endpoint.secret_rotated", endpoint_id, view, merchant_id=merchant_id)
+        return 200, view
 
     return await _with_secret_once(svc, identity, work, shown)
 
@@ -207,6 +215,7 @@ class EventQuery:
     type: str | None
     created_gte_s: int | None
     created_lt_s: int | None
+    merchant: str | None = None  # operators only: one merchant's events
 
 
 def _instant(seconds: int | None) -> datetime | None:
@@ -214,21 +223,28 @@ def _instant(seconds: int | None) -> datetime | None:
 
 
 async def list_events(svc: Services, who: Principal, q: EventQuery) -> views.EventList:
-    assert who.merchant_id is not None
+    """A merchant's own events (``who`` a merchant key), or, for an operator, every merchant's and the
+    gateway's own (``merchant`` narrows it to one merchant)."""
+    every = who.kind is PrincipalKind.OPERATOR
+    scope = who.merchant_id
+    if every and q.merchant is not None:
+        scope = _id(Kind.MERCHANT, q.merchant, "merchant", "merchant")
+    assert every or scope is not None
     async with svc.db.connection() as conn:
         cursors: dict[str, int | None] = {}
         for name, text in (("starting_after", q.starting_after), ("ending_before", q.ending_before)):
             cursors[name] = None
             if text is not None:
                 event_id = decode(Kind.EVENT, text)
-                cursors[name] = await events_store.event_seq(conn, event_id, who.merchant_id) if event_id else None
+                cursors[name] = (await events_store.event_seq(conn, event_id, scope, every_merchant=every)
+                                 if event_id else None)
                 if cursors[name] is None:
                     raise InvalidRequest("the cursor names no event of yours", code="invalid_cursor", param=name)
         object_id = _id(Kind.PAYMENT, q.payment, "payment", "payment") if q.payment is not None else None
         match = events_store.EventFilter(object_id=object_id, type=q.type, created_gte=_instant(q.created_gte_s),
                                          created_lt=_instant(q.created_lt_s))
-        rows = await events_store.list_events(conn, who.merchant_id, q.limit, cursors["starting_after"],
-                                              cursors["ending_before"], match)
+        rows = await events_store.list_events(conn, scope, q.limit, cursors["starting_after"],
+                                              cursors["ending_before"], match, every_merchant=every)
     has_more = len(rows) > q.limit
     rows = rows[:q.limit] if q.ending_before is None else rows[-q.limit:]
     return views.EventList(data=[views.event_view(r) for r in rows], has_more=has_more)
@@ -256,6 +272,9 @@ async def redeliver(svc: Services, who: Principal, text_id: str, endpoint: str |
 
     async def work(conn: Connection) -> tuple[int, Any]:
         event = await _event(conn, who, text_id)
+        if not event["deliverable"]:
+            raise InvalidRequest(f"{event['type']} events are not sent to webhooks", code="event_not_deliverable",
+                                 param="id")
         if endpoint_id is not None and await store.endpoint(conn, endpoint_id, merchant_id) is None:
             raise NotFound(f"no such webhook endpoint: {endpoint}", param="endpoint")
         rows = await store.redeliver(conn, event["id"], event["type"], merchant_id, endpoint_id)
@@ -301,7 +320,9 @@ def _attempt(svc: Services, row: Any) -> Attempt:
     if row["previous_secret_sealed"] is not None and row["previous_secret_expires_at"] > row["leased_at"]:
         secrets.append(svc.sealer.open(row["previous_secret_sealed"], context))
     event = views.event_view({"id": row["event_id"], "type": row["type"], "data": row["data"],
-                              "created_at": row["created_at"]})
+                              "created_at": row["created_at"], "merchant_id": row["merchant_id"],
+                              "actor_type": row["actor_type"], "actor_id": row["actor_id"],
+                              "request_id": row["request_id"]})
     return Attempt(
         delivery_id=row["id"], endpoint_id=row["endpoint_id"], merchant_id=row["merchant_id"], url=row["url"],
         message_id=event.id, body=msgspec.json.encode(event), secrets=tuple(secrets), number=row["attempt_count"],

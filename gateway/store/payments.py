@@ -207,13 +207,27 @@ async def insert_event(
     *,
     merchant_id: uuid.UUID | None,
     holder_id: uuid.UUID | None,
+    actor: Actor | None = None,
+    request_id: str | None = None,
+    deliverable: bool = True,
 ) -> uuid.UUID:
+    """``actor`` and ``request_id`` make it an audit event; ``deliverable=False`` keeps it from webhooks."""
     event_id = uuid.uuid4()
     await conn.execute(
-        "INSERT INTO events (id, type, merchant_id, holder_id, object_id, data) VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
+        "INSERT INTO events (id, type, merchant_id, holder_id, object_id, data, actor_type, actor_id, request_id,"
+        " deliverable) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10)",
         event_id, event_type, merchant_id, holder_id, object_id, msgspec.json.encode(data).decode(),
+        actor.type if actor else None, actor.id if actor else None, request_id, deliverable,
     )
     return event_id
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who did it: ``operator``, ``api_key``, ``device``, ``wallet_holder`` (with its id) or ``cli`` (no id)."""
+
+    type: str
+    id: uuid.UUID | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,19 +238,32 @@ class EventFilter:
     created_lt: datetime | None = None
 
 
+_EVENT = ("seq, id, type, object_id, data::text AS data, created_at, merchant_id, actor_type, actor_id, request_id,"
+          " deliverable")
+
+
+def _scope(merchant_id: uuid.UUID | None, every_merchant: bool) -> str:
+    """The tenancy condition on ``$1``: the merchant's own events, or (operators only) every event."""
+    if merchant_id is not None:
+        return "merchant_id = $1"
+    assert every_merchant, "no merchant scope given: only an operator listing sees every merchant's events"
+    return "$1::uuid IS NULL"
+
+
 async def list_events(
-    conn: Connection, merchant_id: uuid.UUID, limit: int, after_seq: int | None, before_seq: int | None,
-    match: EventFilter,
+    conn: Connection, merchant_id: uuid.UUID | None, limit: int, after_seq: int | None, before_seq: int | None,
+    match: EventFilter, *, every_merchant: bool = False,
 ) -> list[asyncpg.Record]:
     """Newest first (by commit-ordered ``seq``); ``after_seq``/``before_seq`` are cursors. One row more
-    than ``limit`` tells there are more."""
+    than ``limit`` tells there are more. ``merchant_id=None`` needs ``every_merchant`` (operators)."""
     family = match.type[:-1] if match.type is not None and match.type.endswith(".*") else None
     exact = None if family is not None else match.type
     order = "ASC" if before_seq is not None else "DESC"
     rows = await conn.fetch(
         f"""
-        SELECT seq, id, type, object_id, data::text AS data, created_at FROM events
-         WHERE merchant_id = $1 AND ($3::int8 IS NULL OR seq < $3) AND ($4::int8 IS NULL OR seq > $4)
+        SELECT {_EVENT} FROM events
+         WHERE {_scope(merchant_id, every_merchant)} AND ($3::int8 IS NULL OR seq < $3)
+           AND ($4::int8 IS NULL OR seq > $4)
            AND ($5::uuid IS NULL OR object_id = $5) AND ($6::text IS NULL OR type = $6)
            AND ($7::text IS NULL OR starts_with(type, $7))
            AND ($8::timestamptz IS NULL OR created_at >= $8) AND ($9::timestamptz IS NULL OR created_at < $9)
@@ -250,12 +277,13 @@ async def list_events(
 
 async def event(conn: Connection, event_id: uuid.UUID, merchant_id: uuid.UUID) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
-        "SELECT seq, id, type, object_id, data::text AS data, created_at FROM events WHERE id = $1 AND merchant_id = $2",
-        event_id, merchant_id,
+        f"SELECT {_EVENT} FROM events WHERE id = $1 AND merchant_id = $2", event_id, merchant_id,
     )
     return row
 
 
-async def event_seq(conn: Connection, event_id: uuid.UUID, merchant_id: uuid.UUID) -> int | None:
-    seq: int | None = await conn.fetchval("SELECT seq FROM events WHERE id = $1 AND merchant_id = $2", event_id, merchant_id)
+async def event_seq(conn: Connection, event_id: uuid.UUID, merchant_id: uuid.UUID | None, *,
+                    every_merchant: bool = False) -> int | None:
+    seq: int | None = await conn.fetchval(
+        f"SELECT seq FROM events WHERE {_scope(merchant_id, every_merchant)} AND id = $2", merchant_id, event_id)
     return seq

@@ -199,8 +199,8 @@ async def lease(conn: Connection, delivery_ids: Sequence[uuid.UUID], lease_s: fl
           FROM events ev, webhook_endpoints e
          WHERE d.id = ANY ($1::uuid[]) AND ev.id = d.event_id AND e.id = d.endpoint_id
         RETURNING d.id, d.endpoint_id, d.merchant_id, d.attempt_count, d.window_start_at, ev.id AS event_id,
-                  ev.type, ev.data::text AS data, ev.created_at, e.url, e.secret_sealed, e.previous_secret_sealed,
-                  e.previous_secret_expires_at, now() AS leased_at
+                  ev.type, ev.data::text AS data, ev.created_at, ev.actor_type, ev.actor_id, ev.request_id, e.url,
+                  e.secret_sealed, e.previous_secret_sealed, e.previous_secret_expires_at, now() AS leased_at
         """,
         list(delivery_ids), lease_s,
     ))

@@ -18,7 +18,7 @@ import jwt
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.logs import JsonFormatter
+from gateway.logs import SERVICE, JsonFormatter
 from gateway.services import tenants
 from gateway.services.context import Services
 from gateway.services.views import PayerPaymentView
@@ -112,6 +112,7 @@ OPERATOR_ONLY = [
     ("POST", "/v1/merchants/{a_merchant}/terminals", {"store": "{a_store}", "label": "till 9"}),
     ("POST", "/v1/merchants/{a_merchant}/api_keys", {"kind": "secret"}),
     ("GET", "/v1/operator/ledger/invariants", None),
+    ("GET", "/v1/operator/events", None),
     ("POST", "/v1/operator/bank_statements", {"format": "csv", "content_base64": ""}),
     ("GET", "/v1/operator/reconciliation/exceptions", None),
     ("POST", f"/v1/operator/reconciliation/exceptions/rex_{'0' * 32}/resolve", {"action": "write_off", "reason": "x"}),
@@ -383,7 +384,7 @@ async def test_no_secret_reaches_a_log_line(scene: Scene) -> None:
     finally:
         root.removeHandler(captured)
         root.setLevel(level)
-    formatter = JsonFormatter()
+    formatter = JsonFormatter(SERVICE)
     lines = [formatter.format(r) for r in captured.records] + [repr(r.__dict__) for r in captured.records]
     assert any('"msg": "request"' in line for line in lines), "the request log was not captured"
     leaks = [(name, line[:200]) for line in lines for name in _exposed(secrets, line)]
