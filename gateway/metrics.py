@@ -18,7 +18,7 @@ import os
 import platform
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 # prometheus_client's own switch, read by it when it is imported: the values live in files of this
 # directory instead of this process's memory. Read once here, at the same moment, so that the
@@ -90,6 +90,11 @@ BUILD_INFO = Gauge("gateway_build_info", "Always 1; the labels say what is runni
 
 def status_class(status: int) -> str:
     return f"{status // 100}xx"
+
+
+def process_exited(pid: int) -> None:
+    """Drop a dead serving process's live gauges (the supervisor calls it when a child exits)."""
+    mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def announce_build(version: str, mode: str) -> None:

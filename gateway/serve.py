@@ -39,8 +39,8 @@ from gunicorn import sock as gunicorn_sock
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
-from prometheus_client import multiprocess
 
+from gateway import metrics
 from gateway.app import create_app
 from gateway.settings import Settings
 
@@ -129,7 +129,7 @@ class _Master(Arbiter):  # type: ignore[misc]
             super().manage_workers()
 
     def exited(self, pid: int) -> None:
-        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+        metrics.process_exited(pid)
         if pid in self.asked_to_stop:
             self.asked_to_stop.discard(pid)
             return
@@ -140,12 +140,12 @@ class _Master(Arbiter):  # type: ignore[misc]
         crashes = len(self.crashes_s)
         if crashes > self.server.crash_count_max:
             log.error("serving processes keep dying; stopping", extra={
-                "pid": pid, "crashes": crashes, "window_s": self.server.crash_window_s})
+                "worker_pid": pid, "crashes": crashes, "window_s": self.server.crash_window_s})
             raise HaltServer(f"{crashes} crashes in {self.server.crash_window_s:g} s", EXIT_CRASHING)
         delay_s = min(self.server.restart_backoff_max_s, RESTART_BACKOFF_BASE_S * 2 ** (crashes - 1))
         self.respawn_at_s = now_s + delay_s
         log.warning("serving process died; starting another", extra={
-            "pid": pid, "restart_in_s": delay_s, "crashes": crashes, "window_s": self.server.crash_window_s})
+            "worker_pid": pid, "restart_in_s": delay_s, "crashes": crashes, "window_s": self.server.crash_window_s})
 
 
 def _post_fork(master: _Master, worker: _Worker) -> None:

@@ -78,7 +78,7 @@ async def test_enrol_command_prints_the_gateways_reason(world: World, tmp_path: 
     assert process.returncode == 2, err
     assert out == b""
     lines = [json.loads(line) for line in err.decode().splitlines()]
-    assert [e["level"] for e in lines] == ["ERROR"]
+    assert [e["level"] for e in lines] == ["error"]
     message = lines[0]["msg"]
     assert "invalid_enrolment_code" in message and "the enrolment code is unknown, used or expired" in message
     assert "not_enrolled" not in message and "no device credentials" not in message
