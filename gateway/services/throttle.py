@@ -41,7 +41,7 @@ class Kind(StrEnum):
 
 class LockoutClearedView(msgspec.Struct, kw_only=True):
     object: str = "lockout_clearance"
-    kind: str
+    kind: Kind
     cleared: bool  # False: the account had no failures to forget
 
 
@@ -102,4 +102,4 @@ async def clear(svc: Services, kind: Kind, subject: str) -> LockoutClearedView:
     """An operator lifts an account's lockout and forgets its failures."""
     async with svc.db.connection() as conn:
         cleared = await store.forget(conn, kind.value, _subject_hash(svc, kind, subject))
-    return LockoutClearedView(kind=kind.value, cleared=cleared)
+    return LockoutClearedView(kind=kind, cleared=cleared)
