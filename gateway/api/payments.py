@@ -15,8 +15,13 @@ from gateway.services import pay_codes, payments, qr, taps, views
 
 
 @api.route("POST", "/v1/payments", summary="Create a payment", auth={P.MERCHANT, P.DEVICE}, body=schema.CreatePayment,
-           response=views.PaymentView, status=201, tag="payments")
+           response=views.PaymentView, status=201, tag="payments",
+           errors={400: schema.AMOUNT_CODES + ("invalid_expiry", "invalid_url", "invalid_url_scheme", "url_too_long",
+                                                "cancel_url_without_return_url"),
+                   404: ("resource_missing",)})
 async def create(call: Call[schema.CreatePayment, None]) -> Any:
+    """Create a payment for the payer to pay: by wallet, QR code, pay-code, tap or the hosted checkout page
+    (return_url). It waits in requires_payment_method until paid or expired."""
     b = call.body
     req = payments.NewPayment(
         amount=b.amount, currency=b.currency, capture_method=CaptureMethod(b.capture_method),  # type: ignore[arg-type]
@@ -27,35 +32,49 @@ async def create(call: Call[schema.CreatePayment, None]) -> Any:
 
 
 @api.route("GET", "/v1/payments", summary="List payments, newest first", auth={P.MERCHANT, P.DEVICE},
-           query=schema.PageQuery, response=views.PaymentList, tag="payments")
+           query=schema.PageQuery, response=views.PaymentList, tag="payments", errors={400: ("invalid_cursor",)})
 async def list_all(call: Call[None, schema.PageQuery]) -> Any:
+    """The merchant's payments, newest first, cursor paginated (starting_after, ending_before); a device sees
+    its terminal's."""
     q = call.query
     return await payments.list_payments(call.svc, call.who, q.limit, q.starting_after, q.ending_before,
                                         q.merchant_reference)
 
 
 @api.route("GET", "/v1/payments/{id}", summary="Retrieve a payment (payers and publishable keys get the payer's view)",
-           auth={P.MERCHANT, P.DEVICE, P.PUBLISHABLE, P.WALLET}, response=views.PaymentView, tag="payments")
+           auth={P.MERCHANT, P.DEVICE, P.PUBLISHABLE, P.WALLET}, response=(views.PaymentView, views.PayerPaymentView),
+           tag="payments")
 async def retrieve(call: Call[None, None]) -> Any:
+    """One payment. The merchant and its devices get the full view; a publishable key and the wallet holder who
+    pays get the payer's view (no fees, no merchant internals)."""
     return await payments.get(call.svc, call.who, call.match("id"))
 
 
 @api.route("POST", "/v1/payments/{id}/capture", summary="Capture an authorised payment, fully or partly",
-           auth={P.MERCHANT}, body=schema.CapturePayment, response=views.PaymentView, tag="payments")
+           auth={P.MERCHANT}, body=schema.CapturePayment, response=views.PaymentView, tag="payments",
+           errors={400: schema.AMOUNT_CODES, 409: ("payment_not_capturable", "authorization_expired")})
 async def capture(call: Call[schema.CapturePayment, None]) -> Any:
+    """Capture an authorised manual-capture payment, all of the authorisation or part of it (amount_to_capture);
+    the rest is released."""
     amount = call.body.amount_to_capture
     return await payments.capture(call.svc, call.who, call.match("id"), amount, call.identity())  # type: ignore[arg-type]
 
 
 @api.route("POST", "/v1/payments/{id}/cancel", summary="Cancel an unpaid or uncaptured payment (releases the hold)",
-           auth={P.MERCHANT, P.DEVICE}, body=schema.CancelPayment, response=views.PaymentView, tag="payments")
+           auth={P.MERCHANT, P.DEVICE}, body=schema.CancelPayment, response=views.PaymentView, tag="payments",
+           errors={409: ("payment_not_cancelable",)})
 async def cancel(call: Call[schema.CancelPayment, None]) -> Any:
+    """Cancel a payment that is not paid or not captured yet; a hold on the payer's wallet is released."""
     return await payments.cancel(call.svc, call.who, call.match("id"), call.identity())
 
 
 @api.route("POST", "/v1/payments/{id}/refunds", summary="Refund a captured payment, fully or partly",
-           auth={P.MERCHANT}, body=schema.CreateRefund, response=views.RefundView, status=201, tag="payments")
+           auth={P.MERCHANT}, body=schema.CreateRefund, response=views.RefundView, status=201, tag="payments",
+           errors={400: schema.AMOUNT_CODES + ("payment_not_refundable",),
+                   409: ("payment_not_refundable", "payment_fully_refunded")})
 async def refund(call: Call[schema.CreateRefund, None]) -> Any:
+    """Refund a captured payment to the payer's wallet, all of what remains or part of it (amount); the fee is
+    returned in proportion."""
     b = call.body
     return await payments.refund(call.svc, call.who, call.match("id"), b.amount, b.reason, call.identity())  # type: ignore[arg-type]
 
@@ -63,25 +82,34 @@ async def refund(call: Call[schema.CreateRefund, None]) -> Any:
 @api.route("GET", "/v1/payments/{id}/refunds", summary="List a payment's refunds", auth={P.MERCHANT},
            response=views.RefundList, tag="payments")
 async def refunds(call: Call[None, None]) -> Any:
+    """The payment's refunds, oldest first."""
     return await payments.list_refunds(call.svc, call.who, call.match("id"))
 
 
 @api.route("POST", "/v1/wallet/payments/{id}/pay", summary="Pay a payment from the holder's wallet",
-           auth={P.WALLET}, body=schema.PayPayment, response=views.PayerPaymentView, tag="wallet")
+           auth={P.WALLET}, body=schema.PayPayment, response=views.PayerPaymentView, tag="wallet",
+           errors={402: schema.DECLINE_CODES + schema.PIN_CODES, 403: ("wallet_locked",),
+                   409: ("payment_not_payable", "payment_expired")})
 async def pay(call: Call[schema.PayPayment, None]) -> Any:
+    """Pay the payment from the holder's wallet balance in its currency. Amounts above the holder's PIN
+    threshold need the PIN."""
     return await payments.pay(call.svc, call.who, call.match("id"), call.body.pin, call.identity())
 
 
 @api.route("POST", "/v1/payments/{id}/qr_codes", summary="Issue a dynamic QR code for the payment (single use)",
-           auth={P.MERCHANT, P.DEVICE}, body=schema.IssueQr, response=views.QrCodeView, status=201, tag="qr")
+           auth={P.MERCHANT, P.DEVICE}, body=schema.IssueQr, response=views.QrCodeView, status=201, tag="qr",
+           errors={400: ("invalid_ttl", "qr_not_encodable"), 409: ("payment_not_payable",)})
 async def issue_qr(call: Call[schema.IssueQr, None]) -> Any:
+    """A dynamic EMV QR code for this payment (amount inside, single use), with links to its PNG and SVG images."""
     b = call.body
     return await qr.issue_dynamic(call.svc, call.who, call.match("id"), b.ttl, b.terminal_label, call.identity())
 
 
 @api.route("GET", "/v1/stores/{id}/qr_code", summary="The store's static QR code (the payer enters the amount)",
-           auth={P.MERCHANT}, query=schema.StaticQrQuery, response=views.QrCodeView, tag="qr")
+           auth={P.MERCHANT}, query=schema.StaticQrQuery, response=views.QrCodeView, tag="qr",
+           errors={400: ("invalid_currency", "qr_not_encodable"), 409: ("static_code_currency",)})
 async def static_qr(call: Call[None, schema.StaticQrQuery]) -> Any:
+    """The store's static EMV QR code in a currency: the payer scans it and enters the amount."""
     return await qr.static_for_store(call.svc, call.who, call.match("id"), call.query.currency)
 
 
@@ -92,20 +120,28 @@ async def _image(call: Call[None, None], fmt: str) -> web.Response:
 
 
 @api.route("GET", "/v1/qr_codes/{token}/image.png", summary="The QR code as a PNG image",
-           auth={P.MERCHANT, P.DEVICE, P.PUBLISHABLE}, tag="qr", produces="image/png")
+           auth={P.MERCHANT, P.DEVICE, P.PUBLISHABLE}, tag="qr", produces="image/png",
+           errors={404: ("qr_code_unknown",)})
 async def qr_png(call: Call[None, None]) -> Any:
+    """The QR code's image as PNG."""
     return await _image(call, "png")
 
 
 @api.route("GET", "/v1/qr_codes/{token}/image.svg", summary="The QR code as an SVG image",
-           auth={P.MERCHANT, P.DEVICE, P.PUBLISHABLE}, tag="qr", produces="image/svg+xml")
+           auth={P.MERCHANT, P.DEVICE, P.PUBLISHABLE}, tag="qr", produces="image/svg+xml",
+           errors={404: ("qr_code_unknown",)})
 async def qr_svg(call: Call[None, None]) -> Any:
+    """The QR code's image as SVG."""
     return await _image(call, "svg")
 
 
 @api.route("POST", "/v1/pay_code_charges", summary="Charge a scanned pay-code (may need the payer's PIN)",
-           auth={P.MERCHANT, P.DEVICE}, body=schema.ChargePayCode, response=views.PaymentView, status=201, tag="pay_codes")
+           auth={P.MERCHANT, P.DEVICE}, body=schema.ChargePayCode, response=views.PaymentView, status=201, tag="pay_codes",
+           errors={400: schema.AMOUNT_CODES + ("pay_code_foreign",), 402: schema.DECLINE_CODES, 403: ("wallet_locked",),
+                   404: ("pay_code_unknown", "resource_missing"), 409: ("pay_code_used", "pay_code_expired")})
 async def charge_pay_code(call: Call[schema.ChargePayCode, None]) -> Any:
+    """Create a payment and pay it with the pay-code a wallet shows, scanned at the counter. Above the holder's
+    PIN threshold the payment waits in requires_action for the holder to confirm with the PIN."""
     b = call.body
     req = pay_codes.Charge(pay_code=b.pay_code, amount=b.amount, currency=b.currency,  # type: ignore[arg-type]
                            merchant_reference=b.merchant_reference, description=b.description, store=b.store,
@@ -116,12 +152,20 @@ async def charge_pay_code(call: Call[schema.ChargePayCode, None]) -> Any:
 @api.route("POST", "/v1/payments/{id}/reverse", summary="Undo a sale: cancel if uncaptured, refund in full if captured",
            auth={P.MERCHANT, P.DEVICE}, body=schema.Empty, response=views.PaymentView, tag="payments")
 async def reverse(call: Call[schema.Empty, None]) -> Any:
+    """Undo a sale whatever it reached, for a counter that cannot know the outcome of a charge: cancel it if
+    nothing was captured, refund the rest if it was."""
     return await payments.reverse(call.svc, call.who, call.match("id"), call.identity())
 
 
 @api.route("POST", "/v1/tap_payments", summary="Authorise an NFC tap (idempotent by terminal_transaction_id)",
-           auth={P.DEVICE}, body=schema.TapPayment, response=views.PaymentView, status=201, tag="taps")
+           auth={P.DEVICE}, body=schema.TapPayment, response=views.PaymentView, status=201, tag="taps",
+           errors={400: schema.AMOUNT_CODES + ("invalid_tap_data",),
+                   402: schema.DECLINE_CODES + ("cryptogram_invalid", "atc_replayed", "amount_mismatch",
+                                                "tap_token_unknown", "tap_token_revoked"),
+                   403: ("wallet_locked",), 503: ("taps_not_configured",)})
 async def tap(call: Call[schema.TapPayment, None]) -> Any:
+    """Authorise an NFC tap from an enrolled device: the card cryptogram (ARQC) is verified and its counter must
+    move forward. The terminal's transaction id is the idempotency key."""
     b = call.body
     # The terminal's transaction id IS the idempotency key (whatever header came with it): a tap
     # retried under any key replays the first answer.

@@ -52,8 +52,12 @@ def _body_max(svc: Services) -> int:
 
 @api.route("POST", "/v1/operator/bank_statements", summary="Import a bank statement (camt.053 or CSV) and match it",
            auth={P.OPERATOR}, roles=RESOLVERS, body=ImportStatement, response=reconciliation.ImportSummary,
-           status=201, tag="reconciliation", body_max=_body_max)
+           status=201, tag="reconciliation", body_max=_body_max,
+           errors={400: ("invalid_parameter",), 413: ("statement_too_large",),
+                   422: ("malformed_statement", "hostile_xml")})
 async def import_statement(call: Call[ImportStatement, None]) -> Any:
+    """Import a bank statement (camt.053 XML or CSV, base64 in JSON), match its entries against expected
+    movements, and open exceptions for what does not match. A statement imported again changes nothing."""
     try:
         data = base64.b64decode(call.body.content_base64, validate=True)
     except (binascii.Error, ValueError):
@@ -62,8 +66,10 @@ async def import_statement(call: Call[ImportStatement, None]) -> Any:
 
 
 @api.route("GET", "/v1/operator/reconciliation/exceptions", summary="List reconciliation exceptions, newest first",
-           auth={P.OPERATOR}, query=ExceptionQuery, response=reconciliation.ExceptionList, tag="reconciliation")
+           auth={P.OPERATOR}, query=ExceptionQuery, response=reconciliation.ExceptionList, tag="reconciliation",
+           errors={400: ("invalid_currency",)})
 async def list_exceptions(call: Call[None, ExceptionQuery]) -> Any:
+    """Reconciliation exceptions, newest first, filtered by status, kind and currency, cursor paginated."""
     q = call.query
     return await reconciliation.list_exceptions(call.svc, q.status, q.kind, q.currency, q.cursor, q.limit)
 
@@ -71,14 +77,19 @@ async def list_exceptions(call: Call[None, ExceptionQuery]) -> Any:
 @api.route("GET", "/v1/operator/reconciliation/exceptions/{id}", summary="Retrieve an exception and its actions",
            auth={P.OPERATOR}, response=reconciliation.ExceptionView, tag="reconciliation")
 async def get_exception(call: Call[None, None]) -> Any:
+    """One reconciliation exception with the operator actions taken on it."""
     return await reconciliation.get_exception(call.svc, call.match("id"))
 
 
 @api.route("POST", "/v1/operator/reconciliation/exceptions/{id}/resolve",
            summary="Resolve an exception: match by hand, write off with a reason, or reopen",
            auth={P.OPERATOR}, roles=RESOLVERS, body=Resolve, response=reconciliation.ExceptionView,
-           tag="reconciliation")
+           tag="reconciliation",
+           errors={409: ("invalid_state_transition", "already_matched", "amounts_differ", "nothing_to_resolve",
+                "nothing_to_write_off")})
 async def resolve(call: Call[Resolve, None]) -> Any:
+    """Resolve an exception: match bank entries and expected movements by hand, write the difference off with a
+    reason, or reopen a resolved one."""
     b = call.body
     return await reconciliation.resolve(call.svc, call.who, call.match("id"), b.action, b.reason, b.bank_entries,
                                         b.references, call.identity())

@@ -8,6 +8,12 @@ identity, and renders the result.
 Credentials: none or invalid -> 401; a kind of credential the route never accepts (a wallet token
 on an operator route, a publishable key where a secret key is needed) -> 401; an operator without
 the role -> 403. Another tenant's object stays 404 (the services scope every lookup).
+
+The declaration is also the route's contract in ``/openapi.json``: its description is the first
+paragraph of the handler's docstring; its error answers are derived from what it declares
+(credentials, body, query, path ids, idempotency, database) plus the ``errors`` its use case
+raises. ``idempotent`` routes honour ``Idempotency-Key`` (by default every authenticated route
+that is not a GET); a handler may build its request identity only on such a route.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -49,6 +55,7 @@ class Call(Generic[B, Q]):
     query: Q
     raw_params: Any
     prefetched: tuple[bytes | None, bool] = (None, False)
+    idempotent: bool = False
 
     def match(self, name: str) -> str:
         return self.request.match_info[name]
@@ -65,6 +72,8 @@ class Call(Generic[B, Q]):
         return self.principal
 
     def identity(self) -> RequestIdentity:
+        # The route's declaration says whether keys are honoured; /openapi.json documents the header from it.
+        assert self.idempotent, f"{self.request.method} {self.request.path} is not declared idempotent"
         key = self.request.headers.get("Idempotency-Key")
         if key is not None and not (1 <= len(key) <= KEY_LENGTH_MAX and key.isprintable()):
             raise InvalidRequest(
@@ -81,6 +90,9 @@ class Call(Generic[B, Q]):
 
 
 Handler = Callable[[Call[Any, Any]], Awaitable[Any]]
+# Error answers a use case gives beyond those the declaration implies: status -> the codes, or
+# status -> the body type when that answer is not the error body (readiness's 503).
+Errors = Mapping[int, tuple[str, ...] | type]
 
 
 @dataclass
@@ -92,12 +104,15 @@ class Endpoint:
     auth: frozenset[PrincipalKind] | None
     body: type | None
     query: type | None
-    response: type | None
+    response: type | tuple[type, ...] | None  # a tuple: one of these, by who asks
     status: int
     roles: frozenset[str] | None = None
     tags: list[str] = field(default_factory=list)
     produces: str | None = None  # a media type other than JSON (images, metrics)
     body_max: Callable[[Services], int] | None = None  # a larger body cap than server.body_max_bytes
+    errors: Errors = field(default_factory=dict)
+    idempotent: bool = False
+    database: bool = True  # False: the route answers without the database (no 503 for its loss)
 
 
 def _param(message: str) -> str | None:
@@ -204,17 +219,24 @@ class Api:
         auth: set[PrincipalKind] | None,
         body: type | None = None,
         query: type | None = None,
-        response: type | None = None,
+        response: type | tuple[type, ...] | None = None,
         status: int = 200,
         roles: set[str] | None = None,
         tag: str = "general",
         produces: str | None = None,
         body_max: Callable[[Services], int] | None = None,
+        errors: Errors | None = None,
+        idempotent: bool | None = None,
+        database: bool = True,
     ) -> Callable[[Handler], Handler]:
+        if idempotent is None:
+            idempotent = method != "GET" and auth is not None
+
         def register(handler: Handler) -> Handler:
             self.endpoints.append(
                 Endpoint(method, path, handler, summary, frozenset(auth) if auth is not None else None, body, query,
-                         response, status, frozenset(roles) if roles else None, [tag], produces, body_max)
+                         response, status, frozenset(roles) if roles else None, [tag], produces, body_max,
+                         dict(errors or {}), idempotent, database)
             )
             return handler
 
@@ -269,7 +291,8 @@ class Api:
                                          param=repeated)
                 _check_text(params)
                 query = _decode(params, endpoint.query, strict=False, what="query")
-            result = await endpoint.handler(Call(request, svc, principal, body, query, raw_params, prefetched))
+            result = await endpoint.handler(Call(request, svc, principal, body, query, raw_params, prefetched,
+                                                 endpoint.idempotent))
             if isinstance(result, web.StreamResponse):
                 return result
             if isinstance(result, Reply):

@@ -17,6 +17,12 @@ Amount = Annotated[
 Currency = Annotated[str, msgspec.Meta(min_length=3, max_length=3, description="ISO 4217 code, e.g. CNY")]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=100)]
 
+# Error codes that the use cases of several routes raise, for the routes' ``errors`` declarations.
+AMOUNT_CODES = ("invalid_amount", "amount_too_precise", "amount_too_large", "invalid_currency")
+DECLINE_CODES = ("insufficient_funds", "limit_exceeded", "currency_not_supported", "merchant_unavailable")
+PIN_CODES = ("pin_required", "pin_not_set", "incorrect_pin")
+SIGN_IN_CODES = ("sign_in_locked", "sign_in_rate_limited")
+
 
 class Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass

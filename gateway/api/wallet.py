@@ -11,32 +11,42 @@ from gateway.services import pay_codes, payments, pins, qr, views, wallets
 
 
 @api.route("POST", "/v1/wallet/holders", summary="Register a wallet holder", auth=None,
-           body=schema.WalletCredentials, response=views.WalletHolderView, status=201, tag="wallet")
+           body=schema.WalletCredentials, response=views.WalletHolderView, status=201, tag="wallet",
+           errors={400: ("invalid_phone", "weak_password"), 409: ("phone_taken",)})
 async def register(call: Call[schema.WalletCredentials, None]) -> Any:
+    """Register a wallet holder with a phone number and password. The holder starts at tier 1 with an empty
+    wallet."""
     return await wallets.register(call.svc, call.body.phone, call.body.password)
 
 
 @api.route("POST", "/v1/wallet/sessions", summary="Log in; returns a short-lived wallet token", auth=None,
-           body=schema.WalletLogin, response=views.TokenView, status=201, tag="wallet")
+           body=schema.WalletLogin, response=views.TokenView, status=201, tag="wallet",
+           errors={401: ("invalid_credentials",), 429: schema.SIGN_IN_CODES})
 async def login(call: Call[schema.WalletLogin, None]) -> Any:
+    """Exchange a holder's phone and password for a short-lived wallet token; device_id binds it to the phone
+    for pay-codes and taps. Failed attempts lock out for a while."""
     return await wallets.login(call.svc, call.body.phone, call.body.password, call.body.device_id, call.client_address)
 
 
 @api.route("GET", "/v1/wallet", summary="The holder's balances per currency", auth={P.WALLET},
            response=views.WalletView, tag="wallet")
 async def wallet(call: Call[None, None]) -> Any:
+    """The holder (tier, PIN state, lock) and the wallet's balances per currency: available, held and total."""
     return await wallets.wallet(call.svc, call.who)
 
 
 @api.route("POST", "/v1/wallet/bank_accounts", summary="Link a bank account (number stored masked and hashed)",
-           auth={P.WALLET}, body=schema.LinkBankAccount, response=views.BankAccountView, status=201, tag="wallet")
+           auth={P.WALLET}, body=schema.LinkBankAccount, response=views.BankAccountView, status=201, tag="wallet",
+           errors={400: ("invalid_bank_name", "invalid_account_number")}, idempotent=False)
 async def link(call: Call[schema.LinkBankAccount, None]) -> Any:
+    """Link a bank account for top-ups and withdrawals; the number is stored masked and hashed."""
     return await wallets.link_bank_account(call.svc, call.who, call.body.bank_name, call.body.account_number)
 
 
 @api.route("GET", "/v1/wallet/bank_accounts", summary="Linked bank accounts", auth={P.WALLET},
            response=views.BankAccountList, tag="wallet")
 async def bank_accounts(call: Call[None, None]) -> Any:
+    """The holder's linked bank accounts, masked."""
     return await wallets.bank_accounts(call.svc, call.who)
 
 
@@ -46,57 +56,86 @@ def _transfer(kind: str, call: Call[schema.Transfer, None]) -> wallets.TransferR
 
 
 @api.route("POST", "/v1/wallet/top_ups", summary="Top up the wallet from a linked bank account", auth={P.WALLET},
-           body=schema.Transfer, response=views.TransferView, status=201, tag="wallet")
+           body=schema.Transfer, response=views.TransferView, status=201, tag="wallet",
+           errors={400: schema.AMOUNT_CODES, 402: ("limit_exceeded", "currency_not_supported"),
+                   404: ("resource_missing",)})
 async def top_up(call: Call[schema.Transfer, None]) -> Any:
+    """Move money from a linked bank account into the wallet, within the tier's balance cap."""
     return await wallets.transfer(call.svc, call.who, _transfer("top_up", call), call.identity())
 
 
 @api.route("POST", "/v1/wallet/withdrawals", summary="Withdraw to a linked bank account", auth={P.WALLET},
-           body=schema.Transfer, response=views.TransferView, status=201, tag="wallet")
+           body=schema.Transfer, response=views.TransferView, status=201, tag="wallet",
+           errors={400: schema.AMOUNT_CODES, 402: ("insufficient_funds", "currency_not_supported"),
+                   403: ("wallet_locked",), 404: ("resource_missing",)})
 async def withdraw(call: Call[schema.Transfer, None]) -> Any:
+    """Move money from the wallet to a linked bank account."""
     return await wallets.transfer(call.svc, call.who, _transfer("withdrawal", call), call.identity())
 
 
 @api.route("GET", "/v1/wallet/transactions", summary="Wallet history, newest first, cursor paginated",
-           auth={P.WALLET}, query=schema.HistoryQuery, response=views.TransactionList, tag="wallet")
+           auth={P.WALLET}, query=schema.HistoryQuery, response=views.TransactionList, tag="wallet",
+           errors={400: ("invalid_currency", "invalid_cursor")})
 async def history(call: Call[None, schema.HistoryQuery]) -> Any:
+    """The wallet's postings, newest first: payments, refunds, top-ups and withdrawals, cursor paginated."""
     q = call.query
     return await wallets.history(call.svc, call.who, q.currency, q.limit, q.starting_after)
 
 
 @api.route("POST", "/v1/wallet/pin", summary="Set or change the payment PIN (changing needs current_pin)",
-           auth={P.WALLET}, body=schema.SetPin, response=views.WalletHolderView, tag="wallet")
+           auth={P.WALLET}, body=schema.SetPin, response=views.WalletHolderView, tag="wallet",
+           errors={400: ("invalid_pin",), 402: ("pin_required", "incorrect_pin"), 403: ("wallet_locked",)},
+           idempotent=False)
 async def set_pin(call: Call[schema.SetPin, None]) -> Any:
+    """Set the payment PIN, or change it (current_pin is then needed). Wrong current PINs count towards the
+    payment lock."""
     await pins.set_pin(call.svc, call.who.id, call.body.pin, call.body.current_pin)
     return (await wallets.wallet(call.svc, call.who)).holder
 
 
 @api.route("POST", "/v1/wallet/qr/preview", summary="What a scanned QR code would pay: merchant, amount, expiry",
-           auth={P.WALLET}, body=schema.QrPreview, response=views.QrPreview, tag="wallet")
+           auth={P.WALLET}, body=schema.QrPreview, response=views.QrPreviewView, tag="wallet",
+           errors={400: ("invalid_qr_payload", "qr_code_altered", "qr_code_foreign"), 404: ("qr_code_unknown",),
+                   409: ("qr_code_used", "qr_code_expired", "payment_canceled", "payment_expired")}, idempotent=False)
 async def qr_preview(call: Call[schema.QrPreview, None]) -> Any:
+    """What paying a scanned QR code would mean: merchant, store, amount (none for a static code), currency,
+    expiry, and whether the PIN will be needed. Nothing is paid."""
     return await qr.preview(call.svc, call.who, call.body.payload)
 
 
 @api.route("POST", "/v1/wallet/qr/pay", summary="Pay a scanned QR code (static codes need the amount)",
-           auth={P.WALLET}, body=schema.QrPay, response=views.PayerPaymentView, tag="wallet")
+           auth={P.WALLET}, body=schema.QrPay, response=views.PayerPaymentView, tag="wallet",
+           errors={400: schema.AMOUNT_CODES + ("invalid_qr_payload", "qr_code_altered", "qr_code_foreign",
+                                                "amount_required", "amount_mismatch"),
+                   402: schema.DECLINE_CODES + schema.PIN_CODES, 403: ("wallet_locked",), 404: ("qr_code_unknown",),
+                   409: ("qr_code_used", "qr_code_expired", "payment_canceled", "payment_expired")})
 async def qr_pay(call: Call[schema.QrPay, None]) -> Any:
+    """Pay a scanned QR code from the wallet: a dynamic code pays its payment; a static code creates one for the
+    amount given."""
     b = call.body
     return await qr.pay(call.svc, call.who, b.payload, b.amount, b.pin, call.identity())  # type: ignore[arg-type]
 
 
 @api.route("POST", "/v1/wallet/pay_codes", summary="A one-time pay-code for the counter to scan (about a minute)",
-           auth={P.WALLET}, body=schema.IssuePayCode, response=views.PayCodeView, status=201, tag="wallet")
+           auth={P.WALLET}, body=schema.IssuePayCode, response=views.PayCodeView, status=201, tag="wallet",
+           errors={400: ("device_required",), 409: ("pay_code_exhausted",)}, idempotent=False)
 async def issue_pay_code(call: Call[schema.IssuePayCode, None]) -> Any:
+    """A one-time pay-code (and its QR image) for the counter to scan, valid for about a minute and bound to the
+    device the holder logged in with."""
     return await pay_codes.issue(call.svc, call.who, call.who.device_id)
 
 
 @api.route("GET", "/v1/wallet/pending_payments", summary="Counter payments waiting for this holder's PIN",
            auth={P.WALLET}, response=views.PayerPaymentList, tag="wallet")
 async def pending(call: Call[None, None]) -> Any:
+    """Counter payments of this holder that wait in requires_action for the PIN."""
     return await payments.awaiting_confirmation(call.svc, call.who)
 
 
 @api.route("POST", "/v1/wallet/payments/{id}/confirm", summary="Confirm a counter payment with the PIN",
-           auth={P.WALLET}, body=schema.ConfirmPayment, response=views.PayerPaymentView, tag="wallet")
+           auth={P.WALLET}, body=schema.ConfirmPayment, response=views.PayerPaymentView, tag="wallet",
+           errors={402: schema.PIN_CODES, 403: ("wallet_locked",),
+                   409: ("payment_not_confirmable", "confirmation_expired")})
 async def confirm(call: Call[schema.ConfirmPayment, None]) -> Any:
+    """Confirm a counter payment waiting for this holder's PIN; wrong PINs count towards the payment lock."""
     return await payments.confirm(call.svc, call.who, call.match("id"), call.body.pin, call.identity())

@@ -17,6 +17,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
 import asyncpg
 
@@ -121,7 +122,7 @@ async def status(svc: Services, text_id: str, secret: str) -> views.CheckoutStat
     async with svc.db.connection() as conn:
         row = await _payment(conn, pid)
     state = checkout.payer_status(row["status"], row["expires_at"], svc.now())
-    return views.CheckoutStatus(payment=encode(Kind.PAYMENT, pid), status=state, redirect_url=_redirect(row, state),
+    return views.CheckoutStatus(payment=encode(Kind.PAYMENT, pid), status=cast(views.PaymentStatus, state), redirect_url=_redirect(row, state),
                                 cancel_url=row["cancel_url"])
 
 

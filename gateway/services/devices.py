@@ -38,7 +38,7 @@ class EnrolmentCodeView(msgspec.Struct, kw_only=True):
     object: str = "enrolment_code"
     code: str
     terminal: str
-    expires_at: str
+    expires_at: views.Timestamp
 
 
 class DeviceTokenView(msgspec.Struct, kw_only=True):

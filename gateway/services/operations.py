@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 import msgspec
 
@@ -19,17 +20,19 @@ async def invariant_report(svc: Services) -> views.InvariantReport:
 
 
 class Readiness(msgspec.Struct, kw_only=True):
-    status: str  # "ok", "degraded" (Redis down: still serving), "unavailable" (no database)
-    database: str
-    redis: str
+    status: Literal["ok", "degraded", "unavailable"]  # degraded: Redis down, still serving; unavailable: no database
+    database: Literal["ok", "down"]
+    redis: Literal["ok", "down"]
 
 
 async def readiness(svc: Services) -> Readiness:
+    database: Literal["ok", "down"]
     try:
         await asyncio.wait_for(svc.db.fetchval("SELECT 1"), timeout=2)
         database = "ok"
     except Exception:
         database = "down"
-    redis = "ok" if await svc.accel.ping() else "down"
-    status = "unavailable" if database != "ok" else ("degraded" if redis != "ok" else "ok")
+    redis: Literal["ok", "down"] = "ok" if await svc.accel.ping() else "down"
+    status: Literal["ok", "degraded", "unavailable"] = (
+        "unavailable" if database != "ok" else ("degraded" if redis != "ok" else "ok"))
     return Readiness(status=status, database=database, redis=redis)

@@ -172,7 +172,7 @@ def _refuse_if_unusable(svc: Services, qr_row: asyncpg.Record | None, payment: a
         raise Conflict("this QR code has expired", code="qr_code_expired", param="payload")
 
 
-async def preview(svc: Services, who: Principal, payload_text: str) -> views.QrPreview:
+async def preview(svc: Services, who: Principal, payload_text: str) -> views.QrPreviewView:
     token, payload = _token(svc, payload_text)
     async with svc.db.connection() as conn:
         qr_row = _refuse_if_unknown(await codes.qr(conn, token), payload_text)
@@ -189,7 +189,7 @@ async def preview(svc: Services, who: Principal, payload_text: str) -> views.QrP
             raise InvalidRequest("the code names an unknown currency", code="invalid_qr_payload", param="payload")
         code = found.code
     amount = payment["amount_minor"] if payment else None
-    return views.QrPreview(
+    return views.QrPreviewView(
         kind=qr_row["kind"], payment=encode(Kind.PAYMENT, payment["id"]) if payment else None,
         status=payment["status"] if payment else None, merchant_name=merchant["name"],
         merchant_name_local=merchant["name_local"], store_name=store_row["name"] if store_row else None,

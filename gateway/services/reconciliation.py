@@ -11,7 +11,7 @@ import json
 import uuid
 from collections.abc import Callable
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -22,7 +22,7 @@ from gateway.domain import reconciliation as rules
 from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import Money, currency
 from gateway.errors import Conflict, InvalidRequest, InvalidState, NotFound
-from gateway.services import audit
+from gateway.services import audit, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.store import ledger as ledger_store
@@ -47,7 +47,7 @@ class ImportSummary(msgspec.Struct, kw_only=True):
 
 
 class ExpectedView(msgspec.Struct, kw_only=True):
-    kind: str
+    kind: Literal["top_up", "withdrawal", "payout"]
     id: str
     reference: str
     amount: int
@@ -58,26 +58,26 @@ class ActionView(msgspec.Struct, kw_only=True):
     operator: str | None
     reason: str | None
     match: str | None
-    at: str
+    at: views.Timestamp
 
 
 class ExceptionView(msgspec.Struct, kw_only=True):
     id: str
     object: str = "reconciliation_exception"
-    kind: str
-    status: str
+    kind: Literal["missing_at_bank", "amount_mismatch", "unknown_entry", "duplicate_entry"]
+    status: Literal["open", "resolved", "cleared"]
     currency: str
     reference: str | None
     bank_entry: str | None
     entry_ref: str | None
     statement: str | None
-    booking_date: str | None
+    booking_date: views.Date | None
     bank_amount: int | None  # signed minor units: credits positive
     expected: ExpectedView | None
     expected_amount: int | None
     match: str | None
-    detected_at: str
-    resolved_at: str | None
+    detected_at: views.Timestamp
+    resolved_at: views.Timestamp | None
     actions: list[ActionView] | None = None
 
 

@@ -90,7 +90,7 @@ async def provision(svc: Services, who: Principal) -> TapTokenView:
 class RevokedTapTokenView(msgspec.Struct, kw_only=True):
     object: str = "tap_token"
     token: str
-    status: str
+    status: views.ActiveOrRevoked
     pan_last4: str
 
 

@@ -44,7 +44,7 @@ class Kind(StrEnum):
 
 class LockoutClearedView(msgspec.Struct, kw_only=True):
     object: str = "lockout_clearance"
-    kind: str
+    kind: Kind
     cleared: bool  # False: the account had no failures to forget
 
 
@@ -107,6 +107,6 @@ async def clear(svc: Services, who: Principal | None, kind: Kind, subject: str) 
     subject_hash = _subject_hash(svc, kind, subject)
     async with svc.db.connection() as conn, conn.transaction():
         cleared = await store.forget(conn, kind.value, subject_hash)
-        view = LockoutClearedView(kind=kind.value, cleared=cleared)
+        view = LockoutClearedView(kind=kind, cleared=cleared)
         await audit.record(conn, who, "lockout.cleared", uuid.UUID(bytes=subject_hash[:16]), view, merchant_id=None)
     return view

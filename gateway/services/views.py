@@ -1,17 +1,30 @@
 """The API's view of objects: what responses and event payloads contain. Pure functions of rows.
 
 Amounts are integers in minor units of ``currency`` (Stripe's convention: 1050 CNY = 10.50 yuan).
+Timestamps are RFC 3339 text (``datetime.isoformat()`` of an aware datetime: ``+00:00``, not ``Z``),
+declared as such in the schema while staying ``str`` so that no answer changes its bytes. Statuses
+and kinds are ``Literal`` types: the schema lists their values, the JSON is the same text.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from gateway.domain import ids
 from gateway.domain.ids import Kind
+
+Timestamp = Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})]
+Date = Annotated[str, msgspec.Meta(extra_json_schema={"format": "date"})]
+# The values of gateway.domain.payments.Status and CaptureMethod (a unit test keeps them equal).
+PaymentStatus = Literal["requires_payment_method", "requires_action", "requires_capture", "succeeded", "canceled",
+                        "expired"]
+CaptureMethod = Literal["automatic", "manual"]
+Channel = Literal["wallet", "qr", "pay_code", "tap"]
+QrKind = Literal["dynamic", "static"]
+ActiveOrRevoked = Literal["active", "revoked"]
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -21,11 +34,11 @@ def _ts(value: datetime | None) -> str | None:
 class PaymentView(msgspec.Struct, kw_only=True):
     id: str
     object: str = "payment"
-    status: str
+    status: PaymentStatus
     amount: int
     currency: str
-    capture_method: str
-    channel: str | None
+    capture_method: CaptureMethod
+    channel: Channel | None
     amount_capturable: int
     amount_received: int
     amount_refunded: int
@@ -35,11 +48,11 @@ class PaymentView(msgspec.Struct, kw_only=True):
     terminal: str | None
     merchant_reference: str | None
     description: str | None
-    expires_at: str
-    authorization_expires_at: str | None
+    expires_at: Timestamp
+    authorization_expires_at: Timestamp | None
     confirm_by: str | None
-    created_at: str
-    updated_at: str
+    created_at: Timestamp
+    updated_at: Timestamp
     return_url: str | None = None
     cancel_url: str | None = None
     checkout_url: str | None = None  # the hosted checkout page (with its client secret): the merchant's only
@@ -78,12 +91,12 @@ class PayerPaymentView(msgspec.Struct, kw_only=True):
 
     id: str
     object: str = "payment"
-    status: str
+    status: PaymentStatus
     amount: int
     currency: str
     merchant_name: str
     description: str | None
-    expires_at: str
+    expires_at: Timestamp
     confirm_by: str | None = None
 
 
@@ -105,7 +118,7 @@ class CheckoutStatus(msgspec.Struct, kw_only=True):
 
     object: str = "checkout_status"
     payment: str
-    status: str
+    status: PaymentStatus
     redirect_url: str | None  # return_url with ?payment=, once paid
     cancel_url: str | None
 
@@ -124,8 +137,8 @@ class RefundView(msgspec.Struct, kw_only=True):
     fee_returned: int
     currency: str
     reason: str | None
-    status: str
-    created_at: str
+    status: Literal["succeeded"]
+    created_at: Timestamp
 
 
 def refund_view(row: Any) -> RefundView:
@@ -164,9 +177,10 @@ class EventView(msgspec.Struct, kw_only=True):
     id: str
     object: str = "event"
     type: str
-    created: int  # Unix seconds (Stripe's convention); created_at has the same instant in ISO 8601
+    # Unix seconds (Stripe's convention); created_at has the same instant in RFC 3339
+    created: Annotated[int, msgspec.Meta(description="Unix seconds", extra_json_schema={"format": "unix-time"})]
     data: dict[str, Any]
-    created_at: str
+    created_at: Timestamp
     merchant: str | None = None  # None: an event of no merchant (wallet, operator, whole-gateway)
     actor: EventActor | None = None  # set on audit events (admin actions)
     request_id: str | None = None  # the API request that caused it, when one did
@@ -203,11 +217,11 @@ class WebhookEndpointView(msgspec.Struct, kw_only=True):
     url: str
     description: str | None
     enabled_events: list[str]
-    status: str  # "enabled" or "disabled"
+    status: Literal["enabled", "disabled"]
     disabled_reason: str | None
-    previous_secret_expires_at: str | None  # during a rotation's overlap both secrets sign
-    created_at: str
-    updated_at: str
+    previous_secret_expires_at: Timestamp | None  # during a rotation's overlap both secrets sign
+    created_at: Timestamp
+    updated_at: Timestamp
     secret: str | None = None  # present only in the answers of create and rotate_secret
 
 
@@ -233,7 +247,7 @@ class DeletedView(msgspec.Struct, kw_only=True):
 
 
 class WebhookAttemptView(msgspec.Struct, kw_only=True):
-    attempted_at: str
+    attempted_at: Timestamp
     status_code: int | None
     latency_ms: int
     error: str | None
@@ -246,11 +260,11 @@ class WebhookDeliveryView(msgspec.Struct, kw_only=True):
     event: str
     event_type: str
     endpoint: str
-    status: str  # "pending", "succeeded" or "failed" (retries exhausted)
+    status: Literal["pending", "succeeded", "failed"]  # failed: retries exhausted
     attempt_count: int
-    next_attempt_at: str | None
-    delivered_at: str | None
-    created_at: str
+    next_attempt_at: Timestamp | None
+    delivered_at: Timestamp | None
+    created_at: Timestamp
     attempts: list[WebhookAttemptView]  # the latest, newest first
 
 
@@ -282,8 +296,8 @@ class MerchantView(msgspec.Struct, kw_only=True):
     country: str
     city: str
     fee_bps: int
-    status: str
-    created_at: str
+    status: Literal["active", "suspended"]
+    created_at: Timestamp
     name_local: str | None = None
     city_local: str | None = None
 
@@ -308,7 +322,7 @@ class StoreView(msgspec.Struct, kw_only=True):
     merchant: str
     name: str
     city: str
-    created_at: str
+    created_at: Timestamp
 
 
 def store_view(row: Any) -> StoreView:
@@ -324,14 +338,14 @@ class TerminalView(msgspec.Struct, kw_only=True):
     merchant: str
     store: str
     label: str
-    status: str
-    created_at: str
+    status: ActiveOrRevoked
+    created_at: Timestamp
     # Fleet health, from the last heartbeat of the terminal's agent (null: none reported yet).
     device: str | None = None
     agent_version: str | None = None
-    last_seen_at: str | None = None
+    last_seen_at: Timestamp | None = None
     offline_backlog_count: int | None = None
-    offline_backlog_oldest_at: str | None = None
+    offline_backlog_oldest_at: Timestamp | None = None
 
 
 class TerminalList(msgspec.Struct, kw_only=True):
@@ -362,10 +376,10 @@ class ApiKeyView(msgspec.Struct, kw_only=True):
     id: str
     object: str = "api_key"
     merchant: str
-    kind: str
+    kind: Literal["secret", "publishable"]
     prefix: str
-    created_at: str
-    revoked_at: str | None
+    created_at: Timestamp
+    revoked_at: Timestamp | None
     secret: str | None = None  # present only in the answer that created the key
 
 
@@ -395,7 +409,7 @@ class WalletHolderView(msgspec.Struct, kw_only=True):
     object: str = "wallet_holder"
     phone_masked: str
     tier: int
-    created_at: str
+    created_at: Timestamp
     pin_set: bool | None = None
     payments_locked: bool | None = None
 
@@ -431,7 +445,7 @@ class BankAccountView(msgspec.Struct, kw_only=True):
     object: str = "bank_account"
     bank_name: str
     number_masked: str
-    created_at: str
+    created_at: Timestamp
 
 
 def bank_account_view(row: Any) -> BankAccountView:
@@ -454,7 +468,7 @@ class TransferView(msgspec.Struct, kw_only=True):
     amount: int
     currency: str
     balance_after: BalanceView
-    created_at: str
+    created_at: Timestamp
 
 
 class TransactionView(msgspec.Struct, kw_only=True):
@@ -467,7 +481,7 @@ class TransactionView(msgspec.Struct, kw_only=True):
     refund: str | None
     transfer: str | None
     merchant_name: str | None
-    created_at: str
+    created_at: Timestamp
 
 
 class TransactionList(msgspec.Struct, kw_only=True):
@@ -490,33 +504,33 @@ class InvariantReport(msgspec.Struct, kw_only=True):
 
 class QrCodeView(msgspec.Struct, kw_only=True):
     object: str = "qr_code"
-    kind: str  # "dynamic" (one payment, amount inside) or "static" (a store; the payer enters the amount)
+    kind: QrKind  # dynamic: one payment, amount inside; static: a store's, the payer enters the amount
     payload: str
     payment: str | None
     store: str | None
-    expires_at: str | None
+    expires_at: Timestamp | None
     image_png: str
     image_svg: str
 
 
-class QrPreview(msgspec.Struct, kw_only=True):
+class QrPreviewView(msgspec.Struct, kw_only=True):
     object: str = "qr_preview"
-    kind: str
+    kind: QrKind
     payment: str | None
-    status: str | None
+    status: PaymentStatus | None
     merchant_name: str
     merchant_name_local: str | None
     store_name: str | None
     amount: int | None
     currency: str
-    expires_at: str | None
+    expires_at: Timestamp | None
     pin_required: bool
 
 
 class PayCodeView(msgspec.Struct, kw_only=True):
     object: str = "pay_code"
     code: str
-    expires_at: str
+    expires_at: Timestamp
     device_id: str
     qr_svg: str
 
@@ -526,12 +540,12 @@ class SettlementBatchView(msgspec.Struct, kw_only=True):
     object: str = "settlement_batch"
     merchant: str
     currency: str
-    business_date: str
-    window_start: str
-    window_end: str
+    business_date: Date
+    window_start: Timestamp
+    window_end: Timestamp
     timezone: str
     settlement_cutoff: str
-    status: str
+    status: Literal["open", "closed", "paid", "reconciled"]
     capture_count: int
     refund_count: int
     captured: int
@@ -541,9 +555,9 @@ class SettlementBatchView(msgspec.Struct, kw_only=True):
     net: int
     payout: int
     carry_out: int
-    closed_at: str
-    paid_at: str | None
-    reconciled_at: str | None
+    closed_at: Timestamp
+    paid_at: Timestamp | None
+    reconciled_at: Timestamp | None
 
 
 def settlement_batch_view(row: Any) -> SettlementBatchView:
@@ -573,12 +587,12 @@ class PayoutView(msgspec.Struct, kw_only=True):
     amount: int
     currency: str
     reference: str
-    status: str
-    execution_date: str
+    status: Literal["pending", "paid", "reconciled", "failed"]
+    execution_date: Date
     bank_account: str | None
-    created_at: str
-    paid_at: str | None
-    reconciled_at: str | None
+    created_at: Timestamp
+    paid_at: Timestamp | None
+    reconciled_at: Timestamp | None
 
 
 def payout_view(row: Any) -> PayoutView:
@@ -612,9 +626,9 @@ class SettlementTotal(msgspec.Struct, kw_only=True):
 class SettlementRunView(msgspec.Struct, kw_only=True):
     id: str
     object: str = "settlement_run"
-    business_date: str
+    business_date: Date
     merchant: str | None
-    created_at: str
+    created_at: Timestamp
     batches_closed_now: int
     batch_count: int
     payout_count: int
@@ -648,7 +662,7 @@ class PayoutAccountView(msgspec.Struct, kw_only=True):
     bank_name: str
     bic: str | None
     number_masked: str
-    created_at: str
+    created_at: Timestamp
 
 
 def payout_account_view(row: Any) -> PayoutAccountView:
