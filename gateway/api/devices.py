@@ -37,8 +37,11 @@ async def renew(call: Call[schema.RenewDevice, None]) -> Any:
 
 
 @api.route("POST", "/v1/devices/heartbeat", summary="The agent's periodic report: its version and offline backlog",
-           auth={P.DEVICE}, body=schema.DeviceHeartbeat, response=devices.HeartbeatView, tag="devices")
+           auth={P.DEVICE}, body=schema.DeviceHeartbeat, response=devices.HeartbeatView, tag="devices",
+           idempotent=False)
 async def heartbeat(call: Call[schema.DeviceHeartbeat, None]) -> Any:
+    """The agent's periodic report (its version and offline backlog), which also sets the terminal's last-seen
+    time. A report replaces the previous one, so a repeated one changes nothing more: no Idempotency-Key."""
     b = call.body
     return await devices.heartbeat(call.svc, call.who, b.agent_version, b.offline_backlog_count,
                                    b.offline_backlog_oldest_age_s)
@@ -47,12 +50,15 @@ async def heartbeat(call: Call[schema.DeviceHeartbeat, None]) -> Any:
 @api.route("GET", "/v1/terminals", summary="Terminals with their agent's version, last heartbeat and offline backlog",
            auth={P.MERCHANT, P.OPERATOR}, query=schema.CursorQuery, response=views.TerminalList, tag="devices")
 async def list_terminals(call: Call[None, schema.CursorQuery]) -> Any:
+    """The merchant's terminals (an operator: every merchant's), newest first, with fleet health: the agent's
+    version, its last heartbeat and its offline backlog."""
     return await devices.list_terminals(call.svc, call.who, call.query.limit, call.query.starting_after)
 
 
 @api.route("GET", "/v1/terminals/{id}", summary="A terminal with its agent's version, last heartbeat and offline backlog",
            auth={P.MERCHANT, P.OPERATOR}, response=views.TerminalView, tag="devices")
 async def get_terminal(call: Call[None, None]) -> Any:
+    """One terminal with its fleet health (agent version, last heartbeat, offline backlog)."""
     return await devices.get_terminal(call.svc, call.who, call.match("id"))
 
 

@@ -29,6 +29,7 @@ async def list_events(call: Call[None, schema.EventQuery]) -> Any:
                    " (filters: merchant, type, created[gte|lt], payment)",
            auth={P.OPERATOR}, query=schema.OperatorEventQuery, response=views.EventList, tag="events")
 async def list_all_events(call: Call[None, schema.OperatorEventQuery]) -> Any:
+    """Every event of the gateway, newest first, audit events of admin actions included, for operators."""
     q = call.query
     return await webhooks.list_events(call.svc, call.who, webhooks.EventQuery(
         limit=q.limit, starting_after=q.starting_after, ending_before=q.ending_before, payment=q.payment, type=q.type,

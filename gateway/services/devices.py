@@ -64,7 +64,7 @@ class HeartbeatView(msgspec.Struct, kw_only=True):
     object: str = "device_heartbeat"
     device: str
     terminal: str
-    last_seen_at: str
+    last_seen_at: views.Timestamp
 
 
 def _keyed(svc: Services, purpose: str, secret: str) -> bytes:
