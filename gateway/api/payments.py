@@ -109,7 +109,7 @@ async def charge_pay_code(call: Call[schema.ChargePayCode, None]) -> Any:
     b = call.body
     req = pay_codes.Charge(pay_code=b.pay_code, amount=b.amount, currency=b.currency,  # type: ignore[arg-type]
                            merchant_reference=b.merchant_reference, description=b.description, store=b.store,
-                           capture_method=CaptureMethod(b.capture_method))
+                           capture_method=CaptureMethod(b.capture_method), payment=b.payment)
     return await pay_codes.charge(call.svc, call.who, req, call.identity())
 
 
@@ -127,5 +127,6 @@ async def tap(call: Call[schema.TapPayment, None]) -> Any:
     # retried under any key replays the first answer.
     identity = replace(call.identity(), key=f"tap:{b.terminal_transaction_id}", prefetched=False)
     req = taps.TapRequest(terminal_transaction_id=b.terminal_transaction_id, amount=b.amount,  # type: ignore[arg-type]
-                          currency=b.currency, merchant_reference=b.merchant_reference, tap=b.tap)
+                          currency=b.currency, merchant_reference=b.merchant_reference, tap=b.tap,
+                          payment=b.payment)
     return await taps.authorize(call.svc, call.who, req, identity)
