@@ -54,7 +54,7 @@ async def cancel(call: Call[schema.CancelPayment, None]) -> Any:
 
 
 @api.route("POST", "/v1/payments/{id}/refunds", summary="Refund a captured payment, fully or partly",
-           auth={P.MERCHANT}, body=schema.CreateRefund, response=views.RefundView, status=201, tag="payments")
+           auth={P.MERCHANT, P.DEVICE}, body=schema.CreateRefund, response=views.RefundView, status=201, tag="payments")
 async def refund(call: Call[schema.CreateRefund, None]) -> Any:
     b = call.body
     return await payments.refund(call.svc, call.who, call.match("id"), b.amount, b.reason, call.identity())  # type: ignore[arg-type]
