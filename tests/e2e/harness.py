@@ -394,7 +394,7 @@ def register_payment(path: str, amount: float, *, waiting_timeout_s: float) -> A
 
 
 def agent_config(tmp: Path, *, gateway_url: str, register: str, nfc_port: int | None, scanner: str | None,
-                 display: str | None, printer: str | None, **sale: Any) -> Path:
+                 display: str | None, printer: str | None, print_qr_slip: bool = False, **sale: Any) -> Path:
     sale_settings = {"sale_timeout_s": 15.0, "status_poll_interval_s": 0.3, "qr_ttl_s": 120,
                      "resolve_query_interval_s": 0.3, "cleanup_timeout_s": 5.0, **sale}
     lines = [
@@ -415,7 +415,7 @@ def agent_config(tmp: Path, *, gateway_url: str, register: str, nfc_port: int | 
     if display:
         lines += ["[devices.display]", f'url = "{display}"']
     if printer:
-        lines += ["[devices.printer]", f'url = "{printer}"']
+        lines += ["[devices.printer]", f'url = "{printer}"', f"print_qr_slip = {str(print_qr_slip).lower()}"]
     path = tmp / "agent.toml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
