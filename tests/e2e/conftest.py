@@ -28,6 +28,7 @@ from tests.e2e.harness import (
     agent_config,
     free_udp_port,
     register_payment,
+    register_refund,
 )
 
 REGISTER_THREAD_JOIN_S = 40.0
@@ -72,6 +73,11 @@ class Counter:
         """The register asks for ``amount``; the task ends with pyTeliumManager's answer (or None)."""
         return asyncio.create_task(asyncio.to_thread(
             register_payment, self.modem.path_a, amount, waiting_timeout_s=waiting_timeout_s))
+
+    def refund(self, amount: float, sale_number: str) -> asyncio.Task[Any]:
+        """The register asks to refund ``amount`` of the sale it was answered ``sale_number`` for."""
+        return asyncio.create_task(asyncio.to_thread(
+            register_refund, self.modem.path_a, amount, sale_number, waiting_timeout_s=25.0))
 
     async def payments_of_sale(self, sequence: int) -> list[dict[str, Any]]:
         """The sale's payment (reference ``E2E-000001``) and any its offline taps made (``E2E-000001-T1``)."""

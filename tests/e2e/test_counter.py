@@ -229,3 +229,31 @@ async def test_offline_replay_of_a_tap_approved_online_is_declined_at_the_counte
     assert [p["merchant_reference"] for p in await counter.payments_of_sale(2)
             if "-T" in p["merchant_reference"]] == []
     assert await counter.shop.available(counter.holder) == before
+
+
+async def test_register_refunds_a_sale_of_its_payment(counter: Counter) -> None:
+    await counter.start_phone()
+    before = await counter.shop.available(counter.holder)
+    sold = await answer(counter.sell(38.00))
+    assert sold is not None and sold.has_succeeded
+    sale_number = sold.transaction_id.strip()
+    payment_id = sold.repport.strip().split()[1]
+
+    first = await answer(counter.refund(10.00, sale_number))
+    assert first is not None and first.has_succeeded and first.amount == 10.0, first.repport
+    assert first.repport.strip().startswith("refund re_") and first.transaction_id.strip() == sale_number
+    # Answered: the same request again is a second refund of that amount, not a replay of the first.
+    second = await answer(counter.refund(10.00, sale_number))
+    assert second is not None and second.has_succeeded and second.repport != first.repport
+    too_much = await answer(counter.refund(30.00, sale_number))
+    assert too_much is not None and not too_much.has_succeeded
+
+    [payment] = await counter.payments_of_sale(1)
+    assert (payment["id"], payment["amount_refunded"]) == (payment_id, 2_000)
+    refunds = await counter.api.call("GET", f"/v1/payments/{payment_id}/refunds", counter.shop.secret)
+    assert sorted(r["id"] for r in refunds["data"]) == sorted(
+        r.repport.strip().split()[1] for r in (first, second))
+    assert await counter.shop.available(counter.holder) == before - 3_800 + 2_000
+
+    unknown = await answer(counter.refund(1.00, "000099"))
+    assert unknown is not None and not unknown.has_succeeded and unknown.repport.strip() == "sale_unknown"
