@@ -171,10 +171,6 @@ class CheckoutRunner:
         sale.cancelled.set()
         return True
 
-    @property
-    def busy(self) -> bool:
-        return self._current is not None
-
     async def sell(self, amount_minor: int) -> SaleOutcome:
         if self._current is not None:
             raise RuntimeError("one sale at a time")

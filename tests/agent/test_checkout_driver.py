@@ -339,3 +339,46 @@ async def test_the_counter_is_durable_before_the_tap_reaches_the_gateway(tmp_pat
         assert counters == [(ttid, 17)]
     finally:
         await journal.close()
+
+
+# --- the QR code and a tap race for the sale's one payment --------------------------------------
+
+
+async def test_a_tap_refused_because_the_qr_code_paid_the_payment_approves_the_sale_by_qr(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.path}")
+        path = request.path
+        if path == "/v1/devices/sessions":
+            return web.json_response({"access_token": "t", "expires_in": 900}, status=201)
+        if path == "/v1/payments" and request.method == "POST":
+            return web.json_response(payment("pay_q", "requires_payment_method", "Q"), status=201)
+        if path == "/v1/payments/pay_q/qr_codes":
+            return web.json_response({"payload": "000201QR", "image_png": None}, status=201)
+        if path == "/v1/tap_payments":  # the wallet's scan locked the payment first
+            return web.json_response({"error": {"type": "invalid_request_error", "code": "payment_not_payable",
+                                                "status_now": "succeeded"}}, status=409)
+        if path == "/v1/payments/pay_q":
+            return web.json_response({**payment("pay_q", "succeeded", "Q"), "channel": "qr"})
+        return web.json_response({"error": {"code": "resource_missing"}}, status=404)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    settings = Settings(
+        gateway=GatewaySettings(url=str(server.make_url("")).rstrip("/"), retry_count_max=1),
+        sale=SaleSettings(sale_timeout_s=5.0, status_poll_interval_s=5.0),
+    )
+    journal = AsyncJournal.open(tmp_path / "journal.sqlite3")
+    reader = FakeReader()
+    reader.taps.put_nowait(make_tap())
+    try:
+        async with GatewayClient(settings.gateway, credentials=Credentials("x", "d", "s", "t", "s", "m")) as client:
+            outcome = await CheckoutRunner(settings, client, journal, CheckoutDevices(reader=reader)).sell(3_800)
+        assert outcome.approved and outcome.method is Method.QR and outcome.payment_id == "pay_q"
+        assert seen[-2:] == ["POST /v1/tap_payments", "GET /v1/payments/pay_q"]  # nothing reversed
+    finally:
+        await server.close()
+        await journal.close()
