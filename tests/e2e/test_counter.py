@@ -257,3 +257,26 @@ async def test_register_refunds_a_sale_of_its_payment(counter: Counter) -> None:
 
     unknown = await answer(counter.refund(1.00, "000099"))
     assert unknown is not None and not unknown.has_succeeded and unknown.repport.strip() == "sale_unknown"
+
+
+@with_qr_slip
+async def test_qr_and_tap_at_once_pay_the_sale_once(counter: Counter) -> None:
+    before = await counter.shop.available(counter.holder)
+    sale = counter.sell(6.60)
+    slip = await counter.printer.next_receipt(timeout_s=10)
+    # The wallet scans the code while its phone is put on the reader: both reach for the one payment.
+    scan = asyncio.create_task(counter.api.call("POST", "/v1/wallet/qr/pay", counter.holder.token, (200, 409),
+                                                json={"payload": slip.qr_payloads[0]}))
+    await counter.start_phone()
+    scanned = await scan
+    response = await answer(sale)
+    assert response is not None and response.has_succeeded, response.repport
+    method, payment_id = response.repport.strip().split()
+    [paid] = await counter.payments_of_sale(1)
+    assert (paid["id"], paid["status"], paid["amount_refunded"]) == (payment_id, "succeeded", 0)
+    assert paid["channel"] == method  # "qr" or "tap": whichever locked the payment first
+    if method == "qr":
+        assert scanned["id"] == payment_id
+    else:
+        assert scanned["error"]["code"] == "qr_code_used"
+    assert await counter.shop.available(counter.holder) == before - 660
