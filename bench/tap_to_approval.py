@@ -11,8 +11,8 @@ Reported per sale, from the agent's JSON log timestamps (ms resolution):
   (fsync) of the tap's key, ``POST /v1/tap_payments`` (cryptogram verified, ledger posted) and
   its journal write. This is tap-to-approval.
 - ``tap->approved``: the tap read -> approval (the gateway part alone, with the journal writes).
-and measured by the register: ``register request->answer``: the whole sale (payment and QR
-created, QR slip printed, tap, approval, losing QR payment reversed, Concert answer).
+and measured by the register: ``register request->answer``: the whole sale (the sale's payment
+and QR created, tap settling that payment, approval, Concert answer).
 
 Bounded: each sale has the register's 20 s wait; everything is torn down at the end.
 Usage: ``python bench/tap_to_approval.py [--sales 30]``

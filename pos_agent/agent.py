@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ from pos_agent.errors import DeviceAuthError, GatewayError
 from pos_agent.forwarder import Forwarder
 from pos_agent.gateway_client import Enrolment, GatewayClient
 from pos_agent.health import heartbeat_forever
-from pos_agent.journal import AsyncJournal
+from pos_agent.journal import AsyncJournal, Journal
+from pos_agent.refunds import CounterRefunds
 from pos_agent.register import RegisterService
 from pos_agent.settings import Settings
 
@@ -93,7 +95,9 @@ class Agent:
                                              name="heartbeat")}
                 register = settings.devices.register
                 if register is not None:
-                    service = RegisterService(register, settings.sale, runner, client, journal)
+                    refunds = CounterRefunds(client, journal, terminal_label=settings.agent.terminal_label,
+                                             timeout_s=settings.sale.sale_timeout_s)
+                    service = RegisterService(register, settings.sale, runner, client, journal, refunds)
                     tasks.add(asyncio.create_task(service.run_forever(), name="register"))
                 stopping = asyncio.create_task(stop.wait(), name="stop")
                 log.info("agent ready", extra={"device": credentials.device, "terminal": credentials.terminal,
@@ -123,14 +127,13 @@ class Agent:
 
 async def recover(client: GatewayClient, journal: AsyncJournal) -> None:
     """Compensate every sale the register may not have recorded (see the module invariants)."""
-    for sale in await journal.call(lambda j: j.unfinished_sales()):
+    for sale in await journal.call(Journal.unfinished_sales):
         log.warning("sale %s was interrupted (%s): reversing its payments", sale.reference, sale.state.value)
         try:
             await compensate_sale(client, journal, sale.reference, None, void_offline=True)
         except GatewayError as exc:
             log.warning("sale %s: compensation queued for the forwarder: %s", sale.reference, exc)
-        reference = sale.reference
-        await journal.call(lambda j: j.sale_voided(reference))  # noqa: B023 (awaited at once)
+        await journal.call(functools.partial(Journal.sale_voided, reference=sale.reference))
 
 
 async def open_devices(settings: Settings) -> Devices:

@@ -20,6 +20,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -36,7 +37,7 @@ from pos_agent.errors import (
     OutcomeUnknown,
 )
 from pos_agent.gateway_client import GatewayClient
-from pos_agent.journal import AsyncJournal, OfflineTap, OfflineTapState, OpKind, OpState, Operation
+from pos_agent.journal import AsyncJournal, Journal, OfflineTap, OfflineTapState, OpKind, OpState, Operation
 from pos_agent.settings import Settings
 
 __all__ = ["Forwarder", "RoundResult"]
@@ -140,8 +141,8 @@ class Forwarder:
         try:
             payment = await self._client.tap_payment(tap.body, idempotency_key=ttid)
         except (GatewayUnreachable, OutcomeUnknown) as exc:
-            failure = exc.code
-            await self._journal.call(lambda j: j.offline_tap_attempted(ttid, failure))
+            await self._journal.call(functools.partial(Journal.offline_tap_attempted, terminal_transaction_id=ttid,
+                                                       outcome=exc.code))
             log.info("forwarder: offline tap %s not delivered yet: %s", ttid, exc)
             return False
         except DeviceAuthError:
@@ -157,9 +158,8 @@ class Forwarder:
                         ttid, OfflineTapState.FORWARDED, outcome=paid.status, payment_id=paid.id))
                     result.forwarded += 1
                     return True
-            refusal = exc.error_code
-            await self._journal.call(lambda j: j.finish_offline_tap(ttid, OfflineTapState.DECLINED,
-                                                                    outcome=refusal))
+            await self._journal.call(functools.partial(Journal.finish_offline_tap, terminal_transaction_id=ttid,
+                                                       state=OfflineTapState.DECLINED, outcome=exc.error_code))
             log.warning("forwarder: offline tap %s (%d minor) declined by the gateway: %s", ttid,
                         tap.amount_minor, exc.error_code)
             result.declined += 1

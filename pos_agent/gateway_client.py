@@ -2,7 +2,9 @@
 
 Invariants:
 - Every request is bounded: ``connect_timeout_s`` to connect, ``request_timeout_s`` in total,
-  and at most ``attempt_count_max`` attempts with full-jitter exponential backoff between them.
+  and at most ``attempt_count_max`` attempts with full-jitter exponential backoff between them;
+  a caller's ``timeout_s`` bounds the whole call, retries and backoff included (the checkout
+  passes its share of the sale's remaining time).
 - Every POST carries the ``Idempotency-Key`` its caller supplies; the caller persisted it before
   calling, and every retry of the call resends the same key and body, so a retry never charges
   twice. Only session renewal makes its own key (it moves no money).
@@ -54,6 +56,7 @@ __all__ = [
     "GatewayClient",
     "Payment",
     "QrCode",
+    "Refund",
     "RetryPolicy",
     "backoff_delay_s",
     "classify_status",
@@ -65,6 +68,8 @@ log = logging.getLogger(__name__)
 RESPONSE_BODY_MAX_BYTES: Final = 256 * 1024
 TOKEN_RETRY_S: Final = 5.0
 CONNECTION_LIMIT: Final = 8
+ATTEMPT_TIMEOUT_MIN_S: Final = 0.05
+"""The first attempt is always sent, with at least this long: a call is never given up unsent."""
 # Refusals of a payment by the money rules, whatever their HTTP status.
 DECLINE_CODES: Final = frozenset({
     "insufficient_funds", "limit_exceeded", "cryptogram_invalid", "atc_replayed", "amount_mismatch",
@@ -195,6 +200,19 @@ class Payment:
 
 
 @dataclass(frozen=True, slots=True)
+class Refund:
+    id: str
+    status: str
+    amount: int
+    payment: str
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> Refund:
+        return cls(id=_str(raw, "id"), status=_str(raw, "status"), amount=_int(raw, "amount"),
+                   payment=_str(raw, "payment"))
+
+
+@dataclass(frozen=True, slots=True)
 class QrCode:
     payload: str
     image_png: str | None
@@ -284,36 +302,55 @@ class GatewayClient:
         return Enrolment(credentials, self._token.value, expires_in_s)
 
     async def create_payment(
-        self, *, amount_minor: int, currency: str, reference: str, description: str | None, idempotency_key: str
+        self, *, amount_minor: int, currency: str, reference: str, description: str | None, idempotency_key: str,
+        timeout_s: float | None = None,
     ) -> Payment:
         body: dict[str, Any] = {"amount": amount_minor, "currency": currency, "merchant_reference": reference,
                                 "capture_method": "automatic"}
         if description:
             body["description"] = description
-        return Payment.parse(await self._call("POST", "/v1/payments", body, key=idempotency_key))
+        return Payment.parse(await self._call("POST", "/v1/payments", body, key=idempotency_key, timeout_s=timeout_s))
 
-    async def issue_qr(self, payment_id: str, *, ttl_s: int, terminal_label: str, idempotency_key: str) -> QrCode:
+    async def issue_qr(
+        self, payment_id: str, *, ttl_s: int, terminal_label: str, idempotency_key: str, timeout_s: float | None = None
+    ) -> QrCode:
         body = {"ttl": ttl_s, "terminal_label": terminal_label[:25]}
-        return QrCode.parse(await self._call("POST", f"/v1/payments/{payment_id}/qr_codes", body, key=idempotency_key))
+        return QrCode.parse(await self._call("POST", f"/v1/payments/{payment_id}/qr_codes", body, key=idempotency_key,
+                                             timeout_s=timeout_s))
 
     async def charge_pay_code(
-        self, *, pay_code: str, amount_minor: int, currency: str, reference: str, idempotency_key: str
+        self, *, pay_code: str, amount_minor: int, currency: str, reference: str | None, idempotency_key: str,
+        payment_id: str | None = None, timeout_s: float | None = None,
     ) -> Payment:
-        body = {"pay_code": pay_code, "amount": amount_minor, "currency": currency, "merchant_reference": reference}
-        return Payment.parse(await self._call("POST", "/v1/pay_code_charges", body, key=idempotency_key))
+        """Charge a scanned code: settles ``payment_id`` (the sale's) if given, else creates a payment."""
+        body = {"pay_code": pay_code, "amount": amount_minor, "currency": currency, "merchant_reference": reference,
+                "payment": payment_id}
+        return Payment.parse(await self._call("POST", "/v1/pay_code_charges", body, key=idempotency_key,
+                                              timeout_s=timeout_s))
 
-    async def tap_payment(self, body: dict[str, Any], *, idempotency_key: str) -> Payment:
+    async def tap_payment(
+        self, body: dict[str, Any], *, idempotency_key: str, timeout_s: float | None = None
+    ) -> Payment:
         assert body.get("terminal_transaction_id") == idempotency_key
-        return Payment.parse(await self._call("POST", "/v1/tap_payments", body, key=idempotency_key))
+        return Payment.parse(await self._call("POST", "/v1/tap_payments", body, key=idempotency_key,
+                                              timeout_s=timeout_s))
 
     async def reverse(self, payment_id: str, *, idempotency_key: str) -> Payment:
         return Payment.parse(await self._call("POST", f"/v1/payments/{payment_id}/reverse", {}, key=idempotency_key))
 
-    async def get_payment(self, payment_id: str) -> Payment:
-        return Payment.parse(await self._call("GET", f"/v1/payments/{payment_id}", None))
+    async def refund(
+        self, payment_id: str, *, amount_minor: int, reason: str, idempotency_key: str, timeout_s: float | None = None
+    ) -> Refund:
+        body = {"amount": amount_minor, "reason": reason}
+        return Refund.parse(await self._call("POST", f"/v1/payments/{payment_id}/refunds", body, key=idempotency_key,
+                                             timeout_s=timeout_s))
 
-    async def find_payments(self, reference: str) -> list[Payment]:
-        raw = await self._call("GET", "/v1/payments", None, params={"merchant_reference": reference, "limit": "10"})
+    async def get_payment(self, payment_id: str, *, timeout_s: float | None = None) -> Payment:
+        return Payment.parse(await self._call("GET", f"/v1/payments/{payment_id}", None, timeout_s=timeout_s))
+
+    async def find_payments(self, reference: str, *, timeout_s: float | None = None) -> list[Payment]:
+        raw = await self._call("GET", "/v1/payments", None, params={"merchant_reference": reference, "limit": "10"},
+                               timeout_s=timeout_s)
         data = raw.get("data")
         if not isinstance(data, list):
             raise GatewayProtocolError("expected a 'data' list in the payment list")
@@ -382,6 +419,7 @@ class GatewayClient:
         key: str | None = None,
         auth: bool = True,
         params: dict[str, str] | None = None,
+        timeout_s: float | None = None,
     ) -> dict[str, Any]:
         session = self._session
         if session is None:
@@ -390,6 +428,7 @@ class GatewayClient:
         maybe_executed = False
         token_renewed = False
         last: tuple[Attempt, str] = (Attempt.CONNECT_FAILED, "no attempt")
+        deadline = None if timeout_s is None else self._clock() + max(timeout_s, ATTEMPT_TIMEOUT_MIN_S)
         for attempt_index in range(self._policy.attempt_count_max):
             headers = {"Accept": "application/json"}
             if key is not None:
@@ -397,7 +436,11 @@ class GatewayClient:
             if auth:
                 headers["Authorization"] = f"Bearer {await self._bearer()}"
             started = self._clock()
-            attempt, detail, payload = await self._attempt(session, method, path, body, headers, params, auth)
+            attempt_timeout_s = self._settings.request_timeout_s
+            if deadline is not None:
+                attempt_timeout_s = min(attempt_timeout_s, max(deadline - started, ATTEMPT_TIMEOUT_MIN_S))
+            attempt, detail, payload = await self._attempt(session, method, path, body, headers, params,
+                                                           auth, attempt_timeout_s)
             log.debug("%s %s -> %s (%s) in %.1f ms", method, path, attempt.name, detail,
                       (self._clock() - started) * 1000)
             if attempt is Attempt.OK:
@@ -415,7 +458,10 @@ class GatewayClient:
                 async with self._token_lock:
                     await self._renew_locked()
                 continue
-            await asyncio.sleep(backoff_delay_s(attempt_index, self._policy, self._rng))
+            delay_s = backoff_delay_s(attempt_index, self._policy, self._rng)
+            if deadline is not None and self._clock() + delay_s + ATTEMPT_TIMEOUT_MIN_S >= deadline:
+                break  # no time left for another attempt within the caller's bound
+            await asyncio.sleep(delay_s)
         attempt, detail = last
         if attempt is Attempt.TOKEN_EXPIRED:
             raise self._noted(_rejection(detail, None, token_sent=auth))
@@ -439,10 +485,12 @@ class GatewayClient:
         headers: dict[str, str],
         params: dict[str, str] | None,
         token_sent: bool,
+        timeout_s: float,
     ) -> tuple[Attempt, str, dict[str, Any] | None]:
+        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(self._settings.connect_timeout_s, timeout_s))
         try:
             async with session.request(method, self._base_url + path, json=body, headers=headers,
-                                       params=params) as response:
+                                       params=params, timeout=timeout) as response:
                 raw_body = await response.content.read(RESPONSE_BODY_MAX_BYTES + 1)
                 status = response.status
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:

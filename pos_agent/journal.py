@@ -182,6 +182,8 @@ class OpKind(StrEnum):
     REVERSE = "reverse"
     RESOLVE = "resolve"
     """An attempt whose outcome stayed unknown: find its payments by reference and reverse them."""
+    REFUND = "refund"
+    """A refund the register asked for, of a sale's payment (``outcome`` ``answered`` once it has it)."""
 
 
 class OpState(StrEnum):
@@ -385,8 +387,10 @@ class Journal:
         token_pan: str,
         atc: int,
         body: dict[str, Any],
+        payment_id: str | None = None,
     ) -> None:
-        """Persist an online tap and its counter in one durable transaction, before it is sent.
+        """Persist an online tap (settling ``payment_id``, if any) and its counter in one durable
+        transaction, before it is sent.
 
         Approved or declined, a tap the gateway receives spends its ATC there; recording it here
         first is what lets an offline replay of it be refused later.
@@ -396,8 +400,8 @@ class Journal:
         with self._transaction():
             self._db.execute(
                 "INSERT OR IGNORE INTO operations (idempotency_key, kind, sale_reference, reference, payment_id,"
-                " body, state, created_at, updated_at) VALUES (?, 'tap', ?, ?, NULL, ?, 'pending', ?, ?)",
-                (key, sale_reference, reference, json.dumps(body), now, now),
+                " body, state, created_at, updated_at) VALUES (?, 'tap', ?, ?, ?, ?, 'pending', ?, ?)",
+                (key, sale_reference, reference, payment_id, json.dumps(body), now, now),
             )
             self._record_counter(key, token_pan, atc, now)
 

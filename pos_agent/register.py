@@ -1,7 +1,9 @@
 """The cash-register link: the agent answers Concert requests as the payment terminal.
 
-Each request runs one sale (``CheckoutRunner.sell``); the answer carries the status, the amount,
-the sale number as private data and, in full answers, the method and payment id as report.
+Each debit request runs one sale (``CheckoutRunner.sell``); the answer carries the status, the
+amount, the sale number as private data and, in full answers, the method and payment id as report.
+A credit (or refund) request names a sale by that number in its private data and refunds the
+requested amount of that sale's payment (``pos_agent.refunds``); its answer carries the refund id.
 
 How a sale ends without a delivered answer, and what the agent does (money follows the register):
 - The register stops waiting (its own timeout, or it was switched off): the terminal's ENQs or
@@ -16,13 +18,17 @@ sale is seen only after it; registers that cancel by timing out are covered abov
 
 Invariants:
 - A sale is marked ``answered`` in the journal only after the register acknowledged the answer.
-- Only debit requests in the configured currency are served; others are rejected at once.
+- Only debit, credit and refund requests in the configured currency are served; others are
+  rejected at once.
+- A refund's operation is marked answered only after the register acknowledged its answer; until
+  then the register's repeated request is the same refund (``pos_agent.refunds``).
 - A lost serial port is re-opened with capped backoff, forever, until the agent stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Final
 
@@ -45,10 +51,11 @@ from pos_agent.checkout import CheckoutRunner, SaleOutcome, compensate_sale
 from pos_agent.devices import serial_settings
 from pos_agent.errors import GatewayError, JournalError
 from pos_agent.gateway_client import GatewayClient
-from pos_agent.journal import AsyncJournal
+from pos_agent.journal import AsyncJournal, Journal
+from pos_agent.refunds import CounterRefunds, RefundOutcome
 from pos_agent.settings import RegisterSettings, SaleSettings
 
-__all__ = ["RegisterService", "concert_result"]
+__all__ = ["RegisterService", "concert_result", "refund_result"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +76,13 @@ def concert_result(outcome: SaleOutcome) -> ConcertResult:
     return ConcertResult(ResultStatus.REJECTED, private=private, report=_ascii(outcome.reason or "")[:REPORT_LENGTH])
 
 
+def refund_result(sale_number: str, outcome: RefundOutcome) -> ConcertResult:
+    """The Concert answer to a refund request (pure)."""
+    status = ResultStatus.SUCCESS if outcome.approved else ResultStatus.REJECTED
+    report = f"refund {outcome.reason}" if outcome.approved else outcome.reason
+    return ConcertResult(status, private=sale_number[-PRIVATE_LENGTH:], report=_ascii(report)[:REPORT_LENGTH])
+
+
 def _ascii(text: str) -> str:
     return "".join(char if 0x20 <= ord(char) <= 0x7E else "?" for char in text)
 
@@ -81,6 +95,7 @@ class RegisterService:
         runner: CheckoutRunner,
         client: GatewayClient,
         journal: AsyncJournal,
+        refunds: CounterRefunds,
     ) -> None:
         self._settings = settings
         self._currency_numeric = f"{sale_settings.currency_numeric:03d}"
@@ -89,7 +104,9 @@ class RegisterService:
         self._journal = journal
         self._timeouts = ConcertTimeouts(handshake_step_s=settings.handshake_step_s, result_s=settings.result_s,
                                          idle_s=IDLE_S)
+        self._refunds = refunds
         self._undelivered_reference: str | None = None  # decided, answer not yet acknowledged
+        self._unacknowledged_refund_key: str | None = None  # refunded, answer not yet acknowledged
 
     async def run_forever(self) -> None:
         delay_s = REOPEN_BACKOFF_FIRST_S
@@ -117,29 +134,45 @@ class RegisterService:
                 exchange = await terminal.serve_one()
             except ConcertAnswerUndeliveredError as exc:
                 log.warning("answer to the register undelivered (%s): voiding the sale", exc)
+                self._unacknowledged_refund_key = None  # the register asks again: the same refund
                 await self._void_undelivered()
                 continue
             except (ConcertError, SerialDisconnectedError) as exc:
+                self._unacknowledged_refund_key = None
                 if self._undelivered_reference is not None:
                     await self._void_undelivered()
                 if isinstance(exc, SerialDisconnectedError):
                     raise
                 log.warning("register exchange abandoned (%s): %s", exc.code, exc)
                 continue
-            if exchange is not None and self._undelivered_reference is not None:
-                reference, self._undelivered_reference = self._undelivered_reference, None
-                try:
-                    await self._journal.call(lambda j: j.sale_answered(reference))  # noqa: B023 (awaited at once)
-                except JournalError as exc:  # the register has its answer; a restart would void it
-                    log.error("sale %s answered but not journalled as such: %s", reference, exc)
+            if exchange is not None:
+                await self._acknowledged()
+
+    async def _acknowledged(self) -> None:
+        """The register acknowledged the answer: the sale (or refund) is the register's now."""
+        reference, self._undelivered_reference = self._undelivered_reference, None
+        refund_key, self._unacknowledged_refund_key = self._unacknowledged_refund_key, None
+        try:
+            if reference is not None:
+                await self._journal.call(functools.partial(Journal.sale_answered, reference=reference))
+            if refund_key is not None:
+                await self._refunds.mark_answered(refund_key)
+        except JournalError as exc:  # the register has its answer; a restart would void it
+            log.error("answer to the register acknowledged but not journalled as such: %s", exc)
 
     async def _handle(self, request: ConcertRequest) -> ConcertResult:
-        if request.transaction_type is not TransactionType.DEBIT:
-            log.info("register asked for %s: only debits are served", request.transaction_type.name)
-            return ConcertResult(ResultStatus.REJECTED, report="only debit is supported")
+        if request.transaction_type not in (TransactionType.DEBIT, TransactionType.CREDIT, TransactionType.REFUND):
+            log.info("register asked for %s: only debits and refunds are served", request.transaction_type.name)
+            return ConcertResult(ResultStatus.REJECTED, report="only debit and refund are supported")
         if request.currency_numeric != self._currency_numeric or request.amount_minor <= 0:
             log.info("register asked for %d in currency %s: refused", request.amount_minor, request.currency_numeric)
             return ConcertResult(ResultStatus.REJECTED, report="currency or amount refused")
+        if request.transaction_type is not TransactionType.DEBIT:
+            refund = await self._refunds.refund(request.private, request.amount_minor)
+            log.info("register asked to refund %d of sale %r: %s", request.amount_minor, request.private.strip(),
+                     refund.reason)
+            self._unacknowledged_refund_key = refund.key
+            return refund_result(request.private.strip(), refund)
         try:
             outcome = await self._runner.sell(request.amount_minor)
         except asyncio.CancelledError:  # past result_s: settled as cancelled, no answer will go out
@@ -156,4 +189,4 @@ class RegisterService:
             await compensate_sale(self._client, self._journal, reference, None, void_offline=True)
         except (GatewayError, JournalError) as exc:
             log.warning("sale %s: compensation deferred to the forwarder: %s", reference, exc)
-        await self._journal.call(lambda j: j.sale_voided(reference))
+        await self._journal.call(functools.partial(Journal.sale_voided, reference=reference))

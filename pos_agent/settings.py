@@ -134,8 +134,8 @@ class ScannerSettings(SerialPortSettings, frozen=True):
 
 class PrinterSettings(SerialPortSettings, frozen=True):
     line_width_columns: int = 48
-    print_qr_slip: bool = True
-    """Print the payment's QR code when the sale starts (a pole display cannot draw it)."""
+    print_qr_slip: bool = False
+    """Print the payment's QR code on a slip when the sale starts (where no screen shows it)."""
 
 
 class NfcSettings(config.Section, frozen=True):

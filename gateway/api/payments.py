@@ -69,7 +69,7 @@ async def cancel(call: Call[schema.CancelPayment, None]) -> Any:
 
 
 @api.route("POST", "/v1/payments/{id}/refunds", summary="Refund a captured payment, fully or partly",
-           auth={P.MERCHANT}, body=schema.CreateRefund, response=views.RefundView, status=201, tag="payments",
+           auth={P.MERCHANT, P.DEVICE}, body=schema.CreateRefund, response=views.RefundView, status=201, tag="payments",
            errors={400: schema.AMOUNT_CODES + ("payment_not_refundable",),
                    409: ("payment_not_refundable", "payment_fully_refunded")})
 async def refund(call: Call[schema.CreateRefund, None]) -> Any:
@@ -145,7 +145,7 @@ async def charge_pay_code(call: Call[schema.ChargePayCode, None]) -> Any:
     b = call.body
     req = pay_codes.Charge(pay_code=b.pay_code, amount=b.amount, currency=b.currency,  # type: ignore[arg-type]
                            merchant_reference=b.merchant_reference, description=b.description, store=b.store,
-                           capture_method=CaptureMethod(b.capture_method))
+                           capture_method=CaptureMethod(b.capture_method), payment=b.payment)
     return await pay_codes.charge(call.svc, call.who, req, call.identity())
 
 
@@ -171,5 +171,6 @@ async def tap(call: Call[schema.TapPayment, None]) -> Any:
     # retried under any key replays the first answer.
     identity = replace(call.identity(), key=f"tap:{b.terminal_transaction_id}", prefetched=False)
     req = taps.TapRequest(terminal_transaction_id=b.terminal_transaction_id, amount=b.amount,  # type: ignore[arg-type]
-                          currency=b.currency, merchant_reference=b.merchant_reference, tap=b.tap)
+                          currency=b.currency, merchant_reference=b.merchant_reference, tap=b.tap,
+                          payment=b.payment)
     return await taps.authorize(call.svc, call.who, req, identity)

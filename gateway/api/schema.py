@@ -102,6 +102,8 @@ class ChargePayCode(Strict):
     pay_code: Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
     amount: Amount
     currency: Currency
+    payment: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    """An open payment of this counter to settle; without it the charge creates its payment."""
     capture_method: Literal["automatic", "manual"] = "automatic"
     merchant_reference: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     description: Annotated[str, msgspec.Meta(max_length=500)] | None = None
@@ -180,6 +182,8 @@ class TapPayment(Strict):
     merchant_reference: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     offline_approved_at: Annotated[str, msgspec.Meta(max_length=40)] | None = None
     tap: dict[str, Any] = msgspec.field(default_factory=dict)
+    payment: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    """An open payment of this counter to settle; without it the tap creates its payment."""
 
 
 class EnrolDevice(Strict):

@@ -7,7 +7,10 @@ Invariants:
   ``pay_code_ttl_s``, and charged at most once: the code row is locked and marked used in the
   charge's transaction;
 - above the PIN threshold the charge waits for the payer's confirmation (``requires_action``)
-  with the amount held; the worker reverses it if it is not confirmed in time.
+  with the amount held; the worker reverses it if it is not confirmed in time;
+- a charge naming ``payment`` settles that open payment of the counter (locked after the code,
+  refused ``payment_not_payable`` if a QR code or a tap paid it first); without it the charge
+  creates its payment (the single-call form).
 """
 
 from __future__ import annotations
@@ -76,15 +79,22 @@ class Charge:
     description: str | None
     store: str | None
     capture_method: CaptureMethod
+    payment: str | None = None
 
 
 @payments.counted("pay_code")
 async def charge(svc: Services, who: Principal, req: Charge, identity: RequestIdentity) -> Reply:
-    """The counter charges a scanned pay-code: one transaction creates the payment and authorises it."""
+    """The counter charges a scanned pay-code: one transaction authorises the payment it names, or
+    creates one and authorises it."""
     assert who.merchant_id is not None
     merchant_id = who.merchant_id
     if not is_ours(svc, req.pay_code):
         raise InvalidRequest("not a pay-code of this gateway", code="pay_code_foreign", param="pay_code")
+    if req.payment is not None:
+        for name in ("description", "store"):
+            if getattr(req, name) is not None:
+                raise InvalidRequest(f"{name} describes a new payment; the named payment has its own",
+                                     code="parameter_unexpected", param=name)
     amount = check_amount(req.amount)
     cur = currency(req.currency).code
     store_id = decode(Kind.STORE, req.store) if req.store else who.store_id
@@ -107,6 +117,12 @@ async def charge(svc: Services, who: Principal, req: Charge, identity: RequestId
         if code_row["expires_at"] <= svc.now():
             raise Conflict("this pay-code has expired; ask for a fresh one", code="pay_code_expired",
                            param="pay_code")
+        if req.payment is not None:
+            row = await payments.counter_payment_locked(conn, who, req.payment, amount, cur, req.merchant_reference)
+            await codes.use_pay_code(conn, code_hash, row["id"])
+            updated = await payments.authorize_locked(svc, conn, row, holder_id, accounts, channel="pay_code",
+                                                      needs_confirmation=needs_pin)
+            return 200, views.payment_view(updated)
         merchant = await tenants.merchant(conn, merchant_id)
         assert merchant is not None
         if store_id is not None and await tenants.store(conn, store_id, merchant_id) is None:

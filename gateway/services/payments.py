@@ -32,7 +32,7 @@ from gateway.auth.principals import Principal, PrincipalKind
 from gateway.domain import checkout, fees, ledger, limits
 from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import check_amount, currency
-from gateway.domain.payments import CaptureMethod, Payment, Status
+from gateway.domain.payments import Action, CaptureMethod, Payment, Status, check_transition
 from gateway.errors import (
     Declined, Forbidden, GatewayError, IdempotencyError, IdempotencyInUse, InvalidRequest, InvalidState, NotFound,
 )
@@ -285,6 +285,7 @@ async def authorize_locked(
     *,
     channel: str,
     needs_confirmation: bool = False,
+    terminal_transaction_id: str | None = None,
 ) -> asyncpg.Record:
     """Authorise a locked, unpaid payment against the holder's wallet: tier caps, funds, then hold
     or capture. Shared by every way of paying (by id, QR, pay-code, tap), so every decline of a
@@ -325,7 +326,7 @@ async def _authorize_locked(
         payment = _with_fee(payment, row)
     wallet_ref = ledger.wallet(holder_id, payment.currency)
     updated = await store.update(conn, payment, wallet_account_id=accounts[wallet_ref].id, channel=channel,
-                                 spend_day=day)
+                                 spend_day=day, terminal_transaction_id=terminal_transaction_id)
     await _record(conn, updated, holder_id)
     # Money last: the hot balance rows (merchant and fee shards) stay locked only until the commit.
     try:
@@ -446,6 +447,29 @@ async def _with_payer(
     if wallet_ref in accounts:
         return accounts
     return {**accounts, **await ledger_store.existing_accounts(conn, [wallet_ref])}
+
+
+async def counter_payment_locked(
+    conn: Connection, who: Principal, text_id: str, amount_minor: int, currency_code: str,
+    merchant_reference: str | None,
+) -> asyncpg.Record:
+    """The open payment a counter settles by tap or pay-code, locked (lock order: after the payer's code).
+
+    Only the device's own (its merchant's, made at its terminal: another's is ``resource_missing``),
+    for exactly the amount and currency the payer agreed to, and still payable: a payment paid or
+    closed meanwhile (a QR code won the race) is ``payment_not_payable`` with its status.
+    """
+    pid = decode(Kind.PAYMENT, text_id)
+    row = await store.get(conn, pid, merchant_id=who.merchant_id, for_update=True) if pid is not None else None
+    if row is None or not _device_may_change(who, row):
+        raise NotFound(f"no such payment: {text_id}", param="payment")
+    if row["amount_minor"] != amount_minor or row["currency"] != currency_code:
+        raise InvalidRequest("the payment is for another amount or currency", code="amount_mismatch", param="amount")
+    if merchant_reference is not None and merchant_reference != row["merchant_reference"]:
+        raise InvalidRequest("the payment has another merchant_reference", code="merchant_reference_mismatch",
+                             param="merchant_reference")
+    check_transition(Status(row["status"]), Action.AUTHORIZE)
+    return row
 
 
 async def _merchant_head(svc: Services, who: Principal, pid: uuid.UUID) -> asyncpg.Record:

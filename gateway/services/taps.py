@@ -7,7 +7,11 @@ Invariants:
 - a tap moves money only if its ARQC verifies over the exact amount, currency and unpredictable
   number the terminal sent, and its ATC is above every ATC the token used before (the counter is
   burnt in its own transaction, so even a declined tap cannot be replayed);
-- a tap is idempotent by the terminal's transaction id.
+- a tap is idempotent by the terminal's transaction id;
+- a tap naming ``payment`` settles that open payment of the counter (the sale's, also offered by
+  QR): its row is locked after the counter is burnt, so of a tap and a QR payment racing for it
+  exactly one authorises it and the other is refused ``payment_not_payable``; without
+  ``payment`` the tap creates its own (offline taps forwarded later, single-call clients).
 """
 
 from __future__ import annotations
@@ -110,6 +114,7 @@ class TapRequest:
     currency: str
     merchant_reference: str | None
     tap: dict[str, Any]
+    payment: str | None = None
 
 
 def _hex(value: Any, field: str) -> bytes:
@@ -172,6 +177,13 @@ async def authorize(svc: Services, who: Principal, req: TapRequest, identity: Re
                            param="tap")
 
     async def work(conn: Connection) -> tuple[int, Any]:
+        if req.payment is not None:
+            row = await payments.counter_payment_locked(conn, who, req.payment, amount, cur.code,
+                                                        req.merchant_reference)
+            # The phone verified its holder (CDCVM) before answering the tap: no PIN here.
+            updated = await payments.authorize_locked(svc, conn, row, holder_id, accounts, channel="tap",
+                                                      terminal_transaction_id=req.terminal_transaction_id)
+            return 200, views.payment_view(updated)
         merchant = await tenants.merchant(conn, merchant_id)
         assert merchant is not None
         new = Payment(

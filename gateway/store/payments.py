@@ -87,7 +87,7 @@ async def get(
 
 async def update(
     conn: Connection, payment: Payment, *, wallet_account_id: int | None = None, channel: str | None = None,
-    spend_day: date | None = None,
+    spend_day: date | None = None, terminal_transaction_id: str | None = None,
 ) -> asyncpg.Record:
     row = await one(
         conn,
@@ -95,13 +95,14 @@ async def update(
         UPDATE payments SET status = $2, payer_id = $3, authorized_minor = $4, captured_minor = $5,
                refunded_minor = $6, fee_minor = $7, authorization_expires_at = $8,
                wallet_account_id = COALESCE($9, wallet_account_id), confirm_by = $10,
-               channel = COALESCE($11, channel), spend_day = COALESCE($12, spend_day), updated_at = now()
+               channel = COALESCE($11, channel), spend_day = COALESCE($12, spend_day),
+               terminal_transaction_id = COALESCE($13, terminal_transaction_id), updated_at = now()
          WHERE id = $1
         RETURNING {_COLUMNS}, {_EXTRA}, (SELECT name FROM merchants m WHERE m.id = payments.merchant_id) AS merchant_name
         """,
         payment.id, payment.status.value, payment.payer_id, payment.authorized_minor, payment.captured_minor,
         payment.refunded_minor, payment.fee_minor, payment.authorization_expires_at, wallet_account_id,
-        payment.confirm_by, channel, spend_day,
+        payment.confirm_by, channel, spend_day, terminal_transaction_id,
     )
     return row
 

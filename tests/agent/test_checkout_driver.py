@@ -139,9 +139,14 @@ def payment(pid: str, status: str, reference: str, refunded: int = 0) -> dict[st
             "channel": None, "merchant_reference": reference, "confirm_by": None}
 
 
-async def unknown_tap_sale(tmp_path: Path, *, found_by_reference: bool) -> tuple[object, AsyncJournal, list[str]]:
+async def unknown_tap_sale(tmp_path: Path, *, executed: bool, sale_payment: bool = True,
+                           ) -> tuple[object, AsyncJournal, list[str]]:
+    """The tap executes (``executed``) or not, and answers too late either way. With
+    ``sale_payment`` it settles the sale's payment ``pay_q``; without (the gateway failed the
+    payment's creation) it creates its own, ``pay_t``."""
     seen: list[str] = []
     tap_reference: list[str] = []
+    paid: list[bool] = []
 
     async def handle(request: web.Request) -> web.Response:
         seen.append(f"{request.method} {request.path_qs}")
@@ -149,17 +154,23 @@ async def unknown_tap_sale(tmp_path: Path, *, found_by_reference: bool) -> tuple
         if path == "/v1/devices/sessions":
             return web.json_response({"access_token": "t", "expires_in": 900}, status=201)
         if path == "/v1/payments" and request.method == "POST":
+            if not sale_payment:
+                return web.json_response({"error": {"code": "internal_error"}}, status=503)
             return web.json_response(payment("pay_q", "requires_payment_method", "Q"), status=201)
         if path == "/v1/payments/pay_q/qr_codes":
             return web.json_response({"payload": "000201QR", "image_png": None}, status=201)
         if path == "/v1/payments/pay_q":
-            return web.json_response(payment("pay_q", "requires_payment_method", "Q"))
+            return web.json_response(payment("pay_q", "succeeded" if paid else "requires_payment_method", "Q"))
         if path == "/v1/tap_payments":
-            tap_reference.append((await request.json())["merchant_reference"])
-            await asyncio.sleep(1.0)  # executes, but answers too late
-            return web.json_response(payment("pay_t", "succeeded", tap_reference[0]), status=201)
+            body = await request.json()
+            assert body["payment"] == ("pay_q" if sale_payment else None)
+            tap_reference.append(body["merchant_reference"])
+            if executed:
+                paid.append(True)
+            await asyncio.sleep(1.0)  # answers too late
+            return web.json_response(payment("pay_q", "succeeded", "Q"), status=200)
         if path == "/v1/payments" and request.method == "GET":
-            data = [payment("pay_t", "succeeded", tap_reference[0])] if found_by_reference else []
+            data = [payment("pay_t", "succeeded", tap_reference[0])] if executed else []
             return web.json_response({"data": data, "has_more": False})
         if path == "/v1/payments/pay_q/reverse":
             return web.json_response(payment("pay_q", "canceled", "Q"))
@@ -186,27 +197,54 @@ async def unknown_tap_sale(tmp_path: Path, *, found_by_reference: bool) -> tuple
     return outcome, journal, seen
 
 
-async def test_unknown_tap_outcome_found_by_reference_is_approved(tmp_path: Path) -> None:
-    outcome, journal, seen = await unknown_tap_sale(tmp_path, found_by_reference=True)
+def after_tap(seen: list[str]) -> list[str]:
+    return seen[seen.index("POST /v1/tap_payments") + 1:]
+
+
+async def test_unknown_tap_on_the_sales_payment_found_paid_is_approved(tmp_path: Path) -> None:
+    outcome, journal, seen = await unknown_tap_sale(tmp_path, executed=True)
     try:
-        assert outcome.approved and outcome.payment_id == "pay_t" and outcome.method is Method.TAP  # type: ignore[attr-defined]
+        assert outcome.approved and outcome.payment_id == "pay_q" and outcome.method is Method.TAP  # type: ignore[attr-defined]
         assert seen.count("POST /v1/tap_payments") == 1  # never charged twice
-        assert any("merchant_reference=T1-000001-T2" in s for s in seen)  # the status query
-        assert "POST /v1/payments/pay_q/reverse" in seen  # the unused QR payment
+        assert after_tap(seen) == ["GET /v1/payments/pay_q"]  # the status query, by the payment's id
+        assert not any("reverse" in s for s in seen)  # one payment, the winner
     finally:
         await journal.close()
 
 
-async def test_unknown_tap_outcome_not_found_is_rejected_and_queued_for_resolution(tmp_path: Path) -> None:
-    outcome, journal, seen = await unknown_tap_sale(tmp_path, found_by_reference=False)
+async def test_unknown_tap_on_the_sales_payment_still_unpaid_is_rejected_and_reversed(tmp_path: Path) -> None:
+    outcome, journal, seen = await unknown_tap_sale(tmp_path, executed=False)
+    try:
+        assert not outcome.approved and outcome.reason == "outcome_unknown"  # type: ignore[attr-defined]
+        assert seen.count("POST /v1/tap_payments") == 1
+        assert after_tap(seen) == ["GET /v1/payments/pay_q"] * 2 + ["POST /v1/payments/pay_q/reverse"]
+        # Reversing the payment settles the question: no search by reference is left to the forwarder.
+        assert await journal.call(lambda j: j.pending_operations((OpKind.RESOLVE,), created_before=1e12,
+                                                                 limit=10)) == []
+    finally:
+        await journal.close()
+
+
+async def test_unknown_tap_without_a_sale_payment_found_by_reference_is_approved(tmp_path: Path) -> None:
+    outcome, journal, seen = await unknown_tap_sale(tmp_path, executed=True, sale_payment=False)
+    try:
+        assert outcome.approved and outcome.payment_id == "pay_t" and outcome.method is Method.TAP  # type: ignore[attr-defined]
+        assert seen.count("POST /v1/tap_payments") == 1
+        assert any("merchant_reference=T1-000001-T1" in s for s in after_tap(seen))
+    finally:
+        await journal.close()
+
+
+async def test_unknown_tap_without_a_sale_payment_not_found_is_queued_for_resolution(tmp_path: Path) -> None:
+    outcome, journal, seen = await unknown_tap_sale(tmp_path, executed=False, sale_payment=False)
     try:
         assert not outcome.approved and outcome.reason == "outcome_unknown"  # type: ignore[attr-defined]
         assert seen.count("POST /v1/tap_payments") == 1
         assert sum(s.startswith("GET /v1/payments?") for s in seen) == 2  # bounded status queries
         queued = await journal.call(lambda j: j.pending_operations((OpKind.RESOLVE,), created_before=1e12, limit=10))
-        assert [op.reference for op in queued] == [f"{outcome.reference}-T2"]  # type: ignore[attr-defined]
-        tap_ops = [op for op in await journal.call(lambda j: j.operations_of_sale(outcome.reference))  # type: ignore[attr-defined]
-                   if op.kind is OpKind.TAP]
+        reference = outcome.reference  # type: ignore[attr-defined]
+        assert sorted(op.reference for op in queued) == [reference, f"{reference}-T1"]  # the payment, the tap
+        tap_ops = [op for op in await journal.call(lambda j: j.operations_of_sale(reference)) if op.kind is OpKind.TAP]
         assert [op.state for op in tap_ops] == [OpState.FAILED]  # handed over to the resolve entry
     finally:
         await journal.close()
@@ -300,4 +338,47 @@ async def test_the_counter_is_durable_before_the_tap_reaches_the_gateway(tmp_pat
         [(ttid, counters)] = seen
         assert counters == [(ttid, 17)]
     finally:
+        await journal.close()
+
+
+# --- the QR code and a tap race for the sale's one payment --------------------------------------
+
+
+async def test_a_tap_refused_because_the_qr_code_paid_the_payment_approves_the_sale_by_qr(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.path}")
+        path = request.path
+        if path == "/v1/devices/sessions":
+            return web.json_response({"access_token": "t", "expires_in": 900}, status=201)
+        if path == "/v1/payments" and request.method == "POST":
+            return web.json_response(payment("pay_q", "requires_payment_method", "Q"), status=201)
+        if path == "/v1/payments/pay_q/qr_codes":
+            return web.json_response({"payload": "000201QR", "image_png": None}, status=201)
+        if path == "/v1/tap_payments":  # the wallet's scan locked the payment first
+            return web.json_response({"error": {"type": "invalid_request_error", "code": "payment_not_payable",
+                                                "status_now": "succeeded"}}, status=409)
+        if path == "/v1/payments/pay_q":
+            return web.json_response({**payment("pay_q", "succeeded", "Q"), "channel": "qr"})
+        return web.json_response({"error": {"code": "resource_missing"}}, status=404)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    settings = Settings(
+        gateway=GatewaySettings(url=str(server.make_url("")).rstrip("/"), retry_count_max=1),
+        sale=SaleSettings(sale_timeout_s=5.0, status_poll_interval_s=5.0),
+    )
+    journal = AsyncJournal.open(tmp_path / "journal.sqlite3")
+    reader = FakeReader()
+    reader.taps.put_nowait(make_tap())
+    try:
+        async with GatewayClient(settings.gateway, credentials=Credentials("x", "d", "s", "t", "s", "m")) as client:
+            outcome = await CheckoutRunner(settings, client, journal, CheckoutDevices(reader=reader)).sell(3_800)
+        assert outcome.approved and outcome.method is Method.QR and outcome.payment_id == "pay_q"
+        assert seen[-2:] == ["POST /v1/tap_payments", "GET /v1/payments/pay_q"]  # nothing reversed
+    finally:
+        await server.close()
         await journal.close()

@@ -19,10 +19,10 @@ from pos_agent.checkout import (
     InvalidTransition,
     Method,
     OfflineApproved,
+    PaymentOpened,
+    PaymentUnavailable,
     Phase,
     QrPaid,
-    QrReady,
-    QrUnavailable,
     Refused,
     SaleOutcome,
     TapRead,
@@ -44,47 +44,52 @@ def run(*events: object, state: CheckoutState | None = None) -> CheckoutState:
     return current
 
 
-def test_tap_wins_over_qr() -> None:
-    state = run(QrReady("pay_q"), TapRead(), Authorised("pay_t"))
+def test_a_tap_settles_the_sales_payment() -> None:
+    state = run(PaymentOpened("pay_s"), TapRead(), Authorised("pay_s"))
     assert state.phase is Phase.APPROVED and state.method is Method.TAP
-    assert state.payment_id == "pay_t" and state.qr_payment_id == "pay_q"
+    assert state.payment_id == "pay_s" and state.sale_payment_id == "pay_s"
 
 
-def test_qr_paid_wins_with_its_own_payment() -> None:
-    state = run(QrReady("pay_q"), QrPaid("pay_q"))
-    assert (state.phase, state.method, state.payment_id) == (Phase.APPROVED, Method.QR, "pay_q")
+def test_the_qr_code_won_the_race_against_the_tap() -> None:
+    state = run(PaymentOpened("pay_s"), TapRead(), Authorised("pay_s", Method.QR))
+    assert (state.phase, state.method, state.payment_id) == (Phase.APPROVED, Method.QR, "pay_s")
+
+
+def test_qr_paid_wins_with_the_sales_payment() -> None:
+    state = run(PaymentOpened("pay_s"), QrPaid("pay_s"))
+    assert (state.phase, state.method, state.payment_id) == (Phase.APPROVED, Method.QR, "pay_s")
 
 
 def test_pay_code_needing_confirmation_then_confirmed() -> None:
-    state = run(QrReady("pay_q"), CodeScanned(), ConfirmationRequired("pay_p"))
+    state = run(PaymentOpened("pay_s"), CodeScanned(), ConfirmationRequired("pay_p"))
     assert state.phase is Phase.CONFIRMING and state.payment_id == "pay_p"
     assert run(Authorised("pay_p"), state=state).phase is Phase.APPROVED
 
 
 def test_declined_tap_declines_the_sale() -> None:
-    state = run(QrReady("pay_q"), TapRead(), Refused("insufficient_funds"))
+    state = run(PaymentOpened("pay_s"), TapRead(), Refused("insufficient_funds"))
     assert state.phase is Phase.DECLINED and state.reason == "insufficient_funds" and not state.approved
 
 
 def test_offline_tap_only_when_unreachable_tap_was_authorising() -> None:
-    state = run(QrUnavailable(unreachable=True), TapRead(), OfflineApproved("ttid"))
+    state = run(PaymentUnavailable(unreachable=True), TapRead(), OfflineApproved("ttid"))
     assert state.phase is Phase.APPROVED and state.method is Method.TAP_OFFLINE and not state.online
     assert state.terminal_transaction_id == "ttid" and state.payment_id is None
 
 
 def test_pay_code_offline_is_declined_at_once() -> None:
-    state = run(QrUnavailable(unreachable=True), CodeScanned())
+    state = run(PaymentUnavailable(unreachable=True), CodeScanned())
     assert state.phase is Phase.DECLINED and state.reason == "gateway_unreachable"
 
 
 def test_offline_approval_of_a_pay_code_is_impossible() -> None:
-    state = run(QrReady("pay_q"), CodeScanned())
+    state = run(PaymentOpened("pay_s"), CodeScanned())
     with pytest.raises(InvalidTransition):
         transition(state, OfflineApproved("x"))
 
 
 def test_unknown_then_resolved() -> None:
-    state = run(QrReady("pay_q"), TapRead(), Unknown())
+    state = run(PaymentOpened("pay_s"), TapRead(), Unknown())
     assert state.phase is Phase.RESOLVING
     assert run(Authorised("pay_t"), state=state).phase is Phase.APPROVED
     assert run(Refused("outcome_unknown"), state=state).phase is Phase.DECLINED
@@ -92,14 +97,14 @@ def test_unknown_then_resolved() -> None:
         transition(state, Unknown())
 
 
-@pytest.mark.parametrize("prefix", [(), (QrReady("pay_q"),), (QrReady("pay_q"), TapRead())])
+@pytest.mark.parametrize("prefix", [(), (PaymentOpened("pay_s"),), (PaymentOpened("pay_s"), TapRead())])
 def test_cancel_from_any_open_phase(prefix: tuple[object, ...]) -> None:
     state = run(*prefix, CancelRequested("cancelled_by_cashier"))
     assert state.phase is Phase.CANCELLED and state.reason == "cancelled_by_cashier"
 
 
 def test_nothing_after_the_end() -> None:
-    state = run(QrReady("pay_q"), QrPaid("pay_q"))
+    state = run(PaymentOpened("pay_s"), QrPaid("pay_s"))
     with pytest.raises(InvalidTransition):
         transition(state, CancelRequested("late"))
 
@@ -108,11 +113,25 @@ def test_events_out_of_phase_are_bugs() -> None:
     with pytest.raises(InvalidTransition):
         transition(CheckoutState(), TapRead())
     with pytest.raises(InvalidTransition):
-        run(QrReady("pay_q"), Authorised("pay_x"))
+        run(PaymentOpened("pay_s"), Authorised("pay_x"))
 
 
 def op(kind: OpKind, state: OpState, reference: str, payment_id: str | None) -> Operation:
     return Operation(f"k-{reference}", kind, "T1-000001", reference, payment_id, {}, state, None, 0.0)
+
+
+def test_compensations_of_one_payment_sales() -> None:
+    operations = [
+        op(OpKind.CREATE_PAYMENT, OpState.DONE, "T1-000001", "pay_s"),
+        op(OpKind.ISSUE_QR, OpState.DONE, "T1-000001", "pay_s"),
+        op(OpKind.TAP, OpState.FAILED, "T1-000001-T1", "pay_s"),
+        op(OpKind.TAP, OpState.PENDING, "T1-000001-T2", "pay_s"),
+    ]
+    assert compensations(operations, "pay_s") == []
+    # An unknown tap on the sale's payment needs no search: reversing the payment covers it.
+    assert compensations(operations, None) == [Compensation.reverse("pay_s")]
+    offline = [operations[0], op(OpKind.TAP, OpState.FAILED, "T1-000001-T1", "pay_s")]
+    assert compensations(offline, None) == [Compensation.reverse("pay_s")]
 
 
 def test_compensations_reverse_all_but_the_winner_and_resolve_unknowns() -> None:
@@ -142,8 +161,9 @@ def make_tap() -> TapResult:
 
 def test_tap_body_follows_the_contract() -> None:
     body = tap_body(make_tap(), terminal_transaction_id="tt1", amount_minor=3_800, currency="CNY",
-                    reference="T1-000001-T1", offline_approved_at=None)
+                    reference=None, payment_id="pay_s", offline_approved_at=None)
     assert body["terminal_transaction_id"] == "tt1" and body["offline_approved_at"] is None
+    assert (body["payment"], body["merchant_reference"]) == ("pay_s", None)
     tap = body["tap"]
     assert (tap["token_pan"], tap["psn"], tap["atc"], tap["arqc"], tap["aip"], tap["cid"]) == (
         "99012345678901234", 1, 17, "0123456789ABCDEF", "0080", "80")

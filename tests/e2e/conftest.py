@@ -28,6 +28,7 @@ from tests.e2e.harness import (
     agent_config,
     free_udp_port,
     register_payment,
+    register_refund,
 )
 
 REGISTER_THREAD_JOIN_S = 40.0
@@ -73,12 +74,28 @@ class Counter:
         return asyncio.create_task(asyncio.to_thread(
             register_payment, self.modem.path_a, amount, waiting_timeout_s=waiting_timeout_s))
 
+    def refund(self, amount: float, sale_number: str) -> asyncio.Task[Any]:
+        """The register asks to refund ``amount`` of the sale it was answered ``sale_number`` for."""
+        return asyncio.create_task(asyncio.to_thread(
+            register_refund, self.modem.path_a, amount, sale_number, waiting_timeout_s=25.0))
+
     async def payments_of_sale(self, sequence: int) -> list[dict[str, Any]]:
-        return await self.shop.payments(f"E2E-{sequence:06d}-")
+        """The sale's payment (reference ``E2E-000001``) and any its offline taps made (``E2E-000001-T1``)."""
+        return await self.shop.payments(f"E2E-{sequence:06d}")
+
+    async def waiting_for_payment(self, amount_text: str) -> None:
+        """The sale's payment and QR code exist: the display invites the payer."""
+        await self.display.wait_for_lines(amount_text, "Tap / scan QR", timeout_s=10)
 
 
 @pytest.fixture
-async def counter(tmp_path: Path) -> AsyncIterator[Counter]:
+def counter_options() -> dict[str, Any]:
+    """Agent settings of the counter under test (a test overrides this fixture to change them)."""
+    return {}
+
+
+@pytest.fixture
+async def counter(tmp_path: Path, counter_options: dict[str, Any]) -> AsyncIterator[Counter]:
     gateway = await GatewayProcess.create()
     stack = contextlib.AsyncExitStack()
     tasks: list[asyncio.Task[Any]] = []
@@ -103,7 +120,7 @@ async def counter(tmp_path: Path) -> AsyncIterator[Counter]:
         nfc_port = free_udp_port()
         config = agent_config(tmp_path, gateway_url=gateway.url, register=modem.path_b, nfc_port=nfc_port,
                               scanner=ptys["scan"].slave_path, display=ptys["disp"].slave_path,
-                              printer=ptys["prn"].slave_path)
+                              printer=ptys["prn"].slave_path, **counter_options)
         agent = AgentProcess(config)
         stack.push_async_callback(agent.stop)
         code, out, err = await agent.cli("enrol", "--code", await shop.enrolment_code())

@@ -427,8 +427,23 @@ def register_payment(path: str, amount: float, *, waiting_timeout_s: float) -> A
         device.close()
 
 
+def register_refund(path: str, amount: float, sale_number: str, *, waiting_timeout_s: float) -> Any:
+    """A refund (Concert credit) of ``amount`` of the sale the agent answered with ``sale_number``
+    (its private data), from an unmodified pyTeliumManager register (blocking: run it in a thread)."""
+    from telium import Telium, TeliumAsk
+
+    ask = TeliumAsk.new_payment(amount, payment_mode="credit", target_currency="CNY", collect_payment_source_info=True)
+    ask._private = sale_number.ljust(10)  # the library leaves the request's private data blank
+    device = Telium(path, timeout=3)
+    try:
+        assert device.ask(ask), "the agent did not acknowledge the request"
+        return device.verify(ask, waiting_timeout=waiting_timeout_s)
+    finally:
+        device.close()
+
+
 def agent_config(tmp: Path, *, gateway_url: str, register: str, nfc_port: int | None, scanner: str | None,
-                 display: str | None, printer: str | None, **sale: Any) -> Path:
+                 display: str | None, printer: str | None, print_qr_slip: bool = False, **sale: Any) -> Path:
     sale_settings = {"sale_timeout_s": 15.0, "status_poll_interval_s": 0.3, "qr_ttl_s": 120,
                      "resolve_query_interval_s": 0.3, "cleanup_timeout_s": 5.0, **sale}
     lines = [
@@ -450,7 +465,7 @@ def agent_config(tmp: Path, *, gateway_url: str, register: str, nfc_port: int | 
     if display:
         lines += ["[devices.display]", f'url = "{display}"']
     if printer:
-        lines += ["[devices.printer]", f'url = "{printer}"']
+        lines += ["[devices.printer]", f'url = "{printer}"', f"print_qr_slip = {str(print_qr_slip).lower()}"]
     path = tmp / "agent.toml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -1,14 +1,11 @@
-"""The checkout: a pure state machine and the async driver that runs it for one register request.
+"""The async driver of one sale: the devices wired to the gateway client, run by the state machine.
 
-One sale: the register asks for an amount; the agent creates a payment and its dynamic QR code,
-shows the amount, arms the NFC reader, listens to the scanner for a pay-code and polls the QR
-payment. The first of those to complete wins; the others are disarmed and every payment the
-sale created other than the winner is reversed. The register gets success with the amount, or a
-rejection; a receipt is printed.
-
-Pure part (no I/O, no clock): ``CheckoutState`` + ``transition`` (phases and events),
-``compensations`` (which payments a finished sale must reverse), ``tap_body``, ``is_pay_code``,
-``build_receipt``. Amounts are shown by ``pos_agent.currency.format_amount``.
+One sale: the register asks for an amount; the agent creates the sale's payment and its dynamic
+QR code, shows the amount, arms the NFC reader, listens to the scanner for a pay-code and polls
+the payment. The first of those to complete wins; the others are disarmed. A tap or a pay-code
+settles that same payment, so a sale leaves one payment in the merchant's list. The register gets
+success with the amount, or a rejection; a receipt is printed (and the QR code, on a slip, only
+when ``devices.printer.print_qr_slip`` is set).
 
 Invariants:
 - Money and the register agree. When the register is told "approved", exactly one payment of the
@@ -16,16 +13,18 @@ Invariants:
   journal; when it is told "rejected" (declined, cancelled, timed out, unknown), every payment of
   the sale is reversed or queued, and its offline taps are voided.
 - Every gateway POST's key is journalled before it is sent (``pos_agent.journal``).
-- An unknown outcome is never followed by a second charge: the agent queries the attempt by its
-  merchant reference, and if it still cannot tell, rejects the sale and queues a ``resolve``
-  compensation (find by reference, reverse) for the forwarder.
+- Journal calls bind their values (``functools.partial``), never a closure over locals: a call
+  that timed out still runs later on the journal's thread, when an ``except`` block's exception
+  name is gone and a loop variable may name the next item.
 - A tap is approved offline only when the gateway was definitely unreachable for that very tap,
   the device was never refused by the gateway (revoked), its ATC is higher than every ATC the
   journal saw for that token (online or offline), and the offline limits allow it; QR and
   pay-codes always need the gateway.
 - A tap's ATC is journalled before the tap is sent online (``Journal.record_tap``).
 - A wallet's pending offline taps are forwarded before its new online tap (ATC order).
-- The whole sale is bounded by ``sale_timeout_s``; the clean-up after it by ``cleanup_timeout_s``.
+- The whole sale is bounded by ``sale_timeout_s``, and each gateway call by its share of what is
+  left of it (``resolution.CALL_SHARE``), so the status queries after an unknown outcome fit
+  before the deadline; the clean-up after it by ``cleanup_timeout_s``.
 """
 
 from __future__ import annotations
@@ -37,43 +36,42 @@ import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
-from enum import StrEnum
+from dataclasses import dataclass
 from typing import Any, Final
 
 from hardware.nfc import CardError, ReaderBusy, ReaderUnavailable, TapCancelled, TapResult, TapTimeout
-from hardware.nfc.emv import Tag
 from hardware.serial.printer import Receipt, ReceiptItem
+
+from pos_agent.checkout.resolution import CALL_SHARE, compensate_sale, find_outcome
+from pos_agent.checkout.state import (
+    Authorised,
+    CancelRequested,
+    CheckoutState,
+    CodeScanned,
+    ConfirmationRequired,
+    Event,
+    Method,
+    OfflineApproved,
+    PaymentOpened,
+    PaymentUnavailable,
+    Phase,
+    QrPaid,
+    Refused,
+    TapRead,
+    Unknown,
+    build_receipt,
+    is_pay_code,
+    tap_body,
+    transition,
+)
 from pos_agent.currency import format_amount
 from pos_agent.devices import CodeSource, Display, Printer, TapSource
-from pos_agent.errors import (
-    DeviceAuthError,
-    GatewayError,
-    GatewayRejected,
-    GatewayUnreachable,
-    JournalError,
-    OutcomeUnknown,
-)
+from pos_agent.errors import GatewayError, GatewayRejected, GatewayUnreachable, JournalError, OutcomeUnknown
 from pos_agent.gateway_client import GatewayClient, Payment
-from pos_agent.journal import AsyncJournal, Journal, OpKind, OpState, Operation
+from pos_agent.journal import AsyncJournal, Journal, OpKind, OpState
 from pos_agent.settings import Settings
 
-__all__ = [
-    "CancelRequested",
-    "CheckoutRunner",
-    "CheckoutState",
-    "Compensation",
-    "Event",
-    "InvalidTransition",
-    "Method",
-    "Phase",
-    "SaleOutcome",
-    "build_receipt",
-    "compensations",
-    "is_pay_code",
-    "tap_body",
-    "transition",
-]
+__all__ = ["CheckoutDevices", "CheckoutRunner", "SaleOutcome"]
 
 log = logging.getLogger(__name__)
 
@@ -81,282 +79,9 @@ TAP_READ_TIMEOUT_MAX_S: Final = 300.0
 READER_RETRY_PAUSE_S: Final = 0.5
 TASK_STOP_TIMEOUT_S: Final = 2.0
 DRAIN_TIMEOUT_S: Final = 5.0
-
-# ---------------------------------------------------------------------------------------------
-# Pure state machine
-
-
-class Phase(StrEnum):
-    STARTING = "starting"  # creating the payment and its QR code
-    AWAITING = "awaiting"  # reader armed, scanner listening, QR polled
-    AUTHORISING = "authorising"  # a tap or a pay-code is with the gateway
-    CONFIRMING = "confirming"  # the payer confirms a pay-code charge with a PIN; polling
-    RESOLVING = "resolving"  # the outcome is unknown; querying by reference
-    APPROVED = "approved"
-    DECLINED = "declined"
-    CANCELLED = "cancelled"
-
-
-FINAL_PHASES: Final = frozenset({Phase.APPROVED, Phase.DECLINED, Phase.CANCELLED})
-
-
-class Method(StrEnum):
-    TAP = "tap"
-    TAP_OFFLINE = "tap_offline"
-    QR = "qr"
-    PAY_CODE = "pay_code"
-
-
-@dataclass(frozen=True, slots=True)
-class QrReady:
-    payment_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class QrUnavailable:
-    unreachable: bool
-
-
-@dataclass(frozen=True, slots=True)
-class TapRead:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class CodeScanned:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class QrPaid:
-    payment_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Authorised:
-    payment_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class OfflineApproved:
-    terminal_transaction_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class ConfirmationRequired:
-    payment_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Refused:
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Unknown:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class CancelRequested:
-    reason: str
-
-
-Event = (
-    QrReady | QrUnavailable | TapRead | CodeScanned | QrPaid | Authorised | OfflineApproved
-    | ConfirmationRequired | Refused | Unknown | CancelRequested
-)
-
-
-class InvalidTransition(AssertionError):
-    """An event that cannot happen in the current phase: a bug in the driver."""
-
-
-@dataclass(frozen=True, slots=True)
-class CheckoutState:
-    phase: Phase = Phase.STARTING
-    online: bool = True
-    """False once the gateway proved unreachable for this sale (offline taps only)."""
-    qr_payment_id: str | None = None
-    method: Method | None = None
-    payment_id: str | None = None
-    """The winning payment (None for an offline approval)."""
-    terminal_transaction_id: str | None = None
-    reason: str | None = None
-
-    @property
-    def final(self) -> bool:
-        return self.phase in FINAL_PHASES
-
-    @property
-    def approved(self) -> bool:
-        return self.phase is Phase.APPROVED
-
-
-def transition(state: CheckoutState, event: Event) -> CheckoutState:
-    """The next state; ``InvalidTransition`` for an event the phase does not allow."""
-    phase = state.phase
-    if state.final:
-        raise InvalidTransition(f"{type(event).__name__} after the sale ended ({phase})")
-    if isinstance(event, CancelRequested):
-        return replace(state, phase=Phase.CANCELLED, reason=event.reason)
-    if phase is Phase.STARTING:
-        if isinstance(event, QrReady):
-            return replace(state, phase=Phase.AWAITING, qr_payment_id=event.payment_id)
-        if isinstance(event, QrUnavailable):
-            return replace(state, phase=Phase.AWAITING, online=not event.unreachable)
-    elif phase is Phase.AWAITING:
-        if isinstance(event, TapRead):
-            return replace(state, phase=Phase.AUTHORISING, method=Method.TAP)
-        if isinstance(event, CodeScanned):
-            if not state.online:
-                return replace(state, phase=Phase.DECLINED, method=Method.PAY_CODE, reason="gateway_unreachable")
-            return replace(state, phase=Phase.AUTHORISING, method=Method.PAY_CODE)
-        if isinstance(event, QrPaid):
-            assert event.payment_id == state.qr_payment_id
-            return replace(state, phase=Phase.APPROVED, method=Method.QR, payment_id=event.payment_id)
-    elif phase in (Phase.AUTHORISING, Phase.CONFIRMING, Phase.RESOLVING):
-        if isinstance(event, Authorised):
-            return replace(state, phase=Phase.APPROVED, payment_id=event.payment_id)
-        if isinstance(event, Refused):
-            return replace(state, phase=Phase.DECLINED, reason=event.reason)
-        if isinstance(event, OfflineApproved) and phase is Phase.AUTHORISING and state.method is Method.TAP:
-            return replace(state, phase=Phase.APPROVED, method=Method.TAP_OFFLINE, online=False,
-                           terminal_transaction_id=event.terminal_transaction_id)
-        if isinstance(event, ConfirmationRequired) and phase is Phase.AUTHORISING:
-            return replace(state, phase=Phase.CONFIRMING, payment_id=event.payment_id)
-        if isinstance(event, Unknown) and phase is not Phase.RESOLVING:
-            return replace(state, phase=Phase.RESOLVING)
-    raise InvalidTransition(f"{type(event).__name__} in phase {phase}")
-
-
-@dataclass(frozen=True, slots=True)
-class Compensation:
-    """``reverse`` a known payment, or ``resolve`` an attempt known only by its reference."""
-
-    action: str  # "reverse" | "resolve"
-    target: str  # payment id or merchant reference
-
-    @staticmethod
-    def reverse(payment_id: str) -> Compensation:
-        return Compensation("reverse", payment_id)
-
-    @staticmethod
-    def resolve(reference: str) -> Compensation:
-        return Compensation("resolve", reference)
-
-
-_CHARGING_KINDS: Final = frozenset({OpKind.CREATE_PAYMENT, OpKind.PAY_CODE, OpKind.TAP})
-
-
-def compensations(operations: list[Operation], winner_payment_id: str | None) -> list[Compensation]:
-    """What a finished sale owes the gateway: every attempt that may hold money, but the winner.
-
-    A ``done`` attempt with a payment is reversed; a ``pending`` one (sent, outcome unknown, or
-    interrupted) is resolved by reference; a ``failed`` one created nothing.
-    """
-    owed: list[Compensation] = []
-    for op in operations:
-        if op.kind not in _CHARGING_KINDS:
-            continue
-        if op.payment_id is not None and op.payment_id == winner_payment_id:
-            continue
-        if op.state is OpState.DONE and op.payment_id is not None:
-            owed.append(Compensation.reverse(op.payment_id))
-        elif op.state is OpState.PENDING:
-            owed.append(Compensation.resolve(op.reference))
-    return list(dict.fromkeys(owed))
-
-
-TAP_TERMINAL_TAGS: Final = (
-    (Tag.AMOUNT_AUTHORISED, "9F02"),
-    (Tag.AMOUNT_OTHER, "9F03"),
-    (Tag.TERMINAL_COUNTRY, "9F1A"),
-    (Tag.TVR, "95"),
-    (Tag.TRANSACTION_CURRENCY, "5F2A"),
-    (Tag.TRANSACTION_DATE, "9A"),
-    (Tag.TRANSACTION_TYPE, "9C"),
-    (Tag.UNPREDICTABLE_NUMBER, "9F37"),
-)
-
-
-def tap_body(
-    tap: TapResult,
-    *,
-    terminal_transaction_id: str,
-    amount_minor: int,
-    currency: str,
-    reference: str,
-    offline_approved_at: str | None,
-) -> dict[str, Any]:
-    """The ``POST /v1/tap_payments`` body: exactly the bytes the card put under its cryptogram."""
-    fallback = tap.terminal.tag_values()
-    terminal: dict[str, str] = {}
-    for tag, name in TAP_TERMINAL_TAGS:
-        try:
-            value = tap.terminal_value(tag)
-        except KeyError:  # the card's PDOL left it out; the issuer takes the terminal's value
-            value = fallback[tag]
-        terminal[name] = value.hex().upper()
-    return {
-        "terminal_transaction_id": terminal_transaction_id,
-        "amount": amount_minor,
-        "currency": currency,
-        "merchant_reference": reference,
-        "offline_approved_at": offline_approved_at,
-        "tap": {
-            "token_pan": tap.token_pan,
-            "psn": tap.psn if tap.psn is not None else 0,
-            "atc": tap.atc,
-            "arqc": tap.arqc.hex().upper(),
-            "aip": tap.aip.hex().upper(),
-            "iad": tap.iad.hex().upper(),
-            "cid": f"{tap.cid:02X}",
-            "terminal": terminal,
-        },
-    }
-
-
-def is_pay_code(text: str, *, prefix: str, length: int) -> bool:
-    return len(text) == length and text.isascii() and text.isdigit() and text.startswith(prefix)
-
-
-METHOD_LABELS: Final = {
-    Method.TAP: "NFC 碰一碰 Tap",
-    Method.TAP_OFFLINE: "NFC 离线 Tap (offline)",
-    Method.QR: "扫码 QR",
-    Method.PAY_CODE: "付款码 Pay-code",
-}
-
-
-def build_receipt(
-    *,
-    merchant_name: str,
-    reference: str,
-    amount_text: str,
-    method: Method,
-    payment_id: str | None,
-    terminal_transaction_id: str | None,
-    at: datetime.datetime,
-) -> Receipt:
-    payment_text = payment_id or f"OFFLINE {(terminal_transaction_id or '')[:16]}"
-    footer = ["离线批准, 稍后上传 Offline approved"] if method is Method.TAP_OFFLINE else []
-    return Receipt(
-        title=merchant_name,
-        items=(
-            ReceiptItem("金额 Amount", amount_text),
-            ReceiptItem("方式 Method", METHOD_LABELS[method]),
-            ReceiptItem("单号 ID", payment_text),  # 36-character ids: a short label keeps one line
-            ReceiptItem("参考号 Ref", reference),
-            ReceiptItem("时间 Time", at.strftime("%Y-%m-%d %H:%M:%S")),
-        ),
-        total=ReceiptItem("合计 TOTAL", amount_text),
-        footer_lines=(*footer, "谢谢惠顾 Thank you"),
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Async driver
+DEADLINE_MARGIN_S: Final = 0.25
+"""Kept free before the sale deadline: the last status query ends before the deadline cancels it."""
+PAYMENT_NOT_PAYABLE: Final = "payment_not_payable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,7 +109,7 @@ Drain = Callable[[str], Awaitable[None]]
 class _Sale:
     """One sale's mutable shell around the pure state."""
 
-    def __init__(self, reference: str, amount_minor: int) -> None:
+    def __init__(self, reference: str, amount_minor: int, timeout_s: float) -> None:
         self.reference = reference
         self.amount_minor = amount_minor
         self.state = CheckoutState()
@@ -392,6 +117,8 @@ class _Sale:
         self.cancel_reason = "cancelled"
         self.qr_payload: str | None = None
         self.attempt_count = 0
+        self._loop = asyncio.get_running_loop()
+        self._deadline = self._loop.time() + timeout_s
 
     def apply(self, event: Event) -> None:
         before = self.state.phase
@@ -401,6 +128,13 @@ class _Sale:
     def next_reference(self, kind: str) -> str:
         self.attempt_count += 1
         return f"{self.reference}-{kind}{self.attempt_count}"
+
+    def remaining_s(self) -> float:
+        """Time left before the sale deadline, less the margin its end needs."""
+        return self._deadline - self._loop.time() - DEADLINE_MARGIN_S
+
+    def call_budget_s(self) -> float:
+        return max(self.remaining_s() * CALL_SHARE, 0.0)
 
 
 class CheckoutRunner:
@@ -442,9 +176,10 @@ class CheckoutRunner:
         if self._current is not None:
             raise RuntimeError("one sale at a time")
         s = self._sale_settings
-        reference = await self._journal.call(
-            lambda j: j.open_sale(self._settings.agent.terminal_label, amount_minor, s.currency))
-        sale = _Sale(reference, amount_minor)
+        reference = await self._journal.call(functools.partial(
+            Journal.open_sale, label=self._settings.agent.terminal_label, amount_minor=amount_minor,
+            currency=s.currency))
+        sale = _Sale(reference, amount_minor, s.sale_timeout_s)
         self._current = sale
         self.last_reference = reference
         log.info("sale %s: %s requested", reference, format_amount(amount_minor, s.currency))
@@ -479,8 +214,8 @@ class CheckoutRunner:
         s = self._sale_settings
         amount_text = format_amount(sale.amount_minor, s.currency)
         await self._show("TOTAL", amount_text.rjust(20))
-        await self._start_qr(sale)
-        if sale.state.qr_payment_id is not None:
+        await self._open_payment(sale)
+        if sale.qr_payload is not None:
             await self._show(amount_text, "Tap / scan QR")
             await self._print_qr_slip(sale, amount_text)
         elif sale.state.online:
@@ -495,41 +230,41 @@ class CheckoutRunner:
             else:
                 raise AssertionError(f"drive stuck in {sale.state.phase}")
 
-    async def _start_qr(self, sale: _Sale) -> None:
+    async def _open_payment(self, sale: _Sale) -> None:
+        """The sale's one payment, and its QR code."""
         s = self._sale_settings
-        reference = sale.next_reference("Q")
         key = self._new_key()
-        body = {"amount": sale.amount_minor, "currency": s.currency, "merchant_reference": reference}
-        await self._record(key, OpKind.CREATE_PAYMENT, sale, reference, body)
+        body = {"amount": sale.amount_minor, "currency": s.currency, "merchant_reference": sale.reference}
+        await self._record(key, OpKind.CREATE_PAYMENT, sale, sale.reference, body)
         try:
             payment = await self._client.create_payment(
-                amount_minor=sale.amount_minor, currency=s.currency, reference=reference,
-                description=f"{self._settings.agent.terminal_label} sale {sale.reference}", idempotency_key=key)
+                amount_minor=sale.amount_minor, currency=s.currency, reference=sale.reference,
+                description=f"{self._settings.agent.terminal_label} sale {sale.reference}", idempotency_key=key,
+                timeout_s=sale.call_budget_s())
         except GatewayUnreachable:
             await self._finish(key, OpState.FAILED, "unreachable")
-            sale.apply(QrUnavailable(unreachable=True))
+            sale.apply(PaymentUnavailable(unreachable=True))
             return
         except OutcomeUnknown:
-            sale.apply(QrUnavailable(unreachable=False))  # the op stays pending: resolved at the end
+            sale.apply(PaymentUnavailable(unreachable=False))  # the op stays pending: resolved at the end
             return
         except GatewayRejected as exc:
             await self._finish(key, OpState.FAILED, exc.error_code)
-            sale.apply(QrUnavailable(unreachable=False))
+            sale.apply(PaymentUnavailable(unreachable=False))
             return
         await self._finish(key, OpState.DONE, payment.status, payment.id)
+        sale.apply(PaymentOpened(payment.id))
         qr_key = self._new_key()
-        await self._record(qr_key, OpKind.ISSUE_QR, sale, reference, {"payment": payment.id}, payment.id)
+        await self._record(qr_key, OpKind.ISSUE_QR, sale, sale.reference, {"payment": payment.id}, payment.id)
         try:
             code = await self._client.issue_qr(
                 payment.id, ttl_s=s.qr_ttl_s, terminal_label=self._settings.agent.terminal_label,
-                idempotency_key=qr_key)
+                idempotency_key=qr_key, timeout_s=sale.call_budget_s())
         except GatewayError as exc:
             log.warning("sale %s: no QR code (%s); tap and pay-code only", sale.reference, exc)
-            sale.apply(QrUnavailable(unreachable=isinstance(exc, GatewayUnreachable)))
             return
         await self._finish(qr_key, OpState.DONE, "issued", payment.id)
         sale.qr_payload = code.payload
-        sale.apply(QrReady(payment.id))
 
     async def _await_payment(self, sale: _Sale) -> None:
         """Race the armed sources; the first to produce something drives the next event."""
@@ -539,8 +274,8 @@ class CheckoutRunner:
             tasks[asyncio.create_task(self._read_tap(reader, sale))] = "tap"
         if codes is not None:
             tasks[asyncio.create_task(self._read_code(codes))] = "code"
-        if sale.state.qr_payment_id is not None:
-            tasks[asyncio.create_task(self._poll_qr(sale.state.qr_payment_id))] = "qr"
+        if sale.qr_payload is not None and sale.state.sale_payment_id is not None:
+            tasks[asyncio.create_task(self._poll_qr(sale, sale.state.sale_payment_id))] = "qr"
         tasks[asyncio.create_task(sale.cancelled.wait())] = "cancel"
         try:
             while True:
@@ -549,7 +284,7 @@ class CheckoutRunner:
                 kind = tasks.pop(finished)
                 result = finished.result()
                 if kind == "qr" and result is None:
-                    continue  # the QR payment closed (expired): keep waiting for a tap or a code
+                    continue  # the payment closed (expired): keep waiting for a tap or a code
                 break
         finally:
             await self._stop(tasks)
@@ -603,12 +338,12 @@ class CheckoutRunner:
                 return text
             log.info("ignoring a scan that is not one of our pay-codes (%d characters)", len(text))
 
-    async def _poll_qr(self, payment_id: str) -> Payment | None:
-        """The QR payment once it succeeded; None once it can no longer be paid."""
+    async def _poll_qr(self, sale: _Sale, payment_id: str) -> Payment | None:
+        """The sale's payment once it succeeded (paid by QR); None once it can no longer be paid."""
         while True:
             await asyncio.sleep(self._sale_settings.status_poll_interval_s)
             try:
-                payment = await self._client.get_payment(payment_id)
+                payment = await self._client.get_payment(payment_id, timeout_s=sale.remaining_s())
             except GatewayError as exc:
                 log.debug("QR status poll failed: %s", exc)
                 continue
@@ -637,32 +372,35 @@ class CheckoutRunner:
         s = self._sale_settings
         reference = sale.next_reference("T")
         ttid = uuid.uuid4().hex
+        sale_payment_id = sale.state.sale_payment_id
         body = tap_body(tap, terminal_transaction_id=ttid, amount_minor=sale.amount_minor, currency=s.currency,
-                        reference=reference, offline_approved_at=None)
+                        reference=None if sale_payment_id else reference, payment_id=sale_payment_id,
+                        offline_approved_at=None)
         # Counter before wire (pos_agent.journal): the ATC is durable before the tap can reach
         # the gateway, so an offline replay of it is refused even after a crash right here.
-        await self._journal.call(lambda j: j.record_tap(
-            ttid, sale_reference=sale.reference, reference=reference, token_pan=tap.token_pan, atc=tap.atc,
-            body=body))
+        await self._journal.call(functools.partial(
+            Journal.record_tap, key=ttid, sale_reference=sale.reference, reference=reference,
+            token_pan=tap.token_pan, atc=tap.atc, body=body, payment_id=sale_payment_id))
         await self._drain_offline_taps_of(tap.token_pan)
         try:
-            payment = await self._client.tap_payment(body, idempotency_key=ttid)
+            payment = await self._client.tap_payment(body, idempotency_key=ttid, timeout_s=sale.call_budget_s())
         except GatewayUnreachable:
             await self._finish(ttid, OpState.FAILED, "unreachable")
-            await self._approve_offline(sale, tap, body)
+            await self._approve_offline(sale, tap, {**body, "payment": None, "merchant_reference": reference})
             return
         except OutcomeUnknown:
             sale.apply(Unknown())
             await self._resolve(sale, reference, ttid)
             return
         except GatewayRejected as exc:
-            await self._finish(ttid, OpState.FAILED, exc.error_code)
-            sale.apply(Refused(exc.error_code))
+            await self._refused(sale, ttid, exc)
             return
         await self._finish(ttid, OpState.DONE, payment.status, payment.id)
         await self._conclude(sale, payment)
 
     async def _approve_offline(self, sale: _Sale, tap: TapResult, online_body: dict[str, Any]) -> None:
+        """Approve a tap the gateway could not be reached for; its body, forwarded later, creates its
+        own payment (the sale's may have expired by then)."""
         s = self._sale_settings
         if self._client.device_refused:
             log.warning("sale %s: the gateway revoked this device; no offline approval", sale.reference)
@@ -670,10 +408,10 @@ class CheckoutRunner:
             return
         body = {**online_body, "offline_approved_at": self._now().isoformat()}
         ttid = str(body["terminal_transaction_id"])
-        decision = await self._journal.call(lambda j: j.approve_offline_tap(
-            self._settings.offline, terminal_transaction_id=ttid, sale_reference=sale.reference,
-            token_pan=tap.token_pan, atc=tap.atc, amount_minor=sale.amount_minor, currency=s.currency,
-            expected_currency=s.currency, body=body))
+        decision = await self._journal.call(functools.partial(
+            Journal.approve_offline_tap, limits=self._settings.offline, terminal_transaction_id=ttid,
+            sale_reference=sale.reference, token_pan=tap.token_pan, atc=tap.atc, amount_minor=sale.amount_minor,
+            currency=s.currency, expected_currency=s.currency, body=body))
         if decision.approved:
             log.info("sale %s: approved offline (%s), journalled for forwarding", sale.reference, ttid)
             sale.apply(OfflineApproved(ttid))
@@ -688,13 +426,15 @@ class CheckoutRunner:
         s = self._sale_settings
         reference = sale.next_reference("P")
         key = self._new_key()
+        sale_payment_id = sale.state.sale_payment_id
+        own_reference = None if sale_payment_id else reference
         body = {"pay_code": "*" * 14 + pay_code[-4:], "amount": sale.amount_minor, "currency": s.currency,
-                "merchant_reference": reference}
-        await self._record(key, OpKind.PAY_CODE, sale, reference, body)
+                "merchant_reference": own_reference, "payment": sale_payment_id}
+        await self._record(key, OpKind.PAY_CODE, sale, reference, body, sale_payment_id)
         try:
             payment = await self._client.charge_pay_code(
-                pay_code=pay_code, amount_minor=sale.amount_minor, currency=s.currency, reference=reference,
-                idempotency_key=key)
+                pay_code=pay_code, amount_minor=sale.amount_minor, currency=s.currency, reference=own_reference,
+                payment_id=sale_payment_id, idempotency_key=key, timeout_s=sale.call_budget_s())
         except GatewayUnreachable:
             await self._finish(key, OpState.FAILED, "unreachable")
             sale.apply(Refused("gateway_unreachable"))
@@ -704,11 +444,26 @@ class CheckoutRunner:
             await self._resolve(sale, reference, key)
             return
         except GatewayRejected as exc:
-            await self._finish(key, OpState.FAILED, exc.error_code)
-            sale.apply(Refused(exc.error_code))
+            await self._refused(sale, key, exc)
             return
         await self._finish(key, OpState.DONE, payment.status, payment.id)
         await self._conclude(sale, payment)
+
+    async def _refused(self, sale: _Sale, key: str, exc: GatewayRejected) -> None:
+        """A definite refusal of a tap or a pay-code. ``payment_not_payable`` on the sale's payment
+        means it was paid another way meanwhile (its QR code won the race): then the sale is paid."""
+        await self._finish(key, OpState.FAILED, exc.error_code)
+        payment_id = sale.state.sale_payment_id
+        if exc.error_code == PAYMENT_NOT_PAYABLE and payment_id is not None:
+            try:
+                payment = await self._client.get_payment(payment_id, timeout_s=sale.call_budget_s())
+            except GatewayError as query_error:
+                log.warning("sale %s: the payment's state is unknown: %s", sale.reference, query_error)
+            else:
+                if payment.succeeded:
+                    sale.apply(Authorised(payment.id, _method_of(payment)))
+                    return
+        sale.apply(Refused(exc.error_code))
 
     async def _conclude(self, sale: _Sale, payment: Payment) -> None:
         """A definite payment came back: approve, refuse, or wait for the payer's PIN."""
@@ -730,7 +485,7 @@ class CheckoutRunner:
                     sale.apply(CancelRequested(sale.cancel_reason))
                     return
                 try:
-                    payment = await self._client.get_payment(payment_id)
+                    payment = await self._client.get_payment(payment_id, timeout_s=sale.remaining_s())
                 except GatewayError as exc:
                     log.debug("confirmation poll failed: %s", exc)
                     continue
@@ -744,32 +499,26 @@ class CheckoutRunner:
                 await cancel
 
     async def _resolve(self, sale: _Sale, reference: str, key: str) -> None:
-        """The attempt's outcome is unknown: ask the gateway by reference, a bounded number of times."""
+        """The attempt's outcome is unknown: ask the gateway, within what is left of the sale."""
         s = self._sale_settings
-        for query_index in range(s.resolve_query_count_max):
-            if query_index:
-                await asyncio.sleep(s.resolve_query_interval_s)
-            try:
-                found = await self._client.find_payments(reference)
-            except GatewayError as exc:
-                log.info("sale %s: status query %d failed: %s", sale.reference, query_index + 1, exc)
-                continue
-            if not found:
-                continue
-            payment = found[0]
-            await self._finish(key, OpState.DONE, payment.status, payment.id)
-            if payment.succeeded:
-                sale.apply(Authorised(payment.id))
-            elif payment.status == "requires_action":
-                # Still unknown in substance: the payer is confirming. Reject now; the payment
-                # is reversed with the other losers, so a late PIN cannot take money.
-                sale.apply(Refused("confirmation_pending"))
-            else:
-                sale.apply(Refused(f"status_{payment.status}"))
+        payment = await find_outcome(
+            self._client, payment_id=sale.state.sale_payment_id, reference=reference,
+            query_count_max=s.resolve_query_count_max, interval_s=s.resolve_query_interval_s,
+            remaining_s=sale.remaining_s)
+        if payment is None:
+            log.warning("sale %s: outcome of %s still unknown; rejecting and queueing a reversal", sale.reference,
+                        reference)
+            sale.apply(Refused("outcome_unknown"))  # the op stays pending: compensations() reverses or resolves it
             return
-        log.warning("sale %s: outcome of %s still unknown; rejecting and queueing a reversal", sale.reference,
-                    reference)
-        sale.apply(Refused("outcome_unknown"))  # the op stays pending: compensations() resolves it
+        await self._finish(key, OpState.DONE, payment.status, payment.id)
+        if payment.succeeded:
+            sale.apply(Authorised(payment.id, _method_of(payment)))
+        elif payment.status == "requires_action":
+            # Still unknown in substance: the payer is confirming. Reject now; the payment
+            # is reversed with the other losers, so a late PIN cannot take money.
+            sale.apply(Refused("confirmation_pending"))
+        else:
+            sale.apply(Refused(f"status_{payment.status}"))
 
     async def _drain_offline_taps_of(self, token_pan: str) -> None:
         """A wallet's offline taps must reach the gateway before its newer (higher ATC) tap."""
@@ -795,8 +544,9 @@ class CheckoutRunner:
                                       void_offline=not state.approved)
         except (TimeoutError, GatewayError, JournalError) as exc:
             log.warning("sale %s: compensation deferred to the forwarder: %s", sale.reference, exc)
-        await self._journal.call(lambda j: j.decide_sale(
-            sale.reference, approved=state.approved, method=state.method.value if state.method else None,
+        await self._journal.call(functools.partial(
+            Journal.decide_sale, reference=sale.reference, approved=state.approved,
+            method=state.method.value if state.method else None,
             payment_id=state.payment_id or state.terminal_transaction_id))
         amount_text = format_amount(sale.amount_minor, s.currency)
         if state.approved:
@@ -827,11 +577,13 @@ class CheckoutRunner:
     async def _record(
         self, key: str, kind: OpKind, sale: _Sale, reference: str, body: dict[str, Any], payment_id: str | None = None
     ) -> None:
-        await self._journal.call(lambda j: j.record_operation(
-            key, kind, sale_reference=sale.reference, reference=reference, body=body, payment_id=payment_id))
+        await self._journal.call(functools.partial(
+            Journal.record_operation, key=key, kind=kind, sale_reference=sale.reference, reference=reference,
+            body=body, payment_id=payment_id))
 
     async def _finish(self, key: str, state: OpState, outcome: str, payment_id: str | None = None) -> None:
-        await self._journal.call(lambda j: j.finish_operation(key, state, outcome=outcome, payment_id=payment_id))
+        await self._journal.call(functools.partial(
+            Journal.finish_operation, key=key, state=state, outcome=outcome, payment_id=payment_id))
 
     async def _show(self, line1: str, line2: str) -> None:
         if self._devices.display is not None:
@@ -860,57 +612,9 @@ class CheckoutRunner:
             log.warning("device output failed: %s", exc)
 
 
-async def compensate_sale(
-    client: GatewayClient,
-    journal: AsyncJournal,
-    sale_reference: str,
-    winner_payment_id: str | None,
-    *,
-    void_offline: bool,
-) -> None:
-    """Reverse (or queue) every payment of the sale but the winner; void its offline taps if it
-    was not approved. Idempotent: keys are derived from the payment or reference."""
-    if void_offline:
-        await journal.call(lambda j: j.void_offline_taps_of_sale(sale_reference))
-    operations = await journal.call(lambda j: j.operations_of_sale(sale_reference))
-    for owed in compensations(operations, winner_payment_id):
-        if owed.action == "resolve":
-            await journal.call(functools.partial(_queue_resolve, sale_reference=sale_reference, reference=owed.target))
-            continue
-        await reverse_payment(client, journal, sale_reference, owed.target)
+_METHOD_OF_CHANNEL: Final = {"tap": Method.TAP, "pay_code": Method.PAY_CODE, "qr": Method.QR}
 
 
-def _queue_resolve(journal: Journal, *, sale_reference: str, reference: str) -> None:
-    journal.record_operation(f"resolve-{reference}", OpKind.RESOLVE, sale_reference=sale_reference,
-                             reference=reference, body={"reference": reference})
-    for op in journal.operations_of_sale(sale_reference):
-        if op.reference == reference and op.state is OpState.PENDING and op.kind in _CHARGING_KINDS:
-            journal.finish_operation(op.idempotency_key, OpState.FAILED, outcome="unknown_resolving")
-
-
-async def reverse_payment(client: GatewayClient, journal: AsyncJournal, sale_reference: str, payment_id: str) -> bool:
-    """Reverse one payment under a key derived from it (one reversal per payment, ever).
-
-    True when the gateway confirmed; False when it stays queued for the forwarder.
-    """
-    key = f"reverse-{payment_id}"
-    await journal.call(lambda j: j.record_operation(
-        key, OpKind.REVERSE, sale_reference=sale_reference, reference=sale_reference,
-        body={"payment": payment_id}, payment_id=payment_id))
-    existing = await journal.call(lambda j: j.operation(key))
-    if existing is not None and existing.state is not OpState.PENDING:
-        return True
-    try:
-        payment = await client.reverse(payment_id, idempotency_key=key)
-    except (GatewayUnreachable, OutcomeUnknown, DeviceAuthError) as exc:
-        log.warning("reversal of %s queued: %s", payment_id, exc)
-        return False
-    except GatewayRejected as exc:
-        # A definite refusal: the payment cannot be reversed (already closed, or not ours).
-        log.warning("reversal of %s refused: %s", payment_id, exc)
-        refusal = exc.error_code
-        await journal.call(lambda j: j.finish_operation(key, OpState.FAILED, outcome=refusal))
-        return True
-    await journal.call(lambda j: j.finish_operation(key, OpState.DONE, outcome=payment.status))
-    log.info("reversed %s: now %s (refunded %d)", payment_id, payment.status, payment.amount_refunded)
-    return True
+def _method_of(payment: Payment) -> Method | None:
+    """How the gateway says the payment was paid (None for a channel the counter does not offer)."""
+    return _METHOD_OF_CHANNEL.get(payment.channel or "")
