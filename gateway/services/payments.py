@@ -292,7 +292,8 @@ async def authorize_locked(
     payment is logged here once (code, payment, merchant, channel; never an amount's payer data)."""
     try:
         return await _authorize_locked(svc, conn, row, holder_id, accounts, channel=channel,
-                                       needs_confirmation=needs_confirmation)
+                                       needs_confirmation=needs_confirmation,
+                                       terminal_transaction_id=terminal_transaction_id)
     except (Declined, Forbidden) as exc:
         log.info("payment declined", extra={"code": exc.code, "payment_id": str(row["id"]),
                                             "merchant_id": str(row["merchant_id"]), "channel": channel})
@@ -308,6 +309,7 @@ async def _authorize_locked(
     *,
     channel: str,
     needs_confirmation: bool,
+    terminal_transaction_id: str | None,
 ) -> asyncpg.Record:
     now = svc.now()
     day = svc.local_day(now)
