@@ -471,7 +471,8 @@ async def refund(
         check_amount(amount)
     head = await _merchant_head(svc, who, pid)
     if head["payer_id"] is None:
-        raise InvalidRequest("the payment has not been paid", code="payment_not_refundable")
+        # The same answer as an uncaptured payment's (the state machine's refusal): a 409, not a 400.
+        raise InvalidState("the payment has not been paid", code="payment_not_refundable", status_now=head["status"])
     accounts = await _accounts_for(svc, head)
 
     async def work(conn: Connection) -> tuple[int, Any]:

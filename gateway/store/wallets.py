@@ -9,6 +9,9 @@ import asyncpg
 
 from gateway.store.db import Connection, one
 
+# A holder as the API shows it, PIN and lock state included (read in the statement that changes it).
+_HOLDER = "id, phone, tier, created_at, payments_locked_at, pin_hash IS NOT NULL AS pin_set"
+
 
 async def insert_holder(
     conn: Connection, holder_id: uuid.UUID, phone: str, password_hash: str, tier: int
@@ -31,8 +34,7 @@ async def holder_by_phone(conn: Connection, phone: str) -> asyncpg.Record | None
 
 async def holder(conn: Connection, holder_id: uuid.UUID) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
-        "SELECT id, phone, tier, created_at, payments_locked_at, pin_hash IS NOT NULL AS pin_set"
-        " FROM wallet_holders WHERE id = $1",
+        f"SELECT {_HOLDER} FROM wallet_holders WHERE id = $1",
         holder_id,
     )
     return row
@@ -216,8 +218,7 @@ async def set_pin(conn: Connection, holder_id: uuid.UUID, pin_hash: str) -> None
 
 async def unlock(conn: Connection, holder_id: uuid.UUID) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
-        "UPDATE wallet_holders SET pin_failures = 0, payments_locked_at = NULL WHERE id = $1"
-        " RETURNING id, phone, tier, created_at",
+        f"UPDATE wallet_holders SET pin_failures = 0, payments_locked_at = NULL WHERE id = $1 RETURNING {_HOLDER}",
         holder_id,
     )
     return row
@@ -225,6 +226,6 @@ async def unlock(conn: Connection, holder_id: uuid.UUID) -> asyncpg.Record | Non
 
 async def set_tier(conn: Connection, holder_id: uuid.UUID, tier: int) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
-        "UPDATE wallet_holders SET tier = $2 WHERE id = $1 RETURNING id, phone, tier, created_at", holder_id, tier
+        f"UPDATE wallet_holders SET tier = $2 WHERE id = $1 RETURNING {_HOLDER}", holder_id, tier
     )
     return row
