@@ -26,10 +26,10 @@ async def create_merchant(call: Call[schema.CreateMerchant, None]) -> Any:
                                          b.name_local, b.city_local, b.language_local)
 
 
-@api.route("GET", "/v1/merchants", summary="List merchants", auth={P.OPERATOR}, query=schema.LimitQuery,
+@api.route("GET", "/v1/merchants", summary="List merchants", auth={P.OPERATOR}, query=schema.MerchantQuery,
            response=views.MerchantList, tag="operators")
-async def list_merchants(call: Call[None, schema.LimitQuery]) -> Any:
-    return await tenants.list_merchants(call.svc, call.query.limit)
+async def list_merchants(call: Call[None, schema.MerchantQuery]) -> Any:
+    return await tenants.list_merchants(call.svc, call.query.page())
 
 
 @api.route("GET", "/v1/merchants/{id}", summary="Retrieve a merchant", auth={P.OPERATOR, P.MERCHANT},
@@ -71,9 +71,9 @@ async def create_key(call: Call[schema.CreateApiKey, None]) -> Any:
 
 
 @api.route("GET", "/v1/merchants/{id}/api_keys", summary="List a merchant's API keys (prefixes only)",
-           auth={P.OPERATOR, P.MERCHANT}, response=views.ApiKeyList, tag="operators")
-async def list_keys(call: Call[None, None]) -> Any:
-    return await tenants.list_api_keys(call.svc, call.who, call.match("id"))
+           auth={P.OPERATOR, P.MERCHANT}, query=schema.PageQuery, response=views.ApiKeyList, tag="operators")
+async def list_keys(call: Call[None, schema.PageQuery]) -> Any:
+    return await tenants.list_api_keys(call.svc, call.who, call.match("id"), call.query.page())
 
 
 @api.route("POST", "/v1/api_keys/{id}/revoke", summary="Revoke an API key", auth={P.OPERATOR, P.MERCHANT},

@@ -21,17 +21,24 @@ async def create(call: Call[schema.CreatePayment, None]) -> Any:
     req = payments.NewPayment(
         amount=b.amount, currency=b.currency, capture_method=CaptureMethod(b.capture_method),  # type: ignore[arg-type]
         merchant_reference=b.merchant_reference, description=b.description, expires_in_s=b.expires_in, store=b.store,
-        return_url=b.return_url, cancel_url=b.cancel_url,
+        return_url=b.return_url, cancel_url=b.cancel_url, metadata=b.metadata,
     )
     return await payments.create(call.svc, call.who, req, call.identity())
 
 
 @api.route("GET", "/v1/payments", summary="List payments, newest first", auth={P.MERCHANT, P.DEVICE},
-           query=schema.PageQuery, response=views.PaymentList, tag="payments")
-async def list_all(call: Call[None, schema.PageQuery]) -> Any:
+           query=schema.PaymentQuery, response=views.PaymentList, tag="payments")
+async def list_all(call: Call[None, schema.PaymentQuery]) -> Any:
     q = call.query
-    return await payments.list_payments(call.svc, call.who, q.limit, q.starting_after, q.ending_before,
-                                        q.merchant_reference)
+    return await payments.list_payments(call.svc, call.who, q.page(), payments.ListQuery(
+        created_gte_s=q.created_gte, created_lt_s=q.created_lt, status=q.status.value if q.status else None,
+        metadata=q.metadata, merchant_reference=q.merchant_reference))
+
+
+@api.route("POST", "/v1/payments/{id}", summary="Update a payment's metadata (an empty value removes a key)",
+           auth={P.MERCHANT, P.DEVICE}, body=schema.UpdatePayment, response=views.PaymentView, tag="payments")
+async def update(call: Call[schema.UpdatePayment, None]) -> Any:
+    return await payments.update(call.svc, call.who, call.match("id"), call.body.metadata, call.identity())
 
 
 @api.route("GET", "/v1/payments/{id}", summary="Retrieve a payment (payers and publishable keys get the payer's view)",
@@ -57,13 +64,25 @@ async def cancel(call: Call[schema.CancelPayment, None]) -> Any:
            auth={P.MERCHANT}, body=schema.CreateRefund, response=views.RefundView, status=201, tag="payments")
 async def refund(call: Call[schema.CreateRefund, None]) -> Any:
     b = call.body
-    return await payments.refund(call.svc, call.who, call.match("id"), b.amount, b.reason, call.identity())  # type: ignore[arg-type]
+    return await payments.refund(call.svc, call.who, call.match("id"), b.amount, b.reason, call.identity(),  # type: ignore[arg-type]
+                                 b.metadata)
 
 
-@api.route("GET", "/v1/payments/{id}/refunds", summary="List a payment's refunds", auth={P.MERCHANT},
-           response=views.RefundList, tag="payments")
-async def refunds(call: Call[None, None]) -> Any:
-    return await payments.list_refunds(call.svc, call.who, call.match("id"))
+def _refund_filter(q: schema.RefundQuery, payment: str | None) -> payments.ListQuery:
+    return payments.ListQuery(created_gte_s=q.created_gte, created_lt_s=q.created_lt, status=q.status,
+                              metadata=q.metadata, payment=payment)
+
+
+@api.route("GET", "/v1/payments/{id}/refunds", summary="List a payment's refunds, newest first", auth={P.MERCHANT},
+           query=schema.RefundQuery, response=views.RefundList, tag="payments")
+async def refunds(call: Call[None, schema.RefundQuery]) -> Any:
+    return await payments.list_refunds(call.svc, call.who, call.query.page(), _refund_filter(call.query, call.match("id")))
+
+
+@api.route("GET", "/v1/refunds", summary="List refunds, newest first", auth={P.MERCHANT},
+           query=schema.RefundQuery, response=views.RefundList, tag="payments")
+async def list_refunds(call: Call[None, schema.RefundQuery]) -> Any:
+    return await payments.list_refunds(call.svc, call.who, call.query.page(), _refund_filter(call.query, call.query.payment))
 
 
 @api.route("POST", "/v1/wallet/payments/{id}/pay", summary="Pay a payment from the holder's wallet",
@@ -109,7 +128,7 @@ async def charge_pay_code(call: Call[schema.ChargePayCode, None]) -> Any:
     b = call.body
     req = pay_codes.Charge(pay_code=b.pay_code, amount=b.amount, currency=b.currency,  # type: ignore[arg-type]
                            merchant_reference=b.merchant_reference, description=b.description, store=b.store,
-                           capture_method=CaptureMethod(b.capture_method))
+                           capture_method=CaptureMethod(b.capture_method), metadata=b.metadata)
     return await pay_codes.charge(call.svc, call.who, req, call.identity())
 
 

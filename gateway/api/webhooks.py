@@ -16,9 +16,8 @@ MERCHANT = {P.MERCHANT}
            auth=MERCHANT, query=schema.EventQuery, response=views.EventList, tag="events")
 async def list_events(call: Call[None, schema.EventQuery]) -> Any:
     q = call.query
-    return await webhooks.list_events(call.svc, call.who, webhooks.EventQuery(
-        limit=q.limit, starting_after=q.starting_after, ending_before=q.ending_before, payment=q.payment, type=q.type,
-        created_gte_s=q.created_gte, created_lt_s=q.created_lt))
+    return await webhooks.list_events(call.svc, call.who, q.page(), webhooks.EventQuery(
+        payment=q.payment, type=q.type, created_gte_s=q.created_gte, created_lt_s=q.created_lt))
 
 
 @api.route("GET", "/v1/events/{id}", summary="Retrieve an event", auth=MERCHANT, response=views.EventView,
@@ -44,7 +43,7 @@ async def create_endpoint(call: Call[schema.CreateWebhookEndpoint, None]) -> Any
 @api.route("GET", "/v1/webhook_endpoints", summary="List webhook endpoints, newest first", auth=MERCHANT,
            query=schema.PageQuery, response=views.WebhookEndpointList, tag="webhooks")
 async def list_endpoints(call: Call[None, schema.PageQuery]) -> Any:
-    return await webhooks.list_endpoints(call.svc, call.who, call.query.limit, call.query.starting_after)
+    return await webhooks.list_endpoints(call.svc, call.who, call.query.page())
 
 
 @api.route("GET", "/v1/webhook_endpoints/{id}", summary="Retrieve a webhook endpoint", auth=MERCHANT,
@@ -79,4 +78,4 @@ async def rotate_secret(call: Call[schema.RotateSecret, None]) -> Any:
            auth=MERCHANT, query=schema.DeliveryQuery, response=views.WebhookDeliveryList, tag="webhooks")
 async def list_deliveries(call: Call[None, schema.DeliveryQuery]) -> Any:
     q = call.query
-    return await webhooks.list_deliveries(call.svc, call.who, call.match("id"), q.limit, q.starting_after, q.status)
+    return await webhooks.list_deliveries(call.svc, call.who, call.match("id"), q.page(), q.status)
