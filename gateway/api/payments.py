@@ -68,21 +68,22 @@ async def refund(call: Call[schema.CreateRefund, None]) -> Any:
                                  b.metadata)
 
 
-def _refund_filter(q: schema.RefundQuery, payment: str | None) -> payments.ListQuery:
+def _refund_filter(q: schema.RefundQuery, payment: str | None, param: str) -> payments.ListQuery:
     return payments.ListQuery(created_gte_s=q.created_gte, created_lt_s=q.created_lt, status=q.status,
-                              metadata=q.metadata, payment=payment)
+                              metadata=q.metadata, payment=payment, payment_param=param)
 
 
 @api.route("GET", "/v1/payments/{id}/refunds", summary="List a payment's refunds, newest first", auth={P.MERCHANT},
            query=schema.RefundQuery, response=views.RefundList, tag="payments")
 async def refunds(call: Call[None, schema.RefundQuery]) -> Any:
-    return await payments.list_refunds(call.svc, call.who, call.query.page(), _refund_filter(call.query, call.match("id")))
+    return await payments.list_refunds(call.svc, call.who, call.query.page(), _refund_filter(call.query, call.match("id"), "id"))
 
 
 @api.route("GET", "/v1/refunds", summary="List refunds, newest first", auth={P.MERCHANT},
            query=schema.RefundQuery, response=views.RefundList, tag="payments")
 async def list_refunds(call: Call[None, schema.RefundQuery]) -> Any:
-    return await payments.list_refunds(call.svc, call.who, call.query.page(), _refund_filter(call.query, call.query.payment))
+    return await payments.list_refunds(call.svc, call.who, call.query.page(), _refund_filter(call.query, call.query.payment,
+                                                                                       "payment"))
 
 
 @api.route("POST", "/v1/wallet/payments/{id}/pay", summary="Pay a payment from the holder's wallet",

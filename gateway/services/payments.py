@@ -192,13 +192,14 @@ class ListQuery:
     metadata: dict[str, str] | None = None
     merchant_reference: str | None = None
     payment: str | None = None
+    payment_param: str = "payment"  # where the payment id came from: the query, or the path ("id")
 
 
 def _list_filter(q: ListQuery) -> store.ListFilter:
     return store.ListFilter(
         created_gte=pages.instant(q.created_gte_s), created_lt=pages.instant(q.created_lt_s), status=q.status,
         metadata=metadata.check(q.metadata) if q.metadata else None, merchant_reference=q.merchant_reference,
-        payment_id=payment_id(q.payment, "payment") if q.payment is not None else None,
+        payment_id=payment_id(q.payment, q.payment_param) if q.payment is not None else None,
     )
 
 
@@ -534,7 +535,7 @@ async def list_refunds(svc: Services, who: Principal, page: PageRequest, q: List
     query = store.merchant_refunds(who.merchant_id, _list_filter(q))
     async with svc.db.connection() as conn:
         if q.payment is not None and await store.get(conn, payment_id(q.payment), merchant_id=who.merchant_id) is None:
-            raise NotFound(f"no such payment: {q.payment}", param="payment")
+            raise NotFound(f"no such payment: {q.payment}", param=q.payment_param)
         rows, has_more = await pages.read(conn, query, page, partial(decode, Kind.REFUND))
     return views.RefundList(data=[views.refund_view(r) for r in rows], has_more=has_more)
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
 
 from gateway.domain.ids import Kind, decode
+from tests.integration.test_settlement import D0, at, captured, run
 from tests.integration.world import World
 
 
@@ -121,6 +123,10 @@ async def test_every_list_walks_each_object_once_under_inserts(world: World) -> 
     for _ in range(3):
         await endpoint()
     await walk(world, "/v1/webhook_endpoints", m.headers, endpoint)
+    hook = (await world.call("GET", "/v1/webhook_endpoints?limit=1", headers=m.headers))["data"][0]["id"]
+    for amount in (70, 80, 90):  # each event is a (pending) delivery to every endpoint
+        await world.payment(m, amount)
+    await walk(world, f"/v1/webhook_endpoints/{hook}/deliveries", m.headers, lambda: world.payment(m, 95))
     await walk(world, "/v1/wallet/transactions", h.headers, lambda: world.top_up(h, 1))
 
     numbers = iter(range(6222020200112233500, 6222020200112233600))
@@ -266,3 +272,18 @@ async def test_created_and_status_filters_at_their_boundaries(world: World, clea
     refunds = await world.call("GET", "/v1/refunds?status=succeeded&created[gte]=0", headers=m.headers)
     assert [r["payment"] for r in refunds["data"]] == [ids[1]]
     assert (await world.call("GET", f"/v1/refunds?created[gte]={t0}", headers=m.headers))["data"] == []
+
+
+async def test_settlement_batches_and_payouts_walk_once_each(world: World, clean_db: str) -> None:
+    m = await world.merchant()
+    h = await world.holder(top_up=100_000)
+    conn = await asyncpg.connect(clean_db)
+    try:
+        for day in range(4):
+            await captured(world, conn, m, h, 1_000 + day, at(D0 + timedelta(days=day), 9))
+            await run(world, D0 + timedelta(days=day))
+    finally:
+        await conn.close()
+    batches = await walk(world, "/v1/settlement_batches", m.headers)
+    assert len(batches) == 4
+    assert len(await walk(world, "/v1/payouts", m.headers)) == 4
