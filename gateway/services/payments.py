@@ -195,10 +195,19 @@ class ListQuery:
     payment_param: str = "payment"  # where the payment id came from: the query, or the path ("id")
 
 
+def _wanted_pairs(pairs: dict[str, str] | None) -> dict[str, str] | None:
+    """A metadata search: the pairs as given (an empty value matches nothing, as no stored pair is empty),
+    under the limits of stored pairs."""
+    if not pairs:
+        return None
+    metadata.check(pairs)
+    return pairs
+
+
 def _list_filter(q: ListQuery) -> store.ListFilter:
     return store.ListFilter(
         created_gte=pages.instant(q.created_gte_s), created_lt=pages.instant(q.created_lt_s), status=q.status,
-        metadata=metadata.check(q.metadata) if q.metadata else None, merchant_reference=q.merchant_reference,
+        metadata=_wanted_pairs(q.metadata), merchant_reference=q.merchant_reference,
         payment_id=payment_id(q.payment, q.payment_param) if q.payment is not None else None,
     )
 

@@ -80,6 +80,9 @@ async def test_every_exception_kind_end_to_end(world: World, clean_db: str) -> N
     rest = await world.call("GET", f"{EXC}?status=open&limit=3&starting_after={page['next_cursor']}", headers=world.ops)
     assert page["has_more"] and not rest["has_more"]
     assert {x["id"] for x in page["data"] + rest["data"]} == {x["id"] for x in open_}
+    back = await world.call("GET", f"{EXC}?status=open&limit=3&ending_before={rest['data'][0]['id']}",
+                            headers=world.ops)
+    assert [x["id"] for x in back["data"]] == [x["id"] for x in page["data"]] and not back["has_more"]
     only = await world.call("GET", f"{EXC}?kind=unknown_entry", headers=world.ops)
     assert [x["kind"] for x in only["data"]] == ["unknown_entry"]
 
