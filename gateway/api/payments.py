@@ -31,7 +31,7 @@ async def create(call: Call[schema.CreatePayment, None]) -> Any:
 async def list_all(call: Call[None, schema.PaymentQuery]) -> Any:
     q = call.query
     return await payments.list_payments(call.svc, call.who, q.page(), payments.ListQuery(
-        created_gte_s=q.created_gte, created_lt_s=q.created_lt, status=q.status.value if q.status else None,
+        created_gte_s=q.created_gte, created_lt_s=q.created_lt, status=q.status,
         metadata=q.metadata, merchant_reference=q.merchant_reference))
 
 

@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from gateway.domain import metadata
-from gateway.domain.payments import Status
 from gateway.services.pages import PageRequest
 
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -29,6 +28,10 @@ Metadata = Annotated[dict[str, Any], msgspec.Meta(
     extra_json_schema={"maxProperties": metadata.KEYS_MAX,
                        "propertyNames": {"minLength": 1, "maxLength": metadata.KEY_LENGTH_MAX},
                        "additionalProperties": {"type": "string", "maxLength": metadata.VALUE_LENGTH_MAX}})]
+# The payment statuses (gateway.domain.payments.Status, a unit test keeps them equal), inline so that
+# a query parameter's schema needs no $defs of its own.
+PaymentStatus = Literal["requires_payment_method", "requires_action", "requires_capture", "succeeded", "canceled",
+                        "expired"]
 MetadataMatch = Annotated[dict[str, str], msgspec.Meta(
     description="metadata[key]=value: only objects whose metadata has every pair given")]
 
@@ -199,7 +202,7 @@ class CreatedQuery(PageQuery):
 
 
 class PaymentQuery(CreatedQuery):
-    status: Status | None = None
+    status: PaymentStatus | None = None
     merchant_reference: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     metadata: MetadataMatch | None = None
 

@@ -1,10 +1,15 @@
-"""Metadata limits (Stripe's): 50 keys, 40-character keys, 500-character string values; "" unsets on update."""
+"""Metadata limits (Stripe's): 50 keys, 40-character keys, 500-character string values; "" unsets on update.
+And the list filters' statuses."""
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 
+from gateway.api import schema
 from gateway.domain import metadata
+from gateway.domain.payments import Status
 from gateway.errors import InvalidRequest
 
 
@@ -35,3 +40,7 @@ def test_each_refusal_names_its_pair(pairs: dict[str, object], code: str, param:
     with pytest.raises(InvalidRequest) as refused:
         metadata.check(pairs)
     assert (refused.value.code, refused.value.param, refused.value.status) == (code, param, 400)
+
+
+def test_the_status_filter_knows_every_payment_status() -> None:
+    assert set(get_args(schema.PaymentStatus)) == {status.value for status in Status}
