@@ -32,11 +32,11 @@ async def create_merchant(call: Call[schema.CreateMerchant, None]) -> Any:
                                          b.name_local, b.city_local, b.language_local)
 
 
-@api.route("GET", "/v1/merchants", summary="List merchants", auth={P.OPERATOR}, query=schema.LimitQuery,
+@api.route("GET", "/v1/merchants", summary="List merchants", auth={P.OPERATOR}, query=schema.MerchantQuery,
            response=views.MerchantList, tag="operators")
-async def list_merchants(call: Call[None, schema.LimitQuery]) -> Any:
-    """Merchants, newest first, up to limit."""
-    return await tenants.list_merchants(call.svc, call.query.limit)
+async def list_merchants(call: Call[None, schema.MerchantQuery]) -> Any:
+    """Merchants, newest first, cursor paginated."""
+    return await tenants.list_merchants(call.svc, call.query.page())
 
 
 @api.route("GET", "/v1/merchants/{id}", summary="Retrieve a merchant", auth={P.OPERATOR, P.MERCHANT},
@@ -87,10 +87,10 @@ async def create_key(call: Call[schema.CreateApiKey, None]) -> Any:
 
 
 @api.route("GET", "/v1/merchants/{id}/api_keys", summary="List a merchant's API keys (prefixes only)",
-           auth={P.OPERATOR, P.MERCHANT}, response=views.ApiKeyList, tag="operators")
-async def list_keys(call: Call[None, None]) -> Any:
+           auth={P.OPERATOR, P.MERCHANT}, query=schema.PageQuery, response=views.ApiKeyList, tag="operators")
+async def list_keys(call: Call[None, schema.PageQuery]) -> Any:
     """The merchant's API keys with their visible prefixes and revocation times; never the keys."""
-    return await tenants.list_api_keys(call.svc, call.who, call.match("id"))
+    return await tenants.list_api_keys(call.svc, call.who, call.match("id"), call.query.page())
 
 
 @api.route("POST", "/v1/api_keys/{id}/revoke", summary="Revoke an API key", auth={P.OPERATOR, P.MERCHANT},

@@ -48,11 +48,12 @@ async def heartbeat(call: Call[schema.DeviceHeartbeat, None]) -> Any:
 
 
 @api.route("GET", "/v1/terminals", summary="Terminals with their agent's version, last heartbeat and offline backlog",
-           auth={P.MERCHANT, P.OPERATOR}, query=schema.CursorQuery, response=views.TerminalList, tag="devices")
-async def list_terminals(call: Call[None, schema.CursorQuery]) -> Any:
+           auth={P.MERCHANT, P.OPERATOR}, query=schema.PageQuery, response=views.TerminalList, tag="devices",
+           errors={400: ("invalid_cursor",)})
+async def list_terminals(call: Call[None, schema.PageQuery]) -> Any:
     """The merchant's terminals (an operator: every merchant's), newest first, with fleet health: the agent's
     version, its last heartbeat and its offline backlog."""
-    return await devices.list_terminals(call.svc, call.who, call.query.limit, call.query.starting_after)
+    return await devices.list_terminals(call.svc, call.who, call.query.page())
 
 
 @api.route("GET", "/v1/terminals/{id}", summary="A terminal with its agent's version, last heartbeat and offline backlog",

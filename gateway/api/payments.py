@@ -17,7 +17,7 @@ from gateway.services import pay_codes, payments, qr, taps, views
 @api.route("POST", "/v1/payments", summary="Create a payment", auth={P.MERCHANT, P.DEVICE}, body=schema.CreatePayment,
            response=views.PaymentView, status=201, tag="payments",
            errors={400: schema.AMOUNT_CODES + ("invalid_expiry", "invalid_url", "invalid_url_scheme", "url_too_long",
-                                                "cancel_url_without_return_url"),
+                                                "cancel_url_without_return_url") + schema.METADATA_CODES,
                    404: ("resource_missing",)})
 async def create(call: Call[schema.CreatePayment, None]) -> Any:
     """Create a payment for the payer to pay: by wallet, QR code, pay-code, tap or the hosted checkout page
@@ -26,19 +26,28 @@ async def create(call: Call[schema.CreatePayment, None]) -> Any:
     req = payments.NewPayment(
         amount=b.amount, currency=b.currency, capture_method=CaptureMethod(b.capture_method),  # type: ignore[arg-type]
         merchant_reference=b.merchant_reference, description=b.description, expires_in_s=b.expires_in, store=b.store,
-        return_url=b.return_url, cancel_url=b.cancel_url,
+        return_url=b.return_url, cancel_url=b.cancel_url, metadata=b.metadata,
     )
     return await payments.create(call.svc, call.who, req, call.identity())
 
 
 @api.route("GET", "/v1/payments", summary="List payments, newest first", auth={P.MERCHANT, P.DEVICE},
-           query=schema.PageQuery, response=views.PaymentList, tag="payments", errors={400: ("invalid_cursor",)})
-async def list_all(call: Call[None, schema.PageQuery]) -> Any:
+           query=schema.PaymentQuery, response=views.PaymentList, tag="payments", errors={400: ("invalid_cursor",)})
+async def list_all(call: Call[None, schema.PaymentQuery]) -> Any:
     """The merchant's payments, newest first, cursor paginated (starting_after, ending_before); a device sees
     its terminal's."""
     q = call.query
-    return await payments.list_payments(call.svc, call.who, q.limit, q.starting_after, q.ending_before,
-                                        q.merchant_reference)
+    return await payments.list_payments(call.svc, call.who, q.page(), payments.ListQuery(
+        created_gte_s=q.created_gte, created_lt_s=q.created_lt, status=q.status,
+        metadata=q.metadata, merchant_reference=q.merchant_reference))
+
+
+@api.route("POST", "/v1/payments/{id}", summary="Update a payment's metadata (an empty value removes a key)",
+           auth={P.MERCHANT, P.DEVICE}, body=schema.UpdatePayment, response=views.PaymentView, tag="payments",
+           errors={400: schema.METADATA_CODES})
+async def update(call: Call[schema.UpdatePayment, None]) -> Any:
+    """Set, change or remove (an empty value) keys of the payment's metadata; the other keys stay."""
+    return await payments.update(call.svc, call.who, call.match("id"), call.body.metadata, call.identity())
 
 
 @api.route("GET", "/v1/payments/{id}", summary="Retrieve a payment (payers and publishable keys get the payer's view)",
@@ -70,20 +79,35 @@ async def cancel(call: Call[schema.CancelPayment, None]) -> Any:
 
 @api.route("POST", "/v1/payments/{id}/refunds", summary="Refund a captured payment, fully or partly",
            auth={P.MERCHANT, P.DEVICE}, body=schema.CreateRefund, response=views.RefundView, status=201, tag="payments",
-           errors={400: schema.AMOUNT_CODES + ("payment_not_refundable",),
+           errors={400: schema.AMOUNT_CODES + schema.METADATA_CODES,
                    409: ("payment_not_refundable", "payment_fully_refunded")})
 async def refund(call: Call[schema.CreateRefund, None]) -> Any:
     """Refund a captured payment to the payer's wallet, all of what remains or part of it (amount); the fee is
     returned in proportion."""
     b = call.body
-    return await payments.refund(call.svc, call.who, call.match("id"), b.amount, b.reason, call.identity())  # type: ignore[arg-type]
+    return await payments.refund(call.svc, call.who, call.match("id"), b.amount, b.reason, call.identity(),  # type: ignore[arg-type]
+                                 b.metadata)
 
 
-@api.route("GET", "/v1/payments/{id}/refunds", summary="List a payment's refunds", auth={P.MERCHANT},
-           response=views.RefundList, tag="payments")
-async def refunds(call: Call[None, None]) -> Any:
-    """The payment's refunds, oldest first."""
-    return await payments.list_refunds(call.svc, call.who, call.match("id"))
+def _refund_filter(q: schema.RefundQuery, payment: str | None, param: str) -> payments.ListQuery:
+    return payments.ListQuery(created_gte_s=q.created_gte, created_lt_s=q.created_lt, status=q.status,
+                              metadata=q.metadata, payment=payment, payment_param=param)
+
+
+@api.route("GET", "/v1/payments/{id}/refunds", summary="List a payment's refunds, newest first", auth={P.MERCHANT},
+           query=schema.RefundQuery, response=views.RefundList, tag="payments", errors={400: ("invalid_cursor",)})
+async def refunds(call: Call[None, schema.RefundQuery]) -> Any:
+    """The payment's refunds, newest first, cursor paginated; filters: created[gte|lt], status, metadata."""
+    return await payments.list_refunds(call.svc, call.who, call.query.page(), _refund_filter(call.query, call.match("id"), "id"))
+
+
+@api.route("GET", "/v1/refunds", summary="List refunds, newest first", auth={P.MERCHANT},
+           query=schema.RefundQuery, response=views.RefundList, tag="payments", errors={400: ("invalid_cursor",)})
+async def list_refunds(call: Call[None, schema.RefundQuery]) -> Any:
+    """The merchant's refunds, newest first, cursor paginated; filters: payment, created[gte|lt], status,
+    metadata."""
+    return await payments.list_refunds(call.svc, call.who, call.query.page(), _refund_filter(call.query, call.query.payment,
+                                                                                       "payment"))
 
 
 @api.route("POST", "/v1/wallet/payments/{id}/pay", summary="Pay a payment from the holder's wallet",
@@ -137,15 +161,18 @@ async def qr_svg(call: Call[None, None]) -> Any:
 
 @api.route("POST", "/v1/pay_code_charges", summary="Charge a scanned pay-code (may need the payer's PIN)",
            auth={P.MERCHANT, P.DEVICE}, body=schema.ChargePayCode, response=views.PaymentView, status=201, tag="pay_codes",
-           errors={400: schema.AMOUNT_CODES + ("pay_code_foreign",), 402: schema.DECLINE_CODES, 403: ("wallet_locked",),
-                   404: ("pay_code_unknown", "resource_missing"), 409: ("pay_code_used", "pay_code_expired")})
+           errors={400: schema.AMOUNT_CODES + schema.METADATA_CODES + schema.SALE_PAYMENT_CODES + ("pay_code_foreign",),
+                   402: schema.DECLINE_CODES, 403: ("wallet_locked",),
+                   404: ("pay_code_unknown", "resource_missing"),
+                   409: ("pay_code_used", "pay_code_expired", "payment_not_payable")})
 async def charge_pay_code(call: Call[schema.ChargePayCode, None]) -> Any:
     """Create a payment and pay it with the pay-code a wallet shows, scanned at the counter. Above the holder's
     PIN threshold the payment waits in requires_action for the holder to confirm with the PIN."""
     b = call.body
     req = pay_codes.Charge(pay_code=b.pay_code, amount=b.amount, currency=b.currency,  # type: ignore[arg-type]
                            merchant_reference=b.merchant_reference, description=b.description, store=b.store,
-                           capture_method=CaptureMethod(b.capture_method), payment=b.payment)
+                           capture_method=CaptureMethod(b.capture_method), payment=b.payment,
+                           metadata=b.metadata)
     return await pay_codes.charge(call.svc, call.who, req, call.identity())
 
 
@@ -159,10 +186,11 @@ async def reverse(call: Call[schema.Empty, None]) -> Any:
 
 @api.route("POST", "/v1/tap_payments", summary="Authorise an NFC tap (idempotent by terminal_transaction_id)",
            auth={P.DEVICE}, body=schema.TapPayment, response=views.PaymentView, status=201, tag="taps",
-           errors={400: schema.AMOUNT_CODES + ("invalid_tap_data",),
+           errors={400: schema.AMOUNT_CODES + ("invalid_tap_data", "amount_mismatch", "merchant_reference_mismatch"),
                    402: schema.DECLINE_CODES + ("cryptogram_invalid", "atc_replayed", "amount_mismatch",
                                                 "tap_token_unknown", "tap_token_revoked"),
-                   403: ("wallet_locked",), 503: ("taps_not_configured",)})
+                   403: ("wallet_locked",), 404: ("resource_missing",), 409: ("payment_not_payable",),
+                   503: ("taps_not_configured",)})
 async def tap(call: Call[schema.TapPayment, None]) -> Any:
     """Authorise an NFC tap from an enrolled device: the card cryptogram (ARQC) is verified and its counter must
     move forward. The terminal's transaction id is the idempotency key."""

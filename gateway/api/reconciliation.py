@@ -31,9 +31,8 @@ class ImportStatement(schema.Strict):
     format: Literal["camt053", "csv"] | None = None
 
 
-class ExceptionQuery(schema.Strict):
+class ExceptionQuery(schema.PageQuery):
     limit: schema.Limit = 20
-    cursor: Annotated[str, msgspec.Meta(max_length=20)] | None = None
     status: Literal["open", "resolved", "cleared"] | None = None
     kind: Literal["missing_at_bank", "amount_mismatch", "unknown_entry", "duplicate_entry"] | None = None
     currency: schema.Currency | None = None
@@ -71,7 +70,7 @@ async def import_statement(call: Call[ImportStatement, None]) -> Any:
 async def list_exceptions(call: Call[None, ExceptionQuery]) -> Any:
     """Reconciliation exceptions, newest first, filtered by status, kind and currency, cursor paginated."""
     q = call.query
-    return await reconciliation.list_exceptions(call.svc, q.status, q.kind, q.currency, q.cursor, q.limit)
+    return await reconciliation.list_exceptions(call.svc, q.status, q.kind, q.currency, q.page())
 
 
 @api.route("GET", "/v1/operator/reconciliation/exceptions/{id}", summary="Retrieve an exception and its actions",

@@ -44,6 +44,8 @@ _PATH_RE = re.compile(r"at `\$((?:\.[A-Za-z_][A-Za-z0-9_]*|\[\d+\])*)`")
 _UNKNOWN_RE = re.compile(r"unknown field `([^`]+)`")
 _MISSING_RE = re.compile(r"missing required field `([^`]+)`")
 _NESTING_MAX = 32
+_BRACKETED_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\[([^\[\]]*)\]")
+_BRACKETED_FIELD_RE = re.compile(r"at `\$\.([A-Za-z_][A-Za-z0-9_]*\[[A-Za-z_][A-Za-z0-9_]*\])`")  # created[gte]
 
 
 @dataclass
@@ -116,6 +118,9 @@ class Endpoint:
 
 
 def _param(message: str) -> str | None:
+    bracketed = _BRACKETED_FIELD_RE.search(message)
+    if bracketed:
+        return bracketed.group(1)
     path = ""
     found = _PATH_RE.search(message)
     if found and found.group(1):
@@ -147,6 +152,24 @@ def _check_text(value: Any, path: str = "", depth: int = 0) -> None:
     elif isinstance(value, list):
         for index, item in enumerate(value):
             _check_text(item, f"{path}.{index}" if path else str(index), depth + 1)
+
+
+def _fold_brackets(params: dict[str, str], kind: type) -> dict[str, Any]:
+    """``metadata[order_id]=123`` becomes ``{"metadata": {"order_id": "123"}}`` when the query type has a
+    ``metadata`` field (and no field named ``metadata[order_id]`` itself, as ``created[gte]`` is)."""
+    names = {f.encode_name for f in msgspec.structs.fields(kind)}
+    folded: dict[str, Any] = {}
+    for key, value in params.items():
+        found = _BRACKETED_RE.fullmatch(key)
+        if key in names or found is None or found.group(1) not in names:
+            folded[key] = value
+            continue
+        group = folded.setdefault(found.group(1), {})
+        if not isinstance(group, dict):
+            raise InvalidRequest(f"{found.group(1)} is given both as a value and as {key}", code="invalid_parameter",
+                                 param=key)
+        group[found.group(2)] = value
+    return folded
 
 
 class _DuplicateKey(ValueError):
@@ -290,7 +313,7 @@ class Api:
                     raise InvalidRequest(f"the query parameter {repeated} is repeated", code="invalid_parameter",
                                          param=repeated)
                 _check_text(params)
-                query = _decode(params, endpoint.query, strict=False, what="query")
+                query = _decode(_fold_brackets(params, endpoint.query), endpoint.query, strict=False, what="query")
             result = await endpoint.handler(Call(request, svc, principal, body, query, raw_params, prefetched,
                                                  endpoint.idempotent))
             if isinstance(result, web.StreamResponse):

@@ -6,6 +6,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from gateway.domain import metadata
+from gateway.services.pages import PageRequest
+
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 # Amounts are integers in minor units; a number with a fraction is accepted by the parser only to
@@ -16,12 +19,30 @@ Amount = Annotated[
 ]
 Currency = Annotated[str, msgspec.Meta(min_length=3, max_length=3, description="ISO 4217 code, e.g. CNY")]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=100)]
+Cursor = Annotated[str, msgspec.Meta(max_length=64, description="The id of an object of this list")]
+UnixSeconds = Annotated[int, msgspec.Meta(ge=0, description="Unix seconds")]
+# Values are checked by gateway.domain.metadata (each refusal names its pair, metadata[key]); the
+# schema says what they are.
+Metadata = Annotated[dict[str, Any], msgspec.Meta(
+    description="Your own string key-value pairs (an empty value unsets a key on update)",
+    extra_json_schema={"maxProperties": metadata.KEYS_MAX,
+                       "propertyNames": {"minLength": 1, "maxLength": metadata.KEY_LENGTH_MAX},
+                       "additionalProperties": {"type": "string", "maxLength": metadata.VALUE_LENGTH_MAX}})]
+# The payment statuses (gateway.domain.payments.Status, a unit test keeps them equal), inline so that
+# a query parameter's schema needs no $defs of its own.
+PaymentStatus = Literal["requires_payment_method", "requires_action", "requires_capture", "succeeded", "canceled",
+                        "expired"]
+MetadataMatch = Annotated[dict[str, str], msgspec.Meta(
+    description="metadata[key]=value: only objects whose metadata has every pair given")]
 
 # Error codes that the use cases of several routes raise, for the routes' ``errors`` declarations.
 AMOUNT_CODES = ("invalid_amount", "amount_too_precise", "amount_too_large", "invalid_currency")
 DECLINE_CODES = ("insufficient_funds", "limit_exceeded", "currency_not_supported", "merchant_unavailable")
 PIN_CODES = ("pin_required", "pin_not_set", "incorrect_pin")
 SIGN_IN_CODES = ("sign_in_locked", "sign_in_rate_limited")
+# A counter charge (tap, pay-code) that settles the sale's existing payment must match it.
+SALE_PAYMENT_CODES = ("amount_mismatch", "merchant_reference_mismatch", "parameter_unexpected")
+METADATA_CODES = ("metadata_too_many_keys", "metadata_key_invalid", "metadata_value_not_string", "metadata_value_too_long")
 
 
 class Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -39,6 +60,11 @@ class CreatePayment(Strict):
     return_url: Annotated[str, msgspec.Meta(description="Hosted checkout: where the payer returns when paid"
                                                         " (the payment id is added as ?payment=)")] | None = None
     cancel_url: Annotated[str, msgspec.Meta(description="Hosted checkout: where a payer who gives up goes")] | None = None
+    metadata: Metadata | None = None
+
+
+class UpdatePayment(Strict):
+    metadata: Metadata | None = None
 
 
 class CheckoutQuery(Strict):
@@ -56,6 +82,7 @@ class CancelPayment(Strict):
 class CreateRefund(Strict):
     amount: Amount | None = None
     reason: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    metadata: Metadata | None = None
 
 
 Pin = Annotated[str, msgspec.Meta(min_length=1, max_length=12)]
@@ -108,6 +135,7 @@ class ChargePayCode(Strict):
     merchant_reference: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     description: Annotated[str, msgspec.Meta(max_length=500)] | None = None
     store: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    metadata: Metadata | None = None
 
 
 class SetTier(Strict):
@@ -169,10 +197,35 @@ class Empty(Strict):
 
 
 class PageQuery(Strict):
+    """Every list: newest first, ``starting_after`` or ``ending_before`` an id from a previous page."""
+
     limit: Limit = 10
-    starting_after: Annotated[str, msgspec.Meta(max_length=64)] | None = None
-    ending_before: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    starting_after: Cursor | None = None
+    ending_before: Cursor | None = None
+
+    def page(self) -> PageRequest:
+        return PageRequest(self.limit, self.starting_after, self.ending_before)
+
+
+class CreatedQuery(PageQuery):
+    created_gte: UnixSeconds | None = msgspec.field(default=None, name="created[gte]")
+    created_lt: UnixSeconds | None = msgspec.field(default=None, name="created[lt]")
+
+
+class PaymentQuery(CreatedQuery):
+    status: PaymentStatus | None = None
     merchant_reference: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    metadata: MetadataMatch | None = None
+
+
+class RefundQuery(CreatedQuery):
+    payment: Annotated[str, msgspec.Meta(max_length=64, description="Only this payment's refunds")] | None = None
+    status: Literal["succeeded"] | None = None
+    metadata: MetadataMatch | None = None
+
+
+class MerchantQuery(PageQuery):
+    limit: Limit = 20
 
 
 class TapPayment(Strict):
@@ -204,16 +257,9 @@ class RenewDevice(Strict):
     device_secret: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
 
-class EventQuery(Strict):
-    limit: Limit = 10
-    starting_after: Annotated[str, msgspec.Meta(max_length=64)] | None = None
-    ending_before: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+class EventQuery(CreatedQuery):
     payment: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     type: Annotated[str, msgspec.Meta(max_length=64, description="An event type, or a family: payment.*")] | None = None
-    created_gte: Annotated[int, msgspec.Meta(ge=0, description="Unix seconds")] | None = msgspec.field(
-        default=None, name="created[gte]")
-    created_lt: Annotated[int, msgspec.Meta(ge=0, description="Unix seconds")] | None = msgspec.field(
-        default=None, name="created[lt]")
 
 
 class OperatorEventQuery(EventQuery):
@@ -245,20 +291,13 @@ class Redeliver(Strict):
     endpoint: Annotated[str, msgspec.Meta(max_length=64, description="Only to this endpoint")] | None = None
 
 
-class DeliveryQuery(Strict):
-    limit: Limit = 10
-    starting_after: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+class DeliveryQuery(PageQuery):
     status: Literal["pending", "succeeded", "failed"] | None = None
 
 
-class HistoryQuery(Strict):
+class HistoryQuery(PageQuery):
     limit: Limit = 20
-    starting_after: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     currency: Currency | None = None
-
-
-class LimitQuery(Strict):
-    limit: Limit = 20
 
 
 class SettlementRun(Strict):
@@ -277,8 +316,3 @@ class PayoutAccount(Strict):
     bank_name: ShortText
     account_number: Annotated[str, msgspec.Meta(min_length=8, max_length=42)]
     bic: Annotated[str, msgspec.Meta(min_length=8, max_length=11)] | None = None
-
-
-class CursorQuery(Strict):
-    limit: Limit = 10
-    starting_after: Annotated[str, msgspec.Meta(max_length=64)] | None = None

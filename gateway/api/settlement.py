@@ -65,11 +65,11 @@ async def set_payout_account(call: Call[schema.PayoutAccount, None]) -> Any:
 
 
 @api.route("GET", "/v1/settlement_batches", summary="The merchant's settlement batches, newest first",
-           auth={P.MERCHANT}, query=schema.CursorQuery, response=views.SettlementBatchList, tag="settlement",
-           errors={404: ("resource_missing",)})
-async def list_batches(call: Call[None, schema.CursorQuery]) -> Any:
+           auth={P.MERCHANT}, query=schema.PageQuery, response=views.SettlementBatchList, tag="settlement",
+           errors={400: ("invalid_cursor",), 404: ("resource_missing",)})
+async def list_batches(call: Call[None, schema.PageQuery]) -> Any:
     """The merchant's settlement batches, newest first, cursor paginated."""
-    return await settlement.list_batches(call.svc, call.who, call.query.limit, call.query.starting_after)
+    return await settlement.list_batches(call.svc, call.who, call.query.page())
 
 
 @api.route("GET", "/v1/settlement_batches/{id}", summary="Retrieve a settlement batch",
@@ -96,7 +96,8 @@ async def report_json(call: Call[None, None]) -> Any:
 
 
 @api.route("GET", "/v1/payouts", summary="The merchant's payouts, newest first", auth={P.MERCHANT},
-           query=schema.CursorQuery, response=views.PayoutList, tag="settlement", errors={404: ("resource_missing",)})
-async def list_payouts(call: Call[None, schema.CursorQuery]) -> Any:
+           query=schema.PageQuery, response=views.PayoutList, tag="settlement",
+           errors={400: ("invalid_cursor",), 404: ("resource_missing",)})
+async def list_payouts(call: Call[None, schema.PageQuery]) -> Any:
     """The merchant's payouts, newest first, cursor paginated."""
-    return await settlement.list_payouts(call.svc, call.who, call.query.limit, call.query.starting_after)
+    return await settlement.list_payouts(call.svc, call.who, call.query.page())

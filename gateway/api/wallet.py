@@ -44,10 +44,10 @@ async def link(call: Call[schema.LinkBankAccount, None]) -> Any:
 
 
 @api.route("GET", "/v1/wallet/bank_accounts", summary="Linked bank accounts", auth={P.WALLET},
-           response=views.BankAccountList, tag="wallet")
-async def bank_accounts(call: Call[None, None]) -> Any:
+           query=schema.PageQuery, response=views.BankAccountList, tag="wallet")
+async def bank_accounts(call: Call[None, schema.PageQuery]) -> Any:
     """The holder's linked bank accounts, masked."""
-    return await wallets.bank_accounts(call.svc, call.who)
+    return await wallets.bank_accounts(call.svc, call.who, call.query.page())
 
 
 def _transfer(kind: str, call: Call[schema.Transfer, None]) -> wallets.TransferRequest:
@@ -79,7 +79,7 @@ async def withdraw(call: Call[schema.Transfer, None]) -> Any:
 async def history(call: Call[None, schema.HistoryQuery]) -> Any:
     """The wallet's postings, newest first: payments, refunds, top-ups and withdrawals, cursor paginated."""
     q = call.query
-    return await wallets.history(call.svc, call.who, q.currency, q.limit, q.starting_after)
+    return await wallets.history(call.svc, call.who, q.currency, q.page())
 
 
 @api.route("POST", "/v1/wallet/pin", summary="Set or change the payment PIN (changing needs current_pin)",
@@ -126,10 +126,10 @@ async def issue_pay_code(call: Call[schema.IssuePayCode, None]) -> Any:
 
 
 @api.route("GET", "/v1/wallet/pending_payments", summary="Counter payments waiting for this holder's PIN",
-           auth={P.WALLET}, response=views.PayerPaymentList, tag="wallet")
-async def pending(call: Call[None, None]) -> Any:
+           auth={P.WALLET}, query=schema.PageQuery, response=views.PayerPaymentList, tag="wallet")
+async def pending(call: Call[None, schema.PageQuery]) -> Any:
     """Counter payments of this holder that wait in requires_action for the PIN."""
-    return await payments.awaiting_confirmation(call.svc, call.who)
+    return await payments.awaiting_confirmation(call.svc, call.who, call.query.page())
 
 
 @api.route("POST", "/v1/wallet/payments/{id}/confirm", summary="Confirm a counter payment with the PIN",

@@ -19,21 +19,20 @@ async def list_events(call: Call[None, schema.EventQuery]) -> Any:
     """The merchant's events, newest first, filtered by type (or a family such as payment.*), payment and
     creation time, cursor paginated."""
     q = call.query
-    return await webhooks.list_events(call.svc, call.who, webhooks.EventQuery(
-        limit=q.limit, starting_after=q.starting_after, ending_before=q.ending_before, payment=q.payment, type=q.type,
-        created_gte_s=q.created_gte, created_lt_s=q.created_lt))
+    return await webhooks.list_events(call.svc, call.who, q.page(), webhooks.EventQuery(
+        payment=q.payment, type=q.type, created_gte_s=q.created_gte, created_lt_s=q.created_lt))
 
 
 @api.route("GET", "/v1/operator/events",
            summary="Every event, newest first: each merchant's and the gateway's own, audit events included"
                    " (filters: merchant, type, created[gte|lt], payment)",
-           auth={P.OPERATOR}, query=schema.OperatorEventQuery, response=views.EventList, tag="events")
+           auth={P.OPERATOR}, query=schema.OperatorEventQuery, response=views.EventList, tag="events",
+           errors={400: ("invalid_cursor",), 404: ("resource_missing",)})
 async def list_all_events(call: Call[None, schema.OperatorEventQuery]) -> Any:
     """Every event of the gateway, newest first, audit events of admin actions included, for operators."""
     q = call.query
-    return await webhooks.list_events(call.svc, call.who, webhooks.EventQuery(
-        limit=q.limit, starting_after=q.starting_after, ending_before=q.ending_before, payment=q.payment, type=q.type,
-        created_gte_s=q.created_gte, created_lt_s=q.created_lt, merchant=q.merchant))
+    return await webhooks.list_events(call.svc, call.who, q.page(), webhooks.EventQuery(
+        payment=q.payment, type=q.type, created_gte_s=q.created_gte, created_lt_s=q.created_lt, merchant=q.merchant))
 
 
 @api.route("GET", "/v1/events/{id}", summary="Retrieve an event", auth=MERCHANT, response=views.EventView,
@@ -65,7 +64,7 @@ async def create_endpoint(call: Call[schema.CreateWebhookEndpoint, None]) -> Any
            errors={400: ("invalid_cursor",), 404: ("resource_missing",)})
 async def list_endpoints(call: Call[None, schema.PageQuery]) -> Any:
     """The merchant's webhook endpoints, newest first."""
-    return await webhooks.list_endpoints(call.svc, call.who, call.query.limit, call.query.starting_after)
+    return await webhooks.list_endpoints(call.svc, call.who, call.query.page())
 
 
 @api.route("GET", "/v1/webhook_endpoints/{id}", summary="Retrieve a webhook endpoint", auth=MERCHANT,
@@ -109,4 +108,4 @@ async def rotate_secret(call: Call[schema.RotateSecret, None]) -> Any:
 async def list_deliveries(call: Call[None, schema.DeliveryQuery]) -> Any:
     """An endpoint's deliveries, newest first, with their latest attempts."""
     q = call.query
-    return await webhooks.list_deliveries(call.svc, call.who, call.match("id"), q.limit, q.starting_after, q.status)
+    return await webhooks.list_deliveries(call.svc, call.who, call.match("id"), q.page(), q.status)

@@ -27,6 +27,7 @@ from gateway.errors import Forbidden, InvalidRequest, NotFound, Unauthenticated
 from gateway.services import reconciliation, tenants
 from gateway.services.context import Services
 from gateway.services.idempotency import RequestIdentity, fingerprint
+from gateway.services.pages import PageRequest
 from gateway.store import console as store
 
 LIST_LIMIT = 100
@@ -237,7 +238,7 @@ async def merchants(svc: Services) -> list[MerchantRow]:
 async def exceptions(svc: Services, status: str | None) -> list[reconciliation.ExceptionView]:
     if status not in (None, "open", "resolved", "cleared"):
         raise InvalidRequest("status is open, resolved or cleared", code="invalid_parameter", param="status")
-    found = await reconciliation.list_exceptions(svc, status, None, None, None, LIST_LIMIT)
+    found = await reconciliation.list_exceptions(svc, status, None, None, PageRequest(LIST_LIMIT))
     return found.data
 
 

@@ -15,14 +15,15 @@ import logging
 import secrets
 import uuid
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import msgspec
 
 from gateway.auth.principals import Principal, PrincipalKind
 from gateway.domain.ids import Kind, decode, encode
-from gateway.errors import InvalidRequest, NotFound, Unauthenticated
-from gateway.services import audit, throttle, views
+from gateway.errors import NotFound, Unauthenticated
+from gateway.services import audit, pages, throttle, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.store import devices as store
@@ -178,13 +179,11 @@ async def get_terminal(svc: Services, who: Principal, text_terminal: str) -> vie
     return views.terminal_view(row)
 
 
-async def list_terminals(svc: Services, who: Principal, limit: int, after: str | None) -> views.TerminalList:
-    cursor = decode(Kind.TERMINAL, after) if after is not None else None
-    if after is not None and cursor is None:
-        raise InvalidRequest("starting_after is not a terminal id", code="invalid_cursor", param="starting_after")
+async def list_terminals(svc: Services, who: Principal, page: pages.PageRequest) -> views.TerminalList:
     async with svc.db.connection() as conn:
-        rows = await store.terminals_with_agent(conn, who.merchant_id, limit, cursor)
-    return views.TerminalList(data=[views.terminal_view(r) for r in rows[:limit]], has_more=len(rows) > limit)
+        rows, has_more = await pages.read(conn, store.terminals_query(who.merchant_id), page,
+                                          partial(decode, Kind.TERMINAL))
+    return views.TerminalList(data=[views.terminal_view(r) for r in rows], has_more=has_more)
 
 
 async def revoke_terminal(svc: Services, who: Principal, text_terminal: str, identity: RequestIdentity) -> Reply:

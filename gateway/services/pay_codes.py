@@ -24,6 +24,7 @@ from datetime import timedelta
 from typing import Any
 
 from gateway.auth.principals import Principal
+from gateway.domain import metadata
 from gateway.domain.ids import Kind, decode
 from gateway.domain.money import check_amount, currency
 from gateway.domain.payments import CaptureMethod, Payment, Status
@@ -80,6 +81,7 @@ class Charge:
     store: str | None
     capture_method: CaptureMethod
     payment: str | None = None
+    metadata: dict[str, Any] | None = None
 
 
 @payments.counted("pay_code")
@@ -96,6 +98,7 @@ async def charge(svc: Services, who: Principal, req: Charge, identity: RequestId
                 raise InvalidRequest(f"{name} describes a new payment; the named payment has its own",
                                      code="parameter_unexpected", param=name)
     amount = check_amount(req.amount)
+    pairs = metadata.check(req.metadata or {})
     cur = currency(req.currency).code
     store_id = decode(Kind.STORE, req.store) if req.store else who.store_id
     if req.store and (store_id is None or (who.store_id is not None and store_id != who.store_id)):
@@ -134,7 +137,7 @@ async def charge(svc: Services, who: Principal, req: Charge, identity: RequestId
         )
         row = await payment_store.insert(conn, new, store_id=store_id, terminal_id=who.terminal_id,
                                          merchant_reference=req.merchant_reference, description=req.description,
-                                         fee_bps=merchant["fee_bps"], channel="pay_code")
+                                         fee_bps=merchant["fee_bps"], channel="pay_code", metadata=pairs)
         await payment_store.insert_event(conn, "payment.created", new.id, views.payment_view(row),
                                          merchant_id=merchant_id, holder_id=holder_id)
         await codes.use_pay_code(conn, code_hash, new.id)

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from functools import partial
 from typing import Any, ParamSpec
 
 import asyncpg
@@ -29,16 +30,17 @@ import msgspec
 
 from gateway import metrics
 from gateway.auth.principals import Principal, PrincipalKind
-from gateway.domain import checkout, fees, ledger, limits
+from gateway.domain import checkout, fees, ledger, limits, metadata
 from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import check_amount, currency
 from gateway.domain.payments import Action, CaptureMethod, Payment, Status, check_transition
 from gateway.errors import (
     Declined, Forbidden, GatewayError, IdempotencyError, IdempotencyInUse, InvalidRequest, InvalidState, NotFound,
 )
-from gateway.services import pins, views
+from gateway.services import pages, pins, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Refused, Reply, RequestIdentity
+from gateway.services.pages import PageRequest
 from gateway.store import ledger as ledger_store
 from gateway.store import payments as store
 from gateway.store import tenants
@@ -109,10 +111,10 @@ def counted(channel: str) -> Callable[[Callable[P, Awaitable[Reply]]], Callable[
     return wrap
 
 
-def payment_id(text: str) -> uuid.UUID:
+def payment_id(text: str, param: str = "id") -> uuid.UUID:
     value = decode(Kind.PAYMENT, text)
     if value is None:
-        raise NotFound(f"no such payment: {text}", param="id")
+        raise NotFound(f"no such payment: {text}", param=param)
     return value
 
 
@@ -131,6 +133,7 @@ class NewPayment:
     store: str | None
     return_url: str | None = None
     cancel_url: str | None = None
+    metadata: dict[str, str] | None = None
 
 
 def checkout_url(svc: Services, row: asyncpg.Record) -> str | None:
@@ -178,6 +181,7 @@ async def create(svc: Services, who: Principal, req: NewPayment, identity: Reque
     terminal_id = who.terminal_id  # set for a POS device, whose store is its own
     amount = check_amount(req.amount)
     code = currency(req.currency).code
+    pairs = metadata.check(req.metadata or {})
     expiry_s = svc.settings.payments.expiry_default_s if req.expires_in_s is None else req.expires_in_s
     if not 60 <= expiry_s <= svc.settings.payments.expiry_max_s:
         raise InvalidRequest(
@@ -209,6 +213,7 @@ async def create(svc: Services, who: Principal, req: NewPayment, identity: Reque
         row = await store.insert(
             conn, payment, store_id=store_id, terminal_id=terminal_id, merchant_reference=req.merchant_reference,
             description=req.description, fee_bps=merchant["fee_bps"], return_url=return_url, cancel_url=cancel_url,
+            metadata=pairs,
         )
         view = views.payment_view(row)
         # The event goes without the checkout URL: its client secret is not kept with the payment's history.
@@ -238,30 +243,58 @@ async def get(svc: Services, who: Principal, text_id: str) -> Any:
         return views.payer_payment_view(row, merchant["name"])
 
 
-def _cursor(text: str | None, param: str) -> uuid.UUID | None:
-    if text is None:
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """The filters of the payment and refund lists (``created_*`` in Unix seconds, as the events list)."""
+
+    created_gte_s: int | None = None
+    created_lt_s: int | None = None
+    status: str | None = None
+    metadata: dict[str, str] | None = None
+    merchant_reference: str | None = None
+    payment: str | None = None
+    payment_param: str = "payment"  # where the payment id came from: the query, or the path ("id")
+
+
+def _wanted_pairs(pairs: dict[str, str] | None) -> dict[str, str] | None:
+    """A metadata search: the pairs as given (an empty value matches nothing, as no stored pair is empty),
+    under the limits of stored pairs."""
+    if not pairs:
         return None
-    value = decode(Kind.PAYMENT, text)
-    if value is None:
-        raise InvalidRequest("the cursor is not a payment id", code="invalid_cursor", param=param)
-    return value
+    metadata.check(pairs)
+    return pairs
 
 
-async def list_payments(
-    svc: Services, who: Principal, limit: int, starting_after: str | None, ending_before: str | None,
-    merchant_reference: str | None = None,
-) -> views.PaymentList:
+def _list_filter(q: ListQuery) -> store.ListFilter:
+    return store.ListFilter(
+        created_gte=pages.instant(q.created_gte_s), created_lt=pages.instant(q.created_lt_s), status=q.status,
+        metadata=_wanted_pairs(q.metadata), merchant_reference=q.merchant_reference,
+        payment_id=payment_id(q.payment, q.payment_param) if q.payment is not None else None,
+    )
+
+
+async def list_payments(svc: Services, who: Principal, page: PageRequest, q: ListQuery) -> views.PaymentList:
     assert who.merchant_id is not None
-    after = _cursor(starting_after, "starting_after")
-    before = _cursor(ending_before, "ending_before")
+    query = store.merchant_payments(who.merchant_id, _list_filter(q))
     async with svc.db.connection() as conn:
-        for cursor, name in ((after, "starting_after"), (before, "ending_before")):
-            if cursor is not None and not await store.exists_for_merchant(conn, cursor, who.merchant_id):
-                raise InvalidRequest("the cursor names no payment of yours", code="invalid_cursor", param=name)
-        rows = await store.list_for_merchant(conn, who.merchant_id, limit, after, before, merchant_reference)
-    has_more = len(rows) > limit
-    rows = rows[:limit] if before is None else rows[-limit:]
+        rows, has_more = await pages.read(conn, query, page, partial(decode, Kind.PAYMENT))
     return views.PaymentList(data=[_merchant_view(svc, r) for r in rows], has_more=has_more)
+
+
+async def update(svc: Services, who: Principal, text_id: str, changes: dict[str, Any] | None,
+                 identity: RequestIdentity) -> Reply:
+    """Change a payment's metadata: each given key is set, an empty value removes its key."""
+    pid = payment_id(text_id)
+    metadata.check(changes or {})  # refused before anything is stored under the idempotency key
+
+    async def work(conn: Connection) -> tuple[int, Any]:
+        row = await _locked(conn, who, pid)
+        if changes is None:
+            return 200, _merchant_view(svc, row)
+        merged = metadata.merge(msgspec.json.decode(row["metadata"]), changes)
+        return 200, _merchant_view(svc, await store.set_metadata(conn, pid, merged))
+
+    return await svc.idempotency.run(identity, work)
 
 
 async def payer_accounts(
@@ -414,11 +447,11 @@ async def confirm(svc: Services, who: Principal, text_id: str, pin: str | None, 
     return await svc.idempotency.run(identity, work, before=check_pin)
 
 
-async def awaiting_confirmation(svc: Services, who: Principal) -> views.PayerPaymentList:
+async def awaiting_confirmation(svc: Services, who: Principal, page: PageRequest) -> views.PayerPaymentList:
     async with svc.db.connection() as conn:
-        rows = await store.awaiting_confirmation(conn, who.id)
+        rows, has_more = await pages.read(conn, store.awaiting_confirmation(who.id), page, partial(decode, Kind.PAYMENT))
         data = [await payer_view(conn, row) for row in rows]
-    return views.PayerPaymentList(data=data, has_more=False)
+    return views.PayerPaymentList(data=data, has_more=has_more)
 
 
 def _with_fee(payment: Payment, row: asyncpg.Record) -> Payment:
@@ -555,7 +588,7 @@ async def reverse(svc: Services, who: Principal, text_id: str, identity: Request
         if status in (Status.REQUIRES_PAYMENT_METHOD, Status.REQUIRES_ACTION, Status.REQUIRES_CAPTURE):
             return 200, await _record(conn, await _end(conn, row, "cancel"))
         if status is Status.SUCCEEDED and row["refunded_minor"] < row["captured_minor"]:
-            await _refund_locked(conn, row, None, "reversal", await _with_payer(conn, row, accounts))
+            await _refund_locked(conn, row, None, "reversal", await _with_payer(conn, row, accounts), {})
             row = await _locked(conn, who, pid)
         return 200, views.payment_view(row)
 
@@ -573,26 +606,30 @@ async def _end(conn: Connection, row: asyncpg.Record, how: str) -> asyncpg.Recor
 
 
 async def refund(
-    svc: Services, who: Principal, text_id: str, amount: int | None, reason: str | None, identity: RequestIdentity
+    svc: Services, who: Principal, text_id: str, amount: int | None, reason: str | None, identity: RequestIdentity,
+    pairs: dict[str, Any] | None = None,
 ) -> Reply:
     pid = payment_id(text_id)
     if amount is not None:
         check_amount(amount)
+    refund_metadata = metadata.check(pairs or {})
     head = await _merchant_head(svc, who, pid)
     if head["payer_id"] is None:
-        raise InvalidRequest("the payment has not been paid", code="payment_not_refundable")
+        # The same answer as an uncaptured payment's (the state machine's refusal): a 409, not a 400.
+        raise InvalidState("the payment has not been paid", code="payment_not_refundable", status_now=head["status"])
     accounts = await _accounts_for(svc, head)
 
     async def work(conn: Connection) -> tuple[int, Any]:
         row = await _locked(conn, who, pid)
-        return 201, await _refund_locked(conn, row, amount, reason, await _with_payer(conn, row, accounts))
+        return 201, await _refund_locked(conn, row, amount, reason, await _with_payer(conn, row, accounts),
+                                         refund_metadata)
 
     return await svc.idempotency.run(identity, work)
 
 
 async def _refund_locked(
     conn: Connection, row: asyncpg.Record, amount: int | None, reason: str | None,
-    accounts: dict[ledger.AccountRef, ledger_store.Account],
+    accounts: dict[ledger.AccountRef, ledger_store.Account], pairs: dict[str, str],
 ) -> views.RefundView:
     before = store.to_domain(row)
     payment, refunded = before.refund(amount)
@@ -601,7 +638,7 @@ async def _refund_locked(
     refund_id = uuid.uuid4()
     entry = ledger.refund(payment.payer_id, payment.merchant_id, payment.currency, refunded, fee_back)
     await ledger_store.post(conn, entry, accounts, payment_id=payment.id, refund_id=refund_id)
-    refund_row = await store.insert_refund(conn, refund_id, payment, refunded, fee_back, reason)
+    refund_row = await store.insert_refund(conn, refund_id, payment, refunded, fee_back, reason, pairs)
     await store.update(conn, payment)
     view = views.refund_view(refund_row)
     await store.insert_event(
@@ -610,13 +647,15 @@ async def _refund_locked(
     return view
 
 
-async def list_refunds(svc: Services, who: Principal, text_id: str) -> views.RefundList:
-    pid = payment_id(text_id)
+async def list_refunds(svc: Services, who: Principal, page: PageRequest, q: ListQuery) -> views.RefundList:
+    """The merchant's refunds, or one payment's (``q.payment``: a payment of another merchant is a 404)."""
+    assert who.merchant_id is not None
+    query = store.merchant_refunds(who.merchant_id, _list_filter(q))
     async with svc.db.connection() as conn:
-        if await store.get(conn, pid, merchant_id=who.merchant_id) is None:
-            raise _missing(pid)
-        rows = await store.refunds_of(conn, pid)
-    return views.RefundList(data=[views.refund_view(r) for r in rows], has_more=False)
+        if q.payment is not None and await store.get(conn, payment_id(q.payment), merchant_id=who.merchant_id) is None:
+            raise NotFound(f"no such payment: {q.payment}", param=q.payment_param)
+        rows, has_more = await pages.read(conn, query, page, partial(decode, Kind.REFUND))
+    return views.RefundList(data=[views.refund_view(r) for r in rows], has_more=has_more)
 
 
 async def expire_due(svc: Services) -> int:

@@ -11,6 +11,7 @@ import json
 import uuid
 from collections.abc import Callable
 from datetime import date, timedelta
+from functools import partial
 from typing import Any, Literal
 
 import msgspec
@@ -22,9 +23,10 @@ from gateway.domain import reconciliation as rules
 from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import Money, currency
 from gateway.errors import Conflict, InvalidRequest, InvalidState, NotFound
-from gateway.services import audit, views
+from gateway.services import audit, pages, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
+from gateway.services.pages import PageRequest
 from gateway.store import ledger as ledger_store
 from gateway.store import reconciliation as store
 from gateway.store.db import Connection
@@ -82,9 +84,10 @@ class ExceptionView(msgspec.Struct, kw_only=True):
 
 
 class ExceptionList(msgspec.Struct, kw_only=True):
+    object: str = "list"
     data: list[ExceptionView]
     has_more: bool
-    next_cursor: str | None
+    next_cursor: str | None  # the starting_after of the next page
 
 
 def public_expected(kind: str, object_id: uuid.UUID) -> str:
@@ -208,21 +211,14 @@ async def import_statement(svc: Services, who: Principal | None, data: bytes, fm
 
 
 async def list_exceptions(svc: Services, status: str | None, kind: str | None, code: str | None,
-                          cursor: str | None, limit: int) -> ExceptionList:
-    before = None
-    if cursor is not None:
-        if not cursor.isdigit() or len(cursor) > 18:
-            raise InvalidRequest("cursor is the next_cursor of a previous page", code="invalid_parameter",
-                                 param="cursor")
-        before = int(cursor)
+                          page: PageRequest) -> ExceptionList:
     if code is not None:
         code = currency(code).code
     async with svc.db.connection() as conn:
-        rows = await store.list_exceptions(conn, status, kind, code, before, limit + 1)
-    page = rows[:limit]
-    more = len(rows) > limit
-    return ExceptionList(data=[_exception_view(r) for r in page], has_more=more,
-                         next_cursor=str(page[-1]["seq"]) if more and page else None)
+        rows, more = await pages.read(conn, store.exceptions(status, kind, code), page,
+                                      partial(decode, Kind.RECON_EXCEPTION))
+    data = [_exception_view(r) for r in rows]
+    return ExceptionList(data=data, has_more=more, next_cursor=data[-1].id if more and data else None)
 
 
 async def get_exception(svc: Services, public_id: str) -> ExceptionView:

@@ -20,6 +20,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from datetime import date, datetime
 from typing import Any, Protocol
 
@@ -33,9 +34,10 @@ from gateway.domain import settlement as domain
 from gateway.domain.ids import Kind, decode, encode
 from gateway.errors import InvalidRequest, InvalidState, NotFound, Unavailable
 from gateway.render import settlement_files as files
-from gateway.services import audit, views
+from gateway.services import audit, pages, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
+from gateway.services.pages import PageRequest
 from gateway.store import ledger as ledger_store
 from gateway.store import settlement as store
 from gateway.store import tenants
@@ -239,21 +241,20 @@ async def get_batch(svc: Services, who: Principal, text: str) -> views.Settlemen
     return views.settlement_batch_view(row)
 
 
-async def list_batches(svc: Services, who: Principal, limit: int, after: str | None) -> views.SettlementBatchList:
+async def list_batches(svc: Services, who: Principal, page: PageRequest) -> views.SettlementBatchList:
     assert who.merchant_id is not None
-    cursor = None if after is None else _id(Kind.SETTLEMENT_BATCH, after, "settlement batch", "starting_after")
     async with svc.db.connection() as conn:
-        rows = await store.batches_of(conn, who.merchant_id, limit, cursor)
-    return views.SettlementBatchList(data=[views.settlement_batch_view(r) for r in rows[:limit]],
-                                     has_more=len(rows) > limit)
+        rows, has_more = await pages.read(conn, store.merchant_batches(who.merchant_id), page,
+                                          partial(decode, Kind.SETTLEMENT_BATCH))
+    return views.SettlementBatchList(data=[views.settlement_batch_view(r) for r in rows], has_more=has_more)
 
 
-async def list_payouts(svc: Services, who: Principal, limit: int, after: str | None) -> views.PayoutList:
+async def list_payouts(svc: Services, who: Principal, page: PageRequest) -> views.PayoutList:
     assert who.merchant_id is not None
-    cursor = None if after is None else _id(Kind.PAYOUT, after, "payout", "starting_after")
     async with svc.db.connection() as conn:
-        rows = await store.payouts_of(conn, who.merchant_id, limit, cursor)
-    return views.PayoutList(data=[views.payout_view(r) for r in rows[:limit]], has_more=len(rows) > limit)
+        rows, has_more = await pages.read(conn, store.merchant_payouts(who.merchant_id), page,
+                                          partial(decode, Kind.PAYOUT))
+    return views.PayoutList(data=[views.payout_view(r) for r in rows], has_more=has_more)
 
 
 def _summary(row: asyncpg.Record) -> files.BatchSummary:

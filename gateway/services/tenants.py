@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import re
 import uuid
+from functools import partial
 from typing import Any
 
 from gateway.auth import api_keys, passwords
@@ -14,9 +15,10 @@ from gateway.domain import ledger
 from gateway.domain.fees import FEE_BPS_MAX
 from gateway.domain.ids import Kind, decode, encode
 from gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthenticated
-from gateway.services import audit, devices, throttle, views
+from gateway.services import audit, devices, pages, throttle, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
+from gateway.services.pages import PageRequest
 from gateway.services.wallets import WALLET_AUDIENCE
 from gateway.store import ledger as ledger_store
 from gateway.store import tenants as store
@@ -153,10 +155,10 @@ async def set_merchant_status(svc: Services, text_id: str, status: str, identity
     return await svc.idempotency.run(identity, work)
 
 
-async def list_merchants(svc: Services, limit: int) -> views.MerchantList:
+async def list_merchants(svc: Services, page: PageRequest) -> views.MerchantList:
     async with svc.db.connection() as conn:
-        rows = await store.list_merchants(conn, limit + 1)
-    return views.MerchantList(data=[views.merchant_view(r) for r in rows[:limit]], has_more=len(rows) > limit)
+        rows, has_more = await pages.read(conn, store.all_merchants(), page, partial(decode, Kind.MERCHANT))
+    return views.MerchantList(data=[views.merchant_view(r) for r in rows], has_more=has_more)
 
 
 async def _require_merchant(conn: Connection, mid: uuid.UUID, text_id: str) -> None:
@@ -215,13 +217,13 @@ async def create_api_key(svc: Services, text_mid: str, kind: str, identity: Requ
     return await svc.idempotency.run(dataclasses.replace(identity, key=None, cached=None, prefetched=False), work)
 
 
-async def list_api_keys(svc: Services, who: Principal, text_mid: str) -> views.ApiKeyList:
+async def list_api_keys(svc: Services, who: Principal, text_mid: str, page: PageRequest) -> views.ApiKeyList:
     mid = merchant_id(text_mid)
     if who.kind is not PrincipalKind.OPERATOR and who.merchant_id != mid:
         raise NotFound(f"no such merchant: {text_mid}", param="merchant")
     async with svc.db.connection() as conn:
-        rows = await store.list_api_keys(conn, mid)
-    return views.ApiKeyList(data=[views.api_key_view(r) for r in rows], has_more=False)
+        rows, has_more = await pages.read(conn, store.merchant_api_keys(mid), page, partial(decode, Kind.API_KEY))
+    return views.ApiKeyList(data=[views.api_key_view(r) for r in rows], has_more=has_more)
 
 
 async def revoke_api_key(svc: Services, who: Principal, text_id: str, identity: RequestIdentity) -> Reply:

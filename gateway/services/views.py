@@ -31,6 +31,11 @@ def _ts(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
+def _metadata(row: Any) -> dict[str, str]:
+    pairs: dict[str, str] = msgspec.json.decode(row["metadata"])  # jsonb read as text
+    return pairs
+
+
 class PaymentView(msgspec.Struct, kw_only=True):
     id: str
     object: str = "payment"
@@ -53,6 +58,7 @@ class PaymentView(msgspec.Struct, kw_only=True):
     confirm_by: str | None
     created_at: Timestamp
     updated_at: Timestamp
+    metadata: dict[str, str]
     return_url: str | None = None
     cancel_url: str | None = None
     checkout_url: str | None = None  # the hosted checkout page (with its client secret): the merchant's only
@@ -80,6 +86,7 @@ def payment_view(row: Any, checkout_url: str | None = None) -> PaymentView:
         confirm_by=_ts(row["confirm_by"]),
         created_at=row["created_at"].isoformat(),
         updated_at=row["updated_at"].isoformat(),
+        metadata=_metadata(row),
         return_url=row["return_url"],
         cancel_url=row["cancel_url"],
         checkout_url=checkout_url,
@@ -139,6 +146,7 @@ class RefundView(msgspec.Struct, kw_only=True):
     reason: str | None
     status: Literal["succeeded"]
     created_at: Timestamp
+    metadata: dict[str, str]
 
 
 def refund_view(row: Any) -> RefundView:
@@ -151,6 +159,7 @@ def refund_view(row: Any) -> RefundView:
         reason=row["reason"],
         status=row["status"],
         created_at=row["created_at"].isoformat(),
+        metadata=_metadata(row),
     )
 
 

@@ -6,6 +6,7 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from gateway.auth import passwords
@@ -15,9 +16,10 @@ from gateway.domain import ledger, limits
 from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import check_amount, currency
 from gateway.errors import Conflict, Declined, Forbidden, InvalidRequest, NotFound, Unauthenticated
-from gateway.services import audit, throttle, views
+from gateway.services import audit, pages, throttle, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
+from gateway.services.pages import PageRequest
 from gateway.store import ledger as ledger_store
 from gateway.store import payments as events
 from gateway.store import wallets as store
@@ -100,10 +102,11 @@ async def link_bank_account(svc: Services, who: Principal, bank_name: str, numbe
     return views.bank_account_view(row)
 
 
-async def bank_accounts(svc: Services, who: Principal) -> views.BankAccountList:
+async def bank_accounts(svc: Services, who: Principal, page: PageRequest) -> views.BankAccountList:
     async with svc.db.connection() as conn:
-        rows = await store.list_bank_accounts(conn, who.id)
-    return views.BankAccountList(data=[views.bank_account_view(r) for r in rows], has_more=False)
+        rows, has_more = await pages.read(conn, store.holder_bank_accounts(who.id), page,
+                                          partial(decode, Kind.BANK_ACCOUNT))
+    return views.BankAccountList(data=[views.bank_account_view(r) for r in rows], has_more=has_more)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,24 +159,16 @@ async def transfer(svc: Services, who: Principal, req: TransferRequest, identity
     return await svc.idempotency.run(identity, work)
 
 
-def _cursor(text: str | None) -> int | None:
-    if text is None:
-        return None
+def _posting_id(text: str) -> int | None:
+    """A wallet transaction's id (``txn_`` and the posting id) back to the posting id; None if it is none."""
     digits = text.removeprefix("txn_")
-    if digits == text or not digits.isdigit() or len(digits) > 18:
-        raise InvalidRequest("starting_after is not a cursor this API gave", code="invalid_cursor", param="starting_after")
-    return int(digits)
+    return int(digits) if digits != text and digits.isdigit() and len(digits) <= 18 else None
 
 
-async def history(
-    svc: Services, who: Principal, currency_code: str | None, limit: int, starting_after: str | None
-) -> views.TransactionList:
-    after = _cursor(starting_after)
+async def history(svc: Services, who: Principal, currency_code: str | None, page: PageRequest) -> views.TransactionList:
     code = currency(currency_code).code if currency_code else None
     async with svc.db.connection() as conn:
-        rows = await store.history(conn, who.id, code, limit, after)
-    has_more = len(rows) > limit
-    rows = rows[:limit]
+        rows, has_more = await pages.read(conn, store.history(who.id, code), page, _posting_id)
     data = [
         views.TransactionView(
             id=f"txn_{r['id']}", kind=r["kind"], amount=r["amount_minor"], currency=r["currency"],

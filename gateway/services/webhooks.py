@@ -19,7 +19,8 @@ import random
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from functools import partial
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -28,7 +29,7 @@ from gateway.auth.principals import Principal, PrincipalKind
 from gateway.domain import webhooks as domain
 from gateway.domain.ids import Kind, decode, encode
 from gateway.errors import Conflict, InvalidRequest, NotFound
-from gateway.services import audit, views
+from gateway.services import audit, pages, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity, Work
 from gateway.store import payments as events_store
@@ -112,16 +113,12 @@ async def get_endpoint(svc: Services, who: Principal, text_id: str) -> views.Web
         return views.webhook_endpoint_view(await _endpoint(conn, who, text_id))
 
 
-async def list_endpoints(svc: Services, who: Principal, limit: int, starting_after: str | None
-                         ) -> views.WebhookEndpointList:
+async def list_endpoints(svc: Services, who: Principal, page: pages.PageRequest) -> views.WebhookEndpointList:
     assert who.merchant_id is not None
-    after = _id(Kind.WEBHOOK_ENDPOINT, starting_after, "webhook endpoint", "starting_after") if starting_after else None
     async with svc.db.connection() as conn:
-        if after is not None and await store.endpoint(conn, after, who.merchant_id) is None:
-            raise InvalidRequest("the cursor names no endpoint of yours", code="invalid_cursor", param="starting_after")
-        rows = await store.list_endpoints(conn, who.merchant_id, limit, after)
-    return views.WebhookEndpointList(data=[views.webhook_endpoint_view(r) for r in rows[:limit]],
-                                     has_more=len(rows) > limit)
+        rows, has_more = await pages.read(conn, store.merchant_endpoints(who.merchant_id), page,
+                                          partial(decode, Kind.WEBHOOK_ENDPOINT))
+    return views.WebhookEndpointList(data=[views.webhook_endpoint_view(r) for r in rows], has_more=has_more)
 
 
 async def update_endpoint(svc: Services, who: Principal, text_id: str, *, url: str | None,
@@ -192,37 +189,26 @@ async def rotate_secret(svc: Services, who: Principal, text_id: str, expires_in_
     return await _with_secret_once(svc, identity, work, shown)
 
 
-async def list_deliveries(svc: Services, who: Principal, text_id: str, limit: int, starting_after: str | None,
+async def list_deliveries(svc: Services, who: Principal, text_id: str, page: pages.PageRequest,
                           status: str | None) -> views.WebhookDeliveryList:
     assert who.merchant_id is not None
-    after = _id(Kind.WEBHOOK_DELIVERY, starting_after, "delivery", "starting_after") if starting_after else None
     async with svc.db.connection() as conn:
         endpoint = await _endpoint(conn, who, text_id)
-        if after is not None and not await store.delivery_exists(conn, after, endpoint["id"]):
-            raise InvalidRequest("the cursor names no delivery of this endpoint", code="invalid_cursor",
-                                 param="starting_after")
-        rows = await store.list_deliveries(conn, endpoint["id"], who.merchant_id, limit, after, status)
-    return views.WebhookDeliveryList(data=[views.webhook_delivery_view(r) for r in rows[:limit]],
-                                     has_more=len(rows) > limit)
+        rows, has_more = await pages.read(conn, store.endpoint_deliveries(endpoint["id"], who.merchant_id, status),
+                                          page, partial(decode, Kind.WEBHOOK_DELIVERY))
+    return views.WebhookDeliveryList(data=[views.webhook_delivery_view(r) for r in rows], has_more=has_more)
 
 
 @dataclass(frozen=True, slots=True)
 class EventQuery:
-    limit: int
-    starting_after: str | None
-    ending_before: str | None
-    payment: str | None
-    type: str | None
-    created_gte_s: int | None
-    created_lt_s: int | None
+    payment: str | None = None
+    type: str | None = None
+    created_gte_s: int | None = None
+    created_lt_s: int | None = None
     merchant: str | None = None  # operators only: one merchant's events
 
 
-def _instant(seconds: int | None) -> datetime | None:
-    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
-
-
-async def list_events(svc: Services, who: Principal, q: EventQuery) -> views.EventList:
+async def list_events(svc: Services, who: Principal, page: pages.PageRequest, q: EventQuery) -> views.EventList:
     """A merchant's own events (``who`` a merchant key), or, for an operator, every merchant's and the
     gateway's own (``merchant`` narrows it to one merchant)."""
     every = who.kind is PrincipalKind.OPERATOR
@@ -230,23 +216,12 @@ async def list_events(svc: Services, who: Principal, q: EventQuery) -> views.Eve
     if every and q.merchant is not None:
         scope = _id(Kind.MERCHANT, q.merchant, "merchant", "merchant")
     assert every or scope is not None
+    object_id = _id(Kind.PAYMENT, q.payment, "payment", "payment") if q.payment is not None else None
+    match = events_store.EventFilter(object_id=object_id, type=q.type, created_gte=pages.instant(q.created_gte_s),
+                                     created_lt=pages.instant(q.created_lt_s))
     async with svc.db.connection() as conn:
-        cursors: dict[str, int | None] = {}
-        for name, text in (("starting_after", q.starting_after), ("ending_before", q.ending_before)):
-            cursors[name] = None
-            if text is not None:
-                event_id = decode(Kind.EVENT, text)
-                cursors[name] = (await events_store.event_seq(conn, event_id, scope, every_merchant=every)
-                                 if event_id else None)
-                if cursors[name] is None:
-                    raise InvalidRequest("the cursor names no event of yours", code="invalid_cursor", param=name)
-        object_id = _id(Kind.PAYMENT, q.payment, "payment", "payment") if q.payment is not None else None
-        match = events_store.EventFilter(object_id=object_id, type=q.type, created_gte=_instant(q.created_gte_s),
-                                         created_lt=_instant(q.created_lt_s))
-        rows = await events_store.list_events(conn, scope, q.limit, cursors["starting_after"],
-                                              cursors["ending_before"], match, every_merchant=every)
-    has_more = len(rows) > q.limit
-    rows = rows[:q.limit] if q.ending_before is None else rows[-q.limit:]
+        rows, has_more = await pages.read(conn, events_store.events_query(scope, match, every_merchant=every), page,
+                                          partial(decode, Kind.EVENT))
     return views.EventList(data=[views.event_view(r) for r in rows], has_more=has_more)
 
 

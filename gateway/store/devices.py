@@ -7,6 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
+from gateway.store import pages
 from gateway.store.db import Connection, one
 
 _DEVICE = "id, merchant_id, store_id, terminal_id, name, status, created_at, revoked_at"
@@ -93,14 +94,13 @@ async def record_heartbeat(
 
 # A terminal with the health of its agent: an active device before a revoked one (a revoked
 # terminal still shows what its agent last reported), then the one seen last, then enrolled last.
-_TERMINAL_WITH_AGENT = """
-    SELECT t.id, t.merchant_id, t.store_id, t.label, t.status, t.created_at,
-           d.id AS device_id, d.agent_version, d.last_seen_at, d.offline_backlog_count, d.offline_backlog_oldest_at
-    FROM terminals t
+_TERMINAL_COLUMNS = """t.id, t.merchant_id, t.store_id, t.label, t.status, t.created_at,
+           d.id AS device_id, d.agent_version, d.last_seen_at, d.offline_backlog_count, d.offline_backlog_oldest_at"""
+_TERMINAL_SOURCE = """terminals t
     LEFT JOIN LATERAL (SELECT id, agent_version, last_seen_at, offline_backlog_count, offline_backlog_oldest_at
                        FROM devices WHERE terminal_id = t.id
-                       ORDER BY status = 'active' DESC, last_seen_at DESC NULLS LAST, created_at DESC LIMIT 1) d ON true
-"""
+                       ORDER BY status = 'active' DESC, last_seen_at DESC NULLS LAST, created_at DESC LIMIT 1) d ON true"""
+_TERMINAL_WITH_AGENT = f"SELECT {_TERMINAL_COLUMNS} FROM {_TERMINAL_SOURCE}"
 
 
 async def terminal_with_agent(
@@ -114,18 +114,12 @@ async def terminal_with_agent(
     return row
 
 
-async def terminals_with_agent(
-    conn: Connection, merchant_id: uuid.UUID | None, limit: int, after: uuid.UUID | None
-) -> list[asyncpg.Record]:
-    """Newest first, keyset-paginated on (created_at, id); ``limit + 1`` rows tell whether more exist."""
-    rows: list[asyncpg.Record] = await conn.fetch(
-        _TERMINAL_WITH_AGENT
-        + " WHERE ($1::uuid IS NULL OR t.merchant_id = $1) AND ($3::uuid IS NULL OR (t.created_at, t.id) <"
-          " (SELECT created_at, id FROM terminals WHERE id = $3 AND ($1::uuid IS NULL OR merchant_id = $1)))"
-          " ORDER BY t.created_at DESC, t.id DESC LIMIT $2",
-        merchant_id, limit + 1, after,
-    )
-    return rows
+def terminals_query(merchant_id: uuid.UUID | None) -> pages.Query:
+    """Terminals newest first on (created_at, id), each with its agent's last report; ``merchant_id=None``:
+    every merchant's (operators)."""
+    scope = (pages.cond("t.merchant_id = {}", merchant_id),) if merchant_id is not None else ()
+    return pages.Query(columns=_TERMINAL_COLUMNS, source=_TERMINAL_SOURCE,
+                       key=("t.created_at", "t.id"), scope=scope, id_column="t.id")
 
 
 async def terminal(

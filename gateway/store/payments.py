@@ -11,6 +11,7 @@ import asyncpg
 import msgspec
 
 from gateway.domain.payments import CaptureMethod, Payment, Status
+from gateway.store import pages
 from gateway.store.db import Connection, one
 
 _COLUMNS = (
@@ -19,8 +20,14 @@ _COLUMNS = (
 )
 _EXTRA = (
     "store_id, terminal_id, merchant_reference, description, fee_bps, fee_fixed_minor, wallet_account_id, channel, created_at,"
-    " updated_at, spend_day, return_url, cancel_url"
+    " updated_at, spend_day, return_url, cancel_url, metadata::text AS metadata"
 )
+_REFUND = "id, payment_id, merchant_id, amount_minor, fee_back_minor, currency, reason, status, created_at," \
+    " metadata::text AS metadata"
+
+
+def _json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
 
 
 def to_domain(row: asyncpg.Record) -> Payment:
@@ -55,20 +62,21 @@ async def insert(
     terminal_transaction_id: str | None = None,
     return_url: str | None = None,
     cancel_url: str | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> asyncpg.Record:
     row = await one(
         conn,
         f"""
         INSERT INTO payments (id, merchant_id, store_id, terminal_id, amount_minor, currency, status,
                               capture_method, merchant_reference, description, expires_at, fee_bps, channel,
-                              terminal_transaction_id, return_url, cancel_url, fee_fixed_minor)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                              terminal_transaction_id, return_url, cancel_url, metadata, fee_fixed_minor)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::jsonb,
                 (SELECT fee_fixed_minor FROM merchants WHERE id = $2))
         RETURNING {_COLUMNS}, {_EXTRA}
         """,
         payment.id, payment.merchant_id, store_id, terminal_id, payment.amount_minor, payment.currency,
         payment.status.value, payment.capture_method.value, merchant_reference, description,
-        payment.expires_at, fee_bps, channel, terminal_transaction_id, return_url, cancel_url,
+        payment.expires_at, fee_bps, channel, terminal_transaction_id, return_url, cancel_url, _json(metadata or {}),
     )
     return row
 
@@ -107,65 +115,74 @@ async def update(
     return row
 
 
-async def awaiting_confirmation(conn: Connection, holder_id: uuid.UUID) -> list[asyncpg.Record]:
-    return list(
-        await conn.fetch(
-            f"SELECT {_COLUMNS}, {_EXTRA} FROM payments WHERE payer_id = $1 AND status = 'requires_action'"
-            " ORDER BY created_at DESC LIMIT 20",
-            holder_id,
-        )
-    )
-
-
-async def list_for_merchant(
-    conn: Connection, merchant_id: uuid.UUID, limit: int, after: uuid.UUID | None, before: uuid.UUID | None,
-    merchant_reference: str | None = None,
-) -> list[asyncpg.Record]:
-    """Newest first; ``after``/``before`` are cursors (ids of payments of the same merchant)."""
-    if after is not None:
-        cond, order = "(created_at, id) < (SELECT created_at, id FROM payments WHERE id = $3 AND merchant_id = $1)", "DESC"
-        cursor: uuid.UUID | None = after
-    elif before is not None:
-        cond, order = "(created_at, id) > (SELECT created_at, id FROM payments WHERE id = $3 AND merchant_id = $1)", "ASC"
-        cursor = before
-    else:
-        cond, order, cursor = "$3::uuid IS NULL", "DESC", None
-    rows = await conn.fetch(
-        f"SELECT {_COLUMNS}, {_EXTRA} FROM payments WHERE merchant_id = $1 AND {cond}"
-        f" AND ($4::text IS NULL OR merchant_reference = $4)"
-        f" ORDER BY created_at {order}, id {order} LIMIT $2",
-        merchant_id, limit + 1, cursor, merchant_reference,
-    )
-    return list(rows) if order == "DESC" else list(reversed(rows))
-
-
-async def exists_for_merchant(conn: Connection, payment_id: uuid.UUID, merchant_id: uuid.UUID) -> bool:
-    return bool(await conn.fetchval("SELECT 1 FROM payments WHERE id = $1 AND merchant_id = $2", payment_id, merchant_id))
-
-
-async def insert_refund(
-    conn: Connection, refund_id: uuid.UUID, payment: Payment, amount_minor: int, fee_back_minor: int, reason: str | None
-) -> asyncpg.Record:
+async def set_metadata(conn: Connection, payment_id: uuid.UUID, metadata: dict[str, str]) -> asyncpg.Record:
     row = await one(
         conn,
-        """
-        INSERT INTO refunds (id, payment_id, merchant_id, amount_minor, fee_back_minor, currency, reason)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
-        RETURNING id, payment_id, merchant_id, amount_minor, fee_back_minor, currency, reason, status, created_at
-        """,
-        refund_id, payment.id, payment.merchant_id, amount_minor, fee_back_minor, payment.currency, reason,
+        f"UPDATE payments SET metadata = $2::jsonb, updated_at = now() WHERE id = $1 RETURNING {_COLUMNS}, {_EXTRA}",
+        payment_id, _json(metadata),
     )
     return row
 
 
-async def refunds_of(conn: Connection, payment_id: uuid.UUID) -> list[asyncpg.Record]:
-    return list(
-        await conn.fetch(
-            "SELECT id, payment_id, merchant_id, amount_minor, fee_back_minor, currency, reason, status, created_at"
-            " FROM refunds WHERE payment_id = $1 ORDER BY created_at DESC, id DESC",
-            payment_id,
-        )
+def awaiting_confirmation(holder_id: uuid.UUID) -> pages.Query:
+    """The holder's counter payments waiting for its PIN, newest first (served by payments_payer)."""
+    return pages.Query(columns=f"{_COLUMNS}, {_EXTRA}", source="payments", key=("created_at", "id"),
+                       scope=(pages.cond("payer_id = {}", holder_id),),
+                       filters=(pages.cond("status = 'requires_action'"),))
+
+
+@dataclass(frozen=True, slots=True)
+class ListFilter:
+    """The filters of the payment and refund lists; ``metadata``: every pair must be in the object's."""
+
+    created_gte: datetime | None = None
+    created_lt: datetime | None = None
+    status: str | None = None
+    metadata: dict[str, str] | None = None
+    merchant_reference: str | None = None  # payments only
+    payment_id: uuid.UUID | None = None  # refunds only
+
+
+def _filters(match: ListFilter) -> tuple[pages.Condition, ...]:
+    # Each filter is a condition only when given, so the plan for a list with no filters is the plain
+    # index scan of (merchant_id, created_at, id).
+    given = [
+        (match.created_gte, "created_at >= {}"), (match.created_lt, "created_at < {}"), (match.status, "status = {}"),
+        (match.merchant_reference, "merchant_reference = {}"), (match.payment_id, "payment_id = {}"),
+    ]
+    found = [pages.cond(template, value) for value, template in given if value is not None]
+    if match.metadata:
+        found.append(pages.cond("metadata @> {}::jsonb", _json(match.metadata)))
+    return tuple(found)
+
+
+def merchant_payments(merchant_id: uuid.UUID, match: ListFilter) -> pages.Query:
+    """A merchant's payments, newest first (served by payments_merchant; metadata by payments_metadata)."""
+    return pages.Query(columns=f"{_COLUMNS}, {_EXTRA}", source="payments", key=("created_at", "id"),
+                       scope=(pages.cond("merchant_id = {}", merchant_id),), filters=_filters(match))
+
+
+def merchant_refunds(merchant_id: uuid.UUID, match: ListFilter) -> pages.Query:
+    """A merchant's refunds, newest first (served by refunds_merchant; metadata by refunds_metadata)."""
+    return pages.Query(columns=_REFUND, source="refunds", key=("created_at", "id"),
+                       scope=(pages.cond("merchant_id = {}", merchant_id),), filters=_filters(match))
+
+
+async def insert_refund(
+    conn: Connection, refund_id: uuid.UUID, payment: Payment, amount_minor: int, fee_back_minor: int, reason: str | None,
+    metadata: dict[str, str],
+) -> asyncpg.Record:
+    row = await one(
+        conn,
+        f"""
+        INSERT INTO refunds (id, payment_id, merchant_id, amount_minor, fee_back_minor, currency, reason, metadata)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)
+        RETURNING {_REFUND}
+        """,
+        refund_id, payment.id, payment.merchant_id, amount_minor, fee_back_minor, payment.currency, reason,
+        _json(metadata),
     )
+    return row
 
 
 async def due_for_expiry(conn: Connection, now: datetime, limit: int) -> list[asyncpg.Record]:
@@ -243,37 +260,20 @@ _EVENT = ("seq, id, type, object_id, data::text AS data, created_at, merchant_id
           " deliverable")
 
 
-def _scope(merchant_id: uuid.UUID | None, every_merchant: bool) -> str:
-    """The tenancy condition on ``$1``: the merchant's own events, or (operators only) every event."""
-    if merchant_id is not None:
-        return "merchant_id = $1"
-    assert every_merchant, "no merchant scope given: only an operator listing sees every merchant's events"
-    return "$1::uuid IS NULL"
-
-
-async def list_events(
-    conn: Connection, merchant_id: uuid.UUID | None, limit: int, after_seq: int | None, before_seq: int | None,
-    match: EventFilter, *, every_merchant: bool = False,
-) -> list[asyncpg.Record]:
-    """Newest first (by commit-ordered ``seq``); ``after_seq``/``before_seq`` are cursors. One row more
-    than ``limit`` tells there are more. ``merchant_id=None`` needs ``every_merchant`` (operators)."""
-    family = match.type[:-1] if match.type is not None and match.type.endswith(".*") else None
-    exact = None if family is not None else match.type
-    order = "ASC" if before_seq is not None else "DESC"
-    rows = await conn.fetch(
-        f"""
-        SELECT {_EVENT} FROM events
-         WHERE {_scope(merchant_id, every_merchant)} AND ($3::int8 IS NULL OR seq < $3)
-           AND ($4::int8 IS NULL OR seq > $4)
-           AND ($5::uuid IS NULL OR object_id = $5) AND ($6::text IS NULL OR type = $6)
-           AND ($7::text IS NULL OR starts_with(type, $7))
-           AND ($8::timestamptz IS NULL OR created_at >= $8) AND ($9::timestamptz IS NULL OR created_at < $9)
-         ORDER BY seq {order} LIMIT $2
-        """,
-        merchant_id, limit + 1, after_seq, before_seq, match.object_id, exact, family, match.created_gte,
-        match.created_lt,
-    )
-    return list(rows) if order == "DESC" else list(reversed(rows))
+def events_query(merchant_id: uuid.UUID | None, match: EventFilter, *, every_merchant: bool = False) -> pages.Query:
+    """A merchant's events, newest first by commit-ordered ``seq`` (served by events_merchant, or
+    events_merchant_created with a created filter); ``merchant_id=None`` (every merchant's and the
+    gateway's own) needs ``every_merchant``: operators only."""
+    assert merchant_id is not None or every_merchant, "no merchant scope: only an operator listing sees every event"
+    family = match.type is not None and match.type.endswith(".*")
+    given = [
+        (match.object_id, "object_id = {}"), (match.created_gte, "created_at >= {}"),
+        (match.created_lt, "created_at < {}"),
+        (match.type[:-1] if family and match.type else match.type, "starts_with(type, {})" if family else "type = {}"),
+    ]
+    scope = (pages.cond("merchant_id = {}", merchant_id),) if merchant_id is not None else ()
+    return pages.Query(columns=_EVENT, source="events", key=("seq",), scope=scope,
+                       filters=tuple(pages.cond(template, value) for value, template in given if value is not None))
 
 
 async def event(conn: Connection, event_id: uuid.UUID, merchant_id: uuid.UUID) -> asyncpg.Record | None:
@@ -281,10 +281,3 @@ async def event(conn: Connection, event_id: uuid.UUID, merchant_id: uuid.UUID) -
         f"SELECT {_EVENT} FROM events WHERE id = $1 AND merchant_id = $2", event_id, merchant_id,
     )
     return row
-
-
-async def event_seq(conn: Connection, event_id: uuid.UUID, merchant_id: uuid.UUID | None, *,
-                    every_merchant: bool = False) -> int | None:
-    seq: int | None = await conn.fetchval(
-        f"SELECT seq FROM events WHERE {_scope(merchant_id, every_merchant)} AND id = $2", merchant_id, event_id)
-    return seq

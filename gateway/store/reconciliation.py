@@ -15,6 +15,7 @@ from datetime import date
 import asyncpg
 
 from gateway.bankfiles import Statement
+from gateway.store import pages
 from gateway.store.db import Connection
 
 _BATCH_ROWS = 10_000
@@ -203,16 +204,14 @@ _EXCEPTION_COLUMNS = (
 )
 
 
-async def list_exceptions(conn: Connection, status: str | None, kind: str | None, currency: str | None,
-                          before_seq: int | None, limit: int) -> list[asyncpg.Record]:
-    rows: list[asyncpg.Record] = await conn.fetch(
-        f"SELECT {_EXCEPTION_COLUMNS} FROM recon_exceptions x LEFT JOIN bank_entries b ON b.id = x.bank_entry_id"
-        " WHERE ($1::text IS NULL OR x.status = $1) AND ($2::text IS NULL OR x.kind = $2)"
-        " AND ($3::text IS NULL OR x.currency = $3) AND ($4::int8 IS NULL OR x.seq < $4)"
-        " ORDER BY x.seq DESC LIMIT $5",
-        status, kind, currency, before_seq, limit,
-    )
-    return rows
+def exceptions(status: str | None, kind: str | None, currency: str | None) -> pages.Query:
+    """Every exception (the operator's list), newest first by ``seq`` (served by recon_exceptions_list with a
+    status, by the unique index on seq without)."""
+    given = [(status, "x.status = {}"), (kind, "x.kind = {}"), (currency, "x.currency = {}")]
+    return pages.Query(columns=_EXCEPTION_COLUMNS,
+                       source="recon_exceptions x LEFT JOIN bank_entries b ON b.id = x.bank_entry_id",
+                       key=("x.seq",), id_column="x.id", scope=(),
+                       filters=tuple(pages.cond(template, value) for value, template in given if value is not None))
 
 
 async def exception_for_update(conn: Connection, exception_id: uuid.UUID) -> asyncpg.Record | None:

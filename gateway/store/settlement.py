@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from datetime import date, datetime, time
 import asyncpg
 
+from gateway.store import pages
 from gateway.store.db import Connection, one
 
 _NIL = uuid.UUID(int=0)
@@ -238,25 +239,16 @@ async def batch(conn: Connection, batch_id: uuid.UUID, merchant_id: uuid.UUID | 
     )
 
 
-async def batches_of(conn: Connection, merchant_id: uuid.UUID, limit: int,
-                     after: uuid.UUID | None) -> list[asyncpg.Record]:
-    """Newest first, keyset-paginated on (business_date, id); ``limit + 1`` rows tell whether more exist."""
-    return await conn.fetch(
-        f"SELECT {_BATCH} FROM settlement_batches WHERE merchant_id = $1 AND ($3::uuid IS NULL OR"
-        " (business_date, id) < (SELECT business_date, id FROM settlement_batches WHERE id = $3 AND merchant_id = $1))"
-        " ORDER BY business_date DESC, id DESC LIMIT $2",
-        merchant_id, limit + 1, after,
-    )
+def merchant_batches(merchant_id: uuid.UUID) -> pages.Query:
+    """Newest business day first (served by settlement_batches_merchant)."""
+    return pages.Query(columns=_BATCH, source="settlement_batches", key=("business_date", "id"),
+                       scope=(pages.cond("merchant_id = {}", merchant_id),))
 
 
-async def payouts_of(conn: Connection, merchant_id: uuid.UUID, limit: int,
-                     after: uuid.UUID | None) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        f"SELECT {_PAYOUT} FROM payouts WHERE merchant_id = $1 AND ($3::uuid IS NULL OR"
-        " (created_at, id) < (SELECT created_at, id FROM payouts WHERE id = $3 AND merchant_id = $1))"
-        " ORDER BY created_at DESC, id DESC LIMIT $2",
-        merchant_id, limit + 1, after,
-    )
+def merchant_payouts(merchant_id: uuid.UUID) -> pages.Query:
+    """Newest first (served by payouts_merchant)."""
+    return pages.Query(columns=_PAYOUT, source="payouts", key=("created_at", "id"),
+                       scope=(pages.cond("merchant_id = {}", merchant_id),))
 
 
 async def payout(conn: Connection, payout_id: uuid.UUID, *, for_update: bool = False) -> asyncpg.Record | None:

@@ -6,6 +6,7 @@ import uuid
 
 import asyncpg
 
+from gateway.store import pages
 from gateway.store.db import Connection, one
 
 
@@ -53,8 +54,9 @@ async def set_merchant_status(conn: Connection, merchant_id: uuid.UUID, status: 
     return row
 
 
-async def list_merchants(conn: Connection, limit: int) -> list[asyncpg.Record]:
-    return list(await conn.fetch(f"SELECT {_MERCHANT} FROM merchants ORDER BY created_at DESC, id DESC LIMIT $1", limit))
+def all_merchants() -> pages.Query:
+    """Newest first: the operator's list of every merchant (served by merchants_created)."""
+    return pages.Query(columns=_MERCHANT, source="merchants", key=("created_at", "id"), scope=())
 
 
 async def insert_store(conn: Connection, store_id: uuid.UUID, merchant_id: uuid.UUID, name: str, city: str) -> asyncpg.Record:
@@ -118,11 +120,7 @@ async def revoke_api_key(conn: Connection, key_id: uuid.UUID, merchant_id: uuid.
     return row
 
 
-async def list_api_keys(conn: Connection, merchant_id: uuid.UUID) -> list[asyncpg.Record]:
-    return list(
-        await conn.fetch(
-            "SELECT id, merchant_id, kind, prefix, created_at, revoked_at FROM api_keys"
-            " WHERE merchant_id = $1 ORDER BY created_at DESC",
-            merchant_id,
-        )
-    )
+def merchant_api_keys(merchant_id: uuid.UUID) -> pages.Query:
+    """Newest first (served by api_keys_merchant_created)."""
+    return pages.Query(columns="id, merchant_id, kind, prefix, created_at, revoked_at", source="api_keys",
+                       key=("created_at", "id"), scope=(pages.cond("merchant_id = {}", merchant_id),))

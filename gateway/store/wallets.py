@@ -7,7 +7,11 @@ from datetime import date
 
 import asyncpg
 
+from gateway.store import pages
 from gateway.store.db import Connection, one
+
+# A holder as the API shows it, PIN and lock state included (read in the statement that changes it).
+_HOLDER = "id, phone, tier, created_at, payments_locked_at, pin_hash IS NOT NULL AS pin_set"
 
 
 async def insert_holder(
@@ -31,8 +35,7 @@ async def holder_by_phone(conn: Connection, phone: str) -> asyncpg.Record | None
 
 async def holder(conn: Connection, holder_id: uuid.UUID) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
-        "SELECT id, phone, tier, created_at, payments_locked_at, pin_hash IS NOT NULL AS pin_set"
-        " FROM wallet_holders WHERE id = $1",
+        f"SELECT {_HOLDER} FROM wallet_holders WHERE id = $1",
         holder_id,
     )
     return row
@@ -72,14 +75,10 @@ async def bank_account(conn: Connection, account_id: uuid.UUID, holder_id: uuid.
     return row
 
 
-async def list_bank_accounts(conn: Connection, holder_id: uuid.UUID) -> list[asyncpg.Record]:
-    return list(
-        await conn.fetch(
-            "SELECT id, holder_id, bank_name, number_masked, created_at FROM bank_accounts"
-            " WHERE holder_id = $1 ORDER BY created_at DESC",
-            holder_id,
-        )
-    )
+def holder_bank_accounts(holder_id: uuid.UUID) -> pages.Query:
+    """Newest first (served by bank_accounts_holder)."""
+    return pages.Query(columns="id, holder_id, bank_name, number_masked, created_at", source="bank_accounts",
+                       key=("created_at", "id"), scope=(pages.cond("holder_id = {}", holder_id),))
 
 
 async def insert_transfer(
@@ -96,26 +95,16 @@ async def insert_transfer(
     return row
 
 
-async def history(
-    conn: Connection, holder_id: uuid.UUID, currency: str | None, limit: int, after: int | None
-) -> list[asyncpg.Record]:
-    """The holder's wallet postings, newest first; ``after`` is the posting id of the previous page's last row."""
-    return list(
-        await conn.fetch(
-            """
-            SELECT p.id, p.amount_minor, p.currency, p.created_at, e.kind, e.payment_id, e.refund_id, e.transfer_id,
-                   m.name AS merchant_name
-              FROM accounts a
-              JOIN postings p ON p.account_id = a.id
-              JOIN journal_entries e ON e.id = p.entry_id
-              LEFT JOIN payments pay ON pay.id = e.payment_id
-              LEFT JOIN merchants m ON m.id = pay.merchant_id
-             WHERE a.kind = 'wallet' AND a.owner_id = $1 AND ($2::text IS NULL OR a.currency = $2)
-               AND ($4::int8 IS NULL OR p.id < $4)
-             ORDER BY p.id DESC LIMIT $3
-            """,
-            holder_id, currency, limit + 1, after,
-        )
+def history(holder_id: uuid.UUID, currency: str | None) -> pages.Query:
+    """The holder's wallet postings, newest first by posting id (served by postings_account)."""
+    return pages.Query(
+        columns="p.id, p.amount_minor, p.currency, p.created_at, e.kind, e.payment_id, e.refund_id, e.transfer_id,"
+                " m.name AS merchant_name",
+        source="accounts a JOIN postings p ON p.account_id = a.id JOIN journal_entries e ON e.id = p.entry_id"
+               " LEFT JOIN payments pay ON pay.id = e.payment_id LEFT JOIN merchants m ON m.id = pay.merchant_id",
+        key=("p.id",), id_column="p.id",
+        scope=(pages.cond("a.kind = 'wallet'"), pages.cond("a.owner_id = {}", holder_id)),
+        filters=(pages.cond("a.currency = {}", currency),) if currency is not None else (),
     )
 
 
@@ -216,8 +205,7 @@ async def set_pin(conn: Connection, holder_id: uuid.UUID, pin_hash: str) -> None
 
 async def unlock(conn: Connection, holder_id: uuid.UUID) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
-        "UPDATE wallet_holders SET pin_failures = 0, payments_locked_at = NULL WHERE id = $1"
-        " RETURNING id, phone, tier, created_at",
+        f"UPDATE wallet_holders SET pin_failures = 0, payments_locked_at = NULL WHERE id = $1 RETURNING {_HOLDER}",
         holder_id,
     )
     return row
@@ -225,6 +213,6 @@ async def unlock(conn: Connection, holder_id: uuid.UUID) -> asyncpg.Record | Non
 
 async def set_tier(conn: Connection, holder_id: uuid.UUID, tier: int) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
-        "UPDATE wallet_holders SET tier = $2 WHERE id = $1 RETURNING id, phone, tier, created_at", holder_id, tier
+        f"UPDATE wallet_holders SET tier = $2 WHERE id = $1 RETURNING {_HOLDER}", holder_id, tier
     )
     return row

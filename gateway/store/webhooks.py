@@ -16,6 +16,7 @@ from datetime import datetime
 
 import asyncpg
 
+from gateway.store import pages
 from gateway.store.db import Connection, one
 
 CHANNEL = "webhook_deliveries"
@@ -59,20 +60,10 @@ async def endpoint(
     return row
 
 
-async def list_endpoints(
-    conn: Connection, merchant_id: uuid.UUID, limit: int, after: uuid.UUID | None
-) -> list[asyncpg.Record]:
-    """Newest first; ``after`` is the id of an endpoint of the same merchant (a cursor)."""
-    return list(await conn.fetch(
-        f"""
-        SELECT {_ENDPOINT} FROM webhook_endpoints
-         WHERE merchant_id = $1
-           AND ($3::uuid IS NULL OR (created_at, id) <
-                (SELECT created_at, id FROM webhook_endpoints WHERE id = $3 AND merchant_id = $1))
-         ORDER BY created_at DESC, id DESC LIMIT $2
-        """,
-        merchant_id, limit + 1, after,
-    ))
+def merchant_endpoints(merchant_id: uuid.UUID) -> pages.Query:
+    """Newest first (served by webhook_endpoints_merchant)."""
+    return pages.Query(columns=_ENDPOINT, source="webhook_endpoints", key=("created_at", "id"),
+                       scope=(pages.cond("merchant_id = {}", merchant_id),))
 
 
 async def update_endpoint(
@@ -120,31 +111,20 @@ async def delete_endpoint(conn: Connection, endpoint_id: uuid.UUID, merchant_id:
     return bool(status.endswith(" 1"))
 
 
-async def list_deliveries(
-    conn: Connection, endpoint_id: uuid.UUID, merchant_id: uuid.UUID, limit: int, after: uuid.UUID | None,
-    status: str | None,
-) -> list[asyncpg.Record]:
-    """Newest first, each with its latest attempts (as JSON text, newest first)."""
-    return list(await conn.fetch(
-        f"""
-        SELECT {_DELIVERY},
+def endpoint_deliveries(endpoint_id: uuid.UUID, merchant_id: uuid.UUID, status: str | None) -> pages.Query:
+    """Newest first, each with its latest attempts (as JSON text, newest first); served by
+    webhook_deliveries_endpoint."""
+    columns = f"""{_DELIVERY},
                (SELECT COALESCE(json_agg(a ORDER BY a.id DESC), '[]')::text FROM (
                     SELECT id, attempted_at, status_code, latency_ms, error, response_excerpt
                       FROM webhook_attempts WHERE delivery_id = d.id ORDER BY id DESC LIMIT {_ATTEMPTS_SHOWN}) a
-               ) AS attempts
-          FROM webhook_deliveries d JOIN events ev ON ev.id = d.event_id
-         WHERE d.endpoint_id = $1 AND d.merchant_id = $2 AND ($5::text IS NULL OR d.status = $5)
-           AND ($4::uuid IS NULL OR (d.created_at, d.id) <
-                (SELECT created_at, id FROM webhook_deliveries WHERE id = $4 AND merchant_id = $2))
-         ORDER BY d.created_at DESC, d.id DESC LIMIT $3
-        """,
-        endpoint_id, merchant_id, limit + 1, after, status,
-    ))
-
-
-async def delivery_exists(conn: Connection, delivery_id: uuid.UUID, endpoint_id: uuid.UUID) -> bool:
-    return bool(await conn.fetchval("SELECT 1 FROM webhook_deliveries WHERE id = $1 AND endpoint_id = $2",
-                                    delivery_id, endpoint_id))
+               ) AS attempts"""
+    return pages.Query(
+        columns=columns, source="webhook_deliveries d JOIN events ev ON ev.id = d.event_id",
+        key=("d.created_at", "d.id"), id_column="d.id",
+        scope=(pages.cond("d.endpoint_id = {}", endpoint_id), pages.cond("d.merchant_id = {}", merchant_id)),
+        filters=(pages.cond("d.status = {}", status),) if status is not None else (),
+    )
 
 
 async def redeliver(

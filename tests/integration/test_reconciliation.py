@@ -77,9 +77,12 @@ async def test_every_exception_kind_end_to_end(world: World, clean_db: str) -> N
     assert by_kind["missing_at_bank"]["expected"]["id"] == r[0]
     assert by_kind["amount_mismatch"]["bank_amount"] == 1002 and by_kind["amount_mismatch"]["expected_amount"] == 1001
     page = await world.call("GET", f"{EXC}?status=open&limit=3", headers=world.ops)
-    rest = await world.call("GET", f"{EXC}?status=open&limit=3&cursor={page['next_cursor']}", headers=world.ops)
+    rest = await world.call("GET", f"{EXC}?status=open&limit=3&starting_after={page['next_cursor']}", headers=world.ops)
     assert page["has_more"] and not rest["has_more"]
     assert {x["id"] for x in page["data"] + rest["data"]} == {x["id"] for x in open_}
+    back = await world.call("GET", f"{EXC}?status=open&limit=3&ending_before={rest['data'][0]['id']}",
+                            headers=world.ops)
+    assert [x["id"] for x in back["data"]] == [x["id"] for x in page["data"]] and not back["has_more"]
     only = await world.call("GET", f"{EXC}?kind=unknown_entry", headers=world.ops)
     assert [x["kind"] for x in only["data"]] == ["unknown_entry"]
 
