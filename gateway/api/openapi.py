@@ -132,6 +132,12 @@ def _description(ep: Endpoint) -> str | None:
     return doc.split("\n\n", 1)[0].replace("\n", " ") if doc else None
 
 
+def _is_map(schema: dict[str, Any]) -> bool:
+    """An object schema of free keys (a dict type), alone or beside null."""
+    options = schema.get("anyOf", [schema])
+    return any(o.get("type") == "object" and "additionalProperties" in o for o in options)
+
+
 def _has_fields(kind: type | None) -> bool:
     return kind is not None and bool(msgspec.structs.fields(kind))
 
@@ -168,8 +174,11 @@ def _render(api_id: int, api: Api) -> bytes:
         ]
         if ep.query is not None:
             for field in msgspec.structs.fields(ep.query):
-                params.append({"name": field.encode_name, "in": "query", "required": field.required,
-                               "schema": by_type[id(field.type)]})
+                param = {"name": field.encode_name, "in": "query", "required": field.required,
+                         "schema": by_type[id(field.type)]}
+                if _is_map(param["schema"]):  # metadata[key]=value: one query parameter per key
+                    param |= {"style": "deepObject", "explode": True}
+                params.append(param)
         if ep.idempotent:
             params.append({"name": "Idempotency-Key", "in": "header", "required": False,
                            "schema": {"type": "string", "maxLength": 255},

@@ -171,3 +171,15 @@ def test_every_declared_error_code_is_one_the_gateway_raises(code: str) -> None:
     source = "\n".join(path.read_text() for path in GATEWAY.rglob("*.py") if "api" not in path.parts)
     dynamic = {"payment_canceled", "payment_expired"}  # qr.py: f"payment_{status}"
     assert f'"{code}"' in source or code in dynamic, code
+
+
+def test_metadata_search_is_a_deep_object_query_parameter() -> None:
+    """``metadata[order_id]=123``: the list endpoints that search metadata declare it as a deepObject."""
+    searched = [(path, method, p) for path, item in DOC["paths"].items() for method, op in item.items()
+                for p in op.get("parameters", []) if p["in"] == "query" and p["name"] == "metadata"]
+    assert {path for path, _, _ in searched} >= {"/v1/payments", "/v1/refunds", "/v1/payments/{id}/refunds"}
+    for path, method, param in searched:
+        assert (param.get("style"), param.get("explode")) == ("deepObject", True), (path, method)
+    plain = [p for item in DOC["paths"].values() for op in item.values() for p in op.get("parameters", [])
+             if p["in"] == "query" and p["name"] != "metadata"]
+    assert plain and all("style" not in p for p in plain)
