@@ -7,38 +7,15 @@ Invariants:
 - The agent's configured ``currency_numeric`` (sent to the card as EMV tag 5F2A) names the same
   currency as ``currency`` (sent to the gateway): a mismatch would have the card sign one
   currency and the gateway charge another, so ``check_configured`` refuses it at start.
-- Nothing here imports ``gateway``; the table is the ``iso4217`` package's.
+- Nothing here imports ``gateway``; the table is ``wallet_common.currency``'s (the gateway reads it too).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import lru_cache
-
-import iso4217
-
 from pos_agent.errors import ConfigError
+from wallet_common.currency import Currency, lookup
 
 __all__ = ["Currency", "check_configured", "format_amount", "lookup"]
-
-
-@dataclass(frozen=True, slots=True)
-class Currency:
-    code: str
-    exponent: int
-    numeric: int
-
-
-@lru_cache(maxsize=64)
-def lookup(code: str) -> Currency | None:
-    """The currency for an alphabetic code; None for an unknown one or one without minor units (XAU)."""
-    try:
-        entry = iso4217.Currency(code)
-    except ValueError:
-        return None
-    if entry.exponent is None:
-        return None
-    return Currency(code=entry.code, exponent=int(entry.exponent), numeric=int(entry.number))
 
 
 def check_configured(code: str, numeric: int, *, where: str = "sale") -> Currency:

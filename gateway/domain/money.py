@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 
 import iso4217
 
 from gateway.errors import InvalidRequest
+from wallet_common.currency import Currency, lookup
 
 # 10^15 minor units: above any single payment, and 9,000 of them still fit in int64.
 AMOUNT_MINOR_MAX = 10**15
@@ -23,29 +23,11 @@ AMOUNT_MINOR_MAX = 10**15
 _DECIMAL_RE = re.compile(r"^(0|[1-9][0-9]*)(?:\.([0-9]+))?$")
 
 
-@dataclass(frozen=True, slots=True)
-class Currency:
-    code: str
-    exponent: int
-    numeric: int
-
-
-@lru_cache(maxsize=512)
-def _lookup(code: str) -> Currency | None:
-    try:
-        entry = iso4217.Currency(code)
-    except ValueError:
-        return None
-    if entry.exponent is None:
-        return None
-    return Currency(code=entry.code, exponent=int(entry.exponent), numeric=int(entry.number))
-
-
 def currency(code: object, param: str = "currency") -> Currency:
     """The currency for an ISO 4217 alphabetic code, or ``InvalidRequest`` naming ``param``."""
     if not isinstance(code, str) or len(code) != 3 or not code.isalpha():
         raise InvalidRequest("currency must be a 3-letter ISO 4217 code", code="invalid_currency", param=param)
-    found = _lookup(code.upper())
+    found = lookup(code.upper())
     if found is None:
         raise InvalidRequest(f"unknown currency {code!r}", code="invalid_currency", param=param)
     return found
@@ -54,7 +36,7 @@ def currency(code: object, param: str = "currency") -> Currency:
 def currency_by_numeric(numeric: int) -> Currency | None:
     for entry in iso4217.Currency:
         if entry.number == numeric and entry.exponent is not None:
-            return _lookup(entry.code)
+            return lookup(entry.code)
     return None
 
 
