@@ -198,6 +198,8 @@ def _render(api_id: int, api: Api) -> bytes:
         else:
             ok["content"] = {"application/json": {"schema": {"type": "object"}}}
         responses: dict[str, Any] = {str(ep.status): ok}
+        for status, when in ep.also_ok.items():
+            responses[str(status)] = {**ok, "description": when}
         for status, codes in _declared_errors(ep).items():
             answer: dict[str, Any] = {"description": f"{_STATUS_TEXT[status]}: {', '.join(codes)}",
                                       "content": {"application/json": {"schema": error_body}}}

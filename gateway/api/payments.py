@@ -13,6 +13,9 @@ from gateway.auth.principals import PrincipalKind as P
 from gateway.domain.payments import CaptureMethod
 from gateway.services import pay_codes, payments, qr, taps, views
 
+# A tap or pay-code naming the sale's payment settles it (200); without one it creates its own (201).
+SETTLED_SALE_PAYMENT = {200: "OK: the existing payment named by `payment` (the counter sale's) was settled"}
+
 
 @api.route("POST", "/v1/payments", summary="Create a payment", auth={P.MERCHANT, P.DEVICE}, body=schema.CreatePayment,
            response=views.PaymentView, status=201, tag="payments",
@@ -161,6 +164,7 @@ async def qr_svg(call: Call[None, None]) -> Any:
 
 @api.route("POST", "/v1/pay_code_charges", summary="Charge a scanned pay-code (may need the payer's PIN)",
            auth={P.MERCHANT, P.DEVICE}, body=schema.ChargePayCode, response=views.PaymentView, status=201, tag="pay_codes",
+           also_ok=SETTLED_SALE_PAYMENT,
            errors={400: schema.AMOUNT_CODES + schema.METADATA_CODES + schema.SALE_PAYMENT_CODES + ("pay_code_foreign",),
                    402: schema.DECLINE_CODES, 403: ("wallet_locked",),
                    404: ("pay_code_unknown", "resource_missing"),
@@ -186,6 +190,7 @@ async def reverse(call: Call[schema.Empty, None]) -> Any:
 
 @api.route("POST", "/v1/tap_payments", summary="Authorise an NFC tap (idempotent by terminal_transaction_id)",
            auth={P.DEVICE}, body=schema.TapPayment, response=views.PaymentView, status=201, tag="taps",
+           also_ok=SETTLED_SALE_PAYMENT,
            errors={400: schema.AMOUNT_CODES + ("invalid_tap_data", "amount_mismatch", "merchant_reference_mismatch"),
                    402: schema.DECLINE_CODES + ("cryptogram_invalid", "atc_replayed", "amount_mismatch",
                                                 "tap_token_unknown", "tap_token_revoked"),

@@ -115,6 +115,7 @@ class Endpoint:
     errors: Errors = field(default_factory=dict)
     idempotent: bool = False
     database: bool = True  # False: the route answers without the database (no 503 for its loss)
+    also_ok: dict[int, str] = field(default_factory=dict)  # other success statuses (same body): when each answers
 
 
 def _param(message: str) -> str | None:
@@ -251,6 +252,7 @@ class Api:
         errors: Errors | None = None,
         idempotent: bool | None = None,
         database: bool = True,
+        also_ok: dict[int, str] | None = None,
     ) -> Callable[[Handler], Handler]:
         if idempotent is None:
             idempotent = method != "GET" and auth is not None
@@ -259,7 +261,7 @@ class Api:
             self.endpoints.append(
                 Endpoint(method, path, handler, summary, frozenset(auth) if auth is not None else None, body, query,
                          response, status, frozenset(roles) if roles else None, [tag], produces, body_max,
-                         dict(errors or {}), idempotent, database)
+                         dict(errors or {}), idempotent, database, dict(also_ok or {}))
             )
             return handler
 

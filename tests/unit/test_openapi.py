@@ -183,3 +183,12 @@ def test_metadata_search_is_a_deep_object_query_parameter() -> None:
     plain = [p for item in DOC["paths"].values() for op in item.values() for p in op.get("parameters", [])
              if p["in"] == "query" and p["name"] != "metadata"]
     assert plain and all("style" not in p for p in plain)
+
+
+def test_counter_charges_declare_both_answers_created_and_settled() -> None:
+    """A tap or a pay-code charge creates its payment (201) or settles the sale's existing one (200)."""
+    for path in ("/v1/tap_payments", "/v1/pay_code_charges"):
+        ok = {status: answer for status, answer in DOC["paths"][path]["post"]["responses"].items()
+              if status.startswith("2")}
+        assert set(ok) == {"200", "201"}, path
+        assert ok["200"]["content"] == ok["201"]["content"]
