@@ -389,23 +389,25 @@ class GatewayClient:
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    async def _bearer(self) -> str:
+    async def _bearer(self, timeout_s: float | None) -> str:
+        """The device token, renewed first when it is near its end (within ``timeout_s``: the renewal is
+        part of the call that needs it, so a hung gateway cannot hold a bounded call longer)."""
         async with self._token_lock:
             token = self._token
             if token is None or token.expires_at - self._clock() < self._settings.token_renew_margin_s:
-                await self._renew_locked()
+                await self._renew_locked(timeout_s)
                 token = self._token
             assert token is not None
             return token.value
 
-    async def _renew_locked(self) -> None:
+    async def _renew_locked(self, timeout_s: float | None = None) -> None:
         credentials = self._credentials
         if credentials is None:
             raise NotEnrolledError("this agent has no device credentials: run `pos-agent enrol` first")
         raw = await self._call(
             "POST", "/v1/devices/sessions",
             {"device": credentials.device, "device_secret": credentials.device_secret},
-            key=f"session-{uuid.uuid4()}", auth=False,
+            key=f"session-{uuid.uuid4()}", auth=False, timeout_s=timeout_s,
         )
         self._token = _Token(_str(raw, "access_token"), self._clock() + _int(raw, "expires_in"))
         log.info("device token renewed", extra={"device": credentials.device})
@@ -434,7 +436,7 @@ class GatewayClient:
             if key is not None:
                 headers["Idempotency-Key"] = key
             if auth:
-                headers["Authorization"] = f"Bearer {await self._bearer()}"
+                headers["Authorization"] = f"Bearer {await self._bearer(self._left_s(deadline))}"
             started = self._clock()
             attempt_timeout_s = self._settings.request_timeout_s
             if deadline is not None:
@@ -456,7 +458,7 @@ class GatewayClient:
             if attempt is Attempt.TOKEN_EXPIRED:
                 token_renewed = True
                 async with self._token_lock:
-                    await self._renew_locked()
+                    await self._renew_locked(self._left_s(deadline))
                 continue
             delay_s = backoff_delay_s(attempt_index, self._policy, self._rng)
             if deadline is not None and self._clock() + delay_s + ATTEMPT_TIMEOUT_MIN_S >= deadline:
@@ -470,6 +472,9 @@ class GatewayClient:
         if attempt is Attempt.BUSY:
             raise OutcomeUnknown(f"{method} {path}: still busy after retries ({detail})")
         raise GatewayUnreachable(f"{method} {path}: gateway unreachable ({detail})")
+
+    def _left_s(self, deadline: float | None) -> float | None:
+        return None if deadline is None else max(deadline - self._clock(), ATTEMPT_TIMEOUT_MIN_S)
 
     def _noted(self, rejection: GatewayRejected) -> GatewayRejected:
         if isinstance(rejection, DeviceAuthError):

@@ -8,14 +8,16 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-
 from pos_agent.checkout import CheckoutDevices, CheckoutRunner
 from pos_agent.credentials import Credentials
+from pos_agent.errors import GatewayUnreachable, OutcomeUnknown
 from pos_agent.gateway_client import GatewayClient
 from pos_agent.journal import AsyncJournal, OpKind
 from pos_agent.settings import GatewaySettings, SaleSettings, Settings
+
 from tests.agent.test_checkout_driver import FakeReader
 from tests.agent.test_checkout_states import make_tap
 
@@ -62,3 +64,33 @@ async def test_status_queries_fit_in_the_sale_deadline_of_a_hung_gateway(tmp_pat
         hung.set()
         await server.close()
         await journal.close()
+
+
+async def test_a_token_renewal_on_a_hung_gateway_stays_inside_the_calls_budget() -> None:
+    """The device token is renewed inside the call that needs it: when the gateway hangs on the session
+    too, the renewal gets what is left of the call's budget, not request_timeout_s per attempt."""
+    sessions: list[str] = []
+    hung = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.Response:
+        sessions.append(request.path)
+        await asyncio.wait_for(hung.wait(), HANG_S)
+        return web.json_response({"error": {"code": "released"}}, status=503)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    # Unbounded, the renewal alone is 3 attempts of 4 s: far beyond the guard below.
+    gateway = GatewaySettings(url=str(server.make_url("")).rstrip("/"), request_timeout_s=4.0, retry_count_max=3,
+                              backoff_base_s=0.01, backoff_max_s=0.02)
+    budget_s = 1.0
+    try:
+        async with GatewayClient(gateway, credentials=Credentials("x", "d", "s", "t", "s", "m")) as client:
+            async with asyncio.timeout(budget_s + 2.5):  # the budget plus the margins of one attempt, not 12 s
+                with pytest.raises((OutcomeUnknown, GatewayUnreachable)):
+                    await client.find_payments("S-1", timeout_s=budget_s)
+        assert sessions and set(sessions) == {"/v1/devices/sessions"}
+    finally:
+        hung.set()
+        await server.close()
