@@ -171,8 +171,8 @@ async def charge_pay_code(call: Call[schema.ChargePayCode, None]) -> Any:
     b = call.body
     req = pay_codes.Charge(pay_code=b.pay_code, amount=b.amount, currency=b.currency,  # type: ignore[arg-type]
                            merchant_reference=b.merchant_reference, description=b.description, store=b.store,
-                           capture_method=CaptureMethod(b.capture_method), payment=b.payment,
-                           metadata=b.metadata)
+                           capture_method=CaptureMethod(b.capture_method) if b.capture_method else None,
+                           payment=b.payment, metadata=b.metadata)
     return await pay_codes.charge(call.svc, call.who, req, call.identity())
 
 

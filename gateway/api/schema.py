@@ -133,7 +133,9 @@ class ChargePayCode(Strict):
     currency: Currency
     payment: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     """An open payment of this counter to settle; without it the charge creates its payment."""
-    capture_method: Literal["automatic", "manual"] = "automatic"
+    # capture_method (automatic unless given), description, store and metadata describe the payment the
+    # charge creates; with ``payment`` they are refused: the named payment has its own.
+    capture_method: Literal["automatic", "manual"] | None = None
     merchant_reference: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     description: Annotated[str, msgspec.Meta(max_length=500)] | None = None
     store: Annotated[str, msgspec.Meta(max_length=64)] | None = None

@@ -125,3 +125,24 @@ async def test_a_pay_code_settles_the_sales_payment(world: World) -> None:
     assert unexpected["error"]["code"] == "parameter_unexpected"
     listed = await world.call("GET", "/v1/payments?merchant_reference=C1-000001", headers=auth(token))
     assert [p["id"] for p in listed["data"]] == [sale["id"]]
+
+
+async def test_a_pay_code_charge_on_the_sales_payment_refuses_what_only_a_new_payment_takes(world: World) -> None:
+    """The named payment keeps its own capture method and metadata: a charge that asks for others (a
+    hold instead of a capture, pairs to store) is refused, never silently settled another way."""
+    m = await world.merchant(fee_bps=0)
+    h = await _device_holder(world, 10_000)
+    device, _ = await _device(world, m)
+    token = device["access_token"]
+    sale = await _sale_payment(world, token, 400)
+    code = (await world.call("POST", "/v1/wallet/pay_codes", 201, headers=h.headers, json={}))["code"]
+    body = {"pay_code": code, "amount": 400, "currency": "CNY", "payment": sale["id"]}
+    for name, value in (("capture_method", "manual"), ("capture_method", "automatic"), ("metadata", {"order": "7"})):
+        refused = await world.call("POST", "/v1/pay_code_charges", 400, headers=auth(token),
+                                   json={**body, name: value})
+        assert (refused["error"]["code"], refused["error"]["param"]) == ("parameter_unexpected", name)
+    assert (await world.call("GET", f"/v1/payments/{sale['id']}", headers=auth(token)))["status"] == (
+        "requires_payment_method")
+    assert await world.available(h) == 10_000
+    paid = await world.call("POST", "/v1/pay_code_charges", 200, headers=auth(token), json=body)
+    assert (paid["id"], paid["status"]) == (sale["id"], "succeeded")
