@@ -189,8 +189,8 @@ async def reverse(call: Call[schema.Empty, None]) -> Any:
            errors={400: schema.AMOUNT_CODES + ("invalid_tap_data", "amount_mismatch", "merchant_reference_mismatch"),
                    402: schema.DECLINE_CODES + ("cryptogram_invalid", "atc_replayed", "amount_mismatch",
                                                 "tap_token_unknown", "tap_token_revoked"),
-                   403: ("wallet_locked",), 404: ("resource_missing",), 409: ("payment_not_payable",),
-                   503: ("taps_not_configured",)})
+                   403: ("wallet_locked",), 404: ("resource_missing",),
+                   409: ("payment_not_payable", "terminal_transaction_id_used"), 503: ("taps_not_configured",)})
 async def tap(call: Call[schema.TapPayment, None]) -> Any:
     """Authorise an NFC tap from an enrolled device: the card cryptogram (ARQC) is verified and its counter must
     move forward. The terminal's transaction id is the idempotency key."""

@@ -146,3 +146,31 @@ async def test_a_pay_code_charge_on_the_sales_payment_refuses_what_only_a_new_pa
     assert await world.available(h) == 10_000
     paid = await world.call("POST", "/v1/pay_code_charges", 200, headers=auth(token), json=body)
     assert (paid["id"], paid["status"]) == (sale["id"], "succeeded")
+
+
+async def test_a_terminal_transaction_id_its_terminal_used_before_is_a_409_not_a_500(world: World) -> None:
+    """Agents enrolled again on one terminal (a re-enrolled counter whose journal still forwards), or a
+    retry after its idempotency record was purged: the id names the terminal's earlier payment."""
+    m = await world.merchant(fee_bps=0)
+    h = await world.holder(top_up=10_000)
+    first, terminal = await _device(world, m)
+
+    async def another_agent() -> str:
+        code = await world.call("POST", f"/v1/terminals/{terminal}/enrolment_codes", 201, headers=m.headers, json={})
+        enrolled = await world.call("POST", "/v1/devices/enrolments", 201, json={"code": code["code"], "name": "agent"})
+        return str(enrolled["access_token"])
+
+    card = await _phone(world, h)
+    await world.call("POST", "/v1/tap_payments", 201, headers=auth(first["access_token"]),
+                     json=_tap_body(_tap(card, 100), 100, None, txn="TXN-1"))
+    settling, creating = await another_agent(), await another_agent()
+    sale = await _sale_payment(world, settling, 200)
+    for token, body in ((settling, _tap_body(_tap(card, 200), 200, sale["id"], txn="TXN-1")),
+                        (creating, _tap_body(_tap(card, 300), 300, None, txn="TXN-1"))):
+        for _ in range(2):  # the refusal is the stored answer
+            refused = await world.call("POST", "/v1/tap_payments", 409, headers=auth(token), json=body)
+            assert (refused["error"]["code"], refused["error"]["param"]) == ("terminal_transaction_id_used",
+                                                                             "terminal_transaction_id")
+    assert (await world.call("GET", f"/v1/payments/{sale['id']}", headers=auth(settling)))["status"] == (
+        "requires_payment_method")
+    assert await world.available(h) == 9_900
