@@ -25,7 +25,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -280,6 +280,18 @@ class DatabaseUnreachable(Exception):
         super().__init__(f"database unreachable at {address(url)} after {wait_s:g} s: {why}")
 
 
+class DatabaseUrlInvalid(Exception):
+    """The driver cannot take the URL apart (a port that is no number, an unknown sslmode, ...)."""
+
+    def __init__(self, url: str, cause: ValueError) -> None:
+        why = " ".join(str(cause).split()) or type(cause).__name__
+        with suppress(ValueError):
+            password = urlsplit(url).password
+            if password:
+                why = why.replace(password, "<redacted>")
+        super().__init__(f"the driver cannot read the database URL: {why}")
+
+
 # The server is not there (yet): refused, unroutable, timed out, or still starting up.
 _UNREACHABLE = (OSError, TimeoutError, asyncpg.CannotConnectNowError)
 
@@ -297,6 +309,8 @@ async def wait_until_reachable(url: str, wait_s: float, waiting: Callable[[BaseE
             conn = await asyncpg.connect(url, timeout=min(5.0, max(left_s, 1.0)))
         except asyncpg.InvalidCatalogNameError:
             return
+        except ValueError as exc:  # asyncpg's ClientConfigurationError is one too: the URL, never the server
+            raise DatabaseUrlInvalid(url, exc) from None
         except _UNREACHABLE as exc:
             left_s = deadline - time.monotonic()
             if left_s <= 0:
