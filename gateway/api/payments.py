@@ -35,7 +35,7 @@ async def create(call: Call[schema.CreatePayment, None]) -> Any:
            query=schema.PaymentQuery, response=views.PaymentList, tag="payments", errors={400: ("invalid_cursor",)})
 async def list_all(call: Call[None, schema.PaymentQuery]) -> Any:
     """The merchant's payments, newest first, cursor paginated (starting_after, ending_before); a device sees
-    its terminal's."""
+    its merchant's too (it changes only those made at its terminal)."""
     q = call.query
     return await payments.list_payments(call.svc, call.who, q.page(), payments.ListQuery(
         created_gte_s=q.created_gte, created_lt_s=q.created_lt, status=q.status,
