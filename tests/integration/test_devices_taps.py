@@ -187,3 +187,27 @@ async def test_revoked_tap_token_is_declined_and_keys_never_logged(world: World,
     err = await _pay_tap(world, device["access_token"], _tap(card, 100), 100, 402)
     assert err["error"]["code"] == "tap_token_revoked"
     assert await world.available(h) == 10_000
+
+
+async def test_a_suspended_merchants_devices_are_refused_like_its_keys(world: World) -> None:
+    """Suspension is "no API access" for every credential of the merchant: its counters can neither
+    refund (money out of the suspended merchant) nor sell, and cannot renew their tokens."""
+    m = await world.merchant(fee_bps=0)
+    h = await world.holder(top_up=10_000)
+    device, _ = await _device(world, m)
+    token = device["access_token"]
+    paid = await _pay_tap(world, token, _tap(await _phone(world, h), 1_000), 1_000)
+    await world.call("POST", f"/v1/merchants/{m.id}/suspend", headers=world.ops, json={})
+    for method, path, body in (("POST", f"/v1/payments/{paid['id']}/refunds", {}),
+                               ("POST", f"/v1/payments/{paid['id']}/reverse", {}),
+                               ("POST", "/v1/payments", {"amount": 100, "currency": "CNY"}),
+                               ("GET", "/v1/payments", None)):
+        refused = await world.call(method, path, 403, headers=auth(token), json=body)
+        assert refused["error"]["code"] == "merchant_suspended", (method, path)
+    renewal = {"device": device["device"], "device_secret": device["device_secret"]}
+    assert (await world.call("POST", "/v1/devices/sessions", 403, json=renewal))["error"]["code"] == (
+        "merchant_suspended")
+    assert await world.available(h) == 9_000
+    await world.call("POST", f"/v1/merchants/{m.id}/reactivate", headers=world.ops, json={})
+    await world.call("POST", f"/v1/payments/{paid['id']}/refunds", 201, headers=auth(token), json={})
+    assert await world.available(h) == 10_000
