@@ -174,3 +174,25 @@ async def test_a_terminal_transaction_id_its_terminal_used_before_is_a_409_not_a
     assert (await world.call("GET", f"/v1/payments/{sale['id']}", headers=auth(settling)))["status"] == (
         "requires_payment_method")
     assert await world.available(h) == 9_900
+
+
+async def test_a_device_settles_only_its_terminals_payments_the_merchant_key_any_of_its_own(world: World) -> None:
+    """A payment the merchant's secret key created has no terminal: no device settles it (404, as another
+    terminal's); the secret key itself may charge a pay-code against a payment one of its counters opened."""
+    m = await world.merchant(fee_bps=0)
+    h = await _device_holder(world, 10_000)
+    device, _ = await _device(world, m)
+    token = device["access_token"]
+    back_office = await world.payment(m, 300)
+    card = await _phone(world, h)
+    refused = await world.call("POST", "/v1/tap_payments", 404, headers=auth(token),
+                               json=_tap_body(_tap(card, 300), 300, back_office["id"]))
+    assert (refused["error"]["code"], refused["error"]["param"]) == ("resource_missing", "payment")
+    code = (await world.call("POST", "/v1/wallet/pay_codes", 201, headers=h.headers, json={}))["code"]
+    charge = {"pay_code": code, "amount": 300, "currency": "CNY", "payment": back_office["id"]}
+    assert (await world.call("POST", "/v1/pay_code_charges", 404, headers=auth(token), json=charge))["error"][
+        "param"] == "payment"
+    sale = await _sale_payment(world, token, 300)
+    paid = await world.call("POST", "/v1/pay_code_charges", 200, headers=m.headers, json={**charge, "payment": sale["id"]})
+    assert (paid["id"], paid["status"], paid["terminal"]) == (sale["id"], "succeeded", sale["terminal"])
+    assert await world.available(h) == 9_700
