@@ -196,3 +196,27 @@ async def test_a_device_settles_only_its_terminals_payments_the_merchant_key_any
     paid = await world.call("POST", "/v1/pay_code_charges", 200, headers=m.headers, json={**charge, "payment": sale["id"]})
     assert (paid["id"], paid["status"], paid["terminal"]) == (sale["id"], "succeeded", sale["terminal"])
     assert await world.available(h) == 9_700
+
+
+async def test_a_tap_and_a_pay_code_racing_for_one_payment_move_money_once(world: World) -> None:
+    m = await world.merchant(fee_bps=0)
+    h = await _device_holder(world, 100_000)
+    device, _ = await _device(world, m)
+    token = device["access_token"]
+    card = await _phone(world, h)
+    for round_index in range(4):
+        sale = await _sale_payment(world, token, 1_000, reference=f"C1-{round_index:06d}")
+        code = (await world.call("POST", "/v1/wallet/pay_codes", 201, headers=h.headers, json={}))["code"]
+        by_tap, by_code = await asyncio.gather(
+            world.client.post("/v1/tap_payments", headers=auth(token),
+                              json=_tap_body(_tap(card, 1_000), 1_000, sale["id"])),
+            world.client.post("/v1/pay_code_charges", headers=auth(token),
+                              json={"pay_code": code, "amount": 1_000, "currency": "CNY", "payment": sale["id"]}))
+        answers = {"tap": (by_tap.status, await by_tap.json()), "pay_code": (by_code.status, await by_code.json())}
+        won = [name for name, (status, _) in answers.items() if status == 200]
+        assert len(won) == 1, answers
+        [(status, body)] = [answer for name, answer in answers.items() if name not in won]
+        assert (status, body["error"]["code"]) == (409, "payment_not_payable"), answers
+        final = await world.call("GET", f"/v1/payments/{sale['id']}", headers=auth(token))
+        assert (final["status"], final["channel"]) == ("succeeded", won[0])
+        assert await world.available(h) == 100_000 - (round_index + 1) * 1_000
