@@ -265,13 +265,18 @@ async def check_migrated(url: str) -> None:
         raise MigrationPending(pending)
 
 
+def _with_port(host: str) -> str:
+    port_part = host.rpartition("]")[2] if host.startswith("[") else host  # an IPv6 address is bracketed
+    return host if ":" in port_part else f"{host or 'localhost'}:5432"
+
+
 def address(url: str) -> str:
-    """``url`` as a log line may show it: user, host, port and database, never a password."""
+    """``url`` as a log line may show it: user, hosts with ports (libpq's failover list ``h1:5432,h2``
+    too) and database, never a password."""
     parts = urlsplit(url)
     user = f"{parts.username}@" if parts.username else ""
-    host = parts.hostname or "localhost"
-    host = f"[{host}]" if ":" in host else host
-    return f"{parts.scheme}://{user}{host}:{parts.port or 5432}{parts.path}"
+    hosts = ",".join(_with_port(host) for host in parts.netloc.rpartition("@")[2].split(","))
+    return f"{parts.scheme}://{user}{hosts}{parts.path}"
 
 
 class DatabaseUnreachable(Exception):
