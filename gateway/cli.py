@@ -351,6 +351,8 @@ def _refusal(exc: Exception, config: Settings) -> str | None:
         return f"{exc.code}: {exc.message}" + (f" (at {exc.param})" if exc.param else "")
     if isinstance(exc, (CannotListen, db.MigrationChanged, db.MigrationPending)):
         return _one_line(exc)
+    if isinstance(exc, db.DatabaseUrlInvalid):
+        return f"{_one_line(exc)} ({DATABASE_SETTING})"
     if isinstance(exc, db.DatabaseUnreachable):
         return f"{_one_line(exc)} ({DATABASE_SETTING}; waited database.connect_wait_s)"
     if isinstance(exc, asyncpg.PostgresError):

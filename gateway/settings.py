@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -273,6 +274,20 @@ def _live_secret_problems(config: Settings) -> list[tuple[str, str]]:
     return problems
 
 
+def _check_url(setting: str, url: str, schemes: tuple[str, ...], *, port: bool) -> None:
+    """A URL of one of ``schemes`` that takes apart (with a numeric port if ``port``), or one line naming
+    the setting; never the URL itself, which may hold a password. A PostgreSQL URL may name several
+    hosts (``h1:5432,h2:5432``), so its ports are left to the driver (``db.DatabaseUrlInvalid``)."""
+    try:
+        parts = urlsplit(url)
+        if port:
+            _ = parts.port  # reading it is the check: a port that is no number 0-65535 raises
+    except ValueError as exc:
+        raise ValueError(f"{setting} is not a valid URL ({exc})") from None
+    if parts.scheme not in schemes:
+        raise ValueError(f"{setting} must be a URL of scheme {' or '.join(schemes)}")
+
+
 class Settings(Section, frozen=True):
     server: ServerSettings
     database: DatabaseSettings
@@ -292,6 +307,8 @@ class Settings(Section, frozen=True):
     settlement: SettlementSettings = SettlementSettings()
 
     def __post_init__(self) -> None:
+        _check_url("database.url", self.database.url, ("postgresql", "postgres"), port=False)
+        _check_url("redis.url", self.redis.url, ("redis", "rediss", "unix"), port=True)
         if self.auth.key_mode not in ("test", "live"):
             raise ValueError(f"auth.key_mode is 'test' or 'live', got {self.auth.key_mode!r}")
         if self.issuer.imk_hex and len(self.issuer.imk) != 16:

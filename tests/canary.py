@@ -3,7 +3,8 @@
 Secrets are learnt where they cross the wire, in aiohttp's client (both the in-process test client
 and the e2e ``Api`` go through it): JSON bodies the tests send (passwords, PINs, bank account
 numbers, device secrets, pay-codes, enrolment codes) and JSON bodies they receive (API secret keys,
-device secrets, enrolment and pay-codes, ICC master keys, token PANs). The shipped development
+device secrets, enrolment and pay-codes, ICC master keys, token PANs, webhook signing secrets,
+session tokens). The shipped development
 secrets of ``gateway/defaults.toml`` are known from the start. Scanned: the session log (every record
 of the pytest process in the gateway's JSON format), the logs of the processes the e2e harness
 starts, the test database as JSON rows before each ``clean_db`` truncation, and ``pg_dump`` at the end.
@@ -43,6 +44,9 @@ _KEYS = {
     "icc_master_key": "ICC master key", "token_pan": "token PAN", "pan": "token PAN", "pay_code": "pay-code",
 }
 _PIN_KEYS = frozenset({"pin", "current_pin", "new_pin"})
+# Bearer tokens (operator, wallet and device sessions): a JWT under one of these keys.
+_TOKEN_KEYS = frozenset({"token", "access_token"})
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _CODE_OBJECTS = {"pay_code": "pay-code", "enrolment_code": "enrolment code"}
 
 
@@ -101,6 +105,10 @@ class Canary:
             self.remember(value, _KEYS[key])
         elif key == "secret" and value.startswith("sk_"):  # publishable keys (pk_) are public by design
             self.remember(value, "API secret key")
+        elif key == "secret" and value.startswith("whsec_"):
+            self.remember(value, "webhook signing secret")
+        elif key in _TOKEN_KEYS and _JWT.fullmatch(value):
+            self.remember(value, "access token (JWT)")
         elif key == "code" and (node.get("object") in _CODE_OBJECTS or value.startswith("ENR-")):
             self.remember(value, _CODE_OBJECTS.get(str(node.get("object")), "enrolment code"))
 

@@ -8,7 +8,7 @@ One mechanism for the gateway and the POS agent. Invariants:
 - Every error is one ``ConfigError`` line naming the setting (``server.port: expected `int`, got
   `str```), never a traceback; ``__post_init__`` checks of a class surface the same way.
 - A field typed ``Secret`` is redacted by ``redacted()`` (what ``gateway config`` prints), and so is
-  the password of any URL setting.
+  the password of any URL setting (in its userinfo or as a ``password`` query parameter).
 """
 
 from __future__ import annotations
@@ -125,12 +125,26 @@ def _is_secret(kind: Any) -> bool:
     return any(meta is _SECRET for meta in get_args(kind)[1:])
 
 
+_PASSWORD_PARAMS = frozenset({"password", "sslpassword"})  # asyncpg and redis-py take them from the query too
+
+
+def _query_without_password(query: str) -> str:
+    pairs = []
+    for pair in query.split("&"):
+        name, sep, _ = pair.partition("=")
+        pairs.append(f"{name}={REDACTED}" if sep and name.lower() in _PASSWORD_PARAMS else pair)
+    return "&".join(pairs)
+
+
 def _without_password(text: str) -> str:
     parts = urlsplit(text)
-    if not parts.password:
+    query = _query_without_password(parts.query)
+    if not parts.password and query == parts.query:
         return text
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{REDACTED}@{host}"))
+    netloc = parts.netloc
+    if parts.password:
+        netloc = f"{parts.username or ''}:{REDACTED}@{netloc.rpartition('@')[2]}"
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def redacted(settings: msgspec.Struct) -> dict[str, Any]:

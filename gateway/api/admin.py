@@ -49,8 +49,8 @@ async def get_merchant(call: Call[None, None]) -> Any:
 @api.route("POST", "/v1/merchants/{id}/suspend", summary="Suspend a merchant: no API access, no payments",
            auth={P.OPERATOR}, roles=ADMIN, body=schema.Empty, response=views.MerchantView, tag="operators")
 async def suspend_merchant(call: Call[schema.Empty, None]) -> Any:
-    """Suspend a merchant: its API keys are refused (403 merchant_suspended) and it takes no payments until
-    reactivated."""
+    """Suspend a merchant: its API keys and its devices are refused (403 merchant_suspended) and it takes no
+    payments until reactivated."""
     return await tenants.set_merchant_status(call.svc, call.match("id"), "suspended", call.identity())
 
 

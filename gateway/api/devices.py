@@ -30,7 +30,8 @@ async def enrol(call: Call[schema.EnrolDevice, None]) -> Any:
 
 @api.route("POST", "/v1/devices/sessions", summary="Renew a device token with the device secret", auth=None,
            body=schema.RenewDevice, response=devices.DeviceTokenView, status=201, tag="devices",
-           errors={401: ("invalid_device_credentials", "device_revoked"), 429: schema.SIGN_IN_CODES})
+           errors={401: ("invalid_device_credentials", "device_revoked"), 403: ("merchant_suspended",),
+                   429: schema.SIGN_IN_CODES})
 async def renew(call: Call[schema.RenewDevice, None]) -> Any:
     """A fresh device access token for the device's id and secret."""
     return await devices.renew(call.svc, call.body.device, call.body.device_secret, call.client_address)

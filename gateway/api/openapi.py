@@ -79,7 +79,8 @@ def _declared_errors(ep: Endpoint) -> dict[int, list[str]]:
         found[401] += _CREDENTIALS
         if ep.auth & {PrincipalKind.MERCHANT, PrincipalKind.PUBLISHABLE}:
             found[401] += _KEY_CREDENTIALS
-            found[403].append("merchant_suspended")
+        if ep.auth & {PrincipalKind.MERCHANT, PrincipalKind.PUBLISHABLE, PrincipalKind.DEVICE}:
+            found[403].append("merchant_suspended")  # every credential of a suspended merchant
         if PrincipalKind.DEVICE in ep.auth:
             found[401] += _DEVICE_CREDENTIALS
         if ep.roles is not None and PrincipalKind.OPERATOR in ep.auth:

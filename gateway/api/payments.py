@@ -38,7 +38,7 @@ async def create(call: Call[schema.CreatePayment, None]) -> Any:
            query=schema.PaymentQuery, response=views.PaymentList, tag="payments", errors={400: ("invalid_cursor",)})
 async def list_all(call: Call[None, schema.PaymentQuery]) -> Any:
     """The merchant's payments, newest first, cursor paginated (starting_after, ending_before); a device sees
-    its terminal's."""
+    its merchant's too (it changes only those made at its terminal)."""
     q = call.query
     return await payments.list_payments(call.svc, call.who, q.page(), payments.ListQuery(
         created_gte_s=q.created_gte, created_lt_s=q.created_lt, status=q.status,
@@ -175,8 +175,8 @@ async def charge_pay_code(call: Call[schema.ChargePayCode, None]) -> Any:
     b = call.body
     req = pay_codes.Charge(pay_code=b.pay_code, amount=b.amount, currency=b.currency,  # type: ignore[arg-type]
                            merchant_reference=b.merchant_reference, description=b.description, store=b.store,
-                           capture_method=CaptureMethod(b.capture_method), payment=b.payment,
-                           metadata=b.metadata)
+                           capture_method=CaptureMethod(b.capture_method) if b.capture_method else None,
+                           payment=b.payment, metadata=b.metadata)
     return await pay_codes.charge(call.svc, call.who, req, call.identity())
 
 
@@ -194,8 +194,8 @@ async def reverse(call: Call[schema.Empty, None]) -> Any:
            errors={400: schema.AMOUNT_CODES + ("invalid_tap_data", "amount_mismatch", "merchant_reference_mismatch"),
                    402: schema.DECLINE_CODES + ("cryptogram_invalid", "atc_replayed", "amount_mismatch",
                                                 "tap_token_unknown", "tap_token_revoked"),
-                   403: ("wallet_locked",), 404: ("resource_missing",), 409: ("payment_not_payable",),
-                   503: ("taps_not_configured",)})
+                   403: ("wallet_locked",), 404: ("resource_missing",),
+                   409: ("payment_not_payable", "terminal_transaction_id_used"), 503: ("taps_not_configured",)})
 async def tap(call: Call[schema.TapPayment, None]) -> Any:
     """Authorise an NFC tap from an enrolled device: the card cryptogram (ARQC) is verified and its counter must
     move forward. The terminal's transaction id is the idempotency key."""

@@ -20,7 +20,9 @@ Amount = Annotated[
 Currency = Annotated[str, msgspec.Meta(min_length=3, max_length=3, description="ISO 4217 code, e.g. CNY")]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=100)]
 Cursor = Annotated[str, msgspec.Meta(max_length=64, description="The id of an object of this list")]
-UnixSeconds = Annotated[int, msgspec.Meta(ge=0, description="Unix seconds")]
+# Up to 9999-12-31T23:59:59Z, the last second a timestamp (Python's and PostgreSQL's alike) holds.
+UNIX_SECONDS_MAX = 253_402_300_799
+UnixSeconds = Annotated[int, msgspec.Meta(ge=0, le=UNIX_SECONDS_MAX, description="Unix seconds")]
 # Values are checked by gateway.domain.metadata (each refusal names its pair, metadata[key]); the
 # schema says what they are.
 Metadata = Annotated[dict[str, Any], msgspec.Meta(
@@ -131,7 +133,9 @@ class ChargePayCode(Strict):
     currency: Currency
     payment: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     """An open payment of this counter to settle; without it the charge creates its payment."""
-    capture_method: Literal["automatic", "manual"] = "automatic"
+    # capture_method (automatic unless given), description, store and metadata describe the payment the
+    # charge creates; with ``payment`` they are refused: the named payment has its own.
+    capture_method: Literal["automatic", "manual"] | None = None
     merchant_reference: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     description: Annotated[str, msgspec.Meta(max_length=500)] | None = None
     store: Annotated[str, msgspec.Meta(max_length=64)] | None = None

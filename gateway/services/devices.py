@@ -22,7 +22,7 @@ import msgspec
 
 from gateway.auth.principals import Principal, PrincipalKind
 from gateway.domain.ids import Kind, decode, encode
-from gateway.errors import NotFound, Unauthenticated
+from gateway.errors import Forbidden, NotFound, Unauthenticated
 from gateway.services import audit, pages, throttle, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
@@ -133,25 +133,32 @@ async def renew(svc: Services, text_device: str, secret: str, address: str | Non
     device_id = decode(Kind.DEVICE, text_device)
     async with svc.db.connection() as conn:
         device = await store.device(conn, device_id) if device_id else None
-        active = device is not None and await store.device_active(conn, device["id"])
+        standing = await store.device_standing(conn, device["id"]) if device is not None else None
     given = _keyed(svc, "device", secret)
-    if device is None or not hmac.compare_digest(bytes(device["secret_hash"]), given):
+    if device is None or standing is None or not hmac.compare_digest(bytes(device["secret_hash"]), given):
         log.warning("device session refused", extra={"device_id": str(device["id"]) if device else None,
                                                      "client_address": address})
         raise Unauthenticated("unknown device or wrong secret", code="invalid_device_credentials")
-    if not active:
-        raise Unauthenticated("this device has been revoked", code="device_revoked")
+    _check_standing(standing)
     await throttle.succeeded(svc, attempt)
     token, ttl_s = _token(svc, device)
     return DeviceTokenView(access_token=token, expires_in=ttl_s)
+
+
+def _check_standing(standing: store.Standing) -> None:
+    """Revoked: the device's credentials are dead. Suspended merchant: no API access for any of its
+    credentials (as for its API keys), so its counters neither sell nor refund until it is reactivated."""
+    if not standing.active:
+        raise Unauthenticated("this device has been revoked", code="device_revoked")
+    if not standing.merchant_active:
+        raise Forbidden("the merchant is suspended", code="merchant_suspended")
 
 
 async def principal(svc: Services, credential: str) -> Principal:
     claims = svc.tokens.verify(credential, DEVICE_AUDIENCE)
     device_id = svc.tokens.uuid_claim(claims, "sub")
     async with svc.db.connection() as conn:
-        if not await store.device_active(conn, device_id):
-            raise Unauthenticated("this device has been revoked", code="device_revoked")
+        _check_standing(await store.device_standing(conn, device_id))
     return Principal(PrincipalKind.DEVICE, device_id, merchant_id=svc.tokens.uuid_claim(claims, "mid"),
                      store_id=svc.tokens.uuid_claim(claims, "sid"), terminal_id=svc.tokens.uuid_claim(claims, "tid"))
 

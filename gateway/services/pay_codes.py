@@ -79,7 +79,7 @@ class Charge:
     merchant_reference: str | None
     description: str | None
     store: str | None
-    capture_method: CaptureMethod
+    capture_method: CaptureMethod | None  # None: automatic, for a new payment
     payment: str | None = None
     metadata: dict[str, Any] | None = None
 
@@ -93,7 +93,7 @@ async def charge(svc: Services, who: Principal, req: Charge, identity: RequestId
     if not is_ours(svc, req.pay_code):
         raise InvalidRequest("not a pay-code of this gateway", code="pay_code_foreign", param="pay_code")
     if req.payment is not None:
-        for name in ("description", "store"):
+        for name in ("description", "store", "capture_method", "metadata"):
             if getattr(req, name) is not None:
                 raise InvalidRequest(f"{name} describes a new payment; the named payment has its own",
                                      code="parameter_unexpected", param=name)
@@ -132,7 +132,7 @@ async def charge(svc: Services, who: Principal, req: Charge, identity: RequestId
             raise NotFound(f"no such store: {req.store}", param="store")
         new = Payment(
             id=uuid.uuid4(), merchant_id=merchant_id, amount_minor=amount, currency=cur,
-            status=Status.REQUIRES_PAYMENT_METHOD, capture_method=req.capture_method,
+            status=Status.REQUIRES_PAYMENT_METHOD, capture_method=req.capture_method or CaptureMethod.AUTOMATIC,
             expires_at=svc.now() + timedelta(seconds=svc.settings.payments.expiry_default_s),
         )
         row = await payment_store.insert(conn, new, store_id=store_id, terminal_id=who.terminal_id,

@@ -177,6 +177,15 @@ async def authorize(svc: Services, who: Principal, req: TapRequest, identity: Re
                            param="tap")
 
     async def work(conn: Connection) -> tuple[int, Any]:
+        try:
+            return await settle_or_create(conn)
+        except payment_store.TerminalTransactionTaken:
+            # The id went with another payment of this terminal (another agent enrolled on it, or a
+            # retry after the idempotency record was purged): refused, that payment is untouched.
+            raise Conflict("this terminal transaction id names another payment of the terminal",
+                           code="terminal_transaction_id_used", param="terminal_transaction_id") from None
+
+    async def settle_or_create(conn: Connection) -> tuple[int, Any]:
         if req.payment is not None:
             row = await payments.counter_payment_locked(conn, who, req.payment, amount, cur.code,
                                                         req.merchant_reference)

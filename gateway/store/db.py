@@ -25,7 +25,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -265,19 +265,36 @@ async def check_migrated(url: str) -> None:
         raise MigrationPending(pending)
 
 
+def _with_port(host: str) -> str:
+    port_part = host.rpartition("]")[2] if host.startswith("[") else host  # an IPv6 address is bracketed
+    return host if ":" in port_part else f"{host or 'localhost'}:5432"
+
+
 def address(url: str) -> str:
-    """``url`` as a log line may show it: user, host, port and database, never a password."""
+    """``url`` as a log line may show it: user, hosts with ports (libpq's failover list ``h1:5432,h2``
+    too) and database, never a password."""
     parts = urlsplit(url)
     user = f"{parts.username}@" if parts.username else ""
-    host = parts.hostname or "localhost"
-    host = f"[{host}]" if ":" in host else host
-    return f"{parts.scheme}://{user}{host}:{parts.port or 5432}{parts.path}"
+    hosts = ",".join(_with_port(host) for host in parts.netloc.rpartition("@")[2].split(","))
+    return f"{parts.scheme}://{user}{hosts}{parts.path}"
 
 
 class DatabaseUnreachable(Exception):
     def __init__(self, url: str, wait_s: float, cause: BaseException) -> None:
         why = " ".join(str(cause).split()) or type(cause).__name__
         super().__init__(f"database unreachable at {address(url)} after {wait_s:g} s: {why}")
+
+
+class DatabaseUrlInvalid(Exception):
+    """The driver cannot take the URL apart (a port that is no number, an unknown sslmode, ...)."""
+
+    def __init__(self, url: str, cause: ValueError) -> None:
+        why = " ".join(str(cause).split()) or type(cause).__name__
+        with suppress(ValueError):
+            password = urlsplit(url).password
+            if password:
+                why = why.replace(password, "<redacted>")
+        super().__init__(f"the driver cannot read the database URL: {why}")
 
 
 # The server is not there (yet): refused, unroutable, timed out, or still starting up.
@@ -297,6 +314,8 @@ async def wait_until_reachable(url: str, wait_s: float, waiting: Callable[[BaseE
             conn = await asyncpg.connect(url, timeout=min(5.0, max(left_s, 1.0)))
         except asyncpg.InvalidCatalogNameError:
             return
+        except ValueError as exc:  # asyncpg's ClientConfigurationError is one too: the URL, never the server
+            raise DatabaseUrlInvalid(url, exc) from None
         except _UNREACHABLE as exc:
             left_s = deadline - time.monotonic()
             if left_s <= 0:

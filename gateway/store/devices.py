@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
@@ -57,12 +58,20 @@ async def device(conn: Connection, device_id: uuid.UUID) -> asyncpg.Record | Non
     return row
 
 
-async def device_active(conn: Connection, device_id: uuid.UUID) -> bool:
-    return bool(await conn.fetchval(
-        "SELECT 1 FROM devices d JOIN terminals t ON t.id = d.terminal_id"
-        " WHERE d.id = $1 AND d.status = 'active' AND t.status = 'active'",
+@dataclass(frozen=True, slots=True)
+class Standing:
+    active: bool  # the device and its terminal are active
+    merchant_active: bool  # its merchant is not suspended
+
+
+async def device_standing(conn: Connection, device_id: uuid.UUID) -> Standing:
+    row = await conn.fetchrow(
+        "SELECT d.status = 'active' AND t.status = 'active' AS active, m.status = 'active' AS merchant_active"
+        " FROM devices d JOIN terminals t ON t.id = d.terminal_id JOIN merchants m ON m.id = d.merchant_id"
+        " WHERE d.id = $1",
         device_id,
-    ))
+    )
+    return Standing(False, False) if row is None else Standing(row["active"], row["merchant_active"])
 
 
 async def revoke_terminal(conn: Connection, terminal_id: uuid.UUID, merchant_id: uuid.UUID) -> asyncpg.Record | None:

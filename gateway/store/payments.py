@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -24,6 +26,20 @@ _EXTRA = (
 )
 _REFUND = "id, payment_id, merchant_id, amount_minor, fee_back_minor, currency, reason, status, created_at," \
     " metadata::text AS metadata"
+
+
+class TerminalTransactionTaken(Exception):
+    """Another payment of the terminal carries this terminal transaction id (``payments_terminal_txn``)."""
+
+
+@contextlib.contextmanager
+def _one_payment_per_terminal_transaction() -> Iterator[None]:
+    try:
+        yield
+    except asyncpg.UniqueViolationError as exc:
+        if getattr(exc, "constraint_name", None) == "payments_terminal_txn":
+            raise TerminalTransactionTaken() from exc
+        raise
 
 
 def _json(value: Any) -> str:
@@ -64,9 +80,11 @@ async def insert(
     cancel_url: str | None = None,
     metadata: dict[str, str] | None = None,
 ) -> asyncpg.Record:
-    row = await one(
-        conn,
-        f"""
+    """``TerminalTransactionTaken`` if the terminal's transaction id names another payment."""
+    with _one_payment_per_terminal_transaction():
+        row = await one(
+            conn,
+            f"""
         INSERT INTO payments (id, merchant_id, store_id, terminal_id, amount_minor, currency, status,
                               capture_method, merchant_reference, description, expires_at, fee_bps, channel,
                               terminal_transaction_id, return_url, cancel_url, metadata, fee_fixed_minor)
@@ -74,10 +92,10 @@ async def insert(
                 (SELECT fee_fixed_minor FROM merchants WHERE id = $2))
         RETURNING {_COLUMNS}, {_EXTRA}
         """,
-        payment.id, payment.merchant_id, store_id, terminal_id, payment.amount_minor, payment.currency,
-        payment.status.value, payment.capture_method.value, merchant_reference, description,
-        payment.expires_at, fee_bps, channel, terminal_transaction_id, return_url, cancel_url, _json(metadata or {}),
-    )
+            payment.id, payment.merchant_id, store_id, terminal_id, payment.amount_minor, payment.currency,
+            payment.status.value, payment.capture_method.value, merchant_reference, description,
+            payment.expires_at, fee_bps, channel, terminal_transaction_id, return_url, cancel_url, _json(metadata or {}),
+        )
     return row
 
 
@@ -97,9 +115,11 @@ async def update(
     conn: Connection, payment: Payment, *, wallet_account_id: int | None = None, channel: str | None = None,
     spend_day: date | None = None, terminal_transaction_id: str | None = None,
 ) -> asyncpg.Record:
-    row = await one(
-        conn,
-        f"""
+    """``TerminalTransactionTaken`` if the terminal's transaction id names another payment."""
+    with _one_payment_per_terminal_transaction():
+        row = await one(
+            conn,
+            f"""
         UPDATE payments SET status = $2, payer_id = $3, authorized_minor = $4, captured_minor = $5,
                refunded_minor = $6, fee_minor = $7, authorization_expires_at = $8,
                wallet_account_id = COALESCE($9, wallet_account_id), confirm_by = $10,
@@ -108,10 +128,10 @@ async def update(
          WHERE id = $1
         RETURNING {_COLUMNS}, {_EXTRA}, (SELECT name FROM merchants m WHERE m.id = payments.merchant_id) AS merchant_name
         """,
-        payment.id, payment.status.value, payment.payer_id, payment.authorized_minor, payment.captured_minor,
-        payment.refunded_minor, payment.fee_minor, payment.authorization_expires_at, wallet_account_id,
-        payment.confirm_by, channel, spend_day, terminal_transaction_id,
-    )
+            payment.id, payment.status.value, payment.payer_id, payment.authorized_minor, payment.captured_minor,
+            payment.refunded_minor, payment.fee_minor, payment.authorization_expires_at, wallet_account_id,
+            payment.confirm_by, channel, spend_day, terminal_transaction_id,
+        )
     return row
 
 

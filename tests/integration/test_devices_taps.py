@@ -187,3 +187,52 @@ async def test_revoked_tap_token_is_declined_and_keys_never_logged(world: World,
     err = await _pay_tap(world, device["access_token"], _tap(card, 100), 100, 402)
     assert err["error"]["code"] == "tap_token_revoked"
     assert await world.available(h) == 10_000
+
+
+async def test_a_suspended_merchants_devices_are_refused_like_its_keys(world: World) -> None:
+    """Suspension is "no API access" for every credential of the merchant: its counters can neither
+    refund (money out of the suspended merchant) nor sell, and cannot renew their tokens."""
+    m = await world.merchant(fee_bps=0)
+    h = await world.holder(top_up=10_000)
+    device, _ = await _device(world, m)
+    token = device["access_token"]
+    paid = await _pay_tap(world, token, _tap(await _phone(world, h), 1_000), 1_000)
+    await world.call("POST", f"/v1/merchants/{m.id}/suspend", headers=world.ops, json={})
+    for method, path, body in (("POST", f"/v1/payments/{paid['id']}/refunds", {}),
+                               ("POST", f"/v1/payments/{paid['id']}/reverse", {}),
+                               ("POST", "/v1/payments", {"amount": 100, "currency": "CNY"}),
+                               ("GET", "/v1/payments", None)):
+        refused = await world.call(method, path, 403, headers=auth(token), json=body)
+        assert refused["error"]["code"] == "merchant_suspended", (method, path)
+    renewal = {"device": device["device"], "device_secret": device["device_secret"]}
+    assert (await world.call("POST", "/v1/devices/sessions", 403, json=renewal))["error"]["code"] == (
+        "merchant_suspended")
+    assert await world.available(h) == 9_000
+    await world.call("POST", f"/v1/merchants/{m.id}/reactivate", headers=world.ops, json={})
+    await world.call("POST", f"/v1/payments/{paid['id']}/refunds", 201, headers=auth(token), json={})
+    assert await world.available(h) == 10_000
+
+
+async def test_a_device_refunds_only_its_terminals_payments_and_never_more_than_was_paid(world: World) -> None:
+    m, other = await world.merchant("A", fee_bps=0), await world.merchant("B", fee_bps=0)
+    h = await world.holder(top_up=10_000)
+    card = await _phone(world, h)
+    device, terminal = await _device(world, m)
+    neighbour, _ = await _device(world, m)
+    stranger, _ = await _device(world, other)
+    token = device["access_token"]
+    ours = await _pay_tap(world, token, _tap(card, 1_000), 1_000)
+    next_counter = await _pay_tap(world, neighbour["access_token"], _tap(card, 500), 500)
+    elsewhere = await _pay_tap(world, stranger["access_token"], _tap(card, 700), 700)
+    for foreign in (next_counter, elsewhere):
+        refused = await world.call("POST", f"/v1/payments/{foreign['id']}/refunds", 404, headers=auth(token), json={})
+        assert (refused["error"]["code"], refused["error"]["param"]) == ("resource_missing", "id")
+    # Three full refunds racing, each under its own key: one refunds, the others find nothing left.
+    answers = await asyncio.gather(*[
+        world.client.post(f"/v1/payments/{ours['id']}/refunds", headers={**auth(token), "Idempotency-Key": f"r-{i}"},
+                          json={"amount": 1_000}) for i in range(3)])
+    assert sorted(a.status for a in answers) == [201, 409, 409]
+    assert await world.available(h) == 10_000 - 500 - 700
+    await world.call("POST", f"/v1/terminals/{terminal}/revoke", headers=m.headers, json={})
+    revoked = await world.call("POST", f"/v1/payments/{ours['id']}/refunds", 401, headers=auth(token), json={})
+    assert revoked["error"]["code"] == "device_revoked"

@@ -275,6 +275,19 @@ async def test_a_missing_settings_file_or_a_bad_setting_is_one_line(tmp_path: Pa
     assert "server.crash_count_max" in _one_error_line(negative)
 
 
+async def test_a_database_or_redis_url_the_driver_cannot_read_is_one_line_naming_it(tmp_path: Path) -> None:
+    env = _env(f"{PG}/gateway", free_tcp_port(), database_connect_wait_s="1")
+    for setting, url in (("GATEWAY_DATABASE_URL", "postgresql://gw:hunter2-secret@127.0.0.1:badport/gateway"),
+                         ("GATEWAY_DATABASE_URL", "postgresql://gw:hunter2-secret@127.0.0.1/gateway?sslmode=sometimes"),
+                         ("GATEWAY_DATABASE_URL", "mysql://gw:hunter2-secret@127.0.0.1/gateway"),
+                         ("GATEWAY_REDIS_URL", "redis://:hunter2-secret@127.0.0.1:99999/0"),
+                         ("GATEWAY_REDIS_URL", "http://127.0.0.1:6379/0")):
+        done = await asyncio.to_thread(_cli, {**env, setting: url}, "serve")
+        line = _one_error_line(done)
+        assert setting.removeprefix("GATEWAY_").lower().replace("_", ".", 1) in line, line
+        assert "hunter2" not in done.stderr + done.stdout
+
+
 async def test_migrate_status_pending_and_changed_files(database: str, tmp_path: Path) -> None:
     env = _env(database, free_tcp_port())
     names = [name for _, name, _ in db.migration_files()]

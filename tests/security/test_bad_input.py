@@ -122,6 +122,10 @@ CASES = [
     case("unknown-field-revoke", "a", "POST", "/v1/api_keys/{a_sk_key}/revoke", {"now": True}, code="unknown_parameter",
          param="now"),
     case("unknown-query-param", "a", "GET", "/v1/payments?color=red", code="unknown_parameter", param="color"),
+    # created[...] past the last instant a timestamp holds (year 9999): refused, not an overflow inside.
+    case("created-gte-huge", "a", "GET", "/v1/payments?created[gte]=99999999999999999", param="created[gte]"),
+    case("created-lt-year-10000", "a", "GET", "/v1/refunds?created[lt]=253402300800", param="created[lt]"),
+    case("events-created-huge", "a", "GET", "/v1/events?created[gte]=99999999999999999", param="created[gte]"),
     # Oversized bodies are refused before parsing.
     case("body-too-large", "a", "POST", PAY, payment(description="a" * (BODY_MAX_BYTES + 1)), status=413,
          code="body_too_large"),

@@ -62,6 +62,17 @@ def test_the_scanner_ignores_hashes_bare_pins_and_public_keys(tmp_path: Path) ->
     assert found.scan(clean, "pg_dump") == []
 
 
+def test_session_tokens_and_webhook_secrets_are_remembered(tmp_path: Path) -> None:
+    found = canary.Canary(tmp_path)
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJkZXZfMSJ9.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"
+    found.learn({"object": "device_token", "access_token": jwt})
+    found.learn({"id": "we_1", "secret": "whsec_Zm9vYmFyYmF6cXV4cXV1eGNvcmdl"})
+    found.learn({"token": "not-a-jwt-just-an-id"})  # a tap token's id, say: public
+    kinds = sorted(f.kind for f in found.scan(f"Authorization: Bearer {jwt}\nsigned with whsec_Zm9vYmFyYmF6cXV4cXV1eGNvcmdl"
+                                              "\nnot-a-jwt-just-an-id", "gateway.log"))
+    assert kinds == ["access token (JWT)", "webhook signing secret"]
+
+
 def test_short_values_are_not_remembered(tmp_path: Path) -> None:
     found = canary.Canary(tmp_path)
     found.learn({"password": "a", "account_number": "12345", "pin": "1"})

@@ -75,3 +75,15 @@ def test_config_flag_naming_a_missing_file_is_one_line_and_exit_2(tmp_path: Path
     done = _gateway("--config", str(tmp_path / "absent.toml"), "config")
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == f"error: settings file not found: {tmp_path / 'absent.toml'}\n"
+
+
+def test_a_password_given_as_a_url_query_parameter_is_redacted_too() -> None:
+    """asyncpg and redis-py both take ``?password=`` in place of the URL's userinfo."""
+    done = _gateway("config", **{**SECRETS,
+                                 "GATEWAY_DATABASE_URL": "postgresql://gw@db.internal/gateway?sslmode=require&password=q-Pass-5519",
+                                 "GATEWAY_REDIS_URL": "redis://cache.internal:6379/0?password=q-Pass-7720"})
+    assert done.returncode == 0, done.stderr
+    assert "q-Pass-5519" not in done.stdout and "q-Pass-7720" not in done.stdout
+    shown = tomllib.loads(done.stdout)
+    assert shown["database"]["url"] == f"postgresql://gw@db.internal/gateway?sslmode=require&password={REDACTED}"
+    assert shown["redis"]["url"] == f"redis://cache.internal:6379/0?password={REDACTED}"
