@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
@@ -66,9 +66,19 @@ TIER_HIGHEST = 1  # a gateway with verification tiers caps the weaker tiers far 
 RATE_LIMIT_PER_S = 10**9
 TOKEN_TTL_S = 86_400  # wallet and operator tokens outlive any run
 
+# Issue 12's table: every figure printed next to its goal.
 GOAL_PGBENCH_RATIO_MIN = 1.5
+GOAL_B_PGBENCH_RATIO_MIN = 1.0
 GOAL_HALF_LOAD_P99_MS_MAX = 20.0
 GOAL_ONE_MERCHANT_RATIO_MIN = 0.9
+GOAL_REPLAY_RATIO_MIN = 3.0
+GOAL_PAY_CODE_RATIO_MIN = 2.0
+GOAL_BIG_RATIO_MIN = 0.9
+GOAL_RSS_MB_MAX = 200.0
+GOAL_TAP_P95_MS_MAX = 50.0
+SWEEP_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.2)  # of phase A's rate; 0.5 is the half-load phase
+BIG_BATCH_ROWS = 1_000_000  # rows per INSERT of --big: bounds one statement's memory and WAL burst
+PAY_CODE_TTL_S = 86_400  # pre-issued pay-codes must outlive the phase that charges them
 
 SEED_CONCURRENCY = 8
 READY_TIMEOUT_S = 60.0
@@ -104,11 +114,14 @@ class Sizes:
     pgbench_threads: int
     pgbench_duration_s: int
     pool_max: int | None
+    big: int
+    tap_sales: int
+    sweep_duration_s: float
 
 
 QUICK = {
     "merchants": 3, "holders": 16, "concurrency": 8, "count": 300, "duration": 4.0, "warmup": 40,
-    "pgbench_scale": 2, "pgbench_duration": 3,
+    "pgbench_scale": 2, "pgbench_duration": 3, "tap_sales": 5, "sweep_duration": 2.0,
 }
 
 
@@ -147,6 +160,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
                    help=f"before starting, wait up to this long for the machine to be idle (< {QUIET_CORES_MAX} cores busy)")
     p.add_argument("--log-dir", default=None, help="gateway log and profile go here (default: a new temp dir)")
     p.add_argument("--json", dest="json_path", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--plot", dest="plot_path", default=None,
+                   help="PNG of p50/p99 against offered load (default: latency.png in the log directory)")
+    p.add_argument("--sweep-duration", type=float, default=10.0,
+                   help=f"seconds per open-loop step of the sweep over {SWEEP_FRACTIONS} of A's rate")
+    p.add_argument("--big", type=int, default=0, metavar="N",
+                   help="then generate N payments in SQL (a merchant the load never touches) and run A again")
+    p.add_argument("--tap-sales", type=int, default=30, help="sales of bench/tap_to_approval.py (0: skip)")
     args = p.parse_args(argv)
     if args.quick:
         for name, value in QUICK.items():
@@ -158,6 +178,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
         request_timeout_s=args.request_timeout, inflight_max=args.inflight_max, half_rate_per_s=args.half_rate,
         profile_s=args.profile, pgbench_scale=args.pgbench_scale, pgbench_clients=args.pgbench_clients,
         pgbench_threads=args.pgbench_threads, pgbench_duration_s=args.pgbench_duration, pool_max=args.pool_max,
+        big=args.big, tap_sales=args.tap_sales, sweep_duration_s=args.sweep_duration,
     )
     positive = ("processes", "merchants", "holders", "concurrency", "count", "amount_minor", "inflight_max")
     for name in positive:
@@ -167,6 +188,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
         p.error("--concurrency must be below --holders, or in-flight payments would share a wallet")
     if not 0 < sizes.duration_s <= 3600 or sizes.profile_s < 0 or not 0 <= args.wait_quiet <= 3600:
         p.error("--duration must be in (0, 3600], --profile >= 0 and --wait-quiet in [0, 3600]")
+    if not 0 < sizes.sweep_duration_s <= 3600 or not 0 <= sizes.big <= 10**8 or not 0 <= sizes.tap_sales <= 500:
+        p.error("--sweep-duration must be in (0, 3600], --big in [0, 10^8], --tap-sales in [0, 500]")
     if not (Path(args.gateway_src) / "gateway" / "__main__.py").is_file():
         p.error(f"--gateway-src {args.gateway_src} holds no gateway package")
     _local(args.database_url, "--database-url", p)
@@ -219,6 +242,8 @@ class Recorder:
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
     attempted: int = 0
     confirmed: int = 0
+    # (path, token, Idempotency-Key) of each confirmed payment's last call: what a replay phase re-sends.
+    replayable: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -503,6 +528,7 @@ def gateway_env(args: argparse.Namespace, sizes: Sizes, port: int) -> dict[str, 
         "GATEWAY_AUTH_RATE_LIMIT_PER_S": str(RATE_LIMIT_PER_S),
         "GATEWAY_AUTH_WALLET_TOKEN_TTL_S": str(TOKEN_TTL_S),
         "GATEWAY_AUTH_OPERATOR_TOKEN_TTL_S": str(TOKEN_TTL_S),
+        "GATEWAY_WALLET_PAY_CODE_TTL_S": str(PAY_CODE_TTL_S),
         # The bench signs its holders in from loopback in a burst: sign-in throttling is not measured here.
         "GATEWAY_THROTTLE_ADDRESS_EXEMPT": "127.0.0.1,::1",
         "GATEWAY_THROTTLE_OVERALL_PER_S": "100000",
@@ -565,6 +591,48 @@ async def payment_counts(url: str) -> list[tuple[str, str, int]]:
     return [(r["capture_method"], r["status"], r["n"]) for r in rows]
 
 
+async def generate_payments(url: str, merchant_id: str, count: int) -> float:
+    """``count`` canceled payments of ``merchant_id`` (a merchant the load never pays), in SQL; seconds taken.
+
+    Canceled: no money moved, so no postings, balances or fees are implied and the ledger's invariants
+    hold as they were. The rows spread over the past year so that every index on payments grows
+    (primary key, merchant and created-at orders); the hot path's lookups by id then search 10^7 rows.
+    """
+    started = time.perf_counter()
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        for first in range(0, count, BIG_BATCH_ROWS):
+            rows = min(BIG_BATCH_ROWS, count - first)
+            await conn.execute(
+                "INSERT INTO payments (id, merchant_id, amount_minor, currency, status, capture_method,"
+                " expires_at, fee_bps, created_at, updated_at)"
+                " SELECT gen_random_uuid(), $1::uuid, 100 + g % 100000, $2, 'canceled', 'automatic',"
+                " t + interval '15 minutes', 0, t, t + interval '15 minutes'"
+                " FROM generate_series(1, $3::int) AS g,"
+                " LATERAL (SELECT now() - interval '1 day' - (g + $4::int) * interval '3 seconds') AS at (t)",
+                merchant_id, CURRENCY, rows, first, timeout=3600,
+            )
+    finally:
+        await conn.close(timeout=10)
+    return time.perf_counter() - started
+
+
+def peak_rss_mb(gateway: Gateway) -> dict[int, float]:
+    """VmHWM (peak resident set) of each serving process: the master's children, or the master serving alone."""
+    assert gateway.proc is not None
+    pids = [pid for pid in gateway.pids() if pid != gateway.proc.pid] or [gateway.proc.pid]
+    peaks: dict[int, float] = {}
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+        if found:
+            peaks[pid] = int(found.group(1)) / 1024
+    return peaks
+
+
 class DbWaits:
     """Samples what the gateway's database backends are doing, every ``interval_s``, during a phase.
 
@@ -624,10 +692,10 @@ def error_code(raw: bytes) -> str:
         return raw[:80].decode(errors="replace")
 
 
-def headers_for(token: str, idempotent: bool) -> dict[str, str]:
+def headers_for(token: str, idempotent: bool, key: str | None = None) -> dict[str, str]:
     headers = {"Authorization": f"Bearer {token}"}
     if idempotent:
-        headers["Idempotency-Key"] = uuid.uuid4().hex
+        headers["Idempotency-Key"] = key or uuid.uuid4().hex
     return headers
 
 
@@ -647,11 +715,13 @@ class Api:
             return json.loads(raw)
 
     async def timed(self, rec: Recorder, step: str, path: str, token: str, expect: int,
-                    body: dict[str, Any]) -> Any:
-        """A measured POST with an Idempotency-Key; None (and an error counted) unless it returned ``expect``."""
+                    body: dict[str, Any], key: str | None = None) -> Any:
+        """A measured POST with an Idempotency-Key (``key``, or a fresh one); None (and an error counted) unless it
+        returned ``expect``."""
         started = time.perf_counter()
         try:
-            async with self.session.post(self.base_url + path, json=body, headers=headers_for(token, True)) as resp:
+            async with self.session.post(self.base_url + path, json=body,
+                                         headers=headers_for(token, True, key)) as resp:
                 raw = await resp.read()
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -715,7 +785,9 @@ async def seed(api: Api, sizes: Sizes) -> World:
         h = await api.seed("POST", "/v1/wallet/holders", 201, body=credentials)
         if has_tiers:
             await api.seed("POST", TIER_PATH.format(id=h["id"]), 200, token, {"tier": TIER_HIGHEST})
-        session = await api.seed("POST", "/v1/wallet/sessions", 201, body=credentials)
+        # A device-bound session: pay-codes are issued only to a device.
+        session = await api.seed("POST", "/v1/wallet/sessions", 201,
+                                 body={**credentials, "device_id": f"bench-device-{i}"})
         bank = await api.seed("POST", "/v1/wallet/bank_accounts", 201, session["token"],
                               {"bank_name": "ICBC", "account_number": f"62220202{i:011d}"})
         await api.seed("POST", "/v1/wallet/top_ups", 201, session["token"],
@@ -757,7 +829,8 @@ async def pay_once(api: Api, rec: Recorder, load: Load, world: World, index: int
     if created is None:
         return
     pid = created["id"]
-    final = await api.timed(rec, "pay", f"/v1/wallet/payments/{pid}/pay", holder.token, 200, {})
+    pay_path, pay_key = f"/v1/wallet/payments/{pid}/pay", uuid.uuid4().hex
+    final = await api.timed(rec, "pay", pay_path, holder.token, 200, {}, key=pay_key)
     if final is None:
         return
     if load.manual:
@@ -767,16 +840,61 @@ async def pay_once(api: Api, rec: Recorder, load: Load, world: World, index: int
         final = await api.timed(rec, "capture", f"/v1/payments/{pid}/capture", merchant.secret, 200, {})
         if final is None:
             return
+    if confirm(rec, final, started) and not load.manual:
+        rec.replayable.append((pay_path, holder.token, pay_key))
+
+
+def confirm(rec: Recorder, final: dict[str, Any], started_s: float) -> bool:
+    """Count a flow whose last call answered as confirmed if the payment ``succeeded``."""
     if final.get("status") != "succeeded":
         rec.errors[f"final: status {final.get('status')} (expected succeeded)"] += 1
-        return
+        return False
     rec.confirmed += 1
-    rec.whole_s.append(time.perf_counter() - started)
+    rec.whole_s.append(time.perf_counter() - started_s)
+    return True
+
+
+async def replay_once(api: Api, rec: Recorder, call: tuple[str, str, str]) -> None:
+    """The pay call of a confirmed payment again, same Idempotency-Key: the stored answer, nothing moves."""
+    started = time.perf_counter()
+    path, token, key = call
+    rec.attempted += 1
+    final = await api.timed(rec, "replay pay", path, token, 200, {}, key=key)
+    if final is not None:
+        confirm(rec, final, started)
+
+
+async def issue_pay_codes(api: Api, world: World, count: int) -> list[str]:
+    """``count`` pay-codes, code i issued to holder i mod W (so charges in flight never share a wallet)."""
+    async def one(i: int) -> str:
+        issued = await api.seed("POST", "/v1/wallet/pay_codes", 201, world.holders[i % len(world.holders)].token, {})
+        return str(issued["code"])
+
+    return await bounded((one(i) for i in range(count)), SEED_CONCURRENCY)
+
+
+async def charge_once(api: Api, rec: Recorder, world: World, codes: list[str], index: int,
+                      amount_minor: int) -> None:
+    """A counter payment in one call: the merchant charges a pay-code the holder showed."""
+    started = time.perf_counter()
+    merchant = world.merchants[index % len(world.merchants)]
+    rec.attempted += 1
+    final = await api.timed(rec, "pay-code charge", "/v1/pay_code_charges", merchant.secret, 201,
+                            {"pay_code": codes[index], "amount": amount_minor, "currency": CURRENCY})
+    if final is not None:
+        confirm(rec, final, started)
 
 
 async def closed_loop(api: Api, world: World, load: Load, sizes: Sizes, count: int, duration_s: float,
                       gateway: Gateway) -> PhaseResult:
     """``concurrency`` workers, each starting its next payment when the previous one ends."""
+    return await closed_loop_of(load.name, lambda rec, i: pay_once(api, rec, load, world, i, sizes.amount_minor),
+                                sizes, count, duration_s, gateway)
+
+
+async def closed_loop_of(name: str, one: Callable[[Recorder, int], Awaitable[None]], sizes: Sizes, count: int,
+                         duration_s: float, gateway: Gateway) -> PhaseResult:
+    """``concurrency`` workers, each starting its next ``one(rec, index)`` when the previous one ends."""
     rec = Recorder()
     indices = itertools.count()
     async with DbWaits(gateway.env["GATEWAY_DATABASE_URL"]) as waits:
@@ -788,12 +906,12 @@ async def closed_loop(api: Api, world: World, load: Load, sizes: Sizes, count: i
                 i = next(indices)
                 if i >= count or time.perf_counter() >= deadline_s:
                     return
-                await pay_once(api, rec, load, world, i, sizes.amount_minor)
+                await one(rec, i)
 
         await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(sizes.concurrency))),
                                timeout=duration_s + PHASE_GRACE_S)
         after = cpu_sample(gateway.pgid, gateway.database)
-    return PhaseResult(load.name, rec, after.at_s - before.at_s, cpu_cores(before, after), db_waits=waits.counts)
+    return PhaseResult(name, rec, after.at_s - before.at_s, cpu_cores(before, after), db_waits=waits.counts)
 
 
 async def open_loop(api: Api, world: World, load: Load, sizes: Sizes, rate_per_s: float, count: int,
@@ -968,6 +1086,61 @@ def run_pgbench(url: str, database: str, sizes: Sizes) -> tuple[float | None, st
 
 
 # ---------------------------------------------------------------------------------------------
+# The counter: bench/tap_to_approval.py, whole processes over nfcpy's udp driver and a pty
+
+
+_TAP_RE = re.compile(r"^armed->approved \(tap\)\s+n=(\d+)\s+p50=\s*([0-9.]+) ms\s+p95=\s*([0-9.]+) ms", re.MULTILINE)
+
+
+def run_tap_to_approval(sales: int) -> tuple[float | None, str]:
+    """p95 of armed->approved over ``sales`` sales (its own gateway and database), and its output or why not."""
+    cmd = [sys.executable, str(REPO / "bench" / "tap_to_approval.py"), "--sales", str(sales)]
+    try:
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, check=False, timeout=60 + 20 * sales)
+    except subprocess.TimeoutExpired:
+        return None, "tap_to_approval.py timed out"
+    out = done.stdout.decode(errors="replace")
+    found = _TAP_RE.search(out)
+    if done.returncode != 0 or found is None:
+        return None, f"tap_to_approval.py failed ({done.returncode}): {done.stderr.decode(errors='replace')[-800:]}"
+    return float(found.group(3)), out.strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# Latency against offered load
+
+
+def write_plot(points: list[dict[str, Any]], peak_per_s: float, path: Path) -> str:
+    """p50 and p99 of a whole payment against the offered rate; where it went, or why not."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display: render to a file
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib not installed (the [test] extra has it): no plot"
+    measured = [pt for pt in points if pt["p50_ms"] is not None]
+    if not measured:
+        return "no payment confirmed in the sweep: no plot"
+    offered = [pt["offered_per_s"] for pt in measured]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.plot(offered, [pt["p50_ms"] for pt in measured], "o-", label="p50")
+    ax.plot(offered, [pt["p99_ms"] for pt in measured], "s-", label="p99")
+    ax.axhline(GOAL_HALF_LOAD_P99_MS_MAX, color="grey", linestyle=":", label=f"p99 goal at half load ({GOAL_HALF_LOAD_P99_MS_MAX:g} ms)")
+    ax.axvline(peak_per_s, color="grey", linestyle="--", label=f"phase A peak ({peak_per_s:,.1f}/s)")
+    ax.set_xlabel("offered payments/s (open loop)")
+    ax.set_ylabel("whole payment latency, ms")
+    ax.set_yscale("log")
+    ax.set_title("bench/payments.py: latency against offered load (automatic capture, spread)")
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------
 # The run
 
 
@@ -977,7 +1150,7 @@ def banner(text: str) -> None:
 
 def goal_line(label: str, value: float | None, unit: str, goal: str, met: bool | None) -> str:
     shown = "n/a" if value is None else f"{value:,.2f}{unit}"
-    verdict = "not measured" if met is None else ("met" if met else "NOT met")
+    verdict = "not measured" if met is None else ("met" if met else "MISSED")
     return f"  {label:<44} {shown:>12}   goal {goal:<9} -> {verdict}"
 
 
@@ -1083,8 +1256,31 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
             results[key] = glog.attach(
                 await closed_loop(api, world, load, sizes, sizes.count, sizes.duration_s, gateway))
             results[key].print()
+        peak = results["A"].rate_per_s
 
-        half_rate = sizes.half_rate_per_s or results["A"].rate_per_s / 2
+        replayable = results["A"].rec.replayable
+        banner(f"idempotent replays: A's {len(replayable)} pay calls again with their Idempotency-Key, closed loop,"
+               f" {sizes.count} replays or {sizes.duration_s:g} s")
+        if replayable:
+            results["replays"] = glog.attach(await closed_loop_of(
+                "replays of A's pay calls", lambda rec, i: replay_once(api, rec, replayable[i % len(replayable)]),
+                sizes, sizes.count, sizes.duration_s, gateway))
+            results["replays"].print()
+        else:
+            print("  skipped: phase A confirmed nothing")
+
+        banner(f"pay-code charges (one call per payment), closed loop, {sizes.count} charges or {sizes.duration_s:g} s")
+        started = time.perf_counter()
+        codes = await issue_pay_codes(api, world, sizes.count)
+        print(f"  {len(codes)} pay-codes issued beforehand (not measured) in {time.perf_counter() - started:.1f} s")
+        await vacuum()
+        glog.attach(PhaseResult("pay-code issue", Recorder(), 0.0, {}))  # skip the issuing requests
+        results["pay_code"] = glog.attach(await closed_loop_of(
+            "pay-code charges", lambda rec, i: charge_once(api, rec, world, codes, i, sizes.amount_minor),
+            sizes, len(codes), sizes.duration_s, gateway))
+        results["pay_code"].print()
+
+        half_rate = sizes.half_rate_per_s or peak / 2
         banner(f"half load: A paced open loop at {half_rate:,.1f} payments/s,"
                f" {sizes.count} payments or {sizes.duration_s:g} s")
         if half_rate > 0:
@@ -1094,6 +1290,42 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
             results["half_load"].print()
         else:
             print("  skipped: phase A confirmed nothing")
+
+        sweep: list[dict[str, Any]] = []
+        banner(f"sweep: A paced open loop at {', '.join(f'{f:g}' for f in SWEEP_FRACTIONS)} of A's {peak:,.1f}/s,"
+               f" {sizes.sweep_duration_s:g} s each")
+        for fraction in SWEEP_FRACTIONS if peak > 0 else ():
+            await vacuum()
+            step = glog.attach(await open_loop(api, world, LOAD_A, sizes, fraction * peak, 10**9,
+                                               sizes.sweep_duration_s, gateway))
+            point = {"fraction": fraction, "offered_per_s": fraction * peak, **step.figures()}
+            sweep.append(point)
+            print(f"  {fraction:4.2f} x peak: offered {fraction * peak:8,.1f}/s, confirmed {step.rate_per_s:8,.1f}/s,"
+                  f" p50 {fmt_ms(point['p50_ms'])} ms, p99 {fmt_ms(point['p99_ms'])} ms,"
+                  f" errors {sum(step.rec.errors.values())}")
+        plot_path = Path(args.plot_path) if args.plot_path else log_dir / "latency.png"
+        plot = write_plot(sweep, peak, plot_path)
+        print(f"  plot: {plot}")
+
+        big_s: float | None = None
+        if sizes.big:
+            banner(f"A again with {sizes.big:,} more payments in the database")
+            archive = await api.seed("POST", "/v1/merchants", 201, world.operator_token,
+                                     {"name": "Bench archive merchant", "mcc": "5812", "country": "CN",
+                                      "city": "Beijing"})
+            big_s = await generate_payments(args.database_url, archive["id"], sizes.big)
+            print(f"  {sizes.big:,} canceled payments of a merchant the load never pays generated in SQL in"
+                  f" {big_s:.1f} s")
+            await vacuum()
+            glog.attach(PhaseResult("generation", Recorder(), 0.0, {}))
+            results["A_big"] = glog.attach(
+                await closed_loop(api, world, LOAD_A, sizes, sizes.count, sizes.duration_s, gateway))
+            results["A_big"].print()
+
+        # VmHWM is each process's peak since it started: read after every load phase, before the stop.
+        rss_mb = peak_rss_mb(gateway)
+        print("\n  gateway serving processes, peak RSS (VmHWM): "
+              + ", ".join(f"pid {pid} {mb:,.1f} MB" for pid, mb in rss_mb.items()))
 
         profile: list[str] = []
         profiled: PhaseResult | None = None
@@ -1111,12 +1343,14 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
     gateway.stop()
 
     counts = await payment_counts(args.database_url)
+    # Replays create nothing: the payments the client made are every other phase's confirmations.
     every_phase = [warm, *results.values(), *([profiled] if profiled else [])]
-    confirmed_total = sum(r.rec.confirmed for r in every_phase)
+    confirmed_total = sum(r.rec.confirmed for r in every_phase if r is not results.get("replays"))
+    confirmed_total += sum(pt["confirmed"] for pt in sweep)
     print("  payments in the database by capture method and status: "
           + ", ".join(f"{m}/{s} {n}" for m, s, n in counts))
     print(f"  succeeded in the database: {sum(n for _, s, n in counts if s == 'succeeded')};"
-          f" confirmed by this client (all phases): {confirmed_total}")
+          f" confirmed by this client (all phases but the replays): {confirmed_total}")
     n_errors, shown = gateway_errors(gateway.log_path)
     print(f"  error-level lines in the gateway log: {n_errors}")
     for line in shown:
@@ -1132,36 +1366,62 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
             await drop_database(args.database_url, args.pgbench_database)
         print(f"  {how}: " + (f"{tps:,.1f} tps" if tps is not None else "no figure"))
 
-    a, b = results["A"], results["B"]
-    one_ratio = results["one_merchant"].rate_per_s / a.rate_per_s if a.rate_per_s else None
+    tap_p95: float | None = None
+    if sizes.tap_sales:
+        banner(f"tap to approval: bench/tap_to_approval.py --sales {sizes.tap_sales} (its own gateway and database)")
+        tap_p95, tap_out = await asyncio.to_thread(run_tap_to_approval, sizes.tap_sales)
+        print("\n".join(f"  {line}" for line in tap_out.splitlines()))
+
+    a = results["A"]
     half = results.get("half_load")
-    half_p99 = percentile_ms(half.rec.whole_s, 99) if half else None
+
+    def ratio(key: str, base: float | None) -> float | None:
+        return results[key].rate_per_s / base if key in results and base else None
+
+    goals = [
+        ("payments_A_over_pgbench", "payments/s (A) / pgbench tps", ratio("A", tps), "x", ">=",
+         GOAL_PGBENCH_RATIO_MIN),
+        ("payments_B_over_pgbench", "payments/s (B) / pgbench tps", ratio("B", tps), "x", ">=",
+         GOAL_B_PGBENCH_RATIO_MIN),
+        ("one_merchant_over_spread", "one merchant / spread (A)", ratio("one_merchant", peak), "x", ">=",
+         GOAL_ONE_MERCHANT_RATIO_MIN),
+        ("half_load_p99_ms", "p99 whole payment at half load (A)",
+         percentile_ms(half.rec.whole_s, 99) if half else None, " ms", "<=", GOAL_HALF_LOAD_P99_MS_MAX),
+        ("replays_over_payments", "idempotent replays/s / payments/s (A)", ratio("replays", peak), "x", ">=",
+         GOAL_REPLAY_RATIO_MIN),
+        ("pay_code_over_pgbench", "pay-code charges/s / pgbench tps", ratio("pay_code", tps), "x", ">=",
+         GOAL_PAY_CODE_RATIO_MIN),
+        ("big_over_empty", f"A with {sizes.big or 'N (--big N)'} more payments / A", ratio("A_big", peak), "x", ">=",
+         GOAL_BIG_RATIO_MIN),
+        ("gateway_rss_mb_max", "gateway peak RSS per process (largest)", max(rss_mb.values(), default=None), " MB",
+         "<=", GOAL_RSS_MB_MAX),
+        ("tap_to_approval_p95_ms", "tap-to-approval p95 (armed->approved)", tap_p95, " ms", "<=",
+         GOAL_TAP_P95_MS_MAX),
+    ]
     banner("summary" + ("  (QUICK MODE: sizes too small for the figures to mean anything)" if args.quick else ""))
-    print(f"  confirmed payments/s, A automatic capture, spread : {a.rate_per_s:10,.1f}")
-    print(f"  confirmed payments/s, B manual capture, spread    : {b.rate_per_s:10,.1f}")
-    print(f"  confirmed payments/s, A one merchant              : {results['one_merchant'].rate_per_s:10,.1f}")
-    print("  pgbench tpcb-like tps                             : "
+    for key, label in (("A", "A automatic capture, spread"), ("B", "B manual capture, spread"),
+                       ("one_merchant", "A one merchant"), ("replays", "idempotent replays of A's pay calls"),
+                       ("pay_code", "pay-code charges (one call)"), ("A_big", f"A with {sizes.big:,} more payments")):
+        if key in results:
+            print(f"  confirmed per s, {label:<38}: {results[key].rate_per_s:10,.1f}")
+    print("  pgbench tpcb-like tps                                      : "
           + (f"{tps:10,.1f}" if tps is not None else "       n/a"))
     print(f"  A p50 / p99 whole payment at full load            : {fmt_ms(percentile_ms(a.rec.whole_s, 50))} /"
           f" {fmt_ms(percentile_ms(a.rec.whole_s, 99))} ms")
     if half:
         per_call = ", ".join(f"{s} {fmt_ms(percentile_ms(v, 99)).strip()} ms" for s, v in half.rec.call_s.items())
         print(f"  half load p99 per call                            : {per_call}")
-    print("  goals:")
-    pg_ratio = a.rate_per_s / tps if tps else None
-    print(goal_line("payments/s (A) / pgbench tps", pg_ratio, "x", f">= {GOAL_PGBENCH_RATIO_MIN}x",
-                    None if pg_ratio is None else pg_ratio >= GOAL_PGBENCH_RATIO_MIN))
-    if tps:
-        print(goal_line("payments/s (B) / pgbench tps", b.rate_per_s / tps, "x", f">= {GOAL_PGBENCH_RATIO_MIN}x",
-                        b.rate_per_s / tps >= GOAL_PGBENCH_RATIO_MIN))
-    print(goal_line("p99 whole payment at half load (A)", half_p99, " ms", f"<= {GOAL_HALF_LOAD_P99_MS_MAX:g} ms",
-                    None if half_p99 is None else half_p99 <= GOAL_HALF_LOAD_P99_MS_MAX))
-    print(goal_line("one merchant / spread (A)", one_ratio, "x", f">= {GOAL_ONE_MERCHANT_RATIO_MIN}x",
-                    None if one_ratio is None else one_ratio >= GOAL_ONE_MERCHANT_RATIO_MIN))
+    if big_s is not None:
+        print(f"  generating {sizes.big:,} payments in SQL took {big_s:.1f} s")
+    print(f"  latency against offered load: {plot}")
+    print("  goals (issue 12):")
+    for _, label, value, unit, op, goal in goals:
+        print(goal_line(label, value, unit, f"{op} {goal:g}{unit}",
+                        None if value is None else (value >= goal if op == ">=" else value <= goal)))
     print(f"  ledger invariants: {'OK' if invariants_ok else 'BROKEN'};"
           f" error-level lines in the gateway log: {n_errors}")
     errors_total = sum((r.rec.errors for r in every_phase), collections.Counter())
-    print(f"  client-side errors, all phases incl. warm-up: {dict(errors_total) or 'none'}")
+    print(f"  client-side errors, all phases incl. warm-up (not the sweep): {dict(errors_total) or 'none'}")
     measured = [r for r in results.values() if r.cpu]
     other = sum(r.cpu["other"] * r.elapsed_s for r in measured) / max(1e-9, sum(r.elapsed_s for r in measured))
     if idle_busy >= QUIET_CORES_MAX or other >= QUIET_CORES_MAX:
@@ -1170,8 +1430,12 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
 
     figures["phases"] = {k: r.figures() for k, r in results.items()}
     figures.update({
-        "pgbench_tps": tps, "ratio_pgbench_A": pg_ratio, "ratio_one_merchant": one_ratio,
-        "half_load_p99_ms": half_p99, "invariants_ok": invariants_ok, "gateway_error_lines": n_errors,
+        "pgbench_tps": tps, "goals": {key: {"value": value, "goal": f"{op} {goal:g}",
+                                            "met": None if value is None else (value >= goal if op == ">=" else value <= goal)}
+                                      for key, _, value, _, op, goal in goals},
+        "sweep": sweep, "plot": plot, "gateway_peak_rss_mb": rss_mb, "big_payments": sizes.big,
+        "big_generation_s": big_s, "tap_to_approval_p95_ms": tap_p95,
+        "invariants_ok": invariants_ok, "gateway_error_lines": n_errors,
         "background_cores_before": idle_busy, "background_cores_during": other,
         "payments_in_db": counts, "profile": profile,
     })
