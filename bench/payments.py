@@ -591,7 +591,7 @@ async def payment_counts(url: str) -> list[tuple[str, str, int]]:
     return [(r["capture_method"], r["status"], r["n"]) for r in rows]
 
 
-async def generate_payments(url: str, merchant_id: str, count: int) -> float:
+async def generate_payments(url: str, merchant_id: uuid.UUID, count: int) -> float:
     """``count`` canceled payments of ``merchant_id`` (a merchant the load never pays), in SQL; seconds taken.
 
     Canceled: no money moved, so no postings, balances or fees are implied and the ledger's invariants
@@ -606,7 +606,7 @@ async def generate_payments(url: str, merchant_id: str, count: int) -> float:
             await conn.execute(
                 "INSERT INTO payments (id, merchant_id, amount_minor, currency, status, capture_method,"
                 " expires_at, fee_bps, created_at, updated_at)"
-                " SELECT gen_random_uuid(), $1::uuid, 100 + g % 100000, $2, 'canceled', 'automatic',"
+                " SELECT gen_random_uuid(), $1, 100 + g % 100000, $2, 'canceled', 'automatic',"
                 " t + interval '15 minutes', 0, t, t + interval '15 minutes'"
                 " FROM generate_series(1, $3::int) AS g,"
                 " LATERAL (SELECT now() - interval '1 day' - (g + $4::int) * interval '3 seconds') AS at (t)",
@@ -1313,7 +1313,9 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
             archive = await api.seed("POST", "/v1/merchants", 201, world.operator_token,
                                      {"name": "Bench archive merchant", "mcc": "5812", "country": "CN",
                                       "city": "Beijing"})
-            big_s = await generate_payments(args.database_url, archive["id"], sizes.big)
+            # The API's id is "mer_" + the row's uuid in hex.
+            archive_id = uuid.UUID(hex=str(archive["id"]).rpartition("_")[2])
+            big_s = await generate_payments(args.database_url, archive_id, sizes.big)
             print(f"  {sizes.big:,} canceled payments of a merchant the load never pays generated in SQL in"
                   f" {big_s:.1f} s")
             await vacuum()
