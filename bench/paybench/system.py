@@ -323,9 +323,12 @@ async def payment_counts(url: str) -> list[tuple[str, str, int]]:
 async def generate_payments(url: str, merchant_id: uuid.UUID, count: int) -> float:
     """``count`` canceled payments of ``merchant_id`` (a merchant the load never pays), in SQL; seconds taken.
 
-    Canceled: no money moved, so no postings, balances or fees are implied and the ledger's invariants
-    hold as they were. The rows spread over the past year so that every index on payments grows
-    (primary key, merchant and created-at orders); the hot path's lookups by id then search 10^7 rows.
+    Each payment comes with what the hot path's tables would hold for it: its event (``payment.canceled``,
+    not deliverable, so the webhook fan-out skips it) and its create call's completed idempotency key.
+    Canceled: no money moved, so no journal entries, postings, balances or fees are implied and the
+    ledger's invariants hold as they were. The payments spread over the past year so that every index on
+    payments grows; the keys over the last hours, inside the idempotency retention (the reaper must not
+    spend the measured phase deleting them).
     """
     started = time.perf_counter()
     conn = await asyncpg.connect(url, timeout=10)
@@ -333,13 +336,28 @@ async def generate_payments(url: str, merchant_id: uuid.UUID, count: int) -> flo
         for first in range(0, count, BIG_BATCH_ROWS):
             rows = min(BIG_BATCH_ROWS, count - first)
             await conn.execute(
-                "INSERT INTO payments (id, merchant_id, amount_minor, currency, status, capture_method,"
-                " expires_at, fee_bps, created_at, updated_at)"
-                " SELECT gen_random_uuid(), $1, 100 + g % 100000, $2, 'canceled', 'automatic',"
-                " t + interval '15 minutes', 0, t, t + interval '15 minutes'"
-                " FROM generate_series(1, $3::int) AS g,"
-                " LATERAL (SELECT now() - interval '1 day' - (g + $4::int) * interval '3 seconds') AS at (t)",
-                merchant_id, CURRENCY, rows, first, timeout=3600,
+                """
+                WITH made AS (
+                    INSERT INTO payments (id, merchant_id, amount_minor, currency, status, capture_method,
+                                          expires_at, fee_bps, created_at, updated_at)
+                    SELECT gen_random_uuid(), $1, 100 + g % 100000, $2, 'canceled', 'automatic',
+                           t + interval '15 minutes', 0, t, t + interval '15 minutes'
+                      FROM generate_series($3::int + 1, $3::int + $4::int) AS g,
+                           LATERAL (SELECT now() - interval '1 day' - g * interval '3 seconds') AS at (t)
+                    RETURNING id, amount_minor, updated_at
+                ), evented AS (
+                    INSERT INTO events (id, type, merchant_id, object_id, data, created_at, deliverable)
+                    SELECT gen_random_uuid(), 'payment.canceled', $1, id,
+                           jsonb_build_object('id', id, 'amount', amount_minor, 'status', 'canceled'), updated_at, false
+                      FROM made
+                )
+                INSERT INTO idempotency_keys (principal, key, request_hash, method, path, response_status,
+                                              response_body, created_at)
+                SELECT 'bench-archive:' || $1::text, id::text, '\\x00', 'POST', '/v1/payments', 201, '\\x7b7d',
+                       now() - row_number() OVER () * interval '1 millisecond' - $3::int * interval '1 millisecond'
+                  FROM made
+                """,
+                merchant_id, CURRENCY, first, rows, timeout=3600,
             )
     finally:
         await conn.close(timeout=10)
