@@ -383,21 +383,25 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
          GOAL_TAP_P95_MS_MAX),
     ]
     banner("summary" + ("  (QUICK MODE: sizes too small for the figures to mean anything)" if args.quick else ""))
+    def row(label: str, text: str) -> None:
+        print(f"  {label:<55}: {text}")
+
     for key, label in (("A", "A automatic capture, spread"), ("B", "B manual capture, spread"),
                        ("one_merchant", "A one merchant"), ("replays", "idempotent replays of A's pay calls"),
                        ("pay_code", "pay-code charges (one call)"), ("A_big", f"A with {sizes.big:,} more payments")):
         if key in results:
-            print(f"  confirmed per s, {label:<38}: {results[key].rate_per_s:10,.1f}")
-    print("  pgbench tpcb-like tps                                      : "
-          + (f"{tps:10,.1f}" if tps is not None else "       n/a"))
-    print(f"  A p50 / p99 whole payment at full load            : {fmt_ms(percentile_ms(a.rec.whole_s, 50))} /"
-          f" {fmt_ms(percentile_ms(a.rec.whole_s, 99))} ms")
+            row(f"confirmed per s, {label}", f"{results[key].rate_per_s:10,.1f}")
+    row("pgbench tpcb-like tps", f"{tps:10,.1f}" if tps is not None else "       n/a")
+    row("A p50 / p99 whole payment at full load",
+        f"{fmt_ms(percentile_ms(a.rec.whole_s, 50))} / {fmt_ms(percentile_ms(a.rec.whole_s, 99))} ms")
     if half:
-        per_call = ", ".join(f"{s} {fmt_ms(percentile_ms(v, 99)).strip()} ms" for s, v in half.rec.call_s.items())
-        print(f"  half load p99 per call                            : {per_call}")
+        row("half load p99 per call",
+            ", ".join(f"{s} {fmt_ms(percentile_ms(v, 99)).strip()} ms" for s, v in half.rec.call_s.items()))
     if big_s is not None:
-        print(f"  generating {sizes.big:,} payments in SQL took {big_s:.1f} s")
-    print(f"  latency against offered load: {plot}")
+        row(f"generating {sizes.big:,} payments in SQL took", f"{big_s:.1f} s")
+    row("gateway peak RSS (VmHWM) per serving process",
+        ", ".join(f"pid {pid} {mb:,.1f} MB" for pid, mb in rss_mb.items()) or "n/a")
+    row("latency against offered load (PNG)", plot)
     print("  goals (issue 12):")
     for _, label, value, unit, op, goal in goals:
         print(goal_line(label, value, unit, f"{op} {goal:g}{unit}",
