@@ -136,6 +136,19 @@ def _query_without_password(query: str) -> str:
     return "&".join(pairs)
 
 
+def url_passwords(url: str) -> list[str]:
+    """Every password a URL carries: its userinfo's and its ``password``/``sslpassword`` query values."""
+    try:
+        found = [password] if (password := urlsplit(url).password) else []
+    except ValueError:  # a netloc urllib cannot read (a stray bracket): the query may still carry one
+        found = []
+    for pair in url.partition("?")[2].partition("#")[0].split("&"):
+        name, sep, value = pair.partition("=")
+        if sep and value and name.lower() in _PASSWORD_PARAMS:
+            found.append(value)
+    return found
+
+
 def _without_password(text: str) -> str:
     parts = urlsplit(text)
     query = _query_without_password(parts.query)

@@ -25,7 +25,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -36,6 +36,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from gateway import metrics
+from wallet_common.config import url_passwords
 from gateway.errors import Unavailable
 from gateway.settings import DatabaseSettings
 
@@ -290,10 +291,8 @@ class DatabaseUrlInvalid(Exception):
 
     def __init__(self, url: str, cause: ValueError) -> None:
         why = " ".join(str(cause).split()) or type(cause).__name__
-        with suppress(ValueError):
-            password = urlsplit(url).password
-            if password:
-                why = why.replace(password, "<redacted>")
+        for password in url_passwords(url):
+            why = why.replace(password, "<redacted>")
         super().__init__(f"the driver cannot read the database URL: {why}")
 
 
