@@ -6,6 +6,7 @@ outcome are made and the sale ends ``outcome_unknown`` (compensated) before its 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,15 @@ from tests.agent.test_checkout_states import make_tap
 HANG_S = 60.0  # longer than the sale: an answer never comes while it runs
 
 
+async def _serving(handle: Callable[[web.Request], Awaitable[web.Response]]) -> TestServer:
+    """A real HTTP server on 127.0.0.1 answering every path with ``handle``."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
 async def test_status_queries_fit_in_the_sale_deadline_of_a_hung_gateway(tmp_path: Path) -> None:
     seen: list[str] = []
     hung = asyncio.Event()
@@ -35,10 +45,7 @@ async def test_status_queries_fit_in_the_sale_deadline_of_a_hung_gateway(tmp_pat
         await asyncio.wait_for(hung.wait(), HANG_S)
         return web.json_response({"error": {"code": "released"}}, status=503)
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
+    server = await _serving(handle)
     # Without the shares, creating the payment alone takes 3 attempts x 2 s: the sale deadline
     # (6 s) ends the sale before the tap's status could be asked even once.
     settings = Settings(
@@ -77,10 +84,7 @@ async def test_a_token_renewal_on_a_hung_gateway_stays_inside_the_calls_budget()
         await asyncio.wait_for(hung.wait(), HANG_S)
         return web.json_response({"error": {"code": "released"}}, status=503)
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
+    server = await _serving(handle)
     # Unbounded, the renewal alone is 3 attempts of 4 s: far beyond the guard below.
     gateway = GatewaySettings(url=str(server.make_url("")).rstrip("/"), request_timeout_s=4.0, retry_count_max=3,
                               backoff_base_s=0.01, backoff_max_s=0.02)
