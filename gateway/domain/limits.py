@@ -43,6 +43,11 @@ def _caps(tier: Tier, currency: str) -> Caps:
     return caps
 
 
+def payment_caps(tier: Tier, currency: str) -> Caps:
+    """The tier's caps of ``currency`` (``currency_not_supported`` if its wallets cannot hold it)."""
+    return _caps(tier, currency)
+
+
 def check_top_up(tier: Tier, currency: str, balance_minor: int, amount_minor: int) -> None:
     caps = _caps(tier, currency)
     if balance_minor + amount_minor > caps.balance_max_minor:

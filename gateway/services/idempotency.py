@@ -49,6 +49,19 @@ class Reply:
 
 
 @dataclass(frozen=True, slots=True)
+class AtOnce:
+    """A use case's whole work as ONE statement that stores its answer too, decided before it runs from
+    rows read just before: ``apply`` runs the statement with the key's done row (None without a key) and
+    returns False when a guard found the state changed, having written nothing; the general path then
+    runs. Nothing is claimed first: an existing key makes ``apply`` return False, and the general path
+    replays or refuses it as usual."""
+
+    status: int
+    value: Any
+    apply: Callable[[Connection, keys.Done | None], Awaitable[bool]]
+
+
+@dataclass(frozen=True, slots=True)
 class RequestIdentity:
     scope: str
     key: str | None
@@ -128,20 +141,35 @@ class Idempotency:
         task.add_done_callback(self._background.discard)
 
     async def run(self, who: RequestIdentity, work: Work, before: Check | None = None,
-                  refused: Refused | None = None) -> Reply:
+                  refused: Refused | None = None, at_once: AtOnce | None = None) -> Reply:
         """``before`` holds the checks that depend on the moment (PIN, code still usable, tap counter): it
         runs only when the request really executes, so a retry of a finished request gets its stored
         answer whatever changed since; a client error it raises is the stored answer too.
 
         ``refused`` runs when the work or ``before`` raises a client error, in the one transaction that
-        stores that answer: what it writes exists once per key (a retry replays, it does not run again)."""
+        stores that answer: what it writes exists once per key (a retry replays, it does not run again).
+
+        ``at_once`` is tried first (a use case in one statement, with no ``before``); when its guards
+        refuse, ``work`` runs as if it had not been tried."""
+        assert at_once is None or before is None, "a one-statement use case has no checks of the moment"
         if who.key is None:
+            if at_once is not None:
+                async with self.db.connection() as conn:
+                    body = _encode(at_once.status, at_once.value)
+                    if await at_once.apply(conn, None):
+                        return Reply(at_once.status, body)
             return await self._run_plain(who, work, before, refused)
         cached = who.cached if who.prefetched else await self.accel.get(cache_key(who.scope, who.key))
         if cached is not None:
             return self._replay(who, *_unpack(cached), source="redis")
         # One pooled connection for the claim, the work and the answer (it holds the key's liveness lock).
         async with self.db.connection() as conn:
+            if at_once is not None:
+                body = _encode(at_once.status, at_once.value)
+                done = keys.Done(who.scope, who.key, who.fingerprint, who.method, who.path, at_once.status, body)
+                if await at_once.apply(conn, done):
+                    self._remember(who, at_once.status, body)
+                    return Reply(at_once.status, body)
             lock = _KeyLock()  # until the claim returns, whether it took the lock is unknown
             try:
                 row = await keys.claim(

@@ -19,9 +19,9 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, ParamSpec
 
@@ -39,8 +39,9 @@ from gateway.errors import (
 )
 from gateway.services import pages, pins, views
 from gateway.services.context import Services
-from gateway.services.idempotency import Refused, Reply, RequestIdentity
+from gateway.services.idempotency import AtOnce, Refused, Reply, RequestIdentity
 from gateway.services.pages import PageRequest
+from gateway.store import idempotency as keys
 from gateway.store import ledger as ledger_store
 from gateway.store import payments as store
 from gateway.store import tenants
@@ -136,7 +137,7 @@ class NewPayment:
     metadata: dict[str, str] | None = None
 
 
-def checkout_url(svc: Services, row: asyncpg.Record) -> str | None:
+def checkout_url(svc: Services, row: asyncpg.Record | Mapping[str, Any]) -> str | None:
     """The hosted checkout page of a payment that has one, while the payer can still pay it."""
     if row["return_url"] is None or checkout.payer_status(row["status"], row["expires_at"], svc.now()) != (
             Status.REQUIRES_PAYMENT_METHOD.value):
@@ -220,7 +221,48 @@ async def create(svc: Services, who: Principal, req: NewPayment, identity: Reque
         await store.insert_event(conn, "payment.created", payment.id, view, merchant_id=merchant_id, holder_id=None)
         return 201, msgspec.structs.replace(view, checkout_url=checkout_url(svc, row))
 
-    return await svc.idempotency.run(identity, work)
+    now = svc.now()
+    new = Payment(
+        id=uuid.uuid4(), merchant_id=merchant_id, amount_minor=amount, currency=code,
+        status=Status.REQUIRES_PAYMENT_METHOD, capture_method=req.capture_method,
+        expires_at=now + timedelta(seconds=expiry_s),
+    )
+    row = _new_row(new, now, store_id=store_id, terminal_id=terminal_id, merchant_reference=req.merchant_reference,
+                   description=req.description, return_url=return_url, cancel_url=cancel_url, pairs=pairs)
+    view = views.payment_view(row)
+    event_data = msgspec.json.encode(view)
+
+    async def at_once(conn: Connection, done: keys.Done | None) -> bool:
+        return await store.create_at_once(
+            conn, new, now, store_id=store_id, terminal_id=terminal_id, merchant_reference=req.merchant_reference,
+            description=req.description, return_url=return_url, cancel_url=cancel_url, metadata=pairs,
+            event_id=uuid.uuid4(), event_data=event_data, done=done,
+        )
+
+    answer = msgspec.structs.replace(view, checkout_url=checkout_url(svc, row))
+    return await svc.idempotency.run(identity, work, at_once=AtOnce(201, answer, at_once))
+
+
+def _jsonb_order(pairs: dict[str, str]) -> dict[str, str]:
+    """Metadata in the order PostgreSQL's jsonb gives it back (shorter keys first, then by bytes), so an
+    answer built before the write reads as the stored object does."""
+    return dict(sorted(pairs.items(), key=lambda kv: (len(kv[0].encode()), kv[0].encode())))
+
+
+def _new_row(payment: Payment, now: datetime, *, store_id: uuid.UUID | None, terminal_id: uuid.UUID | None,
+             merchant_reference: str | None, description: str | None, return_url: str | None,
+             cancel_url: str | None, pairs: dict[str, str]) -> dict[str, Any]:
+    """The row ``store.create_at_once`` writes, as ``store.get`` would read it back (for the views)."""
+    return {
+        "id": payment.id, "merchant_id": payment.merchant_id, "amount_minor": payment.amount_minor,
+        "currency": payment.currency, "status": payment.status.value, "capture_method": payment.capture_method.value,
+        "expires_at": payment.expires_at, "payer_id": None, "authorized_minor": 0, "captured_minor": 0,
+        "refunded_minor": 0, "fee_minor": 0, "authorization_expires_at": None, "confirm_by": None,
+        "store_id": store_id, "terminal_id": terminal_id, "merchant_reference": merchant_reference,
+        "description": description, "wallet_account_id": None, "channel": None, "created_at": now,
+        "updated_at": now, "spend_day": None, "return_url": return_url, "cancel_url": cancel_url,
+        "metadata": msgspec.json.encode(_jsonb_order(pairs)).decode(),
+    }
 
 
 async def get(svc: Services, who: Principal, text_id: str) -> Any:
@@ -393,14 +435,14 @@ async def pay(svc: Services, who: Principal, text_id: str, pin: str | None, iden
     holder_id = who.id
     pid = payment_id(text_id)
     async with svc.db.connection() as conn:
-        head = await store.get(conn, pid)
+        head = await store.payable(conn, pid, holder_id)
     if head is None:
         raise _missing(pid)
     accounts = await payer_accounts(svc, holder_id, head["merchant_id"], head["currency"])
+    pin_needed = pins.needed(svc, head["currency"], head["amount_minor"])
 
     async def check_pin(conn: Connection) -> None:
-        if pins.needed(svc, head["currency"], head["amount_minor"]):
-            await pins.verify(svc, holder_id, pin, conn)
+        await pins.verify(svc, holder_id, pin, conn)
 
     async def work(conn: Connection) -> tuple[int, Any]:
         row = await store.get(conn, pid, for_update=True)
@@ -408,7 +450,50 @@ async def pay(svc: Services, who: Principal, text_id: str, pin: str | None, iden
         updated = await authorize_locked(svc, conn, row, holder_id, accounts, channel="wallet")
         return 200, await payer_view(conn, updated)
 
-    return await svc.idempotency.run(identity, work, before=check_pin, refused=record_decline(pid, holder_id))
+    return await svc.idempotency.run(
+        identity, work, before=check_pin if pin_needed else None, refused=record_decline(pid, holder_id),
+        at_once=None if pin_needed else _paid_at_once(svc, head, holder_id, accounts, channel="wallet"),
+    )
+
+
+def _paid_at_once(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
+                  accounts: dict[ledger.AccountRef, ledger_store.Account], *, channel: str) -> AtOnce | None:
+    """Paying ``head`` (read just before, unlocked) in one statement, decided by the same domain rules as
+    ``authorize_locked``; None when those rules would refuse it (the general path then gives the refusal)."""
+    if head["holder_tier"] is None or head["holder_locked"] or head["merchant_status"] != "active":
+        return None
+    now = svc.now()
+    day = svc.local_day(now)
+    try:
+        tier = svc.tiers[head["holder_tier"]]
+        caps = limits.payment_caps(tier, head["currency"])
+        limits.check_payment(tier, head["currency"], 0, head["amount_minor"])
+        payment = store.to_domain(head).authorize(holder_id, now, svc.settings.payments.authorization_ttl_s)
+    except (GatewayError, KeyError):
+        return None
+    if payment.status is Status.SUCCEEDED:
+        payment = _with_fee(payment, head)
+    wallet = accounts[ledger.wallet(holder_id, payment.currency)]
+    row = {**dict(head), "status": payment.status.value, "payer_id": holder_id,
+           "authorized_minor": payment.authorized_minor, "captured_minor": payment.captured_minor,
+           "fee_minor": payment.fee_minor, "authorization_expires_at": payment.authorization_expires_at,
+           "confirm_by": None, "wallet_account_id": wallet.id, "channel": channel, "spend_day": day, "updated_at": now}
+    capture = None
+    if payment.status is Status.SUCCEEDED:
+        capture = ledger_store.movement(ledger.capture(holder_id, payment.merchant_id, payment.currency,
+                                                       payment.captured_minor, payment.fee_minor), accounts)
+    paid = store.PaidAtOnce(
+        payment=payment, seen_updated_at=head["updated_at"], now=now, holder_id=holder_id, tier=tier.number,
+        wallet_account_id=wallet.id, channel=channel, spend_day=day, daily_max_minor=caps.daily_max_minor,
+        event_type=EVENT_FOR_STATUS[payment.status], event_id=uuid.uuid4(),
+        event_data=msgspec.json.encode(views.payment_view(row)), capture=capture,
+        hold_minor=0 if capture is not None else payment.authorized_minor,
+    )
+
+    async def apply(conn: Connection, done: keys.Done | None) -> bool:
+        return await store.pay_at_once(conn, paid, done)
+
+    return AtOnce(200, views.payer_payment_view(row, head["merchant_name"]), apply)
 
 
 @counted("pay_code")  # only a pay-code charge waits for its payer's confirmation

@@ -136,3 +136,38 @@ async def reap(conn: Connection, retention_s: int, limit: int) -> int:
         float(retention_s), limit,
     )
     return int(result.split()[-1])
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """A key stored as done by the statement that does its request's work (a use case in one statement)."""
+
+    principal: str
+    key: str
+    request_hash: bytes
+    method: str
+    path: str
+    status: int
+    body: bytes
+
+    def args(self) -> tuple[object, ...]:
+        """The statement arguments ``done_cte`` numbers, in its order."""
+        return self.principal, self.key, self.request_hash, self.method, self.path, self.status, self.body
+
+
+# Raised by gateway_at_once() (migration 0015) when a guard of a one-statement use case failed.
+AT_ONCE_REFUSED = "GW001"
+
+
+def done_cte(first: int, after: str) -> str:
+    """CTE ``k``: the key row, inserted as done (arguments ``$first``..``$first+6`` in ``Done.args`` order)
+    once CTE ``after`` has a row; an existing key (done, or started by a request in flight) inserts
+    nothing, and the statement's guard then requires ``(SELECT count(*) FROM k) = 1``."""
+    n = [f"${first + i}" for i in range(7)]
+    return f"""
+        k AS (
+            INSERT INTO idempotency_keys (principal, key, request_hash, method, path, response_status, response_body)
+            SELECT {", ".join(n)} FROM {after} LIMIT 1
+            ON CONFLICT (principal, key) DO NOTHING
+            RETURNING 1
+        )"""

@@ -121,6 +121,77 @@ def _is_overdraft(exc: asyncpg.CheckViolationError) -> bool:
     return getattr(exc, "constraint_name", None) == "balances_no_overdraft"
 
 
+@dataclass(frozen=True, slots=True)
+class Movement:
+    """An entry's postings and the balance shard changes they imply, as the arrays of one statement.
+
+    Shards are in (account_id, shard) order, the lock order of every use case."""
+
+    kind: str
+    posting_accounts: list[int]
+    posting_currencies: list[str]
+    posting_amounts: list[int]
+    shard_accounts: list[int]
+    shards: list[int]
+    deltas: list[int]
+    released: list[int]
+
+    def args(self) -> tuple[object, ...]:
+        """The statement arguments ``entry_ctes`` numbers, in its order."""
+        return (self.kind, self.posting_accounts, self.posting_currencies, self.posting_amounts,
+                self.shard_accounts, self.shards, self.deltas, self.released)
+
+
+def movement(entry: Entry, accounts: dict[AccountRef, Account], release_holds: dict[AccountRef, int] | None = None,
+             ) -> Movement:
+    """``release_holds`` lowers the held amount of accounts in the same statement (a capture consumes
+    its authorisation's hold). Hot accounts take a random shard each time."""
+    deltas: dict[tuple[int, int], list[int]] = defaultdict(lambda: [0, 0])
+    for posting in entry.postings:
+        account = accounts[posting.account]
+        shard = 0 if account.shard_count == 1 else random.randrange(account.shard_count)
+        deltas[(account.id, shard)][0] += posting.amount_minor
+    for ref, amount in (release_holds or {}).items():
+        deltas[(accounts[ref].id, 0)][1] += amount
+    keys = sorted(deltas)
+    return Movement(
+        entry.kind.value, [accounts[p.account].id for p in entry.postings], [p.account.currency for p in entry.postings],
+        [p.amount_minor for p in entry.postings], [k[0] for k in keys], [k[1] for k in keys],
+        [deltas[k][0] for k in keys], [deltas[k][1] for k in keys],
+    )
+
+
+def entry_ctes(first: int, links: str, after: str | None = None) -> str:
+    """The CTEs that write a ``Movement`` (arguments ``$first``..``$first+7`` in ``Movement.args`` order):
+    ``e`` the journal entry (its links, e.g. ``"payment_id, $3"``: column names then values), ``p`` its
+    postings, ``u`` one row per balance shard changed. All were written exactly when
+    ``(SELECT count(*) FROM u) = cardinality(<shard accounts>)``. ``after`` names a CTE the entry
+    waits for (so it is written after the rows that CTE locks, in the use cases' lock order)."""
+    n = [f"${first + i}" for i in range(8)]
+    columns, _, values = links.partition(";")
+    source = f" FROM {after}" if after else ""
+    return f"""
+        e AS (
+            INSERT INTO journal_entries (kind, {columns}) SELECT {n[0]}, {values}{source} RETURNING id
+        ), p AS (
+            INSERT INTO postings (entry_id, account_id, currency, amount_minor)
+            SELECT e.id, t.account_id, t.currency, t.amount_minor
+              FROM e, unnest({n[1]}::int8[], {n[2]}::text[], {n[3]}::int8[]) AS t(account_id, currency, amount_minor)
+        ), u AS (
+            UPDATE balances b
+               SET posted_minor = b.posted_minor + d.delta, held_minor = b.held_minor - d.released
+              FROM e, unnest({n[4]}::int8[], {n[5]}::int2[], {n[6]}::int8[], {n[7]}::int8[])
+                   AS d(account_id, shard, delta, released)
+             WHERE b.account_id = d.account_id AND b.shard = d.shard
+            RETURNING 1
+        )"""
+
+
+def is_overdraft(exc: BaseException) -> bool:
+    """The no-overdraft CHECK refused a balance change (a statement that posts failed for lack of funds)."""
+    return isinstance(exc, asyncpg.CheckViolationError) and _is_overdraft(exc)
+
+
 async def post(
     conn: Connection,
     entry: Entry,
@@ -137,49 +208,15 @@ async def post(
     ``release_holds`` lowers the held amount of accounts in the same statement (a capture consumes
     its authorisation's hold).
     """
-    release_holds = release_holds or {}
-    deltas: dict[tuple[int, int], list[int]] = defaultdict(lambda: [0, 0])
-    for posting in entry.postings:
-        account = accounts[posting.account]
-        shard = 0 if account.shard_count == 1 else random.randrange(account.shard_count)
-        deltas[(account.id, shard)][0] += posting.amount_minor
-    for ref, amount in release_holds.items():
-        deltas[(accounts[ref].id, 0)][1] += amount
-    keys = sorted(deltas)
+    move = movement(entry, accounts, release_holds)
     started_s = time.perf_counter()
     try:
         entry_id: int = await conn.fetchval(
-            """
-            WITH e AS (
-                INSERT INTO journal_entries (kind, payment_id, refund_id, transfer_id, payout_id)
-                VALUES ($1, $2, $3, $4, $13) RETURNING id
-            ), p AS (
-                INSERT INTO postings (entry_id, account_id, currency, amount_minor)
-                SELECT e.id, t.account_id, t.currency, t.amount_minor
-                  FROM e, unnest($5::int8[], $6::text[], $7::int8[]) AS t(account_id, currency, amount_minor)
-            ), u AS (
-                UPDATE balances b
-                   SET posted_minor = b.posted_minor + d.delta, held_minor = b.held_minor - d.released
-                  FROM unnest($8::int8[], $9::int2[], $10::int8[], $11::int8[]) WITH ORDINALITY
-                       AS d(account_id, shard, delta, released, ord)
-                 WHERE b.account_id = d.account_id AND b.shard = d.shard
-                RETURNING 1
-            )
-            SELECT e.id FROM e WHERE (SELECT count(*) FROM u) = $12
+            f"""
+            WITH {entry_ctes(1, "payment_id, refund_id, transfer_id, payout_id; $9, $10, $11, $12")}
+            SELECT e.id FROM e WHERE (SELECT count(*) FROM u) = cardinality($5::int8[])
             """,
-            entry.kind.value,
-            payment_id,
-            refund_id,
-            transfer_id,
-            [accounts[p.account].id for p in entry.postings],
-            [p.account.currency for p in entry.postings],
-            [p.amount_minor for p in entry.postings],
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-            [deltas[k][0] for k in keys],
-            [deltas[k][1] for k in keys],
-            len(keys),
-            payout_id,
+            *move.args(), payment_id, refund_id, transfer_id, payout_id,
         )
     except asyncpg.CheckViolationError as exc:
         if _is_overdraft(exc):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,9 +13,12 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from gateway import metrics
 from gateway.domain.payments import CaptureMethod, Payment, Status
 from gateway.store import pages
 from gateway.store.db import Connection, one
+from gateway.store.idempotency import AT_ONCE_REFUSED, Done, done_cte
+from gateway.store.ledger import Movement, entry_ctes, is_overdraft
 
 _COLUMNS = (
     "id, merchant_id, amount_minor, currency, status, capture_method, expires_at, payer_id,"
@@ -99,6 +103,137 @@ async def insert(
     return row
 
 
+async def _at_once(conn: Connection, sql: str, *args: Any, posts: str | None = None) -> bool:
+    """Run a one-statement use case: True when it was applied, False when it changed nothing because a
+    guard failed, funds were short, or it met another transaction (a deadlock, a unique key): the
+    caller then runs the general path, which decides afresh. A lost connection or a timeout is raised
+    (the outcome is then unknown, as for any statement: the client's retry with its key finds out).
+    ``posts``: the kind of ledger entry the statement writes, timed as a posting (the whole statement)."""
+    started_s = time.perf_counter()
+    try:
+        await conn.execute(sql, *args)
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == AT_ONCE_REFUSED or is_overdraft(exc) or isinstance(
+                exc, (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError)):
+            return False
+        raise
+    if posts is not None:
+        metrics.LEDGER_POST_DURATION.labels(posts).observe(time.perf_counter() - started_s)
+    return True
+
+
+def _key_guard(done: Done | None) -> str:
+    return " AND (SELECT count(*) FROM k) = 1" if done is not None else ""
+
+
+async def create_at_once(
+    conn: Connection, payment: Payment, now: datetime, *, store_id: uuid.UUID | None, terminal_id: uuid.UUID | None,
+    merchant_reference: str | None, description: str | None, return_url: str | None, cancel_url: str | None,
+    metadata: dict[str, str], event_id: uuid.UUID, event_data: bytes, done: Done | None,
+) -> bool:
+    """Create the payment (its fee terms copied from its merchant), its ``payment.created`` event and
+    the key's stored answer in one statement; False (nothing written) when the store is not the
+    merchant's or the key exists."""
+    key_cte = f", {done_cte(18, 'ev')}" if done is not None else ""
+    return await _at_once(
+        conn,
+        f"""
+        WITH pay AS (
+            INSERT INTO payments (id, merchant_id, store_id, terminal_id, amount_minor, currency, status, capture_method,
+                                  merchant_reference, description, expires_at, fee_bps, fee_fixed_minor, return_url,
+                                  cancel_url, metadata, created_at, updated_at)
+            SELECT $1, m.id, $3, $4, $5, $6, $7, $8, $9, $10, $11, m.fee_bps, m.fee_fixed_minor, $12, $13, $14::jsonb,
+                   $15, $15
+              FROM merchants m
+             WHERE m.id = $2 AND ($3::uuid IS NULL OR EXISTS (SELECT 1 FROM stores s WHERE s.id = $3 AND s.merchant_id = $2))
+            RETURNING id
+        ), ev AS (
+            INSERT INTO events (id, type, merchant_id, holder_id, object_id, data)
+            SELECT $16, 'payment.created', $2, NULL, pay.id, $17::jsonb FROM pay
+            RETURNING 1
+        ){key_cte}
+        SELECT gateway_at_once((SELECT count(*) FROM ev) = 1{_key_guard(done)})
+        """,
+        payment.id, payment.merchant_id, store_id, terminal_id, payment.amount_minor, payment.currency,
+        payment.status.value, payment.capture_method.value, merchant_reference, description, payment.expires_at,
+        return_url, cancel_url, _json(metadata), now, event_id, event_data.decode(), *(done.args() if done else ()),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PaidAtOnce:
+    """What paying a payment in one statement writes, decided from the payment's row as read (``seen``)."""
+
+    payment: Payment  # as paid
+    seen_updated_at: datetime  # the row's updated_at when read: any change since makes the statement refuse
+    now: datetime
+    holder_id: uuid.UUID
+    tier: int  # the holder's tier the caps were checked against (a change since makes it refuse)
+    wallet_account_id: int
+    channel: str
+    spend_day: date
+    daily_max_minor: int  # the day's total with this payment may not exceed it
+    event_type: str
+    event_id: uuid.UUID
+    event_data: bytes
+    capture: Movement | None  # the ledger entry of an automatic capture
+    hold_minor: int  # else the amount held on the wallet (a manual capture)
+
+
+async def pay_at_once(conn: Connection, paid: PaidAtOnce, done: Done | None) -> bool:
+    """Authorise (and capture) a payment in one statement, in the use cases' lock order: the key, the
+    payment, the holder (share), the day's spend, the balance shards. False, with nothing written, when
+    the payment changed since it was read, the holder's tier or lock changed, the merchant is not
+    active, the day's cap would be crossed, funds are short or the key exists."""
+    p = paid.payment
+    if paid.capture is not None:
+        money, shards, money_args = f", {entry_ctes(19, 'payment_id; $1', after='s')}", "cardinality($23::int8[])", \
+            paid.capture.args()
+    else:
+        money = """,
+        u AS (
+            UPDATE balances b SET held_minor = b.held_minor + $19 FROM s
+             WHERE b.account_id = $10 AND b.shard = 0
+            RETURNING 1
+        )"""
+        shards, money_args = "1", (paid.hold_minor,)
+    key_cte = f", {done_cte(19 + len(money_args), 'pay')}" if done is not None else ""
+    return await _at_once(
+        conn,
+        f"""
+        WITH pay AS (
+            UPDATE payments SET status = $3, payer_id = $4, authorized_minor = $5, captured_minor = $6,
+                   fee_minor = $7, authorization_expires_at = $8, confirm_by = NULL, wallet_account_id = $10,
+                   channel = $11, spend_day = $12, updated_at = $9
+             WHERE id = $1 AND updated_at = $2 AND status = 'requires_payment_method' AND payer_id IS NULL
+               AND expires_at > $9
+            RETURNING id, merchant_id
+        ), h AS (
+            SELECT w.id FROM wallet_holders w, pay
+             WHERE w.id = $4 AND w.tier = $14 AND w.payments_locked_at IS NULL
+               AND EXISTS (SELECT 1 FROM merchants m WHERE m.id = pay.merchant_id AND m.status = 'active')
+            FOR SHARE OF w
+        ), s AS (
+            INSERT INTO daily_spend (holder_id, currency, day, spent_minor)
+            SELECT h.id, $13, $12, $5 FROM h
+            ON CONFLICT (holder_id, currency, day)
+            DO UPDATE SET spent_minor = daily_spend.spent_minor + EXCLUDED.spent_minor
+            RETURNING spent_minor
+        ), ev AS (
+            INSERT INTO events (id, type, merchant_id, holder_id, object_id, data)
+            SELECT $16, $17, pay.merchant_id, $4, pay.id, $18::jsonb FROM pay, s
+            RETURNING 1
+        ){money}{key_cte}
+        SELECT gateway_at_once((SELECT count(*) FROM ev) = 1 AND (SELECT spent_minor FROM s) <= $15
+                               AND (SELECT count(*) FROM u) = {shards}{_key_guard(done)})
+        """,
+        p.id, paid.seen_updated_at, p.status.value, paid.holder_id, p.authorized_minor, p.captured_minor, p.fee_minor,
+        p.authorization_expires_at, paid.now, paid.wallet_account_id, paid.channel, paid.spend_day, p.currency,
+        paid.tier, paid.daily_max_minor, paid.event_id, paid.event_type, paid.event_data.decode(), *money_args,
+        *(done.args() if done else ()), posts=paid.capture.kind if paid.capture is not None else None,
+    )
+
+
 async def get(
     conn: Connection, payment_id: uuid.UUID, *, merchant_id: uuid.UUID | None = None, for_update: bool = False
 ) -> asyncpg.Record | None:
@@ -107,6 +242,22 @@ async def get(
     args: list[Any] = [payment_id] + ([merchant_id] if merchant_id is not None else [])
     row: asyncpg.Record | None = await conn.fetchrow(
         f"SELECT {_COLUMNS}, {_EXTRA} FROM payments WHERE id = $1{scope}{lock}", *args
+    )
+    return row
+
+
+async def payable(conn: Connection, payment_id: uuid.UUID, holder_id: uuid.UUID) -> asyncpg.Record | None:
+    """The payment with what paying it from ``holder_id``'s wallet is decided on: its merchant's name and
+    status, the holder's tier and PIN lock (``holder_tier`` NULL: no such holder). Read without locks."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"""
+        SELECT p.*, m.name AS merchant_name, m.status AS merchant_status,
+               w.tier AS holder_tier, w.payments_locked_at IS NOT NULL AS holder_locked
+          FROM (SELECT {_COLUMNS}, {_EXTRA} FROM payments WHERE id = $1) p
+          JOIN merchants m ON m.id = p.merchant_id
+          LEFT JOIN wallet_holders w ON w.id = $2
+        """,
+        payment_id, holder_id,
     )
     return row
 
