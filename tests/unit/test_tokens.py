@@ -166,13 +166,44 @@ def test_key_rotation() -> None:
 
 
 def test_unverified_audience_routes_without_trusting() -> None:
-    assert TokenIssuer.unverified_audience(issuer().issue(SUBJECT, "wallet", TTL_S)) == "wallet"
+    assert issuer().unverified_audience(issuer().issue(SUBJECT, "wallet", TTL_S)) == "wallet"
     forged = jwt.encode(claims(aud="wallet"), "attacker-secret-0123456789abcdef-01", algorithm="HS256")
-    assert TokenIssuer.unverified_audience(forged) == "wallet"
-    assert TokenIssuer.unverified_audience(jwt.encode(claims(aud=["a", "b"]), OLD_SECRET, algorithm="HS256")) is None
+    assert issuer().unverified_audience(forged) == "wallet"
+    assert issuer().unverified_audience(jwt.encode(claims(aud=["a", "b"]), OLD_SECRET, algorithm="HS256")) is None
 
 
 def test_unverified_audience_of_garbage_is_unauthenticated() -> None:
     with pytest.raises(Unauthenticated) as caught:
-        TokenIssuer.unverified_audience("not-a-token")
+        issuer().unverified_audience("not-a-token")
     assert caught.value.code == "invalid_token"
+
+
+def test_a_verified_token_is_remembered_until_it_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    verifier = issuer()
+    token = verifier.issue(SUBJECT, AUDIENCE, 60)
+    first = verifier.verify(token, AUDIENCE)
+
+    def no_decode(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(jwt, "decode", no_decode)
+    monkeypatch.setattr(jwt, "get_unverified_header", no_decode)
+    assert verifier.unverified_audience(token) == AUDIENCE
+    again = verifier.verify(token, AUDIENCE)
+    assert again == first
+    again["sub"] = "changed by a caller"
+    assert verifier.verify(token, AUDIENCE)["sub"] == str(SUBJECT)  # callers get copies
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 60 + 6)  # past exp and its 5 s of leeway
+    assert refusal(verifier, token).code == "token_expired"
+
+
+def test_a_remembered_token_is_no_credential_for_another_audience_or_another_text() -> None:
+    verifier = issuer()
+    token = verifier.issue(SUBJECT, AUDIENCE, TTL_S)
+    verifier.verify(token, AUDIENCE)
+    assert refusal(verifier, token, "wallet").code == "invalid_token"
+    head, payload, signature = token.split(".")
+    forged = ".".join((head, b64url(json.dumps(claims(sub=str(uuid.uuid4()))).encode()), signature))
+    assert refusal(verifier, forged).code == "invalid_token"
+    assert refusal(verifier, token[:-2] + ("AA" if not token.endswith("AA") else "BB")).code == "invalid_token"
