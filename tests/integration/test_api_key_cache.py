@@ -23,6 +23,7 @@ from gateway.services.context import Services
 from gateway.services.key_cache import ApiKeyCache
 from gateway.settings import Settings
 from gateway.store import tenants as store
+from tests.conftest import make_settings
 from tests.integration.conftest import serving
 from tests.integration.world import Merchant, World, auth
 
@@ -193,3 +194,22 @@ async def test_while_the_listener_is_down_every_lookup_reads_the_database(
     for _ in range(3):
         await world.call("GET", payment, headers=auth(m.publishable))
     assert lookups.count(publishable) == before + 1  # cached again
+
+
+async def test_ttl_zero_turns_the_cache_and_its_listener_off(
+    world: World, clean_db: str, lookups: list[bytes],
+) -> None:
+    m = await world.merchant()
+    async with serving(clean_db, make_settings(auth={"api_key_cache_ttl_s": 0.0})) as uncached:
+        svc = _svc(uncached)
+        for _ in range(2):
+            await World.json(uncached, "GET", "/v1/payments", headers=m.headers)
+        assert lookups.count(_hash(svc, m.secret)) == 2 and not svc.api_keys.listening
+        conn = await asyncpg.connect(clean_db)
+        try:
+            listeners = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()",
+                store.API_KEY_LISTENER_NAME)
+        finally:
+            await conn.close()
+        assert listeners == 1  # the world's own server's, none of this one
