@@ -83,7 +83,7 @@ class ApiKeyCache:
         self._epoch = 0  # of the listener's current connection: a late callback of an older one is ignored
         self._lost = asyncio.Event()
         self._lock = asyncio.Lock()  # one statement at a time on the listener's connection
-        self.notifications = 0  # handled since start (tests wait on it)
+        self.notifications = 0  # handled since start
 
     @property
     def enabled(self) -> bool:
