@@ -32,7 +32,8 @@ def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
         metrics.announce_build(metadata.version("wallet-gateway"), settings.auth.key_mode)
         svc = await Services.start(settings)
         app[SERVICES] = svc
-        yield
+        async with svc.api_keys.listening_while(settings.database.url):  # the API key cache's push channel
+            yield
         await svc.stop()
 
     app.cleanup_ctx.append(services)

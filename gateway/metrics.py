@@ -61,6 +61,11 @@ DB_POOL_ACQUIRE_WAIT = Histogram("gateway_db_pool_acquire_wait_seconds",
                                  "Wait for a pooled connection (a timed-out wait counts its full time)",
                                  buckets=_WAIT_BUCKETS_S)
 
+# API key lookups (gateway.services.key_cache). ``result``: hit (answered from the cache), miss (looked
+# up in the database), bypass (looked up in the database because the cache is off or its listener is down).
+API_KEY_CACHE_LOOKUPS = Counter("gateway_api_key_cache_lookups_total", "API key lookups, by where they were answered",
+                                ["result"])
+
 # Redis (gateway.accel): each process has its own breaker; the gauge is 1 while any process's is open.
 REDIS_BREAKER_OPEN = Gauge("gateway_redis_breaker_open",
                            "1 from a failed Redis call until Redis answers again (skipped meanwhile), else 0",

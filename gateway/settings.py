@@ -69,6 +69,8 @@ class AuthSettings(Section, frozen=True):
     wallet_token_ttl_s: int = 900
     rate_limit_per_s: int = 1000
     key_mode: str = "test"
+    api_key_cache_ttl_s: float = 60.0
+    api_key_cache_entries_max: int = 10_000
 
     def jwt_key_ring(self) -> dict[str, str]:
         ring: dict[str, str] = {}
@@ -332,6 +334,8 @@ class Settings(Section, frozen=True):
             raise ValueError("auth.api_key_pepper must be at least 16 characters")
         if self.auth.rate_limit_per_s < 1:
             raise ValueError("auth.rate_limit_per_s must be at least 1")
+        if self.auth.api_key_cache_ttl_s < 0 or self.auth.api_key_cache_entries_max < 1:
+            raise ValueError("auth.api_key_cache_ttl_s is >= 0 (0: no cache); auth.api_key_cache_entries_max is positive")
         self.throttle.backoff()  # each refuses nonsense (zero rates, a cap below the base) with ValueError
         self.throttle.per_address()
         self.throttle.overall()

@@ -11,6 +11,7 @@ from gateway.auth.sealing import Sealer
 from gateway.auth.tokens import TokenIssuer
 from gateway.domain.limits import Tier
 from gateway.services.idempotency import Idempotency
+from gateway.services.key_cache import ApiKeyCache
 from gateway.settings import Settings
 from gateway.store.db import Database
 
@@ -23,6 +24,7 @@ class Services:
     idempotency: Idempotency
     tokens: TokenIssuer
     sealer: Sealer
+    api_keys: ApiKeyCache  # answers only while the app keeps its listener (``listening_while``)
     tiers: dict[int, Tier] = field(default_factory=dict)
     pin_thresholds_minor: dict[str, int] = field(default_factory=dict)
     limits_zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
@@ -42,6 +44,7 @@ class Services:
         tokens = TokenIssuer(settings.auth.jwt_issuer, settings.auth.jwt_key_ring(), settings.auth.jwt_active_kid)
         return cls(
             settings, db, accel, Idempotency(db, accel, settings.idempotency), tokens, Sealer(settings.auth.api_key_pepper),
+            ApiKeyCache(db, settings.auth),
             tiers=settings.tiers.tiers(), pin_thresholds_minor=settings.wallet.pin_threshold_minor,
             limits_zone=ZoneInfo(settings.wallet.limits_timezone),
         )

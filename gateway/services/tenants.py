@@ -74,14 +74,13 @@ async def authenticate(svc: Services, authorization: str | None) -> Principal:
         raise Unauthenticated("the credential is malformed", code="invalid_token")
     kind = api_keys.kind_of(credential)
     if kind is not None:
-        async with svc.db.connection() as conn:
-            row = await store.api_key_by_hash(conn, api_keys.keyed_hash(svc.settings.auth.api_key_pepper, credential))
-        if row is None:
+        key = await svc.api_keys.lookup(api_keys.keyed_hash(svc.settings.auth.api_key_pepper, credential))
+        if key is None:
             raise Unauthenticated("the API key is not valid or was revoked", code="invalid_api_key")
-        if row["merchant_status"] != "active":
+        if key.merchant_status != "active":
             raise Forbidden("the merchant is suspended", code="merchant_suspended")
         principal_kind = PrincipalKind.MERCHANT if kind == "secret" else PrincipalKind.PUBLISHABLE
-        return Principal(principal_kind, row["id"], merchant_id=row["merchant_id"])
+        return Principal(principal_kind, key.key_id, merchant_id=key.merchant_id)
     audience = svc.tokens.unverified_audience(credential)
     if audience == OPERATOR_AUDIENCE:
         claims = svc.tokens.verify(credential, OPERATOR_AUDIENCE)
@@ -152,7 +151,10 @@ async def set_merchant_status(svc: Services, text_id: str, status: str, identity
                            mid, view, merchant_id=mid)
         return 200, view
 
-    return await svc.idempotency.run(identity, work)
+    try:
+        return await svc.idempotency.run(identity, work)
+    finally:
+        svc.api_keys.evict(mid)  # after the commit: this process's next request sees the new status
 
 
 async def list_merchants(svc: Services, page: PageRequest) -> views.MerchantList:
@@ -231,18 +233,24 @@ async def revoke_api_key(svc: Services, who: Principal, text_id: str, identity: 
     if key_id is None:
         raise NotFound(f"no such API key: {text_id}", param="id")
     scope = None if who.kind is PrincipalKind.OPERATOR else who.merchant_id
+    revoked: list[uuid.UUID] = []  # the key's merchant, once known
 
     async def work(conn: Connection) -> tuple[int, Any]:
         row = await store.revoke_api_key(conn, key_id, scope)
         if row is None:
             raise NotFound(f"no such API key: {text_id}", param="id")
+        revoked.append(row["merchant_id"])
         view = views.api_key_view(row)
         await audit.record(conn, who, "api_key.revoked", key_id, view, merchant_id=row["merchant_id"])
         log.info("api key revoked", extra={"api_key_id": str(key_id), "merchant_id": str(row["merchant_id"]),
                                            "key_prefix": row["prefix"]})
         return 200, view
 
-    return await svc.idempotency.run(identity, work)
+    try:
+        return await svc.idempotency.run(identity, work)
+    finally:
+        for merchant in revoked:  # after the commit: this process's next request is refused
+            svc.api_keys.evict(merchant)
 
 
 async def merchant_balance(svc: Services, who: Principal) -> views.MerchantBalanceView:

@@ -417,6 +417,31 @@ class Database:
             return await conn.fetchval(sql, *args)
 
 
+async def listen(
+    url: str, channel: str, on_notify: Callable[[str], None], timeout_s: float, *,
+    on_lost: Callable[[], None] | None = None, application_name: str | None = None,
+) -> asyncpg.Connection[asyncpg.Record]:
+    """A dedicated connection (never pooled) LISTENing on ``channel``: ``on_notify(payload)`` runs at
+    each notification, ``on_lost()`` when the connection closes, whoever closed it. Notifications
+    committed before a later statement on this connection are delivered before that statement's
+    answer, so a round trip (``ping``) is a barrier: after it, every earlier one has been handled."""
+    server_settings = {"application_name": application_name} if application_name else None
+    conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(url, timeout=timeout_s,
+                                                                   server_settings=server_settings)
+    try:
+        if on_lost is not None:
+            conn.add_termination_listener(lambda _conn: on_lost())
+        await conn.add_listener(channel, lambda _conn, _pid, _channel, payload: on_notify(payload))
+    except BaseException:
+        terminate(conn)
+        raise
+    return conn
+
+
+async def ping(conn: asyncpg.Connection[asyncpg.Record], timeout_s: float) -> None:
+    await conn.execute("SELECT 1", timeout=timeout_s)
+
+
 async def one(conn: Connection, sql: str, *args: Any) -> asyncpg.Record:
     """The single row a statement must return (an INSERT/UPDATE ... RETURNING that cannot miss)."""
     row = await conn.fetchrow(sql, *args)

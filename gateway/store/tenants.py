@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 import asyncpg
 
-from gateway.store import pages
+from gateway.store import db, pages
 from gateway.store.db import Connection, one
 
 
@@ -26,6 +27,8 @@ async def operator_by_email(conn: Connection, email: str) -> asyncpg.Record | No
     return row
 
 
+API_KEY_CHANNEL = "api_key_changes"  # see migration 0014
+API_KEY_LISTENER_NAME = "gateway-api-key-listener"  # the listener's application_name in pg_stat_activity
 _MERCHANT = "id, name, mcc, country, city, fee_bps, status, created_at, name_local, city_local, language_local"
 
 
@@ -108,6 +111,24 @@ async def api_key_by_hash(conn: Connection, key_hash: bytes) -> asyncpg.Record |
         key_hash,
     )
     return row
+
+
+def api_key_change(payload: str) -> uuid.UUID | None:
+    """The merchant an ``API_KEY_CHANNEL`` notification names; None: every key may have changed."""
+    try:
+        return uuid.UUID(payload)
+    except ValueError:
+        return None
+
+
+async def listen_api_key_changes(
+    url: str, on_change: Callable[[uuid.UUID | None], None], on_lost: Callable[[], None], timeout_s: float,
+) -> asyncpg.Connection[asyncpg.Record]:
+    """A dedicated connection LISTENing to the changes the triggers of migration 0014 announce:
+    ``on_change(merchant id)`` (None: all) after each commit that revoked, changed or deleted a key or
+    changed a merchant's status; ``on_lost()`` when the connection closes."""
+    return await db.listen(url, API_KEY_CHANNEL, lambda payload: on_change(api_key_change(payload)), timeout_s,
+                           on_lost=on_lost, application_name=API_KEY_LISTENER_NAME)
 
 
 async def revoke_api_key(conn: Connection, key_id: uuid.UUID, merchant_id: uuid.UUID | None) -> asyncpg.Record | None:

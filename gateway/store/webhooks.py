@@ -16,8 +16,9 @@ from datetime import datetime
 
 import asyncpg
 
-from gateway.store import pages
+from gateway.store import db, pages
 from gateway.store.db import Connection, one
+from gateway.store.db import ping as ping
 
 CHANNEL = "webhook_deliveries"
 _ENDPOINT = (
@@ -228,14 +229,4 @@ async def endpoint_failed(conn: Connection, endpoint_id: uuid.UUID, now: datetim
 
 async def listen(url: str, on_notify: Callable[[], None], timeout_s: float) -> asyncpg.Connection[asyncpg.Record]:
     """A dedicated connection LISTENing on the delivery channel; ``on_notify`` runs at each notification."""
-    conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(url, timeout=timeout_s)
-    try:
-        await conn.add_listener(CHANNEL, lambda *_: on_notify())
-    except BaseException:
-        await conn.close()
-        raise
-    return conn
-
-
-async def ping(conn: asyncpg.Connection[asyncpg.Record], timeout_s: float) -> None:
-    await conn.execute("SELECT 1", timeout=timeout_s)
+    return await db.listen(url, CHANNEL, lambda _payload: on_notify(), timeout_s)

@@ -365,3 +365,14 @@ def test_every_settings_error_at_start_up_is_one_line_and_exit_2(env: dict[str, 
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith(f"error: {named}") and done.stderr.count("\n") == 1, done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("auth", [{"api_key_cache_ttl_s": -1.0}, {"api_key_cache_entries_max": 0}])
+def test_api_key_cache_bounds_refused(auth: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="api_key_cache"):
+        load(env={}, auth=auth)
+
+
+def test_api_key_cache_is_on_by_default_and_zero_turns_it_off() -> None:
+    assert load(env={}).auth.api_key_cache_ttl_s == 60.0
+    assert load(env={"GATEWAY_AUTH_API_KEY_CACHE_TTL_S": "0"}).auth.api_key_cache_ttl_s == 0.0
