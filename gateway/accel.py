@@ -8,11 +8,16 @@ Invariants:
   processes allow N times the rate, never unlimited);
 - every call is bounded by ``timeout_s``; after a failure Redis is not tried again for
   ``backoff_s`` (a circuit breaker), so a dead Redis costs one timeout, not one per request;
-- a failure never propagates: callers get "no answer" and take the PostgreSQL path.
+- a failure never propagates: callers get "no answer" and take the PostgreSQL path;
+- round trips are shared (natural batching): while one is in flight, the scripts and copies that
+  arrive meanwhile wait and then go together in one pipeline, so a lone request waits for nothing
+  and a busy process pays one round trip for many requests. A pipeline that fails fails each of its
+  calls as a call alone would (no answer, the breaker opens).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -20,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from gateway import metrics
 from gateway.domain import throttle
@@ -29,6 +34,9 @@ from gateway.settings import RedisSettings
 
 log = logging.getLogger(__name__)
 LOCAL_BUCKETS_MAX = 10_000  # buckets one process keeps while Redis is down; the idlest go first
+PIPELINE_MAX = 256  # calls sent together at most
+COPIES_PENDING_MAX = 1000  # copies waiting for their round trip; beyond that they are skipped (PostgreSQL has them)
+_FAILURES = (RedisError, OSError, TimeoutError)
 
 # gateway.domain.throttle.take, run by Redis on its own clock so that every gateway process shares
 # one bucket, atomically, in one round trip. KEYS: the buckets, then (optional) a cached idempotent
@@ -100,6 +108,10 @@ class Accelerator:
         self.last_error: str | None = None
         self._take_script = self.client.register_script(_TAKE_LUA)
         self._local = LocalBuckets(LOCAL_BUCKETS_MAX)
+        self._takes: list[tuple[list[str], list[float | int], asyncio.Future[Any]]] = []
+        self._taking: asyncio.Task[None] | None = None
+        self._copies: dict[str, tuple[bytes, int]] = {}
+        self._copying: asyncio.Task[None] | None = None
 
     @property
     def available(self) -> bool:
@@ -148,6 +160,37 @@ class Accelerator:
     async def set(self, key: str, value: bytes, ttl_s: int) -> None:
         await self._call("set", key, value, ex=ttl_s)
 
+    def copy_later(self, key: str, value: bytes, ttl_s: int) -> None:
+        """Store a copy without waiting for it: copies go in one pipeline per round trip; skipped while
+        Redis is down or when too many wait."""
+        if not self.available or len(self._copies) >= COPIES_PENDING_MAX:
+            return
+        self._copies[key] = (value, ttl_s)
+        if self._copying is None:
+            self._copying = asyncio.create_task(self._copy_pending())
+
+    async def _copy_pending(self) -> None:
+        try:
+            while self._copies and self.available:
+                batch, self._copies = self._copies, {}
+                pipe = self.client.pipeline(transaction=False)
+                for key, (value, ttl_s) in batch.items():
+                    pipe.set(key, value, ex=ttl_s)
+                try:
+                    await pipe.execute()
+                except _FAILURES as exc:
+                    self._failed(exc)
+                else:
+                    self._answered()
+            self._copies.clear()
+        finally:
+            self._copying = None
+
+    async def copies_sent(self) -> None:
+        """Wait until the copies asked for so far have had their round trip (tests, shutdown)."""
+        while self._copying is not None:
+            await asyncio.shield(self._copying)
+
     async def delete(self, key: str) -> None:
         await self._call("delete", key)
 
@@ -171,14 +214,60 @@ class Accelerator:
             for _, rate in buckets:
                 args += [rate.per_s, rate.burst]
             keys = [name for name, _ in buckets] + ([key] if key is not None else [])
+            answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._takes.append((keys, args, answer))
+            if self._taking is None:
+                self._taking = asyncio.create_task(self._take_pending())
             try:
-                wait, cached = await self._take_script(keys=keys, args=args)
-            except (RedisError, OSError, TimeoutError) as exc:
+                wait, cached = await answer
+            except _FAILURES as exc:
                 self._failed(exc)
             else:
                 self._answered()
                 return float(wait), cached if isinstance(cached, bytes) else None, True
         return self._local.take(buckets, time.monotonic()), None, False
 
+    async def _take_pending(self) -> None:
+        """Send the waiting scripts, those that came meanwhile in the next pipeline, until none waits."""
+        try:
+            while self._takes:
+                batch, self._takes = self._takes[:PIPELINE_MAX], self._takes[PIPELINE_MAX:]
+                try:
+                    results = await self._evalsha_all([(keys, args) for keys, args, _ in batch])
+                except (*_FAILURES, asyncio.CancelledError) as exc:
+                    for _, _, answer in batch:
+                        if not answer.done():
+                            answer.set_exception(exc if not isinstance(exc, asyncio.CancelledError) else TimeoutError())
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    continue
+                for (_, _, answer), result in zip(batch, results, strict=True):
+                    if answer.done():
+                        continue
+                    if isinstance(result, Exception):
+                        answer.set_exception(result)
+                    else:
+                        answer.set_result(result)
+        finally:
+            self._taking = None
+
+    async def _evalsha_all(self, calls: list[tuple[list[str], list[float | int]]]) -> list[Any]:
+        """One pipeline of the bucket script; loaded once more if Redis lost it (a restart, SCRIPT FLUSH)."""
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(self._take_script.sha, len(keys), *keys, *args)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
+                self._take_script.sha = await self.client.script_load(_TAKE_LUA)
+                continue
+            return results
+        raise AssertionError("unreachable")
+
     async def close(self) -> None:
+        if self._copying is not None:  # the copies asked for get their round trip, within one timeout
+            try:
+                await asyncio.wait_for(self.copies_sent(), self.settings.timeout_s)
+            except (*_FAILURES, asyncio.CancelledError):
+                pass
         await self.client.aclose()

@@ -34,7 +34,6 @@ from gateway.store.db import Connection, Database, terminate
 log = logging.getLogger(__name__)
 
 KEY_LENGTH_MAX = 255
-_BACKGROUND_MAX = 1000  # Redis copies in flight; beyond that they are skipped (PostgreSQL has them)
 Work = Callable[[Connection], Awaitable[tuple[int, Any]]]
 Check = Callable[[Connection], Awaitable[None]]  # runs on the request's connection, outside its transaction
 # Records a refusal (e.g. a payment.failed event) in the transaction that stores the refused answer.
@@ -119,7 +118,6 @@ class Idempotency:
         self.db = db
         self.accel = accel
         self.settings = settings
-        self._background: set[asyncio.Task[None]] = set()
 
     def _replay(self, who: RequestIdentity, request_hash: bytes, status: int, body: bytes, source: str) -> Reply:
         if request_hash != who.fingerprint:
@@ -131,14 +129,8 @@ class Idempotency:
 
     def _remember(self, who: RequestIdentity, status: int, body: bytes) -> None:
         """Copy the stored answer to Redis in the background: the reply does not wait for it."""
-        if len(self._background) >= _BACKGROUND_MAX:
-            return
-        task = asyncio.create_task(
-            self.accel.set(cache_key(who.scope, who.key or ""), _pack(who.fingerprint, status, body),
-                           self.settings.retention_s)
-        )
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.accel.copy_later(cache_key(who.scope, who.key or ""), _pack(who.fingerprint, status, body),
+                              self.settings.retention_s)
 
     async def run(self, who: RequestIdentity, work: Work, before: Check | None = None,
                   refused: Refused | None = None, at_once: AtOnce | None = None) -> Reply:

@@ -1,0 +1,106 @@
+"""Redis round trips shared by concurrent requests (``gateway/accel.py``): the same answers as one
+call per round trip, fewer round trips, and the same failure behaviour."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from redis.asyncio.client import Pipeline
+
+from gateway.accel import Accelerator
+from gateway.domain.throttle import Rate
+from gateway.settings import RedisSettings
+from tests.conftest import TEST_REDIS_URL
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture
+async def accel() -> Any:
+    a = Accelerator(RedisSettings(url=TEST_REDIS_URL))
+    yield a
+    await a.close()
+
+
+def _count_pipelines(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every pipeline sent."""
+    sizes: list[int] = []
+    real = Pipeline.execute
+
+    async def counting(self: Pipeline, raise_on_error: bool = True) -> Any:
+        sizes.append(len(self.command_stack))
+        return await real(self, raise_on_error)
+
+    monkeypatch.setattr(Pipeline, "execute", counting)
+    return sizes
+
+
+async def test_concurrent_takes_share_round_trips_and_each_bucket_stays_exact(
+        accel: Accelerator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """60 concurrent requests of one scope with a burst of 25: exactly 25 pass, as 60 calls one by
+    one would let through, in far fewer than 60 round trips; a lone call waits for no one."""
+    sizes = _count_pipelines(monkeypatch)
+    scope = f"batch-{uuid.uuid4()}"
+    answers = await asyncio.gather(*(accel.preflight(scope, 25, None) for _ in range(60)))
+    assert all(redis_answered for _, _, redis_answered in answers)
+    assert sum(1 for wait_s, _, _ in answers if wait_s == 0) == 25
+    assert sum(sizes) == 60 and len(sizes) < 10, sizes
+    sizes.clear()
+    assert (await accel.preflight(f"alone-{uuid.uuid4()}", 25, None))[0] == 0
+    assert sizes == [1]
+
+
+async def test_each_take_gets_its_own_cached_answer(accel: Accelerator) -> None:
+    keys = [f"idem:test:{uuid.uuid4()}" for _ in range(20)]
+    for n, key in enumerate(keys[:10]):
+        await accel.set(key, f"answer-{n}".encode(), 60)
+    answers = await asyncio.gather(*(accel.preflight(f"own-{uuid.uuid4()}", 100, key) for key in keys))
+    assert [cached for _, cached, _ in answers] == [f"answer-{n}".encode() for n in range(10)] + [None] * 10
+
+
+async def test_a_script_redis_lost_is_loaded_again(accel: Accelerator) -> None:
+    assert (await accel.preflight(f"s-{uuid.uuid4()}", 5, None))[2]
+    await accel.client.script_flush()
+    answers = await asyncio.gather(*(accel.preflight(f"s-{uuid.uuid4()}", 5, None) for _ in range(5)))
+    assert all(answered and wait_s == 0 for wait_s, _, answered in answers)
+
+
+async def test_copies_go_together_and_all_arrive(accel: Accelerator, monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes = _count_pipelines(monkeypatch)
+    keys = [f"idem:copy:{uuid.uuid4()}" for _ in range(50)]
+    for n, key in enumerate(keys):
+        accel.copy_later(key, str(n).encode(), 60)
+    await accel.copies_sent()
+    assert await accel.client.mget(keys) == [str(n).encode() for n in range(50)]
+    assert sum(sizes) == 50 and len(sizes) <= 2, sizes
+    assert 0 < await accel.client.ttl(keys[0]) <= 60
+
+
+async def test_a_redis_that_is_gone_costs_no_request_anything() -> None:
+    """Nothing listens on the port: every waiting take gets the local bucket, the breaker opens once,
+    copies are skipped, and nothing raises."""
+    gone = Accelerator(RedisSettings(url="redis://127.0.0.1:9/0", timeout_s=0.2, backoff_s=30))
+    try:
+        answers = await asyncio.gather(*(gone.preflight("gone", 3, "idem:x") for _ in range(10)))
+        assert all(not answered and cached is None for _, cached, answered in answers)
+        assert not gone.available and gone.last_error is not None
+        after = await gone.preflight("gone", 3, None)  # breaker open: no round trip, local bucket
+        assert after[2] is False
+        assert sum(1 for wait_s, _, _ in [*answers, after] if wait_s == 0) == 3
+        gone.copy_later("idem:y", b"v", 60)
+        await gone.copies_sent()
+    finally:
+        await gone.close()
+
+
+async def test_rate_given_as_several_buckets_stays_all_or_nothing(accel: Accelerator) -> None:
+    """``take`` over two buckets through shared pipelines: a refused take charges neither bucket."""
+    a, b = f"tb:a:{uuid.uuid4()}", f"tb:b:{uuid.uuid4()}"
+    small, large = Rate(per_s=0.001, burst=2), Rate(per_s=0.001, burst=100)
+    waits = await asyncio.gather(*(accel.take([(a, small), (b, large)]) for _ in range(10)))
+    assert sum(1 for w in waits if w == 0) == 2
+    level = float((await accel.client.hget(b, "tokens")) or 0)
+    assert 97.9 < level < 98.1  # two charged, eight refused charged nothing
