@@ -86,6 +86,8 @@ class PaymentSettings(Section, frozen=True):
     expiry_max_s: int = 86400
     authorization_ttl_s: int = 604800
     fee_bps_default: int = 60
+    group_commit_items_max: int = 64
+    group_commit_in_flight_max: int = 2
 
 
 class IdempotencySettings(Section, frozen=True):
@@ -334,6 +336,9 @@ class Settings(Section, frozen=True):
             raise ValueError("auth.api_key_pepper must be at least 16 characters")
         if self.auth.rate_limit_per_s < 1:
             raise ValueError("auth.rate_limit_per_s must be at least 1")
+        if not 0 <= self.payments.group_commit_items_max <= 1000 or not 1 <= self.payments.group_commit_in_flight_max <= 64:
+            raise ValueError("payments.group_commit_items_max is in [0, 1000] (0: no group commit) and"
+                             " payments.group_commit_in_flight_max in [1, 64]")
         if self.auth.api_key_cache_ttl_s < 0 or self.auth.api_key_cache_entries_max < 1:
             raise ValueError("auth.api_key_cache_ttl_s is >= 0 (0: no cache); auth.api_key_cache_entries_max is positive")
         self.throttle.backoff()  # each refuses nonsense (zero rates, a cap below the base) with ValueError

@@ -13,7 +13,10 @@ from gateway.domain.limits import Tier
 from gateway.services.idempotency import Idempotency
 from gateway.services.key_cache import ApiKeyCache
 from gateway.settings import Settings
+from gateway.services.batching import Batcher
+from gateway.store import payments as payment_store
 from gateway.store.db import Database
+from gateway.store.idempotency import Done
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class Services:
     tiers: dict[int, Tier] = field(default_factory=dict)
     pin_thresholds_minor: dict[str, int] = field(default_factory=dict)
     limits_zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
+    pay_batches: PayBatcher | None = None  # group commit of wallet payments (None: each its own statement)
 
     @staticmethod
     def now() -> datetime:
@@ -46,9 +50,23 @@ class Services:
             settings, db, accel, Idempotency(db, accel, settings.idempotency), tokens, Sealer(settings.auth.api_key_pepper),
             ApiKeyCache(db, settings.auth),
             tiers=settings.tiers.tiers(), pin_thresholds_minor=settings.wallet.pin_threshold_minor,
-            limits_zone=ZoneInfo(settings.wallet.limits_timezone),
+            limits_zone=ZoneInfo(settings.wallet.limits_timezone), pay_batches=_pay_batcher(db, settings),
         )
 
     async def stop(self) -> None:
         await self.accel.close()
         await self.db.close()
+
+
+PayBatcher = Batcher[tuple[payment_store.PaidAtOnce, Done | None], bool]
+
+
+def _pay_batcher(db: Database, settings: Settings) -> PayBatcher | None:
+    if settings.payments.group_commit_items_max == 0:
+        return None
+
+    async def run(items: list[tuple[payment_store.PaidAtOnce, Done | None]]) -> list[bool]:
+        async with db.connection() as conn:
+            return await payment_store.pay_batch(conn, items)
+
+    return Batcher(run, settings.payments.group_commit_items_max, settings.payments.group_commit_in_flight_max)

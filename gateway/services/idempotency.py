@@ -57,7 +57,7 @@ class AtOnce:
 
     status: int
     value: Any
-    apply: Callable[[Connection, keys.Done | None], Awaitable[bool]]
+    apply: Callable[[keys.Done | None], Awaitable[bool]]  # takes its own connection (or joins a batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,22 +146,21 @@ class Idempotency:
         assert at_once is None or before is None, "a one-statement use case has no checks of the moment"
         if who.key is None:
             if at_once is not None:
-                async with self.db.connection() as conn:
-                    body = _encode(at_once.status, at_once.value)
-                    if await at_once.apply(conn, None):
-                        return Reply(at_once.status, body)
+                body = _encode(at_once.status, at_once.value)
+                if await at_once.apply(None):
+                    return Reply(at_once.status, body)
             return await self._run_plain(who, work, before, refused)
         cached = who.cached if who.prefetched else await self.accel.get(cache_key(who.scope, who.key))
         if cached is not None:
             return self._replay(who, *_unpack(cached), source="redis")
+        if at_once is not None:
+            body = _encode(at_once.status, at_once.value)
+            done = keys.Done(who.scope, who.key, who.fingerprint, who.method, who.path, at_once.status, body)
+            if await at_once.apply(done):
+                self._remember(who, at_once.status, body)
+                return Reply(at_once.status, body)
         # One pooled connection for the claim, the work and the answer (it holds the key's liveness lock).
         async with self.db.connection() as conn:
-            if at_once is not None:
-                body = _encode(at_once.status, at_once.value)
-                done = keys.Done(who.scope, who.key, who.fingerprint, who.method, who.path, at_once.status, body)
-                if await at_once.apply(conn, done):
-                    self._remember(who, at_once.status, body)
-                    return Reply(at_once.status, body)
             lock = _KeyLock()  # until the claim returns, whether it took the lock is unknown
             try:
                 row = await keys.claim(

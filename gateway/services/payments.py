@@ -232,12 +232,13 @@ async def create(svc: Services, who: Principal, req: NewPayment, identity: Reque
     view = views.payment_view(row)
     event_data = msgspec.json.encode(view)
 
-    async def at_once(conn: Connection, done: keys.Done | None) -> bool:
-        return await store.create_at_once(
-            conn, new, now, store_id=store_id, terminal_id=terminal_id, merchant_reference=req.merchant_reference,
-            description=req.description, return_url=return_url, cancel_url=cancel_url, metadata=pairs,
-            event_id=uuid.uuid4(), event_data=event_data, done=done,
-        )
+    async def at_once(done: keys.Done | None) -> bool:
+        async with svc.db.connection() as conn:
+            return await store.create_at_once(
+                conn, new, now, store_id=store_id, terminal_id=terminal_id, merchant_reference=req.merchant_reference,
+                description=req.description, return_url=return_url, cancel_url=cancel_url, metadata=pairs,
+                event_id=uuid.uuid4(), event_data=event_data, done=done,
+            )
 
     answer = msgspec.structs.replace(view, checkout_url=checkout_url(svc, row))
     return await svc.idempotency.run(identity, work, at_once=AtOnce(201, answer, at_once))
@@ -458,8 +459,28 @@ async def pay(svc: Services, who: Principal, text_id: str, pin: str | None, iden
 
 def _paid_at_once(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
                   accounts: dict[ledger.AccountRef, ledger_store.Account], *, channel: str) -> AtOnce | None:
-    """Paying ``head`` (read just before, unlocked) in one statement, decided by the same domain rules as
-    ``authorize_locked``; None when those rules would refuse it (the general path then gives the refusal)."""
+    """Paying ``head`` in one statement, with the process's other payments of the moment when group
+    commit is on (``svc.pay_batches``)."""
+    decided = decide_payment(svc, head, holder_id, accounts, channel=channel)
+    if decided is None:
+        return None
+    paid, answer = decided
+
+    async def apply(done: keys.Done | None) -> bool:
+        if svc.pay_batches is not None:
+            return await svc.pay_batches.submit((paid, done))  # group commit with the process's other payments
+        async with svc.db.connection() as conn:
+            return (await store.pay_batch(conn, [(paid, done)]))[0]
+
+    return AtOnce(200, answer, apply)
+
+
+def decide_payment(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
+                   accounts: dict[ledger.AccountRef, ledger_store.Account], *, channel: str,
+                   ) -> tuple[store.PaidAtOnce, views.PayerPaymentView] | None:
+    """What paying ``head`` (read just before, unlocked) writes and answers, decided by the same domain
+    rules as ``authorize_locked``; None when those rules would refuse it (the general path then gives
+    the refusal)."""
     if head["holder_tier"] is None or head["holder_locked"] or head["merchant_status"] != "active":
         return None
     now = svc.now()
@@ -489,11 +510,7 @@ def _paid_at_once(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
         event_data=msgspec.json.encode(views.payment_view(row)), capture=capture,
         hold_minor=0 if capture is not None else payment.authorized_minor,
     )
-
-    async def apply(conn: Connection, done: keys.Done | None) -> bool:
-        return await store.pay_at_once(conn, paid, done)
-
-    return AtOnce(200, views.payer_payment_view(row, head["merchant_name"]), apply)
+    return paid, views.payer_payment_view(row, head["merchant_name"])
 
 
 @counted("pay_code")  # only a pay-code charge waits for its payer's confirmation

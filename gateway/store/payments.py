@@ -18,7 +18,7 @@ from gateway.domain.payments import CaptureMethod, Payment, Status
 from gateway.store import pages
 from gateway.store.db import Connection, one
 from gateway.store.idempotency import AT_ONCE_REFUSED, Done, done_cte
-from gateway.store.ledger import Movement, entry_ctes, is_overdraft
+from gateway.store.ledger import Movement, is_overdraft
 
 _COLUMNS = (
     "id, merchant_id, amount_minor, currency, status, capture_method, expires_at, payer_id,"
@@ -180,58 +180,53 @@ class PaidAtOnce:
     hold_minor: int  # else the amount held on the wallet (a manual capture)
 
 
-async def pay_at_once(conn: Connection, paid: PaidAtOnce, done: Done | None) -> bool:
-    """Authorise (and capture) a payment in one statement, in the use cases' lock order: the key, the
-    payment, the holder (share), the day's spend, the balance shards. False, with nothing written, when
-    the payment changed since it was read, the holder's tier or lock changed, the merchant is not
-    active, the day's cap would be crossed, funds are short or the key exists."""
-    p = paid.payment
-    if paid.capture is not None:
-        money, shards, money_args = f", {entry_ctes(19, 'payment_id; $1', after='s')}", "cardinality($23::int8[])", \
-            paid.capture.args()
-    else:
-        money = """,
-        u AS (
-            UPDATE balances b SET held_minor = b.held_minor + $19 FROM s
-             WHERE b.account_id = $10 AND b.shard = 0
-            RETURNING 1
-        )"""
-        shards, money_args = "1", (paid.hold_minor,)
-    key_cte = f", {done_cte(19 + len(money_args), 'pay')}" if done is not None else ""
-    return await _at_once(
-        conn,
-        f"""
-        WITH pay AS (
-            UPDATE payments SET status = $3, payer_id = $4, authorized_minor = $5, captured_minor = $6,
-                   fee_minor = $7, authorization_expires_at = $8, confirm_by = NULL, wallet_account_id = $10,
-                   channel = $11, spend_day = $12, updated_at = $9
-             WHERE id = $1 AND updated_at = $2 AND status = 'requires_payment_method' AND payer_id IS NULL
-               AND expires_at > $9
-            RETURNING id, merchant_id
-        ), h AS (
-            SELECT w.id FROM wallet_holders w, pay
-             WHERE w.id = $4 AND w.tier = $14 AND w.payments_locked_at IS NULL
-               AND EXISTS (SELECT 1 FROM merchants m WHERE m.id = pay.merchant_id AND m.status = 'active')
-            FOR SHARE OF w
-        ), s AS (
-            INSERT INTO daily_spend (holder_id, currency, day, spent_minor)
-            SELECT h.id, $13, $12, $5 FROM h
-            ON CONFLICT (holder_id, currency, day)
-            DO UPDATE SET spent_minor = daily_spend.spent_minor + EXCLUDED.spent_minor
-            RETURNING spent_minor
-        ), ev AS (
-            INSERT INTO events (id, type, merchant_id, holder_id, object_id, data)
-            SELECT $16, $17, pay.merchant_id, $4, pay.id, $18::jsonb FROM pay, s
-            RETURNING 1
-        ){money}{key_cte}
-        SELECT gateway_at_once((SELECT count(*) FROM ev) = 1 AND (SELECT spent_minor FROM s) <= $15
-                               AND (SELECT count(*) FROM u) = {shards}{_key_guard(done)})
-        """,
-        p.id, paid.seen_updated_at, p.status.value, paid.holder_id, p.authorized_minor, p.captured_minor, p.fee_minor,
-        p.authorization_expires_at, paid.now, paid.wallet_account_id, paid.channel, paid.spend_day, p.currency,
-        paid.tier, paid.daily_max_minor, paid.event_id, paid.event_type, paid.event_data.decode(), *money_args,
-        *(done.args() if done else ()), posts=paid.capture.kind if paid.capture is not None else None,
-    )
+async def pay_batch(conn: Connection, items: list[tuple[PaidAtOnce, Done | None]]) -> list[bool]:
+    """Pay several payments in one statement and one transaction (``gateway_pay_batch``, migration
+    0015), each in its own subtransaction, in the use cases' lock order: the payment, the holder
+    (share), the day's spend, the balance shards. Item i is False, with nothing of it written, when
+    its payment changed since it was read, its holder's tier or lock changed, its merchant is not
+    active, the day's cap would be crossed, funds are short, it met a deadlock or its key exists;
+    the others are written and committed together."""
+    cols: dict[str, list[Any]] = {name: [] for name in (
+        "pid", "seen", "status", "holder", "authorized", "captured", "fee", "auth_exp", "now", "wallet", "channel",
+        "day", "currency", "tier", "daily_max", "event_id", "event_type", "event_data", "hold", "kind",
+        "p_item", "p_account", "p_currency", "p_amount", "s_item", "s_account", "s_shard", "s_delta", "s_released",
+        "k_principal", "k_key", "k_hash", "k_method", "k_path", "k_status", "k_body")}
+    for item, (paid, done) in enumerate(items, start=1):
+        pay = paid.payment
+        for name, value in (
+            ("pid", pay.id), ("seen", paid.seen_updated_at), ("status", pay.status.value), ("holder", paid.holder_id),
+            ("authorized", pay.authorized_minor), ("captured", pay.captured_minor), ("fee", pay.fee_minor),
+            ("auth_exp", pay.authorization_expires_at), ("now", paid.now), ("wallet", paid.wallet_account_id),
+            ("channel", paid.channel), ("day", paid.spend_day), ("currency", pay.currency), ("tier", paid.tier),
+            ("daily_max", paid.daily_max_minor), ("event_id", paid.event_id), ("event_type", paid.event_type),
+            ("event_data", paid.event_data.decode()), ("hold", paid.hold_minor),
+            ("kind", paid.capture.kind if paid.capture is not None else None),
+        ):
+            cols[name].append(value)
+        if paid.capture is not None:
+            move = paid.capture
+            cols["p_item"] += [item] * len(move.posting_accounts)
+            cols["p_account"] += move.posting_accounts
+            cols["p_currency"] += move.posting_currencies
+            cols["p_amount"] += move.posting_amounts
+            cols["s_item"] += [item] * len(move.shard_accounts)
+            cols["s_account"] += move.shard_accounts
+            cols["s_shard"] += move.shards
+            cols["s_delta"] += move.deltas
+            cols["s_released"] += move.released
+        key: tuple[object, ...] = done.args() if done is not None else (None,) * 7
+        for name, key_value in zip(("k_principal", "k_key", "k_hash", "k_method", "k_path", "k_status", "k_body"), key,
+                               strict=True):
+            cols[name].append(key_value)
+    started_s = time.perf_counter()
+    applied: list[bool] = await conn.fetchval(
+        "SELECT gateway_pay_batch(" + ", ".join(f"${n}" for n in range(1, len(cols) + 1)) + ")", *cols.values())
+    elapsed_s = time.perf_counter() - started_s
+    for (paid, _), ok in zip(items, applied, strict=True):
+        if ok and paid.capture is not None:
+            metrics.LEDGER_POST_DURATION.labels(paid.capture.kind).observe(elapsed_s)
+    return applied
 
 
 async def get(

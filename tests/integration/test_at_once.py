@@ -145,8 +145,8 @@ async def test_a_guard_that_no_longer_holds_writes_nothing(world: World, clean_d
     try:
         await change(conn, pid, holder_id, m.id)
         before = await _snapshot(conn)
-        assert await at_once.apply(conn, _done("wallet:x", f"k-{uuid.uuid4()}", at_once)) is False
-        assert await at_once.apply(conn, None) is False
+        assert await at_once.apply(_done("wallet:x", f"k-{uuid.uuid4()}", at_once)) is False
+        assert await at_once.apply(None) is False
         assert await _snapshot(conn) == before
     finally:
         await conn.execute("UPDATE balances SET held_minor = 0 WHERE held_minor > 0 AND account_id ="
@@ -171,10 +171,10 @@ async def test_the_day_cap_is_a_guard_of_the_statement(world: World, clean_db: s
             " ON CONFLICT (holder_id, currency, day) DO UPDATE SET spent_minor = EXCLUDED.spent_minor",
             holder_id, day, cap - 699)
         before = await _snapshot(conn)
-        assert await at_once.apply(conn, None) is False
+        assert await at_once.apply(None) is False
         assert await _snapshot(conn) == before
         await conn.execute("UPDATE daily_spend SET spent_minor = $2 WHERE holder_id = $1", holder_id, cap - 700)
-        assert await at_once.apply(conn, None) is True  # exactly at the cap is allowed, as the general path allows
+        assert await at_once.apply(None) is True  # exactly at the cap is allowed, as the general path allows
         assert await conn.fetchval("SELECT spent_minor FROM daily_spend WHERE holder_id = $1", holder_id) == cap
     finally:
         await conn.close()
@@ -190,7 +190,7 @@ async def test_an_existing_key_writes_nothing_and_its_request_gets_the_stored_an
             "INSERT INTO idempotency_keys (principal, key, request_hash, method, path, response_status, response_body)"
             " VALUES ('wallet:x', 'taken', '\\x00', 'POST', '/p', 200, '\\x7b7d')")
         before = await _snapshot(conn)
-        assert await at_once.apply(conn, _done("wallet:x", "taken", at_once)) is False
+        assert await at_once.apply(_done("wallet:x", "taken", at_once)) is False
         assert await _snapshot(conn) == before
     finally:
         await conn.close()

@@ -11,3 +11,84 @@ BEGIN
     END IF;
     RETURN true;
 END $$;
+
+-- Paying payments in one round trip and one commit (group commit): item i of the arrays is one
+-- request's payment, decided by the gateway from the payment's row as it read it (seen_at: its
+-- updated_at then). Each item runs in its own subtransaction (the exception block), in the use
+-- cases' lock order (payment, holder FOR SHARE, the day's spend, balance shards, then inserts): an
+-- item whose guard fails, whose funds are short, or that meets a unique key or a deadlock is rolled
+-- back alone and reported false (the gateway then runs that request's general path, which decides
+-- afresh and answers, a decline too); the other items commit together. An item writes: the payment,
+-- the day's spend, its event, its ledger entry with postings and shard changes (automatic capture)
+-- or the wallet's hold (manual capture), and its request's stored answer under its idempotency key
+-- (key_principal NULL: a request without a key).
+-- Postings and shard changes are flat arrays; p_item / s_item name the item each belongs to.
+CREATE OR REPLACE FUNCTION gateway_pay_batch(
+    payment_id uuid[], seen_at timestamptz[], status text[], holder uuid[], authorized bigint[], captured bigint[],
+    fee bigint[], authorization_expires timestamptz[], now_at timestamptz[], wallet_account bigint[], channel text[],
+    spend_day date[], currency text[], tier smallint[], daily_max bigint[], event_id uuid[], event_type text[],
+    event_data text[], hold bigint[], entry_kind text[],
+    p_item int[], p_account bigint[], p_currency text[], p_amount bigint[],
+    s_item int[], s_account bigint[], s_shard smallint[], s_delta bigint[], s_released bigint[],
+    key_principal text[], key_text text[], key_hash bytea[], key_method text[], key_path text[],
+    key_status int[], key_body bytea[]
+) RETURNS boolean[] LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    applied boolean[] := '{}';
+    merchant uuid;
+    spent bigint;
+    entry bigint;
+    changed bigint;
+BEGIN
+    FOR i IN 1 .. coalesce(cardinality(payment_id), 0) LOOP
+        BEGIN
+            UPDATE payments p SET status = $3[i], payer_id = $4[i], authorized_minor = $5[i], captured_minor = $6[i],
+                   fee_minor = $7[i], authorization_expires_at = $8[i], confirm_by = NULL,
+                   wallet_account_id = $10[i], channel = $11[i], spend_day = $12[i], updated_at = $9[i]
+             WHERE p.id = $1[i] AND p.updated_at = $2[i] AND p.status = 'requires_payment_method'
+               AND p.payer_id IS NULL AND p.expires_at > $9[i]
+            RETURNING p.merchant_id INTO merchant;
+            PERFORM gateway_at_once(FOUND);
+            PERFORM 1 FROM wallet_holders w
+             WHERE w.id = $4[i] AND w.tier = $14[i] AND w.payments_locked_at IS NULL
+               AND EXISTS (SELECT 1 FROM merchants m WHERE m.id = merchant AND m.status = 'active')
+               FOR SHARE OF w;
+            PERFORM gateway_at_once(FOUND);
+            INSERT INTO daily_spend AS d (holder_id, currency, day, spent_minor) VALUES ($4[i], $13[i], $12[i], $5[i])
+            ON CONFLICT (holder_id, currency, day) DO UPDATE SET spent_minor = d.spent_minor + EXCLUDED.spent_minor
+            RETURNING d.spent_minor INTO spent;
+            PERFORM gateway_at_once(spent <= $15[i]);
+            IF $19[i] > 0 THEN
+                UPDATE balances b SET held_minor = b.held_minor + $19[i] WHERE b.account_id = $10[i] AND b.shard = 0;
+                PERFORM gateway_at_once(FOUND);
+            ELSE
+                INSERT INTO journal_entries (kind, payment_id) VALUES ($20[i], $1[i]) RETURNING id INTO entry;
+                INSERT INTO postings (entry_id, account_id, currency, amount_minor)
+                SELECT entry, t.account_id, t.currency, t.amount_minor
+                  FROM unnest($21, $22, $23, $24) AS t(item, account_id, currency, amount_minor)
+                 WHERE t.item = i;
+                UPDATE balances b
+                   SET posted_minor = b.posted_minor + d.delta, held_minor = b.held_minor - d.released
+                  FROM unnest($25, $26, $27, $28, $29) AS d(item, account_id, shard, delta, released)
+                 WHERE d.item = i AND b.account_id = d.account_id AND b.shard = d.shard;
+                GET DIAGNOSTICS changed = ROW_COUNT;
+                PERFORM gateway_at_once(changed = (SELECT count(*) FROM unnest($25) AS s(item) WHERE s.item = i));
+            END IF;
+            INSERT INTO events (id, type, merchant_id, holder_id, object_id, data)
+            VALUES ($16[i], $17[i], merchant, $4[i], $1[i], $18[i]::jsonb);
+            IF $30[i] IS NOT NULL THEN
+                INSERT INTO idempotency_keys (principal, key, request_hash, method, path, response_status, response_body)
+                VALUES ($30[i], $31[i], $32[i], $33[i], $34[i], $35[i], $36[i])
+                ON CONFLICT (principal, key) DO NOTHING;
+                PERFORM gateway_at_once(FOUND);
+            END IF;
+            applied := applied || true;
+        EXCEPTION
+            WHEN SQLSTATE 'GW001' OR check_violation OR unique_violation OR deadlock_detected
+                 OR serialization_failure THEN
+                applied := applied || false;
+        END;
+    END LOOP;
+    RETURN applied;
+END $$;

@@ -1,0 +1,231 @@
+"""Group commit of wallet payments (``services/batching.py``, ``store.payments.pay_batch``).
+
+Batches are made deterministic here: a blocker holds the row lock of the first request's payment,
+so its batch (the only one a process with ``group_commit_in_flight_max = 1`` may run) waits, and
+every request that arrives meanwhile goes together into the next one. The ledger invariants are
+checked after every test (``serving``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from gateway.api.routing import SERVICES
+from gateway.domain.ids import Kind, decode
+from gateway.services.batching import Batcher
+from gateway.services.context import Services
+from tests.conftest import make_settings
+from tests.integration.conftest import serving
+from tests.integration.world import Holder, World
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture
+async def one_batch_world(clean_db: str) -> AsyncIterator[World]:
+    async with serving(clean_db, make_settings(payments={"group_commit_in_flight_max": 1})) as client:
+        yield await World.create(client)
+
+
+def _batches(world: World) -> Batcher[Any, bool]:
+    svc: Services = world.client.app[SERVICES]
+    assert svc.pay_batches is not None
+    return svc.pay_batches
+
+
+async def _wait_until(condition: Any, what: str) -> None:
+    for _ in range(500):
+        if await condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def _blocked_first(world: World, db_url: str, h: Holder, first: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """Start paying ``first`` while a blocker holds its row: returns (blocker, its transaction, the request)."""
+    blocker = await asyncpg.connect(db_url)
+    tx = blocker.transaction()
+    await tx.start()
+    await blocker.execute("SELECT 1 FROM payments WHERE id = $1 FOR UPDATE", decode(Kind.PAYMENT, first["id"]))
+    request = asyncio.create_task(world.client.post(
+        f"/v1/wallet/payments/{first['id']}/pay", json={}, headers={**h.headers, "Idempotency-Key": "first"}))
+
+    async def waiting() -> bool:
+        return bool(await blocker.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"))
+
+    await _wait_until(waiting, "the first batch to wait on the blocked row")
+    return blocker, tx, request
+
+
+async def test_one_batch_mixes_payments_and_declines_and_each_answer_is_its_own(
+        one_batch_world: World, clean_db: str) -> None:
+    """Ten payments of 300 from a wallet of 2,000 wait in one batch behind a blocked first one: six of
+    all eleven are paid (2,000 / 300), the others are declined for funds by their general path (a 402,
+    with its payment.failed event, stored under its key). Replays of every one give the same answer."""
+    world = one_batch_world
+    m = await world.merchant()
+    h = await world.holder(top_up=2_000)
+    created = [await world.payment(m, 300) for _ in range(11)]
+    batches = _batches(world)
+    batches.sizes.clear()
+    blocker, tx, first = await _blocked_first(world, clean_db, h, created[0])
+    rest = [asyncio.create_task(world.client.post(
+        f"/v1/wallet/payments/{p['id']}/pay", json={}, headers={**h.headers, "Idempotency-Key": f"k-{i}"}))
+        for i, p in enumerate(created[1:], start=1)]
+
+    async def all_queued() -> bool:
+        return len(batches._waiting) == 10
+
+    await _wait_until(all_queued, "ten payments waiting for the next batch")
+    await tx.rollback()
+    await blocker.close()
+    answers = [await first, *[await r for r in rest]]
+    assert batches.sizes[:2] == [1, 10]
+    statuses = [a.status for a in answers]
+    assert statuses.count(200) == 6 and statuses.count(402) == 5, statuses
+    bodies = [await a.json() for a in answers]
+    assert await world.available(h) == 2_000 - 6 * 300
+    for i, (p, status, body) in enumerate(zip(created, statuses, bodies, strict=True)):
+        key = "first" if i == 0 else f"k-{i}"
+        again = await world.client.post(f"/v1/wallet/payments/{p['id']}/pay", json={},
+                                        headers={**h.headers, "Idempotency-Key": key})
+        assert again.status == status and await again.json() == body
+        assert again.headers.get("Idempotent-Replayed") == "true"
+        view = await world.call("GET", f"/v1/payments/{p['id']}", headers=m.headers)
+        events = await world.call("GET", "/v1/events", headers=m.headers, params={"payment": p["id"]})
+        types = [e["type"] for e in events["data"]]
+        if status == 200:
+            assert view["status"] == "succeeded" and types.count("payment.succeeded") == 1
+        else:
+            assert body["error"]["code"] == "insufficient_funds"
+            assert view["status"] == "requires_payment_method" and types.count("payment.failed") == 1
+    assert await world.available(h) == 2_000 - 6 * 300  # replays moved nothing
+
+
+async def test_a_request_whose_client_hangs_up_in_a_batch_is_paid_once_and_its_retry_learns_it(
+        one_batch_world: World, clean_db: str) -> None:
+    """A client hangs up while its payment waits in a batch: the batch is written without it or with
+    it, never twice; the retry with the same key answers 200 and the wallet is charged once."""
+    world = one_batch_world
+    m = await world.merchant()
+    h = await world.holder(top_up=5_000)
+    created = [await world.payment(m, 300) for _ in range(4)]
+    batches = _batches(world)
+    blocker, tx, first = await _blocked_first(world, clean_db, h, created[0])
+    url = str(world.client.make_url(f"/v1/wallet/payments/{created[1]['id']}/pay"))
+    async with aiohttp.ClientSession() as session:
+        gone = asyncio.create_task(session.post(url, json={}, headers={**h.headers, "Idempotency-Key": "gone"}))
+        others = [asyncio.create_task(world.client.post(
+            f"/v1/wallet/payments/{p['id']}/pay", json={}, headers={**h.headers, "Idempotency-Key": f"o-{i}"}))
+            for i, p in enumerate(created[2:])]
+
+        async def queued() -> bool:
+            return len(batches._waiting) == 3
+
+        await _wait_until(queued, "three payments waiting")
+        gone.cancel()  # the client hangs up: its connection closes
+    await tx.rollback()
+    await blocker.close()
+    assert (await first).status == 200 and all(o.status == 200 for o in [await t for t in others])
+    retry = await world.client.post(f"/v1/wallet/payments/{created[1]['id']}/pay", json={},
+                                    headers={**h.headers, "Idempotency-Key": "gone"})
+    assert retry.status == 200, await retry.text()
+    assert await world.available(h) == 5_000 - 4 * 300
+    view = await world.call("GET", f"/v1/payments/{created[1]['id']}", headers=m.headers)
+    assert view["status"] == "succeeded"
+
+
+async def test_a_batch_that_fails_whole_fails_each_request_retryably_and_writes_nothing(
+        one_batch_world: World, clean_db: str) -> None:
+    """The batch's connection is killed while it waits: every request of it gets the retryable 503
+    (never a 500), nothing of the batch is written, and the retries with the same keys pay each once."""
+    world = one_batch_world
+    m = await world.merchant()
+    h = await world.holder(top_up=5_000)
+    created = [await world.payment(m, 300) for _ in range(4)]
+    batches = _batches(world)
+    blocker, tx, first = await _blocked_first(world, clean_db, h, created[0])
+    rest = [asyncio.create_task(world.client.post(
+        f"/v1/wallet/payments/{p['id']}/pay", json={}, headers={**h.headers, "Idempotency-Key": f"r-{i}"}))
+        for i, p in enumerate(created[1:], start=1)]
+
+    async def queued() -> bool:
+        return len(batches._waiting) == 3
+
+    await _wait_until(queued, "three payments waiting")
+    # The next batch starts once the first ends: kill the first batch's session (it waits on the lock).
+    await blocker.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock'")
+    answer = await first
+    assert answer.status == 503 and (await answer.json())["error"]["code"] == "database_unavailable"
+    await tx.rollback()
+    await blocker.close()
+    assert all(r.status == 200 for r in [await t for t in rest])  # the next batch, on a fresh connection
+    assert await world.available(h) == 5_000 - 3 * 300
+    retry = await world.client.post(f"/v1/wallet/payments/{created[0]['id']}/pay", json={},
+                                    headers={**h.headers, "Idempotency-Key": "first"})
+    assert retry.status == 200 and "Idempotent-Replayed" not in retry.headers  # nothing was stored: paid now
+    assert await world.available(h) == 5_000 - 4 * 300
+
+
+async def test_a_lone_payment_waits_for_nobody(world: World) -> None:
+    """Sequential payments each go alone, at once: batches of one."""
+    m = await world.merchant()
+    h = await world.holder(top_up=5_000)
+    batches = _batches(world)
+    batches.sizes.clear()
+    for _ in range(3):
+        await world.pay(h, (await world.payment(m, 100))["id"], key=str(uuid.uuid4()))
+    assert batches.sizes == [1, 1, 1]
+
+
+async def test_in_one_batch_a_refused_item_undoes_nothing_of_the_others(world: World, clean_db: str) -> None:
+    """The batch statement decides per item: of five payments of 300 from a wallet of 1,000 (the
+    second changed after it was decided, the fifth beyond the funds) exactly the first, third and
+    fourth are written, with their events and keys; the refused ones leave no trace."""
+    from gateway.services import payments as payment_cases
+    from gateway.store import idempotency as keys
+    from gateway.store import payments as payment_store
+
+    svc: Services = world.client.app[SERVICES]
+    m = await world.merchant()
+    h = await world.holder(top_up=1_000)
+    holder_id = decode(Kind.WALLET_HOLDER, h.id)
+    assert holder_id is not None
+    items = []
+    for n in range(5):
+        pid = decode(Kind.PAYMENT, (await world.payment(m, 300))["id"])
+        assert pid is not None
+        async with svc.db.connection() as conn:
+            head = await payment_store.payable(conn, pid, holder_id)
+        assert head is not None
+        accounts = await payment_cases.payer_accounts(svc, holder_id, head["merchant_id"], "CNY")
+        decided = payment_cases.decide_payment(svc, head, holder_id, accounts, channel="wallet")
+        assert decided is not None
+        done = keys.Done(f"wallet:{holder_id}", f"batch-{n}", b"\1" * 32, "POST", "/p", 200, b"{}")
+        items.append((decided[0], done, pid))
+    conn = await asyncpg.connect(clean_db)
+    try:
+        await conn.execute("UPDATE payments SET updated_at = clock_timestamp() WHERE id = $1", items[1][2])
+        applied = await payment_store.pay_batch(conn, [(paid, done) for paid, done, _ in items])
+        assert applied == [True, False, True, True, False]
+        statuses = [await conn.fetchval("SELECT status FROM payments WHERE id = $1", pid) for _, _, pid in items]
+        assert statuses == ["succeeded", "requires_payment_method", "succeeded", "succeeded", "requires_payment_method"]
+        written = {r["key"] for r in await conn.fetch("SELECT key FROM idempotency_keys WHERE key LIKE 'batch-%'")}
+        assert written == {"batch-0", "batch-2", "batch-3"}
+        events = await conn.fetch("SELECT object_id FROM events WHERE type = 'payment.succeeded'")
+        assert {r["object_id"] for r in events} == {items[i][2] for i in (0, 2, 3)}
+        assert await conn.fetchval("SELECT count(*) FROM journal_entries WHERE payment_id = ANY($1::uuid[])",
+                                   [pid for _, _, pid in items]) == 3
+    finally:
+        await conn.close()
+    assert await world.available(h) == 100
