@@ -14,14 +14,19 @@ END $$;
 
 -- Paying payments in one round trip and one commit (group commit): item i of the arrays is one
 -- request's payment, decided by the gateway from the payment's row as it read it (seen_at: its
--- updated_at then). Each item runs in its own subtransaction (the exception block), in the use
--- cases' lock order (payment, holder FOR SHARE, the day's spend, balance shards, then inserts): an
--- item whose guard fails, whose funds are short, or that meets a unique key or a deadlock is rolled
--- back alone and reported false (the gateway then runs that request's general path, which decides
--- afresh and answers, a decline too); the other items commit together. An item writes: the payment,
--- the day's spend, its event, its ledger entry with postings and shard changes (automatic capture)
--- or the wallet's hold (manual capture), and its request's stored answer under its idempotency key
--- (key_principal NULL: a request without a key).
+-- updated_at then). Each item runs in its own subtransaction (the exception block): an item whose
+-- guard fails, whose funds are short, whose rows another transaction holds, or that meets a unique
+-- key is rolled back alone and reported false (the gateway then runs that request's general path,
+-- which waits its turn, decides afresh and answers, a decline too); the other items commit together.
+-- An item writes: the payment, the day's spend, its event, its ledger entry with postings and shard
+-- changes (automatic capture) or the wallet's hold (manual capture), and its request's stored answer
+-- under its idempotency key (key_principal NULL: a request without a key).
+--
+-- Locks: the batch first locks every balance shard it will change, in (account_id, shard) order, as
+-- every use case locks them, so batches never deadlock on balances. Its items then take the rows
+-- that come before balances in the use cases' lock order (payment, holder, day's spend) with NOWAIT:
+-- a row another transaction holds makes that item fall back at once, so a batch never waits on a
+-- transaction that may be waiting on the shards the batch holds.
 -- Postings and shard changes are flat arrays; p_item / s_item name the item each belongs to.
 CREATE OR REPLACE FUNCTION gateway_pay_batch(
     payment_id uuid[], seen_at timestamptz[], status text[], holder uuid[], authorized bigint[], captured bigint[],
@@ -41,8 +46,18 @@ DECLARE
     entry bigint;
     changed bigint;
 BEGIN
+    PERFORM 1 FROM balances b
+      JOIN (SELECT account_id, shard FROM unnest($26, $27) AS s(account_id, shard)
+            UNION SELECT account_id, 0::smallint FROM unnest($10, $19) AS h(account_id, amount) WHERE amount > 0) AS k
+        ON b.account_id = k.account_id AND b.shard = k.shard
+     ORDER BY b.account_id, b.shard
+       FOR UPDATE OF b;
     FOR i IN 1 .. coalesce(cardinality(payment_id), 0) LOOP
         BEGIN
+            PERFORM 1 FROM payments p WHERE p.id = $1[i] FOR UPDATE NOWAIT;
+            PERFORM 1 FROM wallet_holders w WHERE w.id = $4[i] FOR SHARE NOWAIT;
+            PERFORM 1 FROM daily_spend d WHERE d.holder_id = $4[i] AND d.currency = $13[i] AND d.day = $12[i]
+                FOR UPDATE NOWAIT;
             UPDATE payments p SET status = $3[i], payer_id = $4[i], authorized_minor = $5[i], captured_minor = $6[i],
                    fee_minor = $7[i], authorization_expires_at = $8[i], confirm_by = NULL,
                    wallet_account_id = $10[i], channel = $11[i], spend_day = $12[i], updated_at = $9[i]
@@ -85,8 +100,8 @@ BEGIN
             END IF;
             applied := applied || true;
         EXCEPTION
-            WHEN SQLSTATE 'GW001' OR check_violation OR unique_violation OR deadlock_detected
-                 OR serialization_failure THEN
+            WHEN SQLSTATE 'GW001' OR check_violation OR unique_violation OR lock_not_available
+                 OR deadlock_detected OR serialization_failure THEN
                 applied := applied || false;
         END;
     END LOOP;
