@@ -49,6 +49,13 @@ PAYMENT_DECLINES = Counter("gateway_payment_declines_total", "Declined attempts 
 LEDGER_POST_DURATION = Histogram("gateway_ledger_post_duration_seconds", "Ledger posting statement latency",
                                  ["kind"], buckets=_STATEMENT_BUCKETS_S)
 
+# Group commit (gateway.services.batching): payments per batch statement, and those a batch refused
+# (they then ran their general path: a decline, a changed row, a row another transaction held).
+GROUP_COMMIT_BATCH_SIZE = Histogram("gateway_group_commit_batch_size", "Payments written by one batch statement",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+GROUP_COMMIT_FALLBACKS = Counter("gateway_group_commit_fallbacks_total",
+                                 "Payments a batch statement refused, then run on their general path")
+
 # Database (gateway.store.db). Gauges are summed over the processes; idle = open - in_use.
 DB_TRANSACTION_RETRIES = Counter("gateway_db_transaction_retries_total", "Transactions retried whole", ["reason"])
 DB_POOL_CONNECTIONS_MAX = Gauge("gateway_db_pool_connections_max", "Connections the pools may open",

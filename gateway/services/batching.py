@@ -46,6 +46,7 @@ class Batcher(Generic[T, R]):
         task.add_done_callback(self._tasks.discard)
 
     async def _drain(self) -> None:
+        cancelled = False
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting[:self.items_max], self._waiting[self.items_max:]
@@ -61,6 +62,7 @@ class Batcher(Generic[T, R]):
                         if not answer.done():
                             answer.set_exception(exc)
                     if isinstance(exc, asyncio.CancelledError):
+                        cancelled = True
                         raise
                     continue
                 for (_, answer), result in zip(live, results, strict=True):
@@ -68,5 +70,9 @@ class Batcher(Generic[T, R]):
                         answer.set_result(result)
         finally:
             self._in_flight -= 1
-            if self._waiting and self._in_flight < self.in_flight_max:  # items that came as this one stopped
+            if cancelled:  # the loop is stopping: what still waits is cancelled with its requests
+                for _, answer in self._waiting:
+                    answer.cancel()
+                self._waiting.clear()
+            elif self._waiting and self._in_flight < self.in_flight_max:  # items that came as this one stopped
                 self._start()

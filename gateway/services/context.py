@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
+from gateway import metrics
 from gateway.accel import Accelerator
 from gateway.auth.sealing import Sealer
 from gateway.auth.tokens import TokenIssuer
@@ -66,7 +67,10 @@ def _pay_batcher(db: Database, settings: Settings) -> PayBatcher | None:
         return None
 
     async def run(items: list[tuple[payment_store.PaidAtOnce, Done | None]]) -> list[bool]:
+        metrics.GROUP_COMMIT_BATCH_SIZE.observe(len(items))
         async with db.connection() as conn:
-            return await payment_store.pay_batch(conn, items)
+            applied = await payment_store.pay_batch(conn, items)
+        metrics.GROUP_COMMIT_FALLBACKS.inc(applied.count(False))
+        return applied
 
     return Batcher(run, settings.payments.group_commit_items_max, settings.payments.group_commit_in_flight_max)
