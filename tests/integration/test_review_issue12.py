@@ -160,3 +160,36 @@ async def test_one_payers_held_wallet_does_not_fail_the_other_items_of_its_batch
     finally:
         await blocker.close()
         await conn.close()
+
+
+async def test_a_day_total_another_transaction_is_inserting_does_not_hold_up_the_batch(
+        world: World, clean_db: str) -> None:
+    """Payer A's first payment of the day is being written by another transaction (its day total row
+    inserted, not yet committed: a general-path payment, e.g. one that needed a PIN). The batch takes
+    an existing day total with NOWAIT, but a row not yet committed is not seen by that step, and its
+    INSERT .. ON CONFLICT then waits for the other transaction: the whole batch (payer B's item too)
+    waits, up to lock_timeout per such item, forever without one. Expected, as for the payment row: A's
+    item falls back at once and B's is written. (Bounded wait: a liveness check, not a measurement.)"""
+    svc: Services = world.client.app[SERVICES]
+    m = await world.merchant()
+    a = await world.holder(top_up=10_000)
+    b = await world.holder(top_up=10_000)
+    paid_a, pid_a = await _decided(world, m, a, 700)
+    paid_b, pid_b = await _decided(world, m, b, 700)
+    blocker = await asyncpg.connect(clean_db)
+    conn = await asyncpg.connect(clean_db)
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("INSERT INTO daily_spend (holder_id, currency, day, spent_minor) VALUES ($1, 'CNY', $2, 1)",
+                              paid_a.holder_id, svc.local_day(paid_a.now))
+        await conn.execute("SET lock_timeout = 0")
+        batch = asyncio.create_task(payment_store.pay_batch(conn, [(paid_a, None), (paid_b, None)]))
+        done, _ = await asyncio.wait({batch}, timeout=10)
+        await tx.rollback()
+        applied = await batch
+        assert done, "the batch waited on the other transaction's day total"
+        assert applied == [False, True]
+    finally:
+        await blocker.close()
+        await conn.close()
