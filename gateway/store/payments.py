@@ -220,8 +220,11 @@ async def pay_batch(conn: Connection, items: list[tuple[PaidAtOnce, Done | None]
                                strict=True):
             cols[name].append(key_value)
     started_s = time.perf_counter()
-    applied: list[bool] = await conn.fetchval(
-        "SELECT gateway_pay_batch(" + ", ".join(f"${n}" for n in range(1, len(cols) + 1)) + ")", *cols.values())
+    try:
+        applied: list[bool] = await conn.fetchval(
+            "SELECT gateway_pay_batch(" + ", ".join(f"${n}" for n in range(1, len(cols) + 1)) + ")", *cols.values())
+    except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):  # in its first step (the balance locks)
+        return [False] * len(items)  # nothing was written: each item's general path decides (and retries)
     elapsed_s = time.perf_counter() - started_s
     for (paid, _), ok in zip(items, applied, strict=True):
         if ok and paid.capture is not None:
