@@ -90,6 +90,8 @@ from paybench.load import (
     charge_once,
     closed_loop,
     closed_loop_of,
+    group_commit_counts,
+    group_commit_line,
     issue_pay_codes,
     open_loop,
     replay_once,
@@ -235,9 +237,11 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
             banner(f"{load.name}; closed loop, concurrency {sizes.concurrency},"
                    f" {sizes.count} payments or {sizes.duration_s:g} s")
             await vacuum()
+            batched = await group_commit_counts(api)
             results[key] = glog.attach(
                 await closed_loop(api, world, load, sizes, sizes.count, sizes.duration_s, gateway))
             results[key].print()
+            print(group_commit_line(batched, await group_commit_counts(api)))
         peak = results["A"].rate_per_s
 
         replayable = results["A"].rec.replayable
@@ -267,9 +271,11 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
                f" {sizes.count} payments or {sizes.duration_s:g} s")
         if half_rate > 0:
             await vacuum()
+            batched = await group_commit_counts(api)
             results["half_load"] = glog.attach(await open_loop(api, world, LOAD_A, sizes, half_rate, sizes.count,
                                                               sizes.duration_s, gateway))
             results["half_load"].print()
+            print(group_commit_line(batched, await group_commit_counts(api)))
         else:
             print("  skipped: phase A confirmed nothing")
 

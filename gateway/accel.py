@@ -228,13 +228,16 @@ class Accelerator:
         return self._local.take(buckets, time.monotonic()), None, False
 
     async def _take_pending(self) -> None:
-        """Send the waiting scripts, those that came meanwhile in the next pipeline, until none waits."""
+        """Send the waiting scripts, those that came meanwhile in the next pipeline, until none waits. A
+        pipeline that fails fails every script waiting too (the breaker then opens once: a dead Redis
+        costs the requests of the moment one timeout, not one per pipeline)."""
         try:
             while self._takes:
                 batch, self._takes = self._takes[:PIPELINE_MAX], self._takes[PIPELINE_MAX:]
                 try:
                     results = await self._evalsha_all([(keys, args) for keys, args, _ in batch])
                 except (*_FAILURES, asyncio.CancelledError) as exc:
+                    batch, self._takes = batch + self._takes, []
                     for _, _, answer in batch:
                         if not answer.done():
                             answer.set_exception(exc if not isinstance(exc, asyncio.CancelledError) else TimeoutError())
@@ -252,17 +255,23 @@ class Accelerator:
             self._taking = None
 
     async def _evalsha_all(self, calls: list[tuple[list[str], list[float | int]]]) -> list[Any]:
-        """One pipeline of the bucket script; loaded once more if Redis lost it (a restart, SCRIPT FLUSH)."""
-        for attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
-            for keys, args in calls:
-                pipe.evalsha(self._take_script.sha, len(keys), *keys, *args)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
-            if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
-                self._take_script.sha = await self.client.script_load(_TAKE_LUA)
-                continue
-            return results
-        raise AssertionError("unreachable")
+        """One pipeline of the bucket script. The calls Redis refused for lacking the script (a restart,
+        SCRIPT FLUSH) did not run: it is loaded and only they are sent again."""
+        results = await self._pipeline(calls)
+        missing = [n for n, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if missing:
+            self._take_script.sha = await self.client.script_load(_TAKE_LUA)
+            again = await self._pipeline([calls[n] for n in missing])
+            for n, result in zip(missing, again, strict=True):
+                results[n] = result
+        return results
+
+    async def _pipeline(self, calls: list[tuple[list[str], list[float | int]]]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(self._take_script.sha, len(keys), *keys, *args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
 
     async def close(self) -> None:
         if self._copying is not None:  # the copies asked for get their round trip, within one timeout

@@ -291,3 +291,28 @@ async def open_loop(api: Api, world: World, load: Load, sizes: Sizes, rate_per_s
         after = cpu_sample(gateway.pgid, gateway.database)
     return PhaseResult(f"{load.name}; open loop at {rate_per_s:,.1f}/s", rec, after.at_s - before.at_s,
                        cpu_cores(before, after), db_waits=waits.counts)
+
+
+_GROUP_COMMIT_SERIES = ("gateway_group_commit_batch_size_count", "gateway_group_commit_batch_size_sum",
+                        "gateway_group_commit_fallbacks_total")
+
+
+async def group_commit_counts(api: Api) -> tuple[float, float, float]:
+    """(batches, payments in them, fall-backs) so far, summed over the serving processes (/metrics)."""
+    async with api.session.get(api.base_url + "/metrics") as resp:
+        text = await resp.text()
+    found = dict.fromkeys(_GROUP_COMMIT_SERIES, 0.0)
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in found:
+            found[name] += float(value)
+    batches, items, fallbacks = (found[name] for name in _GROUP_COMMIT_SERIES)
+    return batches, items, fallbacks
+
+
+def group_commit_line(before: tuple[float, float, float], after: tuple[float, float, float]) -> str:
+    batches, items, fallbacks = (b - a for a, b in zip(before, after, strict=True))
+    if batches == 0:
+        return "  group commit: no batch (off, or no wallet payment in this phase)"
+    return (f"  group commit: {items:,.0f} wallet payments in {batches:,.0f} batch statements, {items / batches:.2f}"
+            f" per batch; {fallbacks:,.0f} refused by their batch and run on their general path")

@@ -21,7 +21,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from functools import partial
 from typing import Any, ParamSpec
 
@@ -503,8 +503,10 @@ def decide_payment(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
     if payment.status is Status.SUCCEEDED:
         capture = ledger_store.movement(ledger.capture(holder_id, payment.merchant_id, payment.currency,
                                                        payment.captured_minor, payment.fee_minor), accounts)
+    day_ends = datetime.combine(day + timedelta(days=1), time(0), tzinfo=svc.limits_zone)
     paid = store.PaidAtOnce(
-        payment=payment, seen_updated_at=head["updated_at"], now=now, holder_id=holder_id, tier=tier.number,
+        payment=payment, seen_updated_at=head["updated_at"], now=now,
+        decided_until=min(payment.expires_at, day_ends), holder_id=holder_id, tier=tier.number,
         wallet_account_id=wallet.id, channel=channel, spend_day=day, daily_max_minor=caps.daily_max_minor,
         event_type=EVENT_FOR_STATUS[payment.status], event_id=uuid.uuid4(),
         event_data=msgspec.json.encode(views.payment_view(row)), capture=capture,

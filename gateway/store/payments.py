@@ -167,6 +167,7 @@ class PaidAtOnce:
     payment: Payment  # as paid
     seen_updated_at: datetime  # the row's updated_at when read: any change since makes the statement refuse
     now: datetime
+    decided_until: datetime  # the decision holds until then (the payment's expiry, the end of the spend day)
     holder_id: uuid.UUID
     tier: int  # the holder's tier the caps were checked against (a change since makes it refuse)
     wallet_account_id: int
@@ -191,7 +192,7 @@ async def pay_batch(conn: Connection, items: list[tuple[PaidAtOnce, Done | None]
         "pid", "seen", "status", "holder", "authorized", "captured", "fee", "auth_exp", "now", "wallet", "channel",
         "day", "currency", "tier", "daily_max", "event_id", "event_type", "event_data", "hold", "kind",
         "p_item", "p_account", "p_currency", "p_amount", "s_item", "s_account", "s_shard", "s_delta", "s_released",
-        "k_principal", "k_key", "k_hash", "k_method", "k_path", "k_status", "k_body")}
+        "k_principal", "k_key", "k_hash", "k_method", "k_path", "k_status", "k_body", "until")}
     for item, (paid, done) in enumerate(items, start=1):
         pay = paid.payment
         for name, value in (
@@ -219,6 +220,7 @@ async def pay_batch(conn: Connection, items: list[tuple[PaidAtOnce, Done | None]
         for name, key_value in zip(("k_principal", "k_key", "k_hash", "k_method", "k_path", "k_status", "k_body"), key,
                                strict=True):
             cols[name].append(key_value)
+        cols["until"].append(paid.decided_until)
     started_s = time.perf_counter()
     try:
         applied: list[bool] = await conn.fetchval(

@@ -245,3 +245,24 @@ async def test_creating_with_another_merchants_store_is_refused_and_writes_nothi
         assert refused["error"]["param"] == "store"
     for m in (a, b):
         assert (await world.call("GET", "/v1/payments", headers=m.headers))["data"] == []
+
+
+async def test_a_decision_held_past_the_end_of_its_spend_day_is_refused(world: World, clean_db: str) -> None:
+    """A payment decided before local midnight counts in that day's total; run after midnight (by the
+    database's clock) it would count against the day just ended: it falls back to its general path."""
+    import dataclasses
+
+    m = await world.merchant()
+    h = await world.holder(top_up=10_000)
+    paid, pid = await _decided(world, m, h, 700)
+    svc: Services = world.client.app[SERVICES]
+    day_ends = datetime.combine(paid.spend_day + timedelta(days=1), datetime.min.time(), tzinfo=svc.limits_zone)
+    assert paid.decided_until == min(paid.payment.expires_at, day_ends)
+    conn = await asyncpg.connect(clean_db)
+    try:
+        late = dataclasses.replace(paid, decided_until=await conn.fetchval("SELECT clock_timestamp()"))
+        assert await payment_store.pay_batch(conn, [(late, None)]) == [False]
+        assert await conn.fetchval("SELECT status FROM payments WHERE id = $1", pid) == "requires_payment_method"
+        assert await payment_store.pay_batch(conn, [(paid, None)]) == [True]
+    finally:
+        await conn.close()

@@ -22,11 +22,16 @@ END $$;
 -- changes (automatic capture) or the wallet's hold (manual capture), and its request's stored answer
 -- under its idempotency key (key_principal NULL: a request without a key).
 --
--- Locks: the batch first locks every balance shard it will change, in (account_id, shard) order, as
--- every use case locks them, so batches never deadlock on balances. Its items then take the rows
--- that come before balances in the use cases' lock order (payment, holder, day's spend) with NOWAIT:
--- a row another transaction holds makes that item fall back at once, so a batch never waits on a
--- transaction that may be waiting on the shards the batch holds.
+-- Time: an item is decided at now_at and holds only until decided_until (the payment's expiry or
+-- the end of the local day its spend counts in, whichever comes first), by the database's clock:
+-- an item that waited in the queue past it falls back (the general path then decides on the time).
+--
+-- Locks: the batch first locks the shared balance shards it will change (merchants', fees'), in
+-- (account_id, shard) order, as every use case locks them, so batches never deadlock on them. Its
+-- items then take their own rows (payment, holder, day's spend, wallet balance) with NOWAIT: a row
+-- another transaction holds makes that item fall back at once, so a batch never waits on a
+-- transaction that may be waiting on the shards the batch holds, and one payer's busy wallet never
+-- holds up the others.
 -- Postings and shard changes are flat arrays; p_item / s_item name the item each belongs to.
 CREATE OR REPLACE FUNCTION gateway_pay_batch(
     payment_id uuid[], seen_at timestamptz[], status text[], holder uuid[], authorized bigint[], captured bigint[],
@@ -36,7 +41,7 @@ CREATE OR REPLACE FUNCTION gateway_pay_batch(
     p_item int[], p_account bigint[], p_currency text[], p_amount bigint[],
     s_item int[], s_account bigint[], s_shard smallint[], s_delta bigint[], s_released bigint[],
     key_principal text[], key_text text[], key_hash bytea[], key_method text[], key_path text[],
-    key_status int[], key_body bytea[]
+    key_status int[], key_body bytea[], decided_until timestamptz[]
 ) RETURNS boolean[] LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -47,22 +52,26 @@ DECLARE
     changed bigint;
 BEGIN
     PERFORM 1 FROM balances b
-      JOIN (SELECT account_id, shard FROM unnest($26, $27) AS s(account_id, shard)
-            UNION SELECT account_id, 0::smallint FROM unnest($10, $19) AS h(account_id, amount) WHERE amount > 0) AS k
+      JOIN (SELECT DISTINCT account_id, shard FROM unnest($26, $27) AS s(account_id, shard)
+             WHERE account_id <> ALL ($10)) AS k
         ON b.account_id = k.account_id AND b.shard = k.shard
      ORDER BY b.account_id, b.shard
        FOR UPDATE OF b;
+    -- From here on an item never waits long: what it cannot lock at once (a row inserted and not yet
+    -- committed by another transaction, which NOWAIT cannot see) makes it fall back after 100 ms.
+    PERFORM set_config('lock_timeout', '100ms', true);
     FOR i IN 1 .. coalesce(cardinality(payment_id), 0) LOOP
         BEGIN
             PERFORM 1 FROM payments p WHERE p.id = $1[i] FOR UPDATE NOWAIT;
             PERFORM 1 FROM wallet_holders w WHERE w.id = $4[i] FOR SHARE NOWAIT;
             PERFORM 1 FROM daily_spend d WHERE d.holder_id = $4[i] AND d.currency = $13[i] AND d.day = $12[i]
                 FOR UPDATE NOWAIT;
+            PERFORM 1 FROM balances b WHERE b.account_id = $10[i] AND b.shard = 0 FOR UPDATE NOWAIT;
             UPDATE payments p SET status = $3[i], payer_id = $4[i], authorized_minor = $5[i], captured_minor = $6[i],
                    fee_minor = $7[i], authorization_expires_at = $8[i], confirm_by = NULL,
                    wallet_account_id = $10[i], channel = $11[i], spend_day = $12[i], updated_at = $9[i]
              WHERE p.id = $1[i] AND p.updated_at = $2[i] AND p.status = 'requires_payment_method'
-               AND p.payer_id IS NULL AND p.expires_at > $9[i]
+               AND p.payer_id IS NULL AND p.expires_at > greatest($9[i], clock_timestamp()) AND clock_timestamp() < $37[i]
             RETURNING p.merchant_id INTO merchant;
             PERFORM gateway_at_once(FOUND);
             PERFORM 1 FROM wallet_holders w
