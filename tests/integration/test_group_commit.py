@@ -1,9 +1,12 @@
 """Group commit of wallet payments (``services/batching.py``, ``store.payments.pay_batch``).
 
-Batches are made deterministic here: a blocker holds the row lock of the payer's wallet balance, so
-the first request's batch (the only one a process with ``group_commit_in_flight_max = 1`` may run)
-waits in its first step (it locks the balance shards it will change before anything else), and every
-request that arrives meanwhile goes together into the next one. The ledger invariants are
+Batches are made deterministic here: a blocker holds the rows of the merchant's receivable balance
+shards, so the first request's batch (the only one a process with ``group_commit_in_flight_max = 1``
+may run) waits in its first step (it locks the shared balance shards it will change before anything
+else; a payer's own wallet balance it takes per item with NOWAIT, so blocking that would only send the
+item to its general path), and every request that arrives meanwhile goes together into the next one.
+The blocker is the ``blocker`` fixture's connection: closed at teardown even when a test fails, so
+that a failure never leaves the requests behind it waiting for ever. The ledger invariants are
 checked after every test (``serving``).
 """
 
@@ -19,12 +22,14 @@ import asyncpg
 import pytest
 
 from gateway.api.routing import SERVICES
+from gateway.domain import ledger
 from gateway.domain.ids import Kind, decode
 from gateway.services.batching import Batcher
 from gateway.services.context import Services
+from gateway.store import ledger as ledger_store
 from tests.conftest import make_settings
 from tests.integration.conftest import serving
-from tests.integration.world import Holder, World
+from tests.integration.world import Holder, Merchant, World
 
 pytestmark = pytest.mark.asyncio
 
@@ -36,6 +41,16 @@ async def one_batch_world(clean_db: str) -> AsyncIterator[World]:
     async with serving(clean_db, make_settings(payments={"group_commit_in_flight_max": 1},
                                                database={"lock_timeout_s": 0.0})) as client:
         yield await World.create(client)
+
+
+@pytest.fixture
+async def blocker(one_batch_world: World, clean_db: str) -> AsyncIterator[asyncpg.Connection]:
+    # Depends on the world so that it is torn down first: its locks go before the server stops.
+    conn = await asyncpg.connect(clean_db)
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 def _batches(world: World) -> Batcher[Any, bool]:
@@ -52,15 +67,20 @@ async def _wait_until(condition: Any, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def _blocked_first(world: World, db_url: str, h: Holder, first: dict[str, Any]) -> tuple[Any, Any, Any]:
-    """Start paying ``first`` while a blocker holds the payer's wallet balance: returns (blocker, its
-    transaction, the request)."""
-    blocker = await asyncpg.connect(db_url)
+async def _blocked_first(world: World, blocker: asyncpg.Connection, m: Merchant, h: Holder,
+                         first: dict[str, Any]) -> tuple[Any, Any]:
+    """Start paying ``first`` while ``blocker`` holds the merchant's receivable balance shards: returns
+    (the blocker's transaction, the request)."""
+    merchant_id = decode(Kind.MERCHANT, m.id)
+    assert merchant_id is not None
+    # Accounts are created at their first use: create the merchant's now, so that there is a row to hold.
+    await ledger_store.resolve_accounts(blocker, [ledger.merchant(merchant_id, "CNY")])
     tx = blocker.transaction()
     await tx.start()
-    await blocker.execute(
-        "SELECT 1 FROM balances WHERE shard = 0 AND account_id ="
-        " (SELECT id FROM accounts WHERE kind = 'wallet' AND owner_id = $1) FOR UPDATE", decode(Kind.WALLET_HOLDER, h.id))
+    held = await blocker.execute(
+        "SELECT 1 FROM balances WHERE account_id ="
+        " (SELECT id FROM accounts WHERE kind = 'merchant_receivable' AND owner_id = $1) FOR UPDATE", merchant_id)
+    assert held != "SELECT 0"
     request = asyncio.create_task(world.client.post(
         f"/v1/wallet/payments/{first['id']}/pay", json={}, headers={**h.headers, "Idempotency-Key": "first"}))
 
@@ -69,11 +89,11 @@ async def _blocked_first(world: World, db_url: str, h: Holder, first: dict[str, 
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"))
 
     await _wait_until(waiting, "the first batch to wait on the blocked row")
-    return blocker, tx, request
+    return tx, request
 
 
 async def test_one_batch_mixes_payments_and_declines_and_each_answer_is_its_own(
-        one_batch_world: World, clean_db: str) -> None:
+        one_batch_world: World, blocker: asyncpg.Connection) -> None:
     """Ten payments of 300 from a wallet of 2,000 wait in one batch behind a blocked first one: six of
     all eleven are paid (2,000 / 300), the others are declined for funds by their general path (a 402,
     with its payment.failed event, stored under its key). Replays of every one give the same answer."""
@@ -83,7 +103,7 @@ async def test_one_batch_mixes_payments_and_declines_and_each_answer_is_its_own(
     created = [await world.payment(m, 300) for _ in range(11)]
     batches = _batches(world)
     batches.sizes.clear()
-    blocker, tx, first = await _blocked_first(world, clean_db, h, created[0])
+    tx, first = await _blocked_first(world, blocker, m, h, created[0])
     rest = [asyncio.create_task(world.client.post(
         f"/v1/wallet/payments/{p['id']}/pay", json={}, headers={**h.headers, "Idempotency-Key": f"k-{i}"}))
         for i, p in enumerate(created[1:], start=1)]
@@ -93,7 +113,6 @@ async def test_one_batch_mixes_payments_and_declines_and_each_answer_is_its_own(
 
     await _wait_until(all_queued, "ten payments waiting for the next batch")
     await tx.rollback()
-    await blocker.close()
     answers = [await first, *[await r for r in rest]]
     assert batches.sizes[:2] == [1, 10]
     statuses = [a.status for a in answers]
@@ -118,7 +137,7 @@ async def test_one_batch_mixes_payments_and_declines_and_each_answer_is_its_own(
 
 
 async def test_a_request_whose_client_hangs_up_in_a_batch_is_paid_once_and_its_retry_learns_it(
-        one_batch_world: World, clean_db: str) -> None:
+        one_batch_world: World, blocker: asyncpg.Connection) -> None:
     """A client hangs up while its payment waits in a batch: the batch is written without it or with
     it, never twice; the retry with the same key answers 200 and the wallet is charged once."""
     world = one_batch_world
@@ -126,7 +145,7 @@ async def test_a_request_whose_client_hangs_up_in_a_batch_is_paid_once_and_its_r
     h = await world.holder(top_up=5_000)
     created = [await world.payment(m, 300) for _ in range(4)]
     batches = _batches(world)
-    blocker, tx, first = await _blocked_first(world, clean_db, h, created[0])
+    tx, first = await _blocked_first(world, blocker, m, h, created[0])
     url = str(world.client.make_url(f"/v1/wallet/payments/{created[1]['id']}/pay"))
     async with aiohttp.ClientSession() as session:
         gone = asyncio.create_task(session.post(url, json={}, headers={**h.headers, "Idempotency-Key": "gone"}))
@@ -140,7 +159,6 @@ async def test_a_request_whose_client_hangs_up_in_a_batch_is_paid_once_and_its_r
         await _wait_until(queued, "three payments waiting")
         gone.cancel()  # the client hangs up: its connection closes
     await tx.rollback()
-    await blocker.close()
     assert (await first).status == 200 and all(o.status == 200 for o in [await t for t in others])
     retry = await world.client.post(f"/v1/wallet/payments/{created[1]['id']}/pay", json={},
                                     headers={**h.headers, "Idempotency-Key": "gone"})
@@ -151,7 +169,7 @@ async def test_a_request_whose_client_hangs_up_in_a_batch_is_paid_once_and_its_r
 
 
 async def test_a_batch_that_fails_whole_fails_each_request_retryably_and_writes_nothing(
-        one_batch_world: World, clean_db: str) -> None:
+        one_batch_world: World, blocker: asyncpg.Connection) -> None:
     """The batch's connection is killed while it waits: every request of it gets the retryable 503
     (never a 500), nothing of the batch is written, and the retries with the same keys pay each once."""
     world = one_batch_world
@@ -159,7 +177,7 @@ async def test_a_batch_that_fails_whole_fails_each_request_retryably_and_writes_
     h = await world.holder(top_up=5_000)
     created = [await world.payment(m, 300) for _ in range(4)]
     batches = _batches(world)
-    blocker, tx, first = await _blocked_first(world, clean_db, h, created[0])
+    tx, first = await _blocked_first(world, blocker, m, h, created[0])
     rest = [asyncio.create_task(world.client.post(
         f"/v1/wallet/payments/{p['id']}/pay", json={}, headers={**h.headers, "Idempotency-Key": f"r-{i}"}))
         for i, p in enumerate(created[1:], start=1)]
@@ -175,7 +193,6 @@ async def test_a_batch_that_fails_whole_fails_each_request_retryably_and_writes_
     answer = await first
     assert answer.status == 503 and (await answer.json())["error"]["code"] == "database_unavailable"
     await tx.rollback()
-    await blocker.close()
     assert all(r.status == 200 for r in [await t for t in rest])  # the next batch, on a fresh connection
     assert await world.available(h) == 5_000 - 3 * 300
     retry = await world.client.post(f"/v1/wallet/payments/{created[0]['id']}/pay", json={},
