@@ -178,7 +178,7 @@ class RateRow:
     quote: str
     rate: Decimal
     spread_bps: int
-    valid_from: datetime | None  # None: from the moment it is stored
+    valid_from: datetime  # given, or the moment it was entered
     valid_until: datetime | None  # None: until a newer rate for the pair takes over
 
 
@@ -196,16 +196,17 @@ def _timestamp(text: str, param: str) -> datetime | None:
 
 
 def rate_row(base: object, quote: object, rate: object, spread_bps: object, valid_from: str | None,
-             valid_until: str | None) -> RateRow:
+             valid_until: str | None, now: datetime) -> RateRow:
+    """A rate as entered; without ``valid_from`` it is valid from ``now``."""
     b, q = pair(base, quote)
-    start = _timestamp(valid_from or "", "valid_from")
+    start = _timestamp(valid_from or "", "valid_from") or now
     end = _timestamp(valid_until or "", "valid_until")
-    if end is not None and start is not None and end <= start:
+    if end is not None and end <= start:
         raise InvalidRequest("valid_until must be after valid_from", code="invalid_validity", param="valid_until")
     return RateRow(b.code, q.code, parse_rate(rate), check_bps(spread_bps, "spread_bps", SPREAD_BPS_MAX), start, end)
 
 
-def parse_rates_csv(text: str, rows_max: int) -> list[RateRow]:
+def parse_rates_csv(text: str, rows_max: int, now: datetime) -> list[RateRow]:
     """Every line of a rates file (``CSV_HEADER`` first), all valid or the file refused: the error's
     ``param`` is ``line N`` (1-based, the header is line 1) and its message names the column."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
@@ -230,7 +231,7 @@ def parse_rates_csv(text: str, rows_max: int) -> list[RateRow]:
         base, quote, rate, spread, start, end = (cell.strip() for cell in cells)
         try:
             spread_bps: object = int(spread) if spread.isdigit() else spread
-            rows.append(rate_row(base, quote, rate, spread_bps, start, end))
+            rows.append(rate_row(base, quote, rate, spread_bps, start, end, now))
         except InvalidRequest as exc:
             raise InvalidRequest(f"line {number}, {exc.param}: {exc.message}", code="invalid_rate_file",
                                  param=f"line {number}") from None

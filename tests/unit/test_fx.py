@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
 
@@ -13,6 +14,7 @@ from gateway.domain import fx, ledger
 from gateway.domain.money import AMOUNT_MINOR_MAX, currency
 from gateway.errors import InvalidRequest
 
+NOW = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
 CNY, USD, JPY, KWD, EUR = (currency(c) for c in ("CNY", "USD", "JPY", "KWD", "EUR"))
 
 
@@ -190,16 +192,17 @@ def test_conversion_entry_balances_per_currency() -> None:
 
 
 def test_rate_rows() -> None:
-    row = fx.rate_row("usd", "CNY", "7.1234", 50, "2026-12-01T00:00:00Z", "2026-12-02T00:00:00+08:00")
+    row = fx.rate_row("usd", "CNY", "7.1234", 50, "2026-12-01T00:00:00Z", "2026-12-02T00:00:00+08:00", NOW)
     assert (row.base, row.quote, row.rate, row.spread_bps) == ("USD", "CNY", Decimal("7.1234"), 50)
     assert row.valid_from is not None and row.valid_from.utcoffset() is not None
     for bad, code in [(("USD", "USD", "1", 0, None, None), "same_currency"),
                       (("USD", "XAU", "1", 0, None, None), "invalid_currency"),
                       (("USD", "CNY", "1", 0, "2026-12-01", None), "invalid_timestamp"),
                       (("USD", "CNY", "1", 0, "yesterday", None), "invalid_timestamp"),
-                      (("USD", "CNY", "1", 0, "2026-12-02T00:00:00Z", "2026-12-01T00:00:00Z"), "invalid_validity")]:
+                      (("USD", "CNY", "1", 0, "2026-12-02T00:00:00Z", "2026-12-01T00:00:00Z"), "invalid_validity"),
+                      (("USD", "CNY", "1", 0, None, "2026-12-02T07:00:00Z"), "invalid_validity")]:
         with pytest.raises(InvalidRequest) as exc:
-            fx.rate_row(*bad)  # type: ignore[arg-type]
+            fx.rate_row(*bad, NOW)  # type: ignore[misc]
         assert _code(exc) == code, bad
 
 
@@ -207,9 +210,10 @@ HEADER = "base,quote,rate,spread_bps,valid_from,valid_until\n"
 
 
 def test_rates_file() -> None:
-    rows = fx.parse_rates_csv(HEADER + "USD,CNY,7.1234,50,2026-12-01T00:00:00Z,\r\nEUR,CNY,7.7,0,,\n\n", 10)
-    assert [(r.base, r.quote, r.rate, r.valid_from is None, r.valid_until) for r in rows] == [
-        ("USD", "CNY", Decimal("7.1234"), False, None), ("EUR", "CNY", Decimal("7.7"), True, None)]
+    rows = fx.parse_rates_csv(HEADER + "USD,CNY,7.1234,50,2026-12-01T00:00:00Z,\r\nEUR,CNY,7.7,0,,\n\n", 10, NOW)
+    assert [(r.base, r.quote, r.rate, r.valid_from, r.valid_until) for r in rows] == [
+        ("USD", "CNY", Decimal("7.1234"), datetime(2026, 12, 1, tzinfo=UTC), None),
+        ("EUR", "CNY", Decimal("7.7"), NOW, None)]
 
 
 @pytest.mark.parametrize(("text", "line"), [
@@ -225,5 +229,5 @@ def test_rates_file() -> None:
 ])
 def test_a_bad_line_refuses_the_file(text: str, line: str) -> None:
     with pytest.raises(InvalidRequest) as exc:
-        fx.parse_rates_csv(text, 10)
+        fx.parse_rates_csv(text, 10, NOW)
     assert (exc.value.code, exc.value.param) == ("invalid_rate_file", line)
