@@ -26,7 +26,7 @@ from gateway.auth.principals import Principal
 from gateway.domain import fx as domain
 from gateway.domain import ledger, limits
 from gateway.domain.ids import Kind, decode, encode
-from gateway.domain.money import currency
+from gateway.domain.money import check_amount, currency
 from gateway.errors import Conflict, Declined, Forbidden, InvalidRequest, NotFound
 from gateway.services import audit, pages, views
 from gateway.services.context import Services
@@ -178,6 +178,8 @@ async def create_quote(svc: Services, who: Principal, from_currency: str, to_cur
     if (sell_amount is None) == (receive_amount is None):
         raise InvalidRequest("give either sell_amount or receive_amount", code="amount_choice_required",
                              param="sell_amount")
+    sell = check_amount(sell_amount, "sell_amount") if sell_amount is not None else None
+    receive = check_amount(receive_amount, "receive_amount") if receive_amount is not None else None
     fee_bps, ttl_s = svc.settings.fx.fee_bps, svc.settings.fx.quote_ttl_s
 
     async def work(conn: Connection) -> tuple[int, Any]:
@@ -191,10 +193,11 @@ async def create_quote(svc: Services, who: Principal, from_currency: str, to_cur
                            param="to_currency")
         mid = domain.directional(rate["rate"], rate["base"], source.code)
         holder_rate = domain.holder_rate(mid, rate["spread_bps"])
-        if sell_amount is not None:
-            q = domain.Quote.of(source, target, holder_rate, fee_bps, sell_amount)  # type: ignore[arg-type]
+        if sell is not None:
+            q = domain.Quote.of(source, target, holder_rate, fee_bps, sell)
         else:
-            q = domain.Quote.receiving(source, target, holder_rate, fee_bps, receive_amount)  # type: ignore[arg-type]
+            assert receive is not None
+            q = domain.Quote.receiving(source, target, holder_rate, fee_bps, receive)
         row = await store.insert_quote(conn, uuid.uuid4(), who.id, rate["id"], mid, rate["spread_bps"], q, ttl_s)
         return 201, quote_view(row)
 
@@ -214,12 +217,17 @@ async def convert(svc: Services, who: Principal, quote_text: str, identity: Requ
         if q is None:
             raise NotFound(f"no such quote: {quote_text}", param="quote")
         source, target = q["from_currency"], q["to_currency"]
-        # A wallet never opened in the currency it sells has nothing to sell: no account is opened for it.
-        sells_held = source in {r["currency"] for r in await wallet_store.wallet_accounts(conn, who.id)}
+        available = {r["currency"]: r["posted_minor"] - r["held_minor"]
+                     for r in await wallet_store.wallet_accounts(conn, who.id)}
+        # Accounts are opened (the target wallet's among them) only for a conversion that looks able to
+        # go ahead: an unknown, used or expired quote, or a wallet lacking the funds, is refused by ``work``
+        # (and stored for the key) without leaving an empty wallet behind. A retry of a done conversion
+        # is replayed before ``work`` runs.
+        likely = q["used_at"] is None and q["expires_at"] > svc.now() and available.get(source, 0) >= q["sell_minor"]
         accounts = await ledger_store.resolve_accounts(conn, [
             ledger.wallet(who.id, source), ledger.wallet(who.id, target), ledger.fx_position(source),
             ledger.fx_position(target), ledger.fx_fees(target),
-        ]) if sells_held else {}
+        ]) if likely else {}
 
     async def work(conn: Connection) -> tuple[int, Any]:
         conversion_id = uuid.uuid4()
@@ -236,7 +244,7 @@ async def convert(svc: Services, who: Principal, quote_text: str, identity: Requ
                             code="wallet_locked")
         tier = svc.tiers[holder["tier"]]
         limits.payment_caps(tier, target)  # the tier may have changed since the quote
-        if not accounts:  # the holder never held the currency it sells
+        if not accounts:  # the wallet lacked the funds a moment ago (or never held the currency)
             raise Declined("the wallet's available balance is lower than the amount", code="insufficient_funds",
                            param="quote")
         entry = ledger.conversion(who.id, source, target, row["sell_minor"], row["receive_minor"], row["fee_minor"])
