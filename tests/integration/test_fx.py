@@ -20,6 +20,8 @@ from aiohttp.test_utils import TestClient
 
 from gateway.domain import fx as domain
 from gateway.domain.money import currency
+from gateway.services import tenants
+from gateway.services.context import Services
 from gateway.store import invariants
 from tests.conftest import make_settings
 from tests.integration.conftest import serving
@@ -82,6 +84,22 @@ async def test_rate_table_is_exact_and_audited(world: World) -> None:
     events = await world.call("GET", "/v1/operator/events?type=fx_rate.created", headers=world.ops)
     assert [e["data"]["object"]["id"] for e in events["data"]] == [made["id"]]
     assert events["data"][0]["actor"]["type"] == "operator"
+
+
+async def test_only_admin_and_settlement_operators_set_rates(world: World) -> None:
+    svc = await Services.start(make_settings())
+    try:
+        await tenants.create_operator(svc, "support@example.com", "support password 1", "support")
+    finally:
+        await svc.stop()
+    login = await world.call("POST", "/v1/operator/sessions", 201,
+                             json={"email": "support@example.com", "password": "support password 1"})
+    support = {"Authorization": f"Bearer {login['token']}"}
+    body = await world.call("POST", "/v1/operator/fx_rates", 403, headers=support,
+                            json={"base": "USD", "quote": "CNY", "rate": "7"})
+    assert body["error"]["code"] == "role_forbidden"
+    await world.call("POST", "/v1/operator/fx_rates/import", 403, headers=support, json={"content": HEADER})
+    assert (await world.call("GET", "/v1/operator/fx_rates", headers=support))["data"] == []
 
 
 async def test_rates_file_is_all_or_nothing(world: World) -> None:
