@@ -37,6 +37,9 @@ class Kind(StrEnum):
     SETTLEMENT_BATCH = "sb"
     PAYOUT = "po"
     MERCHANT_BANK_ACCOUNT = "mba"
+    FX_RATE = "fxr"
+    FX_QUOTE = "fxq"
+    CONVERSION = "cnv"
 
 
 def encode(kind: Kind, value: uuid.UUID) -> str:
