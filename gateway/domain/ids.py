@@ -37,6 +37,8 @@ class Kind(StrEnum):
     SETTLEMENT_BATCH = "sb"
     PAYOUT = "po"
     MERCHANT_BANK_ACCOUNT = "mba"
+    NOTIFICATION = "ntf"
+    BUDGET = "bud"
 
 
 def encode(kind: Kind, value: uuid.UUID) -> str:
