@@ -177,11 +177,11 @@ async def oldest_transaction_start(conn: Connection) -> datetime | None:
 
 async def lock_cursor(conn: Connection) -> asyncpg.Record | None:
     """The cursor, locked until the commit; None when another worker holds it (or it was removed: it is put
-    back at the very beginning, so that nothing is skipped)."""
+    back at the very beginning, the Unix epoch, so that nothing is skipped)."""
     row: asyncpg.Record | None = await conn.fetchrow(
         "SELECT horizon_at, entry_id_floor FROM spending_cursor FOR UPDATE SKIP LOCKED")
     if row is None:
-        await conn.execute("INSERT INTO spending_cursor (horizon_at, entry_id_floor) VALUES ('-infinity', 0)"
+        await conn.execute("INSERT INTO spending_cursor (horizon_at, entry_id_floor) VALUES ('epoch', 0)"
                            " ON CONFLICT DO NOTHING")
     return row
 
