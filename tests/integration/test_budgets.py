@@ -22,7 +22,7 @@ from tests.conftest import make_settings
 from tests.integration.conftest import serving
 from tests.integration.world import Holder, Merchant, World
 
-FAST = {"poll_interval_s": 0.05}
+FAST: dict[str, object] = {"poll_interval_s": 0.05}
 
 
 @pytest.fixture
