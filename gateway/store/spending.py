@@ -13,7 +13,9 @@ Invariants:
   only forward, under its row lock, in the transaction that writes the reminders it implies, so an
   entry is evaluated exactly once whatever crashes or processes;
 - a horizon is only taken once no transaction begun before it is still open (a journal entry's
-  ``created_at`` is its transaction's start), so no entry can commit behind the cursor.
+  ``created_at`` is its transaction's start), so no entry can commit behind the cursor; the floor
+  rests on journal ids being handed out in time order (``journal_entries_id_seq`` has CACHE 1, the
+  ``bigserial`` default) and on the database server's clock not stepping back.
 """
 
 from __future__ import annotations

@@ -72,9 +72,9 @@ async def wait_reminders(world: World, h: Holder, count: int, timeout_s: float =
         await asyncio.sleep(0.05)
 
 
-async def settled(svc_settings: Settings, client: TestClient) -> None:
+async def settled(settings: Settings) -> None:
     """Let the worker run past everything committed so far (a few of its ticks)."""
-    await asyncio.sleep(svc_settings.spending.poll_interval_s * 8)
+    await asyncio.sleep(settings.spending.poll_interval_s * 8)
 
 
 def summary(found: list[dict[str, Any]]) -> list[tuple[str, int]]:
@@ -155,13 +155,13 @@ async def test_crossing_80_and_100_percent_gives_one_reminder_each_and_refunds_r
     found = await wait_reminders(world, h, 2)
     assert summary(found) == [("dining", 80), ("overall", 80)]
     await refund(world, dining, p, 1_500)  # dining back to 70%
-    await settled(settings, world.client)
+    await settled(settings)
     listed = {b["category"]: b for b in (await world.call("GET", "/v1/wallet/budgets", headers=h.headers))["data"]}
     assert (listed["dining"]["spent"], listed["overall"]["spent"]) == (7_000, 27_000)
     await paid(world, dining, h, 1_500)  # 85% again: the 80% reminder of this month was given already
     await paid(world, dining, h, 2_000)  # 105%: crosses 100; overall 35,500 of 30,000 crosses 100 too
     found = await wait_reminders(world, h, 4)
-    await settled(settings, world.client)
+    await settled(settings)
     found = await reminders(world, h)
     assert summary(found) == [("dining", 80), ("dining", 100), ("overall", 80), ("overall", 100)]
     assert {n["data"]["budget"] for n in found if n["data"]["category"] == "dining"} == {d["id"]}
@@ -179,7 +179,7 @@ async def test_concurrent_payments_give_exactly_one_reminder_per_threshold(world
     answers = await asyncio.gather(*(world.pay(h, p["id"]) for p in payments))
     assert {a["status"] for a in answers} == {"succeeded"}
     await wait_reminders(world, h, 4)
-    await settled(settings, world.client)
+    await settled(settings)
     found = await reminders(world, h)
     assert summary(found) == [("dining", 80), ("dining", 100), ("overall", 80), ("overall", 100)]
     conn = await asyncpg.connect(settings.database.url)
@@ -226,12 +226,12 @@ async def test_a_restart_misses_nothing_and_counts_nothing_twice(clean_db: str) 
         world = World(client, world.operator_token)
         assert summary(await wait_reminders(world, h, 1)) == [("transport", 80)]
         await paid(world, m, h, 1_000)  # 95%: nothing new
-        await settled(settings, client)
+        await settled(settings)
     async with serving(clean_db, settings, workers=True) as client:  # again: nothing twice
         world = World(client, world.operator_token)
         await paid(world, m, h, 500)  # 100%
         found = await wait_reminders(world, h, 2)
-        await settled(settings, client)
+        await settled(settings)
         assert summary(await reminders(world, h)) == [("transport", 80), ("transport", 100)] == summary(found)
 
 
@@ -326,7 +326,22 @@ async def test_a_reminder_month_is_the_holders_month(world: World, settings: Set
     old = await paid(world, m, h, 7_900)
     await _backdate(settings.database.url, old, "2001-01-15T12:00:00+00:00")
     await paid(world, m, h, 1_000)  # this month: 10%, however much was spent in 2001
-    await settled(settings, world.client)
+    await settled(settings)
     assert await reminders(world, h) == []
     listed = (await world.call("GET", "/v1/wallet/budgets", headers=h.headers))["data"]
     assert listed[0]["spent"] == 1_000
+
+
+async def test_a_budget_set_above_a_threshold_reminds_at_the_next_one_crossed(world: World, settings: Settings) -> None:
+    """Reminders come from payments crossing a threshold: a budget set when 90% is spent already gives no
+    80% reminder, and its 100% one when a payment gets there."""
+    m = await world.merchant(mcc="5812")
+    h = await world.holder(top_up=50_000)
+    await paid(world, m, h, 9_000)
+    await settled(settings)
+    await budget(world, h, "dining", 10_000)
+    await paid(world, m, h, 500)
+    await settled(settings)
+    assert await reminders(world, h) == []
+    await paid(world, m, h, 600)
+    assert summary(await wait_reminders(world, h, 1)) == [("dining", 100)]
