@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
@@ -144,6 +145,44 @@ class SettlementSettings(Section, frozen=True):
     # A run closes every batch of the day in one transaction: its statements may take longer than
     # database.statement_timeout_s (about 10 s per million captures on a small machine).
     statement_timeout_s: float = 900.0
+
+
+class NotificationSettings(Section, frozen=True):
+    # Empty: notifications are only listed. Otherwise each is POSTed here at least once.
+    push_url: str = ""
+    push_timeout_s: float = 5.0
+    push_attempts_max: int = 8
+    push_backoff_base_s: float = 1.0
+    push_backoff_max_s: float = 300.0
+    push_lease_margin_s: float = 10.0
+    push_poll_interval_s: float = 0.5
+    push_batch_max: int = 50
+
+    def __post_init__(self) -> None:
+        if self.push_url:
+            _check_url("notifications.push_url", self.push_url, ("http", "https"), port=True)
+        if self.push_timeout_s <= 0 or self.push_poll_interval_s <= 0 or self.push_lease_margin_s < 0:
+            raise ValueError("notifications.push_timeout_s and push_poll_interval_s are positive,"
+                             " push_lease_margin_s is >= 0")
+        if not 1 <= self.push_attempts_max <= 100 or not 1 <= self.push_batch_max <= 1000:
+            raise ValueError("notifications.push_attempts_max is in [1, 100], push_batch_max in [1, 1000]")
+        if not 0 < self.push_backoff_base_s <= self.push_backoff_max_s:
+            raise ValueError("notifications needs 0 < push_backoff_base_s <= push_backoff_max_s")
+
+
+class SpendingSettings(Section, frozen=True):
+    # A holder's months (budgets, insights) are in its own time zone, this one until it sets one.
+    time_zone_default: str = "Asia/Shanghai"
+    # The budget worker evaluates committed payments and refunds this often.
+    poll_interval_s: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.poll_interval_s <= 0:
+            raise ValueError("spending.poll_interval_s is positive")
+        try:
+            ZoneInfo(self.time_zone_default)
+        except (ValueError, ZoneInfoNotFoundError):
+            raise ValueError("spending.time_zone_default must be an IANA time zone, e.g. Asia/Shanghai") from None
 
 
 class WalletSettings(Section, frozen=True):
@@ -317,6 +356,8 @@ class Settings(Section, frozen=True):
     reconciliation: ReconciliationSettings = ReconciliationSettings()
     settlement: SettlementSettings = SettlementSettings()
     fx: FxSettings = FxSettings()
+    notifications: NotificationSettings = NotificationSettings()
+    spending: SpendingSettings = SpendingSettings()
 
     def __post_init__(self) -> None:
         _check_url("database.url", self.database.url, ("postgresql", "postgres"), port=False)

@@ -320,3 +320,27 @@ class PayoutAccount(Strict):
     bank_name: ShortText
     account_number: Annotated[str, msgspec.Meta(min_length=8, max_length=42)]
     bic: Annotated[str, msgspec.Meta(min_length=8, max_length=11)] | None = None
+
+
+# --- holder notifications, budgets, time zone and spending insights (issue 13) ---------------------
+
+
+class NotificationQuery(PageQuery):
+    unread: Annotated[bool, msgspec.Meta(description="true: only notifications not marked read")] | None = None
+
+
+class PutBudget(Strict):
+    category: Annotated[str, msgspec.Meta(max_length=32, description=(
+        "overall, or a spending category (MCC group): groceries, dining, transport, shopping, travel,"
+        " entertainment, health, utilities, other"))]
+    currency: Currency
+    amount: Amount
+
+
+class SetTimeZone(Strict):
+    time_zone: Annotated[str, msgspec.Meta(min_length=1, max_length=64, description="IANA time zone, e.g. Asia/Shanghai")]
+
+
+class InsightsQuery(Strict):
+    month: Annotated[str, msgspec.Meta(description="YYYY-MM in the holder's time zone; default: this month")] | None = None
+    currency: Currency | None = None

@@ -40,6 +40,8 @@ class Kind(StrEnum):
     FX_RATE = "fxr"
     FX_QUOTE = "fxq"
     CONVERSION = "cnv"
+    NOTIFICATION = "ntf"
+    BUDGET = "bud"
 
 
 def encode(kind: Kind, value: uuid.UUID) -> str:

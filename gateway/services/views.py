@@ -681,3 +681,80 @@ def payout_account_view(row: Any) -> PayoutAccountView:
         holder_name=row["holder_name"], bank_name=row["bank_name"], bic=row["bic"],
         number_masked=row["number_masked"], created_at=row["created_at"].isoformat(),
     )
+
+
+# --- holder notifications, budgets, time zone and spending insights (issue 13) ---------------------
+
+
+class NotificationView(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "notification"
+    kind: str
+    data: dict[str, Any]
+    created_at: Timestamp
+    read_at: Timestamp | None
+
+
+def notification_view(row: Any) -> NotificationView:
+    return NotificationView(id=ids.encode(Kind.NOTIFICATION, row["id"]), kind=row["kind"],
+                            data=msgspec.json.decode(row["data"]), created_at=row["created_at"].isoformat(),
+                            read_at=_ts(row["read_at"]))
+
+
+class NotificationList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[NotificationView]
+    has_more: bool
+
+
+class BudgetView(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "budget"
+    category: str  # "overall" or an MCC group
+    currency: str
+    amount: int
+    month: Annotated[str, msgspec.Meta(description="This month in the holder's time zone, YYYY-MM")]
+    spent: int  # this month, net of refunds
+    remaining: int  # amount - spent: negative once over budget
+    percent_used: int  # floor(spent * 100 / amount), not below 0
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class BudgetList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[BudgetView]
+    has_more: bool
+
+
+class TimeZoneView(msgspec.Struct, kw_only=True):
+    object: str = "time_zone"
+    time_zone: str
+    is_default: bool  # true until the holder sets its own
+
+
+class SpendingTotal(msgspec.Struct, kw_only=True):
+    total: int  # net of refunds
+    count: int  # payments with a capture in the month
+
+
+class CategorySpending(SpendingTotal, kw_only=True):
+    category: str
+
+
+class MerchantSpending(SpendingTotal, kw_only=True):
+    merchant: str
+    name: str
+
+
+class CurrencySpending(SpendingTotal, kw_only=True):
+    currency: str
+    by_category: list[CategorySpending]
+    by_merchant: list[MerchantSpending]
+
+
+class InsightsView(msgspec.Struct, kw_only=True):
+    object: str = "spending_insights"
+    month: str
+    time_zone: str
+    currencies: list[CurrencySpending]

@@ -76,9 +76,9 @@ class World:
     def ops(self) -> dict[str, str]:
         return auth(self.operator_token)
 
-    async def merchant(self, name: str = "Best Noodles", fee_bps: int = 100) -> Merchant:
+    async def merchant(self, name: str = "Best Noodles", fee_bps: int = 100, mcc: str = "5812") -> Merchant:
         m = await self.call("POST", "/v1/merchants", 201, headers=self.ops,
-                            json={"name": name, "mcc": "5812", "country": "CN", "city": "Beijing", "fee_bps": fee_bps})
+                            json={"name": name, "mcc": mcc, "country": "CN", "city": "Beijing", "fee_bps": fee_bps})
         store = await self.call("POST", f"/v1/merchants/{m['id']}/stores", 201, headers=self.ops,
                                 json={"name": "Main street", "city": "Beijing"})
         sk = await self.call("POST", f"/v1/merchants/{m['id']}/api_keys", 201, headers=self.ops, json={"kind": "secret"})
