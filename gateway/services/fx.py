@@ -247,13 +247,15 @@ async def convert(svc: Services, who: Principal, quote_text: str, identity: Requ
         if not accounts:  # the wallet lacked the funds a moment ago (or never held the currency)
             raise Declined("the wallet's available balance is lower than the amount", code="insufficient_funds",
                            param="quote")
+        from_ref, to_ref = ledger.wallet(who.id, source), ledger.wallet(who.id, target)
+        # Both wallets first, in account id order (the lock order), before the FX shards the posting takes.
+        await ledger_store.lock_single_shard(conn, [accounts[from_ref].id, accounts[to_ref].id])
         entry = ledger.conversion(who.id, source, target, row["sell_minor"], row["receive_minor"], row["fee_minor"])
         try:
             await ledger_store.post(conn, entry, accounts, conversion_id=conversion_id)
         except ledger_store.InsufficientFunds:
             raise Declined("the wallet's available balance is lower than the amount", code="insufficient_funds",
                            param="quote") from None
-        from_ref, to_ref = ledger.wallet(who.id, source), ledger.wallet(who.id, target)
         found = await ledger_store.balances_of(conn, [accounts[from_ref].id, accounts[to_ref].id])
         posted_to, held_to = found[accounts[to_ref].id]
         # The target wallet's row is locked by the posting: concurrent conversions into it queue here.

@@ -283,6 +283,16 @@ async def post_batches(conn: Connection, entries: list[tuple[uuid.UUID, Entry]],
         raise RuntimeError("a balance shard of a settlement entry is missing")
 
 
+async def lock_single_shard(conn: Connection, account_ids: list[int]) -> None:
+    """Lock the balance rows of single-shard accounts (wallets) in account id order, the use cases' lock
+    order. A ``post`` alone updates its rows in whatever order the plan joins them: two entries sharing
+    two such rows (one holder's two wallets) could take them crosswise and deadlock."""
+    await conn.execute(
+        "SELECT 1 FROM balances WHERE account_id = ANY($1::int8[]) AND shard = 0 ORDER BY account_id FOR UPDATE",
+        account_ids,
+    )
+
+
 async def hold(conn: Connection, account: Account, amount_minor: int) -> None:
     """Reserve funds on a single-shard account; ``InsufficientFunds`` if they are not available."""
     try:
