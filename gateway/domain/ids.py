@@ -37,6 +37,9 @@ class Kind(StrEnum):
     SETTLEMENT_BATCH = "sb"
     PAYOUT = "po"
     MERCHANT_BANK_ACCOUNT = "mba"
+    SIGN_IN_CHALLENGE = "chl"
+    WALLET_DEVICE = "wd"
+    SIGN_IN_MESSAGE = "sms"
 
 
 def encode(kind: Kind, value: uuid.UUID) -> str:

@@ -1,7 +1,9 @@
 """Background loops every gateway process runs: one module per loop, each needing only ``Services``.
 
 - ``expiry``: payments and authorisations past their time, idempotency keys and pay-codes past retention;
-- ``webhooks``: delivery of the webhook outbox.
+- ``webhooks``: delivery of the webhook outbox;
+- ``sign_in_codes``: delivery of one-time sign-in codes to the SMS hook (also run by an app built
+  without workers: without it no new device could sign in).
 Every loop is safe in every process at once (rows claimed with ``FOR UPDATE SKIP LOCKED``) and
 survives its own failures (logged, retried on the next tick)."""
 
@@ -12,12 +14,13 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from gateway.services.context import Services
-from gateway.workers import expiry, webhooks
+from gateway.workers import expiry, sign_in_codes, webhooks
 
 
 @contextlib.asynccontextmanager
 async def running(svc: Services) -> AsyncIterator[None]:
-    tasks = [asyncio.create_task(expiry.loop(svc)), asyncio.create_task(webhooks.Deliverer(svc).run())]
+    tasks = [asyncio.create_task(expiry.loop(svc)), asyncio.create_task(webhooks.Deliverer(svc).run()),
+             asyncio.create_task(sign_in_codes.CodeSender(svc).run())]
     try:
         yield
     finally:
@@ -26,3 +29,15 @@ async def running(svc: Services) -> AsyncIterator[None]:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+@contextlib.asynccontextmanager
+async def sending_codes(svc: Services) -> AsyncIterator[None]:
+    """Only the sign-in code sender (an app built without its other loops)."""
+    task = asyncio.create_task(sign_in_codes.CodeSender(svc).run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
