@@ -93,8 +93,8 @@ class CodeSender:
             error = await self.send(session, self.svc, message)
             outcome = await asyncio.wait_for(sign_in.record_delivery(self.svc, message, error), _DB_CALL_TIMEOUT_S)
             if error is not None:
-                log.info("sign-in code not delivered", extra={"message": message.message_id.hex,
+                log.info("sign-in code not delivered", extra={"sms_message": message.message_id.hex,
                                                               "attempt": message.attempts, "error": error,
                                                               "outcome": outcome})
         except Exception:  # the lease ends and the message is sent again
-            log.warning("sign-in code delivery could not be recorded", extra={"message": message.message_id.hex})
+            log.warning("sign-in code delivery could not be recorded", extra={"sms_message": message.message_id.hex})
