@@ -185,7 +185,7 @@ _REVOKED = "id, holder_id, expires_at, revoked_at"
 async def revoke_device_sessions(conn: Connection, device_row_id: uuid.UUID, now: datetime) -> list[asyncpg.Record]:
     return list(await conn.fetch(
         f"UPDATE wallet_sessions SET revoked_at = $2 WHERE device_id = $1 AND revoked_at IS NULL"
-        f" AND expires_at > $2 - interval '1 minute' RETURNING {_REVOKED}",
+        f" AND expires_at > $2::timestamptz - interval '1 minute' RETURNING {_REVOKED}",
         device_row_id, now))
 
 
@@ -198,7 +198,7 @@ async def revoke_other_sessions(conn: Connection, holder_id: uuid.UUID, keep: uu
         holder_id, keep, now)
     return list(await conn.fetch(
         f"UPDATE wallet_sessions SET revoked_at = $3 WHERE holder_id = $1 AND revoked_at IS NULL"
-        f" AND id IS DISTINCT FROM $2 AND expires_at > $3 - interval '1 minute' RETURNING {_REVOKED}",
+        f" AND id IS DISTINCT FROM $2 AND expires_at > $3::timestamptz - interval '1 minute' RETURNING {_REVOKED}",
         holder_id, keep, now))
 
 
