@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from gateway.domain import verification
 from gateway.domain.limits import Caps, Tier
 from gateway.domain.throttle import Backoff, Rate
 from gateway.domain.webhooks import Backoff as WebhookBackoff
@@ -181,6 +182,10 @@ class SignInSettings(Section, frozen=True):
             raise ValueError("sign_in: 0 < sms_hook_backoff_base_s <= sms_hook_backoff_max_s")
         if self.sms_hook_url:
             _check_url("sign_in.sms_hook_url", self.sms_hook_url, ("http", "https"), port=True)
+        for name in ("sms_hook_secret", "kyc_hook_secret"):
+            secret = getattr(self, name)
+            if secret and not verification.secret_valid(secret):
+                raise ValueError(f"sign_in.{name} is whsec_ and the base64 of at least 24 random bytes (or empty)")
 
 
 class TierCaps(Section, frozen=True):
