@@ -83,7 +83,7 @@ async def holder(world: World) -> str:
 
 async def world_holder_token(world: World) -> str:
     phone = await holder(world)
-    return str((await world.call("POST", WALLET_LOGIN, SIGNED_IN, json={"phone": phone, "password": PASSWORD}))["token"])
+    return await world.sign_in(phone, PASSWORD)
 
 
 def closed_port() -> int:
