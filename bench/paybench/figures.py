@@ -45,6 +45,10 @@ class Recorder:
     replayable: list[tuple[str, str, str]] = field(default_factory=list)
 
 
+# Whose CPU a payment costs (the keys of ``system.cpu_cores`` that are one party each).
+_CPU_OWNERS = ("gateway", "postgres", "redis", "bench client", "kernel irq")
+
+
 @dataclass
 class PhaseResult:
     name: str
@@ -59,6 +63,14 @@ class PhaseResult:
     def rate_per_s(self) -> float:
         return self.rec.confirmed / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
+    def cpu_ms_per_payment(self) -> dict[str, float]:
+        """CPU time per confirmed payment by owner (cores busy / payments per second): where a payment's
+        cost goes, and the figure that decides the rate on a machine whose cores are all busy."""
+        rate = self.rate_per_s
+        if rate <= 0:
+            return {}
+        return {k: 1000 * self.cpu[k] / rate for k in _CPU_OWNERS if k in self.cpu}
+
     def figures(self) -> dict[str, Any]:
         calls = {step: {"n": len(v), "p50_ms": percentile_ms(v, 50), "p99_ms": percentile_ms(v, 99)}
                  for step, v in self.rec.call_s.items()}
@@ -66,7 +78,7 @@ class PhaseResult:
             "attempted": self.rec.attempted, "confirmed": self.rec.confirmed, "elapsed_s": self.elapsed_s,
             "payments_per_s": self.rate_per_s, "p50_ms": percentile_ms(self.rec.whole_s, 50),
             "p99_ms": percentile_ms(self.rec.whole_s, 99), "calls": calls, "errors": dict(self.rec.errors),
-            "cpu_cores": self.cpu, "server_5xx": self.server_5xx, "db_waits": dict(self.db_waits),
+            "cpu_cores": self.cpu, "cpu_ms_per_payment": self.cpu_ms_per_payment(), "server_5xx": self.server_5xx, "db_waits": dict(self.db_waits),
             "server_calls": {step: {"n": len(v), "p50_ms": _pct(v, 50), "p99_ms": _pct(v, 99)}
                              for step, v in self.server_ms.items()},
         }
@@ -94,6 +106,10 @@ class PhaseResult:
             print(f"  5xx responses logged: {self.server_5xx}")
         if self.cpu:
             print(f"  cpu (cores busy on average): {cpu_text(self.cpu)}")
+            per_payment = self.cpu_ms_per_payment()
+            if per_payment:
+                shown = ", ".join(f"{k} {v:.2f}" for k, v in per_payment.items())
+                print(f"  cpu ms per confirmed payment: {shown}")
         total = sum(self.db_waits.values())
         if total:
             shown = ", ".join(f"{what} {100 * n / total:.0f}%" for what, n in self.db_waits.most_common(8))
