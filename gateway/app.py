@@ -9,7 +9,8 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.api import (  # noqa: F401  (registers endpoints)
-    admin, checkout, cors, devices, fx, payments, reconciliation, settlement, spending, system, wallet, webhooks,
+    admin, checkout, cors, devices, fx, payments, reconciliation, settlement, sign_in, spending, system, wallet,
+    webhooks,
 )
 from gateway.api.middlewares import observe
 from gateway.api.routing import SERVICES, api
@@ -17,7 +18,7 @@ from gateway.services.context import Services
 from gateway.settings import Settings
 from gateway.web import checkout as web_checkout
 from gateway.web import console as web_console
-from gateway.workers import running
+from gateway.workers import running, sending_codes
 
 
 def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
@@ -33,7 +34,9 @@ def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
         svc = await Services.start(settings)
         app[SERVICES] = svc
         async with svc.api_keys.listening_while(settings.database.url):  # the API key cache's push channel
-            yield
+            assert svc.revocations is not None
+            async with svc.revocations.listening_while(settings.database.url):  # revoked wallet sessions, pushed
+                yield
         await svc.stop()
 
     app.cleanup_ctx.append(services)
@@ -43,4 +46,10 @@ def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
                 yield
 
         app.cleanup_ctx.append(background)
+    else:
+        async def codes(app: web.Application) -> AsyncIterator[None]:
+            async with sending_codes(app[SERVICES]):
+                yield
+
+        app.cleanup_ctx.append(codes)
     return app

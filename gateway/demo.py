@@ -8,6 +8,7 @@ the ledger proof, and leaves the gateway running with its URLs printed.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -25,13 +26,15 @@ from gateway import demo_backoffice, demo_shop, logs
 from gateway.app import create_app
 from gateway.banksim import Movement
 from gateway.settings import Settings
+from gateway.smssim import SmsGatewaySim
 from gateway.store import db
 
 OPERATOR = ("ops@demo.example", "demo-operator-pass")
 COUNTER_SALE_MINOR = 2_600
 COUNTER_TOP_UP_MINOR = 10_000
 COUNTER_TIMEOUT_S = 90.0
-COUNTER_STOP_S = 40.0  # the counter demo stops its agent and phone (each bounded) before it exits
+COUNTER_STOP_S = 40.0
+COUNTER_PHONE_DEVICE = "counter-demo-phone"  # pos_agent.counter_demo.PHONE_DEVICE_ID (never imported here)  # the counter demo stops its agent and phone (each bounded) before it exits
 
 
 _BANK_DIRECTIONS = {"/v1/wallet/top_ups": "CRDT", "/v1/wallet/withdrawals": "DBIT"}
@@ -47,8 +50,8 @@ def money(amount: int) -> str:
 
 
 class Client:
-    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
-        self.session, self.base = session, base
+    def __init__(self, session: aiohttp.ClientSession, base: str, sms: SmsGatewaySim) -> None:
+        self.session, self.base, self.sms = session, base, sms
         self.bank: list[Movement] = []  # what the gateway's bank account sees: the simulated bank books these
 
     async def download(self, path: str, token: str, target: Path) -> Path:
@@ -58,6 +61,13 @@ class Client:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(await resp.read())
         return target.resolve()
+
+    async def answer(self, phone: str, challenge: dict[str, Any]) -> str:
+        """Read the code texted to the phone (the SMS gateway simulator) and enter it: the wallet token."""
+        code = await self.sms.code(phone, challenge["id"])
+        _, verified, _ = await self.call("POST", f"/v1/wallet/challenges/{challenge['id']}/verify",
+                                         body={"code": code}, expect=201)
+        return str(verified["token"])
 
     async def call(self, method: str, path: str, token: str | None = None, body: Any = None,
                    key: str | None = None, expect: int | None = None) -> tuple[int, Any, dict[str, str]]:
@@ -99,12 +109,14 @@ async def play(c: Client, out_dir: Path) -> None:
     print(f"   store {store['id']}, terminal {terminal['id']}")
     print(f"   secret key {sk['prefix']}... (shown once; stored only as a keyed hash)")
 
-    step("Two wallet holders register, link a bank card and top up")
+    step("Two wallet holders register on their phones (a code proves each phone), link a bank card and top up")
     holders: dict[str, str] = {}
     for name, phone, top_up in (("Alice", "+8613800000001", 20_000), ("Bob", "+8613800000002", 1_500)):
-        await c.call("POST", "/v1/wallet/holders", body={"phone": phone, "password": f"{name}-wallet-pw"}, expect=201)
-        _, session, _ = await c.call("POST", "/v1/wallet/sessions", body={"phone": phone, "password": f"{name}-wallet-pw"}, expect=201)
-        token = session["token"]
+        _, reg, _ = await c.call("POST", "/v1/wallet/holders", body={"phone": phone, "password": f"{name}-wallet-pw",
+                                 "device_id": f"{name.lower()}-phone"}, expect=201)
+        token = await c.answer(phone, reg["challenge"])
+        print(f"   {name}: code texted to {reg['challenge']['phone_masked']} (SMS gateway simulator), entered:"
+              " phone verified, tier 4, device trusted")
         _, bank, _ = await c.call("POST", "/v1/wallet/bank_accounts", token,
                                   {"bank_name": "ICBC", "account_number": f"62220202001122{phone[-5:]}"}, expect=201)
         _, tr, _ = await c.call("POST", "/v1/wallet/top_ups", token, {"bank_account": bank["id"], "amount": top_up,
@@ -200,7 +212,22 @@ async def play(c: Client, out_dir: Path) -> None:
                                 "amount": COUNTER_TOP_UP_MINOR, "currency": "CNY"}, key=str(uuid.uuid4()), expect=201)
     print(f"   Alice has {money(left)} CNY left: she tops up {money(COUNTER_TOP_UP_MINOR)} first,"
           f" available {money(topped['balance_after']['available'])}")
+    status, challenge, _ = await c.call("POST", "/v1/wallet/sessions", body={"phone": "+8613800000001",
+                                        "password": "Alice-wallet-pw", "device_id": COUNTER_PHONE_DEVICE})
+    print(f"   Alice signs in on a new phone ({COUNTER_PHONE_DEVICE}): HTTP {status} {challenge['object']}"
+          f" ({challenge['reason']}); the code texted to her is entered")
+    await c.answer("+8613800000001", challenge)
     await counter_sale(c.base, secret, terminal["id"], "+8613800000001", "Alice-wallet-pw", COUNTER_SALE_MINOR)
+
+    step("Verification levels: Alice lists her devices; an operator verifies Bob's real name (tier 3)")
+    _, devices, _ = await c.call("GET", "/v1/wallet/devices", alice, expect=200)
+    print("   Alice's devices: " + ", ".join(f"{d['device_id']}{' (this one)' if d['current'] else ''}"
+                                           for d in devices["data"]))
+    _, bob_holder, _ = await c.call("GET", "/v1/wallet", holders["Bob"], expect=200)
+    _, upgraded, _ = await c.call("POST", f"/v1/operator/wallet_holders/{bob_holder['holder']['id']}/verification",
+                                  ops, {"level": "real_name", "reference": "ID card checked at the branch"}, expect=200)
+    print(f"   Bob: {upgraded['previous_level']} -> {upgraded['holder']['verification_level']},"
+          f" tier {upgraded['holder']['tier']} (audited)")
 
     step("Web shop order: the hosted checkout page, Alice's wallet pays its QR code, the shop gets a signed webhook")
     await demo_shop.order(c.call, secret, alice, out_dir, money)
@@ -269,8 +296,13 @@ async def main(settings: Settings, *, wait: bool) -> int:
     await db.migrate(url)
     # The demo serves where its links (checkout pages) point, whatever port it was given.
     public_url = f"http://{settings.server.host}:{settings.server.port}"
-    demo_settings = msgspec.structs.replace(settings, database=msgspec.structs.replace(settings.database, url=url),
-                                            server=msgspec.structs.replace(settings.server, public_url=public_url))
+    # Sign-in codes go to a simulated SMS gateway on loopback (a real HTTP server), signed with a fresh secret.
+    sms = SmsGatewaySim("whsec_" + base64.b64encode(os.urandom(32)).decode())
+    await sms.start()
+    demo_settings = msgspec.structs.replace(
+        settings, database=msgspec.structs.replace(settings.database, url=url),
+        server=msgspec.structs.replace(settings.server, public_url=public_url),
+        sign_in=msgspec.structs.replace(settings.sign_in, sms_hook_url=sms.url, sms_hook_secret=sms.secret))
     print(f"Fresh database {name} created and migrated.")
     # The first operator comes from the command line, as on a real installation.
     created = await asyncio.create_subprocess_exec(
@@ -289,7 +321,7 @@ async def main(settings: Settings, *, wait: bool) -> int:
     base = f"http://{host}:{port}"
     try:
         async with aiohttp.ClientSession() as session:
-            await play(Client(session, base), Path("var/demo"))
+            await play(Client(session, base, sms), Path("var/demo"))
         if not wait:
             print(f"\nThe demo is done and its gateway has stopped; without --no-wait it keeps serving at {base}"
                   f" (operator console: {base}/console/).")
@@ -303,4 +335,5 @@ async def main(settings: Settings, *, wait: bool) -> int:
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+        await sms.stop()
     return 0

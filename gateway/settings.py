@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
+from gateway.domain import verification
 from gateway.domain.limits import Caps, Tier
 from gateway.domain.throttle import Backoff, Rate
 from gateway.domain.webhooks import Backoff as WebhookBackoff
@@ -195,6 +196,44 @@ class WalletSettings(Section, frozen=True):
     limits_timezone: str = "Asia/Shanghai"
 
 
+class SignInSettings(Section, frozen=True):
+    code_length: int = 6
+    code_ttl_s: int = 300
+    code_attempts_max: int = 5
+    resend_interval_s: int = 60
+    resends_max: int = 3
+    challenges_per_holder_max: int = 10
+    challenge_window_s: int = 3600
+    sms_hook_url: str = ""
+    sms_hook_secret: Secret = ""
+    sms_hook_timeout_s: float = 5.0
+    sms_hook_attempts_max: int = 5
+    sms_hook_backoff_base_s: float = 1.0
+    sms_hook_backoff_max_s: float = 30.0
+    sender_poll_interval_s: float = 2.0
+    sender_batch_max: int = 50
+    kyc_hook_secret: Secret = ""
+    kyc_tolerance_s: int = 300
+    revoked_sessions_max: int = 100_000
+
+    def check(self) -> None:
+        if not 4 <= self.code_length <= 10 or not 1 <= self.code_attempts_max <= 20:
+            raise ValueError("sign_in: code_length is 4-10 and code_attempts_max 1-20")
+        if min(self.code_ttl_s, self.resend_interval_s, self.challenges_per_holder_max, self.challenge_window_s,
+               self.sms_hook_attempts_max, self.sender_batch_max, self.kyc_tolerance_s, self.revoked_sessions_max) < 1:
+            raise ValueError("sign_in: the time to live, intervals, windows, counts and caps are positive")
+        if self.resends_max < 0 or self.sms_hook_timeout_s <= 0 or self.sender_poll_interval_s <= 0:
+            raise ValueError("sign_in: resends_max >= 0; sms_hook_timeout_s and sender_poll_interval_s are positive")
+        if not 0 < self.sms_hook_backoff_base_s <= self.sms_hook_backoff_max_s:
+            raise ValueError("sign_in: 0 < sms_hook_backoff_base_s <= sms_hook_backoff_max_s")
+        if self.sms_hook_url:
+            _check_url("sign_in.sms_hook_url", self.sms_hook_url, ("http", "https"), port=True)
+        for name in ("sms_hook_secret", "kyc_hook_secret"):
+            secret = getattr(self, name)
+            if secret and not verification.secret_valid(secret):
+                raise ValueError(f"sign_in.{name} is whsec_ and the base64 of at least 24 random bytes (or empty)")
+
+
 class TierCaps(Section, frozen=True):
     balance_max_minor: MinorUnits
     payment_max_minor: MinorUnits
@@ -358,6 +397,7 @@ class Settings(Section, frozen=True):
     fx: FxSettings = FxSettings()
     notifications: NotificationSettings = NotificationSettings()
     spending: SpendingSettings = SpendingSettings()
+    sign_in: SignInSettings = SignInSettings()
 
     def __post_init__(self) -> None:
         _check_url("database.url", self.database.url, ("postgresql", "postgres"), port=False)
@@ -417,6 +457,7 @@ class Settings(Section, frozen=True):
             raise ValueError("throttle.address_ipv6_prefix_bits is between 8 and 128")
         if self.throttle.failures_forget_s < self.throttle.lockout_max_s:
             raise ValueError("throttle.failures_forget_s must be at least throttle.lockout_max_s")
+        self.sign_in.check()
         if self.auth.key_mode == "live":
             refused = [f"{name}: {reason} cannot be used in live mode; set GATEWAY_{name.replace('.', '_').upper()}"
                        for name, reason in _live_secret_problems(self)]

@@ -8,6 +8,8 @@ and the canary's module run last.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -22,6 +24,7 @@ import pytest
 from gateway import settings as settings_mod
 from gateway.logs import SERVICE, JsonFormatter
 from gateway.settings import Settings
+from gateway.smssim import SmsGatewaySim
 from gateway.store import db, ledger
 from tests import canary
 
@@ -33,8 +36,25 @@ TEST_REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:637
 _TABLES_KEPT = {"schema_migrations"}
 
 
+# The SMS gateway every test gateway sends its sign-in codes to: a real HTTP server on loopback, in a
+# thread of its own (started once, at the first settings built), read by tests.integration.world.
+SMS_HOOK_SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+_sms: list[tuple[SmsGatewaySim, contextlib.AbstractContextManager[SmsGatewaySim]]] = []
+
+
+def sms_gateway() -> SmsGatewaySim:
+    if not _sms:
+        sim = SmsGatewaySim(SMS_HOOK_SECRET)
+        serving = sim.in_thread()
+        serving.__enter__()  # a daemon thread for the whole session (kept referenced: its exit would stop it)
+        _sms.append((sim, serving))
+    return _sms[0][0]
+
+
 def make_settings(**overrides: dict[str, object]) -> Settings:
     sections: dict[str, dict[str, object]] = {
+        "sign_in": {"sms_hook_url": sms_gateway().url, "sms_hook_secret": SMS_HOOK_SECRET,
+                    "sender_poll_interval_s": 0.5},
         "database": {"url": TEST_DB_URL, "pool_min": 1, "pool_max": 10},
         "redis": {"url": TEST_REDIS_URL},
         "workers": {"interval_s": 3600.0},

@@ -32,7 +32,7 @@ from paybench.config import (
     T,
 )
 from paybench.figures import PhaseResult, Recorder
-from paybench.system import DbWaits, Gateway, cpu_cores, cpu_sample
+from paybench.system import DbWaits, Gateway, cpu_cores, cpu_sample, sms_gateway
 
 
 def error_code(raw: bytes) -> str:
@@ -132,12 +132,17 @@ async def seed(api: Api, sizes: Sizes) -> World:
 
     async def holder(i: int) -> Holder:
         credentials = {"phone": f"+8613{i:09d}", "password": HOLDER_PASSWORD}
-        h = await api.seed("POST", "/v1/wallet/holders", 201, body=credentials)
+        # A device-bound session: pay-codes are issued only to a device.
+        device = {"device_id": f"bench-device-{i}"}
+        h = await api.seed("POST", "/v1/wallet/holders", 201, body={**credentials, **device})
         if has_tiers:
             await api.seed("POST", TIER_PATH.format(id=h["id"]), 200, token, {"tier": TIER_HIGHEST})
-        # A device-bound session: pay-codes are issued only to a device.
-        session = await api.seed("POST", "/v1/wallet/sessions", 201,
-                                 body={**credentials, "device_id": f"bench-device-{i}"})
+        if "challenge" in h:  # gateways with sign-in codes: the code texted at registration signs in on the device
+            code = await sms_gateway().code(credentials["phone"], h["challenge"]["id"], timeout_s=60)
+            session = await api.seed("POST", f"/v1/wallet/challenges/{h['challenge']['id']}/verify", 201,
+                                     body={"code": code})
+        else:
+            session = await api.seed("POST", "/v1/wallet/sessions", 201, body={**credentials, **device})
         bank = await api.seed("POST", "/v1/wallet/bank_accounts", 201, session["token"],
                               {"bank_name": "ICBC", "account_number": f"62220202{i:011d}"})
         await api.seed("POST", "/v1/wallet/top_ups", 201, session["token"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import asyncpg
 
+from gateway.smssim import SmsGatewaySim
 from paybench.config import (
     BIG_BATCH_ROWS,
     CLK_TCK,
@@ -247,6 +249,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_sms: list[tuple[SmsGatewaySim, contextlib.AbstractContextManager[SmsGatewaySim]]] = []
+
+
+def sms_gateway() -> SmsGatewaySim:
+    """Where the gateways under test text their sign-in codes (a real HTTP server on loopback, in a thread
+    for the whole run); ``load.seed`` reads the codes from it."""
+    if not _sms:
+        sim = SmsGatewaySim()
+        serving = sim.in_thread()
+        serving.__enter__()
+        _sms.append((sim, serving))
+    return _sms[0][0]
+
+
 def gateway_env(args: argparse.Namespace, sizes: Sizes, port: int) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
@@ -266,6 +282,8 @@ def gateway_env(args: argparse.Namespace, sizes: Sizes, port: int) -> dict[str, 
         "GATEWAY_THROTTLE_ADDRESS_EXEMPT": "127.0.0.1,::1",
         "GATEWAY_THROTTLE_OVERALL_PER_S": "100000",
         "GATEWAY_THROTTLE_OVERALL_BURST": "100000",
+        # Sign-in codes (gateways before them ignore the setting).
+        "GATEWAY_SIGN_IN_SMS_HOOK_URL": sms_gateway().url,
     })
     if sizes.pool_max is not None:
         env["GATEWAY_DATABASE_POOL_MAX"] = str(sizes.pool_max)

@@ -66,6 +66,7 @@ SCHEMES = {
 _CREDENTIALS = ("missing_credentials", "invalid_token", "token_expired", "credential_not_accepted")
 _KEY_CREDENTIALS = ("invalid_api_key",)
 _DEVICE_CREDENTIALS = ("device_revoked",)
+_WALLET_CREDENTIALS = ("session_revoked",)
 _BODY = ("invalid_json", "duplicate_key", "unknown_parameter", "invalid_parameter")
 _QUERY = ("unknown_parameter", "invalid_parameter")
 _IDEMPOTENCY_KEY = ("invalid_idempotency_key",)
@@ -83,6 +84,8 @@ def _declared_errors(ep: Endpoint) -> dict[int, list[str]]:
             found[403].append("merchant_suspended")  # every credential of a suspended merchant
         if PrincipalKind.DEVICE in ep.auth:
             found[401] += _DEVICE_CREDENTIALS
+        if PrincipalKind.WALLET in ep.auth:
+            found[401] += _WALLET_CREDENTIALS
         if ep.roles is not None and PrincipalKind.OPERATOR in ep.auth:
             found[403].append("role_forbidden")
         found[429] += _RATE

@@ -4,28 +4,43 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from gateway.api import schema
 from gateway.api.routing import Call, api
 from gateway.auth.principals import PrincipalKind as P
-from gateway.services import pay_codes, payments, pins, qr, views, wallets
+from gateway.services import pay_codes, payments, pins, qr, sign_in, views, wallets
+from gateway.services.idempotency import Reply
 
 
-@api.route("POST", "/v1/wallet/holders", summary="Register a wallet holder", auth=None,
-           body=schema.WalletCredentials, response=views.WalletHolderView, status=201, tag="wallet",
-           errors={400: ("invalid_phone", "weak_password"), 409: ("phone_taken",)})
-async def register(call: Call[schema.WalletCredentials, None]) -> Any:
-    """Register a wallet holder with a phone number and password. The holder starts at tier 1 with an empty
-    wallet."""
-    return await wallets.register(call.svc, call.body.phone, call.body.password)
+@api.route("POST", "/v1/wallet/holders", summary="Register a wallet holder; a code is sent to the phone",
+           auth=None, body=schema.WalletLogin, response=sign_in.RegistrationView, status=201, tag="wallet",
+           errors={400: ("invalid_phone", "weak_password"), 409: ("phone_taken",),
+                   429: ("sign_in_codes_exhausted",), 503: ("code_sender_unavailable",)})
+async def register(call: Call[schema.WalletLogin, None]) -> Any:
+    """Register a wallet holder with a phone number and password. A one-time code is sent to the phone: verifying
+    it (POST /v1/wallet/challenges/{id}/verify) proves the phone (verification level phone, tier 4) and signs the
+    holder in, on device_id if given."""
+    b = call.body
+    return await wallets.register(call.svc, b.phone, b.password, b.device_id)
 
 
-@api.route("POST", "/v1/wallet/sessions", summary="Log in; returns a short-lived wallet token", auth=None,
-           body=schema.WalletLogin, response=views.TokenView, status=201, tag="wallet",
-           errors={401: ("invalid_credentials",), 429: schema.SIGN_IN_CODES})
+@api.route("POST", "/v1/wallet/sessions", summary="Log in: a token from a trusted device, else a code challenge",
+           auth=None, body=schema.WalletLogin, response=(views.TokenView, sign_in.SignInChallengeView), status=201,
+           tag="wallet", also_ok={202: "a sign_in_challenge instead of a token: the device is new to the holder (or"
+                                       " the phone not proven yet); a code was sent to the phone"},
+           errors={401: ("invalid_credentials",), 429: schema.SIGN_IN_CODES + ("sign_in_codes_exhausted",),
+                   503: ("code_sender_unavailable",)})
 async def login(call: Call[schema.WalletLogin, None]) -> Any:
-    """Exchange a holder's phone and password for a short-lived wallet token; device_id binds it to the phone
-    for pay-codes and taps. Failed attempts lock out for a while."""
-    return await wallets.login(call.svc, call.body.phone, call.body.password, call.body.device_id, call.client_address)
+    """Exchange a holder's phone and password for a short-lived wallet token (201) when device_id is a device the
+    holder proved with a code; otherwise answer 202 with a sign_in_challenge (a code was sent to the phone) to
+    verify at POST /v1/wallet/challenges/{id}/verify. device_id binds the token to the phone for pay-codes and
+    taps. Failed attempts lock out for a while."""
+    result = await wallets.login(call.svc, call.body.phone, call.body.password, call.body.device_id,
+                                 call.client_address)
+    if isinstance(result, sign_in.SignInChallengeView):
+        return Reply(202, msgspec.json.encode(result))
+    return result
 
 
 @api.route("GET", "/v1/wallet", summary="The holder's balances per currency", auth={P.WALLET},

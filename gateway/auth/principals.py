@@ -26,6 +26,7 @@ class Principal:
     merchant_id: uuid.UUID | None = None
     role: str | None = None
     device_id: str | None = None  # the wallet app's device, from its login
+    session_id: uuid.UUID | None = None  # the wallet token's session (None: a token from before sessions)
     store_id: uuid.UUID | None = None  # a POS device's store and terminal
     terminal_id: uuid.UUID | None = None
 

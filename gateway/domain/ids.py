@@ -42,6 +42,9 @@ class Kind(StrEnum):
     CONVERSION = "cnv"
     NOTIFICATION = "ntf"
     BUDGET = "bud"
+    SIGN_IN_CHALLENGE = "chl"
+    WALLET_DEVICE = "wd"
+    SIGN_IN_MESSAGE = "sms"
 
 
 def encode(kind: Kind, value: uuid.UUID) -> str:

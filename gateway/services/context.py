@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
@@ -13,6 +14,7 @@ from gateway.auth.tokens import TokenIssuer
 from gateway.domain.limits import Tier
 from gateway.services.idempotency import Idempotency
 from gateway.services.key_cache import ApiKeyCache
+from gateway.services.revocations import SessionRevocations
 from gateway.settings import Settings
 from gateway.services.batching import Batcher
 from gateway.store import payments as payment_store
@@ -33,6 +35,8 @@ class Services:
     pin_thresholds_minor: dict[str, int] = field(default_factory=dict)
     limits_zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
     pay_batches: PayBatcher | None = None  # group commit of wallet payments (None: each its own statement)
+    revocations: SessionRevocations | None = None  # revoked wallet sessions (None: the database says, each time)
+    codes_due: asyncio.Event = field(default_factory=asyncio.Event)  # wakes this process's sign-in code sender
 
     @staticmethod
     def now() -> datetime:
@@ -52,6 +56,7 @@ class Services:
             ApiKeyCache(db, settings.auth),
             tiers=settings.tiers.tiers(), pin_thresholds_minor=settings.wallet.pin_threshold_minor,
             limits_zone=ZoneInfo(settings.wallet.limits_timezone), pay_batches=_pay_batcher(db, settings),
+            revocations=SessionRevocations(db, settings),
         )
 
     async def stop(self) -> None:

@@ -15,7 +15,7 @@ from gateway.domain import ledger
 from gateway.domain.fees import FEE_BPS_MAX
 from gateway.domain.ids import Kind, decode, encode
 from gateway.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthenticated
-from gateway.services import audit, devices, pages, throttle, views
+from gateway.services import audit, devices, pages, revocations, throttle, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.services.pages import PageRequest
@@ -90,8 +90,14 @@ async def authenticate(svc: Services, authorization: str | None) -> Principal:
     if audience == WALLET_AUDIENCE:
         claims = svc.tokens.verify(credential, WALLET_AUDIENCE)
         device = claims.get("did")
-        return Principal(PrincipalKind.WALLET, svc.tokens.uuid_claim(claims, "sub"),
-                         device_id=str(device) if device else None)
+        holder_id = svc.tokens.uuid_claim(claims, "sub")
+        session_id = svc.tokens.uuid_claim(claims, "sid") if "sid" in claims else None
+        if svc.revocations is not None:
+            await svc.revocations.check(holder_id, session_id, int(claims["iat"]))
+        else:
+            await revocations.check_in_database(svc.db, holder_id, session_id, int(claims["iat"]))
+        return Principal(PrincipalKind.WALLET, holder_id, device_id=str(device) if device else None,
+                         session_id=session_id)
     raise Unauthenticated("the token is not valid", code="invalid_token")
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from gateway.domain import ids
+from gateway.domain import ids, verification
 from gateway.domain.ids import Kind
 
 Timestamp = Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})]
@@ -421,6 +421,7 @@ class WalletHolderView(msgspec.Struct, kw_only=True):
     created_at: Timestamp
     pin_set: bool | None = None
     payments_locked: bool | None = None
+    verification_level: str | None = None  # none, phone, real_name, bank_card, in_person (domain.verification)
 
 
 def mask_phone(phone: str) -> str:
@@ -433,6 +434,8 @@ def holder_view(row: Any) -> WalletHolderView:
         created_at=row["created_at"].isoformat(),
         pin_set=row["pin_set"] if "pin_set" in row.keys() else None,
         payments_locked=(row["payments_locked_at"] is not None) if "payments_locked_at" in row.keys() else None,
+        verification_level=(verification.Level(row["verification_level"]).label
+                            if "verification_level" in row.keys() else None),
     )
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import msgspec
+
 from gateway.auth import passwords
 from gateway.auth.principals import Principal
 from gateway.domain import bank_accounts as account_numbers
@@ -16,7 +18,7 @@ from gateway.domain import ledger, limits
 from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import check_amount, currency
 from gateway.errors import Conflict, Declined, Forbidden, InvalidRequest, NotFound, Unauthenticated
-from gateway.services import audit, pages, throttle, views
+from gateway.services import audit, pages, sign_in, throttle, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.services.pages import PageRequest
@@ -26,9 +28,9 @@ from gateway.store import wallets as store
 from gateway.store.db import Connection
 
 log = logging.getLogger(__name__)
-WALLET_AUDIENCE = "wallet"
+WALLET_AUDIENCE = sign_in.WALLET_AUDIENCE
 _PHONE_RE = re.compile(r"^\+[1-9][0-9]{6,14}$")  # E.164
-PASSWORD_LENGTH_MIN = 8
+PASSWORD_LENGTH_MIN = sign_in.PASSWORD_LENGTH_MIN
 
 
 def _phone(text: str) -> str:
@@ -37,23 +39,29 @@ def _phone(text: str) -> str:
     return text
 
 
-async def register(svc: Services, phone: str, password: str) -> views.WalletHolderView:
+async def register(svc: Services, phone: str, password: str, device_id: str | None = None
+                   ) -> sign_in.RegistrationView:
     phone = _phone(phone)
     if len(password) < PASSWORD_LENGTH_MIN:
         raise InvalidRequest(
             f"password must have at least {PASSWORD_LENGTH_MIN} characters", code="weak_password", param="password"
         )
     hashed = await passwords.hash_password(password)
-    async with svc.db.connection() as conn:
+    async with svc.db.connection() as conn, conn.transaction():
         row = await store.insert_holder(conn, uuid.uuid4(), phone, hashed, svc.settings.wallet.tier_default)
-    if row is None:
-        raise Conflict("this phone number is registered already", code="phone_taken", param="phone")
-    return views.holder_view(row)
+        if row is None:
+            raise Conflict("this phone number is registered already", code="phone_taken", param="phone")
+        # The phone is proven by the code sent now; answering it signs the holder in (on device_id if given).
+        challenge = await sign_in.start_challenge(conn, svc, row["id"], phone, "phone_verification", device_id)
+    sign_in.codes_sent(svc)
+    holder = views.holder_view(row)
+    return sign_in.RegistrationView(**msgspec.structs.asdict(holder), challenge=challenge)
 
 
 async def login(
     svc: Services, phone: str, password: str, device_id: str | None = None, address: str | None = None
-) -> views.TokenView:
+) -> views.TokenView | sign_in.SignInChallengeView:
+    """A token for a device the holder proved with a code; otherwise a challenge (a code sent to the phone)."""
     attempt = await throttle.admit(svc, throttle.Kind.WALLET, phone, address)  # before the hash
     async with svc.db.connection() as conn:
         row = await store.holder_by_phone(conn, phone)
@@ -63,11 +71,7 @@ async def login(
                                                   "client_address": address})
         raise Unauthenticated("wrong phone number or password", code="invalid_credentials")
     await throttle.succeeded(svc, attempt)
-    ttl_s = svc.settings.auth.wallet_token_ttl_s
-    token = svc.tokens.issue(row["id"], WALLET_AUDIENCE, ttl_s, did=device_id) if device_id else svc.tokens.issue(
-        row["id"], WALLET_AUDIENCE, ttl_s
-    )
-    return views.TokenView(token=token, expires_in=ttl_s)
+    return await sign_in.after_password(svc, row, device_id)
 
 
 def _balance(currency_code: str, posted: int, held: int) -> views.BalanceView:

@@ -11,7 +11,7 @@ from gateway.store import pages
 from gateway.store.db import Connection, one
 
 # A holder as the API shows it, PIN and lock state included (read in the statement that changes it).
-_HOLDER = "id, phone, tier, created_at, payments_locked_at, pin_hash IS NOT NULL AS pin_set"
+_HOLDER = ("id, phone, tier, created_at, payments_locked_at, pin_hash IS NOT NULL AS pin_set, verification_level")
 
 
 async def insert_holder(
@@ -20,7 +20,7 @@ async def insert_holder(
     """None if the phone number is registered already."""
     row: asyncpg.Record | None = await conn.fetchrow(
         "INSERT INTO wallet_holders (id, phone, password_hash, tier) VALUES ($1, $2, $3, $4)"
-        " ON CONFLICT (phone) DO NOTHING RETURNING id, phone, tier, created_at",
+        " ON CONFLICT (phone) DO NOTHING RETURNING id, phone, tier, created_at, verification_level",
         holder_id, phone, password_hash, tier,
     )
     return row
@@ -28,7 +28,7 @@ async def insert_holder(
 
 async def holder_by_phone(conn: Connection, phone: str) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
-        "SELECT id, phone, password_hash, tier, created_at FROM wallet_holders WHERE phone = $1", phone
+        "SELECT id, phone, password_hash, tier, created_at, verification_level FROM wallet_holders WHERE phone = $1", phone
     )
     return row
 

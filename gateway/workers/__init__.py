@@ -4,6 +4,8 @@
 - ``webhooks``: delivery of the webhook outbox;
 - ``budgets``: committed payments and refunds evaluated against budgets (reminders);
 - ``notifications``: holder notifications pushed to the push hook, when one is configured.
+- ``sign_in_codes``: delivery of one-time sign-in codes to the SMS hook (also run by an app built
+  without workers: without it no new device could sign in).
 Every loop is safe in every process at once (rows claimed with ``FOR UPDATE SKIP LOCKED``) and
 survives its own failures (logged, retried on the next tick)."""
 
@@ -14,13 +16,14 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from gateway.services.context import Services
-from gateway.workers import budgets, expiry, notifications, webhooks
+from gateway.workers import budgets, expiry, notifications, sign_in_codes, webhooks
 
 
 @contextlib.asynccontextmanager
 async def running(svc: Services) -> AsyncIterator[None]:
     tasks = [asyncio.create_task(expiry.loop(svc)), asyncio.create_task(webhooks.Deliverer(svc).run()),
-             asyncio.create_task(budgets.Evaluator(svc).run()), asyncio.create_task(notifications.loop(svc))]
+             asyncio.create_task(budgets.Evaluator(svc).run()), asyncio.create_task(notifications.loop(svc)),
+             asyncio.create_task(sign_in_codes.CodeSender(svc).run())]
     try:
         yield
     finally:
@@ -29,3 +32,15 @@ async def running(svc: Services) -> AsyncIterator[None]:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+@contextlib.asynccontextmanager
+async def sending_codes(svc: Services) -> AsyncIterator[None]:
+    """Only the sign-in code sender (an app built without its other loops)."""
+    task = asyncio.create_task(sign_in_codes.CodeSender(svc).run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

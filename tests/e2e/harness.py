@@ -33,6 +33,7 @@ import aiohttp
 import asyncpg
 
 from tests import canary
+from tests.conftest import SMS_HOOK_SECRET, sms_gateway
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -97,6 +98,9 @@ class GatewayProcess:
             "GATEWAY_DATABASE_POOL_MIN": "1",
             "GATEWAY_DATABASE_POOL_MAX": "4",
             "GATEWAY_THROTTLE_ADDRESS_EXEMPT": "127.0.0.1,::1",  # every test client signs in from loopback
+            # Sign-in codes go to the suite's SMS gateway simulator (tests.conftest), read by Shop.answer.
+            "GATEWAY_SIGN_IN_SMS_HOOK_URL": sms_gateway().url,
+            "GATEWAY_SIGN_IN_SMS_HOOK_SECRET": SMS_HOOK_SECRET,
             **self.extra_env,
         }
 
@@ -258,11 +262,24 @@ class Shop:
         code: str = body["code"]
         return code
 
+    async def answer(self, phone: str, challenge: dict[str, Any]) -> str:
+        """The code the challenge sent to the phone, read from the SMS gateway simulator, exchanged for a token."""
+        code = await sms_gateway().code(phone, challenge["id"])
+        verified = await self.api.call("POST", f"/v1/wallet/challenges/{challenge['id']}/verify", expect=201,
+                                       json={"code": code})
+        return str(verified["token"])
+
+    async def sign_in(self, phone: str, device_id: str) -> str:
+        """Log in on a device, answering the code challenge when the device is new to the holder."""
+        answer = await self.api.call("POST", "/v1/wallet/sessions", expect=(201, 202), json={
+            "phone": phone, "password": "s3cret-pass", "device_id": device_id})
+        return str(answer["token"]) if answer["object"] == "token" else await self.answer(phone, answer)
+
     async def holder(self, top_up: int) -> Holder:
         phone = f"+86138{uuid.uuid4().int % 10**8:08d}"
-        await self.api.call("POST", "/v1/wallet/holders", expect=201, json={"phone": phone, "password": "s3cret-pass"})
-        token = (await self.api.call("POST", "/v1/wallet/sessions", expect=201, json={
-            "phone": phone, "password": "s3cret-pass", "device_id": f"phone-{uuid.uuid4().hex[:8]}"}))["token"]
+        registered = await self.api.call("POST", "/v1/wallet/holders", expect=201, json={
+            "phone": phone, "password": "s3cret-pass", "device_id": f"phone-{uuid.uuid4().hex[:8]}"})
+        token = await self.answer(phone, registered["challenge"])
         bank = await self.api.call("POST", "/v1/wallet/bank_accounts", token, 201,
                                    json={"bank_name": "ICBC", "account_number": "6222020200112233445"})
         if top_up:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from pos_agent.counter_demo import run
+from pos_agent.counter_demo import PHONE_DEVICE_ID, run
 from tests.e2e.conftest import Counter
 
 HOLDER_PASSWORD = "s3cret-pass"  # tests.e2e.harness.Shop.holder's
@@ -20,6 +20,7 @@ DEMO_BOUND_S = 25.0
 
 async def test_counter_demo_sells_by_tap_and_prints_the_receipt(counter: Counter) -> None:
     before = await counter.shop.available(counter.holder)
+    await counter.shop.sign_in(counter.holder.phone, PHONE_DEVICE_ID)  # the demo's phone proven with a code first
     started = time.monotonic()
     result = await asyncio.wait_for(run(counter.gateway.url, counter.shop.secret, counter.shop.terminal,
                                         counter.holder.phone, HOLDER_PASSWORD, 2_600, "CNY"), DEMO_BOUND_S)

@@ -293,8 +293,7 @@ async def test_payments_waiting_for_the_pin_walk_once_each(world: World) -> None
     m = await world.merchant(fee_bps=0)
     h = await world.holder(top_up=600_000)
     await world.call("POST", f"/v1/operator/wallet_holders/{h.id}/tier", headers=world.ops, json={"tier": 4})
-    session = await world.call("POST", "/v1/wallet/sessions", 201,
-                               json={"phone": h.phone, "password": "s3cret-pass", "device_id": "phone-A1"})
+    session = {"token": await world.sign_in(h.phone, device_id="phone-A1")}
     phone = {"Authorization": f"Bearer {session['token']}"}
     await world.call("POST", "/v1/wallet/pin", headers=phone, json={"pin": "246810"})
 

@@ -35,8 +35,7 @@ async def _device(world: World, m: Merchant) -> tuple[dict[str, Any], str]:
 
 
 async def _phone(world: World, h: Holder) -> WalletCard:
-    session = await world.call("POST", "/v1/wallet/sessions", 201,
-                               json={"phone": h.phone, "password": "s3cret-pass", "device_id": "phone-7"})
+    session = {"token": await world.sign_in(h.phone, device_id="phone-7")}
     token = await world.call("POST", "/v1/wallet/tap_tokens", 201, headers=auth(session["token"]), json={})
     assert token["token_pan"].startswith("999001") and len(token["token_pan"]) == 16
     provisioning = WalletProvisioning(token_pan=token["token_pan"], psn=token["psn"],
@@ -174,8 +173,7 @@ async def test_revoked_tap_token_is_declined_and_keys_never_logged(world: World,
     m = await world.merchant()
     h = await world.holder(top_up=10_000)
     device, _ = await _device(world, m)
-    session = await world.call("POST", "/v1/wallet/sessions", 201,
-                               json={"phone": h.phone, "password": "s3cret-pass", "device_id": "phone-9"})
+    session = {"token": await world.sign_in(h.phone, device_id="phone-9")}
     with caplog.at_level("DEBUG"):
         token = await world.call("POST", "/v1/wallet/tap_tokens", 201, headers=auth(session["token"]), json={})
     assert token["icc_master_key"] not in caplog.text and token["token_pan"] not in caplog.text

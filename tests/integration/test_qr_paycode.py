@@ -128,8 +128,7 @@ async def test_static_store_code_payer_enters_amount(world: World) -> None:
 
 async def _device_holder(world: World, top_up: int) -> Holder:
     h = await world.holder(top_up=top_up)
-    session = await world.call("POST", "/v1/wallet/sessions", 201,
-                               json={"phone": h.phone, "password": "s3cret-pass", "device_id": "phone-A1"})
+    session = {"token": await world.sign_in(h.phone, device_id="phone-A1")}
     return Holder(h.id, h.phone, session["token"], h.bank_account)
 
 

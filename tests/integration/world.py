@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.services import tenants
 from gateway.services.context import Services
-from tests.conftest import make_settings
+from tests.conftest import make_settings, sms_gateway
 
 OPERATOR_EMAIL = "ops@example.com"
 OPERATOR_PASSWORD = "correct horse battery"
@@ -86,11 +86,31 @@ class World:
                              json={"kind": "publishable"})
         return Merchant(m["id"], sk["secret"], pk["secret"], store["id"])
 
-    async def holder(self, top_up: int = 0, currency: str = "CNY") -> Holder:
+    async def answer(self, phone: str, challenge: dict[str, Any]) -> str:
+        """Read the code the challenge sent to ``phone`` from the SMS gateway (a real HTTP receiver) and
+        verify it: the wallet token."""
+        code = await sms_gateway().code(phone, challenge["id"])
+        verified = await self.call("POST", f"/v1/wallet/challenges/{challenge['id']}/verify", 201,
+                                   json={"code": code})
+        return str(verified["token"])
+
+    async def sign_in(self, phone: str, password: str = "s3cret-pass", device_id: str | None = None) -> str:
+        """Log in as a wallet app does: a token at once from a trusted device, else through the code."""
+        body: dict[str, Any] = {"phone": phone, "password": password}
+        if device_id is not None:
+            body["device_id"] = device_id
+        resp = await self.client.post("/v1/wallet/sessions", json=body)
+        answer = await resp.json()
+        assert resp.status in (201, 202), (resp.status, answer)
+        return str(answer["token"]) if resp.status == 201 else await self.answer(phone, answer)
+
+    async def holder(self, top_up: int = 0, currency: str = "CNY", device_id: str | None = None) -> Holder:
         phone = f"+86{next(_phones)}{uuid.uuid4().int % 10}"
-        holder = await self.call("POST", "/v1/wallet/holders", 201, json={"phone": phone, "password": "s3cret-pass"})
-        token = (await self.call("POST", "/v1/wallet/sessions", 201,
-                                 json={"phone": phone, "password": "s3cret-pass"}))["token"]
+        body: dict[str, Any] = {"phone": phone, "password": "s3cret-pass"}
+        if device_id is not None:
+            body["device_id"] = device_id
+        holder = await self.call("POST", "/v1/wallet/holders", 201, json=body)
+        token = await self.answer(phone, holder["challenge"])
         bank = await self.call("POST", "/v1/wallet/bank_accounts", 201, headers=auth(token),
                                json={"bank_name": "ICBC", "account_number": "6222020200112233445"})
         h = Holder(holder["id"], phone, token, bank["id"])

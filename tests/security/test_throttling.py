@@ -35,6 +35,8 @@ LOCKOUT = {"failures_before_lockout": FAILURES_FREE, "lockout_base_s": LOCKOUT_S
            "overall_per_s": 1000.0, "overall_burst": 1000}
 PASSWORD = "s3cret-pass"
 WALLET_LOGIN = "/v1/wallet/sessions"
+# The right password of a holder whose phone no code has proven yet: a sign-in challenge (a code sent).
+SIGNED_IN = 202
 OPERATOR_LOGIN = "/v1/operator/sessions"
 CLEAR = "/v1/operator/lockouts/clear"
 
@@ -81,7 +83,7 @@ async def holder(world: World) -> str:
 
 async def world_holder_token(world: World) -> str:
     phone = await holder(world)
-    return str((await world.call("POST", WALLET_LOGIN, 201, json={"phone": phone, "password": PASSWORD}))["token"])
+    return await world.sign_in(phone, PASSWORD)
 
 
 def closed_port() -> int:
@@ -105,11 +107,11 @@ async def test_wrong_passwords_lock_the_account_and_the_right_one_waits_for_the_
     assert (status, body["error"]["code"]) == (429, "sign_in_locked") and retry_after is not None
     assert passwords.verifications_total - hashes_before == FAILURES_FREE
     await asyncio.sleep(int(retry_after) + 0.1)
-    await world.call("POST", WALLET_LOGIN, 201, json={"phone": phone, "password": PASSWORD})
+    await world.call("POST", WALLET_LOGIN, SIGNED_IN, json={"phone": phone, "password": PASSWORD})
     # The success forgot the failures: four more wrong passwords are plain 401s again.
     for i in range(FAILURES_FREE - 1):
         await world.call("POST", WALLET_LOGIN, 401, json={"phone": phone, "password": f"again-{i}"})
-    await world.call("POST", WALLET_LOGIN, 201, json={"phone": phone, "password": PASSWORD})
+    await world.call("POST", WALLET_LOGIN, SIGNED_IN, json={"phone": phone, "password": PASSWORD})
 
 
 async def test_the_lockout_doubles_with_each_failure_after_it_up_to_the_cap(world: World) -> None:
@@ -148,7 +150,7 @@ async def test_an_operator_clears_a_lockout_and_only_support_or_admin_may(world:
 
     cleared = await world.call("POST", CLEAR, headers=auth(tokens["support"]), json={"kind": "wallet", "subject": phone})
     assert cleared == {"object": "lockout_clearance", "kind": "wallet", "cleared": True}
-    await world.call("POST", WALLET_LOGIN, 201, json={"phone": phone, "password": PASSWORD})
+    await world.call("POST", WALLET_LOGIN, SIGNED_IN, json={"phone": phone, "password": PASSWORD})
     again = await world.call("POST", CLEAR, headers=world.ops, json={"kind": "wallet", "subject": phone})
     assert again["cleared"] is False
 
@@ -224,7 +226,7 @@ async def test_the_overall_limit_holds_for_exempt_addresses_and_across_processes
     async with gateway(app_factory, throttle=overall) as one, gateway(app_factory, throttle=overall) as two:
         statuses = [(await attempt(client, WALLET_LOGIN, {"phone": p, "password": PASSWORD}))[0]
                     for client, p in zip([one, two, one, two, one], phones, strict=True)]
-    assert statuses == [201] * 4 + [429]
+    assert statuses == [SIGNED_IN] * 4 + [429]
 
 
 async def test_the_api_limiter_lets_no_more_than_the_bucket_through_at_a_window_edge(
@@ -274,7 +276,7 @@ async def test_without_redis_each_process_still_limits_addresses(world: World, a
     async with gateway(app_factory, redis=no_redis, throttle={**LOCKOUT, "address_per_s": 0.01,
                                                                "address_burst": 2}) as client:
         statuses = [(await attempt(client, WALLET_LOGIN, {"phone": p, "password": PASSWORD}))[0] for p in phones]
-    assert statuses == [201, 201, 429]
+    assert statuses == [SIGNED_IN, SIGNED_IN, 429]
 
 
 async def test_the_reaper_forgets_quiet_unlocked_accounts_only(world: World, clean_db: str) -> None:
