@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.api import (  # noqa: F401  (registers endpoints)
-    admin, checkout, cors, devices, payments, reconciliation, settlement, system, wallet, webhooks,
+    admin, checkout, cors, devices, payments, promotions, reconciliation, settlement, system, wallet, webhooks,
 )
 from gateway.api.middlewares import observe
 from gateway.api.routing import SERVICES, api
@@ -32,7 +32,8 @@ def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
         metrics.announce_build(metadata.version("wallet-gateway"), settings.auth.key_mode)
         svc = await Services.start(settings)
         app[SERVICES] = svc
-        async with svc.api_keys.listening_while(settings.database.url):  # the API key cache's push channel
+        async with (svc.api_keys.listening_while(settings.database.url),  # the API key cache's push channel
+                    svc.campaigns.refreshing(svc.db, svc.now)):  # the live promotion campaigns
             yield
         await svc.stop()
 

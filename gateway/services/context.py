@@ -12,8 +12,9 @@ from gateway.auth.sealing import Sealer
 from gateway.auth.tokens import TokenIssuer
 from gateway.domain.limits import Tier
 from gateway.services.idempotency import Idempotency
+from gateway.services.campaign_cache import CampaignCache
 from gateway.services.key_cache import ApiKeyCache
-from gateway.settings import Settings
+from gateway.settings import PromotionSettings, Settings
 from gateway.services.batching import Batcher
 from gateway.store import payments as payment_store
 from gateway.store.db import Database
@@ -33,6 +34,8 @@ class Services:
     pin_thresholds_minor: dict[str, int] = field(default_factory=dict)
     limits_zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
     pay_batches: PayBatcher | None = None  # group commit of wallet payments (None: each its own statement)
+    # The live promotion campaigns; loaded only while the app keeps it ``refreshing``.
+    campaigns: CampaignCache = field(default_factory=lambda: CampaignCache(PromotionSettings()))
 
     @staticmethod
     def now() -> datetime:
@@ -52,6 +55,7 @@ class Services:
             ApiKeyCache(db, settings.auth),
             tiers=settings.tiers.tiers(), pin_thresholds_minor=settings.wallet.pin_threshold_minor,
             limits_zone=ZoneInfo(settings.wallet.limits_timezone), pay_batches=_pay_batcher(db, settings),
+            campaigns=CampaignCache(settings.promotions),
         )
 
     async def stop(self) -> None:
