@@ -152,14 +152,22 @@ class NewCampaign:
     mccs: tuple[str, ...] = ()
 
 
+# The stable code of each field a campaign's terms can be refused for.
+_CODES = {
+    "starts_at": "invalid_starts_at", "ends_at": "invalid_ends_at", "percent_bps": "invalid_percent_bps",
+    "fixed_amount": "invalid_fixed_amount", "cap": "invalid_cap", "budget": "invalid_budget",
+    "min_amount": "invalid_min_amount", "per_holder_limit": "invalid_per_holder_limit", "places": "invalid_places",
+}
+
+
 def _local(text: str, param: str) -> datetime:
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
-        raise InvalidRequest(f"{param} is a local date and time, e.g. 2026-12-01T00:00:00", code=f"invalid_{param}",
+        raise InvalidRequest(f"{param} is a local date and time, e.g. 2026-12-01T00:00:00", code=_CODES[param],
                              param=param) from None
     if value.tzinfo is not None:
-        raise InvalidRequest(f"{param} is local time in time_zone: no offset", code=f"invalid_{param}", param=param)
+        raise InvalidRequest(f"{param} is local time in time_zone: no offset", code=_CODES[param], param=param)
     return value
 
 
@@ -197,7 +205,7 @@ def _terms(req: NewCampaign, campaign_id: uuid.UUID) -> Campaign:
             store_ids=_ids(Kind.STORE, req.stores, "stores"), mccs=frozenset(req.mccs),
         )
     except promotions.CampaignError as exc:
-        raise InvalidRequest(str(exc), code=f"invalid_{exc.param}", param=exc.param) from None
+        raise InvalidRequest(str(exc), code=_CODES[exc.param], param=exc.param) from None
 
 
 async def _require(conn: Connection, table: str, ids: frozenset[uuid.UUID], texts: tuple[str, ...],
