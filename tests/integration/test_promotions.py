@@ -11,6 +11,10 @@ from typing import Any
 
 import asyncpg
 
+from gateway.api.routing import SERVICES
+from gateway.domain.ids import Kind, decode
+from gateway.services import payments as payment_cases
+from gateway.store import payments as payment_store
 from tests.integration.world import Holder, Merchant, World
 
 
@@ -99,31 +103,61 @@ async def test_refunds_claw_back_in_proportion_summing_to_the_discount(world: Wo
     assert report["ok"] is True
 
 
-async def test_places_are_taken_exactly_once_by_holders_racing(world: World) -> None:
+async def _race(world: World, m: Merchant, holders: list[Holder], per_holder: int) -> list[Any]:
+    """Every holder pays ``per_holder`` payments, all of them at once over HTTP."""
+    payers = [h for h in holders for _ in range(per_holder)]
+    payments = await asyncio.gather(*(world.payment(m, 1_000) for _ in payers))
+    return list(await asyncio.gather(*(world.pay(h, p["id"]) for h, p in zip(payers, payments, strict=True))))
+
+
+async def test_places_are_taken_exactly_once_by_payments_racing(world: World) -> None:
+    """200 payments of 25 holders race for 20 places (registering a holder hashes a password: fewer
+    holders keep the test fast; each payment still races every other for the campaign row)."""
     m = await world.merchant()
-    holders = await asyncio.gather(*(world.holder(top_up=5_000) for _ in range(120)))
-    c = await _campaign(world, places=20, per_holder_limit=1)
-    payments = await asyncio.gather(*(world.payment(m, 1_000) for _ in holders))
+    holders = list(await asyncio.gather(*(world.holder(top_up=10_000) for _ in range(25))))
+    c = await _campaign(world, places=20)
     started_s = time.perf_counter()
-    paid = await asyncio.gather(*(world.pay(h, p["id"]) for h, p in zip(holders, payments, strict=True)))
+    paid = await _race(world, m, holders, 8)
     elapsed_s = time.perf_counter() - started_s
     discounted = [x for x in paid if x["discount"] is not None]
-    assert len(discounted) == 20 and all(x["status"] == "succeeded" for x in paid)
+    assert len(paid) == 200 and all(x["status"] == "succeeded" for x in paid)
+    assert len(discounted) == 20
     got = await world.call("GET", f"/v1/operator/campaigns/{c['id']}", headers=world.ops)
     assert (got["places_taken"], got["spent"]) == (20, 20 * 100)
     assert elapsed_s < 30
 
 
+async def test_the_per_holder_limit_holds_when_a_holders_payments_race(world: World) -> None:
+    m = await world.merchant()
+    holders = list(await asyncio.gather(*(world.holder(top_up=10_000) for _ in range(5))))
+    await _campaign(world, per_holder_limit=2)
+    paid = await _race(world, m, holders, 6)
+    per_holder = [sum(x["discount"] is not None for x in paid[i * 6:(i + 1) * 6]) for i in range(5)]
+    assert per_holder == [2] * 5
+
+
 async def test_the_budgets_last_unit_is_spent_once(world: World) -> None:
     m = await world.merchant()
-    holders = await asyncio.gather(*(world.holder(top_up=5_000) for _ in range(30)))
+    holders = list(await asyncio.gather(*(world.holder(top_up=10_000) for _ in range(10))))
     c = await _campaign(world, budget=1_050)  # 10 % of 1,000: ten full discounts and one of 50
-    payments = await asyncio.gather(*(world.payment(m, 1_000) for _ in holders))
-    paid = await asyncio.gather(*(world.pay(h, p["id"]) for h, p in zip(holders, payments, strict=True)))
+    paid = await _race(world, m, holders, 3)
     amounts = sorted(x["discount"]["amount"] for x in paid if x["discount"] is not None)
     assert amounts == [50] + [100] * 10
     got = await world.call("GET", f"/v1/operator/campaigns/{c['id']}", headers=world.ops)
     assert got["spent"] == got["budget"] == 1_050
+
+
+async def test_a_payment_that_fails_gives_its_place_back(world: World) -> None:
+    m = await world.merchant()
+    poor = await world.holder(top_up=500)
+    rich = await world.holder(top_up=5_000)
+    c = await _campaign(world, places=1)
+    p = await world.payment(m, 1_000)
+    refused = await world.pay(poor, p["id"], 402)  # 900 after the discount: still more than the wallet holds
+    assert refused["error"]["code"] == "insufficient_funds"
+    got = await world.call("GET", f"/v1/operator/campaigns/{c['id']}", headers=world.ops)
+    assert (got["places_taken"], got["spent"]) == (0, 0)
+    assert (await world.pay(rich, p["id"]))["discount"]["amount"] == 100
 
 
 async def test_an_ended_or_expired_campaign_gives_nothing_at_once(world: World, clean_db: str) -> None:
@@ -150,8 +184,7 @@ async def test_an_ended_or_expired_campaign_gives_nothing_at_once(world: World, 
 
 
 def _uuid(text_id: str) -> Any:
-    import uuid
-    return uuid.UUID(text_id.split("_", 1)[1])
+    return decode(Kind.CAMPAIGN, text_id)
 
 
 async def test_a_holder_gets_the_discount_only_as_often_as_the_limit_says(world: World) -> None:
@@ -211,3 +244,30 @@ async def test_campaigns_are_listed_newest_first_and_replayed_by_key(world: Worl
     later = await _campaign(world)
     listed = await world.call("GET", "/v1/operator/campaigns", headers=world.ops)
     assert [c["id"] for c in listed["data"]] == [later["id"], first["id"]]
+
+
+async def test_the_one_statement_path_is_kept_when_no_campaign_can_apply(world: World) -> None:
+    """Deciding "no campaign applies" is a lookup in the process's cache (a plain function: no round
+    trip); a campaign that could apply sends the payment to the general path, its end brings it back."""
+    svc = world.client.app[SERVICES]
+    m = await world.merchant()
+    h = await world.holder(top_up=10_000)
+    created = await world.payment(m, 1_000)
+    pid, holder_id = decode(Kind.PAYMENT, created["id"]), decode(Kind.WALLET_HOLDER, h.id)
+    assert pid is not None and holder_id is not None
+    async with svc.db.connection() as conn:
+        head = await payment_store.payable(conn, pid, holder_id)
+    assert head is not None
+    accounts = await payment_cases.payer_accounts(svc, holder_id, head["merchant_id"], head["currency"])
+
+    def at_once() -> bool:
+        return payment_cases.decide_payment(svc, head, holder_id, accounts, channel="wallet") is not None
+
+    assert svc.campaigns.current() == () and at_once()
+    await _campaign(world, currency="USD")  # another currency: still at once
+    assert at_once()
+    c = await _campaign(world, merchants=[m.id])
+    assert not at_once()
+    await world.call("POST", f"/v1/operator/campaigns/{c['id']}/end", headers=world.ops, json={})
+    assert at_once()
+    assert (await world.pay(h, created["id"]))["discount"] is None
