@@ -111,19 +111,19 @@ async def _race(world: World, m: Merchant, holders: list[Holder], per_holder: in
 
 
 async def test_places_are_taken_exactly_once_by_payments_racing(world: World) -> None:
-    """200 payments of 25 holders race for 20 places (registering a holder hashes a password: fewer
+    """1,000 payments of 40 holders race for 100 places (registering a holder hashes a password: fewer
     holders keep the test fast; each payment still races every other for the campaign row)."""
     m = await world.merchant()
-    holders = list(await asyncio.gather(*(world.holder(top_up=10_000) for _ in range(25))))
-    c = await _campaign(world, places=20)
+    holders = list(await asyncio.gather(*(world.holder(top_up=25_000) for _ in range(40))))
+    c = await _campaign(world, places=100)
     started_s = time.perf_counter()
-    paid = await _race(world, m, holders, 8)
+    paid = await _race(world, m, holders, 25)
     elapsed_s = time.perf_counter() - started_s
     discounted = [x for x in paid if x["discount"] is not None]
-    assert len(paid) == 200 and all(x["status"] == "succeeded" for x in paid)
-    assert len(discounted) == 20
+    assert len(paid) == 1_000 and all(x["status"] == "succeeded" for x in paid)
+    assert len(discounted) == 100
     got = await world.call("GET", f"/v1/operator/campaigns/{c['id']}", headers=world.ops)
-    assert (got["places_taken"], got["spent"]) == (20, 20 * 100)
+    assert (got["places_taken"], got["spent"]) == (100, 100 * 100)
     assert elapsed_s < 30
 
 
