@@ -1,4 +1,4 @@
-"""Promotion campaigns (operators): create, list, retrieve, end."""
+"""Promotion campaigns: the operators' (create, list, retrieve, end) and the holder's benefits."""
 
 from __future__ import annotations
 
@@ -87,3 +87,12 @@ async def end_campaign(call: Call[schema.Empty, None]) -> Any:
     """End the campaign at once: no payment whose transaction starts after this answer is discounted by it.
     Ending it again answers it unchanged."""
     return await promotions.end(call.svc, call.who, call.match("id"), call.identity())
+
+
+@api.route("GET", "/v1/wallet/benefits", summary="The holder's discounts received and the campaigns it can use",
+           auth={P.WALLET}, query=schema.PageQuery, response=views.BenefitsView, tag="wallet")
+async def wallet_benefits(call: Call[None, schema.PageQuery]) -> Any:
+    """The discounts the holder received (newest first, cursor paginated by payment id: which payment, which
+    campaign, how much, who funded it, how much refunds took back) and the live campaigns it can still get a
+    discount from, with the uses it has left."""
+    return await promotions.benefits(call.svc, call.who, call.query.page())

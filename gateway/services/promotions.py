@@ -280,3 +280,27 @@ async def list_campaigns(svc: Services, page: PageRequest) -> views.CampaignList
     async with svc.db.connection() as conn:
         rows, has_more = await pages.read(conn, store.all_campaigns(), page, partial(decode, Kind.CAMPAIGN))
     return views.CampaignList(data=[views.campaign_view(r, svc.now()) for r in rows], has_more=has_more)
+
+
+async def benefits(svc: Services, who: Principal, page: PageRequest) -> views.BenefitsView:
+    """The holder's discounts received (a page, newest first) and the live campaigns it can still use
+    (those whose per-holder limit it has not reached; places and budget as last loaded)."""
+    now = svc.now()
+    async with svc.db.connection() as conn:
+        rows, has_more = await pages.read(conn, store.holder_benefits(who.id), page, partial(decode, Kind.PAYMENT))
+        used = {r["campaign_id"]: r["uses"] for r in await store.holder_uses(conn, who.id)}
+        live = await store.live(conn, now, svc.campaigns.live_max)
+    campaigns = []
+    for row in live:
+        limit = row["per_holder_max"]
+        left = None if limit is None else limit - used.get(row["id"], 0)
+        exhausted = row["spent_minor"] >= row["budget_minor"] or (
+            row["places_max"] is not None and row["places_taken"] >= row["places_max"])
+        if exhausted or (left is not None and left <= 0):
+            continue
+        seen = views.campaign_view(row, now)
+        campaigns.append(views.HolderCampaignView(
+            campaign=seen.id, name=seen.name, status=seen.status, currency=seen.currency, rule=seen.rule,
+            percent_bps=seen.percent_bps, fixed_amount=seen.fixed_amount, cap=seen.cap, min_amount=seen.min_amount,
+            starts_at=seen.starts_at, ends_at=seen.ends_at, uses_left=left))
+    return views.BenefitsView(campaigns=campaigns, data=[views.benefit_view(r) for r in rows], has_more=has_more)

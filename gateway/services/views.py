@@ -779,3 +779,51 @@ class CampaignList(msgspec.Struct, kw_only=True):
     object: str = "list"
     data: list[CampaignView]
     has_more: bool
+
+
+class BenefitView(msgspec.Struct, kw_only=True):
+    """A discount the holder received: on which payment, from which campaign, who funded it."""
+
+    object: str = "benefit"
+    kind: Literal["discount"] = "discount"
+    payment: str
+    campaign: str
+    campaign_name: str
+    amount: int
+    currency: str
+    funded_by: Literal["bank", "merchant"]
+    clawed_back: int
+    created_at: Timestamp
+
+
+def benefit_view(row: Any) -> BenefitView:
+    return BenefitView(
+        payment=ids.encode(Kind.PAYMENT, row["id"]), campaign=campaign_id(row["campaign_id"]),
+        campaign_name=row["campaign_name"], amount=row["discount_minor"], currency=row["currency"],
+        funded_by=row["discount_funded_by"], clawed_back=row["discount_clawed_back_minor"],
+        created_at=row["created_at"].isoformat(),
+    )
+
+
+class HolderCampaignView(msgspec.Struct, kw_only=True):
+    """A live campaign as a holder sees it: its terms and how many more discounts it gives this holder."""
+
+    campaign: str
+    name: str
+    status: Literal["scheduled", "active", "ended"]
+    currency: str
+    rule: Literal["percent", "fixed"]
+    percent_bps: int
+    fixed_amount: int
+    cap: int | None
+    min_amount: int
+    starts_at: Timestamp
+    ends_at: Timestamp
+    uses_left: int | None  # None: no per-holder limit
+
+
+class BenefitsView(msgspec.Struct, kw_only=True):
+    object: str = "benefits"
+    campaigns: list[HolderCampaignView]  # live campaigns the holder may still get a discount from
+    data: list[BenefitView]  # the discounts received, newest first
+    has_more: bool

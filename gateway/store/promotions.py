@@ -146,3 +146,14 @@ _EXISTING = {"merchants": "SELECT id FROM merchants WHERE id = ANY($1::uuid[])",
 async def existing(conn: Connection, table: str, ids: list[uuid.UUID]) -> set[uuid.UUID]:
     """Which of ``ids`` exist in ``merchants`` or ``stores``."""
     return {r["id"] for r in await conn.fetch(_EXISTING[table], ids)}
+
+
+def holder_benefits(holder_id: uuid.UUID) -> pages.Query:
+    """The holder's discounted payments with their campaign, newest first (served by payments_payer)."""
+    return pages.Query(
+        columns="p.id, p.created_at, p.amount_minor, p.currency, p.discount_minor, p.discount_funded_by,"
+                " p.discount_clawed_back_minor, p.campaign_id, c.name AS campaign_name",
+        source="payments p JOIN campaigns c ON c.id = p.campaign_id", key=("p.created_at", "p.id"),
+        scope=(pages.cond("p.payer_id = {}", holder_id),), filters=(pages.cond("p.campaign_id IS NOT NULL"),),
+        id_column="p.id",
+    )

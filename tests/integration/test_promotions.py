@@ -271,3 +271,24 @@ async def test_the_one_statement_path_is_kept_when_no_campaign_can_apply(world: 
     await world.call("POST", f"/v1/operator/campaigns/{c['id']}/end", headers=world.ops, json={})
     assert at_once()
     assert (await world.pay(h, created["id"]))["discount"] is None
+
+
+async def test_a_holder_sees_its_own_benefits_and_the_campaigns_it_can_use(world: World) -> None:
+    m = await world.merchant()
+    h = await world.holder(top_up=10_000)
+    other = await world.holder(top_up=10_000)
+    once = await _campaign(world, name="Once each", per_holder_limit=1, rule="fixed", percent_bps=0, fixed_amount=200)
+    many = await _campaign(world, name="Always", percent_bps=500)
+    first, pid = await _paid(world, m, h, 1_000)
+    assert first["discount"]["campaign"] == once["id"]  # 200 off beats 5 % (50)
+    second, pid2 = await _paid(world, m, h, 1_000)
+    assert second["discount"]["campaign"] == many["id"]
+    mine = await world.call("GET", "/v1/wallet/benefits", headers=h.headers)
+    assert [(b["payment"], b["amount"], b["funded_by"]) for b in mine["data"]] == [(pid2, 50, "bank"),
+                                                                                 (pid, 200, "bank")]
+    assert [(c["campaign"], c["uses_left"]) for c in mine["campaigns"]] == [(many["id"], None)]
+    page = await world.call("GET", "/v1/wallet/benefits", headers=h.headers, params={"limit": 1, "starting_after": pid2})
+    assert [b["payment"] for b in page["data"]] == [pid] and page["has_more"] is False
+    theirs = await world.call("GET", "/v1/wallet/benefits", headers=other.headers)
+    assert theirs["data"] == [] and {c["campaign"] for c in theirs["campaigns"]} == {once["id"], many["id"]}
+    assert (await world.call("GET", f"/v1/payments/{pid}", 404, headers=other.headers))["error"]["code"]

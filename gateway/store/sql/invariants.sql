@@ -195,8 +195,10 @@ SELECT c.id, c.budget_minor, c.spent_minor, c.places_max, c.places_taken, COALES
     OR c.spent_minor <> COALESCE(g.granted, 0) OR c.places_taken <> COALESCE(g.payments, 0)
     OR c.clawed_back_minor <> COALESCE(g.clawed, 0);
 -- name: campaign_holder_over_limit
-SELECT u.campaign_id, u.holder_id, u.uses, COALESCE(g.payments, 0) AS payments
-  FROM campaign_uses u JOIN campaigns c ON c.id = u.campaign_id
-  LEFT JOIN (SELECT campaign_id, payer_id, count(*) AS payments FROM payments WHERE campaign_id IS NOT NULL
+SELECT COALESCE(u.campaign_id, g.campaign_id) AS campaign_id, COALESCE(u.holder_id, g.payer_id) AS holder_id,
+       COALESCE(u.uses, 0) AS uses, COALESCE(g.payments, 0) AS payments
+  FROM campaign_uses u
+  FULL JOIN (SELECT campaign_id, payer_id, count(*) AS payments FROM payments WHERE campaign_id IS NOT NULL
               GROUP BY campaign_id, payer_id) g ON g.campaign_id = u.campaign_id AND g.payer_id = u.holder_id
- WHERE u.uses > COALESCE(c.per_holder_max, u.uses) OR u.uses <> COALESCE(g.payments, 0);
+  LEFT JOIN campaigns c ON c.id = COALESCE(u.campaign_id, g.campaign_id)
+ WHERE COALESCE(u.uses, 0) > COALESCE(c.per_holder_max, COALESCE(u.uses, 0)) OR COALESCE(u.uses, 0) <> COALESCE(g.payments, 0);
