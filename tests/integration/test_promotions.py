@@ -292,3 +292,24 @@ async def test_a_holder_sees_its_own_benefits_and_the_campaigns_it_can_use(world
     theirs = await world.call("GET", "/v1/wallet/benefits", headers=other.headers)
     assert theirs["data"] == [] and {c["campaign"] for c in theirs["campaigns"]} == {once["id"], many["id"]}
     assert (await world.call("GET", f"/v1/payments/{pid}", 404, headers=other.headers))["error"]["code"]
+
+
+async def test_counter_pay_code_and_static_qr_payments_of_the_store_are_discounted(world: World) -> None:
+    m = await world.merchant(fee_bps=0)
+    h = await world.holder(top_up=10_000)
+    session = await world.call("POST", "/v1/wallet/sessions", 201,
+                               json={"phone": h.phone, "password": "s3cret-pass", "device_id": "phone-P13"})
+    device_holder = Holder(h.id, h.phone, session["token"], h.bank_account)
+    c = await _campaign(world, stores=[m.store])
+    code = (await world.call("POST", "/v1/wallet/pay_codes", 201, headers=device_holder.headers, json={}))["code"]
+    charged = await world.call("POST", "/v1/pay_code_charges", 201, headers=m.headers,
+                               json={"pay_code": code, "amount": 2_000, "currency": "CNY", "store": m.store})
+    assert charged["status"] == "succeeded" and charged["discount"]["amount"] == 200
+    static = await world.call("GET", f"/v1/stores/{m.store}/qr_code?currency=CNY", headers=m.headers)
+    paid = await world.call("POST", "/v1/wallet/qr/pay", headers=h.headers,
+                            json={"payload": static["payload"], "amount": 1_000})
+    assert paid["discount"]["campaign"] == c["id"] and paid["discount"]["amount"] == 100
+    assert await world.available(h) == 10_000 - 1_800 - 900
+    assert await world.merchant_total(m) == 3_000
+    off_store, _ = await _paid(world, m, h, 1_000)  # a payment made without the store
+    assert off_store["discount"] is None
