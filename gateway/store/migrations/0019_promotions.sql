@@ -1,12 +1,20 @@
 -- Promotions (issue 13): campaigns that discount wallet payments, funded by the merchant or by the
 -- bank's promotions account (one per currency, in the ledger). The guarded UPDATE of a campaign row in
 -- the payment's transaction takes a place and the budget at once; the CHECKs below are the last line.
--- NOTE for merges: other migrations of issue 13 may extend accounts_kind_check too; the last one
--- applied must name every kind.
-ALTER TABLE accounts DROP CONSTRAINT accounts_kind_check;
-ALTER TABLE accounts ADD CONSTRAINT accounts_kind_check
-    CHECK (kind IN ('wallet', 'merchant_receivable', 'fees', 'clearing', 'merchant_payable', 'revenue', 'write_off',
-                    'promotions'));
+-- Add 'promotions' to whatever the accounts.kind CHECK allows now (other migrations add kinds too,
+-- in any order: 0018 does the same for its FX kinds).
+DO $$
+DECLARE
+    kinds text[];
+BEGIN
+    SELECT array_agg(DISTINCT k ORDER BY k) INTO kinds
+      FROM (SELECT (regexp_matches(pg_get_constraintdef(c.oid), '''([a-z_]+)''', 'g'))[1] AS k
+              FROM pg_constraint c WHERE c.conname = 'accounts_kind_check' AND c.conrelid = 'accounts'::regclass) found;
+    kinds := ARRAY(SELECT DISTINCT unnest(kinds || ARRAY['promotions']) ORDER BY 1);
+    ALTER TABLE accounts DROP CONSTRAINT accounts_kind_check;
+    EXECUTE format('ALTER TABLE accounts ADD CONSTRAINT accounts_kind_check CHECK (kind = ANY (%L::text[]))', kinds);
+END
+$$;
 
 CREATE TABLE campaigns (
     id               uuid PRIMARY KEY,
