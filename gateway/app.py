@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.api import (  # noqa: F401  (registers endpoints)
-    admin, checkout, cors, devices, payments, promotions, reconciliation, settlement, system, wallet, webhooks,
+    admin, checkout, cors, devices, fx, payments, promotions, reconciliation, settlement, system, wallet, webhooks,
 )
 from gateway.api.middlewares import observe
 from gateway.api.routing import SERVICES, api

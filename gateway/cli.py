@@ -1,4 +1,4 @@
-"""Command line: gateway serve | migrate | create-operator | check | settle | reconcile | demo."""
+"""Command line: gateway serve | migrate | create-operator | check | settle | reconcile | fx-rates-import | demo."""
 
 from __future__ import annotations
 
@@ -197,6 +197,31 @@ async def _reconcile(config: Settings, path: str, fmt: str | None) -> int:
     return 0
 
 
+async def _import_fx_rates(config: Settings, path: str) -> int:
+    """Import a rates CSV file: every line or none (a bad line is named, exit status 2)."""
+    import msgspec
+
+    from gateway.errors import InvalidRequest
+    from gateway.services import fx
+    from gateway.services.context import Services
+    from gateway.store import db
+
+    cap = config.fx.api_body_max_bytes
+    with open(path, encoding="utf-8", newline="") as handle:  # one character past the cap tells it is too large
+        text = handle.read(cap + 1)
+    if len(text) > cap:
+        raise InvalidRequest(f"the file is larger than fx.api_body_max_bytes ({cap})", code="invalid_rate_file")
+    await db.migrate(config.database.url)
+    svc = await Services.start(config)
+    try:
+        reply = await fx.import_rates(svc, None, text, None)
+    finally:
+        await svc.stop()
+    summary = msgspec.json.decode(reply.body, type=fx.FxRateImportView)
+    print(f"fx rates imported from {path}: {summary.rates_created} ({summary.id})")
+    return 0
+
+
 class _Directory:
     """Writes each file of a run under ``root`` (the first piece truncates, the next ones append)."""
 
@@ -301,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_rec = sub.add_parser("reconcile", help="import a bank statement (camt.053 or CSV) and match it")
     p_rec.add_argument("file", help="the statement file")
     p_rec.add_argument("--format", choices=["camt053", "csv"], help="the file's format (default: detected from the content)")
+    p_fx = sub.add_parser("fx-rates-import", help="import FX rates from a CSV file (every line or none)")
+    p_fx.add_argument("file", help="CSV with the header base,quote,rate,spread_bps,valid_from,valid_until")
     p_settle = sub.add_parser("settle", help="close a business day's settlement batches and write the run's files")
     p_settle.add_argument("--date", required=True, help="business date, YYYY-MM-DD")
     p_settle.add_argument("--merchant", help="only this merchant (mer_...)")
@@ -372,6 +399,8 @@ def _run(args: argparse.Namespace, config: Settings) -> int:
         return asyncio.run(_check(config))
     elif args.command == "reconcile":
         return asyncio.run(_reconcile(config, args.file, args.format))
+    elif args.command == "fx-rates-import":
+        return asyncio.run(_import_fx_rates(config, args.file))
     elif args.command == "settle":
         return asyncio.run(_settle(config, args.date, args.merchant, args.out))
     elif args.command == "config":

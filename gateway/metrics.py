@@ -51,7 +51,7 @@ LEDGER_POST_DURATION = Histogram("gateway_ledger_post_duration_seconds", "Ledger
 
 # Group commit (gateway.services.batching): payments per batch statement, and those a batch refused
 # (they then ran their general path: a decline, a changed row, a row another transaction held).
-GROUP_COMMIT_BATCH_SIZE = Histogram("gateway_group_commit_batch_size", "Payments written by one batch statement",
+GROUP_COMMIT_BATCH_SIZE = Histogram("gateway_group_commit_payments_per_batch", "Payments written by one batch statement",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 GROUP_COMMIT_FALLBACKS = Counter("gateway_group_commit_fallbacks_total",
                                  "Payments a batch statement refused, then run on their general path")

@@ -127,6 +127,13 @@ class ReconciliationSettings(Section, frozen=True):
     api_body_max_bytes: int = 16_777_216
 
 
+class FxSettings(Section, frozen=True):
+    quote_ttl_s: int = 30
+    fee_bps: int = 20
+    import_rows_max: int = 10_000
+    api_body_max_bytes: int = 2_097_152
+
+
 class SettlementSettings(Section, frozen=True):
     # The gateway's own account the payouts are paid from: the debtor of the pain.001 file.
     debtor_name: str = "Wallet Gateway Ltd"
@@ -315,6 +322,7 @@ class Settings(Section, frozen=True):
     reconciliation: ReconciliationSettings = ReconciliationSettings()
     settlement: SettlementSettings = SettlementSettings()
     promotions: PromotionSettings = PromotionSettings()
+    fx: FxSettings = FxSettings()
 
     def __post_init__(self) -> None:
         _check_url("database.url", self.database.url, ("postgresql", "postgres"), port=False)
@@ -361,6 +369,10 @@ class Settings(Section, frozen=True):
         r = self.reconciliation
         if not 0 <= r.tolerance_business_days <= 30 or r.statement_max_bytes < 1 or r.api_body_max_bytes < 1:
             raise ValueError("reconciliation: tolerance_business_days is 0-30; the size caps are positive")
+        if not (1 <= self.fx.quote_ttl_s <= 3600 and 0 <= self.fx.fee_bps <= 1000 and self.fx.import_rows_max >= 1
+                and self.fx.api_body_max_bytes >= 1):
+            raise ValueError("fx: quote_ttl_s is 1-3600, fee_bps 0-1000; import_rows_max and api_body_max_bytes are"
+                             " positive")
         st = self.settlement
         if not (1 <= len(st.debtor_name) <= 70 and 1 <= len(st.debtor_account) <= 34 and len(st.debtor_bic) in (8, 11)):
             raise ValueError("settlement: debtor_name (1-70), debtor_account (1-34) and debtor_bic (8 or 11) are needed")

@@ -293,7 +293,7 @@ async def open_loop(api: Api, world: World, load: Load, sizes: Sizes, rate_per_s
                        cpu_cores(before, after), db_waits=waits.counts)
 
 
-_GROUP_COMMIT_SERIES = ("gateway_group_commit_batch_size_count", "gateway_group_commit_batch_size_sum",
+_GROUP_COMMIT_SERIES = ("gateway_group_commit_payments_per_batch_count", "gateway_group_commit_payments_per_batch_sum",
                         "gateway_group_commit_fallbacks_total")
 
 

@@ -38,6 +38,9 @@ class Kind(StrEnum):
     PAYOUT = "po"
     MERCHANT_BANK_ACCOUNT = "mba"
     CAMPAIGN = "cmp"
+    FX_RATE = "fxr"
+    FX_QUOTE = "fxq"
+    CONVERSION = "cnv"
 
 
 def encode(kind: Kind, value: uuid.UUID) -> str:

@@ -26,6 +26,8 @@ class AccountKind(StrEnum):
     PAYABLE = "merchant_payable"  # settled, owed to the merchant's bank account until the payout is paid
     REVENUE = "revenue"  # the gateway's earned fee income: fees of closed settlement batches
     PROMOTIONS = "promotions"  # the bank's promotion budget: pays bank-funded discounts, takes clawbacks back
+    FX_POSITION = "fx_position"  # the gateway's position in a currency: what conversions bought (+) and sold (-)
+    FX_FEES = "fx_fees"  # conversion fees, earned at once (a conversion is never given back)
 
 
 NO_OVERDRAFT = frozenset({AccountKind.WALLET})
@@ -39,6 +41,7 @@ class EntryKind(StrEnum):
     WRITE_OFF = "write_off"
     SETTLEMENT = "settlement"  # a batch closes: receivable -> payable, fees -> revenue
     PAYOUT = "payout"  # a payout is paid: payable -> clearing
+    CONVERSION = "conversion"  # a holder's currencies: wallet(A) -> fx_position(A); fx_position(B) -> wallet(B), fx_fees(B)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,14 @@ def revenue(currency: str) -> AccountRef:
 
 def promotions(currency: str) -> AccountRef:
     return AccountRef(AccountKind.PROMOTIONS, None, currency)
+
+
+def fx_position(currency: str) -> AccountRef:
+    return AccountRef(AccountKind.FX_POSITION, None, currency)
+
+
+def fx_fees(currency: str) -> AccountRef:
+    return AccountRef(AccountKind.FX_FEES, None, currency)
 
 
 def _check_positive(amount_minor: int) -> None:
@@ -214,3 +225,24 @@ def settlement_close(merchant_id: uuid.UUID, currency: str, payout_minor: int, f
 def payout_paid(merchant_id: uuid.UUID, currency: str, amount_minor: int) -> Entry:
     _check_positive(amount_minor)
     return _entry(EntryKind.PAYOUT, (payable(merchant_id, currency), -amount_minor), (clearing(currency), amount_minor))
+
+
+def conversion(holder: uuid.UUID, source: str, target: str, sell_minor: int, receive_minor: int,
+               fee_minor: int) -> Entry:
+    """A holder sells ``sell_minor`` of ``source`` and receives ``receive_minor`` of ``target`` less nothing
+    (the fee, in ``target``, is on top of what is received): each currency balances on its own, through
+    the gateway's FX position in it."""
+    _check_positive(sell_minor)
+    _check_positive(receive_minor)
+    if isinstance(fee_minor, bool) or not isinstance(fee_minor, int) or fee_minor < 0:
+        raise UnbalancedEntry("a fee is not negative")
+    if source == target:
+        raise UnbalancedEntry("a conversion is between two currencies")
+    return _entry(
+        EntryKind.CONVERSION,
+        (wallet(holder, source), -sell_minor),
+        (fx_position(source), sell_minor),
+        (fx_position(target), -(receive_minor + fee_minor)),
+        (wallet(holder, target), receive_minor),
+        (fx_fees(target), fee_minor),
+    )

@@ -501,6 +501,7 @@ class TransactionView(msgspec.Struct, kw_only=True):
     transfer: str | None
     merchant_name: str | None
     created_at: Timestamp
+    conversion: str | None = None  # a conversion's leg (kind "conversion"): its cnv_... id
 
 
 class TransactionList(msgspec.Struct, kw_only=True):

@@ -176,6 +176,7 @@ async def history(svc: Services, who: Principal, currency_code: str | None, page
             refund=encode(Kind.REFUND, r["refund_id"]) if r["refund_id"] else None,
             transfer=encode(Kind.TRANSFER, r["transfer_id"]) if r["transfer_id"] else None,
             merchant_name=r["merchant_name"], created_at=r["created_at"].isoformat(),
+            conversion=encode(Kind.CONVERSION, r["conversion_id"]) if r["conversion_id"] else None,
         )
         for r in rows
     ]

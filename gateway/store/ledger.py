@@ -201,6 +201,7 @@ async def post(
     refund_id: uuid.UUID | None = None,
     transfer_id: uuid.UUID | None = None,
     payout_id: uuid.UUID | None = None,
+    conversion_id: uuid.UUID | None = None,
     release_holds: dict[AccountRef, int] | None = None,
 ) -> int:
     """Write the entry, its postings and the balance changes in one statement; returns the entry id.
@@ -213,10 +214,10 @@ async def post(
     try:
         entry_id: int = await conn.fetchval(
             f"""
-            WITH {entry_ctes(1, "payment_id, refund_id, transfer_id, payout_id; $9, $10, $11, $12")}
+            WITH {entry_ctes(1, "payment_id, refund_id, transfer_id, payout_id, conversion_id; $9, $10, $11, $12, $13")}
             SELECT e.id FROM e WHERE (SELECT count(*) FROM u) = cardinality($5::int8[])
             """,
-            *move.args(), payment_id, refund_id, transfer_id, payout_id,
+            *move.args(), payment_id, refund_id, transfer_id, payout_id, conversion_id,
         )
     except asyncpg.CheckViolationError as exc:
         if _is_overdraft(exc):

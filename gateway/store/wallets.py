@@ -99,7 +99,7 @@ def history(holder_id: uuid.UUID, currency: str | None) -> pages.Query:
     """The holder's wallet postings, newest first by posting id (served by postings_account)."""
     return pages.Query(
         columns="p.id, p.amount_minor, p.currency, p.created_at, e.kind, e.payment_id, e.refund_id, e.transfer_id,"
-                " m.name AS merchant_name",
+                " e.conversion_id, m.name AS merchant_name",
         source="accounts a JOIN postings p ON p.account_id = a.id JOIN journal_entries e ON e.id = p.entry_id"
                " LEFT JOIN payments pay ON pay.id = e.payment_id LEFT JOIN merchants m ON m.id = pay.merchant_id",
         key=("p.id",), id_column="p.id",

@@ -89,6 +89,12 @@ async def prepare(scene: Scene, kind: str) -> Op:
     if kind == "withdrawal":
         return lambda: s.post("/v1/wallet/withdrawals", h.headers,
                               {"bank_account": h.bank_account, "amount": AMOUNT // 10, "currency": "CNY"})
+    if kind == "convert":  # CNY -> USD at a quote (the quote row, then the holder, then balances)
+        await s.world.call("POST", "/v1/operator/fx_rates", 201, headers=s.world.ops,
+                           json={"base": "USD", "quote": "CNY", "rate": "7.1234"})
+        quote = await s.world.call("POST", "/v1/wallet/fx_quotes", 201, headers=h.headers,
+                                   json={"from_currency": "CNY", "to_currency": "USD", "sell_amount": AMOUNT // 10})
+        return lambda: s.post("/v1/wallet/conversions", h.headers, {"quote": quote["id"]})
     if kind == "expire":
         await s.lapsed()
         svc = s.world.client.server.app[SERVICES]
@@ -100,7 +106,7 @@ async def prepare(scene: Scene, kind: str) -> Op:
     raise AssertionError(kind)
 
 
-KINDS = ("pay", "capture_partial", "cancel", "refund", "top_up", "withdrawal", "expire")
+KINDS = ("pay", "capture_partial", "cancel", "refund", "top_up", "withdrawal", "expire", "convert")
 
 
 async def race(scene: Scene, kinds: list[str]) -> list[tuple[int, Any]]:

@@ -25,7 +25,9 @@ def test_every_metric_is_named_by_the_conventions() -> None:
         family = metric._name  # prometheus_client keeps a counter's name without its "_total"
         assert family.startswith("gateway_"), attribute
         if isinstance(metric, Histogram):
-            assert family.endswith("_seconds"), attribute  # every histogram here times something
+            # A histogram times something (base unit: seconds) or counts things per event, named so
+            # (``..._payments_per_batch``): never a bare "size" that leaves the unit to guess.
+            assert family.endswith("_seconds") or "_per_" in family, attribute
         for unit in ("_ms", "_milliseconds", "_minutes", "_kb", "_mb"):
             assert unit not in family, attribute  # base units only
         assert not set(metric._labelnames) & UNBOUNDED_LABELS, attribute

@@ -202,3 +202,53 @@ SELECT COALESCE(u.campaign_id, g.campaign_id) AS campaign_id, COALESCE(u.holder_
               GROUP BY campaign_id, payer_id) g ON g.campaign_id = u.campaign_id AND g.payer_id = u.holder_id
   LEFT JOIN campaigns c ON c.id = COALESCE(u.campaign_id, g.campaign_id)
  WHERE COALESCE(u.uses, 0) > COALESCE(c.per_holder_max, COALESCE(u.uses, 0)) OR COALESCE(u.uses, 0) <> COALESCE(g.payments, 0);
+-- name: conversion_differs_from_its_entry
+SELECT c.id FROM conversions c
+  CROSS JOIN LATERAL (
+    SELECT count(DISTINCT e.id) AS entries,
+           COALESCE(sum(p.amount_minor) FILTER (WHERE a.kind = 'wallet' AND a.owner_id = c.holder_id AND a.currency = c.from_currency), 0) AS wallet_from,
+           COALESCE(sum(p.amount_minor) FILTER (WHERE a.kind = 'fx_position' AND a.currency = c.from_currency), 0) AS position_from,
+           COALESCE(sum(p.amount_minor) FILTER (WHERE a.kind = 'fx_position' AND a.currency = c.to_currency), 0) AS position_to,
+           COALESCE(sum(p.amount_minor) FILTER (WHERE a.kind = 'wallet' AND a.owner_id = c.holder_id AND a.currency = c.to_currency), 0) AS wallet_to,
+           COALESCE(sum(p.amount_minor) FILTER (WHERE a.kind = 'fx_fees' AND a.currency = c.to_currency), 0) AS fees_to,
+           count(p.id) FILTER (WHERE NOT ((a.kind = 'wallet' AND a.owner_id = c.holder_id OR a.kind = 'fx_position')
+                                          AND a.currency IN (c.from_currency, c.to_currency)
+                                       OR a.kind = 'fx_fees' AND a.currency = c.to_currency)) AS others
+      FROM journal_entries e JOIN postings p ON p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
+     WHERE e.conversion_id = c.id) x
+ WHERE x.entries <> 1 OR x.wallet_from <> -c.sell_minor OR x.position_from <> c.sell_minor
+    OR x.position_to <> -(c.receive_minor + c.fee_minor) OR x.wallet_to <> c.receive_minor OR x.fees_to <> c.fee_minor
+    OR x.others <> 0
+UNION ALL
+SELECT e.conversion_id FROM journal_entries e LEFT JOIN conversions c ON c.id = e.conversion_id
+ WHERE (e.kind = 'conversion' OR e.conversion_id IS NOT NULL) AND (c.id IS NULL OR e.kind <> 'conversion');
+-- name: conversion_differs_from_its_quote
+SELECT q.id FROM fx_quotes q LEFT JOIN conversions c ON c.quote_id = q.id
+ WHERE (q.conversion_id IS NULL) <> (c.id IS NULL) OR q.conversion_id <> c.id
+    OR (c.holder_id, c.from_currency, c.to_currency, c.sell_minor, c.receive_minor, c.fee_minor)
+       <> (q.holder_id, q.from_currency, q.to_currency, q.sell_minor, q.receive_minor, q.fee_minor)
+    OR c.created_at > q.expires_at;
+-- name: quote_differs_from_its_rate
+SELECT q.id FROM fx_quotes q JOIN fx_rates r ON r.id = q.rate_id
+  CROSS JOIN LATERAL (SELECT q.sell_minor * q.customer_rate * power(10::numeric, q.to_exponent - q.from_exponent) AS gross) g
+ WHERE (r.base, r.quote) NOT IN ((q.from_currency, q.to_currency), (q.to_currency, q.from_currency))
+    OR q.spread_bps <> r.spread_bps
+    OR q.mid_rate <> CASE WHEN r.base = q.from_currency THEN r.rate ELSE trunc(1::numeric(60, 40) / r.rate, 18) END
+    OR q.customer_rate <> q.mid_rate * (10000 - q.spread_bps) * 0.0001
+    OR q.fee_minor <> ceil(g.gross * q.fee_bps * 0.0001)
+    OR q.receive_minor <> floor(g.gross) - q.fee_minor
+    OR q.receive_minor + q.fee_minor > g.gross;
+-- name: fx_position_differs_from_conversions
+SELECT a.id, bal.posted, COALESCE(s.sold, 0) - COALESCE(b.bought, 0) AS conversions
+  FROM accounts a
+  JOIN (SELECT account_id, sum(posted_minor) AS posted FROM balances GROUP BY account_id) bal ON bal.account_id = a.id
+  LEFT JOIN (SELECT from_currency AS currency, sum(sell_minor) AS sold FROM conversions GROUP BY from_currency) s ON s.currency = a.currency
+  LEFT JOIN (SELECT to_currency AS currency, sum(receive_minor + fee_minor) AS bought FROM conversions GROUP BY to_currency) b
+    ON b.currency = a.currency
+ WHERE a.kind = 'fx_position' AND bal.posted <> COALESCE(s.sold, 0) - COALESCE(b.bought, 0);
+-- name: fx_fees_differ_from_conversions
+SELECT a.id, bal.posted, COALESCE(f.fee, 0) AS fees
+  FROM accounts a
+  JOIN (SELECT account_id, sum(posted_minor) AS posted FROM balances GROUP BY account_id) bal ON bal.account_id = a.id
+  LEFT JOIN (SELECT to_currency AS currency, sum(fee_minor) AS fee FROM conversions GROUP BY to_currency) f ON f.currency = a.currency
+ WHERE a.kind = 'fx_fees' AND bal.posted <> COALESCE(f.fee, 0);
