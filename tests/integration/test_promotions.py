@@ -5,6 +5,7 @@ prove the ledger invariants (promotions account, campaign budget and places incl
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,6 +14,7 @@ import asyncpg
 
 from gateway.api.routing import SERVICES
 from gateway.domain.ids import Kind, decode
+from gateway.domain.ledger import AccountKind
 from gateway.services import payments as payment_cases
 from gateway.store import payments as payment_store
 from tests.integration.world import Holder, Merchant, World
@@ -313,3 +315,14 @@ async def test_counter_pay_code_and_static_qr_payments_of_the_store_are_discount
     assert await world.merchant_total(m) == 3_000
     off_store, _ = await _paid(world, m, h, 1_000)  # a payment made without the store
     assert off_store["discount"] is None
+
+
+async def test_the_accounts_kind_check_allows_every_kind_the_ledger_names(clean_db: str) -> None:
+    """Migrations that add account kinds rewrite the CHECK from what it allows: none is lost."""
+    conn = await asyncpg.connect(clean_db)
+    try:
+        definition = await conn.fetchval("SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+                                         " WHERE conname = 'accounts_kind_check'")
+    finally:
+        await conn.close()
+    assert {k.value for k in AccountKind} <= set(re.findall(r"[a-z_]+", definition))

@@ -7,9 +7,13 @@ DO $$
 DECLARE
     kinds text[];
 BEGIN
+    -- Each quoted text of the definition: a kind ('wallet'::text) or an array literal of kinds
+    -- ('{clearing,fees}'::text[], the form 0018 leaves).
     SELECT array_agg(DISTINCT k ORDER BY k) INTO kinds
-      FROM (SELECT (regexp_matches(pg_get_constraintdef(c.oid), '''([a-z_]+)''', 'g'))[1] AS k
-              FROM pg_constraint c WHERE c.conname = 'accounts_kind_check' AND c.conrelid = 'accounts'::regclass) found;
+      FROM (SELECT regexp_split_to_table(btrim(m[1], '{}'), ',') AS k
+              FROM pg_constraint c, regexp_matches(pg_get_constraintdef(c.oid), '''([^'']+)''', 'g') AS m
+             WHERE c.conname = 'accounts_kind_check' AND c.conrelid = 'accounts'::regclass) found
+     WHERE k ~ '^[a-z_]+$';
     kinds := ARRAY(SELECT DISTINCT unnest(kinds || ARRAY['promotions']) ORDER BY 1);
     ALTER TABLE accounts DROP CONSTRAINT accounts_kind_check;
     EXECUTE format('ALTER TABLE accounts ADD CONSTRAINT accounts_kind_check CHECK (kind = ANY (%L::text[]))', kinds);
