@@ -9,8 +9,8 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.api import (  # noqa: F401  (registers endpoints)
-    admin, checkout, cors, devices, fx, payments, reconciliation, settlement, sign_in, spending, system, wallet,
-    webhooks,
+    admin, checkout, cors, devices, fx, payments, promotions, reconciliation, settlement, sign_in, spending, system,
+    wallet, webhooks,
 )
 from gateway.api.middlewares import observe
 from gateway.api.routing import SERVICES, api
@@ -33,7 +33,8 @@ def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
         metrics.announce_build(metadata.version("wallet-gateway"), settings.auth.key_mode)
         svc = await Services.start(settings)
         app[SERVICES] = svc
-        async with svc.api_keys.listening_while(settings.database.url):  # the API key cache's push channel
+        async with (svc.api_keys.listening_while(settings.database.url),  # the API key cache's push channel
+                    svc.campaigns.refreshing(svc.db, svc.now)):  # the live promotion campaigns
             assert svc.revocations is not None
             async with svc.revocations.listening_while(settings.database.url):  # revoked wallet sessions, pushed
                 yield

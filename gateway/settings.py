@@ -262,6 +262,11 @@ class QrSettings(Section, frozen=True):
     image_cache_entries: int = 512
 
 
+class PromotionSettings(Section, frozen=True):
+    cache_refresh_s: float = 1.0
+    campaigns_live_max: int = 200
+
+
 class DeviceSettings(Section, frozen=True):
     enrolment_code_ttl_s: int = 900
     token_ttl_s: int = 900
@@ -394,6 +399,7 @@ class Settings(Section, frozen=True):
     webhooks: WebhookSettings = WebhookSettings()
     reconciliation: ReconciliationSettings = ReconciliationSettings()
     settlement: SettlementSettings = SettlementSettings()
+    promotions: PromotionSettings = PromotionSettings()
     fx: FxSettings = FxSettings()
     notifications: NotificationSettings = NotificationSettings()
     spending: SpendingSettings = SpendingSettings()

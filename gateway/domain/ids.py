@@ -37,6 +37,7 @@ class Kind(StrEnum):
     SETTLEMENT_BATCH = "sb"
     PAYOUT = "po"
     MERCHANT_BANK_ACCOUNT = "mba"
+    CAMPAIGN = "cmp"
     FX_RATE = "fxr"
     FX_QUOTE = "fxq"
     CONVERSION = "cnv"

@@ -25,6 +25,7 @@ class AccountKind(StrEnum):
     WRITE_OFF = "write_off"  # bank money the ledger cannot explain, written off by an operator
     PAYABLE = "merchant_payable"  # settled, owed to the merchant's bank account until the payout is paid
     REVENUE = "revenue"  # the gateway's earned fee income: fees of closed settlement batches
+    PROMOTIONS = "promotions"  # the bank's promotion budget: pays bank-funded discounts, takes clawbacks back
     FX_POSITION = "fx_position"  # the gateway's position in a currency: what conversions bought (+) and sold (-)
     FX_FEES = "fx_fees"  # conversion fees, earned at once (a conversion is never given back)
 
@@ -107,6 +108,10 @@ def revenue(currency: str) -> AccountRef:
     return AccountRef(AccountKind.REVENUE, None, currency)
 
 
+def promotions(currency: str) -> AccountRef:
+    return AccountRef(AccountKind.PROMOTIONS, None, currency)
+
+
 def fx_position(currency: str) -> AccountRef:
     return AccountRef(AccountKind.FX_POSITION, None, currency)
 
@@ -151,6 +156,44 @@ def refund(holder: uuid.UUID, merchant_id: uuid.UUID, currency: str, amount_mino
         (merchant(merchant_id, currency), -(amount_minor - fee_back_minor)),
         (fees(currency), -fee_back_minor),
         (wallet(holder, currency), amount_minor),
+    )
+
+
+def discounted_capture(holder: uuid.UUID, merchant_id: uuid.UUID, currency: str, amount_minor: int, fee_minor: int,
+                       bank_discount_minor: int) -> Entry:
+    """A capture of which the promotions account pays ``bank_discount_minor`` (a bank-funded discount):
+    the holder pays ``amount - discount``, the merchant receives ``amount - fee`` as for any capture.
+    (A merchant-funded discount is a plain ``capture`` of the discounted amount.)"""
+    _check_positive(amount_minor)
+    if not 0 < bank_discount_minor < amount_minor:
+        raise UnbalancedEntry("a discount is positive and below the amount")
+    if not 0 <= fee_minor <= amount_minor:
+        raise UnbalancedEntry("fee out of range")
+    return _entry(
+        EntryKind.CAPTURE,
+        (wallet(holder, currency), -(amount_minor - bank_discount_minor)),
+        (promotions(currency), -bank_discount_minor),
+        (merchant(merchant_id, currency), amount_minor - fee_minor),
+        (fees(currency), fee_minor),
+    )
+
+
+def discounted_refund(holder: uuid.UUID, merchant_id: uuid.UUID, currency: str, amount_minor: int,
+                      fee_back_minor: int, clawback_minor: int) -> Entry:
+    """A refund of a payment a bank-funded discount paid part of: the merchant gives back
+    ``amount - fee_back`` as for any refund, the promotions account takes its ``clawback_minor`` back
+    and the holder receives the rest (what it paid of that part)."""
+    _check_positive(amount_minor)
+    if not 0 <= fee_back_minor <= amount_minor:
+        raise UnbalancedEntry("fee refund out of range")
+    if not 0 <= clawback_minor <= amount_minor:
+        raise UnbalancedEntry("clawback out of range")
+    return _entry(
+        EntryKind.REFUND,
+        (merchant(merchant_id, currency), -(amount_minor - fee_back_minor)),
+        (fees(currency), -fee_back_minor),
+        (promotions(currency), clawback_minor),
+        (wallet(holder, currency), amount_minor - clawback_minor),
     )
 
 

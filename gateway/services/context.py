@@ -13,9 +13,10 @@ from gateway.auth.sealing import Sealer
 from gateway.auth.tokens import TokenIssuer
 from gateway.domain.limits import Tier
 from gateway.services.idempotency import Idempotency
+from gateway.services.campaign_cache import CampaignCache
 from gateway.services.key_cache import ApiKeyCache
 from gateway.services.revocations import SessionRevocations
-from gateway.settings import Settings
+from gateway.settings import PromotionSettings, Settings
 from gateway.services.batching import Batcher
 from gateway.store import payments as payment_store
 from gateway.store.db import Database
@@ -37,6 +38,8 @@ class Services:
     pay_batches: PayBatcher | None = None  # group commit of wallet payments (None: each its own statement)
     revocations: SessionRevocations | None = None  # revoked wallet sessions (None: the database says, each time)
     codes_due: asyncio.Event = field(default_factory=asyncio.Event)  # wakes this process's sign-in code sender
+    # The live promotion campaigns; loaded only while the app keeps it ``refreshing``.
+    campaigns: CampaignCache = field(default_factory=lambda: CampaignCache(PromotionSettings()))
 
     @staticmethod
     def now() -> datetime:
@@ -57,6 +60,7 @@ class Services:
             tiers=settings.tiers.tiers(), pin_thresholds_minor=settings.wallet.pin_threshold_minor,
             limits_zone=ZoneInfo(settings.wallet.limits_timezone), pay_batches=_pay_batcher(db, settings),
             revocations=SessionRevocations(db, settings),
+            campaigns=CampaignCache(settings.promotions),
         )
 
     async def stop(self) -> None:

@@ -9,6 +9,9 @@ can deadlock; ``tests/fault/test_lock_order.py`` races every pair on one wallet)
 2. payment rows (``FOR UPDATE``; several at once in id order, as the expiry worker does);
 3. the wallet holder (``FOR SHARE``: tier, PIN lock);
 4. the holder's daily spend row (``daily_spend``);
+4a. a promotion's rows when one discounts the payment: the holder's use (``campaign_uses``), then the
+   campaign (its one row is hot: every discounted payment of the campaign waits on it until its commit);
+   a refund of a bank-funded discounted payment touches only the campaign row, after the payment row;
 5. balance rows, in (account id, shard) order: the wallet's, then hot merchant / fee / clearing
    shards, touched last so they stay locked only until the commit;
 then inserts only (events, refunds, journal entries), which lock nothing anyone waits for.
@@ -31,13 +34,14 @@ import msgspec
 from gateway import metrics
 from gateway.auth.principals import Principal, PrincipalKind
 from gateway.domain import checkout, fees, ledger, limits, metadata
+from gateway.domain.promotions import Funder
 from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import check_amount, currency
 from gateway.domain.payments import Action, CaptureMethod, Payment, Status, check_transition
 from gateway.errors import (
     Declined, Forbidden, GatewayError, IdempotencyError, IdempotencyInUse, InvalidRequest, InvalidState, NotFound,
 )
-from gateway.services import pages, pins, views
+from gateway.services import pages, pins, promotions, views
 from gateway.services.context import Services
 from gateway.services.idempotency import AtOnce, Refused, Reply, RequestIdentity
 from gateway.services.pages import PageRequest
@@ -262,7 +266,8 @@ def _new_row(payment: Payment, now: datetime, *, store_id: uuid.UUID | None, ter
         "store_id": store_id, "terminal_id": terminal_id, "merchant_reference": merchant_reference,
         "description": description, "wallet_account_id": None, "channel": None, "created_at": now,
         "updated_at": now, "spend_day": None, "return_url": return_url, "cancel_url": cancel_url,
-        "metadata": msgspec.json.encode(_jsonb_order(pairs)).decode(),
+        "metadata": msgspec.json.encode(_jsonb_order(pairs)).decode(), "campaign_id": None, "discount_minor": 0,
+        "discount_funded_by": None, "discount_clawed_back_minor": 0,
     }
 
 
@@ -283,7 +288,11 @@ async def get(svc: Services, who: Principal, text_id: str) -> Any:
             raise _missing(pid)
         merchant = await tenants.merchant(conn, row["merchant_id"])
         assert merchant is not None
-        return views.payer_payment_view(row, merchant["name"])
+        offer = None
+        if row["status"] == Status.REQUIRES_PAYMENT_METHOD.value and row["capture_method"] == "automatic":
+            offer = await promotions.offer_for(svc.campaigns, conn, row,
+                                               who.id if who.kind is PrincipalKind.WALLET else None, svc.now())
+        return views.payer_payment_view(row, merchant["name"], offer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,15 +409,27 @@ async def _authorize_locked(
                          payment.amount_minor)
     confirm_s = svc.settings.wallet.confirmation_timeout_s if needs_confirmation else None
     payment = payment.authorize(holder_id, now, svc.settings.payments.authorization_ttl_s, confirm_within_s=confirm_s)
-    if payment.status is Status.SUCCEEDED:
+    granted = None
+    if payment.status is Status.SUCCEEDED:  # only a payment captured at once is discounted
+        granted = await promotions.grant(svc.campaigns, conn, row, holder_id, now)
+        if granted is not None and granted.funded_by is Funder.MERCHANT:  # the merchant sells for less
+            sold_minor = payment.amount_minor - granted.discount_minor
+            payment = replace(payment, authorized_minor=sold_minor, captured_minor=sold_minor)
         payment = _with_fee(payment, row)
     wallet_ref = ledger.wallet(holder_id, payment.currency)
+    discount = None if granted is None else store.Discount(granted.campaign_id, granted.discount_minor,
+                                                             granted.funded_by.value)
     updated = await store.update(conn, payment, wallet_account_id=accounts[wallet_ref].id, channel=channel,
-                                 spend_day=day, terminal_transaction_id=terminal_transaction_id)
+                                 spend_day=day, terminal_transaction_id=terminal_transaction_id, discount=discount)
     await _record(conn, updated, holder_id)
     # Money last: the hot balance rows (merchant and fee shards) stay locked only until the commit.
     try:
-        if payment.status is Status.SUCCEEDED:
+        if payment.status is Status.SUCCEEDED and granted is not None and granted.funded_by is Funder.BANK:
+            entry = ledger.discounted_capture(holder_id, payment.merchant_id, payment.currency, payment.captured_minor,
+                                              payment.fee_minor, granted.discount_minor)
+            promo = await ledger_store.existing_accounts(conn, [ledger.promotions(payment.currency)])
+            await ledger_store.post(conn, entry, {**accounts, **promo}, payment_id=payment.id)
+        elif payment.status is Status.SUCCEEDED:
             entry = ledger.capture(holder_id, payment.merchant_id, payment.currency, payment.captured_minor,
                                    payment.fee_minor)
             await ledger_store.post(conn, entry, accounts, payment_id=payment.id)
@@ -484,6 +505,8 @@ def decide_payment(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
     if head["holder_tier"] is None or head["holder_locked"] or head["merchant_status"] != "active":
         return None
     now = svc.now()
+    if promotions.may_apply(svc.campaigns, head, now):  # from memory: a campaign is applied by the general path
+        return None
     day = svc.local_day(now)
     try:
         tier = svc.tiers[head["holder_tier"]]
@@ -740,10 +763,17 @@ async def _refund_locked(
     assert payment.payer_id is not None
     fee_back = fees.refund_fee_minor(before.captured_minor, before.fee_minor, before.refunded_minor, refunded)
     refund_id = uuid.uuid4()
-    entry = ledger.refund(payment.payer_id, payment.merchant_id, payment.currency, refunded, fee_back)
+    clawed = await promotions.claw_back(conn, row, before.refunded_minor, refunded)  # the campaign row, then balances
+    if clawed:
+        entry = ledger.discounted_refund(payment.payer_id, payment.merchant_id, payment.currency, refunded, fee_back,
+                                         clawed)
+        accounts = {**accounts, **await ledger_store.existing_accounts(conn, [ledger.promotions(payment.currency)])}
+    else:
+        entry = ledger.refund(payment.payer_id, payment.merchant_id, payment.currency, refunded, fee_back)
     await ledger_store.post(conn, entry, accounts, payment_id=payment.id, refund_id=refund_id)
-    refund_row = await store.insert_refund(conn, refund_id, payment, refunded, fee_back, reason, pairs)
-    await store.update(conn, payment)
+    refund_row = await store.insert_refund(conn, refund_id, payment, refunded, fee_back, reason, pairs, clawed)
+    await store.update(conn, payment,
+                       discount_clawed_back_minor=row["discount_clawed_back_minor"] + clawed if clawed else None)
     view = views.refund_view(refund_row)
     await store.insert_event(
         conn, "refund.succeeded", refund_id, view, merchant_id=payment.merchant_id, holder_id=payment.payer_id

@@ -27,7 +27,7 @@ from gateway.domain.money import check_amount, currency, currency_by_numeric
 from gateway.domain.payments import CaptureMethod, Payment, Status
 from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.render import qr_image
-from gateway.services import payments, pins, views
+from gateway.services import payments, pins, promotions, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.store import codes, tenants
@@ -180,6 +180,9 @@ async def preview(svc: Services, who: Principal, payload_text: str) -> views.QrP
         _refuse_if_unusable(svc, qr_row, payment)
         merchant = await tenants.merchant(conn, qr_row["merchant_id"])
         store_row = await tenants.store(conn, qr_row["store_id"], qr_row["merchant_id"]) if qr_row["store_id"] else None
+        offer = None
+        if payment is not None and payment["capture_method"] == CaptureMethod.AUTOMATIC.value:
+            offer = await promotions.offer_for(svc.campaigns, conn, payment, who.id, svc.now())
     assert merchant is not None
     if payment is not None:
         code = payment["currency"]
@@ -194,7 +197,7 @@ async def preview(svc: Services, who: Principal, payload_text: str) -> views.QrP
         status=payment["status"] if payment else None, merchant_name=merchant["name"],
         merchant_name_local=merchant["name_local"], store_name=store_row["name"] if store_row else None,
         amount=amount, currency=code, expires_at=qr_row["expires_at"].isoformat() if qr_row["expires_at"] else None,
-        pin_required=amount is not None and pins.needed(svc, code, amount),
+        pin_required=amount is not None and pins.needed(svc, code, amount), discount_offer=offer,
     )
 
 

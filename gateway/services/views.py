@@ -8,8 +8,10 @@ and kinds are ``Literal`` types: the schema lists their values, the JSON is the 
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 import msgspec
 
@@ -62,6 +64,7 @@ class PaymentView(msgspec.Struct, kw_only=True):
     return_url: str | None = None
     cancel_url: str | None = None
     checkout_url: str | None = None  # the hosted checkout page (with its client secret): the merchant's only
+    discount: DiscountView | None = None  # the promotion that discounted it, once paid
 
 
 def payment_view(row: Any, checkout_url: str | None = None) -> PaymentView:
@@ -90,6 +93,7 @@ def payment_view(row: Any, checkout_url: str | None = None) -> PaymentView:
         return_url=row["return_url"],
         cancel_url=row["cancel_url"],
         checkout_url=checkout_url,
+        discount=discount_view(row),
     )
 
 
@@ -105,9 +109,11 @@ class PayerPaymentView(msgspec.Struct, kw_only=True):
     description: str | None
     expires_at: Timestamp
     confirm_by: str | None = None
+    discount: DiscountView | None = None  # the promotion that discounted it, once paid
+    discount_offer: DiscountOffer | None = None  # unpaid: the discount paying it now would get (a preview)
 
 
-def payer_payment_view(row: Any, merchant_name: str) -> PayerPaymentView:
+def payer_payment_view(row: Any, merchant_name: str, offer: DiscountOffer | None = None) -> PayerPaymentView:
     return PayerPaymentView(
         id=ids.encode(Kind.PAYMENT, row["id"]),
         status=row["status"],
@@ -117,6 +123,8 @@ def payer_payment_view(row: Any, merchant_name: str) -> PayerPaymentView:
         description=row["description"],
         expires_at=row["expires_at"].isoformat(),
         confirm_by=_ts(row["confirm_by"]),
+        discount=discount_view(row),
+        discount_offer=offer,
     )
 
 
@@ -147,6 +155,7 @@ class RefundView(msgspec.Struct, kw_only=True):
     status: Literal["succeeded"]
     created_at: Timestamp
     metadata: dict[str, str]
+    discount_clawed_back: int = 0  # the part of the payment's bank-funded discount this refund took back
 
 
 def refund_view(row: Any) -> RefundView:
@@ -160,6 +169,7 @@ def refund_view(row: Any) -> RefundView:
         status=row["status"],
         created_at=row["created_at"].isoformat(),
         metadata=_metadata(row),
+        discount_clawed_back=row.get("discount_clawed_back_minor") or 0,
     )
 
 
@@ -538,6 +548,7 @@ class QrPreviewView(msgspec.Struct, kw_only=True):
     currency: str
     expires_at: Timestamp | None
     pin_required: bool
+    discount_offer: DiscountOffer | None = None  # the discount paying it now would get
 
 
 class PayCodeView(msgspec.Struct, kw_only=True):
@@ -761,3 +772,139 @@ class InsightsView(msgspec.Struct, kw_only=True):
     month: str
     time_zone: str
     currencies: list[CurrencySpending]
+
+
+class DiscountView(msgspec.Struct, kw_only=True):
+    """A promotion's benefit on a payment: ``funded_by`` ``bank`` (the promotions account paid it, the
+    merchant received the full amount) or ``merchant`` (the merchant received amount - discount)."""
+
+    campaign: str
+    amount: int
+    funded_by: Literal["bank", "merchant"]
+    amount_paid_by_holder: int
+    clawed_back: int  # taken back by refunds so far (bank-funded only)
+
+
+def discount_view(row: Any) -> DiscountView | None:
+    campaign = row.get("campaign_id")
+    if campaign is None:
+        return None
+    return DiscountView(campaign=campaign_id(campaign), amount=row["discount_minor"],
+                        funded_by=row["discount_funded_by"],
+                        amount_paid_by_holder=row["amount_minor"] - row["discount_minor"],
+                        clawed_back=row["discount_clawed_back_minor"])
+
+
+class DiscountOffer(msgspec.Struct, kw_only=True):
+    """The discount paying now would get, while the campaign's places and budget last."""
+
+    campaign: str
+    amount: int
+    funded_by: Literal["bank", "merchant"]
+    amount_to_pay: int
+
+
+def campaign_id(value: uuid.UUID) -> str:
+    return ids.encode(Kind.CAMPAIGN, value)
+
+
+class CampaignView(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "campaign"
+    name: str
+    status: Literal["scheduled", "active", "ended"]
+    currency: str
+    rule: Literal["percent", "fixed"]
+    percent_bps: int
+    fixed_amount: int
+    cap: int | None
+    funded_by: Literal["bank", "merchant"]
+    time_zone: str
+    starts_at: Timestamp
+    ends_at: Timestamp
+    merchants: list[str]
+    stores: list[str]
+    mccs: list[str]
+    min_amount: int
+    per_holder_limit: int | None
+    budget: int
+    spent: int
+    clawed_back: int
+    places: int | None
+    places_taken: int
+    ended_at: Timestamp | None
+    created_at: Timestamp
+
+
+def campaign_view(row: Any, at: datetime) -> CampaignView:
+    """``at``: the moment its status is told for."""
+    zone = ZoneInfo(row["time_zone"])
+    if row["ended_at"] is not None or row["ends_at"] <= at:
+        status: Literal["scheduled", "active", "ended"] = "ended"
+    else:
+        status = "scheduled" if at < row["starts_at"] else "active"
+    return CampaignView(
+        id=campaign_id(row["id"]), name=row["name"], status=status, currency=row["currency"].strip(),
+        rule=row["rule"], percent_bps=row["percent_bps"], fixed_amount=row["fixed_minor"], cap=row["cap_minor"],
+        funded_by=row["funded_by"], time_zone=row["time_zone"],
+        starts_at=row["starts_at"].astimezone(zone).isoformat(), ends_at=row["ends_at"].astimezone(zone).isoformat(),
+        merchants=[ids.encode(Kind.MERCHANT, m) for m in row["merchant_ids"]],
+        stores=[ids.encode(Kind.STORE, m) for m in row["store_ids"]], mccs=list(row["mccs"]),
+        min_amount=row["min_amount_minor"], per_holder_limit=row["per_holder_max"], budget=row["budget_minor"],
+        spent=row["spent_minor"], clawed_back=row["clawed_back_minor"], places=row["places_max"],
+        places_taken=row["places_taken"], ended_at=_ts(row["ended_at"]), created_at=row["created_at"].isoformat(),
+    )
+
+
+class CampaignList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[CampaignView]
+    has_more: bool
+
+
+class BenefitView(msgspec.Struct, kw_only=True):
+    """A discount the holder received: on which payment, from which campaign, who funded it."""
+
+    object: str = "benefit"
+    kind: Literal["discount"] = "discount"
+    payment: str
+    campaign: str
+    campaign_name: str
+    amount: int
+    currency: str
+    funded_by: Literal["bank", "merchant"]
+    clawed_back: int
+    created_at: Timestamp
+
+
+def benefit_view(row: Any) -> BenefitView:
+    return BenefitView(
+        payment=ids.encode(Kind.PAYMENT, row["id"]), campaign=campaign_id(row["campaign_id"]),
+        campaign_name=row["campaign_name"], amount=row["discount_minor"], currency=row["currency"],
+        funded_by=row["discount_funded_by"], clawed_back=row["discount_clawed_back_minor"],
+        created_at=row["created_at"].isoformat(),
+    )
+
+
+class HolderCampaignView(msgspec.Struct, kw_only=True):
+    """A live campaign as a holder sees it: its terms and how many more discounts it gives this holder."""
+
+    campaign: str
+    name: str
+    status: Literal["scheduled", "active", "ended"]
+    currency: str
+    rule: Literal["percent", "fixed"]
+    percent_bps: int
+    fixed_amount: int
+    cap: int | None
+    min_amount: int
+    starts_at: Timestamp
+    ends_at: Timestamp
+    uses_left: int | None  # None: no per-holder limit
+
+
+class BenefitsView(msgspec.Struct, kw_only=True):
+    object: str = "benefits"
+    campaigns: list[HolderCampaignView]  # live campaigns the holder may still get a discount from
+    data: list[BenefitView]  # the discounts received, newest first
+    has_more: bool

@@ -26,10 +26,11 @@ _COLUMNS = (
 )
 _EXTRA = (
     "store_id, terminal_id, merchant_reference, description, fee_bps, fee_fixed_minor, wallet_account_id, channel, created_at,"
-    " updated_at, spend_day, return_url, cancel_url, metadata::text AS metadata"
+    " updated_at, spend_day, return_url, cancel_url, metadata::text AS metadata, campaign_id, discount_minor,"
+    " discount_funded_by, discount_clawed_back_minor"
 )
 _REFUND = "id, payment_id, merchant_id, amount_minor, fee_back_minor, currency, reason, status, created_at," \
-    " metadata::text AS metadata"
+    " metadata::text AS metadata, discount_clawed_back_minor"
 
 
 class TerminalTransactionTaken(Exception):
@@ -262,11 +263,23 @@ async def payable(conn: Connection, payment_id: uuid.UUID, holder_id: uuid.UUID)
     return row
 
 
+@dataclass(frozen=True, slots=True)
+class Discount:
+    """A promotion's benefit recorded on the payment it discounted."""
+
+    campaign_id: uuid.UUID
+    amount_minor: int
+    funded_by: str
+
+
 async def update(
     conn: Connection, payment: Payment, *, wallet_account_id: int | None = None, channel: str | None = None,
-    spend_day: date | None = None, terminal_transaction_id: str | None = None,
+    spend_day: date | None = None, terminal_transaction_id: str | None = None, discount: Discount | None = None,
+    discount_clawed_back_minor: int | None = None,
 ) -> asyncpg.Record:
-    """``TerminalTransactionTaken`` if the terminal's transaction id names another payment."""
+    """``TerminalTransactionTaken`` if the terminal's transaction id names another payment. ``discount``
+    records a promotion's benefit (once, as the payment is captured); ``discount_clawed_back_minor`` the
+    new total a refund brought the clawback to."""
     with _one_payment_per_terminal_transaction():
         row = await one(
             conn,
@@ -275,13 +288,18 @@ async def update(
                refunded_minor = $6, fee_minor = $7, authorization_expires_at = $8,
                wallet_account_id = COALESCE($9, wallet_account_id), confirm_by = $10,
                channel = COALESCE($11, channel), spend_day = COALESCE($12, spend_day),
-               terminal_transaction_id = COALESCE($13, terminal_transaction_id), updated_at = now()
+               terminal_transaction_id = COALESCE($13, terminal_transaction_id),
+               campaign_id = COALESCE($14, campaign_id), discount_minor = COALESCE($15, discount_minor),
+               discount_funded_by = COALESCE($16, discount_funded_by),
+               discount_clawed_back_minor = COALESCE($17, discount_clawed_back_minor), updated_at = now()
          WHERE id = $1
         RETURNING {_COLUMNS}, {_EXTRA}, (SELECT name FROM merchants m WHERE m.id = payments.merchant_id) AS merchant_name
         """,
             payment.id, payment.status.value, payment.payer_id, payment.authorized_minor, payment.captured_minor,
             payment.refunded_minor, payment.fee_minor, payment.authorization_expires_at, wallet_account_id,
             payment.confirm_by, channel, spend_day, terminal_transaction_id,
+            discount.campaign_id if discount else None, discount.amount_minor if discount else None,
+            discount.funded_by if discount else None, discount_clawed_back_minor,
         )
     return row
 
@@ -341,17 +359,18 @@ def merchant_refunds(merchant_id: uuid.UUID, match: ListFilter) -> pages.Query:
 
 async def insert_refund(
     conn: Connection, refund_id: uuid.UUID, payment: Payment, amount_minor: int, fee_back_minor: int, reason: str | None,
-    metadata: dict[str, str],
+    metadata: dict[str, str], discount_clawed_back_minor: int = 0,
 ) -> asyncpg.Record:
     row = await one(
         conn,
         f"""
-        INSERT INTO refunds (id, payment_id, merchant_id, amount_minor, fee_back_minor, currency, reason, metadata)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)
+        INSERT INTO refunds (id, payment_id, merchant_id, amount_minor, fee_back_minor, currency, reason, metadata,
+                             discount_clawed_back_minor)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9)
         RETURNING {_REFUND}
         """,
         refund_id, payment.id, payment.merchant_id, amount_minor, fee_back_minor, payment.currency, reason,
-        _json(metadata),
+        _json(metadata), discount_clawed_back_minor,
     )
     return row
 

@@ -31,9 +31,9 @@ SELECT pay.id, pay.captured_minor, pay.refunded_minor, pay.fee_minor
                     count(DISTINCT e.id) FILTER (WHERE e.kind = 'capture') AS captures
                FROM journal_entries e JOIN postings p ON p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
               WHERE e.payment_id IS NOT NULL GROUP BY e.payment_id) x ON x.payment_id = pay.id
- WHERE COALESCE(-x.captured, 0) <> pay.captured_minor
+ WHERE COALESCE(-x.captured, 0) <> pay.captured_minor - CASE WHEN pay.discount_funded_by = 'bank' THEN pay.discount_minor ELSE 0 END
     OR COALESCE(x.fee, 0) <> pay.fee_minor
-    OR COALESCE(x.refunded, 0) <> pay.refunded_minor
+    OR COALESCE(x.refunded, 0) <> pay.refunded_minor - pay.discount_clawed_back_minor
     OR (pay.captured_minor > 0 AND x.captures <> 1)
     OR (pay.captured_minor > 0 AND pay.wallet_account_id IS DISTINCT FROM
         (SELECT p.account_id FROM journal_entries e JOIN postings p ON p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
@@ -167,6 +167,41 @@ SELECT p.id FROM payouts p
 -- name: batch_reconciled_differs_from_its_payout
 SELECT b.id FROM settlement_batches b LEFT JOIN payouts p ON p.batch_id = b.id
  WHERE (b.status = 'reconciled') <> (p.status IS NOT DISTINCT FROM 'reconciled');
+-- name: promotions_account_differs_from_benefits
+SELECT c.currency, COALESCE(l.total, 0) AS ledger, COALESCE(b.net, 0) AS benefits_net
+  FROM (SELECT currency FROM accounts WHERE kind = 'promotions' UNION SELECT currency FROM payments WHERE discount_funded_by = 'bank') c
+  LEFT JOIN (SELECT a.currency, sum(p.amount_minor) AS total FROM postings p JOIN accounts a ON a.id = p.account_id
+              WHERE a.kind = 'promotions' GROUP BY a.currency) l ON l.currency = c.currency
+  LEFT JOIN (SELECT currency, sum(discount_clawed_back_minor - discount_minor) AS net FROM payments
+              WHERE discount_funded_by = 'bank' GROUP BY currency) b ON b.currency = c.currency
+ WHERE COALESCE(l.total, 0) <> COALESCE(b.net, 0);
+-- name: payment_promotion_postings
+SELECT pay.id, pay.discount_minor, pay.discount_clawed_back_minor, COALESCE(x.promo, 0) AS posted, r.clawed AS refunds_clawed
+  FROM payments pay
+  LEFT JOIN (SELECT e.payment_id, sum(p.amount_minor) AS promo FROM journal_entries e JOIN postings p ON p.entry_id = e.id
+               JOIN accounts a ON a.id = p.account_id WHERE a.kind = 'promotions' AND e.payment_id IS NOT NULL
+              GROUP BY e.payment_id) x ON x.payment_id = pay.id
+  LEFT JOIN (SELECT payment_id, sum(discount_clawed_back_minor) AS clawed FROM refunds GROUP BY payment_id) r ON r.payment_id = pay.id
+ WHERE COALESCE(x.promo, 0) <> CASE WHEN pay.discount_funded_by = 'bank' THEN pay.discount_clawed_back_minor - pay.discount_minor ELSE 0 END
+    OR COALESCE(r.clawed, 0) <> pay.discount_clawed_back_minor
+    OR (pay.discount_funded_by = 'merchant' AND pay.discount_clawed_back_minor <> 0);
+-- name: campaign_over_budget_or_places
+SELECT c.id, c.budget_minor, c.spent_minor, c.places_max, c.places_taken, COALESCE(g.granted, 0) AS granted,
+       COALESCE(g.payments, 0) AS payments
+  FROM campaigns c
+  LEFT JOIN (SELECT campaign_id, sum(discount_minor) AS granted, count(*) AS payments, sum(discount_clawed_back_minor) AS clawed
+               FROM payments WHERE campaign_id IS NOT NULL GROUP BY campaign_id) g ON g.campaign_id = c.id
+ WHERE c.spent_minor > c.budget_minor OR c.places_taken > COALESCE(c.places_max, c.places_taken)
+    OR c.spent_minor <> COALESCE(g.granted, 0) OR c.places_taken <> COALESCE(g.payments, 0)
+    OR c.clawed_back_minor <> COALESCE(g.clawed, 0);
+-- name: campaign_holder_over_limit
+SELECT COALESCE(u.campaign_id, g.campaign_id) AS campaign_id, COALESCE(u.holder_id, g.payer_id) AS holder_id,
+       COALESCE(u.uses, 0) AS uses, COALESCE(g.payments, 0) AS payments
+  FROM campaign_uses u
+  FULL JOIN (SELECT campaign_id, payer_id, count(*) AS payments FROM payments WHERE campaign_id IS NOT NULL
+              GROUP BY campaign_id, payer_id) g ON g.campaign_id = u.campaign_id AND g.payer_id = u.holder_id
+  LEFT JOIN campaigns c ON c.id = COALESCE(u.campaign_id, g.campaign_id)
+ WHERE COALESCE(u.uses, 0) > COALESCE(c.per_holder_max, COALESCE(u.uses, 0)) OR COALESCE(u.uses, 0) <> COALESCE(g.payments, 0);
 -- name: conversion_differs_from_its_entry
 SELECT c.id FROM conversions c
   CROSS JOIN LATERAL (

@@ -1,0 +1,205 @@
+"""Promotion campaigns: eligibility, the discount a payment gets, the choice among campaigns and the
+clawback of a refund. Pure: the clock is passed in.
+
+Rules (each unit-tested in tests/unit/test_promotions.py):
+- a campaign is in one currency: its budget, its fixed discount, its cap and its minimum amount are
+  in that currency's minor units; a payment in another currency is not eligible;
+- it applies from ``starts_at`` (inclusive) to ``ends_at`` (exclusive), instants made from local
+  times in the campaign's time zone (``window``), and never after it was ended (``ended_at``);
+- an empty set of merchants / stores / MCCs means "any"; a given set must contain the payment's;
+- a percentage discount is ``floor(amount * bps / 10000)`` (rounded down: the campaign never gives
+  a fraction of a unit more than it states), then at most ``cap_minor``; a fixed one is ``fixed_minor``;
+- whatever the rule, a benefit is at most ``amount - 1`` (the holder always pays at least one minor
+  unit, so every discounted payment still moves money from its wallet) and at most the budget
+  left; a benefit of 0 is no benefit (the campaign does not apply);
+- among several applicable campaigns the holder gets the largest benefit; ties go to the campaign
+  ending first, then to the smallest id (a stable, stated order);
+- a refund takes back the part of the benefit proportional to the amount refunded, computed as the
+  difference of cumulative shares (as ``fees.refund_fee_minor``), so partial refunds sum exactly to
+  the benefit once everything is refunded and never exceed it before.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+BPS_MAX = 10_000
+
+
+class Rule(StrEnum):
+    PERCENT = "percent"  # percent_bps of the amount, at most cap_minor
+    FIXED = "fixed"  # fixed_minor off
+
+
+class Funder(StrEnum):
+    MERCHANT = "merchant"  # the merchant sells for less: it receives amount - discount
+    BANK = "bank"  # the promotions account pays the discount: the merchant receives the full amount
+
+
+class CampaignError(ValueError):
+    """A campaign's terms are inconsistent; ``param`` names the field."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    id: uuid.UUID
+    currency: str
+    rule: Rule
+    funded_by: Funder
+    starts_at: datetime
+    ends_at: datetime
+    budget_minor: int
+    percent_bps: int = 0
+    fixed_minor: int = 0
+    cap_minor: int | None = None
+    min_amount_minor: int = 0
+    per_holder_max: int | None = None  # discounted payments per holder; None: no limit
+    places_max: int | None = None  # discounted payments in all; None: no limit
+    merchant_ids: frozenset[uuid.UUID] = field(default_factory=frozenset)
+    store_ids: frozenset[uuid.UUID] = field(default_factory=frozenset)
+    mccs: frozenset[str] = field(default_factory=frozenset)
+    spent_minor: int = 0
+    places_taken: int = 0
+    ended_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        check_terms(self)
+
+    @property
+    def budget_left_minor(self) -> int:
+        return self.budget_minor - self.spent_minor
+
+    @property
+    def places_left(self) -> int | None:
+        return None if self.places_max is None else self.places_max - self.places_taken
+
+
+def check_terms(c: Campaign) -> None:
+    """``CampaignError`` naming the first field whose value the others make impossible."""
+    if c.rule is Rule.PERCENT:
+        if not 0 < c.percent_bps <= BPS_MAX:
+            raise CampaignError("percent_bps is 1-10000 for a percentage discount", "percent_bps")
+        if c.fixed_minor != 0:
+            raise CampaignError("a percentage discount has no fixed amount", "fixed_amount")
+    else:
+        if c.fixed_minor <= 0:
+            raise CampaignError("fixed_amount is a positive integer for a fixed discount", "fixed_amount")
+        if c.percent_bps != 0:
+            raise CampaignError("a fixed discount has no percentage", "percent_bps")
+    if c.cap_minor is not None and c.cap_minor <= 0:
+        raise CampaignError("cap is a positive integer", "cap")
+    if c.budget_minor <= 0:
+        raise CampaignError("budget is a positive integer", "budget")
+    if c.min_amount_minor < 0:
+        raise CampaignError("min_amount is not negative", "min_amount")
+    if c.per_holder_max is not None and c.per_holder_max <= 0:
+        raise CampaignError("per_holder_limit is a positive integer", "per_holder_limit")
+    if c.places_max is not None and c.places_max <= 0:
+        raise CampaignError("places is a positive integer", "places")
+    if c.ends_at <= c.starts_at:
+        raise CampaignError("ends_at is after starts_at", "ends_at")
+    if not 0 <= c.spent_minor <= c.budget_minor:
+        raise CampaignError("spent is within the budget", "budget")
+    if c.places_max is not None and not 0 <= c.places_taken <= c.places_max:
+        raise CampaignError("places taken are within the places", "places")
+
+
+def window(starts_local: datetime, ends_local: datetime, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    """The instants of a window given in local wall time (naive datetimes) in ``zone``.
+
+    An ambiguous local time (the hour repeated when clocks go back) is its first occurrence
+    (``fold=0``); a local time skipped when clocks go forward is read with the offset before the gap.
+    """
+    if starts_local.tzinfo is not None or ends_local.tzinfo is not None:
+        raise CampaignError("local times carry no offset: the time zone is given apart", "starts_at")
+    return starts_local.replace(tzinfo=zone), ends_local.replace(tzinfo=zone)
+
+
+@dataclass(frozen=True, slots=True)
+class Purchase:
+    """What eligibility looks at in a payment; ``mcc`` None: not known (the check is then skipped,
+    which can only say "may apply": callers deciding for real pass it)."""
+
+    merchant_id: uuid.UUID
+    store_id: uuid.UUID | None
+    currency: str
+    amount_minor: int
+    mcc: str | None = None
+
+
+def live(c: Campaign, now: datetime) -> bool:
+    return c.ended_at is None and c.starts_at <= now < c.ends_at
+
+
+def eligible(c: Campaign, p: Purchase, now: datetime) -> bool:
+    """Whether the campaign's terms admit the purchase now (budget and places aside)."""
+    if not live(c, now) or p.currency != c.currency or p.amount_minor < max(c.min_amount_minor, 2):
+        return False  # an amount of 1 cannot be discounted: the holder pays at least one unit
+    if c.merchant_ids and p.merchant_id not in c.merchant_ids:
+        return False
+    if c.store_ids and p.store_id not in c.store_ids:
+        return False
+    return not (c.mccs and p.mcc is not None and p.mcc not in c.mccs)
+
+
+def stated_benefit_minor(c: Campaign, amount_minor: int) -> int:
+    """The discount the rule gives ``amount_minor``, before the budget: never more than amount - 1."""
+    if amount_minor <= 1:
+        return 0
+    if c.rule is Rule.PERCENT:
+        stated = amount_minor * c.percent_bps // BPS_MAX
+    else:
+        stated = c.fixed_minor
+    if c.cap_minor is not None:
+        stated = min(stated, c.cap_minor)
+    return max(0, min(stated, amount_minor - 1))
+
+
+def benefit_minor(c: Campaign, amount_minor: int) -> int:
+    """The discount, never more than the budget left (the last units of a budget go as a smaller
+    discount), nor with no place left; 0 when nothing is given."""
+    if c.places_left is not None and c.places_left <= 0:
+        return 0
+    return max(0, min(stated_benefit_minor(c, amount_minor), c.budget_left_minor))
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    campaign: Campaign
+    benefit_minor: int
+
+
+def offers(campaigns: Iterable[Campaign], p: Purchase, now: datetime) -> list[Offer]:
+    """The applicable campaigns with their benefit, best for the holder first: the largest benefit,
+    then the campaign ending first, then the smallest id."""
+    found = [Offer(c, benefit_minor(c, p.amount_minor)) for c in campaigns if eligible(c, p, now)]
+    found = [o for o in found if o.benefit_minor > 0]
+    found.sort(key=lambda o: (-o.benefit_minor, o.campaign.ends_at, o.campaign.id.bytes))
+    return found
+
+
+def may_apply(campaigns: Iterable[Campaign], p: Purchase, now: datetime) -> bool:
+    """Whether any campaign could give this purchase a benefit (the hot path's question)."""
+    return any(eligible(c, p, now) and benefit_minor(c, p.amount_minor) > 0 for c in campaigns)
+
+
+def clawback_minor(benefit_total_minor: int, basis_minor: int, refunded_before_minor: int, refund_minor: int) -> int:
+    """The part of a benefit a refund takes back: refunding the whole ``basis_minor`` (what the
+    merchant captured) takes back exactly ``benefit_total_minor``; any series of partial refunds sums
+    to the same, and each part is at most the refund."""
+    if basis_minor <= 0 or benefit_total_minor <= 0:
+        return 0
+    if refunded_before_minor < 0 or refund_minor < 0 or refunded_before_minor + refund_minor > basis_minor:
+        raise ValueError("refunds exceed what was captured")
+    before = benefit_total_minor * refunded_before_minor // basis_minor
+    after = benefit_total_minor * (refunded_before_minor + refund_minor) // basis_minor
+    return after - before

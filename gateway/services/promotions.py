@@ -1,0 +1,306 @@
+"""Promotion campaigns: the operator's use cases, the per-process cache of live campaigns, and what
+the payment path asks of them (may one apply? take it; claw it back on a refund).
+
+Invariants:
+- whether a discount is given is decided by the database, in the payment's own transaction, by the
+  guarded statements of ``store.promotions.take``: the cache only says which campaigns to try (and
+  what a preview shows), so a campaign ended, expired or exhausted gives nothing at once, and places
+  and budget are never exceeded, whatever any process's cache holds;
+- the cache holds the campaigns not ended and not past their end; it is loaded when the app starts,
+  reloaded every ``promotions.cache_refresh_s`` in the background, and at once in a process that
+  created or ended a campaign (after the commit). A load that began before another is never kept
+  after it. Until the first load succeeds, and when loads fail for 3 refresh periods, it answers
+  "unknown", and every payment goes to the general path, which reads the campaigns itself;
+- so deciding that no campaign applies to a payment costs no database or Redis round trip; a
+  campaign created in another process applies there within ``cache_refresh_s``;
+- only payments captured at once are discounted (a manual capture or a payment waiting for its
+  payer's confirmation pays the full amount), and the holder's daily cap counts the full amount.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from gateway.auth.principals import Principal
+from gateway.domain import ledger, promotions
+from gateway.domain.ids import Kind, decode
+from gateway.domain.money import check_amount, currency
+from gateway.domain.promotions import Campaign, Funder, Offer, Purchase, Rule
+from gateway.errors import Conflict, InvalidRequest, NotFound
+from gateway.services import audit, pages, views
+from gateway.services.campaign_cache import CampaignCache
+from gateway.services.context import Services
+from gateway.services.idempotency import Reply, RequestIdentity
+from gateway.services.pages import PageRequest
+from gateway.store import ledger as ledger_store
+from gateway.store import promotions as store
+from gateway.store.db import Connection
+
+
+
+# --- the payment path ---------------------------------------------------------------------------
+
+
+def purchase_of(row: Any, mcc: str | None = None) -> Purchase:
+    return Purchase(merchant_id=row["merchant_id"], store_id=row["store_id"], currency=row["currency"],
+                    amount_minor=row["amount_minor"], mcc=mcc)
+
+
+def may_apply(cache: CampaignCache, row: Any, now: datetime) -> bool:
+    """The hot path's question, answered from memory: could a campaign discount this payment? True
+    when the cache cannot tell. (The MCC is not asked: a campaign for other MCCs answers True, and
+    the general path then decides with it.)"""
+    campaigns = cache.current()
+    if campaigns is None:
+        return True
+    if not campaigns:
+        return False
+    return promotions.may_apply(campaigns, purchase_of(row), now)
+
+
+async def _offers(cache: CampaignCache, conn: Connection, row: Any, now: datetime) -> list[Offer]:
+    campaigns = cache.current()
+    if campaigns is None:
+        campaigns = tuple(store.to_domain(r) for r in await store.live(conn, now, cache.live_max))
+    if not campaigns:
+        return []
+    rough = promotions.offers(campaigns, purchase_of(row), now)
+    if not rough:
+        return []
+    mcc = await cache.mcc(conn, row["merchant_id"]) if any(o.campaign.mccs for o in rough) else None
+    return promotions.offers([o.campaign for o in rough], purchase_of(row, mcc), now)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    campaign_id: uuid.UUID
+    funded_by: Funder
+    discount_minor: int
+
+
+async def grant(cache: CampaignCache, conn: Connection, row: Any, holder_id: uuid.UUID,
+                now: datetime) -> Grant | None:
+    """Take the best campaign that still gives this payment something, in the payment's transaction
+    (its rollback gives the place, the budget and the holder's use back); None: none does. Tried in
+    the order of ``domain.promotions.offers``, at most three."""
+    for offer in (await _offers(cache, conn, row, now))[:3]:
+        c = offer.campaign
+        taken = await store.take(conn, c.id, holder_id, promotions.stated_benefit_minor(c, row["amount_minor"]),
+                                 now, c.per_holder_max)
+        if taken is not None:
+            return Grant(c.id, c.funded_by, taken["last_granted_minor"])
+    return None
+
+
+async def offer_for(cache: CampaignCache, conn: Connection, row: Any, holder_id: uuid.UUID | None,
+                    now: datetime) -> views.DiscountOffer | None:
+    """What a preview shows: the discount paying now would get, if its places and budget last (the
+    holder's own limit is looked at; the places and budget as last loaded)."""
+    found = await _offers(cache, conn, row, now)
+    if not found:
+        return None
+    used = {}
+    if holder_id is not None:
+        used = {r["campaign_id"]: r["uses"] for r in await store.holder_uses(conn, holder_id)}
+    for o in found:
+        limit = o.campaign.per_holder_max
+        if limit is None or used.get(o.campaign.id, 0) < limit:
+            return views.DiscountOffer(campaign=views.campaign_id(o.campaign.id), amount=o.benefit_minor,
+                                       funded_by=o.campaign.funded_by.value,
+                                       amount_to_pay=row["amount_minor"] - o.benefit_minor)
+    return None
+
+
+async def claw_back(conn: Connection, row: Any, refunded_before_minor: int, refund_minor: int) -> int:
+    """The benefit a refund of a bank-funded discounted payment takes back (recorded on its campaign);
+    0 for any other payment: a merchant-funded discount lowered the capture itself, so a refund of
+    what was captured gives the holder back what it paid."""
+    if row["discount_funded_by"] != Funder.BANK.value:
+        return 0
+    back = promotions.clawback_minor(row["discount_minor"], row["captured_minor"], refunded_before_minor, refund_minor)
+    if back:
+        await store.claw_back(conn, row["campaign_id"], back)
+    return back
+
+
+# --- operator use cases -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewCampaign:
+    name: str
+    currency: str
+    rule: str
+    funded_by: str
+    time_zone: str
+    starts_at: str  # local wall time, ISO 8601 without offset
+    ends_at: str
+    budget: int
+    percent_bps: int = 0
+    fixed_amount: int = 0
+    cap: int | None = None
+    min_amount: int = 0
+    per_holder_limit: int | None = None
+    places: int | None = None
+    merchants: tuple[str, ...] = ()
+    stores: tuple[str, ...] = ()
+    mccs: tuple[str, ...] = ()
+
+
+# The stable code of each field a campaign's terms can be refused for.
+_CODES = {
+    "starts_at": "invalid_starts_at", "ends_at": "invalid_ends_at", "percent_bps": "invalid_percent_bps",
+    "fixed_amount": "invalid_fixed_amount", "cap": "invalid_cap", "budget": "invalid_budget",
+    "min_amount": "invalid_min_amount", "per_holder_limit": "invalid_per_holder_limit", "places": "invalid_places",
+}
+
+
+def _local(text: str, param: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequest(f"{param} is a local date and time, e.g. 2026-12-01T00:00:00", code=_CODES[param],
+                             param=param) from None
+    if value.tzinfo is not None:
+        raise InvalidRequest(f"{param} is local time in time_zone: no offset", code=_CODES[param], param=param)
+    return value
+
+
+def _ids(kind: Kind, texts: tuple[str, ...], param: str) -> frozenset[uuid.UUID]:
+    found = set()
+    for i, text in enumerate(texts):
+        value = decode(kind, text)
+        if value is None:
+            raise NotFound(f"no such object: {text}", param=f"{param}[{i}]")
+        found.add(value)
+    return frozenset(found)
+
+
+def _terms(req: NewCampaign, campaign_id: uuid.UUID) -> Campaign:
+    try:
+        zone = ZoneInfo(req.time_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidRequest("time_zone is an IANA name, e.g. Asia/Shanghai", code="invalid_time_zone",
+                             param="time_zone") from None
+    starts_at, ends_at = promotions.window(_local(req.starts_at, "starts_at"), _local(req.ends_at, "ends_at"), zone)
+    for i, mcc in enumerate(req.mccs):
+        if not (len(mcc) == 4 and mcc.isdigit()):
+            raise InvalidRequest("an mcc is 4 digits (ISO 18245)", code="invalid_mcc", param=f"mccs[{i}]")
+    amounts = {"budget": req.budget, "fixed_amount": req.fixed_amount, "cap": req.cap, "min_amount": req.min_amount}
+    for param, value in amounts.items():
+        if value is not None and value != 0:
+            check_amount(value, param)
+    try:
+        return Campaign(
+            id=campaign_id, currency=currency(req.currency).code, rule=Rule(req.rule), funded_by=Funder(req.funded_by),
+            starts_at=starts_at, ends_at=ends_at, budget_minor=req.budget, percent_bps=req.percent_bps,
+            fixed_minor=req.fixed_amount, cap_minor=req.cap, min_amount_minor=req.min_amount,
+            per_holder_max=req.per_holder_limit, places_max=req.places,
+            merchant_ids=_ids(Kind.MERCHANT, req.merchants, "merchants"),
+            store_ids=_ids(Kind.STORE, req.stores, "stores"), mccs=frozenset(req.mccs),
+        )
+    except promotions.CampaignError as exc:
+        raise InvalidRequest(str(exc), code=_CODES[exc.param], param=exc.param) from None
+
+
+async def _require(conn: Connection, table: str, ids: frozenset[uuid.UUID], texts: tuple[str, ...],
+                   kind: Kind, param: str) -> None:
+    if not ids:
+        return
+    known = await store.existing(conn, table, sorted(ids))
+    for i, text in enumerate(texts):
+        if decode(kind, text) not in known:
+            raise NotFound(f"no such object: {text}", param=f"{param}[{i}]")
+
+
+async def create(svc: Services, who: Principal, req: NewCampaign, identity: RequestIdentity) -> Reply:
+    terms = _terms(req, uuid.uuid4())
+    if terms.funded_by is Funder.BANK:  # the account its discounts come from, committed before any payment uses it
+        async with svc.db.connection() as conn:
+            await ledger_store.resolve_accounts(conn, [ledger.promotions(terms.currency)])
+
+    async def work(conn: Connection) -> tuple[int, Any]:
+        await _require(conn, "merchants", terms.merchant_ids, req.merchants, Kind.MERCHANT, "merchants")
+        await _require(conn, "stores", terms.store_ids, req.stores, Kind.STORE, "stores")
+        if len(await store.live(conn, svc.now(), svc.campaigns.live_max)) >= svc.campaigns.live_max:
+            raise Conflict(f"at most {svc.campaigns.live_max} campaigns run at once", code="too_many_campaigns")
+        row = await store.insert(conn, terms, req.name, req.time_zone)
+        view = views.campaign_view(row, svc.now())
+        await audit.record(conn, who, "campaign.created", row["id"], view, merchant_id=None)
+        return 201, view
+
+    reply = await svc.idempotency.run(identity, work)
+    await svc.campaigns.load(svc.db, svc.now())
+    return reply
+
+
+def campaign_uuid(text: str) -> uuid.UUID:
+    value = decode(Kind.CAMPAIGN, text)
+    if value is None:
+        raise NotFound(f"no such campaign: {text}", param="id")
+    return value
+
+
+async def end(svc: Services, who: Principal, text_id: str, identity: RequestIdentity) -> Reply:
+    """End a campaign now: from this commit no payment is discounted by it (the guarded take reads
+    ``ended_at`` in each payment's transaction). Ending an ended campaign answers it unchanged."""
+    cid = campaign_uuid(text_id)
+
+    async def work(conn: Connection) -> tuple[int, Any]:
+        row = await store.get(conn, cid, for_update=True)
+        if row is None:
+            raise NotFound(f"no such campaign: {text_id}", param="id")
+        was_ended = row["ended_at"] is not None
+        row = await store.end(conn, cid)
+        view = views.campaign_view(row, svc.now())
+        if not was_ended:
+            await audit.record(conn, who, "campaign.ended", cid, view, merchant_id=None)
+        return 200, view
+
+    reply = await svc.idempotency.run(identity, work)
+    await svc.campaigns.load(svc.db, svc.now())
+    return reply
+
+
+async def get(svc: Services, text_id: str) -> views.CampaignView:
+    cid = campaign_uuid(text_id)
+    async with svc.db.connection() as conn:
+        row = await store.get(conn, cid)
+    if row is None:
+        raise NotFound(f"no such campaign: {text_id}", param="id")
+    return views.campaign_view(row, svc.now())
+
+
+async def list_campaigns(svc: Services, page: PageRequest) -> views.CampaignList:
+    async with svc.db.connection() as conn:
+        rows, has_more = await pages.read(conn, store.all_campaigns(), page, partial(decode, Kind.CAMPAIGN))
+    return views.CampaignList(data=[views.campaign_view(r, svc.now()) for r in rows], has_more=has_more)
+
+
+async def benefits(svc: Services, who: Principal, page: PageRequest) -> views.BenefitsView:
+    """The holder's discounts received (a page, newest first) and the live campaigns it can still use
+    (those whose per-holder limit it has not reached; places and budget as last loaded)."""
+    now = svc.now()
+    async with svc.db.connection() as conn:
+        rows, has_more = await pages.read(conn, store.holder_benefits(who.id), page, partial(decode, Kind.PAYMENT))
+        used = {r["campaign_id"]: r["uses"] for r in await store.holder_uses(conn, who.id)}
+        live = await store.live(conn, now, svc.campaigns.live_max)
+    campaigns = []
+    for row in live:
+        limit = row["per_holder_max"]
+        left = None if limit is None else limit - used.get(row["id"], 0)
+        exhausted = row["spent_minor"] >= row["budget_minor"] or (
+            row["places_max"] is not None and row["places_taken"] >= row["places_max"])
+        if exhausted or (left is not None and left <= 0):
+            continue
+        seen = views.campaign_view(row, now)
+        campaigns.append(views.HolderCampaignView(
+            campaign=seen.id, name=seen.name, status=seen.status, currency=seen.currency, rule=seen.rule,
+            percent_bps=seen.percent_bps, fixed_amount=seen.fixed_amount, cap=seen.cap, min_amount=seen.min_amount,
+            starts_at=seen.starts_at, ends_at=seen.ends_at, uses_left=left))
+    return views.BenefitsView(campaigns=campaigns, data=[views.benefit_view(r) for r in rows], has_more=has_more)

@@ -1,0 +1,159 @@
+"""Campaigns, their per-holder uses, and the guarded statements that take a place and budget.
+
+Invariants (proven after the fact by ``invariants.sql``: ``campaign_over_budget_or_places``,
+``campaign_holder_over_limit``):
+- a campaign's ``spent_minor`` and ``places_taken`` change only by ``take``, in the payment's own
+  transaction, by ONE guarded UPDATE of the campaign row that refuses (changes nothing) when the
+  campaign ended, is past its window, lacks the places or the budget: concurrent payments serialise on
+  the row, each re-checking the guard on the row as the previous one committed it, so neither is
+  ever exceeded; a rolled-back payment gives its place and budget back with it;
+- a holder's uses are taken the same way (``campaign_uses``) before the campaign row (lock order);
+- ``clawed_back_minor`` grows only with refunds (``claw_back``), never above what was granted.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+import asyncpg
+
+from gateway.domain.promotions import Campaign, Funder, Rule
+from gateway.store import pages
+from gateway.store.db import Connection, one
+
+COLUMNS = (
+    "id, name, currency, rule, percent_bps, fixed_minor, cap_minor, funded_by, time_zone, starts_at, ends_at,"
+    " merchant_ids, store_ids, mccs, min_amount_minor, per_holder_max, budget_minor, spent_minor, clawed_back_minor,"
+    " places_max, places_taken, ended_at, created_at, updated_at"
+)
+
+
+def to_domain(row: asyncpg.Record) -> Campaign:
+    return Campaign(
+        id=row["id"], currency=row["currency"].strip(), rule=Rule(row["rule"]), funded_by=Funder(row["funded_by"]),
+        starts_at=row["starts_at"], ends_at=row["ends_at"], budget_minor=row["budget_minor"],
+        percent_bps=row["percent_bps"], fixed_minor=row["fixed_minor"], cap_minor=row["cap_minor"],
+        min_amount_minor=row["min_amount_minor"], per_holder_max=row["per_holder_max"], places_max=row["places_max"],
+        merchant_ids=frozenset(row["merchant_ids"]), store_ids=frozenset(row["store_ids"]),
+        mccs=frozenset(row["mccs"]), spent_minor=row["spent_minor"], places_taken=row["places_taken"],
+        ended_at=row["ended_at"],
+    )
+
+
+async def insert(conn: Connection, c: Campaign, name: str, time_zone: str) -> asyncpg.Record:
+    return await one(
+        conn,
+        f"""
+        INSERT INTO campaigns (id, name, currency, rule, percent_bps, fixed_minor, cap_minor, funded_by, time_zone,
+                               starts_at, ends_at, merchant_ids, store_ids, mccs, min_amount_minor, per_holder_max,
+                               budget_minor, places_max)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+        RETURNING {COLUMNS}
+        """,
+        c.id, name, c.currency, c.rule.value, c.percent_bps, c.fixed_minor, c.cap_minor, c.funded_by.value, time_zone,
+        c.starts_at, c.ends_at, sorted(c.merchant_ids), sorted(c.store_ids), sorted(c.mccs), c.min_amount_minor,
+        c.per_holder_max, c.budget_minor, c.places_max,
+    )
+
+
+async def get(conn: Connection, campaign_id: uuid.UUID, *, for_update: bool = False) -> asyncpg.Record | None:
+    lock = " FOR UPDATE" if for_update else ""
+    row: asyncpg.Record | None = await conn.fetchrow(f"SELECT {COLUMNS} FROM campaigns WHERE id = $1{lock}",
+                                                     campaign_id)
+    return row
+
+
+async def end(conn: Connection, campaign_id: uuid.UUID) -> asyncpg.Record:
+    """End it now (``ended_at`` is kept if it was ended already); the caller locked the row."""
+    return await one(
+        conn,
+        f"UPDATE campaigns SET ended_at = COALESCE(ended_at, now()), updated_at = now() WHERE id = $1"
+        f" RETURNING {COLUMNS}",
+        campaign_id,
+    )
+
+
+def all_campaigns() -> pages.Query:
+    """Newest first (served by campaigns_created)."""
+    return pages.Query(columns=COLUMNS, source="campaigns", key=("created_at", "id"), scope=())
+
+
+async def live(conn: Connection, now: datetime, limit: int) -> list[asyncpg.Record]:
+    """The campaigns not ended and not past their end (those starting later too), soonest end first."""
+    return list(await conn.fetch(
+        f"SELECT {COLUMNS} FROM campaigns WHERE ended_at IS NULL AND ends_at > $1 ORDER BY ends_at, id LIMIT $2",
+        now, limit,
+    ))
+
+
+async def mcc(conn: Connection, merchant_id: uuid.UUID) -> str | None:
+    value: str | None = await conn.fetchval("SELECT mcc FROM merchants WHERE id = $1", merchant_id)
+    return value
+
+
+async def take(conn: Connection, campaign_id: uuid.UUID, holder_id: uuid.UUID, stated_minor: int,
+               now: datetime, per_holder_max: int | None) -> asyncpg.Record | None:
+    """Take one use of the holder, one place and ``stated_minor`` of the budget (or what is left of it:
+    ``last_granted_minor`` of the row returned), in the caller's transaction; None (nothing taken) when
+    the holder's limit, the places, the budget or the window refuse. Two statements, in the lock order (the holder's use row, then the campaign row); when
+    the second refuses, the use the first took is given back under its row lock."""
+    used: int | None = await conn.fetchval(
+        """
+        INSERT INTO campaign_uses (campaign_id, holder_id, uses) VALUES ($1, $2, 1)
+        ON CONFLICT (campaign_id, holder_id) DO UPDATE SET uses = campaign_uses.uses + 1
+         WHERE campaign_uses.uses < $3
+        RETURNING uses
+        """,
+        campaign_id, holder_id, per_holder_max if per_holder_max is not None else 2**31 - 1,
+    )
+    if used is None:
+        return None
+    # SET expressions read the row as it was: the grant is the stated benefit, or the budget left if
+    # that is less; a take that would grant nothing is refused.
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"""
+        UPDATE campaigns SET places_taken = places_taken + 1,
+               spent_minor = spent_minor + LEAST($2, budget_minor - spent_minor),
+               last_granted_minor = LEAST($2, budget_minor - spent_minor), updated_at = now()
+         WHERE id = $1 AND ended_at IS NULL AND starts_at <= $3 AND $3 < ends_at
+           AND (places_max IS NULL OR places_taken < places_max) AND spent_minor < budget_minor
+        RETURNING last_granted_minor, {COLUMNS}
+        """,
+        campaign_id, stated_minor, now,
+    )
+    if row is None:
+        await conn.execute("UPDATE campaign_uses SET uses = uses - 1 WHERE campaign_id = $1 AND holder_id = $2",
+                           campaign_id, holder_id)
+    return row
+
+
+async def claw_back(conn: Connection, campaign_id: uuid.UUID, amount_minor: int) -> None:
+    await conn.execute(
+        "UPDATE campaigns SET clawed_back_minor = clawed_back_minor + $2, updated_at = now() WHERE id = $1",
+        campaign_id, amount_minor,
+    )
+
+
+async def holder_uses(conn: Connection, holder_id: uuid.UUID) -> list[asyncpg.Record]:
+    return list(await conn.fetch(
+        "SELECT campaign_id, uses FROM campaign_uses WHERE holder_id = $1 AND uses > 0", holder_id))
+
+
+_EXISTING = {"merchants": "SELECT id FROM merchants WHERE id = ANY($1::uuid[])",
+             "stores": "SELECT id FROM stores WHERE id = ANY($1::uuid[])"}
+
+
+async def existing(conn: Connection, table: str, ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of ``ids`` exist in ``merchants`` or ``stores``."""
+    return {r["id"] for r in await conn.fetch(_EXISTING[table], ids)}
+
+
+def holder_benefits(holder_id: uuid.UUID) -> pages.Query:
+    """The holder's discounted payments with their campaign, newest first (served by payments_payer)."""
+    return pages.Query(
+        columns="p.id, p.created_at, p.amount_minor, p.currency, p.discount_minor, p.discount_funded_by,"
+                " p.discount_clawed_back_minor, p.campaign_id, c.name AS campaign_name",
+        source="payments p JOIN campaigns c ON c.id = p.campaign_id", key=("p.created_at", "p.id"),
+        scope=(pages.cond("p.payer_id = {}", holder_id),), filters=(pages.cond("p.campaign_id IS NOT NULL"),),
+        id_column="p.id",
+    )
