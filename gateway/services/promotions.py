@@ -152,6 +152,8 @@ class NewCampaign:
     mccs: tuple[str, ...] = ()
 
 
+COUNT_MAX = 2**31 - 1  # places and per-holder limits are stored as integer
+
 # The stable code of each field a campaign's terms can be refused for.
 _CODES = {
     "starts_at": "invalid_starts_at", "ends_at": "invalid_ends_at", "percent_bps": "invalid_percent_bps",
@@ -191,6 +193,9 @@ def _terms(req: NewCampaign, campaign_id: uuid.UUID) -> Campaign:
     for i, mcc in enumerate(req.mccs):
         if not (len(mcc) == 4 and mcc.isdigit()):
             raise InvalidRequest("an mcc is 4 digits (ISO 18245)", code="invalid_mcc", param=f"mccs[{i}]")
+    for param, count in (("per_holder_limit", req.per_holder_limit), ("places", req.places)):
+        if count is not None and count > COUNT_MAX:  # the columns are integer; <= 0 is refused by check_terms
+            raise InvalidRequest(f"{param} is at most {COUNT_MAX}", code=_CODES[param], param=param)
     amounts = {"budget": req.budget, "fixed_amount": req.fixed_amount, "cap": req.cap, "min_amount": req.min_amount}
     for param, value in amounts.items():
         if value is not None and value != 0:
