@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Context, Decimal, InvalidOperation, localcontext
 from fractions import Fraction
 
@@ -43,6 +44,7 @@ RATE_MAX = Decimal(10) ** 9  # a unit of one currency is worth at most 10^9 of a
 INVERSE_DECIMALS = 18
 _EXACT = Context(prec=80)  # wide enough for every product this module forms exactly
 CSV_HEADER = ("base", "quote", "rate", "spread_bps", "valid_from", "valid_until")
+_PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")  # ASCII only: Decimal() also reads "1_0" and other scripts' digits
 
 
 def parse_rate(text: object, param: str = "rate") -> Decimal:
@@ -54,7 +56,7 @@ def parse_rate(text: object, param: str = "rate") -> Decimal:
         value = Decimal(text)
     except InvalidOperation:
         raise InvalidRequest("rate must be a plain decimal number", code="invalid_rate", param=param) from None
-    if not value.is_finite() or text.strip() != text or "e" in text.lower() or text.startswith(("+", ".")):
+    if not value.is_finite() or _PLAIN_DECIMAL.fullmatch(text) is None:
         raise InvalidRequest("rate must be a plain decimal number", code="invalid_rate", param=param)
     if value <= 0 or value > RATE_MAX:
         raise InvalidRequest(f"rate must be positive and at most {RATE_MAX}", code="invalid_rate", param=param)
@@ -192,6 +194,10 @@ def _timestamp(text: str, param: str) -> datetime | None:
                              code="invalid_timestamp", param=param) from None
     if value.tzinfo is None:
         raise InvalidRequest(f"{param} must carry its UTC offset (Z or +08:00)", code="invalid_timestamp", param=param)
+    try:
+        value.astimezone(UTC)  # 0001-01-01T00:00+14:00 is before year 1 in UTC: no datetime holds it
+    except OverflowError:
+        raise InvalidRequest(f"{param} is out of range", code="invalid_timestamp", param=param) from None
     return value
 
 
@@ -230,7 +236,7 @@ def parse_rates_csv(text: str, rows_max: int, now: datetime) -> list[RateRow]:
                                  code="invalid_rate_file", param=f"line {number}")
         base, quote, rate, spread, start, end = (cell.strip() for cell in cells)
         try:
-            spread_bps: object = int(spread) if spread.isdigit() else spread
+            spread_bps: object = int(spread) if spread.isascii() and spread.isdigit() else spread
             rows.append(rate_row(base, quote, rate, spread_bps, start, end, now))
         except InvalidRequest as exc:
             raise InvalidRequest(f"line {number}, {exc.param}: {exc.message}", code="invalid_rate_file",

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -190,6 +190,11 @@ def _terms(req: NewCampaign, campaign_id: uuid.UUID) -> Campaign:
         raise InvalidRequest("time_zone is an IANA name, e.g. Asia/Shanghai", code="invalid_time_zone",
                              param="time_zone") from None
     starts_at, ends_at = promotions.window(_local(req.starts_at, "starts_at"), _local(req.ends_at, "ends_at"), zone)
+    for param, instant in (("starts_at", starts_at), ("ends_at", ends_at)):
+        try:
+            instant.astimezone(UTC)  # year 1 in Asia/Tokyo is before year 1 in UTC: no datetime holds it
+        except OverflowError:
+            raise InvalidRequest(f"{param} is out of range", code=_CODES[param], param=param) from None
     for i, mcc in enumerate(req.mccs):
         if not (len(mcc) == 4 and mcc.isdigit()):
             raise InvalidRequest("an mcc is 4 digits (ISO 18245)", code="invalid_mcc", param=f"mccs[{i}]")
