@@ -299,9 +299,8 @@ async def test_a_holder_sees_its_own_benefits_and_the_campaigns_it_can_use(world
 async def test_counter_pay_code_and_static_qr_payments_of_the_store_are_discounted(world: World) -> None:
     m = await world.merchant(fee_bps=0)
     h = await world.holder(top_up=10_000)
-    session = await world.call("POST", "/v1/wallet/sessions", 201,
-                               json={"phone": h.phone, "password": "s3cret-pass", "device_id": "phone-P13"})
-    device_holder = Holder(h.id, h.phone, session["token"], h.bank_account)
+    token = await world.sign_in(h.phone, device_id="phone-P13")  # a new device: through the code challenge
+    device_holder = Holder(h.id, h.phone, token, h.bank_account)
     c = await _campaign(world, stores=[m.store])
     code = (await world.call("POST", "/v1/wallet/pay_codes", 201, headers=device_holder.headers, json={}))["code"]
     charged = await world.call("POST", "/v1/pay_code_charges", 201, headers=m.headers,
