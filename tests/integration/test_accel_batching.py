@@ -20,7 +20,9 @@ pytestmark = pytest.mark.asyncio
 
 @pytest.fixture
 async def accel() -> Any:
-    a = Accelerator(RedisSettings(url=TEST_REDIS_URL))
+    # A generous timeout: these tests are about what goes in a pipeline, and a loaded machine (a parallel
+    # test run) must not turn a slow answer into "Redis unavailable" (its own test sets its own).
+    a = Accelerator(RedisSettings(url=TEST_REDIS_URL, timeout_s=5.0))
     yield a
     await a.close()
 

@@ -239,6 +239,15 @@ async def test_processes_that_keep_dying_stop_the_master(shared_database: str, t
         assert not _children(gateway.proc.pid)
 
 
+def _cli_on_a_free_port(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``_cli`` on a port free a moment ago; again on another if a parallel test took it meanwhile."""
+    for _ in range(5):
+        done = _cli({**env, "GATEWAY_SERVER_PORT": str(free_tcp_port())}, *args)
+        if "is taken (server.port" not in done.stderr:
+            return done
+    return done
+
+
 def _one_error_line(done: subprocess.CompletedProcess[str]) -> str:
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr
@@ -318,7 +327,7 @@ async def test_migrate_status_pending_and_changed_files(database: str, tmp_path:
         assert names[0] in _one_error_line(changed) and "CHANGED" in changed.stdout
         refusals = (["migrate"], ["serve"], ["serve", "--no-migrate"])
         answers = await asyncio.gather(*(  # at once, each serve on a port of its own
-            asyncio.to_thread(_cli, {**env, "GATEWAY_SERVER_PORT": str(free_tcp_port())}, *a) for a in refusals))
+            asyncio.to_thread(_cli_on_a_free_port, env, *a) for a in refusals))
         for args, done in zip(refusals, answers, strict=True):
             assert "changed after they were applied" in _one_error_line(done), args
         assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(names) - 1  # nothing applied
