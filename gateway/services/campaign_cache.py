@@ -21,6 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
+from gateway.tasks import cancel_and_wait
 from gateway.domain.promotions import Campaign
 from gateway.settings import PromotionSettings
 from gateway.store import promotions as store
@@ -90,5 +91,4 @@ class CampaignCache:
         try:
             yield
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait([task])

@@ -44,6 +44,7 @@ from functools import partial
 from typing import Any
 
 from gateway import metrics
+from gateway.tasks import cancel_and_wait
 from gateway.settings import AuthSettings
 from gateway.store import db as store_db
 from gateway.store import tenants as store
@@ -206,8 +207,7 @@ class ApiKeyCache:
             await tried.wait()
             yield
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait([task])
 
     async def _listen(self, url: str, tried: asyncio.Event) -> None:
         """One dedicated LISTEN connection, reconnected for as long as the process serves."""

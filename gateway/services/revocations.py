@@ -35,6 +35,7 @@ from typing import Any
 
 import asyncpg
 
+from gateway.tasks import cancel_and_wait
 from gateway.auth.tokens import LEEWAY_S
 from gateway.errors import Unauthenticated
 from gateway.settings import Settings
@@ -153,8 +154,7 @@ class SessionRevocations:
             await tried.wait()
             yield
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait([task])
 
     async def _load(self) -> None:
         since = datetime.fromtimestamp(self._clock() - LEEWAY_S, UTC)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+from gateway.tasks import cancel_and_wait
 from gateway.services.context import Services
 from gateway.workers import budgets, expiry, notifications, sign_in_codes, webhooks
 
@@ -27,11 +28,7 @@ async def running(svc: Services) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(tasks)
 
 
 @contextlib.asynccontextmanager
@@ -41,6 +38,4 @@ async def sending_codes(svc: Services) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait([task])
