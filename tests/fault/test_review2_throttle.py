@@ -17,6 +17,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import pytest
+import redis.asyncio
 
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -33,8 +34,14 @@ from tests.integration.world import World
 async def _fresh_buckets(svc: Services) -> None:
     """The sign-in buckets of this test session's database live in Redis across its tests."""
     space = urlsplit(svc.settings.database.url).path.lstrip("/")
-    async for name in svc.accel.client.scan_iter(match=f"tb:login:{space}:*"):
-        await svc.accel.client.delete(name)
+    # A client of its own with a generous timeout: a SCAN of the shared test database on a loaded
+    # machine (two test workers) outlasts the gateway's 0.25 s Redis timeout, which is not under test.
+    client = redis.asyncio.from_url(svc.settings.redis.url, socket_timeout=10)
+    try:
+        async for name in client.scan_iter(match=f"tb:login:{space}:*"):
+            await client.delete(name)
+    finally:
+        await client.aclose()
 
 
 async def test_one_ipv6_network_cannot_drain_the_sign_in_budget_of_everyone(world: World) -> None:
