@@ -22,7 +22,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from gateway import demo_backoffice, demo_shop, logs
+from gateway import demo_backoffice, demo_shop, demo_wallet, logs
 from gateway.app import create_app
 from gateway.banksim import Movement
 from gateway.settings import Settings
@@ -31,7 +31,7 @@ from gateway.store import db
 
 OPERATOR = ("ops@demo.example", "demo-operator-pass")
 COUNTER_SALE_MINOR = 2_600
-COUNTER_TOP_UP_MINOR = 10_000
+COUNTER_TOP_UP_MINOR = 30_000  # room for the counter sale, the wallet extras and the web shop
 COUNTER_TIMEOUT_S = 90.0
 COUNTER_STOP_S = 40.0
 COUNTER_PHONE_DEVICE = "counter-demo-phone"  # pos_agent.counter_demo.PHONE_DEVICE_ID (never imported here)  # the counter demo stops its agent and phone (each bounded) before it exits
@@ -228,6 +228,15 @@ async def play(c: Client, out_dir: Path) -> None:
                                   ops, {"level": "real_name", "reference": "ID card checked at the branch"}, expect=200)
     print(f"   Bob: {upgraded['previous_level']} -> {upgraded['holder']['verification_level']},"
           f" tier {upgraded['holder']['tier']} (audited)")
+
+    step("Promotions: the bank pays 10% of one QR payment at the noodle house; Alice's wallet previews it")
+    await demo_wallet.discounted_qr_payment(c.call, ops, secret, mid, alice, money)
+
+    step("Currencies: the operator imports today's rates from a CSV file; Alice converts 100.00 CNY to US dollars")
+    await demo_wallet.conversion(c.call, ops, alice, money)
+
+    step("Budgets: Alice sets a monthly dining budget; a payment takes her past 80% and a reminder arrives")
+    await demo_wallet.budget_reminder(c.call, secret, alice, money)
 
     step("Web shop order: the hosted checkout page, Alice's wallet pays its QR code, the shop gets a signed webhook")
     await demo_shop.order(c.call, secret, alice, out_dir, money)

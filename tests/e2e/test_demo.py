@@ -35,7 +35,8 @@ async def test_the_demo_plays_a_full_day() -> None:
     for seen in ("Sale 1: Alice pays", "Idempotent-Replayed: true", "insufficient_funds", "Counter sale by NFC tap",
                  "the browser returned to", "/orders/done?order=W-1001&payment=pay_",
                  "shop received payment.succeeded", "verified: webhook-signature and Wallet-Signature",
-                 "refused: 0", "settlement run srun_", "marked paid", "matched 5 by reference; exceptions: 1 unknown_entry",
+                 "refused: 0", "discount 3.20, she pays 28.80", "the merchant received 32.00",
+                 "the same quote once more: HTTP 409 quote_used", "notification budget.reminder at 80%", "settlement run srun_", "marked paid", "matched 5 by reference; exceptions: 1 unknown_entry",
                  "payout now reconciled", "OK: every entry balances", f"operator console: http://127.0.0.1:{port}/",
                  "its gateway has stopped"):
         assert seen in text, (seen, text[-4000:])

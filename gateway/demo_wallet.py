@@ -1,0 +1,98 @@
+"""The demo's wallet-holder extras (issue 13): a bank-funded discount shown in the QR preview, a currency
+conversion at a quote honoured once, and a budget reminder. Each step goes through the public API only."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+Call = Callable[..., Awaitable[tuple[int, Any, dict[str, str]]]]
+Money = Callable[[int], str]
+REMINDER_WAIT_S = 15.0  # the budget worker polls every 0.25 s
+
+
+def _window(hours: int) -> dict[str, str]:
+    now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    return {"time_zone": "UTC", "starts_at": (now - timedelta(minutes=5)).isoformat(),
+            "ends_at": (now + timedelta(hours=hours)).isoformat()}
+
+
+async def discounted_qr_payment(call: Call, ops: str, secret: str, merchant_id: str, holder: str,
+                                money: Money) -> None:
+    """The bank pays 10% (at most 5.00) of one QR payment: the preview shows it, the merchant gets the full amount."""
+    _, campaign, _ = await call("POST", "/v1/operator/campaigns", ops, {
+        "name": "Noodle week", "currency": "CNY", "rule": "percent", "percent_bps": 1_000, "cap": 500,
+        "funded_by": "bank", "budget": 100_000, "places": 1, "merchants": [merchant_id], **_window(24)},
+        key=str(uuid.uuid4()), expect=201)
+    print(f"   campaign {campaign['id']} ({campaign['name']}): 10% off, at most {money(500)} CNY, bank-funded,"
+          f" {campaign['places']} place")
+    _, payment, _ = await call("POST", "/v1/payments", secret, {"amount": 3_200, "currency": "CNY",
+                               "merchant_reference": "T1-0007", "description": "Noodle week special"},
+                               key="order-T1-0007", expect=201)
+    _, qr, _ = await call("POST", f"/v1/payments/{payment['id']}/qr_codes", secret, {"ttl": 300},
+                          key=str(uuid.uuid4()), expect=201)
+    _, preview, _ = await call("POST", "/v1/wallet/qr/preview", holder, {"payload": qr["payload"]}, expect=200)
+    offer = preview["discount_offer"]
+    print(f"   Alice's wallet previews {money(preview['amount'])} CNY: discount {money(offer['amount'])},"
+          f" she pays {money(offer['amount_to_pay'])}")
+    _, paid, _ = await call("POST", "/v1/wallet/qr/pay", holder, {"payload": qr["payload"]},
+                            key=str(uuid.uuid4()), expect=200)
+    _, seen, _ = await call("GET", f"/v1/payments/{paid['id']}", secret, expect=200)
+    print(f"   {paid['id']}: {paid['status']}, Alice paid {money(paid['discount']['amount_paid_by_holder'])};"
+          f" the merchant received {money(seen['amount_received'])} (fee {money(seen['fee'])})")
+    _, benefits, _ = await call("GET", "/v1/wallet/benefits", holder, expect=200)
+    print("   Alice's benefits: " + ", ".join(f"{b['kind']} {money(b['amount'])} {b['currency']} from"
+                                             f" {b['campaign_name']}" for b in benefits["data"]))
+
+
+async def conversion(call: Call, ops: str, holder: str, money: Money) -> None:
+    """Today's rates from a CSV file; Alice converts 100.00 CNY to USD at a quote, which a second use refuses."""
+    csv = ("base,quote,rate,spread_bps,valid_from,valid_until\n"
+           "USD,CNY,7.1234,50,,\nEUR,CNY,7.7021,50,,\n")
+    _, imported, _ = await call("POST", "/v1/operator/fx_rates/import", ops, {"content": csv},
+                                key=str(uuid.uuid4()), expect=201)
+    print(f"   operator imported {imported['rates_created']} rates from CSV: USD/CNY 7.1234, EUR/CNY 7.7021 (spread 50 bp)")
+    _, quote, _ = await call("POST", "/v1/wallet/fx_quotes", holder,
+                             {"from_currency": "CNY", "to_currency": "USD", "sell_amount": 10_000}, expect=201)
+    print(f"   quote {quote['id']}: sell {money(quote['sell_amount'])} CNY at {Decimal(quote['rate']):.6f} (exact: {quote['rate']}),"
+          f" receive {money(quote['receive_amount'])} USD (fee {money(quote['fee'])}), valid until"
+          f" {quote['expires_at'][11:19]} UTC")
+    _, converted, _ = await call("POST", "/v1/wallet/conversions", holder, {"quote": quote["id"]},
+                                 key=str(uuid.uuid4()), expect=201)
+    balances = ", ".join(f"{money(b['available'])} {b['currency']}" for b in converted["balances"])
+    print(f"   {converted['id']}: converted; balances now {balances}")
+    status, again, _ = await call("POST", "/v1/wallet/conversions", holder, {"quote": quote["id"]},
+                                  key=str(uuid.uuid4()))
+    print(f"   the same quote once more: HTTP {status} {again['error']['code']}")
+
+
+async def budget_reminder(call: Call, secret: str, holder: str, money: Money) -> None:
+    """A dining budget set just above this month's spending: the next payment crosses 80% and a reminder arrives."""
+    _, insights, _ = await call("GET", "/v1/wallet/insights", holder, expect=200)
+    cny = next(c for c in insights["currencies"] if c["currency"] == "CNY")
+    dining = next((c["total"] for c in cny["by_category"] if c["category"] == "dining"), 0)
+    amount = dining * 5 // 4 + 125  # 80% of it is 1.00 above what she spent
+    _, budget, _ = await call("POST", "/v1/wallet/budgets", holder, {"category": "dining", "currency": "CNY",
+                              "amount": amount}, expect=201)
+    print(f"   Alice spent {money(dining)} CNY on dining in {insights['month']} ({insights['time_zone']});"
+          f" she sets a monthly dining budget of {money(amount)}")
+    _, payment, _ = await call("POST", "/v1/payments", secret, {"amount": 300, "currency": "CNY",
+                               "merchant_reference": "T1-0008", "description": "Tea"}, key="order-T1-0008", expect=201)
+    await call("POST", f"/v1/wallet/payments/{payment['id']}/pay", holder, {}, key=str(uuid.uuid4()), expect=200)
+    deadline = time.monotonic() + REMINDER_WAIT_S
+    while True:
+        _, page, _ = await call("GET", "/v1/wallet/notifications?limit=20", holder, expect=200)
+        found = [n for n in page["data"] if n["kind"] == "budget.reminder" and n["data"].get("budget") == budget["id"]]
+        if found or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.25)
+    if not found:
+        raise RuntimeError("no budget reminder arrived")
+    data = found[0]["data"]
+    print(f"   a {money(300)} CNY tea later: notification {found[0]['kind']} at {data['threshold_percent']}%"
+          f" (spent {money(data['spent'])} of {money(data['amount'])})")
