@@ -24,7 +24,10 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+from urllib.parse import urlsplit
+
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import NoScriptError, RedisError
 
 from gateway import metrics
@@ -93,17 +96,27 @@ class LocalBuckets:
         return decision.wait_s
 
 
+def client(settings: RedisSettings) -> aioredis.Redis:
+    """The Redis client: of ``url``, or with ``sentinels`` of the master they name ``sentinel_service``
+    (asked again after a connection fails, so a failover is followed; ``url`` then gives the database
+    number and password only)."""
+    options: dict[str, Any] = {"socket_timeout": settings.timeout_s, "socket_connect_timeout": settings.timeout_s,
+                               "retry_on_timeout": False, "health_check_interval": 0, "max_connections": 64}
+    if not settings.sentinels:
+        return aioredis.Redis.from_url(settings.url, **options)
+    parts = urlsplit(settings.url)
+    database = int(parts.path.strip("/") or 0) if parts.scheme != "unix" else 0
+    sentinel = Sentinel(settings.sentinel_addresses(), socket_timeout=settings.timeout_s,  # type: ignore[no-untyped-call]
+                        socket_connect_timeout=settings.timeout_s)
+    master: aioredis.Redis = sentinel.master_for(settings.sentinel_service, db=database, password=parts.password,
+                                                 username=parts.username, **options)
+    return master
+
+
 class Accelerator:
     def __init__(self, settings: RedisSettings) -> None:
         self.settings = settings
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
-            settings.url,
-            socket_timeout=settings.timeout_s,
-            socket_connect_timeout=settings.timeout_s,
-            retry_on_timeout=False,
-            health_check_interval=0,
-            max_connections=64,
-        )
+        self.client = client(settings)
         self._down_until_s = 0.0
         self.last_error: str | None = None
         self._take_script = self.client.register_script(_TAKE_LUA)

@@ -77,6 +77,8 @@ API_KEY_CACHE_LOOKUPS = Counter("gateway_api_key_cache_lookups_total", "API key 
 REDIS_BREAKER_OPEN = Gauge("gateway_redis_breaker_open",
                            "1 from a failed Redis call until Redis answers again (skipped meanwhile), else 0",
                            multiprocess_mode="livemax")
+DB_REPLICA_FALLBACKS = Counter("gateway_db_replica_fallbacks_total",
+                               "Stale reads that found the replica unreachable (each sends them to the primary for a while)")
 REDIS_FAILURES = Counter("gateway_redis_failures_total", "Redis calls that failed (each opens the breaker)")
 
 # Background loops (gateway.workers). Every process measures the lag as its expiry tick starts (normally

@@ -54,10 +54,26 @@ class DatabaseSettings(Section, frozen=True):
     idle_in_transaction_timeout_s: float = 5.0
     connection_check_interval_s: float = 1.0
     connect_wait_s: float = 30.0
+    # A streaming replica for reads that may be stale (gateway.store.replica); empty: the primary serves all.
+    replica_url: str = ""
+    replica_backoff_s: float = 5.0
 
 
 class RedisSettings(Section, frozen=True):
     url: str = "redis://127.0.0.1:6379/0"
+    # Through Redis Sentinel: "host:port,host:port" of the sentinels (then url gives only the database number
+    # and password) and the name they monitor the master under; empty: url is the server.
+    sentinels: str = ""
+    sentinel_service: str = "mymaster"
+
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        found = []
+        for item in filter(None, (a.strip() for a in self.sentinels.split(","))):
+            host, sep, port = item.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError("redis.sentinels is a comma-separated list of host:port")
+            found.append((host.strip("[]"), int(port)))
+        return found
     timeout_s: float = 0.25
     backoff_s: float = 5.0
 
@@ -408,6 +424,13 @@ class Settings(Section, frozen=True):
     def __post_init__(self) -> None:
         _check_url("database.url", self.database.url, ("postgresql", "postgres"), port=False)
         _check_url("redis.url", self.redis.url, ("redis", "rediss", "unix"), port=True)
+        if self.database.replica_url:
+            _check_url("database.replica_url", self.database.replica_url, ("postgresql", "postgres"), port=False)
+        if self.database.replica_backoff_s <= 0:
+            raise ValueError("database.replica_backoff_s is positive")
+        self.redis.sentinel_addresses()  # refuses a malformed list by name
+        if self.redis.sentinels and not self.redis.sentinel_service:
+            raise ValueError("redis.sentinel_service names the master the sentinels monitor")
         if self.auth.key_mode not in ("test", "live"):
             raise ValueError(f"auth.key_mode is 'test' or 'live', got {self.auth.key_mode!r}")
         if self.issuer.imk_hex and len(self.issuer.imk) != 16:

@@ -107,7 +107,7 @@ class Overview:
 async def overview(svc: Services, code: str, today: date) -> Overview:
     cur = currency(code)
     start = today - timedelta(days=OVERVIEW_DAYS - 1)
-    async with svc.db.connection() as conn:
+    async with svc.stale() as conn:
         rows = await store.daily_series(conn, start, today, cur.code)
         open_count = await store.open_exception_count(conn)
     days = [Day(r["day"], r["volume_minor"], r["fee_minor"], r["payout_minor"], r["bank_entries"],
@@ -148,7 +148,7 @@ async def settlement(svc: Services, merchant: str | None, day_from: str | None,
                      day_to: str | None) -> tuple[list[Row], list[Row]]:
     """Batches and payouts, filtered by merchant and business date."""
     merchant_id, start, end = _merchant(merchant), _day(day_from, "from"), _day(day_to, "to")
-    async with svc.db.connection() as conn:
+    async with svc.stale() as conn:
         batch_rows = await store.batches(conn, merchant_id, start, end, LIST_LIMIT)
         payout_rows = await store.payouts(conn, merchant_id, start, end, LIST_LIMIT)
     batches = [Row(encode(Kind.SETTLEMENT_BATCH, r["id"]), {
@@ -192,7 +192,7 @@ async def search_payments(svc: Services, q: Search) -> list[Row]:
         if payment_id is None:
             return []
     amount = Money.parse(q.amount.strip(), q.currency).amount_minor if q.amount else None
-    async with svc.db.connection() as conn:
+    async with svc.stale() as conn:
         rows = await store.search_payments(
             conn, payment_id=payment_id, merchant_reference=q.reference.strip() or None,
             phone=q.phone.strip() or None, amount_minor=amount, day=_day(q.day, "day"), limit=LIST_LIMIT)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
@@ -19,7 +20,8 @@ from gateway.services.revocations import SessionRevocations
 from gateway.settings import PromotionSettings, Settings
 from gateway.services.batching import Batcher
 from gateway.store import payments as payment_store
-from gateway.store.db import Database
+from gateway.store.db import Connection, Database
+from gateway.store.replica import StaleReads
 from gateway.store.idempotency import Done
 
 
@@ -40,10 +42,16 @@ class Services:
     codes_due: asyncio.Event = field(default_factory=asyncio.Event)  # wakes this process's sign-in code sender
     # The live promotion campaigns; loaded only while the app keeps it ``refreshing``.
     campaigns: CampaignCache = field(default_factory=lambda: CampaignCache(PromotionSettings()))
+    reads: StaleReads | None = None  # reads that may lag (None: the primary, ``db``)
 
     @staticmethod
     def now() -> datetime:
         return datetime.now(UTC)
+
+    def stale(self) -> AbstractAsyncContextManager[Connection]:
+        """A connection for a read that may lag (lists, history, reports, charts): the replica's when one is
+        set (gateway.store.replica). Never for the money path or anything a decision is taken on."""
+        return self.reads.connection() if self.reads is not None else self.db.connection()
 
     def local_day(self, at: datetime) -> date:
         """The day the daily caps count in."""
@@ -60,11 +68,13 @@ class Services:
             tiers=settings.tiers.tiers(), pin_thresholds_minor=settings.wallet.pin_threshold_minor,
             limits_zone=ZoneInfo(settings.wallet.limits_timezone), pay_batches=_pay_batcher(db, settings),
             revocations=SessionRevocations(db, settings),
-            campaigns=CampaignCache(settings.promotions),
+            campaigns=CampaignCache(settings.promotions), reads=await StaleReads.connect(db, settings.database),
         )
 
     async def stop(self) -> None:
         await self.accel.close()
+        if self.reads is not None:
+            await self.reads.close()
         await self.db.close()
 
 

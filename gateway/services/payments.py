@@ -328,7 +328,7 @@ def _list_filter(q: ListQuery) -> store.ListFilter:
 async def list_payments(svc: Services, who: Principal, page: PageRequest, q: ListQuery) -> views.PaymentList:
     assert who.merchant_id is not None
     query = store.merchant_payments(who.merchant_id, _list_filter(q))
-    async with svc.db.connection() as conn:
+    async with svc.stale() as conn:
         rows, has_more = await pages.read(conn, query, page, partial(decode, Kind.PAYMENT))
     return views.PaymentList(data=[_merchant_view(svc, r) for r in rows], has_more=has_more)
 

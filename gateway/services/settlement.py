@@ -243,7 +243,7 @@ async def get_batch(svc: Services, who: Principal, text: str) -> views.Settlemen
 
 async def list_batches(svc: Services, who: Principal, page: PageRequest) -> views.SettlementBatchList:
     assert who.merchant_id is not None
-    async with svc.db.connection() as conn:
+    async with svc.stale() as conn:
         rows, has_more = await pages.read(conn, store.merchant_batches(who.merchant_id), page,
                                           partial(decode, Kind.SETTLEMENT_BATCH))
     return views.SettlementBatchList(data=[views.settlement_batch_view(r) for r in rows], has_more=has_more)
@@ -251,7 +251,7 @@ async def list_batches(svc: Services, who: Principal, page: PageRequest) -> view
 
 async def list_payouts(svc: Services, who: Principal, page: PageRequest) -> views.PayoutList:
     assert who.merchant_id is not None
-    async with svc.db.connection() as conn:
+    async with svc.stale() as conn:
         rows, has_more = await pages.read(conn, store.merchant_payouts(who.merchant_id), page,
                                           partial(decode, Kind.PAYOUT))
     return views.PayoutList(data=[views.payout_view(r) for r in rows], has_more=has_more)

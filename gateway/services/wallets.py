@@ -171,7 +171,7 @@ def _posting_id(text: str) -> int | None:
 
 async def history(svc: Services, who: Principal, currency_code: str | None, page: PageRequest) -> views.TransactionList:
     code = currency(currency_code).code if currency_code else None
-    async with svc.db.connection() as conn:
+    async with svc.stale() as conn:
         rows, has_more = await pages.read(conn, store.history(who.id, code), page, _posting_id)
     data = [
         views.TransactionView(

@@ -219,7 +219,7 @@ async def list_events(svc: Services, who: Principal, page: pages.PageRequest, q:
     object_id = _id(Kind.PAYMENT, q.payment, "payment", "payment") if q.payment is not None else None
     match = events_store.EventFilter(object_id=object_id, type=q.type, created_gte=pages.instant(q.created_gte_s),
                                      created_lt=pages.instant(q.created_lt_s))
-    async with svc.db.connection() as conn:
+    async with svc.stale() as conn:
         rows, has_more = await pages.read(conn, events_store.events_query(scope, match, every_merchant=every), page,
                                           partial(decode, Kind.EVENT))
     return views.EventList(data=[views.event_view(r) for r in rows], has_more=has_more)
