@@ -35,7 +35,7 @@ from tests import canary
 from tests.e2e.harness import OPERATOR_EMAIL, OPERATOR_PASSWORD, REPO_ROOT, Api, GatewayProcess, Holder, Shop
 from tests.e2e.harness import free_tcp_port
 from tests.fault import bank, checker
-from tests.fault.client import BankClient
+from tests.fault.client import BankClient, Stats
 from tests.fault.cluster import PG_BIN, READY_TIMEOUT_S, REDIS_SERVER, PostgresCluster, RedisServer
 from tests.fault.journal import Journal, Op
 
@@ -270,16 +270,17 @@ class Bank:
         wallets = [await shop.holder(top_up=TOP_UP_MINOR) for _ in range(holders)]
         return cls(pg, gateways, session, [shop], wallets, workdir)
 
-    async def run(self, urls: list[str], duration_s: float, during: Callable[[], Awaitable[None]],
-                  workers: int = 6, seed: int = 14) -> tuple[list[Op], list[str]]:
-        """Payments (create, pay, some refunds) through ``urls`` for ``duration_s`` while ``during`` runs; then
-        every op journaled so far (each run its own ``seed``, so its own keys) and the checker's anomalies (lost or doubled payments, refunds, balances, events,
+    async def run(self, urls: list[str], duration_s: float, during: Callable[[BankClient], Awaitable[None]] | None = None,
+                  workers: int = 6, seed: int = 14) -> tuple[list[Op], list[str], Stats]:
+        """Payments (create, pay, some refunds) through ``urls`` for ``duration_s`` while ``during(client)`` runs (the faults); then
+        every op journaled so far (each run its own ``seed``, so its own keys) and the checker's anomalies, and what the client saw of each attempt (lost or doubled payments, refunds, balances, events,
         idempotency, ledger invariants, calls that never got a definite answer)."""
         journal = Journal(self.workdir / "journal.sqlite3")
         try:
             client = BankClient(urls, self.session, journal, self.shops, self.holders, seed=seed, t0=time.monotonic())
             load = asyncio.create_task(client.run(workers, duration_s, duration_s + 20))
-            await during()
+            if during is not None:
+                await during(client)
             await asyncio.wait_for(load, duration_s + 60)
             if client.unresolved:
                 await client.drain(client.now_s() + 20)
@@ -296,7 +297,7 @@ class Bank:
                      *checker.check_balances(ops, snap, world), *checker.check_events(snap),
                      *checker.check_idempotency(ops, snap), *checker.check_invariants(snap),
                      *checker.check_liveness(ops)]
-        return ops, anomalies
+        return ops, anomalies, client.stats
 
 
 def paid(ops: list[Op]) -> int:
