@@ -8,6 +8,7 @@ Invariants:
 - a replica that cannot be reached is never a reason to fail: the read falls back to the primary
   and the replica is left alone for ``replica_backoff_s`` (a circuit breaker, as for Redis). A read
   that was already running on it when it died answers 503 (retryable), the next ones go to the primary;
+- a read the replica cancels for a conflict with recovery answers 503 (retryable), never 500;
 - the replica's pool opens no connection at start (``pool_min`` 0): the gateway starts without it.
 """
 
@@ -18,6 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import asyncpg
 import msgspec
 
 from gateway import metrics
@@ -26,6 +28,9 @@ from gateway.settings import DatabaseSettings
 from gateway.store.db import Connection, Database, address
 
 log = logging.getLogger(__name__)
+# What a hot standby raises when it cancels a query in the way of replay (SQLSTATE 40001, or 40P01 for a
+# buffer pin deadlock): a retryable 503 here, not a bug (``Database.run`` retries these on the primary).
+_CONFLICTS = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 
 
 class StaleReads:
@@ -73,6 +78,9 @@ class StaleReads:
                 if exc.code == "database_unavailable":
                     self._failed(exc)
                 raise
+            except _CONFLICTS as exc:  # the replica cancelled the read to replay WAL that conflicts with it
+                raise Unavailable("the read replica cancelled the read (a conflict with recovery); retry",
+                                  code="database_busy") from exc
 
     async def close(self) -> None:
         if self.replica is not None:
