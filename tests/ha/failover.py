@@ -38,6 +38,7 @@ from pathlib import Path
 
 import aiohttp
 
+from tests import canary
 from tests.e2e.harness import OPERATOR_EMAIL, OPERATOR_PASSWORD, Api, GatewayProcess, Shop, free_tcp_port
 from tests.fault import checker
 from tests.fault.bank import DRAIN_S, GIVE_UP_AFTER_STOP_S, TOP_UP_MINOR, Cleanup, _holder_ids, _kill_gateway, \
@@ -183,8 +184,11 @@ async def run(options: Options, *, out: Callable[[str], None] = print, cleanup: 
                      "GATEWAY_AUTH_WALLET_TOKEN_TTL_S": "7200", "GATEWAY_AUTH_OPERATOR_TOKEN_TTL_S": "7200",
                      "GATEWAY_IDEMPOTENCY_LOCK_TIMEOUT_S": "3"}
         for index in range(options.gateways):
+            # Under pytest the secret canary scans what every gateway logged (tests/canary.py).
+            log_path = (canary.log_path(f"ha-{options.seed}-gateway-{index}.log") if canary.active()
+                        else workdir / f"gateway-{index}.log")
             gateway = GatewayProcess(free_tcp_port(), DATABASE, overrides, db_url=url, redis_url=redis.url,
-                                     log_path=workdir / f"gateway-{index}.log")
+                                     log_path=log_path)
             gateways.append(gateway)
             cleanup.push(functools.partial(_kill_gateway, gateway))
         await gateways[0].cli("migrate", timeout_s=60)

@@ -27,8 +27,7 @@ def _why_not() -> str | None:
     return None
 
 
-# Deselect with ``-m "not ha_run"``.
-pytestmark = [pytest.mark.ha_run, pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")]
+pytestmark = pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")
 
 
 async def test_payments_survive_two_failovers() -> None:
