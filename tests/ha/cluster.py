@@ -229,6 +229,16 @@ class HACluster:
                     and (running < 2 or "sync_standby" in roles))
         self.wait_for(healthy, "every node up with a synchronous standby", timeout_s)
 
+    def switchover(self, node: Node) -> None:
+        """A planned handover (maintenance): Patroni demotes ``node`` and promotes its synchronous standby."""
+        candidate = next(m["name"] for m in self.members() if m.get("role") == "sync_standby")
+        request = urllib.request.Request(
+            f"http://{HOST}:{node.rest_port}/switchover", method="POST",
+            data=json.dumps({"leader": node.name, "candidate": candidate}).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as resp:  # noqa: S310 - loopback REST API
+            assert resp.status == 200, resp.read()
+
     def kill_postmaster(self, node: Node) -> int:
         """SIGKILL the node's postmaster only (Patroni lives on and sees it gone)."""
         pid = node.postmaster_pid()

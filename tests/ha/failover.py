@@ -1,20 +1,21 @@
-"""Payments through a real PostgreSQL failover: ``./dev ha-test [--nodes 3] [--failovers 2] ...``
+"""Payments through real PostgreSQL failovers: ``./dev ha-test [--nodes 3] [--failovers 3] ...``
 
 Builds an etcd member and N Patroni-managed PostgreSQL 15 nodes with synchronous replication
 (tests/ha/cluster.py, from deploy/patroni/node.yml), a private Redis, and several ``gateway serve``
 processes whose database URL lists every node with ``target_session_attrs=read-write`` (the driver
 connects to whichever node is the primary now). The fault harness's bank client (keys journaled
 first, each call retried under its key until a definite answer) drives payments throughout while
-the primary is killed, in turn: SIGKILL of its postmaster (Patroni, still alive, hands over at
-once: ``primary_start_timeout: 0``), then SIGKILL of its whole node (Patroni too: the standby
-takes over when the leader lock expires). After each failover the old primary is brought back
-and must rejoin as a standby of the new one (``use_pg_rewind``).
+the primary goes, in turn: SIGKILL of its postmaster (Patroni, still alive, hands over at once:
+``primary_start_timeout: 0``), SIGKILL of its whole node (Patroni too: the standby takes over
+when the leader lock expires), a planned switchover (every node up, none writable for a moment).
+After each failover the old primary is brought back and must rejoin as a standby of the new one
+(``use_pg_rewind``).
 
 Then, on the new primary, everything tests/fault/checker.py proves of a bank run: no acknowledged
 payment lost, none charged twice, every balance and event as the client's answers say, the ledger
 invariants hold, and no 500 (a call during the outage is a retryable 503). Printed: payments,
 failovers, lost payments, and per failover the promotion time (kill -> a new writable primary) and
-the time without service (kill -> first successful call sent after the kill).
+the time without service (the longest time no call succeeded, from the kill to the rejoining).
 
 Invariants: every wait is bounded; every process started here is killed and every temporary
 directory removed, on success, on failure and at interpreter exit.
@@ -51,7 +52,9 @@ from tests.fault.schedule import Fault, FaultKind
 from tests.ha.cluster import HACluster, Node
 
 DATABASE = "gateway"
-KINDS = ("postmaster", "node")  # what each failover kills, in turn
+# What each failover does to the primary, in turn: SIGKILL of its postmaster, SIGKILL of its whole
+# node, a planned switchover (demoted while every node is up: no host accepts writes for a moment).
+KINDS = ("postmaster kill", "node kill", "switchover")
 REJOIN_TIMEOUT_S = 90.0
 PROMOTION_TIMEOUT_S = 60.0
 
@@ -60,7 +63,7 @@ PROMOTION_TIMEOUT_S = 60.0
 class Options:
     seed: int
     nodes: int = 3
-    failovers: int = 2
+    failovers: int = 3
     gateways: int = 3
     workers: int = 8
     merchants: int = 2
@@ -74,7 +77,7 @@ class Failover:
     old: str
     new: str | None = None
     promoted_s: float | None = None   # kill -> a writable primary on another node
-    downtime_s: float | None = None   # kill -> the first successful call sent after the kill
+    downtime_s: float | None = None   # the longest time without a successful call, from the kill on
     rejoined_s: float | None = None   # kill -> the old primary streaming again as a standby
     rewound: bool = False             # Patroni ran pg_rewind on the old primary
 
@@ -105,7 +108,7 @@ class Report:
         for i, f in enumerate(self.failovers, 1):
             def s(value: float | None) -> str:
                 return f"{value:.1f} s" if value is not None else "never"
-            out.append(f"  failover {i}: kill {f.kind} of {f.old} -> {f.new or 'none'} primary after "
+            out.append(f"  failover {i}: {f.kind} of {f.old} -> {f.new or 'none'} primary after "
                        f"{s(f.promoted_s)}; without service {s(f.downtime_s)}; {f.old} rejoined as standby after "
                        f"{s(f.rejoined_s)}{' (pg_rewind)' if f.rewound else ''}")
         out.append(f"anomalies: {len(self.anomalies)}")
@@ -113,11 +116,16 @@ class Report:
         return out
 
 
-def downtime_s(observations: list[Observation], kill_s: float) -> float | None:
-    """From the kill to the first success of a call sent after it: how long no payment went through."""
-    times = [o.received_s for o in observations
-             if o.status is not None and 200 <= o.status < 300 and o.sent_s >= kill_s]
-    return min(times) - kill_s if times else None
+def downtime_s(observations: list[Observation], from_s: float, to_s: float) -> float | None:
+    """The longest time without a successful answer between ``from_s`` (the fault) and ``to_s`` (the
+    old primary rejoined), counted from the last success before the fault; None if none came after."""
+    times = sorted(o.received_s for o in observations if o.status is not None and 200 <= o.status < 300)
+    before = [t for t in times if t < from_s][-1:]
+    during = [t for t in times if from_s <= t <= to_s]
+    if not during:
+        return None
+    points = [*before, *during]
+    return max((b - a for a, b in zip(points, points[1:], strict=False)), default=during[0] - from_s)
 
 
 def _rewound(node: Node, offset: int) -> bool:
@@ -129,11 +137,13 @@ async def _fail_over(cluster: HACluster, kind: str, now_s: Callable[[], float]) 
     assert old is not None, "no primary before the failover"
     failover = Failover(kind, old.name)
     log_offset = len(old.log_path.read_text(errors="replace"))
-    if kind == "postmaster":
+    if kind == "postmaster kill":
         cluster.kill_postmaster(old)
-    else:
+    elif kind == "node kill":
         await asyncio.to_thread(cluster.kill_node, old)
     kill_s = now_s()  # once the signals are sent: a call before that may still rightly succeed
+    if kind == "switchover":  # timed from the request: it returns once the handover is done
+        await asyncio.to_thread(cluster.switchover, old)
     window = Window(Fault(len(cluster.nodes), FaultKind.PG_CRASH, kill_s, 0.0, None), kill_s)
 
     def promoted() -> bool:
@@ -144,7 +154,7 @@ async def _fail_over(cluster: HACluster, kind: str, now_s: Callable[[], float]) 
     failover.new = new.name if new else None
     failover.promoted_s = now_s() - kill_s
     window.end_s = now_s()
-    if kind == "node":  # the host comes back: its Patroni starts and must follow the new primary
+    if kind == "node kill":  # the host comes back: its Patroni starts and must follow the new primary
         await asyncio.to_thread(cluster.start_node, old)
 
     def rejoined() -> bool:
@@ -237,9 +247,10 @@ async def run(options: Options, *, out: Callable[[str], None] = print, cleanup: 
             ops = reader.load()
             reader.close()
         for failover, kill_s in zip(report.failovers, kills, strict=True):
-            failover.downtime_s = downtime_s(client.stats.observations, kill_s)
+            assert failover.rejoined_s is not None
+            failover.downtime_s = downtime_s(client.stats.observations, kill_s, kill_s + failover.rejoined_s)
             if failover.downtime_s is None:
-                report.anomalies.append(f"no call succeeded after the {failover.kind} kill of {failover.old}")
+                report.anomalies.append(f"no call succeeded after the {failover.kind} of {failover.old}")
         snapshot = await _snapshot(url)  # on the new primary, through the same failover list
         report.anomalies += checker.check(ops, snapshot, world, client.stats.observations, windows,
                                           in_use_limit_s=10.0, gateway_count=options.gateways)
@@ -268,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="./dev ha-test", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, default=3, help="Patroni nodes (2 or more)")
-    parser.add_argument("--failovers", type=int, default=2, help="failovers, alternating postmaster and node kills")
+    parser.add_argument("--failovers", type=int, default=3, help="failovers: a postmaster kill, a node kill, a switchover, in turn")
     parser.add_argument("--gateways", type=int, default=3)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--gap", type=float, default=10.0, help="seconds of load before each failover")

@@ -1,5 +1,5 @@
 """The short HA run (tests/ha/failover.py): two Patroni nodes with synchronous replication, two
-gateways, payments throughout a postmaster kill and then a whole-node kill of the primary. Every
+gateways, payments throughout a postmaster kill, a whole-node kill and a switchover of the primary. Every
 check of the bank checker must hold on the new primary, no acknowledged payment may be lost, each
 failover must end with service back and the old primary streaming again as a standby.
 ``./dev ha-test`` is the long version (three nodes, three gateways)."""
@@ -30,18 +30,18 @@ def _why_not() -> str | None:
 pytestmark = pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")
 
 
-async def test_payments_survive_two_failovers() -> None:
+async def test_payments_survive_three_failovers() -> None:
     lines: list[str] = []
 
     def out(line: str) -> None:
         lines.append(line)
         print(line, flush=True)
 
-    report = await failover.run(failover.Options(seed=14, nodes=2, failovers=2, gateways=2, workers=6, gap_s=6.0),
+    report = await failover.run(failover.Options(seed=14, nodes=2, failovers=3, gateways=2, workers=6, gap_s=6.0),
                                 out=out)
     summary = "\n".join(lines)
     assert report.anomalies == [], summary
-    assert [f.kind for f in report.failovers] == ["postmaster", "node"], summary
+    assert [f.kind for f in report.failovers] == ["postmaster kill", "node kill", "switchover"], summary
     assert report.lost == 0 and report.confirmed > 20 and report.paid > 0, summary
     for each in report.failovers:
         assert each.new is not None and each.new != each.old, summary
