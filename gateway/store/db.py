@@ -47,10 +47,13 @@ T = TypeVar("T")
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 _MIGRATION_LOCK = 0x6761_7465  # "gate"
 _RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
-# The server or the link to it went away (shutdown, crash, restart, network, a session it ended).
+# The server or the link to it went away (shutdown, crash, restart, network, a session it ended), or
+# it is no primary (any more): during a failover no host of a multi-host URL with
+# target_session_attrs=read-write accepts writes yet, and a session opened before a demotion is read-only.
 _LOST = (
     OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError, asyncpg.IdleInTransactionSessionTimeoutError, asyncpg.TooManyConnectionsError,
+    asyncpg.TargetServerAttributeNotMatched, asyncpg.ReadOnlySQLTransactionError,
 )
 # The server ended a statement that waited or ran too long (lock_timeout, statement_timeout).
 _TIMED_OUT = (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError, TimeoutError)
@@ -296,8 +299,9 @@ class DatabaseUrlInvalid(Exception):
         super().__init__(f"the driver cannot read the database URL: {why}")
 
 
-# The server is not there (yet): refused, unroutable, timed out, or still starting up.
-_UNREACHABLE = (OSError, TimeoutError, asyncpg.CannotConnectNowError)
+# The server is not there (yet): refused, unroutable, timed out, still starting up, or no host of a
+# failover list is a primary yet.
+_UNREACHABLE = (OSError, TimeoutError, asyncpg.CannotConnectNowError, asyncpg.TargetServerAttributeNotMatched)
 
 
 async def wait_until_reachable(url: str, wait_s: float, waiting: Callable[[BaseException, float], None]) -> None:

@@ -88,6 +88,7 @@ class BankClient:
         self.stats = Stats()
         self.unresolved: dict[str, Op] = {}
         self._late: set[asyncio.Task[Answer | None]] = set()
+        self._stopping = False
 
     def now_s(self) -> float:
         return time.monotonic() - self.t0
@@ -97,6 +98,10 @@ class BankClient:
 
     def _base_url(self) -> str:
         return self.base_urls[next(self._turns) % len(self.base_urls)]
+
+    def stop(self) -> None:
+        """Start no new payment from now on (the calls under way still run to a definite answer)."""
+        self._stopping = True
 
     async def _attempt(self, op: Op) -> Answer | None:
         sent_s = self.now_s()
@@ -159,7 +164,7 @@ class BankClient:
         """Payments until ``stop_s``; each call retried until ``give_up_s`` at most. Returns the count."""
         rng = random.Random(f"{self.seed}:worker:{index}")
         count = 0
-        while self.now_s() < stop_s:
+        while self.now_s() < stop_s and not self._stopping:
             count += 1
             base = f"s{self.seed}-w{index}-{count}"
             shop, holder = rng.randrange(len(self.shops)), rng.randrange(len(self.holders))
