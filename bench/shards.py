@@ -9,7 +9,8 @@ The day (defaults; each a flag):
 - 2,000 merchants in 40 cities, popularity Zipf(s=1.1) over the whole set (a few chains take most
   payments); 50,000 wallets spread over the cities by a Zipf(s=0.8) city size, activity Zipf(s=0.6);
 - 200,000 movements: 80 % payments (a wallet pays a merchant of its own city with probability 0.85,
-  else any merchant by popularity), 4 % refunds (of a payment made earlier that day), 9 % top-ups and
+  else any merchant by popularity; 30 % of them merchant-presented: the merchant creates the payment
+  before any payer is known, a QR code at checkout), 4 % refunds (of a payment made earlier that day), 9 % top-ups and
   3 % withdrawals (bank <-> wallet), 4 % conversions (a holder's wallet in one currency to its wallet
   in another);
 - then settlement: one run per merchant that was paid that day.
@@ -21,17 +22,20 @@ A), FX clearing (currency B) -> wallet; settlement moves the receivable to the p
 Platform accounts (fees, clearing) have one balance shard per database shard, as hot accounts have
 several balance shards today (accounts.shard_count), so their legs are always local.
 
-A movement whose legs live on one shard is one local transaction there. One that spans shards runs
-as the saga of docs/scaling.md: one local transaction per shard, each balanced through that shard's
-inter-shard clearing account (one extra leg each), the first also writing the movement's own rows.
+A movement whose rows and legs live on one shard is one local transaction there. One that spans
+shards runs as the saga of docs/scaling.md: one local transaction per shard touched, the movement's
+own rows on its home shard and a step record on each other; when the legs themselves span shards,
+each shard's part is balanced through that shard's inter-shard clearing account (one extra leg).
 
 Strategies (where a wallet's accounts, a merchant's accounts and a movement's own rows live):
 - ``merchant``: wallets hashed by holder, merchants by merchant; a payment's rows on the merchant's shard;
 - ``wallet``: the same hashing; a payment's rows on the payer's shard;
 - ``region``: wallets and merchants hashed by city (co-located), a payment's rows on the merchant's shard;
 - ``wallet+spread``: wallets hashed by holder and every merchant's receivable split into one
-  sub-account per shard (a payment credits the one on the payer's shard); settlement sweeps the
-  merchant's N sub-accounts.
+  sub-account per shard (a payment credits the one on the payer's shard); a payment's rows on the
+  payer's shard, except a merchant-presented one's: created before its payer is known, it stays on
+  the merchant's shard, and paying it is a status hop there while the money stays on the payer's
+  shard; settlement sweeps the merchant's N sub-accounts.
 
 Deterministic for a given ``--seed``; ``--movements`` is capped so a run stays within seconds.
 
@@ -67,6 +71,7 @@ class Movement:
     kind: str
     wallet: int  # -1 when no wallet takes part (settlement)
     merchant: int  # -1 when no merchant takes part (top-up, withdrawal, conversion)
+    presented: bool = False  # a payment (or the refund of one) the merchant created before its payer was known
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +133,7 @@ def legs(movement: Movement, placement: Placement) -> tuple[int, list[int]]:
     if placement.receivable_per_shard:
         # The receivable (and fee) legs on the payer's shard: a refund goes back to the payer, so it
         # debits the very sub-account its payment credited.
-        return w, [w, w, w]
+        return (m if movement.presented else w), [w, w, w]
     home = w if placement.rows_on_payer else m
     return home, [w, m, m]  # wallet, receivable, fees (the fee account's shard beside the receivable)
 
@@ -136,6 +141,7 @@ def legs(movement: Movement, placement: Placement) -> tuple[int, list[int]]:
 def record(tally: Tally, movement: Movement, placement: Placement) -> None:
     home, shards = legs(movement, placement)
     touched = sorted(set(shards) | {home})
+    money_crosses = len(set(shards)) > 1
     counts = tally.by_kind.setdefault(movement.kind, [0, 0])
     tally.movements += 1
     counts[0] += 1
@@ -147,7 +153,7 @@ def record(tally: Tally, movement: Movement, placement: Placement) -> None:
         tally.transactions[shard] += 1
         rows = ROWS_PER_LEG * shards.count(shard)
         rows += ROWS_MOVEMENT if shard == home else ROWS_SAGA_STEP
-        if cross:
+        if money_crosses and shard in shards:
             rows += ROWS_PER_LEG  # the leg on this shard's inter-shard clearing account
         tally.rows[shard] += rows
 
@@ -170,6 +176,7 @@ class Day:
     city_zipf: float = 0.8
     wallet_zipf: float = 0.6
     local_share: float = 0.85
+    presented_share: float = 0.30
     mix: tuple[tuple[str, float], ...] = (
         (PAYMENT, 0.80), (REFUND, 0.04), (TOP_UP, 0.09), (WITHDRAWAL, 0.03), (CONVERSION, 0.04))
 
@@ -203,14 +210,14 @@ def draw_day(day: Day, world: World, rng: random.Random) -> list[Movement]:
     activity = zipf_cumulative(day.wallets, day.wallet_zipf)
     kinds = [kind for kind, _ in day.mix]
     kind_weights = list(itertools.accumulate(share for _, share in day.mix))
-    paid: list[tuple[int, int]] = []
+    paid: list[tuple[int, int, bool]] = []
     out: list[Movement] = []
     for _ in range(day.movements):
         kind = rng.choices(kinds, cum_weights=kind_weights)[0]
         wallet = rng.choices(range(day.wallets), cum_weights=activity)[0]
         if kind == REFUND and paid:
-            payer, merchant = paid[rng.randrange(len(paid))]
-            out.append(Movement(REFUND, payer, merchant))
+            payer, merchant, presented = paid[rng.randrange(len(paid))]
+            out.append(Movement(REFUND, payer, merchant, presented))
         elif kind in (PAYMENT, REFUND):  # a refund before any payment is drawn as a payment
             local = by_city.get(world.wallet_city[wallet])
             if local is not None and rng.random() < day.local_share:
@@ -218,11 +225,12 @@ def draw_day(day: Day, world: World, rng: random.Random) -> list[Movement]:
                 merchant = members[bisect.bisect_left(cumulative, rng.random() * cumulative[-1])]
             else:
                 merchant = rng.choices(range(day.merchants), cum_weights=popularity)[0]
-            paid.append((wallet, merchant))
-            out.append(Movement(PAYMENT, wallet, merchant))
+            presented = rng.random() < day.presented_share
+            paid.append((wallet, merchant, presented))
+            out.append(Movement(PAYMENT, wallet, merchant, presented))
         else:
             out.append(Movement(kind, wallet, -1))
-    out.extend(Movement(SETTLEMENT, -1, merchant) for merchant in sorted({m for _, m in paid}))
+    out.extend(Movement(SETTLEMENT, -1, merchant) for merchant in sorted({m for _, m, _ in paid}))
     return out
 
 
@@ -272,15 +280,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cities", type=bounded(int, 1, 10_000), default=DEFAULT_DAY.cities)
     parser.add_argument("--merchant-zipf", type=bounded(float, 0.0, 3.0), default=DEFAULT_DAY.merchant_zipf)
     parser.add_argument("--local-share", type=bounded(float, 0.0, 1.0), default=DEFAULT_DAY.local_share)
+    parser.add_argument("--presented-share", type=bounded(float, 0.0, 1.0), default=DEFAULT_DAY.presented_share)
     parser.add_argument("--strategy", choices=STRATEGIES, action="append", help="default: all")
     args = parser.parse_args(argv)
     day = Day(merchants=args.merchants, wallets=args.wallets, cities=args.cities, movements=args.movements,
-              merchant_zipf=args.merchant_zipf, local_share=args.local_share)
+              merchant_zipf=args.merchant_zipf, local_share=args.local_share,
+              presented_share=args.presented_share)
     rng = random.Random(args.seed)
     world = draw_world(day, rng)
     movements = draw_day(day, world, rng)
     print(f"{args.shards} shards, seed {args.seed}: {day.merchants:,} merchants (Zipf {day.merchant_zipf}) in "
-          f"{day.cities} cities, {day.wallets:,} wallets, {len(movements):,} movements incl. settlement runs")
+          f"{day.cities} cities, {day.wallets:,} wallets, {len(movements):,} movements incl. settlement runs,"
+          f" {day.presented_share:.0%} of payments merchant-presented")
     for strategy in args.strategy or STRATEGIES:
         report(strategy, replay(movements, placement(strategy, world, args.shards)), print)
 

@@ -73,6 +73,17 @@ def test_spread_receivable_keeps_payments_and_refunds_local_and_sweeps_every_sha
     assert tally.transactions == [1, 1, 3]
 
 
+def test_a_merchant_presented_payment_is_a_status_hop_when_receivables_are_spread() -> None:
+    """Created before its payer is known, it stays on the merchant's shard; the money stays on the payer's."""
+    tally = sim.replay([sim.Movement(sim.PAYMENT, 0, 0, presented=True)], _placement([1], [0], 2, spread=True))
+    assert tally.cross_shard == 1
+    # merchant's shard: the payment's own rows only; payer's: 3 legs and a step record, no clearing leg
+    assert tally.rows == [4, 3 * 2 + 2]
+    # without the spread receivable the money itself crosses: clearing legs on both shards
+    crossing = sim.replay([sim.Movement(sim.PAYMENT, 0, 0, presented=True)], _placement([1], [0], 2))
+    assert crossing.rows == [2 * 2 + 4 + 2, 2 + 2 + 2]
+
+
 def test_wallet_only_movements_never_cross() -> None:
     day = [sim.Movement(kind, 0, -1) for kind in (sim.TOP_UP, sim.WITHDRAWAL, sim.CONVERSION)]
     tally = sim.replay(day, _placement([1], [], 2))
@@ -92,10 +103,16 @@ def test_a_day_is_deterministic_and_strategies_order_as_expected() -> None:
     assert run(7, "merchant", 4) != run(8, "merchant", 4)
     assert run(7, "merchant", 1).cross_shard == 0
     spread, by_merchant = run(7, "wallet+spread", 4), run(7, "merchant", 4)
-    assert spread.by_kind[sim.PAYMENT][1] == 0
+    # Only merchant-presented payments (30 %) can cross, and then only when payer and merchant differ.
+    assert 0.30 * 0.65 < spread.by_kind[sim.PAYMENT][1] / spread.by_kind[sim.PAYMENT][0] < 0.30 * 0.85
     # Every movement is counted once, settlement once per merchant paid that day.
     assert spread.movements == by_merchant.movements > 5000
-    assert spread.cross_shard == spread.by_kind[sim.SETTLEMENT][0]
+    assert spread.by_kind[sim.SETTLEMENT][1] == spread.by_kind[sim.SETTLEMENT][0]
+    all_wallet = sim.Day(merchants=200, wallets=2000, cities=10, movements=5000, presented_share=0.0)
+    rng = random.Random(7)
+    world = sim.draw_world(all_wallet, rng)
+    none_presented = sim.replay(sim.draw_day(all_wallet, world, rng), sim.placement("wallet+spread", world, 4))
+    assert none_presented.cross_shard == none_presented.by_kind[sim.SETTLEMENT][0]
     # Independent hashing over 4 shards crosses for about 3 payments in 4.
     payments, crossed = by_merchant.by_kind[sim.PAYMENT]
     assert 0.70 < crossed / payments < 0.80
