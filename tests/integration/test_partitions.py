@@ -78,9 +78,13 @@ async def test_expired_months_go_with_their_deliveries_and_months_ahead_are_made
     assert min(kept) == first and max(kept) == last and len(kept) == len(set(kept))
     assert await conn.fetchval("SELECT count(*) FROM events WHERE id = $1", old) == 0
     assert [r["event_id"] for r in await conn.fetch("SELECT event_id FROM webhook_deliveries")] == [recent]
-    # a month made ahead takes rows, and inserts go on as before
-    await conn.execute("INSERT INTO events (id, type, object_id, data, created_at) VALUES ($1, 'x', $1, '{}', $2)",
-                       uuid.uuid4(), last.start + timedelta(days=3))
+    # a month made ahead takes rows, and its fan-out trigger (cloned at attach) queues their deliveries
+    ahead = uuid.uuid4()
+    await conn.execute("INSERT INTO events (id, type, merchant_id, object_id, data, created_at)"
+                       " VALUES ($1, 'payment.succeeded', $2, $1, '{}', $3)", ahead, merchant_id,
+                       last.start + timedelta(days=3))
+    assert await conn.fetchval("SELECT event_created_at FROM webhook_deliveries WHERE event_id = $1",
+                               ahead) == last.start + timedelta(days=3)
     assert await partitions.maintain(short_retention) == partitions.Maintained((), ())
 
 
