@@ -21,6 +21,7 @@ import msgspec
 
 from gateway.domain import verification
 from gateway.domain.limits import Caps, Tier
+from gateway.domain.partitions import AHEAD_MONTHS_MAX
 from gateway.domain.throttle import Backoff, Rate
 from gateway.domain.webhooks import Backoff as WebhookBackoff
 from wallet_common.config import ConfigError, Secret, Section, build, read_toml
@@ -28,6 +29,7 @@ from wallet_common.config import ConfigError, Secret, Section, build, read_toml
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "defaults.toml"
 Currency = Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")]
 MinorUnits = Annotated[int, msgspec.Meta(ge=0)]
+IDEMPOTENCY_KEY_LIFETIME_S = 86400  # the shortest retention api-conventions.md documents
 
 
 class ServerSettings(Section, frozen=True):
@@ -111,6 +113,14 @@ class PaymentSettings(Section, frozen=True):
 class IdempotencySettings(Section, frozen=True):
     retention_s: int = 86400
     lock_timeout_s: int = 30
+
+
+class PartitionSettings(Section, frozen=True):
+    """Time-partitioned tables (migration 0023, services/partitions.py)."""
+
+    events_retention_s: int = 400 * 86400  # a year of events, audit ones included, and a month to spare
+    ahead_months: int = 3  # months created in advance: inserts find their partition even if maintenance stops
+    interval_s: float = 3600.0
 
 
 class WorkerSettings(Section, frozen=True):
@@ -420,6 +430,7 @@ class Settings(Section, frozen=True):
     notifications: NotificationSettings = NotificationSettings()
     spending: SpendingSettings = SpendingSettings()
     sign_in: SignInSettings = SignInSettings()
+    partitions: PartitionSettings = PartitionSettings()
 
     def __post_init__(self) -> None:
         _check_url("database.url", self.database.url, ("postgresql", "postgres"), port=False)
@@ -459,6 +470,14 @@ class Settings(Section, frozen=True):
                              " payments.group_commit_in_flight_max in [1, 64]")
         if self.auth.api_key_cache_ttl_s < 0 or self.auth.api_key_cache_entries_max < 1:
             raise ValueError("auth.api_key_cache_ttl_s is >= 0 (0: no cache); auth.api_key_cache_entries_max is positive")
+        if self.idempotency.retention_s < IDEMPOTENCY_KEY_LIFETIME_S:
+            raise ValueError(f"idempotency.retention_s is at least {IDEMPOTENCY_KEY_LIFETIME_S} (api-conventions.md:"
+                             " keys are kept at least 24 hours)")
+        if self.partitions.events_retention_s < self.webhooks.retry_window_s or self.partitions.interval_s <= 0:
+            raise ValueError("partitions.events_retention_s is at least webhooks.retry_window_s (a delivery being"
+                             " retried keeps its event) and partitions.interval_s is positive")
+        if not 1 <= self.partitions.ahead_months <= AHEAD_MONTHS_MAX:
+            raise ValueError(f"partitions.ahead_months is in [1, {AHEAD_MONTHS_MAX}]")
         self.throttle.backoff()  # each refuses nonsense (zero rates, a cap below the base) with ValueError
         self.throttle.per_address()
         self.throttle.overall()

@@ -121,7 +121,8 @@ def endpoint_deliveries(endpoint_id: uuid.UUID, merchant_id: uuid.UUID, status: 
                       FROM webhook_attempts WHERE delivery_id = d.id ORDER BY id DESC LIMIT {_ATTEMPTS_SHOWN}) a
                ) AS attempts"""
     return pages.Query(
-        columns=columns, source="webhook_deliveries d JOIN events ev ON ev.id = d.event_id",
+        columns=columns,
+        source="webhook_deliveries d JOIN events ev ON ev.id = d.event_id AND ev.created_at = d.event_created_at",
         key=("d.created_at", "d.id"), id_column="d.id",
         scope=(pages.cond("d.endpoint_id = {}", endpoint_id), pages.cond("d.merchant_id = {}", merchant_id)),
         filters=(pages.cond("d.status = {}", status),) if status is not None else (),
@@ -136,16 +137,17 @@ async def redeliver(
     rows = list(await conn.fetch(
         f"""
         WITH queued AS (
-            INSERT INTO webhook_deliveries AS d (id, event_id, endpoint_id, merchant_id)
-            SELECT gen_random_uuid(), $1, e.id, $3 FROM webhook_endpoints e
-             WHERE e.merchant_id = $3 AND e.status = 'enabled'
+            INSERT INTO webhook_deliveries AS d (id, event_id, event_created_at, endpoint_id, merchant_id)
+            SELECT gen_random_uuid(), $1, ev.created_at, e.id, $3 FROM webhook_endpoints e, events ev
+             WHERE ev.id = $1 AND e.merchant_id = $3 AND e.status = 'enabled'
                AND (CASE WHEN $4::uuid IS NULL THEN '*' = ANY (e.enabled_events) OR $2 = ANY (e.enabled_events)
                          ELSE e.id = $4 END)
             ON CONFLICT (event_id, endpoint_id) DO UPDATE
                SET status = 'pending', next_attempt_at = now(), window_start_at = now(), delivered_at = NULL
             RETURNING d.*
         )
-        SELECT {_DELIVERY}, '[]' AS attempts FROM queued d JOIN events ev ON ev.id = d.event_id
+        SELECT {_DELIVERY}, '[]' AS attempts FROM queued d
+          JOIN events ev ON ev.id = d.event_id AND ev.created_at = d.event_created_at
         """,
         event_id, event_type, merchant_id, endpoint_id,
     ))
@@ -178,7 +180,8 @@ async def lease(conn: Connection, delivery_ids: Sequence[uuid.UUID], lease_s: fl
         UPDATE webhook_deliveries d
            SET next_attempt_at = now() + make_interval(secs => $2), attempt_count = d.attempt_count + 1
           FROM events ev, webhook_endpoints e
-         WHERE d.id = ANY ($1::uuid[]) AND ev.id = d.event_id AND e.id = d.endpoint_id
+         WHERE d.id = ANY ($1::uuid[]) AND ev.id = d.event_id AND ev.created_at = d.event_created_at
+           AND e.id = d.endpoint_id
         RETURNING d.id, d.endpoint_id, d.merchant_id, d.attempt_count, d.window_start_at, ev.id AS event_id,
                   ev.type, ev.data::text AS data, ev.created_at, ev.actor_type, ev.actor_id, ev.request_id, e.url,
                   e.secret_sealed, e.previous_secret_sealed, e.previous_secret_expires_at, now() AS leased_at
