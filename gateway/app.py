@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.api import (  # noqa: F401  (registers endpoints)
-    admin, checkout, cors, devices, fx, payments, promotions, reconciliation, settlement, sign_in, spending, system,
+    admin, checkout, cors, devices, fx, payments, promotions, reconciliation, risk, settlement, sign_in, spending, system,
     wallet, webhooks,
 )
 from gateway.api.middlewares import observe
