@@ -10,16 +10,20 @@ Invariants:
 - the one-statement path (``payments.decide_payment``) asks ``fast_path_allowed``, answered from
   memory: True only when this process's last read of the rules, younger than ``FRESH_S``, found none.
   So with any rule active every payment takes the general path, and a rule created in another
-  process reaches the fast path of this one within ``FRESH_S`` seconds;
+  process reaches the fast path of this one within ``REFRESH_S`` seconds: the app re-reads the rules
+  every ``REFRESH_S`` in the background (``refreshing``), and after each change made in this process;
 - creating and disabling rules are idempotent (Idempotency-Key) and audited (``risk_rule.created``,
   ``risk_rule.disabled``) in their own transaction.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -37,9 +41,12 @@ from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.services.pages import PageRequest
 from gateway.store import risk as store
-from gateway.store.db import Connection
+from gateway.store.db import Connection, Database
+from gateway.tasks import cancel_and_wait
 
-FRESH_S = 5.0
+REFRESH_S = 2.0
+FRESH_S = 3 * REFRESH_S  # after 3 failed refreshes the cache cannot tell: the general path runs
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,6 +76,31 @@ async def load(conn: Connection) -> tuple[risk.Rule, ...]:
     rules = tuple(store.to_domain(r) for r in await store.active(conn))
     CACHE.saw(rules)
     return rules
+
+
+@contextlib.asynccontextmanager
+async def refreshing(db: Database) -> AsyncIterator[None]:
+    """Keep this process's view of the active rules fresh while the block runs."""
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(REFRESH_S)
+            try:
+                async with db.connection() as conn:
+                    await load(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the next period tries again; meanwhile the view goes stale
+                log.warning("risk rules load failed", extra={"error": type(exc).__name__})
+
+    with contextlib.suppress(Exception):  # the first read before serving; the loop retries a failure
+        async with db.connection() as conn:
+            await load(conn)
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        await cancel_and_wait([task])
 
 
 def declined() -> Declined:
