@@ -1,4 +1,4 @@
-"""Risk rules over real HTTP: a blocked wallet and a velocity limit decline payments (by id and by QR)
+"""Risk rules over real HTTP: a blocked wallet and a velocity limit decline payments (by id, QR and pay-code)
 with ``risk_declined``, moving no money; velocity holds under concurrency; the operator API is
 idempotent, audited, validated and operator-only. The fixtures prove the ledger invariants after each test."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from tests.integration.test_qr_paycode import _charge, _device_holder
 from tests.integration.world import Holder, Merchant, World
 
 
@@ -99,3 +100,13 @@ async def test_rule_api_idempotent_validated_and_operator_only(world: World) -> 
         assert resp.status in (401, 403, 404)
     assert (await world.call("GET", "/v1/operator/risk_rules/rsk_nope", 404, headers=world.ops))["error"][
         "param"] == "id"
+
+
+async def test_blocked_wallet_declined_by_pay_code(world: World) -> None:
+    m = await world.merchant(fee_bps=0)
+    h = await _device_holder(world, 10_000)
+    await _rule(world, kind="blocked_wallet", wallet=h.id)
+    code = (await world.call("POST", "/v1/wallet/pay_codes", 201, headers=h.headers, json={}))["code"]
+    refused = await _charge(world, m, code, 400, expect=402)
+    assert refused["error"]["code"] == "risk_declined"
+    assert await world.available(h) == 10_000 and await world.merchant_total(m) == 0
