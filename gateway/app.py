@@ -9,11 +9,12 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.api import (  # noqa: F401  (registers endpoints)
-    admin, checkout, cors, devices, fx, payments, promotions, reconciliation, settlement, sign_in, spending, system,
+    admin, checkout, cors, devices, fx, payments, promotions, reconciliation, risk, settlement, sign_in, spending, system,
     wallet, webhooks,
 )
 from gateway.api.middlewares import observe
 from gateway.api.routing import SERVICES, api
+from gateway.services import risk as risk_rules
 from gateway.services.context import Services
 from gateway.settings import Settings
 from gateway.web import checkout as web_checkout
@@ -34,7 +35,8 @@ def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
         svc = await Services.start(settings)
         app[SERVICES] = svc
         async with (svc.api_keys.listening_while(settings.database.url),  # the API key cache's push channel
-                    svc.campaigns.refreshing(svc.db, svc.now)):  # the live promotion campaigns
+                    svc.campaigns.refreshing(svc.db, svc.now),  # the live promotion campaigns
+                    risk_rules.refreshing(svc.db)):  # whether any risk rule is active
             assert svc.revocations is not None
             async with svc.revocations.listening_while(settings.database.url):  # revoked wallet sessions, pushed
                 yield

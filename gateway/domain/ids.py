@@ -46,6 +46,7 @@ class Kind(StrEnum):
     SIGN_IN_CHALLENGE = "chl"
     WALLET_DEVICE = "wd"
     SIGN_IN_MESSAGE = "sms"
+    RISK_RULE = "rsk"
 
 
 def encode(kind: Kind, value: uuid.UUID) -> str:

@@ -41,7 +41,7 @@ from gateway.domain.payments import Action, CaptureMethod, Payment, Status, chec
 from gateway.errors import (
     Declined, Forbidden, GatewayError, IdempotencyError, IdempotencyInUse, InvalidRequest, InvalidState, NotFound,
 )
-from gateway.services import pages, pins, promotions, views
+from gateway.services import pages, pins, promotions, risk, views
 from gateway.services.context import Services
 from gateway.services.idempotency import AtOnce, Refused, Reply, RequestIdentity
 from gateway.services.pages import PageRequest
@@ -407,6 +407,7 @@ async def _authorize_locked(
         raise Declined("the merchant cannot take payments now", code="merchant_unavailable")
     limits.check_payment(svc.tiers[holder["tier"]], payment.currency, holder["spent_minor"] - payment.amount_minor,
                          payment.amount_minor)
+    await risk.check(conn, holder_id, payment.currency, payment.amount_minor, now)
     confirm_s = svc.settings.wallet.confirmation_timeout_s if needs_confirmation else None
     payment = payment.authorize(holder_id, now, svc.settings.payments.authorization_ttl_s, confirm_within_s=confirm_s)
     granted = None
@@ -506,6 +507,8 @@ def decide_payment(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
         return None
     now = svc.now()
     if promotions.may_apply(svc.campaigns, head, now):  # from memory: a campaign is applied by the general path
+        return None
+    if not risk.fast_path_allowed():  # from memory: risk rules are checked by the general path
         return None
     day = svc.local_day(now)
     try:
