@@ -10,12 +10,14 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 
 from gateway.api.routing import SERVICES
 from gateway.auth import passwords
 from gateway.domain.ids import Kind, decode
 from gateway.services import payments as payment_cases
+from gateway.store import invariants
 from gateway.store import payments as payment_store
 from tests.integration.world import Holder, Merchant, World
 
@@ -267,3 +269,33 @@ async def test_the_one_statement_path_is_left_only_while_a_credit_can_apply(worl
     assert not at_once()  # whether this is the holder's first payment is the general path's question
     await world.call("POST", f"/v1/operator/campaigns/{gift['id']}/end", headers=world.ops, json={})
     assert at_once()
+
+
+async def _broken(db_url: str, break_sql: str, mend_sql: str) -> set[str]:
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(break_sql)
+        broken = {name for name, rows in (await invariants.check(conn)).items() if rows}
+        await conn.execute(mend_sql)
+        assert not any(rows for rows in (await invariants.check(conn)).values())
+    finally:
+        await conn.close()
+    return broken
+
+
+async def test_the_invariants_catch_a_cashback_or_gift_that_does_not_match(world: World, clean_db: str) -> None:
+    m = await world.merchant()
+    await _campaign(world, "cashback", percent_bps=1_000)
+    await _campaign(world, "gift_first_payment", fixed_amount=300)
+    h = await world.holder(top_up=10_000)
+    await _paid(world, m, h, 1_000)
+    assert await _broken(clean_db, "UPDATE payments SET cashback_minor = cashback_minor + 1 WHERE cashback_minor > 0",
+                         "UPDATE payments SET cashback_minor = cashback_minor - 1 WHERE cashback_minor > 0") == {
+        "promotions_account_differs_from_benefits", "cashback_differs_from_its_entry",
+        "campaign_over_budget_or_places"}
+    assert await _broken(clean_db, "UPDATE promotion_gifts SET amount_minor = amount_minor + 1",
+                         "UPDATE promotion_gifts SET amount_minor = amount_minor - 1") == {
+        "promotions_account_differs_from_benefits", "gifts_differ_from_their_entries",
+        "campaign_over_budget_or_places"}
+    assert await _broken(clean_db, "UPDATE campaign_uses SET uses = uses + 1",
+                         "UPDATE campaign_uses SET uses = uses - 1") == {"campaign_holder_over_limit"}
