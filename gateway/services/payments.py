@@ -291,11 +291,12 @@ async def get(svc: Services, who: Principal, text_id: str) -> Any:
             raise _missing(pid)
         merchant = await tenants.merchant(conn, row["merchant_id"])
         assert merchant is not None
-        offer = None
+        offer = cashback = None
         if row["status"] == Status.REQUIRES_PAYMENT_METHOD.value and row["capture_method"] == "automatic":
-            offer = await promotions.offer_for(svc.campaigns, conn, row,
-                                               who.id if who.kind is PrincipalKind.WALLET else None, svc.now())
-        return views.payer_payment_view(row, merchant["name"], offer)
+            payer = who.id if who.kind is PrincipalKind.WALLET else None
+            offer = await promotions.offer_for(svc.campaigns, conn, row, payer, svc.now())
+            cashback = await promotions.cashback_offer_for(svc.campaigns, conn, row, payer, svc.now(), offer)
+        return views.payer_payment_view(row, merchant["name"], offer, cashback)
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,11 +114,8 @@ async def grant(cache: CampaignCache, conn: Connection, row: Any, holder_id: uui
     return None
 
 
-async def offer_for(cache: CampaignCache, conn: Connection, row: Any, holder_id: uuid.UUID | None,
-                    now: datetime) -> views.DiscountOffer | None:
-    """What a preview shows: the discount paying now would get, if its places and budget last (the
-    holder's own limit is looked at; the places and budget as last loaded)."""
-    found = await _offers(cache, conn, row, now)
+async def _usable(conn: Connection, found: list[Offer], holder_id: uuid.UUID | None) -> Offer | None:
+    """The first offer whose per-holder limit the holder has not reached (places and budget as last loaded)."""
     if not found:
         return None
     used = {}
@@ -127,10 +124,30 @@ async def offer_for(cache: CampaignCache, conn: Connection, row: Any, holder_id:
     for o in found:
         limit = o.campaign.per_holder_max
         if limit is None or used.get(o.campaign.id, 0) < limit:
-            return views.DiscountOffer(campaign=views.campaign_id(o.campaign.id), amount=o.benefit_minor,
-                                       funded_by=o.campaign.funded_by.value,
-                                       amount_to_pay=row["amount_minor"] - o.benefit_minor)
+            return o
     return None
+
+
+async def offer_for(cache: CampaignCache, conn: Connection, row: Any, holder_id: uuid.UUID | None,
+                    now: datetime) -> views.DiscountOffer | None:
+    """What a preview shows: the discount paying now would get, if its places and budget last (the
+    holder's own limit is looked at; the places and budget as last loaded)."""
+    o = await _usable(conn, await _offers(cache, conn, row, now), holder_id)
+    if o is None:
+        return None
+    return views.DiscountOffer(campaign=views.campaign_id(o.campaign.id), amount=o.benefit_minor,
+                               funded_by=o.campaign.funded_by.value,
+                               amount_to_pay=row["amount_minor"] - o.benefit_minor)
+
+
+async def cashback_offer_for(cache: CampaignCache, conn: Connection, row: Any, holder_id: uuid.UUID | None,
+                             now: datetime, discount: views.DiscountOffer | None) -> views.CashbackOffer | None:
+    """What a preview shows of the cashback capturing the whole amount now would credit (none when a
+    discount applies: a payment gets one or the other)."""
+    if discount is not None:
+        return None
+    o = await _usable(conn, await _offers(cache, conn, row, now, frozenset({Rule.CASHBACK})), holder_id)
+    return None if o is None else views.CashbackOffer(campaign=views.campaign_id(o.campaign.id), amount=o.benefit_minor)
 
 
 @dataclass(frozen=True, slots=True)

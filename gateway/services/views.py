@@ -114,9 +114,11 @@ class PayerPaymentView(msgspec.Struct, kw_only=True):
     discount: DiscountView | None = None  # the promotion that discounted it, once paid
     discount_offer: DiscountOffer | None = None  # unpaid: the discount paying it now would get (a preview)
     cashback: CashbackView | None = None  # the cashback its capture credited the payer
+    cashback_offer: CashbackOffer | None = None  # unpaid: the cashback paying it now would credit (a preview)
 
 
-def payer_payment_view(row: Any, merchant_name: str, offer: DiscountOffer | None = None) -> PayerPaymentView:
+def payer_payment_view(row: Any, merchant_name: str, offer: DiscountOffer | None = None,
+                       cashback_offer: CashbackOffer | None = None) -> PayerPaymentView:
     return PayerPaymentView(
         id=ids.encode(Kind.PAYMENT, row["id"]),
         status=row["status"],
@@ -129,6 +131,7 @@ def payer_payment_view(row: Any, merchant_name: str, offer: DiscountOffer | None
         discount=discount_view(row),
         discount_offer=offer,
         cashback=cashback_view(row),
+        cashback_offer=cashback_offer,
     )
 
 
@@ -555,6 +558,7 @@ class QrPreviewView(msgspec.Struct, kw_only=True):
     expires_at: Timestamp | None
     pin_required: bool
     discount_offer: DiscountOffer | None = None  # the discount paying it now would get
+    cashback_offer: CashbackOffer | None = None  # the cashback paying it now would credit
 
 
 class PayCodeView(msgspec.Struct, kw_only=True):
@@ -815,6 +819,13 @@ def cashback_view(row: Any) -> CashbackView | None:
         return None
     return CashbackView(campaign=campaign_id(campaign), amount=row["cashback_minor"],
                         clawed_back=row["cashback_clawed_back_minor"])
+
+
+class CashbackOffer(msgspec.Struct, kw_only=True):
+    """The cashback paying now (and capturing the whole amount) would credit, while places and budget last."""
+
+    campaign: str
+    amount: int
 
 
 class DiscountOffer(msgspec.Struct, kw_only=True):

@@ -53,7 +53,13 @@ async def test_cashback_is_credited_with_an_automatic_capture(world: World) -> N
     m = await world.merchant(fee_bps=100)
     h = await world.holder(top_up=10_000)
     c = await _campaign(world, "cashback", percent_bps=500, cap=80, merchants=[m.id])
-    paid, pid = await _paid(world, m, h, 1_000)
+    p = await world.payment(m, 1_000)
+    preview = await world.call("GET", f"/v1/payments/{p['id']}", headers=h.headers)
+    assert preview["cashback_offer"] == {"campaign": c["id"], "amount": 50} and preview["discount_offer"] is None
+    code = await world.call("POST", f"/v1/payments/{p['id']}/qr_codes", 201, headers=m.headers, json={})
+    scanned = await world.call("POST", "/v1/wallet/qr/preview", headers=h.headers, json={"payload": code["payload"]})
+    assert scanned["cashback_offer"] == {"campaign": c["id"], "amount": 50}
+    paid, pid = await world.pay(h, p["id"]), p["id"]
     assert paid["status"] == "succeeded" and paid["discount"] is None
     assert paid["cashback"] == {"campaign": c["id"], "amount": 50, "clawed_back": 0}
     assert await world.available(h) == 10_000 - 1_000 + 50
@@ -117,7 +123,10 @@ async def test_a_discounted_payment_gets_no_cashback(world: World) -> None:
     h = await world.holder(top_up=10_000)
     await _campaign(world, "percent", percent_bps=1_000)
     cashback = await _campaign(world, "cashback", percent_bps=2_000)
-    paid, _ = await _paid(world, m, h, 1_000)
+    p = await world.payment(m, 1_000)
+    preview = await world.call("GET", f"/v1/payments/{p['id']}", headers=h.headers)
+    assert preview["discount_offer"]["amount"] == 100 and preview["cashback_offer"] is None
+    paid = await world.pay(h, p["id"])
     assert paid["discount"]["amount"] == 100 and paid["cashback"] is None
     assert (await _seen(world, cashback))["places_taken"] == 0
     manual = await world.payment(m, 1_000, capture_method="manual")  # not discounted: its capture gets cashback
