@@ -77,6 +77,20 @@ async def test_cashback_is_credited_with_an_automatic_capture(world: World) -> N
     assert "cashback" in {t["kind"] for t in history["data"]}
 
 
+async def test_the_cashback_never_pays_for_its_own_payment(world: World) -> None:
+    m = await world.merchant()
+    h = await world.holder(top_up=990)
+    c = await _campaign(world, "cashback", percent_bps=500)
+    p = await world.payment(m, 1_000)
+    refused = await world.pay(h, p["id"], 402)  # 990 + the 50 of cashback would cover it: it may not
+    assert refused["error"]["code"] == "insufficient_funds"
+    assert await world.available(h) == 990
+    assert ((await _seen(world, c))["places_taken"], (await _seen(world, c))["spent"]) == (0, 0)
+    await world.top_up(h, 10)
+    assert (await world.pay(h, p["id"]))["cashback"]["amount"] == 50
+    assert await world.available(h) == 50
+
+
 async def test_cashback_of_a_partial_manual_capture_is_its_share_and_a_retry_credits_nothing(world: World) -> None:
     m = await world.merchant(fee_bps=0)
     h = await world.holder(top_up=10_000)
