@@ -462,19 +462,24 @@ def _benefit_id(text: str) -> uuid.UUID | None:
 async def benefits(svc: Services, who: Principal, page: PageRequest) -> views.BenefitsView:
     """The holder's discounts, cashback and gifts received (a page, newest first) and the live
     campaigns it can still get something from (those whose per-holder limit it has not reached;
-    places and budget as last loaded; registration gifts are for holders to come)."""
+    places and budget as last loaded)."""
     now = svc.now()
     async with svc.db.connection() as conn:
         rows, has_more = await pages.read(conn, store.holder_benefits(who.id), page, _benefit_id)
         used = {r["campaign_id"]: r["uses"] for r in await store.holder_uses(conn, who.id)}
         live = await store.live(conn, now, svc.campaigns.live_max)
+        # A registration gift is for holders to come; a first-payment gift for holders who never paid.
+        closed = {Rule.GIFT_REGISTRATION.value}
+        if any(r["rule"] == Rule.GIFT_FIRST_PAYMENT.value for r in live) and await store.holder_has_paid(
+                conn, who.id, uuid.UUID(int=0)):
+            closed.add(Rule.GIFT_FIRST_PAYMENT.value)
     campaigns = []
     for row in live:
         limit = 1 if row["rule"] in promotions.GIFTS else row["per_holder_max"]
         left = None if limit is None else limit - used.get(row["id"], 0)
         exhausted = row["spent_minor"] >= row["budget_minor"] or (
             row["places_max"] is not None and row["places_taken"] >= row["places_max"])
-        if exhausted or (left is not None and left <= 0) or row["rule"] == Rule.GIFT_REGISTRATION.value:
+        if exhausted or (left is not None and left <= 0) or row["rule"] in closed:
             continue
         seen = views.campaign_view(row, now)
         campaigns.append(views.HolderCampaignView(

@@ -173,6 +173,9 @@ async def test_first_payment_gift_once_per_holder_whatever_the_campaign(world: W
     big = await _campaign(world, "gift_first_payment", fixed_amount=500)
     small = await _campaign(world, "gift_first_payment", fixed_amount=200)
     h = await world.holder(top_up=10_000)
+    offered = await world.call("GET", "/v1/wallet/benefits", headers=h.headers)
+    assert {(x["campaign"], x["uses_left"]) for x in offered["campaigns"]} == {(big["id"], 1), (small["id"], 1)}
+    assert (await world.call("GET", "/v1/wallet/benefits", headers=veteran.headers))["campaigns"] == []
     first, pid = await _paid(world, m, h, 1_000)
     assert await world.available(h) == 10_000 - 1_000 + 500  # the larger gift
     second, _ = await _paid(world, m, h, 1_000)
@@ -182,6 +185,7 @@ async def test_first_payment_gift_once_per_holder_whatever_the_campaign(world: W
     assert [(await _seen(world, c))["places_taken"] for c in (big, small)] == [1, 0]
     mine = await world.call("GET", "/v1/wallet/benefits", headers=h.headers)
     assert [(b["kind"], b["payment"], b["amount"]) for b in mine["data"]] == [("gift_first_payment", pid, 500)]
+    assert mine["campaigns"] == []  # it paid: neither campaign gives it anything more
     gifts = await world.call("GET", f"/v1/operator/campaigns/{big['id']}/gifts", headers=world.ops)
     assert [(g["holder"], g["payment"]) for g in gifts["data"]] == [(h.id, pid)]
     assert first["status"] == second["status"] == "succeeded"
