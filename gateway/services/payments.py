@@ -512,7 +512,8 @@ def decide_payment(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
     if head["holder_tier"] is None or head["holder_locked"] or head["merchant_status"] != "active":
         return None
     now = svc.now()
-    if promotions.may_apply(svc.campaigns, head, now):  # from memory: a campaign is applied by the general path
+    campaign = promotions.from_memory(svc.campaigns, head, now)
+    if not campaign.known:  # only the general path can tell which campaign applies
         return None
     if not risk.fast_path_allowed():  # from memory: risk rules are checked by the general path
         return None
@@ -524,25 +525,49 @@ def decide_payment(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
         payment = store.to_domain(head).authorize(holder_id, now, svc.settings.payments.authorization_ttl_s)
     except (GatewayError, KeyError):
         return None
+    offer = campaign.offer if payment.status is Status.SUCCEEDED else None  # only a capture at once is discounted
+    moved = accounts
+    if offer is not None:
+        if offer.campaign.funded_by is Funder.MERCHANT:  # the merchant sells for less
+            sold_minor = payment.amount_minor - offer.benefit_minor
+            payment = replace(payment, authorized_minor=sold_minor, captured_minor=sold_minor)
+        else:
+            promo = ledger_store.cached([ledger.promotions(payment.currency)])
+            if promo is None:  # the general path reads the promotions account (and caches it)
+                return None
+            moved = {**accounts, **promo}
     if payment.status is Status.SUCCEEDED:
         payment = _with_fee(payment, head)
     wallet = accounts[ledger.wallet(holder_id, payment.currency)]
+    discount = None if offer is None else store.Discount(offer.campaign.id, offer.benefit_minor,
+                                                         offer.campaign.funded_by.value)
     row = {**dict(head), "status": payment.status.value, "payer_id": holder_id,
            "authorized_minor": payment.authorized_minor, "captured_minor": payment.captured_minor,
            "fee_minor": payment.fee_minor, "authorization_expires_at": payment.authorization_expires_at,
-           "confirm_by": None, "wallet_account_id": wallet.id, "channel": channel, "spend_day": day, "updated_at": now}
+           "confirm_by": None, "wallet_account_id": wallet.id, "channel": channel, "spend_day": day, "updated_at": now,
+           "campaign_id": None if discount is None else discount.campaign_id,
+           "discount_minor": 0 if discount is None else discount.amount_minor,
+           "discount_funded_by": None if discount is None else discount.funded_by}
     capture = None
-    if payment.status is Status.SUCCEEDED:
+    if payment.status is Status.SUCCEEDED and discount is not None and discount.funded_by == Funder.BANK.value:
+        capture = ledger_store.movement(ledger.discounted_capture(
+            holder_id, payment.merchant_id, payment.currency, payment.captured_minor, payment.fee_minor,
+            discount.amount_minor), moved)
+    elif payment.status is Status.SUCCEEDED:
         capture = ledger_store.movement(ledger.capture(holder_id, payment.merchant_id, payment.currency,
                                                        payment.captured_minor, payment.fee_minor), accounts)
     day_ends = datetime.combine(day + timedelta(days=1), time(0), tzinfo=svc.limits_zone)
+    until = min(payment.expires_at, day_ends)
+    if offer is not None:
+        until = min(until, offer.campaign.ends_at)  # an expired campaign stops at once, by the database's clock
     paid = store.PaidAtOnce(
         payment=payment, seen_updated_at=head["updated_at"], now=now,
-        decided_until=min(payment.expires_at, day_ends), holder_id=holder_id, tier=tier.number,
+        decided_until=until, holder_id=holder_id, tier=tier.number,
         wallet_account_id=wallet.id, channel=channel, spend_day=day, daily_max_minor=caps.daily_max_minor,
         event_type=EVENT_FOR_STATUS[payment.status], event_id=uuid.uuid4(),
         event_data=msgspec.json.encode(views.payment_view(row)), capture=capture,
         hold_minor=0 if capture is not None else payment.authorized_minor,
+        discount=discount, per_holder_max=None if offer is None else offer.campaign.per_holder_max,
     )
     return paid, views.payer_payment_view(row, head["merchant_name"])
 
