@@ -65,12 +65,17 @@ def purchase_of(row: Any, mcc: str | None = None) -> Purchase:
                     amount_minor=row["amount_minor"], mcc=mcc)
 
 
+# What a capture can credit: while one of these may apply to a payment, the general path pays it.
+_AT_CAPTURE = frozenset({Rule.CASHBACK, Rule.GIFT_FIRST_PAYMENT})
+
+
 @dataclass(frozen=True, slots=True)
 class FromMemory:
     """What the hot path learns of a payment's campaigns without a round trip: ``known`` False when
     only the general path can tell (the cache cannot, a campaign's MCCs need a merchant's MCC not
-    cached yet, or the best campaign's budget left is below its discount: the general path gives
-    those last units); else ``offer`` is the discount to take whole (None: no campaign applies)."""
+    cached yet, the best campaign's budget left is below its discount: the general path gives
+    those last units; or a cashback or first-payment gift may apply: the general path credits
+    them); else ``offer`` is the discount to take whole (None: no campaign applies)."""
 
     known: bool
     offer: Offer | None = None
@@ -84,6 +89,8 @@ def from_memory(cache: CampaignCache, row: Any, now: datetime) -> FromMemory:
         return FromMemory(known=False)
     if not campaigns:
         return FromMemory(known=True)
+    if promotions.may_apply(campaigns, purchase_of(row), now, _AT_CAPTURE):
+        return FromMemory(known=False)  # a cashback or a first-payment gift: the general path credits them
     found = promotions.offers(campaigns, purchase_of(row), now)  # with no MCC: a superset of the answer
     if found and any(o.campaign.mccs for o in found):
         mcc = cache.known_mcc(row["merchant_id"])
@@ -187,9 +194,6 @@ class Credit:
         if self.rule is Rule.CASHBACK:
             return ledger.cashback(holder_id, self.currency, self.amount_minor)
         return ledger.gift(holder_id, self.currency, self.amount_minor)
-
-
-_AT_CAPTURE = frozenset({Rule.CASHBACK, Rule.GIFT_FIRST_PAYMENT})
 
 
 async def credits_at_capture(cache: CampaignCache, conn: Connection, row: Any, holder_id: uuid.UUID,
