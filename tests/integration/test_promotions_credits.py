@@ -91,6 +91,21 @@ async def test_the_cashback_never_pays_for_its_own_payment(world: World) -> None
     assert await world.available(h) == 50
 
 
+async def test_a_retried_payment_credits_its_cashback_once(world: World) -> None:
+    m = await world.merchant()
+    h = await world.holder(top_up=10_000)
+    c = await _campaign(world, "cashback", percent_bps=1_000)
+    p = await world.payment(m, 1_000)
+    answers = await asyncio.gather(*(world.client.post(f"/v1/wallet/payments/{p['id']}/pay", json={},
+                                                       headers={**h.headers, "Idempotency-Key": "pay-once"})
+                                     for _ in range(5)))
+    assert {a.status for a in answers} <= {200, 409}
+    again = await world.pay(h, p["id"], key="pay-once")
+    assert again["cashback"]["amount"] == 100
+    assert await world.available(h) == 10_000 - 1_000 + 100
+    assert ((await _seen(world, c))["places_taken"], (await _seen(world, c))["spent"]) == (1, 100)
+
+
 async def test_cashback_of_a_partial_manual_capture_is_its_share_and_a_retry_credits_nothing(world: World) -> None:
     m = await world.merchant(fee_bps=0)
     h = await world.holder(top_up=10_000)
