@@ -151,12 +151,12 @@ async def offer(svc: Services, conn: Connection, holder_id: uuid.UUID, payment: 
     balance in its currency is short: from the first of the holder's other currencies (by code) that its
     tier lists, has a rate into the payment's currency now and covers the amount. None otherwise."""
     target_code, amount = payment["currency"], payment["amount_minor"]
-    holder = await wallet_store.holder_for_payment(conn, holder_id)
-    tier = svc.tiers[holder["tier"]]
     available = {r["currency"]: r["posted_minor"] - r["held_minor"]
                  for r in await wallet_store.wallet_accounts(conn, holder_id)}
-    if available.get(target_code, 0) >= amount:
+    if available.get(target_code, 0) >= amount:  # the common case: one read, nothing offered
         return None
+    holder = await wallet_store.holder_for_payment(conn, holder_id)
+    tier = svc.tiers[holder["tier"]]
     try:
         limits.payment_caps(tier, target_code)
     except GatewayError:

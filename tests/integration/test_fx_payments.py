@@ -14,11 +14,14 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import pytest
 
 from gateway.domain import fees
 from gateway.domain import fx as domain
 from gateway.domain.fx_payments import share
 from gateway.domain.money import currency
+from gateway.services import fx_payments
+from gateway.services import payments as payment_cases
 from gateway.store import invariants
 from tests.conftest import make_settings
 from tests.integration.conftest import serving
@@ -299,3 +302,34 @@ async def test_the_invariants_catch_a_return_that_does_not_match(world: World, c
     assert broken == {"conversion_return_differs_from_its_entries", "fx_position_differs_from_conversions"}
     assert broken_too == {"conversion_return_differs_from_its_entries", "fx_position_differs_from_conversions",
                           "payment_conversion_differs_from_its_payment"}
+
+
+async def test_own_currency_payments_keep_the_one_statement_path(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With rates in the table and a wallet in several currencies, a payment the wallet can pay in its own
+    currency never reaches the general path nor the FX code; only a pay call with ``fx_quote`` does."""
+    await _rate(world, "EUR", "CNY", "7.8")
+    m = await world.merchant()
+    h = await world.holder(top_up=100_000)
+    await world.top_up(h, 5_000, "EUR")
+    general: list[str] = []
+    fx_calls: list[str] = []
+    authorize, prepare = payment_cases.authorize_locked, fx_payments.prepare
+
+    async def spy_authorize(*args: Any, **kwargs: Any) -> Any:
+        general.append(kwargs["channel"])
+        return await authorize(*args, **kwargs)
+
+    async def spy_prepare(*args: Any, **kwargs: Any) -> Any:
+        fx_calls.append("prepare")
+        return await prepare(*args, **kwargs)
+
+    monkeypatch.setattr(payment_cases, "authorize_locked", spy_authorize)
+    monkeypatch.setattr(fx_payments, "prepare", spy_prepare)
+    for cur in ("EUR", "CNY"):
+        p = await world.payment(m, 1_000, cur)
+        assert (await _pay(world, h, p["id"], None))["status"] == "succeeded"
+    assert (general, fx_calls) == ([], [])
+    p = await world.payment(m, 5_000, "EUR")  # 1,000 cents short: paid from CNY through the preview's quote
+    offer = (await world.call("GET", f"/v1/payments/{p['id']}", headers=h.headers))["fx_offer"]
+    assert (await _pay(world, h, p["id"], offer["quote"]))["fx"]["from_currency"] == "CNY"
+    assert (general, fx_calls) == (["wallet"], ["prepare"])
