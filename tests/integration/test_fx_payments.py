@@ -110,6 +110,28 @@ async def test_a_qr_payment_in_eur_from_a_cny_wallet(world: World) -> None:
     assert kinds[("conversion", "CNY")] == 1 and kinds[("conversion", "EUR")] == 1 and kinds[("capture", "EUR")] == 1
 
 
+async def test_a_static_code_paid_from_another_currency_with_a_quote_the_payer_asked_for(world: World) -> None:
+    await _rate(world, "EUR", "CNY", "7.8")
+    m = await world.merchant()
+    h = await world.holder(top_up=100_000)
+    code = await world.call("GET", f"/v1/stores/{m.store}/qr_code?currency=EUR", headers=m.headers)
+    preview = await world.call("POST", "/v1/wallet/qr/preview", headers=h.headers, json={"payload": code["payload"]})
+    assert preview["amount"] is None and preview["fx_offer"] is None  # the payer types the amount in
+    quote = await world.call("POST", "/v1/wallet/fx_quotes", 201, headers=h.headers,
+                             json={"from_currency": "CNY", "to_currency": "EUR", "receive_amount": 480})
+    paid = await world.call("POST", "/v1/wallet/qr/pay", headers=h.headers,
+                            json={"payload": code["payload"], "amount": 480, "fx_quote": quote["id"]})
+    assert (paid["status"], paid["currency"], paid["amount"]) == ("succeeded", "EUR", 480)
+    assert (paid["fx"]["quote"], paid["fx"]["from_amount"]) == (quote["id"], quote["sell_amount"])
+    assert (await _balances(world, h))["CNY"] == (100_000 - quote["sell_amount"], 0)
+    # A static payment for more than the quote buys: refused before anything is created.
+    more = await world.call("POST", "/v1/wallet/fx_quotes", 201, headers=h.headers,
+                            json={"from_currency": "CNY", "to_currency": "EUR", "receive_amount": 480})
+    body = await world.call("POST", "/v1/wallet/qr/pay", 400, headers=h.headers,
+                            json={"payload": code["payload"], "amount": 481, "fx_quote": more["id"]})
+    assert (body["error"]["code"], body["error"]["param"]) == ("quote_mismatch", "fx_quote")
+
+
 async def test_no_offer_when_the_wallet_can_pay_in_the_currency(world: World) -> None:
     await _rate(world, "EUR", "CNY", "7.8")
     m = await world.merchant()
