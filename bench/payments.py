@@ -332,8 +332,14 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
 
         # VmHWM is each process's peak since it started: read after every load phase, before the stop.
         rss_mb = peak_rss_mb(gateway)
-        print("\n  gateway serving processes, peak RSS (VmHWM): "
+        print("\n  gateway serving processes, peak RSS since start (VmHWM, the seeding's Argon2 hashes included): "
               + ", ".join(f"pid {pid} {mb:,.1f} MB" for pid, mb in rss_mb.items()))
+        # Under payment load: the largest process's VmRSS at the end of every load phase and sweep step.
+        loaded_mb = [r.rss_mb for r in results.values() if r.rss_mb is not None]
+        loaded_mb += [pt["rss_mb"] for pt in sweep if pt.get("rss_mb") is not None]
+        load_rss_mb = max(loaded_mb, default=None)
+        print("  largest serving process's RSS at the end of a load phase (VmRSS): "
+              + (f"{load_rss_mb:,.1f} MB" if load_rss_mb is not None else "n/a"))
 
         profile: list[str] = []
         profiled: PhaseResult | None = None
@@ -403,7 +409,7 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
          GOAL_BIG_RATIO_MIN),
         ("features_over_plain", "A, campaign + FX + risk rules on / A (13)", ratio("A_features", peak),
          "x", ">=", GOAL_FEATURES_RATIO_MIN),
-        ("gateway_rss_mb_max", "gateway peak RSS per process (largest)", max(rss_mb.values(), default=None), " MB",
+        ("gateway_rss_mb_max", "gateway RSS per process under load (largest)", load_rss_mb, " MB",
          "<=", GOAL_RSS_MB_MAX),
         ("tap_to_approval_p95_ms", "tap-to-approval p95 (armed->approved)", tap_p95, " ms", "<=",
          GOAL_TAP_P95_MS_MAX),
@@ -426,7 +432,9 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
             ", ".join(f"{s} {fmt_ms(percentile_ms(v, 99)).strip()} ms" for s, v in half.rec.call_s.items()))
     if big_s is not None:
         row(f"generating {sizes.big:,} payments in SQL took", f"{big_s:.1f} s")
-    row("gateway peak RSS (VmHWM) per serving process",
+    row("gateway RSS under load (VmRSS at phase ends, largest)",
+        f"{load_rss_mb:,.1f} MB" if load_rss_mb is not None else "n/a")
+    row("gateway peak RSS (VmHWM, seeding included) per process",
         ", ".join(f"pid {pid} {mb:,.1f} MB" for pid, mb in rss_mb.items()) or "n/a")
     row("latency against offered load (PNG)", plot)
     print("  goals (issue 12; the features line is issue 13's):")

@@ -43,7 +43,7 @@ from gateway.domain.payments import Action, CaptureMethod, Payment, Status, chec
 from gateway.errors import (
     Declined, Forbidden, GatewayError, IdempotencyError, IdempotencyInUse, InvalidRequest, InvalidState, NotFound,
 )
-from gateway.services import pages, pins, promotions, risk, views
+from gateway.services import fx_payments, pages, pins, promotions, risk, views
 from gateway.services.context import Services
 from gateway.services.idempotency import AtOnce, Refused, Reply, RequestIdentity
 from gateway.services.pages import PageRequest
@@ -296,7 +296,10 @@ async def get(svc: Services, who: Principal, text_id: str) -> Any:
             payer = who.id if who.kind is PrincipalKind.WALLET else None
             offer = await promotions.offer_for(svc.campaigns, conn, row, payer, svc.now())
             cashback = await promotions.cashback_offer_for(svc.campaigns, conn, row, payer, svc.now(), offer)
-        return views.payer_payment_view(row, merchant["name"], offer, cashback)
+        view = views.payer_payment_view(row, merchant["name"], offer, cashback)
+        if who.kind is PrincipalKind.WALLET:  # its payer, or a holder about to pay it: the cross-currency side
+            view = await fx_payments.payer_side(svc, conn, who.id, row, view)
+        return view
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,14 +378,16 @@ async def authorize_locked(
     channel: str,
     needs_confirmation: bool = False,
     terminal_transaction_id: str | None = None,
+    fx: fx_payments.Funding | None = None,
 ) -> asyncpg.Record:
     """Authorise a locked, unpaid payment against the holder's wallet: tier caps, funds, then hold
     or capture. Shared by every way of paying (by id, QR, pay-code, tap), so every decline of a
-    payment is logged here once (code, payment, merchant, channel; never an amount's payer data)."""
+    payment is logged here once (code, payment, merchant, channel; never an amount's payer data).
+    ``fx``: the payer's quote, converted into the payment's currency first (gateway/services/fx_payments.py)."""
     try:
         return await _authorize_locked(svc, conn, row, holder_id, accounts, channel=channel,
                                        needs_confirmation=needs_confirmation,
-                                       terminal_transaction_id=terminal_transaction_id)
+                                       terminal_transaction_id=terminal_transaction_id, fx=fx)
     except (Declined, Forbidden) as exc:
         log.info("payment declined", extra={"code": exc.code, "payment_id": str(row["id"]),
                                             "merchant_id": str(row["merchant_id"]), "channel": channel})
@@ -399,6 +404,7 @@ async def _authorize_locked(
     channel: str,
     needs_confirmation: bool,
     terminal_transaction_id: str | None,
+    fx: fx_payments.Funding | None = None,
 ) -> asyncpg.Record:
     now = svc.now()
     day = svc.local_day(now)
@@ -428,6 +434,8 @@ async def _authorize_locked(
     updated = await store.update(conn, payment, wallet_account_id=accounts[wallet_ref].id, channel=channel,
                                  spend_day=day, terminal_transaction_id=terminal_transaction_id, discount=discount)
     await _record(conn, updated, holder_id)
+    if fx is not None:  # the quote's conversion puts the money in the wallet the hold or capture takes it from
+        await fx_payments.fund_locked(conn, fx, holder_id, payment, svc.tiers[holder["tier"]])
     # Money last: the hot balance rows (merchant and fee shards) stay locked only until the commit.
     try:
         if payment.status is Status.SUCCEEDED and granted is not None and granted.funded_by is Funder.BANK:
@@ -458,8 +466,10 @@ async def payer_view(conn: Connection, row: asyncpg.Record) -> views.PayerPaymen
 
 
 @counted("wallet")
-async def pay(svc: Services, who: Principal, text_id: str, pin: str | None, identity: RequestIdentity) -> Reply:
-    """The wallet holder pays a payment from its wallet: an authorisation, captured at once if automatic."""
+async def pay(svc: Services, who: Principal, text_id: str, pin: str | None, identity: RequestIdentity,
+              fx_quote: str | None = None) -> Reply:
+    """The wallet holder pays a payment from its wallet: an authorisation, captured at once if automatic.
+    With ``fx_quote``, from another of its currencies through that quote (gateway/services/fx_payments.py)."""
     assert who.kind is PrincipalKind.WALLET
     holder_id = who.id
     pid = payment_id(text_id)
@@ -469,6 +479,8 @@ async def pay(svc: Services, who: Principal, text_id: str, pin: str | None, iden
         raise _missing(pid)
     accounts = await payer_accounts(svc, holder_id, head["merchant_id"], head["currency"])
     pin_needed = pins.needed(svc, head["currency"], head["amount_minor"])
+    funding = None if fx_quote is None else await fx_payments.prepare(svc, holder_id, fx_quote, head["currency"],
+                                                                       head["amount_minor"])
 
     async def check_pin(conn: Connection) -> None:
         await pins.verify(svc, holder_id, pin, conn)
@@ -476,12 +488,14 @@ async def pay(svc: Services, who: Principal, text_id: str, pin: str | None, iden
     async def work(conn: Connection) -> tuple[int, Any]:
         row = await store.get(conn, pid, for_update=True)
         assert row is not None
-        updated = await authorize_locked(svc, conn, row, holder_id, accounts, channel="wallet")
-        return 200, await payer_view(conn, updated)
+        updated = await authorize_locked(svc, conn, row, holder_id, accounts, channel="wallet", fx=funding)
+        view = await payer_view(conn, updated)
+        return 200, view if funding is None else fx_payments.with_fx(view, await fx_payments.paid_with(conn, updated))
 
+    one_statement = not pin_needed and funding is None  # a conversion takes the general path
     return await svc.idempotency.run(
         identity, work, before=check_pin if pin_needed else None, refused=record_decline(pid, holder_id),
-        at_once=None if pin_needed else _paid_at_once(svc, head, holder_id, accounts, channel="wallet"),
+        at_once=_paid_at_once(svc, head, holder_id, accounts, channel="wallet") if one_statement else None,
     )
 
 
@@ -816,6 +830,7 @@ async def _refund_locked(
     fee_back = fees.refund_fee_minor(before.captured_minor, before.fee_minor, before.refunded_minor, refunded)
     refund_id = uuid.uuid4()
     back = await promotions.claw_back(conn, row, before.refunded_minor, refunded)  # the campaign row, then balances
+    converted = await fx_payments.lock_for_refund(conn, row)  # a payment paid from another currency: its conversion
     if back.total_minor:
         entry = ledger.discounted_refund(payment.payer_id, payment.merchant_id, payment.currency, refunded, fee_back,
                                          back.total_minor)
@@ -825,6 +840,8 @@ async def _refund_locked(
     await ledger_store.post(conn, entry, accounts, payment_id=payment.id, refund_id=refund_id)
     refund_row = await store.insert_refund(conn, refund_id, payment, refunded, fee_back, reason, pairs,
                                            back.discount_minor, back.cashback_minor)
+    # What the wallet received goes back at its own rate.
+    await fx_payments.return_for_refund(conn, converted, refund_id, refunded - back.total_minor)
     clawed = back.discount_minor
     await store.update(conn, payment,
                        discount_clawed_back_minor=row["discount_clawed_back_minor"] + clawed if clawed else None)
