@@ -341,3 +341,27 @@ async def test_the_invariants_catch_a_cashback_or_gift_that_does_not_match(world
         "campaign_over_budget_or_places"}
     assert await _broken(clean_db, "UPDATE campaign_uses SET uses = uses + 1",
                          "UPDATE campaign_uses SET uses = uses - 1") == {"campaign_holder_over_limit"}
+
+
+async def test_cashback_on_a_payment_paid_from_another_currency_and_its_refund(world: World) -> None:
+    """A EUR payment paid from a CNY wallet through a quote: the cashback is credited in EUR (the
+    payment's currency); the refund nets it, and what the wallet received goes back to CNY at the
+    payment's own rate (the conversion-return invariants prove it)."""
+    await world.call("POST", "/v1/operator/fx_rates", 201, headers=world.ops,
+                     json={"base": "EUR", "quote": "CNY", "rate": "7.8", "spread_bps": 0})
+    m = await world.merchant()
+    h = await world.holder(top_up=100_000)
+    c = await _campaign(world, "cashback", percent_bps=1_000, currency="EUR")
+    p = await world.payment(m, 1_000, "EUR")
+    code = await world.call("POST", f"/v1/payments/{p['id']}/qr_codes", 201, headers=m.headers, json={})
+    preview = await world.call("POST", "/v1/wallet/qr/preview", headers=h.headers, json={"payload": code["payload"]})
+    assert preview["cashback_offer"] == {"campaign": c["id"], "amount": 100} and preview["fx_offer"] is not None
+    paid = await world.call("POST", "/v1/wallet/qr/pay", headers=h.headers,
+                            json={"payload": code["payload"], "fx_quote": preview["fx_offer"]["quote"]})
+    assert paid["cashback"]["amount"] == 100 and paid["fx"]["to_amount"] >= 1_000
+    excess = paid["fx"]["to_amount"] - 1_000
+    assert await world.available(h, "EUR") == excess + 100
+    refund = await world.call("POST", f"/v1/payments/{p['id']}/refunds", 201, headers=m.headers, json={})
+    assert (refund["amount"], refund["cashback_clawed_back"]) == (1_000, 100)
+    assert await world.available(h, "EUR") == excess + 100  # the 900 credited went back to CNY
+    assert 100_000 - paid["fx"]["from_amount"] < await world.available(h, "CNY") < 100_000

@@ -344,7 +344,8 @@ SELECT c.id, c.returned_minor, c.returned_source_minor, c.returned_fee_minor
 -- payment captured for less, or cancelled, returns nothing of the rest: it stays in the wallet).
 SELECT c.id, pay.id AS payment_id, c.returned_minor, COALESCE(r.credited, 0) AS refunds_credited
   FROM conversions c JOIN payments pay ON pay.id = c.payment_id
-  LEFT JOIN (SELECT payment_id, sum(amount_minor - discount_clawed_back_minor) AS credited FROM refunds
+  LEFT JOIN (SELECT payment_id, sum(amount_minor - discount_clawed_back_minor - cashback_clawed_back_minor) AS credited
+              FROM refunds
               GROUP BY payment_id) r ON r.payment_id = pay.id
  WHERE pay.payer_id IS DISTINCT FROM c.holder_id OR pay.currency <> c.to_currency
     OR c.receive_minor < pay.authorized_minor OR pay.status = 'requires_payment_method'
@@ -355,5 +356,5 @@ SELECT c.id, e.refund_id, NULL, NULL FROM journal_entries e JOIN conversions c O
  WHERE e.kind = 'conversion_return' AND (r.id IS NULL OR r.payment_id IS DISTINCT FROM c.payment_id)
 UNION ALL
 SELECT c.id, r.id, NULL, NULL FROM refunds r JOIN conversions c ON c.payment_id = r.payment_id
- WHERE r.amount_minor - r.discount_clawed_back_minor > 0
+ WHERE r.amount_minor - r.discount_clawed_back_minor - r.cashback_clawed_back_minor > 0
    AND (SELECT count(*) FROM journal_entries e WHERE e.refund_id = r.id AND e.kind = 'conversion_return') <> 1;
