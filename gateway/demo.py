@@ -109,6 +109,9 @@ async def play(c: Client, out_dir: Path) -> None:
     print(f"   store {store['id']}, terminal {terminal['id']}")
     print(f"   secret key {sk['prefix']}... (shown once; stored only as a keyed hash)")
 
+    step("Promotions: the bank gives 8.88 CNY with each wallet holder's first payment (100 places)")
+    gift_campaign = await demo_wallet.first_payment_gift(c.call, ops, money)
+
     step("Two wallet holders register on their phones (a code proves each phone), link a bank card and top up")
     holders: dict[str, str] = {}
     for name, phone, top_up in (("Alice", "+8613800000001", 20_000), ("Bob", "+8613800000002", 1_500)):
@@ -129,6 +132,7 @@ async def play(c: Client, out_dir: Path) -> None:
                             "description": "Beef noodles x2", "store": store["id"]}, key="order-T1-0001", expect=201)
     _, paid, _ = await c.call("POST", f"/v1/wallet/payments/{p1['id']}/pay", holders["Alice"], {}, key=str(uuid.uuid4()), expect=200)
     print(f"   {p1['id']}: {paid['status']} at {paid['merchant_name']}")
+    await demo_wallet.show_gift(c.call, ops, holders["Alice"], gift_campaign, money)
 
     step("Idempotent retry: the merchant's create request is sent again with the same key")
     status, again, headers = await c.call("POST", "/v1/payments", secret, {"amount": 3_800, "currency": "CNY",

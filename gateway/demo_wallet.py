@@ -126,3 +126,22 @@ async def cross_currency_qr_payment(call: Call, secret: str, holder: str, money:
     _, history, _ = await call("GET", "/v1/wallet/transactions?currency=CNY&limit=5", holder, expect=200)
     back = next(t for t in history["data"] if t["kind"] == "conversion_return")
     print(f"   refund {refund['id']} of {money(500)} EUR: {money(back['amount'])} CNY back at the payment's own rate")
+
+
+async def first_payment_gift(call: Call, ops: str, money: Money) -> str:
+    """A bank-funded gift of 8.88 CNY with each holder's first payment (100 places): returns the campaign id."""
+    _, campaign, _ = await call("POST", "/v1/operator/campaigns", ops, {
+        "name": "Welcome gift", "currency": "CNY", "rule": "gift_first_payment", "fixed_amount": 888,
+        "funded_by": "bank", "budget": 88_800, "places": 100, **_window(24)}, key=str(uuid.uuid4()), expect=201)
+    print(f"   campaign {campaign['id']}: {money(888)} CNY with a holder's first payment, {campaign['places']} places")
+    return str(campaign["id"])
+
+
+async def show_gift(call: Call, ops: str, holder: str, campaign_id: str, money: Money) -> None:
+    """After the holder's first sale: the gift in its benefits and the campaign's places taken."""
+    _, benefits, _ = await call("GET", "/v1/wallet/benefits", holder, expect=200)
+    gift = next(b for b in benefits["data"] if b["kind"] == "gift_first_payment")
+    print(f"   Alice's first payment {gift['payment']} brought a gift of {money(gift['amount'])} CNY"
+          f" ({gift['campaign_name']})")
+    _, seen, _ = await call("GET", f"/v1/operator/campaigns/{campaign_id}", ops, expect=200)
+    print(f"   campaign: {seen['places_taken']} of {seen['places']} places taken, {money(seen['spent'])} spent")
