@@ -168,6 +168,7 @@ def record_decline(pid: uuid.UUID, holder_id: uuid.UUID) -> Refused:
     (so once per idempotency key); the payment itself is unchanged and can still be paid."""
 
     async def refused(conn: Connection, exc: GatewayError) -> None:
+        await risk.record_refusal(conn, exc)  # a risk decision and its alerts, kept with the refusal
         if not isinstance(exc, Declined):
             return
         row = await store.get(conn, pid)
@@ -407,7 +408,7 @@ async def _authorize_locked(
         raise Declined("the merchant cannot take payments now", code="merchant_unavailable")
     limits.check_payment(svc.tiers[holder["tier"]], payment.currency, holder["spent_minor"] - payment.amount_minor,
                          payment.amount_minor)
-    await risk.check(conn, holder_id, payment.currency, payment.amount_minor, now)
+    await risk.check(svc, conn, payment, holder_id, channel=channel, now=now)
     confirm_s = svc.settings.wallet.confirmation_timeout_s if needs_confirmation else None
     payment = payment.authorize(holder_id, now, svc.settings.payments.authorization_ttl_s, confirm_within_s=confirm_s)
     granted = None
@@ -462,7 +463,8 @@ async def pay(svc: Services, who: Principal, text_id: str, pin: str | None, iden
     if head is None:
         raise _missing(pid)
     accounts = await payer_accounts(svc, holder_id, head["merchant_id"], head["currency"])
-    pin_needed = pins.needed(svc, head["currency"], head["amount_minor"])
+    # A PIN given is verified even below the threshold: a risk rule may ask for it (services.risk).
+    pin_needed = pins.needed(svc, head["currency"], head["amount_minor"]) or pin is not None
 
     async def check_pin(conn: Connection) -> None:
         await pins.verify(svc, holder_id, pin, conn)
@@ -473,10 +475,11 @@ async def pay(svc: Services, who: Principal, text_id: str, pin: str | None, iden
         updated = await authorize_locked(svc, conn, row, holder_id, accounts, channel="wallet")
         return 200, await payer_view(conn, updated)
 
-    return await svc.idempotency.run(
-        identity, work, before=check_pin if pin_needed else None, refused=record_decline(pid, holder_id),
-        at_once=None if pin_needed else _paid_at_once(svc, head, holder_id, accounts, channel="wallet"),
-    )
+    with risk.holder_present(who.device_id, pin_verified=pin_needed):
+        return await svc.idempotency.run(
+            identity, work, before=check_pin if pin_needed else None, refused=record_decline(pid, holder_id),
+            at_once=None if pin_needed else _paid_at_once(svc, head, holder_id, accounts, channel="wallet"),
+        )
 
 
 def _paid_at_once(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
@@ -508,7 +511,7 @@ def decide_payment(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
     now = svc.now()
     if promotions.may_apply(svc.campaigns, head, now):  # from memory: a campaign is applied by the general path
         return None
-    if not risk.fast_path_allowed():  # from memory: risk rules are checked by the general path
+    if not svc.risk_rules.none_active():  # from memory: risk rules are checked by the general path
         return None
     day = svc.local_day(now)
     try:
