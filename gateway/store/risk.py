@@ -140,7 +140,7 @@ async def use_code(conn: Connection, holder_id: uuid.UUID, merchant_id: uuid.UUI
         " SELECT d.id FROM risk_decisions d JOIN sign_in_challenges c ON c.id = d.challenge_id"
         " WHERE d.holder_id = $1 AND d.merchant_id = $2 AND d.amount_minor = $4 AND d.currency = $3"
         " AND d.outcome = 'require_otp' AND d.step_up_used_at IS NULL AND c.reason = 'payment'"
-        " AND c.consumed_at > $5 - make_interval(secs => $6)"
+        " AND c.consumed_at > $5::timestamptz - make_interval(secs => $6)"
         " ORDER BY d.created_at LIMIT 1 FOR UPDATE OF d SKIP LOCKED) RETURNING id",
         holder_id, merchant_id, currency, amount_minor, now, float(valid_s))
     return found
