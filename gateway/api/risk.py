@@ -58,7 +58,7 @@ class AlertQuery(schema.PageQuery):
     wallet: Annotated[str, msgspec.Meta(max_length=64, description="only this holder's")] | None = None
 
 
-class VerifyCode(schema.Strict):
+class AnswerPaymentCode(schema.Strict):
     code: Annotated[str, msgspec.Meta(min_length=1, max_length=20, description="The code sent to the phone")]
 
 
@@ -121,10 +121,10 @@ async def list_alerts(call: Call[None, AlertQuery]) -> Any:
 
 
 @api.route("POST", "/v1/wallet/risk_challenges/{id}/verify", summary="Answer a payment's one-time code",
-           auth={P.WALLET}, body=VerifyCode, response=risk.RiskChallengeView, tag="wallet",
+           auth={P.WALLET}, body=AnswerPaymentCode, response=risk.RiskChallengeView, tag="wallet",
            errors={400: ("invalid_code_format",), 403: ("incorrect_code", "challenge_dead")},
            idempotent=False)  # by nature: a verified challenge answers verified again
-async def verify_code(call: Call[VerifyCode, None]) -> Any:
+async def verify_code(call: Call[AnswerPaymentCode, None]) -> Any:
     """The code an otp_required answer sent to the phone: once verified, pay the same payment again (a new
     Idempotency-Key) within the code's lifetime; the code opens that one payment once. Each wrong code counts;
     after the last allowed one, or once expired, the challenge is dead (paying again sends a new one)."""

@@ -59,7 +59,8 @@ async def disable(conn: Connection, rule_id: uuid.UUID, now: datetime) -> asyncp
 
 
 async def active(conn: Connection) -> list[asyncpg.Record]:
-    return list(await conn.fetch(f"SELECT {COLUMNS} FROM risk_rules WHERE disabled_at IS NULL"))
+    """By id: the PostgreSQL velocity fallback takes its advisory locks in this order (no deadlock)."""
+    return list(await conn.fetch(f"SELECT {COLUMNS} FROM risk_rules WHERE disabled_at IS NULL ORDER BY id"))
 
 
 async def holder_exists(conn: Connection, holder_id: uuid.UUID) -> bool:
