@@ -6,6 +6,7 @@ prove the ledger invariants after each test."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -255,3 +256,24 @@ async def test_redis_down_velocity_is_enforced_from_postgres(redis_down_world: W
     kinds = [r["kind"] for d in await _decisions(world, "&outcome=decline") for r in d["reasons"]]
     assert sorted(kinds) == ["velocity_device", "velocity_merchant"]
     assert await world.available(b) == 9_900 and await world.available(c) == 9_900
+
+
+async def _merchant_race(world: World, limit: int, racers: int) -> list[int]:
+    m = await world.merchant()
+    holders = [await world.holder(top_up=1_000) for _ in range(racers)]
+    await _rule(world, kind="velocity_merchant", merchant=m.id, window_s=3600, max_count=limit)
+    ids = [(await world.payment(m, 100))["id"] for _ in holders]
+
+    async def attempt(h: Holder, pid: str) -> int:
+        resp = await world.client.post(f"/v1/wallet/payments/{pid}/pay", headers=h.headers, json={})
+        return resp.status
+
+    return sorted(await asyncio.gather(*(attempt(h, pid) for h, pid in zip(holders, ids, strict=True))))
+
+
+async def test_merchant_velocity_holds_under_concurrency_in_redis(world: World) -> None:
+    assert await _merchant_race(world, 3, 8) == [200] * 3 + [402] * 5
+
+
+async def test_merchant_velocity_holds_under_concurrency_without_redis(redis_down_world: World) -> None:
+    assert await _merchant_race(redis_down_world, 3, 8) == [200] * 3 + [402] * 5
