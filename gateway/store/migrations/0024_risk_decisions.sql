@@ -26,8 +26,11 @@ ALTER TABLE risk_rules
         OR (device_age_s IS NOT NULL AND min_amount_minor IS NOT NULL AND currency IS NOT NULL));
 
 -- The holder's last captured amounts per currency (at most 50, oldest first): what "usual" means for an
--- amount_unusual rule, read in one row instead of scanning the history. Kept by the trigger below in
+-- amount_unusual rule, read in one row instead of scanning the history. Kept by the triggers below in
 -- the transaction that captures, whichever way the payment was captured (one statement or general path).
+-- They are deferred to the commit: the row is then the last lock the transaction takes, after every
+-- balance row, on every path (an AFTER trigger of the one-statement path would fire only after its
+-- balance rows, the general path's before them: two orders, a deadlock between them).
 CREATE TABLE holder_amounts (
     holder_id      uuid NOT NULL REFERENCES wallet_holders (id),
     currency       char(3) NOT NULL,
@@ -45,11 +48,13 @@ BEGIN
     RETURN NULL;
 END
 $$;
-CREATE TRIGGER payments_holder_amounts AFTER UPDATE OF status ON payments FOR EACH ROW
+CREATE CONSTRAINT TRIGGER payments_holder_amounts AFTER UPDATE OF status ON payments
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
     WHEN (NEW.status = 'succeeded' AND OLD.status IS DISTINCT FROM 'succeeded' AND NEW.payer_id IS NOT NULL
           AND NEW.captured_minor > 0)
     EXECUTE FUNCTION holder_amounts_capture();
-CREATE TRIGGER payments_holder_amounts_new AFTER INSERT ON payments FOR EACH ROW
+CREATE CONSTRAINT TRIGGER payments_holder_amounts_new AFTER INSERT ON payments
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
     WHEN (NEW.status = 'succeeded' AND NEW.payer_id IS NOT NULL AND NEW.captured_minor > 0)
     EXECUTE FUNCTION holder_amounts_capture();
 
