@@ -51,6 +51,8 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from paybench.config import (
+    FEATURES_SETTLE_S,
+    GOAL_FEATURES_RATIO_MIN,
     GOAL_B_PGBENCH_RATIO_MIN,
     GOAL_BIG_RATIO_MIN,
     GOAL_HALF_LOAD_P99_MS_MAX,
@@ -97,6 +99,7 @@ from paybench.load import (
     replay_once,
     seed,
 )
+from paybench.features import switch_off, switch_on
 from paybench.profile import profiled_phase
 from paybench.system import (
     Gateway,
@@ -244,6 +247,21 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
             print(group_commit_line(batched, await group_commit_counts(api)))
         peak = results["A"].rate_per_s
 
+        banner(f"A with issue 13's features on; closed loop, concurrency {sizes.concurrency},"
+               f" {sizes.count} payments or {sizes.duration_s:g} s")
+        features = await switch_on(api, world)
+        print(f"  {features.describe()}")
+        await vacuum()
+        # The rule view of each gateway process is refreshed in the background: let every process see them.
+        await asyncio.sleep(FEATURES_SETTLE_S)
+        glog.attach(PhaseResult("features on", Recorder(), 0.0, {}))  # skip the set-up requests
+        results["A_features"] = glog.attach(
+            await closed_loop(api, world, LOAD_A, sizes, sizes.count, sizes.duration_s, gateway))
+        results["A_features"].print()
+        await switch_off(api, world, features)
+        await asyncio.sleep(FEATURES_SETTLE_S)
+        glog.attach(PhaseResult("features off", Recorder(), 0.0, {}))
+
         replayable = results["A"].rec.replayable
         banner(f"idempotent replays: A's {len(replayable)} pay calls again with their Idempotency-Key, closed loop,"
                f" {sizes.count} replays or {sizes.duration_s:g} s")
@@ -314,8 +332,14 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
 
         # VmHWM is each process's peak since it started: read after every load phase, before the stop.
         rss_mb = peak_rss_mb(gateway)
-        print("\n  gateway serving processes, peak RSS (VmHWM): "
+        print("\n  gateway serving processes, peak RSS since start (VmHWM, the seeding's Argon2 hashes included): "
               + ", ".join(f"pid {pid} {mb:,.1f} MB" for pid, mb in rss_mb.items()))
+        # Under payment load: the largest process's VmRSS at the end of every load phase and sweep step.
+        loaded_mb = [r.rss_mb for r in results.values() if r.rss_mb is not None]
+        loaded_mb += [pt["rss_mb"] for pt in sweep if pt.get("rss_mb") is not None]
+        load_rss_mb = max(loaded_mb, default=None)
+        print("  largest serving process's RSS at the end of a load phase (VmRSS): "
+              + (f"{load_rss_mb:,.1f} MB" if load_rss_mb is not None else "n/a"))
 
         profile: list[str] = []
         profiled: PhaseResult | None = None
@@ -383,7 +407,9 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
          GOAL_PAY_CODE_RATIO_MIN),
         ("big_over_empty", f"A with {sizes.big or 'N (--big N)'} more payments / A", ratio("A_big", peak), "x", ">=",
          GOAL_BIG_RATIO_MIN),
-        ("gateway_rss_mb_max", "gateway peak RSS per process (largest)", max(rss_mb.values(), default=None), " MB",
+        ("features_over_plain", "A, campaign + FX + risk rules on / A (13)", ratio("A_features", peak),
+         "x", ">=", GOAL_FEATURES_RATIO_MIN),
+        ("gateway_rss_mb_max", "gateway RSS per process under load (largest)", load_rss_mb, " MB",
          "<=", GOAL_RSS_MB_MAX),
         ("tap_to_approval_p95_ms", "tap-to-approval p95 (armed->approved)", tap_p95, " ms", "<=",
          GOAL_TAP_P95_MS_MAX),
@@ -394,7 +420,8 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
 
     for key, label in (("A", "A automatic capture, spread"), ("B", "B manual capture, spread"),
                        ("one_merchant", "A one merchant"), ("replays", "idempotent replays of A's pay calls"),
-                       ("pay_code", "pay-code charges (one call)"), ("A_big", f"A with {sizes.big:,} more payments")):
+                       ("pay_code", "pay-code charges (one call)"),
+                       ("A_features", "A with issue 13's features on"), ("A_big", f"A with {sizes.big:,} more payments")):
         if key in results:
             row(f"confirmed per s, {label}", f"{results[key].rate_per_s:10,.1f}")
     row("pgbench tpcb-like tps", f"{tps:10,.1f}" if tps is not None else "       n/a")
@@ -405,10 +432,12 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
             ", ".join(f"{s} {fmt_ms(percentile_ms(v, 99)).strip()} ms" for s, v in half.rec.call_s.items()))
     if big_s is not None:
         row(f"generating {sizes.big:,} payments in SQL took", f"{big_s:.1f} s")
-    row("gateway peak RSS (VmHWM) per serving process",
+    row("gateway RSS under load (VmRSS at phase ends, largest)",
+        f"{load_rss_mb:,.1f} MB" if load_rss_mb is not None else "n/a")
+    row("gateway peak RSS (VmHWM, seeding included) per process",
         ", ".join(f"pid {pid} {mb:,.1f} MB" for pid, mb in rss_mb.items()) or "n/a")
     row("latency against offered load (PNG)", plot)
-    print("  goals (issue 12):")
+    print("  goals (issue 12; the features line is issue 13's):")
     for _, label, value, unit, op, goal in goals:
         print(goal_line(label, value, unit, f"{op} {goal:g}{unit}",
                         None if value is None else (value >= goal if op == ">=" else value <= goal)))

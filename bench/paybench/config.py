@@ -69,6 +69,12 @@ GOAL_RSS_MB_MAX = 200.0
 GOAL_TAP_P95_MS_MAX = 50.0
 
 
+# Issue 13: with a campaign, FX rates and risk rules active, A stays within 10% of A without them.
+GOAL_FEATURES_RATIO_MIN = 0.9
+# The gateway processes refresh their view of campaigns and risk rules every 2 s: wait that long twice.
+FEATURES_SETTLE_S = 4.5
+
+
 SWEEP_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.2)  # of phase A's rate; 0.5 is the half-load phase
 
 

@@ -58,6 +58,7 @@ class PhaseResult:
     server_ms: dict[str, list[float]] = field(default_factory=dict)
     server_5xx: int = 0
     db_waits: collections.Counter[str] = field(default_factory=collections.Counter)
+    rss_mb: float | None = None  # the largest serving process's VmRSS as the phase ended
 
     @property
     def rate_per_s(self) -> float:
@@ -79,6 +80,7 @@ class PhaseResult:
             "payments_per_s": self.rate_per_s, "p50_ms": percentile_ms(self.rec.whole_s, 50),
             "p99_ms": percentile_ms(self.rec.whole_s, 99), "calls": calls, "errors": dict(self.rec.errors),
             "cpu_cores": self.cpu, "cpu_ms_per_payment": self.cpu_ms_per_payment(), "server_5xx": self.server_5xx, "db_waits": dict(self.db_waits),
+            "rss_mb": self.rss_mb,
             "server_calls": {step: {"n": len(v), "p50_ms": _pct(v, 50), "p99_ms": _pct(v, 99)}
                              for step, v in self.server_ms.items()},
         }

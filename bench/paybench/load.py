@@ -32,7 +32,7 @@ from paybench.config import (
     T,
 )
 from paybench.figures import PhaseResult, Recorder
-from paybench.system import DbWaits, Gateway, cpu_cores, cpu_sample, sms_gateway
+from paybench.system import DbWaits, Gateway, cpu_cores, cpu_sample, rss_mb, sms_gateway
 
 
 def error_code(raw: bytes) -> str:
@@ -266,7 +266,8 @@ async def closed_loop_of(name: str, one: Callable[[Recorder, int], Awaitable[Non
         await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(sizes.concurrency))),
                                timeout=duration_s + PHASE_GRACE_S)
         after = cpu_sample(gateway.pgid, gateway.database)
-    return PhaseResult(name, rec, after.at_s - before.at_s, cpu_cores(before, after), db_waits=waits.counts)
+    return PhaseResult(name, rec, after.at_s - before.at_s, cpu_cores(before, after), db_waits=waits.counts,
+                       rss_mb=rss_mb(gateway))
 
 
 async def open_loop(api: Api, world: World, load: Load, sizes: Sizes, rate_per_s: float, count: int,
@@ -295,7 +296,8 @@ async def open_loop(api: Api, world: World, load: Load, sizes: Sizes, rate_per_s
             await asyncio.wait_for(asyncio.gather(*tasks), timeout=PHASE_GRACE_S)
         after = cpu_sample(gateway.pgid, gateway.database)
     return PhaseResult(f"{load.name}; open loop at {rate_per_s:,.1f}/s", rec, after.at_s - before.at_s,
-                       cpu_cores(before, after), db_waits=waits.counts)
+                       cpu_cores(before, after), db_waits=waits.counts,
+                       rss_mb=rss_mb(gateway))
 
 
 _GROUP_COMMIT_SERIES = ("gateway_group_commit_payments_per_batch_count", "gateway_group_commit_payments_per_batch_sum",

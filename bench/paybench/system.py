@@ -382,20 +382,30 @@ async def generate_payments(url: str, merchant_id: uuid.UUID, count: int) -> flo
     return time.perf_counter() - started
 
 
-def peak_rss_mb(gateway: Gateway) -> dict[int, float]:
-    """VmHWM (peak resident set) of each serving process: the master's children, or the master serving alone."""
+def _status_mb(gateway: Gateway, field: str) -> dict[int, float]:
+    """A /proc/PID/status memory field of each serving process: the master's children, or the master serving alone."""
     assert gateway.proc is not None
     pids = [pid for pid in gateway.pids() if pid != gateway.proc.pid] or [gateway.proc.pid]
-    peaks: dict[int, float] = {}
+    found_mb: dict[int, float] = {}
     for pid in pids:
         try:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
             continue
-        found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+        found = re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE)
         if found:
-            peaks[pid] = int(found.group(1)) / 1024
-    return peaks
+            found_mb[pid] = int(found.group(1)) / 1024
+    return found_mb
+
+
+def peak_rss_mb(gateway: Gateway) -> dict[int, float]:
+    """VmHWM (peak resident set since start, the seeding's Argon2 hashes included) of each serving process."""
+    return _status_mb(gateway, "VmHWM")
+
+
+def rss_mb(gateway: Gateway) -> float | None:
+    """The largest VmRSS (resident set now) of the serving processes: read at the end of a load phase."""
+    return max(_status_mb(gateway, "VmRSS").values(), default=None)
 
 
 class DbWaits:

@@ -115,12 +115,14 @@ async def list_refunds(call: Call[None, schema.RefundQuery]) -> Any:
 
 @api.route("POST", "/v1/wallet/payments/{id}/pay", summary="Pay a payment from the holder's wallet",
            auth={P.WALLET}, body=schema.PayPayment, response=views.PayerPaymentView, tag="wallet",
-           errors={402: schema.DECLINE_CODES + schema.STEP_UP_CODES, 403: ("wallet_locked",),
-                   409: ("payment_not_payable", "payment_expired")})
+           errors={400: schema.FX_PAY_400, 402: schema.DECLINE_CODES + schema.STEP_UP_CODES, 403: ("wallet_locked",),
+                   409: ("payment_not_payable", "payment_expired") + schema.FX_PAY_409})
 async def pay(call: Call[schema.PayPayment, None]) -> Any:
     """Pay the payment from the holder's wallet balance in its currency. Amounts above the holder's PIN
-    threshold need the PIN."""
-    return await payments.pay(call.svc, call.who, call.match("id"), call.body.pin, call.identity())
+    threshold need the PIN. With fx_quote (the payer view's fx_offer.quote, or any quote of the holder into
+    the payment's currency for at least its amount), from another currency through that quote, honoured once."""
+    return await payments.pay(call.svc, call.who, call.match("id"), call.body.pin, call.identity(),
+                              fx_quote=call.body.fx_quote)
 
 
 @api.route("POST", "/v1/payments/{id}/qr_codes", summary="Issue a dynamic QR code for the payment (single use)",

@@ -41,6 +41,8 @@ MetadataMatch = Annotated[dict[str, str], msgspec.Meta(
 AMOUNT_CODES = ("invalid_amount", "amount_too_precise", "amount_too_large", "invalid_currency")
 DECLINE_CODES = ("insufficient_funds", "limit_exceeded", "currency_not_supported", "merchant_unavailable",
                  "risk_declined")
+FX_PAY_400 = ("quote_mismatch",)  # paying with an fx_quote (gateway/services/fx_payments.py)
+FX_PAY_409 = ("quote_used", "quote_expired")
 PIN_CODES = ("pin_required", "pin_not_set", "incorrect_pin")
 STEP_UP_CODES = PIN_CODES + ("otp_required",)  # a holder paying itself: a risk rule may ask for a code too
 SIGN_IN_CODES = ("sign_in_locked", "sign_in_rate_limited")
@@ -93,8 +95,13 @@ Pin = Annotated[str, msgspec.Meta(min_length=1, max_length=12)]
 Payload = Annotated[str, msgspec.Meta(min_length=1, max_length=600, description="The scanned EMV QR text")]
 
 
+FxQuoteId = Annotated[str, msgspec.Meta(max_length=64, description="An fxq_... quote of this holder into the"
+                                       " payment's currency (a preview's fx_offer.quote): pay from another currency")]
+
+
 class PayPayment(Strict):
     pin: Pin | None = None
+    fx_quote: FxQuoteId | None = None
 
 
 class ConfirmPayment(Strict):
@@ -123,6 +130,7 @@ class QrPay(Strict):
     payload: Payload
     amount: Amount | None = None
     pin: Pin | None = None
+    fx_quote: FxQuoteId | None = None
 
 
 class IssuePayCode(Strict):

@@ -121,14 +121,16 @@ async def qr_preview(call: Call[schema.QrPreview, None]) -> Any:
 @api.route("POST", "/v1/wallet/qr/pay", summary="Pay a scanned QR code (static codes need the amount)",
            auth={P.WALLET}, body=schema.QrPay, response=views.PayerPaymentView, tag="wallet",
            errors={400: schema.AMOUNT_CODES + ("invalid_qr_payload", "qr_code_altered", "qr_code_foreign",
-                                                "amount_required", "amount_mismatch"),
-                   402: schema.DECLINE_CODES + schema.STEP_UP_CODES, 403: ("wallet_locked",), 404: ("qr_code_unknown",),
-                   409: ("qr_code_used", "qr_code_expired", "payment_canceled", "payment_expired")})
+                                                "amount_required", "amount_mismatch") + schema.FX_PAY_400,
+                   402: schema.DECLINE_CODES + schema.STEP_UP_CODES, 403: ("wallet_locked",),
+                   404: ("qr_code_unknown", "resource_missing"),
+                   409: ("qr_code_used", "qr_code_expired", "payment_canceled", "payment_expired") + schema.FX_PAY_409})
 async def qr_pay(call: Call[schema.QrPay, None]) -> Any:
     """Pay a scanned QR code from the wallet: a dynamic code pays its payment; a static code creates one for the
-    amount given."""
+    amount given. With fx_quote (the preview's fx_offer.quote), from another currency at exactly that quote."""
     b = call.body
-    return await qr.pay(call.svc, call.who, b.payload, b.amount, b.pin, call.identity())  # type: ignore[arg-type]
+    return await qr.pay(call.svc, call.who, b.payload, b.amount, b.pin, call.identity(),  # type: ignore[arg-type]
+                        fx_quote=b.fx_quote)
 
 
 @api.route("POST", "/v1/wallet/pay_codes", summary="A one-time pay-code for the counter to scan (about a minute)",

@@ -42,6 +42,7 @@ class EntryKind(StrEnum):
     SETTLEMENT = "settlement"  # a batch closes: receivable -> payable, fees -> revenue
     PAYOUT = "payout"  # a payout is paid: payable -> clearing
     CONVERSION = "conversion"  # a holder's currencies: wallet(A) -> fx_position(A); fx_position(B) -> wallet(B), fx_fees(B)
+    CONVERSION_RETURN = "conversion_return"  # a payment's conversion given back (a refund) at its own rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,4 +246,25 @@ def conversion(holder: uuid.UUID, source: str, target: str, sell_minor: int, rec
         (fx_position(target), -(receive_minor + fee_minor)),
         (wallet(holder, target), receive_minor),
         (fx_fees(target), fee_minor),
+    )
+
+
+def conversion_return(holder: uuid.UUID, source: str, target: str, target_minor: int, source_minor: int,
+                      fee_back_minor: int) -> Entry:
+    """Part of a payment's conversion given back: the holder's ``target_minor`` of ``target`` (and the
+    fee's share, from the FX fees) go back to the FX position, which gives ``source_minor`` of ``source``
+    back to the holder (gateway/domain/fx_payments.py computes the amounts)."""
+    _check_positive(target_minor)
+    for amount in (source_minor, fee_back_minor):
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+            raise UnbalancedEntry("an amount given back is not negative")
+    if source == target:
+        raise UnbalancedEntry("a conversion is between two currencies")
+    return _entry(
+        EntryKind.CONVERSION_RETURN,
+        (wallet(holder, target), -target_minor),
+        (fx_fees(target), -fee_back_minor),
+        (fx_position(target), target_minor + fee_back_minor),
+        (fx_position(source), -source_minor),
+        (wallet(holder, source), source_minor),
     )

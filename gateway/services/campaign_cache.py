@@ -63,6 +63,10 @@ class CampaignCache:
         self._loaded_at_s = self._clock()
         self.loads += 1
 
+    def known_mcc(self, merchant_id: uuid.UUID) -> str | None:
+        """The merchant's MCC if this process has read it already (no round trip), else None."""
+        return self._mccs.get(merchant_id)
+
     async def mcc(self, conn: Connection, merchant_id: uuid.UUID) -> str | None:
         known = self._mccs.get(merchant_id)
         if known is None:

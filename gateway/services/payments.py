@@ -41,7 +41,7 @@ from gateway.domain.payments import Action, CaptureMethod, Payment, Status, chec
 from gateway.errors import (
     Declined, Forbidden, GatewayError, IdempotencyError, IdempotencyInUse, InvalidRequest, InvalidState, NotFound,
 )
-from gateway.services import pages, pins, promotions, risk, views
+from gateway.services import fx_payments, pages, pins, promotions, risk, views
 from gateway.services.context import Services
 from gateway.services.idempotency import AtOnce, Refused, Reply, RequestIdentity
 from gateway.services.pages import PageRequest
@@ -293,7 +293,10 @@ async def get(svc: Services, who: Principal, text_id: str) -> Any:
         if row["status"] == Status.REQUIRES_PAYMENT_METHOD.value and row["capture_method"] == "automatic":
             offer = await promotions.offer_for(svc.campaigns, conn, row,
                                                who.id if who.kind is PrincipalKind.WALLET else None, svc.now())
-        return views.payer_payment_view(row, merchant["name"], offer)
+        view = views.payer_payment_view(row, merchant["name"], offer)
+        if who.kind is PrincipalKind.WALLET:  # its payer, or a holder about to pay it: the cross-currency side
+            view = await fx_payments.payer_side(svc, conn, who.id, row, view)
+        return view
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,14 +375,16 @@ async def authorize_locked(
     channel: str,
     needs_confirmation: bool = False,
     terminal_transaction_id: str | None = None,
+    fx: fx_payments.Funding | None = None,
 ) -> asyncpg.Record:
     """Authorise a locked, unpaid payment against the holder's wallet: tier caps, funds, then hold
     or capture. Shared by every way of paying (by id, QR, pay-code, tap), so every decline of a
-    payment is logged here once (code, payment, merchant, channel; never an amount's payer data)."""
+    payment is logged here once (code, payment, merchant, channel; never an amount's payer data).
+    ``fx``: the payer's quote, converted into the payment's currency first (gateway/services/fx_payments.py)."""
     try:
         return await _authorize_locked(svc, conn, row, holder_id, accounts, channel=channel,
                                        needs_confirmation=needs_confirmation,
-                                       terminal_transaction_id=terminal_transaction_id)
+                                       terminal_transaction_id=terminal_transaction_id, fx=fx)
     except (Declined, Forbidden) as exc:
         log.info("payment declined", extra={"code": exc.code, "payment_id": str(row["id"]),
                                             "merchant_id": str(row["merchant_id"]), "channel": channel})
@@ -396,6 +401,7 @@ async def _authorize_locked(
     channel: str,
     needs_confirmation: bool,
     terminal_transaction_id: str | None,
+    fx: fx_payments.Funding | None = None,
 ) -> asyncpg.Record:
     now = svc.now()
     day = svc.local_day(now)
@@ -424,6 +430,8 @@ async def _authorize_locked(
     updated = await store.update(conn, payment, wallet_account_id=accounts[wallet_ref].id, channel=channel,
                                  spend_day=day, terminal_transaction_id=terminal_transaction_id, discount=discount)
     await _record(conn, updated, holder_id)
+    if fx is not None:  # the quote's conversion puts the money in the wallet the hold or capture takes it from
+        await fx_payments.fund_locked(conn, fx, holder_id, payment, svc.tiers[holder["tier"]])
     # Money last: the hot balance rows (merchant and fee shards) stay locked only until the commit.
     try:
         if payment.status is Status.SUCCEEDED and granted is not None and granted.funded_by is Funder.BANK:
@@ -453,8 +461,10 @@ async def payer_view(conn: Connection, row: asyncpg.Record) -> views.PayerPaymen
 
 
 @counted("wallet")
-async def pay(svc: Services, who: Principal, text_id: str, pin: str | None, identity: RequestIdentity) -> Reply:
-    """The wallet holder pays a payment from its wallet: an authorisation, captured at once if automatic."""
+async def pay(svc: Services, who: Principal, text_id: str, pin: str | None, identity: RequestIdentity,
+              fx_quote: str | None = None) -> Reply:
+    """The wallet holder pays a payment from its wallet: an authorisation, captured at once if automatic.
+    With ``fx_quote``, from another of its currencies through that quote (gateway/services/fx_payments.py)."""
     assert who.kind is PrincipalKind.WALLET
     holder_id = who.id
     pid = payment_id(text_id)
@@ -465,6 +475,8 @@ async def pay(svc: Services, who: Principal, text_id: str, pin: str | None, iden
     accounts = await payer_accounts(svc, holder_id, head["merchant_id"], head["currency"])
     # A PIN given is verified even below the threshold: a risk rule may ask for it (services.risk).
     pin_needed = pins.needed(svc, head["currency"], head["amount_minor"]) or pin is not None
+    funding = None if fx_quote is None else await fx_payments.prepare(svc, holder_id, fx_quote, head["currency"],
+                                                                       head["amount_minor"])
 
     async def check_pin(conn: Connection) -> None:
         await pins.verify(svc, holder_id, pin, conn)
@@ -472,13 +484,15 @@ async def pay(svc: Services, who: Principal, text_id: str, pin: str | None, iden
     async def work(conn: Connection) -> tuple[int, Any]:
         row = await store.get(conn, pid, for_update=True)
         assert row is not None
-        updated = await authorize_locked(svc, conn, row, holder_id, accounts, channel="wallet")
-        return 200, await payer_view(conn, updated)
+        updated = await authorize_locked(svc, conn, row, holder_id, accounts, channel="wallet", fx=funding)
+        view = await payer_view(conn, updated)
+        return 200, view if funding is None else fx_payments.with_fx(view, await fx_payments.paid_with(conn, updated))
 
+    one_statement = not pin_needed and funding is None  # a conversion takes the general path
     with risk.holder_present(who.device_id, pin_verified=pin_needed):
         return await svc.idempotency.run(
             identity, work, before=check_pin if pin_needed else None, refused=record_decline(pid, holder_id),
-            at_once=None if pin_needed else _paid_at_once(svc, head, holder_id, accounts, channel="wallet"),
+            at_once=_paid_at_once(svc, head, holder_id, accounts, channel="wallet") if one_statement else None,
         )
 
 
@@ -509,7 +523,8 @@ def decide_payment(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
     if head["holder_tier"] is None or head["holder_locked"] or head["merchant_status"] != "active":
         return None
     now = svc.now()
-    if promotions.may_apply(svc.campaigns, head, now):  # from memory: a campaign is applied by the general path
+    campaign = promotions.from_memory(svc.campaigns, head, now)
+    if not campaign.known:  # only the general path can tell which campaign applies
         return None
     if not svc.risk_rules.none_active():  # from memory: risk rules are checked by the general path
         return None
@@ -521,25 +536,49 @@ def decide_payment(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
         payment = store.to_domain(head).authorize(holder_id, now, svc.settings.payments.authorization_ttl_s)
     except (GatewayError, KeyError):
         return None
+    offer = campaign.offer if payment.status is Status.SUCCEEDED else None  # only a capture at once is discounted
+    moved = accounts
+    if offer is not None:
+        if offer.campaign.funded_by is Funder.MERCHANT:  # the merchant sells for less
+            sold_minor = payment.amount_minor - offer.benefit_minor
+            payment = replace(payment, authorized_minor=sold_minor, captured_minor=sold_minor)
+        else:
+            promo = ledger_store.cached([ledger.promotions(payment.currency)])
+            if promo is None:  # the general path reads the promotions account (and caches it)
+                return None
+            moved = {**accounts, **promo}
     if payment.status is Status.SUCCEEDED:
         payment = _with_fee(payment, head)
     wallet = accounts[ledger.wallet(holder_id, payment.currency)]
+    discount = None if offer is None else store.Discount(offer.campaign.id, offer.benefit_minor,
+                                                         offer.campaign.funded_by.value)
     row = {**dict(head), "status": payment.status.value, "payer_id": holder_id,
            "authorized_minor": payment.authorized_minor, "captured_minor": payment.captured_minor,
            "fee_minor": payment.fee_minor, "authorization_expires_at": payment.authorization_expires_at,
-           "confirm_by": None, "wallet_account_id": wallet.id, "channel": channel, "spend_day": day, "updated_at": now}
+           "confirm_by": None, "wallet_account_id": wallet.id, "channel": channel, "spend_day": day, "updated_at": now,
+           "campaign_id": None if discount is None else discount.campaign_id,
+           "discount_minor": 0 if discount is None else discount.amount_minor,
+           "discount_funded_by": None if discount is None else discount.funded_by}
     capture = None
-    if payment.status is Status.SUCCEEDED:
+    if payment.status is Status.SUCCEEDED and discount is not None and discount.funded_by == Funder.BANK.value:
+        capture = ledger_store.movement(ledger.discounted_capture(
+            holder_id, payment.merchant_id, payment.currency, payment.captured_minor, payment.fee_minor,
+            discount.amount_minor), moved)
+    elif payment.status is Status.SUCCEEDED:
         capture = ledger_store.movement(ledger.capture(holder_id, payment.merchant_id, payment.currency,
                                                        payment.captured_minor, payment.fee_minor), accounts)
     day_ends = datetime.combine(day + timedelta(days=1), time(0), tzinfo=svc.limits_zone)
+    until = min(payment.expires_at, day_ends)
+    if offer is not None:
+        until = min(until, offer.campaign.ends_at)  # an expired campaign stops at once, by the database's clock
     paid = store.PaidAtOnce(
         payment=payment, seen_updated_at=head["updated_at"], now=now,
-        decided_until=min(payment.expires_at, day_ends), holder_id=holder_id, tier=tier.number,
+        decided_until=until, holder_id=holder_id, tier=tier.number,
         wallet_account_id=wallet.id, channel=channel, spend_day=day, daily_max_minor=caps.daily_max_minor,
         event_type=EVENT_FOR_STATUS[payment.status], event_id=uuid.uuid4(),
         event_data=msgspec.json.encode(views.payment_view(row)), capture=capture,
         hold_minor=0 if capture is not None else payment.authorized_minor,
+        discount=discount, per_holder_max=None if offer is None else offer.campaign.per_holder_max,
     )
     return paid, views.payer_payment_view(row, head["merchant_name"])
 
@@ -770,6 +809,7 @@ async def _refund_locked(
     fee_back = fees.refund_fee_minor(before.captured_minor, before.fee_minor, before.refunded_minor, refunded)
     refund_id = uuid.uuid4()
     clawed = await promotions.claw_back(conn, row, before.refunded_minor, refunded)  # the campaign row, then balances
+    converted = await fx_payments.lock_for_refund(conn, row)  # a payment paid from another currency: its conversion
     if clawed:
         entry = ledger.discounted_refund(payment.payer_id, payment.merchant_id, payment.currency, refunded, fee_back,
                                          clawed)
@@ -778,6 +818,7 @@ async def _refund_locked(
         entry = ledger.refund(payment.payer_id, payment.merchant_id, payment.currency, refunded, fee_back)
     await ledger_store.post(conn, entry, accounts, payment_id=payment.id, refund_id=refund_id)
     refund_row = await store.insert_refund(conn, refund_id, payment, refunded, fee_back, reason, pairs, clawed)
+    await fx_payments.return_for_refund(conn, converted, refund_id, refunded - clawed)  # back at its own rate
     await store.update(conn, payment,
                        discount_clawed_back_minor=row["discount_clawed_back_minor"] + clawed if clawed else None)
     view = views.refund_view(refund_row)

@@ -11,8 +11,11 @@ Invariants:
   created or ended a campaign (after the commit). A load that began before another is never kept
   after it. Until the first load succeeds, and when loads fail for 3 refresh periods, it answers
   "unknown", and every payment goes to the general path, which reads the campaigns itself;
-- so deciding that no campaign applies to a payment costs no database or Redis round trip; a
-  campaign created in another process applies there within ``cache_refresh_s``;
+- so deciding that no campaign applies to a payment costs no database or Redis round trip, and a
+  payment one campaign discounts (its whole stated benefit, while the cached budget covers it) is
+  paid by the one-statement path too, which takes the use, place and budget under the same guards
+  (``from_memory``; migration 0025); a campaign created in another process applies there within
+  ``cache_refresh_s``;
 - only payments captured at once are discounted (a manual capture or a payment waiting for its
   payer's confirmation pays the full amount), and the holder's daily cap counts the full amount.
 """
@@ -30,7 +33,7 @@ from gateway.auth.principals import Principal
 from gateway.domain import ledger, promotions
 from gateway.domain.ids import Kind, decode
 from gateway.domain.money import check_amount, currency
-from gateway.domain.promotions import Campaign, Funder, Offer, Purchase, Rule
+from gateway.domain.promotions import COUNT_MAX, Campaign, Funder, Offer, Purchase, Rule
 from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.services import audit, pages, views
 from gateway.services.campaign_cache import CampaignCache
@@ -51,16 +54,37 @@ def purchase_of(row: Any, mcc: str | None = None) -> Purchase:
                     amount_minor=row["amount_minor"], mcc=mcc)
 
 
-def may_apply(cache: CampaignCache, row: Any, now: datetime) -> bool:
-    """The hot path's question, answered from memory: could a campaign discount this payment? True
-    when the cache cannot tell. (The MCC is not asked: a campaign for other MCCs answers True, and
-    the general path then decides with it.)"""
+@dataclass(frozen=True, slots=True)
+class FromMemory:
+    """What the hot path learns of a payment's campaigns without a round trip: ``known`` False when
+    only the general path can tell (the cache cannot, a campaign's MCCs need a merchant's MCC not
+    cached yet, or the best campaign's budget left is below its discount: the general path gives
+    those last units); else ``offer`` is the discount to take whole (None: no campaign applies)."""
+
+    known: bool
+    offer: Offer | None = None
+
+
+def from_memory(cache: CampaignCache, row: Any, now: datetime) -> FromMemory:
+    """The best campaign for this payment, from memory (see ``FromMemory``). Taking it is still the
+    database's decision (the one-statement path's guards, as ``store.take``'s)."""
     campaigns = cache.current()
     if campaigns is None:
-        return True
+        return FromMemory(known=False)
     if not campaigns:
-        return False
-    return promotions.may_apply(campaigns, purchase_of(row), now)
+        return FromMemory(known=True)
+    found = promotions.offers(campaigns, purchase_of(row), now)  # with no MCC: a superset of the answer
+    if found and any(o.campaign.mccs for o in found):
+        mcc = cache.known_mcc(row["merchant_id"])
+        if mcc is None:
+            return FromMemory(known=False)
+        found = promotions.offers([o.campaign for o in found], purchase_of(row, mcc), now)
+    if not found:
+        return FromMemory(known=True)
+    best = found[0]
+    if best.benefit_minor != promotions.stated_benefit_minor(best.campaign, row["amount_minor"]):
+        return FromMemory(known=False)
+    return FromMemory(known=True, offer=best)
 
 
 async def _offers(cache: CampaignCache, conn: Connection, row: Any, now: datetime) -> list[Offer]:
@@ -152,7 +176,6 @@ class NewCampaign:
     mccs: tuple[str, ...] = ()
 
 
-COUNT_MAX = 2**31 - 1  # places and per-holder limits are stored as integer
 
 # The stable code of each field a campaign's terms can be refused for.
 _CODES = {

@@ -27,7 +27,7 @@ from gateway.domain.money import check_amount, currency, currency_by_numeric
 from gateway.domain.payments import CaptureMethod, Payment, Status
 from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.render import qr_image
-from gateway.services import payments, pins, promotions, risk, views
+from gateway.services import fx_payments, payments, pins, promotions, risk, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.store import codes, tenants
@@ -183,6 +183,7 @@ async def preview(svc: Services, who: Principal, payload_text: str) -> views.QrP
         offer = None
         if payment is not None and payment["capture_method"] == CaptureMethod.AUTOMATIC.value:
             offer = await promotions.offer_for(svc.campaigns, conn, payment, who.id, svc.now())
+        fx_offer = await fx_payments.offer(svc, conn, who.id, payment) if payment is not None else None
     assert merchant is not None
     if payment is not None:
         code = payment["currency"]
@@ -197,15 +198,17 @@ async def preview(svc: Services, who: Principal, payload_text: str) -> views.QrP
         status=payment["status"] if payment else None, merchant_name=merchant["name"],
         merchant_name_local=merchant["name_local"], store_name=store_row["name"] if store_row else None,
         amount=amount, currency=code, expires_at=qr_row["expires_at"].isoformat() if qr_row["expires_at"] else None,
-        pin_required=amount is not None and pins.needed(svc, code, amount), discount_offer=offer,
+        pin_required=amount is not None and pins.needed(svc, code, amount), discount_offer=offer, fx_offer=fx_offer,
     )
 
 
 @payments.counted("qr")
 async def pay(
-    svc: Services, who: Principal, payload_text: str, amount: int | None, pin: str | None, identity: RequestIdentity
+    svc: Services, who: Principal, payload_text: str, amount: int | None, pin: str | None, identity: RequestIdentity,
+    fx_quote: str | None = None,
 ) -> Reply:
-    """Pay a scanned code: a dynamic code pays its payment; a static one creates and pays a payment."""
+    """Pay a scanned code: a dynamic code pays its payment; a static one creates and pays a payment.
+    With ``fx_quote``, from another of the wallet's currencies through that quote (fx_payments.py)."""
     token, payload = _token(svc, payload_text)
     async with svc.db.connection() as conn:
         qr_row = _refuse_if_unknown(await codes.qr(conn, token), payload_text)
@@ -225,6 +228,7 @@ async def pay(
             raise InvalidRequest("the code names an unknown currency", code="invalid_qr_payload", param="payload")
         cur_code = found.code
     accounts = await payments.payer_accounts(svc, who.id, qr_row["merchant_id"], cur_code)
+    funding = None if fx_quote is None else await fx_payments.prepare(svc, who.id, fx_quote, cur_code, amount_minor)
 
     # A PIN given is verified even below the threshold: a risk rule may ask for it (services.risk).
     pin_checked = pins.needed(svc, cur_code, amount_minor) or pin is not None
@@ -254,8 +258,9 @@ async def pay(
                                              fee_bps=merchant["fee_bps"], channel="qr")
             await payment_store.insert_event(conn, "payment.created", new.id, views.payment_view(row),
                                              merchant_id=new.merchant_id, holder_id=who.id)
-        updated = await payments.authorize_locked(svc, conn, row, who.id, accounts, channel="qr")
-        return 200, await payments.payer_view(conn, updated)
+        updated = await payments.authorize_locked(svc, conn, row, who.id, accounts, channel="qr", fx=funding)
+        view = await payments.payer_view(conn, updated)
+        return 200, view if funding is None else fx_payments.with_fx(view, await fx_payments.paid_with(conn, updated))
 
     # A declined dynamic code leaves its payment unpaid: a payment.failed event says why. (A static
     # code's payment is created by the work, so a decline leaves no payment to speak of.)

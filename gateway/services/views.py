@@ -97,6 +97,26 @@ def payment_view(row: Any, checkout_url: str | None = None) -> PaymentView:
     )
 
 
+class PaymentFxView(msgspec.Struct, kw_only=True):
+    """A payment in a currency the wallet lacks, paid from another of its currencies: "you pay
+    ``amount`` ``to_currency`` = ``from_amount`` ``from_currency`` at ``rate``, fee ``fee``"
+    (gateway/services/fx_payments.py). Offered in a preview with its quote; recorded once paid."""
+
+    object: str = "payment_fx"
+    quote: str  # fxq_...: pay with it (``fx_quote``) to be charged exactly this
+    conversion: str | None = None  # cnv_..., once paid
+    from_currency: str
+    from_amount: int  # minor units of from_currency the wallet pays
+    to_currency: str  # the payment's currency
+    to_amount: int  # minor units of to_currency bought: the payment's amount (any rounding excess stays the holder's)
+    amount: int  # the payment's amount
+    rate: str  # the holder's rate (spread taken): to_currency units per from_currency unit, exact
+    fee: int
+    fee_currency: str
+    expires_at: Timestamp | None = None  # the quote's end (an offer)
+    valid_for_s: int | None = None  # seconds left to pay with the quote (an offer)
+
+
 class PayerPaymentView(msgspec.Struct, kw_only=True):
     """What a wallet holder (or a checkout page) sees of a payment: no fees, no merchant internals."""
 
@@ -111,6 +131,8 @@ class PayerPaymentView(msgspec.Struct, kw_only=True):
     confirm_by: str | None = None
     discount: DiscountView | None = None  # the promotion that discounted it, once paid
     discount_offer: DiscountOffer | None = None  # unpaid: the discount paying it now would get (a preview)
+    fx: PaymentFxView | None = None  # paid from another currency: the conversion (its payer only)
+    fx_offer: PaymentFxView | None = None  # unpaid, and the wallet lacks the currency: what paying from another costs
 
 
 def payer_payment_view(row: Any, merchant_name: str, offer: DiscountOffer | None = None) -> PayerPaymentView:
@@ -549,6 +571,7 @@ class QrPreviewView(msgspec.Struct, kw_only=True):
     expires_at: Timestamp | None
     pin_required: bool
     discount_offer: DiscountOffer | None = None  # the discount paying it now would get
+    fx_offer: PaymentFxView | None = None  # the wallet lacks the currency: what paying from another costs
 
 
 class PayCodeView(msgspec.Struct, kw_only=True):

@@ -69,19 +69,21 @@ async def current_rate(conn: Connection, source: str, target: str) -> asyncpg.Re
 
 
 async def insert_quote(conn: Connection, quote_id: uuid.UUID, holder_id: uuid.UUID, rate_id: uuid.UUID,
-                       mid_rate: Decimal, spread_bps: int, quote: Quote, ttl_s: int) -> asyncpg.Record:
+                       mid_rate: Decimal, spread_bps: int, quote: Quote, ttl_s: int,
+                       payment_id: uuid.UUID | None = None) -> asyncpg.Record:
+    """``payment_id``: the payment whose preview offers the quote (gateway/services/fx_payments.py)."""
     return await one(
         conn,
         f"""
         INSERT INTO fx_quotes (id, holder_id, rate_id, from_currency, to_currency, from_exponent, to_exponent,
                                mid_rate, spread_bps, customer_rate, fee_bps, sell_minor, receive_minor, fee_minor,
-                               expires_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now() + make_interval(secs => $15))
+                               expires_at, payment_id)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now() + make_interval(secs => $15), $16)
         RETURNING {_QUOTE}
         """,
         quote_id, holder_id, rate_id, quote.source.code, quote.target.code, quote.source.exponent,
         quote.target.exponent, mid_rate, spread_bps, quote.rate, quote.fee_bps, quote.sell_minor,
-        quote.receive_minor, quote.fee_minor, float(ttl_s),
+        quote.receive_minor, quote.fee_minor, float(ttl_s), payment_id,
     )
 
 

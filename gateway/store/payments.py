@@ -15,6 +15,7 @@ import msgspec
 
 from gateway import metrics
 from gateway.domain.payments import CaptureMethod, Payment, Status
+from gateway.domain.promotions import COUNT_MAX
 from gateway.store import pages
 from gateway.store.db import Connection, one
 from gateway.store.idempotency import AT_ONCE_REFUSED, Done, done_cte
@@ -180,20 +181,25 @@ class PaidAtOnce:
     event_data: bytes
     capture: Movement | None  # the ledger entry of an automatic capture
     hold_minor: int  # else the amount held on the wallet (a manual capture)
+    discount: Discount | None = None  # a campaign's discount (its full stated benefit), taken with the payment
+    per_holder_max: int | None = None  # that campaign's per-holder limit (None: none)
 
 
 async def pay_batch(conn: Connection, items: list[tuple[PaidAtOnce, Done | None]]) -> list[bool]:
-    """Pay several payments in one statement and one transaction (``gateway_pay_batch``, migration
-    0015), each in its own subtransaction, in the use cases' lock order: the payment, the holder
+    """Pay several payments in one statement and one transaction (``gateway_pay_batch``, migrations
+    0015 and 0025), each in its own subtransaction, in the use cases' lock order: the payment, the holder
     (share), the day's spend, the balance shards. Item i is False, with nothing of it written, when
     its payment changed since it was read, its holder's tier or lock changed, its merchant is not
-    active, the day's cap would be crossed, funds are short, it met a deadlock or its key exists;
-    the others are written and committed together."""
+    active, the day's cap would be crossed, its campaign can no longer give its whole discount (ended,
+    out of places or budget, the holder's limit reached), funds are short, it met a deadlock or its
+    key exists; the others are written and committed together. The day's spend counts the full
+    amount, whatever the discount."""
     cols: dict[str, list[Any]] = {name: [] for name in (
         "pid", "seen", "status", "holder", "authorized", "captured", "fee", "auth_exp", "now", "wallet", "channel",
         "day", "currency", "tier", "daily_max", "event_id", "event_type", "event_data", "hold", "kind",
         "p_item", "p_account", "p_currency", "p_amount", "s_item", "s_account", "s_shard", "s_delta", "s_released",
-        "k_principal", "k_key", "k_hash", "k_method", "k_path", "k_status", "k_body", "until")}
+        "k_principal", "k_key", "k_hash", "k_method", "k_path", "k_status", "k_body", "until",
+        "campaign", "discount", "funded", "holder_max", "spend")}
     for item, (paid, done) in enumerate(items, start=1):
         pay = paid.payment
         for name, value in (
@@ -222,6 +228,12 @@ async def pay_batch(conn: Connection, items: list[tuple[PaidAtOnce, Done | None]
                                strict=True):
             cols[name].append(key_value)
         cols["until"].append(paid.decided_until)
+        off = paid.discount
+        cols["campaign"].append(off.campaign_id if off is not None else None)
+        cols["discount"].append(off.amount_minor if off is not None else None)
+        cols["funded"].append(off.funded_by if off is not None else None)
+        cols["holder_max"].append(paid.per_holder_max if paid.per_holder_max is not None else COUNT_MAX)
+        cols["spend"].append(pay.amount_minor)
     started_s = time.perf_counter()
     try:
         applied: list[bool] = await conn.fetchval(

@@ -17,7 +17,7 @@ import uuid
 from datetime import datetime
 import asyncpg
 
-from gateway.domain.promotions import Campaign, Funder, Rule
+from gateway.domain.promotions import COUNT_MAX, Campaign, Funder, Rule
 from gateway.store import pages
 from gateway.store.db import Connection, one
 
@@ -104,7 +104,7 @@ async def take(conn: Connection, campaign_id: uuid.UUID, holder_id: uuid.UUID, s
          WHERE campaign_uses.uses < $3
         RETURNING uses
         """,
-        campaign_id, holder_id, per_holder_max if per_holder_max is not None else 2**31 - 1,
+        campaign_id, holder_id, per_holder_max if per_holder_max is not None else COUNT_MAX,
     )
     if used is None:
         return None

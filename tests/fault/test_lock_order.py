@@ -95,6 +95,17 @@ async def prepare(scene: Scene, kind: str) -> Op:
         quote = await s.world.call("POST", "/v1/wallet/fx_quotes", 201, headers=h.headers,
                                    json={"from_currency": "CNY", "to_currency": "USD", "sell_amount": AMOUNT // 10})
         return lambda: s.post("/v1/wallet/conversions", h.headers, {"quote": quote["id"]})
+    if kind in ("pay_fx", "refund_fx"):  # a USD payment paid from CNY through a quote (fx_payments.py)
+        await s.world.call("POST", "/v1/operator/fx_rates", 201, headers=s.world.ops,
+                           json={"base": "USD", "quote": "CNY", "rate": "7.1234"})
+        quote = await s.world.call("POST", "/v1/wallet/fx_quotes", 201, headers=h.headers,
+                                   json={"from_currency": "CNY", "to_currency": "USD", "receive_amount": AMOUNT // 10})
+        p = await s.world.payment(m, AMOUNT // 10, "USD")
+        pay = f"/v1/wallet/payments/{p['id']}/pay"
+        if kind == "pay_fx":
+            return lambda: s.post(pay, h.headers, {"fx_quote": quote["id"]})
+        assert (await s.post(pay, h.headers, {"fx_quote": quote["id"]}))[0] == 200
+        return lambda: s.post(f"/v1/payments/{p['id']}/refunds", m.headers, {"amount": AMOUNT // 40})
     if kind == "expire":
         await s.lapsed()
         svc = s.world.client.server.app[SERVICES]
@@ -106,7 +117,7 @@ async def prepare(scene: Scene, kind: str) -> Op:
     raise AssertionError(kind)
 
 
-KINDS = ("pay", "capture_partial", "cancel", "refund", "top_up", "withdrawal", "expire", "convert")
+KINDS = ("pay", "capture_partial", "cancel", "refund", "top_up", "withdrawal", "expire", "convert", "pay_fx", "refund_fx")
 
 
 async def race(scene: Scene, kinds: list[str]) -> list[tuple[int, Any]]:

@@ -14,6 +14,9 @@ client; a victim on another network still signs in.
 
 from __future__ import annotations
 
+import math
+import time
+
 from urllib.parse import urlsplit
 
 import pytest
@@ -53,6 +56,7 @@ async def test_one_ipv6_network_cannot_drain_the_sign_in_budget_of_everyone(worl
     await _fresh_buckets(svc)
     burst = svc.settings.throttle.address_burst
     admitted = 0
+    started_s = time.monotonic()
     for n in range(150):
         try:
             await throttle.admit(svc, throttle.Kind.WALLET, f"+8613{n:09d}", f"2001:db8:dead:beef::{n + 1:x}")
@@ -64,7 +68,10 @@ async def test_one_ipv6_network_cannot_drain_the_sign_in_budget_of_everyone(worl
         victim = "admitted"
     except RateLimited as exc:
         victim = f"refused: {exc.code}"
-    assert admitted <= burst, f"one /64 was admitted {admitted} times (per-address burst {burst})"
+    # The bucket refills at address_per_s meanwhile: on a loaded machine the 150 attempts take seconds.
+    refilled = math.floor(svc.settings.throttle.address_per_s * (time.monotonic() - started_s))
+    assert admitted <= burst + refilled, f"one /64 was admitted {admitted} times (burst {burst}, refilled {refilled})"
+    assert admitted < 100, admitted  # far below the overall burst it drained before the fix
     assert victim == "admitted", victim
 
 

@@ -11,11 +11,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+from prometheus_client import REGISTRY
 
 from gateway.api.routing import SERVICES
+from gateway.domain import ledger
 from gateway.domain.ids import Kind, decode
 from gateway.domain.ledger import AccountKind
 from gateway.services import payments as payment_cases
+from gateway.store import ledger as ledger_store
 from gateway.store import payments as payment_store
 from tests.integration.world import Holder, Merchant, World
 
@@ -248,9 +251,17 @@ async def test_campaigns_are_listed_newest_first_and_replayed_by_key(world: Worl
     assert [c["id"] for c in listed["data"]] == [later["id"], first["id"]]
 
 
-async def test_the_one_statement_path_is_kept_when_no_campaign_can_apply(world: World) -> None:
-    """Deciding "no campaign applies" is a lookup in the process's cache (a plain function: no round
-    trip); a campaign that could apply sends the payment to the general path, its end brings it back."""
+def _batched() -> tuple[float, float]:
+    """Payments batch statements were given, and those they refused (this process's metrics)."""
+    return (REGISTRY.get_sample_value("gateway_group_commit_payments_per_batch_sum") or 0.0,
+            REGISTRY.get_sample_value("gateway_group_commit_fallbacks_total") or 0.0)
+
+
+async def test_the_one_statement_path_decides_campaigns_from_memory(world: World) -> None:
+    """Which campaign discounts a payment is looked up in the process's cache (a plain function: no
+    round trip), and the one-statement path takes a discount whole; it leaves to the general path what
+    memory cannot tell: a campaign's MCCs before the merchant's MCC was read, a budget left below the
+    discount (its last units), the promotions account before it was read once."""
     svc = world.client.app[SERVICES]
     m = await world.merchant()
     h = await world.holder(top_up=10_000)
@@ -259,20 +270,40 @@ async def test_the_one_statement_path_is_kept_when_no_campaign_can_apply(world: 
     assert pid is not None and holder_id is not None
     async with svc.db.connection() as conn:
         head = await payment_store.payable(conn, pid, holder_id)
+        await ledger_store.resolve_accounts(conn, [ledger.promotions("CNY")])  # known to this process
     assert head is not None
     accounts = await payment_cases.payer_accounts(svc, holder_id, head["merchant_id"], head["currency"])
 
-    def at_once() -> bool:
-        return payment_cases.decide_payment(svc, head, holder_id, accounts, channel="wallet") is not None
+    def at_once() -> Any:
+        decided = payment_cases.decide_payment(svc, head, holder_id, accounts, channel="wallet")
+        return None if decided is None else decided[0]
 
-    assert svc.campaigns.current() == () and at_once()
-    await _campaign(world, currency="USD")  # another currency: still at once
-    assert at_once()
-    c = await _campaign(world, merchants=[m.id])
-    assert not at_once()
+    assert svc.campaigns.current() == () and at_once().discount is None
+    await _campaign(world, currency="USD")  # another currency: at once, no discount
+    assert at_once().discount is None
+    svc.campaigns._mccs.pop(head["merchant_id"], None)
+    by_mcc = await _campaign(world, merchants=[m.id], mccs=["5812"])
+    assert at_once() is None  # the merchant's MCC is not known to this process yet
+    await world.call("POST", f"/v1/operator/campaigns/{by_mcc['id']}/end", headers=world.ops, json={})
+    c = await _campaign(world, merchants=[m.id], budget=150)
+    decided = at_once()
+    assert decided.discount == payment_store.Discount(_uuid(c["id"]), 100, "bank")
+    assert decided.capture is not None and decided.decided_until <= datetime.fromisoformat(c["ends_at"])
+    written, refused = _batched()
+    paid = await world.pay(h, created["id"])  # the one-statement path takes it
+    assert paid["discount"]["amount"] == 100 and await world.available(h) == 9_100
+    assert _batched() == (written + 1, refused)
+    second = await world.payment(m, 1_000)
+    async with svc.db.connection() as conn:
+        head = await payment_store.payable(conn, decode(Kind.PAYMENT, second["id"]), holder_id)
+    assert head is not None
+    await svc.campaigns.load(svc.db, svc.now())
+    assert at_once() is None  # 50 of the budget left, below the 100 it would give: the general path gives it
+    assert (await world.pay(h, second["id"]))["discount"]["amount"] == 50
     await world.call("POST", f"/v1/operator/campaigns/{c['id']}/end", headers=world.ops, json={})
-    assert at_once()
-    assert (await world.pay(h, created["id"]))["discount"] is None
+    assert at_once() is None or at_once().discount is None
+    got = await world.call("GET", f"/v1/operator/campaigns/{c['id']}", headers=world.ops)
+    assert (got["spent"], got["places_taken"]) == (150, 2)
 
 
 async def test_a_holder_sees_its_own_benefits_and_the_campaigns_it_can_use(world: World) -> None:

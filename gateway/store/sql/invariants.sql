@@ -215,13 +215,14 @@ SELECT c.id FROM conversions c
                                           AND a.currency IN (c.from_currency, c.to_currency)
                                        OR a.kind = 'fx_fees' AND a.currency = c.to_currency)) AS others
       FROM journal_entries e JOIN postings p ON p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
-     WHERE e.conversion_id = c.id) x
+     WHERE e.conversion_id = c.id AND e.kind = 'conversion') x
  WHERE x.entries <> 1 OR x.wallet_from <> -c.sell_minor OR x.position_from <> c.sell_minor
     OR x.position_to <> -(c.receive_minor + c.fee_minor) OR x.wallet_to <> c.receive_minor OR x.fees_to <> c.fee_minor
     OR x.others <> 0
 UNION ALL
 SELECT e.conversion_id FROM journal_entries e LEFT JOIN conversions c ON c.id = e.conversion_id
- WHERE (e.kind = 'conversion' OR e.conversion_id IS NOT NULL) AND (c.id IS NULL OR e.kind <> 'conversion');
+ WHERE (e.kind IN ('conversion', 'conversion_return') OR e.conversion_id IS NOT NULL)
+   AND (c.id IS NULL OR e.kind NOT IN ('conversion', 'conversion_return'));
 -- name: conversion_differs_from_its_quote
 SELECT q.id FROM fx_quotes q LEFT JOIN conversions c ON c.quote_id = q.id
  WHERE (q.conversion_id IS NULL) <> (c.id IS NULL) OR q.conversion_id <> c.id
@@ -239,16 +240,61 @@ SELECT q.id FROM fx_quotes q JOIN fx_rates r ON r.id = q.rate_id
     OR q.receive_minor <> floor(g.gross) - q.fee_minor
     OR q.receive_minor + q.fee_minor > g.gross;
 -- name: fx_position_differs_from_conversions
+-- What conversions sold into the position less what they bought out of it, net of what returns gave back
+-- (a return sells the target back to the position and buys the source out of it).
 SELECT a.id, bal.posted, COALESCE(s.sold, 0) - COALESCE(b.bought, 0) AS conversions
   FROM accounts a
   JOIN (SELECT account_id, sum(posted_minor) AS posted FROM balances GROUP BY account_id) bal ON bal.account_id = a.id
-  LEFT JOIN (SELECT from_currency AS currency, sum(sell_minor) AS sold FROM conversions GROUP BY from_currency) s ON s.currency = a.currency
-  LEFT JOIN (SELECT to_currency AS currency, sum(receive_minor + fee_minor) AS bought FROM conversions GROUP BY to_currency) b
+  LEFT JOIN (SELECT from_currency AS currency, sum(sell_minor - returned_source_minor) AS sold FROM conversions
+              GROUP BY from_currency) s ON s.currency = a.currency
+  LEFT JOIN (SELECT to_currency AS currency, sum(receive_minor + fee_minor - returned_minor - returned_fee_minor) AS bought
+               FROM conversions GROUP BY to_currency) b
     ON b.currency = a.currency
  WHERE a.kind = 'fx_position' AND bal.posted <> COALESCE(s.sold, 0) - COALESCE(b.bought, 0);
 -- name: fx_fees_differ_from_conversions
 SELECT a.id, bal.posted, COALESCE(f.fee, 0) AS fees
   FROM accounts a
   JOIN (SELECT account_id, sum(posted_minor) AS posted FROM balances GROUP BY account_id) bal ON bal.account_id = a.id
-  LEFT JOIN (SELECT to_currency AS currency, sum(fee_minor) AS fee FROM conversions GROUP BY to_currency) f ON f.currency = a.currency
+  LEFT JOIN (SELECT to_currency AS currency, sum(fee_minor - returned_fee_minor) AS fee FROM conversions GROUP BY to_currency) f
+    ON f.currency = a.currency
  WHERE a.kind = 'fx_fees' AND bal.posted <> COALESCE(f.fee, 0);
+-- name: conversion_return_differs_from_its_entries
+-- A conversion's returns (kind 'conversion_return') move exactly its returned_* totals, each leg on its own
+-- account, and those totals are the conversion's amounts times returned/received, rounded down.
+SELECT c.id, c.returned_minor, c.returned_source_minor, c.returned_fee_minor
+  FROM conversions c
+  CROSS JOIN LATERAL (
+    SELECT COALESCE(sum(p.amount_minor) FILTER (WHERE a.kind = 'wallet' AND a.owner_id = c.holder_id AND a.currency = c.to_currency), 0) AS wallet_to,
+           COALESCE(sum(p.amount_minor) FILTER (WHERE a.kind = 'fx_fees' AND a.currency = c.to_currency), 0) AS fees_to,
+           COALESCE(sum(p.amount_minor) FILTER (WHERE a.kind = 'fx_position' AND a.currency = c.to_currency), 0) AS position_to,
+           COALESCE(sum(p.amount_minor) FILTER (WHERE a.kind = 'fx_position' AND a.currency = c.from_currency), 0) AS position_from,
+           COALESCE(sum(p.amount_minor) FILTER (WHERE a.kind = 'wallet' AND a.owner_id = c.holder_id AND a.currency = c.from_currency), 0) AS wallet_from,
+           count(p.id) FILTER (WHERE NOT ((a.kind = 'wallet' AND a.owner_id = c.holder_id OR a.kind = 'fx_position')
+                                          AND a.currency IN (c.from_currency, c.to_currency)
+                                       OR a.kind = 'fx_fees' AND a.currency = c.to_currency)) AS others
+      FROM journal_entries e JOIN postings p ON p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
+     WHERE e.conversion_id = c.id AND e.kind = 'conversion_return') x
+ WHERE x.wallet_to <> -c.returned_minor OR x.fees_to <> -c.returned_fee_minor
+    OR x.position_to <> c.returned_minor + c.returned_fee_minor OR x.position_from <> -c.returned_source_minor
+    OR x.wallet_from <> c.returned_source_minor OR x.others <> 0
+    OR c.returned_source_minor <> div(c.sell_minor::numeric * c.returned_minor, c.receive_minor)
+    OR c.returned_fee_minor <> div(c.fee_minor::numeric * c.returned_minor, c.receive_minor);
+-- name: payment_conversion_differs_from_its_payment
+-- A payment's conversion is its payer's, into the payment's currency, for at least what the payment took
+-- from the wallet, made as it was paid; what it returned is what the refunds credited the wallet (a
+-- payment captured for less, or cancelled, returns nothing of the rest: it stays in the wallet).
+SELECT c.id, pay.id AS payment_id, c.returned_minor, COALESCE(r.credited, 0) AS refunds_credited
+  FROM conversions c JOIN payments pay ON pay.id = c.payment_id
+  LEFT JOIN (SELECT payment_id, sum(amount_minor - discount_clawed_back_minor) AS credited FROM refunds
+              GROUP BY payment_id) r ON r.payment_id = pay.id
+ WHERE pay.payer_id IS DISTINCT FROM c.holder_id OR pay.currency <> c.to_currency
+    OR c.receive_minor < pay.authorized_minor OR pay.status = 'requires_payment_method'
+    OR c.returned_minor <> COALESCE(r.credited, 0)
+UNION ALL
+SELECT c.id, e.refund_id, NULL, NULL FROM journal_entries e JOIN conversions c ON c.id = e.conversion_id
+  LEFT JOIN refunds r ON r.id = e.refund_id
+ WHERE e.kind = 'conversion_return' AND (r.id IS NULL OR r.payment_id IS DISTINCT FROM c.payment_id)
+UNION ALL
+SELECT c.id, r.id, NULL, NULL FROM refunds r JOIN conversions c ON c.payment_id = r.payment_id
+ WHERE r.amount_minor - r.discount_clawed_back_minor > 0
+   AND (SELECT count(*) FROM journal_entries e WHERE e.refund_id = r.id AND e.kind = 'conversion_return') <> 1;
