@@ -526,7 +526,8 @@ def decide_payment(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
     campaign = promotions.from_memory(svc.campaigns, head, now)
     if not campaign.known:  # only the general path can tell which campaign applies
         return None
-    if not svc.risk_rules.none_active():  # from memory: risk rules are checked by the general path
+    if not risk.fast_path_allowed(svc, head["id"], holder_id, head["merchant_id"], head["currency"],
+                                  head["amount_minor"], channel):  # from memory: the general path checks rules
         return None
     day = svc.local_day(now)
     try:

@@ -6,8 +6,8 @@ Invariants:
   after the holder's spend row is locked, so the holder's payments are counted one at a time and N
   concurrent payments against a wallet velocity limit of K never authorise more than K; it reads the
   active rules from the database (a rule created or disabled applies at once on the general path);
-- the one-statement path (``payments.decide_payment``) asks ``svc.risk_rules.none_active()``, from
-  memory (``services.risk_cache``): with any rule active every payment takes the general path;
+- the one-statement path (``payments.decide_payment``) asks ``fast_path_allowed``, from memory
+  (``services.risk_cache``): a payment any active rule concerns takes the general path;
 - velocity per device and per merchant is counted in Redis (a sliding window per rule and scope,
   checked and charged in one script, so concurrent payments never pass a limit together); while Redis
   gives no answer it is counted in PostgreSQL from the 'allow' decisions, under an advisory lock per
@@ -93,6 +93,15 @@ def holder_present(device_id: str | None, *, pin_verified: bool) -> Iterator[Non
 
 
 # --- the check -----------------------------------------------------------------------------------
+
+
+def fast_path_allowed(svc: Services, payment_id: uuid.UUID, holder_id: uuid.UUID, merchant_id: uuid.UUID,
+                      currency: str, amount_minor: int, channel: str) -> bool:
+    """The one-statement path's question, answered from memory (no statement): no rule concerns it."""
+    present = _PRESENT.get()
+    attempt = risk.Attempt(payment_id, holder_id, merchant_id, currency, amount_minor,
+                           None if present is None else present.device_id, channel)
+    return svc.risk_rules.none_concern(attempt)
 
 
 class RiskRefusal(Declined):

@@ -1,9 +1,10 @@
 """This process's view of the active risk rules: what the one-statement payment path asks, from memory.
 
 Invariants:
-- ``none_active()`` is True only when the last kept read of the rules, younger than ``FRESH_S``,
-  found none: with any rule active (or when this process cannot tell) every payment takes the general
-  path, which reads the rules from the database itself;
+- ``none_concern(attempt)`` is True only when the last kept read of the rules, younger than
+  ``FRESH_S``, found none that concerns the payment (``domain.risk.applies``: another holder's
+  blocked wallet, another currency's amount rule, ...): a payment a rule may concern (or any payment,
+  when this process cannot tell) takes the general path, which reads the rules from the database;
 - the view is read when the app starts, re-read every ``REFRESH_S`` in the background
   (``refreshing``) and at once after a change made by this process, so a rule created in another
   process reaches this one's fast path within ``REFRESH_S``;
@@ -47,8 +48,11 @@ class RiskRules:
         self.rules = rules
         self.read_at_s = self.clock()
 
-    def none_active(self) -> bool:
-        return self.read_at_s is not None and self.clock() - self.read_at_s <= FRESH_S and not self.rules
+    def none_concern(self, attempt: risk.Attempt) -> bool:
+        """From memory, while the view is fresh: no active rule concerns this payment (``risk.applies``),
+        so the general path would find nothing to check or record either."""
+        fresh = self.read_at_s is not None and self.clock() - self.read_at_s <= FRESH_S
+        return fresh and not any(risk.applies(r, attempt) for r in self.rules)
 
     async def load(self, conn: Connection) -> tuple[risk.Rule, ...]:
         """Read the active rules (the general path's answer) and keep them as this process's view."""

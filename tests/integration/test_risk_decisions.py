@@ -17,6 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.domain.ids import Kind, decode
+from gateway.services import payments as payment_cases
 from tests.conftest import TEST_REDIS_URL, make_settings, sms_gateway
 from tests.integration.conftest import serving
 from tests.integration.test_qr_paycode import _charge, _device_holder
@@ -277,3 +278,22 @@ async def test_merchant_velocity_holds_under_concurrency_in_redis(world: World) 
 
 async def test_merchant_velocity_holds_under_concurrency_without_redis(redis_down_world: World) -> None:
     assert await _merchant_race(redis_down_world, 3, 8) == [200] * 3 + [402] * 5
+
+
+async def test_a_payment_no_rule_concerns_keeps_the_one_statement_path(world: World,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    m = await world.merchant()
+    blocked, free = await world.holder(top_up=10_000), await world.holder(top_up=10_000)
+    await _rule(world, kind="blocked_wallet", wallet=blocked.id)
+    general: list[str] = []
+    authorize = payment_cases.authorize_locked
+
+    async def spy_authorize(*args: Any, **kwargs: Any) -> Any:
+        general.append(kwargs["channel"])
+        return await authorize(*args, **kwargs)
+
+    monkeypatch.setattr(payment_cases, "authorize_locked", spy_authorize)
+    assert (await _paid(world, m, free, 100))["status"] == "succeeded"
+    assert general == []  # another holder's block: decided from memory, one statement
+    assert (await _paid(world, m, blocked, 100, 402))["error"]["code"] == "risk_declined"
+    assert general == ["wallet"]

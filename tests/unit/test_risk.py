@@ -110,16 +110,24 @@ def test_most_severe_outcome_wins_and_step_ups_meet_theirs_only() -> None:
     assert nothing.outcome is Outcome.ALLOW and not nothing.recorded
 
 
-def test_view_allows_the_fast_path_only_while_fresh_and_empty() -> None:
+def test_view_allows_the_fast_path_only_while_fresh_and_no_rule_concerns_the_payment() -> None:
     now = [100.0]
     view = RiskRules(clock=lambda: now[0])
-    assert not view.none_active()  # never read: cannot tell
+    attempt = _attempt()
+    assert not view.none_concern(attempt)  # never read: cannot tell
     view.saw(())
-    assert view.none_active()
+    assert view.none_concern(attempt)
     now[0] += FRESH_S + 0.1
-    assert not view.none_active()  # stale
-    view.saw((_rule(RuleKind.BLOCKED_WALLET, holder_id=uuid.uuid4()),))
-    assert not view.none_active()
+    assert not view.none_concern(attempt)  # stale
+    view.saw((_rule(RuleKind.BLOCKED_WALLET, holder_id=uuid.uuid4()),
+              _rule(RuleKind.AMOUNT_UNUSUAL, currency="USD", multiplier_pct=300, baseline=Baseline.MEDIAN,
+                    history_min=3)))
+    assert view.none_concern(attempt)  # another holder's block, another currency's rule
+    assert not view.none_concern(_attempt(currency="USD"))
+    view.saw((_rule(RuleKind.BLOCKED_WALLET, holder_id=HOLDER),))
+    assert not view.none_concern(attempt)
+    view.saw((_rule(RuleKind.VELOCITY_WALLET, window_s=60, max_count=5),))
+    assert not view.none_concern(attempt)  # a velocity rule concerns every payment
 
 
 def test_view_keeps_no_read_begun_before_the_one_kept() -> None:
