@@ -235,6 +235,9 @@ async def play(c: Client, out_dir: Path) -> None:
     step("Currencies: the operator imports today's rates from a CSV file; Alice converts 100.00 CNY to US dollars")
     await demo_wallet.conversion(c.call, ops, alice, money)
 
+    step("Paying abroad: a 12.50 EUR QR payment from Alice's yuan, at the quote her wallet previews; a refund in yuan")
+    await demo_wallet.cross_currency_qr_payment(c.call, secret, alice, money)
+
     step("Budgets: Alice sets a monthly dining budget; a payment takes her past 80% and a reminder arrives")
     await demo_wallet.budget_reminder(c.call, secret, alice, money)
 

@@ -96,3 +96,33 @@ async def budget_reminder(call: Call, secret: str, holder: str, money: Money) ->
     data = found[0]["data"]
     print(f"   a {money(300)} CNY tea later: notification {found[0]['kind']} at {data['threshold_percent']}%"
           f" (spent {money(data['spent'])} of {money(data['amount'])})")
+
+
+async def cross_currency_qr_payment(call: Call, secret: str, holder: str, money: Money) -> None:
+    """A 12.50 EUR QR payment from Alice's CNY: the preview shows what it costs in CNY with its quote, the
+    pay call carries the quote (honoured once), and a partial refund comes back in CNY at the payment's rate."""
+    _, payment, _ = await call("POST", "/v1/payments", secret, {"amount": 1_250, "currency": "EUR",
+                               "merchant_reference": "T1-0009", "description": "Museum ticket"},
+                               key="order-T1-0009", expect=201)
+    _, qr, _ = await call("POST", f"/v1/payments/{payment['id']}/qr_codes", secret, {"ttl": 300},
+                          key=str(uuid.uuid4()), expect=201)
+    _, preview, _ = await call("POST", "/v1/wallet/qr/preview", holder, {"payload": qr["payload"]}, expect=200)
+    offer = preview["fx_offer"]
+    print(f"   Alice has no EUR; her wallet previews {money(offer['amount'])} EUR = {money(offer['from_amount'])}"
+          f" {offer['from_currency']} at {Decimal(offer['rate']):.6f}, fee {money(offer['fee'])} EUR"
+          f" (quote {offer['quote']}, valid {offer['valid_for_s']} s)")
+    _, paid, _ = await call("POST", "/v1/wallet/qr/pay", holder, {"payload": qr["payload"], "fx_quote": offer["quote"]},
+                            key=str(uuid.uuid4()), expect=200)
+    fx = paid["fx"]
+    print(f"   {paid['id']}: {paid['status']}, {money(fx['from_amount'])} CNY through {fx['conversion']};"
+          f" the merchant is paid in EUR")
+    _, second, _ = await call("POST", "/v1/payments", secret, {"amount": 1_250, "currency": "EUR",
+                              "merchant_reference": "T1-0010"}, key="order-T1-0010", expect=201)
+    status, refused, _ = await call("POST", f"/v1/wallet/payments/{second['id']}/pay", holder,
+                                    {"fx_quote": offer["quote"]}, key=str(uuid.uuid4()))
+    print(f"   the same quote for another payment: HTTP {status} {refused['error']['code']}")
+    _, refund, _ = await call("POST", f"/v1/payments/{paid['id']}/refunds", secret, {"amount": 500},
+                              key=str(uuid.uuid4()), expect=201)
+    _, history, _ = await call("GET", "/v1/wallet/transactions?currency=CNY&limit=5", holder, expect=200)
+    back = next(t for t in history["data"] if t["kind"] == "conversion_return")
+    print(f"   refund {refund['id']} of {money(500)} EUR: {money(back['amount'])} CNY back at the payment's own rate")

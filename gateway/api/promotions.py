@@ -18,21 +18,22 @@ Ids = Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(
 Minor = Annotated[int, msgspec.Meta(ge=0, description="Integer minor units of the campaign's currency")]
 CAMPAIGN_CODES = ("invalid_time_zone", "invalid_starts_at", "invalid_ends_at", "invalid_percent_bps",
                   "invalid_fixed_amount", "invalid_cap", "invalid_budget", "invalid_min_amount",
-                  "invalid_per_holder_limit", "invalid_places", "invalid_mcc", *schema.AMOUNT_CODES)
+                  "invalid_per_holder_limit", "invalid_places", "invalid_mcc", "invalid_funded_by",
+                  "invalid_eligibility", *schema.AMOUNT_CODES)
 
 
 class CreateCampaign(schema.Strict):
     name: schema.ShortText
     currency: schema.Currency
-    rule: Literal["percent", "fixed"]
+    rule: Literal["percent", "fixed", "cashback", "gift_registration", "gift_first_payment"]
     funded_by: Literal["merchant", "bank"]
     time_zone: Annotated[str, msgspec.Meta(min_length=1, max_length=64, description="IANA, e.g. Asia/Shanghai")]
     starts_at: LocalTime
     ends_at: LocalTime
-    budget: Annotated[int, msgspec.Meta(description="Total of the discounts it may give, in minor units")]
-    percent_bps: Annotated[int, msgspec.Meta(description="percent rule: the discount in basis points")] = 0
-    fixed_amount: Annotated[int, msgspec.Meta(description="fixed rule: the discount in minor units")] = 0
-    cap: Annotated[int, msgspec.Meta(description="At most this discount per payment")] | None = None
+    budget: Annotated[int, msgspec.Meta(description="Total of the benefits it may give, in minor units")]
+    percent_bps: Annotated[int, msgspec.Meta(description="percent rule (or a percentage cashback): basis points")] = 0
+    fixed_amount: Annotated[int, msgspec.Meta(description="fixed rule, a fixed cashback or a gift: minor units")] = 0
+    cap: Annotated[int, msgspec.Meta(description="At most this discount or cashback per payment")] | None = None
     min_amount: Minor = 0
     per_holder_limit: Annotated[int, msgspec.Meta(description="Discounted payments per holder")] | None = None
     places: Annotated[int, msgspec.Meta(description="Discounted payments in all, first come first served")] | None = None
@@ -56,7 +57,14 @@ async def create_campaign(call: Call[CreateCampaign, None]) -> Any:
     full amount) or by the merchant (it receives amount - discount). budget bounds the discounts given in all (the
     last units go as a smaller discount), places the discounted payments, per_holder_limit those of one holder.
     The holder always pays at least one minor unit. Among several campaigns the largest discount wins (then the one
-    ending first)."""
+    ending first).
+
+    rule cashback credits the payer's wallet when the payment is captured (at once, or by a later manual capture),
+    percent_bps of the amount captured (at most cap) or fixed_amount (its share for a partial capture); a refund
+    takes it back in proportion, from what the refund gives the holder. rule gift_registration credits fixed_amount
+    to each holder registering during the window; gift_first_payment with a holder's first captured payment ever
+    (once per holder whatever the campaign). Cashback and gifts are funded by the bank; places, budget and
+    per_holder_limit hold for them as for discounts (a gift: once per holder)."""
     b = call.body
     req = promotions.NewCampaign(
         name=b.name, currency=b.currency, rule=b.rule, funded_by=b.funded_by, time_zone=b.time_zone,
@@ -89,10 +97,18 @@ async def end_campaign(call: Call[schema.Empty, None]) -> Any:
     return await promotions.end(call.svc, call.who, call.match("id"), call.identity())
 
 
-@api.route("GET", "/v1/wallet/benefits", summary="The holder's discounts received and the campaigns it can use",
+@api.route("GET", "/v1/operator/campaigns/{id}/gifts", summary="The gifts a campaign gave", auth={P.OPERATOR},
+           query=CampaignQuery, response=views.GiftList, tag="promotions")
+async def campaign_gifts(call: Call[None, CampaignQuery]) -> Any:
+    """The gifts of a gift campaign, newest first, cursor paginated: to which holder, on registration or with
+    which first payment, how much."""
+    return await promotions.campaign_gifts(call.svc, call.match("id"), call.query.page())
+
+
+@api.route("GET", "/v1/wallet/benefits", summary="The holder's discounts, cashback and gifts, and the campaigns it can use",
            auth={P.WALLET}, query=schema.PageQuery, response=views.BenefitsView, tag="wallet")
 async def wallet_benefits(call: Call[None, schema.PageQuery]) -> Any:
-    """The discounts the holder received (newest first, cursor paginated by payment id: which payment, which
-    campaign, how much, who funded it, how much refunds took back) and the live campaigns it can still get a
-    discount from, with the uses it has left."""
+    """The discounts, cashback and gifts the holder received (newest first, cursor paginated by payment id, or
+    gift id for a gift: which payment, which campaign, how much, who funded it, how much refunds took back) and
+    the live campaigns it can still get something from, with the uses it has left."""
     return await promotions.benefits(call.svc, call.who, call.query.page())

@@ -48,6 +48,7 @@ class Kind(StrEnum):
     SIGN_IN_MESSAGE = "sms"
     RISK_RULE = "rsk"
     RISK_DECISION = "rkd"
+    GIFT = "gft"
 
 
 def encode(kind: Kind, value: uuid.UUID) -> str:

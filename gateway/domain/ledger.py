@@ -41,6 +41,8 @@ class EntryKind(StrEnum):
     WRITE_OFF = "write_off"
     SETTLEMENT = "settlement"  # a batch closes: receivable -> payable, fees -> revenue
     PAYOUT = "payout"  # a payout is paid: payable -> clearing
+    CASHBACK = "cashback"  # promotions -> wallet, with a payment's capture (a refund takes it back in its entry)
+    GIFT = "gift"  # promotions -> wallet: a registration or first-payment gift, never taken back
     CONVERSION = "conversion"  # a holder's currencies: wallet(A) -> fx_position(A); fx_position(B) -> wallet(B), fx_fees(B)
     CONVERSION_RETURN = "conversion_return"  # a payment's conversion given back (a refund) at its own rate
 
@@ -181,9 +183,10 @@ def discounted_capture(holder: uuid.UUID, merchant_id: uuid.UUID, currency: str,
 
 def discounted_refund(holder: uuid.UUID, merchant_id: uuid.UUID, currency: str, amount_minor: int,
                       fee_back_minor: int, clawback_minor: int) -> Entry:
-    """A refund of a payment a bank-funded discount paid part of: the merchant gives back
-    ``amount - fee_back`` as for any refund, the promotions account takes its ``clawback_minor`` back
-    and the holder receives the rest (what it paid of that part)."""
+    """A refund of a payment a bank-funded benefit paid part of (a discount, or a cashback credited
+    with its capture): the merchant gives back ``amount - fee_back`` as for any refund, the promotions
+    account takes its ``clawback_minor`` back and the holder receives the rest. The clawback is
+    netted here, never debited from the wallet: a holder who spent its cashback is not overdrawn."""
     _check_positive(amount_minor)
     if not 0 <= fee_back_minor <= amount_minor:
         raise UnbalancedEntry("fee refund out of range")
@@ -196,6 +199,21 @@ def discounted_refund(holder: uuid.UUID, merchant_id: uuid.UUID, currency: str, 
         (promotions(currency), clawback_minor),
         (wallet(holder, currency), amount_minor - clawback_minor),
     )
+
+
+def _promotion_credit(kind: EntryKind, holder: uuid.UUID, currency: str, amount_minor: int) -> Entry:
+    _check_positive(amount_minor)
+    return _entry(kind, (promotions(currency), -amount_minor), (wallet(holder, currency), amount_minor))
+
+
+def cashback(holder: uuid.UUID, currency: str, amount_minor: int) -> Entry:
+    """The promotions account credits a captured payment's cashback to its payer's wallet."""
+    return _promotion_credit(EntryKind.CASHBACK, holder, currency, amount_minor)
+
+
+def gift(holder: uuid.UUID, currency: str, amount_minor: int) -> Entry:
+    """The promotions account credits a gift (registration, first payment) to the holder's wallet."""
+    return _promotion_credit(EntryKind.GIFT, holder, currency, amount_minor)
 
 
 def write_off(currency: str, amount_minor: int) -> Entry:

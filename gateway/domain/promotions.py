@@ -1,5 +1,6 @@
-"""Promotion campaigns: eligibility, the discount a payment gets, the choice among campaigns and the
-clawback of a refund. Pure: the clock is passed in.
+"""Promotion campaigns: eligibility, the discount a payment gets, the cashback its capture credits,
+the gifts of a registration and of a first payment, the choice among campaigns and the clawback of a
+refund. Pure: the clock is passed in.
 
 Rules (each unit-tested in tests/unit/test_promotions.py):
 - a campaign is in one currency: its budget, its fixed discount, its cap and its minimum amount are
@@ -12,6 +13,13 @@ Rules (each unit-tested in tests/unit/test_promotions.py):
 - whatever the rule, a benefit is at most ``amount - 1`` (the holder always pays at least one minor
   unit, so every discounted payment still moves money from its wallet) and at most the budget
   left; a benefit of 0 is no benefit (the campaign does not apply);
+- cashback (``Rule.CASHBACK``) is credited when a payment is captured, on the amount captured: a
+  percentage is ``floor(captured * bps / 10000)``, a fixed amount is ``floor(fixed * captured /
+  amount)`` (a partial capture gets its share), then at most ``cap_minor``, at most the amount
+  captured and at most the budget left; a refund takes it back as it takes a discount back;
+- a gift (``Rule.GIFT_REGISTRATION``, ``Rule.GIFT_FIRST_PAYMENT``) is ``fixed_minor``, or the budget
+  left if less; a registration gift has no merchant, store, MCC or minimum amount; gifts are never
+  taken back; cashback and gifts are funded by the bank (the promotions account) only;
 - among several applicable campaigns the holder gets the largest benefit; ties go to the campaign
   ending first, then to the smallest id (a stable, stated order);
 - a refund takes back the part of the benefit proportional to the amount refunded, computed as the
@@ -33,8 +41,17 @@ COUNT_MAX = 2**31 - 1  # places and per-holder limits are stored as integer (the
 
 
 class Rule(StrEnum):
-    PERCENT = "percent"  # percent_bps of the amount, at most cap_minor
+    PERCENT = "percent"  # percent_bps of the amount off, at most cap_minor
     FIXED = "fixed"  # fixed_minor off
+    CASHBACK = "cashback"  # credited at capture: percent_bps of it (at most cap_minor), or fixed_minor
+    GIFT_REGISTRATION = "gift_registration"  # fixed_minor credited when a holder registers
+    GIFT_FIRST_PAYMENT = "gift_first_payment"  # fixed_minor credited with a holder's first captured payment
+
+
+DISCOUNTS = frozenset({Rule.PERCENT, Rule.FIXED})
+GIFTS = frozenset({Rule.GIFT_REGISTRATION, Rule.GIFT_FIRST_PAYMENT})
+# What a payment can get: the fast path asks whether any of these may apply.
+AT_PAYMENT = frozenset({Rule.PERCENT, Rule.FIXED, Rule.CASHBACK, Rule.GIFT_FIRST_PAYMENT})
 
 
 class Funder(StrEnum):
@@ -86,18 +103,26 @@ class Campaign:
 
 def check_terms(c: Campaign) -> None:
     """``CampaignError`` naming the first field whose value the others make impossible."""
-    if c.rule is Rule.PERCENT:
+    if c.rule is Rule.PERCENT or (c.rule is Rule.CASHBACK and c.percent_bps != 0):
         if not 0 < c.percent_bps <= BPS_MAX:
-            raise CampaignError("percent_bps is 1-10000 for a percentage discount", "percent_bps")
+            raise CampaignError(f"percent_bps is 1-10000 for a percentage {c.rule.value}", "percent_bps")
         if c.fixed_minor != 0:
-            raise CampaignError("a percentage discount has no fixed amount", "fixed_amount")
+            raise CampaignError("a percentage has no fixed amount", "fixed_amount")
     else:
         if c.fixed_minor <= 0:
-            raise CampaignError("fixed_amount is a positive integer for a fixed discount", "fixed_amount")
+            raise CampaignError(f"fixed_amount is a positive integer for a {c.rule.value} rule", "fixed_amount")
         if c.percent_bps != 0:
-            raise CampaignError("a fixed discount has no percentage", "percent_bps")
+            raise CampaignError("a fixed amount has no percentage", "percent_bps")
     if c.cap_minor is not None and c.cap_minor <= 0:
         raise CampaignError("cap is a positive integer", "cap")
+    if c.rule not in DISCOUNTS and c.funded_by is not Funder.BANK:
+        raise CampaignError("cashback and gifts are funded by the bank (funded_by: bank)", "funded_by")
+    if c.rule in GIFTS and c.cap_minor is not None:
+        raise CampaignError("a gift is a fixed amount: no cap", "cap")
+    if c.rule in GIFTS and c.per_holder_max not in (None, 1):
+        raise CampaignError("a gift is given once per holder", "per_holder_limit")
+    if c.rule is Rule.GIFT_REGISTRATION and (c.merchant_ids or c.store_ids or c.mccs or c.min_amount_minor):
+        raise CampaignError("a registration gift has no merchants, stores, mccs or min_amount", "merchants")
     if c.budget_minor <= 0:
         raise CampaignError("budget is a positive integer", "budget")
     if c.min_amount_minor < 0:
@@ -142,9 +167,14 @@ def live(c: Campaign, now: datetime) -> bool:
 
 
 def eligible(c: Campaign, p: Purchase, now: datetime) -> bool:
-    """Whether the campaign's terms admit the purchase now (budget and places aside)."""
-    if not live(c, now) or p.currency != c.currency or p.amount_minor < max(c.min_amount_minor, 2):
-        return False  # an amount of 1 cannot be discounted: the holder pays at least one unit
+    """Whether the campaign's terms admit the purchase now (budget and places aside); a registration
+    gift admits no purchase."""
+    if c.rule is Rule.GIFT_REGISTRATION:
+        return False
+    # An amount of 1 cannot be discounted: the holder pays at least one unit.
+    floor_minor = 2 if c.rule in DISCOUNTS else 1
+    if not live(c, now) or p.currency != c.currency or p.amount_minor < max(c.min_amount_minor, floor_minor):
+        return False
     if c.merchant_ids and p.merchant_id not in c.merchant_ids:
         return False
     if c.store_ids and p.store_id not in c.store_ids:
@@ -152,8 +182,23 @@ def eligible(c: Campaign, p: Purchase, now: datetime) -> bool:
     return not (c.mccs and p.mcc is not None and p.mcc not in c.mccs)
 
 
-def stated_benefit_minor(c: Campaign, amount_minor: int) -> int:
-    """The discount the rule gives ``amount_minor``, before the budget: never more than amount - 1."""
+def stated_benefit_minor(c: Campaign, amount_minor: int, captured_minor: int | None = None) -> int:
+    """What the rule gives a payment of ``amount_minor`` (of which ``captured_minor`` is captured:
+    the whole amount when None), before the budget. A discount is never more than amount - 1, a
+    cashback never more than the amount captured; a gift is its fixed amount."""
+    if c.rule in GIFTS:
+        return c.fixed_minor
+    if c.rule is Rule.CASHBACK:
+        basis_minor = amount_minor if captured_minor is None else captured_minor
+        if not 0 < basis_minor <= amount_minor:
+            return 0
+        if c.percent_bps:
+            stated = basis_minor * c.percent_bps // BPS_MAX
+        else:
+            stated = c.fixed_minor * basis_minor // amount_minor  # a partial capture gets its share
+        if c.cap_minor is not None:
+            stated = min(stated, c.cap_minor)
+        return max(0, min(stated, basis_minor))
     if amount_minor <= 1:
         return 0
     if c.rule is Rule.PERCENT:
@@ -165,12 +210,12 @@ def stated_benefit_minor(c: Campaign, amount_minor: int) -> int:
     return max(0, min(stated, amount_minor - 1))
 
 
-def benefit_minor(c: Campaign, amount_minor: int) -> int:
-    """The discount, never more than the budget left (the last units of a budget go as a smaller
-    discount), nor with no place left; 0 when nothing is given."""
+def benefit_minor(c: Campaign, amount_minor: int, captured_minor: int | None = None) -> int:
+    """The benefit, never more than the budget left (the last units of a budget go as a smaller
+    benefit), nor with no place left; 0 when nothing is given."""
     if c.places_left is not None and c.places_left <= 0:
         return 0
-    return max(0, min(stated_benefit_minor(c, amount_minor), c.budget_left_minor))
+    return max(0, min(stated_benefit_minor(c, amount_minor, captured_minor), c.budget_left_minor))
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,18 +224,29 @@ class Offer:
     benefit_minor: int
 
 
-def offers(campaigns: Iterable[Campaign], p: Purchase, now: datetime) -> list[Offer]:
-    """The applicable campaigns with their benefit, best for the holder first: the largest benefit,
-    then the campaign ending first, then the smallest id."""
-    found = [Offer(c, benefit_minor(c, p.amount_minor)) for c in campaigns if eligible(c, p, now)]
-    found = [o for o in found if o.benefit_minor > 0]
-    found.sort(key=lambda o: (-o.benefit_minor, o.campaign.ends_at, o.campaign.id.bytes))
-    return found
+def _best_first(found: Iterable[Offer]) -> list[Offer]:
+    """Best for the holder first: the largest benefit, then the campaign ending first, then the smallest id."""
+    return sorted((o for o in found if o.benefit_minor > 0),
+                  key=lambda o: (-o.benefit_minor, o.campaign.ends_at, o.campaign.id.bytes))
 
 
-def may_apply(campaigns: Iterable[Campaign], p: Purchase, now: datetime) -> bool:
-    """Whether any campaign could give this purchase a benefit (the hot path's question)."""
-    return any(eligible(c, p, now) and benefit_minor(c, p.amount_minor) > 0 for c in campaigns)
+def offers(campaigns: Iterable[Campaign], p: Purchase, now: datetime, rules: frozenset[Rule] = DISCOUNTS,
+           captured_minor: int | None = None) -> list[Offer]:
+    """The applicable campaigns of ``rules`` with their benefit, best for the holder first."""
+    return _best_first(Offer(c, benefit_minor(c, p.amount_minor, captured_minor)) for c in campaigns
+                       if c.rule in rules and eligible(c, p, now))
+
+
+def registration_gifts(campaigns: Iterable[Campaign], now: datetime) -> list[Offer]:
+    """The live registration gifts with what each gives, best first (a holder gets each once)."""
+    return _best_first(Offer(c, benefit_minor(c, c.fixed_minor)) for c in campaigns
+                       if c.rule is Rule.GIFT_REGISTRATION and live(c, now))
+
+
+def may_apply(campaigns: Iterable[Campaign], p: Purchase, now: datetime, rules: frozenset[Rule] = AT_PAYMENT) -> bool:
+    """Whether any campaign of ``rules`` could give this purchase a benefit (the hot path's question:
+    a discount, a cashback at its capture or a first-payment gift)."""
+    return any(c.rule in rules and eligible(c, p, now) and benefit_minor(c, p.amount_minor) > 0 for c in campaigns)
 
 
 def clawback_minor(benefit_total_minor: int, basis_minor: int, refunded_before_minor: int, refund_minor: int) -> int:

@@ -11,7 +11,9 @@ can deadlock; ``tests/fault/test_lock_order.py`` races every pair on one wallet)
 4. the holder's daily spend row (``daily_spend``);
 4a. a promotion's rows when one discounts the payment: the holder's use (``campaign_uses``), then the
    campaign (its one row is hot: every discounted payment of the campaign waits on it until its commit);
-   a refund of a bank-funded discounted payment touches only the campaign row, after the payment row;
+   a capture's cashback campaign (or its discount's), then its first-payment gift's (``promotions.credits_at_capture``);
+   a refund of a bank-funded discounted payment (or one with cashback) touches only the campaign row, after the
+   payment row;
 5. balance rows, in (account id, shard) order: the wallet's, then hot merchant / fee / clearing
    shards, touched last so they stay locked only until the commit;
 then inserts only (events, refunds, journal entries), which lock nothing anyone waits for.
@@ -268,7 +270,8 @@ def _new_row(payment: Payment, now: datetime, *, store_id: uuid.UUID | None, ter
         "description": description, "wallet_account_id": None, "channel": None, "created_at": now,
         "updated_at": now, "spend_day": None, "return_url": return_url, "cancel_url": cancel_url,
         "metadata": msgspec.json.encode(_jsonb_order(pairs)).decode(), "campaign_id": None, "discount_minor": 0,
-        "discount_funded_by": None, "discount_clawed_back_minor": 0,
+        "discount_funded_by": None, "discount_clawed_back_minor": 0, "cashback_campaign_id": None,
+        "cashback_minor": 0, "cashback_clawed_back_minor": 0,
     }
 
 
@@ -289,11 +292,12 @@ async def get(svc: Services, who: Principal, text_id: str) -> Any:
             raise _missing(pid)
         merchant = await tenants.merchant(conn, row["merchant_id"])
         assert merchant is not None
-        offer = None
+        offer = cashback = None
         if row["status"] == Status.REQUIRES_PAYMENT_METHOD.value and row["capture_method"] == "automatic":
-            offer = await promotions.offer_for(svc.campaigns, conn, row,
-                                               who.id if who.kind is PrincipalKind.WALLET else None, svc.now())
-        view = views.payer_payment_view(row, merchant["name"], offer)
+            payer = who.id if who.kind is PrincipalKind.WALLET else None
+            offer = await promotions.offer_for(svc.campaigns, conn, row, payer, svc.now())
+            cashback = await promotions.cashback_offer_for(svc.campaigns, conn, row, payer, svc.now(), offer)
+        view = views.payer_payment_view(row, merchant["name"], offer, cashback)
         if who.kind is PrincipalKind.WALLET:  # its payer, or a holder about to pay it: the cross-currency side
             view = await fx_payments.payer_side(svc, conn, who.id, row, view)
         return view
@@ -427,6 +431,7 @@ async def _authorize_locked(
     wallet_ref = ledger.wallet(holder_id, payment.currency)
     discount = None if granted is None else store.Discount(granted.campaign_id, granted.discount_minor,
                                                              granted.funded_by.value)
+    credits = await _credits(svc, conn, row, payment, discounted=granted is not None)  # campaign rows, then balances
     updated = await store.update(conn, payment, wallet_account_id=accounts[wallet_ref].id, channel=channel,
                                  spend_day=day, terminal_transaction_id=terminal_transaction_id, discount=discount)
     await _record(conn, updated, holder_id)
@@ -438,11 +443,12 @@ async def _authorize_locked(
             entry = ledger.discounted_capture(holder_id, payment.merchant_id, payment.currency, payment.captured_minor,
                                               payment.fee_minor, granted.discount_minor)
             promo = await ledger_store.existing_accounts(conn, [ledger.promotions(payment.currency)])
-            await ledger_store.post(conn, entry, {**accounts, **promo}, payment_id=payment.id)
+            await promotions.post_capture(conn, entry, credits, {**accounts, **promo}, holder_id=holder_id,
+                                          payment_id=payment.id)
         elif payment.status is Status.SUCCEEDED:
             entry = ledger.capture(holder_id, payment.merchant_id, payment.currency, payment.captured_minor,
                                    payment.fee_minor)
-            await ledger_store.post(conn, entry, accounts, payment_id=payment.id)
+            await promotions.post_capture(conn, entry, credits, accounts, holder_id=holder_id, payment_id=payment.id)
         else:
             await ledger_store.hold(conn, accounts[wallet_ref], payment.authorized_minor)
     except ledger_store.InsufficientFunds:
@@ -611,8 +617,7 @@ async def confirm(svc: Services, who: Principal, text_id: str, pin: str | None, 
             entry = ledger.capture(payment.payer_id, payment.merchant_id, payment.currency, payment.captured_minor,
                                    payment.fee_minor)
             wallet_ref = ledger.wallet(payment.payer_id, payment.currency)
-            await ledger_store.post(conn, entry, accounts, payment_id=pid,
-                                    release_holds={wallet_ref: before.authorized_minor})
+            await _post_capture(svc, conn, row, payment, entry, accounts, {wallet_ref: before.authorized_minor})
         updated = await store.update(conn, payment)
         await _record(conn, updated, who.id)
         return 200, await payer_view(conn, updated)
@@ -625,6 +630,26 @@ async def awaiting_confirmation(svc: Services, who: Principal, page: PageRequest
         rows, has_more = await pages.read(conn, store.awaiting_confirmation(who.id), page, partial(decode, Kind.PAYMENT))
         data = [await payer_view(conn, row) for row in rows]
     return views.PayerPaymentList(data=data, has_more=has_more)
+
+
+async def _credits(svc: Services, conn: Connection, row: asyncpg.Record, payment: Payment, *,
+                   discounted: bool) -> list[promotions.Credit]:
+    """The promotion credits (cashback, a first-payment gift) a capture earns, taken before its balance
+    rows; none for a payment not captured now."""
+    if payment.status is not Status.SUCCEEDED or payment.payer_id is None:
+        return []
+    return await promotions.credits_at_capture(svc.campaigns, conn, row, payment.payer_id, payment.captured_minor,
+                                               svc.now(), discounted=discounted)
+
+
+async def _post_capture(svc: Services, conn: Connection, row: asyncpg.Record, payment: Payment, entry: ledger.Entry,
+                        accounts: dict[ledger.AccountRef, ledger_store.Account],
+                        release_holds: dict[ledger.AccountRef, int]) -> None:
+    """A later capture (manual, or a confirmed charge): its credits taken, then its entry posted with them."""
+    assert payment.payer_id is not None
+    credits = await _credits(svc, conn, row, payment, discounted=row["campaign_id"] is not None)
+    await promotions.post_capture(conn, entry, credits, accounts, holder_id=payment.payer_id, payment_id=payment.id,
+                                  release_holds=release_holds)
 
 
 def _with_fee(payment: Payment, row: asyncpg.Record) -> Payment:
@@ -722,8 +747,7 @@ async def capture(svc: Services, who: Principal, text_id: str, amount: int | Non
             payment.payer_id, payment.merchant_id, payment.currency, payment.captured_minor, payment.fee_minor
         )
         await _give_back(conn, row, before.authorized_minor - payment.captured_minor)  # daily spend before balances
-        await ledger_store.post(conn, entry, payer_accounts, payment_id=pid,
-                                release_holds={wallet_ref: before.authorized_minor})
+        await _post_capture(svc, conn, row, payment, entry, payer_accounts, {wallet_ref: before.authorized_minor})
         return 200, await _record(conn, await store.update(conn, payment))
 
     return await svc.idempotency.run(identity, work)
@@ -809,17 +833,20 @@ async def _refund_locked(
     assert payment.payer_id is not None
     fee_back = fees.refund_fee_minor(before.captured_minor, before.fee_minor, before.refunded_minor, refunded)
     refund_id = uuid.uuid4()
-    clawed = await promotions.claw_back(conn, row, before.refunded_minor, refunded)  # the campaign row, then balances
+    back = await promotions.claw_back(conn, row, before.refunded_minor, refunded)  # the campaign row, then balances
     converted = await fx_payments.lock_for_refund(conn, row)  # a payment paid from another currency: its conversion
-    if clawed:
+    if back.total_minor:
         entry = ledger.discounted_refund(payment.payer_id, payment.merchant_id, payment.currency, refunded, fee_back,
-                                         clawed)
+                                         back.total_minor)
         accounts = {**accounts, **await ledger_store.existing_accounts(conn, [ledger.promotions(payment.currency)])}
     else:
         entry = ledger.refund(payment.payer_id, payment.merchant_id, payment.currency, refunded, fee_back)
     await ledger_store.post(conn, entry, accounts, payment_id=payment.id, refund_id=refund_id)
-    refund_row = await store.insert_refund(conn, refund_id, payment, refunded, fee_back, reason, pairs, clawed)
-    await fx_payments.return_for_refund(conn, converted, refund_id, refunded - clawed)  # back at its own rate
+    refund_row = await store.insert_refund(conn, refund_id, payment, refunded, fee_back, reason, pairs,
+                                           back.discount_minor, back.cashback_minor)
+    # What the wallet received goes back at its own rate.
+    await fx_payments.return_for_refund(conn, converted, refund_id, refunded - back.total_minor)
+    clawed = back.discount_minor
     await store.update(conn, payment,
                        discount_clawed_back_minor=row["discount_clawed_back_minor"] + clawed if clawed else None)
     view = views.refund_view(refund_row)

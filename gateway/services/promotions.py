@@ -17,7 +17,18 @@ Invariants:
   (``from_memory``; migration 0025); a campaign created in another process applies there within
   ``cache_refresh_s``;
 - only payments captured at once are discounted (a manual capture or a payment waiting for its
-  payer's confirmation pays the full amount), and the holder's daily cap counts the full amount.
+  payer's confirmation pays the full amount), and the holder's daily cap counts the full amount;
+- cashback is taken and credited in the transaction of the capture that earns it (captured at once,
+  a later manual capture, a confirmed pay-code charge), on the amount captured, from the campaign
+  live at that capture; a payment gets a discount or a cashback, never both (the better of them is
+  not weighed: a discount, when one applies, is taken first);
+- a first-payment gift goes with the holder's first captured payment ever, whatever the campaign
+  (a holder who paid before any such campaign ran never gets one); registration gifts are taken in
+  the registration's transaction, one from each live registration campaign;
+- cashback and gifts are posted with the capture's own entry in one statement
+  (``ledger_store.post_together``); a refund takes the cashback back in proportion, netted from what
+  it gives the holder (``ledger.discounted_refund``), so a holder who spent it is never overdrawn;
+  gifts are never taken back.
 """
 
 from __future__ import annotations
@@ -54,12 +65,17 @@ def purchase_of(row: Any, mcc: str | None = None) -> Purchase:
                     amount_minor=row["amount_minor"], mcc=mcc)
 
 
+# What a capture can credit: while one of these may apply to a payment, the general path pays it.
+_AT_CAPTURE = frozenset({Rule.CASHBACK, Rule.GIFT_FIRST_PAYMENT})
+
+
 @dataclass(frozen=True, slots=True)
 class FromMemory:
     """What the hot path learns of a payment's campaigns without a round trip: ``known`` False when
     only the general path can tell (the cache cannot, a campaign's MCCs need a merchant's MCC not
-    cached yet, or the best campaign's budget left is below its discount: the general path gives
-    those last units); else ``offer`` is the discount to take whole (None: no campaign applies)."""
+    cached yet, the best campaign's budget left is below its discount: the general path gives
+    those last units; or a cashback or first-payment gift may apply: the general path credits
+    them); else ``offer`` is the discount to take whole (None: no campaign applies)."""
 
     known: bool
     offer: Offer | None = None
@@ -73,6 +89,8 @@ def from_memory(cache: CampaignCache, row: Any, now: datetime) -> FromMemory:
         return FromMemory(known=False)
     if not campaigns:
         return FromMemory(known=True)
+    if promotions.may_apply(campaigns, purchase_of(row), now, _AT_CAPTURE):
+        return FromMemory(known=False)  # a cashback or a first-payment gift: the general path credits them
     found = promotions.offers(campaigns, purchase_of(row), now)  # with no MCC: a superset of the answer
     if found and any(o.campaign.mccs for o in found):
         mcc = cache.known_mcc(row["merchant_id"])
@@ -87,17 +105,23 @@ def from_memory(cache: CampaignCache, row: Any, now: datetime) -> FromMemory:
     return FromMemory(known=True, offer=best)
 
 
-async def _offers(cache: CampaignCache, conn: Connection, row: Any, now: datetime) -> list[Offer]:
+async def _campaigns(cache: CampaignCache, conn: Connection, now: datetime) -> tuple[Campaign, ...]:
     campaigns = cache.current()
     if campaigns is None:
         campaigns = tuple(store.to_domain(r) for r in await store.live(conn, now, cache.live_max))
+    return campaigns
+
+
+async def _offers(cache: CampaignCache, conn: Connection, row: Any, now: datetime,
+                  rules: frozenset[Rule] = promotions.DISCOUNTS, captured_minor: int | None = None) -> list[Offer]:
+    campaigns = await _campaigns(cache, conn, now)
     if not campaigns:
         return []
-    rough = promotions.offers(campaigns, purchase_of(row), now)
+    rough = promotions.offers(campaigns, purchase_of(row), now, rules, captured_minor)
     if not rough:
         return []
     mcc = await cache.mcc(conn, row["merchant_id"]) if any(o.campaign.mccs for o in rough) else None
-    return promotions.offers([o.campaign for o in rough], purchase_of(row, mcc), now)
+    return promotions.offers([o.campaign for o in rough], purchase_of(row, mcc), now, rules, captured_minor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,11 +145,8 @@ async def grant(cache: CampaignCache, conn: Connection, row: Any, holder_id: uui
     return None
 
 
-async def offer_for(cache: CampaignCache, conn: Connection, row: Any, holder_id: uuid.UUID | None,
-                    now: datetime) -> views.DiscountOffer | None:
-    """What a preview shows: the discount paying now would get, if its places and budget last (the
-    holder's own limit is looked at; the places and budget as last loaded)."""
-    found = await _offers(cache, conn, row, now)
+async def _usable(conn: Connection, found: list[Offer], holder_id: uuid.UUID | None) -> Offer | None:
+    """The first offer whose per-holder limit the holder has not reached (places and budget as last loaded)."""
     if not found:
         return None
     used = {}
@@ -134,22 +155,166 @@ async def offer_for(cache: CampaignCache, conn: Connection, row: Any, holder_id:
     for o in found:
         limit = o.campaign.per_holder_max
         if limit is None or used.get(o.campaign.id, 0) < limit:
-            return views.DiscountOffer(campaign=views.campaign_id(o.campaign.id), amount=o.benefit_minor,
-                                       funded_by=o.campaign.funded_by.value,
-                                       amount_to_pay=row["amount_minor"] - o.benefit_minor)
+            return o
     return None
 
 
-async def claw_back(conn: Connection, row: Any, refunded_before_minor: int, refund_minor: int) -> int:
-    """The benefit a refund of a bank-funded discounted payment takes back (recorded on its campaign);
-    0 for any other payment: a merchant-funded discount lowered the capture itself, so a refund of
-    what was captured gives the holder back what it paid."""
+async def offer_for(cache: CampaignCache, conn: Connection, row: Any, holder_id: uuid.UUID | None,
+                    now: datetime) -> views.DiscountOffer | None:
+    """What a preview shows: the discount paying now would get, if its places and budget last (the
+    holder's own limit is looked at; the places and budget as last loaded)."""
+    o = await _usable(conn, await _offers(cache, conn, row, now), holder_id)
+    if o is None:
+        return None
+    return views.DiscountOffer(campaign=views.campaign_id(o.campaign.id), amount=o.benefit_minor,
+                               funded_by=o.campaign.funded_by.value,
+                               amount_to_pay=row["amount_minor"] - o.benefit_minor)
+
+
+async def cashback_offer_for(cache: CampaignCache, conn: Connection, row: Any, holder_id: uuid.UUID | None,
+                             now: datetime, discount: views.DiscountOffer | None) -> views.CashbackOffer | None:
+    """What a preview shows of the cashback capturing the whole amount now would credit (none when a
+    discount applies: a payment gets one or the other)."""
+    if discount is not None:
+        return None
+    o = await _usable(conn, await _offers(cache, conn, row, now, frozenset({Rule.CASHBACK})), holder_id)
+    return None if o is None else views.CashbackOffer(campaign=views.campaign_id(o.campaign.id), amount=o.benefit_minor)
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """What a capture (or a registration) credits the holder's wallet from the promotions account."""
+
+    campaign_id: uuid.UUID
+    rule: Rule  # CASHBACK, GIFT_FIRST_PAYMENT or GIFT_REGISTRATION
+    amount_minor: int
+    currency: str
+
+    def entry(self, holder_id: uuid.UUID) -> ledger.Entry:
+        if self.rule is Rule.CASHBACK:
+            return ledger.cashback(holder_id, self.currency, self.amount_minor)
+        return ledger.gift(holder_id, self.currency, self.amount_minor)
+
+
+async def credits_at_capture(cache: CampaignCache, conn: Connection, row: Any, holder_id: uuid.UUID,
+                             captured_minor: int, now: datetime, *, discounted: bool) -> list[Credit]:
+    """Take, in the capture's transaction and before its balance rows (lock order 4a: the cashback's
+    campaign, then the gift's), the cashback of this capture (none for a discounted payment) and the
+    holder's first-payment gift if this is its first captured payment; both recorded (the cashback on
+    the payment row, which the caller updates next). From memory when no such campaign can apply."""
+    campaigns = await _campaigns(cache, conn, now)
+    if not promotions.may_apply(campaigns, purchase_of(row), now, _AT_CAPTURE):
+        return []
+    credits = []
+    if not discounted:
+        for offer in (await _offers(cache, conn, row, now, frozenset({Rule.CASHBACK}), captured_minor))[:3]:
+            c = offer.campaign
+            stated = promotions.stated_benefit_minor(c, row["amount_minor"], captured_minor)
+            taken = await store.take(conn, c.id, holder_id, stated, now, c.per_holder_max)
+            if taken is not None:
+                await store.record_cashback(conn, row["id"], c.id, taken["last_granted_minor"])
+                credits.append(Credit(c.id, Rule.CASHBACK, taken["last_granted_minor"], c.currency))
+                break
+    gifts = await _offers(cache, conn, row, now, frozenset({Rule.GIFT_FIRST_PAYMENT}))
+    if gifts and not await store.holder_has_paid(conn, holder_id, row["id"]):
+        gift = await _take_gift(conn, [o.campaign for o in gifts], holder_id, row["id"], now)
+        if gift is not None:
+            credits.append(gift)
+    return credits
+
+
+async def _take_gift(conn: Connection, campaigns: list[Campaign], holder_id: uuid.UUID,
+                     payment_id: uuid.UUID | None, now: datetime) -> Credit | None:
+    """The first of ``campaigns`` (at most three tried) that still gives the holder its gift, taken and
+    recorded; None when none does, or the holder has it (or, on a payment, a first-payment gift) already."""
+    for c in campaigns[:3]:
+        taken = await store.take(conn, c.id, holder_id, c.fixed_minor, now, 1)
+        if taken is None:
+            continue
+        granted = taken["last_granted_minor"]
+        kind = "first_payment" if payment_id is not None else "registration"
+        if await store.insert_gift(conn, uuid.uuid4(), kind, c.id, holder_id, payment_id, c.currency, granted):
+            return Credit(c.id, c.rule, granted, c.currency)
+        await store.give_back(conn, c.id, holder_id, granted)  # a concurrent first payment got the gift
+        return None
+    return None
+
+
+async def post_capture(conn: Connection, entry: ledger.Entry, credits: list[Credit],
+                       accounts: dict[ledger.AccountRef, ledger_store.Account], *, holder_id: uuid.UUID,
+                       payment_id: uuid.UUID, release_holds: dict[ledger.AccountRef, int] | None = None) -> None:
+    """Post a capture's entry with the credits it earned, in one statement."""
+    if credits:
+        accounts = {**accounts, **await ledger_store.existing_accounts(
+            conn, [ledger.promotions(c.currency) for c in credits])}
+    await ledger_store.post_together(conn, [entry, *(c.entry(holder_id) for c in credits)], accounts,
+                                     payment_id=payment_id, release_holds=release_holds)
+
+
+async def registration_accounts(svc: Services, holder_id: uuid.UUID) -> dict[ledger.AccountRef, ledger_store.Account]:
+    """The accounts a registration's gifts would touch (the new holder's wallets, the promotions
+    accounts), created before its transaction (an account must be committed before its id is
+    cached); none, and no round trip, when no registration gift is live. A registration that then
+    fails leaves an empty wallet account that no holder owns: harmless, and rare."""
+    now = svc.now()
+    cached = svc.campaigns.current()
+    if cached is not None and not promotions.registration_gifts(cached, now):
+        return {}
+    async with svc.db.connection() as conn:
+        found = promotions.registration_gifts(await _campaigns(svc.campaigns, conn, now), now)
+        refs = [ref for o in found for ref in (ledger.wallet(holder_id, o.campaign.currency),
+                                                  ledger.promotions(o.campaign.currency))]
+        return await ledger_store.resolve_accounts(conn, refs) if refs else {}
+
+
+async def gift_registration(svc: Services, conn: Connection, holder_id: uuid.UUID,
+                            accounts: dict[ledger.AccountRef, ledger_store.Account]) -> list[Credit]:
+    """In the registration's transaction: the gift of each live registration campaign (whose accounts
+    ``registration_accounts`` resolved) that still has a place and budget, credited in one statement."""
+    now = svc.now()
+    found = promotions.registration_gifts(await _campaigns(svc.campaigns, conn, now), now)
+    credits = []
+    for offer in found:
+        c = offer.campaign
+        if ledger.wallet(holder_id, c.currency) not in accounts:
+            continue  # it began between the accounts' resolution and this transaction: not this holder's
+        gift = await _take_gift(conn, [c], holder_id, None, now)
+        if gift is not None:
+            credits.append(gift)
+    if credits:
+        await ledger_store.post_together(conn, [g.entry(holder_id) for g in credits], accounts)
+    return credits
+
+
+@dataclass(frozen=True, slots=True)
+class Clawback:
+    """What a refund takes back of the payment's benefit (one or the other: a payment has at most one)."""
+
+    discount_minor: int = 0
+    cashback_minor: int = 0
+
+    @property
+    def total_minor(self) -> int:
+        return self.discount_minor + self.cashback_minor
+
+
+async def claw_back(conn: Connection, row: Any, refunded_before_minor: int, refund_minor: int) -> Clawback:
+    """The benefit a refund takes back (recorded on its campaign), in proportion to the amount refunded
+    of what was captured: a bank-funded discount's, or the cashback's (recorded on the payment too).
+    Nothing for a merchant-funded discount: it lowered the capture itself, so a refund of what was
+    captured gives the holder back what it paid."""
+    if row["cashback_minor"]:
+        back = promotions.clawback_minor(row["cashback_minor"], row["captured_minor"], refunded_before_minor,
+                                         refund_minor)
+        if back:
+            await store.claw_back_cashback(conn, row["id"], row["cashback_campaign_id"], back)
+        return Clawback(cashback_minor=back)
     if row["discount_funded_by"] != Funder.BANK.value:
-        return 0
+        return Clawback()
     back = promotions.clawback_minor(row["discount_minor"], row["captured_minor"], refunded_before_minor, refund_minor)
     if back:
         await store.claw_back(conn, row["campaign_id"], back)
-    return back
+    return Clawback(discount_minor=back)
 
 
 # --- operator use cases -------------------------------------------------------------------------
@@ -182,6 +347,7 @@ _CODES = {
     "starts_at": "invalid_starts_at", "ends_at": "invalid_ends_at", "percent_bps": "invalid_percent_bps",
     "fixed_amount": "invalid_fixed_amount", "cap": "invalid_cap", "budget": "invalid_budget",
     "min_amount": "invalid_min_amount", "per_holder_limit": "invalid_per_holder_limit", "places": "invalid_places",
+    "funded_by": "invalid_funded_by", "merchants": "invalid_eligibility",
 }
 
 
@@ -315,21 +481,32 @@ async def list_campaigns(svc: Services, page: PageRequest) -> views.CampaignList
     return views.CampaignList(data=[views.campaign_view(r, svc.now()) for r in rows], has_more=has_more)
 
 
+def _benefit_id(text: str) -> uuid.UUID | None:
+    """A benefit's cursor: the payment a discount or cashback went with, or the gift's own id."""
+    return decode(Kind.PAYMENT, text) or decode(Kind.GIFT, text)
+
+
 async def benefits(svc: Services, who: Principal, page: PageRequest) -> views.BenefitsView:
-    """The holder's discounts received (a page, newest first) and the live campaigns it can still use
-    (those whose per-holder limit it has not reached; places and budget as last loaded)."""
+    """The holder's discounts, cashback and gifts received (a page, newest first) and the live
+    campaigns it can still get something from (those whose per-holder limit it has not reached;
+    places and budget as last loaded)."""
     now = svc.now()
     async with svc.db.connection() as conn:
-        rows, has_more = await pages.read(conn, store.holder_benefits(who.id), page, partial(decode, Kind.PAYMENT))
+        rows, has_more = await pages.read(conn, store.holder_benefits(who.id), page, _benefit_id)
         used = {r["campaign_id"]: r["uses"] for r in await store.holder_uses(conn, who.id)}
         live = await store.live(conn, now, svc.campaigns.live_max)
+        # A registration gift is for holders to come; a first-payment gift for holders who never paid.
+        closed = {Rule.GIFT_REGISTRATION.value}
+        if any(r["rule"] == Rule.GIFT_FIRST_PAYMENT.value for r in live) and await store.holder_has_paid(
+                conn, who.id, uuid.UUID(int=0)):
+            closed.add(Rule.GIFT_FIRST_PAYMENT.value)
     campaigns = []
     for row in live:
-        limit = row["per_holder_max"]
+        limit = 1 if row["rule"] in promotions.GIFTS else row["per_holder_max"]
         left = None if limit is None else limit - used.get(row["id"], 0)
         exhausted = row["spent_minor"] >= row["budget_minor"] or (
             row["places_max"] is not None and row["places_taken"] >= row["places_max"])
-        if exhausted or (left is not None and left <= 0):
+        if exhausted or (left is not None and left <= 0) or row["rule"] in closed:
             continue
         seen = views.campaign_view(row, now)
         campaigns.append(views.HolderCampaignView(
@@ -337,3 +514,13 @@ async def benefits(svc: Services, who: Principal, page: PageRequest) -> views.Be
             percent_bps=seen.percent_bps, fixed_amount=seen.fixed_amount, cap=seen.cap, min_amount=seen.min_amount,
             starts_at=seen.starts_at, ends_at=seen.ends_at, uses_left=left))
     return views.BenefitsView(campaigns=campaigns, data=[views.benefit_view(r) for r in rows], has_more=has_more)
+
+
+async def campaign_gifts(svc: Services, text_id: str, page: PageRequest) -> views.GiftList:
+    """The gifts a campaign gave, newest first (an operator's view)."""
+    cid = campaign_uuid(text_id)
+    async with svc.db.connection() as conn:
+        if await store.get(conn, cid) is None:
+            raise NotFound(f"no such campaign: {text_id}", param="id")
+        rows, has_more = await pages.read(conn, store.campaign_gifts(cid), page, partial(decode, Kind.GIFT))
+    return views.GiftList(data=[views.gift_view(r) for r in rows], has_more=has_more)

@@ -180,9 +180,10 @@ async def preview(svc: Services, who: Principal, payload_text: str) -> views.QrP
         _refuse_if_unusable(svc, qr_row, payment)
         merchant = await tenants.merchant(conn, qr_row["merchant_id"])
         store_row = await tenants.store(conn, qr_row["store_id"], qr_row["merchant_id"]) if qr_row["store_id"] else None
-        offer = None
+        offer = cashback = None
         if payment is not None and payment["capture_method"] == CaptureMethod.AUTOMATIC.value:
             offer = await promotions.offer_for(svc.campaigns, conn, payment, who.id, svc.now())
+            cashback = await promotions.cashback_offer_for(svc.campaigns, conn, payment, who.id, svc.now(), offer)
         fx_offer = await fx_payments.offer(svc, conn, who.id, payment) if payment is not None else None
     assert merchant is not None
     if payment is not None:
@@ -199,6 +200,7 @@ async def preview(svc: Services, who: Principal, payload_text: str) -> views.QrP
         merchant_name_local=merchant["name_local"], store_name=store_row["name"] if store_row else None,
         amount=amount, currency=code, expires_at=qr_row["expires_at"].isoformat() if qr_row["expires_at"] else None,
         pin_required=amount is not None and pins.needed(svc, code, amount), discount_offer=offer, fx_offer=fx_offer,
+        cashback_offer=cashback,
     )
 
 

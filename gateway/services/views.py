@@ -65,6 +65,7 @@ class PaymentView(msgspec.Struct, kw_only=True):
     cancel_url: str | None = None
     checkout_url: str | None = None  # the hosted checkout page (with its client secret): the merchant's only
     discount: DiscountView | None = None  # the promotion that discounted it, once paid
+    cashback: CashbackView | None = None  # the cashback its capture credited the payer
 
 
 def payment_view(row: Any, checkout_url: str | None = None) -> PaymentView:
@@ -94,6 +95,7 @@ def payment_view(row: Any, checkout_url: str | None = None) -> PaymentView:
         cancel_url=row["cancel_url"],
         checkout_url=checkout_url,
         discount=discount_view(row),
+        cashback=cashback_view(row),
     )
 
 
@@ -131,11 +133,14 @@ class PayerPaymentView(msgspec.Struct, kw_only=True):
     confirm_by: str | None = None
     discount: DiscountView | None = None  # the promotion that discounted it, once paid
     discount_offer: DiscountOffer | None = None  # unpaid: the discount paying it now would get (a preview)
+    cashback: CashbackView | None = None  # the cashback its capture credited the payer
+    cashback_offer: CashbackOffer | None = None  # unpaid: the cashback paying it now would credit (a preview)
     fx: PaymentFxView | None = None  # paid from another currency: the conversion (its payer only)
     fx_offer: PaymentFxView | None = None  # unpaid, and the wallet lacks the currency: what paying from another costs
 
 
-def payer_payment_view(row: Any, merchant_name: str, offer: DiscountOffer | None = None) -> PayerPaymentView:
+def payer_payment_view(row: Any, merchant_name: str, offer: DiscountOffer | None = None,
+                       cashback_offer: CashbackOffer | None = None) -> PayerPaymentView:
     return PayerPaymentView(
         id=ids.encode(Kind.PAYMENT, row["id"]),
         status=row["status"],
@@ -147,6 +152,8 @@ def payer_payment_view(row: Any, merchant_name: str, offer: DiscountOffer | None
         confirm_by=_ts(row["confirm_by"]),
         discount=discount_view(row),
         discount_offer=offer,
+        cashback=cashback_view(row),
+        cashback_offer=cashback_offer,
     )
 
 
@@ -178,6 +185,7 @@ class RefundView(msgspec.Struct, kw_only=True):
     created_at: Timestamp
     metadata: dict[str, str]
     discount_clawed_back: int = 0  # the part of the payment's bank-funded discount this refund took back
+    cashback_clawed_back: int = 0  # the part of the payment's cashback this refund took back (not given to the holder)
 
 
 def refund_view(row: Any) -> RefundView:
@@ -192,6 +200,7 @@ def refund_view(row: Any) -> RefundView:
         created_at=row["created_at"].isoformat(),
         metadata=_metadata(row),
         discount_clawed_back=row.get("discount_clawed_back_minor") or 0,
+        cashback_clawed_back=row.get("cashback_clawed_back_minor") or 0,
     )
 
 
@@ -571,6 +580,7 @@ class QrPreviewView(msgspec.Struct, kw_only=True):
     expires_at: Timestamp | None
     pin_required: bool
     discount_offer: DiscountOffer | None = None  # the discount paying it now would get
+    cashback_offer: CashbackOffer | None = None  # the cashback paying it now would credit
     fx_offer: PaymentFxView | None = None  # the wallet lacks the currency: what paying from another costs
 
 
@@ -818,6 +828,29 @@ def discount_view(row: Any) -> DiscountView | None:
                         clawed_back=row["discount_clawed_back_minor"])
 
 
+class CashbackView(msgspec.Struct, kw_only=True):
+    """The cashback a payment's capture credited its payer (from the bank's promotions account)."""
+
+    campaign: str
+    amount: int
+    clawed_back: int  # taken back by refunds so far (netted from what they gave the holder)
+
+
+def cashback_view(row: Any) -> CashbackView | None:
+    campaign = row.get("cashback_campaign_id")
+    if campaign is None:
+        return None
+    return CashbackView(campaign=campaign_id(campaign), amount=row["cashback_minor"],
+                        clawed_back=row["cashback_clawed_back_minor"])
+
+
+class CashbackOffer(msgspec.Struct, kw_only=True):
+    """The cashback paying now (and capturing the whole amount) would credit, while places and budget last."""
+
+    campaign: str
+    amount: int
+
+
 class DiscountOffer(msgspec.Struct, kw_only=True):
     """The discount paying now would get, while the campaign's places and budget last."""
 
@@ -831,13 +864,16 @@ def campaign_id(value: uuid.UUID) -> str:
     return ids.encode(Kind.CAMPAIGN, value)
 
 
+CampaignRule = Literal["percent", "fixed", "cashback", "gift_registration", "gift_first_payment"]
+
+
 class CampaignView(msgspec.Struct, kw_only=True):
     id: str
     object: str = "campaign"
     name: str
     status: Literal["scheduled", "active", "ended"]
     currency: str
-    rule: Literal["percent", "fixed"]
+    rule: CampaignRule
     percent_bps: int
     fixed_amount: int
     cap: int | None
@@ -886,11 +922,13 @@ class CampaignList(msgspec.Struct, kw_only=True):
 
 
 class BenefitView(msgspec.Struct, kw_only=True):
-    """A discount the holder received: on which payment, from which campaign, who funded it."""
+    """A benefit the holder received: a discount or cashback (on which payment), or a gift (its id;
+    a first-payment gift names its payment too); from which campaign, who funded it."""
 
     object: str = "benefit"
-    kind: Literal["discount"] = "discount"
-    payment: str
+    kind: Literal["discount", "cashback", "gift_registration", "gift_first_payment"] = "discount"
+    payment: str | None
+    gift: str | None = None
     campaign: str
     campaign_name: str
     amount: int
@@ -901,22 +939,52 @@ class BenefitView(msgspec.Struct, kw_only=True):
 
 
 def benefit_view(row: Any) -> BenefitView:
+    gift = row["kind"].startswith("gift_")
     return BenefitView(
-        payment=ids.encode(Kind.PAYMENT, row["id"]), campaign=campaign_id(row["campaign_id"]),
-        campaign_name=row["campaign_name"], amount=row["discount_minor"], currency=row["currency"],
-        funded_by=row["discount_funded_by"], clawed_back=row["discount_clawed_back_minor"],
-        created_at=row["created_at"].isoformat(),
+        kind=row["kind"], payment=ids.encode(Kind.PAYMENT, row["payment_id"]) if row["payment_id"] else None,
+        gift=ids.encode(Kind.GIFT, row["id"]) if gift else None, campaign=campaign_id(row["campaign_id"]),
+        campaign_name=row["campaign_name"], amount=row["amount_minor"], currency=row["currency"].strip(),
+        funded_by=row["funded_by"], clawed_back=row["clawed_back_minor"], created_at=row["created_at"].isoformat(),
     )
 
 
+class GiftView(msgspec.Struct, kw_only=True):
+    """A gift a campaign gave: to which holder, on registration or with which first payment."""
+
+    id: str
+    object: str = "gift"
+    kind: Literal["registration", "first_payment"]
+    campaign: str
+    holder: str
+    payment: str | None
+    amount: int
+    currency: str
+    created_at: Timestamp
+
+
+def gift_view(row: Any) -> GiftView:
+    return GiftView(
+        id=ids.encode(Kind.GIFT, row["id"]), kind=row["kind"], campaign=campaign_id(row["campaign_id"]),
+        holder=ids.encode(Kind.WALLET_HOLDER, row["holder_id"]),
+        payment=ids.encode(Kind.PAYMENT, row["payment_id"]) if row["payment_id"] else None,
+        amount=row["amount_minor"], currency=row["currency"].strip(), created_at=row["created_at"].isoformat(),
+    )
+
+
+class GiftList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[GiftView]
+    has_more: bool
+
+
 class HolderCampaignView(msgspec.Struct, kw_only=True):
-    """A live campaign as a holder sees it: its terms and how many more discounts it gives this holder."""
+    """A live campaign as a holder sees it: its terms and how many more benefits it gives this holder."""
 
     campaign: str
     name: str
     status: Literal["scheduled", "active", "ended"]
     currency: str
-    rule: Literal["percent", "fixed"]
+    rule: CampaignRule
     percent_bps: int
     fixed_amount: int
     cap: int | None
@@ -928,6 +996,6 @@ class HolderCampaignView(msgspec.Struct, kw_only=True):
 
 class BenefitsView(msgspec.Struct, kw_only=True):
     object: str = "benefits"
-    campaigns: list[HolderCampaignView]  # live campaigns the holder may still get a discount from
-    data: list[BenefitView]  # the discounts received, newest first
+    campaigns: list[HolderCampaignView]  # live campaigns the holder may still get a benefit from
+    data: list[BenefitView]  # the discounts, cashback and gifts received, newest first
     has_more: bool

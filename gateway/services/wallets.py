@@ -18,7 +18,7 @@ from gateway.domain import ledger, limits
 from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import check_amount, currency
 from gateway.errors import Conflict, Declined, Forbidden, InvalidRequest, NotFound, Unauthenticated
-from gateway.services import audit, pages, sign_in, throttle, views
+from gateway.services import audit, pages, promotions, sign_in, throttle, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.services.pages import PageRequest
@@ -47,10 +47,13 @@ async def register(svc: Services, phone: str, password: str, device_id: str | No
             f"password must have at least {PASSWORD_LENGTH_MIN} characters", code="weak_password", param="password"
         )
     hashed = await passwords.hash_password(password)
+    holder_id = uuid.uuid4()
+    gift_accounts = await promotions.registration_accounts(svc, holder_id)
     async with svc.db.connection() as conn, conn.transaction():
-        row = await store.insert_holder(conn, uuid.uuid4(), phone, hashed, svc.settings.wallet.tier_default)
+        row = await store.insert_holder(conn, holder_id, phone, hashed, svc.settings.wallet.tier_default)
         if row is None:
             raise Conflict("this phone number is registered already", code="phone_taken", param="phone")
+        await promotions.gift_registration(svc, conn, holder_id, gift_accounts)
         # The phone is proven by the code sent now; answering it signs the holder in (on device_id if given).
         challenge = await sign_in.start_challenge(conn, svc, row["id"], phone, "phone_verification", device_id)
     sign_in.codes_sent(svc)

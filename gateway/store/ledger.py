@@ -230,6 +230,78 @@ async def post(
     return entry_id
 
 
+async def post_together(conn: Connection, entries: list[Entry], accounts: dict[AccountRef, Account], *,
+                        payment_id: uuid.UUID | None = None, release_holds: dict[AccountRef, int] | None = None,
+                        ) -> None:
+    """Write several entries (a capture and the credits it gives: cashback, a first-payment gift; or a
+    registration's gifts), each linked to ``payment_id``, in ONE statement: the balance shards of all
+    of them change by one UPDATE in (account_id, shard) order, so entries posted one after the other
+    never take two shards of the promotions account (or any other) in two orders. The entries' ids
+    follow the list's order; ``release_holds`` goes with the first. The later entries (credits) never
+    fund the first: ``InsufficientFunds`` when a no-overdraft account could not take the first alone."""
+    if len(entries) == 1:
+        await post(conn, entries[0], accounts, payment_id=payment_id, release_holds=release_holds)
+        return
+    entry, *credits = entries
+    moves = [movement(entry, accounts, release_holds), *(movement(credit, accounts) for credit in credits)]
+    deltas: dict[tuple[int, int], list[int]] = defaultdict(lambda: [0, 0, 0])  # all entries', released, first's
+    for number, move in enumerate(moves):
+        for account_id, shard, delta, released in zip(move.shard_accounts, move.shards, move.deltas, move.released,
+                                                      strict=True):
+            deltas[(account_id, shard)][0] += delta
+            deltas[(account_id, shard)][1] += released
+            if number == 0:
+                deltas[(account_id, shard)][2] += delta
+    kinds = [move.kind for move in moves]
+    numbers = [n for n, move in enumerate(moves, start=1) for _ in move.posting_accounts]
+    account_ids = [a for move in moves for a in move.posting_accounts]
+    currencies = [c for move in moves for c in move.posting_currencies]
+    amounts = [a for move in moves for a in move.posting_amounts]
+    keys = sorted(deltas)
+    started_s = time.perf_counter()
+    try:
+        written: int | None = await conn.fetchval(
+            """
+            WITH e AS (
+                INSERT INTO journal_entries (kind, payment_id)
+                SELECT k.kind, $1 FROM unnest($2::text[]) WITH ORDINALITY AS k(kind, n) ORDER BY k.n
+                RETURNING id
+            ), numbered AS (
+                SELECT id, row_number() OVER (ORDER BY id) AS n FROM e
+            ), p AS (
+                INSERT INTO postings (entry_id, account_id, currency, amount_minor)
+                SELECT numbered.id, t.account_id, t.currency, t.amount_minor
+                  FROM unnest($3::int8[], $4::int8[], $5::text[], $6::int8[]) AS t(n, account_id, currency, amount_minor)
+                  JOIN numbered ON numbered.n = t.n
+            ), u AS (
+                -- The credits never pay for the first entry: a wallet that could not take the first alone
+                -- is set to exactly that, and the no-overdraft CHECK refuses it (InsufficientFunds).
+                UPDATE balances b
+                   SET posted_minor = b.posted_minor + CASE
+                           WHEN b.no_overdraft AND b.posted_minor + d.first_delta - (b.held_minor - d.released) < 0
+                           THEN d.first_delta ELSE d.delta END,
+                       held_minor = b.held_minor - d.released
+                  FROM unnest($7::int8[], $8::int2[], $9::int8[], $10::int8[], $11::int8[])
+                       AS d(account_id, shard, delta, released, first_delta)
+                 WHERE b.account_id = d.account_id AND b.shard = d.shard AND EXISTS (SELECT 1 FROM e)
+                RETURNING 1
+            )
+            SELECT count(*) FROM e WHERE (SELECT count(*) FROM u) = cardinality($7::int8[])
+            """,
+            payment_id, kinds, numbers, account_ids, currencies, amounts,
+            [k[0] for k in keys], [k[1] for k in keys], [deltas[k][0] for k in keys], [deltas[k][1] for k in keys],
+            [deltas[k][2] for k in keys],
+        )
+    except asyncpg.CheckViolationError as exc:
+        if _is_overdraft(exc):
+            raise InsufficientFunds() from exc
+        raise
+    finally:
+        metrics.LEDGER_POST_DURATION.labels(entry.kind.value).observe(time.perf_counter() - started_s)
+    if written != len(entries):
+        raise RuntimeError("a balance shard of the entries is missing")
+
+
 async def post_batches(conn: Connection, entries: list[tuple[uuid.UUID, Entry]],
                        accounts: dict[AccountRef, Account]) -> None:
     """Write many settlement entries (keyed by their batch id) in one statement, after locking every

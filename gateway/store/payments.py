@@ -28,10 +28,10 @@ _COLUMNS = (
 _EXTRA = (
     "store_id, terminal_id, merchant_reference, description, fee_bps, fee_fixed_minor, wallet_account_id, channel, created_at,"
     " updated_at, spend_day, return_url, cancel_url, metadata::text AS metadata, campaign_id, discount_minor,"
-    " discount_funded_by, discount_clawed_back_minor"
+    " discount_funded_by, discount_clawed_back_minor, cashback_campaign_id, cashback_minor, cashback_clawed_back_minor"
 )
 _REFUND = "id, payment_id, merchant_id, amount_minor, fee_back_minor, currency, reason, status, created_at," \
-    " metadata::text AS metadata, discount_clawed_back_minor"
+    " metadata::text AS metadata, discount_clawed_back_minor, cashback_clawed_back_minor"
 
 
 class TerminalTransactionTaken(Exception):
@@ -371,18 +371,18 @@ def merchant_refunds(merchant_id: uuid.UUID, match: ListFilter) -> pages.Query:
 
 async def insert_refund(
     conn: Connection, refund_id: uuid.UUID, payment: Payment, amount_minor: int, fee_back_minor: int, reason: str | None,
-    metadata: dict[str, str], discount_clawed_back_minor: int = 0,
+    metadata: dict[str, str], discount_clawed_back_minor: int = 0, cashback_clawed_back_minor: int = 0,
 ) -> asyncpg.Record:
     row = await one(
         conn,
         f"""
         INSERT INTO refunds (id, payment_id, merchant_id, amount_minor, fee_back_minor, currency, reason, metadata,
-                             discount_clawed_back_minor)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9)
+                             discount_clawed_back_minor, cashback_clawed_back_minor)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10)
         RETURNING {_REFUND}
         """,
         refund_id, payment.id, payment.merchant_id, amount_minor, fee_back_minor, payment.currency, reason,
-        _json(metadata), discount_clawed_back_minor,
+        _json(metadata), discount_clawed_back_minor, cashback_clawed_back_minor,
     )
     return row
 

@@ -8,7 +8,10 @@ Invariants (proven after the fact by ``invariants.sql``: ``campaign_over_budget_
   the row, each re-checking the guard on the row as the previous one committed it, so neither is
   ever exceeded; a rolled-back payment gives its place and budget back with it;
 - a holder's uses are taken the same way (``campaign_uses``) before the campaign row (lock order);
-- ``clawed_back_minor`` grows only with refunds (``claw_back``), never above what was granted.
+- ``clawed_back_minor`` grows only with refunds (``claw_back``), never above what was granted;
+- cashback and gifts take a place, the budget and the holder's use by the same ``take``; a gift is
+  recorded once per holder and campaign, and a first-payment gift once per holder whatever the
+  campaign (``promotion_gifts``' unique indexes: a second one is refused and its take given back).
 """
 
 from __future__ import annotations
@@ -148,12 +151,81 @@ async def existing(conn: Connection, table: str, ids: list[uuid.UUID]) -> set[uu
     return {r["id"] for r in await conn.fetch(_EXISTING[table], ids)}
 
 
+async def give_back(conn: Connection, campaign_id: uuid.UUID, holder_id: uuid.UUID, granted_minor: int) -> None:
+    """Undo a ``take`` of this transaction (its rows are still locked by it): the place, the budget and
+    the holder's use."""
+    await conn.execute("UPDATE campaign_uses SET uses = uses - 1 WHERE campaign_id = $1 AND holder_id = $2",
+                       campaign_id, holder_id)
+    await conn.execute(
+        "UPDATE campaigns SET places_taken = places_taken - 1, spent_minor = spent_minor - $2, updated_at = now()"
+        " WHERE id = $1", campaign_id, granted_minor)
+
+
+async def record_cashback(conn: Connection, payment_id: uuid.UUID, campaign_id: uuid.UUID, amount_minor: int) -> None:
+    """The cashback of the payment's capture, on its (locked) row, just before the capture's own update
+    of it (whose answer then carries it)."""
+    await conn.execute("UPDATE payments SET cashback_campaign_id = $2, cashback_minor = $3 WHERE id = $1",
+                       payment_id, campaign_id, amount_minor)
+
+
+async def claw_back_cashback(conn: Connection, payment_id: uuid.UUID, campaign_id: uuid.UUID, amount_minor: int) -> None:
+    await conn.execute("UPDATE payments SET cashback_clawed_back_minor = cashback_clawed_back_minor + $2 WHERE id = $1",
+                       payment_id, amount_minor)
+    await claw_back(conn, campaign_id, amount_minor)
+
+
+async def holder_has_paid(conn: Connection, holder_id: uuid.UUID, payment_id: uuid.UUID) -> bool:
+    """Whether the holder has a captured payment other than ``payment_id`` (committed, or of this
+    transaction), or got a first-payment gift already."""
+    paid: bool = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM payments WHERE payer_id = $1 AND captured_minor > 0 AND id <> $2)"
+        " OR EXISTS (SELECT 1 FROM promotion_gifts WHERE holder_id = $1 AND kind = 'first_payment')",
+        holder_id, payment_id)
+    return paid
+
+
+async def insert_gift(conn: Connection, gift_id: uuid.UUID, kind: str, campaign_id: uuid.UUID, holder_id: uuid.UUID,
+                      payment_id: uuid.UUID | None, currency: str, amount_minor: int) -> bool:
+    """False when the holder has this campaign's gift, or (``first_payment``) any first-payment gift,
+    already: a concurrent transaction that inserted one first is waited for, then wins."""
+    row = await conn.fetchval(
+        "INSERT INTO promotion_gifts (id, kind, campaign_id, holder_id, payment_id, currency, amount_minor)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING id",
+        gift_id, kind, campaign_id, holder_id, payment_id, currency, amount_minor)
+    return row is not None
+
+
+# A holder's benefits: discounts and cashback (one row per payment: a payment gets one or the other)
+# and gifts, in one keyset-ordered list.
+_BENEFITS = """(
+    SELECT 'discount' AS kind, id, id AS payment_id, payer_id AS holder_id, created_at, campaign_id,
+           discount_minor AS amount_minor, currency, discount_funded_by AS funded_by,
+           discount_clawed_back_minor AS clawed_back_minor
+      FROM payments WHERE campaign_id IS NOT NULL
+    UNION ALL
+    SELECT 'cashback', id, id, payer_id, created_at, cashback_campaign_id, cashback_minor, currency, 'bank',
+           cashback_clawed_back_minor
+      FROM payments WHERE cashback_campaign_id IS NOT NULL
+    UNION ALL
+    SELECT 'gift_' || kind, id, payment_id, holder_id, created_at, campaign_id, amount_minor, currency, 'bank', 0
+      FROM promotion_gifts
+) b JOIN campaigns c ON c.id = b.campaign_id"""
+
+
 def holder_benefits(holder_id: uuid.UUID) -> pages.Query:
-    """The holder's discounted payments with their campaign, newest first (served by payments_payer)."""
+    """The holder's discounts, cashback and gifts with their campaign, newest first (served by
+    payments_payer and promotion_gifts_holder)."""
     return pages.Query(
-        columns="p.id, p.created_at, p.amount_minor, p.currency, p.discount_minor, p.discount_funded_by,"
-                " p.discount_clawed_back_minor, p.campaign_id, c.name AS campaign_name",
-        source="payments p JOIN campaigns c ON c.id = p.campaign_id", key=("p.created_at", "p.id"),
-        scope=(pages.cond("p.payer_id = {}", holder_id),), filters=(pages.cond("p.campaign_id IS NOT NULL"),),
-        id_column="p.id",
+        columns="b.kind, b.id, b.payment_id, b.created_at, b.amount_minor, b.currency, b.funded_by,"
+                " b.clawed_back_minor, b.campaign_id, c.name AS campaign_name",
+        source=_BENEFITS, key=("b.created_at", "b.id"), scope=(pages.cond("b.holder_id = {}", holder_id),),
+        id_column="b.id",
+    )
+
+
+def campaign_gifts(campaign_id: uuid.UUID) -> pages.Query:
+    """A campaign's gifts, newest first."""
+    return pages.Query(
+        columns="id, kind, campaign_id, holder_id, payment_id, currency, amount_minor, created_at",
+        source="promotion_gifts", key=("created_at", "id"), scope=(pages.cond("campaign_id = {}", campaign_id),),
     )

@@ -36,7 +36,9 @@ async def test_the_demo_plays_a_full_day() -> None:
                  "the browser returned to", "/orders/done?order=W-1001&payment=pay_",
                  "shop received payment.succeeded", "verified: webhook-signature and Wallet-Signature",
                  "refused: 0", "discount 3.20, she pays 28.80", "the merchant received 32.00",
-                 "the same quote once more: HTTP 409 quote_used", "notification budget.reminder at 80%", "settlement run srun_", "marked paid", "matched 5 by reference; exceptions: 1 unknown_entry",
+                 "the same quote once more: HTTP 409 quote_used", "Alice has no EUR; her wallet previews 12.50 EUR =",
+                 "the merchant is paid in EUR", "the same quote for another payment: HTTP 409 quote_used",
+                 "CNY back at the payment's own rate", "notification budget.reminder at 80%", "settlement run srun_", "marked paid", "matched 5 by reference; exceptions: 1 unknown_entry",
                  "payout now reconciled", "OK: every entry balances", f"operator console: http://127.0.0.1:{port}/",
                  "its gateway has stopped"):
         assert seen in text, (seen, text[-4000:])

@@ -33,7 +33,7 @@ SELECT pay.id, pay.captured_minor, pay.refunded_minor, pay.fee_minor
               WHERE e.payment_id IS NOT NULL GROUP BY e.payment_id) x ON x.payment_id = pay.id
  WHERE COALESCE(-x.captured, 0) <> pay.captured_minor - CASE WHEN pay.discount_funded_by = 'bank' THEN pay.discount_minor ELSE 0 END
     OR COALESCE(x.fee, 0) <> pay.fee_minor
-    OR COALESCE(x.refunded, 0) <> pay.refunded_minor - pay.discount_clawed_back_minor
+    OR COALESCE(x.refunded, 0) <> pay.refunded_minor - pay.discount_clawed_back_minor - pay.cashback_clawed_back_minor
     OR (pay.captured_minor > 0 AND x.captures <> 1)
     OR (pay.captured_minor > 0 AND pay.wallet_account_id IS DISTINCT FROM
         (SELECT p.account_id FROM journal_entries e JOIN postings p ON p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
@@ -168,29 +168,82 @@ SELECT p.id FROM payouts p
 SELECT b.id FROM settlement_batches b LEFT JOIN payouts p ON p.batch_id = b.id
  WHERE (b.status = 'reconciled') <> (p.status IS NOT DISTINCT FROM 'reconciled');
 -- name: promotions_account_differs_from_benefits
-SELECT c.currency, COALESCE(l.total, 0) AS ledger, COALESCE(b.net, 0) AS benefits_net
-  FROM (SELECT currency FROM accounts WHERE kind = 'promotions' UNION SELECT currency FROM payments WHERE discount_funded_by = 'bank') c
+SELECT c.currency, COALESCE(l.total, 0) AS ledger, COALESCE(b.net, 0) + COALESCE(k.net, 0) - COALESCE(g.total, 0) AS benefits_net
+  FROM (SELECT currency FROM accounts WHERE kind = 'promotions' UNION SELECT currency FROM payments WHERE discount_funded_by = 'bank'
+        UNION SELECT currency FROM payments WHERE cashback_minor > 0 UNION SELECT currency FROM promotion_gifts) c
   LEFT JOIN (SELECT a.currency, sum(p.amount_minor) AS total FROM postings p JOIN accounts a ON a.id = p.account_id
               WHERE a.kind = 'promotions' GROUP BY a.currency) l ON l.currency = c.currency
   LEFT JOIN (SELECT currency, sum(discount_clawed_back_minor - discount_minor) AS net FROM payments
               WHERE discount_funded_by = 'bank' GROUP BY currency) b ON b.currency = c.currency
- WHERE COALESCE(l.total, 0) <> COALESCE(b.net, 0);
+  LEFT JOIN (SELECT currency, sum(cashback_clawed_back_minor - cashback_minor) AS net FROM payments
+              WHERE cashback_minor > 0 GROUP BY currency) k ON k.currency = c.currency
+  LEFT JOIN (SELECT currency, sum(amount_minor) AS total FROM promotion_gifts GROUP BY currency) g ON g.currency = c.currency
+ WHERE COALESCE(l.total, 0) <> COALESCE(b.net, 0) + COALESCE(k.net, 0) - COALESCE(g.total, 0);
 -- name: payment_promotion_postings
-SELECT pay.id, pay.discount_minor, pay.discount_clawed_back_minor, COALESCE(x.promo, 0) AS posted, r.clawed AS refunds_clawed
+SELECT pay.id, pay.discount_minor, pay.discount_clawed_back_minor, pay.cashback_clawed_back_minor, COALESCE(x.promo, 0) AS posted,
+       r.clawed AS refunds_clawed, r.cashback_clawed AS refunds_cashback_clawed
   FROM payments pay
   LEFT JOIN (SELECT e.payment_id, sum(p.amount_minor) AS promo FROM journal_entries e JOIN postings p ON p.entry_id = e.id
-               JOIN accounts a ON a.id = p.account_id WHERE a.kind = 'promotions' AND e.payment_id IS NOT NULL
+               JOIN accounts a ON a.id = p.account_id
+              WHERE a.kind = 'promotions' AND e.payment_id IS NOT NULL AND e.kind IN ('capture', 'refund')
               GROUP BY e.payment_id) x ON x.payment_id = pay.id
-  LEFT JOIN (SELECT payment_id, sum(discount_clawed_back_minor) AS clawed FROM refunds GROUP BY payment_id) r ON r.payment_id = pay.id
+  LEFT JOIN (SELECT payment_id, sum(discount_clawed_back_minor) AS clawed, sum(cashback_clawed_back_minor) AS cashback_clawed
+               FROM refunds GROUP BY payment_id) r ON r.payment_id = pay.id
  WHERE COALESCE(x.promo, 0) <> CASE WHEN pay.discount_funded_by = 'bank' THEN pay.discount_clawed_back_minor - pay.discount_minor ELSE 0 END
+                               + pay.cashback_clawed_back_minor
     OR COALESCE(r.clawed, 0) <> pay.discount_clawed_back_minor
+    OR COALESCE(r.cashback_clawed, 0) <> pay.cashback_clawed_back_minor
     OR (pay.discount_funded_by = 'merchant' AND pay.discount_clawed_back_minor <> 0);
+-- name: cashback_differs_from_its_entry
+SELECT pay.id, pay.cashback_minor, x.entries, x.wallet, x.promo, x.others
+  FROM payments pay
+  LEFT JOIN (SELECT e.payment_id, count(DISTINCT e.id) AS entries,
+                    sum(p.amount_minor) FILTER (WHERE a.kind = 'wallet') AS wallet,
+                    sum(p.amount_minor) FILTER (WHERE a.kind = 'promotions') AS promo,
+                    count(*) FILTER (WHERE a.kind NOT IN ('wallet', 'promotions')) AS others,
+                    count(DISTINCT a.id) FILTER (WHERE a.kind = 'wallet') AS wallets,
+                    min(a.owner_id::text) FILTER (WHERE a.kind = 'wallet') AS owner
+               FROM journal_entries e JOIN postings p ON p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
+              WHERE e.kind = 'cashback' GROUP BY e.payment_id) x ON x.payment_id = pay.id
+ WHERE (pay.cashback_minor > 0 OR x.payment_id IS NOT NULL)
+   AND (x.entries IS DISTINCT FROM 1 OR x.wallet IS DISTINCT FROM pay.cashback_minor OR x.promo IS DISTINCT FROM -pay.cashback_minor
+        OR x.others <> 0 OR x.wallets <> 1 OR x.owner IS DISTINCT FROM pay.payer_id::text
+        OR pay.cashback_minor > pay.captured_minor)
+UNION ALL
+SELECT e.payment_id, NULL, count(*), NULL, NULL, NULL FROM journal_entries e WHERE e.kind = 'cashback' AND e.payment_id IS NULL
+ GROUP BY e.payment_id;
+-- name: gifts_differ_from_their_entries
+SELECT COALESCE(g.holder_id, x.holder_id) AS holder_id, COALESCE(g.currency, x.currency) AS currency,
+       g.gifts, g.total, x.entries, x.total AS posted
+  FROM (SELECT holder_id, currency, count(*) AS gifts, sum(amount_minor) AS total FROM promotion_gifts GROUP BY holder_id, currency) g
+  FULL JOIN (SELECT a.owner_id AS holder_id, a.currency, count(DISTINCT e.id) AS entries, sum(p.amount_minor) AS total
+               FROM journal_entries e JOIN postings p ON p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
+              WHERE e.kind = 'gift' AND a.kind = 'wallet' GROUP BY a.owner_id, a.currency) x
+    ON x.holder_id = g.holder_id AND x.currency = g.currency
+ WHERE g.gifts IS DISTINCT FROM x.entries OR g.total IS DISTINCT FROM x.total
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, count(*), NULL FROM (
+    SELECT e.id FROM journal_entries e JOIN postings p ON p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
+     WHERE e.kind = 'gift' GROUP BY e.id
+    HAVING count(*) <> 2 OR count(*) FILTER (WHERE a.kind = 'wallet') <> 1 OR count(*) FILTER (WHERE a.kind = 'promotions') <> 1) bad
+HAVING count(*) > 0;
+-- name: first_payment_gift_not_the_first
+SELECT g.id, g.holder_id, g.payment_id FROM promotion_gifts g JOIN payments pay ON pay.id = g.payment_id
+ WHERE g.kind = 'first_payment'
+   AND (pay.payer_id <> g.holder_id OR pay.captured_minor = 0
+        OR NOT EXISTS (SELECT 1 FROM journal_entries e WHERE e.payment_id = g.payment_id AND e.kind = 'gift'));
 -- name: campaign_over_budget_or_places
 SELECT c.id, c.budget_minor, c.spent_minor, c.places_max, c.places_taken, COALESCE(g.granted, 0) AS granted,
        COALESCE(g.payments, 0) AS payments
   FROM campaigns c
-  LEFT JOIN (SELECT campaign_id, sum(discount_minor) AS granted, count(*) AS payments, sum(discount_clawed_back_minor) AS clawed
-               FROM payments WHERE campaign_id IS NOT NULL GROUP BY campaign_id) g ON g.campaign_id = c.id
+  LEFT JOIN (SELECT campaign_id, sum(granted) AS granted, sum(uses) AS payments, sum(clawed) AS clawed FROM (
+               SELECT campaign_id, discount_minor AS granted, 1 AS uses, discount_clawed_back_minor AS clawed
+                 FROM payments WHERE campaign_id IS NOT NULL
+               UNION ALL
+               SELECT cashback_campaign_id, cashback_minor, 1, cashback_clawed_back_minor
+                 FROM payments WHERE cashback_campaign_id IS NOT NULL
+               UNION ALL
+               SELECT campaign_id, amount_minor, 1, 0 FROM promotion_gifts) b GROUP BY campaign_id) g ON g.campaign_id = c.id
  WHERE c.spent_minor > c.budget_minor OR c.places_taken > COALESCE(c.places_max, c.places_taken)
     OR c.spent_minor <> COALESCE(g.granted, 0) OR c.places_taken <> COALESCE(g.payments, 0)
     OR c.clawed_back_minor <> COALESCE(g.clawed, 0);
@@ -198,10 +251,16 @@ SELECT c.id, c.budget_minor, c.spent_minor, c.places_max, c.places_taken, COALES
 SELECT COALESCE(u.campaign_id, g.campaign_id) AS campaign_id, COALESCE(u.holder_id, g.payer_id) AS holder_id,
        COALESCE(u.uses, 0) AS uses, COALESCE(g.payments, 0) AS payments
   FROM campaign_uses u
-  FULL JOIN (SELECT campaign_id, payer_id, count(*) AS payments FROM payments WHERE campaign_id IS NOT NULL
+  FULL JOIN (SELECT campaign_id, payer_id, count(*) AS payments FROM (
+               SELECT campaign_id, payer_id FROM payments WHERE campaign_id IS NOT NULL
+               UNION ALL
+               SELECT cashback_campaign_id, payer_id FROM payments WHERE cashback_campaign_id IS NOT NULL
+               UNION ALL
+               SELECT campaign_id, holder_id FROM promotion_gifts) b
               GROUP BY campaign_id, payer_id) g ON g.campaign_id = u.campaign_id AND g.payer_id = u.holder_id
   LEFT JOIN campaigns c ON c.id = COALESCE(u.campaign_id, g.campaign_id)
- WHERE COALESCE(u.uses, 0) > COALESCE(c.per_holder_max, COALESCE(u.uses, 0)) OR COALESCE(u.uses, 0) <> COALESCE(g.payments, 0);
+ WHERE COALESCE(u.uses, 0) > COALESCE(c.per_holder_max, COALESCE(u.uses, 0)) OR COALESCE(u.uses, 0) <> COALESCE(g.payments, 0)
+    OR (c.rule IN ('gift_registration', 'gift_first_payment') AND COALESCE(u.uses, 0) > 1);
 -- name: conversion_differs_from_its_entry
 SELECT c.id FROM conversions c
   CROSS JOIN LATERAL (
@@ -285,7 +344,8 @@ SELECT c.id, c.returned_minor, c.returned_source_minor, c.returned_fee_minor
 -- payment captured for less, or cancelled, returns nothing of the rest: it stays in the wallet).
 SELECT c.id, pay.id AS payment_id, c.returned_minor, COALESCE(r.credited, 0) AS refunds_credited
   FROM conversions c JOIN payments pay ON pay.id = c.payment_id
-  LEFT JOIN (SELECT payment_id, sum(amount_minor - discount_clawed_back_minor) AS credited FROM refunds
+  LEFT JOIN (SELECT payment_id, sum(amount_minor - discount_clawed_back_minor - cashback_clawed_back_minor) AS credited
+              FROM refunds
               GROUP BY payment_id) r ON r.payment_id = pay.id
  WHERE pay.payer_id IS DISTINCT FROM c.holder_id OR pay.currency <> c.to_currency
     OR c.receive_minor < pay.authorized_minor OR pay.status = 'requires_payment_method'
@@ -296,5 +356,5 @@ SELECT c.id, e.refund_id, NULL, NULL FROM journal_entries e JOIN conversions c O
  WHERE e.kind = 'conversion_return' AND (r.id IS NULL OR r.payment_id IS DISTINCT FROM c.payment_id)
 UNION ALL
 SELECT c.id, r.id, NULL, NULL FROM refunds r JOIN conversions c ON c.payment_id = r.payment_id
- WHERE r.amount_minor - r.discount_clawed_back_minor > 0
+ WHERE r.amount_minor - r.discount_clawed_back_minor - r.cashback_clawed_back_minor > 0
    AND (SELECT count(*) FROM journal_entries e WHERE e.refund_id = r.id AND e.kind = 'conversion_return') <> 1;
