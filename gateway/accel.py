@@ -79,6 +79,28 @@ return {string.format('%.6f', wait_s), cached}
 """
 
 
+# A sliding window of payments (services.risk's velocity per device and per merchant), checked and
+# charged atomically: members are "payment id:amount" scored by the caller's clock (seconds). KEYS: the
+# window. ARGV: now_s, window_s, count_max (-1: none), amount_max (-1: none), member, amount. Returns
+# {taken (1/0), count before, amount before}; a window expires once its newest member would have left it.
+_WINDOW_LUA = """
+local now_s, window_s = tonumber(ARGV[1]), tonumber(ARGV[2])
+local count_max, amount_max, amount = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_s - window_s)
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+local total = 0
+for _, m in ipairs(members) do
+  total = total + tonumber(string.match(m, ':(%d+)$'))
+end
+local n = #members
+if (count_max >= 0 and n + 1 > count_max) or (amount_max >= 0 and total + amount > amount_max) then
+  return {0, n, total}
+end
+redis.call('ZADD', KEYS[1], now_s, ARGV[5])
+redis.call('EXPIRE', KEYS[1], math.ceil(window_s) + 1)
+return {1, n, total}
+"""
+
 class LocalBuckets:
     """Token buckets in this process: the fallback while Redis is down (each process limits alone)."""
 
@@ -120,6 +142,7 @@ class Accelerator:
         self._down_until_s = 0.0
         self.last_error: str | None = None
         self._take_script = self.client.register_script(_TAKE_LUA)
+        self._window_script = self.client.register_script(_WINDOW_LUA)
         self._local = LocalBuckets(LOCAL_BUCKETS_MAX)
         self._takes: list[tuple[list[str], list[float | int], asyncio.Future[Any]]] = []
         self._taking: asyncio.Task[None] | None = None
@@ -206,6 +229,26 @@ class Accelerator:
 
     async def delete(self, key: str) -> None:
         await self._call("delete", key)
+
+    async def window_take(self, key: str, now_s: float, window_s: int, count_max: int | None,
+                          amount_max: int | None, member: str, amount: int) -> tuple[bool, int, int] | None:
+        """Charge a sliding window if the payment fits (see ``_WINDOW_LUA``): (taken, count before, amount
+        before), or None when Redis gave no answer (the caller counts in PostgreSQL)."""
+        if not self.available:
+            return None
+        args: list[str | int | float] = [now_s, window_s, -1 if count_max is None else count_max, -1 if amount_max is None else amount_max,
+                member, amount]
+        try:
+            found = await self._window_script(keys=[key], args=args)
+        except _FAILURES as exc:
+            self._failed(exc)
+            return None
+        self._answered()
+        return bool(found[0]), int(found[1]), int(found[2])
+
+    async def window_give_back(self, key: str, member: str) -> None:
+        """Take a payment out of a window again (it was not authorised after all); best effort."""
+        await self._call("zrem", key, member)
 
     async def preflight(self, scope: str, limit_per_s: int, key: str | None) -> tuple[float, bytes | None, bool]:
         """The API rate check and (with ``key``) the cached idempotent answer, in one round trip.

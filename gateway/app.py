@@ -14,7 +14,6 @@ from gateway.api import (  # noqa: F401  (registers endpoints)
 )
 from gateway.api.middlewares import observe
 from gateway.api.routing import SERVICES, api
-from gateway.services import risk as risk_rules
 from gateway.services.context import Services
 from gateway.settings import Settings
 from gateway.web import checkout as web_checkout
@@ -36,7 +35,7 @@ def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
         app[SERVICES] = svc
         async with (svc.api_keys.listening_while(settings.database.url),  # the API key cache's push channel
                     svc.campaigns.refreshing(svc.db, svc.now),  # the live promotion campaigns
-                    risk_rules.refreshing(svc.db)):  # whether any risk rule is active
+                    svc.risk_rules.refreshing(svc.db)):  # whether any risk rule is active
             assert svc.revocations is not None
             async with svc.revocations.listening_while(settings.database.url):  # revoked wallet sessions, pushed
                 yield

@@ -115,7 +115,7 @@ async def list_refunds(call: Call[None, schema.RefundQuery]) -> Any:
 
 @api.route("POST", "/v1/wallet/payments/{id}/pay", summary="Pay a payment from the holder's wallet",
            auth={P.WALLET}, body=schema.PayPayment, response=views.PayerPaymentView, tag="wallet",
-           errors={400: schema.FX_PAY_400, 402: schema.DECLINE_CODES + schema.PIN_CODES, 403: ("wallet_locked",),
+           errors={400: schema.FX_PAY_400, 402: schema.DECLINE_CODES + schema.STEP_UP_CODES, 403: ("wallet_locked",),
                    409: ("payment_not_payable", "payment_expired") + schema.FX_PAY_409})
 async def pay(call: Call[schema.PayPayment, None]) -> Any:
     """Pay the payment from the holder's wallet balance in its currency. Amounts above the holder's PIN

@@ -39,10 +39,12 @@ MetadataMatch = Annotated[dict[str, str], msgspec.Meta(
 
 # Error codes that the use cases of several routes raise, for the routes' ``errors`` declarations.
 AMOUNT_CODES = ("invalid_amount", "amount_too_precise", "amount_too_large", "invalid_currency")
-DECLINE_CODES = ("insufficient_funds", "limit_exceeded", "currency_not_supported", "merchant_unavailable")
+DECLINE_CODES = ("insufficient_funds", "limit_exceeded", "currency_not_supported", "merchant_unavailable",
+                 "risk_declined")
 FX_PAY_400 = ("quote_mismatch",)  # paying with an fx_quote (gateway/services/fx_payments.py)
 FX_PAY_409 = ("quote_used", "quote_expired")
 PIN_CODES = ("pin_required", "pin_not_set", "incorrect_pin")
+STEP_UP_CODES = PIN_CODES + ("otp_required",)  # a holder paying itself: a risk rule may ask for a code too
 SIGN_IN_CODES = ("sign_in_locked", "sign_in_rate_limited")
 # A counter charge (tap, pay-code) that settles the sale's existing payment must match it.
 SALE_PAYMENT_CODES = ("amount_mismatch", "merchant_reference_mismatch", "parameter_unexpected")

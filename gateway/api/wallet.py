@@ -122,7 +122,7 @@ async def qr_preview(call: Call[schema.QrPreview, None]) -> Any:
            auth={P.WALLET}, body=schema.QrPay, response=views.PayerPaymentView, tag="wallet",
            errors={400: schema.AMOUNT_CODES + ("invalid_qr_payload", "qr_code_altered", "qr_code_foreign",
                                                 "amount_required", "amount_mismatch") + schema.FX_PAY_400,
-                   402: schema.DECLINE_CODES + schema.PIN_CODES, 403: ("wallet_locked",),
+                   402: schema.DECLINE_CODES + schema.STEP_UP_CODES, 403: ("wallet_locked",),
                    404: ("qr_code_unknown", "resource_missing"),
                    409: ("qr_code_used", "qr_code_expired", "payment_canceled", "payment_expired") + schema.FX_PAY_409})
 async def qr_pay(call: Call[schema.QrPay, None]) -> Any:

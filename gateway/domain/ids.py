@@ -47,6 +47,7 @@ class Kind(StrEnum):
     WALLET_DEVICE = "wd"
     SIGN_IN_MESSAGE = "sms"
     RISK_RULE = "rsk"
+    RISK_DECISION = "rkd"
     GIFT = "gft"
 
 

@@ -19,6 +19,7 @@ from typing import Final
 from gateway.domain.webhooks import Backoff
 
 BUDGET_REMINDER: Final = "budget.reminder"  # a budget crossed a threshold this month
+RISK_ALERT: Final = "risk.alert"  # a payment was declined or asked for the PIN or a code (services.risk)
 KIND_RE = re.compile(r"^[a-z][a-z_]*(\.[a-z][a-z_]*)+$")  # family.name, as event types are
 
 

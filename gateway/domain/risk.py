@@ -1,23 +1,79 @@
-"""Risk rules: which rules match a payment (pure; the counts are read by the caller).
+"""Risk rules: which rules match a payment and what the holder must do about it (pure; the caller
+reads the counts, the holder's usual amounts and the device's age, and passes them in).
 
 Invariants:
-- a ``blocked_wallet`` rule matches every payment of its holder;
-- a ``velocity_wallet`` rule matches a payment when, with it, the holder's authorised payments within
-  the rule's window would be more than ``max_count``, or (in the rule's currency) total more than
-  ``max_amount_minor``;
-- the outcome is "decline" when any rule matches; the reasons name the rules matched.
+- a rule matches a payment or not from the payment (``Attempt``) and what was read (``Facts``) alone:
+  - ``blocked_wallet``: every payment of its holder; ``blocked_device``: every payment from its device;
+  - ``velocity_wallet`` / ``velocity_device`` / ``velocity_merchant``: with this payment, the payments
+    authorised within ``window_s`` by the holder / from the device / at the merchant (one named
+    merchant, or each merchant) would be more than ``max_count``, or total (in the rule's currency)
+    more than ``max_amount_minor``; a payment without a device matches no device rule;
+  - ``amount_unusual``: in the rule's currency, the holder has at least ``history_min`` captured
+    payments among its last ``HISTORY_MAX`` and the amount is more than ``multiplier_pct``/100 times
+    their median (or 90th percentile, nearest rank);
+  - ``new_device``: in the rule's currency, the amount is at least ``min_amount_minor`` and the
+    device was first seen for this holder less than ``device_age_s`` ago (never seen: new);
+- each rule carries its outcome; the decision is the most severe outcome among the rules matched,
+  after the step-ups the attempt passed: a ``require_pin`` is met by a PIN verified in this attempt,
+  a ``require_otp`` by a one-time code verified for this payment; ``decline`` is met by nothing;
+- the reasons name every rule matched (id, kind, outcome, what it measured), met or not.
 """
 
 from __future__ import annotations
 
+import math
 import uuid
-from dataclasses import dataclass
-from enum import StrEnum
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import IntEnum, StrEnum
+from typing import Any
+
+HISTORY_MAX = 50  # amounts kept per holder and currency (migration 0024's holder_amounts)
 
 
 class RuleKind(StrEnum):
     BLOCKED_WALLET = "blocked_wallet"
     VELOCITY_WALLET = "velocity_wallet"
+    VELOCITY_DEVICE = "velocity_device"
+    VELOCITY_MERCHANT = "velocity_merchant"
+    AMOUNT_UNUSUAL = "amount_unusual"
+    NEW_DEVICE = "new_device"
+    BLOCKED_DEVICE = "blocked_device"
+
+
+VELOCITY_KINDS = frozenset({RuleKind.VELOCITY_WALLET, RuleKind.VELOCITY_DEVICE, RuleKind.VELOCITY_MERCHANT})
+COUNTED_KINDS = frozenset({RuleKind.VELOCITY_DEVICE, RuleKind.VELOCITY_MERCHANT})  # Redis, else PostgreSQL
+
+
+class Outcome(StrEnum):
+    ALLOW = "allow"
+    REQUIRE_PIN = "require_pin"
+    REQUIRE_OTP = "require_otp"
+    DECLINE = "decline"
+
+
+class _Severity(IntEnum):
+    allow = 0
+    require_pin = 1
+    require_otp = 2
+    decline = 3
+
+
+def severity(outcome: Outcome) -> int:
+    return int(_Severity[outcome.value])
+
+
+class Baseline(StrEnum):
+    MEDIAN = "median"
+    P90 = "p90"
+
+
+class StepUp(StrEnum):
+    PIN = "pin"
+    OTP = "otp"
+
+
+STEP_UP_OF = {Outcome.REQUIRE_PIN: StepUp.PIN, Outcome.REQUIRE_OTP: StepUp.OTP}
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,22 +85,65 @@ class Rule:
     window_s: int | None = None
     max_count: int | None = None
     max_amount_minor: int | None = None
+    outcome: Outcome = Outcome.DECLINE
+    device_id: str | None = None
+    merchant_id: uuid.UUID | None = None
+    multiplier_pct: int | None = None
+    baseline: Baseline | None = None
+    history_min: int | None = None
+    device_age_s: int | None = None
+    min_amount_minor: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Recent:
-    """The holder's authorised payments within a window, before this one."""
+    """The payments authorised within a window, before this one."""
 
     count: int
     amount_minor: int
 
 
-def blocked(rules: tuple[Rule, ...], holder_id: uuid.UUID) -> list[Rule]:
-    return [r for r in rules if r.kind is RuleKind.BLOCKED_WALLET and r.holder_id == holder_id]
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The payment being authorised."""
+
+    payment_id: uuid.UUID
+    holder_id: uuid.UUID
+    merchant_id: uuid.UUID
+    currency: str
+    amount_minor: int
+    device_id: str | None
+    channel: str
 
 
-def velocity_rules(rules: tuple[Rule, ...]) -> list[Rule]:
-    return [r for r in rules if r.kind is RuleKind.VELOCITY_WALLET]
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the caller read for the rules that need it."""
+
+    now: datetime
+    recent: dict[uuid.UUID, Recent] = field(default_factory=dict)  # per velocity rule
+    usual_minor: tuple[int, ...] = ()  # the holder's last captured amounts in the payment's currency
+    device_seen_at: datetime | None = None  # first seen for this holder (None: never)
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    rule_id: uuid.UUID
+    kind: RuleKind
+    outcome: Outcome
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    outcome: Outcome  # after the step-ups passed: what the attempt gets now
+    reasons: tuple[Reason, ...]
+    passed: tuple[StepUp, ...]  # the step-ups asked for and passed
+
+    @property
+    def recorded(self) -> bool:
+        """Worth a record: a rule matched, whatever came of it."""
+        return bool(self.reasons)
 
 
 def over_velocity(rule: Rule, recent: Recent, currency: str, amount_minor: int) -> bool:
@@ -52,3 +151,83 @@ def over_velocity(rule: Rule, recent: Recent, currency: str, amount_minor: int) 
         return True
     return (rule.max_amount_minor is not None and rule.currency == currency
             and recent.amount_minor + amount_minor > rule.max_amount_minor)
+
+
+def counted_amount(rule: Rule, currency: str, amount_minor: int) -> int:
+    """What this payment adds to a velocity rule's amount (0 in another currency)."""
+    return amount_minor if rule.currency == currency else 0
+
+
+def applies(rule: Rule, attempt: Attempt) -> bool:
+    """Whether the rule concerns this payment at all (before any count is read)."""
+    if rule.kind is RuleKind.BLOCKED_WALLET:
+        return rule.holder_id == attempt.holder_id
+    if rule.kind is RuleKind.BLOCKED_DEVICE:
+        return attempt.device_id is not None and rule.device_id == attempt.device_id
+    if rule.kind is RuleKind.VELOCITY_DEVICE:
+        return attempt.device_id is not None
+    if rule.kind is RuleKind.VELOCITY_MERCHANT:
+        return rule.merchant_id is None or rule.merchant_id == attempt.merchant_id
+    if rule.kind is RuleKind.AMOUNT_UNUSUAL:
+        return rule.currency == attempt.currency
+    if rule.kind is RuleKind.NEW_DEVICE:
+        assert rule.min_amount_minor is not None
+        return rule.currency == attempt.currency and attempt.amount_minor >= rule.min_amount_minor
+    return True
+
+
+def usual_minor(amounts_minor: tuple[int, ...], baseline: Baseline) -> int:
+    """The median (the lower middle of an even count) or the 90th percentile (nearest rank)."""
+    ordered = sorted(amounts_minor)
+    if baseline is Baseline.MEDIAN:
+        return ordered[(len(ordered) - 1) // 2]
+    return ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
+
+
+def _match(rule: Rule, attempt: Attempt, facts: Facts) -> dict[str, Any] | None:
+    """What the rule measured when it matches; None when it does not."""
+    if not applies(rule, attempt):
+        return None
+    kind = rule.kind
+    if kind in (RuleKind.BLOCKED_WALLET, RuleKind.BLOCKED_DEVICE):
+        return {"device_id": attempt.device_id} if kind is RuleKind.BLOCKED_DEVICE else {}
+    if kind in VELOCITY_KINDS:
+        recent = facts.recent.get(rule.id)
+        if recent is None or not over_velocity(rule, recent, attempt.currency, attempt.amount_minor):
+            return None
+        return {"window_s": rule.window_s, "count": recent.count + 1, "max_count": rule.max_count,
+                "amount": recent.amount_minor + counted_amount(rule, attempt.currency, attempt.amount_minor),
+                "max_amount": rule.max_amount_minor}
+    if kind is RuleKind.AMOUNT_UNUSUAL:
+        assert rule.history_min is not None and rule.multiplier_pct is not None and rule.baseline is not None
+        history = facts.usual_minor[-HISTORY_MAX:]
+        if len(history) < rule.history_min:
+            return None
+        usual = usual_minor(history, rule.baseline)
+        if attempt.amount_minor * 100 <= usual * rule.multiplier_pct:
+            return None
+        return {"usual": usual, "baseline": rule.baseline.value, "history": len(history),
+                "multiplier_pct": rule.multiplier_pct}
+    assert kind is RuleKind.NEW_DEVICE and rule.device_age_s is not None
+    if facts.device_seen_at is not None and (facts.now - facts.device_seen_at).total_seconds() >= rule.device_age_s:
+        return None
+    age_s = None if facts.device_seen_at is None else int((facts.now - facts.device_seen_at).total_seconds())
+    return {"device_id": attempt.device_id, "device_age_s": age_s, "min_amount": rule.min_amount_minor}
+
+
+def decide(rules: tuple[Rule, ...], attempt: Attempt, facts: Facts, passed: frozenset[StepUp]) -> Decision:
+    reasons = []
+    for rule in rules:
+        detail = _match(rule, attempt, facts)
+        if detail is not None:
+            reasons.append(Reason(rule.id, rule.kind, rule.outcome, detail))
+    outcome = Outcome.ALLOW
+    met: set[StepUp] = set()
+    for reason in reasons:
+        step = STEP_UP_OF.get(reason.outcome)
+        if step is not None and step in passed:
+            met.add(step)
+            continue
+        if severity(reason.outcome) > severity(outcome):
+            outcome = reason.outcome
+    return Decision(outcome, tuple(reasons), tuple(sorted(met)))

@@ -17,6 +17,7 @@ from gateway.services.idempotency import Idempotency
 from gateway.services.campaign_cache import CampaignCache
 from gateway.services.key_cache import ApiKeyCache
 from gateway.services.revocations import SessionRevocations
+from gateway.services.risk_cache import RiskRules
 from gateway.settings import PromotionSettings, Settings
 from gateway.services.batching import Batcher
 from gateway.store import payments as payment_store
@@ -43,6 +44,8 @@ class Services:
     # The live promotion campaigns; loaded only while the app keeps it ``refreshing``.
     campaigns: CampaignCache = field(default_factory=lambda: CampaignCache(PromotionSettings()))
     reads: StaleReads | None = None  # reads that may lag (None: the primary, ``db``)
+    # Whether any risk rule is active, as the one-statement payment path asks it; kept ``refreshing`` by the app.
+    risk_rules: RiskRules = field(default_factory=RiskRules)
 
     @staticmethod
     def now() -> datetime:

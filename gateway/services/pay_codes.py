@@ -29,7 +29,7 @@ from gateway.domain.ids import Kind, decode
 from gateway.domain.money import check_amount, currency
 from gateway.domain.payments import CaptureMethod, Payment, Status
 from gateway.errors import Conflict, InvalidRequest, NotFound
-from gateway.services import payments, pins, qr, views
+from gateway.services import payments, pins, qr, risk, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.store import codes, tenants
@@ -145,4 +145,4 @@ async def charge(svc: Services, who: Principal, req: Charge, identity: RequestId
                                                   needs_confirmation=needs_pin)
         return 201, views.payment_view(updated)
 
-    return await svc.idempotency.run(identity, work)
+    return await svc.idempotency.run(identity, work, refused=risk.record_refusal)

@@ -170,6 +170,7 @@ def record_decline(pid: uuid.UUID, holder_id: uuid.UUID) -> Refused:
     (so once per idempotency key); the payment itself is unchanged and can still be paid."""
 
     async def refused(conn: Connection, exc: GatewayError) -> None:
+        await risk.record_refusal(conn, exc)  # a risk decision and its alerts, kept with the refusal
         if not isinstance(exc, Declined):
             return
         row = await store.get(conn, pid)
@@ -417,7 +418,7 @@ async def _authorize_locked(
         raise Declined("the merchant cannot take payments now", code="merchant_unavailable")
     limits.check_payment(svc.tiers[holder["tier"]], payment.currency, holder["spent_minor"] - payment.amount_minor,
                          payment.amount_minor)
-    await risk.check(conn, holder_id, payment.currency, payment.amount_minor, now)
+    await risk.check(svc, conn, payment, holder_id, channel=channel, now=now)
     confirm_s = svc.settings.wallet.confirmation_timeout_s if needs_confirmation else None
     payment = payment.authorize(holder_id, now, svc.settings.payments.authorization_ttl_s, confirm_within_s=confirm_s)
     granted = None
@@ -478,7 +479,8 @@ async def pay(svc: Services, who: Principal, text_id: str, pin: str | None, iden
     if head is None:
         raise _missing(pid)
     accounts = await payer_accounts(svc, holder_id, head["merchant_id"], head["currency"])
-    pin_needed = pins.needed(svc, head["currency"], head["amount_minor"])
+    # A PIN given is verified even below the threshold: a risk rule may ask for it (services.risk).
+    pin_needed = pins.needed(svc, head["currency"], head["amount_minor"]) or pin is not None
     funding = None if fx_quote is None else await fx_payments.prepare(svc, holder_id, fx_quote, head["currency"],
                                                                        head["amount_minor"])
 
@@ -493,10 +495,11 @@ async def pay(svc: Services, who: Principal, text_id: str, pin: str | None, iden
         return 200, view if funding is None else fx_payments.with_fx(view, await fx_payments.paid_with(conn, updated))
 
     one_statement = not pin_needed and funding is None  # a conversion takes the general path
-    return await svc.idempotency.run(
-        identity, work, before=check_pin if pin_needed else None, refused=record_decline(pid, holder_id),
-        at_once=_paid_at_once(svc, head, holder_id, accounts, channel="wallet") if one_statement else None,
-    )
+    with risk.holder_present(who.device_id, pin_verified=pin_needed):
+        return await svc.idempotency.run(
+            identity, work, before=check_pin if pin_needed else None, refused=record_decline(pid, holder_id),
+            at_once=_paid_at_once(svc, head, holder_id, accounts, channel="wallet") if one_statement else None,
+        )
 
 
 def _paid_at_once(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
@@ -529,7 +532,8 @@ def decide_payment(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
     campaign = promotions.from_memory(svc.campaigns, head, now)
     if not campaign.known:  # only the general path can tell which campaign applies
         return None
-    if not risk.fast_path_allowed():  # from memory: risk rules are checked by the general path
+    if not risk.fast_path_allowed(svc, head["id"], holder_id, head["merchant_id"], head["currency"],
+                                  head["amount_minor"], channel):  # from memory: the general path checks rules
         return None
     day = svc.local_day(now)
     try:

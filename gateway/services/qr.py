@@ -27,7 +27,7 @@ from gateway.domain.money import check_amount, currency, currency_by_numeric
 from gateway.domain.payments import CaptureMethod, Payment, Status
 from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.render import qr_image
-from gateway.services import fx_payments, payments, pins, promotions, views
+from gateway.services import fx_payments, payments, pins, promotions, risk, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.store import codes, tenants
@@ -232,9 +232,12 @@ async def pay(
     accounts = await payments.payer_accounts(svc, who.id, qr_row["merchant_id"], cur_code)
     funding = None if fx_quote is None else await fx_payments.prepare(svc, who.id, fx_quote, cur_code, amount_minor)
 
+    # A PIN given is verified even below the threshold: a risk rule may ask for it (services.risk).
+    pin_checked = pins.needed(svc, cur_code, amount_minor) or pin is not None
+
     async def checks(conn: Connection) -> None:
         _refuse_if_unusable(svc, qr_row, head)
-        if pins.needed(svc, cur_code, amount_minor):
+        if pin_checked:
             await pins.verify(svc, who.id, pin, conn)
 
     async def work(conn: Connection) -> tuple[int, Any]:
@@ -263,8 +266,9 @@ async def pay(
 
     # A declined dynamic code leaves its payment unpaid: a payment.failed event says why. (A static
     # code's payment is created by the work, so a decline leaves no payment to speak of.)
-    refused = payments.record_decline(head["id"], who.id) if head is not None else None
-    return await svc.idempotency.run(identity, work, before=checks, refused=refused)
+    refused = payments.record_decline(head["id"], who.id) if head is not None else risk.record_refusal
+    with risk.holder_present(who.device_id, pin_verified=pin_checked):
+        return await svc.idempotency.run(identity, work, before=checks, refused=refused)
 
 
 class _ImageCache:

@@ -1,124 +1,377 @@
-"""Risk rules: the operator's use cases, and the check every authorisation makes.
+"""Risk rules: the check every authorisation makes, the decisions and alerts it leaves, the holder's
+answer to a one-time code, and the operator's use cases.
 
 Invariants:
 - ``check`` runs in ``payments.authorize_locked`` (every way of paying: by id, QR, pay-code, tap),
   after the holder's spend row is locked, so the holder's payments are counted one at a time and N
-  concurrent payments against a velocity limit of K never authorise more than K; it reads the active
-  rules from the database (a rule created or disabled applies at once on the general path);
-- a match declines the payment with ``risk_declined`` (HTTP 402), a message that names no rule;
-  nothing of the payment changes and no money moves;
-- the one-statement path (``payments.decide_payment``) asks ``fast_path_allowed``, answered from
-  memory: True only when this process's last read of the rules, younger than ``FRESH_S``, found none.
-  So with any rule active every payment takes the general path, and a rule created in another
-  process reaches the fast path of this one within ``REFRESH_S`` seconds: the app re-reads the rules
-  every ``REFRESH_S`` in the background (``refreshing``), and after each change made in this process;
+  concurrent payments against a wallet velocity limit of K never authorise more than K; it reads the
+  active rules from the database (a rule created or disabled applies at once on the general path);
+- the one-statement path (``payments.decide_payment``) asks ``fast_path_allowed``, from memory
+  (``services.risk_cache``): a payment any active rule concerns takes the general path;
+- velocity per device and per merchant is counted in Redis (a sliding window per rule and scope,
+  checked and charged in one script, so concurrent payments never pass a limit together); while Redis
+  gives no answer it is counted in PostgreSQL from the 'allow' decisions, under an advisory lock per
+  rule and scope. A payment charged in Redis and refused afterwards is given back; one that fails later
+  in its transaction (funds) stays counted until its window ends (stricter, never looser). Entries
+  counted in PostgreSQL during an outage are not copied to Redis: after Redis comes back a window may
+  count too few for at most ``window_s``;
+- outcomes (``domain.risk``): the most severe outcome of the rules matched, after the step-ups this
+  attempt passed. A PIN counts as passed when the holder's use case verified one in this request
+  (``holder_present``) or the channel verified the holder itself (a tap: the phone's CDCVM). A code
+  counts as passed when a require_otp decision for the same holder, merchant, currency and amount had
+  its challenge answered (``verify_code``) within ``sign_in.code_ttl_s`` and not used yet: the payment
+  uses it in its own transaction (one code, one payment; a payment that fails leaves it usable);
+- refusals: ``risk_declined`` (402), ``pin_required`` (402, param ``pin``) and ``otp_required`` (402,
+  param ``otp``, with ``challenge``: the code's challenge id, sent to the holder's phone through the
+  sign-in code sender). Channels where the holder is not in the request (pay-code, and a tap for a
+  code) cannot answer a step-up: there it is a decline. A code that cannot be sent (no sender, or the
+  holder's codes exhausted) is a decline too. Messages name no rule;
+- every decision where a rule matched (and every payment checked by a velocity rule per device or
+  merchant) is recorded with its reasons. An 'allow' is written in the payment's transaction; a
+  refusal (``RiskRefusal``) is written by ``record_refusal`` in the transaction that stores the
+  refusal's answer (the payment's own was rolled back), once per idempotency key, with its alerts: a
+  ``risk.alert`` notification to the holder (pushed when a push hook is set) and a ``risk.alert``
+  event (operator-level: no merchant, so no merchant webhook carries a holder's risk profile);
 - creating and disabling rules are idempotent (Idempotency-Key) and audited (``risk_rule.created``,
   ``risk_rule.disabled``) in their own transaction.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
-import time
+import contextvars
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Literal
 
 import msgspec
 
 from gateway.auth.principals import Principal
-from gateway.domain import risk
+from gateway.domain import notifications as notification_kinds
+from gateway.domain import risk, verification
 from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import currency as check_currency
-from gateway.errors import Declined, InvalidRequest, NotFound
-from gateway.services import audit, pages
+from gateway.domain.payments import Payment
+from gateway.errors import Declined, Forbidden, GatewayError, InvalidRequest, NotFound
+from gateway.services import audit, notifications, pages, sign_in, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.services.pages import PageRequest
+from gateway.store import payments as events_store
 from gateway.store import risk as store
-from gateway.store.db import Connection, Database
-from gateway.tasks import cancel_and_wait
+from gateway.store import sign_in as sign_in_store
+from gateway.store.db import Connection
 
-REFRESH_S = 2.0
-FRESH_S = 3 * REFRESH_S  # after 3 failed refreshes the cache cannot tell: the general path runs
-log = logging.getLogger(__name__)
+PAYMENT_REASON = "payment"  # the sign-in challenge reason of a payment's code
 
 
-@dataclass
-class RiskCache:
-    """Whether any rule was active at this process's last read (see the module's invariants)."""
-
-    rules: tuple[risk.Rule, ...] = ()
-    read_at_s: float | None = None
-    clock: Callable[[], float] = field(default=time.monotonic)
-
-    def saw(self, rules: tuple[risk.Rule, ...]) -> None:
-        self.rules = rules
-        self.read_at_s = self.clock()
-
-    def none_active(self) -> bool:
-        return self.read_at_s is not None and self.clock() - self.read_at_s <= FRESH_S and not self.rules
+# --- the holder in the request -------------------------------------------------------------------
 
 
-CACHE = RiskCache()
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """The holder asking, in this request: its device, and whether its PIN was verified."""
+
+    device_id: str | None
+    pin_verified: bool
 
 
-def fast_path_allowed() -> bool:
-    return CACHE.none_active()
+_PRESENT: contextvars.ContextVar[Presence | None] = contextvars.ContextVar("risk_presence", default=None)
 
 
-async def load(conn: Connection) -> tuple[risk.Rule, ...]:
-    rules = tuple(store.to_domain(r) for r in await store.active(conn))
-    CACHE.saw(rules)
-    return rules
-
-
-@contextlib.asynccontextmanager
-async def refreshing(db: Database) -> AsyncIterator[None]:
-    """Keep this process's view of the active rules fresh while the block runs."""
-
-    async def loop() -> None:
-        while True:
-            await asyncio.sleep(REFRESH_S)
-            try:
-                async with db.connection() as conn:
-                    await load(conn)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the next period tries again; meanwhile the view goes stale
-                log.warning("risk rules load failed", extra={"error": type(exc).__name__})
-
-    with contextlib.suppress(Exception):  # the first read before serving; the loop retries a failure
-        async with db.connection() as conn:
-            await load(conn)
-    task = asyncio.create_task(loop())
+@contextlib.contextmanager
+def holder_present(device_id: str | None, *, pin_verified: bool) -> Iterator[None]:
+    """Around a use case where the holder pays itself (by id, QR): what it proved in the request."""
+    token = _PRESENT.set(Presence(device_id, pin_verified))
     try:
         yield
     finally:
-        await cancel_and_wait([task])
+        _PRESENT.reset(token)
 
 
-def declined() -> Declined:
-    return Declined("the payment was declined", code="risk_declined")
+# --- the check -----------------------------------------------------------------------------------
 
 
-async def check(conn: Connection, holder_id: uuid.UUID, currency: str, amount_minor: int, now: datetime) -> None:
-    """Raise ``risk_declined`` when a rule matches this payment (call it with the holder's spend row locked)."""
-    rules = await load(conn)
+def fast_path_allowed(svc: Services, payment_id: uuid.UUID, holder_id: uuid.UUID, merchant_id: uuid.UUID,
+                      currency: str, amount_minor: int, channel: str) -> bool:
+    """The one-statement path's question, answered from memory (no statement): no rule concerns it."""
+    present = _PRESENT.get()
+    attempt = risk.Attempt(payment_id, holder_id, merchant_id, currency, amount_minor,
+                           None if present is None else present.device_id, channel)
+    return svc.risk_rules.none_concern(attempt)
+
+
+class RiskRefusal(Declined):
+    """A payment refused by the rules; ``record`` writes its decision and alerts (``record_refusal``)."""
+
+    def __init__(self, message: str, *, code: str, record: Callable[[Connection], Awaitable[None]],
+                 param: str | None = None, **extra: Any) -> None:
+        super().__init__(message, code=code, param=param, **extra)
+        self.record = record
+
+
+async def record_refusal(conn: Connection, exc: GatewayError) -> None:
+    """The ``refused`` hook of a use case that pays (``idempotency.run``): a risk refusal's record."""
+    if isinstance(exc, RiskRefusal):
+        await exc.record(conn)
+
+
+def _reasons(decision: risk.Decision) -> list[dict[str, Any]]:
+    return [{"rule": encode(Kind.RISK_RULE, r.rule_id), "kind": r.kind.value, "outcome": r.outcome.value,
+             "detail": r.detail} for r in decision.reasons]
+
+
+def _window_key(rule: risk.Rule, attempt: risk.Attempt) -> str:
+    scope = attempt.device_id if rule.kind is risk.RuleKind.VELOCITY_DEVICE else attempt.merchant_id.hex
+    return f"risk:w:{rule.id.hex}:{scope}"
+
+
+@dataclass
+class _Charged:
+    """The Redis windows this attempt was charged in (given back if it is refused)."""
+
+    windows: list[str]
+    member: str
+
+
+async def _count(svc: Services, conn: Connection, rule: risk.Rule, attempt: risk.Attempt, now: datetime,
+                 charged: _Charged) -> risk.Recent:
+    assert rule.window_s is not None
+    key = _window_key(rule, attempt)
+    amount = risk.counted_amount(rule, attempt.currency, attempt.amount_minor)
+    max_amount = rule.max_amount_minor if rule.currency is not None else None
+    found = await svc.accel.window_take(key, now.timestamp(), rule.window_s, rule.max_count, max_amount,
+                                        charged.member, amount)
+    if found is not None:
+        taken, count, total = found
+        if taken:
+            charged.windows.append(key)
+        return risk.Recent(count, total)
+    if rule.kind is risk.RuleKind.VELOCITY_DEVICE:
+        return await store.recent_allowed(conn, "device_id", attempt.device_id, rule.currency, now, rule.window_s, key)
+    return await store.recent_allowed(conn, "merchant_id", attempt.merchant_id, rule.currency, now, rule.window_s, key)
+
+
+async def _facts(conn: Connection, rules: list[risk.Rule], attempt: risk.Attempt, now: datetime) -> risk.Facts:
+    """What the rules need but the counted windows, read only for the kinds present."""
+    kinds = {r.kind for r in rules}
+    recent: dict[uuid.UUID, risk.Recent] = {}
+    for rule in rules:
+        if rule.kind is risk.RuleKind.VELOCITY_WALLET:
+            assert rule.window_s is not None
+            recent[rule.id] = await store.recent(conn, attempt.holder_id, attempt.currency, now, rule.window_s)
+    usual: tuple[int, ...] = ()
+    if risk.RuleKind.AMOUNT_UNUSUAL in kinds:
+        usual = await store.usual_amounts(conn, attempt.holder_id, attempt.currency)
+    seen = None
+    if risk.RuleKind.NEW_DEVICE in kinds and attempt.device_id is not None:
+        seen = await store.device_first_seen(conn, attempt.holder_id, attempt.device_id)
+    return risk.Facts(now=now, recent=recent, usual_minor=usual, device_seen_at=seen)
+
+
+async def check(svc: Services, conn: Connection, payment: Payment, holder_id: uuid.UUID, *, channel: str,
+                now: datetime) -> None:
+    """Raise a ``RiskRefusal`` when the rules refuse this payment (call it with the holder's spend row
+    locked); record the decision when a rule concerned it."""
+    rules = await svc.risk_rules.load(conn)
     if not rules:
         return
-    if risk.blocked(rules, holder_id):
-        raise declined()
-    for rule in risk.velocity_rules(rules):
-        assert rule.window_s is not None
-        recent = await store.recent(conn, holder_id, currency, now, rule.window_s)
-        if risk.over_velocity(rule, recent, currency, amount_minor):
-            raise declined()
+    present = _PRESENT.get()
+    attempt = risk.Attempt(payment.id, holder_id, payment.merchant_id, payment.currency, payment.amount_minor,
+                           None if present is None else present.device_id, channel)
+    concerned = tuple(r for r in rules if risk.applies(r, attempt))
+    if not concerned:
+        return
+    passed = {risk.StepUp.PIN} if (present is not None and present.pin_verified) or channel == "tap" else set()
+    facts = await _facts(conn, list(concerned), attempt, now)
+    decision = risk.decide(concerned, attempt, facts, frozenset(passed))
+    counted = [r for r in concerned if r.kind in risk.COUNTED_KINDS]
+    charged = _Charged([], f"{payment.id.hex}:{payment.amount_minor}")
+    # The windows last: a payment the other rules decline is charged in none.
+    if counted and decision.outcome is not risk.Outcome.DECLINE:
+        windows = {r.id: await _count(svc, conn, r, attempt, now, charged) for r in counted}
+        facts = replace(facts, recent={**facts.recent, **windows})
+        decision = risk.decide(concerned, attempt, facts, frozenset(passed))
+    if decision.outcome is risk.Outcome.REQUIRE_OTP and present is not None and await store.use_code(
+            conn, holder_id, payment.merchant_id, payment.currency, payment.amount_minor, now,
+            svc.settings.sign_in.code_ttl_s) is not None:
+        passed.add(risk.StepUp.OTP)
+        decision = risk.decide(concerned, attempt, facts, frozenset(passed))
+    if decision.outcome is risk.Outcome.ALLOW:
+        if decision.recorded or counted:
+            await _insert(conn, attempt, decision, now, uuid.uuid4(), challenge_id=None)
+        return
+    for key in charged.windows:  # not authorised: out of the windows again
+        await svc.accel.window_give_back(key, charged.member)
+    raise await _refusal(svc, conn, attempt, decision, now, holder_present=present is not None)
+
+
+async def _insert(conn: Connection, attempt: risk.Attempt, decision: risk.Decision, now: datetime,
+                  decision_id: uuid.UUID, *, challenge_id: uuid.UUID | None,
+                  outcome: risk.Outcome | None = None) -> Any:
+    return await store.insert_decision(
+        conn, decision_id=decision_id, now=now, holder_id=attempt.holder_id, payment_id=attempt.payment_id,
+        merchant_id=attempt.merchant_id, channel=attempt.channel, currency=attempt.currency,
+        amount_minor=attempt.amount_minor, device_id=attempt.device_id, outcome=(outcome or decision.outcome).value,
+        reasons=_reasons(decision), passed=[p.value for p in decision.passed], challenge_id=challenge_id)
+
+
+async def _code_can_be_sent(svc: Services, conn: Connection, holder_id: uuid.UUID, now: datetime) -> bool:
+    settings = svc.settings.sign_in
+    if not settings.sms_hook_url:
+        return False
+    sent = await sign_in_store.challenges_since(conn, holder_id, now - timedelta(seconds=settings.challenge_window_s))
+    return sent < settings.challenges_per_holder_max
+
+
+async def _refusal(svc: Services, conn: Connection, attempt: risk.Attempt, decision: risk.Decision, now: datetime,
+                   *, holder_present: bool) -> RiskRefusal:
+    """The refusal to raise, carrying what ``record_refusal`` writes once the payment's work rolled back."""
+    outcome = decision.outcome
+    if outcome is not risk.Outcome.DECLINE and not holder_present:
+        outcome = risk.Outcome.DECLINE  # nobody in this request can answer a PIN or a code
+    phone = None
+    if outcome is risk.Outcome.REQUIRE_OTP:
+        holder = await sign_in_store.holder_password(conn, attempt.holder_id)
+        if holder is None or not await _code_can_be_sent(svc, conn, attempt.holder_id, now):
+            outcome = risk.Outcome.DECLINE
+        else:
+            phone = str(holder["phone"])
+    decision_id = uuid.uuid4()
+    challenge_id = uuid.uuid4() if outcome is risk.Outcome.REQUIRE_OTP else None
+
+    async def record(c: Connection) -> None:
+        if challenge_id is not None:
+            assert phone is not None
+            await sign_in.start_challenge(c, svc, attempt.holder_id, phone, PAYMENT_REASON, None, challenge_id)
+        row = await _insert(c, attempt, decision, now, decision_id, challenge_id=challenge_id, outcome=outcome)
+        view = decision_view(row)
+        await notifications.notify(svc, c, attempt.holder_id, notification_kinds.RISK_ALERT, _alert_data(view))
+        await events_store.insert_event(c, "risk.alert", decision_id, view, merchant_id=None,
+                                        holder_id=attempt.holder_id, deliverable=False)
+        if challenge_id is not None:
+            sign_in.codes_sent(svc)
+
+    ref = encode(Kind.RISK_DECISION, decision_id)
+    if outcome is risk.Outcome.REQUIRE_PIN:
+        return RiskRefusal("this payment needs the wallet's payment PIN", code="pin_required", param="pin",
+                           record=record, decision=ref)
+    if outcome is risk.Outcome.REQUIRE_OTP:
+        assert challenge_id is not None and phone is not None
+        return RiskRefusal("this payment needs the one-time code sent to the wallet's phone: verify it, then pay "
+                           "again", code="otp_required", param="otp", record=record, decision=ref,
+                           challenge=encode(Kind.SIGN_IN_CHALLENGE, challenge_id),
+                           phone_masked=views.mask_phone(phone))
+    return RiskRefusal("the payment was declined", code="risk_declined", record=record, decision=ref)
+
+
+# --- decisions and alerts ------------------------------------------------------------------------
+
+
+class RiskReasonView(msgspec.Struct, kw_only=True):
+    rule: str
+    kind: str
+    outcome: str
+    detail: dict[str, Any]
+
+
+class RiskDecisionView(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "risk_decision"
+    created: int
+    wallet: str
+    payment: str
+    merchant: str
+    channel: str
+    amount: int
+    currency: str
+    device_id: str | None
+    outcome: Literal["allow", "require_pin", "require_otp", "decline"]
+    reasons: list[RiskReasonView]
+    passed: list[str]  # the step-ups this attempt passed: pin, otp
+    challenge: str | None  # require_otp: the code's challenge
+
+
+class RiskDecisionList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[RiskDecisionView]
+    has_more: bool
+
+
+def decision_view(row: Any) -> RiskDecisionView:
+    reasons = row["reasons"]
+    return RiskDecisionView(
+        id=encode(Kind.RISK_DECISION, row["id"]), created=int(row["created_at"].timestamp()),
+        wallet=encode(Kind.WALLET_HOLDER, row["holder_id"]), payment=encode(Kind.PAYMENT, row["payment_id"]),
+        merchant=encode(Kind.MERCHANT, row["merchant_id"]), channel=row["channel"], amount=row["amount_minor"],
+        currency=row["currency"], device_id=row["device_id"], outcome=row["outcome"],
+        reasons=msgspec.convert(msgspec.json.decode(reasons) if isinstance(reasons, str) else reasons,
+                                list[RiskReasonView]),
+        passed=list(row["passed"]),
+        challenge=None if row["challenge_id"] is None else encode(Kind.SIGN_IN_CHALLENGE, row["challenge_id"]))
+
+
+def _alert_data(view: RiskDecisionView) -> dict[str, Any]:
+    """What the holder reads: the payment and what was asked, never which rule or what it measured."""
+    return {"decision": view.id, "payment": view.payment, "merchant": view.merchant, "amount": view.amount,
+            "currency": view.currency, "outcome": view.outcome, "device_id": view.device_id,
+            "challenge": view.challenge}
+
+
+async def list_decisions(svc: Services, page: PageRequest, wallet: str | None, outcome: str | None, *,
+                         alerts_only: bool) -> RiskDecisionList:
+    holder_id = None
+    if wallet is not None:
+        holder_id = decode(Kind.WALLET_HOLDER, wallet)
+        if holder_id is None:
+            raise InvalidRequest("not a wallet holder id", code="invalid_wallet", param="wallet")
+    async with svc.stale() as conn:
+        rows, has_more = await pages.read(conn, store.decisions(holder_id, outcome, alerts_only=alerts_only), page,
+                                          partial(decode, Kind.RISK_DECISION))
+    return RiskDecisionList(data=[decision_view(r) for r in rows], has_more=has_more)
+
+
+# --- the holder answers a code -------------------------------------------------------------------
+
+
+class RiskChallengeView(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "risk_challenge"
+    status: Literal["verified"]
+
+
+async def verify_code(svc: Services, who: Principal, text: str, code: str) -> RiskChallengeView:
+    """Answer a payment's code: the payment it was sent for can then be paid again (once), within
+    ``sign_in.code_ttl_s``. A wrong code counts against the challenge (committed before the answer);
+    answering a verified challenge again answers it verified."""
+    challenge_id = decode(Kind.SIGN_IN_CHALLENGE, text)
+    if challenge_id is None:
+        raise NotFound(f"no such challenge: {text}", param="id")
+    length = svc.settings.sign_in.code_length
+    if not verification.valid_code_format(code, length):
+        raise InvalidRequest(f"code is {length} digits", code="invalid_code_format", param="code")
+    view = RiskChallengeView(id=text, status="verified")
+    now = svc.now()
+    async with svc.db.connection() as conn:
+        found = await sign_in_store.challenge(conn, challenge_id)
+        if found is None or found["holder_id"] != who.id or found["reason"] != PAYMENT_REASON:
+            raise NotFound(f"no such challenge: {text}", param="id")
+        if found["consumed_at"] is not None:
+            return view
+        async with conn.transaction():
+            row = await sign_in_store.attempt_code(conn, challenge_id, sign_in.code_hash(svc, challenge_id, code),
+                                                   now, (PAYMENT_REASON,))
+            if row is not None and row["consumed_at"] is not None:
+                await sign_in_store.drop_messages(conn, challenge_id)
+                return view
+    if row is None:
+        raise Forbidden("this code can no longer be used (expired or too many wrong tries); pay again for a new "
+                        "one", code="challenge_dead", param="id")
+    raise Forbidden("the code is not right", code="incorrect_code", param="code",
+                    attempts_remaining=row["attempts_max"] - row["attempts"])
 
 
 # --- the operator's use cases --------------------------------------------------------------------
@@ -127,11 +380,19 @@ async def check(conn: Connection, holder_id: uuid.UUID, currency: str, amount_mi
 @dataclass(frozen=True, slots=True)
 class NewRule:
     kind: str
+    outcome: str
     wallet: str | None
     currency: str | None
     window_s: int | None
     max_count: int | None
     max_amount: int | None
+    device_id: str | None = None
+    merchant: str | None = None
+    multiplier_pct: int | None = None
+    baseline: str | None = None
+    history_min: int | None = None
+    device_age_s: int | None = None
+    min_amount: int | None = None
 
 
 class RiskRuleView(msgspec.Struct, kw_only=True):
@@ -144,6 +405,13 @@ class RiskRuleView(msgspec.Struct, kw_only=True):
     window_s: int | None
     max_count: int | None
     max_amount: int | None
+    device_id: str | None
+    merchant: str | None
+    multiplier_pct: int | None
+    baseline: str | None
+    history_min: int | None
+    device_age_s: int | None
+    min_amount: int | None
     status: Literal["active", "disabled"]
     created: int
 
@@ -163,22 +431,15 @@ def rule_view(row: Any) -> RiskRuleView:
         id=rule_id(row["id"]), kind=row["kind"], outcome=row["outcome"],
         wallet=None if row["holder_id"] is None else encode(Kind.WALLET_HOLDER, row["holder_id"]),
         currency=row["currency"], window_s=row["window_s"], max_count=row["max_count"],
-        max_amount=row["max_amount_minor"], status="disabled" if row["disabled_at"] is not None else "active",
+        max_amount=row["max_amount_minor"], device_id=row["device_id"],
+        merchant=None if row["merchant_id"] is None else encode(Kind.MERCHANT, row["merchant_id"]),
+        multiplier_pct=row["multiplier_pct"], baseline=row["baseline"], history_min=row["history_min"],
+        device_age_s=row["device_age_s"], min_amount=row["min_amount_minor"],
+        status="disabled" if row["disabled_at"] is not None else "active",
         created=int(row["created_at"].timestamp()))
 
 
-def _terms(req: NewRule) -> risk.Rule:
-    kind = risk.RuleKind(req.kind)
-    holder_id = None
-    if req.wallet is not None:
-        holder_id = decode(Kind.WALLET_HOLDER, req.wallet)
-        if holder_id is None:
-            raise InvalidRequest("not a wallet holder id", code="invalid_wallet", param="wallet")
-    code = None if req.currency is None else check_currency(req.currency).code
-    if kind is risk.RuleKind.BLOCKED_WALLET:
-        if holder_id is None:
-            raise InvalidRequest("a blocked_wallet rule names its wallet", code="invalid_wallet", param="wallet")
-        return risk.Rule(uuid.uuid4(), kind, holder_id=holder_id)
+def _velocity_terms(req: NewRule, code: str | None) -> dict[str, Any]:
     if req.window_s is None or not 1 <= req.window_s <= 2_592_000:
         raise InvalidRequest("window_s: 1 to 2592000 seconds", code="invalid_window", param="window_s")
     if req.max_count is not None and req.max_count < 1:
@@ -188,8 +449,59 @@ def _terms(req: NewRule) -> risk.Rule:
                              code="invalid_max_amount", param="max_amount")
     if req.max_count is None and req.max_amount is None:
         raise InvalidRequest("give max_count or max_amount", code="invalid_max_count", param="max_count")
-    return risk.Rule(uuid.uuid4(), kind, currency=code, window_s=req.window_s, max_count=req.max_count,
-                     max_amount_minor=req.max_amount)
+    return {"currency": code, "window_s": req.window_s, "max_count": req.max_count,
+            "max_amount_minor": req.max_amount}
+
+
+def _needs_currency(code: str | None, kind: risk.RuleKind) -> str:
+    if code is None:
+        raise InvalidRequest(f"a {kind.value} rule names its currency", code="invalid_currency", param="currency")
+    return code
+
+
+def _terms(req: NewRule) -> risk.Rule:
+    kind = risk.RuleKind(req.kind)
+    outcome = risk.Outcome(req.outcome)
+    if outcome is risk.Outcome.ALLOW:
+        raise InvalidRequest("a rule declines or asks for the PIN or a code", code="invalid_outcome", param="outcome")
+    code = None if req.currency is None else check_currency(req.currency).code
+    base = risk.Rule(uuid.uuid4(), kind, outcome=outcome)
+    if kind is risk.RuleKind.BLOCKED_WALLET:
+        holder_id = None if req.wallet is None else decode(Kind.WALLET_HOLDER, req.wallet)
+        if holder_id is None:
+            raise InvalidRequest("a blocked_wallet rule names its wallet (a wallet holder id)", code="invalid_wallet",
+                                 param="wallet")
+        return replace(base, holder_id=holder_id)
+    if kind is risk.RuleKind.BLOCKED_DEVICE:
+        if req.device_id is None or not 1 <= len(req.device_id) <= 128:
+            raise InvalidRequest("a blocked_device rule names its device_id (1-128 characters)",
+                                 code="invalid_device", param="device_id")
+        return replace(base, device_id=req.device_id)
+    if kind in risk.VELOCITY_KINDS:
+        merchant_id = None
+        if req.merchant is not None:
+            merchant_id = decode(Kind.MERCHANT, req.merchant)
+            if merchant_id is None or kind is not risk.RuleKind.VELOCITY_MERCHANT:
+                raise InvalidRequest("merchant: a merchant id, for a velocity_merchant rule", code="invalid_merchant",
+                                     param="merchant")
+        return replace(base, merchant_id=merchant_id, **_velocity_terms(req, code))
+    if kind is risk.RuleKind.AMOUNT_UNUSUAL:
+        if req.multiplier_pct is None or not 101 <= req.multiplier_pct <= 100_000:
+            raise InvalidRequest("multiplier_pct: 101 to 100000 (k x 100: 300 flags more than 3 times the usual)",
+                                 code="invalid_multiplier", param="multiplier_pct")
+        if req.history_min is None or not 1 <= req.history_min <= risk.HISTORY_MAX:
+            raise InvalidRequest(f"history_min: 1 to {risk.HISTORY_MAX} payments", code="invalid_history_min",
+                                 param="history_min")
+        return replace(base, currency=_needs_currency(code, kind), multiplier_pct=req.multiplier_pct,
+                       baseline=risk.Baseline(req.baseline or "median"), history_min=req.history_min)
+    assert kind is risk.RuleKind.NEW_DEVICE
+    if req.device_age_s is None or not 1 <= req.device_age_s <= 2_592_000:
+        raise InvalidRequest("device_age_s: 1 to 2592000 seconds", code="invalid_device_age", param="device_age_s")
+    if req.min_amount is None or req.min_amount < 0:
+        raise InvalidRequest("min_amount: an amount in minor units (0: any)", code="invalid_min_amount",
+                             param="min_amount")
+    return replace(base, currency=_needs_currency(code, kind), device_age_s=req.device_age_s,
+                   min_amount_minor=req.min_amount)
 
 
 async def create(svc: Services, who: Principal, req: NewRule, identity: RequestIdentity) -> Reply:
@@ -198,13 +510,15 @@ async def create(svc: Services, who: Principal, req: NewRule, identity: RequestI
     async def work(conn: Connection) -> tuple[int, Any]:
         if terms.holder_id is not None and not await store.holder_exists(conn, terms.holder_id):
             raise InvalidRequest("no such wallet holder", code="invalid_wallet", param="wallet")
+        if terms.merchant_id is not None and not await store.merchant_exists(conn, terms.merchant_id):
+            raise InvalidRequest("no such merchant", code="invalid_merchant", param="merchant")
         view = rule_view(await store.insert(conn, terms, svc.now()))
         await audit.record(conn, who, "risk_rule.created", terms.id, view, merchant_id=None)
         return 201, view
 
     reply = await svc.idempotency.run(identity, work)
     async with svc.db.connection() as conn:  # this process's fast path sees the change at once
-        await load(conn)
+        await svc.risk_rules.load(conn)
     return reply
 
 
@@ -231,7 +545,7 @@ async def disable(svc: Services, who: Principal, text_id: str, identity: Request
 
     reply = await svc.idempotency.run(identity, work)
     async with svc.db.connection() as conn:  # this process's fast path sees the change at once
-        await load(conn)
+        await svc.risk_rules.load(conn)
     return reply
 
 

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 WALLET_AUDIENCE = "wallet"
 PASSWORD_LENGTH_MIN = 8
 _SEAL_PURPOSE = b"wallet-gateway sign-in codes v1"
+SIGN_IN_REASONS = ("phone_verification", "new_device")  # a payment's code (services.risk) never signs in
 
 
 class SignInChallengeView(msgspec.Struct, kw_only=True):
@@ -101,7 +102,8 @@ def _sealer(svc: Services) -> Sealer:
     return Sealer(svc.settings.auth.api_key_pepper, _SEAL_PURPOSE)
 
 
-def _hash(svc: Services, challenge_id: uuid.UUID, code: str) -> bytes:
+def code_hash(svc: Services, challenge_id: uuid.UUID, code: str) -> bytes:
+    """How a challenge's code is kept (also a payment's code: services.risk)."""
     return verification.code_hash(svc.settings.auth.api_key_pepper.encode(), challenge_id.bytes, code)
 
 
@@ -117,9 +119,9 @@ def challenge_view(svc: Services, row: Any, phone: str) -> SignInChallengeView:
 
 
 async def start_challenge(conn: Connection, svc: Services, holder_id: uuid.UUID, phone: str, reason: str,
-                          device_id: str | None) -> SignInChallengeView:
+                          device_id: str | None, challenge_id: uuid.UUID | None = None) -> SignInChallengeView:
     """A challenge and its first code, in the caller's transaction (the sender is woken by the caller
-    once it committed, with ``codes_sent``)."""
+    once it committed, with ``codes_sent``); ``challenge_id`` when the caller named it already."""
     settings = svc.settings.sign_in
     if not settings.sms_hook_url:
         raise Unavailable("no SMS hook is configured: sign-in codes cannot be sent", code="code_sender_unavailable",
@@ -129,10 +131,10 @@ async def start_challenge(conn: Connection, svc: Services, holder_id: uuid.UUID,
     if recent >= settings.challenges_per_holder_max:
         raise RateLimited("too many codes were sent to this phone; retry later", code="sign_in_codes_exhausted",
                           retry_after_s=settings.challenge_window_s)
-    challenge_id = uuid.uuid4()
+    challenge_id = challenge_id or uuid.uuid4()
     # The hash is bound to the id, so the message (which needs the id) is written after the challenge.
     code = verification.new_code(settings.code_length, secrets.randbelow)
-    row = await store.insert_challenge(conn, challenge_id, holder_id, reason, device_id, _hash(svc, challenge_id, code),
+    row = await store.insert_challenge(conn, challenge_id, holder_id, reason, device_id, code_hash(svc, challenge_id, code),
                                        settings.code_attempts_max, now + timedelta(seconds=settings.code_ttl_s))
     message_id = uuid.uuid4()
     await store.insert_message(conn, message_id, challenge_id, phone, _sealer(svc).seal(code, message_id.bytes))
@@ -205,7 +207,7 @@ async def verify(svc: Services, text: str, code: str) -> views.TokenView:
     now = svc.now()
     async with svc.db.connection() as conn:
         async with conn.transaction():
-            row = await store.attempt_code(conn, challenge_id, _hash(svc, challenge_id, code), now)
+            row = await store.attempt_code(conn, challenge_id, code_hash(svc, challenge_id, code), now, SIGN_IN_REASONS)
             if row is not None and row["consumed_at"] is not None:
                 holder = await store.verify_phone(conn, row["holder_id"], now, Level.PHONE,
                                                   verification.TIER_OF_LEVEL[Level.PHONE])
@@ -233,7 +235,7 @@ async def resend(svc: Services, text: str) -> SignInChallengeView:
     async with svc.db.connection() as conn:
         async with conn.transaction():
             code = verification.new_code(settings.code_length, secrets.randbelow)
-            row = await store.resend(conn, challenge_id, _hash(svc, challenge_id, code), now,
+            row = await store.resend(conn, challenge_id, code_hash(svc, challenge_id, code), now,
                                      settings.resend_interval_s, settings.resends_max)
             holder = await store.holder_password(conn, row["holder_id"]) if row is not None else None
             if row is not None and holder is not None:

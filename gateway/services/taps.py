@@ -34,7 +34,7 @@ from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import check_amount, currency
 from gateway.domain.payments import CaptureMethod, Payment, Status
 from gateway.errors import Conflict, Declined, InvalidRequest, NotFound, Unavailable
-from gateway.services import payments, views
+from gateway.services import payments, risk, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.store import devices as store
@@ -210,4 +210,4 @@ async def authorize(svc: Services, who: Principal, req: TapRequest, identity: Re
         updated = await payments.authorize_locked(svc, conn, row, holder_id, accounts, channel="tap")
         return 201, views.payment_view(updated)
 
-    return await svc.idempotency.run(identity, work, before=checks)
+    return await svc.idempotency.run(identity, work, before=checks, refused=risk.record_refusal)

@@ -84,16 +84,17 @@ async def drop_messages(conn: Connection, challenge_id: uuid.UUID) -> None:
         " WHERE challenge_id = $1 AND status = 'pending'", challenge_id)
 
 
-async def attempt_code(conn: Connection, challenge_id: uuid.UUID, code_hash: bytes, now: datetime
-                       ) -> asyncpg.Record | None:
+async def attempt_code(conn: Connection, challenge_id: uuid.UUID, code_hash: bytes, now: datetime,
+                       reasons: tuple[str, ...]) -> asyncpg.Record | None:
     """Count one try and consume the challenge if the code is right, in one statement. None: the
-    challenge is unknown or dead (used, expired, or out of attempts); nothing was counted."""
+    challenge is unknown, of another reason than ``reasons``, or dead (used, expired, or out of
+    attempts); nothing was counted."""
     row: asyncpg.Record | None = await conn.fetchrow(
         "UPDATE sign_in_challenges SET attempts = attempts + 1,"
         " consumed_at = CASE WHEN code_hash = $2 THEN $3 END"
         " WHERE id = $1 AND consumed_at IS NULL AND attempts < attempts_max AND expires_at > $3"
-        f" RETURNING {_CHALLENGE}",
-        challenge_id, code_hash, now)
+        f" AND reason = ANY($4::text[]) RETURNING {_CHALLENGE}",
+        challenge_id, code_hash, now, list(reasons))
     return row
 
 

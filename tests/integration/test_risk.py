@@ -40,7 +40,7 @@ async def test_blocked_wallet_declined_by_id_and_qr_then_disabled(world: World) 
     assert disabled["status"] == "disabled"
     assert (await world.pay(h, p["id"]))["status"] == "succeeded"
     assert await world.available(h) == 9_500
-    events = await world.call("GET", "/v1/operator/events", headers=world.ops)
+    events = await world.call("GET", "/v1/operator/events?limit=100", headers=world.ops)
     types = [e["type"] for e in events["data"]]
     assert "risk_rule.created" in types and "risk_rule.disabled" in types
 

@@ -1,38 +1,138 @@
-"""The pure risk rules and the in-process view the one-statement payment path asks."""
+"""The pure risk rules (every kind, every outcome, step-ups) and the in-process view the one-statement
+payment path asks."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 
-from gateway.domain.risk import Recent, Rule, RuleKind, blocked, over_velocity
-from gateway.services.risk import FRESH_S, RiskCache
+import pytest
+
+from gateway.domain.risk import (Attempt, Baseline, Facts, Outcome, Recent, Rule, RuleKind, StepUp, applies,
+                                 decide, over_velocity, usual_minor)
+from gateway.services.risk_cache import FRESH_S, RiskRules
+
+NOW = datetime(2026, 12, 3, 8, 0, tzinfo=UTC)
+HOLDER, MERCHANT = uuid.uuid4(), uuid.uuid4()
 
 
-def test_blocked_matches_only_its_holder() -> None:
-    holder, other = uuid.uuid4(), uuid.uuid4()
-    rules = (Rule(uuid.uuid4(), RuleKind.BLOCKED_WALLET, holder_id=holder),
-             Rule(uuid.uuid4(), RuleKind.VELOCITY_WALLET, window_s=60, max_count=1))
-    assert [r.holder_id for r in blocked(rules, holder)] == [holder]
-    assert blocked(rules, other) == []
+def _attempt(amount: int = 1_000, device: str | None = "phone-1", currency: str = "CNY",
+             merchant: uuid.UUID = MERCHANT, holder: uuid.UUID = HOLDER) -> Attempt:
+    return Attempt(uuid.uuid4(), holder, merchant, currency, amount, device, "wallet")
+
+
+def _rule(kind: RuleKind, **terms: object) -> Rule:
+    return Rule(uuid.uuid4(), kind, **terms)  # type: ignore[arg-type]
+
+
+def _one(rule: Rule, attempt: Attempt, facts: Facts | None = None,
+         passed: frozenset[StepUp] = frozenset()) -> Outcome:
+    return decide((rule,), attempt, facts or Facts(now=NOW), passed).outcome
+
+
+def test_blocked_wallet_matches_only_its_holder() -> None:
+    rule = _rule(RuleKind.BLOCKED_WALLET, holder_id=HOLDER)
+    assert _one(rule, _attempt()) is Outcome.DECLINE
+    assert _one(rule, _attempt(holder=uuid.uuid4())) is Outcome.ALLOW
+
+
+def test_blocked_device_matches_only_its_device() -> None:
+    rule = _rule(RuleKind.BLOCKED_DEVICE, device_id="stolen")
+    assert _one(rule, _attempt(device="stolen")) is Outcome.DECLINE
+    assert _one(rule, _attempt(device="phone-1")) is Outcome.ALLOW
+    assert _one(rule, _attempt(device=None)) is Outcome.ALLOW
 
 
 def test_velocity_by_count_and_by_amount_in_its_currency() -> None:
-    by_count = Rule(uuid.uuid4(), RuleKind.VELOCITY_WALLET, window_s=60, max_count=2)
+    by_count = _rule(RuleKind.VELOCITY_WALLET, window_s=60, max_count=2)
     assert not over_velocity(by_count, Recent(1, 0), "CNY", 10)
     assert over_velocity(by_count, Recent(2, 0), "CNY", 10)
-    by_amount = Rule(uuid.uuid4(), RuleKind.VELOCITY_WALLET, currency="CNY", window_s=60, max_amount_minor=1_000)
+    by_amount = _rule(RuleKind.VELOCITY_WALLET, currency="CNY", window_s=60, max_amount_minor=1_000)
     assert not over_velocity(by_amount, Recent(5, 900), "CNY", 100)
     assert over_velocity(by_amount, Recent(5, 900), "CNY", 101)
     assert not over_velocity(by_amount, Recent(5, 900), "USD", 10_000)  # another currency is not counted
 
 
-def test_cache_allows_the_fast_path_only_while_fresh_and_empty() -> None:
+@pytest.mark.parametrize("kind", [RuleKind.VELOCITY_DEVICE, RuleKind.VELOCITY_MERCHANT, RuleKind.VELOCITY_WALLET])
+def test_velocity_kinds_match_on_their_counts(kind: RuleKind) -> None:
+    rule = _rule(kind, window_s=60, max_count=3, outcome=Outcome.REQUIRE_OTP)
+    attempt = _attempt()
+    assert _one(rule, attempt, Facts(now=NOW, recent={rule.id: Recent(2, 0)})) is Outcome.ALLOW
+    assert _one(rule, attempt, Facts(now=NOW, recent={rule.id: Recent(3, 0)})) is Outcome.REQUIRE_OTP
+    assert _one(rule, attempt, Facts(now=NOW)) is Outcome.ALLOW  # not counted (yet): no match
+
+
+def test_device_velocity_needs_a_device_and_merchant_velocity_its_merchant() -> None:
+    assert not applies(_rule(RuleKind.VELOCITY_DEVICE, window_s=60, max_count=1), _attempt(device=None))
+    one = _rule(RuleKind.VELOCITY_MERCHANT, window_s=60, max_count=1, merchant_id=MERCHANT)
+    assert applies(one, _attempt()) and not applies(one, _attempt(merchant=uuid.uuid4()))
+    assert applies(_rule(RuleKind.VELOCITY_MERCHANT, window_s=60, max_count=1), _attempt(merchant=uuid.uuid4()))
+
+
+def test_usual_amount_median_and_p90() -> None:
+    assert usual_minor((100, 300, 200), Baseline.MEDIAN) == 200
+    assert usual_minor((100, 200, 300, 400), Baseline.MEDIAN) == 200  # the lower middle
+    assert usual_minor(tuple(range(1, 11)), Baseline.P90) == 9
+    assert usual_minor((5,), Baseline.P90) == 5
+
+
+def test_amount_unusual_needs_history_and_k_times_the_usual() -> None:
+    rule = _rule(RuleKind.AMOUNT_UNUSUAL, currency="CNY", multiplier_pct=300, baseline=Baseline.MEDIAN,
+                 history_min=3, outcome=Outcome.REQUIRE_PIN)
+    history = Facts(now=NOW, usual_minor=(100, 100, 100))
+    assert _one(rule, _attempt(300), history) is Outcome.ALLOW  # exactly 3x is not above
+    assert _one(rule, _attempt(301), history) is Outcome.REQUIRE_PIN
+    assert _one(rule, _attempt(10_000), Facts(now=NOW, usual_minor=(100, 100))) is Outcome.ALLOW  # too little history
+    assert _one(rule, _attempt(10_000, currency="USD"), history) is Outcome.ALLOW  # another currency
+
+
+def test_new_device_with_a_large_amount() -> None:
+    rule = _rule(RuleKind.NEW_DEVICE, currency="CNY", device_age_s=86_400, min_amount_minor=5_000)
+    young = Facts(now=NOW, device_seen_at=NOW - timedelta(hours=1))
+    old = Facts(now=NOW, device_seen_at=NOW - timedelta(days=2))
+    assert _one(rule, _attempt(5_000), young) is Outcome.DECLINE
+    assert _one(rule, _attempt(5_000), Facts(now=NOW)) is Outcome.DECLINE  # never seen: new
+    assert _one(rule, _attempt(4_999), young) is Outcome.ALLOW
+    assert _one(rule, _attempt(5_000), old) is Outcome.ALLOW
+
+
+def test_most_severe_outcome_wins_and_step_ups_meet_theirs_only() -> None:
+    pin = _rule(RuleKind.BLOCKED_WALLET, holder_id=HOLDER, outcome=Outcome.REQUIRE_PIN)
+    otp = _rule(RuleKind.BLOCKED_DEVICE, device_id="phone-1", outcome=Outcome.REQUIRE_OTP)
+    attempt, facts = _attempt(), Facts(now=NOW)
+    assert decide((pin, otp), attempt, facts, frozenset()).outcome is Outcome.REQUIRE_OTP
+    assert decide((pin, otp), attempt, facts, frozenset({StepUp.OTP})).outcome is Outcome.REQUIRE_PIN
+    both = decide((pin, otp), attempt, facts, frozenset({StepUp.OTP, StepUp.PIN}))
+    assert both.outcome is Outcome.ALLOW and both.passed == (StepUp.OTP, StepUp.PIN) and len(both.reasons) == 2
+    decline = _rule(RuleKind.BLOCKED_WALLET, holder_id=HOLDER)
+    assert decide((pin, decline), attempt, facts, frozenset({StepUp.PIN, StepUp.OTP})).outcome is Outcome.DECLINE
+    nothing = decide((pin,), _attempt(holder=uuid.uuid4()), facts, frozenset())
+    assert nothing.outcome is Outcome.ALLOW and not nothing.recorded
+
+
+def test_view_allows_the_fast_path_only_while_fresh_and_no_rule_concerns_the_payment() -> None:
     now = [100.0]
-    cache = RiskCache(clock=lambda: now[0])
-    assert not cache.none_active()  # never read: cannot tell
-    cache.saw(())
-    assert cache.none_active()
+    view = RiskRules(clock=lambda: now[0])
+    attempt = _attempt()
+    assert not view.none_concern(attempt)  # never read: cannot tell
+    view.saw(())
+    assert view.none_concern(attempt)
     now[0] += FRESH_S + 0.1
-    assert not cache.none_active()  # stale
-    cache.saw((Rule(uuid.uuid4(), RuleKind.BLOCKED_WALLET, holder_id=uuid.uuid4()),))
-    assert not cache.none_active()
+    assert not view.none_concern(attempt)  # stale
+    view.saw((_rule(RuleKind.BLOCKED_WALLET, holder_id=uuid.uuid4()),
+              _rule(RuleKind.AMOUNT_UNUSUAL, currency="USD", multiplier_pct=300, baseline=Baseline.MEDIAN,
+                    history_min=3)))
+    assert view.none_concern(attempt)  # another holder's block, another currency's rule
+    assert not view.none_concern(_attempt(currency="USD"))
+    view.saw((_rule(RuleKind.BLOCKED_WALLET, holder_id=HOLDER),))
+    assert not view.none_concern(attempt)
+    view.saw((_rule(RuleKind.VELOCITY_WALLET, window_s=60, max_count=5),))
+    assert not view.none_concern(attempt)  # a velocity rule concerns every payment
+
+
+def test_view_keeps_no_read_begun_before_the_one_kept() -> None:
+    view = RiskRules(clock=lambda: 1.0)
+    rule = _rule(RuleKind.BLOCKED_WALLET, holder_id=uuid.uuid4())
+    view.saw((rule,), read_number=2)
+    view.saw((), read_number=1)  # older: ignored
+    assert view.rules == (rule,)

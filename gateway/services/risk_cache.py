@@ -1,0 +1,87 @@
+"""This process's view of the active risk rules: what the one-statement payment path asks, from memory.
+
+Invariants:
+- ``none_concern(attempt)`` is True only when the last kept read of the rules, younger than
+  ``FRESH_S``, found none that concerns the payment (``domain.risk.applies``: another holder's
+  blocked wallet, another currency's amount rule, ...): a payment a rule may concern (or any payment,
+  when this process cannot tell) takes the general path, which reads the rules from the database;
+- the view is read when the app starts, re-read every ``REFRESH_S`` in the background
+  (``refreshing``) and at once after a change made by this process, so a rule created in another
+  process reaches this one's fast path within ``REFRESH_S``;
+- a read that began before another is never kept after it (reads are numbered when they begin).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from gateway.domain import risk
+from gateway.store import risk as store
+from gateway.store.db import Connection, Database
+from gateway.tasks import cancel_and_wait
+
+REFRESH_S = 2.0
+FRESH_S = 3 * REFRESH_S  # after 3 failed refreshes the view cannot tell: the general path runs
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RiskRules:
+    """The active rules at this process's last kept read (see the module's invariants)."""
+
+    rules: tuple[risk.Rule, ...] = ()
+    read_at_s: float | None = None
+    clock: Callable[[], float] = field(default=time.monotonic)
+    _begun: int = 0
+    _kept: int = 0
+
+    def saw(self, rules: tuple[risk.Rule, ...], read_number: int | None = None) -> None:
+        if read_number is not None:
+            if read_number < self._kept:
+                return
+            self._kept = read_number
+        self.rules = rules
+        self.read_at_s = self.clock()
+
+    def none_concern(self, attempt: risk.Attempt) -> bool:
+        """From memory, while the view is fresh: no active rule concerns this payment (``risk.applies``),
+        so the general path would find nothing to check or record either."""
+        fresh = self.read_at_s is not None and self.clock() - self.read_at_s <= FRESH_S
+        return fresh and not any(risk.applies(r, attempt) for r in self.rules)
+
+    async def load(self, conn: Connection) -> tuple[risk.Rule, ...]:
+        """Read the active rules (the general path's answer) and keep them as this process's view."""
+        self._begun += 1
+        number = self._begun
+        rules = tuple(store.to_domain(r) for r in await store.active(conn))
+        self.saw(rules, number)
+        return rules
+
+    @contextlib.asynccontextmanager
+    async def refreshing(self, db: Database) -> AsyncIterator[None]:
+        """Keep the view fresh while the block runs."""
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(REFRESH_S)
+                try:
+                    async with db.connection() as conn:
+                        await self.load(conn)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the next period tries again; meanwhile the view goes stale
+                    log.warning("risk rules load failed", extra={"error": type(exc).__name__})
+
+        with contextlib.suppress(Exception):  # the first read before serving; the loop retries a failure
+            async with db.connection() as conn:
+                await self.load(conn)
+        task = asyncio.create_task(loop())
+        try:
+            yield
+        finally:
+            await cancel_and_wait([task])
