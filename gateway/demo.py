@@ -245,6 +245,11 @@ async def play(c: Client, out_dir: Path) -> None:
     step("Budgets: Alice sets a monthly dining budget; a payment takes her past 80% and a reminder arrives")
     await demo_wallet.budget_reminder(c.call, secret, alice, money)
 
+    step("Risk: a large payment from a tablet Alice signed in on minutes ago needs a one-time code; she and the"
+         " operators are alerted")
+    await demo_wallet.risk_step_up(c.call, c.answer, c.sms.code, ops, secret, "+8613800000001", "Alice-wallet-pw",
+                                   money)
+
     step("Web shop order: the hosted checkout page, Alice's wallet pays its QR code, the shop gets a signed webhook")
     await demo_shop.order(c.call, secret, alice, out_dir, money)
 

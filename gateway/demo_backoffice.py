@@ -40,7 +40,8 @@ async def end_of_day(call: Call, ops: str, secret_key: str, merchant_id: str, ba
               f" captured {money(t['captured'])}, refunded {money(t['refunded'])}, fees {money(t['fee'])},"
               f" payout {money(t['payout'])}")
     _, payouts, _ = await call("GET", "/v1/payouts", secret_key, expect=200)
-    payout = payouts["data"][0]
+    # One payout per currency (the day had a EUR payment too); the bank account and its statement are in CNY.
+    payout = next(p for p in payouts["data"] if p["currency"] == "CNY")
     await call("POST", f"/v1/operator/payouts/{payout['id']}/mark_paid", ops, {}, key=str(uuid.uuid4()), expect=200)
     print(f"   payout {payout['reference']} of {money(payout['amount'])} {payout['currency']} sent to the bank"
           f" (pain.001), marked paid")
@@ -59,4 +60,5 @@ async def end_of_day(call: Call, ops: str, secret_key: str, merchant_id: str, ba
     print(f"   bank statement (camt.053, {summary['entries']} entries) reconciled: matched {matched};"
           f" exceptions: {exceptions}")
     _, payouts, _ = await call("GET", "/v1/payouts", secret_key, expect=200)
-    print(f"   payout now {payouts['data'][0]['status']}; open exceptions: GET /v1/operator/reconciliation/exceptions")
+    seen = next(p for p in payouts["data"] if p["id"] == payout["id"])
+    print(f"   payout now {seen['status']}; open exceptions: GET /v1/operator/reconciliation/exceptions")

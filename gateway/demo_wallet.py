@@ -145,3 +145,41 @@ async def show_gift(call: Call, ops: str, holder: str, campaign_id: str, money: 
           f" ({gift['campaign_name']})")
     _, seen, _ = await call("GET", f"/v1/operator/campaigns/{campaign_id}", ops, expect=200)
     print(f"   campaign: {seen['places_taken']} of {seen['places']} places taken, {money(seen['spent'])} spent")
+
+
+async def risk_step_up(call: Call, answer: Callable[[str, dict[str, Any]], Awaitable[str]],
+                       sms_code: Callable[[str, str], Awaitable[str]], ops: str, secret: str, phone: str,
+                       password: str, money: Money) -> None:
+    """A rule asks a one-time code of a large payment from a device the holder signed in on minutes ago; the
+    holder answers it and pays, is alerted, and the operators see the decision with its reasons."""
+    _, rule, _ = await call("POST", "/v1/operator/risk_rules", ops, {
+        "kind": "new_device", "currency": "CNY", "device_age_s": 86_400, "min_amount": 3_000,
+        "outcome": "require_otp"}, key=str(uuid.uuid4()), expect=201)
+    print(f"   rule {rule['id']}: a device first seen less than a day ago paying {money(3_000)} CNY or more"
+          " needs a one-time code")
+    _, challenge, _ = await call("POST", "/v1/wallet/sessions", body={"phone": phone, "password": password,
+                                 "device_id": "alice-new-tablet"}, expect=202)
+    tablet = await answer(phone, challenge)
+    print("   Alice signs in on a new tablet (a code proves it is her)")
+    _, payment, _ = await call("POST", "/v1/payments", secret, {"amount": 3_300, "currency": "CNY",
+                               "merchant_reference": "T1-0011", "description": "Banquet deposit"},
+                               key="order-T1-0011", expect=201)
+    _, asked, _ = await call("POST", f"/v1/wallet/payments/{payment['id']}/pay", tablet, {},
+                             key=str(uuid.uuid4()), expect=402)
+    error = asked["error"]
+    print(f"   paying {money(3_300)} CNY from the tablet: HTTP 402 {error['code']}, a code texted to"
+          f" {error['phone_masked']}")
+    code = await sms_code(phone, error["challenge"])
+    await call("POST", f"/v1/wallet/risk_challenges/{error['challenge']}/verify", tablet, {"code": code},
+               expect=200)
+    _, paid, _ = await call("POST", f"/v1/wallet/payments/{payment['id']}/pay", tablet, {},
+                            key=str(uuid.uuid4()), expect=200)
+    print(f"   code entered, paid again: {paid['status']}")
+    _, notes, _ = await call("GET", "/v1/wallet/notifications", tablet, expect=200)
+    alert = next(n for n in notes["data"] if n["kind"] == "risk.alert")
+    print(f"   Alice's notification: {alert['kind']} ({', '.join(f'{k} {v}' for k, v in alert['data'].items())})")
+    _, alerts, _ = await call("GET", "/v1/operator/risk_alerts?limit=5", ops, expect=200)
+    seen = alerts["data"][0]
+    print(f"   operators' alert list: {seen['outcome']} for {seen['wallet']}, reasons"
+          f" {', '.join(r['kind'] for r in seen['reasons'])}")
+    await call("POST", f"/v1/operator/risk_rules/{rule['id']}/disable", ops, {}, key=str(uuid.uuid4()), expect=200)
