@@ -99,7 +99,7 @@ from paybench.load import (
     replay_once,
     seed,
 )
-from paybench.features import switch_off, switch_on
+from paybench.features import add_velocity, switch_off, switch_on
 from paybench.profile import profiled_phase
 from paybench.system import (
     Gateway,
@@ -247,17 +247,21 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
             print(group_commit_line(batched, await group_commit_counts(api)))
         peak = results["A"].rate_per_s
 
-        banner(f"A with issue 13's features on; closed loop, concurrency {sizes.concurrency},"
-               f" {sizes.count} payments or {sizes.duration_s:g} s")
         features = await switch_on(api, world)
-        print(f"  {features.describe()}")
-        await vacuum()
-        # The rule view of each gateway process is refreshed in the background: let every process see them.
-        await asyncio.sleep(FEATURES_SETTLE_S)
-        glog.attach(PhaseResult("features on", Recorder(), 0.0, {}))  # skip the set-up requests
-        results["A_features"] = glog.attach(
-            await closed_loop(api, world, LOAD_A, sizes, sizes.count, sizes.duration_s, gateway))
-        results["A_features"].print()
+        for key, what in (("A_features", "a campaign, FX rates and a blocked wallet"),
+                          ("A_features_velocity", "and a velocity limit per wallet")):
+            if key == "A_features_velocity":
+                features = await add_velocity(api, world, features)
+            banner(f"A with issue 13's features on ({what}); closed loop, concurrency {sizes.concurrency},"
+                   f" {sizes.count} payments or {sizes.duration_s:g} s")
+            print(f"  {features.describe()}")
+            await vacuum()
+            # The rule view of each gateway process is refreshed in the background: let every process see them.
+            await asyncio.sleep(FEATURES_SETTLE_S)
+            glog.attach(PhaseResult("features on", Recorder(), 0.0, {}))  # skip the set-up requests
+            results[key] = glog.attach(
+                await closed_loop(api, world, LOAD_A, sizes, sizes.count, sizes.duration_s, gateway))
+            results[key].print()
         await switch_off(api, world, features)
         await asyncio.sleep(FEATURES_SETTLE_S)
         glog.attach(PhaseResult("features off", Recorder(), 0.0, {}))
@@ -407,8 +411,10 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
          GOAL_PAY_CODE_RATIO_MIN),
         ("big_over_empty", f"A with {sizes.big or 'N (--big N)'} more payments / A", ratio("A_big", peak), "x", ">=",
          GOAL_BIG_RATIO_MIN),
-        ("features_over_plain", "A, campaign + FX + risk rules on / A (13)", ratio("A_features", peak),
+        ("features_over_plain", "A, campaign + FX + blocked wallet / A (13)", ratio("A_features", peak),
          "x", ">=", GOAL_FEATURES_RATIO_MIN),
+        ("features_velocity_over_plain", "A, those + velocity per wallet / A (13)",
+         ratio("A_features_velocity", peak), "x", ">=", GOAL_FEATURES_RATIO_MIN),
         ("gateway_rss_mb_max", "gateway RSS per process under load (largest)", load_rss_mb, " MB",
          "<=", GOAL_RSS_MB_MAX),
         ("tap_to_approval_p95_ms", "tap-to-approval p95 (armed->approved)", tap_p95, " ms", "<=",
@@ -421,7 +427,8 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
     for key, label in (("A", "A automatic capture, spread"), ("B", "B manual capture, spread"),
                        ("one_merchant", "A one merchant"), ("replays", "idempotent replays of A's pay calls"),
                        ("pay_code", "pay-code charges (one call)"),
-                       ("A_features", "A with issue 13's features on"), ("A_big", f"A with {sizes.big:,} more payments")):
+                       ("A_features", "A, campaign + FX + blocked wallet"),
+                       ("A_features_velocity", "A, those + velocity per wallet"), ("A_big", f"A with {sizes.big:,} more payments")):
         if key in results:
             row(f"confirmed per s, {label}", f"{results[key].rate_per_s:10,.1f}")
     row("pgbench tpcb-like tps", f"{tps:10,.1f}" if tps is not None else "       n/a")
