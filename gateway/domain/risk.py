@@ -21,6 +21,8 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import math
 import uuid
 from dataclasses import dataclass, field
@@ -174,6 +176,18 @@ def applies(rule: Rule, attempt: Attempt) -> bool:
         assert rule.min_amount_minor is not None
         return rule.currency == attempt.currency and attempt.amount_minor >= rule.min_amount_minor
     return True
+
+
+def one_statement_limits(rules: Iterable[Rule], attempt: Attempt) -> tuple[Rule, ...] | None:
+    """The rules concerning this payment when each is a velocity limit per wallet, which the one-statement
+    path keeps itself (counted in its statement; a payment over one falls back to the general path, which
+    decides the rule's outcome); None when another rule concerns it (only the general path checks those).
+    A limit that cannot be crossed by this payment's count or amount still counts: the statement checks
+    it as the general path would."""
+    concerning = tuple(r for r in rules if applies(r, attempt))
+    if any(r.kind is not RuleKind.VELOCITY_WALLET for r in concerning):
+        return None
+    return concerning
 
 
 def usual_minor(amounts_minor: tuple[int, ...], baseline: Baseline) -> int:

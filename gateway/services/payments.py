@@ -532,8 +532,9 @@ def decide_payment(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
     campaign = promotions.from_memory(svc.campaigns, head, now)
     if not campaign.known:  # only the general path can tell which campaign applies
         return None
-    if not risk.fast_path_allowed(svc, head["id"], holder_id, head["merchant_id"], head["currency"],
-                                  head["amount_minor"], channel):  # from memory: the general path checks rules
+    velocity = risk.one_statement_limits(svc, head["id"], holder_id, head["merchant_id"], head["currency"],
+                                         head["amount_minor"], channel)
+    if velocity is None:  # from memory: a rule only the general path checks concerns this payment
         return None
     day = svc.local_day(now)
     try:
@@ -586,6 +587,7 @@ def decide_payment(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
         event_data=msgspec.json.encode(views.payment_view(row)), capture=capture,
         hold_minor=0 if capture is not None else payment.authorized_minor,
         discount=discount, per_holder_max=None if offer is None else offer.campaign.per_holder_max,
+        velocity=velocity,
     )
     return paid, views.payer_payment_view(row, head["merchant_name"])
 

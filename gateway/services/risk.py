@@ -6,8 +6,11 @@ Invariants:
   after the holder's spend row is locked, so the holder's payments are counted one at a time and N
   concurrent payments against a wallet velocity limit of K never authorise more than K; it reads the
   active rules from the database (a rule created or disabled applies at once on the general path);
-- the one-statement path (``payments.decide_payment``) asks ``fast_path_allowed``, from memory
-  (``services.risk_cache``): a payment any active rule concerns takes the general path;
+- the one-statement path (``payments.decide_payment``) asks ``one_statement_limits``, from memory
+  (``services.risk_cache``): a payment no rule concerns, or only velocity limits per wallet, is paid
+  there (its statement counts the holder's payments as ``store.risk.recent`` does, under the same
+  spend row, migration 0026; one over a limit falls back); a payment any other rule concerns takes
+  the general path;
 - velocity per device and per merchant is counted in Redis (a sliding window per rule and scope,
   checked and charged in one script, so concurrent payments never pass a limit together); while Redis
   gives no answer it is counted in PostgreSQL from the 'allow' decisions, under an advisory lock per
@@ -64,6 +67,7 @@ from gateway.store import payments as events_store
 from gateway.store import risk as store
 from gateway.store import sign_in as sign_in_store
 from gateway.store.db import Connection
+from gateway.store.payments import VelocityLimit
 
 PAYMENT_REASON = "payment"  # the sign-in challenge reason of a payment's code
 
@@ -95,13 +99,23 @@ def holder_present(device_id: str | None, *, pin_verified: bool) -> Iterator[Non
 # --- the check -----------------------------------------------------------------------------------
 
 
-def fast_path_allowed(svc: Services, payment_id: uuid.UUID, holder_id: uuid.UUID, merchant_id: uuid.UUID,
-                      currency: str, amount_minor: int, channel: str) -> bool:
-    """The one-statement path's question, answered from memory (no statement): no rule concerns it."""
+def one_statement_limits(svc: Services, payment_id: uuid.UUID, holder_id: uuid.UUID, merchant_id: uuid.UUID,
+                         currency: str, amount_minor: int, channel: str) -> tuple[VelocityLimit, ...] | None:
+    """The one-statement path's question, answered from memory (no statement): the velocity limits per
+    wallet its statement keeps for this payment (empty: no rule concerns it); None when another rule
+    concerns it, or the view is stale (the general path then checks)."""
     present = _PRESENT.get()
     attempt = risk.Attempt(payment_id, holder_id, merchant_id, currency, amount_minor,
                            None if present is None else present.device_id, channel)
-    return svc.risk_rules.none_concern(attempt)
+    rules = svc.risk_rules.one_statement_limits(attempt)
+    if rules is None:
+        return None
+    limits: list[VelocityLimit] = []
+    for rule in rules:
+        assert rule.window_s is not None
+        amount_max = rule.max_amount_minor if rule.currency == currency else None  # as risk.over_velocity
+        limits.append(VelocityLimit(rule.window_s, rule.max_count, amount_max))
+    return tuple(limits)
 
 
 class RiskRefusal(Declined):

@@ -48,11 +48,12 @@ class RiskRules:
         self.rules = rules
         self.read_at_s = self.clock()
 
-    def none_concern(self, attempt: risk.Attempt) -> bool:
-        """From memory, while the view is fresh: no active rule concerns this payment (``risk.applies``),
-        so the general path would find nothing to check or record either."""
+    def one_statement_limits(self, attempt: risk.Attempt) -> tuple[risk.Rule, ...] | None:
+        """From memory, while the view is fresh: the velocity limits per wallet the one-statement path keeps
+        for this payment (empty: no active rule concerns it, so the general path would find nothing to check
+        or record either); None when the view is stale or another rule concerns it."""
         fresh = self.read_at_s is not None and self.clock() - self.read_at_s <= FRESH_S
-        return fresh and not any(risk.applies(r, attempt) for r in self.rules)
+        return risk.one_statement_limits(self.rules, attempt) if fresh else None
 
     async def load(self, conn: Connection) -> tuple[risk.Rule, ...]:
         """Read the active rules (the general path's answer) and keep them as this process's view."""

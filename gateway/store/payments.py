@@ -163,6 +163,17 @@ async def create_at_once(
 
 
 @dataclass(frozen=True, slots=True)
+class VelocityLimit:
+    """A velocity limit per wallet the one-statement path keeps (migration 0026): at most ``count_max``
+    of the holder's payments, and ``amount_max_minor`` of them in the payment's currency, within the window,
+    this one included (None: no such limit)."""
+
+    window_s: int
+    count_max: int | None
+    amount_max_minor: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class PaidAtOnce:
     """What paying a payment in one statement writes, decided from the payment's row as read (``seen``)."""
 
@@ -183,15 +194,16 @@ class PaidAtOnce:
     hold_minor: int  # else the amount held on the wallet (a manual capture)
     discount: Discount | None = None  # a campaign's discount (its full stated benefit), taken with the payment
     per_holder_max: int | None = None  # that campaign's per-holder limit (None: none)
+    velocity: tuple[VelocityLimit, ...] = ()  # the risk rules' velocity limits per wallet it must keep
 
 
 async def pay_batch(conn: Connection, items: list[tuple[PaidAtOnce, Done | None]]) -> list[bool]:
     """Pay several payments in one statement and one transaction (``gateway_pay_batch``, migrations
-    0015 and 0025), each in its own subtransaction, in the use cases' lock order: the payment, the holder
+    0015, 0025 and 0026), each in its own subtransaction, in the use cases' lock order: the payment, the holder
     (share), the day's spend, the balance shards. Item i is False, with nothing of it written, when
     its payment changed since it was read, its holder's tier or lock changed, its merchant is not
     active, the day's cap would be crossed, its campaign can no longer give its whole discount (ended,
-    out of places or budget, the holder's limit reached), funds are short, it met a deadlock or its
+    out of places or budget, the holder's limit reached), a velocity limit would be crossed, funds are short, it met a deadlock or its
     key exists; the others are written and committed together. The day's spend counts the full
     amount, whatever the discount."""
     cols: dict[str, list[Any]] = {name: [] for name in (
@@ -199,7 +211,7 @@ async def pay_batch(conn: Connection, items: list[tuple[PaidAtOnce, Done | None]
         "day", "currency", "tier", "daily_max", "event_id", "event_type", "event_data", "hold", "kind",
         "p_item", "p_account", "p_currency", "p_amount", "s_item", "s_account", "s_shard", "s_delta", "s_released",
         "k_principal", "k_key", "k_hash", "k_method", "k_path", "k_status", "k_body", "until",
-        "campaign", "discount", "funded", "holder_max", "spend")}
+        "campaign", "discount", "funded", "holder_max", "spend", "v_item", "v_window", "v_count_max", "v_amount_max")}
     for item, (paid, done) in enumerate(items, start=1):
         pay = paid.payment
         for name, value in (
@@ -234,6 +246,11 @@ async def pay_batch(conn: Connection, items: list[tuple[PaidAtOnce, Done | None]
         cols["funded"].append(off.funded_by if off is not None else None)
         cols["holder_max"].append(paid.per_holder_max if paid.per_holder_max is not None else COUNT_MAX)
         cols["spend"].append(pay.amount_minor)
+        for limit in paid.velocity:
+            cols["v_item"].append(item)
+            cols["v_window"].append(limit.window_s)
+            cols["v_count_max"].append(limit.count_max)
+            cols["v_amount_max"].append(limit.amount_max_minor)
     started_s = time.perf_counter()
     try:
         applied: list[bool] = await conn.fetchval(

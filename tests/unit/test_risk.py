@@ -110,24 +110,27 @@ def test_most_severe_outcome_wins_and_step_ups_meet_theirs_only() -> None:
     assert nothing.outcome is Outcome.ALLOW and not nothing.recorded
 
 
-def test_view_allows_the_fast_path_only_while_fresh_and_no_rule_concerns_the_payment() -> None:
+def test_view_gives_the_fast_path_only_velocity_limits_per_wallet_while_fresh() -> None:
     now = [100.0]
     view = RiskRules(clock=lambda: now[0])
     attempt = _attempt()
-    assert not view.none_concern(attempt)  # never read: cannot tell
+    assert view.one_statement_limits(attempt) is None  # never read: cannot tell
     view.saw(())
-    assert view.none_concern(attempt)
+    assert view.one_statement_limits(attempt) == ()
     now[0] += FRESH_S + 0.1
-    assert not view.none_concern(attempt)  # stale
+    assert view.one_statement_limits(attempt) is None  # stale
     view.saw((_rule(RuleKind.BLOCKED_WALLET, holder_id=uuid.uuid4()),
               _rule(RuleKind.AMOUNT_UNUSUAL, currency="USD", multiplier_pct=300, baseline=Baseline.MEDIAN,
                     history_min=3)))
-    assert view.none_concern(attempt)  # another holder's block, another currency's rule
-    assert not view.none_concern(_attempt(currency="USD"))
+    assert view.one_statement_limits(attempt) == ()  # another holder's block, another currency's rule
+    assert view.one_statement_limits(_attempt(currency="USD")) is None
     view.saw((_rule(RuleKind.BLOCKED_WALLET, holder_id=HOLDER),))
-    assert not view.none_concern(attempt)
-    view.saw((_rule(RuleKind.VELOCITY_WALLET, window_s=60, max_count=5),))
-    assert not view.none_concern(attempt)  # a velocity rule concerns every payment
+    assert view.one_statement_limits(attempt) is None
+    velocity = _rule(RuleKind.VELOCITY_WALLET, window_s=60, max_count=5)
+    view.saw((velocity, _rule(RuleKind.BLOCKED_WALLET, holder_id=uuid.uuid4())))
+    assert view.one_statement_limits(attempt) == (velocity,)  # the statement counts it
+    view.saw((velocity, _rule(RuleKind.VELOCITY_MERCHANT, window_s=60, max_count=5)))
+    assert view.one_statement_limits(attempt) is None  # counted in Redis: the general path
 
 
 def test_view_keeps_no_read_begun_before_the_one_kept() -> None:
