@@ -1,0 +1,205 @@
+"""Review R15: campaign discounts on the one-statement path (migration 0025) and cross-currency
+payments, attacked over real HTTP and PostgreSQL: two gateway processes' worth of apps racing one
+campaign through both paths, the daily cap of merchant-funded discounts, replays and events of a
+discounted payment, quotes raced and misused, refunds raced, odd input. The ledger invariants are
+proven after each test (the ``serving`` fixture)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from gateway.api.routing import SERVICES
+from gateway.domain.ids import Kind, decode
+from tests.conftest import make_settings
+from tests.integration.conftest import serving
+from tests.integration.world import Holder, Merchant, World
+
+
+def _window() -> dict[str, str]:
+    now = datetime.now(UTC).replace(tzinfo=None)
+    return {"time_zone": "UTC", "starts_at": (now - timedelta(hours=1)).isoformat(timespec="seconds"),
+            "ends_at": (now + timedelta(hours=2)).isoformat(timespec="seconds")}
+
+
+async def _campaign(world: World, **terms: Any) -> Any:
+    body = {"name": "R15", "currency": "CNY", "rule": "percent", "percent_bps": 1_000, "funded_by": "bank",
+            "budget": 1_000_000, **_window(), **terms}
+    return await world.call("POST", "/v1/operator/campaigns", 201, headers=world.ops, json=body)
+
+
+async def _status(client: Any, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    resp = await client.request(method, path, **kwargs)
+    return resp.status, await resp.json()
+
+
+# --- change 1: campaigns on the one-statement path -----------------------------------------------
+
+
+async def test_r15_two_processes_mixing_both_paths_never_over_grant(world: World, clean_db: str) -> None:
+    """Process A decides from its cache (the one-statement path, group commit); process B cannot tell
+    (its cache answers None: the general path). 120 payments of 12 holders race one campaign whose
+    budget (23 full discounts and 50) binds before its places (30) and the holders' limits (3 each)."""
+    m = await world.merchant()
+    holders = list(await asyncio.gather(*(world.holder(top_up=20_000) for _ in range(12))))
+    c = await _campaign(world, places=30, per_holder_limit=3, budget=2_350)
+    async with serving(clean_db, make_settings()) as other:
+        other.app[SERVICES].campaigns.current = lambda: None  # type: ignore[method-assign]
+        payers = [h for h in holders for _ in range(10)]
+        payments = [await world.payment(m, 1_000) for _ in payers]
+        clients = [world.client if i % 2 else other for i in range(len(payers))]
+        paid = await asyncio.gather(*(
+            World.json(cl, "POST", f"/v1/wallet/payments/{p['id']}/pay", headers=h.headers, json={})
+            for cl, h, p in zip(clients, payers, payments, strict=True)))
+    amounts = sorted(x["discount"]["amount"] for x in paid if x["discount"] is not None)
+    assert amounts == [50] + [100] * 23, amounts
+    per_holder = Counter(h.id for h, x in zip(payers, paid, strict=True) if x["discount"] is not None)
+    assert max(per_holder.values()) <= 3
+    got = await world.call("GET", f"/v1/operator/campaigns/{c['id']}", headers=world.ops)
+    assert (got["spent"], got["places_taken"]) == (2_350, 24)
+    conn = await asyncpg.connect(clean_db)
+    try:
+        uses = await conn.fetchval("SELECT sum(uses) FROM campaign_uses")
+    finally:
+        await conn.close()
+    assert uses == 24
+
+
+async def test_r15_merchant_funded_discount_counts_the_full_amount_in_the_daily_cap(clean_db: str) -> None:
+    """A 3,000 CNY daily cap; 1,000 payments discounted by 300 (merchant-funded) on the one-statement
+    path: the fourth is declined although the holder paid only 2,700 in all."""
+    caps = {"CNY": {"balance_max_minor": 1_000_000, "payment_max_minor": 100_000, "daily_max_minor": 3_000}}
+    settings = make_settings(tiers={f"tier{n}": caps for n in range(1, 5)})
+    async with serving(clean_db, settings) as client:
+        world = await World.create(client)
+        m = await world.merchant()
+        h = await world.holder(top_up=10_000)
+        await _campaign(world, rule="fixed", percent_bps=0, fixed_amount=300, funded_by="merchant")
+        for _ in range(3):
+            p = await world.payment(m, 1_000)
+            paid = await world.pay(h, p["id"])
+            assert paid["discount"]["amount"] == 300
+        p = await world.payment(m, 1_000)
+        refused = await world.pay(h, p["id"], 402)
+        assert refused["error"]["code"] == "limit_exceeded", refused
+        assert await world.available(h) == 10_000 - 3 * 700
+
+
+async def test_r15_a_discounted_payment_replayed_answers_the_same_and_its_event_is_its_row(world: World,
+                                                                                          clean_db: str) -> None:
+    m = await world.merchant(fee_bps=100)
+    h = await world.holder(top_up=10_000)
+    for funded in ("bank", "merchant"):
+        c = await _campaign(world, funded_by=funded, places=10)
+        p = await world.payment(m, 2_000)
+        key = str(uuid.uuid4())
+        first = await world.pay(h, p["id"], key=key)
+        again = await world.pay(h, p["id"], key=key)
+        assert first == again
+        assert first["discount"]["amount"] == 200 and first["discount"]["funded_by"] == funded
+        seen = await world.call("GET", f"/v1/payments/{p['id']}", headers=h.headers)
+        assert {k: seen[k] for k in first} == first
+        merchant_view = await world.call("GET", f"/v1/payments/{p['id']}", headers=m.headers)
+        conn = await asyncpg.connect(clean_db)
+        try:
+            data = await conn.fetchval("SELECT data FROM events WHERE object_id = $1 AND type = 'payment.succeeded'",
+                                       decode(Kind.PAYMENT, p["id"]))
+        finally:
+            await conn.close()
+        event = json.loads(data)
+        for name in ("amount", "amount_received", "fee", "discount", "status", "currency"):
+            assert event[name] == merchant_view[name], (funded, name, event[name], merchant_view[name])
+        expected_fee = 20 if funded == "bank" else 18
+        assert merchant_view["fee"] == expected_fee
+        await world.call("POST", f"/v1/operator/campaigns/{c['id']}/end", headers=world.ops, json={})
+
+
+# --- change 2: cross-currency payments -----------------------------------------------------------
+
+
+async def _rate(world: World, base: str, quote: str, rate: str) -> Any:
+    return await world.call("POST", "/v1/operator/fx_rates", 201, headers=world.ops,
+                            json={"base": base, "quote": quote, "rate": rate, "spread_bps": 0})
+
+
+async def _offer(world: World, h: Holder, p: Any) -> Any:
+    return (await world.call("GET", f"/v1/payments/{p['id']}", headers=h.headers))["fx_offer"]
+
+
+async def test_r15_odd_fx_quote_input_is_refused_clearly(world: World) -> None:
+    await _rate(world, "EUR", "CNY", "7.8")
+    m = await world.merchant()
+    h = await world.holder(top_up=100_000)
+    other = await world.holder(top_up=100_000)
+    p = await world.payment(m, 1_000, "EUR")
+    theirs = await _offer(world, other, p)
+    for bad in (12345, "", "x" * 10_000, p["id"], "fxq_" + "A" * 40, [theirs["quote"]], {"a": 1},
+                theirs["quote"]):
+        status, body = await _status(world.client, "POST", f"/v1/wallet/payments/{p['id']}/pay",
+                                     headers={**h.headers, "Idempotency-Key": str(uuid.uuid4())},
+                                     json={"fx_quote": bad})
+        assert status in (400, 404, 409, 422), (bad if not isinstance(bad, str) else bad[:40], status, body)
+    huge = await _status(world.client, "POST", "/v1/wallet/fx_quotes", headers=h.headers,
+                         json={"from_currency": "CNY", "to_currency": "EUR", "receive_amount": 10**30})
+    assert huge[0] in (400, 422), huge
+    status, body = await _status(world.client, "GET", f"/v1/payments/{p['id']}", headers=m.headers)
+    assert status == 200 and "fx_offer" not in body and "fx" not in body, body
+
+
+async def test_r15_one_quote_raced_by_two_payments_and_a_conversion_is_honoured_once(world: World) -> None:
+    await _rate(world, "EUR", "CNY", "7.8")
+    m = await world.merchant()
+    h = await world.holder(top_up=100_000)
+    p1 = await world.payment(m, 1_000, "EUR")
+    p2 = await world.payment(m, 1_000, "EUR")
+    q = (await _offer(world, h, p1))["quote"]
+    before = await world.available(h)
+    calls = [
+        _status(world.client, "POST", f"/v1/wallet/payments/{p1['id']}/pay",
+                headers={**h.headers, "Idempotency-Key": "a"}, json={"fx_quote": q}),
+        _status(world.client, "POST", f"/v1/wallet/payments/{p2['id']}/pay",
+                headers={**h.headers, "Idempotency-Key": "b"}, json={"fx_quote": q}),
+        _status(world.client, "POST", "/v1/wallet/conversions",
+                headers={**h.headers, "Idempotency-Key": "c"}, json={"quote": q}),
+    ]
+    results = await asyncio.gather(*calls)
+    ok = [r for r in results if r[0] in (200, 201)]
+    assert len(ok) == 1, results
+    assert all(r[0] in (200, 201, 402, 409) for r in results), results
+    won = ok[0][1]
+    sold = won["fx"]["from_amount"] if "fx" in won else won["sell_amount"]
+    assert await world.available(h) == before - sold, won
+
+
+async def test_r15_refunds_racing_on_a_converted_payment_never_give_back_more(clean_db: str) -> None:
+    """A JPY payment paid from KWD (0 and 3 decimals), refunded by 150 racing refunds of 7 yen: they sum
+    to at most the capture and the KWD given back is the running share, rounded down."""
+    caps = {"balance_max_minor": 10_000_000, "payment_max_minor": 1_000_000, "daily_max_minor": 1_000_000}
+    async with serving(clean_db, make_settings(tiers={"tier4": {"CNY": caps, "KWD": caps, "JPY": caps}})) as client:
+        world = await World.create(client)
+        await _rate(world, "KWD", "JPY", "480.125")
+        m = await world.merchant()
+        h = await world.holder(top_up=100_000, currency="KWD")
+        p = await world.payment(m, 1_001, "JPY")
+        q = (await _offer(world, h, p))["quote"]
+        paid = await world.call("POST", f"/v1/wallet/payments/{p['id']}/pay",
+                                headers={**h.headers, "Idempotency-Key": "pay"}, json={"fx_quote": q})
+        sold, received = paid["fx"]["from_amount"], paid["fx"]["to_amount"]
+        results = await asyncio.gather(*(
+            _status(world.client, "POST", f"/v1/payments/{p['id']}/refunds",
+                    headers={**m.headers, "Idempotency-Key": f"r{i}"}, json={"amount": 7})
+            for i in range(150)))
+        codes = Counter(s for s, _ in results)
+        assert set(codes) <= {201, 400, 409}, codes
+        refunded = sum(7 for s, _ in results if s == 201)
+        assert refunded == 1_001 // 7 * 7
+        wallet = await world.call("GET", "/v1/wallet", headers=h.headers)
+        got = {b["currency"]: b["available"] for b in wallet["balances"]}
+        assert got["KWD"] == 100_000 - sold + sold * refunded // received, (got, sold, received)
+        assert got["JPY"] == received - refunded
