@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
+import sys
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import pytest
+from prometheus_client import REGISTRY
 
 from gateway.api.routing import SERVICES
 from gateway.domain.ids import Kind, decode
+from gateway.store import ledger as ledger_store
 from tests.conftest import make_settings
 from tests.integration.conftest import serving
 from tests.integration.world import Holder, Merchant, World
@@ -203,3 +208,52 @@ async def test_r15_refunds_racing_on_a_converted_payment_never_give_back_more(cl
         got = {b["currency"]: b["available"] for b in wallet["balances"]}
         assert got["KWD"] == 100_000 - sold + sold * refunded // received, (got, sold, received)
         assert got["JPY"] == received - refunded
+
+
+def _deadlocks() -> float:
+    return REGISTRY.get_sample_value("gateway_db_transaction_retries_total", {"reason": "deadlock"}) or 0.0
+
+
+async def test_r15_cross_currency_pays_and_refunds_of_other_wallets_never_deadlock(
+        world: World, monkeypatch: pytest.MonkeyPatch, clean_db: str) -> None:
+    """A pay through a quote posts the conversion (FX position shards) before the capture (merchant
+    shards); a refund of a converted payment posts the refund (merchant shards) before the return (FX
+    position shards). Of different wallets they share only those hot shards: their order must be one.
+    The EUR FX position and the merchant's EUR account take their shard 0 every time here (what their
+    32 random shards do now and then); every other hot account keeps its random shard, so entries of
+    one kind never share two hot rows (whose order within one statement is the planner's)."""
+    await _rate(world, "EUR", "CNY", "7.8")
+    m = await world.merchant()
+    holders = list(await asyncio.gather(*(world.holder(top_up=1_000_000) for _ in range(12))))
+    payers, refunded = holders[:6], holders[6:]
+    paid = []
+    for h in refunded:
+        for _ in range(3):
+            p = await world.payment(m, 1_000, "EUR")
+            await world.call("POST", f"/v1/wallet/payments/{p['id']}/pay", headers={**h.headers},
+                             json={"fx_quote": (await _offer(world, h, p))["quote"]})
+            paid.append(p)
+    conn = await asyncpg.connect(clean_db)
+    try:
+        pinned = {r["id"] for r in await conn.fetch(
+            "SELECT id FROM accounts WHERE currency = 'EUR' AND kind IN ('fx_position', 'merchant_receivable')")}
+    finally:
+        await conn.close()
+    assert len(pinned) == 2
+    chosen = random.Random(15)
+
+    def randrange(n: int) -> int:
+        account = sys._getframe(1).f_locals.get("account")
+        return 0 if account is not None and account.id in pinned else chosen.randrange(n)
+
+    monkeypatch.setattr(ledger_store.random, "randrange", randrange)
+    fresh = [(h, await world.payment(m, 1_000, "EUR")) for h in payers for _ in range(3)]
+    quotes = [(await _offer(world, h, p))["quote"] for h, p in fresh]
+    before = _deadlocks()
+    results = await asyncio.gather(
+        *(_status(world.client, "POST", f"/v1/wallet/payments/{p['id']}/pay", headers=h.headers,
+                  json={"fx_quote": q}) for (h, p), q in zip(fresh, quotes, strict=True)),
+        *(_status(world.client, "POST", f"/v1/payments/{p['id']}/refunds", headers=m.headers, json={"amount": a})
+          for p in paid for a in (300, 700)))
+    failed = Counter(body["error"]["code"] for s, body in results if s not in (200, 201))
+    assert not failed and _deadlocks() == before, (failed, f"{_deadlocks() - before:g} deadlocks")
