@@ -210,10 +210,23 @@ def with_fx(view: views.PayerPaymentView, fx: views.PaymentFxView | None) -> vie
     return view if fx is None else msgspec.structs.replace(view, fx=fx)
 
 
-async def lock_for_refund(conn: Connection, payment: asyncpg.Record) -> asyncpg.Record | None:
+@dataclass(frozen=True, slots=True)
+class Refunding:
+    """A refund's conversion back, decided (and its balance shards locked) before the refund's entry."""
+
+    conversion_id: uuid.UUID
+    given: Return
+    entry: ledger.Entry
+    accounts: dict[ledger.AccountRef, ledger_store.Account]
+    move: ledger_store.Movement
+
+
+async def lock_for_refund(conn: Connection, payment: asyncpg.Record, credited_minor: int) -> Refunding | None:
     """A refund's first step: the payment's conversion (None for a payment in the wallet's own currency),
-    locked, and both of the holder's wallets it touches in account id order, before the refund's entry
-    takes the one in the payment's currency (the lock order of every use case)."""
+    locked, and both of the holder's wallets it touches in account id order; then the FX shards the
+    return of ``credited_minor`` (what the refund credits the wallet) will change, before the refund's
+    entry takes the merchant's: a pay through a quote takes FX shards before the merchant's too, so the
+    two never deadlock (the lock order of every use case). None: nothing to convert back."""
     if payment["payer_id"] is None:
         return None
     c = await store.payment_conversion(conn, payment["id"], for_update=True)
@@ -222,7 +235,14 @@ async def lock_for_refund(conn: Connection, payment: asyncpg.Record) -> asyncpg.
     accounts = await ledger_store.existing_accounts(conn, _refs(c))
     await ledger_store.lock_single_shard(conn, [accounts[ledger.wallet(c["holder_id"], c["from_currency"])].id,
                                                 accounts[ledger.wallet(c["holder_id"], c["to_currency"])].id])
-    return c
+    if credited_minor <= 0:
+        return None
+    given = Return.of(c["sell_minor"], c["receive_minor"], c["fee_minor"], c["returned_minor"], credited_minor)
+    entry = ledger.conversion_return(c["holder_id"], c["from_currency"], c["to_currency"], given.target_minor,
+                                     given.source_minor, given.fee_minor)
+    move = ledger_store.movement(entry, accounts)
+    await ledger_store.lock(conn, move)
+    return Refunding(c["id"], given, entry, accounts, move)
 
 
 def _refs(c: asyncpg.Record) -> list[ledger.AccountRef]:
@@ -231,16 +251,12 @@ def _refs(c: asyncpg.Record) -> list[ledger.AccountRef]:
             ledger.fx_position(target), ledger.fx_fees(target)]
 
 
-async def return_for_refund(conn: Connection, c: asyncpg.Record | None, refund_id: uuid.UUID,
-                            credited_minor: int) -> None:
+async def return_for_refund(conn: Connection, back: Refunding | None, refund_id: uuid.UUID) -> None:
     """Convert back, at the payment's own conversion's rate, what a refund credited to the holder's wallet
-    in the payment's currency: after the refund's entry, in its transaction (``c`` from ``lock_for_refund``;
-    None: nothing to convert back)."""
-    if c is None or credited_minor <= 0:
+    in the payment's currency: after the refund's entry, in its transaction (``back`` from
+    ``lock_for_refund``; None: nothing to convert back)."""
+    if back is None:
         return
-    given = Return.of(c["sell_minor"], c["receive_minor"], c["fee_minor"], c["returned_minor"], credited_minor)
-    entry = ledger.conversion_return(c["holder_id"], c["from_currency"], c["to_currency"], given.target_minor,
-                                     given.source_minor, given.fee_minor)
-    await ledger_store.post(conn, entry, await ledger_store.existing_accounts(conn, _refs(c)), refund_id=refund_id,
-                            conversion_id=c["id"])
-    await store.add_returned(conn, c["id"], given)
+    await ledger_store.post(conn, back.entry, back.accounts, refund_id=refund_id, conversion_id=back.conversion_id,
+                            move=back.move)
+    await store.add_returned(conn, back.conversion_id, back.given)

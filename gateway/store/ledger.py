@@ -203,13 +203,16 @@ async def post(
     payout_id: uuid.UUID | None = None,
     conversion_id: uuid.UUID | None = None,
     release_holds: dict[AccountRef, int] | None = None,
+    move: Movement | None = None,
 ) -> int:
     """Write the entry, its postings and the balance changes in one statement; returns the entry id.
 
     ``release_holds`` lowers the held amount of accounts in the same statement (a capture consumes
-    its authorisation's hold).
+    its authorisation's hold). ``move``: the entry's movement chosen (and its shards locked, ``lock``)
+    earlier in the transaction.
     """
-    move = movement(entry, accounts, release_holds)
+    if move is None:
+        move = movement(entry, accounts, release_holds)
     started_s = time.perf_counter()
     try:
         entry_id: int = await conn.fetchval(
@@ -353,6 +356,16 @@ async def post_batches(conn: Connection, entries: list[tuple[uuid.UUID, Entry]],
     )
     if updated != len(keys):
         raise RuntimeError("a balance shard of a settlement entry is missing")
+
+
+async def lock(conn: Connection, move: Movement) -> None:
+    """Lock a movement's balance shards in (account_id, shard) order, ahead of its ``post``: a use case
+    that posts it after another entry takes its hot shards first all the same, in the lock order."""
+    await conn.execute(
+        "SELECT 1 FROM balances b JOIN unnest($1::int8[], $2::int2[]) AS k(account_id, shard)"
+        " ON b.account_id = k.account_id AND b.shard = k.shard ORDER BY b.account_id, b.shard FOR UPDATE OF b",
+        move.shard_accounts, move.shards,
+    )
 
 
 async def lock_single_shard(conn: Connection, account_ids: list[int]) -> None:
