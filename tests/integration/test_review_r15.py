@@ -257,3 +257,27 @@ async def test_r15_cross_currency_pays_and_refunds_of_other_wallets_never_deadlo
           for p in paid for a in (300, 700)))
     failed = Counter(body["error"]["code"] for s, body in results if s not in (200, 201))
     assert not failed and _deadlocks() == before, (failed, f"{_deadlocks() - before:g} deadlocks")
+
+
+async def test_r15_a_payments_conversion_is_seen_by_its_payer_only(world: World) -> None:
+    await _rate(world, "EUR", "CNY", "7.8")
+    m = await world.merchant()
+    other_m = await world.merchant("Other shop")
+    a = await world.holder(top_up=100_000)
+    b = await world.holder(top_up=100_000)
+    p = await world.payment(m, 1_000, "EUR")
+    b_offer = await _offer(world, b, p)
+    status, body = await _status(world.client, "POST", f"/v1/wallet/payments/{p['id']}/pay", headers=a.headers,
+                                 json={"fx_quote": b_offer["quote"]})
+    assert (status, body["error"]["code"]) == (404, "resource_missing"), body
+    paid = await world.call("POST", f"/v1/wallet/payments/{p['id']}/pay", headers=a.headers,
+                            json={"fx_quote": (await _offer(world, a, p))["quote"]})
+    assert paid["fx"]["from_currency"] == "CNY"
+    mine = await world.call("GET", f"/v1/payments/{p['id']}", headers=a.headers)
+    assert mine["fx"] == paid["fx"]
+    status, theirs = await _status(world.client, "GET", f"/v1/payments/{p['id']}", headers=b.headers)
+    assert status == 404 or (theirs.get("fx") is None and theirs.get("fx_offer") is None), theirs
+    seen = await world.call("GET", f"/v1/payments/{p['id']}", headers=m.headers)
+    assert "fx" not in seen and "fx_offer" not in seen and "CNY" not in json.dumps(seen), seen
+    status, _ = await _status(world.client, "GET", f"/v1/payments/{p['id']}", headers=other_m.headers)
+    assert status == 404
