@@ -21,7 +21,9 @@ from prometheus_client import REGISTRY
 
 from gateway.api.routing import SERVICES
 from gateway.domain.ids import Kind, decode
+from gateway.services import payments as payment_cases
 from gateway.store import ledger as ledger_store
+from gateway.store import payments as payment_store
 from tests.conftest import make_settings
 from tests.integration.conftest import serving
 from tests.integration.world import Holder, World
@@ -281,3 +283,29 @@ async def test_r15_a_payments_conversion_is_seen_by_its_payer_only(world: World)
     assert "fx" not in seen and "fx_offer" not in seen and "CNY" not in json.dumps(seen), seen
     status, _ = await _status(world.client, "GET", f"/v1/payments/{p['id']}", headers=other_m.headers)
     assert status == 404
+
+
+async def test_r15_a_campaign_ended_between_decision_and_commit_gives_nothing(world: World) -> None:
+    """The one-statement path decides a discount from memory; the campaign ends before the batch runs:
+    the item falls back (nothing written) and the general path pays the full amount."""
+    svc = world.client.app[SERVICES]
+    m = await world.merchant()
+    h = await world.holder(top_up=10_000)
+    await world.pay(h, (await world.payment(m, 100))["id"])  # this process now knows the accounts
+    c = await _campaign(world, funded_by="merchant")
+    p = await world.payment(m, 1_000)
+    pid, holder_id = decode(Kind.PAYMENT, p["id"]), decode(Kind.WALLET_HOLDER, h.id)
+    assert pid is not None and holder_id is not None
+    async with svc.db.connection() as conn:
+        head = await payment_store.payable(conn, pid, holder_id)
+    assert head is not None
+    accounts = await payment_cases.payer_accounts(svc, holder_id, head["merchant_id"], head["currency"])
+    decided = payment_cases.decide_payment(svc, head, holder_id, accounts, channel="wallet")
+    assert decided is not None and decided[0].discount is not None
+    await world.call("POST", f"/v1/operator/campaigns/{c['id']}/end", headers=world.ops, json={})
+    async with svc.db.connection() as conn:
+        assert await payment_store.pay_batch(conn, [(decided[0], None)]) == [False]
+    paid = await world.pay(h, p["id"])
+    assert paid["discount"] is None and await world.available(h) == 10_000 - 100 - 1_000
+    got = await world.call("GET", f"/v1/operator/campaigns/{c['id']}", headers=world.ops)
+    assert (got["spent"], got["places_taken"]) == (0, 0)
