@@ -164,7 +164,9 @@ def movement(entry: Entry, accounts: dict[AccountRef, Account], release_holds: d
 def entry_ctes(first: int, links: str, after: str | None = None) -> str:
     """The CTEs that write a ``Movement`` (arguments ``$first``..``$first+7`` in ``Movement.args`` order):
     ``e`` the journal entry (its links, e.g. ``"payment_id, $3"``: column names then values), ``p`` its
-    postings, ``u`` one row per balance shard changed. All were written exactly when
+    postings, ``l`` the shards locked first in (account_id, shard) order (the update's own order is the
+    planner's: two entries sharing two hot shards would take them crosswise), ``u`` one row per balance
+    shard changed. All were written exactly when
     ``(SELECT count(*) FROM u) = cardinality(<shard accounts>)``. ``after`` names a CTE the entry
     waits for (so it is written after the rows that CTE locks, in the use cases' lock order)."""
     n = [f"${first + i}" for i in range(8)]
@@ -177,12 +179,16 @@ def entry_ctes(first: int, links: str, after: str | None = None) -> str:
             INSERT INTO postings (entry_id, account_id, currency, amount_minor)
             SELECT e.id, t.account_id, t.currency, t.amount_minor
               FROM e, unnest({n[1]}::int8[], {n[2]}::text[], {n[3]}::int8[]) AS t(account_id, currency, amount_minor)
+        ), l AS (
+            SELECT 1 FROM balances b JOIN unnest({n[4]}::int8[], {n[5]}::int2[]) AS k(account_id, shard)
+                ON b.account_id = k.account_id AND b.shard = k.shard
+             ORDER BY b.account_id, b.shard FOR UPDATE OF b
         ), u AS (
             UPDATE balances b
                SET posted_minor = b.posted_minor + d.delta, held_minor = b.held_minor - d.released
               FROM e, unnest({n[4]}::int8[], {n[5]}::int2[], {n[6]}::int8[], {n[7]}::int8[])
                    AS d(account_id, shard, delta, released)
-             WHERE b.account_id = d.account_id AND b.shard = d.shard
+             WHERE b.account_id = d.account_id AND b.shard = d.shard AND (SELECT count(*) FROM l) >= 0
             RETURNING 1
         )"""
 

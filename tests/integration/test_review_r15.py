@@ -309,3 +309,25 @@ async def test_r15_a_campaign_ended_between_decision_and_commit_gives_nothing(wo
     assert paid["discount"] is None and await world.available(h) == 10_000 - 100 - 1_000
     got = await world.call("GET", f"/v1/operator/campaigns/{c['id']}", headers=world.ops)
     assert (got["spent"], got["places_taken"]) == (0, 0)
+
+
+async def test_r15_refunds_of_one_merchant_sharing_two_hot_shards_never_deadlock(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refunds of different wallets' payments to one merchant share its receivable and fee accounts. When
+    both land on the same shards (here: shard 0 every time), one statement's two updates must follow the
+    lock order, or two refunds take them crosswise."""
+    m = await world.merchant()
+    holders = list(await asyncio.gather(*(world.holder(top_up=100_000) for _ in range(6))))
+    paid = []
+    for h in holders:
+        for _ in range(4):
+            p = await world.payment(m, 1_000)
+            await world.pay(h, p["id"])
+            paid.append(p)
+    monkeypatch.setattr(ledger_store.random, "randrange", lambda n: 0)
+    before = _deadlocks()
+    results = await asyncio.gather(*(
+        _status(world.client, "POST", f"/v1/payments/{p['id']}/refunds", headers=m.headers, json={"amount": a})
+        for p in paid for a in (300, 700)))
+    failed = Counter(body["error"]["code"] for s, body in results if s != 201)
+    assert not failed and _deadlocks() == before, (failed, f"{_deadlocks() - before:g} deadlocks")
