@@ -844,16 +844,10 @@ async def _refund_locked(
     else:
         entry = ledger.refund(payment.payer_id, payment.merchant_id, payment.currency, refunded, fee_back)
     await ledger_store.post(conn, entry, accounts, payment_id=payment.id, refund_id=refund_id)
-<<<<<<< HEAD
     refund_row = await store.insert_refund(conn, refund_id, payment, refunded, fee_back, reason, pairs,
                                            back.discount_minor, back.cashback_minor)
-    # What the wallet received goes back at its own rate.
-    await fx_payments.return_for_refund(conn, converted, refund_id)
+    await fx_payments.return_for_refund(conn, converted, refund_id)  # what the wallet received, back at its own rate
     clawed = back.discount_minor
-=======
-    refund_row = await store.insert_refund(conn, refund_id, payment, refunded, fee_back, reason, pairs, clawed)
-    await fx_payments.return_for_refund(conn, converted, refund_id)  # back at its own rate
->>>>>>> 46528af (Cross-currency refunds: lock the return's FX shards before the refund's entry takes the merchant's (a pay through a quote takes FX, then merchant shards): no deadlock between them)
     await store.update(conn, payment,
                        discount_clawed_back_minor=row["discount_clawed_back_minor"] + clawed if clawed else None)
     view = views.refund_view(refund_row)
