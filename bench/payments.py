@@ -259,9 +259,11 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
             # The rule view of each gateway process is refreshed in the background: let every process see them.
             await asyncio.sleep(FEATURES_SETTLE_S)
             glog.attach(PhaseResult("features on", Recorder(), 0.0, {}))  # skip the set-up requests
+            batched = await group_commit_counts(api)
             results[key] = glog.attach(
                 await closed_loop(api, world, LOAD_A, sizes, sizes.count, sizes.duration_s, gateway))
             results[key].print()
+            print(group_commit_line(batched, await group_commit_counts(api)))
         await switch_off(api, world, features)
         await asyncio.sleep(FEATURES_SETTLE_S)
         glog.attach(PhaseResult("features off", Recorder(), 0.0, {}))
