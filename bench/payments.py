@@ -419,7 +419,7 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
          ratio("A_features_velocity", peak), "x", ">=", GOAL_FEATURES_RATIO_MIN),
         ("gateway_rss_mb_max", "gateway RSS per process under load (largest)", load_rss_mb, " MB",
          "<=", GOAL_RSS_MB_MAX),
-        ("tap_to_approval_p95_ms", "tap-to-approval p95 (armed->approved)", tap_p95, " ms", "<=",
+        ("tap_to_approval_p95_ms", "tap-to-approval p95 (register req->answer)", tap_p95, " ms", "<=",
          GOAL_TAP_P95_MS_MAX),
     ]
     banner("summary" + ("  (QUICK MODE: sizes too small for the figures to mean anything)" if args.quick else ""))
