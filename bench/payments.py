@@ -51,6 +51,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from paybench.config import (
+    INVARIANTS_TIMEOUT_S,
     FEATURES_SETTLE_S,
     GOAL_FEATURES_RATIO_MIN,
     GOAL_B_PGBENCH_RATIO_MIN,
@@ -357,7 +358,8 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
             print("\n".join(profile))
 
         banner("ledger invariants (GET /v1/operator/ledger/invariants)")
-        report = await api.seed("GET", "/v1/operator/ledger/invariants", 200, world.operator_token)
+        report = await api.seed("GET", "/v1/operator/ledger/invariants", 200, world.operator_token,
+                                timeout_s=INVARIANTS_TIMEOUT_S)
         invariants_ok = bool(report.get("ok"))
         print("  OK" if invariants_ok else f"  BROKEN: {json.dumps(report.get('violations'))[:2000]}")
     gateway.stop()

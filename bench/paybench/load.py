@@ -55,10 +55,13 @@ class Api:
         self.base_url = base_url
 
     async def seed(self, method: str, path: str, expect: int, token: str | None = None,
-                   body: dict[str, Any] | None = None) -> Any:
-        """A set-up call: anything but the expected status stops the benchmark."""
+                   body: dict[str, Any] | None = None, timeout_s: float | None = None) -> Any:
+        """A set-up call: anything but the expected status stops the benchmark. ``timeout_s`` replaces the
+        session's request timeout (the invariant check reads every row: minutes after ``--big``)."""
         headers = headers_for(token, idempotent=method == "POST") if token else {}
-        async with self.session.request(method, self.base_url + path, json=body, headers=headers) as resp:
+        timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s is not None else None
+        async with self.session.request(method, self.base_url + path, json=body, headers=headers,
+                                        **({"timeout": timeout} if timeout is not None else {})) as resp:
             raw = await resp.read()
             if resp.status != expect:
                 raise RuntimeError(f"{method} {path}: expected {expect}, got {resp.status}: {raw[:300]!r}")
