@@ -9,7 +9,7 @@ Invariants:
 - the one-statement path (``payments.decide_payment``) asks ``one_statement_limits``, from memory
   (``services.risk_cache``): a payment no rule concerns, or only velocity limits per wallet, is paid
   there (its statement counts the holder's payments as ``store.risk.recent`` does, under the same
-  spend row, migration 0026; one over a limit falls back); a payment any other rule concerns takes
+  spend row, migration 0025; one over a limit falls back); a payment any other rule concerns takes
   the general path;
 - velocity per device and per merchant is counted in Redis (a sliding window per rule and scope,
   checked and charged in one script, so concurrent payments never pass a limit together); while Redis

@@ -164,7 +164,7 @@ async def create_at_once(
 
 @dataclass(frozen=True, slots=True)
 class VelocityLimit:
-    """A velocity limit per wallet the one-statement path keeps (migration 0026): at most ``count_max``
+    """A velocity limit per wallet the one-statement path keeps (migration 0025): at most ``count_max``
     of the holder's payments, and ``amount_max_minor`` of them in the payment's currency, within the window,
     this one included (None: no such limit)."""
 
@@ -199,7 +199,7 @@ class PaidAtOnce:
 
 async def pay_batch(conn: Connection, items: list[tuple[PaidAtOnce, Done | None]]) -> list[bool]:
     """Pay several payments in one statement and one transaction (``gateway_pay_batch``, migrations
-    0015, 0025 and 0026), each in its own subtransaction, in the use cases' lock order: the payment, the holder
+    0015 and 0025), each in its own subtransaction, in the use cases' lock order: the payment, the holder
     (share), the day's spend, the balance shards. Item i is False, with nothing of it written, when
     its payment changed since it was read, its holder's tier or lock changed, its merchant is not
     active, the day's cap would be crossed, its campaign can no longer give its whole discount (ended,

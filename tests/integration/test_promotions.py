@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-from prometheus_client import REGISTRY
 
 from gateway.api.routing import SERVICES
 from gateway.domain import ledger
@@ -20,7 +19,7 @@ from gateway.domain.ledger import AccountKind
 from gateway.services import payments as payment_cases
 from gateway.store import ledger as ledger_store
 from gateway.store import payments as payment_store
-from tests.integration.world import Holder, Merchant, World
+from tests.integration.world import Holder, Merchant, World, batched
 
 
 def _window(hours: int = 2) -> dict[str, str]:
@@ -251,12 +250,6 @@ async def test_campaigns_are_listed_newest_first_and_replayed_by_key(world: Worl
     assert [c["id"] for c in listed["data"]] == [later["id"], first["id"]]
 
 
-def _batched() -> tuple[float, float]:
-    """Payments batch statements were given, and those they refused (this process's metrics)."""
-    return (REGISTRY.get_sample_value("gateway_group_commit_payments_per_batch_sum") or 0.0,
-            REGISTRY.get_sample_value("gateway_group_commit_fallbacks_total") or 0.0)
-
-
 async def test_the_one_statement_path_decides_campaigns_from_memory(world: World) -> None:
     """Which campaign discounts a payment is looked up in the process's cache (a plain function: no
     round trip), and the one-statement path takes a discount whole; it leaves to the general path what
@@ -289,10 +282,10 @@ async def test_the_one_statement_path_decides_campaigns_from_memory(world: World
     decided = at_once()
     assert decided.discount == payment_store.Discount(_uuid(c["id"]), 100, "bank")
     assert decided.capture is not None and decided.decided_until <= datetime.fromisoformat(c["ends_at"])
-    written, refused = _batched()
+    written, refused = batched()
     paid = await world.pay(h, created["id"])  # the one-statement path takes it
     assert paid["discount"]["amount"] == 100 and await world.available(h) == 9_100
-    assert _batched() == (written + 1, refused)
+    assert batched() == (written + 1, refused)
     second = await world.payment(m, 1_000)
     async with svc.db.connection() as conn:
         head = await payment_store.payable(conn, decode(Kind.PAYMENT, second["id"]), holder_id)

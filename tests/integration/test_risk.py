@@ -7,10 +7,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from prometheus_client import REGISTRY
 
 from tests.integration.test_qr_paycode import _charge, _device_holder
-from tests.integration.world import Holder, Merchant, World
+from tests.integration.world import Holder, Merchant, World, batched
 
 
 async def _rule(world: World, expect: int = 201, key: str | None = None, **body: Any) -> Any:
@@ -62,12 +61,6 @@ async def test_velocity_count_and_amount(world: World) -> None:
     assert await world.available(h2) == 9_100
 
 
-def _batched() -> tuple[float, float]:
-    """Payments batch statements were given, and those they refused (this process's metrics)."""
-    return (REGISTRY.get_sample_value("gateway_group_commit_payments_per_batch_sum") or 0.0,
-            REGISTRY.get_sample_value("gateway_group_commit_fallbacks_total") or 0.0)
-
-
 async def test_the_one_statement_path_keeps_velocity_limits_per_wallet(world: World) -> None:
     """A velocity limit per wallet is counted by the batch statement itself: payments within it are
     paid there; the one that would cross it falls back, and its general path declines it."""
@@ -76,18 +69,18 @@ async def test_the_one_statement_path_keeps_velocity_limits_per_wallet(world: Wo
     await _rule(world, kind="velocity_wallet", window_s=3600, max_count=2)
     await _rule(world, kind="velocity_wallet", window_s=3600, max_amount=250, currency="CNY")
     await _rule(world, kind="velocity_wallet", window_s=3600, max_amount=1, currency="USD")  # another currency
-    written, refused = _batched()
+    written, refused = batched()
     for _ in range(2):
         assert (await world.pay(h, (await world.payment(m, 100))["id"]))["status"] == "succeeded"
-    assert _batched() == (written + 2, refused)
+    assert batched() == (written + 2, refused)
     over_count = await world.pay(h, (await world.payment(m, 10))["id"], 402)
     assert over_count["error"]["code"] == "risk_declined"
-    assert _batched() == (written + 3, refused + 1)  # tried in a batch, refused there, declined by the general path
+    assert batched() == (written + 3, refused + 1)  # tried in a batch, refused there, declined by the general path
     h2 = await world.holder(top_up=10_000)
     assert (await world.pay(h2, (await world.payment(m, 200))["id"]))["status"] == "succeeded"
     over_amount = await world.pay(h2, (await world.payment(m, 51))["id"], 402)
     assert over_amount["error"]["code"] == "risk_declined"
-    assert _batched() == (written + 5, refused + 2)
+    assert batched() == (written + 5, refused + 2)
     assert await world.available(h) == 9_800 and await world.available(h2) == 9_800
 
 

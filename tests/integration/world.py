@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp.test_utils import TestClient
+from prometheus_client import REGISTRY
 
 from gateway.services import tenants
 from gateway.services.context import Services
@@ -16,6 +17,13 @@ from tests.conftest import make_settings, sms_gateway
 OPERATOR_EMAIL = "ops@example.com"
 OPERATOR_PASSWORD = "correct horse battery"
 _phones = itertools.count(13800000000)
+
+
+def batched() -> tuple[float, float]:
+    """Payments this process's batch statements were given, and those they refused (its metrics): a
+    test proves with them which path paid."""
+    return (REGISTRY.get_sample_value("gateway_group_commit_payments_per_batch_sum") or 0.0,
+            REGISTRY.get_sample_value("gateway_group_commit_fallbacks_total") or 0.0)
 
 
 def auth(token: str) -> dict[str, str]:

@@ -1,6 +1,20 @@
--- The one-statement payment path checks velocity limits per wallet too (issue 13: risk rules on the
--- hot path stay cheap). gateway_pay_batch of 0025 takes four more flat arrays, one row per limit an
--- item must keep (v_item names the item, as p_item does for postings):
+-- The one-statement payment path gives promotion campaigns' discounts too (issue 13: campaigns on
+-- the hot path stay cheap). gateway_pay_batch of 0015 takes four more arrays per item:
+--   campaign      the campaign whose discount the gateway decided from its cache (NULL: none);
+--   discount      that discount, the campaign's full stated benefit for the amount;
+--   funded        'bank' or 'merchant' (the ledger entry the gateway built already says who pays);
+--   holder_max    the campaign's per-holder limit (2^31 - 1: none);
+--   spend         what the day's spend counts (the full amount, whatever the discount).
+-- The item takes the holder's use and the campaign's place and budget with the same guards as the
+-- general path (store.promotions.take), except that it never grants less than the stated discount:
+-- when the budget left is smaller, or the places are gone, or the holder's limit is reached, or the
+-- campaign ended or is outside its window, the item falls back and the general path decides (it
+-- gives the budget's last units, or tries the next campaign). Its rollback gives back what it took.
+-- Locks: the campaigns' rows first, in id order, then the balance shards, as the general path takes
+-- them (promotions.grant before the ledger posting; a refund's claw-back before its posting).
+
+-- It checks velocity limits per wallet too (risk rules on the hot path stay cheap): four more flat
+-- arrays, one row per limit an item must keep (v_item names the item, as p_item does for postings):
 --   v_window      the rule's window in seconds;
 --   v_count_max   at most this many of the holder's payments authorised in the window, this one included
 --                 (NULL: no count limit);
@@ -12,12 +26,34 @@
 -- falls back: the general path decides the rule's outcome (a decline, a PIN, a code) and records it.
 -- While a batch holds a campaign's row its items wait at most 5 ms on a row another transaction holds.
 
+
 DROP FUNCTION gateway_pay_batch(
     uuid[], timestamptz[], text[], uuid[], bigint[], bigint[], bigint[], timestamptz[], timestamptz[], bigint[],
     text[], date[], text[], smallint[], bigint[], uuid[], text[], text[], bigint[], text[], int[], bigint[], text[],
     bigint[], int[], bigint[], smallint[], bigint[], bigint[], text[], text[], bytea[], text[], text[], int[],
-    bytea[], timestamptz[], uuid[], bigint[], text[], int[], bigint[]);
+    bytea[], timestamptz[]);
 
+-- Paying payments in one round trip and one commit (group commit): item i of the arrays is one
+-- request's payment, decided by the gateway from the payment's row as it read it (seen_at: its
+-- updated_at then). Each item runs in its own subtransaction (the exception block): an item whose
+-- guard fails, whose funds are short, whose rows another transaction holds, or that meets a unique
+-- key is rolled back alone and reported false (the gateway then runs that request's general path,
+-- which waits its turn, decides afresh and answers, a decline too); the other items commit together.
+-- An item writes: the payment, the day's spend, its event, its ledger entry with postings and shard
+-- changes (automatic capture) or the wallet's hold (manual capture), and its request's stored answer
+-- under its idempotency key (key_principal NULL: a request without a key).
+--
+-- Time: an item is decided at now_at and holds only until decided_until (the payment's expiry or
+-- the end of the local day its spend counts in, whichever comes first), by the database's clock:
+-- an item that waited in the queue past it falls back (the general path then decides on the time).
+--
+-- Locks: the batch first locks the shared balance shards it will change (merchants', fees'), in
+-- (account_id, shard) order, as every use case locks them, so batches never deadlock on them. Its
+-- items then take their own rows (payment, holder, day's spend, wallet balance) with NOWAIT: a row
+-- another transaction holds makes that item fall back at once, so a batch never waits on a
+-- transaction that may be waiting on the shards the batch holds, and one payer's busy wallet never
+-- holds up the others.
+-- Postings and shard changes are flat arrays; p_item / s_item name the item each belongs to.
 CREATE OR REPLACE FUNCTION gateway_pay_batch(
     payment_id uuid[], seen_at timestamptz[], status text[], holder uuid[], authorized bigint[], captured bigint[],
     fee bigint[], authorization_expires timestamptz[], now_at timestamptz[], wallet_account bigint[], channel text[],
