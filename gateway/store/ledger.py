@@ -161,6 +161,16 @@ def movement(entry: Entry, accounts: dict[AccountRef, Account], release_holds: d
     )
 
 
+def locked_shards(accounts: str, shards: str) -> str:
+    """A CTE body that locks the balance shards named by two array expressions in (account_id, shard)
+    order, the order every use case takes them in: an UPDATE changes rows in the planner's order, so two
+    statements sharing two hot shards would otherwise take them crosswise (review R15). The UPDATE that
+    follows waits for it with ``(SELECT count(*) FROM l) >= 0`` in its WHERE."""
+    return f"""SELECT 1 FROM balances b JOIN unnest({accounts}::int8[], {shards}::int2[]) AS k(account_id, shard)
+                ON b.account_id = k.account_id AND b.shard = k.shard
+             ORDER BY b.account_id, b.shard FOR UPDATE OF b"""
+
+
 def entry_ctes(first: int, links: str, after: str | None = None) -> str:
     """The CTEs that write a ``Movement`` (arguments ``$first``..``$first+7`` in ``Movement.args`` order):
     ``e`` the journal entry (its links, e.g. ``"payment_id, $3"``: column names then values), ``p`` its
@@ -180,9 +190,7 @@ def entry_ctes(first: int, links: str, after: str | None = None) -> str:
             SELECT e.id, t.account_id, t.currency, t.amount_minor
               FROM e, unnest({n[1]}::int8[], {n[2]}::text[], {n[3]}::int8[]) AS t(account_id, currency, amount_minor)
         ), l AS (
-            SELECT 1 FROM balances b JOIN unnest({n[4]}::int8[], {n[5]}::int2[]) AS k(account_id, shard)
-                ON b.account_id = k.account_id AND b.shard = k.shard
-             ORDER BY b.account_id, b.shard FOR UPDATE OF b
+            {locked_shards(n[4], n[5])}
         ), u AS (
             UPDATE balances b
                SET posted_minor = b.posted_minor + d.delta, held_minor = b.held_minor - d.released
@@ -244,7 +252,7 @@ async def post_together(conn: Connection, entries: list[Entry], accounts: dict[A
                         ) -> None:
     """Write several entries (a capture and the credits it gives: cashback, a first-payment gift; or a
     registration's gifts), each linked to ``payment_id``, in ONE statement: the balance shards of all
-    of them change by one UPDATE in (account_id, shard) order, so entries posted one after the other
+    of them change by one UPDATE after they are locked in (account_id, shard) order, so entries posted one after the other
     never take two shards of the promotions account (or any other) in two orders. The entries' ids
     follow the list's order; ``release_holds`` goes with the first. The later entries (credits) never
     fund the first: ``InsufficientFunds`` when a no-overdraft account could not take the first alone."""
@@ -282,6 +290,8 @@ async def post_together(conn: Connection, entries: list[Entry], accounts: dict[A
                 SELECT numbered.id, t.account_id, t.currency, t.amount_minor
                   FROM unnest($3::int8[], $4::int8[], $5::text[], $6::int8[]) AS t(n, account_id, currency, amount_minor)
                   JOIN numbered ON numbered.n = t.n
+            ), l AS (
+                """ + locked_shards("$7", "$8") + """
             ), u AS (
                 -- The credits never pay for the first entry: a wallet that could not take the first alone
                 -- is set to exactly that, and the no-overdraft CHECK refuses it (InsufficientFunds).
@@ -293,6 +303,7 @@ async def post_together(conn: Connection, entries: list[Entry], accounts: dict[A
                   FROM unnest($7::int8[], $8::int2[], $9::int8[], $10::int8[], $11::int8[])
                        AS d(account_id, shard, delta, released, first_delta)
                  WHERE b.account_id = d.account_id AND b.shard = d.shard AND EXISTS (SELECT 1 FROM e)
+                   AND (SELECT count(*) FROM l) >= 0
                 RETURNING 1
             )
             SELECT count(*) FROM e WHERE (SELECT count(*) FROM u) = cardinality($7::int8[])
@@ -349,10 +360,12 @@ async def post_batches(conn: Connection, entries: list[tuple[uuid.UUID, Entry]],
             SELECT e.id, t.account_id, t.currency, t.amount_minor
               FROM unnest($3::uuid[], $4::int8[], $5::text[], $6::int8[]) AS t(batch_id, account_id, currency, amount_minor)
               JOIN e ON e.batch_id = t.batch_id
+        ), l AS (
+            """ + locked_shards("$7", "$8") + """
         ), u AS (
             UPDATE balances b SET posted_minor = b.posted_minor + d.delta
               FROM unnest($7::int8[], $8::int2[], $9::int8[]) AS d(account_id, shard, delta)
-             WHERE b.account_id = d.account_id AND b.shard = d.shard
+             WHERE b.account_id = d.account_id AND b.shard = d.shard AND (SELECT count(*) FROM l) >= 0
             RETURNING 1
         )
         SELECT count(*) FROM u
