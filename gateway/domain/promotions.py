@@ -260,3 +260,33 @@ def clawback_minor(benefit_total_minor: int, basis_minor: int, refunded_before_m
     before = benefit_total_minor * refunded_before_minor // basis_minor
     after = benefit_total_minor * (refunded_before_minor + refund_minor) // basis_minor
     return after - before
+
+
+SHARD_COUNT_MAX = 16  # a campaign's counter rows at most (migration 0026: payments of many processes at once)
+ROW_BENEFITS_MIN = 8  # a counter row holds at least this many of the campaign's largest benefits, and places
+
+
+def largest_benefit_minor(c: Campaign, payment_max_minor: int) -> int:
+    """The most one payment or registration can get of ``c``: its fixed amount or its percentage of the
+    largest payment a wallet may make (``payment_max_minor``), at most its cap; at least 1."""
+    stated = max(1, payment_max_minor * c.percent_bps // BPS_MAX) if c.percent_bps else c.fixed_minor
+    return max(1, stated if c.cap_minor is None else min(stated, c.cap_minor))
+
+
+def _part(total: int, count: int, index: int) -> int:
+    return total // count + (1 if index < total % count else 0)
+
+
+def shard_split(budget_minor: int, places_max: int | None, largest_benefit: int,
+                shard_count_max: int = SHARD_COUNT_MAX) -> list[tuple[int, int | None]]:
+    """A new campaign's budget and places spread over its counter rows, as evenly as integers go: the
+    parts sum to the whole; there are as many rows as hold ``ROW_BENEFITS_MIN`` of its largest benefit
+    and as many places each (one at least, ``shard_count_max`` at most), so that a payment mostly finds
+    its whole benefit in one row: a small campaign keeps one row."""
+    if budget_minor <= 0 or (places_max is not None and places_max <= 0) or largest_benefit <= 0:
+        raise ValueError("a positive budget, places and benefit")
+    count = min(shard_count_max, budget_minor // (ROW_BENEFITS_MIN * largest_benefit),
+                shard_count_max if places_max is None else places_max // ROW_BENEFITS_MIN)
+    count = max(1, count)
+    return [(_part(budget_minor, count, i), None if places_max is None else _part(places_max, count, i))
+            for i in range(count)]

@@ -141,7 +141,7 @@ async def grant(cache: CampaignCache, conn: Connection, row: Any, holder_id: uui
         taken = await store.take(conn, c.id, holder_id, promotions.stated_benefit_minor(c, row["amount_minor"]),
                                  now, c.per_holder_max)
         if taken is not None:
-            return Grant(c.id, c.funded_by, taken["last_granted_minor"])
+            return Grant(c.id, c.funded_by, taken)
     return None
 
 
@@ -212,8 +212,8 @@ async def credits_at_capture(cache: CampaignCache, conn: Connection, row: Any, h
             stated = promotions.stated_benefit_minor(c, row["amount_minor"], captured_minor)
             taken = await store.take(conn, c.id, holder_id, stated, now, c.per_holder_max)
             if taken is not None:
-                await store.record_cashback(conn, row["id"], c.id, taken["last_granted_minor"])
-                credits.append(Credit(c.id, Rule.CASHBACK, taken["last_granted_minor"], c.currency))
+                await store.record_cashback(conn, row["id"], c.id, taken)
+                credits.append(Credit(c.id, Rule.CASHBACK, taken, c.currency))
                 break
     gifts = await _offers(cache, conn, row, now, frozenset({Rule.GIFT_FIRST_PAYMENT}))
     if gifts and not await store.holder_has_paid(conn, holder_id, row["id"]):
@@ -223,20 +223,26 @@ async def credits_at_capture(cache: CampaignCache, conn: Connection, row: Any, h
     return credits
 
 
+class _GiftTakenAlready(Exception):
+    """Rolls a gift's take back to its savepoint: the holder got that gift in a concurrent transaction."""
+
+
 async def _take_gift(conn: Connection, campaigns: list[Campaign], holder_id: uuid.UUID,
                      payment_id: uuid.UUID | None, now: datetime) -> Credit | None:
     """The first of ``campaigns`` (at most three tried) that still gives the holder its gift, taken and
     recorded; None when none does, or the holder has it (or, on a payment, a first-payment gift) already."""
+    kind = "first_payment" if payment_id is not None else "registration"
     for c in campaigns[:3]:
-        taken = await store.take(conn, c.id, holder_id, c.fixed_minor, now, 1)
-        if taken is None:
-            continue
-        granted = taken["last_granted_minor"]
-        kind = "first_payment" if payment_id is not None else "registration"
-        if await store.insert_gift(conn, uuid.uuid4(), kind, c.id, holder_id, payment_id, c.currency, granted):
-            return Credit(c.id, c.rule, granted, c.currency)
-        await store.give_back(conn, c.id, holder_id, granted)  # a concurrent first payment got the gift
-        return None
+        try:
+            async with conn.transaction():  # a savepoint: a gift refused below gives its take back with it
+                granted = await store.take(conn, c.id, holder_id, c.fixed_minor, now, 1)
+                if granted is None:
+                    continue
+                if await store.insert_gift(conn, uuid.uuid4(), kind, c.id, holder_id, payment_id, c.currency, granted):
+                    return Credit(c.id, c.rule, granted, c.currency)
+                raise _GiftTakenAlready
+        except _GiftTakenAlready:
+            return None
     return None
 
 
@@ -417,6 +423,14 @@ async def _require(conn: Connection, table: str, ids: frozenset[uuid.UUID], text
             raise NotFound(f"no such object: {text}", param=f"{param}[{i}]")
 
 
+def _rows(svc: Services, c: Campaign) -> list[tuple[int, int | None]]:
+    """How the campaign's budget and places are spread over its counter rows (``shard_split``), its
+    largest benefit bounded by the largest payment any tier allows in its currency."""
+    payment_max = max((t.caps[c.currency].payment_max_minor for t in svc.tiers.values() if c.currency in t.caps),
+                      default=c.budget_minor)
+    return promotions.shard_split(c.budget_minor, c.places_max, promotions.largest_benefit_minor(c, payment_max))
+
+
 async def create(svc: Services, who: Principal, req: NewCampaign, identity: RequestIdentity) -> Reply:
     terms = _terms(req, uuid.uuid4())
     if terms.funded_by is Funder.BANK:  # the account its discounts come from, committed before any payment uses it
@@ -428,7 +442,7 @@ async def create(svc: Services, who: Principal, req: NewCampaign, identity: Requ
         await _require(conn, "stores", terms.store_ids, req.stores, Kind.STORE, "stores")
         if len(await store.live(conn, svc.now(), svc.campaigns.live_max)) >= svc.campaigns.live_max:
             raise Conflict(f"at most {svc.campaigns.live_max} campaigns run at once", code="too_many_campaigns")
-        row = await store.insert(conn, terms, req.name, req.time_zone)
+        row = await store.insert(conn, terms, req.name, req.time_zone, _rows(svc, terms))
         view = views.campaign_view(row, svc.now())
         await audit.record(conn, who, "campaign.created", row["id"], view, merchant_id=None)
         return 201, view

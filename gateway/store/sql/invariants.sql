@@ -233,9 +233,11 @@ SELECT g.id, g.holder_id, g.payment_id FROM promotion_gifts g JOIN payments pay 
    AND (pay.payer_id <> g.holder_id OR pay.captured_minor = 0
         OR NOT EXISTS (SELECT 1 FROM journal_entries e WHERE e.payment_id = g.payment_id AND e.kind = 'gift'));
 -- name: campaign_over_budget_or_places
-SELECT c.id, c.budget_minor, c.spent_minor, c.places_max, c.places_taken, COALESCE(g.granted, 0) AS granted,
+SELECT c.id, c.budget_minor, k.spent_minor, c.places_max, k.places_taken, COALESCE(g.granted, 0) AS granted,
        COALESCE(g.payments, 0) AS payments
   FROM campaigns c
+  JOIN (SELECT campaign_id, sum(spent_minor) AS spent_minor, sum(places_taken) AS places_taken
+          FROM campaign_shards GROUP BY campaign_id) k ON k.campaign_id = c.id
   LEFT JOIN (SELECT campaign_id, sum(granted) AS granted, sum(uses) AS payments, sum(clawed) AS clawed FROM (
                SELECT campaign_id, discount_minor AS granted, 1 AS uses, discount_clawed_back_minor AS clawed
                  FROM payments WHERE campaign_id IS NOT NULL
@@ -244,9 +246,23 @@ SELECT c.id, c.budget_minor, c.spent_minor, c.places_max, c.places_taken, COALES
                  FROM payments WHERE cashback_campaign_id IS NOT NULL
                UNION ALL
                SELECT campaign_id, amount_minor, 1, 0 FROM promotion_gifts) b GROUP BY campaign_id) g ON g.campaign_id = c.id
- WHERE c.spent_minor > c.budget_minor OR c.places_taken > COALESCE(c.places_max, c.places_taken)
-    OR c.spent_minor <> COALESCE(g.granted, 0) OR c.places_taken <> COALESCE(g.payments, 0)
-    OR c.clawed_back_minor <> COALESCE(g.clawed, 0);
+ WHERE k.spent_minor > c.budget_minor OR k.places_taken > COALESCE(c.places_max, k.places_taken)
+    OR k.spent_minor <> COALESCE(g.granted, 0) OR k.places_taken <> COALESCE(g.payments, 0)
+    OR c.clawed_back_minor <> COALESCE(g.clawed, 0) OR c.clawed_back_minor > k.spent_minor;
+-- name: campaign_shards_add_up
+-- A campaign's counter rows (migration 0026) hold exactly its budget and places, and are closed exactly
+-- when it was ended; a campaign without rows could never be taken from (nor checked above).
+SELECT c.id, c.budget_minor, k.budget_minor AS rows_budget, c.places_max, k.places_max AS rows_places,
+       c.ended_at, k.closed, k.open
+  FROM campaigns c
+  LEFT JOIN (SELECT campaign_id, sum(budget_minor) AS budget_minor, sum(places_max) AS places_max,
+                    count(*) FILTER (WHERE places_max IS NULL) AS unlimited, count(*) AS rows,
+                    count(*) FILTER (WHERE closed) AS closed, count(*) FILTER (WHERE NOT closed) AS open
+               FROM campaign_shards GROUP BY campaign_id) k ON k.campaign_id = c.id
+ WHERE k.campaign_id IS NULL OR k.budget_minor <> c.budget_minor
+    OR (c.places_max IS NULL AND k.unlimited <> k.rows)
+    OR (c.places_max IS NOT NULL AND (k.unlimited <> 0 OR k.places_max <> c.places_max))
+    OR (c.ended_at IS NULL AND k.closed <> 0) OR (c.ended_at IS NOT NULL AND k.open <> 0);
 -- name: campaign_holder_over_limit
 SELECT COALESCE(u.campaign_id, g.campaign_id) AS campaign_id, COALESCE(u.holder_id, g.payer_id) AS holder_id,
        COALESCE(u.uses, 0) AS uses, COALESCE(g.payments, 0) AS payments
