@@ -105,7 +105,14 @@ BEGIN
     RETURN granted;
 END $$;
 
--- gateway_pay_batch of 0025, its signature unchanged; a campaign's items now take from one counter
+-- A payment is paid for at most 8 days after its creation (domain.payments.LIFETIME_CHECKED_S: settings
+-- allow 7, a day to spare for the clocks), so a count of a holder's payments authorised within a window
+-- reads only those created within the window and 8 days (a range of payments_payer), never the holder's
+-- whole history (before: every payment it ever made, 0.48 ms with 200 of them).
+ALTER TABLE payments ADD CONSTRAINT payments_lifetime CHECK (expires_at <= created_at + interval '8 days') NOT VALID;
+ALTER TABLE payments VALIDATE CONSTRAINT payments_lifetime;
+
+-- gateway_pay_batch of 0025, its signature unchanged; velocity limits per wallet count over that range; a campaign's items now take from one counter
 -- row the batch picked (above) instead of each updating the campaign's row.
 CREATE OR REPLACE FUNCTION gateway_pay_batch(
     payment_id uuid[], seen_at timestamptz[], status text[], holder uuid[], authorized bigint[], captured bigint[],
@@ -208,6 +215,7 @@ BEGIN
                        SELECT count(*) AS n, coalesce(sum(q.amount_minor) FILTER (WHERE q.currency = $13[i]), 0) AS total
                          FROM payments q
                         WHERE q.payer_id = $4[i] AND q.id <> $1[i]
+                          AND q.created_at > $9[i] - make_interval(secs => v.window_s + 691200)
                           AND q.updated_at > $9[i] - make_interval(secs => v.window_s)
                           AND q.status IN ('requires_capture', 'succeeded', 'requires_action')) r
                  WHERE v.item = i
