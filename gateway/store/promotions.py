@@ -10,7 +10,8 @@ Invariants (proven after the fact by ``invariants.sql``: ``campaign_over_budget_
   when the campaign ended, is past its window, lacks the places or the budget; each row's CHECKs are
   the last line, so neither the places nor the budget is ever exceeded; a rolled-back payment gives
   its place and budget back with it;
-- a holder's uses are taken the same way (``campaign_uses``) before the counter rows (lock order);
+- a holder's uses are taken the same way (``campaign_uses``) before the counter rows (lock order), where
+  the campaign has a per-holder limit (gifts: one): without one nothing is counted;
 - ``end`` closes every row in the commit that sets ``ended_at``: no take after it;
 - ``clawed_back_minor`` grows only with refunds (``claw_back``), never above what was granted;
 - cashback and gifts take a place, the budget and the holder's use by the same ``take``; a gift is

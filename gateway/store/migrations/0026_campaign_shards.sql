@@ -17,6 +17,8 @@
 --   the end of a campaign (store.promotions.end) closes every row, waited for in shard order: a batch
 --     or take that then locks a row reads it closed (and every row is closed in the same commit as
 --     ended_at).
+-- A holder's uses (campaign_uses) are counted only where the campaign has a per-holder limit (gifts: one):
+-- with none there is nothing to enforce, and a row per holder and campaign to update at every payment.
 -- Lock order stays: a holder's use row, then the campaign's counter rows (in shard order when several),
 -- then balance shards. Claw-backs still count on the campaign's row (clawed_back_minor).
 CREATE TABLE campaign_shards (
@@ -61,10 +63,12 @@ BEGIN
                       AND c.starts_at <= $4 AND $4 < c.ends_at) THEN
         RETURN NULL;
     END IF;
-    INSERT INTO campaign_uses AS u (campaign_id, holder_id, uses) VALUES ($1, $2, 1)
-    ON CONFLICT (campaign_id, holder_id) DO UPDATE SET uses = u.uses + 1 WHERE u.uses < $5;
-    IF NOT FOUND THEN
-        RETURN NULL;
+    IF $5 < 2147483647 THEN  -- a per-holder limit (none: COUNT_MAX, and nothing to count)
+        INSERT INTO campaign_uses AS u (campaign_id, holder_id, uses) VALUES ($1, $2, 1)
+        ON CONFLICT (campaign_id, holder_id) DO UPDATE SET uses = u.uses + 1 WHERE u.uses < $5;
+        IF NOT FOUND THEN
+            RETURN NULL;
+        END IF;
     END IF;
     WITH pick AS (
         SELECT k.campaign_id, k.shard FROM campaign_shards k
@@ -83,7 +87,9 @@ BEGIN
       INTO left_minor, places_left, closed_any
       FROM (SELECT * FROM campaign_shards s WHERE s.campaign_id = $1 ORDER BY s.shard FOR UPDATE) k;
     IF closed_any IS NOT FALSE OR left_minor <= 0 OR places_left <= 0 THEN
-        UPDATE campaign_uses u SET uses = u.uses - 1 WHERE u.campaign_id = $1 AND u.holder_id = $2;
+        IF $5 < 2147483647 THEN
+            UPDATE campaign_uses u SET uses = u.uses - 1 WHERE u.campaign_id = $1 AND u.holder_id = $2;
+        END IF;
         RETURN NULL;
     END IF;
     granted := least($3, left_minor);
@@ -221,9 +227,11 @@ BEGIN
                  WHERE v.item = i
                    AND (r.n + 1 > v.count_max OR r.total + $42[i] > v.amount_max)));
             IF $38[i] IS NOT NULL THEN
-                INSERT INTO campaign_uses AS u (campaign_id, holder_id, uses) VALUES ($38[i], $4[i], 1)
-                ON CONFLICT (campaign_id, holder_id) DO UPDATE SET uses = u.uses + 1 WHERE u.uses < $41[i];
-                PERFORM gateway_at_once(FOUND);
+                IF $41[i] < 2147483647 THEN
+                    INSERT INTO campaign_uses AS u (campaign_id, holder_id, uses) VALUES ($38[i], $4[i], 1)
+                    ON CONFLICT (campaign_id, holder_id) DO UPDATE SET uses = u.uses + 1 WHERE u.uses < $41[i];
+                    PERFORM gateway_at_once(FOUND);
+                END IF;
                 j := array_position(cs, $38[i]);
                 PERFORM gateway_at_once(css[j] IS NOT NULL AND c_starts[j] <= $9[i] AND $9[i] < c_ends[j]
                                         AND c_used[j] + $39[i] <= c_room[j]

@@ -275,7 +275,10 @@ SELECT COALESCE(u.campaign_id, g.campaign_id) AS campaign_id, COALESCE(u.holder_
                SELECT campaign_id, holder_id FROM promotion_gifts) b
               GROUP BY campaign_id, payer_id) g ON g.campaign_id = u.campaign_id AND g.payer_id = u.holder_id
   LEFT JOIN campaigns c ON c.id = COALESCE(u.campaign_id, g.campaign_id)
- WHERE COALESCE(u.uses, 0) > COALESCE(c.per_holder_max, COALESCE(u.uses, 0)) OR COALESCE(u.uses, 0) <> COALESCE(g.payments, 0)
+ WHERE COALESCE(u.uses, 0) > COALESCE(c.per_holder_max, COALESCE(u.uses, 0))
+    -- uses are counted where there is a limit (gifts: one); without, a row left from before 0026 counts fewer
+    OR (CASE WHEN c.per_holder_max IS NOT NULL OR c.rule IN ('gift_registration', 'gift_first_payment')
+             THEN COALESCE(u.uses, 0) <> COALESCE(g.payments, 0) ELSE COALESCE(u.uses, 0) > COALESCE(g.payments, 0) END)
     OR (c.rule IN ('gift_registration', 'gift_first_payment') AND COALESCE(u.uses, 0) > 1);
 -- name: conversion_differs_from_its_entry
 SELECT c.id FROM conversions c
