@@ -8,6 +8,7 @@ The fixtures prove every ledger invariant after each test (among them
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
 import io
 import json
@@ -17,7 +18,9 @@ from typing import Any
 
 import asyncpg
 import pytest
+from lxml import etree
 
+from gateway.banksim import Movement, book, camt053
 from gateway.domain.ids import Kind, decode
 from gateway.store import invariants
 from tests.integration.world import Holder, Merchant, World
@@ -244,8 +247,10 @@ async def test_a_batch_deducts_the_merchants_cashback_and_pays_what_the_ledger_o
     bank's cashback (which the merchant does not pay); the next day the rest is refunded (the clawback
     comes back to the merchant, the net is negative and carried). Each batch's figures, its detail
     report, the run's totals and files agree, and its payout is what its entries posted to the
-    merchant's receivable."""
+    merchant's receivable; the payout file instructs it and the bank statement reconciles it."""
     m = await world.merchant(fee_bps=100)
+    await world.call("POST", f"/v1/operator/merchants/{m.id}/payout_account", 201, headers=world.ops,
+                     json={"holder_name": "Best Noodles Ltd", "bank_name": "ICBC", "account_number": "6222020200998877"})
     h = await world.holder(top_up=100_000)
     mine = await _cashback(world, m, percent_bps=500)
     _, p1 = await _paid(world, m, h, 10_000)  # fee 100, cashback 500 (the merchant's)
@@ -290,7 +295,17 @@ async def test_a_batch_deducts_the_merchants_cashback_and_pays_what_the_ledger_o
     assert summary.status == 200
     (row,) = list(csv.DictReader(io.StringIO((await summary.read()).decode())))
     assert (row["cashback"], row["net"], row["payout"]) == ("300", "8610", "8610")
+    pain = await world.client.get(f"/v1/operator/settlement_runs/{run['id']}/files/pain001.xml", headers=world.ops)
+    amounts = etree.fromstring(await pain.read()).findall(".//{*}InstdAmt")
+    assert [a.text for a in amounts] == ["86.10"]
     await world.call("POST", f"/v1/operator/payouts/{payouts[0]['id']}/mark_paid", headers=world.ops, json={})
+    statement = camt053(book([Movement(payouts[0]["reference"], "DBIT", 8_610,
+                                       date.fromisoformat(payouts[0]["execution_date"]))]), statement_id="STMT-CB-1")
+    imported = await world.call("POST", "/v1/operator/bank_statements", 201, headers=world.ops,
+                                json={"content_base64": base64.b64encode(statement).decode()})
+    assert imported["matched"] == {"reference": 1} and imported["exceptions"] == {}, imported
+    reconciled = await world.call("GET", f"/v1/settlement_batches/{got[0]['id']}", headers=m.headers)
+    assert reconciled["status"] == "reconciled"
     assert await world.merchant_total(m) == -5_640  # the carried claw-back, owed by the merchant
 
 
