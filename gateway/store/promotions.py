@@ -153,11 +153,13 @@ async def existing(conn: Connection, table: str, ids: list[uuid.UUID]) -> set[uu
     return {r["id"] for r in await conn.fetch(_EXISTING[table], ids)}
 
 
-async def record_cashback(conn: Connection, payment_id: uuid.UUID, campaign_id: uuid.UUID, amount_minor: int) -> None:
-    """The cashback of the payment's capture, on its (locked) row, just before the capture's own update
-    of it (whose answer then carries it)."""
-    await conn.execute("UPDATE payments SET cashback_campaign_id = $2, cashback_minor = $3 WHERE id = $1",
-                       payment_id, campaign_id, amount_minor)
+async def record_cashback(conn: Connection, payment_id: uuid.UUID, campaign_id: uuid.UUID, amount_minor: int,
+                          funded_by: str) -> None:
+    """The cashback of the payment's capture and who funds it (``bank`` or ``merchant``), on its (locked)
+    row, just before the capture's own update of it (whose answer then carries it)."""
+    await conn.execute(
+        "UPDATE payments SET cashback_campaign_id = $2, cashback_minor = $3, cashback_funded_by = $4 WHERE id = $1",
+        payment_id, campaign_id, amount_minor, funded_by)
 
 
 async def claw_back_cashback(conn: Connection, payment_id: uuid.UUID, campaign_id: uuid.UUID, amount_minor: int) -> None:
@@ -195,8 +197,8 @@ _BENEFITS = """(
            discount_clawed_back_minor AS clawed_back_minor
       FROM payments WHERE campaign_id IS NOT NULL
     UNION ALL
-    SELECT 'cashback', id, id, payer_id, created_at, cashback_campaign_id, cashback_minor, currency, 'bank',
-           cashback_clawed_back_minor
+    SELECT 'cashback', id, id, payer_id, created_at, cashback_campaign_id, cashback_minor, currency,
+           cashback_funded_by, cashback_clawed_back_minor
       FROM payments WHERE cashback_campaign_id IS NOT NULL
     UNION ALL
     SELECT 'gift_' || kind, id, payment_id, holder_id, created_at, campaign_id, amount_minor, currency, 'bank', 0

@@ -25,7 +25,7 @@ SELECT a.id, b.held_minor, COALESCE(h.total, 0) AS authorized
 SELECT pay.id, pay.captured_minor, pay.refunded_minor, pay.fee_minor
   FROM payments pay
   LEFT JOIN (SELECT e.payment_id,
-                    sum(p.amount_minor) FILTER (WHERE e.kind = 'capture' AND a.kind = 'wallet') AS captured,
+                    sum(p.amount_minor) FILTER (WHERE e.kind = 'capture' AND a.kind = 'wallet' AND p.amount_minor < 0) AS captured,
                     sum(p.amount_minor) FILTER (WHERE e.kind = 'capture' AND a.kind = 'fees') AS fee,
                     sum(p.amount_minor) FILTER (WHERE e.kind = 'refund' AND a.kind = 'wallet') AS refunded,
                     count(DISTINCT e.id) FILTER (WHERE e.kind = 'capture') AS captures
@@ -89,12 +89,28 @@ SELECT b.id FROM settlement_batches b
                     COALESCE(sum(amount_minor) FILTER (WHERE kind = 'capture'), 0) AS captured,
                     COALESCE(sum(amount_minor) FILTER (WHERE kind = 'refund'), 0) AS refunded,
                     COALESCE(sum(fee_minor) FILTER (WHERE kind = 'capture'), 0) - COALESCE(sum(fee_minor) FILTER (WHERE kind = 'refund'), 0) AS fee,
+                    COALESCE(sum(cashback_minor) FILTER (WHERE kind = 'capture'), 0)
+                    - COALESCE(sum(cashback_minor) FILTER (WHERE kind = 'refund'), 0) AS cashback,
                     sum(net_minor) AS net
                FROM settlement_lines WHERE batch_id IS NOT NULL GROUP BY batch_id) l ON l.batch_id = b.id
  WHERE (COALESCE(l.captures, 0), COALESCE(l.refunds, 0), COALESCE(l.captured, 0), COALESCE(l.refunded, 0), COALESCE(l.fee, 0),
-        COALESCE(l.net, 0) + b.carry_in_minor)
+        COALESCE(l.cashback, 0), COALESCE(l.net, 0) + b.carry_in_minor)
        IS DISTINCT FROM (b.capture_count::int8, b.refund_count::int8, b.captured_minor::numeric, b.refunded_minor::numeric,
-                         b.fee_minor::numeric, b.net_minor::numeric);
+                         b.fee_minor::numeric, b.cashback_minor::numeric, b.net_minor::numeric);
+-- name: settlement_line_differs_from_its_merchant_postings
+-- What settlement counts of an entry (its line's net: gross - fee - the merchant's cashback, signed) is
+-- exactly what the entry posted to its own merchant's receivable in its currency, so a batch's payout is
+-- what the ledger says the merchant is owed, entry by entry.
+SELECT l.entry_id, l.net_minor, x.posted
+  FROM settlement_lines l
+  LEFT JOIN (SELECT p.entry_id, sum(p.amount_minor) AS posted, min(a.owner_id::text) AS owner_min,
+                    max(a.owner_id::text) AS owner_max, min(a.currency) AS currency_min, max(a.currency) AS currency_max
+               FROM postings p JOIN accounts a ON a.id = p.account_id JOIN journal_entries e ON e.id = p.entry_id
+              WHERE a.kind = 'merchant_receivable' AND e.kind IN ('capture', 'refund') GROUP BY p.entry_id) x
+    ON x.entry_id = l.entry_id
+ WHERE COALESCE(x.posted, 0) <> l.net_minor
+    OR x.owner_min <> l.merchant_id::text OR x.owner_max <> l.merchant_id::text
+    OR x.currency_min <> l.currency OR x.currency_max <> l.currency;
 -- name: entry_settled_by_a_wrong_batch
 SELECT l.entry_id FROM settlement_lines l LEFT JOIN settlement_batches b ON b.id = l.batch_id
  WHERE l.batch_id IS NOT NULL AND (b.id IS NULL OR b.merchant_id <> l.merchant_id OR b.currency <> l.currency OR l.created_at >= b.window_end);
@@ -176,7 +192,7 @@ SELECT c.currency, COALESCE(l.total, 0) AS ledger, COALESCE(b.net, 0) + COALESCE
   LEFT JOIN (SELECT currency, sum(discount_clawed_back_minor - discount_minor) AS net FROM payments
               WHERE discount_funded_by = 'bank' GROUP BY currency) b ON b.currency = c.currency
   LEFT JOIN (SELECT currency, sum(cashback_clawed_back_minor - cashback_minor) AS net FROM payments
-              WHERE cashback_minor > 0 GROUP BY currency) k ON k.currency = c.currency
+              WHERE cashback_funded_by = 'bank' GROUP BY currency) k ON k.currency = c.currency
   LEFT JOIN (SELECT currency, sum(amount_minor) AS total FROM promotion_gifts GROUP BY currency) g ON g.currency = c.currency
  WHERE COALESCE(l.total, 0) <> COALESCE(b.net, 0) + COALESCE(k.net, 0) - COALESCE(g.total, 0);
 -- name: payment_promotion_postings
@@ -190,7 +206,7 @@ SELECT pay.id, pay.discount_minor, pay.discount_clawed_back_minor, pay.cashback_
   LEFT JOIN (SELECT payment_id, sum(discount_clawed_back_minor) AS clawed, sum(cashback_clawed_back_minor) AS cashback_clawed
                FROM refunds GROUP BY payment_id) r ON r.payment_id = pay.id
  WHERE COALESCE(x.promo, 0) <> CASE WHEN pay.discount_funded_by = 'bank' THEN pay.discount_clawed_back_minor - pay.discount_minor ELSE 0 END
-                               + pay.cashback_clawed_back_minor
+                               + CASE WHEN pay.cashback_funded_by = 'bank' THEN pay.cashback_clawed_back_minor ELSE 0 END
     OR COALESCE(r.clawed, 0) <> pay.discount_clawed_back_minor
     OR COALESCE(r.cashback_clawed, 0) <> pay.cashback_clawed_back_minor
     OR (pay.discount_funded_by = 'merchant' AND pay.discount_clawed_back_minor <> 0);
@@ -205,13 +221,47 @@ SELECT pay.id, pay.cashback_minor, x.entries, x.wallet, x.promo, x.others
                     min(a.owner_id::text) FILTER (WHERE a.kind = 'wallet') AS owner
                FROM journal_entries e JOIN postings p ON p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
               WHERE e.kind = 'cashback' GROUP BY e.payment_id) x ON x.payment_id = pay.id
- WHERE (pay.cashback_minor > 0 OR x.payment_id IS NOT NULL)
-   AND (x.entries IS DISTINCT FROM 1 OR x.wallet IS DISTINCT FROM pay.cashback_minor OR x.promo IS DISTINCT FROM -pay.cashback_minor
+ WHERE (pay.cashback_funded_by = 'bank' OR x.payment_id IS NOT NULL)
+   AND (pay.cashback_funded_by IS DISTINCT FROM 'bank' OR x.entries IS DISTINCT FROM 1 OR x.wallet IS DISTINCT FROM pay.cashback_minor OR x.promo IS DISTINCT FROM -pay.cashback_minor
         OR x.others <> 0 OR x.wallets <> 1 OR x.owner IS DISTINCT FROM pay.payer_id::text
         OR pay.cashback_minor > pay.captured_minor)
 UNION ALL
 SELECT e.payment_id, NULL, count(*), NULL, NULL, NULL FROM journal_entries e WHERE e.kind = 'cashback' AND e.payment_id IS NULL
  GROUP BY e.payment_id;
+-- name: merchant_cashback_differs_from_its_capture
+-- A merchant-funded cashback is paid inside its capture's entry: the merchant's receivable debited exactly
+-- cashback_minor (beside its credit of captured - fee, which it never exceeds) and the payer's wallet
+-- credited exactly that (beside its debit of what was captured), with no 'cashback' entry and nothing of the
+-- promotions account; any other capture has neither leg. Its refunds give it back to the merchant: each
+-- refund entry credits the merchant its clawback beside the debit of amount - fee given back.
+SELECT pay.id, pay.cashback_minor, pay.cashback_funded_by, x.wallet_credit, x.merchant_debit, x.merchant_credit
+  FROM payments pay
+  JOIN (SELECT e.payment_id,
+               COALESCE(sum(p.amount_minor) FILTER (WHERE a.kind = 'wallet' AND p.amount_minor > 0), 0) AS wallet_credit,
+               COALESCE(sum(p.amount_minor) FILTER (WHERE a.kind = 'merchant_receivable' AND p.amount_minor < 0), 0)
+                   AS merchant_debit,
+               COALESCE(sum(p.amount_minor) FILTER (WHERE a.kind = 'merchant_receivable' AND p.amount_minor > 0), 0)
+                   AS merchant_credit,
+               count(*) FILTER (WHERE a.kind = 'promotions') AS promo,
+               min(a.owner_id::text) FILTER (WHERE a.kind = 'wallet') AS wallet_min,
+               max(a.owner_id::text) FILTER (WHERE a.kind = 'wallet') AS wallet_max
+          FROM journal_entries e JOIN postings p ON p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
+         WHERE e.kind = 'capture' AND e.payment_id IS NOT NULL GROUP BY e.payment_id) x ON x.payment_id = pay.id
+ WHERE x.wallet_credit <> CASE WHEN pay.cashback_funded_by = 'merchant' THEN pay.cashback_minor ELSE 0 END
+    OR x.merchant_debit <> -x.wallet_credit OR x.merchant_credit <> pay.captured_minor - pay.fee_minor
+    OR x.wallet_min IS DISTINCT FROM pay.payer_id::text OR x.wallet_max IS DISTINCT FROM pay.payer_id::text
+    OR (pay.cashback_funded_by = 'merchant' AND (x.promo <> 0 OR pay.cashback_minor > pay.captured_minor - pay.fee_minor
+        OR EXISTS (SELECT 1 FROM journal_entries c WHERE c.payment_id = pay.id AND c.kind = 'cashback')))
+UNION ALL
+SELECT pay.id, pay.cashback_minor, pay.cashback_funded_by, NULL, NULL, y.merchant_credit
+  FROM payments pay
+  JOIN (SELECT r.payment_id,
+               COALESCE(sum(p.amount_minor) FILTER (WHERE a.kind = 'merchant_receivable' AND p.amount_minor > 0), 0)
+                   AS merchant_credit
+          FROM refunds r JOIN journal_entries e ON e.refund_id = r.id AND e.kind = 'refund'
+          JOIN postings p ON p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
+         GROUP BY r.payment_id) y ON y.payment_id = pay.id
+ WHERE y.merchant_credit <> CASE WHEN pay.cashback_funded_by = 'merchant' THEN pay.cashback_clawed_back_minor ELSE 0 END;
 -- name: gifts_differ_from_their_entries
 SELECT COALESCE(g.holder_id, x.holder_id) AS holder_id, COALESCE(g.currency, x.currency) AS currency,
        g.gifts, g.total, x.entries, x.total AS posted
