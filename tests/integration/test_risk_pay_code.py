@@ -178,12 +178,17 @@ async def test_a_verified_challenge_and_the_pin_confirm_a_charge_held_for_both(w
     otp = await sms_gateway().code(h.phone, asked["challenge"])
     await world.call("POST", f"/v1/wallet/risk_challenges/{asked['challenge']}/verify", headers=h.headers,
                      json={"code": otp})
+    # Verified, not yet confirmed: the code still opens no other payment of that amount at that merchant.
+    other = await world.payment(m, 700)
+    refused = await world.call("POST", f"/v1/wallet/payments/{other['id']}/pay", 402, headers=h.headers,
+                               json={"pin": PIN})
+    assert refused["error"]["code"] == "otp_required" and refused["error"]["challenge"] != asked["challenge"]
     without_pin = await _confirm(world, h, charged["id"], 402)  # the code was verified; the PIN is missing
     assert without_pin["error"]["code"] == "pin_required"
     ok = await _confirm(world, h, charged["id"], pin=PIN)
     assert ok["status"] == "succeeded" and await world.available(h) == 9_300
     outcomes = [(d["outcome"], d["passed"]) for d in await _decisions(world, h)]
-    assert outcomes == [("allow", ["otp", "pin"]), ("require_otp", [])]
+    assert outcomes == [("allow", ["otp", "pin"]), ("require_otp", ["pin"]), ("require_otp", [])]
 
 
 async def test_an_unconfirmed_held_charge_is_reversed_by_the_worker(world: World, clean_db: str) -> None:
