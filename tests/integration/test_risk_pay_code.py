@@ -6,6 +6,7 @@ unconfirmed charge is reversed by the worker, and the fixtures prove the invaria
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -228,3 +229,20 @@ async def test_a_decline_stays_a_decline_and_a_held_charge_failing_leaves_nothin
     assert [d["outcome"] for d in await _decisions(world, h)] == ["decline"]
     assert await _fetch(clean_db, "SELECT id FROM sign_in_challenges WHERE reason = 'payment'") == []
     assert len(await _alerts(world, h)) == 1 and await world.available(h) == 10_000
+
+
+async def test_concurrent_confirmations_of_a_held_charge_confirm_it_once(world: World) -> None:
+    m = await world.merchant(fee_bps=0)
+    h = await _device_holder(world, 10_000)
+    await world.call("POST", "/v1/wallet/pin", headers=h.headers, json={"pin": PIN})
+    await _rule(world, kind="blocked_wallet", wallet=h.id, outcome="require_pin")
+    charged = await _charge(world, m, await _pay_code(world, h), 800)
+
+    async def attempt() -> int:
+        resp = await world.client.post(f"/v1/wallet/payments/{charged['id']}/confirm", json={"pin": PIN},
+                                       headers={**h.headers, "Idempotency-Key": uuid.uuid4().hex})
+        return resp.status
+
+    assert sorted(await asyncio.gather(*(attempt() for _ in range(4)))) == [200, 409, 409, 409]
+    assert await world.available(h) == 9_200 and await world.merchant_total(m) == 800
+    assert [d["outcome"] for d in await _decisions(world, h)] == ["allow", "require_pin"]
