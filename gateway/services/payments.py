@@ -425,7 +425,7 @@ async def _authorize_locked(
     limits.check_payment(svc.tiers[holder["tier"]], payment.currency, holder["spent_minor"] - payment.amount_minor,
                          payment.amount_minor)
     held = await risk.check(svc, conn, payment, holder_id, channel=channel, now=now, hold=confirmable)
-    confirm_s = svc.settings.wallet.confirmation_timeout_s if needs_confirmation or held is not None else None
+    confirm_s = svc.settings.wallet.confirmation_timeout_s if needs_confirmation or held else None
     payment = payment.authorize(holder_id, now, svc.settings.payments.authorization_ttl_s, confirm_within_s=confirm_s)
     granted = None
     if payment.status is Status.SUCCEEDED:  # only a payment captured at once is discounted
@@ -617,7 +617,7 @@ async def confirm(svc: Services, who: Principal, text_id: str, pin: str | None, 
     pin_needed = (held is None or risk_domain.StepUp.PIN in asked or pin is not None
                   or pins.needed(svc, head["currency"], head["amount_minor"]))
 
-    async def check_pin(conn: Connection) -> None:
+    async def check_step_ups(conn: Connection) -> None:
         if pin_needed:
             await pins.verify(svc, who.id, pin, conn)
         if held is not None and risk_domain.StepUp.OTP in asked:
@@ -644,7 +644,7 @@ async def confirm(svc: Services, who: Principal, text_id: str, pin: str | None, 
         await _record(conn, updated, who.id)
         return 200, await payer_view(conn, updated)
 
-    return await svc.idempotency.run(identity, work, before=check_pin)
+    return await svc.idempotency.run(identity, work, before=check_step_ups)
 
 
 async def awaiting_confirmation(svc: Services, who: Principal, page: PageRequest) -> views.PayerPaymentList:

@@ -191,20 +191,20 @@ async def _facts(conn: Connection, rules: list[risk.Rule], attempt: risk.Attempt
 
 
 async def check(svc: Services, conn: Connection, payment: Payment, holder_id: uuid.UUID, *, channel: str,
-                now: datetime, hold: bool = False) -> Held | None:
+                now: datetime, hold: bool = False) -> bool:
     """Raise a ``RiskRefusal`` when the rules refuse this payment (call it with the holder's spend row
     locked); record the decision when a rule concerned it. With ``hold`` (the holder confirms the payment
-    later, in the app) a step-up nobody in the request passed holds the payment instead (``Held``: the
-    caller authorises it in requires_action)."""
+    later, in the app) a step-up nobody in the request passed holds the payment instead: True, and the
+    caller authorises it in requires_action."""
     rules = await svc.risk_rules.load(conn)
     if not rules:
-        return None
+        return False
     present = _PRESENT.get()
     attempt = risk.Attempt(payment.id, holder_id, payment.merchant_id, payment.currency, payment.amount_minor,
                            None if present is None else present.device_id, channel)
     concerned = tuple(r for r in rules if risk.applies(r, attempt))
     if not concerned:
-        return None
+        return False
     passed = {risk.StepUp.PIN} if (present is not None and present.pin_verified) or channel == "tap" else set()
     facts = await _facts(conn, list(concerned), attempt, now)
     decision = risk.decide(concerned, attempt, facts, frozenset(passed))
@@ -220,14 +220,13 @@ async def check(svc: Services, conn: Connection, payment: Payment, holder_id: uu
             svc.settings.sign_in.code_ttl_s) is not None:
         passed.add(risk.StepUp.OTP)
         decision = risk.decide(concerned, attempt, facts, frozenset(passed))
-    if hold and present is None and decision.outcome in risk.STEP_UP_OF:
-        held = await _hold(svc, conn, attempt, decision, now)
-        if held is not None:  # counted in its windows: the amount is reserved
-            return held
+    if hold and present is None and decision.outcome in risk.STEP_UP_OF and await _hold(svc, conn, attempt,
+                                                                                        decision, now):
+        return True  # counted in its windows: the amount is reserved
     if decision.outcome is risk.Outcome.ALLOW:
         if decision.recorded or counted:
             await _insert(conn, attempt, decision, now, uuid.uuid4(), challenge_id=None)
-        return None
+        return False
     for key in charged.windows:  # not authorised: out of the windows again
         await svc.accel.window_give_back(key, charged.member)
     raise await _refusal(svc, conn, attempt, decision, now, holder_present=present is not None)
@@ -292,33 +291,25 @@ async def _refusal(svc: Services, conn: Connection, attempt: risk.Attempt, decis
 # --- a payment held for its step-ups -------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Held:
-    """A payment the rules hold until its holder passes ``step_ups`` in the app (``check`` with ``hold``)."""
-
-    decision_id: uuid.UUID
-    step_ups: frozenset[risk.StepUp]
-
-
 async def _hold(svc: Services, conn: Connection, attempt: risk.Attempt, decision: risk.Decision,
-                now: datetime) -> Held | None:
-    """Record the decision that holds the payment, with its code's challenge when a code is asked and its
-    alerts, in the payment's transaction (they exist exactly when the held payment does); None when a
-    code is asked that cannot be sent (the caller declines)."""
-    step_ups = risk.asked(r.outcome for r in decision.reasons)
-    challenge_id = phone = None
-    if risk.StepUp.OTP in step_ups:
+                now: datetime) -> bool:
+    """Record the decision that holds the payment until its holder passes the step-ups asked in the app,
+    with its code's challenge when a code is asked and its alerts, in the payment's transaction (they
+    exist exactly when the held payment does); False when a code is asked that cannot be sent (the
+    caller declines)."""
+    challenge_id = None
+    if risk.StepUp.OTP in risk.asked(r.outcome for r in decision.reasons):
         holder = await sign_in_store.holder_password(conn, attempt.holder_id)
         if holder is None or not await _code_can_be_sent(svc, conn, attempt.holder_id, now):
-            return None
-        challenge_id, phone = uuid.uuid4(), str(holder["phone"])
-        await sign_in.start_challenge(conn, svc, attempt.holder_id, phone, PAYMENT_REASON, None, challenge_id)
-    decision_id = uuid.uuid4()
-    row = await _insert(conn, attempt, decision, now, decision_id, challenge_id=challenge_id, held=True)
+            return False
+        challenge_id = uuid.uuid4()
+        await sign_in.start_challenge(conn, svc, attempt.holder_id, str(holder["phone"]), PAYMENT_REASON, None,
+                                      challenge_id)
+    row = await _insert(conn, attempt, decision, now, uuid.uuid4(), challenge_id=challenge_id, held=True)
     await _alert(svc, conn, row)
     if challenge_id is not None:
         sign_in.codes_sent(svc)
-    return Held(decision_id, step_ups)
+    return True
 
 
 @dataclass(frozen=True, slots=True)

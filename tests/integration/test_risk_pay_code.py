@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import pytest
 
 from gateway.services.context import Services
 from gateway.store import invariants
 from gateway.workers.expiry import tick
 from tests.conftest import make_settings, sms_gateway
+from tests.integration.conftest import serving
 from tests.integration.test_qr_paycode import _device_holder
 from tests.integration.world import Holder, Merchant, World
 
@@ -246,3 +249,22 @@ async def test_concurrent_confirmations_of_a_held_charge_confirm_it_once(world: 
     assert sorted(await asyncio.gather(*(attempt() for _ in range(4)))) == [200, 409, 409, 409]
     assert await world.available(h) == 9_200 and await world.merchant_total(m) == 800
     assert [d["outcome"] for d in await _decisions(world, h)] == ["allow", "require_pin"]
+
+
+@pytest.fixture
+async def few_codes_world(clean_db: str) -> AsyncIterator[World]:
+    """The holder's codes run out after registering and signing in on its device (two challenges)."""
+    settings = make_settings(sign_in={"challenges_per_holder_max": 2})
+    async with serving(clean_db, settings) as client:
+        yield await World.create(client)
+
+
+async def test_a_code_that_cannot_be_sent_declines_the_charge(few_codes_world: World) -> None:
+    world = few_codes_world
+    m = await world.merchant()
+    h = await _device_holder(world, 10_000)
+    await _rule(world, kind="blocked_wallet", wallet=h.id, outcome="require_otp")
+    refused = await _charge(world, m, await _pay_code(world, h), 300, 402)
+    assert refused["error"]["code"] == "risk_declined"
+    assert [(d["outcome"], d["challenge"]) for d in await _decisions(world, h)] == [("decline", None)]
+    assert await world.available(h) == 10_000 and await _held(world, h) == 0
