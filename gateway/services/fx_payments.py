@@ -229,17 +229,20 @@ async def lock_returns(conn: Connection, given: list[tuple[asyncpg.Record, int]]
     what a refund credits, or what a cancel, expiry or capture of less releases of the hold), the conversion
     back of those units AT THE PAYMENT'S OWN CONVERSION'S RATE, one piece of arithmetic for refunds and
     releases (``Return.of``: running totals rounded down, so together they never give back more than the
-    conversion took). Payments in the wallet's own currency convert nothing: empty, and nothing locked.
+    conversion took). Payments in the wallet's own currency convert nothing: empty.
 
     Locks, for the whole list at once (the expiry worker gives back a batch in one transaction), after
     the daily spend rows the caller took: the conversion rows, then every wallet the list touches (each
     payment's wallet, and its holder's source wallet) in account id order, then every FX shard the returns
     change in (account id, shard) order, before the caller's entries take the merchant's: a pay through a
-    quote takes FX shards before the merchant's too, so the use cases never deadlock."""
+    quote takes FX shards before the merchant's too, so the use cases never deadlock. One payment in the
+    wallet's own currency locks nothing here (its entry locks its one wallet); several lock their wallets
+    in account id order all the same (a batch's holder may hold in two currencies while it pays through
+    a quote, which takes both wallets in that order)."""
     owed = {row["id"]: (row, target_minor) for row, target_minor in given
             if target_minor > 0 and row["payer_id"] is not None}
     conversions = await store.payment_conversions(conn, list(owed)) if owed else []
-    if not conversions:
+    if not conversions and len(owed) < 2:
         return []
     accounts = await ledger_store.existing_accounts(conn, [ref for c in conversions for ref in _refs(c)])
     await ledger_store.lock_single_shard(conn, sorted(
@@ -252,7 +255,8 @@ async def lock_returns(conn: Connection, given: list[tuple[asyncpg.Record, int]]
         entry = ledger.conversion_return(c["holder_id"], c["from_currency"], c["to_currency"], back.target_minor,
                                          back.source_minor, back.fee_minor)
         backs.append(Returning(c["id"], c["payment_id"], back, entry, accounts, ledger_store.movement(entry, accounts)))
-    await ledger_store.lock(conn, *(b.move for b in backs))
+    if backs:
+        await ledger_store.lock(conn, *(b.move for b in backs))
     return backs
 
 

@@ -144,6 +144,27 @@ async def test_a_converted_hold_expired_by_the_worker_converts_back(clean_db: st
         assert len(events["data"]) == 4
 
 
+async def test_a_capture_after_the_authorisation_lapsed_expires_and_converts_back(world: World, clean_db: str) -> None:
+    await _rate(world, "EUR", "CNY", "7.8", 30)
+    m = await world.merchant()
+    h = await world.holder(top_up=100_000)
+    pid, fx = await _held(world, m, h, 800, "EUR")
+    conn = await asyncpg.connect(clean_db)
+    try:
+        await conn.execute("UPDATE payments SET authorization_expires_at = now() - interval '1 second' WHERE id = $1",
+                           decode(Kind.PAYMENT, pid))
+    finally:
+        await conn.close()
+    key = {**m.headers, "Idempotency-Key": "late-capture-1"}
+    late = await world.call("POST", f"/v1/payments/{pid}/capture", 409, headers=key, json={})
+    assert late["error"]["code"] == "authorization_expired"
+    assert await world.call("POST", f"/v1/payments/{pid}/capture", 409, headers=key, json={}) == late
+    sell, receive = fx["from_amount"], fx["to_amount"]
+    assert await _balances(world, h) == {"CNY": (100_000 - sell + share(sell, 800, receive), 0),
+                                         "EUR": (receive - 800, 0)}
+    assert (await world.call("GET", f"/v1/payments/{pid}", headers=m.headers))["status"] == "expired"
+
+
 async def test_a_partial_capture_then_refunds_of_the_rest_in_yen(world: World, clean_db: str) -> None:
     await _rate(world, "CNY", "JPY", "21.05")
     m = await world.merchant()
