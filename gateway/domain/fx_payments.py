@@ -5,16 +5,17 @@ A payment in currency T from a wallet in S is paid through a conversion (gateway
 keeps any excess in its T wallet) plus the fee ``fee_minor`` in T. The payment then takes its
 amount from the T wallet as any payment does.
 
-A refund converts back AT THE ORIGINAL CONVERSION'S RATE, not today's: the T minor units a refund
-credits to the wallet are sold back for the same share of what the holder paid, fee included
-(``Return.of``). With ``returned`` the T units given back so far (this refund included):
+A refund, and a release of a hold (cancel, expiry, capture of less), converts back AT THE ORIGINAL
+CONVERSION'S RATE, not today's: the T minor units a refund credits to the wallet, or a release frees in
+it, are sold back for the same share of what the holder paid, fee included (``Return.of``). With
+``returned`` the T units given back so far by releases and refunds together (this one included):
 - source given back so far = ``floor(sell_minor * returned / receive_minor)``;
 - fee given back so far   = ``floor(fee_minor * returned / receive_minor)``;
-- a refund gives back the growth of those totals. Rounding is DOWN on the running totals, in
-  minor units of each currency (JPY 0, EUR 2, KWD 3 decimals alike), so partial refunds never sum
-  to more than one full refund, a refund of everything received gives back exactly ``sell_minor``
-  and ``fee_minor``, and a refund's share is never more than its exact share plus what earlier
-  refunds' rounding held back (at most one source minor unit in all).
+- a return gives back the growth of those totals. Rounding is DOWN on the running totals, in
+  minor units of each currency (JPY 0, EUR 2, KWD 3 decimals alike), so partial returns never sum
+  to more than one full return, a return of everything received gives back exactly ``sell_minor``
+  and ``fee_minor``, and a return's share is never more than its exact share plus what earlier
+  returns' rounding held back (at most one source minor unit in all).
 Money is never made: what the holder gets back is at most what it paid for the same share.
 """
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Return:
-    target_minor: int  # T units sold back (what the refund credited the wallet)
+    target_minor: int  # T units sold back (what the refund credited the wallet, or the release freed)
     source_minor: int  # S units the holder gets back (may be 0 when one T unit is worth less than one S unit)
     fee_minor: int  # T units of the conversion's fee given back with them
 

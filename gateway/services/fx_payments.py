@@ -1,4 +1,4 @@
-"""Paying a payment in a currency the wallet lacks (Alipay abroad), and refunds converted back.
+"""Paying a payment in a currency the wallet lacks (Alipay abroad), and refunds and releases converted back.
 
 What the payer sees and does:
 - the payment's preview (``POST /v1/wallet/qr/preview``, ``GET /v1/payments/{id}`` as its payer)
@@ -20,11 +20,12 @@ payment row, the holder, the day's spend, the quote row, then balance rows):
   entry through the FX positions, fee to ``fx_fees``; the conversion row names the payment); the
   payment then holds or captures from that wallet exactly as a payment in the wallet's own
   currency does. A manual-capture payment is thus converted at authorisation and held in the
-  payment's currency; capturing less, cancelling or expiring releases the hold in that currency
-  (the money stays the holder's, in that wallet; it is not converted back);
+  payment's currency; capturing less, cancelling or expiring releases the hold and converts what it
+  released back, at the conversion's own rate, in the release's transaction (``lock_returns``);
 - any rounding excess of the quote (it buys at least the amount) stays in the holder's wallet.
 - a refund converts back what it credits to the wallet at the ORIGINAL conversion's rate
-  (gateway/domain/fx_payments.py: running totals rounded down), in the refund's transaction.
+  (gateway/domain/fx_payments.py: running totals rounded down), in the refund's transaction; a release
+  does the same with what it frees, through the same code and the same running totals.
 """
 
 from __future__ import annotations
@@ -211,38 +212,52 @@ def with_fx(view: views.PayerPaymentView, fx: views.PaymentFxView | None) -> vie
 
 
 @dataclass(frozen=True, slots=True)
-class Refunding:
-    """A refund's conversion back, decided (and its balance shards locked) before the refund's entry."""
+class Returning:
+    """Money of a payment's currency given back to its holder's wallet (a refund's credit, or the part of a
+    hold released) and converted back, decided (and its balance shards locked) before the entry that gives it."""
 
     conversion_id: uuid.UUID
+    payment_id: uuid.UUID
     given: Return
     entry: ledger.Entry
     accounts: dict[ledger.AccountRef, ledger_store.Account]
     move: ledger_store.Movement
 
 
-async def lock_for_refund(conn: Connection, payment: asyncpg.Record, credited_minor: int) -> Refunding | None:
-    """A refund's first step: the payment's conversion (None for a payment in the wallet's own currency),
-    locked, and both of the holder's wallets it touches in account id order; then the FX shards the
-    return of ``credited_minor`` (what the refund credits the wallet) will change, before the refund's
-    entry takes the merchant's: a pay through a quote takes FX shards before the merchant's too, so the
-    two never deadlock (the lock order of every use case). None: nothing to convert back."""
-    if payment["payer_id"] is None:
-        return None
-    c = await store.payment_conversion(conn, payment["id"], for_update=True)
-    if c is None:
-        return None
-    accounts = await ledger_store.existing_accounts(conn, _refs(c))
-    await ledger_store.lock_single_shard(conn, [accounts[ledger.wallet(c["holder_id"], c["from_currency"])].id,
-                                                accounts[ledger.wallet(c["holder_id"], c["to_currency"])].id])
-    if credited_minor <= 0:
-        return None
-    given = Return.of(c["sell_minor"], c["receive_minor"], c["fee_minor"], c["returned_minor"], credited_minor)
-    entry = ledger.conversion_return(c["holder_id"], c["from_currency"], c["to_currency"], given.target_minor,
-                                     given.source_minor, given.fee_minor)
-    move = ledger_store.movement(entry, accounts)
-    await ledger_store.lock(conn, move)
-    return Refunding(c["id"], given, entry, accounts, move)
+async def lock_returns(conn: Connection, given: list[tuple[asyncpg.Record, int]]) -> list[Returning]:
+    """The first step of giving money back: for each (locked payment row, T minor units its wallet gets back:
+    what a refund credits, or what a cancel, expiry or capture of less releases of the hold), the conversion
+    back of those units AT THE PAYMENT'S OWN CONVERSION'S RATE, one piece of arithmetic for refunds and
+    releases (``Return.of``: running totals rounded down, so together they never give back more than the
+    conversion took). Payments in the wallet's own currency convert nothing: empty.
+
+    Locks, for the whole list at once (the expiry worker gives back a batch in one transaction), after
+    the daily spend rows the caller took: the conversion rows, then every wallet the list touches (each
+    payment's wallet, and its holder's source wallet) in account id order, then every FX shard the returns
+    change in (account id, shard) order, before the caller's entries take the merchant's: a pay through a
+    quote takes FX shards before the merchant's too, so the use cases never deadlock. One payment in the
+    wallet's own currency locks nothing here (its entry locks its one wallet); several lock their wallets
+    in account id order all the same (a batch's holder may hold in two currencies while it pays through
+    a quote, which takes both wallets in that order)."""
+    owed = {row["id"]: (row, target_minor) for row, target_minor in given
+            if target_minor > 0 and row["payer_id"] is not None}
+    conversions = await store.payment_conversions(conn, list(owed)) if owed else []
+    if not conversions and len(owed) < 2:
+        return []
+    accounts = await ledger_store.existing_accounts(conn, [ref for c in conversions for ref in _refs(c)])
+    await ledger_store.lock_single_shard(conn, sorted(
+        {row["wallet_account_id"] for row, _ in owed.values()}
+        | {accounts[ledger.wallet(c["holder_id"], c["from_currency"])].id for c in conversions}))
+    backs = []
+    for c in conversions:
+        back = Return.of(c["sell_minor"], c["receive_minor"], c["fee_minor"], c["returned_minor"],
+                         owed[c["payment_id"]][1])
+        entry = ledger.conversion_return(c["holder_id"], c["from_currency"], c["to_currency"], back.target_minor,
+                                         back.source_minor, back.fee_minor)
+        backs.append(Returning(c["id"], c["payment_id"], back, entry, accounts, ledger_store.movement(entry, accounts)))
+    if backs:
+        await ledger_store.lock(conn, *(b.move for b in backs))
+    return backs
 
 
 def _refs(c: asyncpg.Record) -> list[ledger.AccountRef]:
@@ -251,12 +266,12 @@ def _refs(c: asyncpg.Record) -> list[ledger.AccountRef]:
             ledger.fx_position(target), ledger.fx_fees(target)]
 
 
-async def return_for_refund(conn: Connection, back: Refunding | None, refund_id: uuid.UUID) -> None:
-    """Convert back, at the payment's own conversion's rate, what a refund credited to the holder's wallet
-    in the payment's currency: after the refund's entry, in its transaction (``back`` from
-    ``lock_for_refund``; None: nothing to convert back)."""
-    if back is None:
-        return
-    await ledger_store.post(conn, back.entry, back.accounts, refund_id=refund_id, conversion_id=back.conversion_id,
-                            move=back.move)
-    await store.add_returned(conn, back.conversion_id, back.given)
+async def give_back(conn: Connection, backs: list[Returning], refund_id: uuid.UUID | None = None) -> None:
+    """Convert back what ``lock_returns`` decided, after the entry that put it in the holder's wallet (a
+    refund's, ``refund_id``) or freed it there (a release: the return then names the payment), in its
+    transaction. One ``conversion_return`` entry each; the conversion's ``returned_*`` totals grow with it."""
+    for back in backs:
+        await ledger_store.post(conn, back.entry, back.accounts, refund_id=refund_id,
+                                payment_id=back.payment_id if refund_id is None else None,
+                                conversion_id=back.conversion_id, move=back.move)
+        await store.add_returned(conn, back.conversion_id, back.given)

@@ -666,12 +666,15 @@ async def _credits(svc: Services, conn: Connection, row: asyncpg.Record, payment
 
 async def _post_capture(svc: Services, conn: Connection, row: asyncpg.Record, payment: Payment, entry: ledger.Entry,
                         accounts: dict[ledger.AccountRef, ledger_store.Account],
-                        release_holds: dict[ledger.AccountRef, int]) -> None:
-    """A later capture (manual, or a confirmed charge): its credits taken, then its entry posted with them."""
+                        release_holds: dict[ledger.AccountRef, int], released_minor: int = 0) -> None:
+    """A later capture (manual, or a confirmed charge): its credits taken, then its entry posted with them.
+    ``released_minor`` of the hold not captured is converted back if the payment was paid from another currency."""
     assert payment.payer_id is not None
     credits = await _credits(svc, conn, row, payment, discounted=row["campaign_id"] is not None)
+    converted = await fx_payments.lock_returns(conn, [(row, released_minor)])  # campaign rows, then balances
     await promotions.post_capture(conn, entry, credits, accounts, holder_id=payment.payer_id, payment_id=payment.id,
                                   release_holds=release_holds)
+    await fx_payments.give_back(conn, converted)
 
 
 def _with_fee(payment: Payment, row: asyncpg.Record) -> Payment:
@@ -769,7 +772,8 @@ async def capture(svc: Services, who: Principal, text_id: str, amount: int | Non
             payment.payer_id, payment.merchant_id, payment.currency, payment.captured_minor, payment.fee_minor
         )
         await _give_back(conn, row, before.authorized_minor - payment.captured_minor)  # daily spend before balances
-        await _post_capture(svc, conn, row, payment, entry, payer_accounts, {wallet_ref: before.authorized_minor})
+        await _post_capture(svc, conn, row, payment, entry, payer_accounts, {wallet_ref: before.authorized_minor},
+                            released_minor=before.authorized_minor - payment.captured_minor)
         return 200, await _record(conn, await store.update(conn, payment))
 
     return await svc.idempotency.run(identity, work)
@@ -816,12 +820,22 @@ async def reverse(svc: Services, who: Principal, text_id: str, identity: Request
 
 async def _end(conn: Connection, row: asyncpg.Record, how: str) -> asyncpg.Record:
     """Cancel or expire: the hold, if any, is released in the same transaction."""
-    before = store.to_domain(row)
-    payment = before.cancel() if how == "cancel" else before.expire()
-    if before.holds_funds:
-        await _give_back(conn, row, before.authorized_minor)  # the daily spend row before the balance row
-        await ledger_store.release(conn, row["wallet_account_id"], before.authorized_minor)
-    return await store.update(conn, payment)
+    return (await _end_all(conn, [row], how))[0]
+
+
+async def _end_all(conn: Connection, rows: list[asyncpg.Record], how: str) -> list[asyncpg.Record]:
+    """Cancel or expire locked payments (one, or the expiry worker's batch in holder order): their holds
+    released in the same transaction, and what a hold paid from another currency converted back. Each kind
+    of row for all of them before the next (daily spend rows, then balance rows), in the lock order."""
+    before = [store.to_domain(row) for row in rows]
+    held = [(row, b.authorized_minor) for row, b in zip(rows, before, strict=True) if b.holds_funds]
+    for row, held_minor in held:
+        await _give_back(conn, row, held_minor)  # the daily spend row before the balance rows
+    converted = await fx_payments.lock_returns(conn, held)  # paid from another currency: wallets, FX shards
+    for row, held_minor in held:
+        await ledger_store.release(conn, row["wallet_account_id"], held_minor)
+    await fx_payments.give_back(conn, converted)  # at the conversion's own rate, as its refunds
+    return [await store.update(conn, b.cancel() if how == "cancel" else b.expire()) for b in before]
 
 
 async def refund(
@@ -856,13 +870,13 @@ async def _refund_locked(
     fee_back = fees.refund_fee_minor(before.captured_minor, before.fee_minor, before.refunded_minor, refunded)
     refund_id = uuid.uuid4()
     back = await promotions.claw_back(conn, row, before.refunded_minor, refunded)  # the campaign row, then balances
-    converted = await fx_payments.lock_for_refund(conn, row, refunded - back.total_minor)  # paid from another currency
+    converted = await fx_payments.lock_returns(conn, [(row, refunded - back.total_minor)])  # from another currency
     entry, accounts = await back.refund_entry(conn, payment.payer_id, payment.merchant_id, payment.currency, refunded,
                                               fee_back, accounts)  # the clawback back to its funder
     await ledger_store.post(conn, entry, accounts, payment_id=payment.id, refund_id=refund_id)
     refund_row = await store.insert_refund(conn, refund_id, payment, refunded, fee_back, reason, pairs,
                                            back.discount_minor, back.cashback_minor)
-    await fx_payments.return_for_refund(conn, converted, refund_id)  # what the wallet received, back at its own rate
+    await fx_payments.give_back(conn, converted, refund_id)  # what the wallet received, back at its own rate
     clawed = back.discount_minor
     await store.update(conn, payment,
                        discount_clawed_back_minor=row["discount_clawed_back_minor"] + clawed if clawed else None)
@@ -890,8 +904,9 @@ async def expire_due(svc: Services) -> int:
     async def work(conn: Connection) -> int:
         rows = await store.due_for_expiry(conn, svc.now(), svc.settings.workers.batch_max)
         # Holders' rows in one order in every process's batch (two batches never wait on each other in a circle).
-        for row in sorted(rows, key=lambda r: (r["payer_id"] is not None, r["payer_id"] or uuid.UUID(int=0), r["id"])):
-            await _record(conn, await _end(conn, row, "expire"), row["payer_id"])
+        ordered = sorted(rows, key=lambda r: (r["payer_id"] is not None, r["payer_id"] or uuid.UUID(int=0), r["id"]))
+        for row, updated in zip(ordered, await _end_all(conn, ordered, "expire"), strict=True):
+            await _record(conn, updated, row["payer_id"])
         return len(rows)
 
     return await svc.db.run(work)

@@ -3,9 +3,10 @@
 Invariants kept here (and proven after the fact by ``invariants.sql``):
 - a payment has at most one conversion (``conversions.payment_id`` is UNIQUE), written in the
   payment's transaction, from the quote taken by ``gateway.store.fx.use_quote`` in it;
-- a conversion's ``returned_*`` totals only grow, in the transaction that posts the return's entry,
-  with the conversion row locked first (``payment_conversion(for_update=True)``), so concurrent
-  refunds of one payment add up (the payment row, locked before, serialises them already).
+- a conversion's ``returned_*`` totals only grow, in the transaction that posts the return's entry
+  (a refund's, or the release of the payment's hold), with the conversion row locked first
+  (``payment_conversions``), so concurrent refunds and releases of one payment add up (the payment
+  row, locked before, serialises them already).
 """
 
 from __future__ import annotations
@@ -46,15 +47,22 @@ async def insert_payment_conversion(conn: Connection, conversion_id: uuid.UUID, 
     )
 
 
-async def payment_conversion(conn: Connection, payment_id: uuid.UUID, *, for_update: bool = False
-                             ) -> asyncpg.Record | None:
-    lock = " FOR UPDATE OF c" if for_update else ""
+async def payment_conversion(conn: Connection, payment_id: uuid.UUID) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
-        f"SELECT {_CONVERSION} FROM conversions c JOIN fx_quotes q ON q.id = c.quote_id"
-        f" WHERE c.payment_id = $1{lock}",
+        f"SELECT {_CONVERSION} FROM conversions c JOIN fx_quotes q ON q.id = c.quote_id WHERE c.payment_id = $1",
         payment_id,
     )
     return row
+
+
+async def payment_conversions(conn: Connection, payment_ids: list[uuid.UUID]) -> list[asyncpg.Record]:
+    """The conversions of these payments (those paid from another currency), locked, in id order: the
+    payments' rows are locked already, so nobody else waits for them."""
+    return list(await conn.fetch(
+        f"SELECT {_CONVERSION} FROM conversions c JOIN fx_quotes q ON q.id = c.quote_id"
+        " WHERE c.payment_id = ANY($1::uuid[]) ORDER BY c.id FOR UPDATE OF c",
+        payment_ids,
+    ))
 
 
 async def add_returned(conn: Connection, conversion_id: uuid.UUID, given: Return) -> None:

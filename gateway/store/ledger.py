@@ -390,13 +390,14 @@ async def post_batches(conn: Connection, entries: list[tuple[uuid.UUID, Entry]],
         raise RuntimeError("a balance shard of a settlement entry is missing")
 
 
-async def lock(conn: Connection, move: Movement) -> None:
-    """Lock a movement's balance shards in (account_id, shard) order, ahead of its ``post``: a use case
-    that posts it after another entry takes its hot shards first all the same, in the lock order."""
+async def lock(conn: Connection, *moves: Movement) -> None:
+    """Lock movements' balance shards, all of them in one (account_id, shard) order, ahead of their ``post``:
+    a use case that posts them after another entry takes their hot shards first all the same, in the lock
+    order (several at once: the expiry worker's batch)."""
     await conn.execute(
         "SELECT 1 FROM balances b JOIN unnest($1::int8[], $2::int2[]) AS k(account_id, shard)"
         " ON b.account_id = k.account_id AND b.shard = k.shard ORDER BY b.account_id, b.shard FOR UPDATE OF b",
-        move.shard_accounts, move.shards,
+        [a for move in moves for a in move.shard_accounts], [s for move in moves for s in move.shards],
     )
 
 

@@ -54,15 +54,16 @@ class Scene:
         assert (await self.world.pay(self.h, p["id"]))["status"] == "succeeded"
         return str(p["id"])
 
-    async def lapsed(self) -> str:
-        pid = await self.authorised()
+    async def lapse(self, pid: str) -> None:
         conn = await asyncpg.connect(self.db_url)
         try:
             await conn.execute("UPDATE payments SET authorization_expires_at = now() - interval '1 second'"
                                " WHERE id = $1", decode(Kind.PAYMENT, pid))
         finally:
             await conn.close()
-        return pid
+
+    async def expire(self) -> tuple[int, Any]:
+        return 200, await payment_service.expire_due(self.world.client.server.app[SERVICES])
 
 
 Op = Callable[[], Awaitable[tuple[int, Any]]]
@@ -95,29 +96,34 @@ async def prepare(scene: Scene, kind: str) -> Op:
         quote = await s.world.call("POST", "/v1/wallet/fx_quotes", 201, headers=h.headers,
                                    json={"from_currency": "CNY", "to_currency": "USD", "sell_amount": AMOUNT // 10})
         return lambda: s.post("/v1/wallet/conversions", h.headers, {"quote": quote["id"]})
-    if kind in ("pay_fx", "refund_fx"):  # a USD payment paid from CNY through a quote (fx_payments.py)
+    if kind in ("pay_fx", "refund_fx", "cancel_fx", "capture_partial_fx", "expire_fx"):
+        # A USD payment paid from CNY through a quote (fx_payments.py); a manual one's hold released converts back.
         await s.world.call("POST", "/v1/operator/fx_rates", 201, headers=s.world.ops,
                            json={"base": "USD", "quote": "CNY", "rate": "7.1234"})
         quote = await s.world.call("POST", "/v1/wallet/fx_quotes", 201, headers=h.headers,
                                    json={"from_currency": "CNY", "to_currency": "USD", "receive_amount": AMOUNT // 10})
-        p = await s.world.payment(m, AMOUNT // 10, "USD")
+        manual = {"capture_method": "manual"} if kind in ("cancel_fx", "capture_partial_fx", "expire_fx") else {}
+        p = await s.world.payment(m, AMOUNT // 10, "USD", **manual)
         pay = f"/v1/wallet/payments/{p['id']}/pay"
         if kind == "pay_fx":
             return lambda: s.post(pay, h.headers, {"fx_quote": quote["id"]})
         assert (await s.post(pay, h.headers, {"fx_quote": quote["id"]}))[0] == 200
+        if kind == "cancel_fx":
+            return lambda: s.post(f"/v1/payments/{p['id']}/cancel", m.headers, {})
+        if kind == "capture_partial_fx":
+            return lambda: s.post(f"/v1/payments/{p['id']}/capture", m.headers, {"amount_to_capture": AMOUNT // 40})
+        if kind == "expire_fx":
+            await s.lapse(str(p["id"]))
+            return s.expire
         return lambda: s.post(f"/v1/payments/{p['id']}/refunds", m.headers, {"amount": AMOUNT // 40})
     if kind == "expire":
-        await s.lapsed()
-        svc = s.world.client.server.app[SERVICES]
-
-        async def expire() -> tuple[int, Any]:
-            return 200, await payment_service.expire_due(svc)
-
-        return expire
+        await s.lapse(await s.authorised())
+        return s.expire
     raise AssertionError(kind)
 
 
-KINDS = ("pay", "capture_partial", "cancel", "refund", "top_up", "withdrawal", "expire", "convert", "pay_fx", "refund_fx")
+KINDS = ("pay", "capture_partial", "cancel", "refund", "top_up", "withdrawal", "expire", "convert", "pay_fx", "refund_fx",
+         "cancel_fx", "capture_partial_fx", "expire_fx")
 
 
 async def race(scene: Scene, kinds: list[str]) -> list[tuple[int, Any]]:

@@ -266,18 +266,13 @@ async def test_jpy_payment_from_cny_and_a_manual_capture_held_in_yen(world: Worl
     # Converted at authorisation, held in the payment's currency.
     assert await _balances(world, h) == {"CNY": (100_000 - want.sell_minor, 0), "JPY": (want.receive_minor, 10_000)}
     await world.call("POST", f"/v1/payments/{p['id']}/capture", headers=m.headers, json={"amount_to_capture": 6_000})
-    # What was not captured is released in yen, the holder's (not converted back).
-    assert await _balances(world, h) == {"CNY": (100_000 - want.sell_minor, 0), "JPY": (excess + 4_000, 0)}
+    # What was not captured is released and converted back to yuan at once, at the payment's own rate
+    # (tests/integration/test_fx_releases.py has the other releases); the excess stays in yen.
+    released_back = share(want.sell_minor, 4_000, want.receive_minor)
+    assert await _balances(world, h) == {"CNY": (100_000 - want.sell_minor + released_back, 0), "JPY": (excess, 0)}
     await _refund(world, m, p["id"], 6_000)
-    back = share(want.sell_minor, 6_000, want.receive_minor)
-    assert await _balances(world, h) == {"CNY": (100_000 - want.sell_minor + back, 0), "JPY": (excess + 4_000, 0)}
-    # A cancelled authorisation releases its hold in yen too.
-    p2 = await world.payment(m, 1_000, "JPY", capture_method="manual")
-    offer2 = (await world.call("GET", f"/v1/payments/{p2['id']}", headers=h.headers))["fx_offer"]
-    assert offer2 is None  # the 4,000+ yen left cover it: paid in yen, no conversion
-    await _pay(world, h, p2["id"], None)
-    await world.call("POST", f"/v1/payments/{p2['id']}/cancel", headers=m.headers, json={})
-    assert (await _balances(world, h))["JPY"] == (excess + 4_000, 0)
+    back = share(want.sell_minor, 10_000, want.receive_minor)
+    assert await _balances(world, h) == {"CNY": (100_000 - want.sell_minor + back, 0), "JPY": (excess, 0)}
 
 
 async def test_concurrent_cross_currency_payments_never_overdraw_one_wallet(world: World) -> None:

@@ -409,24 +409,46 @@ SELECT c.id, c.returned_minor, c.returned_source_minor, c.returned_fee_minor
     OR c.returned_fee_minor <> div(c.fee_minor::numeric * c.returned_minor, c.receive_minor);
 -- name: payment_conversion_differs_from_its_payment
 -- A payment's conversion is its payer's, into the payment's currency, for at least what the payment took
--- from the wallet, made as it was paid; what it returned is what the refunds credited the wallet (a
--- payment captured for less, or cancelled, returns nothing of the rest: it stays in the wallet).
-SELECT c.id, pay.id AS payment_id, c.returned_minor, COALESCE(r.credited, 0) AS refunds_credited
+-- from the wallet, made as it was paid; what it returned is what the refunds credited the wallet plus what
+-- the payment released of its hold (the authorisation less the capture, once captured, cancelled or expired).
+-- Every return entry is either a refund's (refund_id: a refund of that payment) or the release's
+-- (refund_id NULL, payment_id the payment); each refund crediting something has exactly one, of exactly
+-- what it credited, and a payment that released something has exactly one release return, of exactly that.
+SELECT c.id, pay.id AS payment_id, c.returned_minor, COALESCE(r.credited, 0) + rel.released_minor AS given_back
   FROM conversions c JOIN payments pay ON pay.id = c.payment_id
   LEFT JOIN (SELECT payment_id, sum(amount_minor - discount_clawed_back_minor - cashback_clawed_back_minor) AS credited
               FROM refunds
               GROUP BY payment_id) r ON r.payment_id = pay.id
+  CROSS JOIN LATERAL (SELECT CASE WHEN pay.status IN ('succeeded', 'canceled', 'expired')
+                                  THEN pay.authorized_minor - pay.captured_minor ELSE 0 END AS released_minor) rel
  WHERE pay.payer_id IS DISTINCT FROM c.holder_id OR pay.currency <> c.to_currency
     OR c.receive_minor < pay.authorized_minor OR pay.status = 'requires_payment_method'
-    OR c.returned_minor <> COALESCE(r.credited, 0)
+    OR c.returned_minor <> COALESCE(r.credited, 0) + rel.released_minor
 UNION ALL
-SELECT c.id, e.refund_id, NULL, NULL FROM journal_entries e JOIN conversions c ON c.id = e.conversion_id
+SELECT c.id, COALESCE(e.refund_id, e.payment_id), NULL, NULL FROM journal_entries e JOIN conversions c ON c.id = e.conversion_id
   LEFT JOIN refunds r ON r.id = e.refund_id
- WHERE e.kind = 'conversion_return' AND (r.id IS NULL OR r.payment_id IS DISTINCT FROM c.payment_id)
+ WHERE e.kind = 'conversion_return'
+   AND NOT (e.refund_id IS NOT NULL AND e.payment_id IS NULL AND r.payment_id IS NOT DISTINCT FROM c.payment_id
+            OR e.refund_id IS NULL AND e.payment_id IS NOT DISTINCT FROM c.payment_id)
 UNION ALL
-SELECT c.id, r.id, NULL, NULL FROM refunds r JOIN conversions c ON c.payment_id = r.payment_id
+SELECT c.id, r.id, x.returns, x.wallet_to FROM refunds r JOIN conversions c ON c.payment_id = r.payment_id
+  CROSS JOIN LATERAL (
+    SELECT count(DISTINCT e.id) AS returns,
+           COALESCE(sum(p.amount_minor) FILTER (WHERE a.kind = 'wallet' AND a.owner_id = c.holder_id AND a.currency = c.to_currency), 0) AS wallet_to
+      FROM journal_entries e JOIN postings p ON p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
+     WHERE e.refund_id = r.id AND e.kind = 'conversion_return') x
  WHERE r.amount_minor - r.discount_clawed_back_minor - r.cashback_clawed_back_minor > 0
-   AND (SELECT count(*) FROM journal_entries e WHERE e.refund_id = r.id AND e.kind = 'conversion_return') <> 1;
+   AND (x.returns <> 1 OR -x.wallet_to <> r.amount_minor - r.discount_clawed_back_minor - r.cashback_clawed_back_minor)
+UNION ALL
+SELECT c.id, pay.id, x.returns, x.wallet_to FROM conversions c JOIN payments pay ON pay.id = c.payment_id
+  CROSS JOIN LATERAL (SELECT CASE WHEN pay.status IN ('succeeded', 'canceled', 'expired')
+                                  THEN pay.authorized_minor - pay.captured_minor ELSE 0 END AS released_minor) rel
+  CROSS JOIN LATERAL (
+    SELECT count(DISTINCT e.id) AS returns,
+           COALESCE(sum(p.amount_minor) FILTER (WHERE a.kind = 'wallet' AND a.owner_id = c.holder_id AND a.currency = c.to_currency), 0) AS wallet_to
+      FROM journal_entries e JOIN postings p ON p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
+     WHERE e.conversion_id = c.id AND e.kind = 'conversion_return' AND e.refund_id IS NULL) x
+ WHERE x.returns <> CASE WHEN rel.released_minor > 0 THEN 1 ELSE 0 END OR -x.wallet_to <> rel.released_minor;
 -- name: held_payment_differs_from_its_step_ups
 -- A payment the risk rules held for its holder's step-ups (a pay-code charge, migration 0029) is its holder's
 -- pay-code payment; it left requires_action by a confirmation (succeeded or requires_capture, or ended after
