@@ -315,7 +315,8 @@ class HolderReads:
     """What ``payable`` also reads of the holder for the risk rules the one-statement path judges itself
     (``services.risk.holder_reads``): with ``usual_day``, its usual amounts in the payment's currency
     (``risk_usual``), whether its wallet there holds funds (``risk_held``) and its spend on that day
-    (``risk_spent``); with ``device``, when ``device_id`` was first seen for it (``risk_device_seen_at``)."""
+    (``risk_spent``, ``risk_spend_day``); with ``device``, when ``device_id`` (``risk_device_id``) was
+    first seen for it (``risk_device_seen_at``, with ``risk_device_read``)."""
 
     usual_day: date | None = None
     device: bool = False
@@ -335,7 +336,7 @@ async def payable(conn: Connection, payment_id: uuid.UUID, holder_id: uuid.UUID,
     if reads is not None and reads.usual_day is not None:
         args.append(reads.usual_day)
         more += f""",
-               TRUE AS risk_usual_read,
+               ${len(args)}::date AS risk_spend_day,
                (SELECT amounts_minor FROM holder_amounts WHERE holder_id = $2 AND currency = p.currency) AS risk_usual,
                (SELECT coalesce(sum(b.held_minor), 0) FROM accounts a JOIN balances b ON b.account_id = a.id
                  WHERE a.kind = 'wallet' AND COALESCE(a.owner_id, '{_NIL}'::uuid) = $2
@@ -345,7 +346,7 @@ async def payable(conn: Connection, payment_id: uuid.UUID, holder_id: uuid.UUID,
     if reads is not None and reads.device:
         args.append(reads.device_id)
         more += f""",
-               TRUE AS risk_device_read,
+               TRUE AS risk_device_read, ${len(args)}::text AS risk_device_id,
                (SELECT created_at FROM wallet_devices WHERE holder_id = $2 AND device_id = ${len(args)})
                    AS risk_device_seen_at"""
     row: asyncpg.Record | None = await conn.fetchrow(
