@@ -86,59 +86,71 @@ return {string.format('%.6f', wait_s), cached}
 """
 
 
-# Sliding windows of payments (services.risk's velocity per device and per merchant), checked and charged
-# together, atomically: a payment is charged in every window or in none. A window is a sorted set of members
-# "payment id:amount" scored by the caller's clock (seconds), with its running total of amounts kept beside
-# it (KEYS[i]..':sum'), so a call costs O(log n) plus the members that left the window, not O(n). KEYS: the
-# windows. ARGV: now_s, the payment's id, then per window: window_s, count_max (-1: none), amount_max (-1:
-# none), the amount this payment adds. Returns {taken (1/0), then per window: count, amount} before this
-# payment. A payment already in a window (charged before: by its one-statement attempt, a retried
+# Sliding windows of payments (services.risk's velocity per device and per merchant), checked and charged:
+# each payment in every one of its windows or in none, atomically, the payments of one call one after the
+# other (a batch's payments of one window are counted as concurrent calls would count them). A window is a
+# sorted set of members "payment id:amount" scored by the caller's clock (seconds), with its running total
+# of amounts kept beside it (KEYS[i]..':sum'), so a check costs O(log n) plus the members that left the
+# window, not O(n). KEYS: every payment's windows, in order. ARGV: the number of payments, then per payment:
+# its number of windows, now_s, its id, then per window: window_s, count_max (-1: none), amount_max (-1:
+# none), the amount this payment adds. Returns per payment {taken (1/0), then per window: count, amount
+# before it}. A payment already in a window (charged before: by its one-statement attempt, a retried
 # transaction, a second request paying it) is counted there once: it is left out of "before" and keeps its
 # entry. A window expires once its newest member would have left it.
 _WINDOWS_LUA = """
-local now_s, payment = tonumber(ARGV[1]), ARGV[2]
 local function amount_of(member) return tonumber(string.match(member, ':(%d+)$')) end
-local answer, fits, seen = {1}, true, {}
-for i, key in ipairs(KEYS) do
-  local at = 3 + 4 * (i - 1)
-  local window_s, count_max = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
-  local amount_max, amount = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
-  local sum_key, member = key .. ':sum', payment .. ':' .. ARGV[at + 3]
-  local gone = redis.call('ZRANGEBYSCORE', key, '-inf', now_s - window_s)
-  if #gone > 0 then redis.call('ZREMRANGEBYSCORE', key, '-inf', now_s - window_s) end
-  local n, total = redis.call('ZCARD', key), 0
-  if n == 0 then
-    redis.call('DEL', sum_key)
-  else
-    local kept = redis.call('GET', sum_key)
-    if kept then
-      total = tonumber(kept)
-      for _, m in ipairs(gone) do total = total - amount_of(m) end
-    else
-      for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do total = total + amount_of(m) end
+local answer, k, at = {}, 0, 2
+for _ = 1, tonumber(ARGV[1]) do
+  local n_windows, now_s, payment = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), ARGV[at + 2]
+  at = at + 3
+  local fits, seen, found = true, {}, {}
+  for i = 1, n_windows do
+    local key = KEYS[k + i]
+    local window_s, count_max = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
+    local amount_max, amount, member = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3]), payment .. ':' .. ARGV[at + 3]
+    at = at + 4
+    local sum_key, cutoff = key .. ':sum', now_s - window_s
+    local gone = redis.call('ZRANGEBYSCORE', key, '-inf', cutoff)
+    local n, total = redis.call('ZCARD', key), 0
+    if n > 0 then
+      local kept = redis.call('GET', sum_key)
+      if kept and #gone == 0 then
+        total = tonumber(kept)
+      else
+        if #gone > 0 then
+          redis.call('ZREMRANGEBYSCORE', key, '-inf', cutoff)
+          n = n - #gone
+        end
+        if kept then
+          total = tonumber(kept)
+          for _, m in ipairs(gone) do total = total - amount_of(m) end
+        else
+          for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do total = total + amount_of(m) end
+        end
+        redis.call('SET', sum_key, total, 'EX', math.ceil(window_s) + 1)
+      end
     end
-    redis.call('SET', sum_key, total, 'EX', math.ceil(window_s) + 1)
+    local present = n > 0 and redis.call('ZSCORE', key, member) ~= false
+    local n_before, total_before = n, total
+    if present then n_before, total_before = n - 1, total - amount end
+    seen[i] = {key, sum_key, member, math.ceil(window_s) + 1, present, total + amount}
+    found[2 * i], found[2 * i + 1] = n_before, total_before
+    if (count_max >= 0 and n_before + 1 > count_max) or (amount_max >= 0 and total_before + amount > amount_max) then
+      fits = false
+    end
   end
-  local present = redis.call('ZSCORE', key, member) ~= false
-  local n_before, total_before = n, total
-  if present then n_before, total_before = n - 1, total - amount end
-  seen[i] = {key, sum_key, member, window_s, present, total + amount}
-  answer[2 * i], answer[2 * i + 1] = n_before, total_before
-  if (count_max >= 0 and n_before + 1 > count_max) or (amount_max >= 0 and total_before + amount > amount_max) then
-    fits = false
+  k = k + n_windows
+  found[1] = fits and 1 or 0
+  if fits then
+    for _, w in ipairs(seen) do
+      if not w[5] then
+        redis.call('ZADD', w[1], now_s, w[3])
+        redis.call('SET', w[2], w[6], 'EX', w[4])
+      end
+      redis.call('EXPIRE', w[1], w[4])
+    end
   end
-end
-if not fits then
-  answer[1] = 0
-  return answer
-end
-for _, w in ipairs(seen) do
-  if not w[5] then
-    redis.call('ZADD', w[1], now_s, w[3])
-    redis.call('SET', w[2], w[6], 'EX', math.ceil(w[4]) + 1)
-  end
-  redis.call('EXPIRE', w[1], math.ceil(w[4]) + 1)
-  redis.call('EXPIRE', w[2], math.ceil(w[4]) + 1)
+  for _, v in ipairs(found) do answer[#answer + 1] = v end
 end
 return answer
 """
@@ -295,23 +307,36 @@ class Accelerator:
         await self._call("delete", key)
 
     async def windows_take(self, windows: Sequence[Window], now_s: float, payment: str) -> Windows | None:
-        """Charge the payment in every window if it fits in all, else in none (see ``_WINDOWS_LUA``), in the
-        round trip shared with the calls of the moment; None when Redis gave no answer (nothing is known
-        of the charge: the caller counts in PostgreSQL)."""
+        """Charge the payment in every window if it fits in all, else in none (see ``_WINDOWS_LUA``); None
+        when Redis gave no answer (nothing is known of the charge: the caller counts in PostgreSQL)."""
+        found = await self.windows_take_all([(windows, now_s, payment)])
+        return None if found is None else found[0]
+
+    async def windows_take_all(self, calls: Sequence[tuple[Sequence[Window], float, str]]) -> list[Windows] | None:
+        """``windows_take`` for several payments in one script call, one after the other, in the round trip
+        shared with the calls of the moment; None when Redis gave no answer for them."""
         if not self.available:
             return None
-        args: list[float | int | str] = [now_s, payment]
-        for w in windows:
-            args += [w.window_s, -1 if w.count_max is None else w.count_max,
-                     -1 if w.amount_max_minor is None else w.amount_max_minor, w.amount_minor]
+        keys: list[str] = []
+        args: list[float | int | str] = [len(calls)]
+        for windows, now_s, payment in calls:
+            keys += [w.key for w in windows]
+            args += [len(windows), now_s, payment]
+            for w in windows:
+                args += [w.window_s, -1 if w.count_max is None else w.count_max,
+                         -1 if w.amount_max_minor is None else w.amount_max_minor, w.amount_minor]
         try:
-            found = await self._script(self._windows_script, [w.key for w in windows], args)
+            flat = await self._script(self._windows_script, keys, args)
         except _FAILURES as exc:
             self._failed(exc)
             return None
         self._answered()
-        return Windows(bool(found[0]), tuple((int(found[2 * i + 1]), int(found[2 * i + 2]))
-                                             for i in range(len(windows))))
+        answers, at = [], 0
+        for windows, _, _ in calls:
+            answers.append(Windows(bool(flat[at]), tuple((int(flat[at + 2 * i + 1]), int(flat[at + 2 * i + 2]))
+                                                         for i in range(len(windows)))))
+            at += 1 + 2 * len(windows)
+        return answers
 
     async def windows_give_back(self, windows: Sequence[Window], payment: str) -> None:
         """Take the payment out of its windows again (it was not authorised after all); best effort."""

@@ -44,7 +44,7 @@ from gateway.errors import (
     Declined, Forbidden, GatewayError, IdempotencyError, IdempotencyInUse, InvalidRequest, InvalidState, NotFound,
 )
 from gateway.services import fx_payments, pages, pins, promotions, risk, views
-from gateway.services.context import Services
+from gateway.services.context import Services, pay_counted
 from gateway.services.idempotency import AtOnce, Refused, Reply, RequestIdentity
 from gateway.services.pages import PageRequest
 from gateway.store import idempotency as keys
@@ -512,13 +512,9 @@ def _paid_at_once(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
     paid, answer = decided
 
     async def apply(done: keys.Done | None) -> bool:
-        async def write() -> bool:
-            if svc.pay_batches is not None:
-                return await svc.pay_batches.submit((paid, done))  # group commit with the process's other payments
-            async with svc.db.connection() as conn:
-                return (await store.pay_batch(conn, [(paid, done)]))[0]
-
-        return await risk.paid_counted(svc, paid, write)  # counted in the rules' velocity windows first
+        if svc.pay_batches is not None:
+            return await svc.pay_batches.submit((paid, done))  # group commit with the process's other payments
+        return (await pay_counted(svc.db, svc.accel, [(paid, done)]))[0]
 
     return AtOnce(200, answer, apply)
 

@@ -6,18 +6,26 @@ Invariants:
   after the holder's spend row is locked, so the holder's payments are counted one at a time and N
   concurrent payments against a wallet velocity limit of K never authorise more than K; it reads the
   active rules from the database (a rule created or disabled applies at once on the general path);
-- the one-statement path (``payments.decide_payment``) asks ``one_statement_limits``, from memory
-  (``services.risk_cache``): a payment no rule concerns, or only velocity limits per wallet, is paid
-  there (its statement counts the holder's payments as ``store.risk.recent`` does, under the same
-  spend row, migration 0025; one over a limit falls back); a payment any other rule concerns takes
-  the general path;
-- velocity per device and per merchant is counted in Redis (a sliding window per rule and scope,
-  checked and charged in one script, so concurrent payments never pass a limit together); while Redis
-  gives no answer it is counted in PostgreSQL from the 'allow' decisions, under an advisory lock per
-  rule and scope. A payment charged in Redis and refused afterwards is given back; one that fails later
-  in its transaction (funds) stays counted until its window ends (stricter, never looser). Entries
-  counted in PostgreSQL during an outage are not copied to Redis: after Redis comes back a window may
-  count too few for at most ``window_s``;
+- the one-statement path (``payments.decide_payment``) asks ``one_statement``, from memory
+  (``services.risk_cache``) and the payment's head read, with no statement of its own: it pays there a
+  payment every concerning rule allows, and sends to the general path one that a rule might not allow
+  (which then decides, records and alerts as for any payment). Velocity per wallet is counted by its
+  statement (under the same spend row, migration 0025); velocity per device and merchant is charged in
+  Redis before it, for its whole batch in one script call (``context.pay_counted``; Redis down: the
+  general path); amount_unusual and new_device are
+  judged from the head read (``store.payments.payable``), the statement falling back if the holder's
+  payments changed since (see ``one_statement``); a blocked wallet or device that concerns the payment
+  matches it. Its 'allow' decision is written by the batch statement with the payment;
+- velocity per device and per merchant is counted in Redis (a sliding window per rule and scope; all of
+  a payment's windows checked and charged in one script, all or none, so concurrent payments never pass
+  a limit together, on either path; a payment is counted once in a window, however often it is charged:
+  its one-statement attempt, then its general path, a retried transaction); while Redis gives no answer
+  it is counted in PostgreSQL from the 'allow' decisions (the one-statement path's included), under an
+  advisory lock per rule and scope. A payment refused by the rules is given back; one that fails
+  otherwise after it was charged (funds, or a one-statement attempt whose general path then refuses it
+  before the rules: the day's cap, a locked wallet) stays counted until its window ends (stricter, never
+  looser). Entries counted in PostgreSQL during an outage are not copied to Redis: after Redis comes
+  back a window may count too few for at most ``window_s``;
 - outcomes (``domain.risk``): the most severe outcome of the rules matched, after the step-ups this
   attempt passed. A PIN counts as passed when the holder's use case verified one in this request
   (``holder_present``) or the channel verified the holder itself (a tap: the phone's CDCVM). A code
@@ -68,7 +76,7 @@ from gateway.store import payments as events_store
 from gateway.store import risk as store
 from gateway.store import sign_in as sign_in_store
 from gateway.store.db import Connection
-from gateway.store.payments import PaidAtOnce, VelocityLimit
+from gateway.store.payments import VelocityLimit
 
 PAYMENT_REASON = "payment"  # the sign-in challenge reason of a payment's code
 
@@ -146,7 +154,8 @@ def one_statement(svc: Services, head: asyncpg.Record | Mapping[str, Any], holde
     the view is stale, or it needs Redis and Redis is down (the general path then checks and records).
 
     Relies on (``domain.risk.one_statement`` for the rules' side):
-    - velocity per device / merchant: charged before the statement (``paid_counted``), in Redis only;
+    - velocity per device / merchant: charged before the statement (``context.pay_counted``), in Redis
+      only;
     - amount_unusual: ``head`` read the holder's usual amounts, held funds and day's spend in one
       snapshot (``store.payments.payable``). Every capture of a holder's payment either releases a hold on
       its wallet in that currency (none was held) or is of a payment authorised after the read, which
@@ -182,20 +191,6 @@ def one_statement(svc: Services, head: asyncpg.Record | Mapping[str, Any], holde
         amount_max = rule.max_amount_minor if rule.currency == attempt.currency else None  # as risk.over_velocity
         limits.append(VelocityLimit(rule.window_s, rule.max_count, amount_max))
     return AtOnceRisk(tuple(limits), spend_max, allowed)
-
-
-async def paid_counted(svc: Services, paid: PaidAtOnce, write: Callable[[], Awaitable[bool]]) -> bool:
-    """Write a payment paid in one statement after charging it in its rules' velocity windows (all or none,
-    in a Redis round trip shared with the process's other calls of the moment); False, writing nothing,
-    when a window is full or Redis gives no answer (the general path then counts, decides and records).
-    A charged payment whose statement falls back keeps its entries: its general path finds them and counts
-    it once (``accel._WINDOWS_LUA``), and gives them back if the rules refuse it."""
-    windows = () if paid.risk is None else paid.risk.windows
-    if windows:
-        found = await svc.accel.windows_take(windows, paid.now.timestamp(), paid.payment.id.hex)
-        if found is None or not found.taken:
-            return False
-    return await write()
 
 
 class RiskRefusal(Declined):

@@ -178,7 +178,7 @@ class VelocityLimit:
 class RiskAllowed:
     """The risk rules' 'allow' of a payment paid in one statement, recorded as the general path records it
     (a ``risk_decisions`` row with no reasons, written in the statement when its item is applied); and the
-    velocity windows the service charged it in before the statement (``services.risk.paid_counted``)."""
+    velocity windows the service charged it in before the statement (``services.context.pay_counted``)."""
 
     decision_id: uuid.UUID
     device_id: str | None
