@@ -61,10 +61,13 @@ async def create_campaign(call: Call[CreateCampaign, None]) -> Any:
 
     rule cashback credits the payer's wallet when the payment is captured (at once, or by a later manual capture),
     percent_bps of the amount captured (at most cap) or fixed_amount (its share for a partial capture); a refund
-    takes it back in proportion, from what the refund gives the holder. rule gift_registration credits fixed_amount
-    to each holder registering during the window; gift_first_payment with a holder's first captured payment ever
-    (once per holder whatever the campaign). Cashback and gifts are funded by the bank; places, budget and
-    per_holder_limit hold for them as for discounts (a gift: once per holder)."""
+    takes it back in proportion, from what the refund gives the holder, and returns it to whoever funded it.
+    Cashback is funded by the bank (the promotions account pays it; the merchant nets captured - fee) or by the
+    merchant (its receivable pays it in the capture's own ledger entry, at most captured - fee; the merchant nets
+    captured - fee - cashback, and settlement deducts it from the batch's net). rule gift_registration credits
+    fixed_amount to each holder registering during the window; gift_first_payment with a holder's first captured
+    payment ever (once per holder whatever the campaign). Gifts are funded by the bank only (invalid_funded_by);
+    places, budget and per_holder_limit hold for cashback and gifts as for discounts (a gift: once per holder)."""
     b = call.body
     req = promotions.NewCampaign(
         name=b.name, currency=b.currency, rule=b.rule, funded_by=b.funded_by, time_zone=b.time_zone,

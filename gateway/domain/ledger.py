@@ -41,7 +41,8 @@ class EntryKind(StrEnum):
     WRITE_OFF = "write_off"
     SETTLEMENT = "settlement"  # a batch closes: receivable -> payable, fees -> revenue
     PAYOUT = "payout"  # a payout is paid: payable -> clearing
-    CASHBACK = "cashback"  # promotions -> wallet, with a payment's capture (a refund takes it back in its entry)
+    CASHBACK = "cashback"  # promotions -> wallet, with a payment's capture (a refund takes it back in its entry);
+    # a merchant-funded cashback is no entry of its own: two legs of the capture's (``with_merchant_cashback``)
     GIFT = "gift"  # promotions -> wallet: a registration or first-payment gift, never taken back
     CONVERSION = "conversion"  # a holder's currencies: wallet(A) -> fx_position(A); fx_position(B) -> wallet(B), fx_fees(B)
     CONVERSION_RETURN = "conversion_return"  # a payment's conversion given back (a refund) at its own rate
@@ -150,16 +151,38 @@ def capture(holder: uuid.UUID, merchant_id: uuid.UUID, currency: str, amount_min
     )
 
 
-def refund(holder: uuid.UUID, merchant_id: uuid.UUID, currency: str, amount_minor: int, fee_back_minor: int) -> Entry:
+def refund(holder: uuid.UUID, merchant_id: uuid.UUID, currency: str, amount_minor: int, fee_back_minor: int,
+           merchant_clawback_minor: int = 0) -> Entry:
+    """A refund: the merchant gives back ``amount - fee_back``, the fees the part of the fee given back.
+    ``merchant_clawback_minor``: the part of a merchant-funded cashback it takes back, returned to the
+    merchant (its own leg) and netted from what the holder receives, never debited from the wallet (a
+    holder who spent its cashback is not overdrawn)."""
     _check_positive(amount_minor)
     if not 0 <= fee_back_minor <= amount_minor:
         raise UnbalancedEntry("fee refund out of range")
+    if not 0 <= merchant_clawback_minor <= amount_minor:
+        raise UnbalancedEntry("clawback out of range")
     return _entry(
         EntryKind.REFUND,
         (merchant(merchant_id, currency), -(amount_minor - fee_back_minor)),
         (fees(currency), -fee_back_minor),
-        (wallet(holder, currency), amount_minor),
+        (wallet(holder, currency), amount_minor - merchant_clawback_minor),
+        (merchant(merchant_id, currency), merchant_clawback_minor),
     )
+
+
+def with_merchant_cashback(entry: Entry, holder: uuid.UUID, merchant_id: uuid.UUID, currency: str,
+                           cashback_minor: int) -> Entry:
+    """A capture's entry with the cashback its merchant funds paid in it: the merchant's receivable pays
+    ``cashback_minor`` to the payer's wallet, two legs of the capture's own entry (beside the capture's
+    credit of the merchant and debit of the wallet, which they never reduce: the ledger shows who paid,
+    and the cashback never funds the payment it is paid on). At most what the merchant receives."""
+    _check_positive(cashback_minor)
+    received = sum(p.amount_minor for p in entry.postings if p.account == merchant(merchant_id, currency))
+    if entry.kind is not EntryKind.CAPTURE or not cashback_minor <= received:
+        raise UnbalancedEntry("a merchant's cashback is paid in its capture, out of what the merchant receives")
+    return Entry(entry.kind, (*entry.postings, Posting(merchant(merchant_id, currency), -cashback_minor),
+                              Posting(wallet(holder, currency), cashback_minor)))
 
 
 def discounted_capture(holder: uuid.UUID, merchant_id: uuid.UUID, currency: str, amount_minor: int, fee_minor: int,

@@ -17,9 +17,15 @@ Rules (each unit-tested in tests/unit/test_promotions.py):
   percentage is ``floor(captured * bps / 10000)``, a fixed amount is ``floor(fixed * captured /
   amount)`` (a partial capture gets its share), then at most ``cap_minor``, at most the amount
   captured and at most the budget left; a refund takes it back as it takes a discount back;
+- cashback is funded by the bank (the promotions account pays it into the wallet, the merchant is
+  paid as for any capture) or by the merchant (its receivable pays it into the wallet, in the
+  capture's own ledger entry: the merchant nets captured - fee - cashback, so a merchant-funded
+  cashback is at most captured - fee: the merchant never pays out more than the capture brings it);
+  a refund's claw-back returns to whoever funded it;
 - a gift (``Rule.GIFT_REGISTRATION``, ``Rule.GIFT_FIRST_PAYMENT``) is ``fixed_minor``, or the budget
   left if less; a registration gift has no merchant, store, MCC or minimum amount; gifts are never
-  taken back; cashback and gifts are funded by the bank (the promotions account) only;
+  taken back; gifts are funded by the bank (the promotions account) only: a registration gift has
+  no merchant, and no gift is ever taken back from the holder to return to one;
 - among several applicable campaigns the holder gets the largest benefit; ties go to the campaign
   ending first, then to the smallest id (a stable, stated order);
 - a refund takes back the part of the benefit proportional to the amount refunded, computed as the
@@ -55,8 +61,8 @@ AT_PAYMENT = frozenset({Rule.PERCENT, Rule.FIXED, Rule.CASHBACK, Rule.GIFT_FIRST
 
 
 class Funder(StrEnum):
-    MERCHANT = "merchant"  # the merchant sells for less: it receives amount - discount
-    BANK = "bank"  # the promotions account pays the discount: the merchant receives the full amount
+    MERCHANT = "merchant"  # the merchant sells for less (amount - discount), or pays the cashback out of its capture
+    BANK = "bank"  # the promotions account pays the discount or cashback: the merchant receives the full amount
 
 
 class CampaignError(ValueError):
@@ -115,8 +121,9 @@ def check_terms(c: Campaign) -> None:
             raise CampaignError("a fixed amount has no percentage", "percent_bps")
     if c.cap_minor is not None and c.cap_minor <= 0:
         raise CampaignError("cap is a positive integer", "cap")
-    if c.rule not in DISCOUNTS and c.funded_by is not Funder.BANK:
-        raise CampaignError("cashback and gifts are funded by the bank (funded_by: bank)", "funded_by")
+    if c.rule in GIFTS and c.funded_by is not Funder.BANK:
+        raise CampaignError("a gift is funded by the bank (funded_by: bank): it has no merchant's capture to come from",
+                            "funded_by")
     if c.rule in GIFTS and c.cap_minor is not None:
         raise CampaignError("a gift is a fixed amount: no cap", "cap")
     if c.rule in GIFTS and c.per_holder_max not in (None, 1):
@@ -182,10 +189,12 @@ def eligible(c: Campaign, p: Purchase, now: datetime) -> bool:
     return not (c.mccs and p.mcc is not None and p.mcc not in c.mccs)
 
 
-def stated_benefit_minor(c: Campaign, amount_minor: int, captured_minor: int | None = None) -> int:
+def stated_benefit_minor(c: Campaign, amount_minor: int, captured_minor: int | None = None,
+                         fee_minor: int = 0) -> int:
     """What the rule gives a payment of ``amount_minor`` (of which ``captured_minor`` is captured:
-    the whole amount when None), before the budget. A discount is never more than amount - 1, a
-    cashback never more than the amount captured; a gift is its fixed amount."""
+    the whole amount when None; ``fee_minor`` the capture's fee), before the budget. A discount is
+    never more than amount - 1, a cashback never more than the amount captured (a merchant-funded one
+    never more than captured - fee); a gift is its fixed amount."""
     if c.rule in GIFTS:
         return c.fixed_minor
     if c.rule is Rule.CASHBACK:
@@ -198,7 +207,8 @@ def stated_benefit_minor(c: Campaign, amount_minor: int, captured_minor: int | N
             stated = c.fixed_minor * basis_minor // amount_minor  # a partial capture gets its share
         if c.cap_minor is not None:
             stated = min(stated, c.cap_minor)
-        return max(0, min(stated, basis_minor))
+        most_minor = basis_minor - fee_minor if c.funded_by is Funder.MERCHANT else basis_minor
+        return max(0, min(stated, most_minor))
     if amount_minor <= 1:
         return 0
     if c.rule is Rule.PERCENT:
@@ -210,12 +220,12 @@ def stated_benefit_minor(c: Campaign, amount_minor: int, captured_minor: int | N
     return max(0, min(stated, amount_minor - 1))
 
 
-def benefit_minor(c: Campaign, amount_minor: int, captured_minor: int | None = None) -> int:
+def benefit_minor(c: Campaign, amount_minor: int, captured_minor: int | None = None, fee_minor: int = 0) -> int:
     """The benefit, never more than the budget left (the last units of a budget go as a smaller
     benefit), nor with no place left; 0 when nothing is given."""
     if c.places_left is not None and c.places_left <= 0:
         return 0
-    return max(0, min(stated_benefit_minor(c, amount_minor, captured_minor), c.budget_left_minor))
+    return max(0, min(stated_benefit_minor(c, amount_minor, captured_minor, fee_minor), c.budget_left_minor))
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,9 +241,9 @@ def _best_first(found: Iterable[Offer]) -> list[Offer]:
 
 
 def offers(campaigns: Iterable[Campaign], p: Purchase, now: datetime, rules: frozenset[Rule] = DISCOUNTS,
-           captured_minor: int | None = None) -> list[Offer]:
+           captured_minor: int | None = None, fee_minor: int = 0) -> list[Offer]:
     """The applicable campaigns of ``rules`` with their benefit, best for the holder first."""
-    return _best_first(Offer(c, benefit_minor(c, p.amount_minor, captured_minor)) for c in campaigns
+    return _best_first(Offer(c, benefit_minor(c, p.amount_minor, captured_minor, fee_minor)) for c in campaigns
                        if c.rule in rules and eligible(c, p, now))
 
 
@@ -260,3 +270,33 @@ def clawback_minor(benefit_total_minor: int, basis_minor: int, refunded_before_m
     before = benefit_total_minor * refunded_before_minor // basis_minor
     after = benefit_total_minor * (refunded_before_minor + refund_minor) // basis_minor
     return after - before
+
+
+SHARD_COUNT_MAX = 16  # a campaign's counter rows at most (migration 0026: payments of many processes at once)
+ROW_BENEFITS_MIN = 8  # a counter row holds at least this many of the campaign's largest benefits, and places
+
+
+def largest_benefit_minor(c: Campaign, payment_max_minor: int) -> int:
+    """The most one payment or registration can get of ``c``: its fixed amount or its percentage of the
+    largest payment a wallet may make (``payment_max_minor``), at most its cap; at least 1."""
+    stated = max(1, payment_max_minor * c.percent_bps // BPS_MAX) if c.percent_bps else c.fixed_minor
+    return max(1, stated if c.cap_minor is None else min(stated, c.cap_minor))
+
+
+def _part(total: int, count: int, index: int) -> int:
+    return total // count + (1 if index < total % count else 0)
+
+
+def shard_split(budget_minor: int, places_max: int | None, largest_benefit: int,
+                shard_count_max: int = SHARD_COUNT_MAX) -> list[tuple[int, int | None]]:
+    """A new campaign's budget and places spread over its counter rows, as evenly as integers go: the
+    parts sum to the whole; there are as many rows as hold ``ROW_BENEFITS_MIN`` of its largest benefit
+    and as many places each (one at least, ``shard_count_max`` at most), so that a payment mostly finds
+    its whole benefit in one row: a small campaign keeps one row."""
+    if budget_minor <= 0 or (places_max is not None and places_max <= 0) or largest_benefit <= 0:
+        raise ValueError("a positive budget, places and benefit")
+    count = min(shard_count_max, budget_minor // (ROW_BENEFITS_MIN * largest_benefit),
+                shard_count_max if places_max is None else places_max // ROW_BENEFITS_MIN)
+    count = max(1, count)
+    return [(_part(budget_minor, count, i), None if places_max is None else _part(places_max, count, i))
+            for i in range(count)]

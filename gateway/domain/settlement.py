@@ -14,7 +14,11 @@ Fees (``gateway.domain.fees``): fixed at capture time per capture, ``round_half_
 everything returns exactly the fee. A batch's fee is the sum of its captures' fees minus the fee its
 refunds gave back (it can be negative).
 
-Batch arithmetic. ``net = captured - refunded - fee + carry_in``; a positive net is the payout, a
+Merchant-funded cashback (gateway/domain/promotions.py): a capture pays the holder the cashback its
+merchant funds out of what the merchant receives, and a refund gives the merchant back the part it
+claws back; a batch's cashback is the first less the second (it can be negative, as its fee can).
+
+Batch arithmetic. ``net = captured - refunded - fee - cashback + carry_in``; a positive net is the payout, a
 negative one is carried to the merchant's next batch of that currency (``carry_out``), never paid.
 ``carry_in <= 0`` and ``payout = max(net, 0)``, ``carry_out = min(net, 0)``; the store's table CHECK
 enforces the same for every row.
@@ -107,16 +111,17 @@ def business_day_of(at: datetime, tz: ZoneInfo, cut: time) -> date:
 
 @dataclass(frozen=True, slots=True)
 class Line:
-    """One settled movement: a capture (positive) or a refund (negative amount and fee)."""
+    """One settled movement: a capture (positive) or a refund (negative amount, fee and cashback)."""
 
     kind: str  # "capture" | "refund"
     amount_minor: int  # gross: captured amount, or the refund's amount as a positive figure
     fee_minor: int  # the capture's fee, or the fee the refund gave back
+    cashback_minor: int = 0  # the merchant-funded cashback the capture paid, or the part the refund took back
 
     @property
     def net_minor(self) -> int:
         sign = 1 if self.kind == "capture" else -1
-        return sign * (self.amount_minor - self.fee_minor)
+        return sign * (self.amount_minor - self.fee_minor - self.cashback_minor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,23 +135,25 @@ class Totals:
     net_minor: int
     payout_minor: int
     carry_out_minor: int
+    cashback_minor: int = 0
 
 
 def totals(captured_minor: int, refunded_minor: int, fee_minor: int, carry_in_minor: int,
-           capture_count: int = 0, refund_count: int = 0) -> Totals:
+           capture_count: int = 0, refund_count: int = 0, cashback_minor: int = 0) -> Totals:
     if carry_in_minor > 0:
         raise SettlementError("only a negative net is carried over")
-    net = captured_minor - refunded_minor - fee_minor + carry_in_minor
+    net = captured_minor - refunded_minor - fee_minor - cashback_minor + carry_in_minor
     return Totals(capture_count, refund_count, captured_minor, refunded_minor, fee_minor, carry_in_minor, net,
-                  max(net, 0), min(net, 0))
+                  max(net, 0), min(net, 0), cashback_minor)
 
 
 def totals_of(lines: list[Line], carry_in_minor: int) -> Totals:
     captures = [line for line in lines if line.kind == "capture"]
     refunds = [line for line in lines if line.kind == "refund"]
     fee = sum(line.fee_minor for line in captures) - sum(line.fee_minor for line in refunds)
+    cashback = sum(line.cashback_minor for line in captures) - sum(line.cashback_minor for line in refunds)
     return totals(sum(line.amount_minor for line in captures), sum(line.amount_minor for line in refunds), fee,
-                  carry_in_minor, len(captures), len(refunds))
+                  carry_in_minor, len(captures), len(refunds), cashback)
 
 
 def payout_reference(batch_id: uuid.UUID) -> str:

@@ -45,6 +45,7 @@ class BatchSummary(msgspec.Struct, kw_only=True):
     captured: int
     refunded: int
     fee: int
+    cashback: int = 0  # merchant-funded cashback its captures paid holders, less what its refunds took back
     carry_in: int
     net: int
     payout: int
@@ -63,7 +64,8 @@ class DetailLine(msgspec.Struct, kw_only=True):
     occurred_at: str
     gross: int  # negative for a refund
     fee: int  # negative for the fee a refund gave back
-    net: int
+    cashback: int = 0  # merchant-funded cashback the capture paid the holder; negative for what a refund took back
+    net: int  # gross - fee - cashback
 
 
 @dataclass(frozen=True, slots=True)

@@ -271,7 +271,7 @@ def _new_row(payment: Payment, now: datetime, *, store_id: uuid.UUID | None, ter
         "updated_at": now, "spend_day": None, "return_url": return_url, "cancel_url": cancel_url,
         "metadata": msgspec.json.encode(_jsonb_order(pairs)).decode(), "campaign_id": None, "discount_minor": 0,
         "discount_funded_by": None, "discount_clawed_back_minor": 0, "cashback_campaign_id": None,
-        "cashback_minor": 0, "cashback_clawed_back_minor": 0,
+        "cashback_minor": 0, "cashback_clawed_back_minor": 0, "cashback_funded_by": None,
     }
 
 
@@ -641,7 +641,7 @@ async def _credits(svc: Services, conn: Connection, row: asyncpg.Record, payment
     if payment.status is not Status.SUCCEEDED or payment.payer_id is None:
         return []
     return await promotions.credits_at_capture(svc.campaigns, conn, row, payment.payer_id, payment.captured_minor,
-                                               svc.now(), discounted=discounted)
+                                               svc.now(), discounted=discounted, fee_minor=payment.fee_minor)
 
 
 async def _post_capture(svc: Services, conn: Connection, row: asyncpg.Record, payment: Payment, entry: ledger.Entry,
@@ -837,12 +837,8 @@ async def _refund_locked(
     refund_id = uuid.uuid4()
     back = await promotions.claw_back(conn, row, before.refunded_minor, refunded)  # the campaign row, then balances
     converted = await fx_payments.lock_for_refund(conn, row, refunded - back.total_minor)  # paid from another currency
-    if back.total_minor:
-        entry = ledger.discounted_refund(payment.payer_id, payment.merchant_id, payment.currency, refunded, fee_back,
-                                         back.total_minor)
-        accounts = {**accounts, **await ledger_store.existing_accounts(conn, [ledger.promotions(payment.currency)])}
-    else:
-        entry = ledger.refund(payment.payer_id, payment.merchant_id, payment.currency, refunded, fee_back)
+    entry, accounts = await back.refund_entry(conn, payment.payer_id, payment.merchant_id, payment.currency, refunded,
+                                              fee_back, accounts)  # the clawback back to its funder
     await ledger_store.post(conn, entry, accounts, payment_id=payment.id, refund_id=refund_id)
     refund_row = await store.insert_refund(conn, refund_id, payment, refunded, fee_back, reason, pairs,
                                            back.discount_minor, back.cashback_minor)

@@ -25,10 +25,14 @@ Invariants:
 - a first-payment gift goes with the holder's first captured payment ever, whatever the campaign
   (a holder who paid before any such campaign ran never gets one); registration gifts are taken in
   the registration's transaction, one from each live registration campaign;
-- cashback and gifts are posted with the capture's own entry in one statement
-  (``ledger_store.post_together``); a refund takes the cashback back in proportion, netted from what
-  it gives the holder (``ledger.discounted_refund``), so a holder who spent it is never overdrawn;
-  gifts are never taken back.
+- a bank-funded cashback and gifts are posted with the capture's own entry in one statement
+  (``ledger_store.post_together``); a merchant-funded cashback is two legs of the capture's entry itself
+  (``ledger.with_merchant_cashback``: the merchant's receivable pays it to the wallet), at most what the
+  merchant receives from the capture (captured - fee); neither ever funds the payment it is paid on;
+- a refund takes the cashback back in proportion, netted from what it gives the holder, so a holder
+  who spent it is never overdrawn, and returns it to whoever funded it: the promotions account
+  (``ledger.discounted_refund``) or the merchant (``ledger.refund``'s merchant claw-back leg), which
+  settlement then counts in the merchant's net; gifts are never taken back.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.auth.principals import Principal
-from gateway.domain import ledger, promotions
+from gateway.domain import fees, ledger, promotions
 from gateway.domain.ids import Kind, decode
 from gateway.domain.money import check_amount, currency
 from gateway.domain.promotions import COUNT_MAX, Campaign, Funder, Offer, Purchase, Rule
@@ -113,15 +117,16 @@ async def _campaigns(cache: CampaignCache, conn: Connection, now: datetime) -> t
 
 
 async def _offers(cache: CampaignCache, conn: Connection, row: Any, now: datetime,
-                  rules: frozenset[Rule] = promotions.DISCOUNTS, captured_minor: int | None = None) -> list[Offer]:
+                  rules: frozenset[Rule] = promotions.DISCOUNTS, captured_minor: int | None = None,
+                  fee_minor: int = 0) -> list[Offer]:
     campaigns = await _campaigns(cache, conn, now)
     if not campaigns:
         return []
-    rough = promotions.offers(campaigns, purchase_of(row), now, rules, captured_minor)
+    rough = promotions.offers(campaigns, purchase_of(row), now, rules, captured_minor, fee_minor)
     if not rough:
         return []
     mcc = await cache.mcc(conn, row["merchant_id"]) if any(o.campaign.mccs for o in rough) else None
-    return promotions.offers([o.campaign for o in rough], purchase_of(row, mcc), now, rules, captured_minor)
+    return promotions.offers([o.campaign for o in rough], purchase_of(row, mcc), now, rules, captured_minor, fee_minor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +146,7 @@ async def grant(cache: CampaignCache, conn: Connection, row: Any, holder_id: uui
         taken = await store.take(conn, c.id, holder_id, promotions.stated_benefit_minor(c, row["amount_minor"]),
                                  now, c.per_holder_max)
         if taken is not None:
-            return Grant(c.id, c.funded_by, taken["last_granted_minor"])
+            return Grant(c.id, c.funded_by, taken)
     return None
 
 
@@ -177,43 +182,59 @@ async def cashback_offer_for(cache: CampaignCache, conn: Connection, row: Any, h
     discount applies: a payment gets one or the other)."""
     if discount is not None:
         return None
-    o = await _usable(conn, await _offers(cache, conn, row, now, frozenset({Rule.CASHBACK})), holder_id)
-    return None if o is None else views.CashbackOffer(campaign=views.campaign_id(o.campaign.id), amount=o.benefit_minor)
+    fee = fees.fee_minor(row["amount_minor"], row["fee_bps"], row["fee_fixed_minor"])
+    o = await _usable(conn, await _offers(cache, conn, row, now, frozenset({Rule.CASHBACK}), fee_minor=fee), holder_id)
+    return None if o is None else views.CashbackOffer(campaign=views.campaign_id(o.campaign.id), amount=o.benefit_minor,
+                                                      funded_by=o.campaign.funded_by.value)
 
 
 @dataclass(frozen=True, slots=True)
 class Credit:
-    """What a capture (or a registration) credits the holder's wallet from the promotions account."""
+    """What a capture (or a registration) credits the holder's wallet: from the promotions account, or
+    (a merchant-funded cashback) from the merchant's receivable, in the capture's own entry."""
 
     campaign_id: uuid.UUID
     rule: Rule  # CASHBACK, GIFT_FIRST_PAYMENT or GIFT_REGISTRATION
     amount_minor: int
     currency: str
+    funded_by: Funder = Funder.BANK
+    merchant_id: uuid.UUID | None = None  # the merchant paying a merchant-funded cashback
 
     def entry(self, holder_id: uuid.UUID) -> ledger.Entry:
+        """The bank's credit as its own entry (a merchant's cashback is no entry: ``capture_entry``)."""
+        assert self.funded_by is Funder.BANK
         if self.rule is Rule.CASHBACK:
             return ledger.cashback(holder_id, self.currency, self.amount_minor)
         return ledger.gift(holder_id, self.currency, self.amount_minor)
 
+    def capture_entry(self, capture: ledger.Entry, holder_id: uuid.UUID) -> ledger.Entry:
+        """The capture's entry with this credit's legs in it when the merchant funds it (else unchanged)."""
+        if self.funded_by is Funder.BANK:
+            return capture
+        assert self.merchant_id is not None
+        return ledger.with_merchant_cashback(capture, holder_id, self.merchant_id, self.currency, self.amount_minor)
+
 
 async def credits_at_capture(cache: CampaignCache, conn: Connection, row: Any, holder_id: uuid.UUID,
-                             captured_minor: int, now: datetime, *, discounted: bool) -> list[Credit]:
+                             captured_minor: int, now: datetime, *, discounted: bool, fee_minor: int = 0) -> list[Credit]:
     """Take, in the capture's transaction and before its balance rows (lock order 4a: the cashback's
-    campaign, then the gift's), the cashback of this capture (none for a discounted payment) and the
-    holder's first-payment gift if this is its first captured payment; both recorded (the cashback on
-    the payment row, which the caller updates next). From memory when no such campaign can apply."""
+    campaign, then the gift's), the cashback of this capture (none for a discounted payment; a
+    merchant-funded one at most ``captured_minor - fee_minor``) and the holder's first-payment gift if
+    this is its first captured payment; both recorded (the cashback and who funds it on the payment row,
+    which the caller updates next). From memory when no such campaign can apply."""
     campaigns = await _campaigns(cache, conn, now)
     if not promotions.may_apply(campaigns, purchase_of(row), now, _AT_CAPTURE):
         return []
     credits = []
     if not discounted:
-        for offer in (await _offers(cache, conn, row, now, frozenset({Rule.CASHBACK}), captured_minor))[:3]:
+        found = await _offers(cache, conn, row, now, frozenset({Rule.CASHBACK}), captured_minor, fee_minor)
+        for offer in found[:3]:
             c = offer.campaign
-            stated = promotions.stated_benefit_minor(c, row["amount_minor"], captured_minor)
+            stated = promotions.stated_benefit_minor(c, row["amount_minor"], captured_minor, fee_minor)
             taken = await store.take(conn, c.id, holder_id, stated, now, c.per_holder_max)
             if taken is not None:
-                await store.record_cashback(conn, row["id"], c.id, taken["last_granted_minor"])
-                credits.append(Credit(c.id, Rule.CASHBACK, taken["last_granted_minor"], c.currency))
+                await store.record_cashback(conn, row["id"], c.id, taken, c.funded_by.value)
+                credits.append(Credit(c.id, Rule.CASHBACK, taken, c.currency, c.funded_by, row["merchant_id"]))
                 break
     gifts = await _offers(cache, conn, row, now, frozenset({Rule.GIFT_FIRST_PAYMENT}))
     if gifts and not await store.holder_has_paid(conn, holder_id, row["id"]):
@@ -223,31 +244,41 @@ async def credits_at_capture(cache: CampaignCache, conn: Connection, row: Any, h
     return credits
 
 
+class _GiftTakenAlready(Exception):
+    """Rolls a gift's take back to its savepoint: the holder got that gift in a concurrent transaction."""
+
+
 async def _take_gift(conn: Connection, campaigns: list[Campaign], holder_id: uuid.UUID,
                      payment_id: uuid.UUID | None, now: datetime) -> Credit | None:
     """The first of ``campaigns`` (at most three tried) that still gives the holder its gift, taken and
     recorded; None when none does, or the holder has it (or, on a payment, a first-payment gift) already."""
+    kind = "first_payment" if payment_id is not None else "registration"
     for c in campaigns[:3]:
-        taken = await store.take(conn, c.id, holder_id, c.fixed_minor, now, 1)
-        if taken is None:
-            continue
-        granted = taken["last_granted_minor"]
-        kind = "first_payment" if payment_id is not None else "registration"
-        if await store.insert_gift(conn, uuid.uuid4(), kind, c.id, holder_id, payment_id, c.currency, granted):
-            return Credit(c.id, c.rule, granted, c.currency)
-        await store.give_back(conn, c.id, holder_id, granted)  # a concurrent first payment got the gift
-        return None
+        try:
+            async with conn.transaction():  # a savepoint: a gift refused below gives its take back with it
+                granted = await store.take(conn, c.id, holder_id, c.fixed_minor, now, 1)
+                if granted is None:
+                    continue
+                if await store.insert_gift(conn, uuid.uuid4(), kind, c.id, holder_id, payment_id, c.currency, granted):
+                    return Credit(c.id, c.rule, granted, c.currency)
+                raise _GiftTakenAlready
+        except _GiftTakenAlready:
+            return None
     return None
 
 
 async def post_capture(conn: Connection, entry: ledger.Entry, credits: list[Credit],
                        accounts: dict[ledger.AccountRef, ledger_store.Account], *, holder_id: uuid.UUID,
                        payment_id: uuid.UUID, release_holds: dict[ledger.AccountRef, int] | None = None) -> None:
-    """Post a capture's entry with the credits it earned, in one statement."""
-    if credits:
+    """Post a capture's entry with the credits it earned, in one statement: a merchant-funded cashback in
+    the capture's entry itself, the bank's credits as entries of their own."""
+    bank = [c for c in credits if c.funded_by is Funder.BANK]
+    for c in credits:
+        entry = c.capture_entry(entry, holder_id)
+    if bank:
         accounts = {**accounts, **await ledger_store.existing_accounts(
-            conn, [ledger.promotions(c.currency) for c in credits])}
-    await ledger_store.post_together(conn, [entry, *(c.entry(holder_id) for c in credits)], accounts,
+            conn, [ledger.promotions(c.currency) for c in bank])}
+    await ledger_store.post_together(conn, [entry, *(c.entry(holder_id) for c in bank)], accounts,
                                      payment_id=payment_id, release_holds=release_holds)
 
 
@@ -288,27 +319,44 @@ async def gift_registration(svc: Services, conn: Connection, holder_id: uuid.UUI
 
 @dataclass(frozen=True, slots=True)
 class Clawback:
-    """What a refund takes back of the payment's benefit (one or the other: a payment has at most one)."""
+    """What a refund takes back of the payment's benefit (one or the other: a payment has at most one),
+    and who it goes back to (``funded_by``: the promotions account, or the merchant)."""
 
     discount_minor: int = 0
     cashback_minor: int = 0
+    funded_by: Funder = Funder.BANK
 
     @property
     def total_minor(self) -> int:
         return self.discount_minor + self.cashback_minor
 
+    async def refund_entry(self, conn: Connection, holder_id: uuid.UUID, merchant_id: uuid.UUID, currency: str,
+                           refunded_minor: int, fee_back_minor: int,
+                           accounts: dict[ledger.AccountRef, ledger_store.Account],
+                           ) -> tuple[ledger.Entry, dict[ledger.AccountRef, ledger_store.Account]]:
+        """The refund's entry, the clawback netted from what the holder receives and given back to its
+        funder, and the accounts it touches (the promotions account read when the bank gets it back)."""
+        if self.funded_by is Funder.MERCHANT:
+            return ledger.refund(holder_id, merchant_id, currency, refunded_minor, fee_back_minor,
+                                 self.total_minor), accounts
+        if not self.total_minor:
+            return ledger.refund(holder_id, merchant_id, currency, refunded_minor, fee_back_minor), accounts
+        entry = ledger.discounted_refund(holder_id, merchant_id, currency, refunded_minor, fee_back_minor,
+                                         self.total_minor)
+        return entry, {**accounts, **await ledger_store.existing_accounts(conn, [ledger.promotions(currency)])}
+
 
 async def claw_back(conn: Connection, row: Any, refunded_before_minor: int, refund_minor: int) -> Clawback:
     """The benefit a refund takes back (recorded on its campaign), in proportion to the amount refunded
-    of what was captured: a bank-funded discount's, or the cashback's (recorded on the payment too).
-    Nothing for a merchant-funded discount: it lowered the capture itself, so a refund of what was
-    captured gives the holder back what it paid."""
+    of what was captured: a bank-funded discount's, or the cashback's (recorded on the payment too; it
+    goes back to whoever funded it). Nothing for a merchant-funded discount: it lowered the capture
+    itself, so a refund of what was captured gives the holder back what it paid."""
     if row["cashback_minor"]:
         back = promotions.clawback_minor(row["cashback_minor"], row["captured_minor"], refunded_before_minor,
                                          refund_minor)
         if back:
             await store.claw_back_cashback(conn, row["id"], row["cashback_campaign_id"], back)
-        return Clawback(cashback_minor=back)
+        return Clawback(cashback_minor=back, funded_by=Funder(row["cashback_funded_by"]))
     if row["discount_funded_by"] != Funder.BANK.value:
         return Clawback()
     back = promotions.clawback_minor(row["discount_minor"], row["captured_minor"], refunded_before_minor, refund_minor)
@@ -417,9 +465,17 @@ async def _require(conn: Connection, table: str, ids: frozenset[uuid.UUID], text
             raise NotFound(f"no such object: {text}", param=f"{param}[{i}]")
 
 
+def _rows(svc: Services, c: Campaign) -> list[tuple[int, int | None]]:
+    """How the campaign's budget and places are spread over its counter rows (``shard_split``), its
+    largest benefit bounded by the largest payment any tier allows in its currency."""
+    payment_max = max((t.caps[c.currency].payment_max_minor for t in svc.tiers.values() if c.currency in t.caps),
+                      default=c.budget_minor)
+    return promotions.shard_split(c.budget_minor, c.places_max, promotions.largest_benefit_minor(c, payment_max))
+
+
 async def create(svc: Services, who: Principal, req: NewCampaign, identity: RequestIdentity) -> Reply:
     terms = _terms(req, uuid.uuid4())
-    if terms.funded_by is Funder.BANK:  # the account its discounts come from, committed before any payment uses it
+    if terms.funded_by is Funder.BANK:  # the account its benefits come from, committed before any payment uses it
         async with svc.db.connection() as conn:
             await ledger_store.resolve_accounts(conn, [ledger.promotions(terms.currency)])
 
@@ -428,7 +484,7 @@ async def create(svc: Services, who: Principal, req: NewCampaign, identity: Requ
         await _require(conn, "stores", terms.store_ids, req.stores, Kind.STORE, "stores")
         if len(await store.live(conn, svc.now(), svc.campaigns.live_max)) >= svc.campaigns.live_max:
             raise Conflict(f"at most {svc.campaigns.live_max} campaigns run at once", code="too_many_campaigns")
-        row = await store.insert(conn, terms, req.name, req.time_zone)
+        row = await store.insert(conn, terms, req.name, req.time_zone, _rows(svc, terms))
         view = views.campaign_view(row, svc.now())
         await audit.record(conn, who, "campaign.created", row["id"], view, merchant_id=None)
         return 201, view

@@ -124,7 +124,8 @@ async def _close(svc: Services, conn: Connection, day: date, merchant_id: uuid.U
         )
     entries: list[tuple[uuid.UUID, ledger.Entry]] = []
     for row in closed:
-        figures = domain.totals(row["captured_minor"], row["refunded_minor"], row["fee_minor"], row["carry_in_minor"])
+        figures = domain.totals(row["captured_minor"], row["refunded_minor"], row["fee_minor"], row["carry_in_minor"],
+                                cashback_minor=row["cashback_minor"])
         assert (figures.net_minor, figures.payout_minor, figures.carry_out_minor) == (
             row["net_minor"], row["payout_minor"], row["carry_out_minor"])
         entry = ledger.settlement_close(row["merchant_id"], row["currency"], row["payout_minor"], row["fee_minor"])
@@ -154,11 +155,11 @@ async def _run_view(conn: Connection, run: asyncpg.Record, closed_now: int,
                     not_ended: list[uuid.UUID]) -> views.SettlementRunView:
     batches = await store.run_batches(conn, run["id"])
     payouts = await store.run_payouts(conn, run["id"])
-    sums: dict[str, list[int]] = defaultdict(lambda: [0] * 7)
+    sums: dict[str, list[int]] = defaultdict(lambda: [0] * 8)
     for b in batches:
         s = sums[b["currency"]]
         for i, value in enumerate((1, b["captured_minor"], b["refunded_minor"], b["fee_minor"], b["net_minor"],
-                                   b["payout_minor"], b["carry_out_minor"])):
+                                   b["payout_minor"], b["carry_out_minor"], b["cashback_minor"])):
             s[i] += value
     return views.SettlementRunView(
         id=encode(Kind.SETTLEMENT_RUN, run["id"]), business_date=run["business_date"].isoformat(),
@@ -167,7 +168,8 @@ async def _run_view(conn: Connection, run: asyncpg.Record, closed_now: int,
         payout_count=len(payouts), payouts_without_account=sum(1 for p in payouts if p["account_id"] is None),
         merchants_not_ended=[encode(Kind.MERCHANT, m) for m in not_ended],
         totals=[views.SettlementTotal(currency=code, batch_count=s[0], captured=s[1], refunded=s[2], fee=s[3],
-                                      net=s[4], payout=s[5], carried=s[6]) for code, s in sorted(sums.items())],
+                                      cashback=s[7], net=s[4], payout=s[5], carried=s[6])
+                for code, s in sorted(sums.items())],
     )
 
 
@@ -263,7 +265,8 @@ def _summary(row: asyncpg.Record) -> files.BatchSummary:
         batch=view.id, merchant=view.merchant, currency=view.currency, business_date=view.business_date,
         window_start=view.window_start, window_end=view.window_end, status=view.status,
         capture_count=view.capture_count, refund_count=view.refund_count, captured=view.captured,
-        refunded=view.refunded, fee=view.fee, carry_in=view.carry_in, net=view.net, payout=view.payout,
+        refunded=view.refunded, fee=view.fee, cashback=view.cashback, carry_in=view.carry_in, net=view.net,
+        payout=view.payout,
         carry_out=view.carry_out,
         payout_reference=domain.payout_reference(row["id"]) if row["payout_minor"] > 0 else None,
     )
@@ -271,13 +274,13 @@ def _summary(row: asyncpg.Record) -> files.BatchSummary:
 
 def _line(batch: asyncpg.Record, row: asyncpg.Record) -> files.DetailLine:
     sign = 1 if row["kind"] == "capture" else -1
-    gross, fee = sign * row["amount_minor"], sign * row["fee_minor"]
+    gross, fee, cashback = sign * row["amount_minor"], sign * row["fee_minor"], sign * row["cashback_minor"]
     return files.DetailLine(
         batch=encode(Kind.SETTLEMENT_BATCH, batch["id"]), business_date=batch["business_date"].isoformat(),
         currency=batch["currency"], type=row["kind"], payment=encode(Kind.PAYMENT, row["payment_id"]),
         refund=None if row["refund_id"] is None else encode(Kind.REFUND, row["refund_id"]),
         merchant_reference=row["merchant_reference"], occurred_at=row["created_at"].isoformat(), gross=gross,
-        fee=fee, net=gross - fee,
+        fee=fee, cashback=cashback, net=gross - fee - cashback,
     )
 
 

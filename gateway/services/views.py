@@ -608,8 +608,9 @@ class SettlementBatchView(msgspec.Struct, kw_only=True):
     captured: int
     refunded: int
     fee: int
+    cashback: int = 0  # merchant-funded cashback its captures paid holders, less what its refunds took back
     carry_in: int
-    net: int
+    net: int  # captured - refunded - fee - cashback + carry_in
     payout: int
     carry_out: int
     closed_at: Timestamp
@@ -624,7 +625,8 @@ def settlement_batch_view(row: Any) -> SettlementBatchView:
         window_start=row["window_start"].isoformat(), window_end=row["window_end"].isoformat(),
         timezone=row["timezone"], settlement_cutoff=row["cutoff"].isoformat(), status=row["status"],
         capture_count=row["capture_count"], refund_count=row["refund_count"], captured=row["captured_minor"],
-        refunded=row["refunded_minor"], fee=row["fee_minor"], carry_in=row["carry_in_minor"], net=row["net_minor"],
+        refunded=row["refunded_minor"], fee=row["fee_minor"], cashback=row["cashback_minor"],
+        carry_in=row["carry_in_minor"], net=row["net_minor"],
         payout=row["payout_minor"], carry_out=row["carry_out_minor"], closed_at=row["closed_at"].isoformat(),
         paid_at=_ts(row["paid_at"]), reconciled_at=_ts(row["reconciled_at"]),
     )
@@ -675,6 +677,7 @@ class SettlementTotal(msgspec.Struct, kw_only=True):
     captured: int
     refunded: int
     fee: int
+    cashback: int = 0  # merchant-funded, net of refunds
     net: int
     payout: int
     carried: int
@@ -829,11 +832,14 @@ def discount_view(row: Any) -> DiscountView | None:
 
 
 class CashbackView(msgspec.Struct, kw_only=True):
-    """The cashback a payment's capture credited its payer (from the bank's promotions account)."""
+    """The cashback a payment's capture credited its payer: ``funded_by`` ``bank`` (the promotions account
+    paid it, the merchant received the capture less its fee) or ``merchant`` (the merchant's receivable paid
+    it, in the capture's own entry: the merchant received the capture less its fee and the cashback)."""
 
     campaign: str
     amount: int
-    clawed_back: int  # taken back by refunds so far (netted from what they gave the holder)
+    funded_by: Literal["bank", "merchant"]
+    clawed_back: int  # taken back by refunds so far (netted from what they gave the holder), back to its funder
 
 
 def cashback_view(row: Any) -> CashbackView | None:
@@ -841,7 +847,7 @@ def cashback_view(row: Any) -> CashbackView | None:
     if campaign is None:
         return None
     return CashbackView(campaign=campaign_id(campaign), amount=row["cashback_minor"],
-                        clawed_back=row["cashback_clawed_back_minor"])
+                        funded_by=row["cashback_funded_by"], clawed_back=row["cashback_clawed_back_minor"])
 
 
 class CashbackOffer(msgspec.Struct, kw_only=True):
@@ -849,6 +855,7 @@ class CashbackOffer(msgspec.Struct, kw_only=True):
 
     campaign: str
     amount: int
+    funded_by: Literal["bank", "merchant"]
 
 
 class DiscountOffer(msgspec.Struct, kw_only=True):

@@ -255,20 +255,23 @@ async def post_together(conn: Connection, entries: list[Entry], accounts: dict[A
     of them change by one UPDATE after they are locked in (account_id, shard) order, so entries posted one after the other
     never take two shards of the promotions account (or any other) in two orders. The entries' ids
     follow the list's order; ``release_holds`` goes with the first. The later entries (credits) never
-    fund the first: ``InsufficientFunds`` when a no-overdraft account could not take the first alone."""
-    if len(entries) == 1:
+    fund the first, nor do the first's own credits of an account it debits (a merchant-funded cashback, two
+    legs of its capture's entry): ``InsufficientFunds`` when a no-overdraft account could not take the
+    first's debits alone."""
+    if len(entries) == 1 and not _credits_what_it_debits(entries[0]):
         await post(conn, entries[0], accounts, payment_id=payment_id, release_holds=release_holds)
         return
     entry, *credits = entries
     moves = [movement(entry, accounts, release_holds), *(movement(credit, accounts) for credit in credits)]
-    deltas: dict[tuple[int, int], list[int]] = defaultdict(lambda: [0, 0, 0])  # all entries', released, first's
-    for number, move in enumerate(moves):
+    deltas: dict[tuple[int, int], list[int]] = defaultdict(lambda: [0, 0, 0])  # all entries', released, first's debits
+    for move in moves:
         for account_id, shard, delta, released in zip(move.shard_accounts, move.shards, move.deltas, move.released,
                                                       strict=True):
             deltas[(account_id, shard)][0] += delta
             deltas[(account_id, shard)][1] += released
-            if number == 0:
-                deltas[(account_id, shard)][2] += delta
+    for posting in entry.postings:  # a no-overdraft account has one shard (0): what the first entry takes of it
+        if posting.account.kind in NO_OVERDRAFT and posting.amount_minor < 0:
+            deltas[(accounts[posting.account].id, 0)][2] += posting.amount_minor
     kinds = [move.kind for move in moves]
     numbers = [n for n, move in enumerate(moves, start=1) for _ in move.posting_accounts]
     account_ids = [a for move in moves for a in move.posting_accounts]
@@ -293,8 +296,8 @@ async def post_together(conn: Connection, entries: list[Entry], accounts: dict[A
             ), l AS (
                 """ + locked_shards("$7", "$8") + """
             ), u AS (
-                -- The credits never pay for the first entry: a wallet that could not take the first alone
-                -- is set to exactly that, and the no-overdraft CHECK refuses it (InsufficientFunds).
+                -- The credits never pay for the first entry: a wallet that could not take the first's debits
+                -- alone is set to exactly that, and the no-overdraft CHECK refuses it (InsufficientFunds).
                 UPDATE balances b
                    SET posted_minor = b.posted_minor + CASE
                            WHEN b.no_overdraft AND b.posted_minor + d.first_delta - (b.held_minor - d.released) < 0
@@ -320,6 +323,16 @@ async def post_together(conn: Connection, entries: list[Entry], accounts: dict[A
         metrics.LEDGER_POST_DURATION.labels(entry.kind.value).observe(time.perf_counter() - started_s)
     if written != len(entries):
         raise RuntimeError("a balance shard of the entries is missing")
+
+
+def _credits_what_it_debits(entry: Entry) -> bool:
+    """Whether the entry both debits and credits one no-overdraft account (a capture paying its payer the
+    merchant's cashback): the credit must not fund the debit, which one net balance change cannot tell."""
+    signs: dict[AccountRef, set[bool]] = defaultdict(set)
+    for posting in entry.postings:
+        if posting.account.kind in NO_OVERDRAFT:
+            signs[posting.account].add(posting.amount_minor > 0)
+    return any(len(found) == 2 for found in signs.values())
 
 
 async def post_batches(conn: Connection, entries: list[tuple[uuid.UUID, Entry]],

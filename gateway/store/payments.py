@@ -29,7 +29,8 @@ _COLUMNS = (
 _EXTRA = (
     "store_id, terminal_id, merchant_reference, description, fee_bps, fee_fixed_minor, wallet_account_id, channel, created_at,"
     " updated_at, spend_day, return_url, cancel_url, metadata::text AS metadata, campaign_id, discount_minor,"
-    " discount_funded_by, discount_clawed_back_minor, cashback_campaign_id, cashback_minor, cashback_clawed_back_minor"
+    " discount_funded_by, discount_clawed_back_minor, cashback_campaign_id, cashback_minor, cashback_clawed_back_minor,"
+    " cashback_funded_by"
 )
 _REFUND = "id, payment_id, merchant_id, amount_minor, fee_back_minor, currency, reason, status, created_at," \
     " metadata::text AS metadata, discount_clawed_back_minor, cashback_clawed_back_minor"

@@ -1,17 +1,23 @@
 """Campaigns, their per-holder uses, and the guarded statements that take a place and budget.
 
 Invariants (proven after the fact by ``invariants.sql``: ``campaign_over_budget_or_places``,
-``campaign_holder_over_limit``):
-- a campaign's ``spent_minor`` and ``places_taken`` change only by ``take``, in the payment's own
-  transaction, by ONE guarded UPDATE of the campaign row that refuses (changes nothing) when the
-  campaign ended, is past its window, lacks the places or the budget: concurrent payments serialise on
-  the row, each re-checking the guard on the row as the previous one committed it, so neither is
-  ever exceeded; a rolled-back payment gives its place and budget back with it;
-- a holder's uses are taken the same way (``campaign_uses``) before the campaign row (lock order);
+``campaign_shards_add_up``, ``campaign_holder_over_limit``):
+- a campaign's budget and places are split over its counter rows (``campaign_shards``, migration
+  0026) whose sums are the campaign's; what it spent and took is the sum of the rows' (``COLUMNS``);
+- a row's ``spent_minor`` and ``places_taken`` change only by a take, in the payment's own
+  transaction: the general path's ``take`` (``gateway_campaign_take``) or the one-statement path's
+  batch (``gateway_pay_batch``), each by guarded updates of locked rows that refuse (change nothing)
+  when the campaign ended, is past its window, lacks the places or the budget; each row's CHECKs are
+  the last line, so neither the places nor the budget is ever exceeded; a rolled-back payment gives
+  its place and budget back with it;
+- a holder's uses are taken the same way (``campaign_uses``) before the counter rows (lock order), where
+  the campaign has a per-holder limit (gifts: one): without one nothing is counted;
+- ``end`` closes every row in the commit that sets ``ended_at``: no take after it;
 - ``clawed_back_minor`` grows only with refunds (``claw_back``), never above what was granted;
 - cashback and gifts take a place, the budget and the holder's use by the same ``take``; a gift is
   recorded once per holder and campaign, and a first-payment gift once per holder whatever the
-  campaign (``promotion_gifts``' unique indexes: a second one is refused and its take given back).
+  campaign (``promotion_gifts``' unique indexes: a second one is refused and its take rolled back to
+  the savepoint before it, ``services.promotions``).
 """
 
 from __future__ import annotations
@@ -26,8 +32,13 @@ from gateway.store.db import Connection, one
 
 COLUMNS = (
     "id, name, currency, rule, percent_bps, fixed_minor, cap_minor, funded_by, time_zone, starts_at, ends_at,"
-    " merchant_ids, store_ids, mccs, min_amount_minor, per_holder_max, budget_minor, spent_minor, clawed_back_minor,"
-    " places_max, places_taken, ended_at, created_at, updated_at"
+    " merchant_ids, store_ids, mccs, min_amount_minor, per_holder_max, budget_minor, clawed_back_minor,"
+    " places_max, ended_at, created_at, updated_at,"
+    # What was spent and taken: the sums over the campaign's counter rows (migration 0026).
+    " (SELECT COALESCE(sum(s.spent_minor), 0)::int8 FROM campaign_shards s WHERE s.campaign_id = campaigns.id)"
+    " AS spent_minor,"
+    " (SELECT COALESCE(sum(s.places_taken), 0)::int4 FROM campaign_shards s WHERE s.campaign_id = campaigns.id)"
+    " AS places_taken"
 )
 
 
@@ -43,8 +54,11 @@ def to_domain(row: asyncpg.Record) -> Campaign:
     )
 
 
-async def insert(conn: Connection, c: Campaign, name: str, time_zone: str) -> asyncpg.Record:
-    return await one(
+async def insert(conn: Connection, c: Campaign, name: str, time_zone: str,
+                 rows: list[tuple[int, int | None]]) -> asyncpg.Record:
+    """The campaign, then its counter rows (``rows``: each one's budget and places, from
+    ``domain.promotions.shard_split``); nothing spent or taken yet."""
+    row = await one(
         conn,
         f"""
         INSERT INTO campaigns (id, name, currency, rule, percent_bps, fixed_minor, cap_minor, funded_by, time_zone,
@@ -57,6 +71,12 @@ async def insert(conn: Connection, c: Campaign, name: str, time_zone: str) -> as
         c.starts_at, c.ends_at, sorted(c.merchant_ids), sorted(c.store_ids), sorted(c.mccs), c.min_amount_minor,
         c.per_holder_max, c.budget_minor, c.places_max,
     )
+    await conn.execute(
+        "INSERT INTO campaign_shards (campaign_id, shard, budget_minor, places_max)"
+        " SELECT $1, s.n - 1, s.budget, s.places"
+        "   FROM unnest($2::int8[], $3::int4[]) WITH ORDINALITY AS s(budget, places, n)",
+        c.id, [b for b, _ in rows], [p for _, p in rows])
+    return row
 
 
 async def get(conn: Connection, campaign_id: uuid.UUID, *, for_update: bool = False) -> asyncpg.Record | None:
@@ -67,11 +87,18 @@ async def get(conn: Connection, campaign_id: uuid.UUID, *, for_update: bool = Fa
 
 
 async def end(conn: Connection, campaign_id: uuid.UUID) -> asyncpg.Record:
-    """End it now (``ended_at`` is kept if it was ended already); the caller locked the row."""
+    """End it now (``ended_at`` is kept if it was ended already) and close its counter rows, waited for
+    in shard order (a batch holding one finishes first; any take after this commit finds them closed);
+    the caller locked the campaign's row."""
     return await one(
         conn,
-        f"UPDATE campaigns SET ended_at = COALESCE(ended_at, now()), updated_at = now() WHERE id = $1"
-        f" RETURNING {COLUMNS}",
+        f"""
+        WITH l AS (SELECT 1 FROM campaign_shards WHERE campaign_id = $1 ORDER BY shard FOR UPDATE),
+             closed AS (UPDATE campaign_shards SET closed = true
+                         WHERE campaign_id = $1 AND NOT closed AND (SELECT count(*) FROM l) >= 0)
+        UPDATE campaigns SET ended_at = COALESCE(ended_at, now()), updated_at = now() WHERE id = $1
+        RETURNING {COLUMNS}
+        """,
         campaign_id,
     )
 
@@ -95,39 +122,14 @@ async def mcc(conn: Connection, merchant_id: uuid.UUID) -> str | None:
 
 
 async def take(conn: Connection, campaign_id: uuid.UUID, holder_id: uuid.UUID, stated_minor: int,
-               now: datetime, per_holder_max: int | None) -> asyncpg.Record | None:
-    """Take one use of the holder, one place and ``stated_minor`` of the budget (or what is left of it:
-    ``last_granted_minor`` of the row returned), in the caller's transaction; None (nothing taken) when
-    the holder's limit, the places, the budget or the window refuse. Two statements, in the lock order (the holder's use row, then the campaign row); when
-    the second refuses, the use the first took is given back under its row lock."""
-    used: int | None = await conn.fetchval(
-        """
-        INSERT INTO campaign_uses (campaign_id, holder_id, uses) VALUES ($1, $2, 1)
-        ON CONFLICT (campaign_id, holder_id) DO UPDATE SET uses = campaign_uses.uses + 1
-         WHERE campaign_uses.uses < $3
-        RETURNING uses
-        """,
-        campaign_id, holder_id, per_holder_max if per_holder_max is not None else COUNT_MAX,
-    )
-    if used is None:
-        return None
-    # SET expressions read the row as it was: the grant is the stated benefit, or the budget left if
-    # that is less; a take that would grant nothing is refused.
-    row: asyncpg.Record | None = await conn.fetchrow(
-        f"""
-        UPDATE campaigns SET places_taken = places_taken + 1,
-               spent_minor = spent_minor + LEAST($2, budget_minor - spent_minor),
-               last_granted_minor = LEAST($2, budget_minor - spent_minor), updated_at = now()
-         WHERE id = $1 AND ended_at IS NULL AND starts_at <= $3 AND $3 < ends_at
-           AND (places_max IS NULL OR places_taken < places_max) AND spent_minor < budget_minor
-        RETURNING last_granted_minor, {COLUMNS}
-        """,
-        campaign_id, stated_minor, now,
-    )
-    if row is None:
-        await conn.execute("UPDATE campaign_uses SET uses = uses - 1 WHERE campaign_id = $1 AND holder_id = $2",
-                           campaign_id, holder_id)
-    return row
+               now: datetime, per_holder_max: int | None) -> int | None:
+    """Take one use of the holder, one place and ``stated_minor`` of the budget (or what is left of it),
+    in the caller's transaction: the benefit granted; None (nothing taken) when the holder's limit, the
+    places, the budget or the window refuse. One statement (``gateway_campaign_take``, migration 0026)."""
+    granted: int | None = await conn.fetchval(
+        "SELECT gateway_campaign_take($1, $2, $3, $4, $5)",
+        campaign_id, holder_id, stated_minor, now, per_holder_max if per_holder_max is not None else COUNT_MAX)
+    return granted
 
 
 async def claw_back(conn: Connection, campaign_id: uuid.UUID, amount_minor: int) -> None:
@@ -151,21 +153,13 @@ async def existing(conn: Connection, table: str, ids: list[uuid.UUID]) -> set[uu
     return {r["id"] for r in await conn.fetch(_EXISTING[table], ids)}
 
 
-async def give_back(conn: Connection, campaign_id: uuid.UUID, holder_id: uuid.UUID, granted_minor: int) -> None:
-    """Undo a ``take`` of this transaction (its rows are still locked by it): the place, the budget and
-    the holder's use."""
-    await conn.execute("UPDATE campaign_uses SET uses = uses - 1 WHERE campaign_id = $1 AND holder_id = $2",
-                       campaign_id, holder_id)
+async def record_cashback(conn: Connection, payment_id: uuid.UUID, campaign_id: uuid.UUID, amount_minor: int,
+                          funded_by: str) -> None:
+    """The cashback of the payment's capture and who funds it (``bank`` or ``merchant``), on its (locked)
+    row, just before the capture's own update of it (whose answer then carries it)."""
     await conn.execute(
-        "UPDATE campaigns SET places_taken = places_taken - 1, spent_minor = spent_minor - $2, updated_at = now()"
-        " WHERE id = $1", campaign_id, granted_minor)
-
-
-async def record_cashback(conn: Connection, payment_id: uuid.UUID, campaign_id: uuid.UUID, amount_minor: int) -> None:
-    """The cashback of the payment's capture, on its (locked) row, just before the capture's own update
-    of it (whose answer then carries it)."""
-    await conn.execute("UPDATE payments SET cashback_campaign_id = $2, cashback_minor = $3 WHERE id = $1",
-                       payment_id, campaign_id, amount_minor)
+        "UPDATE payments SET cashback_campaign_id = $2, cashback_minor = $3, cashback_funded_by = $4 WHERE id = $1",
+        payment_id, campaign_id, amount_minor, funded_by)
 
 
 async def claw_back_cashback(conn: Connection, payment_id: uuid.UUID, campaign_id: uuid.UUID, amount_minor: int) -> None:
@@ -203,8 +197,8 @@ _BENEFITS = """(
            discount_clawed_back_minor AS clawed_back_minor
       FROM payments WHERE campaign_id IS NOT NULL
     UNION ALL
-    SELECT 'cashback', id, id, payer_id, created_at, cashback_campaign_id, cashback_minor, currency, 'bank',
-           cashback_clawed_back_minor
+    SELECT 'cashback', id, id, payer_id, created_at, cashback_campaign_id, cashback_minor, currency,
+           cashback_funded_by, cashback_clawed_back_minor
       FROM payments WHERE cashback_campaign_id IS NOT NULL
     UNION ALL
     SELECT 'gift_' || kind, id, payment_id, holder_id, created_at, campaign_id, amount_minor, currency, 'bank', 0

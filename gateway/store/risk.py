@@ -10,6 +10,7 @@ from typing import Any, Literal
 import asyncpg
 import msgspec
 
+from gateway.domain.payments import LIFETIME_CHECKED_S
 from gateway.domain.risk import Baseline, Outcome, Recent, Rule, RuleKind
 from gateway.store import pages
 from gateway.store.db import Connection
@@ -77,13 +78,15 @@ def all_rules() -> pages.Query:
 
 
 async def recent(conn: Connection, holder_id: uuid.UUID, currency: str, now: datetime, window_s: int) -> Recent:
-    """The holder's payments authorised (held or captured) within the window (served by payments_payer).
-    Call it after the holder's spend row is locked: the holder's payments are then counted one at a time."""
+    """The holder's payments authorised (held or captured) within the window: those of its payments created
+    within the window and a payment's longest life (``LIFETIME_CHECKED_S``: a range of payments_payer, not the
+    holder's whole history) updated within the window. Call it after the holder's spend row is locked: the
+    holder's payments are then counted one at a time."""
     row = await conn.fetchrow(
         "SELECT count(*) AS n, coalesce(sum(amount_minor) FILTER (WHERE currency = $2), 0) AS total FROM payments"
-        " WHERE payer_id = $1 AND updated_at > $3"
+        " WHERE payer_id = $1 AND created_at > $4 AND updated_at > $3"
         " AND status IN ('requires_capture', 'succeeded', 'requires_action')",
-        holder_id, currency, now - timedelta(seconds=window_s))
+        holder_id, currency, now - timedelta(seconds=window_s), now - timedelta(seconds=window_s + LIFETIME_CHECKED_S))
     assert row is not None
     return Recent(count=int(row["n"]), amount_minor=int(row["total"]))
 

@@ -27,7 +27,7 @@ _NIL = uuid.UUID(int=0)
 _BATCH = (
     "id, run_id, merchant_id, currency, business_date, window_start, window_end, timezone, cutoff, status,"
     " capture_count, refund_count, captured_minor, refunded_minor, fee_minor, carry_in_minor, net_minor,"
-    " payout_minor, carry_out_minor, closed_at, paid_at, reconciled_at"
+    " payout_minor, carry_out_minor, closed_at, paid_at, reconciled_at, cashback_minor"
 )
 _PAYOUT = (
     "id, batch_id, merchant_id, amount_minor, currency, reference, status, execution_date, bank_account_id,"
@@ -119,7 +119,7 @@ async def close_batches(conn: Connection, run_id: uuid.UUID, merchant_ids: list[
              WHERE NOT EXISTS (SELECT 1 FROM settlement_batches b WHERE b.merchant_id = w.merchant_id
                                   AND b.currency = w.currency AND b.business_date >= w.business_date)
         ), lines AS (
-            SELECT l.entry_id, l.merchant_id, l.currency, l.kind, l.amount_minor, l.fee_minor
+            SELECT l.entry_id, l.merchant_id, l.currency, l.kind, l.amount_minor, l.fee_minor, l.cashback_minor
               FROM settlement_lines l
               JOIN pairs pr ON pr.merchant_id = l.merchant_id AND pr.currency = l.currency
              WHERE l.batch_id IS NULL AND l.created_at < pr.window_end
@@ -130,7 +130,9 @@ async def close_batches(conn: Connection, run_id: uuid.UUID, merchant_ids: list[
                    COALESCE(sum(amount_minor) FILTER (WHERE kind = 'capture'), 0)::int8 AS captured_minor,
                    COALESCE(sum(amount_minor) FILTER (WHERE kind = 'refund'), 0)::int8 AS refunded_minor,
                    (COALESCE(sum(fee_minor) FILTER (WHERE kind = 'capture'), 0)
-                    - COALESCE(sum(fee_minor) FILTER (WHERE kind = 'refund'), 0))::int8 AS fee_minor
+                    - COALESCE(sum(fee_minor) FILTER (WHERE kind = 'refund'), 0))::int8 AS fee_minor,
+                   (COALESCE(sum(cashback_minor) FILTER (WHERE kind = 'capture'), 0)
+                    - COALESCE(sum(cashback_minor) FILTER (WHERE kind = 'refund'), 0))::int8 AS cashback_minor
               FROM lines GROUP BY merchant_id, currency
         ), carry AS (
             SELECT DISTINCT ON (b.merchant_id, b.currency) b.merchant_id, b.currency, b.carry_out_minor
@@ -139,9 +141,10 @@ async def close_batches(conn: Connection, run_id: uuid.UUID, merchant_ids: list[
         ), figures AS (
             SELECT pr.*, COALESCE(s.capture_count, 0) AS capture_count, COALESCE(s.refund_count, 0) AS refund_count,
                    COALESCE(s.captured_minor, 0) AS captured_minor, COALESCE(s.refunded_minor, 0) AS refunded_minor,
-                   COALESCE(s.fee_minor, 0) AS fee_minor, COALESCE(c.carry_out_minor, 0) AS carry_in_minor,
+                   COALESCE(s.fee_minor, 0) AS fee_minor, COALESCE(s.cashback_minor, 0) AS cashback_minor,
+                   COALESCE(c.carry_out_minor, 0) AS carry_in_minor,
                    COALESCE(s.captured_minor, 0) - COALESCE(s.refunded_minor, 0) - COALESCE(s.fee_minor, 0)
-                       + COALESCE(c.carry_out_minor, 0) AS net_minor
+                       - COALESCE(s.cashback_minor, 0) + COALESCE(c.carry_out_minor, 0) AS net_minor
               FROM pairs pr
               LEFT JOIN sums s ON s.merchant_id = pr.merchant_id AND s.currency = pr.currency
               LEFT JOIN carry c ON c.merchant_id = pr.merchant_id AND c.currency = pr.currency
@@ -150,10 +153,10 @@ async def close_batches(conn: Connection, run_id: uuid.UUID, merchant_ids: list[
             INSERT INTO settlement_batches (id, run_id, merchant_id, currency, business_date, window_start, window_end,
                                             timezone, cutoff, status, capture_count, refund_count, captured_minor,
                                             refunded_minor, fee_minor, carry_in_minor, net_minor, payout_minor,
-                                            carry_out_minor)
+                                            carry_out_minor, cashback_minor)
             SELECT gen_random_uuid(), $1, merchant_id, currency, business_date, window_start, window_end, timezone,
                    cutoff, 'closed', capture_count, refund_count, captured_minor, refunded_minor, fee_minor,
-                   carry_in_minor, net_minor, GREATEST(net_minor, 0), LEAST(net_minor, 0)
+                   carry_in_minor, net_minor, GREATEST(net_minor, 0), LEAST(net_minor, 0), cashback_minor
               FROM figures
             RETURNING {_BATCH}
         ), assigned AS (
@@ -219,7 +222,8 @@ async def batch_lines(conn: Connection, batch_id: uuid.UUID, chunk_rows: int = 5
     last_id = 0
     while True:
         rows = await conn.fetch(
-            "SELECT entry_id, kind, created_at, payment_id, refund_id, merchant_reference, amount_minor, fee_minor"
+            "SELECT entry_id, kind, created_at, payment_id, refund_id, merchant_reference, amount_minor, fee_minor,"
+            " cashback_minor"
             " FROM settlement_lines WHERE batch_id = $1"
             " AND ($2::timestamptz IS NULL OR (created_at, entry_id) > ($2, $3))"
             " ORDER BY created_at, entry_id LIMIT $4",

@@ -55,17 +55,17 @@ async def test_cashback_is_credited_with_an_automatic_capture(world: World) -> N
     c = await _campaign(world, "cashback", percent_bps=500, cap=80, merchants=[m.id])
     p = await world.payment(m, 1_000)
     preview = await world.call("GET", f"/v1/payments/{p['id']}", headers=h.headers)
-    assert preview["cashback_offer"] == {"campaign": c["id"], "amount": 50} and preview["discount_offer"] is None
+    assert preview["cashback_offer"] == {"campaign": c["id"], "amount": 50, "funded_by": "bank"} and preview["discount_offer"] is None
     code = await world.call("POST", f"/v1/payments/{p['id']}/qr_codes", 201, headers=m.headers, json={})
     scanned = await world.call("POST", "/v1/wallet/qr/preview", headers=h.headers, json={"payload": code["payload"]})
-    assert scanned["cashback_offer"] == {"campaign": c["id"], "amount": 50}
+    assert scanned["cashback_offer"] == {"campaign": c["id"], "amount": 50, "funded_by": "bank"}
     paid, pid = await world.pay(h, p["id"]), p["id"]
     assert paid["status"] == "succeeded" and paid["discount"] is None
-    assert paid["cashback"] == {"campaign": c["id"], "amount": 50, "clawed_back": 0}
+    assert paid["cashback"] == {"campaign": c["id"], "amount": 50, "funded_by": "bank", "clawed_back": 0}
     assert await world.available(h) == 10_000 - 1_000 + 50
     assert await world.merchant_total(m) == 1_000 - 10  # the merchant is paid as for any capture
     seen = await world.call("GET", f"/v1/payments/{pid}", headers=m.headers)
-    assert seen["cashback"] == {"campaign": c["id"], "amount": 50, "clawed_back": 0}
+    assert seen["cashback"] == {"campaign": c["id"], "amount": 50, "funded_by": "bank", "clawed_back": 0}
     second, pid2 = await _paid(world, m, h, 3_000)
     assert second["cashback"]["amount"] == 80  # 5 % is 150: the cap
     got = await _seen(world, c)
@@ -142,7 +142,7 @@ async def test_refunds_take_the_cashback_back_in_proportion_even_when_it_was_spe
     assert backs == [(333, 33), (667, 67)]
     assert await world.available(h) == 1_000 - 100  # what it paid for the payment, less the cashback it had
     seen = await world.call("GET", f"/v1/payments/{pid}", headers=m.headers)
-    assert seen["cashback"] == {"campaign": c["id"], "amount": 100, "clawed_back": 100}
+    assert seen["cashback"] == {"campaign": c["id"], "amount": 100, "funded_by": "bank", "clawed_back": 100}
     got = await _seen(world, c)
     assert (got["spent"], got["clawed_back"]) == (100, 100)
 
@@ -266,7 +266,8 @@ async def test_1000_registrations_race_for_100_gift_places(world: World, monkeyp
 async def test_terms_of_cashback_and_gifts_are_refused_naming_the_field(world: World) -> None:
     m = await world.merchant()
     cases = [
-        ({"rule": "cashback", "percent_bps": 500, "funded_by": "merchant"}, "invalid_funded_by", "funded_by"),
+        ({"rule": "gift_first_payment", "fixed_amount": 100, "funded_by": "merchant"}, "invalid_funded_by", "funded_by"),
+        ({"rule": "gift_registration", "fixed_amount": 100, "funded_by": "merchant"}, "invalid_funded_by", "funded_by"),
         ({"rule": "cashback", "percent_bps": 500, "fixed_amount": 10}, "invalid_fixed_amount", "fixed_amount"),
         ({"rule": "cashback"}, "invalid_fixed_amount", "fixed_amount"),
         ({"rule": "gift_first_payment", "fixed_amount": 100, "cap": 50}, "invalid_cap", "cap"),
@@ -355,7 +356,8 @@ async def test_cashback_on_a_payment_paid_from_another_currency_and_its_refund(w
     p = await world.payment(m, 1_000, "EUR")
     code = await world.call("POST", f"/v1/payments/{p['id']}/qr_codes", 201, headers=m.headers, json={})
     preview = await world.call("POST", "/v1/wallet/qr/preview", headers=h.headers, json={"payload": code["payload"]})
-    assert preview["cashback_offer"] == {"campaign": c["id"], "amount": 100} and preview["fx_offer"] is not None
+    assert preview["cashback_offer"] == {"campaign": c["id"], "amount": 100, "funded_by": "bank"}
+    assert preview["fx_offer"] is not None
     paid = await world.call("POST", "/v1/wallet/qr/pay", headers=h.headers,
                             json={"payload": code["payload"], "fx_quote": preview["fx_offer"]["quote"]})
     assert paid["cashback"]["amount"] == 100 and paid["fx"]["to_amount"] >= 1_000

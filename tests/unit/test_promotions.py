@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from gateway.domain import ledger
 from gateway.domain.promotions import (
-    Campaign, CampaignError, Funder, Purchase, Rule, benefit_minor, clawback_minor, eligible, may_apply, offers,
-    stated_benefit_minor, window,
+    SHARD_COUNT_MAX, Campaign, CampaignError, Funder, Purchase, Rule, benefit_minor, clawback_minor, eligible,
+    largest_benefit_minor, may_apply, offers, shard_split, stated_benefit_minor, window,
 )
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
@@ -142,3 +142,24 @@ def test_discounted_entries_balance_and_show_who_paid() -> None:
                     ledger.AccountKind.MERCHANT: -495, ledger.AccountKind.FEES: -5}
     with pytest.raises(ledger.UnbalancedEntry):
         ledger.discounted_capture(holder, merchant, "CNY", 1_000, 10, 1_000)
+
+
+def test_a_campaign_is_spread_over_rows_that_each_hold_eight_of_its_largest_benefits() -> None:
+    assert shard_split(12_850, None, 100) == [(804, None)] * 2 + [(803, None)] * 14
+    assert shard_split(1_000_000, 100, 100) == [(83_334, 9)] * 4 + [(83_333, 8)] * 8
+    assert shard_split(150, None, 100) == [(150, None)]  # not 8 benefits: one row
+    assert shard_split(10**12, 5, 50) == [(10**12, 5)]  # 5 places: one row of them
+    assert len(shard_split(10**12, None, 50)) == SHARD_COUNT_MAX
+    for budget, places, largest in ((1, None, 1), (7_777, 77, 13), (10**9, None, 3), (999, 999, 1)):
+        rows = shard_split(budget, places, largest)
+        assert sum(b for b, _ in rows) == budget and all(b >= 1 for b, _ in rows)
+        assert places is None or (sum(p or 0 for _, p in rows) == places and all(p for _, p in rows))
+    with pytest.raises(ValueError):
+        shard_split(0, None, 1)
+
+
+def test_the_largest_benefit_is_the_fixed_amount_or_the_percentage_of_the_largest_payment_at_most_the_cap() -> None:
+    assert largest_benefit_minor(campaign(percent_bps=1_000), 50_000) == 5_000
+    assert largest_benefit_minor(campaign(percent_bps=1_000, cap_minor=200), 50_000) == 200
+    assert largest_benefit_minor(campaign(rule=Rule.FIXED, percent_bps=0, fixed_minor=300), 50_000) == 300
+    assert largest_benefit_minor(campaign(percent_bps=1), 10) == 1

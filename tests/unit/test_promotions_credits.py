@@ -117,7 +117,6 @@ def test_the_largest_gift_wins_then_the_one_ending_first() -> None:
 
 
 @pytest.mark.parametrize(("changes", "param"), [
-    ({"funded_by": Funder.MERCHANT}, "funded_by"),
     ({"percent_bps": 0}, "fixed_amount"),
     ({"fixed_minor": 10}, "fixed_amount"),
     ({"percent_bps": 10_001}, "percent_bps"),
@@ -135,6 +134,7 @@ def test_cashback_terms_refused(changes: dict[str, object], param: str) -> None:
     (Rule.GIFT_REGISTRATION, {"merchant_ids": frozenset({MERCHANT})}, "merchants"),
     (Rule.GIFT_REGISTRATION, {"min_amount_minor": 100}, "merchants"),
     (Rule.GIFT_REGISTRATION, {"funded_by": Funder.MERCHANT}, "funded_by"),
+    (Rule.GIFT_FIRST_PAYMENT, {"funded_by": Funder.MERCHANT}, "funded_by"),
 ])
 def test_gift_terms_refused(rule: Rule, changes: dict[str, object], param: str) -> None:
     with pytest.raises(CampaignError) as refused:
@@ -156,3 +156,45 @@ def test_a_refund_nets_a_cashback_clawback_as_large_as_the_refund() -> None:
     """The whole refund taken back (a 100 % cashback): nothing goes to the wallet, nothing is debited."""
     entry = ledger.discounted_refund(HOLDER, MERCHANT, "CNY", 100, 0, 100)
     assert {p.account.kind for p in entry.postings} == {ledger.AccountKind.MERCHANT, ledger.AccountKind.PROMOTIONS}
+
+
+def test_a_merchant_funded_cashback_is_at_most_what_the_merchant_nets_from_the_capture() -> None:
+    """The bank may give back the whole capture; a merchant never pays out more than captured - fee."""
+    whole = campaign(percent_bps=10_000)
+    mine = campaign(percent_bps=10_000, funded_by=Funder.MERCHANT)
+    assert stated_benefit_minor(whole, 1_000, 700, fee_minor=10) == 700
+    assert stated_benefit_minor(mine, 1_000, 700, fee_minor=10) == 690
+    assert stated_benefit_minor(mine, 1_000, 10, fee_minor=10) == 0  # the fee takes it all: no cashback
+    assert stated_benefit_minor(campaign(funded_by=Funder.MERCHANT), 1_000, fee_minor=10) == 50
+    assert benefit_minor(mine, 1_000, 1_000, fee_minor=10) == 990
+    assert [o.benefit_minor for o in offers([mine], purchase(), NOW, frozenset({Rule.CASHBACK}), 1_000, 10)] == [990]
+
+
+@given(st.integers(1, 10**9), st.integers(1, 10_000), st.integers(0, 10**6))
+def test_a_merchant_funded_cashback_never_exceeds_the_capture_less_its_fee(amount: int, bps: int, fee: int) -> None:
+    captured = max(1, amount // 2)
+    fee = min(fee, captured)
+    given_minor = stated_benefit_minor(campaign(percent_bps=bps, funded_by=Funder.MERCHANT), amount, captured, fee)
+    assert 0 <= given_minor <= captured - fee
+
+
+def test_a_merchant_funded_cashback_is_two_legs_of_its_capture_entry() -> None:
+    capture = ledger.capture(HOLDER, MERCHANT, "CNY", 1_000, 10)
+    entry = ledger.with_merchant_cashback(capture, HOLDER, MERCHANT, "CNY", 50)
+    assert entry.kind is ledger.EntryKind.CAPTURE
+    assert sorted((p.account.kind.value, p.amount_minor) for p in entry.postings) == sorted([
+        ("wallet", -1_000), ("merchant_receivable", 990), ("fees", 10), ("merchant_receivable", -50), ("wallet", 50)])
+    assert sum(p.amount_minor for p in entry.postings if p.account == ledger.merchant(MERCHANT, "CNY")) == 940
+    with pytest.raises(ledger.UnbalancedEntry):
+        ledger.with_merchant_cashback(capture, HOLDER, MERCHANT, "CNY", 991)  # more than the merchant receives
+    with pytest.raises(ledger.UnbalancedEntry):
+        ledger.with_merchant_cashback(ledger.refund(HOLDER, MERCHANT, "CNY", 100, 1), HOLDER, MERCHANT, "CNY", 5)
+
+
+def test_a_refund_gives_a_merchant_funded_clawback_back_to_the_merchant() -> None:
+    entry = ledger.refund(HOLDER, MERCHANT, "CNY", 400, 4, merchant_clawback_minor=20)
+    assert sorted((p.account.kind.value, p.amount_minor) for p in entry.postings) == sorted([
+        ("merchant_receivable", -396), ("fees", -4), ("wallet", 380), ("merchant_receivable", 20)])
+    assert ledger.AccountKind.PROMOTIONS not in {p.account.kind for p in entry.postings}
+    with pytest.raises(ledger.UnbalancedEntry):
+        ledger.refund(HOLDER, MERCHANT, "CNY", 400, 4, merchant_clawback_minor=401)

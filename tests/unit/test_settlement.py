@@ -180,3 +180,13 @@ def test_reports_render_the_same_bytes_and_parse_back() -> None:
     import json
     parsed = json.loads(body)
     assert parsed["merchant"] == "mer_1" and len(parsed["lines"]) == 2 and parsed["lines"][0]["net"] == -497
+
+
+def test_a_merchant_funded_cashback_is_deducted_from_the_net_and_a_refund_gives_its_clawback_back() -> None:
+    lines = [s.Line("capture", 10_000, 100, cashback_minor=500), s.Line("refund", 4_000, 40, cashback_minor=200)]
+    assert [line.net_minor for line in lines] == [9_400, -3_760]
+    t = s.totals_of(lines, carry_in_minor=0)
+    assert (t.captured_minor, t.refunded_minor, t.fee_minor, t.cashback_minor) == (10_000, 4_000, 60, 300)
+    assert t.net_minor == t.payout_minor == sum(line.net_minor for line in lines) == 5_640
+    refunds_only = s.totals_of([s.Line("refund", 10_000, 100, cashback_minor=500)], carry_in_minor=0)
+    assert (refunds_only.cashback_minor, refunds_only.net_minor, refunds_only.carry_out_minor) == (-500, -9_400, -9_400)

@@ -25,7 +25,7 @@ SELECT a.id, b.held_minor, COALESCE(h.total, 0) AS authorized
 SELECT pay.id, pay.captured_minor, pay.refunded_minor, pay.fee_minor
   FROM payments pay
   LEFT JOIN (SELECT e.payment_id,
-                    sum(p.amount_minor) FILTER (WHERE e.kind = 'capture' AND a.kind = 'wallet') AS captured,
+                    sum(p.amount_minor) FILTER (WHERE e.kind = 'capture' AND a.kind = 'wallet' AND p.amount_minor < 0) AS captured,
                     sum(p.amount_minor) FILTER (WHERE e.kind = 'capture' AND a.kind = 'fees') AS fee,
                     sum(p.amount_minor) FILTER (WHERE e.kind = 'refund' AND a.kind = 'wallet') AS refunded,
                     count(DISTINCT e.id) FILTER (WHERE e.kind = 'capture') AS captures
@@ -89,12 +89,28 @@ SELECT b.id FROM settlement_batches b
                     COALESCE(sum(amount_minor) FILTER (WHERE kind = 'capture'), 0) AS captured,
                     COALESCE(sum(amount_minor) FILTER (WHERE kind = 'refund'), 0) AS refunded,
                     COALESCE(sum(fee_minor) FILTER (WHERE kind = 'capture'), 0) - COALESCE(sum(fee_minor) FILTER (WHERE kind = 'refund'), 0) AS fee,
+                    COALESCE(sum(cashback_minor) FILTER (WHERE kind = 'capture'), 0)
+                    - COALESCE(sum(cashback_minor) FILTER (WHERE kind = 'refund'), 0) AS cashback,
                     sum(net_minor) AS net
                FROM settlement_lines WHERE batch_id IS NOT NULL GROUP BY batch_id) l ON l.batch_id = b.id
  WHERE (COALESCE(l.captures, 0), COALESCE(l.refunds, 0), COALESCE(l.captured, 0), COALESCE(l.refunded, 0), COALESCE(l.fee, 0),
-        COALESCE(l.net, 0) + b.carry_in_minor)
+        COALESCE(l.cashback, 0), COALESCE(l.net, 0) + b.carry_in_minor)
        IS DISTINCT FROM (b.capture_count::int8, b.refund_count::int8, b.captured_minor::numeric, b.refunded_minor::numeric,
-                         b.fee_minor::numeric, b.net_minor::numeric);
+                         b.fee_minor::numeric, b.cashback_minor::numeric, b.net_minor::numeric);
+-- name: settlement_line_differs_from_its_merchant_postings
+-- What settlement counts of an entry (its line's net: gross - fee - the merchant's cashback, signed) is
+-- exactly what the entry posted to its own merchant's receivable in its currency, so a batch's payout is
+-- what the ledger says the merchant is owed, entry by entry.
+SELECT l.entry_id, l.net_minor, x.posted
+  FROM settlement_lines l
+  LEFT JOIN (SELECT p.entry_id, sum(p.amount_minor) AS posted, min(a.owner_id::text) AS owner_min,
+                    max(a.owner_id::text) AS owner_max, min(a.currency) AS currency_min, max(a.currency) AS currency_max
+               FROM postings p JOIN accounts a ON a.id = p.account_id JOIN journal_entries e ON e.id = p.entry_id
+              WHERE a.kind = 'merchant_receivable' AND e.kind IN ('capture', 'refund') GROUP BY p.entry_id) x
+    ON x.entry_id = l.entry_id
+ WHERE COALESCE(x.posted, 0) <> l.net_minor
+    OR x.owner_min <> l.merchant_id::text OR x.owner_max <> l.merchant_id::text
+    OR x.currency_min <> l.currency OR x.currency_max <> l.currency;
 -- name: entry_settled_by_a_wrong_batch
 SELECT l.entry_id FROM settlement_lines l LEFT JOIN settlement_batches b ON b.id = l.batch_id
  WHERE l.batch_id IS NOT NULL AND (b.id IS NULL OR b.merchant_id <> l.merchant_id OR b.currency <> l.currency OR l.created_at >= b.window_end);
@@ -176,7 +192,7 @@ SELECT c.currency, COALESCE(l.total, 0) AS ledger, COALESCE(b.net, 0) + COALESCE
   LEFT JOIN (SELECT currency, sum(discount_clawed_back_minor - discount_minor) AS net FROM payments
               WHERE discount_funded_by = 'bank' GROUP BY currency) b ON b.currency = c.currency
   LEFT JOIN (SELECT currency, sum(cashback_clawed_back_minor - cashback_minor) AS net FROM payments
-              WHERE cashback_minor > 0 GROUP BY currency) k ON k.currency = c.currency
+              WHERE cashback_funded_by = 'bank' GROUP BY currency) k ON k.currency = c.currency
   LEFT JOIN (SELECT currency, sum(amount_minor) AS total FROM promotion_gifts GROUP BY currency) g ON g.currency = c.currency
  WHERE COALESCE(l.total, 0) <> COALESCE(b.net, 0) + COALESCE(k.net, 0) - COALESCE(g.total, 0);
 -- name: payment_promotion_postings
@@ -190,7 +206,7 @@ SELECT pay.id, pay.discount_minor, pay.discount_clawed_back_minor, pay.cashback_
   LEFT JOIN (SELECT payment_id, sum(discount_clawed_back_minor) AS clawed, sum(cashback_clawed_back_minor) AS cashback_clawed
                FROM refunds GROUP BY payment_id) r ON r.payment_id = pay.id
  WHERE COALESCE(x.promo, 0) <> CASE WHEN pay.discount_funded_by = 'bank' THEN pay.discount_clawed_back_minor - pay.discount_minor ELSE 0 END
-                               + pay.cashback_clawed_back_minor
+                               + CASE WHEN pay.cashback_funded_by = 'bank' THEN pay.cashback_clawed_back_minor ELSE 0 END
     OR COALESCE(r.clawed, 0) <> pay.discount_clawed_back_minor
     OR COALESCE(r.cashback_clawed, 0) <> pay.cashback_clawed_back_minor
     OR (pay.discount_funded_by = 'merchant' AND pay.discount_clawed_back_minor <> 0);
@@ -205,13 +221,47 @@ SELECT pay.id, pay.cashback_minor, x.entries, x.wallet, x.promo, x.others
                     min(a.owner_id::text) FILTER (WHERE a.kind = 'wallet') AS owner
                FROM journal_entries e JOIN postings p ON p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
               WHERE e.kind = 'cashback' GROUP BY e.payment_id) x ON x.payment_id = pay.id
- WHERE (pay.cashback_minor > 0 OR x.payment_id IS NOT NULL)
-   AND (x.entries IS DISTINCT FROM 1 OR x.wallet IS DISTINCT FROM pay.cashback_minor OR x.promo IS DISTINCT FROM -pay.cashback_minor
+ WHERE (pay.cashback_funded_by = 'bank' OR x.payment_id IS NOT NULL)
+   AND (pay.cashback_funded_by IS DISTINCT FROM 'bank' OR x.entries IS DISTINCT FROM 1 OR x.wallet IS DISTINCT FROM pay.cashback_minor OR x.promo IS DISTINCT FROM -pay.cashback_minor
         OR x.others <> 0 OR x.wallets <> 1 OR x.owner IS DISTINCT FROM pay.payer_id::text
         OR pay.cashback_minor > pay.captured_minor)
 UNION ALL
 SELECT e.payment_id, NULL, count(*), NULL, NULL, NULL FROM journal_entries e WHERE e.kind = 'cashback' AND e.payment_id IS NULL
  GROUP BY e.payment_id;
+-- name: merchant_cashback_differs_from_its_capture
+-- A merchant-funded cashback is paid inside its capture's entry: the merchant's receivable debited exactly
+-- cashback_minor (beside its credit of captured - fee, which it never exceeds) and the payer's wallet
+-- credited exactly that (beside its debit of what was captured), with no 'cashback' entry and nothing of the
+-- promotions account; any other capture has neither leg. Its refunds give it back to the merchant: each
+-- refund entry credits the merchant its clawback beside the debit of amount - fee given back.
+SELECT pay.id, pay.cashback_minor, pay.cashback_funded_by, x.wallet_credit, x.merchant_debit, x.merchant_credit
+  FROM payments pay
+  JOIN (SELECT e.payment_id,
+               COALESCE(sum(p.amount_minor) FILTER (WHERE a.kind = 'wallet' AND p.amount_minor > 0), 0) AS wallet_credit,
+               COALESCE(sum(p.amount_minor) FILTER (WHERE a.kind = 'merchant_receivable' AND p.amount_minor < 0), 0)
+                   AS merchant_debit,
+               COALESCE(sum(p.amount_minor) FILTER (WHERE a.kind = 'merchant_receivable' AND p.amount_minor > 0), 0)
+                   AS merchant_credit,
+               count(*) FILTER (WHERE a.kind = 'promotions') AS promo,
+               min(a.owner_id::text) FILTER (WHERE a.kind = 'wallet') AS wallet_min,
+               max(a.owner_id::text) FILTER (WHERE a.kind = 'wallet') AS wallet_max
+          FROM journal_entries e JOIN postings p ON p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
+         WHERE e.kind = 'capture' AND e.payment_id IS NOT NULL GROUP BY e.payment_id) x ON x.payment_id = pay.id
+ WHERE x.wallet_credit <> CASE WHEN pay.cashback_funded_by = 'merchant' THEN pay.cashback_minor ELSE 0 END
+    OR x.merchant_debit <> -x.wallet_credit OR x.merchant_credit <> pay.captured_minor - pay.fee_minor
+    OR x.wallet_min IS DISTINCT FROM pay.payer_id::text OR x.wallet_max IS DISTINCT FROM pay.payer_id::text
+    OR (pay.cashback_funded_by = 'merchant' AND (x.promo <> 0 OR pay.cashback_minor > pay.captured_minor - pay.fee_minor
+        OR EXISTS (SELECT 1 FROM journal_entries c WHERE c.payment_id = pay.id AND c.kind = 'cashback')))
+UNION ALL
+SELECT pay.id, pay.cashback_minor, pay.cashback_funded_by, NULL, NULL, y.merchant_credit
+  FROM payments pay
+  JOIN (SELECT r.payment_id,
+               COALESCE(sum(p.amount_minor) FILTER (WHERE a.kind = 'merchant_receivable' AND p.amount_minor > 0), 0)
+                   AS merchant_credit
+          FROM refunds r JOIN journal_entries e ON e.refund_id = r.id AND e.kind = 'refund'
+          JOIN postings p ON p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
+         GROUP BY r.payment_id) y ON y.payment_id = pay.id
+ WHERE y.merchant_credit <> CASE WHEN pay.cashback_funded_by = 'merchant' THEN pay.cashback_clawed_back_minor ELSE 0 END;
 -- name: gifts_differ_from_their_entries
 SELECT COALESCE(g.holder_id, x.holder_id) AS holder_id, COALESCE(g.currency, x.currency) AS currency,
        g.gifts, g.total, x.entries, x.total AS posted
@@ -233,9 +283,11 @@ SELECT g.id, g.holder_id, g.payment_id FROM promotion_gifts g JOIN payments pay 
    AND (pay.payer_id <> g.holder_id OR pay.captured_minor = 0
         OR NOT EXISTS (SELECT 1 FROM journal_entries e WHERE e.payment_id = g.payment_id AND e.kind = 'gift'));
 -- name: campaign_over_budget_or_places
-SELECT c.id, c.budget_minor, c.spent_minor, c.places_max, c.places_taken, COALESCE(g.granted, 0) AS granted,
+SELECT c.id, c.budget_minor, k.spent_minor, c.places_max, k.places_taken, COALESCE(g.granted, 0) AS granted,
        COALESCE(g.payments, 0) AS payments
   FROM campaigns c
+  JOIN (SELECT campaign_id, sum(spent_minor) AS spent_minor, sum(places_taken) AS places_taken
+          FROM campaign_shards GROUP BY campaign_id) k ON k.campaign_id = c.id
   LEFT JOIN (SELECT campaign_id, sum(granted) AS granted, sum(uses) AS payments, sum(clawed) AS clawed FROM (
                SELECT campaign_id, discount_minor AS granted, 1 AS uses, discount_clawed_back_minor AS clawed
                  FROM payments WHERE campaign_id IS NOT NULL
@@ -244,9 +296,23 @@ SELECT c.id, c.budget_minor, c.spent_minor, c.places_max, c.places_taken, COALES
                  FROM payments WHERE cashback_campaign_id IS NOT NULL
                UNION ALL
                SELECT campaign_id, amount_minor, 1, 0 FROM promotion_gifts) b GROUP BY campaign_id) g ON g.campaign_id = c.id
- WHERE c.spent_minor > c.budget_minor OR c.places_taken > COALESCE(c.places_max, c.places_taken)
-    OR c.spent_minor <> COALESCE(g.granted, 0) OR c.places_taken <> COALESCE(g.payments, 0)
-    OR c.clawed_back_minor <> COALESCE(g.clawed, 0);
+ WHERE k.spent_minor > c.budget_minor OR k.places_taken > COALESCE(c.places_max, k.places_taken)
+    OR k.spent_minor <> COALESCE(g.granted, 0) OR k.places_taken <> COALESCE(g.payments, 0)
+    OR c.clawed_back_minor <> COALESCE(g.clawed, 0) OR c.clawed_back_minor > k.spent_minor;
+-- name: campaign_shards_add_up
+-- A campaign's counter rows (migration 0026) hold exactly its budget and places, and are closed exactly
+-- when it was ended; a campaign without rows could never be taken from (nor checked above).
+SELECT c.id, c.budget_minor, k.budget_minor AS rows_budget, c.places_max, k.places_max AS rows_places,
+       c.ended_at, k.closed, k.open
+  FROM campaigns c
+  LEFT JOIN (SELECT campaign_id, sum(budget_minor) AS budget_minor, sum(places_max) AS places_max,
+                    count(*) FILTER (WHERE places_max IS NULL) AS unlimited, count(*) AS rows,
+                    count(*) FILTER (WHERE closed) AS closed, count(*) FILTER (WHERE NOT closed) AS open
+               FROM campaign_shards GROUP BY campaign_id) k ON k.campaign_id = c.id
+ WHERE k.campaign_id IS NULL OR k.budget_minor <> c.budget_minor
+    OR (c.places_max IS NULL AND k.unlimited <> k.rows)
+    OR (c.places_max IS NOT NULL AND (k.unlimited <> 0 OR k.places_max <> c.places_max))
+    OR (c.ended_at IS NULL AND k.closed <> 0) OR (c.ended_at IS NOT NULL AND k.open <> 0);
 -- name: campaign_holder_over_limit
 SELECT COALESCE(u.campaign_id, g.campaign_id) AS campaign_id, COALESCE(u.holder_id, g.payer_id) AS holder_id,
        COALESCE(u.uses, 0) AS uses, COALESCE(g.payments, 0) AS payments
@@ -259,7 +325,10 @@ SELECT COALESCE(u.campaign_id, g.campaign_id) AS campaign_id, COALESCE(u.holder_
                SELECT campaign_id, holder_id FROM promotion_gifts) b
               GROUP BY campaign_id, payer_id) g ON g.campaign_id = u.campaign_id AND g.payer_id = u.holder_id
   LEFT JOIN campaigns c ON c.id = COALESCE(u.campaign_id, g.campaign_id)
- WHERE COALESCE(u.uses, 0) > COALESCE(c.per_holder_max, COALESCE(u.uses, 0)) OR COALESCE(u.uses, 0) <> COALESCE(g.payments, 0)
+ WHERE COALESCE(u.uses, 0) > COALESCE(c.per_holder_max, COALESCE(u.uses, 0))
+    -- uses are counted where there is a limit (gifts: one); without, a row left from before 0026 counts fewer
+    OR (CASE WHEN c.per_holder_max IS NOT NULL OR c.rule IN ('gift_registration', 'gift_first_payment')
+             THEN COALESCE(u.uses, 0) <> COALESCE(g.payments, 0) ELSE COALESCE(u.uses, 0) > COALESCE(g.payments, 0) END)
     OR (c.rule IN ('gift_registration', 'gift_first_payment') AND COALESCE(u.uses, 0) > 1);
 -- name: conversion_differs_from_its_entry
 SELECT c.id FROM conversions c
