@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -22,7 +23,8 @@ from gateway.domain.ids import Kind, decode
 from gateway.services import payments as payment_cases
 from gateway.services import risk as risk_cases
 from gateway.store import payments as payment_store
-from tests.conftest import TEST_REDIS_URL
+from tests.conftest import TEST_REDIS_URL, make_settings
+from tests.integration.conftest import serving
 from tests.integration.test_risk_decisions import _decisions, _paid, _rule, redis_down_world  # noqa: F401
 from tests.integration.world import Holder, Merchant, World, batched
 
@@ -226,3 +228,34 @@ async def test_redis_lost_after_batch_payments_counts_their_decisions_in_postgre
     assert refused["error"]["code"] == "risk_declined"
     assert refused["error"]["decision"].startswith("rkd_")
     assert await world.available(h) == 9_800
+
+
+@pytest.fixture
+async def unbatched_world(clean_db: str) -> AsyncIterator[World]:
+    async with serving(clean_db, make_settings(payments={"group_commit_items_max": 0})) as client:
+        yield await World.create(client)
+
+
+async def test_without_group_commit_each_statement_is_counted_the_same(unbatched_world: World,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    world = unbatched_world
+    assert world.client.app[SERVICES].pay_batches is None
+    m = await world.merchant()
+    device = f"dev-{uuid.uuid4().hex[:8]}"
+    h = await world.holder(top_up=10_000, device_id=device)
+    rule = await _rule(world, kind="velocity_device", window_s=3600, max_count=2)
+    general: list[str] = []
+    authorize = payment_cases.authorize_locked
+
+    async def spy_authorize(*args: Any, **kwargs: Any) -> Any:
+        general.append(kwargs["channel"])
+        return await authorize(*args, **kwargs)
+
+    monkeypatch.setattr(payment_cases, "authorize_locked", spy_authorize)
+    for _ in range(2):
+        assert (await _paid(world, m, h, 100))["status"] == "succeeded"
+    assert general == []  # each paid by its own one statement
+    assert (await _paid(world, m, h, 100, 402))["error"]["code"] == "risk_declined"
+    assert general == ["wallet"]
+    assert await _window_size(rule, device) == 2
+    assert [d["outcome"] for d in await _decisions(world)] == ["decline", "allow", "allow"]
