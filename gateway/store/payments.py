@@ -339,9 +339,9 @@ async def payable(conn: Connection, payment_id: uuid.UUID, holder_id: uuid.UUID,
         more += f""",
                ${len(args)}::date AS risk_spend_day,
                (SELECT amounts_minor FROM holder_amounts WHERE holder_id = $2 AND currency = p.currency) AS risk_usual,
-               (SELECT coalesce(sum(b.held_minor), 0) FROM accounts a JOIN balances b ON b.account_id = a.id
-                 WHERE a.kind = 'wallet' AND COALESCE(a.owner_id, '{_NIL}'::uuid) = $2
-                   AND a.currency = p.currency) AS risk_held,
+               coalesce((SELECT b.held_minor FROM accounts a JOIN balances b ON b.account_id = a.id AND b.shard = 0
+                          WHERE a.kind = 'wallet' AND COALESCE(a.owner_id, '{_NIL}'::uuid) = $2
+                            AND a.currency = p.currency), 0) AS risk_held,
                coalesce((SELECT spent_minor FROM daily_spend
                           WHERE holder_id = $2 AND currency = p.currency AND day = ${len(args)}), 0) AS risk_spent"""
     if reads is not None and reads.device:
