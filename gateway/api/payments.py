@@ -173,7 +173,8 @@ async def qr_svg(call: Call[None, None]) -> Any:
                    409: ("pay_code_used", "pay_code_expired", "payment_not_payable")})
 async def charge_pay_code(call: Call[schema.ChargePayCode, None]) -> Any:
     """Create a payment and pay it with the pay-code a wallet shows, scanned at the counter. Above the holder's
-    PIN threshold the payment waits in requires_action for the holder to confirm with the PIN."""
+    PIN threshold, or when a risk rule asks for the PIN or a one-time code, the payment waits in requires_action
+    (the amount held) for the holder to confirm it in the app; poll it for its final status."""
     b = call.body
     req = pay_codes.Charge(pay_code=b.pay_code, amount=b.amount, currency=b.currency,  # type: ignore[arg-type]
                            merchant_reference=b.merchant_reference, description=b.description, store=b.store,

@@ -105,7 +105,10 @@ class PayPayment(Strict):
 
 
 class ConfirmPayment(Strict):
-    pin: Pin
+    pin: Pin | None = None
+    otp: Annotated[str, msgspec.Meta(min_length=1, max_length=20, description="the one-time code sent to the "
+                                     "phone, when the payment was held for one (or verify its challenge first)")
+                   ] | None = None
 
 
 class SetPin(Strict):

@@ -142,17 +142,24 @@ async def issue_pay_code(call: Call[schema.IssuePayCode, None]) -> Any:
     return await pay_codes.issue(call.svc, call.who, call.who.device_id)
 
 
-@api.route("GET", "/v1/wallet/pending_payments", summary="Counter payments waiting for this holder's PIN",
+@api.route("GET", "/v1/wallet/pending_payments", summary="Counter payments waiting for this holder's confirmation",
            auth={P.WALLET}, query=schema.PageQuery, response=views.PayerPaymentList, tag="wallet")
 async def pending(call: Call[None, schema.PageQuery]) -> Any:
-    """Counter payments of this holder that wait in requires_action for the PIN."""
+    """Counter payments of this holder that wait in requires_action for its confirmation (the PIN, or what a
+    risk rule asked: the PIN or the one-time code)."""
     return await payments.awaiting_confirmation(call.svc, call.who, call.query.page())
 
 
-@api.route("POST", "/v1/wallet/payments/{id}/confirm", summary="Confirm a counter payment with the PIN",
+@api.route("POST", "/v1/wallet/payments/{id}/confirm", summary="Confirm a counter payment (PIN, one-time code)",
            auth={P.WALLET}, body=schema.ConfirmPayment, response=views.PayerPaymentView, tag="wallet",
-           errors={402: schema.PIN_CODES, 403: ("wallet_locked",),
+           errors={400: ("invalid_code_format",), 402: schema.STEP_UP_CODES,
+                   403: ("wallet_locked", "incorrect_code", "challenge_dead"),
                    409: ("payment_not_confirmable", "confirmation_expired")})
 async def confirm(call: Call[schema.ConfirmPayment, None]) -> Any:
-    """Confirm a counter payment waiting for this holder's PIN; wrong PINs count towards the payment lock."""
-    return await payments.confirm(call.svc, call.who, call.match("id"), call.body.pin, call.identity())
+    """Confirm a counter payment waiting for this holder: with the PIN above the PIN threshold or when a risk
+    rule asked for it (wrong PINs count towards the payment lock); with the one-time code sent to the phone
+    (otp) when a rule asked for one, unless its challenge was verified at
+    POST /v1/wallet/risk_challenges/{id}/verify. Without it: 402 otp_required, naming the challenge. Each wrong
+    code counts against the challenge."""
+    b = call.body
+    return await payments.confirm(call.svc, call.who, call.match("id"), b.pin, call.identity(), otp=b.otp)

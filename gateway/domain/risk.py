@@ -16,7 +16,9 @@ Invariants:
 - each rule carries its outcome; the decision is the most severe outcome among the rules matched,
   after the step-ups the attempt passed: a ``require_pin`` is met by a PIN verified in this attempt,
   a ``require_otp`` by a one-time code verified for this payment; ``decline`` is met by nothing;
-- the reasons name every rule matched (id, kind, outcome, what it measured), met or not.
+- the reasons name every rule matched (id, kind, outcome, what it measured), met or not;
+- a payment held for its step-ups (nobody in the request can answer them) is confirmed only with every
+  step-up its matched rules ask for (``asked``).
 """
 
 from __future__ import annotations
@@ -299,3 +301,9 @@ def decide(rules: tuple[Rule, ...], attempt: Attempt, facts: Facts, passed: froz
         if severity(reason.outcome) > severity(outcome):
             outcome = reason.outcome
     return Decision(outcome, tuple(reasons), tuple(sorted(met)))
+
+
+def asked(outcomes: Iterable[Outcome]) -> frozenset[StepUp]:
+    """The step-ups the matched rules' outcomes ask for: what the holder of a payment held for them (a
+    pay-code charge) must pass to confirm it."""
+    return frozenset(STEP_UP_OF[o] for o in outcomes if o in STEP_UP_OF)

@@ -6,8 +6,10 @@ Invariants:
 - a code is bound to the wallet holder and the device it was issued to, valid for
   ``pay_code_ttl_s``, and charged at most once: the code row is locked and marked used in the
   charge's transaction;
-- above the PIN threshold the charge waits for the payer's confirmation (``requires_action``)
-  with the amount held; the worker reverses it if it is not confirmed in time;
+- above the PIN threshold, or when a risk rule asks the PIN or a one-time code (nobody at the counter
+  can answer: ``services.risk.check`` with ``hold``), the charge waits for the payer's confirmation in
+  the app (``requires_action``) with the amount held; the worker reverses it if it is not confirmed in
+  time;
 - a charge naming ``payment`` settles that open payment of the counter (locked after the code,
   refused ``payment_not_payable`` if a QR code or a tap paid it first); without it the charge
   creates its payment (the single-call form).
@@ -124,7 +126,7 @@ async def charge(svc: Services, who: Principal, req: Charge, identity: RequestId
             row = await payments.counter_payment_locked(conn, who, req.payment, amount, cur, req.merchant_reference)
             await codes.use_pay_code(conn, code_hash, row["id"])
             updated = await payments.authorize_locked(svc, conn, row, holder_id, accounts, channel="pay_code",
-                                                      needs_confirmation=needs_pin)
+                                                      needs_confirmation=needs_pin, confirmable=True)
             return 200, views.payment_view(updated)
         merchant = await tenants.merchant(conn, merchant_id)
         assert merchant is not None
@@ -142,7 +144,7 @@ async def charge(svc: Services, who: Principal, req: Charge, identity: RequestId
                                          merchant_id=merchant_id, holder_id=holder_id)
         await codes.use_pay_code(conn, code_hash, new.id)
         updated = await payments.authorize_locked(svc, conn, row, holder_id, accounts, channel="pay_code",
-                                                  needs_confirmation=needs_pin)
+                                                  needs_confirmation=needs_pin, confirmable=True)
         return 201, views.payment_view(updated)
 
     return await svc.idempotency.run(identity, work, refused=risk.record_refusal)

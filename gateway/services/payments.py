@@ -36,6 +36,7 @@ import msgspec
 from gateway import metrics
 from gateway.auth.principals import Principal, PrincipalKind
 from gateway.domain import checkout, fees, ledger, limits, metadata
+from gateway.domain import risk as risk_domain
 from gateway.domain.promotions import Funder
 from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import check_amount, currency
@@ -380,15 +381,19 @@ async def authorize_locked(
     needs_confirmation: bool = False,
     terminal_transaction_id: str | None = None,
     fx: fx_payments.Funding | None = None,
+    confirmable: bool = False,
 ) -> asyncpg.Record:
     """Authorise a locked, unpaid payment against the holder's wallet: tier caps, funds, then hold
     or capture. Shared by every way of paying (by id, QR, pay-code, tap), so every decline of a
     payment is logged here once (code, payment, merchant, channel; never an amount's payer data).
-    ``fx``: the payer's quote, converted into the payment's currency first (gateway/services/fx_payments.py)."""
+    ``fx``: the payer's quote, converted into the payment's currency first (gateway/services/fx_payments.py).
+    ``confirmable``: the payer can confirm it later in the app (a pay-code charge), so a risk step-up
+    nobody in the request passed holds it in requires_action (``confirm``) instead of declining it."""
     try:
         return await _authorize_locked(svc, conn, row, holder_id, accounts, channel=channel,
                                        needs_confirmation=needs_confirmation,
-                                       terminal_transaction_id=terminal_transaction_id, fx=fx)
+                                       terminal_transaction_id=terminal_transaction_id, fx=fx,
+                                       confirmable=confirmable)
     except (Declined, Forbidden) as exc:
         log.info("payment declined", extra={"code": exc.code, "payment_id": str(row["id"]),
                                             "merchant_id": str(row["merchant_id"]), "channel": channel})
@@ -406,6 +411,7 @@ async def _authorize_locked(
     needs_confirmation: bool,
     terminal_transaction_id: str | None,
     fx: fx_payments.Funding | None = None,
+    confirmable: bool = False,
 ) -> asyncpg.Record:
     now = svc.now()
     day = svc.local_day(now)
@@ -418,8 +424,8 @@ async def _authorize_locked(
         raise Declined("the merchant cannot take payments now", code="merchant_unavailable")
     limits.check_payment(svc.tiers[holder["tier"]], payment.currency, holder["spent_minor"] - payment.amount_minor,
                          payment.amount_minor)
-    await risk.check(svc, conn, payment, holder_id, channel=channel, now=now)
-    confirm_s = svc.settings.wallet.confirmation_timeout_s if needs_confirmation else None
+    held = await risk.check(svc, conn, payment, holder_id, channel=channel, now=now, hold=confirmable)
+    confirm_s = svc.settings.wallet.confirmation_timeout_s if needs_confirmation or held else None
     payment = payment.authorize(holder_id, now, svc.settings.payments.authorization_ttl_s, confirm_within_s=confirm_s)
     granted = None
     if payment.status is Status.SUCCEEDED:  # only a payment captured at once is discounted
@@ -593,17 +599,29 @@ def decide_payment(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
 
 
 @counted("pay_code")  # only a pay-code charge waits for its payer's confirmation
-async def confirm(svc: Services, who: Principal, text_id: str, pin: str | None, identity: RequestIdentity) -> Reply:
-    """The payer confirms a counter payment waiting for its PIN (a pay-code charge above the threshold)."""
+async def confirm(svc: Services, who: Principal, text_id: str, pin: str | None, identity: RequestIdentity,
+                  otp: str | None = None) -> Reply:
+    """The payer confirms a counter payment waiting for it (a pay-code charge): with the PIN above the
+    threshold, and with every step-up the risk rules held it for (the PIN, the one-time code: ``otp``, or
+    its challenge verified before). A PIN given is verified even when not needed."""
     pid = payment_id(text_id)
+    if otp is not None:
+        risk.check_code_format(svc, otp, "otp")
     async with svc.db.connection() as conn:
         head = await store.get(conn, pid)
+        held = await risk.held_step_ups(conn, pid, who.id) if head is not None else None
     if head is None or head["payer_id"] != who.id:
         raise _missing(pid)
     accounts = await _accounts_for(svc, head)
+    asked = frozenset() if held is None else held.step_ups
+    pin_needed = (held is None or risk_domain.StepUp.PIN in asked or pin is not None
+                  or pins.needed(svc, head["currency"], head["amount_minor"]))
 
-    async def check_pin(conn: Connection) -> None:
-        await pins.verify(svc, who.id, pin, conn)
+    async def check_step_ups(conn: Connection) -> None:
+        if pin_needed:
+            await pins.verify(svc, who.id, pin, conn)
+        if held is not None and risk_domain.StepUp.OTP in asked:
+            await risk.pass_held_code(svc, conn, who.id, held, otp)
 
     async def work(conn: Connection) -> tuple[int, Any]:
         row = await store.get(conn, pid, for_update=True)
@@ -613,6 +631,8 @@ async def confirm(svc: Services, who: Principal, text_id: str, pin: str | None, 
             raise pins.locked_error()
         before = store.to_domain(row)
         payment = before.confirm(svc.now(), svc.settings.payments.authorization_ttl_s)
+        if held is not None:
+            await risk.confirm_held(conn, held, svc.now())
         if payment.status is Status.SUCCEEDED:
             payment = _with_fee(payment, row)
             assert payment.payer_id is not None
@@ -624,7 +644,7 @@ async def confirm(svc: Services, who: Principal, text_id: str, pin: str | None, 
         await _record(conn, updated, who.id)
         return 200, await payer_view(conn, updated)
 
-    return await svc.idempotency.run(identity, work, before=check_pin)
+    return await svc.idempotency.run(identity, work, before=check_step_ups)
 
 
 async def awaiting_confirmation(svc: Services, who: Principal, page: PageRequest) -> views.PayerPaymentList:

@@ -34,9 +34,13 @@ Invariants:
   uses it in its own transaction (one code, one payment; a payment that fails leaves it usable);
 - refusals: ``risk_declined`` (402), ``pin_required`` (402, param ``pin``) and ``otp_required`` (402,
   param ``otp``, with ``challenge``: the code's challenge id, sent to the holder's phone through the
-  sign-in code sender). Channels where the holder is not in the request (pay-code, and a tap for a
-  code) cannot answer a step-up: there it is a decline. A code that cannot be sent (no sender, or the
-  holder's codes exhausted) is a decline too. Messages name no rule;
+  sign-in code sender). A pay-code charge, where nobody in the request can answer, is held instead
+  (``check`` with ``hold``): authorised in ``requires_action`` with the amount reserved, its decision
+  recorded as 'held' in the payment's transaction (with its code's challenge and its alerts), and the
+  holder confirms it in the app with every step-up the matched rules asked for (``held_step_ups``,
+  ``pass_held_code``, ``confirm_held``: an 'allow' decision with them passed, in the confirmation's
+  transaction), or the expiry worker reverses it at ``confirm_by``. A tap asked for a code, and a code
+  that cannot be sent (no sender, or the holder's codes exhausted), is a decline. Messages name no rule;
 - every decision where a rule matched (and every payment checked by a velocity rule per device or
   merchant) is recorded with its reasons. An 'allow' is written in the payment's transaction; a
   refusal (``RiskRefusal``) is written by ``record_refusal`` in the transaction that stores the
@@ -244,18 +248,20 @@ async def _facts(conn: Connection, rules: list[risk.Rule], attempt: risk.Attempt
 
 
 async def check(svc: Services, conn: Connection, payment: Payment, holder_id: uuid.UUID, *, channel: str,
-                now: datetime) -> None:
+                now: datetime, hold: bool = False) -> bool:
     """Raise a ``RiskRefusal`` when the rules refuse this payment (call it with the holder's spend row
-    locked); record the decision when a rule concerned it."""
+    locked); record the decision when a rule concerned it. With ``hold`` (the holder confirms the payment
+    later, in the app) a step-up nobody in the request passed holds the payment instead: True, and the
+    caller authorises it in requires_action."""
     rules = await svc.risk_rules.load(conn)
     if not rules:
-        return
+        return False
     present = _PRESENT.get()
     attempt = risk.Attempt(payment.id, holder_id, payment.merchant_id, payment.currency, payment.amount_minor,
                            None if present is None else present.device_id, channel)
     concerned = tuple(r for r in rules if risk.applies(r, attempt))
     if not concerned:
-        return
+        return False
     passed = {risk.StepUp.PIN} if (present is not None and present.pin_verified) or channel == "tap" else set()
     facts = await _facts(conn, list(concerned), attempt, now)
     decision = risk.decide(concerned, attempt, facts, frozenset(passed))
@@ -277,10 +283,13 @@ async def check(svc: Services, conn: Connection, payment: Payment, holder_id: uu
             svc.settings.sign_in.code_ttl_s) is not None:
         passed.add(risk.StepUp.OTP)
         decision = risk.decide(concerned, attempt, facts, frozenset(passed))
+    if hold and present is None and decision.outcome in risk.STEP_UP_OF and await _hold(svc, conn, attempt,
+                                                                                        decision, now):
+        return True  # counted in its windows: the amount is reserved
     if decision.outcome is risk.Outcome.ALLOW:
         if decision.recorded or counted:
             await _insert(conn, attempt, decision, now, uuid.uuid4(), challenge_id=None)
-        return
+        return False
     if charged:  # not authorised: out of the windows again
         await svc.accel.windows_give_back(windows, payment.id.hex)
     raise await _refusal(svc, conn, attempt, decision, now, holder_present=present is not None)
@@ -288,12 +297,12 @@ async def check(svc: Services, conn: Connection, payment: Payment, holder_id: uu
 
 async def _insert(conn: Connection, attempt: risk.Attempt, decision: risk.Decision, now: datetime,
                   decision_id: uuid.UUID, *, challenge_id: uuid.UUID | None,
-                  outcome: risk.Outcome | None = None) -> Any:
+                  outcome: risk.Outcome | None = None, held: bool = False) -> Any:
     return await store.insert_decision(
         conn, decision_id=decision_id, now=now, holder_id=attempt.holder_id, payment_id=attempt.payment_id,
         merchant_id=attempt.merchant_id, channel=attempt.channel, currency=attempt.currency,
         amount_minor=attempt.amount_minor, device_id=attempt.device_id, outcome=(outcome or decision.outcome).value,
-        reasons=_reasons(decision), passed=[p.value for p in decision.passed], challenge_id=challenge_id)
+        reasons=_reasons(decision), passed=[p.value for p in decision.passed], challenge_id=challenge_id, held=held)
 
 
 async def _code_can_be_sent(svc: Services, conn: Connection, holder_id: uuid.UUID, now: datetime) -> bool:
@@ -325,10 +334,7 @@ async def _refusal(svc: Services, conn: Connection, attempt: risk.Attempt, decis
             assert phone is not None
             await sign_in.start_challenge(c, svc, attempt.holder_id, phone, PAYMENT_REASON, None, challenge_id)
         row = await _insert(c, attempt, decision, now, decision_id, challenge_id=challenge_id, outcome=outcome)
-        view = decision_view(row)
-        await notifications.notify(svc, c, attempt.holder_id, notification_kinds.RISK_ALERT, _alert_data(view))
-        await events_store.insert_event(c, "risk.alert", decision_id, view, merchant_id=None,
-                                        holder_id=attempt.holder_id, deliverable=False)
+        await _alert(svc, c, row)
         if challenge_id is not None:
             sign_in.codes_sent(svc)
 
@@ -345,7 +351,103 @@ async def _refusal(svc: Services, conn: Connection, attempt: risk.Attempt, decis
     return RiskRefusal("the payment was declined", code="risk_declined", record=record, decision=ref)
 
 
+# --- a payment held for its step-ups -------------------------------------------------------------
+
+
+async def _hold(svc: Services, conn: Connection, attempt: risk.Attempt, decision: risk.Decision,
+                now: datetime) -> bool:
+    """Record the decision that holds the payment until its holder passes the step-ups asked in the app,
+    with its code's challenge when a code is asked and its alerts, in the payment's transaction (they
+    exist exactly when the held payment does); False when a code is asked that cannot be sent (the
+    caller declines)."""
+    challenge_id = None
+    if risk.StepUp.OTP in risk.asked(r.outcome for r in decision.reasons):
+        holder = await sign_in_store.holder_password(conn, attempt.holder_id)
+        if holder is None or not await _code_can_be_sent(svc, conn, attempt.holder_id, now):
+            return False
+        challenge_id = uuid.uuid4()
+        await sign_in.start_challenge(conn, svc, attempt.holder_id, str(holder["phone"]), PAYMENT_REASON, None,
+                                      challenge_id)
+    row = await _insert(conn, attempt, decision, now, uuid.uuid4(), challenge_id=challenge_id, held=True)
+    await _alert(svc, conn, row)
+    if challenge_id is not None:
+        sign_in.codes_sent(svc)
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class HeldStepUps:
+    """What confirming a held payment needs: its decision, and the step-ups it asked for."""
+
+    decision: Any  # the risk_decisions row (held)
+    step_ups: frozenset[risk.StepUp]
+
+    @property
+    def challenge_id(self) -> uuid.UUID | None:
+        found: uuid.UUID | None = self.decision["challenge_id"]
+        return found
+
+
+def _stored_reasons(row: Any) -> list[dict[str, Any]]:
+    reasons = row["reasons"]
+    found: list[dict[str, Any]] = msgspec.json.decode(reasons) if isinstance(reasons, str) else reasons
+    return found
+
+
+async def held_step_ups(conn: Connection, payment_id: uuid.UUID, holder_id: uuid.UUID) -> HeldStepUps | None:
+    """The step-ups the holder's payment was held for (None: the rules did not hold it)."""
+    row = await store.held_decision(conn, payment_id, holder_id)
+    if row is None:
+        return None
+    return HeldStepUps(row, risk.asked(risk.Outcome(r["outcome"]) for r in _stored_reasons(row)))
+
+
+async def pass_held_code(svc: Services, conn: Connection, holder_id: uuid.UUID, held: HeldStepUps,
+                         code: str | None) -> None:
+    """The held payment's code is passed when its challenge was verified (``verify_code``) or ``code`` is
+    right (the try is counted and committed first, on ``conn`` outside a transaction); otherwise raise
+    ``otp_required`` (402, with the challenge and the masked phone), ``incorrect_code`` or
+    ``challenge_dead`` (403)."""
+    challenge_id = held.challenge_id
+    assert challenge_id is not None
+    found = await sign_in_store.challenge(conn, challenge_id)
+    assert found is not None and found["holder_id"] == holder_id
+    if found["consumed_at"] is not None:
+        return
+    text = encode(Kind.SIGN_IN_CHALLENGE, challenge_id)
+    if code is None:
+        holder = await sign_in_store.holder_password(conn, holder_id)
+        assert holder is not None
+        raise Declined("this payment needs the one-time code sent to the wallet's phone: give it as otp, or "
+                       "verify it first", code="otp_required", param="otp", challenge=text,
+                       decision=encode(Kind.RISK_DECISION, held.decision["id"]),
+                       phone_masked=views.mask_phone(str(holder["phone"])))
+    await _attempt_code(svc, conn, challenge_id, code, dead_param="otp", param="otp")
+
+
+async def confirm_held(conn: Connection, held: HeldStepUps, now: datetime) -> None:
+    """In the confirmation's transaction (its payment locked and confirmable): the held decision answered,
+    and the 'allow' decision its confirmation is, with the step-ups passed."""
+    d = held.decision
+    answered = await store.answer_held(conn, d["id"], now)
+    assert answered, "a held payment is confirmed once (its row lock and state machine)"
+    await store.insert_decision(
+        conn, decision_id=uuid.uuid4(), now=now, holder_id=d["holder_id"], payment_id=d["payment_id"],
+        merchant_id=d["merchant_id"], channel=d["channel"], currency=d["currency"], amount_minor=d["amount_minor"],
+        device_id=d["device_id"], outcome=risk.Outcome.ALLOW.value, reasons=_stored_reasons(d),
+        passed=sorted(s.value for s in held.step_ups), challenge_id=None)
+
+
 # --- decisions and alerts ------------------------------------------------------------------------
+
+
+async def _alert(svc: Services, conn: Connection, row: Any) -> None:
+    """A non-allow decision's alerts (``row``: as stored): the holder's notification and the operator-level
+    event."""
+    view = decision_view(row)
+    await notifications.notify(svc, conn, row["holder_id"], notification_kinds.RISK_ALERT, _alert_data(view))
+    await events_store.insert_event(conn, "risk.alert", row["id"], view, merchant_id=None,
+                                    holder_id=row["holder_id"], deliverable=False)
 
 
 class RiskReasonView(msgspec.Struct, kw_only=True):
@@ -427,27 +529,37 @@ async def verify_code(svc: Services, who: Principal, text: str, code: str) -> Ri
     challenge_id = decode(Kind.SIGN_IN_CHALLENGE, text)
     if challenge_id is None:
         raise NotFound(f"no such challenge: {text}", param="id")
-    length = svc.settings.sign_in.code_length
-    if not verification.valid_code_format(code, length):
-        raise InvalidRequest(f"code is {length} digits", code="invalid_code_format", param="code")
-    view = RiskChallengeView(id=text, status="verified")
-    now = svc.now()
+    check_code_format(svc, code, "code")
     async with svc.db.connection() as conn:
         found = await sign_in_store.challenge(conn, challenge_id)
         if found is None or found["holder_id"] != who.id or found["reason"] != PAYMENT_REASON:
             raise NotFound(f"no such challenge: {text}", param="id")
-        if found["consumed_at"] is not None:
-            return view
-        async with conn.transaction():
-            row = await sign_in_store.attempt_code(conn, challenge_id, sign_in.code_hash(svc, challenge_id, code),
-                                                   now, (PAYMENT_REASON,))
-            if row is not None and row["consumed_at"] is not None:
-                await sign_in_store.drop_messages(conn, challenge_id)
-                return view
+        if found["consumed_at"] is None:
+            await _attempt_code(svc, conn, challenge_id, code, dead_param="id", param="code")
+    return RiskChallengeView(id=text, status="verified")
+
+
+def check_code_format(svc: Services, code: str, param: str) -> None:
+    length = svc.settings.sign_in.code_length
+    if not verification.valid_code_format(code, length):
+        raise InvalidRequest(f"{param} is {length} digits", code="invalid_code_format", param=param)
+
+
+async def _attempt_code(svc: Services, conn: Connection, challenge_id: uuid.UUID, code: str, *, dead_param: str,
+                        param: str) -> None:
+    """One try at a payment's code, counted and committed before the answer (on ``conn``, outside a
+    transaction); raise unless it was right (``param``: where the code came from, ``dead_param``: what
+    named the challenge)."""
+    async with conn.transaction():
+        row = await sign_in_store.attempt_code(conn, challenge_id, sign_in.code_hash(svc, challenge_id, code),
+                                               svc.now(), (PAYMENT_REASON,))
+        if row is not None and row["consumed_at"] is not None:
+            await sign_in_store.drop_messages(conn, challenge_id)
+            return
     if row is None:
-        raise Forbidden("this code can no longer be used (expired or too many wrong tries); pay again for a new "
-                        "one", code="challenge_dead", param="id")
-    raise Forbidden("the code is not right", code="incorrect_code", param="code",
+        raise Forbidden("this code can no longer be used (expired or too many wrong tries); a new payment sends a "
+                        "new one", code="challenge_dead", param=dead_param)
+    raise Forbidden("the code is not right", code="incorrect_code", param=param,
                     attempts_remaining=row["attempts_max"] - row["attempts"])
 
 

@@ -123,13 +123,14 @@ async def device_first_seen(conn: Connection, holder_id: uuid.UUID, device_id: s
 async def insert_decision(conn: Connection, *, decision_id: uuid.UUID, now: datetime, holder_id: uuid.UUID,
                           payment_id: uuid.UUID, merchant_id: uuid.UUID, channel: str, currency: str,
                           amount_minor: int, device_id: str | None, outcome: str, reasons: list[dict[str, Any]],
-                          passed: list[str], challenge_id: uuid.UUID | None) -> asyncpg.Record:
+                          passed: list[str], challenge_id: uuid.UUID | None, held: bool = False) -> asyncpg.Record:
+    """``held``: the decision holds its payment for the holder's step-ups (migration 0029)."""
     row: asyncpg.Record | None = await conn.fetchrow(
         "INSERT INTO risk_decisions (id, created_at, holder_id, payment_id, merchant_id, channel, currency,"
-        " amount_minor, device_id, outcome, reasons, passed, challenge_id)"
-        f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13) RETURNING {DECISION_COLUMNS}",
+        " amount_minor, device_id, outcome, reasons, passed, challenge_id, held)"
+        f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13, $14) RETURNING {DECISION_COLUMNS}",
         decision_id, now, holder_id, payment_id, merchant_id, channel, currency, amount_minor, device_id, outcome,
-        msgspec.json.encode(reasons).decode(), passed, challenge_id)
+        msgspec.json.encode(reasons).decode(), passed, challenge_id, held)
     assert row is not None
     return row
 
@@ -138,16 +139,32 @@ async def use_code(conn: Connection, holder_id: uuid.UUID, merchant_id: uuid.UUI
                    now: datetime, valid_s: int) -> uuid.UUID | None:
     """Take one code verified for this payment (the holder, merchant, currency and amount of a require_otp
     decision whose challenge was answered less than ``valid_s`` ago and not used yet): the decision's id,
-    or None. Used in the payment's transaction, so a payment that fails leaves the code usable."""
+    or None. Used in the payment's transaction, so a payment that fails leaves the code usable. A held
+    decision's code opens its own payment only (``held_decision``)."""
     found: uuid.UUID | None = await conn.fetchval(
         "UPDATE risk_decisions SET step_up_used_at = $5 WHERE id = ("
         " SELECT d.id FROM risk_decisions d JOIN sign_in_challenges c ON c.id = d.challenge_id"
         " WHERE d.holder_id = $1 AND d.merchant_id = $2 AND d.amount_minor = $4 AND d.currency = $3"
-        " AND d.outcome = 'require_otp' AND d.step_up_used_at IS NULL AND c.reason = 'payment'"
+        " AND d.outcome = 'require_otp' AND d.step_up_used_at IS NULL AND NOT d.held AND c.reason = 'payment'"
         " AND c.consumed_at > $5::timestamptz - make_interval(secs => $6)"
         " ORDER BY d.created_at LIMIT 1 FOR UPDATE OF d SKIP LOCKED) RETURNING id",
         holder_id, merchant_id, currency, amount_minor, now, float(valid_s))
     return found
+
+
+async def held_decision(conn: Connection, payment_id: uuid.UUID, holder_id: uuid.UUID) -> asyncpg.Record | None:
+    """The decision that holds the holder's payment for its step-ups, if one does (risk_decisions_held_payment)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"SELECT {DECISION_COLUMNS}, step_up_used_at FROM risk_decisions"
+        " WHERE payment_id = $1 AND holder_id = $2 AND held", payment_id, holder_id)
+    return row
+
+
+async def answer_held(conn: Connection, decision_id: uuid.UUID, now: datetime) -> bool:
+    """Mark a held decision answered (its payment confirmed); False if it was already."""
+    done = await conn.execute("UPDATE risk_decisions SET step_up_used_at = $2 WHERE id = $1 AND held"
+                              " AND step_up_used_at IS NULL", decision_id, now)
+    return bool(done == "UPDATE 1")
 
 
 def decisions(holder_id: uuid.UUID | None, outcome: str | None, *, alerts_only: bool) -> pages.Query:

@@ -20,7 +20,6 @@ from gateway.domain.ids import Kind, decode
 from gateway.services import payments as payment_cases
 from tests.conftest import TEST_REDIS_URL, make_settings, sms_gateway
 from tests.integration.conftest import serving
-from tests.integration.test_qr_paycode import _charge, _device_holder
 from tests.integration.world import Holder, Merchant, World
 
 PIN = "258036"
@@ -213,17 +212,6 @@ async def test_rule_validation_errors_are_clear(world: World) -> None:
         assert (await _rule(world, 400, **body))["error"]["code"] == code, body
     refused = await _rule(world, 400, kind="blocked_device", device_id="x", outcome="allow")
     assert (refused["error"]["code"], refused["error"]["param"]) == ("invalid_parameter", "outcome")
-
-
-async def test_pay_code_cannot_answer_a_step_up_so_it_is_declined(world: World) -> None:
-    m = await world.merchant()
-    h = await _device_holder(world, 10_000)
-    code = (await world.call("POST", "/v1/wallet/pay_codes", 201, headers=h.headers, json={}))["code"]
-    await _rule(world, kind="blocked_wallet", wallet=h.id, outcome="require_pin")
-    refused = await _charge(world, m, code, 300, 402)
-    assert refused["error"]["code"] == "risk_declined"
-    decisions = await _decisions(world, f"&wallet={h.id}")
-    assert [(d["outcome"], d["channel"]) for d in decisions] == [("decline", "pay_code")]
 
 
 def _closed_port() -> int:

@@ -427,3 +427,23 @@ UNION ALL
 SELECT c.id, r.id, NULL, NULL FROM refunds r JOIN conversions c ON c.payment_id = r.payment_id
  WHERE r.amount_minor - r.discount_clawed_back_minor - r.cashback_clawed_back_minor > 0
    AND (SELECT count(*) FROM journal_entries e WHERE e.refund_id = r.id AND e.kind = 'conversion_return') <> 1;
+-- name: held_payment_differs_from_its_step_ups
+-- A payment the risk rules held for its holder's step-ups (a pay-code charge, migration 0029) is its holder's
+-- pay-code payment; it left requires_action by a confirmation (succeeded or requires_capture, or ended after
+-- one) exactly when its held decision was answered, and then one 'allow' decision passed every step-up the
+-- matched rules asked for; still waiting, or reversed unconfirmed, it has no 'allow' decision.
+SELECT d.id, d.payment_id, p.status, d.step_up_used_at, allowed.n AS allowed
+  FROM risk_decisions d
+  LEFT JOIN payments p ON p.id = d.payment_id
+  CROSS JOIN LATERAL (
+      SELECT count(*) AS n,
+             bool_and(a.passed @> ARRAY(
+                 SELECT DISTINCT CASE r->>'outcome' WHEN 'require_pin' THEN 'pin' ELSE 'otp' END
+                   FROM jsonb_array_elements(d.reasons) r
+                  WHERE r->>'outcome' IN ('require_pin', 'require_otp'))) AS passed_all
+        FROM risk_decisions a WHERE a.payment_id = d.payment_id AND a.outcome = 'allow') allowed
+ WHERE d.held AND (p.id IS NULL OR p.payer_id IS DISTINCT FROM d.holder_id OR p.channel IS DISTINCT FROM 'pay_code'
+    OR (d.step_up_used_at IS NULL) <> (allowed.n = 0)
+    OR (d.step_up_used_at IS NOT NULL AND (allowed.n <> 1 OR NOT allowed.passed_all))
+    OR (p.status = 'requires_action' AND d.step_up_used_at IS NOT NULL)
+    OR (p.status IN ('succeeded', 'requires_capture') AND d.step_up_used_at IS NULL));
