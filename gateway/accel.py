@@ -9,6 +9,9 @@ Invariants:
 - every call is bounded by ``timeout_s``; after a failure Redis is not tried again for
   ``backoff_s`` (a circuit breaker), so a dead Redis costs one timeout, not one per request;
 - a failure never propagates: callers get "no answer" and take the PostgreSQL path;
+- a velocity window (``windows_take``) is checked and charged with the payment's other windows by one
+  script, all or none, so concurrent payments never pass a limit together, and a payment already in a
+  window is never counted in it twice;
 - round trips are shared (natural batching): while one is in flight, the scripts and copies that
   arrive meanwhile wait and then go together in one pipeline, so a lone request waits for nothing
   and a busy process pays one round trip for many requests. A pipeline that fails fails each of its
@@ -22,16 +25,19 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import NoScriptError, RedisError
 
 from gateway import metrics
 from gateway.domain import throttle
+from gateway.domain.risk import Window
 from gateway.domain.throttle import Level, Rate
 from gateway.settings import RedisSettings
 
@@ -40,6 +46,7 @@ LOCAL_BUCKETS_MAX = 10_000  # buckets one process keeps while Redis is down; the
 PIPELINE_MAX = 256  # calls sent together at most
 COPIES_PENDING_MAX = 1000  # copies waiting for their round trip; beyond that they are skipped (PostgreSQL has them)
 _FAILURES = (RedisError, OSError, TimeoutError)
+_Call = tuple[AsyncScript, list[str], Sequence[float | int | str]]  # a script, its keys and arguments
 
 # gateway.domain.throttle.take, run by Redis on its own clock so that every gateway process shares
 # one bucket, atomically, in one round trip. KEYS: the buckets, then (optional) a cached idempotent
@@ -79,27 +86,95 @@ return {string.format('%.6f', wait_s), cached}
 """
 
 
-# A sliding window of payments (services.risk's velocity per device and per merchant), checked and
-# charged atomically: members are "payment id:amount" scored by the caller's clock (seconds). KEYS: the
-# window. ARGV: now_s, window_s, count_max (-1: none), amount_max (-1: none), member, amount. Returns
-# {taken (1/0), count before, amount before}; a window expires once its newest member would have left it.
-_WINDOW_LUA = """
-local now_s, window_s = tonumber(ARGV[1]), tonumber(ARGV[2])
-local count_max, amount_max, amount = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[6])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_s - window_s)
-local members = redis.call('ZRANGE', KEYS[1], 0, -1)
-local total = 0
-for _, m in ipairs(members) do
-  total = total + tonumber(string.match(m, ':(%d+)$'))
+# Sliding windows of payments (services.risk's velocity per device and per merchant), checked and charged:
+# each payment in every one of its windows or in none, atomically, the payments of one call one after the
+# other (a batch's payments of one window are counted as concurrent calls would count them). A window is a
+# sorted set of members "payment id:amount" scored by the caller's clock (seconds), with its running total
+# of amounts kept beside it (KEYS[i]..':sum'), so a check costs O(log n) plus the members that left the
+# window, not O(n). KEYS: every payment's windows, in order. ARGV: the number of payments, then per payment:
+# its number of windows, now_s, its id, then per window: window_s, count_max (-1: none), amount_max (-1:
+# none), the amount this payment adds. Returns per payment {taken (1/0), then per window: count, amount
+# before it}. A payment already in a window (charged before: by its one-statement attempt, a retried
+# transaction, a second request paying it) is counted there once: it is left out of "before" and keeps its
+# entry. A window expires once its newest member would have left it.
+_WINDOWS_LUA = """
+local function amount_of(member) return tonumber(string.match(member, ':(%d+)$')) end
+local answer, k, at = {}, 0, 2
+for _ = 1, tonumber(ARGV[1]) do
+  local n_windows, now_s, payment = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), ARGV[at + 2]
+  at = at + 3
+  local fits, seen, found = true, {}, {}
+  for i = 1, n_windows do
+    local key = KEYS[k + i]
+    local window_s, count_max = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
+    local amount_max, amount, member = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3]), payment .. ':' .. ARGV[at + 3]
+    at = at + 4
+    local sum_key, cutoff = key .. ':sum', now_s - window_s
+    local gone = redis.call('ZRANGEBYSCORE', key, '-inf', cutoff)
+    local n, total = redis.call('ZCARD', key), 0
+    if n > 0 then
+      local kept = redis.call('GET', sum_key)
+      if kept and #gone == 0 then
+        total = tonumber(kept)
+      else
+        if #gone > 0 then
+          redis.call('ZREMRANGEBYSCORE', key, '-inf', cutoff)
+          n = n - #gone
+        end
+        if kept then
+          total = tonumber(kept)
+          for _, m in ipairs(gone) do total = total - amount_of(m) end
+        else
+          for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do total = total + amount_of(m) end
+        end
+        redis.call('SET', sum_key, total, 'EX', math.ceil(window_s) + 1)
+      end
+    end
+    local present = n > 0 and redis.call('ZSCORE', key, member) ~= false
+    local n_before, total_before = n, total
+    if present then n_before, total_before = n - 1, total - amount end
+    seen[i] = {key, sum_key, member, math.ceil(window_s) + 1, present, total + amount}
+    found[2 * i], found[2 * i + 1] = n_before, total_before
+    if (count_max >= 0 and n_before + 1 > count_max) or (amount_max >= 0 and total_before + amount > amount_max) then
+      fits = false
+    end
+  end
+  k = k + n_windows
+  found[1] = fits and 1 or 0
+  if fits then
+    for _, w in ipairs(seen) do
+      if not w[5] then
+        redis.call('ZADD', w[1], now_s, w[3])
+        redis.call('SET', w[2], w[6], 'EX', w[4])
+      end
+      redis.call('EXPIRE', w[1], w[4])
+    end
+  end
+  for _, v in ipairs(found) do answer[#answer + 1] = v end
 end
-local n = #members
-if (count_max >= 0 and n + 1 > count_max) or (amount_max >= 0 and total + amount > amount_max) then
-  return {0, n, total}
-end
-redis.call('ZADD', KEYS[1], now_s, ARGV[5])
-redis.call('EXPIRE', KEYS[1], math.ceil(window_s) + 1)
-return {1, n, total}
+return answer
 """
+
+# The payment out of its windows again (it was not authorised after all). KEYS: the windows. ARGV: the
+# payment's id, then the amount it added to each window.
+_WINDOWS_BACK_LUA = """
+for i, key in ipairs(KEYS) do
+  if redis.call('ZREM', key, ARGV[1] .. ':' .. ARGV[i + 1]) == 1 and redis.call('EXISTS', key .. ':sum') == 1 then
+    redis.call('DECRBY', key .. ':sum', ARGV[i + 1])
+  end
+end
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Windows:
+    """What ``windows_take`` found: whether the payment was charged, and each window's count and amount
+    before it (in the order asked)."""
+
+    taken: bool
+    before: tuple[tuple[int, int], ...]
+
 
 class LocalBuckets:
     """Token buckets in this process: the fallback while Redis is down (each process limits alone)."""
@@ -142,9 +217,10 @@ class Accelerator:
         self._down_until_s = 0.0
         self.last_error: str | None = None
         self._take_script = self.client.register_script(_TAKE_LUA)
-        self._window_script = self.client.register_script(_WINDOW_LUA)
+        self._windows_script = self.client.register_script(_WINDOWS_LUA)
+        self._windows_back_script = self.client.register_script(_WINDOWS_BACK_LUA)
         self._local = LocalBuckets(LOCAL_BUCKETS_MAX)
-        self._takes: list[tuple[list[str], list[float | int], asyncio.Future[Any]]] = []
+        self._takes: list[tuple[AsyncScript, list[str], Sequence[float | int | str], asyncio.Future[Any]]] = []
         self._taking: asyncio.Task[None] | None = None
         self._copies: dict[str, tuple[bytes, int]] = {}
         self._copying: asyncio.Task[None] | None = None
@@ -230,25 +306,49 @@ class Accelerator:
     async def delete(self, key: str) -> None:
         await self._call("delete", key)
 
-    async def window_take(self, key: str, now_s: float, window_s: int, count_max: int | None,
-                          amount_max: int | None, member: str, amount: int) -> tuple[bool, int, int] | None:
-        """Charge a sliding window if the payment fits (see ``_WINDOW_LUA``): (taken, count before, amount
-        before), or None when Redis gave no answer (the caller counts in PostgreSQL)."""
+    async def windows_take(self, windows: Sequence[Window], now_s: float, payment: str) -> Windows | None:
+        """Charge the payment in every window if it fits in all, else in none (see ``_WINDOWS_LUA``); None
+        when Redis gave no answer (nothing is known of the charge: the caller counts in PostgreSQL)."""
+        found = await self.windows_take_all([(windows, now_s, payment)])
+        return None if found is None else found[0]
+
+    async def windows_take_all(self, calls: Sequence[tuple[Sequence[Window], float, str]]) -> list[Windows] | None:
+        """``windows_take`` for several payments in one script call, one after the other, in the round trip
+        shared with the calls of the moment; None when Redis gave no answer for them."""
         if not self.available:
             return None
-        args: list[str | int | float] = [now_s, window_s, -1 if count_max is None else count_max, -1 if amount_max is None else amount_max,
-                member, amount]
+        keys: list[str] = []
+        args: list[float | int | str] = [len(calls)]
+        for windows, now_s, payment in calls:
+            keys += [w.key for w in windows]
+            args += [len(windows), now_s, payment]
+            for w in windows:
+                args += [w.window_s, -1 if w.count_max is None else w.count_max,
+                         -1 if w.amount_max_minor is None else w.amount_max_minor, w.amount_minor]
         try:
-            found = await self._window_script(keys=[key], args=args)
+            flat = await self._script(self._windows_script, keys, args)
         except _FAILURES as exc:
             self._failed(exc)
             return None
         self._answered()
-        return bool(found[0]), int(found[1]), int(found[2])
+        answers, at = [], 0
+        for windows, _, _ in calls:
+            answers.append(Windows(bool(flat[at]), tuple((int(flat[at + 2 * i + 1]), int(flat[at + 2 * i + 2]))
+                                                         for i in range(len(windows)))))
+            at += 1 + 2 * len(windows)
+        return answers
 
-    async def window_give_back(self, key: str, member: str) -> None:
-        """Take a payment out of a window again (it was not authorised after all); best effort."""
-        await self._call("zrem", key, member)
+    async def windows_give_back(self, windows: Sequence[Window], payment: str) -> None:
+        """Take the payment out of its windows again (it was not authorised after all); best effort."""
+        if not self.available:
+            return
+        try:
+            await self._script(self._windows_back_script, [w.key for w in windows],
+                               [payment, *(w.amount_minor for w in windows)])
+        except _FAILURES as exc:
+            self._failed(exc)
+        else:
+            self._answered()
 
     async def preflight(self, scope: str, limit_per_s: int, key: str | None) -> tuple[float, bytes | None, bool]:
         """The API rate check and (with ``key``) the cached idempotent answer, in one round trip.
@@ -270,18 +370,22 @@ class Accelerator:
             for _, rate in buckets:
                 args += [rate.per_s, rate.burst]
             keys = [name for name, _ in buckets] + ([key] if key is not None else [])
-            answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            self._takes.append((keys, args, answer))
-            if self._taking is None:
-                self._taking = asyncio.create_task(self._take_pending())
             try:
-                wait, cached = await answer
+                wait, cached = await self._script(self._take_script, keys, args)
             except _FAILURES as exc:
                 self._failed(exc)
             else:
                 self._answered()
                 return float(wait), cached if isinstance(cached, bytes) else None, True
         return self._local.take(buckets, time.monotonic()), None, False
+
+    async def _script(self, script: AsyncScript, keys: list[str], args: Sequence[float | int | str]) -> Any:
+        """Run a script in the next shared pipeline (raises what Redis raised)."""
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._takes.append((script, keys, args, answer))
+        if self._taking is None:
+            self._taking = asyncio.create_task(self._take_pending())
+        return await answer
 
     async def _take_pending(self) -> None:
         """Send the waiting scripts, those that came meanwhile in the next pipeline, until none waits. A
@@ -291,16 +395,16 @@ class Accelerator:
             while self._takes:
                 batch, self._takes = self._takes[:PIPELINE_MAX], self._takes[PIPELINE_MAX:]
                 try:
-                    results = await self._evalsha_all([(keys, args) for keys, args, _ in batch])
+                    results = await self._evalsha_all([(script, keys, args) for script, keys, args, _ in batch])
                 except (*_FAILURES, asyncio.CancelledError) as exc:
                     batch, self._takes = batch + self._takes, []
-                    for _, _, answer in batch:
+                    for _, _, _, answer in batch:
                         if not answer.done():
                             answer.set_exception(exc if not isinstance(exc, asyncio.CancelledError) else TimeoutError())
                     if isinstance(exc, asyncio.CancelledError):
                         raise
                     continue
-                for (_, _, answer), result in zip(batch, results, strict=True):
+                for (_, _, _, answer), result in zip(batch, results, strict=True):
                     if answer.done():
                         continue
                     if isinstance(result, Exception):
@@ -310,22 +414,23 @@ class Accelerator:
         finally:
             self._taking = None
 
-    async def _evalsha_all(self, calls: list[tuple[list[str], list[float | int]]]) -> list[Any]:
-        """One pipeline of the bucket script. The calls Redis refused for lacking the script (a restart,
-        SCRIPT FLUSH) did not run: it is loaded and only they are sent again."""
+    async def _evalsha_all(self, calls: list[_Call]) -> list[Any]:
+        """One pipeline of scripts. The calls Redis refused for lacking their script (a restart, SCRIPT
+        FLUSH) did not run: their scripts are loaded and only they are sent again."""
         results = await self._pipeline(calls)
         missing = [n for n, result in enumerate(results) if isinstance(result, NoScriptError)]
         if missing:
-            self._take_script.sha = await self.client.script_load(_TAKE_LUA)
+            for script in {id(calls[n][0]): calls[n][0] for n in missing}.values():
+                script.sha = await self.client.script_load(script.script)
             again = await self._pipeline([calls[n] for n in missing])
             for n, result in zip(missing, again, strict=True):
                 results[n] = result
         return results
 
-    async def _pipeline(self, calls: list[tuple[list[str], list[float | int]]]) -> list[Any]:
+    async def _pipeline(self, calls: list[_Call]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
-        for keys, args in calls:
-            pipe.evalsha(self._take_script.sha, len(keys), *keys, *args)
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
         results: list[Any] = await pipe.execute(raise_on_error=False)
         return results
 

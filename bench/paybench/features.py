@@ -3,9 +3,11 @@
 Issue 13 asks that, with a campaign, FX and the risk rules active, the payments figure stays within 10% of
 the figure without them. ``switch_on`` makes all three live through the public operator API: a campaign eligible
 to every merchant (every payment is discounted), three rates, and a blocked wallet the load never pays with;
-``add_velocity`` adds a velocity limit per wallet far above what a run reaches, a rule that concerns (and
-counts) every payment without changing its outcome; ``switch_off`` ends them all again, so that the later
-phases measure the gateway as before.
+``add_velocity`` adds one rule of every other kind, each concerning (and, for velocity, counting) every payment
+without ever changing its outcome: velocity limits per wallet, per device and per merchant far above what a run
+reaches, an unusual-amount rule (the load pays one amount, never 10 times its median), a new-device rule (every
+load device was first seen at seeding, long before 1 s ago) and a blocked device the load never uses;
+``switch_off`` ends them all again, so that the later phases measure the gateway as before.
 
 Each call is a set-up call: anything but the expected status stops the benchmark (``Api.seed``).
 """
@@ -22,9 +24,15 @@ from .load import Api, World
 CAMPAIGN_PERCENT_BPS = 100
 CAMPAIGN_CAP_MINOR = 50
 CAMPAIGN_BUDGET_MINOR = 10**12
-# A velocity limit a run cannot reach: the rule is evaluated at every authorisation but never declines.
+# Velocity limits a run cannot reach: the rules are evaluated at every authorisation but never decline.
 VELOCITY_WINDOW_S = 3_600
 VELOCITY_COUNT_MAX = 10**6
+# An amount above 10 times the holder's median (of at least 3 payments) would be unusual: the load pays one amount.
+UNUSUAL_MULTIPLIER_PCT = 1_000
+UNUSUAL_HISTORY_MIN = 3
+# A device first seen less than 1 s ago, for any amount, would be new: the load's devices were seen at seeding.
+NEW_DEVICE_AGE_S = 1
+BLOCKED_DEVICE = "bench-device-never-used"
 # Rates of the table (1 base = rate quote); the load pays in CURRENCY, so they price nothing of it, but a
 # gateway that looks rates up on the hot path pays that here.
 FX_RATES = (("USD", CURRENCY, "7.1234"), ("EUR", CURRENCY, "7.7021"), ("JPY", CURRENCY, "0.04812"))
@@ -36,7 +44,10 @@ class Features:
     rule_ids: tuple[str, ...]
 
     def describe(self) -> str:
-        velocity = (f", a velocity limit per wallet (<= {VELOCITY_COUNT_MAX:,} in {VELOCITY_WINDOW_S} s)"
+        velocity = (f"; velocity limits per wallet, device and merchant (each <= {VELOCITY_COUNT_MAX:,} in"
+                    f" {VELOCITY_WINDOW_S} s), an unusual amount (> {UNUSUAL_MULTIPLIER_PCT / 100:g} x the median"
+                    f" of >= {UNUSUAL_HISTORY_MIN}), a new device (seen < {NEW_DEVICE_AGE_S} s ago, any amount) and"
+                    f" a blocked device no payer uses: every payment concerned, none refused"
                     if len(self.rule_ids) > 1 else "")
         return (f"campaign {self.campaign_id} ({CAMPAIGN_PERCENT_BPS / 100:g}% off, bank-funded, every merchant),"
                 f" {len(FX_RATES)} FX rates, risk rules {', '.join(self.rule_ids)} (a blocked wallet{velocity})")
@@ -66,11 +77,18 @@ async def switch_on(api: Api, world: World) -> Features:
 
 
 async def add_velocity(api: Api, world: World, features: Features) -> Features:
-    """A velocity limit per wallet: a rule that concerns every payment (each is counted against it)."""
-    velocity = await api.seed("POST", "/v1/operator/risk_rules", 201, world.operator_token,
-                              {"kind": "velocity_wallet", "window_s": VELOCITY_WINDOW_S,
-                               "max_count": VELOCITY_COUNT_MAX})
-    return Features(features.campaign_id, (*features.rule_ids, velocity["id"]))
+    """One rule of every kind but the blocked wallet: each concerns every payment of the load (the velocity
+    rules count each) and none is ever reached."""
+    velocity = {"window_s": VELOCITY_WINDOW_S, "max_count": VELOCITY_COUNT_MAX}
+    rules = ({"kind": "velocity_wallet", **velocity}, {"kind": "velocity_device", **velocity},
+             {"kind": "velocity_merchant", **velocity},
+             {"kind": "amount_unusual", "currency": CURRENCY, "multiplier_pct": UNUSUAL_MULTIPLIER_PCT,
+              "baseline": "median", "history_min": UNUSUAL_HISTORY_MIN},
+             {"kind": "new_device", "currency": CURRENCY, "device_age_s": NEW_DEVICE_AGE_S, "min_amount": 0},
+             {"kind": "blocked_device", "device_id": BLOCKED_DEVICE})
+    ids = [(await api.seed("POST", "/v1/operator/risk_rules", 201, world.operator_token, rule))["id"]
+           for rule in rules]
+    return Features(features.campaign_id, (*features.rule_ids, *ids))
 
 
 async def switch_off(api: Api, world: World, features: Features) -> None:

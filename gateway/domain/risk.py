@@ -180,16 +180,70 @@ def applies(rule: Rule, attempt: Attempt) -> bool:
     return True
 
 
-def one_statement_limits(rules: Iterable[Rule], attempt: Attempt) -> tuple[Rule, ...] | None:
-    """The rules concerning this payment when each is a velocity limit per wallet, which the one-statement
-    path keeps itself (counted in its statement; a payment over one falls back to the general path, which
-    decides the rule's outcome); None when another rule concerns it (only the general path checks those).
-    A limit that cannot be crossed by this payment's count or amount still counts: the statement checks
-    it as the general path would."""
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A velocity rule's sliding window a payment is counted in (in Redis: ``accel.Accelerator.windows_take``):
+    it fits when, with it, the window holds at most ``count_max`` payments and ``amount_max_minor`` of
+    amounts (None: no such limit); ``amount_minor`` is what it adds (0 for a rule of another currency)."""
+
+    key: str
+    window_s: int
+    count_max: int | None
+    amount_max_minor: int | None
+    amount_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unlocked:
+    """What the one-statement path read of the holder with the payment, without locks (None: not read):
+    its usual amounts in the payment's currency (``holder_amounts``) and whether its wallet there holds
+    funds (an authorisation that a capture may still add to them); when its device was first seen."""
+
+    now: datetime
+    usual_minor: tuple[int, ...] | None = None
+    holds_funds: bool = True
+    device_read: bool = False
+    device_seen_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OneStatement:
+    """The rules the one-statement path keeps for a payment they allow."""
+
+    wallet_limits: tuple[Rule, ...]  # velocity per wallet: counted by its statement
+    counted: tuple[Rule, ...]  # velocity per device / merchant: charged in their windows before it
+    usual_read: bool  # an amount_unusual rule was found not to match on the unlocked read: the statement
+    # must fall back if the holder's payments in the currency changed since (see ``one_statement``)
+
+
+def one_statement(rules: Iterable[Rule], attempt: Attempt, read: Unlocked | None) -> OneStatement | None:
+    """What the one-statement path keeps itself for this payment, or None when a rule concerning it might
+    not allow it (the general path then decides, records and alerts):
+    - velocity per wallet: counted in its statement, as the general path counts it;
+    - velocity per device or merchant: charged in their windows before the statement, all or none (one
+      over its limit falls back);
+    - amount_unusual and new_device: judged here from ``read`` (matching one falls back). A device's
+      first sighting never moves later and its age only grows, so a stale read only says "new" more
+      often. The usual amounts change when a payment of the holder in the currency is captured: the
+      read is taken only when the holder's wallet held no funds there (no authorisation waiting for its
+      capture), and the caller makes the statement fall back if the holder's spend of the day grew since
+      the read (every other capture adds to it first);
+    - blocked wallet or device: concerning the payment means matching it: None."""
     concerning = tuple(r for r in rules if applies(r, attempt))
-    if any(r.kind is not RuleKind.VELOCITY_WALLET for r in concerning):
+    judged = tuple(r for r in concerning if r.kind in (RuleKind.AMOUNT_UNUSUAL, RuleKind.NEW_DEVICE))
+    if any(r.kind in (RuleKind.BLOCKED_WALLET, RuleKind.BLOCKED_DEVICE) for r in concerning):
         return None
-    return concerning
+    usual = any(r.kind is RuleKind.AMOUNT_UNUSUAL for r in judged)
+    if judged:
+        if read is None or (usual and (read.usual_minor is None or read.holds_funds)):
+            return None
+        if not read.device_read and any(r.kind is RuleKind.NEW_DEVICE for r in judged):
+            return None
+        facts = Facts(now=read.now, usual_minor=read.usual_minor or (), device_seen_at=read.device_seen_at)
+        if any(_match(r, attempt, facts) is not None for r in judged):
+            return None
+    return OneStatement(tuple(r for r in concerning if r.kind is RuleKind.VELOCITY_WALLET),
+                        tuple(r for r in concerning if r.kind in COUNTED_KINDS), usual)
 
 
 def usual_minor(amounts_minor: tuple[int, ...], baseline: Baseline) -> int:

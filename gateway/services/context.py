@@ -69,7 +69,7 @@ class Services:
             settings, db, accel, Idempotency(db, accel, settings.idempotency), tokens, Sealer(settings.auth.api_key_pepper),
             ApiKeyCache(db, settings.auth),
             tiers=settings.tiers.tiers(), pin_thresholds_minor=settings.wallet.pin_threshold_minor,
-            limits_zone=ZoneInfo(settings.wallet.limits_timezone), pay_batches=_pay_batcher(db, settings),
+            limits_zone=ZoneInfo(settings.wallet.limits_timezone), pay_batches=_pay_batcher(db, accel, settings),
             revocations=SessionRevocations(db, settings),
             campaigns=CampaignCache(settings.promotions), reads=await StaleReads.connect(db, settings.database),
         )
@@ -84,15 +84,37 @@ class Services:
 PayBatcher = Batcher[tuple[payment_store.PaidAtOnce, Done | None], bool]
 
 
-def _pay_batcher(db: Database, settings: Settings) -> PayBatcher | None:
+def _pay_batcher(db: Database, accel: Accelerator, settings: Settings) -> PayBatcher | None:
     if settings.payments.group_commit_items_max == 0:
         return None
 
     async def run(items: list[tuple[payment_store.PaidAtOnce, Done | None]]) -> list[bool]:
         metrics.GROUP_COMMIT_BATCH_SIZE.observe(len(items))
-        async with db.connection() as conn:
-            applied = await payment_store.pay_batch(conn, items)
+        applied = await pay_counted(db, accel, items)
         metrics.GROUP_COMMIT_FALLBACKS.inc(applied.count(False))
         return applied
 
     return Batcher(run, settings.payments.group_commit_items_max, settings.payments.group_commit_in_flight_max)
+
+
+async def pay_counted(db: Database, accel: Accelerator,
+                      items: list[tuple[payment_store.PaidAtOnce, Done | None]]) -> list[bool]:
+    """Pay payments in one statement (``store.payments.pay_batch``) after charging the ones the risk rules
+    count per device or merchant in their velocity windows, all in one Redis script call (``accel
+    .windows_take_all``: each payment in all its windows or in none). An item a window refuses, or that
+    Redis gives no answer for, is False and not written: its general path counts, decides and records.
+    A charged item whose statement falls back keeps its entries: its general path counts it once there
+    (``services.risk``)."""
+    counted = [(n, paid, paid.risk) for n, (paid, _) in enumerate(items) if paid.risk is not None and paid.risk.windows]
+    allowed = [True] * len(items)
+    if counted:
+        found = await accel.windows_take_all([(risk.windows, paid.now.timestamp(), paid.payment.id.hex)
+                                              for _, paid, risk in counted])
+        for at, (n, _, _) in enumerate(counted):
+            allowed[n] = found is not None and found[at].taken
+    todo = [item for item, ok in zip(items, allowed, strict=True) if ok]
+    if not todo:
+        return allowed
+    async with db.connection() as conn:
+        written = iter(await payment_store.pay_batch(conn, todo))
+    return [ok and next(written) for ok in allowed]

@@ -45,7 +45,7 @@ from gateway.errors import (
     Declined, Forbidden, GatewayError, IdempotencyError, IdempotencyInUse, InvalidRequest, InvalidState, NotFound,
 )
 from gateway.services import fx_payments, pages, pins, promotions, risk, views
-from gateway.services.context import Services
+from gateway.services.context import Services, pay_counted
 from gateway.services.idempotency import AtOnce, Refused, Reply, RequestIdentity
 from gateway.services.pages import PageRequest
 from gateway.store import idempotency as keys
@@ -481,7 +481,7 @@ async def pay(svc: Services, who: Principal, text_id: str, pin: str | None, iden
     holder_id = who.id
     pid = payment_id(text_id)
     async with svc.db.connection() as conn:
-        head = await store.payable(conn, pid, holder_id)
+        head = await store.payable(conn, pid, holder_id, risk.holder_reads(svc, who.device_id))
     if head is None:
         raise _missing(pid)
     accounts = await payer_accounts(svc, holder_id, head["merchant_id"], head["currency"])
@@ -520,8 +520,7 @@ def _paid_at_once(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
     async def apply(done: keys.Done | None) -> bool:
         if svc.pay_batches is not None:
             return await svc.pay_batches.submit((paid, done))  # group commit with the process's other payments
-        async with svc.db.connection() as conn:
-            return (await store.pay_batch(conn, [(paid, done)]))[0]
+        return (await pay_counted(svc.db, svc.accel, [(paid, done)]))[0]
 
     return AtOnce(200, answer, apply)
 
@@ -538,9 +537,8 @@ def decide_payment(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
     campaign = promotions.from_memory(svc.campaigns, head, now)
     if not campaign.known:  # only the general path can tell which campaign applies
         return None
-    velocity = risk.one_statement_limits(svc, head["id"], holder_id, head["merchant_id"], head["currency"],
-                                         head["amount_minor"], channel)
-    if velocity is None:  # from memory: a rule only the general path checks concerns this payment
+    kept = risk.one_statement(svc, head, holder_id, channel, now)
+    if kept is None:  # from memory and the head: a rule might not allow this payment (the general path decides)
         return None
     day = svc.local_day(now)
     try:
@@ -588,12 +586,14 @@ def decide_payment(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
     paid = store.PaidAtOnce(
         payment=payment, seen_updated_at=head["updated_at"], now=now,
         decided_until=until, holder_id=holder_id, tier=tier.number,
-        wallet_account_id=wallet.id, channel=channel, spend_day=day, daily_max_minor=caps.daily_max_minor,
+        wallet_account_id=wallet.id, channel=channel, spend_day=day,
+        daily_max_minor=caps.daily_max_minor if kept.spend_max_minor is None else min(caps.daily_max_minor,
+                                                                                      kept.spend_max_minor),
         event_type=EVENT_FOR_STATUS[payment.status], event_id=uuid.uuid4(),
         event_data=msgspec.json.encode(views.payment_view(row)), capture=capture,
         hold_minor=0 if capture is not None else payment.authorized_minor,
         discount=discount, per_holder_max=None if offer is None else offer.campaign.per_holder_max,
-        velocity=velocity,
+        velocity=kept.limits, risk=kept.allowed,
     )
     return paid, views.payer_payment_view(row, head["merchant_name"])
 

@@ -6,18 +6,26 @@ Invariants:
   after the holder's spend row is locked, so the holder's payments are counted one at a time and N
   concurrent payments against a wallet velocity limit of K never authorise more than K; it reads the
   active rules from the database (a rule created or disabled applies at once on the general path);
-- the one-statement path (``payments.decide_payment``) asks ``one_statement_limits``, from memory
-  (``services.risk_cache``): a payment no rule concerns, or only velocity limits per wallet, is paid
-  there (its statement counts the holder's payments as ``store.risk.recent`` does, under the same
-  spend row, migration 0025; one over a limit falls back); a payment any other rule concerns takes
-  the general path;
-- velocity per device and per merchant is counted in Redis (a sliding window per rule and scope,
-  checked and charged in one script, so concurrent payments never pass a limit together); while Redis
-  gives no answer it is counted in PostgreSQL from the 'allow' decisions, under an advisory lock per
-  rule and scope. A payment charged in Redis and refused afterwards is given back; one that fails later
-  in its transaction (funds) stays counted until its window ends (stricter, never looser). Entries
-  counted in PostgreSQL during an outage are not copied to Redis: after Redis comes back a window may
-  count too few for at most ``window_s``;
+- the one-statement path (``payments.decide_payment``) asks ``one_statement``, from memory
+  (``services.risk_cache``) and the payment's head read, with no statement of its own: it pays there a
+  payment every concerning rule allows, and sends to the general path one that a rule might not allow
+  (which then decides, records and alerts as for any payment). Velocity per wallet is counted by its
+  statement (under the same spend row, migration 0025); velocity per device and merchant is charged in
+  Redis before it, for its whole batch in one script call (``context.pay_counted``; Redis down: the
+  general path); amount_unusual and new_device are
+  judged from the head read (``store.payments.payable``), the statement falling back if the holder's
+  payments changed since (see ``one_statement``); a blocked wallet or device that concerns the payment
+  matches it. Its 'allow' decision is written by the batch statement with the payment;
+- velocity per device and per merchant is counted in Redis (a sliding window per rule and scope; all of
+  a payment's windows checked and charged in one script, all or none, so concurrent payments never pass
+  a limit together, on either path; a payment is counted once in a window, however often it is charged:
+  its one-statement attempt, then its general path, a retried transaction); while Redis gives no answer
+  it is counted in PostgreSQL from the 'allow' decisions (the one-statement path's included), under an
+  advisory lock per rule and scope. A payment refused by the rules is given back; one that fails
+  otherwise after it was charged (funds, or a one-statement attempt whose general path then refuses it
+  before the rules: the day's cap, a locked wallet) stays counted until its window ends (stricter, never
+  looser). Entries counted in PostgreSQL during an outage are not copied to Redis: after Redis comes
+  back a window may count too few for at most ``window_s``;
 - outcomes (``domain.risk``): the most severe outcome of the rules matched, after the step-ups this
   attempt passed. A PIN counts as passed when the holder's use case verified one in this request
   (``holder_present``) or the channel verified the holder itself (a tap: the phone's CDCVM). A code
@@ -48,12 +56,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from functools import partial
 from typing import Any, Literal
 
+import asyncpg
 import msgspec
 
 from gateway.auth.principals import Principal
@@ -103,23 +112,89 @@ def holder_present(device_id: str | None, *, pin_verified: bool) -> Iterator[Non
 # --- the check -----------------------------------------------------------------------------------
 
 
-def one_statement_limits(svc: Services, payment_id: uuid.UUID, holder_id: uuid.UUID, merchant_id: uuid.UUID,
-                         currency: str, amount_minor: int, channel: str) -> tuple[VelocityLimit, ...] | None:
-    """The one-statement path's question, answered from memory (no statement): the velocity limits per
-    wallet its statement keeps for this payment (empty: no rule concerns it); None when another rule
-    concerns it, or the view is stale (the general path then checks)."""
-    present = _PRESENT.get()
-    attempt = risk.Attempt(payment_id, holder_id, merchant_id, currency, amount_minor,
-                           None if present is None else present.device_id, channel)
-    rules = svc.risk_rules.one_statement_limits(attempt)
-    if rules is None:
+DAY_START_GRACE_S = 60.0  # a payment's transaction commits within this of its start (see ``one_statement``)
+
+
+@dataclass(frozen=True, slots=True)
+class AtOnceRisk:
+    """What the one-statement path's statement keeps for the rules (``one_statement``)."""
+
+    limits: tuple[VelocityLimit, ...]  # velocity per wallet, counted by the statement
+    spend_max_minor: int | None  # the holder's day's spend with this payment may not exceed it (None: the cap)
+    allowed: events_store.RiskAllowed | None  # the 'allow' decision it records, and the windows charged first
+
+
+def holder_reads(svc: Services, device_id: str | None) -> events_store.HolderReads | None:
+    """What the head read of a payment (``store.payments.payable``) adds for the active rules the
+    one-statement path judges itself; None when none is active (the read stays as it was)."""
+    kinds = svc.risk_rules.kinds
+    usual = risk.RuleKind.AMOUNT_UNUSUAL in kinds
+    device = risk.RuleKind.NEW_DEVICE in kinds
+    if not usual and not device:
         return None
+    return events_store.HolderReads(svc.local_day(svc.now()) if usual else None, device, device_id)
+
+
+def _unlocked(head: asyncpg.Record | Mapping[str, Any], now: datetime, device_id: str | None) -> risk.Unlocked:
+    usual = None
+    if head.get("risk_spend_day") is not None:
+        usual = tuple(int(a) for a in head["risk_usual"] or ())
+    device_read = bool(head.get("risk_device_read")) and head.get("risk_device_id") == device_id
+    return risk.Unlocked(now=now, usual_minor=usual, holds_funds=usual is None or head["risk_held"] > 0,
+                         device_read=device_read, device_seen_at=head.get("risk_device_seen_at"))
+
+
+def _window(rule: risk.Rule, attempt: risk.Attempt) -> risk.Window:
+    assert rule.window_s is not None
+    return risk.Window(_window_key(rule, attempt), rule.window_s, rule.max_count,
+                       rule.max_amount_minor if rule.currency is not None else None,
+                       risk.counted_amount(rule, attempt.currency, attempt.amount_minor))
+
+
+def one_statement(svc: Services, head: asyncpg.Record | Mapping[str, Any], holder_id: uuid.UUID, channel: str,
+                  now: datetime) -> AtOnceRisk | None:
+    """The one-statement path's question, answered from memory and the head read (no statement, no round
+    trip): what its statement keeps for the rules of this payment; None when a rule might not allow it,
+    the view is stale, or it needs Redis and Redis is down (the general path then checks and records).
+
+    Relies on (``domain.risk.one_statement`` for the rules' side):
+    - velocity per device / merchant: charged before the statement (``context.pay_counted``), in Redis
+      only;
+    - amount_unusual: ``head`` read the holder's usual amounts, held funds and day's spend in one
+      snapshot (``store.payments.payable``). Every capture of a holder's payment either releases a hold on
+      its wallet in that currency (none was held) or is of a payment authorised after the read, which
+      first added its amount to the holder's spend of its day in that currency (``authorize_locked``,
+      ``gateway_pay_batch``; a cancel or expiry gives back only a hold's spend). So the statement, given
+      the spend read plus this payment as its day's maximum, falls back if any capture may have changed
+      the usual amounts since the read, once it holds the holder's spend row. A payment authorised on the
+      previous day commits within ``DAY_START_GRACE_S`` (statement and idle timeouts of seconds): in the
+      first ``DAY_START_GRACE_S`` of a day the general path decides;
+    - new_device: a device's first sighting (``wallet_devices.created_at``) is never moved later."""
+    present = _PRESENT.get()
+    device_id = None if present is None else present.device_id
+    attempt = risk.Attempt(head["id"], holder_id, head["merchant_id"], head["currency"], head["amount_minor"],
+                           device_id, channel)
+    kept = svc.risk_rules.one_statement(attempt, _unlocked(head, now, device_id))
+    if kept is None:
+        return None
+    spend_max = None
+    if kept.usual_read:
+        day = svc.local_day(now)
+        day_start = datetime.combine(day, time(0), tzinfo=svc.limits_zone)
+        if head["risk_spend_day"] != day or (now - day_start).total_seconds() < DAY_START_GRACE_S:
+            return None
+        spend_max = int(head["risk_spent"]) + int(head["amount_minor"])
+    allowed = None
+    if kept.counted:
+        if not svc.accel.available:  # counted in PostgreSQL by the general path
+            return None
+        allowed = events_store.RiskAllowed(uuid.uuid4(), device_id, tuple(_window(r, attempt) for r in kept.counted))
     limits: list[VelocityLimit] = []
-    for rule in rules:
+    for rule in kept.wallet_limits:
         assert rule.window_s is not None
-        amount_max = rule.max_amount_minor if rule.currency == currency else None  # as risk.over_velocity
+        amount_max = rule.max_amount_minor if rule.currency == attempt.currency else None  # as risk.over_velocity
         limits.append(VelocityLimit(rule.window_s, rule.max_count, amount_max))
-    return tuple(limits)
+    return AtOnceRisk(tuple(limits), spend_max, allowed)
 
 
 class RiskRefusal(Declined):
@@ -147,27 +222,9 @@ def _window_key(rule: risk.Rule, attempt: risk.Attempt) -> str:
     return f"risk:w:{rule.id.hex}:{scope}"
 
 
-@dataclass
-class _Charged:
-    """The Redis windows this attempt was charged in (given back if it is refused)."""
-
-    windows: list[str]
-    member: str
-
-
-async def _count(svc: Services, conn: Connection, rule: risk.Rule, attempt: risk.Attempt, now: datetime,
-                 charged: _Charged) -> risk.Recent:
+async def _recent_allowed(conn: Connection, rule: risk.Rule, attempt: risk.Attempt, now: datetime) -> risk.Recent:
     assert rule.window_s is not None
     key = _window_key(rule, attempt)
-    amount = risk.counted_amount(rule, attempt.currency, attempt.amount_minor)
-    max_amount = rule.max_amount_minor if rule.currency is not None else None
-    found = await svc.accel.window_take(key, now.timestamp(), rule.window_s, rule.max_count, max_amount,
-                                        charged.member, amount)
-    if found is not None:
-        taken, count, total = found
-        if taken:
-            charged.windows.append(key)
-        return risk.Recent(count, total)
     if rule.kind is risk.RuleKind.VELOCITY_DEVICE:
         return await store.recent_allowed(conn, "device_id", attempt.device_id, rule.currency, now, rule.window_s, key)
     return await store.recent_allowed(conn, "merchant_id", attempt.merchant_id, rule.currency, now, rule.window_s, key)
@@ -209,11 +266,17 @@ async def check(svc: Services, conn: Connection, payment: Payment, holder_id: uu
     facts = await _facts(conn, list(concerned), attempt, now)
     decision = risk.decide(concerned, attempt, facts, frozenset(passed))
     counted = [r for r in concerned if r.kind in risk.COUNTED_KINDS]
-    charged = _Charged([], f"{payment.id.hex}:{payment.amount_minor}")
+    windows = [_window(r, attempt) for r in counted]
+    charged = False
     # The windows last: a payment the other rules decline is charged in none.
     if counted and decision.outcome is not risk.Outcome.DECLINE:
-        windows = {r.id: await _count(svc, conn, r, attempt, now, charged) for r in counted}
-        facts = replace(facts, recent={**facts.recent, **windows})
+        found = await svc.accel.windows_take(windows, now.timestamp(), payment.id.hex)
+        if found is not None:
+            charged = found.taken
+            recent = {r.id: risk.Recent(n, total) for r, (n, total) in zip(counted, found.before, strict=True)}
+        else:  # Redis gave no answer: counted in PostgreSQL, rule by rule in id order (the advisory locks)
+            recent = {r.id: await _recent_allowed(conn, r, attempt, now) for r in counted}
+        facts = replace(facts, recent={**facts.recent, **recent})
         decision = risk.decide(concerned, attempt, facts, frozenset(passed))
     if decision.outcome is risk.Outcome.REQUIRE_OTP and present is not None and await store.use_code(
             conn, holder_id, payment.merchant_id, payment.currency, payment.amount_minor, now,
@@ -227,8 +290,8 @@ async def check(svc: Services, conn: Connection, payment: Payment, holder_id: uu
         if decision.recorded or counted:
             await _insert(conn, attempt, decision, now, uuid.uuid4(), challenge_id=None)
         return False
-    for key in charged.windows:  # not authorised: out of the windows again
-        await svc.accel.window_give_back(key, charged.member)
+    if charged:  # not authorised: out of the windows again
+        await svc.accel.windows_give_back(windows, payment.id.hex)
     raise await _refusal(svc, conn, attempt, decision, now, holder_present=present is not None)
 
 

@@ -1,10 +1,11 @@
 """This process's view of the active risk rules: what the one-statement payment path asks, from memory.
 
 Invariants:
-- ``none_concern(attempt)`` is True only when the last kept read of the rules, younger than
-  ``FRESH_S``, found none that concerns the payment (``domain.risk.applies``: another holder's
-  blocked wallet, another currency's amount rule, ...): a payment a rule may concern (or any payment,
-  when this process cannot tell) takes the general path, which reads the rules from the database;
+- ``one_statement(attempt, read)`` answers only from the last kept read of the rules, younger than
+  ``FRESH_S``: the rules the one-statement path keeps for the payment (``domain.risk.one_statement``:
+  none when no rule concerns it, e.g. another holder's blocked wallet or another currency's amount
+  rule); a payment a rule might not allow (or any payment, when this process cannot tell) takes the
+  general path, which reads the rules from the database;
 - the view is read when the app starts, re-read every ``REFRESH_S`` in the background
   (``refreshing``) and at once after a change made by this process, so a rule created in another
   process reaches this one's fast path within ``REFRESH_S``;
@@ -35,6 +36,7 @@ class RiskRules:
     """The active rules at this process's last kept read (see the module's invariants)."""
 
     rules: tuple[risk.Rule, ...] = ()
+    kinds: frozenset[risk.RuleKind] = frozenset()  # of those rules: what the one-statement path reads for
     read_at_s: float | None = None
     clock: Callable[[], float] = field(default=time.monotonic)
     _begun: int = 0
@@ -46,14 +48,15 @@ class RiskRules:
                 return
             self._kept = read_number
         self.rules = rules
+        self.kinds = frozenset(r.kind for r in rules)
         self.read_at_s = self.clock()
 
-    def one_statement_limits(self, attempt: risk.Attempt) -> tuple[risk.Rule, ...] | None:
-        """From memory, while the view is fresh: the velocity limits per wallet the one-statement path keeps
-        for this payment (empty: no active rule concerns it, so the general path would find nothing to check
-        or record either); None when the view is stale or another rule concerns it."""
+    def one_statement(self, attempt: risk.Attempt, read: risk.Unlocked | None) -> risk.OneStatement | None:
+        """From memory, while the view is fresh: the rules the one-statement path keeps for this payment
+        (``domain.risk.one_statement``; none: no active rule concerns it, so the general path would find
+        nothing to check or record either); None when the view is stale or a rule might not allow it."""
         fresh = self.read_at_s is not None and self.clock() - self.read_at_s <= FRESH_S
-        return risk.one_statement_limits(self.rules, attempt) if fresh else None
+        return risk.one_statement(self.rules, attempt, read) if fresh else None
 
     async def load(self, conn: Connection) -> tuple[risk.Rule, ...]:
         """Read the active rules (the general path's answer) and keep them as this process's view."""

@@ -16,6 +16,7 @@ import msgspec
 from gateway import metrics
 from gateway.domain.payments import CaptureMethod, Payment, Status
 from gateway.domain.promotions import COUNT_MAX
+from gateway.domain.risk import Window
 from gateway.store import pages
 from gateway.store.db import Connection, one
 from gateway.store.idempotency import AT_ONCE_REFUSED, Done, done_cte
@@ -175,6 +176,17 @@ class VelocityLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class RiskAllowed:
+    """The risk rules' 'allow' of a payment paid in one statement, recorded as the general path records it
+    (a ``risk_decisions`` row with no reasons, written in the statement when its item is applied); and the
+    velocity windows the service charged it in before the statement (``services.context.pay_counted``)."""
+
+    decision_id: uuid.UUID
+    device_id: str | None
+    windows: tuple[Window, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class PaidAtOnce:
     """What paying a payment in one statement writes, decided from the payment's row as read (``seen``)."""
 
@@ -196,6 +208,7 @@ class PaidAtOnce:
     discount: Discount | None = None  # a campaign's discount (its full stated benefit), taken with the payment
     per_holder_max: int | None = None  # that campaign's per-holder limit (None: none)
     velocity: tuple[VelocityLimit, ...] = ()  # the risk rules' velocity limits per wallet it must keep
+    risk: RiskAllowed | None = None  # the risk decision recorded with it (None: no rule asks for one)
 
 
 async def pay_batch(conn: Connection, items: list[tuple[PaidAtOnce, Done | None]]) -> list[bool]:
@@ -252,10 +265,31 @@ async def pay_batch(conn: Connection, items: list[tuple[PaidAtOnce, Done | None]
             cols["v_window"].append(limit.window_s)
             cols["v_count_max"].append(limit.count_max)
             cols["v_amount_max"].append(limit.amount_max_minor)
+    call = "gateway_pay_batch(" + ", ".join(f"${n}" for n in range(1, len(cols) + 1)) + ")"
+    args = list(cols.values())
+    decided = [(item, paid, paid.risk) for item, (paid, _) in enumerate(items, start=1) if paid.risk is not None]
+    if decided:  # the applied items' decisions, in the same statement (so the same transaction)
+        first = len(args) + 1
+        args += [[item for item, _, _ in decided], [r.decision_id for _, _, r in decided],
+                 [p.now for _, p, _ in decided], [p.holder_id for _, p, _ in decided],
+                 [p.payment.id for _, p, _ in decided], [p.payment.merchant_id for _, p, _ in decided],
+                 [p.channel for _, p, _ in decided], [p.payment.currency for _, p, _ in decided],
+                 [p.payment.amount_minor for _, p, _ in decided], [r.device_id for _, _, r in decided]]
+        types = ("int", "uuid", "timestamptz", "uuid", "uuid", "uuid", "text", "text", "bigint", "text")
+        arrays = ", ".join(f"${first + n}::{t}[]" for n, t in enumerate(types))
+        sql = (f"WITH b AS (SELECT {call} AS applied), d AS ("
+               " INSERT INTO risk_decisions (id, created_at, holder_id, payment_id, merchant_id, channel, currency,"
+               " amount_minor, device_id, outcome, reasons, passed)"
+               " SELECT r.id, r.at, r.holder, r.payment, r.merchant, r.channel, r.currency, r.amount, r.device,"
+               " 'allow', '[]'::jsonb, '{}'::text[]"
+               f" FROM b, unnest({arrays}) AS r(item, id, at, holder, payment, merchant, channel, currency, amount,"
+               " device) WHERE b.applied[r.item])"
+               " SELECT applied FROM b")
+    else:
+        sql = f"SELECT {call}"
     started_s = time.perf_counter()
     try:
-        applied: list[bool] = await conn.fetchval(
-            "SELECT gateway_pay_batch(" + ", ".join(f"${n}" for n in range(1, len(cols) + 1)) + ")", *cols.values())
+        applied: list[bool] = await conn.fetchval(sql, *args)
     except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):  # in its first step (the balance locks)
         return [False] * len(items)  # nothing was written: each item's general path decides (and retries)
     elapsed_s = time.perf_counter() - started_s
@@ -277,18 +311,54 @@ async def get(
     return row
 
 
-async def payable(conn: Connection, payment_id: uuid.UUID, holder_id: uuid.UUID) -> asyncpg.Record | None:
+@dataclass(frozen=True, slots=True)
+class HolderReads:
+    """What ``payable`` also reads of the holder for the risk rules the one-statement path judges itself
+    (``services.risk.holder_reads``): with ``usual_day``, its usual amounts in the payment's currency
+    (``risk_usual``), whether its wallet there holds funds (``risk_held``) and its spend on that day
+    (``risk_spent``, ``risk_spend_day``); with ``device``, when ``device_id`` (``risk_device_id``) was
+    first seen for it (``risk_device_seen_at``, with ``risk_device_read``)."""
+
+    usual_day: date | None = None
+    device: bool = False
+    device_id: str | None = None
+
+
+_NIL = "00000000-0000-0000-0000-000000000000"
+
+
+async def payable(conn: Connection, payment_id: uuid.UUID, holder_id: uuid.UUID,
+                  reads: HolderReads | None = None) -> asyncpg.Record | None:
     """The payment with what paying it from ``holder_id``'s wallet is decided on: its merchant's name and
-    status, the holder's tier and PIN lock (``holder_tier`` NULL: no such holder). Read without locks."""
+    status, the holder's tier and PIN lock (``holder_tier`` NULL: no such holder), and ``reads``. Read
+    without locks, in one statement (one snapshot)."""
+    more = ""
+    args: list[Any] = [payment_id, holder_id]
+    if reads is not None and reads.usual_day is not None:
+        args.append(reads.usual_day)
+        more += f""",
+               ${len(args)}::date AS risk_spend_day,
+               (SELECT amounts_minor FROM holder_amounts WHERE holder_id = $2 AND currency = p.currency) AS risk_usual,
+               coalesce((SELECT b.held_minor FROM accounts a JOIN balances b ON b.account_id = a.id AND b.shard = 0
+                          WHERE a.kind = 'wallet' AND COALESCE(a.owner_id, '{_NIL}'::uuid) = $2
+                            AND a.currency = p.currency), 0) AS risk_held,
+               coalesce((SELECT spent_minor FROM daily_spend
+                          WHERE holder_id = $2 AND currency = p.currency AND day = ${len(args)}), 0) AS risk_spent"""
+    if reads is not None and reads.device:
+        args.append(reads.device_id)
+        more += f""",
+               TRUE AS risk_device_read, ${len(args)}::text AS risk_device_id,
+               (SELECT created_at FROM wallet_devices WHERE holder_id = $2 AND device_id = ${len(args)})
+                   AS risk_device_seen_at"""
     row: asyncpg.Record | None = await conn.fetchrow(
         f"""
         SELECT p.*, m.name AS merchant_name, m.status AS merchant_status,
-               w.tier AS holder_tier, w.payments_locked_at IS NOT NULL AS holder_locked
+               w.tier AS holder_tier, w.payments_locked_at IS NOT NULL AS holder_locked{more}
           FROM (SELECT {_COLUMNS}, {_EXTRA} FROM payments WHERE id = $1) p
           JOIN merchants m ON m.id = p.merchant_id
           LEFT JOIN wallet_holders w ON w.id = $2
         """,
-        payment_id, holder_id,
+        *args,
     )
     return row
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from redis.asyncio.client import Pipeline
 
-from gateway.accel import Accelerator
+from gateway.accel import Accelerator, Windows
+from gateway.domain.risk import Window
 from gateway.domain.throttle import Rate
 from gateway.settings import RedisSettings
 from tests.conftest import TEST_REDIS_URL
@@ -106,3 +107,68 @@ async def test_rate_given_as_several_buckets_stays_all_or_nothing(accel: Acceler
     assert sum(1 for w in waits if w == 0) == 2
     level = float((await accel.client.hget(b, "tokens")) or 0)
     assert 97.9 < level < 98.1  # two charged, eight refused charged nothing
+
+
+def _w(key: str, window_s: int = 60, count_max: int | None = None, amount_max: int | None = None,
+       amount: int = 100) -> Window:
+    return Window(key, window_s, count_max, amount_max, amount)
+
+
+async def test_concurrent_window_charges_share_round_trips_and_stop_exactly_at_the_limit(
+        accel: Accelerator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """40 payments race for a window of 7: exactly 7 are charged, in far fewer than 40 round trips."""
+    await accel.windows_take([_w(f"risk:w:test:{uuid.uuid4().hex}")], 1_000.0, "warm")  # the script loaded
+    sizes = _count_pipelines(monkeypatch)
+    window = _w(f"risk:w:test:{uuid.uuid4().hex}", count_max=7)
+    found = await asyncio.gather(*(accel.windows_take([window], 1_000.0, uuid.uuid4().hex) for _ in range(40)))
+    assert all(f is not None for f in found)
+    assert sum(1 for f in found if f is not None and f.taken) == 7
+    assert sum(sizes) == 40 and len(sizes) < 10, sizes
+    assert await accel.client.zcard(window.key) == 7 and int(await accel.client.get(window.key + ":sum")) == 700
+
+
+async def test_windows_are_charged_all_or_none_and_a_payment_counts_once(accel: Accelerator) -> None:
+    base = f"risk:w:test:{uuid.uuid4().hex}"
+    roomy, amounts = _w(base + ":a", count_max=10), _w(base + ":b", amount_max=250, amount=100)
+    first, second, third = uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex
+    assert await accel.windows_take([roomy, amounts], 1_000.0, first) == Windows(True, ((0, 0), (0, 0)))
+    again = await accel.windows_take([roomy, amounts], 1_001.0, first)  # charged before: counted once
+    assert again == Windows(True, ((0, 0), (0, 0)))
+    assert await accel.windows_take([roomy, amounts], 1_002.0, second) == Windows(True, ((1, 100), (1, 100)))
+    over = await accel.windows_take([roomy, amounts], 1_003.0, third)  # 300 > 250: charged in neither
+    assert over == Windows(False, ((2, 200), (2, 200)))
+    assert await accel.client.zcard(roomy.key) == 2 and await accel.client.zcard(amounts.key) == 2
+    await accel.windows_give_back([roomy, amounts], second)
+    await accel.windows_give_back([roomy, amounts], second)  # given back twice: once
+    assert await accel.windows_take([roomy, amounts], 1_004.0, third) == Windows(True, ((1, 100), (1, 100)))
+    other_currency = _w(amounts.key, amount_max=250, amount=0)  # a payment in another currency adds nothing
+    assert (await accel.windows_take([other_currency], 1_005.0, uuid.uuid4().hex)) == Windows(True, ((2, 200),))
+
+
+async def test_a_window_forgets_what_left_it_and_keeps_its_total(accel: Accelerator) -> None:
+    window = _w(f"risk:w:test:{uuid.uuid4().hex}", window_s=10, amount_max=1_000, amount=400)
+    assert (await accel.windows_take([window], 100.0, uuid.uuid4().hex)) == Windows(True, ((0, 0),))
+    assert (await accel.windows_take([window], 105.0, uuid.uuid4().hex)) == Windows(True, ((1, 400),))
+    assert (await accel.windows_take([window], 109.0, uuid.uuid4().hex)) == Windows(False, ((2, 800),))
+    assert (await accel.windows_take([window], 110.0, uuid.uuid4().hex)) == Windows(True, ((1, 400),))  # 100 left
+    await accel.client.delete(window.key + ":sum")  # a total lost (evicted): counted again from the members
+    assert (await accel.windows_take([window], 111.0, uuid.uuid4().hex)) == Windows(False, ((2, 800),))
+    assert 0 < await accel.client.ttl(window.key) <= 11 and 0 < await accel.client.ttl(window.key + ":sum") <= 11
+
+
+async def test_a_window_script_redis_lost_is_loaded_again(accel: Accelerator) -> None:
+    window = _w(f"risk:w:test:{uuid.uuid4().hex}", count_max=5)
+    await accel.client.script_flush()
+    found = await asyncio.gather(*(accel.windows_take([window], 1.0, uuid.uuid4().hex) for _ in range(3)),
+                                 accel.preflight(f"s-{uuid.uuid4()}", 5, None))
+    assert [f.taken for f in found[:3] if isinstance(f, Windows)] == [True] * 3 and found[3][2]
+
+
+async def test_windows_without_redis_give_no_answer() -> None:
+    gone = Accelerator(RedisSettings(url="redis://127.0.0.1:9/0", timeout_s=0.2, backoff_s=30))
+    try:
+        assert await gone.windows_take([_w("risk:w:gone")], 1.0, "p") is None
+        assert not gone.available
+        await gone.windows_give_back([_w("risk:w:gone")], "p")  # nothing raises
+    finally:
+        await gone.close()
