@@ -86,7 +86,7 @@ return {string.format('%.6f', wait_s), cached}
 """
 
 
-# Sliding windows of payments (services.risk's velocity per device and per merchant), checked and charged:
+# Sliding windows of payments (services.risk's velocity per wallet, device and merchant), checked and charged:
 # each payment in every one of its windows or in none, atomically, the payments of one call one after the
 # other (a batch's payments of one window are counted as concurrent calls would count them). A window is a
 # sorted set of members "payment id:amount" scored by the caller's clock (seconds), with its running total

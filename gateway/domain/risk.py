@@ -46,7 +46,7 @@ class RuleKind(StrEnum):
 
 
 VELOCITY_KINDS = frozenset({RuleKind.VELOCITY_WALLET, RuleKind.VELOCITY_DEVICE, RuleKind.VELOCITY_MERCHANT})
-COUNTED_KINDS = frozenset({RuleKind.VELOCITY_DEVICE, RuleKind.VELOCITY_MERCHANT})  # Redis, else PostgreSQL
+COUNTED_KINDS = VELOCITY_KINDS  # counted in windows: Redis, else PostgreSQL (``services.risk``)
 
 
 class Outcome(StrEnum):
@@ -210,8 +210,7 @@ class Unlocked:
 class OneStatement:
     """The rules the one-statement path keeps for a payment they allow."""
 
-    wallet_limits: tuple[Rule, ...]  # velocity per wallet: counted by its statement
-    counted: tuple[Rule, ...]  # velocity per device / merchant: charged in their windows before it
+    counted: tuple[Rule, ...]  # velocity per wallet / device / merchant: charged in their windows before it
     usual_read: bool  # an amount_unusual rule was found not to match on the unlocked read: the statement
     # must fall back if the holder's payments in the currency changed since (see ``one_statement``)
 
@@ -219,9 +218,8 @@ class OneStatement:
 def one_statement(rules: Iterable[Rule], attempt: Attempt, read: Unlocked | None) -> OneStatement | None:
     """What the one-statement path keeps itself for this payment, or None when a rule concerning it might
     not allow it (the general path then decides, records and alerts):
-    - velocity per wallet: counted in its statement, as the general path counts it;
-    - velocity per device or merchant: charged in their windows before the statement, all or none (one
-      over its limit falls back);
+    - velocity per wallet, device or merchant: charged in their windows before the statement, all or none
+      (one over its limit falls back), as the general path charges them;
     - amount_unusual and new_device: judged here from ``read`` (matching one falls back). A device's
       first sighting never moves later and its age only grows, so a stale read only says "new" more
       often. The usual amounts change when a payment of the holder in the currency is captured: the
@@ -242,8 +240,7 @@ def one_statement(rules: Iterable[Rule], attempt: Attempt, read: Unlocked | None
         facts = Facts(now=read.now, usual_minor=read.usual_minor or (), device_seen_at=read.device_seen_at)
         if any(_match(r, attempt, facts) is not None for r in judged):
             return None
-    return OneStatement(tuple(r for r in concerning if r.kind is RuleKind.VELOCITY_WALLET),
-                        tuple(r for r in concerning if r.kind in COUNTED_KINDS), usual)
+    return OneStatement(tuple(r for r in concerning if r.kind in COUNTED_KINDS), usual)
 
 
 def usual_minor(amounts_minor: tuple[int, ...], baseline: Baseline) -> int:

@@ -100,7 +100,7 @@ def _pay_batcher(db: Database, accel: Accelerator, settings: Settings) -> PayBat
 async def pay_counted(db: Database, accel: Accelerator,
                       items: list[tuple[payment_store.PaidAtOnce, Done | None]]) -> list[bool]:
     """Pay payments in one statement (``store.payments.pay_batch``) after charging the ones the risk rules
-    count per device or merchant in their velocity windows, all in one Redis script call (``accel
+    count per wallet, device or merchant in their velocity windows, all in one Redis script call (``accel
     .windows_take_all``: each payment in all its windows or in none). An item a window refuses, or that
     Redis gives no answer for, is False and not written: its general path counts, decides and records.
     A charged item whose statement falls back keeps its entries: its general path counts it once there

@@ -593,7 +593,7 @@ def decide_payment(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
         event_data=msgspec.json.encode(views.payment_view(row)), capture=capture,
         hold_minor=0 if capture is not None else payment.authorized_minor,
         discount=discount, per_holder_max=None if offer is None else offer.campaign.per_holder_max,
-        velocity=kept.limits, risk=kept.allowed,
+        risk=kept.allowed,
     )
     return paid, views.payer_payment_view(row, head["merchant_name"])
 

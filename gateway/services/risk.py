@@ -3,25 +3,25 @@ answer to a one-time code, and the operator's use cases.
 
 Invariants:
 - ``check`` runs in ``payments.authorize_locked`` (every way of paying: by id, QR, pay-code, tap),
-  after the holder's spend row is locked, so the holder's payments are counted one at a time and N
-  concurrent payments against a wallet velocity limit of K never authorise more than K; it reads the
-  active rules from the database (a rule created or disabled applies at once on the general path);
+  after the holder's spend row is locked; it reads the active rules from the database (a rule created
+  or disabled applies at once on the general path);
 - the one-statement path (``payments.decide_payment``) asks ``one_statement``, from memory
   (``services.risk_cache``) and the payment's head read, with no statement of its own: it pays there a
   payment every concerning rule allows, and sends to the general path one that a rule might not allow
-  (which then decides, records and alerts as for any payment). Velocity per wallet is counted by its
-  statement (under the same spend row, migration 0025); velocity per device and merchant is charged in
-  Redis before it, for its whole batch in one script call (``context.pay_counted``; Redis down: the
-  general path); amount_unusual and new_device are
+  (which then decides, records and alerts as for any payment). Velocity per wallet, device and merchant
+  is charged in Redis before its statement, for its whole batch in one script call
+  (``context.pay_counted``; Redis down: the general path); amount_unusual and new_device are
   judged from the head read (``store.payments.payable``), the statement falling back if the holder's
   payments changed since (see ``one_statement``); a blocked wallet or device that concerns the payment
   matches it. Its 'allow' decision is written by the batch statement with the payment;
-- velocity per device and per merchant is counted in Redis (a sliding window per rule and scope; all of
+- velocity per wallet, per device and per merchant is counted in Redis (a sliding window per rule and
+  scope: the holder, the device, the merchant; all of
   a payment's windows checked and charged in one script, all or none, so concurrent payments never pass
   a limit together, on either path; a payment is counted once in a window, however often it is charged:
   its one-statement attempt, then its general path, a retried transaction); while Redis gives no answer
   it is counted in PostgreSQL from the 'allow' decisions (the one-statement path's included), under an
-  advisory lock per rule and scope. A payment refused by the rules is given back; one that fails
+  advisory lock per rule and scope. A payment counted stays counted until its window ends, whatever
+  becomes of it later (cancelled, expired, refunded). A payment refused by the rules is given back; one that fails
   otherwise after it was charged (funds, or a one-statement attempt whose general path then refuses it
   before the rules: the day's cap, a locked wallet) stays counted until its window ends (stricter, never
   looser). Entries counted in PostgreSQL during an outage are not copied to Redis: after Redis comes
@@ -41,8 +41,7 @@ Invariants:
   ``pass_held_code``, ``confirm_held``: an 'allow' decision with them passed, in the confirmation's
   transaction), or the expiry worker reverses it at ``confirm_by``. A tap asked for a code, and a code
   that cannot be sent (no sender, or the holder's codes exhausted), is a decline. Messages name no rule;
-- every decision where a rule matched (and every payment checked by a velocity rule per device or
-  merchant) is recorded with its reasons. An 'allow' is written in the payment's transaction; a
+- every decision where a rule matched (and every payment checked by a velocity rule) is recorded with its reasons. An 'allow' is written in the payment's transaction; a
   refusal (``RiskRefusal``) is written by ``record_refusal`` in the transaction that stores the
   refusal's answer (the payment's own was rolled back), once per idempotency key, with its alerts: a
   ``risk.alert`` notification to the holder (pushed when a push hook is set) and a ``risk.alert``
@@ -80,7 +79,6 @@ from gateway.store import payments as events_store
 from gateway.store import risk as store
 from gateway.store import sign_in as sign_in_store
 from gateway.store.db import Connection
-from gateway.store.payments import VelocityLimit
 
 PAYMENT_REASON = "payment"  # the sign-in challenge reason of a payment's code
 
@@ -119,7 +117,6 @@ DAY_START_GRACE_S = 60.0  # a payment's transaction commits within this of its s
 class AtOnceRisk:
     """What the one-statement path's statement keeps for the rules (``one_statement``)."""
 
-    limits: tuple[VelocityLimit, ...]  # velocity per wallet, counted by the statement
     spend_max_minor: int | None  # the holder's day's spend with this payment may not exceed it (None: the cap)
     allowed: events_store.RiskAllowed | None  # the 'allow' decision it records, and the windows charged first
 
@@ -158,8 +155,8 @@ def one_statement(svc: Services, head: asyncpg.Record | Mapping[str, Any], holde
     the view is stale, or it needs Redis and Redis is down (the general path then checks and records).
 
     Relies on (``domain.risk.one_statement`` for the rules' side):
-    - velocity per device / merchant: charged before the statement (``context.pay_counted``), in Redis
-      only;
+    - velocity per wallet / device / merchant: charged before the statement (``context.pay_counted``), in
+      Redis only;
     - amount_unusual: ``head`` read the holder's usual amounts, held funds and day's spend in one
       snapshot (``store.payments.payable``). Every capture of a holder's payment either releases a hold on
       its wallet in that currency (none was held) or is of a payment authorised after the read, which
@@ -189,12 +186,7 @@ def one_statement(svc: Services, head: asyncpg.Record | Mapping[str, Any], holde
         if not svc.accel.available:  # counted in PostgreSQL by the general path
             return None
         allowed = events_store.RiskAllowed(uuid.uuid4(), device_id, tuple(_window(r, attempt) for r in kept.counted))
-    limits: list[VelocityLimit] = []
-    for rule in kept.wallet_limits:
-        assert rule.window_s is not None
-        amount_max = rule.max_amount_minor if rule.currency == attempt.currency else None  # as risk.over_velocity
-        limits.append(VelocityLimit(rule.window_s, rule.max_count, amount_max))
-    return AtOnceRisk(tuple(limits), spend_max, allowed)
+    return AtOnceRisk(spend_max, allowed)
 
 
 class RiskRefusal(Declined):
@@ -217,34 +209,37 @@ def _reasons(decision: risk.Decision) -> list[dict[str, Any]]:
              "detail": r.detail} for r in decision.reasons]
 
 
+def _scope(rule: risk.Rule, attempt: risk.Attempt) -> tuple[store.Scope, Any]:
+    """What a velocity rule counts a payment's window by: the risk_decisions column and its value."""
+    if rule.kind is risk.RuleKind.VELOCITY_WALLET:
+        return "holder_id", attempt.holder_id
+    if rule.kind is risk.RuleKind.VELOCITY_DEVICE:
+        return "device_id", attempt.device_id
+    return "merchant_id", attempt.merchant_id
+
+
 def _window_key(rule: risk.Rule, attempt: risk.Attempt) -> str:
-    scope = attempt.device_id if rule.kind is risk.RuleKind.VELOCITY_DEVICE else attempt.merchant_id.hex
-    return f"risk:w:{rule.id.hex}:{scope}"
+    value = _scope(rule, attempt)[1]
+    return f"risk:w:{rule.id.hex}:{value.hex if isinstance(value, uuid.UUID) else value}"
 
 
 async def _recent_allowed(conn: Connection, rule: risk.Rule, attempt: risk.Attempt, now: datetime) -> risk.Recent:
     assert rule.window_s is not None
-    key = _window_key(rule, attempt)
-    if rule.kind is risk.RuleKind.VELOCITY_DEVICE:
-        return await store.recent_allowed(conn, "device_id", attempt.device_id, rule.currency, now, rule.window_s, key)
-    return await store.recent_allowed(conn, "merchant_id", attempt.merchant_id, rule.currency, now, rule.window_s, key)
+    column, value = _scope(rule, attempt)
+    return await store.recent_allowed(conn, column, value, rule.currency, now, rule.window_s,
+                                      _window_key(rule, attempt))
 
 
 async def _facts(conn: Connection, rules: list[risk.Rule], attempt: risk.Attempt, now: datetime) -> risk.Facts:
     """What the rules need but the counted windows, read only for the kinds present."""
     kinds = {r.kind for r in rules}
-    recent: dict[uuid.UUID, risk.Recent] = {}
-    for rule in rules:
-        if rule.kind is risk.RuleKind.VELOCITY_WALLET:
-            assert rule.window_s is not None
-            recent[rule.id] = await store.recent(conn, attempt.holder_id, attempt.currency, now, rule.window_s)
     usual: tuple[int, ...] = ()
     if risk.RuleKind.AMOUNT_UNUSUAL in kinds:
         usual = await store.usual_amounts(conn, attempt.holder_id, attempt.currency)
     seen = None
     if risk.RuleKind.NEW_DEVICE in kinds and attempt.device_id is not None:
         seen = await store.device_first_seen(conn, attempt.holder_id, attempt.device_id)
-    return risk.Facts(now=now, recent=recent, usual_minor=usual, device_seen_at=seen)
+    return risk.Facts(now=now, usual_minor=usual, device_seen_at=seen)
 
 
 async def check(svc: Services, conn: Connection, payment: Payment, holder_id: uuid.UUID, *, channel: str,

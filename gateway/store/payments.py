@@ -165,17 +165,6 @@ async def create_at_once(
 
 
 @dataclass(frozen=True, slots=True)
-class VelocityLimit:
-    """A velocity limit per wallet the one-statement path keeps (migration 0025): at most ``count_max``
-    of the holder's payments, and ``amount_max_minor`` of them in the payment's currency, within the window,
-    this one included (None: no such limit)."""
-
-    window_s: int
-    count_max: int | None
-    amount_max_minor: int | None
-
-
-@dataclass(frozen=True, slots=True)
 class RiskAllowed:
     """The risk rules' 'allow' of a payment paid in one statement, recorded as the general path records it
     (a ``risk_decisions`` row with no reasons, written in the statement when its item is applied); and the
@@ -207,7 +196,6 @@ class PaidAtOnce:
     hold_minor: int  # else the amount held on the wallet (a manual capture)
     discount: Discount | None = None  # a campaign's discount (its full stated benefit), taken with the payment
     per_holder_max: int | None = None  # that campaign's per-holder limit (None: none)
-    velocity: tuple[VelocityLimit, ...] = ()  # the risk rules' velocity limits per wallet it must keep
     risk: RiskAllowed | None = None  # the risk decision recorded with it (None: no rule asks for one)
 
 
@@ -217,9 +205,11 @@ async def pay_batch(conn: Connection, items: list[tuple[PaidAtOnce, Done | None]
     (share), the day's spend, the balance shards. Item i is False, with nothing of it written, when
     its payment changed since it was read, its holder's tier or lock changed, its merchant is not
     active, the day's cap would be crossed, its campaign can no longer give its whole discount (ended,
-    out of places or budget, the holder's limit reached), a velocity limit would be crossed, funds are short, it met a deadlock or its
+    out of places or budget, the holder's limit reached), funds are short, it met a deadlock or its
     key exists; the others are written and committed together. The day's spend counts the full
-    amount, whatever the discount."""
+    amount, whatever the discount. The function's velocity limits per wallet (its v_* arrays, migration
+    0025) are always given empty: the risk rules count those in their windows before the statement
+    (``services.context.pay_counted``), which a count of the holder's payments here could not match."""
     cols: dict[str, list[Any]] = {name: [] for name in (
         "pid", "seen", "status", "holder", "authorized", "captured", "fee", "auth_exp", "now", "wallet", "channel",
         "day", "currency", "tier", "daily_max", "event_id", "event_type", "event_data", "hold", "kind",
@@ -260,11 +250,6 @@ async def pay_batch(conn: Connection, items: list[tuple[PaidAtOnce, Done | None]
         cols["funded"].append(off.funded_by if off is not None else None)
         cols["holder_max"].append(paid.per_holder_max if paid.per_holder_max is not None else COUNT_MAX)
         cols["spend"].append(pay.amount_minor)
-        for limit in paid.velocity:
-            cols["v_item"].append(item)
-            cols["v_window"].append(limit.window_s)
-            cols["v_count_max"].append(limit.count_max)
-            cols["v_amount_max"].append(limit.amount_max_minor)
     call = "gateway_pay_batch(" + ", ".join(f"${n}" for n in range(1, len(cols) + 1)) + ")"
     args = list(cols.values())
     decided = [(item, paid, paid.risk) for item, (paid, _) in enumerate(items, start=1) if paid.risk is not None]

@@ -1,5 +1,5 @@
-"""Risk rules' rows, the decisions taken, and what the rules read: the holder's recent payments, the
-payments counted per device or merchant when Redis is down, the holder's usual amounts, the device's age."""
+"""Risk rules' rows, the decisions taken, and what the rules read: the payments counted per wallet, device
+or merchant when Redis is down, the holder's usual amounts, the device's age."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from typing import Any, Literal
 import asyncpg
 import msgspec
 
-from gateway.domain.payments import LIFETIME_CHECKED_S
 from gateway.domain.risk import Baseline, Outcome, Recent, Rule, RuleKind
 from gateway.store import pages
 from gateway.store.db import Connection
 
 COLUMNS = ("id, kind, outcome, holder_id, currency, window_s, max_count, max_amount_minor, created_at, "
            "disabled_at, device_id, merchant_id, multiplier_pct, baseline, history_min, device_age_s, min_amount_minor")
+Scope = Literal["holder_id", "device_id", "merchant_id"]  # what a velocity rule counts by (risk_decisions)
 DECISION_COLUMNS = ("id, created_at, holder_id, payment_id, merchant_id, channel, currency, amount_minor, device_id,"
                     " outcome, reasons, passed, challenge_id")
 
@@ -77,24 +77,11 @@ def all_rules() -> pages.Query:
     return pages.Query(columns=COLUMNS, source="risk_rules", key=("created_at", "id"), scope=())
 
 
-async def recent(conn: Connection, holder_id: uuid.UUID, currency: str, now: datetime, window_s: int) -> Recent:
-    """The holder's payments authorised (held or captured) within the window: those of its payments created
-    within the window and a payment's longest life (``LIFETIME_CHECKED_S``: a range of payments_payer, not the
-    holder's whole history) updated within the window. Call it after the holder's spend row is locked: the
-    holder's payments are then counted one at a time."""
-    row = await conn.fetchrow(
-        "SELECT count(*) AS n, coalesce(sum(amount_minor) FILTER (WHERE currency = $2), 0) AS total FROM payments"
-        " WHERE payer_id = $1 AND created_at > $4 AND updated_at > $3"
-        " AND status IN ('requires_capture', 'succeeded', 'requires_action')",
-        holder_id, currency, now - timedelta(seconds=window_s), now - timedelta(seconds=window_s + LIFETIME_CHECKED_S))
-    assert row is not None
-    return Recent(count=int(row["n"]), amount_minor=int(row["total"]))
-
-
-async def recent_allowed(conn: Connection, scope: Literal["device_id", "merchant_id"], value: Any,
-                         currency: str | None, now: datetime, window_s: int, lock_key: str) -> Recent:
-    """The payments allowed within the window from a device or at a merchant, counted from the decisions
-    (the fallback while Redis is down; served by risk_decisions_device / _merchant). The transaction first
+async def recent_allowed(conn: Connection, scope: Scope, value: Any, currency: str | None, now: datetime,
+                         window_s: int, lock_key: str) -> Recent:
+    """The payments allowed within the window of a holder, from a device or at a merchant, counted from the
+    decisions (the fallback while Redis is down; served by risk_decisions_holder / _device / _merchant: the
+    holder's reads its decisions of every outcome within the window). The transaction first
     takes an advisory lock on ``lock_key`` (the rule and the scope): the scope's payments are then counted
     one at a time until each commits its own decision."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", lock_key)

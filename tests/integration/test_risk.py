@@ -62,8 +62,9 @@ async def test_velocity_count_and_amount(world: World) -> None:
 
 
 async def test_the_one_statement_path_keeps_velocity_limits_per_wallet(world: World) -> None:
-    """A velocity limit per wallet is counted by the batch statement itself: payments within it are
-    paid there; the one that would cross it falls back, and its general path declines it."""
+    """A velocity limit per wallet is counted in the holder's Redis window, charged for the batch before
+    its statement: payments within it are paid there (with their allow decisions); the one that would
+    cross it is refused in Redis, and its general path declines it."""
     m = await world.merchant()
     h = await world.holder(top_up=10_000)
     await _rule(world, kind="velocity_wallet", window_s=3600, max_count=2)
@@ -82,6 +83,23 @@ async def test_the_one_statement_path_keeps_velocity_limits_per_wallet(world: Wo
     assert over_amount["error"]["code"] == "risk_declined"
     assert batched() == (written + 5, refused + 2)
     assert await world.available(h) == 9_800 and await world.available(h2) == 9_800
+    for holder, allowed in ((h, 2), (h2, 1)):
+        decisions = await world.call("GET", f"/v1/operator/risk_decisions?limit=100&wallet={holder.id}",
+                                     headers=world.ops)
+        outcomes = sorted(d["outcome"] for d in decisions["data"])
+        assert outcomes == ["allow"] * allowed + ["decline"]
+
+
+async def test_a_wallet_payment_stays_counted_until_its_window_passes(world: World) -> None:
+    """Counted when authorised, as per device and merchant: cancelling it does not give its place back."""
+    m = await world.merchant()
+    h = await world.holder(top_up=10_000)
+    await _rule(world, kind="velocity_wallet", window_s=3600, max_count=1)
+    held = await world.payment(m, 100, capture_method="manual")
+    assert (await world.pay(h, held["id"]))["status"] == "requires_capture"
+    await world.call("POST", f"/v1/payments/{held['id']}/cancel", headers=m.headers, json={})
+    assert (await world.pay(h, (await world.payment(m, 100))["id"], 402))["error"]["code"] == "risk_declined"
+    assert await world.available(h) == 10_000
 
 
 async def test_velocity_under_concurrency(world: World) -> None:

@@ -2,8 +2,8 @@
 HTTP with real PostgreSQL and Redis. A payment every concerning rule allows is written by the batch
 statement, whatever the rule's kind (the group-commit metrics say which path paid); a payment a rule might
 refuse or step up takes the general path and gets its answer and its recorded decision; N concurrent
-payments against a limit of K per device or merchant get exactly K allowed, the K by the batch; with Redis
-down the general path counts in PostgreSQL, the batch's allow decisions included. The fixtures prove the
+payments against a limit of K per wallet, device or merchant get exactly K allowed, the K by the batch; with
+Redis down the general path counts in PostgreSQL, the batch's allow decisions included. The fixtures prove the
 ledger invariants after each test."""
 
 from __future__ import annotations
@@ -169,12 +169,21 @@ async def test_new_device_and_blocked_device_keep_the_batch_unless_they_match(wo
     assert await world.available(h) == 100_000 - 4_999 - 6_000
 
 
+def _holder_scope(h: Holder) -> str:
+    hid = decode(Kind.WALLET_HOLDER, h.id)
+    assert hid is not None
+    return hid.hex
+
+
 async def _race(world: World, kind: str, limit: int, racers: int) -> tuple[list[int], int]:
-    """``racers`` payments at once against a limit of ``limit`` per device (one device, a holder each) or per
-    merchant: their statuses, and how many a batch wrote."""
+    """``racers`` payments at once against a limit of ``limit`` per wallet (one holder), per device (one
+    device, a holder each) or per merchant: their statuses, and how many a batch wrote."""
     m = await world.merchant()
     device = f"dev-{uuid.uuid4().hex[:8]}"
-    holders = [await world.holder(top_up=1_000, device_id=device) for _ in range(racers)]
+    if kind == "velocity_wallet":
+        holders = [await world.holder(top_up=100 * racers, device_id=device)] * racers
+    else:
+        holders = [await world.holder(top_up=1_000, device_id=device) for _ in range(racers)]
     terms = {"merchant": m.id} if kind == "velocity_merchant" else {}
     rule = await _rule(world, kind=kind, window_s=3600, max_count=limit, **terms)
     ids = [(await world.payment(m, 100))["id"] for _ in holders]
@@ -186,7 +195,7 @@ async def _race(world: World, kind: str, limit: int, racers: int) -> tuple[list[
     written, refused = batched()
     statuses = sorted(await asyncio.gather(*(attempt(h, pid) for h, pid in zip(holders, ids, strict=True))))
     applied = (batched()[0] - written) - (batched()[1] - refused)
-    scope = device if kind == "velocity_device" else _merchant_scope(m)
+    scope = {"velocity_device": device, "velocity_wallet": _holder_scope(holders[0])}.get(kind, _merchant_scope(m))
     assert await _window_size(rule, scope) == limit  # counted once each, the refused ones in none
     allowed = await _decisions(world, "&outcome=allow")
     assert len(allowed) == limit
@@ -198,6 +207,22 @@ async def test_velocity_holds_under_concurrency_on_the_one_statement_path(world:
     statuses, applied = await _race(world, kind, 3, 10)
     assert statuses == [200] * 3 + [402] * 7
     assert applied == 3  # the three allowed were written by a batch
+
+
+@pytest.fixture
+async def serial_batches_world(clean_db: str) -> AsyncIterator[World]:
+    async with serving(clean_db, make_settings(payments={"group_commit_in_flight_max": 1})) as client:
+        yield await World.create(client)
+
+
+async def test_wallet_velocity_holds_under_concurrency_on_the_one_statement_path(
+        serial_batches_world: World) -> None:
+    """One holder's racing payments. With two batches in flight one holder's items may meet each other's
+    row locks and fall back, rules or not (then their general path counts them once, exactly as well):
+    one batch at a time, every allowed payment is written by a batch."""
+    statuses, applied = await _race(serial_batches_world, "velocity_wallet", 3, 10)
+    assert statuses == [200] * 3 + [402] * 7
+    assert applied == 3
 
 
 async def test_redis_down_sends_counted_payments_to_the_general_path(
@@ -214,13 +239,35 @@ async def test_redis_down_sends_counted_payments_to_the_general_path(
     assert (await _by_general_path(world, m, other, 100, 200))["status"] == "succeeded"
 
 
+async def test_redis_down_wallet_velocity_holds_under_concurrency_on_the_general_path(
+        redis_down_world: World) -> None:  # noqa: F811 (the imported fixture)
+    """Counted in PostgreSQL from the holder's allow decisions, under the rule's and holder's advisory lock."""
+    world = redis_down_world
+    m = await world.merchant()
+    h = await world.holder(top_up=1_000)
+    await _rule(world, kind="velocity_wallet", window_s=3600, max_count=3)
+    ids = [(await world.payment(m, 100))["id"] for _ in range(10)]
+
+    async def attempt(pid: str) -> int:
+        resp = await world.client.post(f"/v1/wallet/payments/{pid}/pay", headers=h.headers, json={})
+        return resp.status
+
+    written, refused = batched()
+    assert sorted(await asyncio.gather(*(attempt(pid) for pid in ids))) == [200] * 3 + [402] * 7
+    assert batched() == (written, refused)  # no batch tried any: the general path counted each
+    decisions = await _decisions(world, f"&wallet={h.id}")
+    assert sorted(d["outcome"] for d in decisions) == ["allow"] * 3 + ["decline"] * 7
+    assert await world.available(h) == 700
+
+
+@pytest.mark.parametrize("kind", ["velocity_wallet", "velocity_device"])
 async def test_redis_lost_after_batch_payments_counts_their_decisions_in_postgres(
-        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+        world: World, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     """The allow decisions the batch wrote are what PostgreSQL counts while Redis is down."""
     m = await world.merchant()
     device = f"dev-{uuid.uuid4().hex[:8]}"
     h = await world.holder(top_up=10_000, device_id=device)
-    await _rule(world, kind="velocity_device", window_s=3600, max_count=2)
+    await _rule(world, kind=kind, window_s=3600, max_count=2)
     await _by_batch(world, m, h, 100)
     await _by_batch(world, m, h, 100)
     monkeypatch.setattr(Accelerator, "available", property(lambda self: False))  # the breaker open

@@ -117,21 +117,21 @@ def test_view_answers_the_fast_path_only_while_fresh() -> None:
     attempt = _attempt()
     assert view.one_statement(attempt, None) is None  # never read: cannot tell
     view.saw(())
-    assert view.one_statement(attempt, None) == OneStatement((), (), False)
+    assert view.one_statement(attempt, None) == OneStatement((), False)
     now[0] += FRESH_S + 0.1
     assert view.one_statement(attempt, None) is None  # stale
     view.saw((_rule(RuleKind.BLOCKED_WALLET, holder_id=uuid.uuid4()),
               _rule(RuleKind.AMOUNT_UNUSUAL, currency="USD", multiplier_pct=300, baseline=Baseline.MEDIAN,
                     history_min=3)))
     assert view.kinds == {RuleKind.BLOCKED_WALLET, RuleKind.AMOUNT_UNUSUAL}
-    assert view.one_statement(attempt, None) == OneStatement((), (), False)  # another holder's, another currency's
+    assert view.one_statement(attempt, None) == OneStatement((), False)  # another holder's, another currency's
     assert view.one_statement(_attempt(currency="USD"), None) is None  # nothing read to judge it on
     view.saw((_rule(RuleKind.BLOCKED_WALLET, holder_id=HOLDER),))
     assert view.one_statement(attempt, None) is None
     velocity = _rule(RuleKind.VELOCITY_WALLET, window_s=60, max_count=5)
     merchant = _rule(RuleKind.VELOCITY_MERCHANT, window_s=60, max_count=5)
     view.saw((velocity, merchant, _rule(RuleKind.BLOCKED_WALLET, holder_id=uuid.uuid4())))
-    assert view.one_statement(attempt, None) == OneStatement((velocity,), (merchant,), False)
+    assert view.one_statement(attempt, None) == OneStatement((velocity, merchant), False)
 
 
 UNUSUAL = _rule(RuleKind.AMOUNT_UNUSUAL, currency="CNY", multiplier_pct=300, baseline=Baseline.MEDIAN, history_min=3)
@@ -140,10 +140,10 @@ NEW_DEVICE = _rule(RuleKind.NEW_DEVICE, currency="CNY", device_age_s=3_600, min_
 
 def test_fast_path_judges_amount_unusual_from_an_unlocked_read_only_without_held_funds() -> None:
     history = Unlocked(now=NOW, usual_minor=(100, 100, 100), holds_funds=False)
-    assert one_statement((UNUSUAL,), _attempt(300), history) == OneStatement((), (), True)
+    assert one_statement((UNUSUAL,), _attempt(300), history) == OneStatement((), True)
     assert one_statement((UNUSUAL,), _attempt(301), history) is None  # it matches: the general path asks
     assert one_statement((UNUSUAL,), _attempt(301), replace(history, usual_minor=(100, 100))) == (
-        OneStatement((), (), True))  # too short a history: no match, but the statement must check it held
+        OneStatement((), True))  # too short a history: no match, but the statement must check it held
     assert one_statement((UNUSUAL,), _attempt(300), replace(history, holds_funds=True)) is None  # a capture may come
     assert one_statement((UNUSUAL,), _attempt(300), replace(history, usual_minor=None)) is None  # not read
     assert one_statement((UNUSUAL,), _attempt(300), None) is None
@@ -151,21 +151,21 @@ def test_fast_path_judges_amount_unusual_from_an_unlocked_read_only_without_held
 
 def test_fast_path_judges_new_device_from_its_first_sighting() -> None:
     old = Unlocked(now=NOW, device_read=True, device_seen_at=NOW - timedelta(hours=2))
-    assert one_statement((NEW_DEVICE,), _attempt(5_000), old) == OneStatement((), (), False)
+    assert one_statement((NEW_DEVICE,), _attempt(5_000), old) == OneStatement((), False)
     assert one_statement((NEW_DEVICE,), _attempt(5_000), replace(old, device_seen_at=NOW - timedelta(minutes=59))) is None
     assert one_statement((NEW_DEVICE,), _attempt(5_000), replace(old, device_seen_at=None)) is None  # never seen
     assert one_statement((NEW_DEVICE,), _attempt(5_000), replace(old, device_read=False)) is None  # not read
-    assert one_statement((NEW_DEVICE,), _attempt(499), None) == OneStatement((), (), False)  # below its amount
+    assert one_statement((NEW_DEVICE,), _attempt(499), None) == OneStatement((), False)  # below its amount
     assert one_statement((NEW_DEVICE,), _attempt(5_000, device=None), replace(old, device_seen_at=None)) is None
 
 
 def test_fast_path_never_keeps_a_blocked_rule_that_concerns_the_payment() -> None:
     device = _rule(RuleKind.BLOCKED_DEVICE, device_id="phone-1")
     assert one_statement((device,), _attempt(), None) is None
-    assert one_statement((device,), _attempt(device="phone-2"), None) == OneStatement((), (), False)
+    assert one_statement((device,), _attempt(device="phone-2"), None) == OneStatement((), False)
     counted = _rule(RuleKind.VELOCITY_DEVICE, window_s=60, max_count=5)
-    assert one_statement((counted,), _attempt(), None) == OneStatement((), (counted,), False)
-    assert one_statement((counted,), _attempt(device=None), None) == OneStatement((), (), False)  # no device
+    assert one_statement((counted,), _attempt(), None) == OneStatement((counted,), False)
+    assert one_statement((counted,), _attempt(device=None), None) == OneStatement((), False)  # no device
 
 
 def test_view_keeps_no_read_begun_before_the_one_kept() -> None:
