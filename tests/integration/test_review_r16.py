@@ -1,0 +1,114 @@
+"""Review R16: campaign counter rows (migration 0026), the payments_lifetime CHECK and the uses counted
+only under a per-holder limit, attacked over real HTTP and PostgreSQL. Each test marked FINDING failed
+on main at f7d0796; the others are attacks that held. The ledger invariants are proven after each test
+(the ``client`` fixture)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+
+from gateway.api.routing import SERVICES
+from gateway.domain.ids import Kind, decode
+from gateway.store import invariants
+from gateway.store import promotions as promotion_store
+from tests.integration.world import Holder, Merchant, World, batched
+
+
+def _deadlocks() -> float:
+    return REGISTRY.get_sample_value("gateway_db_transaction_retries_total", {"reason": "deadlock"}) or 0.0
+
+
+def _window() -> dict[str, str]:
+    now = datetime.now(UTC).replace(tzinfo=None)
+    return {"time_zone": "UTC", "starts_at": (now - timedelta(hours=1)).isoformat(timespec="seconds"),
+            "ends_at": (now + timedelta(hours=2)).isoformat(timespec="seconds")}
+
+
+async def _campaign(world: World, **terms: Any) -> Any:
+    body = {"name": "R16", "currency": "CNY", "rule": "fixed", "fixed_amount": 100, "funded_by": "bank",
+            "budget": 1_000_000, **_window(), **terms}
+    return await world.call("POST", "/v1/operator/campaigns", 201, headers=world.ops, json=body)
+
+
+async def _status(world: World, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    resp = await world.client.request(method, path, **kwargs)
+    return resp.status, await resp.json()
+
+
+async def _waiting_on_a_lock(db_url: str, fragment: str) -> None:
+    """Until a backend runs a statement containing ``fragment`` and waits for a lock (at most 5 s)."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        for _ in range(500):
+            if await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                   " AND query LIKE '%' || $1 || '%'", fragment):
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"no statement with {fragment!r} waited for a lock")
+    finally:
+        await conn.close()
+
+
+def _paused_after_take(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, asyncio.Event]:
+    """``store.promotions.take`` pauses after it took (its counter row locked) until ``go`` is set:
+    the window, between the take and the payment's own update of its row, that any general-path
+    payment has (a round trip or a few), made long enough to put an operator's end in it."""
+    took, go = asyncio.Event(), asyncio.Event()
+    real = promotion_store.take
+
+    async def take(*args: Any, **kwargs: Any) -> int | None:
+        granted = await real(*args, **kwargs)
+        if granted is not None and not go.is_set():
+            took.set()
+            await go.wait()
+        return granted
+
+    monkeypatch.setattr(promotion_store, "take", take)
+    return took, go
+
+
+# --- FINDING 1: the end of a campaign deadlocks with a general-path take ------------------------
+
+
+@pytest.mark.parametrize("terms, earlier", [
+    ({}, 0),                                                       # a discount, no per-holder limit
+    ({"rule": "cashback", "fixed_amount": 100}, 0),                # a cashback at capture, no limit
+    ({"per_holder_limit": 5}, 1),                                  # a limit, the holder's use row exists
+], ids=["discount", "cashback", "limited-second-use"])
+async def test_r16_finding_ending_a_campaign_never_deadlocks_with_a_general_path_take(
+        world: World, clean_db: str, monkeypatch: pytest.MonkeyPatch, terms: dict[str, Any], earlier: int) -> None:
+    """FINDING 1 (deadlock). ``end`` locks the campaign row FOR UPDATE, then waits for the counter
+    rows. A general-path payment holds a counter row from its take and then writes its payment row's
+    ``campaign_id`` (or ``cashback_campaign_id``), whose foreign key takes FOR KEY SHARE of the
+    campaign row: it waits for the end, which waits for it. Before 0026 the take itself updated the
+    campaign row (after the end, in order); and the use row's insert took the key share first, which
+    the uncounted uses (f7d0796) and an existing use row no longer do."""
+    m = await world.merchant()
+    h = await world.holder(top_up=10_000)
+    c = await _campaign(world, **terms)
+    for _ in range(earlier):
+        await world.pay(h, (await world.payment(m, 1_000))["id"])
+    world.client.app[SERVICES].campaigns.current = lambda: None  # the general path (as a process that cannot tell)
+    took, go = _paused_after_take(monkeypatch)
+    p = await world.payment(m, 1_000)
+    before = _deadlocks()
+    paying = asyncio.ensure_future(_status(world, "POST", f"/v1/wallet/payments/{p['id']}/pay", headers=h.headers,
+                                           json={}))
+    await asyncio.wait_for(took.wait(), 10)
+    ending = asyncio.ensure_future(_status(world, "POST", f"/v1/operator/campaigns/{c['id']}/end",
+                                           headers=world.ops, json={}))
+    await _waiting_on_a_lock(clean_db, "campaign_shards")  # the end waits for the counter row the take holds
+    go.set()
+    (paid_status, paid), (ended_status, ended) = await asyncio.gather(paying, ending)
+    assert (paid_status, ended_status) == (200, 200), (paid, ended)
+    assert _deadlocks() == before, "the end and the payment deadlocked (PostgreSQL broke it; the gateway retried)"
+    benefit = paid["discount"] if "discount" in paid and paid["discount"] else paid.get("cashback")
+    assert benefit is not None and benefit["amount"] == 100  # taken before the end: it committed first
