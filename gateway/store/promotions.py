@@ -80,7 +80,10 @@ async def insert(conn: Connection, c: Campaign, name: str, time_zone: str,
 
 
 async def get(conn: Connection, campaign_id: uuid.UUID, *, for_update: bool = False) -> asyncpg.Record | None:
-    lock = " FOR UPDATE" if for_update else ""
+    """``for_update``: locked FOR NO KEY UPDATE, which the foreign keys' share locks of payments and uses
+    naming the campaign do not wait for: ``end`` holds it while it waits for the counter rows, which a
+    payment that took from one holds while it then writes its row's ``campaign_id`` (review R16)."""
+    lock = " FOR NO KEY UPDATE" if for_update else ""
     row: asyncpg.Record | None = await conn.fetchrow(f"SELECT {COLUMNS} FROM campaigns WHERE id = $1{lock}",
                                                      campaign_id)
     return row
