@@ -112,3 +112,65 @@ async def test_r16_finding_ending_a_campaign_never_deadlocks_with_a_general_path
     assert _deadlocks() == before, "the end and the payment deadlocked (PostgreSQL broke it; the gateway retried)"
     benefit = paid["discount"] if "discount" in paid and paid["discount"] else paid.get("cashback")
     assert benefit is not None and benefit["amount"] == 100  # taken before the end: it committed first
+
+
+# --- FINDING 2: a take refused after gathering keeps every counter row locked --------------------
+
+
+def _frozen_cache(world: World) -> None:
+    """This process's cache keeps the campaigns as they were loaded now (as every process's does for up
+    to its refresh period after a campaign ran out): it keeps offering what the database will refuse."""
+    svc = world.client.app[SERVICES]
+    seen = svc.campaigns.current()
+    assert seen
+    svc.campaigns.current = lambda: seen
+
+
+def _paused_after_refusals(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    """The first ``count`` takes refused wait for one another (then none waits): the interleaving a
+    busy gateway gets by chance, made certain."""
+    real = promotion_store.take
+    refused: list[None] = []
+    all_refused = asyncio.Event()
+
+    async def take(*args: Any, **kwargs: Any) -> int | None:
+        granted = await real(*args, **kwargs)
+        if granted is None and not all_refused.is_set():
+            refused.append(None)
+            if len(refused) >= count:
+                all_refused.set()
+            await asyncio.wait_for(all_refused.wait(), 10)
+        return granted
+
+    monkeypatch.setattr(promotion_store, "take", take)
+
+
+async def test_r16_finding_takes_refused_by_exhausted_campaigns_never_deadlock(
+        world: World, clean_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FINDING 2 (deadlock; and every payment offered an exhausted campaign waits for all its rows).
+    When no row it may skip to has room, ``gateway_campaign_take`` locks every counter row and keeps
+    them locked (until the payment's commit) even when it then refuses: the campaign is spent, or out
+    of places. A payment's next offer is then taken with those rows held. Two campaigns run out while
+    caches still offer them (for up to their refresh period): a payment of 1,000 tries A (10%: 100)
+    then B (50), one of 100 tries B (50) then A (10): each holds the rows of the one it was refused and
+    waits for the other's. Before 0026 a refused take was an UPDATE whose guard failed: it locked
+    nothing."""
+    m = await world.merchant()
+    holders = list(await asyncio.gather(*(world.holder(top_up=10_000) for _ in range(2))))
+    a = await _campaign(world, name="A", rule="percent", percent_bps=1_000, fixed_amount=0, budget=100)
+    b = await _campaign(world, name="B", fixed_amount=50, budget=50)
+    _frozen_cache(world)
+    spent_a = await world.pay(holders[0], (await world.payment(m, 1_000))["id"])
+    spent_b = await world.pay(holders[1], (await world.payment(m, 100))["id"])
+    assert (spent_a["discount"]["amount"], spent_b["discount"]["amount"]) == (100, 50)
+    _paused_after_refusals(monkeypatch, 2)
+    payments = [await world.payment(m, 1_000), await world.payment(m, 100)]
+    before = _deadlocks()
+    paid = await asyncio.gather(*(_status(world, "POST", f"/v1/wallet/payments/{p['id']}/pay", headers=h.headers,
+                                          json={}) for h, p in zip(holders, payments, strict=True)))
+    assert [status for status, _ in paid] == [200, 200], paid
+    assert all(body["discount"] is None for _, body in paid)
+    assert _deadlocks() == before, "two refused takes deadlocked (PostgreSQL broke it; the gateway retried)"
+    for c in (a, b):
+        got = await world.call("GET", f"/v1/operator/campaigns/{c['id']}", headers=world.ops)
+        assert got["spent"] == got["budget"]
