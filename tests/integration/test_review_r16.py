@@ -174,3 +174,36 @@ async def test_r16_finding_takes_refused_by_exhausted_campaigns_never_deadlock(
     for c in (a, b):
         got = await world.call("GET", f"/v1/operator/campaigns/{c['id']}", headers=world.ops)
         assert got["spent"] == got["budget"]
+
+
+async def test_r16_finding_a_take_refused_after_waiting_for_the_rows_keeps_none_locked(
+        world: World, clean_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FINDING 2, its race: a take that saw the budget left as committed, waited for the rows, and found
+    them spent by the payment it waited for, is refused and leaves no row locked in its transaction."""
+    m = await world.merchant()
+    h, other = await asyncio.gather(world.holder(top_up=10_000), world.holder())
+    c = await _campaign(world, budget=100)  # one row, one discount
+    world.client.app[SERVICES].campaigns.current = lambda: None  # the general path
+    took, go = _paused_after_take(monkeypatch)
+    p = await world.payment(m, 1_000)
+    paying = asyncio.ensure_future(world.pay(h, p["id"]))
+    await asyncio.wait_for(took.wait(), 10)  # it holds the row, the budget's last units taken, not committed
+    cid, holder_id = decode(Kind.CAMPAIGN, c["id"]), decode(Kind.WALLET_HOLDER, other.id)
+    conn, probe = await asyncpg.connect(clean_db), await asyncpg.connect(clean_db)
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        taking = asyncio.ensure_future(conn.fetchval("SELECT gateway_campaign_take($1, $2, 100, now(), 5)",
+                                                     cid, holder_id))
+        await _waiting_on_a_lock(clean_db, "gateway_campaign_take")
+        go.set()
+        assert (await paying)["discount"]["amount"] == 100
+        assert await taking is None
+        locked = await probe.fetch("SELECT shard FROM campaign_shards WHERE campaign_id = $1 FOR UPDATE NOWAIT", cid)
+        assert len(locked) == 1  # no row left locked by the refused take's transaction
+        assert await conn.fetchval("SELECT coalesce(sum(uses), 0) FROM campaign_uses WHERE holder_id = $1",
+                                   holder_id) == 0  # and its use given back
+        await tx.rollback()
+    finally:
+        await conn.close()
+        await probe.close()
