@@ -82,32 +82,52 @@ BEGIN
     IF picked IS NOT NULL THEN
         RETURN $3;
     END IF;
-    -- Every row, waited for in shard order: what is left may be spread over several.
+    -- A refusal keeps no counter row locked (review R16: a payment refused by a spent campaign, which
+    -- caches offer for up to their refresh period, then took its next offer holding every row of it:
+    -- two such payments trying two spent campaigns in opposite orders deadlocked, and every payment
+    -- offered a spent campaign waited for all its rows). What is committed never comes back (spent and
+    -- places taken only grow, a closed row stays closed), so a campaign spent, full or closed as last
+    -- committed is refused at once, locking nothing; and rows locked below and then found so are
+    -- released with the block's subtransaction.
     SELECT sum(k.budget_minor - k.spent_minor), sum(k.places_max - k.places_taken), bool_or(k.closed)
       INTO left_minor, places_left, closed_any
-      FROM (SELECT * FROM campaign_shards s WHERE s.campaign_id = $1 ORDER BY s.shard FOR UPDATE) k;
+      FROM campaign_shards k WHERE k.campaign_id = $1;
     IF closed_any IS NOT FALSE OR left_minor <= 0 OR places_left <= 0 THEN
         IF $5 < 2147483647 THEN
             UPDATE campaign_uses u SET uses = u.uses - 1 WHERE u.campaign_id = $1 AND u.holder_id = $2;
         END IF;
         RETURN NULL;
     END IF;
-    granted := least($3, left_minor);
-    need := granted;
-    -- The place from the first row that has one; the budget from that row, then the others in order.
-    FOR r IN SELECT k.shard, k.budget_minor - k.spent_minor AS room
-               FROM campaign_shards k WHERE k.campaign_id = $1
-              ORDER BY (k.places_max IS NULL OR k.places_taken < k.places_max) DESC, k.shard LOOP
-        EXIT WHEN placed AND need = 0;
-        here := least(need, r.room);
-        IF here > 0 OR NOT placed THEN
-            UPDATE campaign_shards k SET spent_minor = k.spent_minor + here,
-                   places_taken = k.places_taken + CASE WHEN placed THEN 0 ELSE 1 END
-             WHERE k.campaign_id = $1 AND k.shard = r.shard;
-            need := need - here;
-            placed := true;
+    BEGIN
+        -- Every row, waited for in shard order: what is left may be spread over several.
+        SELECT sum(k.budget_minor - k.spent_minor), sum(k.places_max - k.places_taken), bool_or(k.closed)
+          INTO left_minor, places_left, closed_any
+          FROM (SELECT * FROM campaign_shards s WHERE s.campaign_id = $1 ORDER BY s.shard FOR UPDATE) k;
+        IF closed_any IS NOT FALSE OR left_minor <= 0 OR places_left <= 0 THEN
+            RAISE EXCEPTION USING ERRCODE = 'GW002';  -- refused: the rows' locks go with the block
         END IF;
-    END LOOP;
+        granted := least($3, left_minor);
+        need := granted;
+        -- The place from the first row that has one; the budget from that row, then the others in order.
+        FOR r IN SELECT k.shard, k.budget_minor - k.spent_minor AS room
+                   FROM campaign_shards k WHERE k.campaign_id = $1
+                  ORDER BY (k.places_max IS NULL OR k.places_taken < k.places_max) DESC, k.shard LOOP
+            EXIT WHEN placed AND need = 0;
+            here := least(need, r.room);
+            IF here > 0 OR NOT placed THEN
+                UPDATE campaign_shards k SET spent_minor = k.spent_minor + here,
+                       places_taken = k.places_taken + CASE WHEN placed THEN 0 ELSE 1 END
+                 WHERE k.campaign_id = $1 AND k.shard = r.shard;
+                need := need - here;
+                placed := true;
+            END IF;
+        END LOOP;
+    EXCEPTION WHEN SQLSTATE 'GW002' THEN
+        IF $5 < 2147483647 THEN
+            UPDATE campaign_uses u SET uses = u.uses - 1 WHERE u.campaign_id = $1 AND u.holder_id = $2;
+        END IF;
+        RETURN NULL;
+    END;
     RETURN granted;
 END $$;
 
