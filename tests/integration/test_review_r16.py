@@ -207,3 +207,28 @@ async def test_r16_finding_a_take_refused_after_waiting_for_the_rows_keeps_none_
     finally:
         await conn.close()
         await probe.close()
+
+
+# --- FINDING 3: a per-holder limit of COUNT_MAX is counted by nobody but checked as a limit -------
+
+
+async def test_r16_finding_a_limit_of_count_max_keeps_the_invariants(world: World, clean_db: str) -> None:
+    """FINDING 3 (low: the invariant checker alarms on correct books). A campaign may be created with
+    ``per_holder_limit`` 2147483647 (``COUNT_MAX``, the largest accepted); the take functions read that
+    value as "no limit" and count no use, but ``campaign_holder_over_limit`` holds a campaign with a
+    limit to uses = payments."""
+    m = await world.merchant()
+    h = await world.holder(top_up=10_000)
+    await _campaign(world, per_holder_limit=2**31 - 1)
+    for _ in range(2):  # the one-statement path, then the general path
+        paid = await world.pay(h, (await world.payment(m, 1_000))["id"])
+        assert paid["discount"]["amount"] == 100
+        world.client.app[SERVICES].campaigns.current = lambda: None
+    conn = await asyncpg.connect(clean_db)
+    try:
+        broken = {name: rows for name, rows in (await invariants.check(conn)).items() if rows}
+    finally:
+        await conn.close()
+    assert not broken, broken
+    benefits = await world.call("GET", "/v1/wallet/benefits", headers=h.headers)
+    assert [c["uses_left"] for c in benefits["campaigns"]] in ([None], [2**31 - 1 - 2])
