@@ -15,7 +15,6 @@ import msgspec
 
 from gateway import metrics
 from gateway.domain.payments import CaptureMethod, Payment, Status
-from gateway.domain.promotions import COUNT_MAX
 from gateway.domain.risk import Window
 from gateway.store import pages
 from gateway.store.db import Connection, one
@@ -248,7 +247,7 @@ async def pay_batch(conn: Connection, items: list[tuple[PaidAtOnce, Done | None]
         cols["campaign"].append(off.campaign_id if off is not None else None)
         cols["discount"].append(off.amount_minor if off is not None else None)
         cols["funded"].append(off.funded_by if off is not None else None)
-        cols["holder_max"].append(paid.per_holder_max if paid.per_holder_max is not None else COUNT_MAX)
+        cols["holder_max"].append(paid.per_holder_max)  # None: no limit (no use counted)
         cols["spend"].append(pay.amount_minor)
     call = "gateway_pay_batch(" + ", ".join(f"${n}" for n in range(1, len(cols) + 1)) + ")"
     args = list(cols.values())

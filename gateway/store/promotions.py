@@ -26,7 +26,7 @@ import uuid
 from datetime import datetime
 import asyncpg
 
-from gateway.domain.promotions import COUNT_MAX, Campaign, Funder, Rule
+from gateway.domain.promotions import Campaign, Funder, Rule
 from gateway.store import pages
 from gateway.store.db import Connection, one
 
@@ -131,7 +131,7 @@ async def take(conn: Connection, campaign_id: uuid.UUID, holder_id: uuid.UUID, s
     places, the budget or the window refuse. One statement (``gateway_campaign_take``, migration 0026)."""
     granted: int | None = await conn.fetchval(
         "SELECT gateway_campaign_take($1, $2, $3, $4, $5)",
-        campaign_id, holder_id, stated_minor, now, per_holder_max if per_holder_max is not None else COUNT_MAX)
+        campaign_id, holder_id, stated_minor, now, per_holder_max)  # None: no limit, no use counted
     return granted
 
 

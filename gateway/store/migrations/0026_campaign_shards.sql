@@ -63,7 +63,8 @@ BEGIN
                       AND c.starts_at <= $4 AND $4 < c.ends_at) THEN
         RETURN NULL;
     END IF;
-    IF $5 < 2147483647 THEN  -- a per-holder limit (none: COUNT_MAX, and nothing to count)
+    IF $5 IS NOT NULL THEN  -- a per-holder limit (none: NULL, and nothing to count; review R16: COUNT_MAX
+                            -- is a limit a campaign may have, no longer read as none)
         INSERT INTO campaign_uses AS u (campaign_id, holder_id, uses) VALUES ($1, $2, 1)
         ON CONFLICT (campaign_id, holder_id) DO UPDATE SET uses = u.uses + 1 WHERE u.uses < $5;
         IF NOT FOUND THEN
@@ -93,7 +94,7 @@ BEGIN
       INTO left_minor, places_left, closed_any
       FROM campaign_shards k WHERE k.campaign_id = $1;
     IF closed_any IS NOT FALSE OR left_minor <= 0 OR places_left <= 0 THEN
-        IF $5 < 2147483647 THEN
+        IF $5 IS NOT NULL THEN
             UPDATE campaign_uses u SET uses = u.uses - 1 WHERE u.campaign_id = $1 AND u.holder_id = $2;
         END IF;
         RETURN NULL;
@@ -123,7 +124,7 @@ BEGIN
             END IF;
         END LOOP;
     EXCEPTION WHEN SQLSTATE 'GW002' THEN
-        IF $5 < 2147483647 THEN
+        IF $5 IS NOT NULL THEN
             UPDATE campaign_uses u SET uses = u.uses - 1 WHERE u.campaign_id = $1 AND u.holder_id = $2;
         END IF;
         RETURN NULL;
@@ -247,7 +248,7 @@ BEGIN
                  WHERE v.item = i
                    AND (r.n + 1 > v.count_max OR r.total + $42[i] > v.amount_max)));
             IF $38[i] IS NOT NULL THEN
-                IF $41[i] < 2147483647 THEN
+                IF $41[i] IS NOT NULL THEN  -- a per-holder limit (none: NULL)
                     INSERT INTO campaign_uses AS u (campaign_id, holder_id, uses) VALUES ($38[i], $4[i], 1)
                     ON CONFLICT (campaign_id, holder_id) DO UPDATE SET uses = u.uses + 1 WHERE u.uses < $41[i];
                     PERFORM gateway_at_once(FOUND);
