@@ -309,3 +309,49 @@ async def test_r16_two_processes_both_paths_cashback_gifts_refunds_and_an_end_ne
     got = await world.call("GET", f"/v1/operator/campaigns/{cb['id']}", headers=world.ops)
     cashback = sum(x["cashback"]["amount"] for x in paid if x.get("cashback"))
     assert got["spent"] == cashback <= 2_000
+
+
+async def test_r16_a_batch_item_rolled_back_after_its_campaign_check_counts_nothing(world: World) -> None:
+    """Held. Items whose discount the batch's row allowed and which then fail (funds short: the wallet's
+    balance CHECK, after the campaign check) count nothing of the row: the row's spent and places are
+    those of the payments discounted (campaign_over_budget_or_places after the test), and the budget
+    they did not use is given to the next payments."""
+    m = await world.merchant()
+    poor = list(await asyncio.gather(*(world.holder(top_up=500) for _ in range(6))))
+    rich = list(await asyncio.gather(*(world.holder(top_up=10_000) for _ in range(6))))
+    c = await _campaign(world, budget=600)  # one row, six discounts
+    written, refused = batched()
+    payments = [await world.payment(m, 1_000) for _ in range(12)]
+    results = await asyncio.gather(*(_status(world, "POST", f"/v1/wallet/payments/{p['id']}/pay",
+                                             headers=h.headers, json={})
+                                     for h, p in zip(poor + rich, payments, strict=True)))
+    assert [s for s, _ in results] == [402] * 6 + [200] * 6, results
+    assert all(body["discount"]["amount"] == 100 for _, body in results[6:])
+    assert batched()[0] > written and batched()[1] > refused  # batches took some, and refused the poor
+    got = await world.call("GET", f"/v1/operator/campaigns/{c['id']}", headers=world.ops)
+    assert (got["spent"], got["places_taken"]) == (600, 6)
+
+
+async def test_r16_concurrent_first_captures_give_one_first_payment_gift(world: World) -> None:
+    """Held. A holder's authorised payments captured at once by its merchant: every capture sees no
+    captured payment yet and takes a first-payment gift; the second insert waits for the first and is
+    refused, its take rolled back to the savepoint (the take's rows with it). One gift per holder, the
+    counter rows say so (the invariants after the test)."""
+    m = await world.merchant()
+    holders = list(await asyncio.gather(*(world.holder(top_up=10_000) for _ in range(6))))
+    await _campaign(world, name="G30", rule="gift_first_payment", fixed_amount=30, budget=3_000)
+    await _campaign(world, name="G20", rule="gift_first_payment", fixed_amount=20, budget=3_000)
+    pids = []
+    for h in holders:
+        for _ in range(3):
+            p = await world.payment(m, 1_000, capture_method="manual")
+            assert (await world.pay(h, p["id"]))["status"] == "requires_capture"
+            pids.append(p["id"])
+    captured = await asyncio.gather(*(_status(world, "POST", f"/v1/payments/{pid}/capture",
+                                              headers={**m.headers, "Idempotency-Key": f"c-{pid}"}, json={})
+                                      for pid in pids))
+    assert [s for s, _ in captured] == [200] * len(pids), captured
+    for h in holders:
+        mine = await world.call("GET", "/v1/wallet/benefits", headers=h.headers)
+        assert [(b["kind"], b["amount"]) for b in mine["data"]] == [("gift_first_payment", 30)], mine["data"]
+    assert sum(await asyncio.gather(*(world.available(h) for h in holders))) == 6 * (10_000 - 3_000 + 30)
