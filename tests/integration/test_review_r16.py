@@ -392,3 +392,27 @@ async def test_r16_finding_migration_0026_accepts_the_history_of_a_longer_expiry
             await tx.rollback()
     finally:
         await conn.close()
+
+
+@pytest.mark.parametrize("general", [False, True], ids=["batch", "general"])
+async def test_r16_a_payment_paid_at_the_end_of_its_longest_life_is_counted_by_the_velocity(
+        world: World, clean_db: str, general: bool) -> None:
+    """Held. A payment created 7 days 23 hours ago (the CHECK lets it live 8 days: clocks) and paid now
+    was authorised within the hour: the velocity count, bounded by created_at, still finds it."""
+    m = await world.merchant()
+    h = await world.holder(top_up=10_000)
+    await world.call("POST", "/v1/operator/risk_rules", 201, headers=world.ops,
+                     json={"kind": "velocity_wallet", "window_s": 3600, "max_count": 1})
+    if general:
+        world.client.app[SERVICES].campaigns.current = lambda: None
+    old = await world.payment(m, 100)
+    conn = await asyncpg.connect(clean_db)
+    try:
+        await conn.execute("UPDATE payments SET created_at = now() - interval '7 days 23 hours',"
+                           " updated_at = now() - interval '7 days 23 hours' WHERE id = $1",
+                           decode(Kind.PAYMENT, old["id"]))
+    finally:
+        await conn.close()
+    assert (await world.pay(h, old["id"]))["status"] == "succeeded"
+    refused = await world.pay(h, (await world.payment(m, 100))["id"], 402)
+    assert refused["error"]["code"] == "risk_declined"
