@@ -16,7 +16,10 @@
 --     them: so the last unit is given exactly once, and never refused while one is left;
 --   the end of a campaign (store.promotions.end) closes every row, waited for in shard order: a batch
 --     or take that then locks a row reads it closed (and every row is closed in the same commit as
---     ended_at).
+--     ended_at). It holds the campaign's own row FOR NO KEY UPDATE meanwhile, which the foreign-key
+--     share locks of the payments and uses that name the campaign, taken after a counter row, do not
+--     wait for (review R16: FOR UPDATE deadlocked with them);
+--   a take refused (spent, full, closed) keeps no counter row locked (review R16).
 -- A holder's uses (campaign_uses) are counted only where the campaign has a per-holder limit (gifts: one):
 -- with none there is nothing to enforce, and a row per holder and campaign to update at every payment.
 -- Lock order stays: a holder's use row, then the campaign's counter rows (in shard order when several),
