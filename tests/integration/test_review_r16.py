@@ -416,3 +416,31 @@ async def test_r16_a_payment_paid_at_the_end_of_its_longest_life_is_counted_by_t
     assert (await world.pay(h, old["id"]))["status"] == "succeeded"
     refused = await world.pay(h, (await world.payment(m, 100))["id"], 402)
     assert refused["error"]["code"] == "risk_declined"
+
+
+# --- FINDING 5: the end's answer (and audit record) misses what was taken while it waited --------
+
+
+async def test_r16_finding_the_end_answers_what_was_taken_before_its_commit(
+        world: World, clean_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FINDING 5 (low: an answer and an audit record). ``end`` waits for the counter rows, then answers
+    the campaign's spent and places summed from the snapshot its statement began with: a discount
+    taken by a payment that held a row and committed while the end waited is in the books, before the
+    end's commit, but not in the end's answer nor in its ``campaign.ended`` audit record."""
+    m = await world.merchant()
+    h = await world.holder(top_up=10_000)
+    c = await _campaign(world)
+    world.client.app[SERVICES].campaigns.current = lambda: None  # the general path
+    took, go = _paused_after_take(monkeypatch)
+    p = await world.payment(m, 1_000)
+    paying = asyncio.ensure_future(world.pay(h, p["id"]))
+    await asyncio.wait_for(took.wait(), 10)
+    ending = asyncio.ensure_future(world.call("POST", f"/v1/operator/campaigns/{c['id']}/end", headers=world.ops,
+                                              json={}))
+    await _waiting_on_a_lock(clean_db, "campaign_shards")
+    go.set()
+    assert (await paying)["discount"]["amount"] == 100
+    ended = await ending
+    got = await world.call("GET", f"/v1/operator/campaigns/{c['id']}", headers=world.ops)
+    assert (got["spent"], got["places_taken"]) == (100, 1)
+    assert (ended["spent"], ended["places_taken"]) == (100, 1), ended
