@@ -92,16 +92,20 @@ async def get(conn: Connection, campaign_id: uuid.UUID, *, for_update: bool = Fa
 async def end(conn: Connection, campaign_id: uuid.UUID) -> asyncpg.Record:
     """End it now (``ended_at`` is kept if it was ended already) and close its counter rows, waited for
     in shard order (a batch holding one finishes first; any take after this commit finds them closed);
-    the caller locked the campaign's row."""
+    the caller locked the campaign's row. Two statements: the second, which answers what was spent and
+    taken, reads the rows as committed after the waits of the first (one statement answered what its
+    snapshot, taken before them, saw: review R16)."""
+    await conn.execute(
+        """
+        WITH l AS (SELECT 1 FROM campaign_shards WHERE campaign_id = $1 ORDER BY shard FOR UPDATE)
+        UPDATE campaign_shards SET closed = true WHERE campaign_id = $1 AND NOT closed AND (SELECT count(*) FROM l) >= 0
+        """,
+        campaign_id,
+    )
     return await one(
         conn,
-        f"""
-        WITH l AS (SELECT 1 FROM campaign_shards WHERE campaign_id = $1 ORDER BY shard FOR UPDATE),
-             closed AS (UPDATE campaign_shards SET closed = true
-                         WHERE campaign_id = $1 AND NOT closed AND (SELECT count(*) FROM l) >= 0)
-        UPDATE campaigns SET ended_at = COALESCE(ended_at, now()), updated_at = now() WHERE id = $1
-        RETURNING {COLUMNS}
-        """,
+        f"UPDATE campaigns SET ended_at = COALESCE(ended_at, now()), updated_at = now() WHERE id = $1"
+        f" RETURNING {COLUMNS}",
         campaign_id,
     )
 
