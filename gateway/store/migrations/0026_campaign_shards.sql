@@ -74,18 +74,26 @@ BEGIN
             RETURN NULL;
         END IF;
     END IF;
-    WITH pick AS (
-        SELECT k.campaign_id, k.shard FROM campaign_shards k
-         WHERE k.campaign_id = $1 AND NOT k.closed AND k.budget_minor - k.spent_minor >= $3
-           AND (k.places_max IS NULL OR k.places_taken < k.places_max)
-         ORDER BY k.budget_minor - k.spent_minor DESC, k.shard
-         LIMIT 1 FOR UPDATE SKIP LOCKED)
-    UPDATE campaign_shards k SET spent_minor = k.spent_minor + $3, places_taken = k.places_taken + 1
-      FROM pick WHERE k.campaign_id = pick.campaign_id AND k.shard = pick.shard
-    RETURNING k.shard INTO picked;
-    IF picked IS NOT NULL THEN
-        RETURN $3;
-    END IF;
+    -- In a block: a row the pick locked and then skipped (its room taken by a commit after the
+    -- statement's snapshot: PostgreSQL keeps such a lock) is released when nothing was picked; kept,
+    -- it broke the gather's shard order below and deadlocked two gathers (review R16).
+    BEGIN
+        WITH pick AS (
+            SELECT k.campaign_id, k.shard FROM campaign_shards k
+             WHERE k.campaign_id = $1 AND NOT k.closed AND k.budget_minor - k.spent_minor >= $3
+               AND (k.places_max IS NULL OR k.places_taken < k.places_max)
+             ORDER BY k.budget_minor - k.spent_minor DESC, k.shard
+             LIMIT 1 FOR UPDATE SKIP LOCKED)
+        UPDATE campaign_shards k SET spent_minor = k.spent_minor + $3, places_taken = k.places_taken + 1
+          FROM pick WHERE k.campaign_id = pick.campaign_id AND k.shard = pick.shard
+        RETURNING k.shard INTO picked;
+        IF picked IS NOT NULL THEN
+            RETURN $3;
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = 'GW002';
+    EXCEPTION WHEN SQLSTATE 'GW002' THEN
+        NULL;
+    END;
     -- A refusal keeps no counter row locked (review R16: a payment refused by a spent campaign, which
     -- caches offer for up to their refresh period, then took its next offer holding every row of it:
     -- two such payments trying two spent campaigns in opposite orders deadlocked, and every payment
