@@ -50,14 +50,6 @@ class Action(StrEnum):
     REFUND = "refund"
 
 
-# A payment can be paid for at most this long after it was created (settings refuse a longer
-# payments.expiry_max_s); the database refuses a longer one with a day to spare for the clocks
-# (payments_lifetime, migration 0026). So a payment authorised within a window was created within that
-# window and this lifetime (no count reads a holder's payments since velocity per wallet is counted in
-# the risk rules' windows, services.risk; the bound stays a property of every payment).
-LIFETIME_MAX_S = 7 * 86400
-LIFETIME_CHECKED_S = LIFETIME_MAX_S + 86400
-
 _OPEN = frozenset({Status.REQUIRES_PAYMENT_METHOD, Status.REQUIRES_ACTION, Status.REQUIRES_CAPTURE})
 _ALLOWED: dict[Action, frozenset[Status]] = {
     Action.AUTHORIZE: frozenset({Status.REQUIRES_PAYMENT_METHOD}),

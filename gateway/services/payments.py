@@ -9,8 +9,10 @@ can deadlock; ``tests/fault/test_lock_order.py`` races every pair on one wallet)
 2. payment rows (``FOR UPDATE``; several at once in id order, as the expiry worker does);
 3. the wallet holder (``FOR SHARE``: tier, PIN lock);
 4. the holder's daily spend row (``daily_spend``);
-4a. a promotion's rows when one discounts the payment: the holder's use (``campaign_uses``), then the
-   campaign (its one row is hot: every discounted payment of the campaign waits on it until its commit);
+4a. a promotion's rows when one discounts the payment: the holder's use (``campaign_uses``, only under a
+   per-holder limit), then the campaign's counter rows (one nobody holds, or every row in shard order to
+   gather the last units; a refused take holds none; migration 0026); the campaign's own row is
+   share-locked by the payment's and use's foreign keys, which the end's FOR NO KEY UPDATE lets through;
    a capture's cashback campaign (or its discount's), then its first-payment gift's (``promotions.credits_at_capture``);
    a refund of a bank-funded discounted payment (or one with cashback) touches only the campaign row, after the
    payment row;

@@ -206,15 +206,14 @@ async def pay_batch(conn: Connection, items: list[tuple[PaidAtOnce, Done | None]
     active, the day's cap would be crossed, its campaign can no longer give its whole discount (ended,
     out of places or budget, the holder's limit reached), funds are short, it met a deadlock or its
     key exists; the others are written and committed together. The day's spend counts the full
-    amount, whatever the discount. The function's velocity limits per wallet (its v_* arrays, migration
-    0025) are always given empty: the risk rules count those in their windows before the statement
-    (``services.context.pay_counted``), which a count of the holder's payments here could not match."""
+    amount, whatever the discount. Velocity limits are not the statement's: the risk rules count every
+    kind in their windows before it (``services.context.pay_counted``)."""
     cols: dict[str, list[Any]] = {name: [] for name in (
         "pid", "seen", "status", "holder", "authorized", "captured", "fee", "auth_exp", "now", "wallet", "channel",
         "day", "currency", "tier", "daily_max", "event_id", "event_type", "event_data", "hold", "kind",
         "p_item", "p_account", "p_currency", "p_amount", "s_item", "s_account", "s_shard", "s_delta", "s_released",
         "k_principal", "k_key", "k_hash", "k_method", "k_path", "k_status", "k_body", "until",
-        "campaign", "discount", "funded", "holder_max", "spend", "v_item", "v_window", "v_count_max", "v_amount_max")}
+        "campaign", "discount", "funded", "holder_max", "spend")}
     for item, (paid, done) in enumerate(items, start=1):
         pay = paid.payment
         for name, value in (

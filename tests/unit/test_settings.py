@@ -376,3 +376,10 @@ def test_api_key_cache_bounds_refused(auth: dict[str, object]) -> None:
 def test_api_key_cache_is_on_by_default_and_zero_turns_it_off() -> None:
     assert load(env={}).auth.api_key_cache_ttl_s == 60.0
     assert load(env={"GATEWAY_AUTH_API_KEY_CACHE_TTL_S": "0"}).auth.api_key_cache_ttl_s == 0.0
+
+
+def test_a_payment_expiry_default_beyond_its_max_is_refused() -> None:
+    with pytest.raises(ValueError, match="expiry_default_s"):
+        load(payments={"expiry_default_s": 3_600, "expiry_max_s": 600})
+    with pytest.raises(ValueError, match="expiry_default_s"):
+        load(payments={"expiry_default_s": 30})

@@ -143,16 +143,18 @@ BEGIN
     RETURN granted;
 END $$;
 
--- A payment is paid for at most 8 days after its creation (domain.payments.LIFETIME_CHECKED_S: settings
--- allow 7, a day to spare for the clocks), so a count of a holder's payments authorised within a window
--- reads only those created within the window and 8 days (a range of payments_payer), never the holder's
--- whole history (before: every payment it ever made, 0.48 ms with 200 of them).
-ALTER TABLE payments ADD CONSTRAINT payments_lifetime CHECK (expires_at <= created_at + interval '8 days') NOT VALID;
-ALTER TABLE payments VALIDATE CONSTRAINT payments_lifetime;
+-- gateway_pay_batch of 0025 with two changes: a campaign's items take from one counter row the batch
+-- picked (above) instead of each updating the campaign's row; and 0025's velocity limits per wallet (its
+-- v_* arrays, a count of the holder's payments per item: O(the holder's payments in the window)) are gone:
+-- velocity rules of every kind are counted in Redis windows before the statement
+-- (services.context.pay_counted, docs/risk.md).
+DROP FUNCTION gateway_pay_batch(
+    uuid[], timestamptz[], text[], uuid[], bigint[], bigint[], bigint[], timestamptz[], timestamptz[], bigint[],
+    text[], date[], text[], smallint[], bigint[], uuid[], text[], text[], bigint[], text[], int[], bigint[], text[],
+    bigint[], int[], bigint[], smallint[], bigint[], bigint[], text[], text[], bytea[], text[], text[], int[],
+    bytea[], timestamptz[], uuid[], bigint[], text[], int[], bigint[], int[], int[], bigint[], bigint[]);
 
--- gateway_pay_batch of 0025, its signature unchanged; velocity limits per wallet count over that range; a campaign's items now take from one counter
--- row the batch picked (above) instead of each updating the campaign's row.
-CREATE OR REPLACE FUNCTION gateway_pay_batch(
+CREATE FUNCTION gateway_pay_batch(
     payment_id uuid[], seen_at timestamptz[], status text[], holder uuid[], authorized bigint[], captured bigint[],
     fee bigint[], authorization_expires timestamptz[], now_at timestamptz[], wallet_account bigint[], channel text[],
     spend_day date[], currency text[], tier smallint[], daily_max bigint[], event_id uuid[], event_type text[],
@@ -161,8 +163,7 @@ CREATE OR REPLACE FUNCTION gateway_pay_batch(
     s_item int[], s_account bigint[], s_shard smallint[], s_delta bigint[], s_released bigint[],
     key_principal text[], key_text text[], key_hash bytea[], key_method text[], key_path text[],
     key_status int[], key_body bytea[], decided_until timestamptz[],
-    campaign uuid[], discount bigint[], funded text[], holder_max int[], spend bigint[],
-    v_item int[], v_window int[], v_count_max bigint[], v_amount_max bigint[]
+    campaign uuid[], discount bigint[], funded text[], holder_max int[], spend bigint[]
 ) RETURNS boolean[] LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -247,17 +248,6 @@ BEGIN
             ON CONFLICT (holder_id, currency, day) DO UPDATE SET spent_minor = d.spent_minor + EXCLUDED.spent_minor
             RETURNING d.spent_minor INTO spent;
             PERFORM gateway_at_once(spent <= $15[i]);
-            PERFORM gateway_at_once(NOT EXISTS (
-                SELECT 1 FROM unnest($43, $44, $45, $46) AS v(item, window_s, count_max, amount_max)
-                 CROSS JOIN LATERAL (
-                       SELECT count(*) AS n, coalesce(sum(q.amount_minor) FILTER (WHERE q.currency = $13[i]), 0) AS total
-                         FROM payments q
-                        WHERE q.payer_id = $4[i] AND q.id <> $1[i]
-                          AND q.created_at > $9[i] - make_interval(secs => v.window_s + 691200)
-                          AND q.updated_at > $9[i] - make_interval(secs => v.window_s)
-                          AND q.status IN ('requires_capture', 'succeeded', 'requires_action')) r
-                 WHERE v.item = i
-                   AND (r.n + 1 > v.count_max OR r.total + $42[i] > v.amount_max)));
             IF $38[i] IS NOT NULL THEN
                 IF $41[i] IS NOT NULL THEN  -- a per-holder limit (none: NULL)
                     INSERT INTO campaign_uses AS u (campaign_id, holder_id, uses) VALUES ($38[i], $4[i], 1)
