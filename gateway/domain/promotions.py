@@ -43,7 +43,7 @@ from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 BPS_MAX = 10_000
-COUNT_MAX = 2**31 - 1  # places and per-holder limits are stored as integer (the largest: no limit)
+COUNT_MAX = 2**31 - 1  # places and per-holder limits are stored as integer: the largest accepted (no limit: None)
 
 
 class Rule(StrEnum):

@@ -66,57 +66,55 @@ BEGIN
                       AND c.starts_at <= $4 AND $4 < c.ends_at) THEN
         RETURN NULL;
     END IF;
-    IF $5 IS NOT NULL THEN  -- a per-holder limit (none: NULL, and nothing to count; review R16: COUNT_MAX
-                            -- is a limit a campaign may have, no longer read as none)
-        INSERT INTO campaign_uses AS u (campaign_id, holder_id, uses) VALUES ($1, $2, 1)
-        ON CONFLICT (campaign_id, holder_id) DO UPDATE SET uses = u.uses + 1 WHERE u.uses < $5;
-        IF NOT FOUND THEN
-            RETURN NULL;
-        END IF;
-    END IF;
-    -- In a block: a row the pick locked and then skipped (its room taken by a commit after the
-    -- statement's snapshot: PostgreSQL keeps such a lock) is released when nothing was picked; kept,
-    -- it broke the gather's shard order below and deadlocked two gathers (review R16).
+    -- One subtransaction for the rest: a refusal (GW002) gives back the holder's use and releases every
+    -- counter row locked on the way, with the block.
     BEGIN
-        WITH pick AS (
-            SELECT k.campaign_id, k.shard FROM campaign_shards k
-             WHERE k.campaign_id = $1 AND NOT k.closed AND k.budget_minor - k.spent_minor >= $3
-               AND (k.places_max IS NULL OR k.places_taken < k.places_max)
-             ORDER BY k.budget_minor - k.spent_minor DESC, k.shard
-             LIMIT 1 FOR UPDATE SKIP LOCKED)
-        UPDATE campaign_shards k SET spent_minor = k.spent_minor + $3, places_taken = k.places_taken + 1
-          FROM pick WHERE k.campaign_id = pick.campaign_id AND k.shard = pick.shard
-        RETURNING k.shard INTO picked;
-        IF picked IS NOT NULL THEN
-            RETURN $3;
+        IF $5 IS NOT NULL THEN  -- a per-holder limit (none: NULL, and nothing to count; review R16: COUNT_MAX
+                                -- is a limit a campaign may have, no longer read as none)
+            INSERT INTO campaign_uses AS u (campaign_id, holder_id, uses) VALUES ($1, $2, 1)
+            ON CONFLICT (campaign_id, holder_id) DO UPDATE SET uses = u.uses + 1 WHERE u.uses < $5;
+            IF NOT FOUND THEN
+                RETURN NULL;
+            END IF;
         END IF;
-        RAISE EXCEPTION USING ERRCODE = 'GW002';
-    EXCEPTION WHEN SQLSTATE 'GW002' THEN
-        NULL;
-    END;
-    -- A refusal keeps no counter row locked (review R16: a payment refused by a spent campaign, which
-    -- caches offer for up to their refresh period, then took its next offer holding every row of it:
-    -- two such payments trying two spent campaigns in opposite orders deadlocked, and every payment
-    -- offered a spent campaign waited for all its rows). What is committed never comes back (spent and
-    -- places taken only grow, a closed row stays closed), so a campaign spent, full or closed as last
-    -- committed is refused at once, locking nothing; and rows locked below and then found so are
-    -- released with the block's subtransaction.
-    SELECT sum(k.budget_minor - k.spent_minor), sum(k.places_max - k.places_taken), bool_or(k.closed)
-      INTO left_minor, places_left, closed_any
-      FROM campaign_shards k WHERE k.campaign_id = $1;
-    IF closed_any IS NOT FALSE OR left_minor <= 0 OR places_left <= 0 THEN
-        IF $5 IS NOT NULL THEN
-            UPDATE campaign_uses u SET uses = u.uses - 1 WHERE u.campaign_id = $1 AND u.holder_id = $2;
+        -- In a block: a row the pick locked and then skipped (its room taken by a commit after the
+        -- statement's snapshot: PostgreSQL keeps such a lock) is released when nothing was picked; kept,
+        -- it broke the gather's shard order below and deadlocked two gathers (review R16).
+        BEGIN
+            WITH pick AS (
+                SELECT k.campaign_id, k.shard FROM campaign_shards k
+                 WHERE k.campaign_id = $1 AND NOT k.closed AND k.budget_minor - k.spent_minor >= $3
+                   AND (k.places_max IS NULL OR k.places_taken < k.places_max)
+                 ORDER BY k.budget_minor - k.spent_minor DESC, k.shard
+                 LIMIT 1 FOR UPDATE SKIP LOCKED)
+            UPDATE campaign_shards k SET spent_minor = k.spent_minor + $3, places_taken = k.places_taken + 1
+              FROM pick WHERE k.campaign_id = pick.campaign_id AND k.shard = pick.shard
+            RETURNING k.shard INTO picked;
+            IF picked IS NOT NULL THEN
+                RETURN $3;
+            END IF;
+            RAISE EXCEPTION USING ERRCODE = 'GW002';
+        EXCEPTION WHEN SQLSTATE 'GW002' THEN
+            NULL;
+        END;
+        -- A refusal keeps no counter row locked (review R16: a payment refused by a spent campaign, which
+        -- caches offer for up to their refresh period, then took its next offer holding every row of it:
+        -- two such payments trying two spent campaigns in opposite orders deadlocked, and every payment
+        -- offered a spent campaign waited for all its rows). What is committed never comes back (spent and
+        -- places taken only grow, a closed row stays closed), so a campaign spent, full or closed as last
+        -- committed is refused at once, locking nothing.
+        SELECT sum(k.budget_minor - k.spent_minor), sum(k.places_max - k.places_taken), bool_or(k.closed)
+          INTO left_minor, places_left, closed_any
+          FROM campaign_shards k WHERE k.campaign_id = $1;
+        IF closed_any IS NOT FALSE OR left_minor <= 0 OR places_left <= 0 THEN
+            RAISE EXCEPTION USING ERRCODE = 'GW002';
         END IF;
-        RETURN NULL;
-    END IF;
-    BEGIN
         -- Every row, waited for in shard order: what is left may be spread over several.
         SELECT sum(k.budget_minor - k.spent_minor), sum(k.places_max - k.places_taken), bool_or(k.closed)
           INTO left_minor, places_left, closed_any
           FROM (SELECT * FROM campaign_shards s WHERE s.campaign_id = $1 ORDER BY s.shard FOR UPDATE) k;
         IF closed_any IS NOT FALSE OR left_minor <= 0 OR places_left <= 0 THEN
-            RAISE EXCEPTION USING ERRCODE = 'GW002';  -- refused: the rows' locks go with the block
+            RAISE EXCEPTION USING ERRCODE = 'GW002';
         END IF;
         granted := least($3, left_minor);
         need := granted;
@@ -134,13 +132,10 @@ BEGIN
                 placed := true;
             END IF;
         END LOOP;
+        RETURN granted;
     EXCEPTION WHEN SQLSTATE 'GW002' THEN
-        IF $5 IS NOT NULL THEN
-            UPDATE campaign_uses u SET uses = u.uses - 1 WHERE u.campaign_id = $1 AND u.holder_id = $2;
-        END IF;
-        RETURN NULL;
+        RETURN NULL;  -- refused: nothing taken, nothing locked
     END;
-    RETURN granted;
 END $$;
 
 -- gateway_pay_batch of 0025 with two changes: a campaign's items take from one counter row the batch
