@@ -75,7 +75,7 @@ from gateway.services import audit, notifications, pages, sign_in, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.services.pages import PageRequest
-from gateway.store import payments as events_store
+from gateway.store import payments as payment_store
 from gateway.store import risk as store
 from gateway.store import sign_in as sign_in_store
 from gateway.store.db import Connection
@@ -118,10 +118,10 @@ class AtOnceRisk:
     """What the one-statement path's statement keeps for the rules (``one_statement``)."""
 
     spend_max_minor: int | None  # the holder's day's spend with this payment may not exceed it (None: the cap)
-    allowed: events_store.RiskAllowed | None  # the 'allow' decision it records, and the windows charged first
+    allowed: payment_store.RiskAllowed | None  # the 'allow' decision it records, and the windows charged first
 
 
-def holder_reads(svc: Services, device_id: str | None) -> events_store.HolderReads | None:
+def holder_reads(svc: Services, device_id: str | None) -> payment_store.HolderReads | None:
     """What the head read of a payment (``store.payments.payable``) adds for the active rules the
     one-statement path judges itself; None when none is active (the read stays as it was)."""
     kinds = svc.risk_rules.kinds
@@ -129,7 +129,7 @@ def holder_reads(svc: Services, device_id: str | None) -> events_store.HolderRea
     device = risk.RuleKind.NEW_DEVICE in kinds
     if not usual and not device:
         return None
-    return events_store.HolderReads(svc.local_day(svc.now()) if usual else None, device, device_id)
+    return payment_store.HolderReads(svc.local_day(svc.now()) if usual else None, device, device_id)
 
 
 def _unlocked(head: asyncpg.Record | Mapping[str, Any], now: datetime, device_id: str | None) -> risk.Unlocked:
@@ -185,7 +185,7 @@ def one_statement(svc: Services, head: asyncpg.Record | Mapping[str, Any], holde
     if kept.counted:
         if not svc.accel.available:  # counted in PostgreSQL by the general path
             return None
-        allowed = events_store.RiskAllowed(uuid.uuid4(), device_id, tuple(_window(r, attempt) for r in kept.counted))
+        allowed = payment_store.RiskAllowed(uuid.uuid4(), device_id, tuple(_window(r, attempt) for r in kept.counted))
     return AtOnceRisk(spend_max, allowed)
 
 
@@ -441,7 +441,7 @@ async def _alert(svc: Services, conn: Connection, row: Any) -> None:
     event."""
     view = decision_view(row)
     await notifications.notify(svc, conn, row["holder_id"], notification_kinds.RISK_ALERT, _alert_data(view))
-    await events_store.insert_event(conn, "risk.alert", row["id"], view, merchant_id=None,
+    await payment_store.insert_event(conn, "risk.alert", row["id"], view, merchant_id=None,
                                     holder_id=row["holder_id"], deliverable=False)
 
 
