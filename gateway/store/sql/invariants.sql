@@ -469,3 +469,14 @@ SELECT d.id, d.payment_id, p.status, d.step_up_used_at, allowed.n AS allowed
     OR (d.step_up_used_at IS NOT NULL AND (allowed.n <> 1 OR NOT allowed.passed_all))
     OR (p.status = 'requires_action' AND d.step_up_used_at IS NOT NULL)
     OR (p.status IN ('succeeded', 'requires_capture') AND d.step_up_used_at IS NULL));
+
+-- name: allow_decision_differs_from_its_payment
+-- Every risk decision's holder exists (risk_decisions has no foreign key to wallet_holders since 0032), and an
+-- 'allow' decision, written in its payment's transaction, names a payment that exists and was paid by the
+-- decision's holder at the decision's merchant.
+SELECT d.id, d.payment_id, d.holder_id, d.outcome
+  FROM risk_decisions d
+  LEFT JOIN payments p ON p.id = d.payment_id
+ WHERE NOT EXISTS (SELECT 1 FROM wallet_holders w WHERE w.id = d.holder_id)
+    OR (d.outcome = 'allow' AND (p.id IS NULL OR p.payer_id IS DISTINCT FROM d.holder_id
+                                 OR p.merchant_id <> d.merchant_id))
