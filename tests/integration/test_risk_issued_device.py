@@ -17,7 +17,7 @@ from tests.integration.test_devices_taps import _device, _pay_tap, _phone, _tap
 from tests.integration.test_qr_paycode import _device_holder, _qr, _scan_pay
 from tests.integration.test_risk_at_once import _window_size
 from tests.integration.test_risk_decisions import redis_down_world  # noqa: F401
-from tests.integration.test_risk_pay_code import _charge, _decisions, _fetch, _pay_code, _rule
+from tests.integration.test_risk_pay_code import _broken, _charge, _decisions, _fetch, _pay_code, _rule
 from tests.integration.world import Holder, Merchant, World
 
 CHANNELS = ("pay_code", "tap")
@@ -104,10 +104,17 @@ async def _velocity_across_channels(world: World) -> Phone:
     return p
 
 
-async def test_velocity_per_device_counts_qr_pay_code_and_tap_together_in_redis(world: World) -> None:
+async def test_velocity_per_device_counts_qr_pay_code_and_tap_together_in_redis(world: World,
+                                                                                 clean_db: str) -> None:
     p = await _velocity_across_channels(world)
     [rule] = (await world.call("GET", "/v1/operator/risk_rules", headers=world.ops))["data"]
     assert await _window_size(rule, p.device) == 3  # the refused ones given back
+
+    # The invariant can fail: a pay-code payment's decision naming another device than its code's is named.
+    moved = "UPDATE risk_decisions SET device_id = $1 WHERE channel = 'pay_code' AND outcome = 'allow'"
+    await _fetch(clean_db, moved, "terminal-1")
+    assert "pay_code_decision_names_another_device" in await _broken(clean_db)
+    await _fetch(clean_db, moved, p.device)
 
 
 async def test_velocity_per_device_counts_qr_pay_code_and_tap_together_without_redis(

@@ -469,3 +469,14 @@ SELECT d.id, d.payment_id, p.status, d.step_up_used_at, allowed.n AS allowed
     OR (d.step_up_used_at IS NOT NULL AND (allowed.n <> 1 OR NOT allowed.passed_all))
     OR (p.status = 'requires_action' AND d.step_up_used_at IS NOT NULL)
     OR (p.status IN ('succeeded', 'requires_capture') AND d.step_up_used_at IS NULL));
+
+-- name: pay_code_decision_names_another_device
+-- A pay-code payment's risk decision written with it (its 'allow' or held decision, in the charge's transaction,
+-- and the confirmation's 'allow' copied from the held one) names the device its code was issued to: the holder's
+-- phone, never the counter's terminal. A refusal's decision is not checked: its charge rolled back, so its code
+-- may be another than the one that paid the payment later. Decisions recorded before the device was passed on
+-- have none.
+SELECT d.id, d.payment_id, d.device_id, c.device_id AS code_device_id
+  FROM pay_codes c
+  JOIN risk_decisions d ON d.payment_id = c.payment_id AND d.channel = 'pay_code' AND (d.outcome = 'allow' OR d.held)
+ WHERE d.device_id <> c.device_id;
