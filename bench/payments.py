@@ -161,11 +161,15 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
     p.add_argument("--big", type=int, default=0, metavar="N",
                    help="then generate N payments in SQL (a merchant the load never touches) and run A again")
     p.add_argument("--tap-sales", type=int, default=30, help="sales of bench/tap_to_approval.py (0: skip)")
+    p.add_argument("--only-features", action="store_true",
+                   help="issue 13's figures alone: A, the two feature phases, then A again (no pgbench, tap, sweep)")
     args = p.parse_args(argv)
     if args.quick:
         for name, value in QUICK.items():
             if getattr(args, name) == p.get_default(name):
                 setattr(args, name, value)
+    if args.only_features:  # issue 13's figures alone, against A measured before and after them
+        args.skip_pgbench, args.tap_sales, args.big, args.profile = True, 0, 0, 0.0
     sizes = Sizes(
         processes=args.processes, merchants=args.merchants, holders=args.holders, concurrency=args.concurrency,
         count=args.count, duration_s=args.duration, warmup=args.warmup, amount_minor=args.amount,
@@ -237,7 +241,8 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
               f" 5xx logged {warm.server_5xx}")
 
         results: dict[str, PhaseResult] = {}
-        for key, load in (("A", LOAD_A), ("B", LOAD_B), ("one_merchant", LOAD_ONE)):
+        plain = (("A", LOAD_A),) if args.only_features else (("A", LOAD_A), ("B", LOAD_B), ("one_merchant", LOAD_ONE))
+        for key, load in plain:
             banner(f"{load.name}; closed loop, concurrency {sizes.concurrency},"
                    f" {sizes.count} payments or {sizes.duration_s:g} s")
             await vacuum()
@@ -270,57 +275,66 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
         await switch_off(api, world, features)
         await asyncio.sleep(FEATURES_SETTLE_S)
         glog.attach(PhaseResult("features off", Recorder(), 0.0, {}))
-
-        replayable = results["A"].rec.replayable
-        banner(f"idempotent replays: A's {len(replayable)} pay calls again with their Idempotency-Key, closed loop,"
-               f" {sizes.count} replays or {sizes.duration_s:g} s")
-        if replayable:
-            results["replays"] = glog.attach(await closed_loop_of(
-                "replays of A's pay calls", lambda rec, i: replay_once(api, rec, replayable[i % len(replayable)]),
-                sizes, sizes.count, sizes.duration_s, gateway))
-            results["replays"].print()
-        else:
-            print("  skipped: phase A confirmed nothing")
-
-        banner(f"pay-code charges (one call per payment), closed loop, {sizes.count} charges or {sizes.duration_s:g} s")
-        started = time.perf_counter()
-        codes = await issue_pay_codes(api, world, sizes.count)
-        print(f"  {len(codes)} pay-codes issued beforehand (not measured) in {time.perf_counter() - started:.1f} s")
-        await vacuum()
-        glog.attach(PhaseResult("pay-code issue", Recorder(), 0.0, {}))  # skip the issuing requests
-        results["pay_code"] = glog.attach(await closed_loop_of(
-            "pay-code charges", lambda rec, i: charge_once(api, rec, world, codes, i, sizes.amount_minor),
-            sizes, len(codes), sizes.duration_s, gateway))
-        results["pay_code"].print()
-
-        half_rate = sizes.half_rate_per_s or peak / 2
-        banner(f"half load: A paced open loop at {half_rate:,.1f} payments/s,"
-               f" {sizes.count} payments or {sizes.duration_s:g} s")
-        if half_rate > 0:
+        if args.only_features:
+            banner(f"A again (features off), closed loop, concurrency {sizes.concurrency}")
             await vacuum()
-            batched = await group_commit_counts(api)
-            results["half_load"] = glog.attach(await open_loop(api, world, LOAD_A, sizes, half_rate, sizes.count,
-                                                              sizes.duration_s, gateway))
-            results["half_load"].print()
-            print(group_commit_line(batched, await group_commit_counts(api)))
-        else:
-            print("  skipped: phase A confirmed nothing")
+            results["A_again"] = glog.attach(
+                await closed_loop(api, world, LOAD_A, sizes, sizes.count, sizes.duration_s, gateway))
+            results["A_again"].print()
 
         sweep: list[dict[str, Any]] = []
-        banner(f"sweep: A paced open loop at {', '.join(f'{f:g}' for f in SWEEP_FRACTIONS)} of A's {peak:,.1f}/s,"
-               f" {sizes.sweep_duration_s:g} s each")
-        for fraction in SWEEP_FRACTIONS if peak > 0 else ():
+        plot: str | None = None
+        half_rate = 0.0
+        if not args.only_features:
+            replayable = results["A"].rec.replayable
+            banner(f"idempotent replays: A's {len(replayable)} pay calls again with their Idempotency-Key, closed loop,"
+                   f" {sizes.count} replays or {sizes.duration_s:g} s")
+            if replayable:
+                results["replays"] = glog.attach(await closed_loop_of(
+                    "replays of A's pay calls", lambda rec, i: replay_once(api, rec, replayable[i % len(replayable)]),
+                    sizes, sizes.count, sizes.duration_s, gateway))
+                results["replays"].print()
+            else:
+                print("  skipped: phase A confirmed nothing")
+
+            banner(f"pay-code charges (one call per payment), closed loop, {sizes.count} charges or {sizes.duration_s:g} s")
+            started = time.perf_counter()
+            codes = await issue_pay_codes(api, world, sizes.count)
+            print(f"  {len(codes)} pay-codes issued beforehand (not measured) in {time.perf_counter() - started:.1f} s")
             await vacuum()
-            step = glog.attach(await open_loop(api, world, LOAD_A, sizes, fraction * peak, 10**9,
-                                               sizes.sweep_duration_s, gateway))
-            point = {"fraction": fraction, "offered_per_s": fraction * peak, **step.figures()}
-            sweep.append(point)
-            print(f"  {fraction:4.2f} x peak: offered {fraction * peak:8,.1f}/s, confirmed {step.rate_per_s:8,.1f}/s,"
-                  f" p50 {fmt_ms(point['p50_ms'])} ms, p99 {fmt_ms(point['p99_ms'])} ms,"
-                  f" errors {sum(step.rec.errors.values())}")
-        plot_path = Path(args.plot_path) if args.plot_path else log_dir / "latency.png"
-        plot = write_plot(sweep, peak, plot_path)
-        print(f"  plot: {plot}")
+            glog.attach(PhaseResult("pay-code issue", Recorder(), 0.0, {}))  # skip the issuing requests
+            results["pay_code"] = glog.attach(await closed_loop_of(
+                "pay-code charges", lambda rec, i: charge_once(api, rec, world, codes, i, sizes.amount_minor),
+                sizes, len(codes), sizes.duration_s, gateway))
+            results["pay_code"].print()
+
+            half_rate = sizes.half_rate_per_s or peak / 2
+            banner(f"half load: A paced open loop at {half_rate:,.1f} payments/s,"
+                   f" {sizes.count} payments or {sizes.duration_s:g} s")
+            if half_rate > 0:
+                await vacuum()
+                batched = await group_commit_counts(api)
+                results["half_load"] = glog.attach(await open_loop(api, world, LOAD_A, sizes, half_rate, sizes.count,
+                                                                  sizes.duration_s, gateway))
+                results["half_load"].print()
+                print(group_commit_line(batched, await group_commit_counts(api)))
+            else:
+                print("  skipped: phase A confirmed nothing")
+
+            banner(f"sweep: A paced open loop at {', '.join(f'{f:g}' for f in SWEEP_FRACTIONS)} of A's {peak:,.1f}/s,"
+                   f" {sizes.sweep_duration_s:g} s each")
+            for fraction in SWEEP_FRACTIONS if peak > 0 else ():
+                await vacuum()
+                step = glog.attach(await open_loop(api, world, LOAD_A, sizes, fraction * peak, 10**9,
+                                                   sizes.sweep_duration_s, gateway))
+                point = {"fraction": fraction, "offered_per_s": fraction * peak, **step.figures()}
+                sweep.append(point)
+                print(f"  {fraction:4.2f} x peak: offered {fraction * peak:8,.1f}/s, confirmed {step.rate_per_s:8,.1f}/s,"
+                      f" p50 {fmt_ms(point['p50_ms'])} ms, p99 {fmt_ms(point['p99_ms'])} ms,"
+                      f" errors {sum(step.rec.errors.values())}")
+            plot_path = Path(args.plot_path) if args.plot_path else log_dir / "latency.png"
+            plot = write_plot(sweep, peak, plot_path)
+            print(f"  plot: {plot}")
 
         big_s: float | None = None
         if sizes.big:
@@ -434,7 +448,8 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
                        ("one_merchant", "A one merchant"), ("replays", "idempotent replays of A's pay calls"),
                        ("pay_code", "pay-code charges (one call)"),
                        ("A_features", "A, campaign + FX + blocked wallet"),
-                       ("A_features_velocity", "A, those + a rule of every kind"), ("A_big", f"A with {sizes.big:,} more payments")):
+                       ("A_features_velocity", "A, those + a rule of every kind"), ("A_big", f"A with {sizes.big:,} more payments"),
+                       ("A_again", "A again, after the feature phases")):
         if key in results:
             row(f"confirmed per s, {label}", f"{results[key].rate_per_s:10,.1f}")
     row("pgbench tpcb-like tps", f"{tps:10,.1f}" if tps is not None else "       n/a")
@@ -449,7 +464,12 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
         f"{load_rss_mb:,.1f} MB" if load_rss_mb is not None else "n/a")
     row("gateway peak RSS (VmHWM, seeding included) per process",
         ", ".join(f"pid {pid} {mb:,.1f} MB" for pid, mb in rss_mb.items()) or "n/a")
-    row("latency against offered load (PNG)", plot)
+    row("latency against offered load (PNG)", plot or "n/a")
+    if "A_again" in results and peak:
+        both = (peak + results["A_again"].rate_per_s) / 2
+        for key in ("A_features", "A_features_velocity"):
+            if key in results:
+                row(f"{key} / mean of A before and after", f"{results[key].rate_per_s / both:10.2f}x")
     print("  goals (issue 12; the features line is issue 13's):")
     for _, label, value, unit, op, goal in goals:
         print(goal_line(label, value, unit, f"{op} {goal:g}{unit}",

@@ -262,9 +262,11 @@ def _match(rule: Rule, attempt: Attempt, facts: Facts) -> dict[str, Any] | None:
         recent = facts.recent.get(rule.id)
         if recent is None or not over_velocity(rule, recent, attempt.currency, attempt.amount_minor):
             return None
-        return {"window_s": rule.window_s, "count": recent.count + 1, "max_count": rule.max_count,
-                "amount": recent.amount_minor + counted_amount(rule, attempt.currency, attempt.amount_minor),
-                "max_amount": rule.max_amount_minor}
+        measured: dict[str, Any] = {"window_s": rule.window_s, "count": recent.count + 1, "max_count": rule.max_count}
+        if rule.max_amount_minor is not None:  # a count-only window keeps no running amount (``accel``)
+            measured.update(amount=recent.amount_minor + counted_amount(rule, attempt.currency, attempt.amount_minor),
+                            max_amount=rule.max_amount_minor)
+        return measured
     if kind is RuleKind.AMOUNT_UNUSUAL:
         assert rule.history_min is not None and rule.multiplier_pct is not None and rule.baseline is not None
         history = facts.usual_minor[-HISTORY_MAX:]

@@ -124,7 +124,8 @@ async def test_concurrent_window_charges_share_round_trips_and_stop_exactly_at_t
     assert all(f is not None for f in found)
     assert sum(1 for f in found if f is not None and f.taken) == 7
     assert sum(sizes) == 40 and len(sizes) < 10, sizes
-    assert await accel.client.zcard(window.key) == 7 and int(await accel.client.get(window.key + ":sum")) == 700
+    # A window that limits only the count keeps no running amount.
+    assert await accel.client.zcard(window.key) == 7 and not await accel.client.exists(window.key + ":sum")
 
 
 async def test_windows_are_charged_all_or_none_and_a_payment_counts_once(accel: Accelerator) -> None:
@@ -134,13 +135,14 @@ async def test_windows_are_charged_all_or_none_and_a_payment_counts_once(accel: 
     assert await accel.windows_take([roomy, amounts], 1_000.0, first) == Windows(True, ((0, 0), (0, 0)))
     again = await accel.windows_take([roomy, amounts], 1_001.0, first)  # charged before: counted once
     assert again == Windows(True, ((0, 0), (0, 0)))
-    assert await accel.windows_take([roomy, amounts], 1_002.0, second) == Windows(True, ((1, 100), (1, 100)))
+    # The count-only window answers no amount (it keeps none).
+    assert await accel.windows_take([roomy, amounts], 1_002.0, second) == Windows(True, ((1, 0), (1, 100)))
     over = await accel.windows_take([roomy, amounts], 1_003.0, third)  # 300 > 250: charged in neither
-    assert over == Windows(False, ((2, 200), (2, 200)))
+    assert over == Windows(False, ((2, 0), (2, 200)))
     assert await accel.client.zcard(roomy.key) == 2 and await accel.client.zcard(amounts.key) == 2
     await accel.windows_give_back([roomy, amounts], second)
     await accel.windows_give_back([roomy, amounts], second)  # given back twice: once
-    assert await accel.windows_take([roomy, amounts], 1_004.0, third) == Windows(True, ((1, 100), (1, 100)))
+    assert await accel.windows_take([roomy, amounts], 1_004.0, third) == Windows(True, ((1, 0), (1, 100)))
     other_currency = _w(amounts.key, amount_max=250, amount=0)  # a payment in another currency adds nothing
     assert (await accel.windows_take([other_currency], 1_005.0, uuid.uuid4().hex)) == Windows(True, ((2, 200),))
 
@@ -154,6 +156,16 @@ async def test_a_window_forgets_what_left_it_and_keeps_its_total(accel: Accelera
     await accel.client.delete(window.key + ":sum")  # a total lost (evicted): counted again from the members
     assert (await accel.windows_take([window], 111.0, uuid.uuid4().hex)) == Windows(False, ((2, 800),))
     assert 0 < await accel.client.ttl(window.key) <= 11 and 0 < await accel.client.ttl(window.key + ":sum") <= 11
+
+
+async def test_a_count_only_window_forgets_what_left_it(accel: Accelerator) -> None:
+    window = _w(f"risk:w:test:{uuid.uuid4().hex}", window_s=10, count_max=2, amount=400)
+    assert (await accel.windows_take([window], 100.0, uuid.uuid4().hex)) == Windows(True, ((0, 0),))
+    assert (await accel.windows_take([window], 105.0, uuid.uuid4().hex)) == Windows(True, ((1, 0),))
+    assert (await accel.windows_take([window], 109.0, uuid.uuid4().hex)) == Windows(False, ((2, 0),))
+    assert (await accel.windows_take([window], 110.0, uuid.uuid4().hex)) == Windows(True, ((1, 0),))  # 100 left
+    assert await accel.client.zcard(window.key) == 2 and not await accel.client.exists(window.key + ":sum")
+    assert 0 < await accel.client.ttl(window.key) <= 11
 
 
 async def test_a_window_script_redis_lost_is_loaded_again(accel: Accelerator) -> None:

@@ -285,3 +285,35 @@ async def test_a_payment_no_rule_concerns_keeps_the_one_statement_path(world: Wo
     assert general == []  # another holder's block: decided from memory, one statement
     assert (await _paid(world, m, blocked, 100, 402))["error"]["code"] == "risk_declined"
     assert general == ["wallet"]
+
+
+async def test_the_invariants_catch_a_decision_without_its_holder_or_payment(world: World, clean_db: str) -> None:
+    """risk_decisions has no foreign key to wallet_holders (migration 0032): the checker keeps the guarantee."""
+    from gateway.store import invariants
+
+    m, other = await world.merchant(), await world.merchant()
+    h = await world.holder(top_up=10_000)
+    await _rule(world, kind="velocity_wallet", window_s=3600, max_count=100)
+    pid = (await world.payment(m, 100))["id"]
+    assert (await _pay(world, h, pid))["status"] == "succeeded"
+    payment_id = decode(Kind.PAYMENT, pid)
+    conn = await asyncpg.connect(clean_db)
+    try:
+        decision = await conn.fetchrow("SELECT id, holder_id, merchant_id FROM risk_decisions WHERE payment_id = $1"
+                                       " AND outcome = 'allow'", payment_id)
+        assert decision is not None
+        for broken, mended, args in (
+                ("UPDATE risk_decisions SET holder_id = $2 WHERE id = $1",
+                 "UPDATE risk_decisions SET holder_id = $2 WHERE id = $1", (uuid.uuid4(), decision["holder_id"])),
+                ("UPDATE risk_decisions SET merchant_id = $2 WHERE id = $1",
+                 "UPDATE risk_decisions SET merchant_id = $2 WHERE id = $1",
+                 (decode(Kind.MERCHANT, other.id), decision["merchant_id"])),
+                ("UPDATE risk_decisions SET payment_id = $2 WHERE id = $1",
+                 "UPDATE risk_decisions SET payment_id = $2 WHERE id = $1", (uuid.uuid4(), payment_id))):
+            await conn.execute(broken, decision["id"], args[0])
+            found = {name for name, rows in (await invariants.check(conn)).items() if rows}
+            assert found == {"allow_decision_differs_from_its_payment"}, found
+            await conn.execute(mended, decision["id"], args[1])
+        assert not any(rows for rows in (await invariants.check(conn)).values())
+    finally:
+        await conn.close()

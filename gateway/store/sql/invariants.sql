@@ -470,6 +470,17 @@ SELECT d.id, d.payment_id, p.status, d.step_up_used_at, allowed.n AS allowed
     OR (p.status = 'requires_action' AND d.step_up_used_at IS NOT NULL)
     OR (p.status IN ('succeeded', 'requires_capture') AND d.step_up_used_at IS NULL));
 
+-- name: allow_decision_differs_from_its_payment
+-- Every risk decision's holder exists (risk_decisions has no foreign key to wallet_holders since 0032), and an
+-- 'allow' decision, written in its payment's transaction, names a payment that exists and was paid by the
+-- decision's holder at the decision's merchant.
+SELECT d.id, d.payment_id, d.holder_id, d.outcome
+  FROM risk_decisions d
+  LEFT JOIN payments p ON p.id = d.payment_id
+ WHERE NOT EXISTS (SELECT 1 FROM wallet_holders w WHERE w.id = d.holder_id)
+    OR (d.outcome = 'allow' AND (p.id IS NULL OR p.payer_id IS DISTINCT FROM d.holder_id
+                                 OR p.merchant_id <> d.merchant_id));
+
 -- name: pay_code_decision_names_another_device
 -- A pay-code payment's risk decision written with it (its 'allow' or held decision, in the charge's transaction,
 -- and the confirmation's 'allow' copied from the held one) names the device its code was issued to: the holder's
