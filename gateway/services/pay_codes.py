@@ -5,7 +5,7 @@ Invariants:
   stored (the code is a bearer credential for its minute), with a masked form for people;
 - a code is bound to the wallet holder and the device it was issued to, valid for
   ``pay_code_ttl_s``, and charged at most once: the code row is locked and marked used in the
-  charge's transaction;
+  charge's transaction; the risk rules judge the charge by that device (``risk.issued_to``);
 - above the PIN threshold, or when a risk rule asks the PIN or a one-time code (nobody at the counter
   can answer: ``services.risk.check`` with ``hold``), the charge waits for the payer's confirmation in
   the app (``requires_action``) with the amount held; the worker reverses it if it is not confirmed in
@@ -147,4 +147,5 @@ async def charge(svc: Services, who: Principal, req: Charge, identity: RequestId
                                                   needs_confirmation=needs_pin, confirmable=True)
         return 201, views.payment_view(updated)
 
-    return await svc.idempotency.run(identity, work, refused=risk.record_refusal)
+    with risk.issued_to(head["device_id"]):  # the rules judge the holder's phone, not the counter
+        return await svc.idempotency.run(identity, work, refused=risk.record_refusal)

@@ -26,6 +26,10 @@ Invariants:
   before the rules: the day's cap, a locked wallet) stays counted until its window ends (stricter, never
   looser). Entries counted in PostgreSQL during an outage are not copied to Redis: after Redis comes
   back a window may count too few for at most ``window_s``;
+- a payment's device is the holder's phone on every channel: the wallet token's when the holder pays
+  itself (by id, QR: ``holder_present``), the one a pay-code or a tap token was issued to when the counter
+  presents it (``issued_to``), never the counter's terminal; blocked_device, new_device, velocity_device
+  and the recorded decision all see that one;
 - outcomes (``domain.risk``): the most severe outcome of the rules matched, after the step-ups this
   attempt passed. A PIN counts as passed when the holder's use case verified one in this request
   (``holder_present``) or the channel verified the holder itself (a tap: the phone's CDCVM). A code
@@ -88,9 +92,11 @@ PAYMENT_REASON = "payment"  # the sign-in challenge reason of a payment's code
 
 @dataclass(frozen=True, slots=True)
 class Presence:
-    """The holder asking, in this request: its device, and whether its PIN was verified."""
+    """Who pays, as the request shows it: the holder's device, whether the holder itself asks (so it can
+    answer a PIN or a code now), and whether its PIN was verified in the request."""
 
     device_id: str | None
+    holder_asks: bool
     pin_verified: bool
 
 
@@ -98,13 +104,24 @@ _PRESENT: contextvars.ContextVar[Presence | None] = contextvars.ContextVar("risk
 
 
 @contextlib.contextmanager
-def holder_present(device_id: str | None, *, pin_verified: bool) -> Iterator[None]:
-    """Around a use case where the holder pays itself (by id, QR): what it proved in the request."""
-    token = _PRESENT.set(Presence(device_id, pin_verified))
+def _presence(presence: Presence) -> Iterator[None]:
+    token = _PRESENT.set(presence)
     try:
         yield
     finally:
         _PRESENT.reset(token)
+
+
+def holder_present(device_id: str | None, *, pin_verified: bool) -> contextlib.AbstractContextManager[None]:
+    """Around a use case where the holder pays itself (by id, QR): what it proved in the request."""
+    return _presence(Presence(device_id, holder_asks=True, pin_verified=pin_verified))
+
+
+def issued_to(device_id: str) -> contextlib.AbstractContextManager[None]:
+    """Around a use case where the counter presents a credential of the holder (a pay-code, a tap token):
+    the device it was issued to, the holder's phone (never the counter's terminal); the holder is not in
+    the request, so nobody there can answer a PIN or a code."""
+    return _presence(Presence(device_id, holder_asks=False, pin_verified=False))
 
 
 # --- the check -----------------------------------------------------------------------------------
@@ -252,6 +269,7 @@ async def check(svc: Services, conn: Connection, payment: Payment, holder_id: uu
     if not rules:
         return False
     present = _PRESENT.get()
+    holder_asks = present is not None and present.holder_asks
     attempt = risk.Attempt(payment.id, holder_id, payment.merchant_id, payment.currency, payment.amount_minor,
                            None if present is None else present.device_id, channel)
     concerned = tuple(r for r in rules if risk.applies(r, attempt))
@@ -273,12 +291,12 @@ async def check(svc: Services, conn: Connection, payment: Payment, holder_id: uu
             recent = {r.id: await _recent_allowed(conn, r, attempt, now) for r in counted}
         facts = replace(facts, recent={**facts.recent, **recent})
         decision = risk.decide(concerned, attempt, facts, frozenset(passed))
-    if decision.outcome is risk.Outcome.REQUIRE_OTP and present is not None and await store.use_code(
+    if decision.outcome is risk.Outcome.REQUIRE_OTP and holder_asks and await store.use_code(
             conn, holder_id, payment.merchant_id, payment.currency, payment.amount_minor, now,
             svc.settings.sign_in.code_ttl_s) is not None:
         passed.add(risk.StepUp.OTP)
         decision = risk.decide(concerned, attempt, facts, frozenset(passed))
-    if hold and present is None and decision.outcome in risk.STEP_UP_OF and await _hold(svc, conn, attempt,
+    if hold and not holder_asks and decision.outcome in risk.STEP_UP_OF and await _hold(svc, conn, attempt,
                                                                                         decision, now):
         return True  # counted in its windows: the amount is reserved
     if decision.outcome is risk.Outcome.ALLOW:
@@ -287,7 +305,7 @@ async def check(svc: Services, conn: Connection, payment: Payment, holder_id: uu
         return False
     if charged:  # not authorised: out of the windows again
         await svc.accel.windows_give_back(windows, payment.id.hex)
-    raise await _refusal(svc, conn, attempt, decision, now, holder_present=present is not None)
+    raise await _refusal(svc, conn, attempt, decision, now, holder_asks=holder_asks)
 
 
 async def _insert(conn: Connection, attempt: risk.Attempt, decision: risk.Decision, now: datetime,
@@ -309,10 +327,10 @@ async def _code_can_be_sent(svc: Services, conn: Connection, holder_id: uuid.UUI
 
 
 async def _refusal(svc: Services, conn: Connection, attempt: risk.Attempt, decision: risk.Decision, now: datetime,
-                   *, holder_present: bool) -> RiskRefusal:
+                   *, holder_asks: bool) -> RiskRefusal:
     """The refusal to raise, carrying what ``record_refusal`` writes once the payment's work rolled back."""
     outcome = decision.outcome
-    if outcome is not risk.Outcome.DECLINE and not holder_present:
+    if outcome is not risk.Outcome.DECLINE and not holder_asks:
         outcome = risk.Outcome.DECLINE  # nobody in this request can answer a PIN or a code
     phone = None
     if outcome is risk.Outcome.REQUIRE_OTP:

@@ -8,6 +8,8 @@ Invariants:
   number the terminal sent, and its ATC is above every ATC the token used before (the counter is
   burnt in its own transaction, so even a declined tap cannot be replayed);
 - a tap is idempotent by the terminal's transaction id;
+- the risk rules judge a tap by the phone its token was provisioned to (``risk.issued_to``), not by the
+  terminal that read it;
 - a tap naming ``payment`` settles that open payment of the counter (the sale's, also offered by
   QR): its row is locked after the counter is burnt, so of a tap and a QR payment racing for it
   exactly one authorises it and the other is refused ``payment_not_payable``; without
@@ -210,4 +212,5 @@ async def authorize(svc: Services, who: Principal, req: TapRequest, identity: Re
         updated = await payments.authorize_locked(svc, conn, row, holder_id, accounts, channel="tap")
         return 201, views.payment_view(updated)
 
-    return await svc.idempotency.run(identity, work, before=checks, refused=risk.record_refusal)
+    with risk.issued_to(token["phone_device"]):  # the rules judge the holder's phone, not this terminal
+        return await svc.idempotency.run(identity, work, before=checks, refused=risk.record_refusal)

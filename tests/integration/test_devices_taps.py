@@ -34,8 +34,8 @@ async def _device(world: World, m: Merchant) -> tuple[dict[str, Any], str]:
     return enrolled, terminal["id"]
 
 
-async def _phone(world: World, h: Holder) -> WalletCard:
-    session = {"token": await world.sign_in(h.phone, device_id="phone-7")}
+async def _phone(world: World, h: Holder, device_id: str = "phone-7") -> WalletCard:
+    session = {"token": await world.sign_in(h.phone, device_id=device_id)}
     token = await world.call("POST", "/v1/wallet/tap_tokens", 201, headers=auth(session["token"]), json={})
     assert token["token_pan"].startswith("999001") and len(token["token_pan"]) == 16
     provisioning = WalletProvisioning(token_pan=token["token_pan"], psn=token["psn"],

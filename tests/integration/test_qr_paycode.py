@@ -126,9 +126,9 @@ async def test_static_store_code_payer_enters_amount(world: World) -> None:
     assert await world.merchant_total(m) == 2_000 - 13 - 8  # 1 % each, rounded half up
 
 
-async def _device_holder(world: World, top_up: int) -> Holder:
+async def _device_holder(world: World, top_up: int, device_id: str = "phone-A1") -> Holder:
     h = await world.holder(top_up=top_up)
-    session = {"token": await world.sign_in(h.phone, device_id="phone-A1")}
+    session = {"token": await world.sign_in(h.phone, device_id=device_id)}
     return Holder(h.id, h.phone, session["token"], h.bank_account)
 
 

@@ -479,4 +479,15 @@ SELECT d.id, d.payment_id, d.holder_id, d.outcome
   LEFT JOIN payments p ON p.id = d.payment_id
  WHERE NOT EXISTS (SELECT 1 FROM wallet_holders w WHERE w.id = d.holder_id)
     OR (d.outcome = 'allow' AND (p.id IS NULL OR p.payer_id IS DISTINCT FROM d.holder_id
-                                 OR p.merchant_id <> d.merchant_id))
+                                 OR p.merchant_id <> d.merchant_id));
+
+-- name: pay_code_decision_names_another_device
+-- A pay-code payment's risk decision written with it (its 'allow' or held decision, in the charge's transaction,
+-- and the confirmation's 'allow' copied from the held one) names the device its code was issued to: the holder's
+-- phone, never the counter's terminal. A refusal's decision is not checked: its charge rolled back, so its code
+-- may be another than the one that paid the payment later. Decisions recorded before the device was passed on
+-- have none.
+SELECT d.id, d.payment_id, d.device_id, c.device_id AS code_device_id
+  FROM pay_codes c
+  JOIN risk_decisions d ON d.payment_id = c.payment_id AND d.channel = 'pay_code' AND (d.outcome = 'allow' OR d.held)
+ WHERE d.device_id <> c.device_id;
