@@ -155,7 +155,8 @@ async def settlement(svc: Services, merchant: str | None, day_from: str | None,
         "day": r["business_date"].isoformat(), "merchant": r["merchant_name"],
         "merchant_id": encode(Kind.MERCHANT, r["merchant_id"]), "currency": r["currency"].strip(),
         "status": r["status"], "captures": str(r["capture_count"]), "refunds": str(r["refund_count"]),
-        "captured": _money(r["captured_minor"], r["currency"]), "fees": _money(r["fee_minor"], r["currency"]),
+        "captured": _money(r["captured_minor"], r["currency"]), "refunded": _money(r["refunded_minor"], r["currency"]),
+        "fees": _money(r["fee_minor"], r["currency"]), "cashback": _money(r["cashback_minor"], r["currency"]),
         "net": _money(r["net_minor"], r["currency"]), "payout": _money(r["payout_minor"], r["currency"]),
     }) for r in batch_rows]
     payouts = [Row(encode(Kind.PAYOUT, r["id"]), {

@@ -63,8 +63,8 @@ async def batches(conn: Connection, merchant_id: uuid.UUID | None, day_from: dat
     rows: list[asyncpg.Record] = await conn.fetch(
         """
         SELECT b.id, b.merchant_id, m.name AS merchant_name, b.currency, b.business_date, b.status,
-               b.capture_count, b.refund_count, b.captured_minor, b.refunded_minor, b.fee_minor, b.net_minor,
-               b.payout_minor, b.carry_out_minor, b.closed_at
+               b.capture_count, b.refund_count, b.captured_minor, b.refunded_minor, b.fee_minor, b.cashback_minor,
+               b.net_minor, b.payout_minor, b.carry_out_minor, b.closed_at
         FROM settlement_batches b JOIN merchants m ON m.id = b.merchant_id
         WHERE ($1::uuid IS NULL OR b.merchant_id = $1)
           AND ($2::date IS NULL OR b.business_date >= $2) AND ($3::date IS NULL OR b.business_date <= $3)

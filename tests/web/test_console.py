@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import re
 import uuid
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from gateway.banksim import Inject, book, csv
 from gateway.demo_browser import DESKTOP
+from gateway.domain.ids import Kind, decode
 from gateway.services import tenants
 from gateway.services.context import Services
 from gateway.settings import Settings
@@ -243,3 +244,45 @@ async def test_a_post_without_the_sessions_csrf_token_is_refused(world: World, c
     assert done.status == 200
     after = await world.call("GET", f"/v1/operator/reconciliation/exceptions/{seeded['exception']}", headers=world.ops)
     assert after["status"] == "resolved"
+
+
+async def test_a_settlement_batch_shows_what_refunds_and_the_merchants_cashback_took(
+    world: World, browser: Browser, settings: Settings, clean_db: str,
+) -> None:
+    """A capture with merchant-funded cashback and a partial refund of it, settled: the console's batch row
+    shows the refunded amount and the cashback (net of what the refund took back) the merchant's net lacks."""
+    m = await world.merchant(fee_bps=100)
+    h = await world.holder(top_up=100_000)
+    now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    await world.call("POST", "/v1/operator/campaigns", 201, headers=world.ops, json={
+        "name": "Noodle cashback", "currency": "CNY", "rule": "cashback", "percent_bps": 500, "funded_by": "merchant",
+        "budget": 1_000_000, "merchants": [m.id], "time_zone": "UTC",
+        "starts_at": (now - timedelta(hours=1)).isoformat(), "ends_at": (now + timedelta(hours=2)).isoformat()})
+    pid = (await world.payment(m, 10_000))["id"]
+    paid = await world.pay(h, pid)  # fee 100, the merchant's cashback 500
+    assert paid["cashback"]["amount"] == 500
+    refund = await world.call("POST", f"/v1/payments/{pid}/refunds", 201, headers=m.headers,
+                              json={"amount": 4_000})  # fee back 40, cashback back 200
+    day = datetime.now(UTC).date() - timedelta(days=3)
+    conn = await asyncpg.connect(clean_db)
+    try:
+        await conn.execute("UPDATE journal_entries SET created_at = $3 WHERE payment_id = $1 AND kind = 'capture'"
+                           " OR refund_id = $2", decode(Kind.PAYMENT, pid), decode(Kind.REFUND, refund["id"]),
+                           datetime(day.year, day.month, day.day, 10, tzinfo=UTC))
+    finally:
+        await conn.close()
+    await world.call("POST", "/v1/operator/settlement_runs", headers=world.ops, json={"date": day.isoformat()})
+    [batch] = (await world.call("GET", "/v1/settlement_batches", headers=m.headers))["data"]
+    assert (batch["refunded"], batch["fee"], batch["cashback"], batch["net"]) == (4_000, 60, 300, 5_640)
+
+    base = settings.server.public_url
+    context, page = await _login(browser, base)
+    await page.goto(f"{base}/console/settlement?merchant={m.id}")
+    row = page.locator(f"#batches tr[id='{batch['id']}']")
+    await expect(row.locator(".captured")).to_have_text("100.00 CNY")
+    await expect(row.locator(".refunded")).to_have_text("40.00")
+    await expect(row.locator(".fees")).to_have_text("0.60")
+    await expect(row.locator(".cashback")).to_have_text("3.00")
+    await expect(row.locator(".net")).to_have_text("56.40")
+    await expect(page.locator("#batches th[title]")).to_have_text("Cashback")
+    await context.close()
