@@ -822,7 +822,13 @@ class DiscountView(msgspec.Struct, kw_only=True):
 
 
 def discount_view(row: Any) -> DiscountView | None:
+    """The payment's discount; an open manual authorisation shows the one it reserved (what its full
+    capture grants: the wallet holds amount - discount meanwhile)."""
     campaign = row.get("campaign_id")
+    if campaign is None and row.get("reserved_campaign_id") is not None and row["status"] == "requires_capture":
+        return DiscountView(campaign=campaign_id(row["reserved_campaign_id"]), amount=row["discount_reserved_minor"],
+                            funded_by=row["reserved_funded_by"],
+                            amount_paid_by_holder=row["amount_minor"] - row["discount_reserved_minor"], clawed_back=0)
     if campaign is None:
         return None
     return DiscountView(campaign=campaign_id(campaign), amount=row["discount_minor"],
