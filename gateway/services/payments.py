@@ -790,11 +790,14 @@ async def capture(svc: Services, who: Principal, text_id: str, amount: int | Non
     if amount is not None:
         check_amount(amount, "amount_to_capture")
     accounts = await _accounts_for(svc, await _merchant_head(svc, who, pid))
+    gave_back = False
 
     async def work(conn: Connection) -> tuple[int, Any]:
+        nonlocal gave_back
         row = await _locked(conn, who, pid)
         before = store.to_domain(row)
         now = svc.now()
+        gave_back = promotions.reservation_given_back(row) is not None  # whatever the capture keeps, or an expiry
         if before.holds_funds and before.authorization_expires_at and now >= before.authorization_expires_at:
             # Touching a lapsed authorisation expires it at once (the worker would a moment later):
             # the hold is released in this transaction and the refusal is the stored answer.
@@ -826,18 +829,34 @@ async def capture(svc: Services, who: Principal, text_id: str, amount: int | Non
                             discounted=share is not None)
         return 200, await _record(conn, await store.update(conn, payment, discount=discount))
 
-    return await svc.idempotency.run(identity, work)
+    reply = await svc.idempotency.run(identity, work)
+    await _offer_given_back(svc, gave_back and not reply.replayed)
+    return reply
 
 
 async def cancel(svc: Services, who: Principal, text_id: str, identity: RequestIdentity) -> Reply:
     pid = payment_id(text_id)
     await _merchant_head(svc, who, pid)
 
+    gave_back = False
+
     async def work(conn: Connection) -> tuple[int, Any]:
+        nonlocal gave_back
         row = await _locked(conn, who, pid)
+        gave_back = promotions.reservation_given_back(row) is not None
         return 200, await _record(conn, await _end(conn, row, "cancel"))
 
-    return await svc.idempotency.run(identity, work)
+    reply = await svc.idempotency.run(identity, work)
+    await _offer_given_back(svc, gave_back and not reply.replayed)
+    return reply
+
+
+async def _offer_given_back(svc: Services, gave_back: bool) -> None:
+    """After a commit that gave a reservation's budget or place back: this process's campaign cache reloaded,
+    so that a campaign it last saw spent or full is offered again at once (others: within their refresh,
+    ``promotions.cache_refresh_s``; the database's guarded take decides in every case)."""
+    if gave_back:
+        await svc.campaigns.load(svc.db, svc.now())
 
 
 async def _give_back(conn: Connection, row: asyncpg.Record, released_minor: int) -> None:
@@ -855,17 +874,23 @@ async def reverse(svc: Services, who: Principal, text_id: str, identity: Request
     head = await _merchant_head(svc, who, pid)
     accounts = await _accounts_for(svc, head)
 
+    gave_back = False
+
     async def work(conn: Connection) -> tuple[int, Any]:
+        nonlocal gave_back
         row = await _locked(conn, who, pid)
         status = Status(row["status"])
         if status in (Status.REQUIRES_PAYMENT_METHOD, Status.REQUIRES_ACTION, Status.REQUIRES_CAPTURE):
+            gave_back = promotions.reservation_given_back(row) is not None
             return 200, await _record(conn, await _end(conn, row, "cancel"))
         if status is Status.SUCCEEDED and row["refunded_minor"] < row["captured_minor"]:
             await _refund_locked(conn, row, None, "reversal", await _with_payer(conn, row, accounts), {})
             row = await _locked(conn, who, pid)
         return 200, views.payment_view(row)
 
-    return await svc.idempotency.run(identity, work)
+    reply = await svc.idempotency.run(identity, work)
+    await _offer_given_back(svc, gave_back and not reply.replayed)
+    return reply
 
 
 async def _end(conn: Connection, row: asyncpg.Record, how: str) -> asyncpg.Record:
@@ -954,12 +979,18 @@ async def list_refunds(svc: Services, who: Principal, page: PageRequest, q: List
 async def expire_due(svc: Services) -> int:
     """Expire open payments and lapsed authorisations (releasing holds). Safe in every process."""
 
+    gave_back = False
+
     async def work(conn: Connection) -> int:
+        nonlocal gave_back
         rows = await store.due_for_expiry(conn, svc.now(), svc.settings.workers.batch_max)
         # Holders' rows in one order in every process's batch (two batches never wait on each other in a circle).
         ordered = sorted(rows, key=lambda r: (r["payer_id"] is not None, r["payer_id"] or uuid.UUID(int=0), r["id"]))
+        gave_back = any(promotions.reservation_given_back(row) is not None for row in ordered)
         for row, updated in zip(ordered, await _end_all(conn, ordered, "expire"), strict=True):
             await _record(conn, updated, row["payer_id"])
         return len(rows)
 
-    return await svc.db.run(work)
+    expired = await svc.db.run(work)
+    await _offer_given_back(svc, gave_back)
+    return expired
