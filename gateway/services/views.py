@@ -64,7 +64,7 @@ class PaymentView(msgspec.Struct, kw_only=True):
     return_url: str | None = None
     cancel_url: str | None = None
     checkout_url: str | None = None  # the hosted checkout page (with its client secret): the merchant's only
-    discount: DiscountView | None = None  # the promotion that discounted it, once paid
+    discount: DiscountView | None = None  # the promotion that discounted it, once paid (authorised: the one reserved)
     cashback: CashbackView | None = None  # the cashback its capture credited the payer
 
 
@@ -131,7 +131,7 @@ class PayerPaymentView(msgspec.Struct, kw_only=True):
     description: str | None
     expires_at: Timestamp
     confirm_by: str | None = None
-    discount: DiscountView | None = None  # the promotion that discounted it, once paid
+    discount: DiscountView | None = None  # the promotion that discounted it, once paid (authorised: the one reserved)
     discount_offer: DiscountOffer | None = None  # unpaid: the discount paying it now would get (a preview)
     cashback: CashbackView | None = None  # the cashback its capture credited the payer
     cashback_offer: CashbackOffer | None = None  # unpaid: the cashback paying it now would credit (a preview)
