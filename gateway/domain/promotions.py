@@ -31,6 +31,9 @@ Rules (each unit-tested in tests/unit/test_promotions.py):
 - a refund takes back the part of the benefit proportional to the amount refunded, computed as the
   difference of cumulative shares (as ``fees.refund_fee_minor``), so partial refunds sum exactly to
   the benefit once everything is refunded and never exceed it before.
+- a manual authorisation reserves its discount; its capture of part ``c`` of the authorised amount ``A``
+  keeps ``floor(reserved * c / A)`` (``capture_share``: the whole when ``c = A``), the rest going back to
+  the campaign's budget, and the place and the holder's use too when the share is 0.
 """
 
 from __future__ import annotations
@@ -270,6 +273,33 @@ def clawback_minor(benefit_total_minor: int, basis_minor: int, refunded_before_m
     before = benefit_total_minor * refunded_before_minor // basis_minor
     after = benefit_total_minor * (refunded_before_minor + refund_minor) // basis_minor
     return after - before
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureShare:
+    """What the capture of (part of) a manual authorisation keeps of the discount the authorisation reserved."""
+
+    discount_minor: int  # kept: the payment's discount on this capture
+    captured_minor: int  # what the payment records as captured (merchant-funded: the capture less the kept discount)
+    given_back_minor: int  # back to the campaign's budget
+    place_back: bool  # nothing kept: the place and the holder's use go back too
+
+
+def capture_share(reserved_minor: int, authorized_minor: int, capture_minor: int, funded_by: Funder) -> CaptureShare:
+    """A capture of ``capture_minor`` of the ``authorized_minor`` (the payment's amount, in list price) keeps
+    ``floor(reserved * capture / authorized)`` of the reserved discount: rounded down, in favour of the
+    campaign's budget as every benefit here (never a fraction of a unit more than stated); capturing
+    everything keeps it whole. The holder pays ``capture - kept`` (at least one unit: the reservation is
+    below the amount). A merchant-funded discount lowers what is captured; a bank-funded one is paid by
+    the promotions account. A share of 0 is no benefit: the place and the use go back with the budget."""
+    if not 0 < reserved_minor < authorized_minor:
+        raise ValueError("a reserved discount is positive and below the authorised amount")
+    if not 0 < capture_minor <= authorized_minor:
+        raise ValueError("a capture is positive and at most the authorised amount")
+    kept = reserved_minor * capture_minor // authorized_minor
+    captured = capture_minor - kept if funded_by is Funder.MERCHANT else capture_minor
+    return CaptureShare(discount_minor=kept, captured_minor=captured, given_back_minor=reserved_minor - kept,
+                        place_back=kept == 0)
 
 
 SHARD_COUNT_MAX = 16  # a campaign's counter rows at most (migration 0026: payments of many processes at once)

@@ -14,6 +14,8 @@ can deadlock; ``tests/fault/test_lock_order.py`` races every pair on one wallet)
    gather the last units; a refused take holds none; migration 0026); the campaign's own row is
    share-locked by the payment's and use's foreign keys, which the end's FOR NO KEY UPDATE lets through;
    a capture's cashback campaign (or its discount's), then its first-payment gift's (``promotions.credits_at_capture``);
+   a manual authorisation's capture, cancel or expiry gives its reserved discount back the same way (the use, then
+   the counter rows in shard order; an expiry batch: every holder's use, then campaign by campaign in id order);
    a refund of a bank-funded discounted payment (or one with cashback) touches only the campaign row, after the
    payment row;
 5. balance rows, in (account id, shard) order: the wallet's, then hot merchant / fee / clearing
@@ -38,6 +40,7 @@ import msgspec
 from gateway import metrics
 from gateway.auth.principals import Principal, PrincipalKind
 from gateway.domain import checkout, fees, ledger, limits, metadata
+from gateway.domain import promotions as promotions_domain
 from gateway.domain import risk as risk_domain
 from gateway.domain.promotions import Funder
 from gateway.domain.ids import Kind, decode, encode
@@ -275,6 +278,7 @@ def _new_row(payment: Payment, now: datetime, *, store_id: uuid.UUID | None, ter
         "metadata": msgspec.json.encode(_jsonb_order(pairs)).decode(), "campaign_id": None, "discount_minor": 0,
         "discount_funded_by": None, "discount_clawed_back_minor": 0, "cashback_campaign_id": None,
         "cashback_minor": 0, "cashback_clawed_back_minor": 0, "cashback_funded_by": None,
+        "reserved_campaign_id": None, "discount_reserved_minor": 0, "reserved_funded_by": None,
     }
 
 
@@ -296,10 +300,11 @@ async def get(svc: Services, who: Principal, text_id: str) -> Any:
         merchant = await tenants.merchant(conn, row["merchant_id"])
         assert merchant is not None
         offer = cashback = None
-        if row["status"] == Status.REQUIRES_PAYMENT_METHOD.value and row["capture_method"] == "automatic":
+        if row["status"] == Status.REQUIRES_PAYMENT_METHOD.value:  # a manual capture's authorisation is discounted too
             payer = who.id if who.kind is PrincipalKind.WALLET else None
             offer = await promotions.offer_for(svc.campaigns, conn, row, payer, svc.now())
-            cashback = await promotions.cashback_offer_for(svc.campaigns, conn, row, payer, svc.now(), offer)
+            if row["capture_method"] == "automatic":
+                cashback = await promotions.cashback_offer_for(svc.campaigns, conn, row, payer, svc.now(), offer)
         view = views.payer_payment_view(row, merchant["name"], offer, cashback)
         if who.kind is PrincipalKind.WALLET:  # its payer, or a holder about to pay it: the cross-currency side
             view = await fx_payments.payer_side(svc, conn, who.id, row, view)
@@ -430,40 +435,64 @@ async def _authorize_locked(
     confirm_s = svc.settings.wallet.confirmation_timeout_s if needs_confirmation or held else None
     payment = payment.authorize(holder_id, now, svc.settings.payments.authorization_ttl_s, confirm_within_s=confirm_s)
     granted = None
-    if payment.status is Status.SUCCEEDED:  # only a payment captured at once is discounted
+    # Discounted as it is authorised: captured at once, or its discount reserved for a manual capture (not
+    # through a quote, whose conversion is for the full amount). Held for its payer: by the confirmation.
+    if payment.status is Status.SUCCEEDED or (payment.status is Status.REQUIRES_CAPTURE and fx is None):
         granted = await promotions.grant(svc.campaigns, conn, row, holder_id, now)
-        if granted is not None and granted.funded_by is Funder.MERCHANT:  # the merchant sells for less
-            sold_minor = payment.amount_minor - granted.discount_minor
-            payment = replace(payment, authorized_minor=sold_minor, captured_minor=sold_minor)
-        payment = _with_fee(payment, row)
+    payment, discount, reserved = _discounted(payment, row, granted)
     wallet_ref = ledger.wallet(holder_id, payment.currency)
-    discount = None if granted is None else store.Discount(granted.campaign_id, granted.discount_minor,
-                                                             granted.funded_by.value)
     credits = await _credits(svc, conn, row, payment, discounted=granted is not None)  # campaign rows, then balances
     updated = await store.update(conn, payment, wallet_account_id=accounts[wallet_ref].id, channel=channel,
-                                 spend_day=day, terminal_transaction_id=terminal_transaction_id, discount=discount)
+                                 spend_day=day, terminal_transaction_id=terminal_transaction_id, discount=discount,
+                                 reserved=reserved)
     await _record(conn, updated, holder_id)
     if fx is not None:  # the quote's conversion puts the money in the wallet the hold or capture takes it from
         await fx_payments.fund_locked(conn, fx, holder_id, payment, svc.tiers[holder["tier"]])
     # Money last: the hot balance rows (merchant and fee shards) stay locked only until the commit.
     try:
-        if payment.status is Status.SUCCEEDED and granted is not None and granted.funded_by is Funder.BANK:
-            entry = ledger.discounted_capture(holder_id, payment.merchant_id, payment.currency, payment.captured_minor,
-                                              payment.fee_minor, granted.discount_minor)
-            promo = await ledger_store.existing_accounts(conn, [ledger.promotions(payment.currency)])
-            await promotions.post_capture(conn, entry, credits, {**accounts, **promo}, holder_id=holder_id,
-                                          payment_id=payment.id)
-        elif payment.status is Status.SUCCEEDED:
-            entry = ledger.capture(holder_id, payment.merchant_id, payment.currency, payment.captured_minor,
-                                   payment.fee_minor)
-            await promotions.post_capture(conn, entry, credits, accounts, holder_id=holder_id, payment_id=payment.id)
-        else:
-            await ledger_store.hold(conn, accounts[wallet_ref], payment.authorized_minor)
+        if payment.status is Status.SUCCEEDED:
+            entry, moved = await _capture_entry(conn, payment, discount, accounts)
+            await promotions.post_capture(conn, entry, credits, moved, holder_id=holder_id, payment_id=payment.id)
+        else:  # the wallet holds what the holder will pay: the amount less a reserved discount
+            await ledger_store.hold(conn, accounts[wallet_ref], payment.authorized_minor - _reserved_minor(reserved))
     except ledger_store.InsufficientFunds:
         raise Declined(
             "the wallet's available balance is lower than the amount", code="insufficient_funds", param="amount"
         ) from None
     return updated
+
+
+def _discounted(payment: Payment, row: asyncpg.Record, granted: promotions.Grant | None,
+                ) -> tuple[Payment, store.Discount | None, store.Discount | None]:
+    """The payment as its campaign's discount leaves it, with the discount it records: granted (captured
+    now, its fee fixed; a merchant-funded one lowers what is authorised and captured: the merchant sells
+    for less) or reserved (a manual authorisation: granted by its capture, ``capture``)."""
+    recorded = None if granted is None else store.Discount(granted.campaign_id, granted.discount_minor,
+                                                           granted.funded_by.value)
+    if payment.status is not Status.SUCCEEDED:
+        return payment, None, recorded
+    if granted is not None and granted.funded_by is Funder.MERCHANT:
+        sold_minor = payment.amount_minor - granted.discount_minor
+        payment = replace(payment, authorized_minor=sold_minor, captured_minor=sold_minor)
+    return _with_fee(payment, row), recorded, None
+
+
+def _reserved_minor(reserved: store.Discount | None) -> int:
+    return 0 if reserved is None else reserved.amount_minor
+
+
+async def _capture_entry(conn: Connection, payment: Payment, discount: store.Discount | None,
+                         accounts: dict[ledger.AccountRef, ledger_store.Account],
+                         ) -> tuple[ledger.Entry, dict[ledger.AccountRef, ledger_store.Account]]:
+    """A capture's entry and the accounts it touches: the promotions account pays a bank-funded discount
+    (``ledger.discounted_capture``); any other capture, a merchant-funded discount's too, is a plain one."""
+    assert payment.payer_id is not None
+    if discount is not None and discount.funded_by == Funder.BANK.value:
+        entry = ledger.discounted_capture(payment.payer_id, payment.merchant_id, payment.currency,
+                                          payment.captured_minor, payment.fee_minor, discount.amount_minor)
+        return entry, {**accounts, **await ledger_store.existing_accounts(conn, [ledger.promotions(payment.currency)])}
+    return ledger.capture(payment.payer_id, payment.merchant_id, payment.currency, payment.captured_minor,
+                          payment.fee_minor), accounts
 
 
 async def payer_view(conn: Connection, row: asyncpg.Record) -> views.PayerPaymentView:
@@ -550,7 +579,9 @@ def decide_payment(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
         payment = store.to_domain(head).authorize(holder_id, now, svc.settings.payments.authorization_ttl_s)
     except (GatewayError, KeyError):
         return None
-    offer = campaign.offer if payment.status is Status.SUCCEEDED else None  # only a capture at once is discounted
+    if campaign.offer is not None and payment.status is not Status.SUCCEEDED:
+        return None  # a manual authorisation reserves its discount: the general path takes it
+    offer = campaign.offer
     moved = accounts
     if offer is not None:
         if offer.campaign.funded_by is Funder.MERCHANT:  # the merchant sells for less
@@ -635,14 +666,17 @@ async def confirm(svc: Services, who: Principal, text_id: str, pin: str | None, 
         payment = before.confirm(svc.now(), svc.settings.payments.authorization_ttl_s)
         if held is not None:
             await risk.confirm_held(conn, held, svc.now())
+        # Discounted now, as it is authorised (captured at once, or its discount reserved for a manual capture).
+        granted = await promotions.grant(svc.campaigns, conn, row, who.id, svc.now())  # campaign rows, then balances
+        payment, discount, reserved = _discounted(payment, row, granted)
         if payment.status is Status.SUCCEEDED:
-            payment = _with_fee(payment, row)
-            assert payment.payer_id is not None
-            entry = ledger.capture(payment.payer_id, payment.merchant_id, payment.currency, payment.captured_minor,
-                                   payment.fee_minor)
-            wallet_ref = ledger.wallet(payment.payer_id, payment.currency)
-            await _post_capture(svc, conn, row, payment, entry, accounts, {wallet_ref: before.authorized_minor})
-        updated = await store.update(conn, payment)
+            entry, moved = await _capture_entry(conn, payment, discount, accounts)
+            wallet_ref = ledger.wallet(who.id, payment.currency)
+            await _post_capture(svc, conn, row, payment, entry, moved, {wallet_ref: before.authorized_minor},
+                                discounted=granted is not None)
+        elif reserved is not None:  # the hold of the full amount becomes one of what the holder will pay
+            await ledger_store.release(conn, row["wallet_account_id"], reserved.amount_minor)
+        updated = await store.update(conn, payment, discount=discount, reserved=reserved)
         await _record(conn, updated, who.id)
         return 200, await payer_view(conn, updated)
 
@@ -668,11 +702,13 @@ async def _credits(svc: Services, conn: Connection, row: asyncpg.Record, payment
 
 async def _post_capture(svc: Services, conn: Connection, row: asyncpg.Record, payment: Payment, entry: ledger.Entry,
                         accounts: dict[ledger.AccountRef, ledger_store.Account],
-                        release_holds: dict[ledger.AccountRef, int], released_minor: int = 0) -> None:
-    """A later capture (manual, or a confirmed charge): its credits taken, then its entry posted with them.
-    ``released_minor`` of the hold not captured is converted back if the payment was paid from another currency."""
+                        release_holds: dict[ledger.AccountRef, int], released_minor: int = 0, *,
+                        discounted: bool) -> None:
+    """A later capture (manual, or a confirmed charge): its credits taken (none for a discounted payment: it
+    gets one or the other), then its entry posted with them. ``released_minor`` of the hold not captured is
+    converted back if the payment was paid from another currency."""
     assert payment.payer_id is not None
-    credits = await _credits(svc, conn, row, payment, discounted=row["campaign_id"] is not None)
+    credits = await _credits(svc, conn, row, payment, discounted=discounted)
     converted = await fx_payments.lock_returns(conn, [(row, released_minor)])  # campaign rows, then balances
     await promotions.post_capture(conn, entry, credits, accounts, holder_id=payment.payer_id, payment_id=payment.id,
                                   release_holds=release_holds)
@@ -754,11 +790,14 @@ async def capture(svc: Services, who: Principal, text_id: str, amount: int | Non
     if amount is not None:
         check_amount(amount, "amount_to_capture")
     accounts = await _accounts_for(svc, await _merchant_head(svc, who, pid))
+    gave_back = False
 
     async def work(conn: Connection) -> tuple[int, Any]:
+        nonlocal gave_back
         row = await _locked(conn, who, pid)
         before = store.to_domain(row)
         now = svc.now()
+        gave_back = promotions.reservation_given_back(row) is not None  # whatever the capture keeps, or an expiry
         if before.holds_funds and before.authorization_expires_at and now >= before.authorization_expires_at:
             # Touching a lapsed authorisation expires it at once (the worker would a moment later):
             # the hold is released in this transaction and the refusal is the stored answer.
@@ -766,30 +805,58 @@ async def capture(svc: Services, who: Principal, text_id: str, amount: int | Non
             refusal = InvalidState("the authorisation has expired", code="authorization_expired",
                                    status_now=Status.EXPIRED.value)
             return refusal.status, refusal.body(identity.request_id)
-        payment = _with_fee(before.capture(amount, now), row)
-        payer_accounts = await _with_payer(conn, row, accounts)
-        assert payment.payer_id is not None
-        wallet_ref = ledger.wallet(payment.payer_id, payment.currency)
-        entry = ledger.capture(
-            payment.payer_id, payment.merchant_id, payment.currency, payment.captured_minor, payment.fee_minor
-        )
-        await _give_back(conn, row, before.authorized_minor - payment.captured_minor)  # daily spend before balances
-        await _post_capture(svc, conn, row, payment, entry, payer_accounts, {wallet_ref: before.authorized_minor},
-                            released_minor=before.authorized_minor - payment.captured_minor)
-        return 200, await _record(conn, await store.update(conn, payment))
+        payment = before.capture(amount, now)
+        capture_minor = payment.captured_minor  # of the authorised amount, at its list price
+        payer_id = payment.payer_id
+        assert payer_id is not None
+        share, discount = None, None
+        if row["reserved_campaign_id"] is not None:  # its authorisation reserved a discount: keep its share
+            share = promotions_domain.capture_share(row["discount_reserved_minor"], before.authorized_minor,
+                                                    capture_minor, Funder(row["reserved_funded_by"]))
+            payment = replace(payment, captured_minor=share.captured_minor)
+            if share.discount_minor:
+                discount = store.Discount(row["reserved_campaign_id"], share.discount_minor, row["reserved_funded_by"])
+        payment = _with_fee(payment, row)
+        entry, moved = await _capture_entry(conn, payment, discount, await _with_payer(conn, row, accounts))
+        wallet_ref = ledger.wallet(payer_id, payment.currency)
+        await _give_back(conn, row, before.authorized_minor - capture_minor)  # daily spend, campaign rows, balances
+        if share is not None:
+            await promotions.give_back(conn, [promotions.GiveBack(row["reserved_campaign_id"], payer_id,
+                                                                  share.given_back_minor, share.place_back)])
+        await _post_capture(svc, conn, row, payment, entry, moved,
+                            {wallet_ref: before.authorized_minor - row["discount_reserved_minor"]},
+                            released_minor=before.authorized_minor - payment.captured_minor,
+                            discounted=share is not None)
+        return 200, await _record(conn, await store.update(conn, payment, discount=discount))
 
-    return await svc.idempotency.run(identity, work)
+    reply = await svc.idempotency.run(identity, work)
+    await _offer_given_back(svc, gave_back and not reply.replayed)
+    return reply
 
 
 async def cancel(svc: Services, who: Principal, text_id: str, identity: RequestIdentity) -> Reply:
     pid = payment_id(text_id)
     await _merchant_head(svc, who, pid)
 
+    gave_back = False
+
     async def work(conn: Connection) -> tuple[int, Any]:
+        nonlocal gave_back
         row = await _locked(conn, who, pid)
+        gave_back = promotions.reservation_given_back(row) is not None
         return 200, await _record(conn, await _end(conn, row, "cancel"))
 
-    return await svc.idempotency.run(identity, work)
+    reply = await svc.idempotency.run(identity, work)
+    await _offer_given_back(svc, gave_back and not reply.replayed)
+    return reply
+
+
+async def _offer_given_back(svc: Services, gave_back: bool) -> None:
+    """After a commit that gave a reservation's budget or place back: this process's campaign cache reloaded,
+    so that a campaign it last saw spent or full is offered again at once (others: within their refresh,
+    ``promotions.cache_refresh_s``; the database's guarded take decides in every case)."""
+    if gave_back:
+        await svc.campaigns.load(svc.db, svc.now())
 
 
 async def _give_back(conn: Connection, row: asyncpg.Record, released_minor: int) -> None:
@@ -807,17 +874,23 @@ async def reverse(svc: Services, who: Principal, text_id: str, identity: Request
     head = await _merchant_head(svc, who, pid)
     accounts = await _accounts_for(svc, head)
 
+    gave_back = False
+
     async def work(conn: Connection) -> tuple[int, Any]:
+        nonlocal gave_back
         row = await _locked(conn, who, pid)
         status = Status(row["status"])
         if status in (Status.REQUIRES_PAYMENT_METHOD, Status.REQUIRES_ACTION, Status.REQUIRES_CAPTURE):
+            gave_back = promotions.reservation_given_back(row) is not None
             return 200, await _record(conn, await _end(conn, row, "cancel"))
         if status is Status.SUCCEEDED and row["refunded_minor"] < row["captured_minor"]:
             await _refund_locked(conn, row, None, "reversal", await _with_payer(conn, row, accounts), {})
             row = await _locked(conn, who, pid)
         return 200, views.payment_view(row)
 
-    return await svc.idempotency.run(identity, work)
+    reply = await svc.idempotency.run(identity, work)
+    await _offer_given_back(svc, gave_back and not reply.replayed)
+    return reply
 
 
 async def _end(conn: Connection, row: asyncpg.Record, how: str) -> asyncpg.Record:
@@ -827,15 +900,18 @@ async def _end(conn: Connection, row: asyncpg.Record, how: str) -> asyncpg.Recor
 
 async def _end_all(conn: Connection, rows: list[asyncpg.Record], how: str) -> list[asyncpg.Record]:
     """Cancel or expire locked payments (one, or the expiry worker's batch in holder order): their holds
-    released in the same transaction, and what a hold paid from another currency converted back. Each kind
-    of row for all of them before the next (daily spend rows, then balance rows), in the lock order."""
+    released in the same transaction, a discount an authorisation reserved given back whole to its campaign
+    (budget, place and the holder's use), and what a hold paid from another currency converted back. Each
+    kind of row for all of them before the next (daily spend rows, campaign rows, then balance rows), in
+    the lock order."""
     before = [store.to_domain(row) for row in rows]
     held = [(row, b.authorized_minor) for row, b in zip(rows, before, strict=True) if b.holds_funds]
     for row, held_minor in held:
         await _give_back(conn, row, held_minor)  # the daily spend row before the balance rows
+    await promotions.give_back(conn, [g for row, _ in held if (g := promotions.reservation_given_back(row))])
     converted = await fx_payments.lock_returns(conn, held)  # paid from another currency: wallets, FX shards
-    for row, held_minor in held:
-        await ledger_store.release(conn, row["wallet_account_id"], held_minor)
+    for row, held_minor in held:  # the wallet held the amount less a reserved discount
+        await ledger_store.release(conn, row["wallet_account_id"], held_minor - row["discount_reserved_minor"])
     await fx_payments.give_back(conn, converted)  # at the conversion's own rate, as its refunds
     return [await store.update(conn, b.cancel() if how == "cancel" else b.expire()) for b in before]
 
@@ -903,12 +979,18 @@ async def list_refunds(svc: Services, who: Principal, page: PageRequest, q: List
 async def expire_due(svc: Services) -> int:
     """Expire open payments and lapsed authorisations (releasing holds). Safe in every process."""
 
+    gave_back = False
+
     async def work(conn: Connection) -> int:
+        nonlocal gave_back
         rows = await store.due_for_expiry(conn, svc.now(), svc.settings.workers.batch_max)
         # Holders' rows in one order in every process's batch (two batches never wait on each other in a circle).
         ordered = sorted(rows, key=lambda r: (r["payer_id"] is not None, r["payer_id"] or uuid.UUID(int=0), r["id"]))
+        gave_back = any(promotions.reservation_given_back(row) is not None for row in ordered)
         for row, updated in zip(ordered, await _end_all(conn, ordered, "expire"), strict=True):
             await _record(conn, updated, row["payer_id"])
         return len(rows)
 
-    return await svc.db.run(work)
+    expired = await svc.db.run(work)
+    await _offer_given_back(svc, gave_back)
+    return expired

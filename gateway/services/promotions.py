@@ -16,8 +16,13 @@ Invariants:
   paid by the one-statement path too, which takes the use, place and budget under the same guards
   (``from_memory``; migration 0025); a campaign created in another process applies there within
   ``cache_refresh_s``;
-- only payments captured at once are discounted (a manual capture or a payment waiting for its
-  payer's confirmation pays the full amount), and the holder's daily cap counts the full amount;
+- a payment is discounted as it is authorised: captured at once, or held for a manual capture (its
+  authorisation reserves the discount: the wallet holds amount - discount, and the capture keeps its share,
+  ``domain.promotions.capture_share``, giving the rest back with ``give_back``; a cancel or an expiry gives
+  back the budget, the place and the holder's use), or when its payer confirms it (a risk step-up or a
+  pay-code charge held in requires_action is discounted by its confirmation, not before); a payment
+  paid from another currency through a quote is discounted only when captured at once (its conversion
+  is for the full amount); the holder's daily cap counts the full amount;
 - cashback is taken and credited in the transaction of the capture that earns it (captured at once,
   a later manual capture, a confirmed pay-code charge), on the amount captured, from the campaign
   live at that capture; a payment gets a discount or a cashback, never both (the better of them is
@@ -315,6 +320,37 @@ async def gift_registration(svc: Services, conn: Connection, holder_id: uuid.UUI
     if credits:
         await ledger_store.post_together(conn, [g.entry(holder_id) for g in credits], accounts)
     return credits
+
+
+@dataclass(frozen=True, slots=True)
+class GiveBack:
+    """What a manual authorisation reserved and does not keep (docs/promotions.md, "Manual capture"): part of
+    the budget at a partial capture, everything at a cancel or expiry; ``place``: its place and its holder's
+    use too (nothing kept)."""
+
+    campaign_id: uuid.UUID
+    holder_id: uuid.UUID
+    amount_minor: int
+    place: bool
+
+
+def reservation_given_back(row: Any) -> GiveBack | None:
+    """All that an open authorisation's reservation holds, given back as it is cancelled or expires."""
+    if row["reserved_campaign_id"] is None or row["status"] != "requires_capture":
+        return None
+    return GiveBack(row["reserved_campaign_id"], row["payer_id"], row["discount_reserved_minor"], place=True)
+
+
+async def give_back(conn: Connection, backs: list[GiveBack]) -> None:
+    """In the capture's (or the cancel's, the expiry batch's) transaction, in the lock order: every holder's
+    use first (in the callers' holder order), then the counter rows, campaign by campaign in id order
+    (each campaign's rows in shard order)."""
+    for b in backs:
+        if b.place:
+            await store.give_back_use(conn, b.campaign_id, b.holder_id)
+    for b in sorted(backs, key=lambda b: b.campaign_id):
+        if b.amount_minor or b.place:
+            await store.give_back(conn, b.campaign_id, b.amount_minor, b.place)
 
 
 @dataclass(frozen=True, slots=True)

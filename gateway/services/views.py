@@ -64,7 +64,7 @@ class PaymentView(msgspec.Struct, kw_only=True):
     return_url: str | None = None
     cancel_url: str | None = None
     checkout_url: str | None = None  # the hosted checkout page (with its client secret): the merchant's only
-    discount: DiscountView | None = None  # the promotion that discounted it, once paid
+    discount: DiscountView | None = None  # the promotion that discounted it, once paid (authorised: the one reserved)
     cashback: CashbackView | None = None  # the cashback its capture credited the payer
 
 
@@ -131,7 +131,7 @@ class PayerPaymentView(msgspec.Struct, kw_only=True):
     description: str | None
     expires_at: Timestamp
     confirm_by: str | None = None
-    discount: DiscountView | None = None  # the promotion that discounted it, once paid
+    discount: DiscountView | None = None  # the promotion that discounted it, once paid (authorised: the one reserved)
     discount_offer: DiscountOffer | None = None  # unpaid: the discount paying it now would get (a preview)
     cashback: CashbackView | None = None  # the cashback its capture credited the payer
     cashback_offer: CashbackOffer | None = None  # unpaid: the cashback paying it now would credit (a preview)
@@ -822,7 +822,13 @@ class DiscountView(msgspec.Struct, kw_only=True):
 
 
 def discount_view(row: Any) -> DiscountView | None:
+    """The payment's discount; an open manual authorisation shows the one it reserved (what its full
+    capture grants: the wallet holds amount - discount meanwhile)."""
     campaign = row.get("campaign_id")
+    if campaign is None and row.get("reserved_campaign_id") is not None and row["status"] == "requires_capture":
+        return DiscountView(campaign=campaign_id(row["reserved_campaign_id"]), amount=row["discount_reserved_minor"],
+                            funded_by=row["reserved_funded_by"],
+                            amount_paid_by_holder=row["amount_minor"] - row["discount_reserved_minor"], clawed_back=0)
     if campaign is None:
         return None
     return DiscountView(campaign=campaign_id(campaign), amount=row["discount_minor"],

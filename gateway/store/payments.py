@@ -29,7 +29,7 @@ _EXTRA = (
     "store_id, terminal_id, merchant_reference, description, fee_bps, fee_fixed_minor, wallet_account_id, channel, created_at,"
     " updated_at, spend_day, return_url, cancel_url, metadata::text AS metadata, campaign_id, discount_minor,"
     " discount_funded_by, discount_clawed_back_minor, cashback_campaign_id, cashback_minor, cashback_clawed_back_minor,"
-    " cashback_funded_by"
+    " cashback_funded_by, reserved_campaign_id, discount_reserved_minor, reserved_funded_by"
 )
 _REFUND = "id, payment_id, merchant_id, amount_minor, fee_back_minor, currency, reason, status, created_at," \
     " metadata::text AS metadata, discount_clawed_back_minor, cashback_clawed_back_minor"
@@ -358,11 +358,12 @@ class Discount:
 async def update(
     conn: Connection, payment: Payment, *, wallet_account_id: int | None = None, channel: str | None = None,
     spend_day: date | None = None, terminal_transaction_id: str | None = None, discount: Discount | None = None,
-    discount_clawed_back_minor: int | None = None,
+    discount_clawed_back_minor: int | None = None, reserved: Discount | None = None,
 ) -> asyncpg.Record:
     """``TerminalTransactionTaken`` if the terminal's transaction id names another payment. ``discount``
-    records a promotion's benefit (once, as the payment is captured); ``discount_clawed_back_minor`` the
-    new total a refund brought the clawback to."""
+    records a promotion's benefit (once, as the payment is captured); ``reserved`` the discount a manual
+    authorisation reserved (migration 0031); ``discount_clawed_back_minor`` the new total a refund brought
+    the clawback to."""
     with _one_payment_per_terminal_transaction():
         row = await one(
             conn,
@@ -374,7 +375,10 @@ async def update(
                terminal_transaction_id = COALESCE($13, terminal_transaction_id),
                campaign_id = COALESCE($14, campaign_id), discount_minor = COALESCE($15, discount_minor),
                discount_funded_by = COALESCE($16, discount_funded_by),
-               discount_clawed_back_minor = COALESCE($17, discount_clawed_back_minor), updated_at = now()
+               discount_clawed_back_minor = COALESCE($17, discount_clawed_back_minor),
+               reserved_campaign_id = COALESCE($18, reserved_campaign_id),
+               discount_reserved_minor = COALESCE($19, discount_reserved_minor),
+               reserved_funded_by = COALESCE($20, reserved_funded_by), updated_at = now()
          WHERE id = $1
         RETURNING {_COLUMNS}, {_EXTRA}, (SELECT name FROM merchants m WHERE m.id = payments.merchant_id) AS merchant_name
         """,
@@ -383,6 +387,8 @@ async def update(
             payment.confirm_by, channel, spend_day, terminal_transaction_id,
             discount.campaign_id if discount else None, discount.amount_minor if discount else None,
             discount.funded_by if discount else None, discount_clawed_back_minor,
+            reserved.campaign_id if reserved else None, reserved.amount_minor if reserved else None,
+            reserved.funded_by if reserved else None,
         )
     return row
 

@@ -4,7 +4,7 @@ Invariants (proven after the fact by ``invariants.sql``: ``campaign_over_budget_
 ``campaign_shards_add_up``, ``campaign_holder_over_limit``):
 - a campaign's budget and places are split over its counter rows (``campaign_shards``, migration
   0026) whose sums are the campaign's; what it spent and took is the sum of the rows' (``COLUMNS``);
-- a row's ``spent_minor`` and ``places_taken`` change only by a take, in the payment's own
+- a row's ``spent_minor`` and ``places_taken`` grow only by a take, in the payment's own
   transaction: the general path's ``take`` (``gateway_campaign_take``) or the one-statement path's
   batch (``gateway_pay_batch``), each by guarded updates of locked rows that refuse (change nothing)
   when the campaign ended, is past its window, lacks the places or the budget; each row's CHECKs are
@@ -13,6 +13,8 @@ Invariants (proven after the fact by ``invariants.sql``: ``campaign_over_budget_
 - a holder's uses are taken the same way (``campaign_uses``) before the counter rows (lock order), where
   the campaign has a per-holder limit (gifts: one): without one nothing is counted;
 - ``end`` closes every row in the commit that sets ``ended_at``: no take after it;
+- a manual authorisation's take is a reservation (migration 0031): its capture, cancel or expiry gives back
+  what it does not keep (``give_back``, ``give_back_use``), so a row's counts also go down, never below 0;
 - ``clawed_back_minor`` grows only with refunds (``claw_back``), never above what was granted;
 - cashback and gifts take a place, the budget and the holder's use by the same ``take``; a gift is
   recorded once per holder and campaign, and a first-payment gift once per holder whatever the
@@ -137,6 +139,18 @@ async def take(conn: Connection, campaign_id: uuid.UUID, holder_id: uuid.UUID, s
         "SELECT gateway_campaign_take($1, $2, $3, $4, $5)",
         campaign_id, holder_id, stated_minor, now, per_holder_max)  # None: no limit, no use counted
     return granted
+
+
+async def give_back_use(conn: Connection, campaign_id: uuid.UUID, holder_id: uuid.UUID) -> None:
+    """The holder's use of a reservation that kept nothing (counted only under a per-holder limit; migration
+    0031). Before the counter rows (lock order)."""
+    await conn.execute("SELECT gateway_campaign_give_back_use($1, $2)", campaign_id, holder_id)
+
+
+async def give_back(conn: Connection, campaign_id: uuid.UUID, amount_minor: int, place: bool) -> None:
+    """Budget (and a place) a manual authorisation reserved and its capture, cancel or expiry did not keep,
+    back on the campaign's counter rows (in shard order; ``gateway_campaign_give_back``, migration 0031)."""
+    await conn.execute("SELECT gateway_campaign_give_back($1, $2, $3)", campaign_id, amount_minor, place)
 
 
 async def claw_back(conn: Connection, campaign_id: uuid.UUID, amount_minor: int) -> None:

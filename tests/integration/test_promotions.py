@@ -204,13 +204,15 @@ async def test_a_holder_gets_the_discount_only_as_often_as_the_limit_says(world:
     assert (await world.pay(other, p["id"]))["discount"] is not None
 
 
-async def test_manual_capture_is_not_discounted(world: World) -> None:
+async def test_a_manual_capture_reserves_the_discount_as_it_is_authorised(world: World) -> None:
+    """(test_manual_capture_discounts.py covers captures, cancels, expiry and races.)"""
     m = await world.merchant()
     h = await world.holder(top_up=10_000)
     await _campaign(world)
     p = await world.payment(m, 1_000, capture_method="manual")
     authorized = await world.pay(h, p["id"])
-    assert authorized["status"] == "requires_capture" and authorized["discount"] is None
+    assert authorized["status"] == "requires_capture" and authorized["discount"]["amount"] == 100
+    assert await world.available(h) == 9_100
 
 
 async def test_campaign_terms_are_refused_naming_the_field(world: World) -> None:

@@ -158,9 +158,11 @@ async def test_a_discounted_payment_gets_no_cashback(world: World) -> None:
     paid = await world.pay(h, p["id"])
     assert paid["discount"]["amount"] == 100 and paid["cashback"] is None
     assert (await _seen(world, cashback))["places_taken"] == 0
-    manual = await world.payment(m, 1_000, capture_method="manual")  # not discounted: its capture gets cashback
-    await world.pay(h, manual["id"])
-    assert (await _capture(world, m, manual["id"], None, "cap"))["cashback"]["amount"] == 200
+    manual = await world.payment(m, 1_000, capture_method="manual")  # discounted as authorised: no cashback
+    assert (await world.pay(h, manual["id"]))["discount"]["amount"] == 100
+    captured = await _capture(world, m, manual["id"], None, "cap")
+    assert captured["discount"]["amount"] == 100 and captured["cashback"] is None
+    assert (await _seen(world, cashback))["places_taken"] == 0
 
 
 async def test_registration_gift_once_and_a_repeated_registration_gives_nothing(world: World) -> None:

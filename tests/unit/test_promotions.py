@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from gateway.domain import ledger
 from gateway.domain.promotions import (
-    SHARD_COUNT_MAX, Campaign, CampaignError, Funder, Purchase, Rule, benefit_minor, clawback_minor, eligible,
+    SHARD_COUNT_MAX, Campaign, CampaignError, CaptureShare, Funder, Purchase, Rule, benefit_minor, capture_share,
+    clawback_minor, eligible,
     largest_benefit_minor, may_apply, offers, shard_split, stated_benefit_minor, window,
 )
 
@@ -163,3 +164,32 @@ def test_the_largest_benefit_is_the_fixed_amount_or_the_percentage_of_the_larges
     assert largest_benefit_minor(campaign(percent_bps=1_000, cap_minor=200), 50_000) == 200
     assert largest_benefit_minor(campaign(rule=Rule.FIXED, percent_bps=0, fixed_minor=300), 50_000) == 300
     assert largest_benefit_minor(campaign(percent_bps=1), 10) == 1
+
+
+def test_a_full_capture_keeps_the_whole_reserved_discount() -> None:
+    assert capture_share(150, 2_000, 2_000, Funder.BANK) == CaptureShare(150, 2_000, 0, False)
+    assert capture_share(150, 2_000, 2_000, Funder.MERCHANT) == CaptureShare(150, 1_850, 0, False)
+
+
+def test_a_partial_capture_keeps_its_share_rounded_down() -> None:
+    assert capture_share(333, 1_001, 500, Funder.BANK) == CaptureShare(166, 500, 167, False)  # 166.33
+    assert capture_share(300, 3_001, 1_000, Funder.MERCHANT) == CaptureShare(99, 901, 201, False)  # 99.97
+    assert capture_share(100, 1_000, 9, Funder.BANK) == CaptureShare(0, 9, 100, True)  # nothing: the place back
+    with pytest.raises(ValueError):
+        capture_share(100, 1_000, 1_001, Funder.BANK)
+    with pytest.raises(ValueError):
+        capture_share(1_000, 1_000, 1, Funder.BANK)
+
+
+@given(st.integers(2, 10**12), st.data())
+def test_a_capture_share_never_gives_more_than_reserved_and_the_holder_always_pays(authorized_minor: int,
+                                                                                   data: st.DataObject) -> None:
+    reserved = data.draw(st.integers(1, authorized_minor - 1))
+    capture = data.draw(st.integers(1, authorized_minor))
+    for funder in Funder:
+        share = capture_share(reserved, authorized_minor, capture, funder)
+        assert 0 <= share.discount_minor <= reserved and share.discount_minor + share.given_back_minor == reserved
+        assert share.discount_minor * authorized_minor <= reserved * capture  # never more than the exact share
+        assert (share.discount_minor + 1) * authorized_minor > reserved * capture  # less by under one unit
+        assert capture - share.discount_minor >= 1  # the holder pays at least one minor unit
+        assert share.captured_minor == (capture if funder is Funder.BANK else capture - share.discount_minor)

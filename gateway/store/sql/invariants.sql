@@ -18,7 +18,7 @@ SELECT account_id, shard, posted_minor, held_minor FROM balances WHERE no_overdr
 -- name: hold_differs_from_authorizations
 SELECT a.id, b.held_minor, COALESCE(h.total, 0) AS authorized
   FROM accounts a JOIN balances b ON b.account_id = a.id AND b.shard = 0
-  LEFT JOIN (SELECT wallet_account_id, sum(authorized_minor) AS total FROM payments
+  LEFT JOIN (SELECT wallet_account_id, sum(authorized_minor - discount_reserved_minor) AS total FROM payments
               WHERE status IN ('requires_capture', 'requires_action') GROUP BY wallet_account_id) h ON h.wallet_account_id = a.id
  WHERE a.kind = 'wallet' AND b.held_minor <> COALESCE(h.total, 0);
 -- name: captured_payment_postings
@@ -295,7 +295,11 @@ SELECT c.id, c.budget_minor, k.spent_minor, c.places_max, k.places_taken, COALES
                SELECT cashback_campaign_id, cashback_minor, 1, cashback_clawed_back_minor
                  FROM payments WHERE cashback_campaign_id IS NOT NULL
                UNION ALL
-               SELECT campaign_id, amount_minor, 1, 0 FROM promotion_gifts) b GROUP BY campaign_id) g ON g.campaign_id = c.id
+               SELECT campaign_id, amount_minor, 1, 0 FROM promotion_gifts
+               UNION ALL  -- a manual authorisation's discount, reserved while it is open (migration 0031)
+               SELECT reserved_campaign_id, discount_reserved_minor, 1, 0
+                 FROM payments WHERE reserved_campaign_id IS NOT NULL AND status = 'requires_capture'
+               ) b GROUP BY campaign_id) g ON g.campaign_id = c.id
  WHERE k.spent_minor > c.budget_minor OR k.places_taken > COALESCE(c.places_max, k.places_taken)
     OR k.spent_minor <> COALESCE(g.granted, 0) OR k.places_taken <> COALESCE(g.payments, 0)
     OR c.clawed_back_minor <> COALESCE(g.clawed, 0) OR c.clawed_back_minor > k.spent_minor;
@@ -322,7 +326,10 @@ SELECT COALESCE(u.campaign_id, g.campaign_id) AS campaign_id, COALESCE(u.holder_
                UNION ALL
                SELECT cashback_campaign_id, payer_id FROM payments WHERE cashback_campaign_id IS NOT NULL
                UNION ALL
-               SELECT campaign_id, holder_id FROM promotion_gifts) b
+               SELECT campaign_id, holder_id FROM promotion_gifts
+               UNION ALL
+               SELECT reserved_campaign_id, payer_id FROM payments
+                WHERE reserved_campaign_id IS NOT NULL AND status = 'requires_capture') b
               GROUP BY campaign_id, payer_id) g ON g.campaign_id = u.campaign_id AND g.payer_id = u.holder_id
   LEFT JOIN campaigns c ON c.id = COALESCE(u.campaign_id, g.campaign_id)
  WHERE COALESCE(u.uses, 0) > COALESCE(c.per_holder_max, COALESCE(u.uses, 0))
@@ -330,6 +337,30 @@ SELECT COALESCE(u.campaign_id, g.campaign_id) AS campaign_id, COALESCE(u.holder_
     OR (CASE WHEN c.per_holder_max IS NOT NULL OR c.rule IN ('gift_registration', 'gift_first_payment')
              THEN COALESCE(u.uses, 0) <> COALESCE(g.payments, 0) ELSE COALESCE(u.uses, 0) > COALESCE(g.payments, 0) END)
     OR (c.rule IN ('gift_registration', 'gift_first_payment') AND COALESCE(u.uses, 0) > 1);
+-- name: reserved_discount_differs_from_its_capture
+-- A discount a manual authorisation reserved (migration 0031) is its campaign's, of its campaign's funder, and
+-- held back from the wallet's hold (hold_differs_from_authorizations); while the authorisation is open nothing
+-- is granted or captured. Its capture of c of the authorised amount A keeps exactly floor(reserved * c / A)
+-- as the payment's discount (c is what was captured, plus the kept discount when the merchant funds it: it
+-- sold for less), from the same campaign and funder; a share of 0 keeps no campaign. A cancelled or expired
+-- authorisation keeps nothing. (What is given back is what the counter rows no longer count:
+-- campaign_over_budget_or_places.)
+SELECT pay.id, pay.status, pay.discount_reserved_minor, pay.discount_minor, pay.captured_minor, pay.authorized_minor
+  FROM payments pay LEFT JOIN campaigns c ON c.id = pay.reserved_campaign_id
+ WHERE pay.reserved_campaign_id IS NOT NULL
+   AND NOT COALESCE(c.funded_by = pay.reserved_funded_by AND c.rule IN ('percent', 'fixed')
+       AND pay.authorized_minor = pay.amount_minor AND CASE
+         WHEN pay.status = 'requires_capture' THEN pay.campaign_id IS NULL AND pay.captured_minor = 0
+         WHEN pay.status = 'succeeded' THEN
+              pay.discount_minor = div(pay.discount_reserved_minor::numeric
+                                       * (pay.captured_minor + CASE WHEN pay.reserved_funded_by = 'merchant'
+                                                                    THEN pay.discount_minor ELSE 0 END),
+                                       pay.authorized_minor)
+              AND (CASE WHEN pay.discount_minor = 0 THEN pay.campaign_id IS NULL
+                        ELSE pay.campaign_id = pay.reserved_campaign_id
+                             AND pay.discount_funded_by = pay.reserved_funded_by END)
+         WHEN pay.status IN ('canceled', 'expired') THEN pay.campaign_id IS NULL AND pay.discount_minor = 0
+         ELSE false END, false);
 -- name: conversion_differs_from_its_entry
 SELECT c.id FROM conversions c
   CROSS JOIN LATERAL (
