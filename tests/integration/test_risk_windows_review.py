@@ -6,6 +6,9 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.test_risk_decisions import PIN, _paid, _pay, _rule, redis_down_world  # noqa: F401
+from tests.integration.test_qr_paycode import _device_holder
+from tests.integration.test_risk_pay_code import _charge, _pay_code
+from tests.integration.test_risk_pay_code import _rule as _code_rule
 from tests.integration.world import World
 
 pytestmark = pytest.mark.asyncio
@@ -36,3 +39,30 @@ async def test_a_payment_past_a_step_up_limit_still_counts_towards_a_decline_in_
 async def test_a_payment_past_a_step_up_limit_still_counts_towards_a_decline_without_redis(
         redis_down_world: World) -> None:  # noqa: F811
     await _step_up_then_decline(redis_down_world)
+
+
+async def _held_charges_count(world: World) -> None:
+    """Pay-code charges held for the holder's PIN are counted in the velocity windows (docs/risk.md: "a
+    payment is counted when it is authorised, or held for its step-ups"): past max_count=2, the third is
+    declined, whether Redis or PostgreSQL counts."""
+    m = await world.merchant(fee_bps=0)
+    h = await _device_holder(world, 10_000)
+    await world.call("POST", "/v1/wallet/pin", headers=h.headers, json={"pin": PIN})
+    await _code_rule(world, kind="blocked_wallet", wallet=h.id, outcome="require_pin")
+    await _code_rule(world, kind="velocity_wallet", window_s=3600, max_count=2)
+    for _ in range(2):
+        assert (await _charge(world, m, await _pay_code(world, h), 300))["status"] == "requires_action"
+    third = await _charge(world, m, await _pay_code(world, h), 300, 402)
+    assert third["error"]["code"] == "risk_declined"
+    assert await world.available(h) == 9_400
+
+
+async def test_held_pay_code_charges_count_towards_velocity_in_redis(world: World) -> None:
+    await _held_charges_count(world)
+
+
+@pytest.mark.xfail(strict=True, reason="finding: store.risk.recent_allowed counts only 'allow' decisions, so a held"
+                   " payment is not counted while Redis is down (fix needs partial indexes WHERE held: a migration)")
+async def test_held_pay_code_charges_count_towards_velocity_without_redis(
+        redis_down_world: World) -> None:  # noqa: F811
+    await _held_charges_count(redis_down_world)
