@@ -3,13 +3,15 @@ allow is counted in every window of its velocity rules, the same whether Redis o
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from tests.integration.test_risk_decisions import PIN, _paid, _pay, _rule, redis_down_world  # noqa: F401
 from tests.integration.test_qr_paycode import _device_holder
 from tests.integration.test_risk_pay_code import _charge, _pay_code
 from tests.integration.test_risk_pay_code import _rule as _code_rule
-from tests.integration.world import World
+from tests.integration.world import Holder, World
 
 pytestmark = pytest.mark.asyncio
 
@@ -66,3 +68,24 @@ async def test_held_pay_code_charges_count_towards_velocity_in_redis(world: Worl
 async def test_held_pay_code_charges_count_towards_velocity_without_redis(
         redis_down_world: World) -> None:  # noqa: F811
     await _held_charges_count(redis_down_world)
+
+
+async def test_a_revoked_phone_s_pay_code_and_tap_token_stop_working(world: World) -> None:
+    """The holder revokes its phone from another device (lost or stolen: "its tokens stop working at once"):
+    a pay-code the phone showed and the phone's tap token pay no more."""
+    from tests.integration.test_devices_taps import _pay_tap, _tap
+    from tests.integration.test_risk_issued_device import _phone_at_counter
+    from tests.integration.world import auth
+
+    p = await _phone_at_counter(world)
+    code = await _pay_code(world, p.h)  # on the phone, before it is lost
+    token_b = await world.sign_in(p.h.phone, device_id=f"phone-b-{uuid.uuid4().hex[:6]}")
+    devices = (await world.call("GET", "/v1/wallet/devices", headers=auth(token_b)))["data"]
+    lost = next(d for d in devices if d["device_id"] == p.device)
+    assert (await world.call("DELETE", f"/v1/wallet/devices/{lost['id']}", headers=auth(token_b)))["revoked"] is True
+    resp = await world.client.post("/v1/pay_code_charges", headers={**p.m.headers, "Idempotency-Key": uuid.uuid4().hex},
+                                   json={"pay_code": code, "amount": 300, "currency": "CNY", "store": p.m.store})
+    assert resp.status in (402, 404, 409), (resp.status, await resp.json())
+    tapped = await _pay_tap(world, p.pos_token, _tap(p.card, 300), 300, 402)
+    assert tapped["error"]["code"] == "tap_token_revoked"
+    assert await world.available(Holder(p.h.id, p.h.phone, token_b, p.h.bank_account)) == 10_000
