@@ -89,3 +89,51 @@ async def test_a_revoked_phone_s_pay_code_and_tap_token_stop_working(world: Worl
     tapped = await _pay_tap(world, p.pos_token, _tap(p.card, 300), 300, 402)
     assert tapped["error"]["code"] == "tap_token_revoked"
     assert await world.available(Holder(p.h.id, p.h.phone, token_b, p.h.bank_account)) == 10_000
+
+
+async def test_count_only_windows_edge_cases_hold() -> None:
+    """The windows script (one JSON argument): a count-only window's member present before survives a refusal
+    by another window; a window named twice counts the payment once and is given back once; a batch sharing
+    a window stops exactly at its limit (a payment repeated in it counted once); amounts up to 2**53 exact;
+    a refusing window's payment is in none; a non-refusing window answers its counts and is charged."""
+    from gateway.accel import Accelerator, Windows
+    from gateway.domain.risk import Window
+    from gateway.settings import RedisSettings
+    from tests.conftest import TEST_REDIS_URL
+
+    accel = Accelerator(RedisSettings(url=TEST_REDIS_URL, timeout_s=5.0))
+    try:
+        def key() -> str:
+            return f"risk:w:test:{uuid.uuid4().hex}"
+
+        count, amounts, p = key(), key(), uuid.uuid4().hex
+        assert await accel.windows_take([Window(count, 60, 5, None, 100)], 1_000.0, p) == Windows(True, ((0, 0),))
+        refused = await accel.windows_take([Window(count, 60, 5, None, 100), Window(amounts, 60, None, 50, 100)],
+                                           1_001.0, p)
+        assert refused == Windows(False, ((0, 0), (0, 0)))
+        assert await accel.client.zrange(count, 0, -1) == [f"{p}:100".encode()]  # still there
+        twice, other = key(), key()
+        assert (await accel.windows_take([Window(twice, 60, 1, None, 7)] * 2, 1_000.0, "a")).taken
+        assert not (await accel.windows_take([Window(twice, 60, 1, None, 7)] * 2, 1_000.0, "b")).taken
+        assert not (await accel.windows_take([Window(other, 60, 1, None, 7)] * 2 + [Window(amounts, 60, None, 50, 100)],
+                                             1_000.0, "c")).taken
+        assert await accel.client.zcard(twice) == 1 and not await accel.client.exists(other)
+        shared = key()
+        batch = [([Window(shared, 60, 3, None, 1)], 1_000.0 + n / 1000, f"q{n}") for n in range(6)]
+        found = await accel.windows_take_all([*batch, ([Window(shared, 60, 3, None, 1)], 1_000.01, "q0")])
+        assert found is not None and [f.taken for f in found] == [True] * 3 + [False] * 3 + [True]
+        big, large = key(), 2**52
+        for n in range(2):
+            assert await accel.windows_take([Window(big, 60, None, 2**53, large)], 1_000.5, f"b{n}") == Windows(
+                True, ((n, n * large),))
+        assert int(await accel.client.get(big + ":sum")) == 2**53
+        soft, hard = key(), key()
+        assert (await accel.windows_take([Window(soft, 60, 1, None, 1), Window(hard, 60, 2, None, 1)], 1.0, "s1")).taken
+        second = await accel.windows_take([Window(soft, 60, 1, None, 1, refuses=False), Window(hard, 60, 2, None, 1)],
+                                          1.0, "s2")
+        assert second == Windows(True, ((1, 0), (1, 0)))  # over the soft window's count: it says so, charged
+        third = await accel.windows_take([Window(soft, 60, 1, None, 1, refuses=False), Window(hard, 60, 2, None, 1)],
+                                         1.0, "s3")
+        assert not third.taken and await accel.client.zcard(soft) == 2 and await accel.client.zcard(hard) == 2
+    finally:
+        await accel.close()
