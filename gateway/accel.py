@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 _JSON = msgspec.json.Encoder()
 LOCAL_BUCKETS_MAX = 10_000  # buckets one process keeps while Redis is down; the idlest go first
 PIPELINE_MAX = 256  # calls sent together at most
+_AMOUNT_UNLIMITED = 2**53  # an amount limit no window's total reaches (exact as a Lua number)
 COPIES_PENDING_MAX = 1000  # copies waiting for their round trip; beyond that they are skipped (PostgreSQL has them)
 _FAILURES = (RedisError, OSError, TimeoutError)
 _Call = tuple[AsyncScript, list[str], Sequence[float | int | str | bytes]]  # a script, its keys and arguments
@@ -332,8 +333,11 @@ class Accelerator:
         keys = [w.key for windows, _, _ in calls for w in windows]
         # One JSON argument and one string back: packing ~50 arguments and parsing ~20 integer replies in
         # redis-py cost more of the gateway's CPU than the script costs Redis.
-        arg = _JSON.encode([[now_s, payment, [[w.window_s, -1 if w.count_max is None else w.count_max,
-                                               -1 if w.amount_max_minor is None else w.amount_max_minor,
+        # A window that does not refuse (``Window.refuses``) is asked without its limits: no count limit, and
+        # an amount limit no total reaches (it keeps its running total, as the key always has).
+        arg = _JSON.encode([[now_s, payment, [[w.window_s, -1 if w.count_max is None or not w.refuses else w.count_max,
+                                               -1 if w.amount_max_minor is None
+                                               else w.amount_max_minor if w.refuses else _AMOUNT_UNLIMITED,
                                                w.amount_minor] for w in windows]]
                             for windows, now_s, payment in calls])
         try:

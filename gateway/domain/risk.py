@@ -184,13 +184,18 @@ def applies(rule: Rule, attempt: Attempt) -> bool:
 class Window:
     """A velocity rule's sliding window a payment is counted in (in Redis: ``accel.Accelerator.windows_take``):
     it fits when, with it, the window holds at most ``count_max`` payments and ``amount_max_minor`` of
-    amounts (None: no such limit); ``amount_minor`` is what it adds (0 for a rule of another currency)."""
+    amounts (None: no such limit); ``amount_minor`` is what it adds (0 for a rule of another currency).
+    ``refuses``: False for the window of a rule whose outcome is a step-up the caller judges itself (the
+    general path): it answers its counts and is charged with the payment's other windows whatever its
+    limits say, so a payment allowed past it (its step-up passed, or held for it) is counted there and in
+    every other window, as the PostgreSQL fallback counts its allow decision."""
 
     key: str
     window_s: int
     count_max: int | None
     amount_max_minor: int | None
     amount_minor: int
+    refuses: bool = True
 
 
 @dataclass(frozen=True, slots=True)

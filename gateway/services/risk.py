@@ -279,7 +279,9 @@ async def check(svc: Services, conn: Connection, payment: Payment, holder_id: uu
     facts = await _facts(conn, list(concerned), attempt, now)
     decision = risk.decide(concerned, attempt, facts, frozenset(passed))
     counted = [r for r in concerned if r.kind in risk.COUNTED_KINDS]
-    windows = [_window(r, attempt) for r in counted]
+    # A step-up rule's window does not refuse here: a payment allowed past it (the step-up passed, or held
+    # for it) is counted in all its windows; one refused is given back below.
+    windows = [replace(_window(r, attempt), refuses=r.outcome is risk.Outcome.DECLINE) for r in counted]
     charged = False
     # The windows last: a payment the other rules decline is charged in none.
     if counted and decision.outcome is not risk.Outcome.DECLINE:

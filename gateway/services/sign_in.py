@@ -48,6 +48,8 @@ from gateway.services import audit, pages, throttle, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.services.pages import PageRequest
+from gateway.store import codes as code_store
+from gateway.store import devices as device_store
 from gateway.store import sign_in as store
 from gateway.store.db import Connection
 
@@ -276,7 +278,8 @@ async def devices(svc: Services, who: Principal, page: PageRequest) -> WalletDev
 
 
 async def revoke_device(svc: Services, who: Principal, text: str, identity: RequestIdentity) -> Reply:
-    """Sign the device out (its tokens stop working at once) and forget its trust: its next sign-in needs a code."""
+    """Sign the device out (its tokens stop working at once, and its unused pay-codes and tap tokens with them)
+    and forget its trust: its next sign-in needs a code."""
     device_row = decode(Kind.WALLET_DEVICE, text)
     revoked: list[asyncpg.Record] = []
 
@@ -287,6 +290,9 @@ async def revoke_device(svc: Services, who: Principal, text: str, identity: Requ
         if row is None:
             raise NotFound(f"no such device: {text}", param="id")
         revoked.extend(await store.revoke_device_sessions(conn, row["id"], now))
+        # The credentials the phone holds for a counter stop working too: its unused pay-codes, its tap tokens.
+        await code_store.expire_device_pay_codes(conn, who.id, row["device_id"], now)
+        await device_store.revoke_phone_tap_tokens(conn, who.id, row["device_id"])
         view = _device_view(row, None, revoked=True)
         await audit.record(conn, who, "wallet.device_revoked", row["id"], view, merchant_id=None, holder_id=who.id)
         return 200, view

@@ -70,6 +70,14 @@ async def take_pay_code(conn: Connection, code_hash: bytes, now: datetime) -> as
     return row
 
 
+async def expire_device_pay_codes(conn: Connection, holder_id: uuid.UUID, device_id: str, now: datetime) -> int:
+    """The holder's unused pay-codes issued to a device it revoked expire now (served by pay_codes_holder)."""
+    done: str = await conn.execute(
+        "UPDATE pay_codes SET expires_at = $3 WHERE holder_id = $1 AND device_id = $2 AND used_at IS NULL"
+        " AND expires_at > $3", holder_id, device_id, now)
+    return int(done.split()[-1])
+
+
 async def use_pay_code(conn: Connection, code_hash: bytes, payment_id: uuid.UUID) -> None:
     await conn.execute("UPDATE pay_codes SET used_at = now(), payment_id = $2 WHERE code_hash = $1", code_hash, payment_id)
 

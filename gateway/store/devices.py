@@ -184,6 +184,14 @@ async def claim_atc(
     return bool(row["fresh"] or row["retry"])
 
 
+async def revoke_phone_tap_tokens(conn: Connection, holder_id: uuid.UUID, phone_device: str) -> int:
+    """The holder's active tap tokens provisioned to a phone it revoked (served by tap_tokens_holder)."""
+    done: str = await conn.execute(
+        "UPDATE tap_tokens SET status = 'revoked' WHERE holder_id = $1 AND phone_device = $2 AND status = 'active'",
+        holder_id, phone_device)
+    return int(done.split()[-1])
+
+
 async def revoke_tap_token(conn: Connection, token_id: uuid.UUID, holder_id: uuid.UUID) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
         f"UPDATE tap_tokens SET status = 'revoked' WHERE id = $1 AND holder_id = $2 RETURNING {_TAP}",
