@@ -79,15 +79,21 @@ def all_rules() -> pages.Query:
 
 async def recent_allowed(conn: Connection, scope: Scope, value: Any, currency: str | None, now: datetime,
                          window_s: int, lock_key: str) -> Recent:
-    """The payments allowed within the window of a holder, from a device or at a merchant, counted from the
-    decisions (the fallback while Redis is down; served by risk_decisions_holder / _device / _merchant: the
+    """The payments allowed (or held for their step-ups) within the window of a holder, from a device or at a
+    merchant, counted from the decisions (the fallback while Redis is down; served by risk_decisions_holder /
+    _device / _merchant and _held_device / _held_merchant: the
     holder's reads its decisions of every outcome within the window). The transaction first
     takes an advisory lock on ``lock_key`` (the rule and the scope): the scope's payments are then counted
     one at a time until each commits its own decision."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", lock_key)
+    # An allow decision, or a pay-code charge held for its step-ups and not answered yet (once confirmed
+    # it is counted through its allow decision), as Redis counts it when it is held (migration 0033).
     row = await conn.fetchrow(
-        "SELECT count(*) AS n, coalesce(sum(amount_minor) FILTER (WHERE currency = $2), 0) AS total"
-        f" FROM risk_decisions WHERE {scope} = $1 AND outcome = 'allow' AND created_at > $3",
+        "SELECT count(*) AS n, coalesce(sum(amount_minor) FILTER (WHERE currency = $2), 0) AS total FROM ("
+        f" SELECT amount_minor, currency FROM risk_decisions WHERE {scope} = $1 AND outcome = 'allow'"
+        " AND created_at > $3"
+        f" UNION ALL SELECT amount_minor, currency FROM risk_decisions WHERE {scope} = $1 AND held"
+        " AND step_up_used_at IS NULL AND created_at > $3) d",
         value, currency, now - timedelta(seconds=window_s))
     assert row is not None
     return Recent(count=int(row["n"]), amount_minor=int(row["total"]))

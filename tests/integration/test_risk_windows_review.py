@@ -63,8 +63,6 @@ async def test_held_pay_code_charges_count_towards_velocity_in_redis(world: Worl
     await _held_charges_count(world)
 
 
-@pytest.mark.xfail(strict=True, reason="finding: store.risk.recent_allowed counts only 'allow' decisions, so a held"
-                   " payment is not counted while Redis is down (fix needs partial indexes WHERE held: a migration)")
 async def test_held_pay_code_charges_count_towards_velocity_without_redis(
         redis_down_world: World) -> None:  # noqa: F811
     await _held_charges_count(redis_down_world)
