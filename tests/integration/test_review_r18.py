@@ -50,3 +50,94 @@ async def test_a_partial_capture_shows_what_the_holder_paid(world: World, clean_
     paid = await world.pay(h, at_once["id"])
     assert paid["discount"]["amount_paid_by_holder"] == 2_000 - 300
     await _sound(clean_db)
+
+
+async def test_settled_partial_captures_of_both_funders_pay_what_the_ledger_owes(world: World, clean_db: str) -> None:
+    """Held: a merchant-funded partial capture settles c - d with the fee on c - d; a bank-funded one c with
+    the fee on c (the promotions account paid d); a refund of each settles its own net
+    (settlement_line_differs_from_its_merchant_postings, checked by _sound)."""
+    import asyncpg
+
+    from tests.integration.test_merchant_cashback import D0, _at, _backdate
+    m = await world.merchant(fee_bps=100)
+    await world.call("POST", f"/v1/operator/merchants/{m.id}/payout_account", 201, headers=world.ops,
+                     json={"holder_name": "Best Noodles Ltd", "bank_name": "ICBC", "account_number": "6222020200998877"})
+    h = await world.holder(top_up=100_000)
+    mine = await _campaign(world, rule="fixed", percent_bps=0, fixed_amount=300, funded_by="merchant")
+    p = await _authorized(world, m, h, 3_001)
+    got = await _capture(world, m, p["id"], 1_000)  # keeps 99: sells for 901, fee 9
+    assert (got["amount_received"], got["fee"]) == (901, 9)
+    await world.call("POST", f"/v1/operator/campaigns/{mine['id']}/end", headers=world.ops, json={})
+    await _campaign(world, percent_bps=1_000)
+    q = await _authorized(world, m, h, 2_000)
+    got = await _capture(world, m, q["id"], 1_500)  # keeps 150 of 200: the merchant receives 1,500, fee 15
+    assert (got["amount_received"], got["fee"], got["discount"]["amount"]) == (1_500, 15, 150)
+    r = await world.call("POST", f"/v1/payments/{q['id']}/refunds", 201, headers=m.headers, json={"amount": 500})
+    assert r["discount_clawed_back"] == 50 and r["fee_returned"] == 5
+    db = await asyncpg.connect(clean_db)
+    try:
+        for pay in (p["id"], q["id"]):
+            await _backdate(db, _at(D0, 9), payment=pay)
+        await _backdate(db, _at(D0, 10), refund=r["id"])
+    finally:
+        await db.close()
+    await world.call("POST", "/v1/operator/settlement_runs", headers=world.ops, json={"date": D0.isoformat()})
+    batches = (await world.call("GET", "/v1/settlement_batches", headers=m.headers))["data"]
+    assert [(b["captured"], b["refunded"], b["fee"], b["net"]) for b in batches] == [
+        (901 + 1_500, 500, 9 + 15 - 5, 901 + 1_500 - 500 - 19)]
+    await _sound(clean_db)
+
+
+async def test_captures_cancels_and_the_expiry_worker_racing_give_back_once(world: World, clean_db: str) -> None:
+    """Held: a capture racing a cancel, and the expiry worker racing captures of lapsed authorisations,
+    give back at most once (the payment row is locked first; the loser sees the new status)."""
+    m = await world.merchant(fee_bps=0)
+    h = await world.holder(top_up=100_000)
+    c = await _campaign(world, percent_bps=1_000, places=20, per_holder_limit=20)
+    ps = [await _authorized(world, m, h, 1_000) for _ in range(6)]
+    answers = await asyncio.gather(*(x for i, p in enumerate(ps) for x in (
+        _cap(world, m, p["id"], 301 + i),
+        _raw(world, "POST", f"/v1/payments/{p['id']}/cancel", headers=m.headers, json={}))))
+    assert all(status in (200, 409) for status, _ in answers)
+    kept = sum(body["discount"]["amount"] for status, body in answers[0::2] if status == 200 and body["discount"])
+    paid = sum(body["amount_received"] - body["discount"]["amount"] for status, body in answers[0::2]
+               if status == 200)
+    assert await _spent(world, c) == (kept, sum(1 for s, b in answers[0::2] if s == 200 and b["discount"]))
+    assert await _held(world, h) == 0 and await world.available(h) == 100_000 - paid
+    await _sound(clean_db)
+    qs = [await _authorized(world, m, h, 1_000) for _ in range(6)]
+    for q in qs:
+        await _lapse(clean_db, q["id"])
+    svc = await Services.start(make_settings())
+    try:
+        results = await asyncio.gather(tick(svc), *(_cap(world, m, q["id"]) for q in qs))
+    finally:
+        await svc.stop()
+    assert all(status == 409 for status, _ in results[1:])
+    assert await _spent(world, c) == (kept, sum(1 for s, b in answers[0::2] if s == 200 and b["discount"]))
+    assert await _held(world, h) == 0 and await world.available(h) == 100_000 - paid
+    await _sound(clean_db)
+
+
+async def test_a_give_back_to_an_ended_campaign_never_offers_it_again(world: World, clean_db: str) -> None:
+    """Held: a cancel after the campaign's end gives its counters back (they stay the sums of what is
+    granted) but the ended campaign offers nothing; a capture after the end keeps its share; a capture
+    retried with the same key and another amount is refused, not captured again."""
+    m = await world.merchant(fee_bps=100)
+    h = await world.holder(top_up=10_000)
+    other = await world.holder(top_up=10_000)
+    c = await _campaign(world, percent_bps=1_000, places=2, per_holder_limit=1)
+    p = await _authorized(world, m, h, 1_000)
+    q = await _authorized(world, m, other, 1_000)
+    await world.call("POST", f"/v1/operator/campaigns/{c['id']}/end", headers=world.ops, json={})
+    await world.call("POST", f"/v1/payments/{p['id']}/cancel", headers=m.headers, json={})
+    assert await _spent(world, c) == (100, 1)
+    again = await _authorized(world, m, h, 1_000)
+    assert again["discount"] is None
+    key = uuid.uuid4().hex
+    got = await _capture(world, m, q["id"], 401, key=key)
+    assert got["discount"]["amount"] == 40 and await _spent(world, c) == (40, 1)
+    status, body = await _cap(world, m, q["id"], 900, key=key)
+    assert status == 422 and body["error"]["code"] == "idempotency_key_reused"
+    assert await world.available(other) == 10_000 - 361
+    await _sound(clean_db)
