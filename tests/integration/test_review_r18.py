@@ -141,3 +141,58 @@ async def test_a_give_back_to_an_ended_campaign_never_offers_it_again(world: Wor
     assert status == 422 and body["error"]["code"] == "idempotency_key_reused"
     assert await world.available(other) == 10_000 - 361
     await _sound(clean_db)
+
+
+async def test_a_declined_manual_authorisation_reserves_nothing_and_the_hold_is_what_the_holder_pays(
+        world: World, clean_db: str) -> None:
+    """Held: a wallet lacking the discounted amount is declined and nothing of the campaign is taken; a
+    wallet holding exactly amount - discount is authorised (its available funds are what it pays), and its
+    full capture leaves it at zero, never negative."""
+    m = await world.merchant(fee_bps=0)
+    poor = await world.holder(top_up=899)
+    c = await _campaign(world, percent_bps=1_000, places=1, per_holder_limit=1)
+    p = await world.payment(m, 1_000, capture_method="manual")
+    declined = await world.pay(poor, p["id"], expect=402)
+    assert declined["error"]["code"] == "insufficient_funds"
+    assert await _spent(world, c) == (0, 0) and await _held(world, poor) == 0
+    exact = await world.holder(top_up=900)
+    q = await _authorized(world, m, exact, 1_000)
+    assert q["discount"]["amount"] == 100 and await world.available(exact) == 0
+    await _capture(world, m, q["id"])
+    assert await world.available(exact) == 0 and await _held(world, exact) == 0
+    assert await _spent(world, c) == (100, 1)
+    await _sound(clean_db)
+
+
+async def test_a_fixed_discount_at_or_above_the_amount_reserves_below_it(world: World, clean_db: str) -> None:
+    """Held: a fixed discount of the whole amount or more reserves less than the amount (the holder pays at
+    least one unit; migration 0031's CHECK), and any capture of it keeps a share below what it captures."""
+    m = await world.merchant(fee_bps=0)
+    h = await world.holder(top_up=10_000)
+    c = await _campaign(world, rule="fixed", percent_bps=0, fixed_amount=300, funded_by="merchant")
+    for amount, capture in ((300, 1), (2, 1), (300, None), (1, None)):
+        p = await world.payment(m, amount, capture_method="manual")
+        paid = await world.pay(h, p["id"])
+        reserved = 0 if paid["discount"] is None else paid["discount"]["amount"]
+        assert reserved < amount
+        got = await _capture(world, m, p["id"], capture)
+        assert got["amount_received"] >= 1
+        await _sound(clean_db)
+    assert (await _spent(world, c))[0] >= 0
+
+
+async def test_a_scanned_manual_payment_previews_the_discount_its_authorisation_reserves(
+        world: World, clean_db: str) -> None:
+    """R18-2: a manual payment's QR preview showed no discount offer although paying it reserves one (the
+    payment's own preview, GET /v1/payments/{id}, shows it whatever the capture method)."""
+    from tests.integration.test_qr_paycode import _qr, _scan_pay
+    m = await world.merchant(fee_bps=0)
+    h = await world.holder(top_up=10_000)
+    c = await _campaign(world, percent_bps=1_000)
+    _, code = await _qr(world, m, 1_000, capture_method="manual")
+    preview = await world.call("POST", "/v1/wallet/qr/preview", headers=h.headers, json={"payload": code["payload"]})
+    assert preview["discount_offer"] == {"campaign": c["id"], "amount": 100, "funded_by": "bank", "amount_to_pay": 900}
+    assert preview["cashback_offer"] is None
+    paid = await _scan_pay(world, h, code["payload"])
+    assert paid["status"] == "requires_capture" and paid["discount"]["amount"] == 100
+    await _sound(clean_db)
