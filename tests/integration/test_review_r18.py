@@ -4,6 +4,7 @@ adversarial review found, each as a test that failed first, and what it tried th
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from typing import Any
 
@@ -195,4 +196,37 @@ async def test_a_scanned_manual_payment_previews_the_discount_its_authorisation_
     assert preview["cashback_offer"] is None
     paid = await _scan_pay(world, h, code["payload"])
     assert paid["status"] == "requires_capture" and paid["discount"]["amount"] == 100
+    await _sound(clean_db)
+
+
+async def test_a_capture_reloads_the_campaign_cache_only_for_what_it_gives_back_and_never_fails_for_it(
+        world: World, clean_db: str) -> None:
+    """R18-3: every capture of a reservation reloaded the process's campaign cache (a read of every live
+    campaign), even a full capture giving nothing back, the common case; and a failing reload, after the
+    commit, answered a 500 for a capture that was made. Now: only what gives back reloads, and a reload
+    that fails is logged (the refresh loop catches up within cache_refresh_s)."""
+    from gateway.api.routing import SERVICES
+    svc: Services = world.client.app[SERVICES]
+    m = await world.merchant(fee_bps=0)
+    h = await world.holder(top_up=10_000)
+    c = await _campaign(world, percent_bps=1_000)
+    p = await _authorized(world, m, h, 1_000)
+    q = await _authorized(world, m, h, 1_000)
+    given_back: list[str] = []  # reloads asked by a give-back (the refresh loop's own, every second, aside)
+
+    async def broken(*_: Any) -> None:
+        if sys._getframe(1).f_code.co_name == "_offer_given_back":
+            given_back.append("reload")
+            raise OSError("the database went away after the commit")
+
+    svc.campaigns.load = broken  # type: ignore[method-assign]
+    try:
+        await _capture(world, m, p["id"])  # keeps the whole discount: nothing to offer again
+        assert given_back == []
+        got = await _capture(world, m, q["id"], 500)  # gives 50 back: reloads, which fails
+        assert given_back == ["reload"]
+    finally:
+        del svc.campaigns.load
+    assert got["status"] == "succeeded" and got["discount"]["amount"] == 50
+    assert await _spent(world, c) == (150, 2)
     await _sound(clean_db)
