@@ -230,3 +230,67 @@ async def test_a_capture_reloads_the_campaign_cache_only_for_what_it_gives_back_
     assert got["status"] == "succeeded" and got["discount"]["amount"] == 50
     assert await _spent(world, c) == (150, 2)
     await _sound(clean_db)
+
+
+async def test_a_held_charge_confirmed_after_its_campaign_ended_pays_the_full_amount(world: World,
+                                                                                   clean_db: str) -> None:
+    """Held: a manual pay-code charge held for its payer, confirmed after the campaign ended, reserves
+    nothing (the hold stays the full amount) and its capture and a second one's cancel release it exactly."""
+    from tests.integration.test_qr_paycode import _device_holder
+    from tests.integration.test_risk_pay_code import PIN, _confirm, _pay_code, _rule
+    m = await world.merchant(fee_bps=0)
+    h = await _device_holder(world, 10_000)
+    await world.call("POST", "/v1/wallet/pin", headers=h.headers, json={"pin": PIN})
+    await _rule(world, kind="blocked_wallet", wallet=h.id, outcome="require_pin")
+    c = await _campaign(world, percent_bps=1_000)
+    charged = []
+    for _ in range(2):
+        charged.append(await world.call(
+            "POST", "/v1/pay_code_charges", 201, headers={**m.headers, "Idempotency-Key": uuid.uuid4().hex},
+            json={"pay_code": await _pay_code(world, h), "amount": 700, "currency": "CNY", "store": m.store,
+                  "capture_method": "manual"}))
+    assert await _held(world, h) == 1_400
+    await world.call("POST", f"/v1/operator/campaigns/{c['id']}/end", headers=world.ops, json={})
+    for x in charged:
+        ok = await _confirm(world, h, x["id"], pin=PIN)
+        assert ok["status"] == "requires_capture" and ok["discount"] is None
+    assert await _held(world, h) == 1_400 and await _spent(world, c) == (0, 0)
+    got = await _capture(world, m, charged[0]["id"], 300)
+    assert got["amount_received"] == 300 and got["discount"] is None
+    await world.call("POST", f"/v1/payments/{charged[1]['id']}/cancel", headers=m.headers, json={})
+    assert await _held(world, h) == 0 and await world.available(h) == 10_000 - 300
+    await _sound(clean_db)
+
+
+async def test_kwd_and_jpy_reservations_and_the_daily_cap_on_the_list_price(clean_db: str) -> None:
+    """Held: the share is the same integer formula for KWD (3 decimals) and JPY (0); the holder's daily cap
+    counts the list price A at the authorisation (as at once) and a partial capture gives back A - c of it,
+    never A - D or c - d."""
+    from tests.integration.conftest import serving
+    caps = {"balance_max_minor": 10_000_000, "payment_max_minor": 1_000_000, "daily_max_minor": 3_000}
+    async with serving(clean_db, make_settings(tiers={f"tier{n}": {"CNY": caps, "KWD": caps, "JPY": caps}
+                                                      for n in range(1, 5)})) as client:
+        world = await World.create(client)
+        for cur in ("KWD", "JPY"):
+            m = await world.merchant(fee_bps=100)
+            h = await world.holder(top_up=10_000, currency=cur)
+            await world.call("POST", "/v1/wallet/pin", headers=h.headers, json={"pin": "258036"})
+
+            async def pay(pid: str, expect: int = 200, h: Any = h) -> Any:
+                return await world.call("POST", f"/v1/wallet/payments/{pid}/pay", expect, headers=h.headers,
+                                        json={"pin": "258036"})
+            c = await _campaign(world, percent_bps=1_500, currency=cur, merchants=[m.id])
+            p = await world.payment(m, 3_000, currency=cur, capture_method="manual")
+            paid = await pay(p["id"])
+            assert paid["discount"]["amount"] == 450  # the daily cap reached by the list price
+            over = await world.payment(m, 1, currency=cur)
+            assert (await pay(over["id"], 402))["error"]["code"] == "limit_exceeded"
+            got = await _capture(world, m, p["id"], 1_001)  # floor(450 * 1,001 / 3,000) = 150
+            assert (got["discount"]["amount"], got["amount_received"], got["fee"]) == (150, 1_001, 10)
+            assert await world.available(h, cur) == 10_000 - 851
+            assert await _spent(world, c) == (150, 1)
+            more = await world.payment(m, 1_999, currency=cur)  # A - c = 1,999 of the day came back
+            assert (await pay(more["id"]))["status"] == "succeeded"
+            last = await world.payment(m, 1, currency=cur)
+            assert (await pay(last["id"], 402))["error"]["code"] == "limit_exceeded"
+            await _sound(clean_db)
