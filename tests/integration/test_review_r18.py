@@ -294,3 +294,37 @@ async def test_kwd_and_jpy_reservations_and_the_daily_cap_on_the_list_price(clea
             last = await world.payment(m, 1, currency=cur)
             assert (await pay(last["id"], 402))["error"]["code"] == "limit_exceeded"
             await _sound(clean_db)
+
+
+async def test_the_one_statement_path_still_pays_automatic_discounts_and_leaves_manual_ones(
+        world: World, clean_db: str) -> None:
+    """Held: with a campaign in memory, an automatic payment is still decided for the one-statement path
+    (discounted there); a manual one with an offer is not (the general path reserves its discount), and a
+    manual one no campaign applies to still is (the full amount held)."""
+    from gateway.api.routing import SERVICES
+    from gateway.domain.ids import Kind, decode
+    from gateway.services import payments as payment_cases
+    from gateway.store import payments as payment_store
+    svc: Services = world.client.app[SERVICES]
+    m = await world.merchant(fee_bps=0)
+    other = await world.merchant("Other shop", fee_bps=0)
+    h = await world.holder(top_up=10_000)
+    await _campaign(world, percent_bps=1_000, merchants=[m.id])
+    await svc.campaigns.load(svc.db, svc.now())
+    holder_id = decode(Kind.WALLET_HOLDER, h.id)
+    assert holder_id is not None
+
+    async def decided(shop: Merchant, **extra: Any) -> Any:
+        created = await world.payment(shop, 1_000, **extra)
+        pid = decode(Kind.PAYMENT, created["id"])
+        assert pid is not None
+        async with svc.db.connection() as conn:
+            head = await payment_store.payable(conn, pid, holder_id)
+        assert head is not None
+        accounts = await payment_cases.payer_accounts(svc, holder_id, head["merchant_id"], head["currency"])
+        return payment_cases._paid_at_once(svc, head, holder_id, accounts, channel="wallet")
+
+    at_once = await decided(m)
+    assert at_once is not None and at_once.value.discount is not None and at_once.value.discount.amount == 100
+    assert await decided(m, capture_method="manual") is None
+    assert await decided(other, capture_method="manual") is not None
