@@ -797,7 +797,7 @@ async def capture(svc: Services, who: Principal, text_id: str, amount: int | Non
         row = await _locked(conn, who, pid)
         before = store.to_domain(row)
         now = svc.now()
-        gave_back = promotions.reservation_given_back(row) is not None  # whatever the capture keeps, or an expiry
+        gave_back = promotions.reservation_given_back(row) is not None  # an expiry gives it all back
         if before.holds_funds and before.authorization_expires_at and now >= before.authorization_expires_at:
             # Touching a lapsed authorisation expires it at once (the worker would a moment later):
             # the hold is released in this transaction and the refusal is the stored answer.
@@ -813,6 +813,7 @@ async def capture(svc: Services, who: Principal, text_id: str, amount: int | Non
         if row["reserved_campaign_id"] is not None:  # its authorisation reserved a discount: keep its share
             share = promotions_domain.capture_share(row["discount_reserved_minor"], before.authorized_minor,
                                                     capture_minor, Funder(row["reserved_funded_by"]))
+            gave_back = share.given_back_minor > 0 or share.place_back  # a full capture gives nothing back
             payment = replace(payment, captured_minor=share.captured_minor)
             if share.discount_minor:
                 discount = store.Discount(row["reserved_campaign_id"], share.discount_minor, row["reserved_funded_by"])
@@ -855,8 +856,12 @@ async def _offer_given_back(svc: Services, gave_back: bool) -> None:
     """After a commit that gave a reservation's budget or place back: this process's campaign cache reloaded,
     so that a campaign it last saw spent or full is offered again at once (others: within their refresh,
     ``promotions.cache_refresh_s``; the database's guarded take decides in every case)."""
-    if gave_back:
+    if not gave_back:
+        return
+    try:
         await svc.campaigns.load(svc.db, svc.now())
+    except Exception:  # after the commit: the reply stands; the refresh loop reloads within cache_refresh_s
+        log.warning("campaign cache reload after a give-back failed", exc_info=True)
 
 
 async def _give_back(conn: Connection, row: asyncpg.Record, released_minor: int) -> None:

@@ -181,9 +181,11 @@ async def preview(svc: Services, who: Principal, payload_text: str) -> views.QrP
         merchant = await tenants.merchant(conn, qr_row["merchant_id"])
         store_row = await tenants.store(conn, qr_row["store_id"], qr_row["merchant_id"]) if qr_row["store_id"] else None
         offer = cashback = None
-        if payment is not None and payment["capture_method"] == CaptureMethod.AUTOMATIC.value:
+        if payment is not None:  # a manual payment's authorisation reserves its discount (migration 0031)
             offer = await promotions.offer_for(svc.campaigns, conn, payment, who.id, svc.now())
-            cashback = await promotions.cashback_offer_for(svc.campaigns, conn, payment, who.id, svc.now(), offer)
+            if payment["capture_method"] == CaptureMethod.AUTOMATIC.value:  # as payments.get
+                cashback = await promotions.cashback_offer_for(svc.campaigns, conn, payment, who.id, svc.now(),
+                                                               offer)
         fx_offer = await fx_payments.offer(svc, conn, who.id, payment) if payment is not None else None
     assert merchant is not None
     if payment is not None:

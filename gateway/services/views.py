@@ -831,9 +831,12 @@ def discount_view(row: Any) -> DiscountView | None:
                             amount_paid_by_holder=row["amount_minor"] - row["discount_reserved_minor"], clawed_back=0)
     if campaign is None:
         return None
+    # What the wallet paid: the capture less a bank-funded discount (the promotions account paid it), or the
+    # capture itself when the merchant funded it (it sold for less). Captured at once that is amount -
+    # discount; a partial manual capture of c keeping d (migration 0031): c - d, not amount - d (review R18).
+    paid = row["captured_minor"] - (row["discount_minor"] if row["discount_funded_by"] == "bank" else 0)
     return DiscountView(campaign=campaign_id(campaign), amount=row["discount_minor"],
-                        funded_by=row["discount_funded_by"],
-                        amount_paid_by_holder=row["amount_minor"] - row["discount_minor"],
+                        funded_by=row["discount_funded_by"], amount_paid_by_holder=paid,
                         clawed_back=row["discount_clawed_back_minor"])
 
 
