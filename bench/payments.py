@@ -114,6 +114,7 @@ from paybench.system import (
     generate_payments,
     payment_counts,
     peak_rss_mb,
+    clear_gateway_keys,
     recreate_database,
     run_cli,
     run_pgbench,
@@ -129,7 +130,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
     p.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/gateway_bench",
                    help="dropped and re-created; the name must contain 'bench'")
     p.add_argument("--pgbench-database", default="pgbench_bench", help="dropped and re-created; must contain 'bench'")
-    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/14", help="never flushed")
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/14",
+                   help="never flushed: only the gateway's own keys (idem:, tb:, risk:w:, paycode:) are deleted at start")
     p.add_argument("--processes", type=int, default=2, help="gateway serve --processes")
     p.add_argument("--pool-max", type=int, default=None, help="database pool per process (unset: the gateway's setting)")
     p.add_argument("--merchants", type=int, default=20)
@@ -216,6 +218,7 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
           + ("" if idle_busy < QUIET_CORES_MAX else "  WARNING: other processes are running; figures will be low"))
     await recreate_database(args.database_url, db_name(args.database_url))
     print(f"  database {db_name(args.database_url)} re-created; {run_cli(env, 'migrate').strip()}")
+    print(f"  {await clear_gateway_keys(args.redis_url):,} gateway keys of earlier runs deleted from {args.redis_url}")
     run_cli(env, "create-operator", "--email", OPERATOR_EMAIL, "--role", "admin", stdin=OPERATOR_PASSWORD + "\n")
     gateway.start()
     timeout = aiohttp.ClientTimeout(total=sizes.request_timeout_s)

@@ -298,6 +298,34 @@ def run_cli(env: dict[str, str], *cli_args: str, stdin: str = "") -> str:
     return done.stdout.decode()
 
 
+# The gateway's keys in Redis (accel.py: cached idempotent answers, token buckets, risk windows, pay-code
+# throttles): those of earlier runs belong to a database the run has just re-created.
+GATEWAY_KEY_PATTERNS = ("idem:*", "tb:*", "risk:w:*", "paycode:*")
+
+
+async def clear_gateway_keys(redis_url: str) -> int:
+    """Delete the gateway's keys from the run's Redis database; returns how many. Left in place, earlier
+    runs' keys pile up (~2 per payment) and the key space's rehashing at each doubling lands on whichever
+    phase crosses it (seen: ~100 us of Redis CPU per payment for a whole phase at 2^18 keys)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(redis_url)
+    removed = 0
+    try:
+        for pattern in GATEWAY_KEY_PATTERNS:
+            batch: list[bytes] = []
+            async for key in client.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    removed += await client.unlink(*batch)
+                    batch = []
+            if batch:
+                removed += await client.unlink(*batch)
+    finally:
+        await client.aclose()
+    return removed
+
+
 async def recreate_database(url: str, name: str) -> None:
     conn = await asyncpg.connect(admin_url(url), timeout=10)
     try:
