@@ -98,9 +98,9 @@ return {string.format('%.6f', wait_s), cached}
 # answers 0 for the amount before). KEYS: every payment's windows, in order. ARGV[1]: a JSON array with,
 # per payment, [now_s, its id, [per window: [window_s, count_max (-1: none), amount_max (-1: none), the
 # amount this payment adds]]]. Returns one string of integers: per payment, taken (1/0), then per window
-# its count and amount before it. A payment already in a window (charged before: by its one-statement attempt, a retried
-# transaction, a second request paying it) is counted there once: it is left out of "before" and keeps its
-# entry. A window expires once its newest member would have left it.
+# its count and amount before it. A payment already in a window (charged before: by its one-statement
+# attempt, a retried transaction, a second request paying it) is counted there once: it is left out of
+# "before" and keeps its entry. A window expires once its newest member would have left it.
 _WINDOWS_LUA = """
 local function amount_of(member) return tonumber(string.match(member, ':(%d+)$')) end
 local answer, k = {}, 0
@@ -178,6 +178,15 @@ for i, key in ipairs(KEYS) do
 end
 return 1
 """
+
+
+def _limits(w: Window) -> tuple[int, int]:
+    """The count and amount limits the windows script is given (-1: none). A window that does not refuse
+    (``Window.refuses``) is given none but an amount limit no total reaches, so that a window of amounts
+    keeps its running total, as its key always has."""
+    if not w.refuses:
+        return -1, -1 if w.amount_max_minor is None else _AMOUNT_UNLIMITED
+    return (-1 if w.count_max is None else w.count_max), (-1 if w.amount_max_minor is None else w.amount_max_minor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,12 +342,7 @@ class Accelerator:
         keys = [w.key for windows, _, _ in calls for w in windows]
         # One JSON argument and one string back: packing ~50 arguments and parsing ~20 integer replies in
         # redis-py cost more of the gateway's CPU than the script costs Redis.
-        # A window that does not refuse (``Window.refuses``) is asked without its limits: no count limit, and
-        # an amount limit no total reaches (it keeps its running total, as the key always has).
-        arg = _JSON.encode([[now_s, payment, [[w.window_s, -1 if w.count_max is None or not w.refuses else w.count_max,
-                                               -1 if w.amount_max_minor is None
-                                               else w.amount_max_minor if w.refuses else _AMOUNT_UNLIMITED,
-                                               w.amount_minor] for w in windows]]
+        arg = _JSON.encode([[now_s, payment, [[w.window_s, *_limits(w), w.amount_minor] for w in windows]]
                             for windows, now_s, payment in calls])
         try:
             text = await self._script(self._windows_script, keys, [arg])

@@ -26,6 +26,7 @@ from typing import Self
 from urllib.parse import urlsplit
 
 import aiohttp
+import redis.asyncio as aioredis
 import asyncpg
 
 from gateway.smssim import SmsGatewaySim
@@ -307,8 +308,6 @@ async def clear_gateway_keys(redis_url: str) -> int:
     """Delete the gateway's keys from the run's Redis database; returns how many. Left in place, earlier
     runs' keys pile up (~2 per payment) and the key space's rehashing at each doubling lands on whichever
     phase crosses it (seen: ~100 us of Redis CPU per payment for a whole phase at 2^18 keys)."""
-    import redis.asyncio as aioredis
-
     client = aioredis.from_url(redis_url)
     removed = 0
     try:

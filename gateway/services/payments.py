@@ -790,14 +790,12 @@ async def capture(svc: Services, who: Principal, text_id: str, amount: int | Non
     if amount is not None:
         check_amount(amount, "amount_to_capture")
     accounts = await _accounts_for(svc, await _merchant_head(svc, who, pid))
-    gave_back = False
 
-    async def work(conn: Connection) -> tuple[int, Any]:
-        nonlocal gave_back
+    async def work(conn: Connection, gave: _GiveBacks) -> tuple[int, Any]:
         row = await _locked(conn, who, pid)
         before = store.to_domain(row)
         now = svc.now()
-        gave_back = promotions.reservation_given_back(row) is not None  # an expiry gives it all back
+        gave.back = promotions.reservation_given_back(row) is not None  # an expiry gives it all back
         if before.holds_funds and before.authorization_expires_at and now >= before.authorization_expires_at:
             # Touching a lapsed authorisation expires it at once (the worker would a moment later):
             # the hold is released in this transaction and the refusal is the stored answer.
@@ -813,7 +811,7 @@ async def capture(svc: Services, who: Principal, text_id: str, amount: int | Non
         if row["reserved_campaign_id"] is not None:  # its authorisation reserved a discount: keep its share
             share = promotions_domain.capture_share(row["discount_reserved_minor"], before.authorized_minor,
                                                     capture_minor, Funder(row["reserved_funded_by"]))
-            gave_back = share.given_back_minor > 0 or share.place_back  # a full capture gives nothing back
+            gave.back = share.given_back_minor > 0 or share.place_back  # a full capture gives nothing back
             payment = replace(payment, captured_minor=share.captured_minor)
             if share.discount_minor:
                 discount = store.Discount(row["reserved_campaign_id"], share.discount_minor, row["reserved_funded_by"])
@@ -830,25 +828,36 @@ async def capture(svc: Services, who: Principal, text_id: str, amount: int | Non
                             discounted=share is not None)
         return 200, await _record(conn, await store.update(conn, payment, discount=discount))
 
-    reply = await svc.idempotency.run(identity, work)
-    await _offer_given_back(svc, gave_back and not reply.replayed)
-    return reply
+    return await _run_reoffering(svc, identity, work)
 
 
 async def cancel(svc: Services, who: Principal, text_id: str, identity: RequestIdentity) -> Reply:
     pid = payment_id(text_id)
     await _merchant_head(svc, who, pid)
 
-    gave_back = False
-
-    async def work(conn: Connection) -> tuple[int, Any]:
-        nonlocal gave_back
+    async def work(conn: Connection, gave: _GiveBacks) -> tuple[int, Any]:
         row = await _locked(conn, who, pid)
-        gave_back = promotions.reservation_given_back(row) is not None
+        gave.back = promotions.reservation_given_back(row) is not None
         return 200, await _record(conn, await _end(conn, row, "cancel"))
 
-    reply = await svc.idempotency.run(identity, work)
-    await _offer_given_back(svc, gave_back and not reply.replayed)
+    return await _run_reoffering(svc, identity, work)
+
+
+@dataclass
+class _GiveBacks:
+    """Whether a use case's transaction gave a reservation's budget or place back (set by its work, which
+    may run more than once: the last run is the one committed)."""
+
+    back: bool = False
+
+
+async def _run_reoffering(svc: Services, identity: RequestIdentity,
+                          work: Callable[[Connection, _GiveBacks], Awaitable[tuple[int, Any]]]) -> Reply:
+    """``work`` under the idempotency protocol, then, when its commit gave a reservation back (not on a replay
+    of a stored answer), this process's campaign cache reloaded (``_offer_given_back``)."""
+    gave = _GiveBacks()
+    reply = await svc.idempotency.run(identity, lambda conn: work(conn, gave))
+    await _offer_given_back(svc, gave.back and not reply.replayed)
     return reply
 
 
@@ -879,23 +888,18 @@ async def reverse(svc: Services, who: Principal, text_id: str, identity: Request
     head = await _merchant_head(svc, who, pid)
     accounts = await _accounts_for(svc, head)
 
-    gave_back = False
-
-    async def work(conn: Connection) -> tuple[int, Any]:
-        nonlocal gave_back
+    async def work(conn: Connection, gave: _GiveBacks) -> tuple[int, Any]:
         row = await _locked(conn, who, pid)
         status = Status(row["status"])
         if status in (Status.REQUIRES_PAYMENT_METHOD, Status.REQUIRES_ACTION, Status.REQUIRES_CAPTURE):
-            gave_back = promotions.reservation_given_back(row) is not None
+            gave.back = promotions.reservation_given_back(row) is not None
             return 200, await _record(conn, await _end(conn, row, "cancel"))
         if status is Status.SUCCEEDED and row["refunded_minor"] < row["captured_minor"]:
             await _refund_locked(conn, row, None, "reversal", await _with_payer(conn, row, accounts), {})
             row = await _locked(conn, who, pid)
         return 200, views.payment_view(row)
 
-    reply = await svc.idempotency.run(identity, work)
-    await _offer_given_back(svc, gave_back and not reply.replayed)
-    return reply
+    return await _run_reoffering(svc, identity, work)
 
 
 async def _end(conn: Connection, row: asyncpg.Record, how: str) -> asyncpg.Record:
@@ -984,18 +988,17 @@ async def list_refunds(svc: Services, who: Principal, page: PageRequest, q: List
 async def expire_due(svc: Services) -> int:
     """Expire open payments and lapsed authorisations (releasing holds). Safe in every process."""
 
-    gave_back = False
+    gave = _GiveBacks()
 
     async def work(conn: Connection) -> int:
-        nonlocal gave_back
         rows = await store.due_for_expiry(conn, svc.now(), svc.settings.workers.batch_max)
         # Holders' rows in one order in every process's batch (two batches never wait on each other in a circle).
         ordered = sorted(rows, key=lambda r: (r["payer_id"] is not None, r["payer_id"] or uuid.UUID(int=0), r["id"]))
-        gave_back = any(promotions.reservation_given_back(row) is not None for row in ordered)
+        gave.back = any(promotions.reservation_given_back(row) is not None for row in ordered)
         for row, updated in zip(ordered, await _end_all(conn, ordered, "expire"), strict=True):
             await _record(conn, updated, row["payer_id"])
         return len(rows)
 
     expired = await svc.db.run(work)
-    await _offer_given_back(svc, gave_back)
+    await _offer_given_back(svc, gave.back)
     return expired

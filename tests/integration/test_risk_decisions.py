@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from gateway.domain.ids import Kind, decode
 from gateway.services import payments as payment_cases
+from gateway.store import invariants
 from tests.conftest import TEST_REDIS_URL, make_settings, sms_gateway
 from tests.integration.conftest import serving
 from tests.integration.world import Holder, Merchant, World
@@ -289,8 +290,6 @@ async def test_a_payment_no_rule_concerns_keeps_the_one_statement_path(world: Wo
 
 async def test_the_invariants_catch_a_decision_without_its_holder_or_payment(world: World, clean_db: str) -> None:
     """risk_decisions has no foreign key to wallet_holders (migration 0032): the checker keeps the guarantee."""
-    from gateway.store import invariants
-
     m, other = await world.merchant(), await world.merchant()
     h = await world.holder(top_up=10_000)
     await _rule(world, kind="velocity_wallet", window_s=3600, max_count=100)
