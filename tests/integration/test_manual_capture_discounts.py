@@ -10,34 +10,15 @@ import asyncio
 import uuid
 from typing import Any
 
-import asyncpg
 
 from gateway.domain.ids import Kind, decode
 from gateway.services.context import Services
-from gateway.store import invariants
 from gateway.workers.expiry import tick
 from tests.conftest import make_settings
 from tests.integration.test_promotions import _campaign
 from tests.integration.test_qr_paycode import _device_holder
-from tests.integration.test_risk_pay_code import PIN, _charge, _confirm, _pay_code, _rule
+from tests.integration.test_risk_pay_code import PIN, _broken, _charge, _confirm, _fetch, _pay_code, _rule
 from tests.integration.world import Holder, Merchant, World
-
-
-async def _sql(db_url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(db_url)
-    try:
-        return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()
-
-
-async def _broken(db_url: str) -> dict[str, list[dict[str, object]]]:
-    conn = await asyncpg.connect(db_url)
-    try:
-        found = await invariants.check(conn)
-    finally:
-        await conn.close()
-    return {name: rows for name, rows in found.items() if rows}
 
 
 async def _sound(db_url: str) -> None:
@@ -81,7 +62,7 @@ async def _capture(world: World, m: Merchant, pid: str, amount: int | None = Non
 
 
 async def _lapse(db_url: str, pid: str) -> None:
-    await _sql(db_url, "UPDATE payments SET authorization_expires_at = now() - interval '1 second' WHERE id = $1",
+    await _fetch(db_url, "UPDATE payments SET authorization_expires_at = now() - interval '1 second' WHERE id = $1",
                _pid(pid))
 
 
@@ -97,32 +78,32 @@ async def test_the_invariants_catch_a_reservation_that_differs_from_its_capture(
     held = "UPDATE balances b SET held_minor = held_minor + $2 FROM payments p" \
            " WHERE p.id = $1 AND b.account_id = p.wallet_account_id AND b.shard = 0"
     # The wallet holding the full amount although a discount was reserved.
-    await _sql(clean_db, held, pid, 100)
+    await _fetch(clean_db, held, pid, 100)
     assert "hold_differs_from_authorizations" in await _broken(clean_db)
-    await _sql(clean_db, held, pid, -100)
+    await _fetch(clean_db, held, pid, -100)
     # A reservation the counter rows do not count.
     spent = "UPDATE campaign_shards SET spent_minor = spent_minor + $2 WHERE campaign_id = $1 AND spent_minor > 0"
-    await _sql(clean_db, spent, cid, -100)
+    await _fetch(clean_db, spent, cid, -100)
     assert "campaign_over_budget_or_places" in await _broken(clean_db)
-    await _sql(clean_db, "UPDATE campaign_shards SET spent_minor = spent_minor + 100 WHERE campaign_id = $1"
+    await _fetch(clean_db, "UPDATE campaign_shards SET spent_minor = spent_minor + 100 WHERE campaign_id = $1"
                          " AND shard = (SELECT min(shard) FROM campaign_shards WHERE campaign_id = $1"
                          " AND places_taken > 0)", cid)
     await _sound(clean_db)
     # A reservation of another funder than its campaign's.
-    await _sql(clean_db, "UPDATE payments SET reserved_funded_by = 'merchant' WHERE id = $1", pid)
+    await _fetch(clean_db, "UPDATE payments SET reserved_funded_by = 'merchant' WHERE id = $1", pid)
     assert "reserved_discount_differs_from_its_capture" in await _broken(clean_db)
-    await _sql(clean_db, "UPDATE payments SET reserved_funded_by = 'bank' WHERE id = $1", pid)
+    await _fetch(clean_db, "UPDATE payments SET reserved_funded_by = 'bank' WHERE id = $1", pid)
     # A cancelled authorisation that kept its discount.
-    await _sql(clean_db, "UPDATE payments SET status = 'canceled', campaign_id = reserved_campaign_id,"
+    await _fetch(clean_db, "UPDATE payments SET status = 'canceled', campaign_id = reserved_campaign_id,"
                          " discount_minor = 100, discount_funded_by = 'bank' WHERE id = $1", pid)
     assert "reserved_discount_differs_from_its_capture" in await _broken(clean_db)
     # A capture of 333 of 1,000 keeping another share than floor(100 * 333 / 1,000) = 33.
-    await _sql(clean_db, "UPDATE payments SET status = 'succeeded', captured_minor = 333, discount_minor = 34"
+    await _fetch(clean_db, "UPDATE payments SET status = 'succeeded', captured_minor = 333, discount_minor = 34"
                          " WHERE id = $1", pid)
     assert "reserved_discount_differs_from_its_capture" in await _broken(clean_db)
-    await _sql(clean_db, "UPDATE payments SET discount_minor = 33 WHERE id = $1", pid)
+    await _fetch(clean_db, "UPDATE payments SET discount_minor = 33 WHERE id = $1", pid)
     assert "reserved_discount_differs_from_its_capture" not in await _broken(clean_db)
-    await _sql(clean_db, "UPDATE payments SET status = 'requires_capture', captured_minor = 0, campaign_id = NULL,"
+    await _fetch(clean_db, "UPDATE payments SET status = 'requires_capture', captured_minor = 0, campaign_id = NULL,"
                          " discount_minor = 0, discount_funded_by = NULL WHERE id = $1", pid)
     await _sound(clean_db)
     await world.call("POST", f"/v1/payments/{p['id']}/cancel", headers=m.headers, json={})
