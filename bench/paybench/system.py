@@ -373,11 +373,18 @@ async def generate_payments(url: str, merchant_id: uuid.UUID, count: int) -> flo
     Canceled: no money moved, so no journal entries, postings, balances or fees are implied and the
     ledger's invariants hold as they were. The payments spread over the past year so that every index on
     payments grows; the keys over the last hours, inside the idempotency retention (the reaper must not
-    spend the measured phase deleting them).
+    spend the measured phase deleting them). Their ids are the gateway's own kind (``domain.ids.new``, UUIDv7
+    of the row's creation time, oldest first), as a gateway that ran for that year would have made them.
     """
     started = time.perf_counter()
     conn = await asyncpg.connect(url, timeout=10)
     try:
+        # RFC 9562 UUIDv7 of t: its Unix milliseconds in the first 48 bits, version 7, random bits after.
+        await conn.execute(
+            "CREATE FUNCTION pg_temp.uuid7_at(t timestamptz) RETURNS uuid LANGUAGE sql VOLATILE AS $$"
+            " SELECT encode(set_byte(overlay(r PLACING substring(int8send((extract(epoch FROM t) * 1000)::bigint)"
+            " FROM 3) FROM 1 FOR 6), 6, 112 | (get_byte(r, 6) & 15)), 'hex')::uuid"
+            " FROM (SELECT uuid_send(gen_random_uuid()) AS r) AS x $$")
         for first in range(0, count, BIG_BATCH_ROWS):
             rows = min(BIG_BATCH_ROWS, count - first)
             await conn.execute(
@@ -385,14 +392,14 @@ async def generate_payments(url: str, merchant_id: uuid.UUID, count: int) -> flo
                 WITH made AS (
                     INSERT INTO payments (id, merchant_id, amount_minor, currency, status, capture_method,
                                           expires_at, fee_bps, created_at, updated_at)
-                    SELECT gen_random_uuid(), $1, 100 + g % 100000, $2, 'canceled', 'automatic',
+                    SELECT pg_temp.uuid7_at(t), $1, 100 + g % 100000, $2, 'canceled', 'automatic',
                            t + interval '15 minutes', 0, t, t + interval '15 minutes'
                       FROM generate_series($3::int + 1, $3::int + $4::int) AS g,
-                           LATERAL (SELECT now() - interval '1 day' - g * interval '3 seconds') AS at (t)
+                           LATERAL (SELECT now() - interval '1 day' - ($5::int - g) * interval '3 seconds') AS at (t)
                     RETURNING id, amount_minor, updated_at
                 ), evented AS (
                     INSERT INTO events (id, type, merchant_id, object_id, data, created_at, deliverable)
-                    SELECT gen_random_uuid(), 'payment.canceled', $1, id,
+                    SELECT pg_temp.uuid7_at(updated_at), 'payment.canceled', $1, id,
                            jsonb_build_object('id', id, 'amount', amount_minor, 'status', 'canceled'), updated_at, false
                       FROM made
                 )
@@ -402,7 +409,7 @@ async def generate_payments(url: str, merchant_id: uuid.UUID, count: int) -> flo
                        now() - row_number() OVER () * interval '1 millisecond' - $3::int * interval '1 millisecond'
                   FROM made
                 """,
-                merchant_id, CURRENCY, first, rows, timeout=3600,
+                merchant_id, CURRENCY, first, rows, count, timeout=3600,
             )
     finally:
         await conn.close(timeout=10)

@@ -10,6 +10,8 @@ import re
 import uuid
 from enum import StrEnum
 
+from uuid_utils import compat as _uuid7
+
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
@@ -49,6 +51,16 @@ class Kind(StrEnum):
     RISK_RULE = "rsk"
     RISK_DECISION = "rkd"
     GIFT = "gft"
+
+
+def new() -> uuid.UUID:
+    """A new row id for the tables that grow with every payment (payments, refunds, events, risk decisions):
+    a UUIDv7 (RFC 9562: 48 bits of Unix milliseconds, then 74 random bits), so that a new row's primary-key
+    entry lands beside the last ones instead of on a random page of an index that outgrew the buffer cache
+    (bench/README.md, ``--big``). It reveals when the object was made, as its ``created`` field does; the
+    random bits keep it unguessable, and no lookup trusts an id alone (every read is scoped to its owner).
+    Secrets (sessions, challenges, messages) keep ``uuid.uuid4()``."""
+    return _uuid7.uuid7()
 
 
 def encode(kind: Kind, value: uuid.UUID) -> str:

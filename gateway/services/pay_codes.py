@@ -20,13 +20,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from gateway.auth.principals import Principal
-from gateway.domain import metadata
+from gateway.domain import ids, metadata
 from gateway.domain.ids import Kind, decode
 from gateway.domain.money import check_amount, currency
 from gateway.domain.payments import CaptureMethod, Payment, Status
@@ -133,7 +132,7 @@ async def charge(svc: Services, who: Principal, req: Charge, identity: RequestId
         if store_id is not None and await tenants.store(conn, store_id, merchant_id) is None:
             raise NotFound(f"no such store: {req.store}", param="store")
         new = Payment(
-            id=uuid.uuid4(), merchant_id=merchant_id, amount_minor=amount, currency=cur,
+            id=ids.new(), merchant_id=merchant_id, amount_minor=amount, currency=cur,
             status=Status.REQUIRES_PAYMENT_METHOD, capture_method=req.capture_method or CaptureMethod.AUTOMATIC,
             expires_at=svc.now() + timedelta(seconds=svc.settings.payments.expiry_default_s),
         )

@@ -39,7 +39,7 @@ import msgspec
 
 from gateway import metrics
 from gateway.auth.principals import Principal, PrincipalKind
-from gateway.domain import checkout, fees, ledger, limits, metadata
+from gateway.domain import checkout, fees, ids, ledger, limits, metadata
 from gateway.domain import promotions as promotions_domain
 from gateway.domain import risk as risk_domain
 from gateway.domain.promotions import Funder
@@ -220,7 +220,7 @@ async def create(svc: Services, who: Principal, req: NewPayment, identity: Reque
         if store_id is not None and await tenants.store(conn, store_id, merchant_id) is None:
             raise NotFound(f"no such store: {req.store}", param="store")
         payment = Payment(
-            id=uuid.uuid4(), merchant_id=merchant_id, amount_minor=amount, currency=code,
+            id=ids.new(), merchant_id=merchant_id, amount_minor=amount, currency=code,
             status=Status.REQUIRES_PAYMENT_METHOD, capture_method=req.capture_method,
             expires_at=svc.now() + timedelta(seconds=expiry_s),
         )
@@ -236,7 +236,7 @@ async def create(svc: Services, who: Principal, req: NewPayment, identity: Reque
 
     now = svc.now()
     new = Payment(
-        id=uuid.uuid4(), merchant_id=merchant_id, amount_minor=amount, currency=code,
+        id=ids.new(), merchant_id=merchant_id, amount_minor=amount, currency=code,
         status=Status.REQUIRES_PAYMENT_METHOD, capture_method=req.capture_method,
         expires_at=now + timedelta(seconds=expiry_s),
     )
@@ -250,7 +250,7 @@ async def create(svc: Services, who: Principal, req: NewPayment, identity: Reque
             return await store.create_at_once(
                 conn, new, now, store_id=store_id, terminal_id=terminal_id, merchant_reference=req.merchant_reference,
                 description=req.description, return_url=return_url, cancel_url=cancel_url, metadata=pairs,
-                event_id=uuid.uuid4(), event_data=event_data, done=done,
+                event_id=ids.new(), event_data=event_data, done=done,
             )
 
     answer = msgspec.structs.replace(view, checkout_url=checkout_url(svc, row))
@@ -622,7 +622,7 @@ def decide_payment(svc: Services, head: asyncpg.Record, holder_id: uuid.UUID,
         wallet_account_id=wallet.id, channel=channel, spend_day=day,
         daily_max_minor=caps.daily_max_minor if kept.spend_max_minor is None else min(caps.daily_max_minor,
                                                                                       kept.spend_max_minor),
-        event_type=EVENT_FOR_STATUS[payment.status], event_id=uuid.uuid4(),
+        event_type=EVENT_FOR_STATUS[payment.status], event_id=ids.new(),
         event_data=msgspec.json.encode(views.payment_view(row)), capture=capture,
         hold_minor=0 if capture is not None else payment.authorized_minor,
         discount=discount, per_holder_max=None if offer is None else offer.campaign.per_holder_max,
@@ -955,7 +955,7 @@ async def _refund_locked(
     payment, refunded = before.refund(amount)
     assert payment.payer_id is not None
     fee_back = fees.refund_fee_minor(before.captured_minor, before.fee_minor, before.refunded_minor, refunded)
-    refund_id = uuid.uuid4()
+    refund_id = ids.new()
     back = await promotions.claw_back(conn, row, before.refunded_minor, refunded)  # the campaign row, then balances
     converted = await fx_payments.lock_returns(conn, [(row, refunded - back.total_minor)])  # from another currency
     entry, accounts = await back.refund_entry(conn, payment.payer_id, payment.merchant_id, payment.currency, refunded,

@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 
 from gateway.auth.principals import Principal
-from gateway.domain import checkout_qr, emv_qr
+from gateway.domain import checkout_qr, emv_qr, ids
 from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import check_amount, currency, currency_by_numeric
 from gateway.domain.payments import CaptureMethod, Payment, Status
@@ -253,7 +253,7 @@ async def pay(
             merchant = await tenants.merchant(conn, qr_row["merchant_id"])
             assert merchant is not None
             new = Payment(
-                id=uuid.uuid4(), merchant_id=qr_row["merchant_id"], amount_minor=amount_minor, currency=cur_code,
+                id=ids.new(), merchant_id=qr_row["merchant_id"], amount_minor=amount_minor, currency=cur_code,
                 status=Status.REQUIRES_PAYMENT_METHOD, capture_method=CaptureMethod.AUTOMATIC,
                 expires_at=svc.now() + timedelta(seconds=svc.settings.payments.expiry_default_s),
             )

@@ -69,6 +69,7 @@ import asyncpg
 import msgspec
 
 from gateway.auth.principals import Principal
+from gateway.domain import ids
 from gateway.domain import notifications as notification_kinds
 from gateway.domain import risk, verification
 from gateway.domain.ids import Kind, decode, encode
@@ -202,7 +203,7 @@ def one_statement(svc: Services, head: asyncpg.Record | Mapping[str, Any], holde
     if kept.counted:
         if not svc.accel.available:  # counted in PostgreSQL by the general path
             return None
-        allowed = payment_store.RiskAllowed(uuid.uuid4(), device_id, tuple(_window(r, attempt) for r in kept.counted))
+        allowed = payment_store.RiskAllowed(ids.new(), device_id, tuple(_window(r, attempt) for r in kept.counted))
     return AtOnceRisk(spend_max, allowed)
 
 
@@ -303,7 +304,7 @@ async def check(svc: Services, conn: Connection, payment: Payment, holder_id: uu
         return True  # counted in its windows: the amount is reserved
     if decision.outcome is risk.Outcome.ALLOW:
         if decision.recorded or counted:
-            await _insert(conn, attempt, decision, now, uuid.uuid4(), challenge_id=None)
+            await _insert(conn, attempt, decision, now, ids.new(), challenge_id=None)
         return False
     if charged:  # not authorised: out of the windows again
         await svc.accel.windows_give_back(windows, payment.id.hex)
@@ -341,7 +342,7 @@ async def _refusal(svc: Services, conn: Connection, attempt: risk.Attempt, decis
             outcome = risk.Outcome.DECLINE
         else:
             phone = str(holder["phone"])
-    decision_id = uuid.uuid4()
+    decision_id = ids.new()
     challenge_id = uuid.uuid4() if outcome is risk.Outcome.REQUIRE_OTP else None
 
     async def record(c: Connection) -> None:
@@ -383,7 +384,7 @@ async def _hold(svc: Services, conn: Connection, attempt: risk.Attempt, decision
         challenge_id = uuid.uuid4()
         await sign_in.start_challenge(conn, svc, attempt.holder_id, str(holder["phone"]), PAYMENT_REASON, None,
                                       challenge_id)
-    row = await _insert(conn, attempt, decision, now, uuid.uuid4(), challenge_id=challenge_id, held=True)
+    row = await _insert(conn, attempt, decision, now, ids.new(), challenge_id=challenge_id, held=True)
     await _alert(svc, conn, row)
     if challenge_id is not None:
         sign_in.codes_sent(svc)
@@ -447,7 +448,7 @@ async def confirm_held(conn: Connection, held: HeldStepUps, now: datetime) -> No
     answered = await store.answer_held(conn, d["id"], now)
     assert answered, "a held payment is confirmed once (its row lock and state machine)"
     await store.insert_decision(
-        conn, decision_id=uuid.uuid4(), now=now, holder_id=d["holder_id"], payment_id=d["payment_id"],
+        conn, decision_id=ids.new(), now=now, holder_id=d["holder_id"], payment_id=d["payment_id"],
         merchant_id=d["merchant_id"], channel=d["channel"], currency=d["currency"], amount_minor=d["amount_minor"],
         device_id=d["device_id"], outcome=risk.Outcome.ALLOW.value, reasons=_stored_reasons(d),
         passed=sorted(s.value for s in held.step_ups), challenge_id=None)

@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 
 from gateway.auth.principals import Principal
-from gateway.domain import cryptogram
+from gateway.domain import cryptogram, ids
 from gateway.domain.cryptogram import Tap, TapDataError
 from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import check_amount, currency
@@ -198,7 +198,7 @@ async def authorize(svc: Services, who: Principal, req: TapRequest, identity: Re
         merchant = await tenants.merchant(conn, merchant_id)
         assert merchant is not None
         new = Payment(
-            id=uuid.uuid4(), merchant_id=merchant_id, amount_minor=amount, currency=cur.code,
+            id=ids.new(), merchant_id=merchant_id, amount_minor=amount, currency=cur.code,
             status=Status.REQUIRES_PAYMENT_METHOD, capture_method=CaptureMethod.AUTOMATIC,
             expires_at=svc.now() + timedelta(seconds=svc.settings.payments.expiry_default_s),
         )

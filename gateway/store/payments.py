@@ -14,6 +14,7 @@ import asyncpg
 import msgspec
 
 from gateway import metrics
+from gateway.domain import ids
 from gateway.domain.payments import CaptureMethod, Payment, Status
 from gateway.domain.risk import Window
 from gateway.store import pages
@@ -509,7 +510,7 @@ async def insert_event(
     deliverable: bool = True,
 ) -> uuid.UUID:
     """``actor`` and ``request_id`` make it an audit event; ``deliverable=False`` keeps it from webhooks."""
-    event_id = uuid.uuid4()
+    event_id = ids.new()
     await conn.execute(
         "INSERT INTO events (id, type, merchant_id, holder_id, object_id, data, actor_type, actor_id, request_id,"
         " deliverable) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10)",

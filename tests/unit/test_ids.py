@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.domain import ids
 from gateway.domain.ids import Kind, decode, encode
 
 SAMPLE = uuid.UUID("3f2a9c1e-5b7d-4e8f-9a0b-1c2d3e4f5a6b")
@@ -98,3 +100,16 @@ def test_non_hex_is_none(rest: str) -> None:
 def test_decode_never_raises_and_only_accepts_what_encode_writes(text: str) -> None:
     value = decode(Kind.PAYMENT, text)
     assert value is None or encode(Kind.PAYMENT, value) == text
+
+
+def test_new_ids_are_uuid7_in_creation_order() -> None:
+    """The ids of rows that grow with every payment are UUIDv7: each new one sorts after the last (so a new
+    primary-key entry lands beside the previous ones), carries its creation time, and none repeats."""
+    before_ms = time.time_ns() // 1_000_000
+    made = [ids.new() for _ in range(10_000)]
+    after_ms = time.time_ns() // 1_000_000
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in made)
+    assert made == sorted(made) and len(set(made)) == len(made)
+    stamps = [u.int >> 80 for u in made]
+    assert before_ms <= stamps[0] <= stamps[-1] <= after_ms
+    assert decode(Kind.PAYMENT, encode(Kind.PAYMENT, made[0])) == made[0]
