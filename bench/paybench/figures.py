@@ -58,6 +58,7 @@ class PhaseResult:
     server_ms: dict[str, list[float]] = field(default_factory=dict)
     server_5xx: int = 0
     db_waits: collections.Counter[str] = field(default_factory=collections.Counter)
+    db_waits_failed: str | None = None  # why the wait sampling stopped early, if it did
     rss_mb: float | None = None  # the largest serving process's VmRSS as the phase ended
 
     @property
@@ -116,6 +117,8 @@ class PhaseResult:
         if total:
             shown = ", ".join(f"{what} {100 * n / total:.0f}%" for what, n in self.db_waits.most_common(8))
             print(f"  database backends of the gateway, by state / wait event (sampled): {shown}")
+        if self.db_waits_failed:
+            print(f"  (the database wait sampling stopped early: {self.db_waits_failed})")
 
 
 def cpu_text(cpu: dict[str, float]) -> str:

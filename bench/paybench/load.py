@@ -269,7 +269,7 @@ async def closed_loop_of(name: str, one: Callable[[Recorder, int], Awaitable[Non
         await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(sizes.concurrency))),
                                timeout=duration_s + PHASE_GRACE_S)
         after = cpu_sample(gateway.pgid, gateway.database)
-    return PhaseResult(name, rec, after.at_s - before.at_s, cpu_cores(before, after), db_waits=waits.counts,
+    return PhaseResult(name, rec, after.at_s - before.at_s, cpu_cores(before, after), db_waits=waits.counts, db_waits_failed=waits.failed,
                        rss_mb=rss_mb(gateway))
 
 
@@ -299,7 +299,7 @@ async def open_loop(api: Api, world: World, load: Load, sizes: Sizes, rate_per_s
             await asyncio.wait_for(asyncio.gather(*tasks), timeout=PHASE_GRACE_S)
         after = cpu_sample(gateway.pgid, gateway.database)
     return PhaseResult(f"{load.name}; open loop at {rate_per_s:,.1f}/s", rec, after.at_s - before.at_s,
-                       cpu_cores(before, after), db_waits=waits.counts,
+                       cpu_cores(before, after), db_waits=waits.counts, db_waits_failed=waits.failed,
                        rss_mb=rss_mb(gateway))
 
 

@@ -459,6 +459,7 @@ class DbWaits:
         self.counts: collections.Counter[str] = collections.Counter()
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
+        self.failed: str | None = None  # why sampling stopped before the phase's end, if it did
 
     async def __aenter__(self) -> Self:
         self._conn = await asyncpg.connect(self.url, timeout=10)
@@ -472,7 +473,10 @@ class DbWaits:
             await self._task
         except asyncio.CancelledError:
             pass
-        await self._conn.close(timeout=10)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
+                TimeoutError) as exc:  # the samples are a diagnosis: losing them never ends the benchmark
+            self.failed = f"{type(exc).__name__}: {exc}"
+        self._conn.terminate()
 
     async def _sample(self) -> None:
         assert self._conn is not None

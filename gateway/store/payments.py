@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from gateway.store import pages
 from gateway.store.db import Connection, one
 from gateway.store.idempotency import AT_ONCE_REFUSED, Done, done_cte
 from gateway.store.ledger import Movement, is_overdraft
+
+log = logging.getLogger(__name__)
 
 _COLUMNS = (
     "id, merchant_id, amount_minor, currency, status, capture_method, expires_at, payer_id,"
@@ -199,14 +202,18 @@ class PaidAtOnce:
     risk: RiskAllowed | None = None  # the risk decision recorded with it (None: no rule asks for one)
 
 
+BATCH_REFUSED = "GW003"  # gateway_pay_batch: its one UPDATE of the applied items' payments was refused
+
+
 async def pay_batch(conn: Connection, items: list[tuple[PaidAtOnce, Done | None]]) -> list[bool]:
     """Pay several payments in one statement and one transaction (``gateway_pay_batch``, migrations
-    0015 and 0025), each in its own subtransaction, in the use cases' lock order: the payment, the holder
+    0015, 0025, 0026 and 0034), each in its own subtransaction, in the use cases' lock order: the payment, the holder
     (share), the day's spend, the balance shards. Item i is False, with nothing of it written, when
     its payment changed since it was read, its holder's tier or lock changed, its merchant is not
     active, the day's cap would be crossed, its campaign can no longer give its whole discount (ended,
     out of places or budget, the holder's limit reached), funds are short, it met a deadlock or its
-    key exists; the others are written and committed together. The day's spend counts the full
+    key exists, or another item of the batch pays its payment; the others are written and committed
+    together (all False, nothing written, if a CHECK of payments refuses their one UPDATE). The day's spend counts the full
     amount, whatever the discount. Velocity limits are not the statement's: the risk rules count every
     kind in their windows before it (``services.context.pay_counted``)."""
     cols: dict[str, list[Any]] = {name: [] for name in (
@@ -276,6 +283,13 @@ async def pay_batch(conn: Connection, items: list[tuple[PaidAtOnce, Done | None]
         applied: list[bool] = await conn.fetchval(sql, *args)
     except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):  # in its first step (the balance locks)
         return [False] * len(items)  # nothing was written: each item's general path decides (and retries)
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate != BATCH_REFUSED:
+            raise
+        # A payment's CHECK refused the batch's one UPDATE of its payments (migration 0034): nothing was
+        # written, and each item's general path decides it alone (where that CHECK answers that item).
+        log.warning("a pay batch was refused whole; its %d items go to their general path: %s", len(items), exc)
+        return [False] * len(items)
     elapsed_s = time.perf_counter() - started_s
     for (paid, _), ok in zip(items, applied, strict=True):
         if ok and paid.capture is not None:

@@ -255,6 +255,84 @@ async def test_in_one_batch_a_refused_item_undoes_nothing_of_the_others(world: W
     assert await world.available(h) == 100
 
 
+async def _decided(world: World, m: Merchant, h: Holder, amount: int, key: str,
+                   pid: uuid.UUID | None = None) -> tuple[Any, Any, uuid.UUID]:
+    """A payment of ``m`` (``pid``, or a new one of ``amount``) decided for ``h``'s wallet, as the pay use case
+    hands it to the batch, with its key's stored answer."""
+    from gateway.services import payments as payment_cases
+    from gateway.store import idempotency as keys
+    from gateway.store import payments as payment_store
+
+    svc: Services = world.client.app[SERVICES]
+    holder_id = decode(Kind.WALLET_HOLDER, h.id)
+    assert holder_id is not None
+    if pid is None:
+        pid = decode(Kind.PAYMENT, (await world.payment(m, amount))["id"])
+    assert pid is not None
+    async with svc.db.connection() as conn:
+        head = await payment_store.payable(conn, pid, holder_id)
+    assert head is not None
+    accounts = await payment_cases.payer_accounts(svc, holder_id, head["merchant_id"], "CNY")
+    decided = payment_cases.decide_payment(svc, head, holder_id, accounts, channel="wallet")
+    assert decided is not None
+    return decided[0], keys.Done(f"wallet:{holder_id}", key, b"\1" * 32, "POST", "/p", 200, b"{}"), pid
+
+
+async def test_one_payment_in_two_items_of_a_batch_is_paid_once(world: World, clean_db: str) -> None:
+    """Two payers' requests for one payment in one batch (each decided on the same unpaid row): the first
+    pays it, the second is refused with nothing of it written, so one wallet pays once (the batch writes
+    its payments' rows after its items, migration 0034, so each item's guard alone cannot see this)."""
+    from gateway.store import payments as payment_store
+
+    m = await world.merchant()
+    first, second = await world.holder(top_up=1_000), await world.holder(top_up=1_000)
+    one = await _decided(world, m, first, 300, "twice-0")
+    other = await _decided(world, m, second, 300, "twice-1", pid=one[2])
+    conn = await asyncpg.connect(clean_db)
+    try:
+        applied = await payment_store.pay_batch(conn, [one[:2], other[:2]])
+        assert applied == [True, False]
+        row = await conn.fetchrow("SELECT status, payer_id, captured_minor FROM payments WHERE id = $1", one[2])
+        assert (row["status"], row["payer_id"], row["captured_minor"]) == (
+            "succeeded", decode(Kind.WALLET_HOLDER, first.id), 300)
+        assert await conn.fetchval("SELECT count(*) FROM journal_entries WHERE payment_id = $1", one[2]) == 1
+        assert {r["key"] for r in await conn.fetch("SELECT key FROM idempotency_keys WHERE key LIKE 'twice-%'")} == {
+            "twice-0"}
+    finally:
+        await conn.close()
+    assert (await world.available(first), await world.available(second)) == (700, 1_000)
+
+
+async def test_a_payment_row_refusing_the_batch_update_refuses_the_whole_batch(world: World, clean_db: str) -> None:
+    """An item whose payment's CHECK refuses what it writes (a fee above the captured amount: wrong
+    arithmetic) makes the batch's one UPDATE of payments fail: every item is refused, nothing of the
+    batch is written (not the good item's posting, event or key), and each goes to its general path."""
+    import dataclasses
+
+    from gateway.store import payments as payment_store
+
+    m = await world.merchant()
+    h = await world.holder(top_up=1_000)
+    good = await _decided(world, m, h, 300, "whole-0")
+    bad_paid, bad_done, bad_pid = await _decided(world, m, h, 200, "whole-1")
+    bad_paid = dataclasses.replace(bad_paid, payment=dataclasses.replace(
+        bad_paid.payment, fee_minor=bad_paid.payment.captured_minor + 1))
+    conn = await asyncpg.connect(clean_db)
+    try:
+        assert await payment_store.pay_batch(conn, [good[:2], (bad_paid, bad_done)]) == [False, False]
+        pids = [good[2], bad_pid]
+        assert await conn.fetchval("SELECT count(*) FROM payments WHERE id = ANY($1::uuid[])"
+                                   " AND status <> 'requires_payment_method'", pids) == 0
+        assert await conn.fetchval("SELECT count(*) FROM journal_entries WHERE payment_id = ANY($1::uuid[])",
+                                   pids) == 0
+        assert await conn.fetchval("SELECT count(*) FROM events WHERE object_id = ANY($1::uuid[])"
+                                   " AND type = 'payment.succeeded'", pids) == 0
+        assert await conn.fetchval("SELECT count(*) FROM idempotency_keys WHERE key LIKE 'whole-%'") == 0
+    finally:
+        await conn.close()
+    assert await world.available(h) == 1_000
+
+
 async def test_a_payment_another_transaction_holds_never_holds_up_its_batch(
         one_batch_world: World, clean_db: str) -> None:
     """A merchant's transaction holds payment P1's row. Paying P1 falls back to its general path (which
