@@ -55,6 +55,10 @@ GROUP_COMMIT_BATCH_SIZE = Histogram("gateway_group_commit_payments_per_batch", "
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 GROUP_COMMIT_FALLBACKS = Counter("gateway_group_commit_fallbacks_total",
                                  "Payments a batch statement refused, then run on their general path")
+CREATE_BATCH_SIZE = Histogram("gateway_group_commit_creates_per_batch", "Payment creates written by one batch statement",
+                              buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+CREATE_BATCH_FALLBACKS = Counter("gateway_group_commit_create_fallbacks_total",
+                                 "Payment creates a batch statement refused, then run on their general path")
 
 # Database (gateway.store.db). Gauges are summed over the processes; idle = open - in_use.
 DB_TRANSACTION_RETRIES = Counter("gateway_db_transaction_retries_total", "Transactions retried whole", ["reason"])

@@ -304,11 +304,13 @@ async def open_loop(api: Api, world: World, load: Load, sizes: Sizes, rate_per_s
 
 
 _GROUP_COMMIT_SERIES = ("gateway_group_commit_payments_per_batch_count", "gateway_group_commit_payments_per_batch_sum",
-                        "gateway_group_commit_fallbacks_total")
+                        "gateway_group_commit_fallbacks_total", "gateway_group_commit_creates_per_batch_count",
+                        "gateway_group_commit_creates_per_batch_sum", "gateway_group_commit_create_fallbacks_total")
 
 
-async def group_commit_counts(api: Api) -> tuple[float, float, float]:
-    """(batches, payments in them, fall-backs) so far, summed over the serving processes (/metrics)."""
+async def group_commit_counts(api: Api) -> tuple[float, ...]:
+    """(batches, payments in them, fall-backs, then the same of creates) so far, summed over the serving
+    processes (/metrics)."""
     async with api.session.get(api.base_url + "/metrics") as resp:
         text = await resp.text()
     found = dict.fromkeys(_GROUP_COMMIT_SERIES, 0.0)
@@ -316,13 +318,14 @@ async def group_commit_counts(api: Api) -> tuple[float, float, float]:
         name, _, value = line.partition(" ")
         if name in found:
             found[name] += float(value)
-    batches, items, fallbacks = (found[name] for name in _GROUP_COMMIT_SERIES)
-    return batches, items, fallbacks
+    return tuple(found[name] for name in _GROUP_COMMIT_SERIES)
 
 
-def group_commit_line(before: tuple[float, float, float], after: tuple[float, float, float]) -> str:
-    batches, items, fallbacks = (b - a for a, b in zip(before, after, strict=True))
+def group_commit_line(before: tuple[float, ...], after: tuple[float, ...]) -> str:
+    batches, items, fallbacks, c_batches, c_items, c_fallbacks = (b - a for a, b in zip(before, after, strict=True))
+    creates = (f"; creates: {c_items:,.0f} in {c_batches:,.0f} batch statements, {c_items / c_batches:.2f} per batch,"
+               f" {c_fallbacks:,.0f} run on their general path" if c_batches else "")
     if batches == 0:
-        return "  group commit: no batch (off, or no wallet payment in this phase)"
+        return "  group commit: no batch (off, or no wallet payment in this phase)" + creates
     return (f"  group commit: {items:,.0f} wallet payments in {batches:,.0f} batch statements, {items / batches:.2f}"
-            f" per batch; {fallbacks:,.0f} refused by their batch and run on their general path")
+            f" per batch; {fallbacks:,.0f} refused by their batch and run on their general path{creates}")

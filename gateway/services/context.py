@@ -39,6 +39,7 @@ class Services:
     pin_thresholds_minor: dict[str, int] = field(default_factory=dict)
     limits_zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
     pay_batches: PayBatcher | None = None  # group commit of wallet payments (None: each its own statement)
+    create_batches: CreateBatcher | None = None  # group commit of payment creates (None: each its own statement)
     revocations: SessionRevocations | None = None  # revoked wallet sessions (None: the database says, each time)
     codes_due: asyncio.Event = field(default_factory=asyncio.Event)  # wakes this process's sign-in code sender
     # The live promotion campaigns; loaded only while the app keeps it ``refreshing``.
@@ -70,6 +71,7 @@ class Services:
             ApiKeyCache(db, settings.auth),
             tiers=settings.tiers.tiers(), pin_thresholds_minor=settings.wallet.pin_threshold_minor,
             limits_zone=ZoneInfo(settings.wallet.limits_timezone), pay_batches=_pay_batcher(db, accel, settings),
+            create_batches=_create_batcher(db, settings),
             revocations=SessionRevocations(db, settings),
             campaigns=CampaignCache(settings.promotions), reads=await StaleReads.connect(db, settings.database),
         )
@@ -92,6 +94,25 @@ def _pay_batcher(db: Database, accel: Accelerator, settings: Settings) -> PayBat
         metrics.GROUP_COMMIT_BATCH_SIZE.observe(len(items))
         applied = await pay_counted(db, accel, items)
         metrics.GROUP_COMMIT_FALLBACKS.inc(applied.count(False))
+        return applied
+
+    return Batcher(run, settings.payments.group_commit_items_max, settings.payments.group_commit_in_flight_max)
+
+
+CreateBatcher = Batcher[tuple[payment_store.CreatedAtOnce, Done | None], bool]
+
+
+def _create_batcher(db: Database, settings: Settings) -> CreateBatcher | None:
+    """Creates that arrive together go in one statement and one commit (``store.payments.create_batch``),
+    with the same limits as the payments' group commit."""
+    if settings.payments.group_commit_items_max == 0:
+        return None
+
+    async def run(items: list[tuple[payment_store.CreatedAtOnce, Done | None]]) -> list[bool]:
+        metrics.CREATE_BATCH_SIZE.observe(len(items))
+        async with db.connection() as conn:
+            applied = await payment_store.create_batch(conn, items)
+        metrics.CREATE_BATCH_FALLBACKS.inc(applied.count(False))
         return applied
 
     return Batcher(run, settings.payments.group_commit_items_max, settings.payments.group_commit_in_flight_max)

@@ -245,13 +245,16 @@ async def create(svc: Services, who: Principal, req: NewPayment, identity: Reque
     view = views.payment_view(row)
     event_data = msgspec.json.encode(view)
 
+    made = store.CreatedAtOnce(new, now, store_id=store_id, terminal_id=terminal_id,
+                               merchant_reference=req.merchant_reference, description=req.description,
+                               return_url=return_url, cancel_url=cancel_url, metadata=pairs, event_id=ids.new(),
+                               event_data=event_data)
+
     async def at_once(done: keys.Done | None) -> bool:
+        if svc.create_batches is not None:  # group commit with the process's other creates
+            return await svc.create_batches.submit((made, done))
         async with svc.db.connection() as conn:
-            return await store.create_at_once(
-                conn, new, now, store_id=store_id, terminal_id=terminal_id, merchant_reference=req.merchant_reference,
-                description=req.description, return_url=return_url, cancel_url=cancel_url, metadata=pairs,
-                event_id=ids.new(), event_data=event_data, done=done,
-            )
+            return (await store.create_batch(conn, [(made, done)]))[0]
 
     answer = msgspec.structs.replace(view, checkout_url=checkout_url(svc, row))
     return await svc.idempotency.run(identity, work, at_once=AtOnce(201, answer, at_once))
@@ -266,7 +269,7 @@ def _jsonb_order(pairs: dict[str, str]) -> dict[str, str]:
 def _new_row(payment: Payment, now: datetime, *, store_id: uuid.UUID | None, terminal_id: uuid.UUID | None,
              merchant_reference: str | None, description: str | None, return_url: str | None,
              cancel_url: str | None, pairs: dict[str, str]) -> dict[str, Any]:
-    """The row ``store.create_at_once`` writes, as ``store.get`` would read it back (for the views)."""
+    """The row ``store.create_batch`` writes, as ``store.get`` would read it back (for the views)."""
     return {
         "id": payment.id, "merchant_id": payment.merchant_id, "amount_minor": payment.amount_minor,
         "currency": payment.currency, "status": payment.status.value, "capture_method": payment.capture_method.value,

@@ -20,7 +20,7 @@ from gateway.domain.payments import CaptureMethod, Payment, Status
 from gateway.domain.risk import Window
 from gateway.store import pages
 from gateway.store.db import Connection, one
-from gateway.store.idempotency import AT_ONCE_REFUSED, Done, done_cte
+from gateway.store.idempotency import AT_ONCE_REFUSED, Done
 from gateway.store.ledger import Movement, is_overdraft
 
 log = logging.getLogger(__name__)
@@ -129,42 +129,90 @@ async def _at_once(conn: Connection, sql: str, *args: Any, posts: str | None = N
     return True
 
 
-def _key_guard(done: Done | None) -> str:
-    return " AND (SELECT count(*) FROM k) = 1" if done is not None else ""
+@dataclass(frozen=True, slots=True)
+class CreatedAtOnce:
+    """What creating a payment in one statement writes: the payment (its fee terms are copied from its
+    merchant there), its ``payment.created`` event and the fields of the request."""
+
+    payment: Payment
+    now: datetime
+    store_id: uuid.UUID | None
+    terminal_id: uuid.UUID | None
+    merchant_reference: str | None
+    description: str | None
+    return_url: str | None
+    cancel_url: str | None
+    metadata: dict[str, str]
+    event_id: uuid.UUID
+    event_data: bytes
 
 
-async def create_at_once(
-    conn: Connection, payment: Payment, now: datetime, *, store_id: uuid.UUID | None, terminal_id: uuid.UUID | None,
-    merchant_reference: str | None, description: str | None, return_url: str | None, cancel_url: str | None,
-    metadata: dict[str, str], event_id: uuid.UUID, event_data: bytes, done: Done | None,
-) -> bool:
-    """Create the payment (its fee terms copied from its merchant), its ``payment.created`` event and
-    the key's stored answer in one statement; False (nothing written) when the store is not the
-    merchant's or the key exists."""
-    key_cte = f", {done_cte(18, 'ev')}" if done is not None else ""
-    return await _at_once(
-        conn,
-        f"""
-        WITH pay AS (
-            INSERT INTO payments (id, merchant_id, store_id, terminal_id, amount_minor, currency, status, capture_method,
-                                  merchant_reference, description, expires_at, fee_bps, fee_fixed_minor, return_url,
-                                  cancel_url, metadata, created_at, updated_at)
-            SELECT $1, m.id, $3, $4, $5, $6, $7, $8, $9, $10, $11, m.fee_bps, m.fee_fixed_minor, $12, $13, $14::jsonb,
-                   $15, $15
-              FROM merchants m
-             WHERE m.id = $2 AND ($3::uuid IS NULL OR EXISTS (SELECT 1 FROM stores s WHERE s.id = $3 AND s.merchant_id = $2))
-            RETURNING id
-        ), ev AS (
-            INSERT INTO events (id, type, merchant_id, holder_id, object_id, data)
-            SELECT $16, 'payment.created', $2, NULL, pay.id, $17::jsonb FROM pay
-            RETURNING 1
-        ){key_cte}
-        SELECT gateway_at_once((SELECT count(*) FROM ev) = 1{_key_guard(done)})
-        """,
-        payment.id, payment.merchant_id, store_id, terminal_id, payment.amount_minor, payment.currency,
-        payment.status.value, payment.capture_method.value, merchant_reference, description, payment.expires_at,
-        return_url, cancel_url, _json(metadata), now, event_id, event_data.decode(), *(done.args() if done else ()),
+_CREATE_BATCH = """
+    WITH i AS (
+        SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::bigint[], $6::text[], $7::text[],
+                             $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::text[], $13::text[],
+                             $14::text[], $15::timestamptz[], $16::uuid[], $17::text[], $18::text[], $19::text[],
+                             $20::bytea[], $21::text[], $22::text[], $23::int[], $24::bytea[]) WITH ORDINALITY
+               AS t(id, merchant, store, terminal, amount, currency, status, capture, reference, description,
+                    expires, return_url, cancel_url, metadata, now_at, event_id, event_data, k_principal, k_key,
+                    k_hash, k_method, k_path, k_status, k_body, item)
+    ), ok AS (  -- the merchant's own store (or none); a key's first item only
+        SELECT i.*, m.fee_bps, m.fee_fixed_minor,
+               row_number() OVER (PARTITION BY i.k_principal, i.k_key ORDER BY i.item) AS nth
+          FROM i JOIN merchants m ON m.id = i.merchant
+         WHERE i.store IS NULL OR EXISTS (SELECT 1 FROM stores s WHERE s.id = i.store AND s.merchant_id = i.merchant)
+    ), k AS (  -- an existing key (done, or its request in flight) inserts nothing: its item writes nothing
+        INSERT INTO idempotency_keys (principal, key, request_hash, method, path, response_status, response_body)
+        SELECT k_principal, k_key, k_hash, k_method, k_path, k_status, k_body FROM ok
+         WHERE k_principal IS NOT NULL AND nth = 1
+        ON CONFLICT (principal, key) DO NOTHING
+        RETURNING principal, key
+    ), w AS (
+        SELECT ok.* FROM ok WHERE ok.k_principal IS NULL
+        UNION ALL
+        SELECT ok.* FROM ok JOIN k ON k.principal = ok.k_principal AND k.key = ok.k_key WHERE ok.nth = 1
+    ), pay AS (
+        INSERT INTO payments (id, merchant_id, store_id, terminal_id, amount_minor, currency, status, capture_method,
+                              merchant_reference, description, expires_at, fee_bps, fee_fixed_minor, return_url,
+                              cancel_url, metadata, created_at, updated_at)
+        SELECT w.id, w.merchant, w.store, w.terminal, w.amount, w.currency, w.status, w.capture, w.reference,
+               w.description, w.expires, w.fee_bps, w.fee_fixed_minor, w.return_url, w.cancel_url, w.metadata::jsonb,
+               w.now_at, w.now_at
+          FROM w
+        RETURNING 1
+    ), ev AS (
+        INSERT INTO events (id, type, merchant_id, holder_id, object_id, data)
+        SELECT w.event_id, 'payment.created', w.merchant, NULL, w.id, w.event_data::jsonb FROM w
+        RETURNING 1
     )
+    SELECT array_agg(w.item IS NOT NULL ORDER BY i.item) FROM i LEFT JOIN w ON w.item = i.item
+"""
+
+
+async def create_batch(conn: Connection, items: list[tuple[CreatedAtOnce, Done | None]]) -> list[bool]:
+    """Create several payments in one statement (so one transaction and one commit), each with its event
+    and its key's stored answer. Item i is False, with nothing of it written, when its store is not its
+    merchant's, its key exists (done, or its request in flight), or an earlier item of the batch has the
+    same key; the others are written. The statement failing on a row (a unique key met, a deadlock, a
+    CHECK) writes nothing and makes every item False: each general path then decides its own. A lost
+    connection or a timeout is raised (the outcome is unknown, as for any statement)."""
+    cols: list[list[Any]] = [[] for _ in range(24)]
+    for made, done in items:
+        pay = made.payment
+        row = (pay.id, pay.merchant_id, made.store_id, made.terminal_id, pay.amount_minor, pay.currency,
+               pay.status.value, pay.capture_method.value, made.merchant_reference, made.description, pay.expires_at,
+               made.return_url, made.cancel_url, _json(made.metadata), made.now, made.event_id,
+               made.event_data.decode(), *(done.args() if done is not None else (None,) * 7))
+        for col, value in zip(cols, row, strict=True):
+            col.append(value)
+    try:
+        applied: list[bool] = await conn.fetchval(_CREATE_BATCH, *cols)
+    except asyncpg.PostgresError as exc:
+        if isinstance(exc, (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError,
+                            asyncpg.CheckViolationError)):
+            return [False] * len(items)
+        raise
+    return applied
 
 
 @dataclass(frozen=True, slots=True)

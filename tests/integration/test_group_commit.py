@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -366,3 +367,156 @@ async def test_a_payment_another_transaction_holds_never_holds_up_its_batch(
     finally:
         await blocker.close()
     assert await world.available(h) == 5_000 - 600
+
+
+def _create_batches(world: World) -> Batcher[Any, bool]:
+    svc: Services = world.client.app[SERVICES]
+    assert svc.create_batches is not None
+    return svc.create_batches
+
+
+async def _create_blocked_first(world: World, blocker: asyncpg.Connection, m: Merchant) -> tuple[Any, Any]:
+    """Start creating a payment of ``m`` while ``blocker`` holds the merchant's row (the payment's foreign
+    key waits for it): returns (the blocker's transaction, the request)."""
+    tx = blocker.transaction()
+    await tx.start()
+    assert await blocker.execute("SELECT 1 FROM merchants WHERE id = $1 FOR UPDATE",
+                                 decode(Kind.MERCHANT, m.id)) == "SELECT 1"
+    request = asyncio.create_task(world.client.post("/v1/payments", json={"amount": 100, "currency": "CNY"},
+                                                    headers={**m.headers, "Idempotency-Key": "create-first"}))
+
+    async def waiting() -> bool:
+        return bool(await blocker.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"))
+
+    await _wait_until(waiting, "the first create batch to wait on the merchant's row")
+    return tx, request
+
+
+async def test_creates_that_arrive_together_are_one_batch_and_each_answer_is_its_own(
+        one_batch_world: World, blocker: asyncpg.Connection) -> None:
+    """Seven creates wait behind a blocked first one and go in one statement: five of their own (each its
+    payment, event and stored answer), one naming another merchant's store (its general path answers
+    404, nothing written) and one sending the same key and body as another of the batch (one payment:
+    the second request gets the first one's answer). Replays give every answer again."""
+    world = one_batch_world
+    m, other = await world.merchant(), await world.merchant("Other shop")
+    batches = _create_batches(world)
+    batches.sizes.clear()
+    tx, first = await _create_blocked_first(world, blocker, m)
+    bodies: list[dict[str, Any]] = [{"amount": 201 + i, "currency": "CNY", "merchant_reference": f"ref-{i}"}
+                                    for i in range(5)]
+    bodies += [{"amount": 300, "currency": "CNY", "store": other.store}, bodies[0]]
+    keys = [f"c-{i}" for i in range(6)] + ["c-0"]
+    rest = [asyncio.create_task(world.client.post("/v1/payments", json=body,
+                                                  headers={**m.headers, "Idempotency-Key": key}))
+            for body, key in zip(bodies, keys, strict=True)]
+
+    async def all_queued() -> bool:
+        return len(batches._waiting) == 7
+
+    await _wait_until(all_queued, "seven creates waiting for the next batch")
+    await tx.rollback()
+    answers = [await first, *[await r for r in rest]]
+    assert batches.sizes[:2] == [1, 7]
+    assert [a.status for a in answers] == [201] * 6 + [404, 201]
+    made = [await a.json() for a in answers]
+    assert made[7] == made[1] and answers[7].headers.get("Idempotent-Replayed") == "true"
+    assert len({p["id"] for p in made[:6]}) == 6
+    assert [p["amount"] for p in made[1:6]] == [201, 202, 203, 204, 205]
+    for p in made[:6]:
+        view = await world.call("GET", f"/v1/payments/{p['id']}", headers=m.headers)
+        assert view["status"] == "requires_payment_method" and view["amount"] == p["amount"]
+        events = await world.call("GET", "/v1/events", headers=m.headers, params={"payment": p["id"]})
+        assert [e["type"] for e in events["data"]] == ["payment.created"]
+    listed = await world.call("GET", "/v1/payments", headers=m.headers, params={"limit": 100})
+    assert len(listed["data"]) == 6  # the 404's payment was never written, the repeated key's only once
+    for body, key, answer in zip(bodies, keys, made[1:], strict=True):
+        again = await world.client.post("/v1/payments", json=body, headers={**m.headers, "Idempotency-Key": key})
+        assert again.status == (404 if "store" in body else 201)
+        if again.status == 201:
+            assert await again.json() == answer and again.headers.get("Idempotent-Replayed") == "true"
+
+
+async def test_a_create_batch_that_fails_whole_answers_503_and_the_retries_create_each_once(
+        one_batch_world: World, blocker: asyncpg.Connection) -> None:
+    """The create batch's connection is killed while it waits: its request gets the retryable 503 (never a
+    500) and nothing of it is written; the next batch is unharmed, and the retry with the same key
+    creates the payment once."""
+    world = one_batch_world
+    m = await world.merchant()
+    batches = _create_batches(world)
+    tx, first = await _create_blocked_first(world, blocker, m)
+    rest = [asyncio.create_task(world.client.post("/v1/payments", json={"amount": 400 + i, "currency": "CNY"},
+                                                  headers={**m.headers, "Idempotency-Key": f"w-{i}"}))
+            for i in range(3)]
+
+    async def queued() -> bool:
+        return len(batches._waiting) == 3
+
+    await _wait_until(queued, "three creates waiting")
+    await blocker.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock'")
+    answer = await first
+    assert answer.status == 503 and (await answer.json())["error"]["code"] == "database_unavailable"
+    await tx.rollback()
+    assert [r.status for r in [await t for t in rest]] == [201, 201, 201]
+    listed = await world.call("GET", "/v1/payments", headers=m.headers, params={"limit": 100})
+    assert sorted(p["amount"] for p in listed["data"]) == [400, 401, 402]
+    retry = await world.client.post("/v1/payments", json={"amount": 100, "currency": "CNY"},
+                                    headers={**m.headers, "Idempotency-Key": "create-first"})
+    assert retry.status == 201 and "Idempotent-Replayed" not in retry.headers  # nothing was stored: created now
+    again = await world.client.post("/v1/payments", json={"amount": 100, "currency": "CNY"},
+                                    headers={**m.headers, "Idempotency-Key": "create-first"})
+    assert again.status == 201 and await again.json() == await retry.json()
+    listed = await world.call("GET", "/v1/payments", headers=m.headers, params={"limit": 100})
+    assert sorted(p["amount"] for p in listed["data"]) == [100, 400, 401, 402]
+
+
+async def test_a_create_batch_writes_nothing_for_an_item_whose_key_exists(world: World, clean_db: str) -> None:
+    """Store level: of four creates in one statement, the one whose key is already stored and the one
+    naming another merchant's store are False with nothing written; the unkeyed one and the fresh one
+    are written with their events, and the fresh one's key holds its answer."""
+    from gateway.domain import ids
+    from gateway.domain.payments import CaptureMethod, Payment, Status
+    from gateway.store import idempotency as keys
+    from gateway.store import payments as payment_store
+
+    m, other = await world.merchant(), await world.merchant("Other shop")
+    merchant_id = decode(Kind.MERCHANT, m.id)
+    assert merchant_id is not None
+    conn = await asyncpg.connect(clean_db)
+    try:
+        scope = f"merchant:{merchant_id}"
+        await conn.execute("INSERT INTO idempotency_keys (principal, key, request_hash, method, path, response_status,"
+                           " response_body) VALUES ($1, 'taken', '\\x00', 'POST', '/v1/payments', 201, '{}')", scope)
+        now = Services.now()
+
+        def item(store: str | None) -> payment_store.CreatedAtOnce:
+            pay = Payment(id=ids.new(), merchant_id=merchant_id, amount_minor=250, currency="CNY",
+                          status=Status.REQUIRES_PAYMENT_METHOD, capture_method=CaptureMethod.AUTOMATIC,
+                          expires_at=now + timedelta(minutes=15))
+            return payment_store.CreatedAtOnce(pay, now, store_id=decode(Kind.STORE, store) if store else None,
+                                               terminal_id=None, merchant_reference=None, description=None,
+                                               return_url=None, cancel_url=None, metadata={}, event_id=ids.new(),
+                                               event_data=b'{"object": "payment"}')
+
+        def done(principal: str, key: str) -> keys.Done:
+            return keys.Done(principal, key, b"\2" * 32, "POST", "/v1/payments", 201, b"{}")
+
+        items = [(item(None), done(scope, "taken")), (item(None), None),
+                 (item(other.store), done(scope, "fresh-store")), (item(m.store), done(scope, "fresh"))]
+        assert await payment_store.create_batch(conn, items) == [False, True, False, True]
+        pids = [made.payment.id for made, _ in items]
+        written = {r["id"] for r in await conn.fetch("SELECT id FROM payments WHERE id = ANY($1::uuid[])", pids)}
+        assert written == {pids[1], pids[3]}
+        evented = {r["object_id"] for r in await conn.fetch(
+            "SELECT object_id FROM events WHERE type = 'payment.created' AND object_id = ANY($1::uuid[])", pids)}
+        assert evented == {pids[1], pids[3]}
+        stored = {r["key"] for r in await conn.fetch(
+            "SELECT key FROM idempotency_keys WHERE key IN ('fresh', 'fresh-store')")}
+        assert stored == {"fresh"}
+        assert await conn.fetchval("SELECT store_id FROM payments WHERE id = $1", pids[3]) == decode(Kind.STORE, m.store)
+    finally:
+        await conn.close()
