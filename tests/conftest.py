@@ -34,6 +34,26 @@ TEST_DB_URL = os.environ.get(
 )
 TEST_REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 _TABLES_KEPT = {"schema_migrations"}
+# Every table emptied and the sequences their columns own restarted, as TRUNCATE ... RESTART IDENTITY
+# CASCADE would, but by DELETE: the tables hold a test's few rows, and TRUNCATE gives each of the ~75
+# tables and their indexes new files (330-570 ms per test, measured, against 30-50 ms). Foreign keys
+# and triggers are off for it (session_replication_role), so the order does not matter.
+_EMPTY_TABLES = f"""
+DO $$
+DECLARE name text;
+BEGIN
+    SET LOCAL session_replication_role = replica;
+    FOR name IN SELECT format('%I.%I', schemaname, tablename) FROM pg_tables
+                 WHERE schemaname = 'public' AND tablename <> ALL ('{{{",".join(sorted(_TABLES_KEPT))}}}'::text[]) LOOP
+        EXECUTE 'DELETE FROM ' || name;
+    END LOOP;
+    FOR name IN SELECT format('%I.%I', n.nspname, c.relname)
+                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  JOIN pg_depend d ON d.objid = c.oid AND d.deptype IN ('a', 'i') AND d.refobjsubid > 0
+                 WHERE c.relkind = 'S' AND n.nspname = 'public' LOOP
+        EXECUTE 'ALTER SEQUENCE ' || name || ' RESTART';
+    END LOOP;
+END $$"""
 
 
 # The SMS gateway every test gateway sends its sign-in codes to: a real HTTP server on loopback, in a
@@ -79,9 +99,7 @@ def _schema() -> Iterator[str]:
 async def clean_db(_schema: str) -> AsyncIterator[str]:
     conn = await asyncpg.connect(_schema)
     try:
-        tables = [r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
-        wanted = ", ".join(f'"{t}"' for t in tables if t not in _TABLES_KEPT)
-        await conn.execute(f"TRUNCATE {wanted} RESTART IDENTITY CASCADE")
+        await conn.execute(_EMPTY_TABLES)
     finally:
         await conn.close()
     # Redis needs no cleaning: every key is scoped by ids that are new in each test.
