@@ -89,6 +89,7 @@ class AuthSettings(Section, frozen=True):
     wallet_token_ttl_s: int = 900
     rate_limit_per_s: int = 1000
     key_mode: str = "test"
+    password_hash_profile: str = "rfc_9106_low_memory"  # gateway.auth.passwords.PROFILES
     api_key_cache_ttl_s: float = 60.0
     api_key_cache_entries_max: int = 10_000
 
@@ -340,6 +341,8 @@ class IssuerSettings(Section, frozen=True):
 
 
 # Weak whatever the file says: the textbook EMV test IMK, and words marking a placeholder.
+# The names of gateway.auth.passwords.PROFILES (settings import no hashing library; a unit test keeps them equal).
+_PASSWORD_PROFILES = ("rfc_9106_low_memory", "rfc_9106_high_memory", "test_only_cheapest")
 _TEST_IMKS_HEX = frozenset({"0123456789ABCDEFFEDCBA9876543210", "0123456789ABCDEF0123456789ABCDEF"})
 _PLACEHOLDER_WORDS = ("dev-only", "change-me", "changeme")
 JWT_SECRET_MIN_BYTES = 32  # HS256 wants a key at least as long as its 256-bit output
@@ -444,6 +447,11 @@ class Settings(Section, frozen=True):
             raise ValueError("redis.sentinel_service names the master the sentinels monitor")
         if self.auth.key_mode not in ("test", "live"):
             raise ValueError(f"auth.key_mode is 'test' or 'live', got {self.auth.key_mode!r}")
+        if self.auth.password_hash_profile not in _PASSWORD_PROFILES:
+            raise ValueError(f"auth.password_hash_profile is one of {', '.join(_PASSWORD_PROFILES)},"
+                             f" got {self.auth.password_hash_profile!r}")
+        if self.auth.password_hash_profile.startswith("test_only") and self.auth.key_mode == "live":
+            raise ValueError("auth.password_hash_profile test_only_cheapest is for test suites: refused with live keys")
         if self.issuer.imk_hex and len(self.issuer.imk) != 16:
             raise ValueError("issuer.imk_hex is a 16-byte (32 hex digit) key (empty: taps disabled)")
         if not (self.issuer.token_bin.isdigit() and len(self.issuer.token_bin) + 2 <= self.issuer.token_pan_length <= 19):

@@ -78,6 +78,9 @@ def make_settings(**overrides: dict[str, object]) -> Settings:
         "database": {"url": TEST_DB_URL, "pool_min": 1, "pool_max": 10},
         "redis": {"url": TEST_REDIS_URL},
         "workers": {"interval_s": 3600.0},
+        # Argon2's production cost (~0.2 s a hash here) made sign-ups and sign-ins a large share of the
+        # suite's time; tests of the hashing itself set their own.
+        "auth": {"password_hash_profile": "test_only_cheapest"},
         # Every client of the suite signs in from loopback: no per-address limit for it (tests of that
         # limit set their own addresses or settings).
         "throttle": {"address_exempt": "127.0.0.1,::1"},

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 from gateway import metrics
 from gateway.accel import Accelerator
+from gateway.auth import passwords
 from gateway.auth.sealing import Sealer
 from gateway.auth.tokens import TokenIssuer
 from gateway.domain.limits import Tier
@@ -63,6 +64,7 @@ class Services:
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
+        passwords.use_profile(settings.auth.password_hash_profile)
         db = await Database.connect(settings.database)
         accel = Accelerator(settings.redis)
         tokens = TokenIssuer(settings.auth.jwt_issuer, settings.auth.jwt_key_ring(), settings.auth.jwt_active_kid)

@@ -383,3 +383,14 @@ def test_a_payment_expiry_default_beyond_its_max_is_refused() -> None:
         load(payments={"expiry_default_s": 3_600, "expiry_max_s": 600})
     with pytest.raises(ValueError, match="expiry_default_s"):
         load(payments={"expiry_default_s": 30})
+
+
+def test_password_hash_profiles_are_the_hashing_module_s_and_the_cheapest_is_refused_live() -> None:
+    from gateway import settings as settings_mod
+    from gateway.auth import passwords
+
+    assert settings_mod._PASSWORD_PROFILES == tuple(passwords.PROFILES)
+    with pytest.raises(ValueError, match="password_hash_profile is one of"):
+        settings_mod.load(env={}, auth={"password_hash_profile": "md5"})
+    with pytest.raises(ValueError, match="refused with live keys"):
+        settings_mod.load(env={}, auth={"password_hash_profile": "test_only_cheapest", "key_mode": "live"})
