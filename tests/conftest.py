@@ -87,6 +87,8 @@ def make_settings(**overrides: dict[str, object]) -> Settings:
     }
     for name, values in overrides.items():
         sections.setdefault(name, {}).update(values)
+    if sections["auth"].get("key_mode") == "live" and "password_hash_profile" not in overrides.get("auth", {}):
+        del sections["auth"]["password_hash_profile"]  # live keys refuse the cheap profile: the real one
     return settings_mod.load(env={}, **sections)
 
 
