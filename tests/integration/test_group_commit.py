@@ -68,6 +68,15 @@ async def _wait_until(condition: Any, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+async def _wait_for_a_lock_wait(blocker: asyncpg.Connection, what: str) -> None:
+    """Until a session of the test database waits for a lock (the batch behind ``blocker``'s row)."""
+    async def waiting() -> bool:
+        return bool(await blocker.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"))
+
+    await _wait_until(waiting, what)
+
+
 async def _blocked_first(world: World, blocker: asyncpg.Connection, m: Merchant, h: Holder,
                          first: dict[str, Any]) -> tuple[Any, Any]:
     """Start paying ``first`` while ``blocker`` holds the merchant's receivable balance shards: returns
@@ -84,12 +93,7 @@ async def _blocked_first(world: World, blocker: asyncpg.Connection, m: Merchant,
     assert held != "SELECT 0"
     request = asyncio.create_task(world.client.post(
         f"/v1/wallet/payments/{first['id']}/pay", json={}, headers={**h.headers, "Idempotency-Key": "first"}))
-
-    async def waiting() -> bool:
-        return bool(await blocker.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"))
-
-    await _wait_until(waiting, "the first batch to wait on the blocked row")
+    await _wait_for_a_lock_wait(blocker, "the first batch to wait on the blocked row")
     return tx, request
 
 
@@ -384,12 +388,7 @@ async def _create_blocked_first(world: World, blocker: asyncpg.Connection, m: Me
                                  decode(Kind.MERCHANT, m.id)) == "SELECT 1"
     request = asyncio.create_task(world.client.post("/v1/payments", json={"amount": 100, "currency": "CNY"},
                                                     headers={**m.headers, "Idempotency-Key": "create-first"}))
-
-    async def waiting() -> bool:
-        return bool(await blocker.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"))
-
-    await _wait_until(waiting, "the first create batch to wait on the merchant's row")
+    await _wait_for_a_lock_wait(blocker, "the first create batch to wait on the merchant's row")
     return tx, request
 
 
