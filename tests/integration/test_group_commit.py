@@ -77,6 +77,17 @@ async def _wait_for_a_lock_wait(blocker: asyncpg.Connection, what: str) -> None:
     await _wait_until(waiting, what)
 
 
+async def _kill_the_waiting_batch(blocker: asyncpg.Connection, tx: Any, first: Any) -> None:
+    """Kill the session of the batch waiting on ``blocker``'s row: its request gets the retryable 503
+    (never a 500); then let the row go."""
+    await blocker.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock'")
+    answer = await first
+    assert answer.status == 503 and (await answer.json())["error"]["code"] == "database_unavailable"
+    await tx.rollback()
+
+
 async def _blocked_first(world: World, blocker: asyncpg.Connection, m: Merchant, h: Holder,
                          first: dict[str, Any]) -> tuple[Any, Any]:
     """Start paying ``first`` while ``blocker`` holds the merchant's receivable balance shards: returns
@@ -192,12 +203,7 @@ async def test_a_batch_that_fails_whole_fails_each_request_retryably_and_writes_
 
     await _wait_until(queued, "three payments waiting")
     # The next batch starts once the first ends: kill the first batch's session (it waits on the lock).
-    await blocker.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
-        " AND wait_event_type = 'Lock'")
-    answer = await first
-    assert answer.status == 503 and (await answer.json())["error"]["code"] == "database_unavailable"
-    await tx.rollback()
+    await _kill_the_waiting_batch(blocker, tx, first)
     assert all(r.status == 200 for r in [await t for t in rest])  # the next batch, on a fresh connection
     assert await world.available(h) == 5_000 - 3 * 300
     retry = await world.client.post(f"/v1/wallet/payments/{created[0]['id']}/pay", json={},
@@ -454,12 +460,7 @@ async def test_a_create_batch_that_fails_whole_answers_503_and_the_retries_creat
         return len(batches._waiting) == 3
 
     await _wait_until(queued, "three creates waiting")
-    await blocker.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
-        " AND wait_event_type = 'Lock'")
-    answer = await first
-    assert answer.status == 503 and (await answer.json())["error"]["code"] == "database_unavailable"
-    await tx.rollback()
+    await _kill_the_waiting_batch(blocker, tx, first)
     assert [r.status for r in [await t for t in rest]] == [201, 201, 201]
     listed = await world.call("GET", "/v1/payments", headers=m.headers, params={"limit": 100})
     assert sorted(p["amount"] for p in listed["data"]) == [400, 401, 402]
