@@ -134,11 +134,12 @@ class Sizes:
     big: int
     tap_sales: int
     sweep_duration_s: float
+    feature_rounds: int
 
 
 QUICK = {
     "merchants": 3, "holders": 16, "concurrency": 8, "count": 300, "duration": 4.0, "warmup": 40,
-    "pgbench_scale": 2, "pgbench_duration": 3, "tap_sales": 5, "sweep_duration": 2.0,
+    "pgbench_scale": 2, "pgbench_duration": 3, "tap_sales": 5, "sweep_duration": 2.0, "feature_rounds": 1,
 }
 
 

@@ -59,7 +59,9 @@ def _window() -> dict[str, str]:
             "ends_at": (now + timedelta(days=1)).isoformat()}
 
 
-async def switch_on(api: Api, world: World) -> Features:
+async def switch_on(api: Api, world: World, round_no: int = 0) -> Features:
+    """Round ``round_no`` of the interleaved comparison: each round makes its own campaign, rates and rules
+    (those of the rounds before were ended for good) and registers its own blocked wallet."""
     ops = world.operator_token
     campaign = await api.seed("POST", "/v1/operator/campaigns", 201, ops, {
         "name": "Bench week", "currency": CURRENCY, "rule": "percent", "percent_bps": CAMPAIGN_PERCENT_BPS,
@@ -69,8 +71,8 @@ async def switch_on(api: Api, world: World) -> Features:
                        {"base": base, "quote": quote, "rate": rate, "spread_bps": 50})
     # A wallet the load never pays with, registered only to be blocked.
     outsider = await api.seed("POST", "/v1/wallet/holders", 201,
-                              body={"phone": "+8619900000000", "password": HOLDER_PASSWORD,
-                                    "device_id": "bench-blocked-device"})
+                              body={"phone": f"+861990000{round_no:04d}", "password": HOLDER_PASSWORD,
+                                    "device_id": f"bench-blocked-device-{round_no}"})
     blocked = await api.seed("POST", "/v1/operator/risk_rules", 201, ops,
                              {"kind": "blocked_wallet", "wallet": outsider["id"]})
     return Features(campaign["id"], (blocked["id"],))

@@ -162,7 +162,7 @@ def banner(text: str) -> None:
 def goal_line(label: str, value: float | None, unit: str, goal: str, met: bool | None) -> str:
     shown = "n/a" if value is None else f"{value:,.2f}{unit}"
     verdict = "not measured" if met is None else ("met" if met else "MISSED")
-    return f"  {label:<44} {shown:>12}   goal {goal:<9} -> {verdict}"
+    return f"  {label:<46} {shown:>12}   goal {goal:<9} -> {verdict}"
 
 
 def gateway_errors(log_path: Path, shown_max: int = 5) -> tuple[int, list[str]]:
@@ -220,3 +220,34 @@ class GatewayLog:
                 server_ms[step].append(float(record.get("duration_ms", 0.0)))
         result.server_ms = dict(server_ms)
         return result
+
+
+@dataclass(frozen=True)
+class Block:
+    """One short closed-loop block of an interleaved comparison: its rate and the middle of its time span
+    (seconds on the run's monotonic clock)."""
+
+    rate_per_s: float
+    mid_s: float
+
+
+def against_drift(offs: list[Block], rounds: list[list[Block]]) -> list[list[float]]:
+    """Each ``rounds[r][j]`` block's rate over the rate the machine gave the unchanged load at that moment:
+    the straight line through the off blocks on either side of it (``offs[r]`` before round r, ``offs[r + 1]``
+    after it), read at the block's middle. A host whose speed drifts steadily within a run moves both alike;
+    what remains is the cost of what the round's blocks switched on. Returns ``[r][j]`` ratios."""
+    if len(offs) != len(rounds) + 1:
+        raise ValueError("one off block before every round and one after the last")
+    ratios: list[list[float]] = []
+    for r, blocks in enumerate(rounds):
+        before, after = offs[r], offs[r + 1]
+        span_s = after.mid_s - before.mid_s
+        row = []
+        for b in blocks:
+            if not before.mid_s <= b.mid_s <= after.mid_s or span_s <= 0:
+                raise ValueError("a round's blocks lie between its two off blocks")
+            w = (b.mid_s - before.mid_s) / span_s
+            baseline = before.rate_per_s * (1 - w) + after.rate_per_s * w
+            row.append(b.rate_per_s / baseline if baseline > 0 else 0.0)
+        ratios.append(row)
+    return ratios
