@@ -7,8 +7,11 @@ What the payer sees and does:
   quote id (a quote offered for that payment, reused while it has ``_OFFER_LEFT_MIN_S`` left);
 - the pay call (``/v1/wallet/payments/{id}/pay``, ``/v1/wallet/qr/pay``) takes ``fx_quote``: the
   payment is then paid through that quote, honoured once, at exactly its rate and amounts. Any quote
-  of the holder into the payment's currency receiving at least the amount will do (one from
-  ``POST /v1/wallet/fx_quotes`` too: the payer may choose the currency it pays from);
+  of the holder into the payment's currency receiving at least what the wallet pays of it will do (one
+  from ``POST /v1/wallet/fx_quotes`` too: the payer may choose the currency it pays from). What the
+  wallet pays is the amount less a campaign's discount granted with an automatic capture: the offer
+  quotes that, and a quote buying less than the wallet then pays (the discount ended meanwhile) is
+  refused (``quote_mismatch``) in the payment's transaction;
 - without ``fx_quote`` nothing is converted: a wallet short in the payment's currency is declined
   (``insufficient_funds``) as before. The payer must have seen and accepted the rate (a fresh quote),
   as a wallet does; there is no silent conversion at an unseen rate, and the one-statement path of
@@ -69,19 +72,20 @@ def _unknown(text: str) -> NotFound:
     return NotFound(f"no such quote: {text}", param="fx_quote")
 
 
-def _refuse_mismatch(q: asyncpg.Record, currency_code: str, amount_minor: int) -> None:
+def _refuse_mismatch(q: asyncpg.Record, currency_code: str, pays_minor: int | None) -> None:
     if q["to_currency"] != currency_code:
         raise InvalidRequest(f"the quote buys {q['to_currency']}, the payment is in {currency_code}",
                              code="quote_mismatch", param="fx_quote")
-    if q["receive_minor"] < amount_minor:
-        raise InvalidRequest("the quote buys less than the payment's amount", code="quote_mismatch",
+    if pays_minor is not None and q["receive_minor"] < pays_minor:
+        raise InvalidRequest("the quote buys less than the wallet pays for this payment (a discount offered with"
+                             " the quote may have ended): ask for a new quote", code="quote_mismatch",
                              param="fx_quote")
 
 
-async def prepare(svc: Services, holder_id: uuid.UUID, quote_text: str, currency_code: str,
-                  amount_minor: int) -> Funding:
-    """The quote a payer pays with: its own, into the payment's currency, for at least the amount.
-    Accounts are opened only for a payment that looks able to go ahead (as ``fx.convert`` does)."""
+async def prepare(svc: Services, holder_id: uuid.UUID, quote_text: str, currency_code: str) -> Funding:
+    """The quote a payer pays with: its own, into the payment's currency (whether it buys enough is known
+    only in the payment's transaction, with its discount: ``fund_locked``). Accounts are opened only for a
+    payment that looks able to go ahead (as ``fx.convert`` does)."""
     quote_id = decode(Kind.FX_QUOTE, quote_text)
     if quote_id is None:
         raise _unknown(quote_text)
@@ -89,7 +93,7 @@ async def prepare(svc: Services, holder_id: uuid.UUID, quote_text: str, currency
         q = await fx_store.quote(conn, quote_id, holder_id)
         if q is None:
             raise _unknown(quote_text)
-        _refuse_mismatch(q, currency_code, amount_minor)
+        _refuse_mismatch(q, currency_code, None)
         source, target = q["from_currency"], q["to_currency"]
         available = {r["currency"]: r["posted_minor"] - r["held_minor"]
                      for r in await wallet_store.wallet_accounts(conn, holder_id)}
@@ -102,9 +106,10 @@ async def prepare(svc: Services, holder_id: uuid.UUID, quote_text: str, currency
 
 
 async def fund_locked(conn: Connection, funding: Funding, holder_id: uuid.UUID, payment: Payment,
-                      tier: Tier) -> None:
+                      tier: Tier, pays_minor: int) -> None:
     """Convert the quote into the holder's wallet in the payment's currency, for the authorisation that
-    follows in this transaction (its hold or capture then finds the money there)."""
+    follows in this transaction (its hold or capture then finds the money there). ``pays_minor``: what the
+    wallet pays of the payment, its discount taken off; a quote buying less is refused."""
     conversion_id = uuid.uuid4()
     q = await fx_store.use_quote(conn, funding.quote_id, holder_id, conversion_id)
     if q is None:
@@ -113,7 +118,7 @@ async def fund_locked(conn: Connection, funding: Funding, holder_id: uuid.UUID, 
             raise Conflict("this quote has been used already; ask for a new quote", code="quote_used",
                            param="fx_quote")
         raise Conflict("this quote has expired; ask for a new quote", code="quote_expired", param="fx_quote")
-    _refuse_mismatch(q, payment.currency, payment.authorized_minor)
+    _refuse_mismatch(q, payment.currency, pays_minor)
     limits.payment_caps(tier, q["from_currency"])  # the tier may have changed since the quote
     if not funding.accounts:
         raise Declined("the wallet's available balance is lower than the quote sells", code="insufficient_funds",
@@ -146,15 +151,26 @@ def _view(q: asyncpg.Record, amount_minor: int, *, quote_id: uuid.UUID, conversi
     )
 
 
-async def offer(svc: Services, conn: Connection, holder_id: uuid.UUID, payment: asyncpg.Record
-                ) -> views.PaymentFxView | None:
+def pays_through_quote(payment: asyncpg.Record, discount: views.DiscountOffer | None) -> int:
+    """What a wallet paying ``payment`` through a quote pays of it, as its preview shows: the amount less the
+    discount offered beside it for an automatic capture (granted with the capture); the whole amount for a
+    manual capture, whose quoted authorisation is not discounted (``payments.authorize_locked``)."""
+    if discount is not None and payment["capture_method"] == "automatic":
+        return discount.amount_to_pay
+    return int(payment["amount_minor"])
+
+
+async def offer(svc: Services, conn: Connection, holder_id: uuid.UUID, payment: asyncpg.Record,
+                discount: views.DiscountOffer | None) -> views.PaymentFxView | None:
     """The quote a preview offers for paying ``payment`` from another currency, when the wallet's available
     balance in its currency is short: from the first of the holder's other currencies (by code) that its
-    tier lists, has a rate into the payment's currency now and covers the amount. None otherwise."""
-    target_code, amount = payment["currency"], payment["amount_minor"]
+    tier lists, has a rate into the payment's currency now and covers what the wallet pays (the amount less
+    ``discount``, the discount the preview offers: ``pays_through_quote``). None otherwise."""
+    target_code = payment["currency"]
+    pays = pays_through_quote(payment, discount)
     available = {r["currency"]: r["posted_minor"] - r["held_minor"]
                  for r in await wallet_store.wallet_accounts(conn, holder_id)}
-    if available.get(target_code, 0) >= amount:  # the common case: one read, nothing offered
+    if available.get(target_code, 0) >= pays:  # the common case: one read, nothing offered
         return None
     holder = await wallet_store.holder_for_payment(conn, holder_id)
     tier = svc.tiers[holder["tier"]]
@@ -174,16 +190,17 @@ async def offer(svc: Services, conn: Connection, holder_id: uuid.UUID, payment: 
             limits.payment_caps(tier, source_code)
             mid = fx_domain.directional(rate["rate"], rate["base"], source_code)
             q = fx_domain.Quote.receiving(currency(source_code), target, fx_domain.holder_rate(mid, rate["spread_bps"]),
-                                          fee_bps, amount)
+                                          fee_bps, pays)
         except GatewayError:
             continue
         if q.sell_minor > balance:
             continue
-        row = await store.open_quote(conn, payment["id"], holder_id, rate["id"], source_code, _OFFER_LEFT_MIN_S)
+        row = await store.open_quote(conn, payment["id"], holder_id, rate["id"], source_code, q.sell_minor,
+                                     q.receive_minor, _OFFER_LEFT_MIN_S)
         if row is None:
             row = await fx_store.insert_quote(conn, uuid.uuid4(), holder_id, rate["id"], mid, rate["spread_bps"], q,
                                               ttl_s, payment_id=payment["id"])
-        return _view(row, amount, quote_id=row["id"], conversion_id=None, expires_at=row["expires_at"], now=svc.now())
+        return _view(row, pays, quote_id=row["id"], conversion_id=None, expires_at=row["expires_at"], now=svc.now())
     return None
 
 
@@ -192,16 +209,27 @@ async def paid_with(conn: Connection, payment: asyncpg.Record) -> views.PaymentF
     c = await store.payment_conversion(conn, payment["id"])
     if c is None:
         return None
-    return _view(c, payment["amount_minor"], quote_id=c["quote_id"], conversion_id=c["id"], expires_at=None,
+    return _view(c, _wallet_took(payment), quote_id=c["quote_id"], conversion_id=c["id"], expires_at=None,
                  now=c["created_at"])
+
+
+def _wallet_took(payment: asyncpg.Record) -> int:
+    """What the payment took from the payer's wallet when it was paid: its authorisation less a reserved
+    discount, or less a bank-funded discount granted with the capture (the promotions account paid that)."""
+    if payment["discount_reserved_minor"] > 0:
+        return int(payment["authorized_minor"] - payment["discount_reserved_minor"])
+    bank = payment["discount_minor"] if payment["discount_funded_by"] == "bank" else 0
+    return int(payment["authorized_minor"] - bank)
 
 
 async def payer_side(svc: Services, conn: Connection, holder_id: uuid.UUID, payment: asyncpg.Record,
                      view: views.PayerPaymentView) -> views.PayerPaymentView:
-    """A payment as a holder sees it: unpaid, what paying it from another currency would cost (``fx_offer``);
-    paid by this holder, the conversion it was paid through (``fx``)."""
+    """A payment as a holder sees it: unpaid, what paying it from another currency would cost (``fx_offer``,
+    for what it pays with the view's ``discount_offer`` taken off); paid by this holder, the conversion it
+    was paid through (``fx``)."""
     if payment["status"] == "requires_payment_method":
-        return msgspec.structs.replace(view, fx_offer=await offer(svc, conn, holder_id, payment))
+        return msgspec.structs.replace(view, fx_offer=await offer(svc, conn, holder_id, payment,
+                                                                  view.discount_offer))
     if payment["payer_id"] == holder_id:
         return with_fx(view, await paid_with(conn, payment))
     return view

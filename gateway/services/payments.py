@@ -450,7 +450,8 @@ async def _authorize_locked(
                                  reserved=reserved)
     await _record(conn, updated, holder_id)
     if fx is not None:  # the quote's conversion puts the money in the wallet the hold or capture takes it from
-        await fx_payments.fund_locked(conn, fx, holder_id, payment, svc.tiers[holder["tier"]])
+        await fx_payments.fund_locked(conn, fx, holder_id, payment, svc.tiers[holder["tier"]],
+                                      _wallet_pays(payment, discount, reserved))
     # Money last: the hot balance rows (merchant and fee shards) stay locked only until the commit.
     try:
         if payment.status is Status.SUCCEEDED:
@@ -482,6 +483,15 @@ def _discounted(payment: Payment, row: asyncpg.Record, granted: promotions.Grant
 
 def _reserved_minor(reserved: store.Discount | None) -> int:
     return 0 if reserved is None else reserved.amount_minor
+
+
+def _wallet_pays(payment: Payment, discount: store.Discount | None, reserved: store.Discount | None) -> int:
+    """What the holder's wallet gives for the payment as ``_discounted`` left it: a capture less a
+    bank-funded discount (a merchant-funded one already lowered it), or a hold less a reserved discount."""
+    if payment.status is Status.SUCCEEDED:
+        bank = discount is not None and discount.funded_by == Funder.BANK.value
+        return payment.captured_minor - (discount.amount_minor if bank and discount is not None else 0)
+    return payment.authorized_minor - _reserved_minor(reserved)
 
 
 async def _capture_entry(conn: Connection, payment: Payment, discount: store.Discount | None,
@@ -521,8 +531,7 @@ async def pay(svc: Services, who: Principal, text_id: str, pin: str | None, iden
     accounts = await payer_accounts(svc, holder_id, head["merchant_id"], head["currency"])
     # A PIN given is verified even below the threshold: a risk rule may ask for it (services.risk).
     pin_needed = pins.needed(svc, head["currency"], head["amount_minor"]) or pin is not None
-    funding = None if fx_quote is None else await fx_payments.prepare(svc, holder_id, fx_quote, head["currency"],
-                                                                       head["amount_minor"])
+    funding = None if fx_quote is None else await fx_payments.prepare(svc, holder_id, fx_quote, head["currency"])
 
     async def check_pin(conn: Connection) -> None:
         await pins.verify(svc, holder_id, pin, conn)

@@ -186,7 +186,7 @@ async def preview(svc: Services, who: Principal, payload_text: str) -> views.QrP
             if payment["capture_method"] == CaptureMethod.AUTOMATIC.value:  # as payments.get
                 cashback = await promotions.cashback_offer_for(svc.campaigns, conn, payment, who.id, svc.now(),
                                                                offer)
-        fx_offer = await fx_payments.offer(svc, conn, who.id, payment) if payment is not None else None
+        fx_offer = await fx_payments.offer(svc, conn, who.id, payment, offer) if payment is not None else None
     assert merchant is not None
     if payment is not None:
         code = payment["currency"]
@@ -232,7 +232,7 @@ async def pay(
             raise InvalidRequest("the code names an unknown currency", code="invalid_qr_payload", param="payload")
         cur_code = found.code
     accounts = await payments.payer_accounts(svc, who.id, qr_row["merchant_id"], cur_code)
-    funding = None if fx_quote is None else await fx_payments.prepare(svc, who.id, fx_quote, cur_code, amount_minor)
+    funding = None if fx_quote is None else await fx_payments.prepare(svc, who.id, fx_quote, cur_code)
 
     # A PIN given is verified even below the threshold: a risk rule may ask for it (services.risk).
     pin_checked = pins.needed(svc, cur_code, amount_minor) or pin is not None

@@ -110,8 +110,8 @@ class PaymentFxView(msgspec.Struct, kw_only=True):
     from_currency: str
     from_amount: int  # minor units of from_currency the wallet pays
     to_currency: str  # the payment's currency
-    to_amount: int  # minor units of to_currency bought: the payment's amount (any rounding excess stays the holder's)
-    amount: int  # the payment's amount
+    to_amount: int  # minor units of to_currency bought: at least ``amount`` (any rounding excess stays the holder's)
+    amount: int  # what the wallet pays of the payment: its amount less the discount offered or granted with it
     rate: str  # the holder's rate (spread taken): to_currency units per from_currency unit, exact
     fee: int
     fee_currency: str

@@ -24,15 +24,17 @@ _CONVERSION = ("c.id, c.holder_id, c.quote_id, c.from_currency, c.to_currency, c
 
 
 async def open_quote(conn: Connection, payment_id: uuid.UUID, holder_id: uuid.UUID, rate_id: uuid.UUID,
-                     from_currency: str, left_min_s: int) -> asyncpg.Record | None:
-    """The newest unused quote offered for the payment from this currency at this rate, still valid for
-    ``left_min_s`` seconds at least: a preview shown again offers it again rather than a new one."""
+                     from_currency: str, sell_minor: int, receive_minor: int, left_min_s: int) -> asyncpg.Record | None:
+    """The newest unused quote offered for the payment from this currency at this rate, for these amounts
+    (what the wallet pays may have changed with a discount), still valid for ``left_min_s`` seconds at
+    least: a preview shown again offers it again rather than a new one."""
     row: asyncpg.Record | None = await conn.fetchrow(
         "SELECT id, holder_id, rate_id, from_currency, to_currency, mid_rate, spread_bps, customer_rate, fee_bps,"
         " sell_minor, receive_minor, fee_minor, expires_at, created_at, used_at, conversion_id FROM fx_quotes"
         " WHERE payment_id = $1 AND holder_id = $2 AND used_at IS NULL AND rate_id = $3 AND from_currency = $4"
+        " AND sell_minor = $6 AND receive_minor = $7"
         " AND expires_at > now() + make_interval(secs => $5) ORDER BY expires_at DESC LIMIT 1",
-        payment_id, holder_id, rate_id, from_currency, float(left_min_s),
+        payment_id, holder_id, rate_id, from_currency, float(left_min_s), sell_minor, receive_minor,
     )
     return row
 

@@ -350,3 +350,67 @@ async def test_own_currency_payments_keep_the_one_statement_path(world: World, m
     offer = (await world.call("GET", f"/v1/payments/{p['id']}", headers=h.headers))["fx_offer"]
     assert (await _pay(world, h, p["id"], offer["quote"]))["fx"]["from_currency"] == "CNY"
     assert (general, fx_calls) == (["wallet"], ["prepare"])
+
+
+async def _campaign(world: World, funded_by: str) -> Any:
+    from datetime import UTC, datetime, timedelta
+    now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    return await world.call("POST", "/v1/operator/campaigns", 201, headers=world.ops, json={
+        "name": "Abroad", "currency": "EUR", "rule": "percent", "percent_bps": 1_000, "funded_by": funded_by,
+        "budget": 1_000_000, "time_zone": "UTC", "starts_at": (now - timedelta(hours=1)).isoformat(),
+        "ends_at": (now + timedelta(hours=2)).isoformat()})
+
+
+@pytest.mark.parametrize("funded_by", ["bank", "merchant"])
+async def test_a_discounted_payment_from_another_currency_converts_what_the_wallet_pays(
+        world: World, clean_db: str, funded_by: str) -> None:
+    """10.00 EUR with 10% off, paid from CNY: the offer buys the 9.00 EUR the wallet pays (not the list
+    price, which left the holder 1.00 EUR it never asked for, with its fee), and a full refund gives every
+    CNY back; the checker catches a conversion buying less than the wallet paid."""
+    await _rate(world, "EUR", "CNY", "7.8")
+    await _campaign(world, funded_by)
+    m = await world.merchant()
+    h = await world.holder(top_up=100_000)
+    p = await world.payment(m, 1_000, "EUR")
+    looked = await world.call("GET", f"/v1/payments/{p['id']}", headers=h.headers)
+    assert looked["discount_offer"]["amount_to_pay"] == 900
+    want = _expected("CNY", "EUR", "7.8", "EUR", 0, 900)
+    offer = looked["fx_offer"]
+    assert (offer["amount"], offer["to_amount"], offer["from_amount"]) == (900, want.receive_minor, want.sell_minor)
+    assert want.receive_minor == 900  # 9.00 EUR at 7.8 is a whole number of fen: nothing is bought beyond it
+    paid = await _pay(world, h, p["id"], offer["quote"])
+    assert paid["status"] == "succeeded" and paid["fx"]["amount"] == 900
+    assert await _balances(world, h) == {"CNY": (100_000 - want.sell_minor, 0), "EUR": (0, 0)}
+    conn = await asyncpg.connect(clean_db)
+    try:
+        await conn.execute("UPDATE conversions SET receive_minor = 899")
+        broken = {name for name, rows in (await invariants.check(conn)).items() if rows}
+        await conn.execute("UPDATE conversions SET receive_minor = 900")
+    finally:
+        await conn.close()
+    assert "payment_conversion_differs_from_its_payment" in broken
+    await _refund(world, m, p["id"])
+    assert await _balances(world, h) == {"CNY": (100_000, 0), "EUR": (0, 0)}
+
+
+async def test_a_quote_for_a_discount_that_ended_is_refused_and_moves_nothing(world: World) -> None:
+    """The offer quoted the discounted 9.00; the campaign ends before the pay call: the wallet would pay
+    10.00, which the quote does not buy, so the payment is refused (quote_mismatch), nothing moves and the
+    quote stays unused."""
+    await _rate(world, "EUR", "CNY", "7.8")
+    campaign = await _campaign(world, "bank")
+    m = await world.merchant()
+    h = await world.holder(top_up=100_000)
+    p = await world.payment(m, 1_000, "EUR")
+    offer = (await world.call("GET", f"/v1/payments/{p['id']}", headers=h.headers))["fx_offer"]
+    assert offer["amount"] == 900
+    await world.call("POST", f"/v1/operator/campaigns/{campaign['id']}/end", 200, headers=world.ops, json={})
+    refused = await _pay(world, h, p["id"], offer["quote"], expect=400)
+    assert (refused["error"]["code"], refused["error"]["param"]) == ("quote_mismatch", "fx_quote")
+    balances = await _balances(world, h)  # the EUR wallet may be open (the quote's accounts), and empty
+    assert balances["CNY"] == (100_000, 0) and balances.get("EUR", (0, 0)) == (0, 0), balances
+    assert (await world.call("GET", f"/v1/payments/{p['id']}", headers=m.headers))["status"] == "requires_payment_method"
+    # A new look offers the whole amount now, and paying with it goes through.
+    offer = (await world.call("GET", f"/v1/payments/{p['id']}", headers=h.headers))["fx_offer"]
+    assert offer["amount"] == 1_000
+    assert (await _pay(world, h, p["id"], offer["quote"]))["status"] == "succeeded"

@@ -440,7 +440,8 @@ SELECT c.id, c.returned_minor, c.returned_source_minor, c.returned_fee_minor
     OR c.returned_fee_minor <> div(c.fee_minor::numeric * c.returned_minor, c.receive_minor);
 -- name: payment_conversion_differs_from_its_payment
 -- A payment's conversion is its payer's, into the payment's currency, for at least what the payment took
--- from the wallet, made as it was paid; what it returned is what the refunds credited the wallet plus what
+-- from the wallet (the authorisation less a reserved discount, or less a bank-funded one granted with the
+-- capture: the promotions account paid that part), made as it was paid; what it returned is what the refunds credited the wallet plus what
 -- the payment released of its hold (the authorisation less the capture, once captured, cancelled or expired).
 -- Every return entry is either a refund's (refund_id: a refund of that payment) or the release's
 -- (refund_id NULL, payment_id the payment); each refund crediting something has exactly one, of exactly
@@ -453,7 +454,9 @@ SELECT c.id, pay.id AS payment_id, c.returned_minor, COALESCE(r.credited, 0) + r
   CROSS JOIN LATERAL (SELECT CASE WHEN pay.status IN ('succeeded', 'canceled', 'expired')
                                   THEN pay.authorized_minor - pay.captured_minor ELSE 0 END AS released_minor) rel
  WHERE pay.payer_id IS DISTINCT FROM c.holder_id OR pay.currency <> c.to_currency
-    OR c.receive_minor < pay.authorized_minor OR pay.status = 'requires_payment_method'
+    OR c.receive_minor < pay.authorized_minor - CASE WHEN pay.discount_reserved_minor > 0 THEN pay.discount_reserved_minor
+                                                     WHEN pay.discount_funded_by = 'bank' THEN pay.discount_minor ELSE 0 END
+    OR pay.status = 'requires_payment_method'
     OR c.returned_minor <> COALESCE(r.credited, 0) + rel.released_minor
 UNION ALL
 SELECT c.id, COALESCE(e.refund_id, e.payment_id), NULL, NULL FROM journal_entries e JOIN conversions c ON c.id = e.conversion_id
