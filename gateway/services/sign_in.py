@@ -200,8 +200,12 @@ def _dead(row: Any, now: datetime, text: str) -> GatewayError:
     return Conflict("the challenge cannot take this now", code="challenge_busy")
 
 
+UNNAMED_DEVICE_PREFIX = "unnamed-"  # the device a sign-in without a device_id is listed (and revoked) as
+
+
 async def verify(svc: Services, text: str, code: str) -> views.TokenView:
-    """Exchange the challenge and its code for a wallet token; the phone is proven, the device trusted."""
+    """Exchange the challenge and its code for a wallet token; the phone is proven, the device trusted (one
+    named ``unnamed-...`` when the sign-in gave no device_id)."""
     challenge_id = _challenge_id(text)
     if not verification.valid_code_format(code, svc.settings.sign_in.code_length):
         raise InvalidRequest(f"code is {svc.settings.sign_in.code_length} digits", code="invalid_code_format",
@@ -213,10 +217,12 @@ async def verify(svc: Services, text: str, code: str) -> views.TokenView:
             if row is not None and row["consumed_at"] is not None:
                 holder = await store.verify_phone(conn, row["holder_id"], now, Level.PHONE,
                                                   verification.TIER_OF_LEVEL[Level.PHONE])
-                device_row = (await store.trust_device(conn, row["holder_id"], row["device_id"], now)
-                              if row["device_id"] is not None else None)
+                # A sign-in that named no device is on a device all the same, one named for it: every
+                # signed-in session is in the holder's device list, where it can be signed out.
+                device_id = row["device_id"] or f"{UNNAMED_DEVICE_PREFIX}{secrets.token_hex(6)}"
+                device_row = await store.trust_device(conn, row["holder_id"], device_id, now)
                 await store.drop_messages(conn, challenge_id)
-                token = await _session(conn, svc, row["holder_id"], device_row, row["device_id"])
+                token = await _session(conn, svc, row["holder_id"], device_row, device_id)
                 log.info("sign-in challenge verified", extra={"holder_id": str(holder["id"]),
                                                               "challenge": challenge_id.hex, "reason": row["reason"]})
                 return token

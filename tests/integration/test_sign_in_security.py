@@ -210,6 +210,29 @@ async def test_a_revoked_device_is_refused_at_once(world: World) -> None:
     assert [e["actor"]["type"] for e in events["data"]] == ["wallet_holder"]
 
 
+async def test_a_sign_in_without_a_device_is_listed_and_can_be_signed_out(world: World) -> None:
+    """A sign-in that names no device_id (after its code) is on a device named for it: it appears in the
+    holder's device list, can be signed out there like any other, and each such sign-in needs its own code
+    (found by review: such a session was in no list, so only a password change could end it)."""
+    h = await world.holder(device_id="phone-a")
+    hidden = await world.sign_in(h.phone)
+    await world.call("GET", "/v1/wallet", headers=auth(hidden))
+    devices = (await world.call("GET", "/v1/wallet/devices", headers=h.headers))["data"]
+    unnamed = [d for d in devices if d["device_id"] != "phone-a"]
+    assert len(devices) == 2 and len(unnamed) == 1 and unnamed[0]["device_id"].startswith("unnamed-"), devices
+    seen_there = (await world.call("GET", "/v1/wallet/devices", headers=auth(hidden)))["data"]
+    assert [d["id"] for d in seen_there if d["current"]] == [unnamed[0]["id"]]
+    await world.call("DELETE", f"/v1/wallet/devices/{unnamed[0]['id']}", headers=h.headers)
+    body = await world.call("GET", "/v1/wallet", 401, headers=auth(hidden))
+    assert body["error"]["code"] == "session_revoked"
+    # A second sign-in without a device is another unnamed device, proven by its own code.
+    status, challenge = await _login(world, h.phone, None)
+    assert status == 202, challenge
+    again = await world.answer(h.phone, challenge)
+    names = {d["device_id"] for d in (await world.call("GET", "/v1/wallet/devices", headers=auth(again)))["data"]}
+    assert "phone-a" in names and unnamed[0]["device_id"] not in names and len(names) == 2
+
+
 async def test_revocation_reaches_another_process_without_database_reads(world: World, clean_db: str,
                                                                          settings: Any) -> None:
     h = await world.holder(device_id="phone-x")
