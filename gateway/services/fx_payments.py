@@ -222,14 +222,26 @@ def _wallet_took(payment: asyncpg.Record) -> int:
     return int(payment["authorized_minor"] - bank)
 
 
+async def offers(svc: Services, conn: Connection, holder_id: uuid.UUID, payment: asyncpg.Record,
+                 discount: views.DiscountOffer | None
+                 ) -> tuple[views.DiscountOffer | None, views.PaymentFxView | None]:
+    """What a preview of ``payment`` offers its holder: the discount and the quote (``offer``). A manual
+    capture paid through a quote is not discounted (``payments.authorize_locked``), so beside its quote, the
+    wallet's only way to pay it now, no discount is offered."""
+    fx_offer = await offer(svc, conn, holder_id, payment, discount)
+    if fx_offer is not None and payment["capture_method"] != "automatic":
+        discount = None
+    return discount, fx_offer
+
+
 async def payer_side(svc: Services, conn: Connection, holder_id: uuid.UUID, payment: asyncpg.Record,
                      view: views.PayerPaymentView) -> views.PayerPaymentView:
     """A payment as a holder sees it: unpaid, what paying it from another currency would cost (``fx_offer``,
-    for what it pays with the view's ``discount_offer`` taken off); paid by this holder, the conversion it
-    was paid through (``fx``)."""
+    for what it pays with the view's ``discount_offer`` taken off: ``offers``); paid by this holder, the
+    conversion it was paid through (``fx``)."""
     if payment["status"] == "requires_payment_method":
-        return msgspec.structs.replace(view, fx_offer=await offer(svc, conn, holder_id, payment,
-                                                                  view.discount_offer))
+        discount, fx_offer = await offers(svc, conn, holder_id, payment, view.discount_offer)
+        return msgspec.structs.replace(view, discount_offer=discount, fx_offer=fx_offer)
     if payment["payer_id"] == holder_id:
         return with_fx(view, await paid_with(conn, payment))
     return view

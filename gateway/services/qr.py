@@ -186,7 +186,9 @@ async def preview(svc: Services, who: Principal, payload_text: str) -> views.QrP
             if payment["capture_method"] == CaptureMethod.AUTOMATIC.value:  # as payments.get
                 cashback = await promotions.cashback_offer_for(svc.campaigns, conn, payment, who.id, svc.now(),
                                                                offer)
-        fx_offer = await fx_payments.offer(svc, conn, who.id, payment, offer) if payment is not None else None
+        fx_offer = None
+        if payment is not None:
+            offer, fx_offer = await fx_payments.offers(svc, conn, who.id, payment, offer)
     assert merchant is not None
     if payment is not None:
         code = payment["currency"]

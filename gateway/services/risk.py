@@ -73,6 +73,7 @@ from gateway.domain import ids
 from gateway.domain import notifications as notification_kinds
 from gateway.domain import risk, verification
 from gateway.domain.ids import Kind, decode, encode
+from gateway.domain.money import AMOUNT_MINOR_MAX
 from gateway.domain.money import currency as check_currency
 from gateway.domain.payments import Payment
 from gateway.errors import Declined, Forbidden, GatewayError, InvalidRequest, NotFound
@@ -644,14 +645,17 @@ def rule_view(row: Any) -> RiskRuleView:
         created=int(row["created_at"].timestamp()))
 
 
+MAX_COUNT_MAX = 1_000_000_000  # a window's count limit (stored as an integer column)
+
+
 def _velocity_terms(req: NewRule, code: str | None) -> dict[str, Any]:
     if req.window_s is None or not 1 <= req.window_s <= 2_592_000:
         raise InvalidRequest("window_s: 1 to 2592000 seconds", code="invalid_window", param="window_s")
-    if req.max_count is not None and req.max_count < 1:
-        raise InvalidRequest("max_count: at least 1", code="invalid_max_count", param="max_count")
-    if req.max_amount is not None and (req.max_amount < 1 or code is None):
-        raise InvalidRequest("max_amount: a positive amount in minor units, with its currency",
-                             code="invalid_max_amount", param="max_amount")
+    if req.max_count is not None and not 1 <= req.max_count <= MAX_COUNT_MAX:
+        raise InvalidRequest(f"max_count: 1 to {MAX_COUNT_MAX}", code="invalid_max_count", param="max_count")
+    if req.max_amount is not None and (not 1 <= req.max_amount <= AMOUNT_MINOR_MAX or code is None):
+        raise InvalidRequest(f"max_amount: a positive amount in minor units (at most {AMOUNT_MINOR_MAX}), with its"
+                             " currency", code="invalid_max_amount", param="max_amount")
     if req.max_count is None and req.max_amount is None:
         raise InvalidRequest("give max_count or max_amount", code="invalid_max_count", param="max_count")
     return {"currency": code, "window_s": req.window_s, "max_count": req.max_count,
@@ -702,9 +706,9 @@ def _terms(req: NewRule) -> risk.Rule:
     assert kind is risk.RuleKind.NEW_DEVICE
     if req.device_age_s is None or not 1 <= req.device_age_s <= 2_592_000:
         raise InvalidRequest("device_age_s: 1 to 2592000 seconds", code="invalid_device_age", param="device_age_s")
-    if req.min_amount is None or req.min_amount < 0:
-        raise InvalidRequest("min_amount: an amount in minor units (0: any)", code="invalid_min_amount",
-                             param="min_amount")
+    if req.min_amount is None or not 0 <= req.min_amount <= AMOUNT_MINOR_MAX:
+        raise InvalidRequest(f"min_amount: an amount in minor units, 0 (any) to {AMOUNT_MINOR_MAX}",
+                             code="invalid_min_amount", param="min_amount")
     return replace(base, currency=_needs_currency(code, kind), device_age_s=req.device_age_s,
                    min_amount_minor=req.min_amount)
 

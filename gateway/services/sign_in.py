@@ -315,7 +315,8 @@ def _honour(svc: Services, revoked: list[asyncpg.Record]) -> None:
 
 async def change_password(svc: Services, who: Principal, current: str, new: str, address: str | None
                           ) -> PasswordChangedView:
-    """Change the password (the current one is needed) and sign out every other session and device."""
+    """Change the password (the current one is needed) and sign out every other session and device: their
+    trust, their unused pay-codes and tap tokens, and every sign-in challenge still open."""
     if len(new) < PASSWORD_LENGTH_MIN:
         raise InvalidRequest(f"password must have at least {PASSWORD_LENGTH_MIN} characters", code="weak_password",
                              param="new_password")
@@ -334,6 +335,11 @@ async def change_password(svc: Services, who: Principal, current: str, new: str,
         now = svc.now()
         await store.set_password(conn, who.id, hashed, now)
         revoked = await store.revoke_other_sessions(conn, who.id, who.session_id, now)
+        # What the other phones hold for a counter stops working too (as when a device is revoked), and a
+        # sign-in begun with the old password cannot be finished with its code.
+        await code_store.expire_other_devices_pay_codes(conn, who.id, who.device_id, now)
+        await device_store.revoke_other_phones_tap_tokens(conn, who.id, who.device_id)
+        await store.end_pending_challenges(conn, who.id, SIGN_IN_REASONS, now)
         view = PasswordChangedView(holder=encode(Kind.WALLET_HOLDER, who.id), sessions_signed_out=len(revoked))
         await audit.record(conn, who, "wallet.password_changed", who.id, view, merchant_id=None, holder_id=who.id)
     _honour(svc, revoked)

@@ -78,6 +78,15 @@ async def expire_device_pay_codes(conn: Connection, holder_id: uuid.UUID, device
     return int(done.split()[-1])
 
 
+async def expire_other_devices_pay_codes(conn: Connection, holder_id: uuid.UUID, keep_device: str | None,
+                                         now: datetime) -> int:
+    """The holder's unused pay-codes of every device but ``keep_device`` expire now (a password change)."""
+    done: str = await conn.execute(
+        "UPDATE pay_codes SET expires_at = $3 WHERE holder_id = $1 AND device_id IS DISTINCT FROM $2"
+        " AND used_at IS NULL AND expires_at > $3", holder_id, keep_device, now)
+    return int(done.split()[-1])
+
+
 async def use_pay_code(conn: Connection, code_hash: bytes, payment_id: uuid.UUID) -> None:
     await conn.execute("UPDATE pay_codes SET used_at = now(), payment_id = $2 WHERE code_hash = $1", code_hash, payment_id)
 

@@ -192,6 +192,14 @@ async def revoke_phone_tap_tokens(conn: Connection, holder_id: uuid.UUID, phone_
     return int(done.split()[-1])
 
 
+async def revoke_other_phones_tap_tokens(conn: Connection, holder_id: uuid.UUID, keep_phone: str | None) -> int:
+    """The holder's active tap tokens of every phone but ``keep_phone`` (a password change)."""
+    done: str = await conn.execute(
+        "UPDATE tap_tokens SET status = 'revoked' WHERE holder_id = $1 AND phone_device IS DISTINCT FROM $2"
+        " AND status = 'active'", holder_id, keep_phone)
+    return int(done.split()[-1])
+
+
 async def revoke_tap_token(conn: Connection, token_id: uuid.UUID, holder_id: uuid.UUID) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
         f"UPDATE tap_tokens SET status = 'revoked' WHERE id = $1 AND holder_id = $2 RETURNING {_TAP}",

@@ -203,6 +203,19 @@ async def revoke_other_sessions(conn: Connection, holder_id: uuid.UUID, keep: uu
         holder_id, keep, now))
 
 
+async def end_pending_challenges(conn: Connection, holder_id: uuid.UUID, reasons: tuple[str, ...], now: datetime
+                                 ) -> int:
+    """The holder's live challenges of ``reasons`` end now (expired), with their unsent codes: a sign-in
+    begun with the old password cannot finish after a password change."""
+    ended: int = await conn.fetchval(
+        "WITH ended AS (UPDATE sign_in_challenges SET expires_at = $3 WHERE holder_id = $1 AND reason = ANY($2::text[])"
+        " AND consumed_at IS NULL AND expires_at > $3 RETURNING id),"
+        " dropped AS (UPDATE sign_in_messages SET status = 'dropped', sealed_code = NULL, lease_until = NULL"
+        " WHERE challenge_id IN (SELECT id FROM ended) AND status = 'pending')"
+        " SELECT count(*) FROM ended", holder_id, list(reasons), now)
+    return ended
+
+
 async def set_password(conn: Connection, holder_id: uuid.UUID, password_hash: str, now: datetime) -> None:
     await conn.execute("UPDATE wallet_holders SET password_hash = $2, password_changed_at = $3 WHERE id = $1",
                        holder_id, password_hash, now)

@@ -1,7 +1,8 @@
 """Budgets, the holder's time zone, spending aggregates and the budget worker's cursor (migration 0016).
 
 What counts as spending: a wallet account's postings of ``capture`` entries (money paid, positive
-spend) and ``refund`` entries (money back, negative spend), in the month the posting happened in the
+spend) and ``refund`` entries (money back, negative spend, with the cashback the refund took back:
+``_SPENT``), in the month the posting happened in the
 holder's time zone (``COALESCE(wallet_holders.time_zone, <default>)``), grouped by the paying
 merchant's MCC group (``domain.mcc``, passed in as arrays: the one table, not a copy). Authorisations
 not yet captured are no spending. Every aggregate is computed by the database.
@@ -33,6 +34,11 @@ from gateway.store.db import Connection, one
 
 _BUDGET = "id, holder_id, category, currency, amount_minor, created_at, updated_at"
 _SPEND_KINDS = "('capture', 'refund')"
+# What a wallet posting of those entries (``p``, of entry ``e``) spent: the money that left the wallet, less
+# what came back; a refund's part that took a cashback back (kept by the promotions, not credited) comes
+# back all the same, since the cashback credited it earlier, so a purchase refunded in full spent nothing.
+_SPENT = ("-p.amount_minor - CASE WHEN e.kind = 'refund' THEN COALESCE((SELECT r.cashback_clawed_back_minor"
+          " FROM refunds r WHERE r.id = e.refund_id), 0) ELSE 0 END")
 # The category of ``mer`` (merchants) through ``g``, the ranges of domain.mcc as $n, $n+1, $n+2.
 
 
@@ -124,7 +130,7 @@ async def month_spending(conn: Connection, holder_id: uuid.UUID, zone: str, mont
             SELECT ($3::date::timestamp AT TIME ZONE $2) AS start_at,
                    (($3::date + interval '1 month')::timestamp AT TIME ZONE $2) AS end_at
         ), moves AS (
-            SELECT p.currency, -p.amount_minor AS spent_minor, e.kind, e.payment_id, mer.id AS merchant_id,
+            SELECT p.currency, {_SPENT} AS spent_minor, e.kind, e.payment_id, mer.id AS merchant_id,
                    mer.name AS merchant_name, COALESCE(g.grp, 'other') AS category
               FROM bounds, accounts a
               JOIN postings p ON p.account_id = a.id
@@ -213,7 +219,7 @@ async def budget_steps(conn: Connection, floor: int, since: datetime, until: dat
                AND EXISTS (SELECT 1 FROM budgets b WHERE b.holder_id = a.owner_id AND b.currency = a.currency)
         ), moves AS (
             SELECT m.holder_id, m.currency, m.month, COALESCE(g.grp, 'other') AS category,
-                   -p.amount_minor AS spent_minor, p.created_at < $2 AS before
+                   {_SPENT} AS spent_minor, p.created_at < $2 AS before
               FROM moved m
               JOIN postings p ON p.account_id = m.account_id
               JOIN journal_entries e ON e.id = p.entry_id

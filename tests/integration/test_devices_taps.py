@@ -187,6 +187,28 @@ async def test_revoked_tap_token_is_declined_and_keys_never_logged(world: World,
     assert await world.available(h) == 10_000
 
 
+
+async def test_a_password_change_ends_the_other_phones_tap_tokens(world: World) -> None:
+    """The holder lost phone-9 and changes its password from phone-1: phone-9's tap token is revoked with
+    its session (as revoking the device does), so a tap from it is declined and nothing moves; phone-1's
+    own token still pays (found by review: a password change left the other phones' tap tokens working)."""
+    m = await world.merchant()
+    h = await world.holder(top_up=10_000, device_id="phone-1")
+    device, _ = await _device(world, m)
+    lost = await world.sign_in(h.phone, device_id="phone-9")
+    cards = []
+    for token_of in (lost, h.token):
+        token = await world.call("POST", "/v1/wallet/tap_tokens", 201, headers=auth(token_of), json={})
+        cards.append(WalletCard(WalletProvisioning(token_pan=token["token_pan"], psn=token["psn"],
+                                                   icc_mk_ac=bytes.fromhex(token["icc_master_key"])), atc=token["atc"]))
+    await world.call("POST", "/v1/wallet/password", headers=h.headers,
+                     json={"current_password": "s3cret-pass", "new_password": "another-pass-42"})
+    err = await _pay_tap(world, device["access_token"], _tap(cards[0], 100), 100, 402)
+    assert err["error"]["code"] == "tap_token_revoked"
+    assert await world.available(h) == 10_000
+    await _pay_tap(world, device["access_token"], _tap(cards[1], 100), 100)
+    assert await world.available(h) == 9_900
+
 async def test_a_suspended_merchants_devices_are_refused_like_its_keys(world: World) -> None:
     """Suspension is "no API access" for every credential of the merchant: its counters can neither
     refund (money out of the suspended merchant) nor sell, and cannot renew their tokens."""

@@ -162,10 +162,18 @@ async def test_pay_code_is_charged_once(world: World, clean_db: str) -> None:
     assert all(code not in row["code_masked"] and code.encode() not in row["code_hash"] for row in stored)
 
 
-async def test_pay_code_needs_a_device_bound_login(world: World) -> None:
-    h = await world.holder()
-    err = await world.call("POST", "/v1/wallet/pay_codes", 400, headers=h.headers, json={})
-    assert err["error"]["code"] == "device_required"
+async def test_pay_code_is_bound_to_the_device_even_one_signed_in_unnamed(world: World) -> None:
+    """A holder signed in without a device_id is on a device named for it (services.sign_in.verify): its
+    pay-code is bound to that device, and signing the device out ends the code with it."""
+    m = await world.merchant(fee_bps=0)
+    h = await world.holder(top_up=10_000)
+    code = (await world.call("POST", "/v1/wallet/pay_codes", 201, headers=h.headers, json={}))["code"]
+    other = await world.sign_in(h.phone, device_id="phone-z")
+    devices = (await world.call("GET", "/v1/wallet/devices", headers={"Authorization": f"Bearer {other}"}))["data"]
+    unnamed = next(d for d in devices if d["device_id"].startswith("unnamed-"))
+    await world.call("DELETE", f"/v1/wallet/devices/{unnamed['id']}", headers={"Authorization": f"Bearer {other}"})
+    err = await _charge(world, m, code, 500, expect=409)
+    assert (err["error"]["code"], err["error"]["param"]) == ("pay_code_expired", "pay_code"), err
 
 
 async def test_large_pay_code_charge_waits_for_the_pin(world: World) -> None:
