@@ -1,12 +1,11 @@
 """The async driver of one sale: the devices wired to the gateway client, run by the state machine.
 
-One sale: the register asks for an amount; the agent creates the sale's payment, shows the
-amount, arms the NFC reader, listens to the scanner for a pay-code, and meanwhile issues the
-payment's dynamic QR code, shows it and polls the payment. The first of those to complete wins;
-the others are disarmed. A tap or a pay-code settles that same payment, so a sale leaves one
-payment in the merchant's list. The register gets success with the amount, or a rejection; a
-receipt is printed (and the QR code, on a slip, only when ``devices.printer.print_qr_slip`` is
-set).
+One sale: the register asks for an amount; the agent creates the sale's payment and its dynamic
+QR code, shows the amount, arms the NFC reader, listens to the scanner for a pay-code and polls
+the payment. The first of those to complete wins; the others are disarmed. A tap or a pay-code
+settles that same payment, so a sale leaves one payment in the merchant's list. The register gets
+success with the amount, or a rejection; a receipt is printed (and the QR code, on a slip, only
+when ``devices.printer.print_qr_slip`` is set).
 
 Invariants:
 - Money and the register agree. When the register is told "approved", exactly one payment of the
@@ -23,9 +22,6 @@ Invariants:
   pay-codes always need the gateway.
 - A tap's ATC is journalled before the tap is sent online (``Journal.record_tap``).
 - A wallet's pending offline taps are forwarded before its new online tap (ATC order).
-- The QR code's issue never holds back the reader: it runs beside the race, and is not cut off
-  when a tap or a code wins (a request cancelled mid-flight would cost the connection and leave
-  its outcome unknown); the sale waits for it, bounded, before it ends, so it never outlives it.
 - The whole sale is bounded by ``sale_timeout_s``, and each gateway call by its share of what is
   left of it (``resolution.CALL_SHARE``), so the status queries after an unknown outcome fit
   before the deadline; the clean-up after it by ``cleanup_timeout_s``.
@@ -120,8 +116,6 @@ class _Sale:
         self.cancelled = asyncio.Event()
         self.cancel_reason = "cancelled"
         self.qr_payload: str | None = None
-        self.qr_issue: asyncio.Task[str | None] | None = None
-        """Issuing the sale's QR code (its payload, None without one): started once the payment exists."""
         self.attempt_count = 0
         self._loop = asyncio.get_running_loop()
         self._deadline = self._loop.time() + timeout_s
@@ -221,10 +215,9 @@ class CheckoutRunner:
         amount_text = format_amount(sale.amount_minor, s.currency)
         await self._show("TOTAL", amount_text.rjust(20))
         await self._open_payment(sale)
-        payment_id = sale.state.sale_payment_id
-        if payment_id is not None:
-            # Shown by the QR source once the code is issued ("Tap / scan QR"), or without one.
-            sale.qr_issue = asyncio.create_task(self._issue_qr(sale, payment_id), name=f"qr {sale.reference}")
+        if sale.qr_payload is not None:
+            await self._show(amount_text, "Tap / scan QR")
+            await self._print_qr_slip(sale, amount_text)
         elif sale.state.online:
             await self._show(amount_text, "Tap or show code")
         else:
@@ -238,7 +231,7 @@ class CheckoutRunner:
                 raise AssertionError(f"drive stuck in {sale.state.phase}")
 
     async def _open_payment(self, sale: _Sale) -> None:
-        """The sale's one payment."""
+        """The sale's one payment, and its QR code."""
         s = self._sale_settings
         key = self._new_key()
         body = {"amount": sale.amount_minor, "currency": s.currency, "merchant_reference": sale.reference}
@@ -261,38 +254,17 @@ class CheckoutRunner:
             return
         await self._finish(key, OpState.DONE, payment.status, payment.id)
         sale.apply(PaymentOpened(payment.id))
-
-    async def _issue_qr(self, sale: _Sale, payment_id: str) -> str | None:
-        """The QR code of the sale's payment (its payload); None without one."""
-        s = self._sale_settings
-        key = self._new_key()
-        await self._record(key, OpKind.ISSUE_QR, sale, sale.reference, {"payment": payment_id}, payment_id)
+        qr_key = self._new_key()
+        await self._record(qr_key, OpKind.ISSUE_QR, sale, sale.reference, {"payment": payment.id}, payment.id)
         try:
             code = await self._client.issue_qr(
-                payment_id, ttl_s=s.qr_ttl_s, terminal_label=self._settings.agent.terminal_label,
-                idempotency_key=key, timeout_s=sale.call_budget_s())
+                payment.id, ttl_s=s.qr_ttl_s, terminal_label=self._settings.agent.terminal_label,
+                idempotency_key=qr_key, timeout_s=sale.call_budget_s())
         except GatewayError as exc:
-            # Refused once a tap or a code has paid the payment meanwhile: nothing is lost then.
-            level = logging.WARNING if sale.state.phase is Phase.AWAITING else logging.INFO
-            log.log(level, "sale %s: no QR code (%s); tap and pay-code only", sale.reference, exc)
-            return None
-        await self._finish(key, OpState.DONE, "issued", payment_id)
-        return code.payload
-
-    async def _end_qr_issue(self, sale: _Sale) -> None:
-        """The QR issue ends with its sale: awaited (bounded), then cancelled if still running."""
-        issue = sale.qr_issue
-        if issue is None:
+            log.warning("sale %s: no QR code (%s); tap and pay-code only", sale.reference, exc)
             return
-        if not issue.done():
-            await asyncio.wait({issue}, timeout=TASK_STOP_TIMEOUT_S)
-        if not issue.done():
-            log.warning("sale %s: the QR issue did not end within %g s; cancelled", sale.reference,
-                        TASK_STOP_TIMEOUT_S)
-            issue.cancel()
-            await asyncio.wait({issue})
-        elif not issue.cancelled() and issue.exception() is not None:
-            log.warning("sale %s: the QR issue failed: %r", sale.reference, issue.exception())
+        await self._finish(qr_key, OpState.DONE, "issued", payment.id)
+        sale.qr_payload = code.payload
 
     async def _await_payment(self, sale: _Sale) -> None:
         """Race the armed sources; the first to produce something drives the next event."""
@@ -302,8 +274,8 @@ class CheckoutRunner:
             tasks[asyncio.create_task(self._read_tap(reader, sale))] = "tap"
         if codes is not None:
             tasks[asyncio.create_task(self._read_code(codes))] = "code"
-        if sale.qr_issue is not None and sale.state.sale_payment_id is not None:
-            tasks[asyncio.create_task(self._offer_qr(sale, sale.qr_issue, sale.state.sale_payment_id))] = "qr"
+        if sale.qr_payload is not None and sale.state.sale_payment_id is not None:
+            tasks[asyncio.create_task(self._poll_qr(sale, sale.state.sale_payment_id))] = "qr"
         tasks[asyncio.create_task(sale.cancelled.wait())] = "cancel"
         try:
             while True:
@@ -312,7 +284,7 @@ class CheckoutRunner:
                 kind = tasks.pop(finished)
                 result = finished.result()
                 if kind == "qr" and result is None:
-                    continue  # no QR code, or the payment closed (expired): keep waiting for a tap or a code
+                    continue  # the payment closed (expired): keep waiting for a tap or a code
                 break
         finally:
             await self._stop(tasks)
@@ -365,20 +337,6 @@ class CheckoutRunner:
             if is_pay_code(text, prefix=s.pay_code_prefix, length=s.pay_code_length):
                 return text
             log.info("ignoring a scan that is not one of our pay-codes (%d characters)", len(text))
-
-    async def _offer_qr(self, sale: _Sale, issue: asyncio.Task[str | None], payment_id: str) -> Payment | None:
-        """Show the QR code once issued, then poll the payment; None without a code.
-
-        Shielded: cancelling this source (a tap or a code won) leaves the issue running.
-        """
-        sale.qr_payload = await asyncio.shield(issue)
-        amount_text = format_amount(sale.amount_minor, self._sale_settings.currency)
-        if sale.qr_payload is None:
-            await self._show(amount_text, "Tap or show code")
-            return None
-        await self._show(amount_text, "Tap / scan QR")
-        await self._print_qr_slip(sale, amount_text)
-        return await self._poll_qr(sale, payment_id)
 
     async def _poll_qr(self, sale: _Sale, payment_id: str) -> Payment | None:
         """The sale's payment once it succeeded (paid by QR); None once it can no longer be paid."""
@@ -575,11 +533,10 @@ class CheckoutRunner:
     # -- the end of a sale -------------------------------------------------------------------
 
     async def _settle(self, sale: _Sale) -> None:
-        """End the QR issue, reverse the losers, record the decision, show and print the result (bounded)."""
+        """Reverse the losers, record the decision, show and print the result (bounded)."""
         state = sale.state
         assert state.final
         s = self._sale_settings
-        await self._end_qr_issue(sale)
         try:
             async with asyncio.timeout(s.cleanup_timeout_s):
                 await compensate_sale(self._client, self._journal, sale.reference,
