@@ -12,7 +12,11 @@ Reported per sale, from the agent's JSON log timestamps (ms resolution):
   its journal write. This is tap-to-approval.
 - ``tap->approved``: the tap read -> approval (the gateway part alone, with the journal writes).
 and measured by the register: ``register request->answer``: the whole sale (the sale's payment
-and QR created, tap settling that payment, approval, Concert answer).
+and QR created, tap settling that payment, approval, Concert answer). Its other spans, the
+register's clock against the agent's log (one host, one clock; ms resolution):
+- ``request->sale opened``: the Concert request (ENQ, frame, ACKs, EOT) and the sale's journal write;
+- ``sale opened->armed``: the sale's payment and its QR code (two gateway calls, their journal writes);
+- ``approved->answer``: the decision journalled, the receipt printed, the Concert answer delivered.
 
 Bounded: each sale has the register's 20 s wait; everything is torn down at the end.
 Usage: ``python bench/tap_to_approval.py [--sales 30]``
@@ -87,28 +91,38 @@ async def main(sales: int) -> None:
                 phone = PhoneProcess(nfc_port, provisioning)
                 await phone.start()
                 register_ms: list[float] = []
+                register_wall_ms: list[tuple[float, float]] = []  # (request, answer) on the logs' clock
                 for index in range(sales):
-                    started = time.perf_counter()
+                    started, started_wall_s = time.perf_counter(), time.time()
                     response = await asyncio.to_thread(register_payment, modem.path_a, round(1.00 + index / 100, 2),
                                                        waiting_timeout_s=20)
                     register_ms.append((time.perf_counter() - started) * 1000)
+                    register_wall_ms.append((started_wall_s * 1000, time.time() * 1000))
                     assert response is not None and response.has_succeeded, response
                 await asyncio.sleep(0.2)
                 printing.cancel()
                 logs = agent.logs
-        armed_ms, tap_ms = [], []
-        for index in range(1, sales + 1):
+        armed_ms, tap_ms, opened_ms, opened_armed_ms, answer_ms = [], [], [], [], []
+        for index, (request_ms, answered_ms) in enumerate(register_wall_ms, start=1):
             reference = f"E2E-{index:06d}"
 
             def first(suffix: str, ref: str = reference) -> dict[str, Any]:
                 return next(e for e in logs if str(e.get("msg", "")).startswith(f"sale {ref}: {suffix}"))
 
-            approved = ts(first("authorising -> approved"))
-            armed_ms.append(approved - ts(first("reader armed")))
+            approved, armed = ts(first("authorising -> approved")), ts(first("reader armed"))
+            opened = ts(next(e for e in logs if str(e.get("msg", "")).startswith(f"sale {reference}: ")
+                             and str(e.get("msg", "")).endswith(" requested")))
+            armed_ms.append(approved - armed)
             tap_ms.append(approved - ts(first("awaiting -> authorising on TapRead")))
+            opened_ms.append(opened - request_ms)
+            opened_armed_ms.append(armed - opened)
+            answer_ms.append(answered_ms - approved)
         print(f"{sales} sales, gateway on {gateway.url}, phone on udp:{nfc_port}")
+        report("request->sale opened", opened_ms)
+        report("sale opened->armed", opened_armed_ms)
         report("armed->approved (tap)", armed_ms)
         report("tap->approved (gateway)", tap_ms)
+        report("approved->answer", answer_ms)
         report("register request->answer", register_ms)
     finally:
         if phone is not None:

@@ -23,7 +23,8 @@ What it holds:
 - ``meta``: the schema version (migrated forward step by step at open) and the sale sequence.
 
 Invariants:
-- Every write is one transaction, durable when the call returns (kill -9 safe).
+- Every write is one transaction, durable when the call returns (kill -9 safe). Writes made
+  inside ``Journal.transaction()`` join it: one commit (one fsync) for all of them, or none.
 - An offline tap is inserted only together with the limit check that allowed it.
 - Counter before wire: an online tap's ATC is committed (fsynced) in ``tap_counters`` in the same
   transaction as its ``operations`` entry, and the checkout sends the tap only after that commit
@@ -259,6 +260,8 @@ class Journal:
     def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
         self._path = Path(path)
         self._clock = clock
+        self.commit_count = 0
+        """Commits (each one fsync) since the journal was opened: what a sale pays the disk."""
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             if not self._path.exists():
@@ -304,7 +307,15 @@ class Journal:
     # -- plumbing ----------------------------------------------------------------------------
 
     def _transaction(self, *, immediate: bool = False) -> _Transaction:
-        return _Transaction(self._db, immediate=immediate)
+        return _Transaction(self, immediate=immediate)
+
+    def transaction(self) -> _Transaction:
+        """Several writes as one transaction: durable together at its end (one fsync), or not at all.
+
+        For writes that follow each other with no request in between (the answer of one request
+        and the key of the next): each is as durable before the next request as on its own.
+        """
+        return _Transaction(self, immediate=True)
 
     # -- sales -------------------------------------------------------------------------------
 
@@ -569,18 +580,26 @@ class Backlog:
 
 
 class _Transaction:
-    """``BEGIN``/``COMMIT`` on an autocommit connection; ``ROLLBACK`` on any exception."""
+    """``BEGIN``/``COMMIT`` on an autocommit connection; ``ROLLBACK`` on any exception. Inside an
+    open transaction it joins it: the outermost one commits or rolls back."""
 
-    def __init__(self, db: sqlite3.Connection, *, immediate: bool) -> None:
-        self._db = db
+    def __init__(self, journal: Journal, *, immediate: bool) -> None:
+        self._journal = journal
+        self._db = journal._db
         self._begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+        self._outermost = False
 
     def __enter__(self) -> None:
-        self._db.execute(self._begin)
+        self._outermost = not self._db.in_transaction
+        if self._outermost:
+            self._db.execute(self._begin)
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if not self._outermost:
+            return
         if exc_type is None:
             self._db.execute("COMMIT")
+            self._journal.commit_count += 1
         else:
             self._db.execute("ROLLBACK")
 

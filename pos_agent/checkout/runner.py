@@ -12,7 +12,9 @@ Invariants:
   sale holds money (the winner) and every other one is reversed or queued for reversal in the
   journal; when it is told "rejected" (declined, cancelled, timed out, unknown), every payment of
   the sale is reversed or queued, and its offline taps are voided.
-- Every gateway POST's key is journalled before it is sent (``pos_agent.journal``).
+- Every gateway POST's key is journalled before it is sent (``pos_agent.journal``). Writes with
+  no request between them share one commit (one fsync): the sale and its payment's key; the
+  payment's answer and its QR code's key.
 - Journal calls bind their values (``functools.partial``), never a closure over locals: a call
   that timed out still runs later on the journal's thread, when an ``except`` block's exception
   name is gone and a loop variable may name the next item.
@@ -109,13 +111,15 @@ Drain = Callable[[str], Awaitable[None]]
 class _Sale:
     """One sale's mutable shell around the pure state."""
 
-    def __init__(self, reference: str, amount_minor: int, timeout_s: float) -> None:
+    def __init__(self, reference: str, amount_minor: int, timeout_s: float, payment_key: str) -> None:
         self.reference = reference
         self.amount_minor = amount_minor
         self.state = CheckoutState()
         self.cancelled = asyncio.Event()
         self.cancel_reason = "cancelled"
         self.qr_payload: str | None = None
+        self.payment_key = payment_key
+        """The idempotency key of the sale's payment, journalled with the sale (``_open_sale``)."""
         self.attempt_count = 0
         self._loop = asyncio.get_running_loop()
         self._deadline = self._loop.time() + timeout_s
@@ -176,10 +180,11 @@ class CheckoutRunner:
         if self._current is not None:
             raise RuntimeError("one sale at a time")
         s = self._sale_settings
+        payment_key = self._new_key()
         reference = await self._journal.call(functools.partial(
-            Journal.open_sale, label=self._settings.agent.terminal_label, amount_minor=amount_minor,
-            currency=s.currency))
-        sale = _Sale(reference, amount_minor, s.sale_timeout_s)
+            _open_sale, label=self._settings.agent.terminal_label, amount_minor=amount_minor,
+            currency=s.currency, payment_key=payment_key))
+        sale = _Sale(reference, amount_minor, s.sale_timeout_s, payment_key)
         self._current = sale
         self.last_reference = reference
         log.info("sale %s: %s requested", reference, format_amount(amount_minor, s.currency))
@@ -233,9 +238,7 @@ class CheckoutRunner:
     async def _open_payment(self, sale: _Sale) -> None:
         """The sale's one payment, and its QR code."""
         s = self._sale_settings
-        key = self._new_key()
-        body = {"amount": sale.amount_minor, "currency": s.currency, "merchant_reference": sale.reference}
-        await self._record(key, OpKind.CREATE_PAYMENT, sale, sale.reference, body)
+        key = sale.payment_key
         try:
             payment = await self._client.create_payment(
                 amount_minor=sale.amount_minor, currency=s.currency, reference=sale.reference,
@@ -252,10 +255,11 @@ class CheckoutRunner:
             await self._finish(key, OpState.FAILED, exc.error_code)
             sale.apply(PaymentUnavailable(unreachable=False))
             return
-        await self._finish(key, OpState.DONE, payment.status, payment.id)
-        sale.apply(PaymentOpened(payment.id))
         qr_key = self._new_key()
-        await self._record(qr_key, OpKind.ISSUE_QR, sale, sale.reference, {"payment": payment.id}, payment.id)
+        await self._journal.call(functools.partial(
+            _payment_opened, key=key, status=payment.status, payment_id=payment.id, qr_key=qr_key,
+            sale_reference=sale.reference))
+        sale.apply(PaymentOpened(payment.id))
         try:
             code = await self._client.issue_qr(
                 payment.id, ttl_s=s.qr_ttl_s, terminal_label=self._settings.agent.terminal_label,
@@ -610,6 +614,26 @@ class CheckoutRunner:
                 await operation
         except Exception as exc:  # noqa: BLE001 - a display or printer must never fail a payment
             log.warning("device output failed: %s", exc)
+
+
+def _open_sale(journal: Journal, *, label: str, amount_minor: int, currency: str, payment_key: str) -> str:
+    """Open the sale and journal its payment's creation (key and body) in one commit."""
+    with journal.transaction():
+        reference = journal.open_sale(label, amount_minor, currency)
+        body = {"amount": amount_minor, "currency": currency, "merchant_reference": reference}
+        journal.record_operation(payment_key, OpKind.CREATE_PAYMENT, sale_reference=reference, reference=reference,
+                                 body=body)
+    return reference
+
+
+def _payment_opened(
+    journal: Journal, *, key: str, status: str, payment_id: str, qr_key: str, sale_reference: str
+) -> None:
+    """The payment's creation answered, and its QR code's issue journalled, in one commit."""
+    with journal.transaction():
+        journal.finish_operation(key, OpState.DONE, outcome=status, payment_id=payment_id)
+        journal.record_operation(qr_key, OpKind.ISSUE_QR, sale_reference=sale_reference, reference=sale_reference,
+                                 body={"payment": payment_id}, payment_id=payment_id)
 
 
 _METHOD_OF_CHANNEL: Final = {"tap": Method.TAP, "pay_code": Method.PAY_CODE, "qr": Method.QR}

@@ -382,3 +382,51 @@ async def test_a_tap_refused_because_the_qr_code_paid_the_payment_approves_the_s
     finally:
         await server.close()
         await journal.close()
+
+
+async def test_an_online_tap_sale_commits_the_journal_six_times(tmp_path: Path) -> None:
+    """Each commit is an fsync on the sale's path. Writes with no request between them share one:
+    the sale with its payment's key, the payment's answer with its QR code's key. The rest (the
+    QR's answer, the tap and its counter, the tap's answer, the decision) each stand before or
+    after a request of their own."""
+    seen: list[tuple[str, int]] = []
+    journal = AsyncJournal.open(tmp_path / "journal.sqlite3")
+
+    async def handle(request: web.Request) -> web.Response:
+        path = request.path
+        seen.append((f"{request.method} {path}", journal.sync.commit_count))
+        if path == "/v1/devices/sessions":
+            return web.json_response({"access_token": "t", "expires_in": 900}, status=201)
+        if path == "/v1/payments" and request.method == "POST":
+            return web.json_response(payment("pay_q", "requires_payment_method", "Q"), status=201)
+        if path == "/v1/payments/pay_q/qr_codes":
+            return web.json_response({"payload": "000201QR", "image_png": None}, status=201)
+        if path == "/v1/tap_payments":
+            return web.json_response(payment("pay_q", "succeeded", "Q"), status=200)
+        return web.json_response({"error": {"code": "resource_missing"}}, status=404)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    settings = Settings(
+        gateway=GatewaySettings(url=str(server.make_url("")).rstrip("/"), retry_count_max=1),
+        sale=SaleSettings(sale_timeout_s=5.0, status_poll_interval_s=5.0),
+    )
+    reader = FakeReader()
+    reader.taps.put_nowait(make_tap())
+    try:
+        async with GatewayClient(settings.gateway, credentials=Credentials("x", "d", "s", "t", "s", "m")) as client:
+            start = journal.sync.commit_count
+            outcome = await CheckoutRunner(settings, client, journal, CheckoutDevices(reader=reader)).sell(3_800)
+        assert outcome.approved and outcome.method is Method.TAP
+        assert journal.sync.commit_count - start == 6
+        posts = [(name, count - start) for name, count in seen if name.startswith("POST /v1/") and "sessions" not in name]
+        # Each request goes out once the commits that cover it are done: 1, then 2, then 4 (QR answer, tap).
+        assert posts == [("POST /v1/payments", 1), ("POST /v1/payments/pay_q/qr_codes", 2), ("POST /v1/tap_payments", 4)]
+        ops = {op.kind: op for op in await journal.call(lambda j: j.operations_of_sale(outcome.reference))}
+        assert ops[OpKind.CREATE_PAYMENT].state is OpState.DONE and ops[OpKind.CREATE_PAYMENT].payment_id == "pay_q"
+        assert ops[OpKind.ISSUE_QR].state is OpState.DONE and ops[OpKind.TAP].state is OpState.DONE
+    finally:
+        await server.close()
+        await journal.close()

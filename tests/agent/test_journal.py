@@ -70,6 +70,26 @@ def test_operations_survive_reopen_and_keep_their_first_record(tmp_path: Path) -
         reopened.close()
 
 
+def test_writes_in_one_transaction_are_one_commit_all_or_none(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite3")
+    before = journal.commit_count
+    with journal.transaction():
+        reference = journal.open_sale("T1", 1_000, "CNY")
+        journal.record_operation("k1", OpKind.CREATE_PAYMENT, sale_reference=reference, reference=reference, body={})
+    assert journal.commit_count == before + 1
+    with pytest.raises(RuntimeError), journal.transaction():
+        journal.finish_operation("k1", OpState.DONE, outcome="requires_payment_method", payment_id="pay_1")
+        journal.record_operation("k2", OpKind.ISSUE_QR, sale_reference=reference, reference=reference, body={})
+        raise RuntimeError("the agent fails before the commit")
+    assert journal.commit_count == before + 1
+    journal.close()
+    reopened = Journal(tmp_path / "j.sqlite3")
+    k1 = reopened.operation("k1")
+    assert k1 is not None and k1.state is OpState.PENDING and reopened.operation("k2") is None  # neither write
+    assert reopened.sale(reference) is not None
+    reopened.close()
+
+
 def test_sale_lifecycle(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.sqlite3")
     try:
