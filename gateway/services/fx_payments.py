@@ -163,14 +163,15 @@ def pays_through_quote(payment: asyncpg.Record, discount: views.DiscountOffer | 
 async def offer(svc: Services, conn: Connection, holder_id: uuid.UUID, payment: asyncpg.Record,
                 discount: views.DiscountOffer | None) -> views.PaymentFxView | None:
     """The quote a preview offers for paying ``payment`` from another currency, when the wallet's available
-    balance in its currency is short: from the first of the holder's other currencies (by code) that its
+    balance in its currency is short of what it would pay without a quote (the discount taken off): from the first of the holder's other currencies (by code) that its
     tier lists, has a rate into the payment's currency now and covers what the wallet pays (the amount less
     ``discount``, the discount the preview offers: ``pays_through_quote``). None otherwise."""
     target_code = payment["currency"]
     pays = pays_through_quote(payment, discount)
+    own = discount.amount_to_pay if discount is not None else int(payment["amount_minor"])  # paid without a quote
     available = {r["currency"]: r["posted_minor"] - r["held_minor"]
                  for r in await wallet_store.wallet_accounts(conn, holder_id)}
-    if available.get(target_code, 0) >= pays:  # the common case: one read, nothing offered
+    if available.get(target_code, 0) >= own:  # the common case: one read, nothing offered
         return None
     holder = await wallet_store.holder_for_payment(conn, holder_id)
     tier = svc.tiers[holder["tier"]]

@@ -35,10 +35,14 @@ from gateway.store.db import Connection, one
 _BUDGET = "id, holder_id, category, currency, amount_minor, created_at, updated_at"
 _SPEND_KINDS = "('capture', 'refund')"
 # What a wallet posting of those entries (``p``, of entry ``e``) spent: the money that left the wallet, less
-# what came back; a refund's part that took a cashback back (kept by the promotions, not credited) comes
-# back all the same, since the cashback credited it earlier, so a purchase refunded in full spent nothing.
+# what came back; a refund's part that took a bank-funded cashback back (kept by the promotions, not
+# credited) comes back all the same, since the cashback credited it earlier, so a purchase refunded in full
+# spent nothing.
+# A merchant-funded cashback is paid inside its capture entry (already netted there): only a bank-funded one,
+# credited by an entry of its own that spending does not count, is added back.
 _SPENT = ("-p.amount_minor - CASE WHEN e.kind = 'refund' THEN COALESCE((SELECT r.cashback_clawed_back_minor"
-          " FROM refunds r WHERE r.id = e.refund_id), 0) ELSE 0 END")
+          " FROM refunds r JOIN payments cp ON cp.id = r.payment_id"
+          " WHERE r.id = e.refund_id AND cp.cashback_funded_by = 'bank'), 0) ELSE 0 END")
 # The category of ``mer`` (merchants) through ``g``, the ranges of domain.mcc as $n, $n+1, $n+2.
 
 

@@ -687,3 +687,68 @@ async def test_a_sign_in_without_a_device_meets_the_device_rules(world: World) -
     assert s1 == 200, b1
     s2, b2 = await _post(world, f"/v1/wallet/payments/{p2['id']}/pay", bare.headers, {}, "nodev-2")
     assert (s2, b2.get("error", {}).get("code")) == (402, "risk_declined"), (s2, b2)
+
+
+# --- a second review of the fixes (2026-12-03 night) ------------------------------------------------
+
+async def test_a_refunded_purchase_with_merchant_cashback_counts_no_spending(world: World) -> None:
+    """A 10.00 CNY purchase with a merchant-funded 5% cashback (its legs are in the capture entry: the wallet's
+    capture postings are -10.00 and +0.50), refunded in full (the wallet gets 9.50, 0.50 clawed back to the
+    merchant): the holder is where it started, the month's spending must be 0. _SPENT now adds the claw-back
+    to the refund although the capture entry already netted the cashback: -0.50."""
+    m = await world.merchant()
+    await _campaign(world, currency="CNY", rule="cashback", percent_bps=500, funded_by="merchant",
+                    merchants=[m.id])
+    h = await world.holder(top_up=10_000)
+    p = await world.payment(m, 1_000)
+    paid = await world.pay(h, p["id"], key="mcb-pay")
+    assert paid["status"] == "succeeded" and paid["cashback"]["funded_by"] == "merchant", paid
+    refund = await world.call("POST", f"/v1/payments/{p['id']}/refunds", 201, headers=m.headers, json={})
+    assert refund["cashback_clawed_back"] == 50, refund
+    assert (await _balances(world, h))["CNY"] == 10_000
+    insights = await world.call("GET", "/v1/wallet/insights", headers=h.headers)
+    totals = {c["currency"]: c["total"] for c in insights["currencies"]}
+    assert totals.get("CNY", 0) == 0, insights
+
+
+async def test_a_manual_payment_the_wallet_can_pay_discounted_keeps_its_discount_offer(world: World) -> None:
+    """A manual-capture EUR 10.00 payment, bank-funded 10% campaign; the holder has EUR 9.50 (enough for the
+    discounted hold of 9.00) and CNY. Paying without a quote reserves the 1.00 discount; the preview must show
+    that discount_offer. fx_payments.offers quotes the full 10.00 (pays_through_quote ignores the discount for a
+    manual capture), finds EUR short, offers a quote and drops the discount_offer."""
+    await world.call("POST", "/v1/operator/fx_rates", 201, headers=world.ops,
+                     json={"base": "EUR", "quote": "CNY", "rate": "7.8", "spread_bps": 0})
+    await _campaign(world)
+    m = await world.merchant()
+    h = await world.holder(top_up=100_000)
+    q = await world.call("POST", "/v1/wallet/fx_quotes", 201, headers=h.headers,
+                         json={"from_currency": "CNY", "to_currency": "EUR", "receive_amount": 950})
+    await world.call("POST", "/v1/wallet/conversions", 201, headers={**h.headers, "Idempotency-Key": "to-eur"},
+                     json={"quote": q["id"]})
+    assert (await _balances(world, h)).get("EUR") == 950
+    p = await world.payment(m, 1_000, "EUR", capture_method="manual")
+    looked = await world.call("GET", f"/v1/payments/{p['id']}", headers=h.headers)
+    paid = await world.call("POST", f"/v1/wallet/payments/{p['id']}/pay",
+                            headers={**h.headers, "Idempotency-Key": "m-eur"}, json={})
+    assert paid["status"] == "requires_capture", paid
+    assert looked["discount_offer"] is not None, (looked["discount_offer"], looked["fx_offer"], paid.get("discount"))
+
+
+async def test_a_merchant_funded_discount_paid_through_a_quote_then_refunded_in_parts_holds(world: World) -> None:
+    """Held: EUR 10.00 automatic, merchant-funded 10% discount, paid through the preview's quote (for 9.00),
+    refunded 4.00 then the rest: the wallet ends with its CNY and no EUR; the invariants (teardown) pass."""
+    await world.call("POST", "/v1/operator/fx_rates", 201, headers=world.ops,
+                     json={"base": "EUR", "quote": "CNY", "rate": "7.8", "spread_bps": 0})
+    m = await world.merchant()
+    await _campaign(world, funded_by="merchant", merchants=[m.id])
+    h = await world.holder(top_up=100_000)
+    p = await world.payment(m, 1_000, "EUR")
+    looked = await world.call("GET", f"/v1/payments/{p['id']}", headers=h.headers)
+    assert looked["fx_offer"]["amount"] == 900, looked
+    paid = await world.call("POST", f"/v1/wallet/payments/{p['id']}/pay",
+                            headers={**h.headers, "Idempotency-Key": "mf-fx"}, json={"fx_quote": looked["fx_offer"]["quote"]})
+    assert paid["status"] == "succeeded", paid
+    await world.call("POST", f"/v1/payments/{p['id']}/refunds", 201, headers=m.headers, json={"amount": 400})
+    await world.call("POST", f"/v1/payments/{p['id']}/refunds", 201, headers=m.headers, json={})
+    got = await _balances(world, h)
+    assert got.get("EUR", 0) == 0 and got["CNY"] == 100_000, got
