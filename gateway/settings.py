@@ -56,6 +56,9 @@ class DatabaseSettings(Section, frozen=True):
     idle_in_transaction_timeout_s: float = 5.0
     connection_check_interval_s: float = 1.0
     connect_wait_s: float = 30.0
+    # How long a batch of payments waits for one of a campaign's counter rows when others hold every row
+    # (migration 0035); then its items go to their general path.
+    campaign_row_wait_s: float = 0.05
     # A streaming replica for reads that may be stale (gateway.store.replica); empty: the primary serves all.
     replica_url: str = ""
     replica_backoff_s: float = 5.0
@@ -440,6 +443,8 @@ class Settings(Section, frozen=True):
         _check_url("redis.url", self.redis.url, ("redis", "rediss", "unix"), port=True)
         if self.database.replica_url:
             _check_url("database.replica_url", self.database.replica_url, ("postgresql", "postgres"), port=False)
+        if not 0.001 <= self.database.campaign_row_wait_s <= 60:
+            raise ValueError("database.campaign_row_wait_s is 0.001-60 seconds")
         if self.database.replica_backoff_s <= 0:
             raise ValueError("database.replica_backoff_s is positive")
         self.redis.sentinel_addresses()  # refuses a malformed list by name

@@ -70,6 +70,8 @@ def session_settings(settings: DatabaseSettings) -> dict[str, str]:
         "statement_timeout": _ms(settings.statement_timeout_s),
         "idle_in_transaction_session_timeout": _ms(settings.idle_in_transaction_timeout_s),
         "client_connection_check_interval": _ms(settings.connection_check_interval_s),
+        # Read by gateway_pay_batch (migration 0035): its wait for a campaign's counter row.
+        "gateway.campaign_row_wait_ms": _ms(settings.campaign_row_wait_s),
     }
 
 
