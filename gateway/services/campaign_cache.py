@@ -8,7 +8,10 @@ Invariants:
   and at once by a use case of this process that created or ended a campaign (after its commit);
 - until the first load succeeds, and once loads failed for ``_STALE_PERIODS`` refresh periods,
   ``current()`` answers None ("cannot tell"): callers then read the database;
-- a merchant's MCC, which never changes once the merchant exists, is cached without bound on its age.
+- a merchant's MCC, which never changes once the merchant exists, is cached without bound on its age;
+- a load also reads the promotions account of each bank-funded campaign's currency into the ledger's
+  cache of account ids (an id never changes), so that the one-statement path can pay a campaign's
+  first payments instead of sending them all to the general path, which reads the account there.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
 from gateway.tasks import cancel_and_wait
-from gateway.domain.promotions import Campaign
+from gateway.domain import ledger
+from gateway.domain.promotions import Campaign, Funder
 from gateway.settings import PromotionSettings
+from gateway.store import ledger as ledger_store
 from gateway.store import promotions as store
 from gateway.store.db import Connection, Database
 
@@ -56,10 +61,13 @@ class CampaignCache:
         number = self._started
         async with db.connection() as conn:
             rows = await store.live(conn, now, self.live_max)
+            campaigns = tuple(store.to_domain(r) for r in rows)
+            funding = sorted({c.currency for c in campaigns if c.funded_by is Funder.BANK})
+            await ledger_store.learn(conn, [ledger.promotions(code) for code in funding])
         if number < self._kept:
             return  # a later load finished first: it saw every change this one saw
         self._kept = number
-        self._campaigns = tuple(store.to_domain(r) for r in rows)
+        self._campaigns = campaigns
         self._loaded_at_s = self._clock()
         self.loads += 1
 

@@ -92,6 +92,13 @@ async def resolve_accounts(conn: Connection, refs: list[AccountRef]) -> dict[Acc
 
 async def existing_accounts(conn: Connection, refs: list[AccountRef]) -> dict[AccountRef, Account]:
     """Ids of accounts that exist and are committed (read only: safe inside a transaction)."""
+    await learn(conn, refs)
+    return {ref: _accounts[ref] for ref in refs}
+
+
+async def learn(conn: Connection, refs: list[AccountRef]) -> None:
+    """Read into this process's cache the ids of those accounts that exist and are not cached yet (one
+    round trip when some are missing; an account that does not exist yet stays unknown)."""
     missing = [ref for ref in refs if ref not in _accounts]
     if missing:
         _remember(await conn.fetch(
@@ -101,7 +108,6 @@ async def existing_accounts(conn: Connection, refs: list[AccountRef]) -> dict[Ac
             [ref.kind.value for ref in missing], [ref.owner or _NIL for ref in missing],
             [ref.currency for ref in missing], _NIL,
         ))
-    return {ref: _accounts[ref] for ref in refs}
 
 
 def cached(refs: list[AccountRef]) -> dict[AccountRef, Account] | None:

@@ -18,8 +18,11 @@ from typing import Any
 import asyncpg
 import pytest
 
+from gateway.api.routing import SERVICES
+from gateway.domain import ledger
 from gateway.domain.ids import Kind, decode
 from gateway.settings import Settings
+from gateway.store import ledger as ledger_store
 from tests.conftest import make_settings
 from tests.integration.conftest import serving
 from tests.integration.world import World, batched
@@ -167,3 +170,22 @@ async def test_a_batch_waits_no_longer_than_its_bound(clean_db: str) -> None:
                     await asyncio.wait([paying], timeout=10)
         assert paid["status"] == "succeeded" and paid["discount"]["amount"] == 100
         assert batched() == (given + 1, refused + 1)  # its batch gave up on it
+
+
+async def test_a_process_that_did_not_create_a_campaign_pays_its_first_payments_in_batches(
+        world: World) -> None:
+    """What set off the burst: a process that had not read the promotions account sent every payment of
+    a new bank-funded campaign to the general path (which reads it). The campaign cache's load reads it."""
+    c = await _campaign(world)
+    svc = world.client.app[SERVICES]
+    promotions = ledger.promotions("CNY")
+    ledger_store._accounts.pop(promotions, None)  # as in a process that did not create the campaign
+    await svc.campaigns.load(svc.db, svc.now())
+    assert ledger_store.cached([promotions]) is not None
+    m = await world.merchant()
+    h = await world.holder(top_up=10_000)
+    p = await world.payment(m, 1_000)
+    given, refused = batched()
+    paid = await world.pay(h, p["id"])
+    assert paid["discount"]["amount"] == 100 and c["id"]
+    assert batched() == (given + 1, refused)
