@@ -170,6 +170,7 @@ DECLARE
     r record;
     j int;
     picked smallint;
+    need bigint;
     room bigint;
     places_left int;
     starts timestamptz;
@@ -186,24 +187,37 @@ DECLARE
     c_taken int[] := '{}';
     paid uuid[] := '{}';  -- the payments of the batch's applied items (one item per payment)
 BEGIN
-    -- One counter row per campaign of the batch with room for at least one payment: one that nobody else
-    -- holds (SKIP LOCKED), else one waited for a bounded time (below); none: its items fall back.
+    -- One counter row per campaign of the batch with room for the smallest discount of its items: one that
+    -- nobody else holds (SKIP LOCKED), else one waited for a bounded time (below); none: its items fall back.
     FOR r IN SELECT DISTINCT c.id FROM unnest($38) AS c(id) WHERE c.id IS NOT NULL ORDER BY c.id LOOP
         picked := NULL;
-        SELECT k.shard, k.budget_minor - k.spent_minor, k.places_max - k.places_taken, c.starts_at, c.ends_at
-          INTO picked, room, places_left, starts, ends
-          FROM campaign_shards k JOIN campaigns c ON c.id = k.campaign_id
-         WHERE k.campaign_id = r.id AND NOT k.closed AND c.ended_at IS NULL AND k.spent_minor < k.budget_minor
-           AND (k.places_max IS NULL OR k.places_taken < k.places_max)
-         ORDER BY k.budget_minor - k.spent_minor DESC, k.shard
-         LIMIT 1 FOR UPDATE OF k SKIP LOCKED;
+        -- A row with less than every item's discount pays none of them: neither picked nor waited for
+        -- (review R35).
+        need := greatest(1, (SELECT min(x.d) FROM unnest($38, $39) AS x(c, d) WHERE x.c = r.id));
+        -- In a block: a row the pick locked and then skipped (spent by a commit after the statement's
+        -- snapshot: PostgreSQL keeps such a lock) is released, so that the wait below holds no other row
+        -- of this campaign (review R35; the take does the same, review R16).
+        BEGIN
+            SELECT k.shard, k.budget_minor - k.spent_minor, k.places_max - k.places_taken, c.starts_at, c.ends_at
+              INTO picked, room, places_left, starts, ends
+              FROM campaign_shards k JOIN campaigns c ON c.id = k.campaign_id
+             WHERE k.campaign_id = r.id AND NOT k.closed AND c.ended_at IS NULL AND k.budget_minor - k.spent_minor >= need
+               AND (k.places_max IS NULL OR k.places_taken < k.places_max)
+             ORDER BY k.budget_minor - k.spent_minor DESC, k.shard
+             LIMIT 1 FOR UPDATE OF k SKIP LOCKED;
+            IF picked IS NULL THEN
+                RAISE EXCEPTION USING ERRCODE = 'GW002';
+            END IF;
+        EXCEPTION WHEN SQLSTATE 'GW002' THEN
+            picked := NULL;
+        END;
         IF picked IS NULL THEN
             -- Every row with room is held by others: wait for one of them, spread by backend, at most
             -- database.campaign_row_wait_s (the batch holds no row of payments, holders or balances yet,
             -- and other campaigns' rows only in campaign order). In a block: a row found spent when it was
             -- released is not kept locked, nor is one given up on.
             DECLARE
-                wait_for smallint := gateway_campaign_row_to_wait(r.id, 1);
+                wait_for smallint := gateway_campaign_row_to_wait(r.id, need);
                 waits text := current_setting('lock_timeout');  -- the session's, for the balance rows below
             BEGIN
                 IF wait_for IS NULL THEN  -- no row has room: nothing to wait for
@@ -216,7 +230,7 @@ BEGIN
                   INTO picked, room, places_left, starts, ends
                   FROM campaign_shards k JOIN campaigns c ON c.id = k.campaign_id
                  WHERE k.campaign_id = r.id AND k.shard = wait_for
-                   AND NOT k.closed AND c.ended_at IS NULL AND k.spent_minor < k.budget_minor
+                   AND NOT k.closed AND c.ended_at IS NULL AND k.budget_minor - k.spent_minor >= need
                    AND (k.places_max IS NULL OR k.places_taken < k.places_max)
                    FOR UPDATE OF k;
                 IF picked IS NULL THEN
