@@ -232,20 +232,34 @@ def one_statement(rules: Iterable[Rule], attempt: Attempt, read: Unlocked | None
       capture), and the caller makes the statement fall back if the holder's spend of the day grew since
       the read (every other capture adds to it first);
     - blocked wallet or device: concerning the payment means matching it: None."""
-    concerning = tuple(r for r in rules if applies(r, attempt))
-    judged = tuple(r for r in concerning if r.kind in (RuleKind.AMOUNT_UNUSUAL, RuleKind.NEW_DEVICE))
-    if any(r.kind in (RuleKind.BLOCKED_WALLET, RuleKind.BLOCKED_DEVICE) for r in concerning):
-        return None
-    usual = any(r.kind is RuleKind.AMOUNT_UNUSUAL for r in judged)
+    # One pass over the rules: this runs for every payment of the one-statement path.
+    counted: list[Rule] = []
+    judged: list[Rule] = []
+    usual = device = False
+    for r in rules:
+        if not applies(r, attempt):
+            continue
+        kind = r.kind
+        if kind in COUNTED_KINDS:
+            counted.append(r)
+        elif kind is RuleKind.AMOUNT_UNUSUAL:
+            judged.append(r)
+            usual = True
+        elif kind is RuleKind.NEW_DEVICE:
+            judged.append(r)
+            device = True
+        else:  # a blocked wallet or device that concerns the payment matches it
+            return None
     if judged:
         if read is None or (usual and (read.usual_minor is None or read.holds_funds)):
             return None
-        if not read.device_read and any(r.kind is RuleKind.NEW_DEVICE for r in judged):
+        if device and not read.device_read:
             return None
         facts = Facts(now=read.now, usual_minor=read.usual_minor or (), device_seen_at=read.device_seen_at)
-        if any(_match(r, attempt, facts) is not None for r in judged):
-            return None
-    return OneStatement(tuple(r for r in concerning if r.kind in COUNTED_KINDS), usual)
+        for r in judged:
+            if _match(r, attempt, facts) is not None:
+                return None
+    return OneStatement(tuple(counted), usual)
 
 
 def usual_minor(amounts_minor: tuple[int, ...], baseline: Baseline) -> int:

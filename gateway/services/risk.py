@@ -154,7 +154,7 @@ def holder_reads(svc: Services, device_id: str | None) -> payment_store.HolderRe
 def _unlocked(head: asyncpg.Record | Mapping[str, Any], now: datetime, device_id: str | None) -> risk.Unlocked:
     usual = None
     if head.get("risk_spend_day") is not None:
-        usual = tuple(int(a) for a in head["risk_usual"] or ())
+        usual = tuple(map(int, head["risk_usual"] or ()))
     device_read = bool(head.get("risk_device_read")) and head.get("risk_device_id") == device_id
     return risk.Unlocked(now=now, usual_minor=usual, holds_funds=usual is None or head["risk_held"] > 0,
                          device_read=device_read, device_seen_at=head.get("risk_device_seen_at"))

@@ -29,15 +29,23 @@ async def accel() -> Any:
 
 
 def _count_pipelines(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The size of every pipeline sent."""
+    """The size of every round trip of commands sent: a pipeline's, or 1 for a script sent alone (as a plain
+    command, not a pipeline)."""
     sizes: list[int] = []
     real = Pipeline.execute
+    real_scripts = Accelerator._pipeline
 
     async def counting(self: Pipeline, raise_on_error: bool = True) -> Any:
         sizes.append(len(self.command_stack))
         return await real(self, raise_on_error)
 
+    async def counting_scripts(self: Accelerator, calls: Any) -> Any:
+        if len(calls) == 1:
+            sizes.append(1)
+        return await real_scripts(self, calls)
+
     monkeypatch.setattr(Pipeline, "execute", counting)
+    monkeypatch.setattr(Accelerator, "_pipeline", counting_scripts)
     return sizes
 
 
@@ -69,6 +77,16 @@ async def test_a_script_redis_lost_is_loaded_again(accel: Accelerator) -> None:
     await accel.client.script_flush()
     answers = await asyncio.gather(*(accel.preflight(f"s-{uuid.uuid4()}", 5, None) for _ in range(5)))
     assert all(answered and wait_s == 0 for wait_s, _, answered in answers)
+
+
+async def test_a_script_redis_lost_is_loaded_again_for_a_lone_call(
+        accel: Accelerator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A script sent alone (a plain command, not a pipeline) that Redis lost is loaded and sent again."""
+    sizes = _count_pipelines(monkeypatch)
+    await accel.client.script_flush()
+    wait_s, _, answered = await accel.preflight(f"s-{uuid.uuid4()}", 5, None)
+    assert answered and wait_s == 0
+    assert sizes == [1, 1]  # refused for its script, then sent again once loaded
 
 
 async def test_copies_go_together_and_all_arrive(accel: Accelerator, monkeypatch: pytest.MonkeyPatch) -> None:
