@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -30,16 +29,6 @@ from tests.integration.world import World, batched
 ROWS = 16  # a campaign of 1,000,000 with a fixed benefit of 100: 16 counter rows (domain.promotions.shard_split)
 
 
-def _window() -> dict[str, str]:
-    now = datetime.now(UTC).replace(tzinfo=None)
-    return {"time_zone": "UTC", "starts_at": (now - timedelta(hours=1)).isoformat(timespec="seconds"),
-            "ends_at": (now + timedelta(hours=2)).isoformat(timespec="seconds")}
-
-
-async def _campaign(world: World) -> Any:
-    body = {"name": "Contended", "currency": "CNY", "rule": "fixed", "fixed_amount": 100, "funded_by": "bank",
-            "budget": 1_000_000, **_window()}
-    return await world.call("POST", "/v1/operator/campaigns", 201, headers=world.ops, json=body)
 
 
 @asynccontextmanager
@@ -89,7 +78,7 @@ async def _lockable(db_url: str, campaign_id: Any) -> int:
 async def test_a_take_finding_every_row_held_waits_for_one_row_not_for_all(world: World, clean_db: str) -> None:
     """The general path's take, every row held: it waits for one row (spread by backend), and takes the
     whole benefit from it as soon as that row is released, holding no other."""
-    c = await _campaign(world)
+    c = await world.campaign()
     h = await world.holder()
     cid, holder_id = decode(Kind.CAMPAIGN, c["id"]), decode(Kind.WALLET_HOLDER, h.id)
     taker = await asyncpg.connect(clean_db)
@@ -119,20 +108,18 @@ def settings() -> Settings:
     return make_settings(database={"campaign_row_wait_s": 2.0})
 
 
-async def test_a_batch_finding_every_row_held_waits_for_one_row(world: World, clean_db: str) -> None:
-    """The one-statement path, every row held: its batch waits (``database.campaign_row_wait_s``) for one
-    row and pays the payment with its discount when that row is released, instead of sending it to its
-    general path at once."""
-    c = await _campaign(world)
+async def _pay_with_every_row_held(world: World, db_url: str, waiting: str) -> tuple[Any, tuple[float, float]]:
+    """A discounted payment paid over HTTP while every counter row is held: once a statement with
+    ``waiting`` waits for one row, that row alone is released. Its answer, and ``batched()`` before it."""
+    c = await world.campaign()
     m = await world.merchant()
     h = await world.holder(top_up=10_000)
     p = await world.payment(m, 1_000)
-    cid = decode(Kind.CAMPAIGN, c["id"])
-    given, refused = batched()
-    async with _every_row_held(clean_db, cid) as held:
+    before = batched()
+    async with _every_row_held(db_url, decode(Kind.CAMPAIGN, c["id"])) as held:
         paying = asyncio.ensure_future(world.pay(h, p["id"]))
         try:
-            _, blockers = await _waiter(clean_db, "gateway_pay_batch")
+            _, blockers = await _waiter(db_url, waiting)
             assert len(blockers) == 1, blockers
             await held[blockers[0]].execute("COMMIT")
             paid = await asyncio.wait_for(paying, 10)
@@ -142,6 +129,14 @@ async def test_a_batch_finding_every_row_held_waits_for_one_row(world: World, cl
                     await conn.close()
                 await asyncio.wait([paying], timeout=10)
     assert paid["status"] == "succeeded" and paid["discount"]["amount"] == 100
+    return paid, before
+
+
+async def test_a_batch_finding_every_row_held_waits_for_one_row(world: World, clean_db: str) -> None:
+    """The one-statement path, every row held: its batch waits (``database.campaign_row_wait_s``) for one
+    row and pays the payment with its discount when that row is released, instead of sending it to its
+    general path at once."""
+    _, (given, refused) = await _pay_with_every_row_held(world, clean_db, "gateway_pay_batch")
     assert batched() == (given + 1, refused)  # paid by its batch, not refused by it
 
 
@@ -150,25 +145,7 @@ async def test_a_batch_waits_no_longer_than_its_bound(clean_db: str) -> None:
     payment goes to its general path, which waits for one row and pays with the discount."""
     async with serving(clean_db, make_settings()) as client:
         world = await World.create(client)
-        c = await _campaign(world)
-        m = await world.merchant()
-        h = await world.holder(top_up=10_000)
-        p = await world.payment(m, 1_000)
-        cid = decode(Kind.CAMPAIGN, c["id"])
-        given, refused = batched()
-        async with _every_row_held(clean_db, cid) as held:
-            paying = asyncio.ensure_future(world.pay(h, p["id"]))
-            try:
-                _, blockers = await _waiter(clean_db, "gateway_campaign_take")
-                assert len(blockers) == 1, blockers
-                await held[blockers[0]].execute("COMMIT")
-                paid = await asyncio.wait_for(paying, 10)
-            finally:
-                if not paying.done():
-                    for conn in held.values():
-                        await conn.close()
-                    await asyncio.wait([paying], timeout=10)
-        assert paid["status"] == "succeeded" and paid["discount"]["amount"] == 100
+        _, (given, refused) = await _pay_with_every_row_held(world, clean_db, "gateway_campaign_take")
         assert batched() == (given + 1, refused + 1)  # its batch gave up on it
 
 
@@ -176,7 +153,7 @@ async def test_a_process_that_did_not_create_a_campaign_pays_its_first_payments_
         world: World) -> None:
     """What set off the burst: a process that had not read the promotions account sent every payment of
     a new bank-funded campaign to the general path (which reads it). The campaign cache's load reads it."""
-    c = await _campaign(world)
+    c = await world.campaign()
     svc = world.client.app[SERVICES]
     promotions = ledger.promotions("CNY")
     ledger_store._accounts.pop(promotions, None)  # as in a process that did not create the campaign

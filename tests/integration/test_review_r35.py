@@ -9,7 +9,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -26,16 +25,6 @@ def _deadlocks() -> float:
     return REGISTRY.get_sample_value("gateway_db_transaction_retries_total", {"reason": "deadlock"}) or 0.0
 
 
-def _window() -> dict[str, str]:
-    now = datetime.now(UTC).replace(tzinfo=None)
-    return {"time_zone": "UTC", "starts_at": (now - timedelta(hours=1)).isoformat(timespec="seconds"),
-            "ends_at": (now + timedelta(hours=2)).isoformat(timespec="seconds")}
-
-
-async def _campaign(world: World, **terms: Any) -> Any:
-    body = {"name": "R35", "currency": "CNY", "rule": "fixed", "fixed_amount": 100, "funded_by": "bank",
-            "budget": 1_000_000, **_window(), **terms}
-    return await world.call("POST", "/v1/operator/campaigns", 201, headers=world.ops, json=body)
 
 
 async def _rows(db_url: str, campaign_id: Any) -> list[asyncpg.Record]:
@@ -113,7 +102,7 @@ async def test_r35_a_batch_that_got_its_row_by_waiting_locks_the_balances_under_
     it is released; the house balance rows it locks next are held 1.4 s (more than the row wait, less
     than the session's lock_timeout of 2 s): it waits for them and pays its payment with the discount.
     Had the wait's 1 s stayed in force, that lock would fail (LockNotAvailable out of the whole batch)."""
-    c = await _campaign(world)
+    c = await world.campaign()
     cid = decode(Kind.CAMPAIGN, c["id"])
     m = await world.merchant()
     h = await world.holder(top_up=10_000)
@@ -143,7 +132,7 @@ async def test_r35_a_batch_that_gave_up_its_wait_locks_the_balances_under_the_se
     """Held. Every counter row held for good; the batch gives up after 50 ms (its item falls back); the
     house balance rows it locks next, held 400 ms, are waited for under the session's 2 s, not 50 ms:
     the statement returns (its item refused, not the batch failed) and the general path pays."""
-    c = await _campaign(world)
+    c = await world.campaign()
     cid = decode(Kind.CAMPAIGN, c["id"])
     m = await world.merchant()
     h = await world.holder(top_up=10_000)
@@ -195,7 +184,7 @@ async def test_r35_a_take_waiting_for_a_row_the_end_holds_is_refused_and_keeps_n
     take finds every row held and waits for its one row (the end's, or the payment's behind the end).
     The payment commits, the end closes every row and commits: the take is refused, its use given back,
     no row left locked by it; nothing was granted."""
-    c = await _campaign(world, per_holder_limit=3)
+    c = await world.campaign(per_holder_limit=3)
     cid = decode(Kind.CAMPAIGN, c["id"])
     rows = await _rows(clean_db, cid)
     h = await world.holder()
@@ -234,7 +223,7 @@ async def test_r35_a_take_whose_row_was_spent_while_it_waited_gathers_the_rest_a
     finds no free row with room, waits for the held one, which its holder spends to 3 and commits: the
     take gathers 100 from the others (rows released by the sub-block, then all in shard order); a second
     take waiting the same way gathers behind it: both whole, no deadlock, 703 left."""
-    c = await _campaign(world, budget=12_850)
+    c = await world.campaign(budget=12_850)
     cid = decode(Kind.CAMPAIGN, c["id"])
     assert len(await _rows(clean_db, cid)) == 16
     holders = [decode(Kind.WALLET_HOLDER, (await world.holder()).id) for _ in range(2)]
@@ -276,7 +265,7 @@ async def test_r35_a_batch_and_its_fallback_waiting_behind_an_end_never_deadlock
     payment then finds every row held: its batch waits for one (the end's, or the payment's behind it)
     for 50 ms and gives up, its general path waits for one row. The payment commits, the end commits:
     the payment succeeds without a discount, nothing was granted, no deadlock."""
-    c = await _campaign(world)
+    c = await world.campaign()
     cid = decode(Kind.CAMPAIGN, c["id"])
     rows = await _rows(clean_db, cid)
     m = await world.merchant()
@@ -324,8 +313,8 @@ async def test_r35_both_paths_racing_with_an_end_never_over_grant_nor_deadlock(w
     deadlock, the books add up."""
     m1, m2 = await world.merchant(), await world.merchant(name="Cafe")
     holders = list(await asyncio.gather(*(world.holder(top_up=20_000) for _ in range(60))))
-    d = await _campaign(world, budget=12_850, merchants=[m1.id])
-    pc = await _campaign(world, name="P", budget=500_000, places=40, merchants=[m2.id])
+    d = await world.campaign(budget=12_850, merchants=[m1.id])
+    pc = await world.campaign(name="P", budget=500_000, places=40, merchants=[m2.id])
     before = _deadlocks()
     async with serving(clean_db, make_settings()) as other:
         other.app[SERVICES].campaigns.current = lambda: None
@@ -363,7 +352,7 @@ async def test_r35_finding_a_batch_does_not_wait_for_a_row_too_small_for_any_of_
     loaded before: up to its refresh period) still offers 100: the batch waits for the row (up to
     database.campaign_row_wait_s) though no item of 100 can be paid from 30, then sends its item to its
     general path anyway (which gives the 30)."""
-    c = await _campaign(world, budget=130)
+    c = await world.campaign(budget=130)
     cid = decode(Kind.CAMPAIGN, c["id"])
     assert len(await _rows(clean_db, cid)) == 1
     m = await world.merchant()
