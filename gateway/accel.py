@@ -243,9 +243,8 @@ class Accelerator:
         self._windows_back_script = self.client.register_script(_WINDOWS_BACK_LUA)
         self._local = LocalBuckets(LOCAL_BUCKETS_MAX)
         self._takes: list[tuple[AsyncScript, list[str], Sequence[float | int | str | bytes], asyncio.Future[Any]]] = []
-        self._taking: asyncio.Task[None] | None = None
         self._copies: dict[str, tuple[bytes, int]] = {}
-        self._copying: asyncio.Task[None] | None = None
+        self._sending: asyncio.Task[None] | None = None  # the round trips of the scripts and copies waiting
 
     @property
     def available(self) -> bool:
@@ -295,35 +294,17 @@ class Accelerator:
         await self._call("set", key, value, ex=ttl_s)
 
     def copy_later(self, key: str, value: bytes, ttl_s: int) -> None:
-        """Store a copy without waiting for it: copies go in one pipeline per round trip; skipped while
-        Redis is down or when too many wait."""
+        """Store a copy without waiting for it: copies go in the next round trip of the scripts (``_send``),
+        before them; skipped while Redis is down or when too many wait."""
         if not self.available or len(self._copies) >= COPIES_PENDING_MAX:
             return
         self._copies[key] = (value, ttl_s)
-        if self._copying is None:
-            self._copying = asyncio.create_task(self._copy_pending())
-
-    async def _copy_pending(self) -> None:
-        try:
-            while self._copies and self.available:
-                batch, self._copies = self._copies, {}
-                pipe = self.client.pipeline(transaction=False)
-                for key, (value, ttl_s) in batch.items():
-                    pipe.set(key, value, ex=ttl_s)
-                try:
-                    await pipe.execute()
-                except _FAILURES as exc:
-                    self._failed(exc)
-                else:
-                    self._answered()
-            self._copies.clear()
-        finally:
-            self._copying = None
+        self._start_sending()
 
     async def copies_sent(self) -> None:
         """Wait until the copies asked for so far have had their round trip (tests, shutdown)."""
-        while self._copying is not None:
-            await asyncio.shield(self._copying)
+        while self._sending is not None:
+            await asyncio.shield(self._sending)
 
     async def delete(self, key: str) -> None:
         await self._call("delete", key)
@@ -403,20 +384,30 @@ class Accelerator:
         """Run a script in the next shared pipeline (raises what Redis raised)."""
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._takes.append((script, keys, args, answer))
-        if self._taking is None:
-            self._taking = asyncio.create_task(self._take_pending())
+        self._start_sending()
         return await answer
 
-    async def _take_pending(self) -> None:
-        """Send the waiting scripts, those that came meanwhile in the next pipeline, until none waits. A
-        pipeline that fails fails every script waiting too (the breaker then opens once: a dead Redis
-        costs the requests of the moment one timeout, not one per pipeline)."""
+    def _start_sending(self) -> None:
+        if self._sending is None:
+            self._sending = asyncio.create_task(self._send())
+
+    async def _send(self) -> None:
+        """Send the waiting copies and scripts in one pipeline, those that came meanwhile in the next, until
+        none waits. A pipeline that fails fails every script waiting too, and its copies are dropped (the
+        breaker then opens once: a dead Redis costs the requests of the moment one timeout, not one per
+        pipeline)."""
         try:
-            while self._takes:
+            while self._takes or (self._copies and self.available):
                 batch, self._takes = self._takes[:PIPELINE_MAX], self._takes[PIPELINE_MAX:]
+                copies, self._copies = (self._copies, {}) if self.available else ({}, {})
                 try:
-                    results = await self._evalsha_all([(script, keys, args) for script, keys, args, _ in batch])
+                    results = await self._evalsha_all([(script, keys, args) for script, keys, args, _ in batch], copies)
                 except (*_FAILURES, asyncio.CancelledError) as exc:
+                    if not batch:  # copies alone: no caller to tell
+                        if isinstance(exc, asyncio.CancelledError):
+                            raise
+                        self._failed(exc)
+                        continue
                     batch, self._takes = batch + self._takes, []
                     for _, _, _, answer in batch:
                         if not answer.done():
@@ -424,6 +415,8 @@ class Accelerator:
                     if isinstance(exc, asyncio.CancelledError):
                         raise
                     continue
+                if copies:
+                    self._answered()
                 for (_, _, _, answer), result in zip(batch, results, strict=True):
                     if answer.done():
                         continue
@@ -432,36 +425,40 @@ class Accelerator:
                     else:
                         answer.set_result(result)
         finally:
-            self._taking = None
+            self._copies.clear()
+            self._sending = None
 
-    async def _evalsha_all(self, calls: list[_Call]) -> list[Any]:
-        """One pipeline of scripts. The calls Redis refused for lacking their script (a restart, SCRIPT
-        FLUSH) did not run: their scripts are loaded and only they are sent again."""
-        results = await self._pipeline(calls)
+    async def _evalsha_all(self, calls: list[_Call], copies: dict[str, tuple[bytes, int]] | None = None) -> list[Any]:
+        """One pipeline of copies, then scripts; the scripts' answers. The calls Redis refused for lacking
+        their script (a restart, SCRIPT FLUSH) did not run: their scripts are loaded and only they are sent
+        again."""
+        results = await self._pipeline(calls, copies or {})
         missing = [n for n, result in enumerate(results) if isinstance(result, NoScriptError)]
         if missing:
             for script in {id(calls[n][0]): calls[n][0] for n in missing}.values():
                 script.sha = await self.client.script_load(script.script)
-            again = await self._pipeline([calls[n] for n in missing])
+            again = await self._pipeline([calls[n] for n in missing], {})
             for n, result in zip(missing, again, strict=True):
                 results[n] = result
         return results
 
-    async def _pipeline(self, calls: list[_Call]) -> list[Any]:
-        if len(calls) == 1:  # alone: a plain command (redis-py's pipeline costs ~20 us more of this process's CPU)
+    async def _pipeline(self, calls: list[_Call], copies: dict[str, tuple[bytes, int]]) -> list[Any]:
+        if len(calls) == 1 and not copies:  # alone: a plain command (redis-py's pipeline costs ~20 us more CPU)
             script, keys, args = calls[0]
             try:
                 return [await self.client.evalsha(script.sha, len(keys), *keys, *args)]
             except ResponseError as exc:  # as the pipeline answers it (raise_on_error=False): NoScript included
                 return [exc]
         pipe = self.client.pipeline(transaction=False)
+        for key, (value, ttl_s) in copies.items():
+            pipe.set(key, value, ex=ttl_s)
         for script, keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
         results: list[Any] = await pipe.execute(raise_on_error=False)
-        return results
+        return results[len(copies):]
 
     async def close(self) -> None:
-        if self._copying is not None:  # the copies asked for get their round trip, within one timeout
+        if self._sending is not None:  # the copies asked for get their round trip, within one timeout
             try:
                 await asyncio.wait_for(self.copies_sent(), self.settings.timeout_s)
             except (*_FAILURES, asyncio.CancelledError):

@@ -39,10 +39,10 @@ def _count_pipelines(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         sizes.append(len(self.command_stack))
         return await real(self, raise_on_error)
 
-    async def counting_scripts(self: Accelerator, calls: Any) -> Any:
-        if len(calls) == 1:
+    async def counting_scripts(self: Accelerator, calls: Any, copies: Any) -> Any:
+        if len(calls) == 1 and not copies:
             sizes.append(1)
-        return await real_scripts(self, calls)
+        return await real_scripts(self, calls, copies)
 
     monkeypatch.setattr(Pipeline, "execute", counting)
     monkeypatch.setattr(Accelerator, "_pipeline", counting_scripts)
@@ -98,6 +98,40 @@ async def test_copies_go_together_and_all_arrive(accel: Accelerator, monkeypatch
     assert await accel.client.mget(keys) == [str(n).encode() for n in range(50)]
     assert sum(sizes) == 50 and len(sizes) <= 2, sizes
     assert 0 < await accel.client.ttl(keys[0]) <= 60
+
+
+async def test_copies_and_scripts_share_one_round_trip_and_a_copy_is_seen_by_the_script_after_it(
+        accel: Accelerator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One stream of round trips: the copies waiting go in the scripts' pipeline, before them, so a
+    replay's preflight sent with the copy of its answer finds it."""
+    sizes = _count_pipelines(monkeypatch)
+    key = f"idem:copy:{uuid.uuid4()}"
+    blocker = asyncio.create_task(accel.preflight(f"s-{uuid.uuid4()}", 5, None))
+    for _ in range(2):  # the blocker's take, then its round trip, start: what follows waits for it
+        await asyncio.sleep(0)
+    accel.copy_later(key, b"the answer", 60)
+    replay = asyncio.create_task(accel.preflight(f"s-{uuid.uuid4()}", 5, key))
+    others = [asyncio.create_task(accel.preflight(f"s-{uuid.uuid4()}", 5, None)) for _ in range(3)]
+    await blocker
+    wait_s, cached, answered = await replay
+    await asyncio.gather(*others)
+    await accel.copies_sent()
+    assert answered and wait_s == 0 and cached == b"the answer"
+    assert sizes == [1, 5], sizes  # the blocker alone; then the copy and the four scripts together
+
+
+async def test_copies_alone_whose_pipeline_fails_open_the_breaker_and_raise_nothing(
+        accel: Accelerator, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(self: Pipeline, raise_on_error: bool = True) -> Any:
+        raise ConnectionError("gone")
+
+    monkeypatch.setattr(Pipeline, "execute", broken)
+    accel.copy_later(f"idem:copy:{uuid.uuid4()}", b"v", 60)
+    accel.copy_later(f"idem:copy:{uuid.uuid4()}", b"w", 60)
+    await accel.copies_sent()
+    assert not accel.available and accel.last_error == "ConnectionError"
+    accel.copy_later(f"idem:copy:{uuid.uuid4()}", b"x", 60)  # breaker open: skipped, nothing waits
+    await accel.copies_sent()
 
 
 async def test_a_redis_that_is_gone_costs_no_request_anything() -> None:
