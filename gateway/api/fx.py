@@ -103,9 +103,10 @@ async def create_quote(call: Call[CreateFxQuote, None]) -> Any:
 
 @api.route("POST", "/v1/wallet/conversions", summary="Convert at a quote (once): one ledger movement",
            auth={P.WALLET}, body=Convert, response=fx.ConversionView, status=201, tag="wallet",
-           errors={402: ("insufficient_funds", "limit_exceeded", "currency_not_supported"), 403: ("wallet_locked",),
-                   404: ("resource_missing",), 409: ("quote_used", "quote_expired")})
+           errors={402: ("insufficient_funds", "limit_exceeded", "currency_not_supported", "risk_declined"),
+                   403: ("wallet_locked",), 404: ("resource_missing",), 409: ("quote_used", "quote_expired")})
 async def convert(call: Call[Convert, None]) -> Any:
     """Carry out a quote: sell its amount from the wallet and receive its amount in the other currency, in one
-    ledger movement through the gateway's FX positions. A quote converts once; an expired one is refused."""
+    ledger movement through the gateway's FX positions. A quote converts once; an expired one is refused. A
+    blocked wallet, or a blocked device (the session's), is declined (402 risk_declined), the quote unused."""
     return await fx.convert(call.svc, call.who, call.body.quote, call.identity())

@@ -66,7 +66,8 @@ class AnswerPaymentCode(schema.Strict):
            body=CreateRule, response=risk.RiskRuleView, status=201, tag="risk", errors={400: RULE_CODES})
 async def create_rule(call: Call[CreateRule, None]) -> Any:
     """A rule checked at every authorisation (by id, QR, pay-code, tap). Kinds: blocked_wallet (every payment of
-    the wallet), blocked_device (every payment from the device), velocity_wallet / velocity_device /
+    the wallet, and its withdrawals and conversions), blocked_device (every payment, withdrawal and conversion
+    from the device; a block declines a withdrawal or a conversion whatever its outcome), velocity_wallet / velocity_device /
     velocity_merchant (a payment that would make the holder's / device's / merchant's authorised payments within
     window_s more than max_count, or in currency more than max_amount), amount_unusual (more than
     multiplier_pct/100 times the holder's median or p90 of its last 50 captured payments in currency, once it has
@@ -105,8 +106,9 @@ async def disable_rule(call: Call[schema.Empty, None]) -> Any:
 @api.route("GET", "/v1/operator/risk_decisions", summary="List risk decisions, newest first", auth={P.OPERATOR},
            query=DecisionQuery, response=risk.RiskDecisionList, tag="risk", errors={400: ("invalid_wallet",)})
 async def list_decisions(call: Call[None, DecisionQuery]) -> Any:
-    """Every decision taken on a payment a rule concerned: its outcome, the rules matched and what each measured,
-    the step-ups passed. Cursor paginated; filter by wallet and outcome."""
+    """Every decision taken on a payment a rule concerned, and every withdrawal or conversion a block declined
+    (channel withdrawal / conversion; payment and merchant null): its outcome, the rules matched and what each
+    measured, the step-ups passed. Cursor paginated; filter by wallet and outcome."""
     q = call.query
     return await risk.list_decisions(call.svc, q.page(), q.wallet, q.outcome, alerts_only=False)
 

@@ -81,10 +81,11 @@ async def top_up(call: Call[schema.Transfer, None]) -> Any:
 
 @api.route("POST", "/v1/wallet/withdrawals", summary="Withdraw to a linked bank account", auth={P.WALLET},
            body=schema.Transfer, response=views.TransferView, status=201, tag="wallet",
-           errors={400: schema.AMOUNT_CODES, 402: ("insufficient_funds", "currency_not_supported"),
+           errors={400: schema.AMOUNT_CODES, 402: ("insufficient_funds", "currency_not_supported", "risk_declined"),
                    403: ("wallet_locked",), 404: ("resource_missing",)})
 async def withdraw(call: Call[schema.Transfer, None]) -> Any:
-    """Move money from the wallet to a linked bank account."""
+    """Move money from the wallet to a linked bank account. A blocked wallet, or a blocked device (the
+    session's), is declined (402 risk_declined, with the decision's id), nothing moved."""
     return await wallets.transfer(call.svc, call.who, _transfer("withdrawal", call), call.identity())
 
 

@@ -18,7 +18,10 @@ Invariants:
   a ``require_otp`` by a one-time code verified for this payment; ``decline`` is met by nothing;
 - the reasons name every rule matched (id, kind, outcome, what it measured), met or not;
 - a payment held for its step-ups (nobody in the request can answer them) is confirmed only with every
-  step-up its matched rules ask for (``asked``).
+  step-up its matched rules ask for (``asked``);
+- money leaving the wallet otherwise (a withdrawal, a conversion: ``money_out``) is concerned by the blocks
+  alone (``MONEY_OUT_KINDS``: the holder's wallet, the session's device), and a block declines it whatever
+  its outcome (no PIN or code is asked there); money coming in (a top-up, a refund) is never checked.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections.abc import Iterable
 
 import math
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import IntEnum, StrEnum
 from typing import Any
@@ -47,6 +50,10 @@ class RuleKind(StrEnum):
 
 VELOCITY_KINDS = frozenset({RuleKind.VELOCITY_WALLET, RuleKind.VELOCITY_DEVICE, RuleKind.VELOCITY_MERCHANT})
 COUNTED_KINDS = VELOCITY_KINDS  # counted in windows: Redis, else PostgreSQL (``services.risk``)
+# What concerns money leaving the wallet without a payment (``money_out``): velocity and amount rules count
+# and judge payments, and a withdrawal or a conversion is none.
+MONEY_OUT_KINDS = frozenset({RuleKind.BLOCKED_WALLET, RuleKind.BLOCKED_DEVICE})
+MONEY_OUT_CHANNELS = frozenset({"withdrawal", "conversion"})  # migration 0036's risk_decisions_money_out
 
 
 class Outcome(StrEnum):
@@ -109,11 +116,12 @@ class Recent:
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """The payment being authorised."""
+    """The payment being authorised; or money leaving the wallet without one (``money_out``: a channel of
+    ``MONEY_OUT_CHANNELS``, no payment and no merchant)."""
 
-    payment_id: uuid.UUID
+    payment_id: uuid.UUID | None
     holder_id: uuid.UUID
-    merchant_id: uuid.UUID
+    merchant_id: uuid.UUID | None
     currency: str
     amount_minor: int
     device_id: str | None
@@ -319,6 +327,15 @@ def decide(rules: tuple[Rule, ...], attempt: Attempt, facts: Facts, passed: froz
         if severity(reason.outcome) > severity(outcome):
             outcome = reason.outcome
     return Decision(outcome, tuple(reasons), tuple(sorted(met)))
+
+
+def money_out(rules: Iterable[Rule], attempt: Attempt, now: datetime) -> Decision:
+    """The decision on a withdrawal or a conversion: the blocks that concern it (``MONEY_OUT_KINDS``) are its
+    reasons, each with its own outcome; any of them declines it, a step-up one too (it asks for no PIN or
+    code, so none can be passed)."""
+    assert attempt.payment_id is None and attempt.merchant_id is None and attempt.channel in MONEY_OUT_CHANNELS
+    decision = decide(tuple(r for r in rules if r.kind in MONEY_OUT_KINDS), attempt, Facts(now=now), frozenset())
+    return replace(decision, outcome=Outcome.DECLINE) if decision.recorded else decision
 
 
 def asked(outcomes: Iterable[Outcome]) -> frozenset[StepUp]:

@@ -11,7 +11,10 @@ Invariants:
 - what is received is within the holder's tier: its tier must list the target currency and the
   target's balance cap holds after the conversion (as a top-up's does);
 - lock order (gateway/services/payments.py's): the quote row (the code the holder presents), the
-  holder (``FOR SHARE``), then the balance rows in (account id, shard) order.
+  holder (``FOR SHARE``), then the balance rows in (account id, shard) order;
+- a conversion is money leaving the wallet in its source currency: the risk rules' blocks check it in its
+  transaction (``risk.check_money_out``: a blocked wallet or session device is declined, its refusal
+  recorded once per key, its quote left unused).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from gateway.domain import ledger, limits
 from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import check_amount, currency
 from gateway.errors import Conflict, Declined, Forbidden, InvalidRequest, NotFound
-from gateway.services import audit, pages, views
+from gateway.services import audit, pages, risk, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.services.pages import PageRequest
@@ -220,10 +223,12 @@ async def convert(svc: Services, who: Principal, quote_text: str, identity: Requ
         available = {r["currency"]: r["posted_minor"] - r["held_minor"]
                      for r in await wallet_store.wallet_accounts(conn, who.id)}
         # Accounts are opened (the target wallet's among them) only for a conversion that looks able to
-        # go ahead: an unknown, used or expired quote, or a wallet lacking the funds, is refused by ``work``
-        # (and stored for the key) without leaving an empty wallet behind. A retry of a done conversion
-        # is replayed before ``work`` runs.
-        likely = q["used_at"] is None and q["expires_at"] > svc.now() and available.get(source, 0) >= q["sell_minor"]
+        # go ahead: an unknown, used or expired quote, a wallet lacking the funds, or a blocked wallet or
+        # device, is refused by ``work`` (and stored for the key) without leaving an empty wallet behind.
+        # A retry of a done conversion is replayed before ``work`` runs.
+        likely = (q["used_at"] is None and q["expires_at"] > svc.now() and available.get(source, 0) >= q["sell_minor"]
+                  and not await risk.money_out_blocked(svc, conn, who, channel="conversion", currency=source,
+                                                       amount_minor=q["sell_minor"]))
         accounts = await ledger_store.resolve_accounts(conn, [
             ledger.wallet(who.id, source), ledger.wallet(who.id, target), ledger.fx_position(source),
             ledger.fx_position(target), ledger.fx_fees(target),
@@ -242,6 +247,8 @@ async def convert(svc: Services, who: Principal, quote_text: str, identity: Requ
         if holder["payments_locked_at"] is not None:
             raise Forbidden("this wallet is locked after too many wrong PINs; an operator can unlock it",
                             code="wallet_locked")
+        await risk.check_money_out(svc, conn, who, channel="conversion", currency=source,
+                                   amount_minor=row["sell_minor"])
         tier = svc.tiers[holder["tier"]]
         limits.payment_caps(tier, target)  # the tier may have changed since the quote
         if not accounts:  # the wallet lacked the funds a moment ago (or never held the currency)
@@ -271,4 +278,4 @@ async def convert(svc: Services, who: Principal, quote_text: str, identity: Requ
         await events.insert_event(conn, "wallet.conversion", conversion_id, view, merchant_id=None, holder_id=who.id)
         return 201, view
 
-    return await svc.idempotency.run(identity, work)
+    return await svc.idempotency.run(identity, work, refused=risk.record_refusal)

@@ -50,6 +50,12 @@ Invariants:
   refusal's answer (the payment's own was rolled back), once per idempotency key, with its alerts: a
   ``risk.alert`` notification to the holder (pushed when a push hook is set) and a ``risk.alert``
   event (operator-level: no merchant, so no merchant webhook carries a holder's risk profile);
+- money leaving the wallet without a payment (a withdrawal, a conversion: ``check_money_out``, in its use
+  case's transaction, the active rules read from the database so a block or its lifting applies at once) is
+  declined ``risk_declined`` (402) by a block of the holder's wallet or of the session's device
+  (``domain.risk.money_out``); its refusal is recorded and alerted as a payment's (``record_refusal``): a
+  decision with its channel, no payment and no merchant. Money coming in is never checked. The payment
+  paths are untouched by it (no statement, no round trip);
 - creating and disabling rules are idempotent (Idempotency-Key) and audited (``risk_rule.created``,
   ``risk_rule.disabled``) in their own transaction.
 """
@@ -63,7 +69,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
 from functools import partial
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import asyncpg
 import msgspec
@@ -312,6 +318,31 @@ async def check(svc: Services, conn: Connection, payment: Payment, holder_id: uu
     raise await _refusal(svc, conn, attempt, decision, now, holder_asks=holder_asks)
 
 
+async def _money_out(svc: Services, conn: Connection, who: Principal, channel: str, currency: str,
+                     amount_minor: int, now: datetime) -> tuple[risk.Attempt, risk.Decision]:
+    attempt = risk.Attempt(None, who.id, None, currency, amount_minor, who.device_id, channel)
+    return attempt, risk.money_out(await svc.risk_rules.load(conn), attempt, now)
+
+
+async def check_money_out(svc: Services, conn: Connection, who: Principal, *, channel: str, currency: str,
+                          amount_minor: int) -> None:
+    """Raise a ``RiskRefusal`` (``risk_declined``) when a block concerns money leaving the holder's wallet:
+    ``channel`` withdrawal or conversion, of ``amount_minor`` in ``currency`` (what leaves), from the device
+    of the holder's session. Call it in the use case's transaction, with ``record_refusal`` as its
+    ``refused`` hook: the rules are read there (a block created or disabled applies at once)."""
+    now = svc.now()
+    attempt, decision = await _money_out(svc, conn, who, channel, currency, amount_minor, now)
+    if decision.recorded:
+        raise await _refusal(svc, conn, attempt, decision, now, holder_asks=False)
+
+
+async def money_out_blocked(svc: Services, conn: Connection, who: Principal, *, channel: str, currency: str,
+                            amount_minor: int) -> bool:
+    """Whether a block concerns this money out now: a hint read before the use case's transaction (so that
+    it opens no account for an attempt refused anyway); ``check_money_out`` in the transaction decides."""
+    return (await _money_out(svc, conn, who, channel, currency, amount_minor, svc.now()))[1].recorded
+
+
 async def _insert(conn: Connection, attempt: risk.Attempt, decision: risk.Decision, now: datetime,
                   decision_id: uuid.UUID, *, challenge_id: uuid.UUID | None,
                   outcome: risk.Outcome | None = None, held: bool = False) -> Any:
@@ -365,7 +396,8 @@ async def _refusal(svc: Services, conn: Connection, attempt: risk.Attempt, decis
                            "again", code="otp_required", param="otp", record=record, decision=ref,
                            challenge=encode(Kind.SIGN_IN_CHALLENGE, challenge_id),
                            phone_masked=views.mask_phone(phone))
-    return RiskRefusal("the payment was declined", code="risk_declined", record=record, decision=ref)
+    what = "payment" if attempt.payment_id is not None else attempt.channel
+    return RiskRefusal(f"the {what} was declined", code="risk_declined", record=record, decision=ref)
 
 
 # --- a payment held for its step-ups -------------------------------------------------------------
@@ -479,9 +511,11 @@ class RiskDecisionView(msgspec.Struct, kw_only=True):
     object: str = "risk_decision"
     created: int
     wallet: str
-    payment: str
-    merchant: str
-    channel: str
+    payment: Annotated[str | None, msgspec.Meta(description="the payment decided on; null for money leaving the "
+                                                "wallet without one (channel withdrawal or conversion)")]
+    merchant: Annotated[str | None, msgspec.Meta(description="the payment's merchant; null when payment is")]
+    channel: Annotated[str, msgspec.Meta(description="wallet, qr, pay_code, tap (a payment); withdrawal, "
+                                         "conversion (money out: declined by a block of the wallet or device)")]
     amount: int
     currency: str
     device_id: str | None
@@ -501,8 +535,10 @@ def decision_view(row: Any) -> RiskDecisionView:
     reasons = row["reasons"]
     return RiskDecisionView(
         id=encode(Kind.RISK_DECISION, row["id"]), created=int(row["created_at"].timestamp()),
-        wallet=encode(Kind.WALLET_HOLDER, row["holder_id"]), payment=encode(Kind.PAYMENT, row["payment_id"]),
-        merchant=encode(Kind.MERCHANT, row["merchant_id"]), channel=row["channel"], amount=row["amount_minor"],
+        wallet=encode(Kind.WALLET_HOLDER, row["holder_id"]),
+        payment=None if row["payment_id"] is None else encode(Kind.PAYMENT, row["payment_id"]),
+        merchant=None if row["merchant_id"] is None else encode(Kind.MERCHANT, row["merchant_id"]),
+        channel=row["channel"], amount=row["amount_minor"],
         currency=row["currency"], device_id=row["device_id"], outcome=row["outcome"],
         reasons=msgspec.convert(msgspec.json.decode(reasons) if isinstance(reasons, str) else reasons,
                                 list[RiskReasonView]),
@@ -511,9 +547,10 @@ def decision_view(row: Any) -> RiskDecisionView:
 
 
 def _alert_data(view: RiskDecisionView) -> dict[str, Any]:
-    """What the holder reads: the payment and what was asked, never which rule or what it measured."""
-    return {"decision": view.id, "payment": view.payment, "merchant": view.merchant, "amount": view.amount,
-            "currency": view.currency, "outcome": view.outcome, "device_id": view.device_id,
+    """What the holder reads: the payment (or the withdrawal or conversion: ``channel``) and what was asked,
+    never which rule or what it measured."""
+    return {"decision": view.id, "payment": view.payment, "merchant": view.merchant, "channel": view.channel,
+            "amount": view.amount, "currency": view.currency, "outcome": view.outcome, "device_id": view.device_id,
             "challenge": view.challenge}
 
 

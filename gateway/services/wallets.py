@@ -1,4 +1,8 @@
-"""Wallet holder use cases: register, log in, balances, bank accounts, top-up, withdrawal, history."""
+"""Wallet holder use cases: register, log in, balances, bank accounts, top-up, withdrawal, history.
+
+Invariant: a withdrawal is checked by the risk rules' blocks in its transaction (``risk.check_money_out``:
+a blocked wallet or session device is declined, its refusal recorded once per key); a top-up is not (money in).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from gateway.domain import ledger, limits
 from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import check_amount, currency
 from gateway.errors import Conflict, Declined, Forbidden, InvalidRequest, NotFound, Unauthenticated
-from gateway.services import audit, pages, promotions, sign_in, throttle, views
+from gateway.services import audit, pages, promotions, risk, sign_in, throttle, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.services.pages import PageRequest
@@ -143,9 +147,11 @@ async def transfer(svc: Services, who: Principal, req: TransferRequest, identity
             raise NotFound(f"no such bank account: {req.bank_account}", param="bank_account")
         transfer_id = uuid.uuid4()
         holder = await store.holder_for_payment(conn, who.id)
-        if req.kind == "withdrawal" and holder["payments_locked_at"] is not None:
-            raise Forbidden("this wallet is locked after too many wrong PINs; an operator can unlock it",
-                            code="wallet_locked")
+        if req.kind == "withdrawal":
+            if holder["payments_locked_at"] is not None:
+                raise Forbidden("this wallet is locked after too many wrong PINs; an operator can unlock it",
+                                code="wallet_locked")
+            await risk.check_money_out(svc, conn, who, channel="withdrawal", currency=code, amount_minor=amount)
         try:
             await ledger_store.post(conn, entry, accounts, transfer_id=transfer_id)
         except ledger_store.InsufficientFunds:
@@ -163,7 +169,9 @@ async def transfer(svc: Services, who: Principal, req: TransferRequest, identity
         await events.insert_event(conn, f"wallet.{req.kind}", transfer_id, view, merchant_id=None, holder_id=who.id)
         return 201, view
 
-    return await svc.idempotency.run(identity, work)
+    # A withdrawal's risk refusal is recorded with its stored answer; a top-up raises none (money in).
+    refused = risk.record_refusal if req.kind == "withdrawal" else None
+    return await svc.idempotency.run(identity, work, refused=refused)
 
 
 def _posting_id(text: str) -> int | None:

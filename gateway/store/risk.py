@@ -114,10 +114,11 @@ async def device_first_seen(conn: Connection, holder_id: uuid.UUID, device_id: s
 
 
 async def insert_decision(conn: Connection, *, decision_id: uuid.UUID, now: datetime, holder_id: uuid.UUID,
-                          payment_id: uuid.UUID, merchant_id: uuid.UUID, channel: str, currency: str,
+                          payment_id: uuid.UUID | None, merchant_id: uuid.UUID | None, channel: str, currency: str,
                           amount_minor: int, device_id: str | None, outcome: str, reasons: list[dict[str, Any]],
                           passed: list[str], challenge_id: uuid.UUID | None, held: bool = False) -> asyncpg.Record:
-    """``held``: the decision holds its payment for the holder's step-ups (migration 0029)."""
+    """``held``: the decision holds its payment for the holder's step-ups (migration 0029). No payment and
+    no merchant: money leaving the wallet otherwise, a decline (migration 0036)."""
     row: asyncpg.Record | None = await conn.fetchrow(
         "INSERT INTO risk_decisions (id, created_at, holder_id, payment_id, merchant_id, channel, currency,"
         " amount_minor, device_id, outcome, reasons, passed, challenge_id, held)"

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from gateway.domain.risk import (Attempt, Baseline, Facts, OneStatement, Outcome, Recent, Rule, RuleKind, StepUp,
-                                 Unlocked, applies, decide, one_statement, over_velocity, usual_minor)
+                                 Unlocked, applies, decide, money_out, one_statement, over_velocity, usual_minor)
 from gateway.services.risk_cache import FRESH_S, RiskRules
 
 NOW = datetime(2026, 12, 3, 8, 0, tzinfo=UTC)
@@ -109,6 +109,32 @@ def test_most_severe_outcome_wins_and_step_ups_meet_theirs_only() -> None:
     assert decide((pin, decline), attempt, facts, frozenset({StepUp.PIN, StepUp.OTP})).outcome is Outcome.DECLINE
     nothing = decide((pin,), _attempt(holder=uuid.uuid4()), facts, frozenset())
     assert nothing.outcome is Outcome.ALLOW and not nothing.recorded
+
+
+def test_money_out_is_declined_by_the_blocks_alone_whatever_their_outcome() -> None:
+    """A withdrawal or a conversion: no payment, no merchant; a block of the holder or of the session's
+    device declines it (a step-up one too: none is asked there); no other kind concerns it."""
+
+    def out(device: str | None = "phone-1", holder: uuid.UUID = HOLDER) -> Attempt:
+        return Attempt(None, holder, None, "CNY", 1_000, device, "withdrawal")
+
+    wallet = _rule(RuleKind.BLOCKED_WALLET, holder_id=HOLDER, outcome=Outcome.REQUIRE_PIN)
+    device = _rule(RuleKind.BLOCKED_DEVICE, device_id="stolen")
+    others = (_rule(RuleKind.VELOCITY_WALLET, window_s=60, max_count=1),
+              _rule(RuleKind.VELOCITY_MERCHANT, window_s=60, max_count=1),
+              _rule(RuleKind.NEW_DEVICE, currency="CNY", device_age_s=60, min_amount_minor=0),
+              _rule(RuleKind.AMOUNT_UNUSUAL, currency="CNY", multiplier_pct=101, baseline=Baseline.MEDIAN,
+                    history_min=1))
+    both = money_out((wallet, device, *others), out(device="stolen"), NOW)
+    assert both.outcome is Outcome.DECLINE and both.passed == ()
+    assert [(r.kind, r.outcome, r.detail) for r in both.reasons] == [
+        (RuleKind.BLOCKED_WALLET, Outcome.REQUIRE_PIN, {}),
+        (RuleKind.BLOCKED_DEVICE, Outcome.DECLINE, {"device_id": "stolen"})]
+    assert money_out((wallet, device, *others), out(holder=uuid.uuid4()), NOW).outcome is Outcome.ALLOW
+    assert not money_out((device, *others), out(device=None), NOW).recorded
+    assert not money_out(others, out(), NOW).recorded
+    with pytest.raises(AssertionError):  # a payment is decided by ``decide``
+        money_out((wallet,), _attempt(), NOW)
 
 
 def test_view_answers_the_fast_path_only_while_fresh() -> None:

@@ -525,3 +525,20 @@ SELECT d.id, d.payment_id, d.device_id, c.device_id AS code_device_id
   FROM pay_codes c
   JOIN risk_decisions d ON d.payment_id = c.payment_id AND d.channel = 'pay_code' AND (d.outcome = 'allow' OR d.held)
  WHERE d.device_id <> c.device_id;
+
+-- name: money_out_decision_without_its_block
+-- A withdrawal's or a conversion's risk decision (migration 0036: no payment, no merchant, a decline, by its
+-- CHECK) was declined by the blocks alone, each concerning it (domain.risk.money_out): it has a reason, and
+-- every reason names a rule of its kind that is a blocked_wallet of the decision's holder or a blocked_device
+-- of the decision's device (rules are disabled, never deleted).
+SELECT d.id, d.holder_id, d.channel, d.device_id, d.reasons
+  FROM risk_decisions d
+ WHERE d.channel IN ('withdrawal', 'conversion')
+   AND (jsonb_array_length(d.reasons) = 0
+        OR EXISTS (SELECT 1 FROM jsonb_array_elements(d.reasons) r
+                    WHERE NOT EXISTS (SELECT 1 FROM risk_rules k
+                                       WHERE 'rsk_' || replace(k.id::text, '-', '') = r->>'rule'
+                                         AND k.kind = r->>'kind'
+                                         AND CASE k.kind WHEN 'blocked_wallet' THEN k.holder_id = d.holder_id
+                                                         WHEN 'blocked_device' THEN k.device_id = d.device_id
+                                                         ELSE false END)));
