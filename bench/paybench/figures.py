@@ -11,6 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from paybench.config import GOAL_HALF_LOAD_P99_MS_MAX
@@ -224,11 +225,48 @@ class GatewayLog:
 
 @dataclass(frozen=True)
 class Block:
-    """One short closed-loop block of an interleaved comparison: its rate and the middle of its time span
-    (seconds on the run's monotonic clock)."""
+    """One short closed-loop block of an interleaved comparison: its rate, the middle of its time span
+    (seconds on the run's monotonic clock) and its CPU cost (``cost_of``; None: not measured or not CPU-bound)."""
 
     rate_per_s: float
     mid_s: float
+    cost: float | None = None
+
+
+# A block whose machine was busier than this share of its cores was CPU-bound: its rate is cores over the CPU a
+# payment costs, so the CPU per payment tells the rate (``cost_of``).
+CPU_BOUND_SHARE = 0.9
+_SERVING = ("gateway", "postgres", "redis", "kernel irq")  # the CPU owners that serve a payment (not the client)
+
+
+def cost_of(cpu: dict[str, float], rate_per_s: float) -> float | None:
+    """The CPU that serving a confirmed payment took (gateway, PostgreSQL, Redis, kernel irq) in units of the
+    bench client's own CPU per payment; None when the machine was not CPU-bound (busy below ``CPU_BOUND_SHARE``
+    of its cores: waits, not CPU, set the rate) or the client's CPU is unknown.
+
+    The client does the same work for every payment of a load (the same calls, the same bodies), so its CPU
+    per payment is a yardstick of the machine's speed at that moment: a host that runs slower for a while
+    (another tenant, a lower clock) stretches every process's CPU alike, and the quotient does not move."""
+    client = cpu.get("bench client", 0.0)
+    if rate_per_s <= 0 or client <= 0 or cpu.get("machine", 0.0) < CPU_BOUND_SHARE * cpu.get("of cores", 1.0):
+        return None
+    return sum(cpu.get(k, 0.0) for k in _SERVING) / client
+
+
+def _against_offs(offs: list[Block], rounds: list[list[Block]],
+                  judge: Callable[[Block, Block, Block, float], float]) -> list[list[float]]:
+    """``judge(before, after, block, w)`` of each ``rounds[r][j]`` block between the off blocks on either side of
+    its round (``offs[r]``, ``offs[r + 1]``), ``w`` being where its middle lies between theirs (0 to 1)."""
+    if len(offs) != len(rounds) + 1:
+        raise ValueError("one off block before every round and one after the last")
+    ratios: list[list[float]] = []
+    for r, blocks in enumerate(rounds):
+        before, after = offs[r], offs[r + 1]
+        span_s = after.mid_s - before.mid_s
+        if span_s <= 0 or any(not before.mid_s <= b.mid_s <= after.mid_s for b in blocks):
+            raise ValueError("a round's blocks lie between its two off blocks")
+        ratios.append([judge(before, after, b, (b.mid_s - before.mid_s) / span_s) for b in blocks])
+    return ratios
 
 
 def against_drift(offs: list[Block], rounds: list[list[Block]]) -> list[list[float]]:
@@ -236,18 +274,27 @@ def against_drift(offs: list[Block], rounds: list[list[Block]]) -> list[list[flo
     the straight line through the off blocks on either side of it (``offs[r]`` before round r, ``offs[r + 1]``
     after it), read at the block's middle. A host whose speed drifts steadily within a run moves both alike;
     what remains is the cost of what the round's blocks switched on. Returns ``[r][j]`` ratios."""
-    if len(offs) != len(rounds) + 1:
-        raise ValueError("one off block before every round and one after the last")
-    ratios: list[list[float]] = []
-    for r, blocks in enumerate(rounds):
-        before, after = offs[r], offs[r + 1]
-        span_s = after.mid_s - before.mid_s
-        row = []
-        for b in blocks:
-            if not before.mid_s <= b.mid_s <= after.mid_s or span_s <= 0:
-                raise ValueError("a round's blocks lie between its two off blocks")
-            w = (b.mid_s - before.mid_s) / span_s
-            baseline = before.rate_per_s * (1 - w) + after.rate_per_s * w
-            row.append(b.rate_per_s / baseline if baseline > 0 else 0.0)
-        ratios.append(row)
-    return ratios
+
+    def judge(before: Block, after: Block, b: Block, w: float) -> float:
+        baseline = before.rate_per_s * (1 - w) + after.rate_per_s * w
+        return b.rate_per_s / baseline if baseline > 0 else 0.0
+
+    return _against_offs(offs, rounds, judge)
+
+
+def against_yardstick(offs: list[Block], rounds: list[list[Block]]) -> list[list[float]] | None:
+    """``against_drift`` read from CPU instead of rates: each block's rate over the off blocks' at the same
+    machine speed, estimated from its cost (``cost_of``). With every core busy, the client and the server
+    share the cores, so a payment's rate goes as 1 / (client + server CPU per payment) = 1 / (client's
+    CPU x (1 + cost)), and at equal machine speed (equal client CPU per payment) one block's rate over
+    another's is (1 + their cost) / (1 + its cost). The off cost at the block's moment is the straight line
+    through the off blocks around it, as in ``against_drift``. None when a block has no cost (not CPU-bound:
+    then only the rates tell)."""
+    if any(b.cost is None for b in offs) or any(b.cost is None for blocks in rounds for b in blocks):
+        return None
+
+    def judge(before: Block, after: Block, b: Block, w: float) -> float:
+        assert before.cost is not None and after.cost is not None and b.cost is not None
+        return (1 + before.cost * (1 - w) + after.cost * w) / (1 + b.cost)
+
+    return _against_offs(offs, rounds, judge)
