@@ -141,3 +141,70 @@ async def test_a_block_waits_for_the_money_out_in_flight_so_none_commits_after_i
             assert created["status"] == "active"
     finally:
         await conn.close()
+
+
+async def test_a_block_lifted_between_the_hint_and_the_conversion_is_retryable_not_insufficient_funds(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The conversion's hint (before its transaction) saw a block, so no account was opened; the block was
+    lifted before its transaction read the rules. It used to answer (and store for the key) 402
+    insufficient_funds with the funds there. Now: a retryable 503 (the key released), and the retry with
+    the same key converts."""
+    from gateway.services import risk as risk_service
+    from tests.integration.test_risk_money_out import _post, _usd_rate
+
+    await _usd_rate(world)
+    h = await world.holder(top_up=100_000)
+    quote = await world.call("POST", "/v1/wallet/fx_quotes", 201, headers=h.headers,
+                             json={"from_currency": "CNY", "to_currency": "USD", "sell_amount": 10_000})
+    real = risk_service.money_out_blocked
+
+    async def stale(*args: Any, **kwargs: Any) -> bool:
+        return True  # the block the hint saw, disabled since
+
+    monkeypatch.setattr(risk_service, "money_out_blocked", stale)
+    key = uuid.uuid4().hex
+    status, body, _ = await _post(world, "/v1/wallet/conversions", h.headers, {"quote": quote["id"]}, key)
+    assert (status, body["error"]["code"]) == (503, "service_unavailable"), body
+    monkeypatch.setattr(risk_service, "money_out_blocked", real)
+    status, body, replayed = await _post(world, "/v1/wallet/conversions", h.headers, {"quote": quote["id"]}, key)
+    assert (status, replayed) == (201, False), body
+
+
+async def test_a_withdrawal_refused_keeps_its_answer_after_the_block_is_lifted_and_a_reused_key_is_refused(
+        world: World) -> None:
+    """One key, one final answer: the refusal replayed after the rule is disabled (no second decision), and
+    the key with another body is idempotency_key_reused; a new key withdraws."""
+    from tests.integration.test_risk_money_out import _withdraw
+
+    h = await world.holder(top_up=10_000)
+    rule = await _rule(world, kind="blocked_wallet", wallet=h.id)
+    key = uuid.uuid4().hex
+    first = await _withdraw(world, h, 1_000, key=key)
+    assert first[0] == 402 and first[1]["error"]["code"] == "risk_declined"
+    await world.call("POST", f"/v1/operator/risk_rules/{rule['id']}/disable", headers=world.ops, json={})
+    again = await _withdraw(world, h, 1_000, key=key)
+    assert (again[0], again[1]["error"], again[2]) == (402, first[1]["error"], True)
+    other = await _withdraw(world, h, 2_000, key=key)
+    assert other[1]["error"]["code"] == "idempotency_key_reused", other
+    assert len(await _decisions(world, h)) == 1
+    assert (await _withdraw(world, h, 1_000))[0] == 201
+
+
+async def test_a_large_pay_code_charge_waiting_for_the_pin_is_not_confirmed_from_a_device_blocked_since(
+        world: World, clean_db: str) -> None:
+    """No rule held it (the PIN threshold did): a block of the phone after the charge used to let the
+    confirmation capture it. Now declined risk_declined (device of the session); its decision passes the
+    invariants; the invariants also hold after the expiry reversal would run."""
+    m = await world.merchant(fee_bps=0)
+    h = await _device_holder(world, 500_000, device_id="r36-lost-phone")
+    await world.call("POST", "/v1/wallet/pin", headers=h.headers, json={"pin": "246810"})
+    charged = await _charge(world, m, await _pay_code(world, h), 150_000)
+    assert charged["status"] == "requires_action"
+    await _rule(world, kind="blocked_device", device_id="r36-lost-phone")
+    refused = await _confirm(world, h, charged["id"], 402, pin="246810")
+    assert refused["error"]["code"] == "risk_declined", refused
+    [d] = await _decisions(world, h)
+    assert (d["channel"], d["device_id"], d["reasons"][0]["kind"]) == ("pay_code", "r36-lost-phone", "blocked_device")
+    assert await _held(world, h) == 150_000
+    report = await world.call("GET", "/v1/operator/ledger/invariants", headers=world.ops)
+    assert report["ok"], report
