@@ -208,3 +208,49 @@ async def test_a_large_pay_code_charge_waiting_for_the_pin_is_not_confirmed_from
     assert await _held(world, h) == 150_000
     report = await world.call("GET", "/v1/operator/ledger/invariants", headers=world.ops)
     assert report["ok"], report
+
+
+async def test_a_script_reload_resends_the_scripts_only_never_the_copies(
+        accel: Accelerator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a bug (a guard): Redis lost its scripts (SCRIPT FLUSH) while copies ride in the same pipeline:
+    the copies went once, only the scripts are sent again (a copy sent twice would be harmless anyway:
+    a key's stored answer never changes once done)."""
+    sent: list[list[bytes]] = []
+    real = Pipeline.execute
+
+    async def recording(self: Pipeline, raise_on_error: bool = True) -> Any:
+        sent.append([c[0][0] if isinstance(c[0][0], bytes) else str(c[0][0]).encode() for c in self.command_stack])
+        return await real(self, raise_on_error)
+
+    monkeypatch.setattr(Pipeline, "execute", recording)
+    await accel.client.script_flush()
+    key = f"r36-copy-{uuid.uuid4().hex}"
+    accel.copy_later(key, b"done", 60)
+    answers = await asyncio.gather(*(accel.preflight(f"s-{uuid.uuid4()}", 5, None) for _ in range(3)))
+    await accel.copies_sent()
+    assert all(answered for _, _, answered in answers)
+    assert sum(cmds.count(b"SET") for cmds in sent) == 1, sent
+    assert await accel.get(key) == b"done"
+
+
+async def test_a_caller_cancelled_mid_round_trip_leaves_the_others_answered_and_the_sender_done(
+        accel: Accelerator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a bug (a guard): a request cancelled while its script is in flight: its answer is dropped, the
+    others of the pipeline get theirs, and the sending task ends."""
+    real = Accelerator._evalsha_all
+    started = asyncio.Event()
+
+    async def slow(self: Accelerator, batch: Any, copies: Any = None) -> Any:
+        started.set()
+        await asyncio.sleep(0.1)
+        return await real(self, batch, copies)
+
+    monkeypatch.setattr(Accelerator, "_evalsha_all", slow)
+    scope = f"r36-{uuid.uuid4()}"
+    cancelled = asyncio.ensure_future(accel.preflight(scope, 5, None))
+    kept = asyncio.ensure_future(accel.preflight(scope, 5, None))
+    await started.wait()
+    cancelled.cancel()
+    assert (await asyncio.wait_for(kept, 3))[2]
+    await accel.copies_sent()
+    assert accel._sending is None and accel._takes == [] and cancelled.cancelled()
