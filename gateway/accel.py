@@ -21,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import OrderedDict
@@ -395,24 +396,39 @@ class Accelerator:
         """Send the waiting copies and scripts in one pipeline, those that came meanwhile in the next, until
         none waits. A pipeline that fails fails every script waiting too, and its copies are dropped (the
         breaker then opens once: a dead Redis costs the requests of the moment one timeout, not one per
-        pipeline)."""
+        pipeline). A pipeline carries at most ``PIPELINE_MAX`` commands, copies and scripts together: the
+        scripts first in line, the copies filling what is left (those left over go in the next one); an
+        error of any kind answers every script waiting (one outside ``_FAILURES`` as a ``RedisError``, so
+        its caller falls back as when Redis is down), never leaving one waiting forever."""
         try:
             while self._takes or (self._copies and self.available):
                 batch, self._takes = self._takes[:PIPELINE_MAX], self._takes[PIPELINE_MAX:]
-                copies, self._copies = (self._copies, {}) if self.available else ({}, {})
+                copies: dict[str, tuple[bytes, int]] = {}
+                if not self.available:
+                    self._copies.clear()
+                elif len(self._copies) <= PIPELINE_MAX - len(batch):
+                    copies, self._copies = self._copies, {}
+                else:  # the oldest first; a later copy of a key waiting replaced it in place (the latest wins)
+                    for key in list(itertools.islice(self._copies, PIPELINE_MAX - len(batch))):
+                        copies[key] = self._copies.pop(key)
                 try:
                     results = await self._evalsha_all([(script, keys, args) for script, keys, args, _ in batch], copies)
-                except (*_FAILURES, asyncio.CancelledError) as exc:
+                except BaseException as exc:  # noqa: BLE001 - every caller is answered, whatever was raised
+                    cancelled = isinstance(exc, asyncio.CancelledError)
+                    failure = exc if isinstance(exc, _FAILURES) else TimeoutError() if cancelled else RedisError(
+                        f"unexpected {type(exc).__name__}: {exc}")
+                    if not isinstance(exc, _FAILURES) and not cancelled:
+                        log.error("redis round trip failed unexpectedly", exc_info=exc)
                     if not batch:  # copies alone: no caller to tell
-                        if isinstance(exc, asyncio.CancelledError):
+                        if cancelled or not isinstance(exc, Exception):
                             raise
-                        self._failed(exc)
+                        self._failed(failure)
                         continue
                     batch, self._takes = batch + self._takes, []
                     for _, _, _, answer in batch:
                         if not answer.done():
-                            answer.set_exception(exc if not isinstance(exc, asyncio.CancelledError) else TimeoutError())
-                    if isinstance(exc, asyncio.CancelledError):
+                            answer.set_exception(failure)
+                    if cancelled or not isinstance(exc, Exception):
                         raise
                     continue
                 if copies:

@@ -153,7 +153,7 @@ async def pending(call: Call[None, schema.PageQuery]) -> Any:
 
 @api.route("POST", "/v1/wallet/payments/{id}/confirm", summary="Confirm a counter payment (PIN, one-time code)",
            auth={P.WALLET}, body=schema.ConfirmPayment, response=views.PayerPaymentView, tag="wallet",
-           errors={400: ("invalid_code_format",), 402: schema.STEP_UP_CODES,
+           errors={400: ("invalid_code_format",), 402: (*schema.STEP_UP_CODES, "risk_declined"),
                    403: ("wallet_locked", "incorrect_code", "challenge_dead"),
                    409: ("payment_not_confirmable", "confirmation_expired")})
 async def confirm(call: Call[schema.ConfirmPayment, None]) -> Any:
@@ -161,6 +161,8 @@ async def confirm(call: Call[schema.ConfirmPayment, None]) -> Any:
     rule asked for it (wrong PINs count towards the payment lock); with the one-time code sent to the phone
     (otp) when a rule asked for one, unless its challenge was verified at
     POST /v1/wallet/risk_challenges/{id}/verify. Without it: 402 otp_required, naming the challenge. Each wrong
-    code counts against the challenge."""
+    code counts against the challenge. A block of the wallet or of the device (the code's, the session's)
+    created since the charge declines it (402 risk_declined, with the decision's id): nothing is captured,
+    the amount stays held until the charge is reversed at confirm_by."""
     b = call.body
     return await payments.confirm(call.svc, call.who, call.match("id"), b.pin, call.identity(), otp=b.otp)

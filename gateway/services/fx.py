@@ -30,7 +30,7 @@ from gateway.domain import fx as domain
 from gateway.domain import ledger, limits
 from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import check_amount, currency
-from gateway.errors import Conflict, Declined, Forbidden, InvalidRequest, NotFound
+from gateway.errors import Conflict, Declined, Forbidden, InvalidRequest, NotFound, Unavailable
 from gateway.services import audit, pages, risk, views
 from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
@@ -226,13 +226,13 @@ async def convert(svc: Services, who: Principal, quote_text: str, identity: Requ
         # go ahead: an unknown, used or expired quote, a wallet lacking the funds, or a blocked wallet or
         # device, is refused by ``work`` (and stored for the key) without leaving an empty wallet behind.
         # A retry of a done conversion is replayed before ``work`` runs.
-        likely = (q["used_at"] is None and q["expires_at"] > svc.now() and available.get(source, 0) >= q["sell_minor"]
-                  and not await risk.money_out_blocked(svc, conn, who, channel="conversion", currency=source,
-                                                       amount_minor=q["sell_minor"]))
+        likely = q["used_at"] is None and q["expires_at"] > svc.now() and available.get(source, 0) >= q["sell_minor"]
+        hinted_blocked = likely and await risk.money_out_blocked(svc, conn, who, channel="conversion",
+                                                                 currency=source, amount_minor=q["sell_minor"])
         accounts = await ledger_store.resolve_accounts(conn, [
             ledger.wallet(who.id, source), ledger.wallet(who.id, target), ledger.fx_position(source),
             ledger.fx_position(target), ledger.fx_fees(target),
-        ]) if likely else {}
+        ]) if likely and not hinted_blocked else {}
 
     async def work(conn: Connection) -> tuple[int, Any]:
         conversion_id = uuid.uuid4()
@@ -249,6 +249,8 @@ async def convert(svc: Services, who: Principal, quote_text: str, identity: Requ
                             code="wallet_locked")
         await risk.check_money_out(svc, conn, who, channel="conversion", currency=source,
                                    amount_minor=row["sell_minor"])
+        if hinted_blocked:  # the block was lifted since the hint: no account was opened, nothing is lacking
+            raise Unavailable("the wallet's risk rules changed during the conversion; retry it")
         tier = svc.tiers[holder["tier"]]
         limits.payment_caps(tier, target)  # the tier may have changed since the quote
         if not accounts:  # the wallet lacked the funds a moment ago (or never held the currency)

@@ -676,6 +676,7 @@ async def confirm(svc: Services, who: Principal, text_id: str, pin: str | None, 
             raise pins.locked_error()
         before = store.to_domain(row)
         payment = before.confirm(svc.now(), svc.settings.payments.authorization_ttl_s)
+        await risk.check_confirmation(svc, conn, who, row, held)  # a block since its authorisation
         if held is not None:
             await risk.confirm_held(conn, held, svc.now())
         # Discounted now, as it is authorised (captured at once, or its discount reserved for a manual capture).
@@ -692,7 +693,7 @@ async def confirm(svc: Services, who: Principal, text_id: str, pin: str | None, 
         await _record(conn, updated, who.id)
         return 200, await payer_view(conn, updated)
 
-    return await svc.idempotency.run(identity, work, before=check_step_ups)
+    return await svc.idempotency.run(identity, work, before=check_step_ups, refused=risk.record_refusal)
 
 
 async def awaiting_confirmation(svc: Services, who: Principal, page: PageRequest) -> views.PayerPaymentList:

@@ -319,8 +319,10 @@ async def check(svc: Services, conn: Connection, payment: Payment, holder_id: uu
 
 
 async def _money_out(svc: Services, conn: Connection, who: Principal, channel: str, currency: str,
-                     amount_minor: int, now: datetime) -> tuple[risk.Attempt, risk.Decision]:
+                     amount_minor: int, now: datetime, *, locked: bool = False) -> tuple[risk.Attempt, risk.Decision]:
     attempt = risk.Attempt(None, who.id, None, currency, amount_minor, who.device_id, channel)
+    if locked and who.device_id is not None:  # against a block of the device being created
+        await store.lock_device_for_block(conn, who.device_id, shared=True)
     return attempt, risk.money_out(await svc.risk_rules.load(conn), attempt, now)
 
 
@@ -329,9 +331,13 @@ async def check_money_out(svc: Services, conn: Connection, who: Principal, *, ch
     """Raise a ``RiskRefusal`` (``risk_declined``) when a block concerns money leaving the holder's wallet:
     ``channel`` withdrawal or conversion, of ``amount_minor`` in ``currency`` (what leaves), from the device
     of the holder's session. Call it in the use case's transaction, with ``record_refusal`` as its
-    ``refused`` hook: the rules are read there (a block created or disabled applies at once)."""
+    ``refused`` hook, after the holder's row is locked ``FOR SHARE`` (``store.wallets.holder_for_payment``):
+    the rules are read there, after this takes the device's shared block lock. A block's creation takes
+    the holder's row (the device's lock) exclusively, so a block committed before this money out commits
+    was read by it: either the block waited for it (it was in flight first), or its rules read began after
+    the block committed (READ COMMITTED: a new snapshot per statement)."""
     now = svc.now()
-    attempt, decision = await _money_out(svc, conn, who, channel, currency, amount_minor, now)
+    attempt, decision = await _money_out(svc, conn, who, channel, currency, amount_minor, now, locked=True)
     if decision.recorded:
         raise await _refusal(svc, conn, attempt, decision, now, holder_asks=False)
 
@@ -341,6 +347,31 @@ async def money_out_blocked(svc: Services, conn: Connection, who: Principal, *, 
     """Whether a block concerns this money out now: a hint read before the use case's transaction (so that
     it opens no account for an attempt refused anyway); ``check_money_out`` in the transaction decides."""
     return (await _money_out(svc, conn, who, channel, currency, amount_minor, svc.now()))[1].recorded
+
+
+async def check_confirmation(svc: Services, conn: Connection, who: Principal, payment: Any,
+                             held: HeldStepUps | None) -> None:
+    """Raise a ``RiskRefusal`` (``risk_declined``) when a declining block concerns a counter payment its
+    holder confirms (a pay-code charge waiting in requires_action: authorised, its amount held, but no money
+    left the wallet yet): a block of the wallet, of the device its decision names (the code's) or of the
+    session's, created since its authorisation. Call it in the confirmation's transaction (the rules read
+    there) with ``record_refusal`` as its ``refused`` hook. A step-up rule created since adds nothing: the
+    held decision fixed what the confirmation asks."""
+    devices = dict.fromkeys(d for d in (None if held is None else held.decision["device_id"], who.device_id)
+                            if d is not None) or {None: None}
+    for device_id in sorted(d for d in devices if d is not None):  # in order: no deadlock between two
+        await store.lock_device_for_block(conn, device_id, shared=True)
+    rules = tuple(r for r in await svc.risk_rules.load(conn)
+                  if r.kind in risk.MONEY_OUT_KINDS and r.outcome is risk.Outcome.DECLINE)
+    if not rules:
+        return
+    now = svc.now()
+    for device_id in devices:
+        attempt = risk.Attempt(payment["id"], who.id, payment["merchant_id"], payment["currency"],
+                               payment["amount_minor"], device_id, "pay_code")
+        decision = risk.decide(rules, attempt, risk.Facts(now=now), frozenset())
+        if decision.outcome is risk.Outcome.DECLINE:
+            raise await _refusal(svc, conn, attempt, decision, now, holder_asks=False)
 
 
 async def _insert(conn: Connection, attempt: risk.Attempt, decision: risk.Decision, now: datetime,
@@ -754,8 +785,17 @@ async def create(svc: Services, who: Principal, req: NewRule, identity: RequestI
     terms = _terms(req)
 
     async def work(conn: Connection) -> tuple[int, Any]:
-        if terms.holder_id is not None and not await store.holder_exists(conn, terms.holder_id):
+        # A block waits for the holder's (the device's) money out in flight, which then read the rules
+        # before it; any that commits after it has read the rules after it (``check_money_out``).
+        if terms.kind is risk.RuleKind.BLOCKED_WALLET:
+            assert terms.holder_id is not None
+            if not await store.lock_holder_for_block(conn, terms.holder_id):
+                raise InvalidRequest("no such wallet holder", code="invalid_wallet", param="wallet")
+        elif terms.holder_id is not None and not await store.holder_exists(conn, terms.holder_id):
             raise InvalidRequest("no such wallet holder", code="invalid_wallet", param="wallet")
+        if terms.kind is risk.RuleKind.BLOCKED_DEVICE:
+            assert terms.device_id is not None
+            await store.lock_device_for_block(conn, terms.device_id, shared=False)
         if terms.merchant_id is not None and not await store.merchant_exists(conn, terms.merchant_id):
             raise InvalidRequest("no such merchant", code="invalid_merchant", param="merchant")
         view = rule_view(await store.insert(conn, terms, svc.now()))

@@ -64,6 +64,24 @@ async def active(conn: Connection) -> list[asyncpg.Record]:
     return list(await conn.fetch(f"SELECT {COLUMNS} FROM risk_rules WHERE disabled_at IS NULL ORDER BY id"))
 
 
+_DEVICE_BLOCK_LOCK = "hashtextextended('risk block of device' || chr(31) || $1, 0)"
+
+
+async def lock_holder_for_block(conn: Connection, holder_id: uuid.UUID) -> bool:
+    """A blocked_wallet rule's creation: the holder's row, against the ``FOR SHARE`` of every use case that
+    moves its money (``store.wallets.holder_for_payment``), taken before they read the rules; False: no
+    such holder. ``FOR NO KEY UPDATE``: rows referencing the holder are not held up."""
+    found = await conn.fetchval("SELECT id FROM wallet_holders WHERE id = $1 FOR NO KEY UPDATE", holder_id)
+    return found is not None
+
+
+async def lock_device_for_block(conn: Connection, device_id: str, *, shared: bool) -> None:
+    """A device's block lock, to the transaction's end: exclusive for a blocked_device rule's creation,
+    shared for money leaving from the device, taken before it reads the rules."""
+    call = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    await conn.execute(f"SELECT {call}({_DEVICE_BLOCK_LOCK})", device_id)
+
+
 async def holder_exists(conn: Connection, holder_id: uuid.UUID) -> bool:
     return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM wallet_holders WHERE id = $1)", holder_id))
 
