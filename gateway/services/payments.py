@@ -525,7 +525,7 @@ async def pay(svc: Services, who: Principal, text_id: str, pin: str | None, iden
     holder_id = who.id
     pid = payment_id(text_id)
     async with svc.db.connection() as conn:
-        head = await store.payable(conn, pid, holder_id, risk.holder_reads(svc, who.device_id))
+        head = await store.payable(conn, pid, holder_id, risk.holder_reads(svc, holder_id, who.device_id))
     if head is None:
         raise _missing(pid)
     accounts = await payer_accounts(svc, holder_id, head["merchant_id"], head["currency"])

@@ -146,24 +146,34 @@ class AtOnceRisk:
     allowed: payment_store.RiskAllowed | None  # the 'allow' decision it records, and the windows charged first
 
 
-def holder_reads(svc: Services, device_id: str | None) -> payment_store.HolderReads | None:
+def holder_reads(svc: Services, holder_id: uuid.UUID, device_id: str | None) -> payment_store.HolderReads | None:
     """What the head read of a payment (``store.payments.payable``) adds for the active rules the
-    one-statement path judges itself; None when none is active (the read stays as it was)."""
+    one-statement path judges itself; None when none is active (the read stays as it was). A device whose
+    first sighting this process knows is not read again (``risk_cache.Sightings``)."""
     kinds = svc.risk_rules.kinds
     usual = risk.RuleKind.AMOUNT_UNUSUAL in kinds
-    device = risk.RuleKind.NEW_DEVICE in kinds
+    device = risk.RuleKind.NEW_DEVICE in kinds and (
+        device_id is None or svc.risk_rules.sightings.get(holder_id, device_id) is None)
     if not usual and not device:
         return None
     return payment_store.HolderReads(svc.local_day(svc.now()) if usual else None, device, device_id)
 
 
-def _unlocked(head: asyncpg.Record | Mapping[str, Any], now: datetime, device_id: str | None) -> risk.Unlocked:
+def _unlocked(svc: Services, head: asyncpg.Record | Mapping[str, Any], holder_id: uuid.UUID, now: datetime,
+              device_id: str | None) -> risk.Unlocked:
     usual = None
     if head.get("risk_spend_day") is not None:
         usual = tuple(map(int, head["risk_usual"] or ()))
-    device_read = bool(head.get("risk_device_read")) and head.get("risk_device_id") == device_id
+    sightings = svc.risk_rules.sightings
+    seen_at = None if device_id is None else sightings.get(holder_id, device_id)
+    device_read = seen_at is not None
+    if not device_read:
+        device_read = bool(head.get("risk_device_read")) and head.get("risk_device_id") == device_id
+        seen_at = head.get("risk_device_seen_at") if device_read else None
+        if seen_at is not None and device_id is not None:
+            sightings.saw(holder_id, device_id, seen_at)
     return risk.Unlocked(now=now, usual_minor=usual, holds_funds=usual is None or head["risk_held"] > 0,
-                         device_read=device_read, device_seen_at=head.get("risk_device_seen_at"))
+                         device_read=device_read, device_seen_at=seen_at)
 
 
 def _window(rule: risk.Rule, attempt: risk.Attempt) -> risk.Window:
@@ -196,7 +206,7 @@ def one_statement(svc: Services, head: asyncpg.Record | Mapping[str, Any], holde
     device_id = None if present is None else present.device_id
     attempt = risk.Attempt(head["id"], holder_id, head["merchant_id"], head["currency"], head["amount_minor"],
                            device_id, channel)
-    kept = svc.risk_rules.one_statement(attempt, _unlocked(head, now, device_id))
+    kept = svc.risk_rules.one_statement(attempt, _unlocked(svc, head, holder_id, now, device_id))
     if kept is None:
         return None
     spend_max = None

@@ -9,7 +9,12 @@ Invariants:
 - the view is read when the app starts, re-read every ``REFRESH_S`` in the background
   (``refreshing``) and at once after a change made by this process, so a rule created in another
   process reaches this one's fast path within ``REFRESH_S``;
-- a read that began before another is never kept after it (reads are numbered when they begin).
+- a read that began before another is never kept after it (reads are numbered when they begin);
+- ``sightings`` keeps when each (holder, device) the head reads found was first seen
+  (``wallet_devices.created_at``). A first sighting is never moved: no statement updates ``created_at``
+  or deletes a device row (a revoked device keeps its row, and signing in on it again keeps its
+  ``created_at``: ``store.sign_in.trust_device``), so a sighting read once holds for good and a device's
+  age only grows; only a sighting found is kept (a device never seen may be seen later).
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from gateway.domain import risk
 from gateway.store import risk as store
@@ -27,8 +35,38 @@ from gateway.store.db import Connection, Database
 from gateway.tasks import cancel_and_wait
 
 REFRESH_S = 2.0
+SIGHTINGS_MAX = 50_000  # (holder, device) first sightings one process keeps; the least recently used go first
 FRESH_S = 3 * REFRESH_S  # after 3 failed refreshes the view cannot tell: the general path runs
 log = logging.getLogger(__name__)
+
+
+class Sightings:
+    """When each (holder, device) was first seen, as read (see the module's invariants), the least recently
+    used forgotten first beyond ``entries_max``."""
+
+    def __init__(self, entries_max: int = SIGHTINGS_MAX) -> None:
+        self.entries_max = entries_max
+        self._seen: OrderedDict[tuple[uuid.UUID, str], datetime] = OrderedDict()
+
+    def get(self, holder_id: uuid.UUID, device_id: str) -> datetime | None:
+        key = (holder_id, device_id)
+        found = self._seen.get(key)
+        if found is not None:
+            self._seen.move_to_end(key)
+        return found
+
+    def saw(self, holder_id: uuid.UUID, device_id: str, first_seen_at: datetime) -> None:
+        self._seen[(holder_id, device_id)] = first_seen_at
+        self._seen.move_to_end((holder_id, device_id))
+        while len(self._seen) > self.entries_max:
+            self._seen.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget every sighting (tests that move a device's history back, which nothing else does)."""
+        self._seen.clear()
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
 
 @dataclass
@@ -39,6 +77,7 @@ class RiskRules:
     kinds: frozenset[risk.RuleKind] = frozenset()  # of those rules: what the one-statement path reads for
     read_at_s: float | None = None
     clock: Callable[[], float] = field(default=time.monotonic)
+    sightings: Sightings = field(default_factory=Sightings)
     _begun: int = 0
     _kept: int = 0
 

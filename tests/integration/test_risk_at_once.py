@@ -127,7 +127,7 @@ async def test_a_capture_after_the_head_read_makes_the_statement_fall_back(world
     pid, holder_id = decode(Kind.PAYMENT, created["id"]), decode(Kind.WALLET_HOLDER, h.id)
     assert pid is not None and holder_id is not None
     async with svc.db.connection() as conn:
-        head = await payment_store.payable(conn, pid, holder_id, risk_cases.holder_reads(svc, None))
+        head = await payment_store.payable(conn, pid, holder_id, risk_cases.holder_reads(svc, holder_id, None))
     assert head is not None and list(head["risk_usual"]) == [100, 100, 100]
     accounts = await payment_cases.payer_accounts(svc, holder_id, head["merchant_id"], head["currency"])
     at_once = payment_cases._paid_at_once(svc, head, holder_id, accounts, channel="wallet")
@@ -162,11 +162,32 @@ async def test_new_device_and_blocked_device_keep_the_batch_unless_they_match(wo
                            device)
     finally:
         await conn.close()
+    world.client.app[SERVICES].risk_rules.sightings.clear()  # history moved back: forget what was read
     await _by_batch(world, m, h, 6_000)
     await _rule(world, kind="blocked_device", device_id=device)
     refused = await _by_general_path(world, m, h, 100, 402)
     assert refused["error"]["code"] == "risk_declined"
     assert await world.available(h) == 100_000 - 4_999 - 6_000
+
+
+async def test_a_device_sighting_is_read_once_and_its_age_grows_from_it(world: World) -> None:
+    """The head read reads a device's first sighting once per process (``risk_cache.Sightings``); the
+    device stays new while younger than the rule's age, then is old, with no read of it again."""
+    m = await world.merchant()
+    device = f"new-{uuid.uuid4().hex[:8]}"
+    h = await world.holder(top_up=100_000, device_id=device)
+    await _rule(world, kind="new_device", currency="CNY", device_age_s=3, min_amount=5_000, outcome="require_otp")
+    svc = world.client.app[SERVICES]
+    hid = decode(Kind.WALLET_HOLDER, h.id)
+    assert hid is not None
+    assert risk_cases.holder_reads(svc, hid, device) == payment_store.HolderReads(None, True, device)
+    asked = await _by_general_path(world, m, h, 6_000, 402)  # first seen just now: new
+    assert asked["error"]["code"] == "otp_required"
+    assert risk_cases.holder_reads(svc, hid, device) is None  # known now: not read again
+    assert risk_cases.holder_reads(svc, hid, "another-phone") == payment_store.HolderReads(None, True, "another-phone")
+    await asyncio.sleep(3.1)
+    await _by_batch(world, m, h, 6_000)  # the same sighting, older than the rule's age now
+    assert await world.available(h) == 100_000 - 6_000
 
 
 def _holder_scope(h: Holder) -> str:
