@@ -12,7 +12,9 @@ Steps, each bounded by a count, a duration or a timeout:
    linked bank account and one top-up far above what the run can spend;
 3. phases, each after ``VACUUM ANALYZE`` (autovacuum is off on these machines): warm-up,
    A (automatic capture, payers spread over the merchants), issue 13's rounds (short blocks: features off,
-   a campaign + FX + a blocked wallet, those + a rule of every kind; one block off after the last round),
+   a campaign + FX + a blocked wallet, those + a rule of every kind; one block off after the last round;
+   each judged by its rate against the off blocks around it, and at equal machine speed from the CPU a
+   payment costs over the bench client's own: ``figures.against_drift``, ``figures.against_yardstick``),
    A again, B (manual capture: create, pay, capture), A with every payer paying one merchant, replays,
    pay-code charges, then A paced open-loop at half of A's measured rate and the sweep; optionally the
    half-load phase again while py-spy samples one gateway process (``--only-features``: warm-up, A,
