@@ -130,6 +130,7 @@ from paybench.system import (
     run_pgbench,
     run_tap_to_approval,
     vacuum_analyze,
+    wal_bytes,
 )
 
 
@@ -293,11 +294,15 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
             await vacuum()
             glog.attach(PhaseResult("between blocks", Recorder(), 0.0, {}))  # skip the set-up requests
             batched = await group_commit_counts(api)
+            wal_before = await wal_bytes(args.database_url)
             started_s = time.perf_counter()
             results[key] = glog.attach(
                 await closed_loop(api, world, LOAD_A, sizes, block_count, block_s, gateway))
+            wal_written = await wal_bytes(args.database_url) - wal_before
             results[key].print()
             print(group_commit_line(batched, await group_commit_counts(api)))
+            if results[key].rec.confirmed:
+                print(f"  write-ahead log: {wal_written / results[key].rec.confirmed:,.0f} bytes per confirmed payment")
             done = results[key]
             return Block(done.rate_per_s, (started_s + time.perf_counter()) / 2, cost_of(done.cpu, done.rate_per_s))
 

@@ -362,6 +362,16 @@ async def vacuum_analyze(url: str) -> float:
     return time.perf_counter() - started
 
 
+async def wal_bytes(url: str) -> int:
+    """Where PostgreSQL's write-ahead log is now, in bytes from its start: two readings bracket what a
+    phase wrote (the whole server's, so a phase alone on the machine)."""
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        return int(await conn.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn", timeout=10))
+    finally:
+        await conn.close(timeout=10)
+
+
 async def payment_counts(url: str) -> list[tuple[str, str, int]]:
     conn = await asyncpg.connect(url, timeout=10)
     try:
