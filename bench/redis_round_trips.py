@@ -70,8 +70,8 @@ async def run(url: str, payments: int, concurrency: int) -> None:
                 batch = list(waiting)
                 waiting.clear()
                 found = await accel.windows_take_all([call for _, call in batch])
-                for (done, _), answer in zip(batch, found or [None] * len(batch), strict=True):
-                    done.set_result(answer is not None and answer.taken)
+                for n, (done, _) in enumerate(batch):
+                    done.set_result(found is not None and found[n].taken)
 
     async def payment(loop_no: int) -> None:
         create_key = f"{PREFIX}idem:{uuid.uuid4().hex}"
