@@ -10,10 +10,11 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from gateway.accel import Accelerator
 from gateway.app import create_app
-from gateway.settings import Settings
+from gateway.settings import RedisSettings, Settings
 from gateway.store import invariants
-from tests.conftest import make_settings
+from tests.conftest import TEST_REDIS_URL, make_settings
 from tests.integration.world import World
 
 
@@ -56,3 +57,13 @@ def app_factory(clean_db: str) -> Callable[..., Any]:
         return create_app(settings, workers=False)
 
     return build
+
+
+@pytest.fixture
+async def accel() -> Any:
+    """An accelerator of its own on the tests' Redis, for the tests of what goes in its pipelines."""
+    # A generous timeout: these tests are about what goes in a pipeline, and a loaded machine (a parallel
+    # test run) must not turn a slow answer into "Redis unavailable" (its own test sets its own).
+    a = Accelerator(RedisSettings(url=TEST_REDIS_URL, timeout_s=5.0))
+    yield a
+    await a.close()

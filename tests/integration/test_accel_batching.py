@@ -14,18 +14,8 @@ from gateway.accel import Accelerator, Windows
 from gateway.domain.risk import Window
 from gateway.domain.throttle import Rate
 from gateway.settings import RedisSettings
-from tests.conftest import TEST_REDIS_URL
 
 pytestmark = pytest.mark.asyncio
-
-
-@pytest.fixture
-async def accel() -> Any:
-    # A generous timeout: these tests are about what goes in a pipeline, and a loaded machine (a parallel
-    # test run) must not turn a slow answer into "Redis unavailable" (its own test sets its own).
-    a = Accelerator(RedisSettings(url=TEST_REDIS_URL, timeout_s=5.0))
-    yield a
-    await a.close()
 
 
 def _count_pipelines(monkeypatch: pytest.MonkeyPatch) -> list[int]:

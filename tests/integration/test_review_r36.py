@@ -13,20 +13,11 @@ from redis.asyncio.client import Pipeline
 
 from gateway.accel import PIPELINE_MAX, Accelerator
 from gateway.domain.ids import Kind, decode
-from gateway.settings import RedisSettings
-from tests.conftest import TEST_REDIS_URL
 from tests.integration.test_qr_paycode import _device_holder
 from tests.integration.test_risk_pay_code import PIN, _charge, _confirm, _decisions, _held, _pay_code, _rule
 from tests.integration.world import World
 
 pytestmark = pytest.mark.asyncio
-
-
-@pytest.fixture
-async def accel() -> Any:
-    a = Accelerator(RedisSettings(url=TEST_REDIS_URL, timeout_s=5.0))
-    yield a
-    await a.close()
 
 
 # --- 3379b4c: the shared stream of round trips -----------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 
 from gateway.domain.ids import Kind, decode
 from gateway.store import invariants
+from tests.integration.test_risk_pay_code import _alerts, _decisions
 from tests.integration.world import Holder, World, auth
 
 
@@ -56,16 +57,6 @@ async def _balances(world: World, h: Holder) -> dict[str, int]:
     return {b["currency"]: b["total"] for b in wallet["balances"] if b["total"]}
 
 
-async def _decisions(world: World, h: Holder) -> list[dict[str, Any]]:
-    found = await world.call("GET", f"/v1/operator/risk_decisions?limit=100&wallet={h.id}", headers=world.ops)
-    return list(found["data"])
-
-
-async def _risk_notes(world: World, h: Holder) -> list[dict[str, Any]]:
-    notes = await world.call("GET", "/v1/wallet/notifications", headers=h.headers)
-    return [n for n in notes["data"] if n["kind"] == "risk.alert"]
-
-
 async def _risk_events(world: World) -> list[dict[str, Any]]:
     events = await world.call("GET", "/v1/operator/events?limit=100", headers=world.ops)
     return [e for e in events["data"] if e["type"] == "risk.alert"]
@@ -104,7 +95,7 @@ async def test_a_blocked_wallet_cannot_withdraw_and_its_refusal_is_recorded_and_
     assert [(r["rule"], r["kind"]) for r in d["reasons"]] == [(rule["id"], "blocked_wallet")]
     alerts = await world.call("GET", "/v1/operator/risk_alerts", headers=world.ops)
     assert [a["id"] for a in alerts["data"]] == [d["id"]]
-    [note] = await _risk_notes(world, h)
+    [note] = await _alerts(world, h)
     assert note["data"]["decision"] == d["id"] and note["data"]["channel"] == "withdrawal"
     assert (note["data"]["amount"], note["data"]["payment"], note["data"]["outcome"]) == (4_000, None, "decline")
     assert "reasons" not in note["data"]  # the holder is not told which rule
@@ -143,7 +134,7 @@ async def test_a_blocked_wallet_cannot_convert(world: World) -> None:
     [d] = await _decisions(world, h)
     assert (d["outcome"], d["channel"], d["amount"], d["currency"], d["payment"], d["merchant"]) == (
         "decline", "conversion", 10_000, "CNY", None, None)
-    [note] = await _risk_notes(world, h)
+    [note] = await _alerts(world, h)
     assert note["data"]["channel"] == "conversion"
     await _sound(world)
 
@@ -209,7 +200,7 @@ async def test_a_retried_refusal_is_the_same_answer_and_one_decision(world: Worl
     assert (retried[0], retried[1]["error"], retried[2]) == (402, body["error"], True)
     decisions = await _decisions(world, h)
     assert sorted(d["channel"] for d in decisions) == ["conversion", "withdrawal"]
-    assert len(await _risk_notes(world, h)) == 2 and len(await _risk_events(world)) == 2
+    assert len(await _alerts(world, h)) == 2 and len(await _risk_events(world)) == 2
     # Without a key, each request is its own attempt: one decision each.
     resp = await world.client.post("/v1/wallet/withdrawals", headers=h.headers,
                                    json={"bank_account": h.bank_account, "amount": 3_000, "currency": "CNY"})
@@ -231,7 +222,7 @@ async def test_another_holder_is_unaffected(world: World) -> None:
     status, converted, _, _ = await _convert(world, other, 10_000)
     assert status == 201, converted
     assert (await _balances(world, other))["CNY"] == 100_000 - 5_000 - 10_000
-    assert await _decisions(world, other) == [] and await _risk_notes(world, other) == []
+    assert await _decisions(world, other) == [] and await _alerts(world, other) == []
     _declined(*(await _withdraw(world, blocked, 5_000))[:2], "withdrawal")
     await _sound(world)
 
