@@ -367,16 +367,16 @@ async def check_confirmation(svc: Services, conn: Connection, who: Principal, pa
     session's, created since its authorisation. Call it in the confirmation's transaction (the rules read
     there) with ``record_refusal`` as its ``refused`` hook. A step-up rule created since adds nothing: the
     held decision fixed what the confirmation asks."""
-    devices = dict.fromkeys(d for d in (None if held is None else held.decision["device_id"], who.device_id)
-                            if d is not None) or {None: None}
-    for device_id in sorted(d for d in devices if d is not None):  # in order: no deadlock between two
+    devices = list(dict.fromkeys(d for d in (None if held is None else held.decision["device_id"], who.device_id)
+                                 if d is not None))  # the code's first, then the session's
+    for device_id in sorted(devices):  # locked in order: no deadlock between two
         await store.lock_device_for_block(conn, device_id, shared=True)
     rules = tuple(r for r in await svc.risk_rules.load(conn)
                   if r.kind in risk.MONEY_OUT_KINDS and r.outcome is risk.Outcome.DECLINE)
     if not rules:
         return
     now = svc.now()
-    for device_id in devices:
+    for device_id in devices or [None]:
         attempt = risk.Attempt(payment["id"], who.id, payment["merchant_id"], payment["currency"],
                                payment["amount_minor"], device_id, "pay_code")
         decision = risk.decide(rules, attempt, risk.Facts(now=now), frozenset())
