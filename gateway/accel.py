@@ -415,20 +415,19 @@ class Accelerator:
                     results = await self._evalsha_all([(script, keys, args) for script, keys, args, _ in batch], copies)
                 except BaseException as exc:  # noqa: BLE001 - every caller is answered, whatever was raised
                     cancelled = isinstance(exc, asyncio.CancelledError)
+                    reraise = cancelled or not isinstance(exc, Exception)  # the task's own end: passed on
                     failure = exc if isinstance(exc, _FAILURES) else TimeoutError() if cancelled else RedisError(
                         f"unexpected {type(exc).__name__}: {exc}")
                     if not isinstance(exc, _FAILURES) and not cancelled:
                         log.error("redis round trip failed unexpectedly", exc_info=exc)
-                    if not batch:  # copies alone: no caller to tell
-                        if cancelled or not isinstance(exc, Exception):
-                            raise
+                    if batch:
+                        batch, self._takes = batch + self._takes, []
+                        for _, _, _, answer in batch:
+                            if not answer.done():
+                                answer.set_exception(failure)
+                    elif not reraise:  # copies alone: no caller to tell
                         self._failed(failure)
-                        continue
-                    batch, self._takes = batch + self._takes, []
-                    for _, _, _, answer in batch:
-                        if not answer.done():
-                            answer.set_exception(failure)
-                    if cancelled or not isinstance(exc, Exception):
+                    if reraise:
                         raise
                     continue
                 if copies:
