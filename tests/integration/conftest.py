@@ -15,6 +15,7 @@ from gateway.app import create_app
 from gateway.settings import RedisSettings, Settings
 from gateway.store import invariants
 from tests.conftest import TEST_REDIS_URL, make_settings
+from tests.fault.cluster import RedisServer
 from tests.integration.world import World
 
 
@@ -65,5 +66,24 @@ async def accel() -> Any:
     # A generous timeout: these tests are about what goes in a pipeline, and a loaded machine (a parallel
     # test run) must not turn a slow answer into "Redis unavailable" (its own test sets its own).
     a = Accelerator(RedisSettings(url=TEST_REDIS_URL, timeout_s=5.0))
+    # Its scripts loaded first: a test counting round trips must not count the refusal of the first call
+    # on a Redis that never ran them (the first test of a fresh server).
+    for script in (a._take_script, a._windows_script, a._windows_back_script):
+        await a.client.script_load(script.script)
     yield a
     await a.close()
+
+
+@pytest.fixture
+async def own_redis_accel() -> Any:
+    """An accelerator on a Redis server of its own, for tests that flush its scripts: Redis keeps scripts
+    per server, not per database, so a SCRIPT FLUSH on the shared server races the other test workers
+    (one of them loads the script again between the flush and the call, or gets a refusal it counts)."""
+    server = RedisServer()
+    server.start()
+    a = Accelerator(RedisSettings(url=server.url, timeout_s=5.0))
+    try:
+        yield a
+    finally:
+        await a.close()
+        server.destroy()

@@ -62,19 +62,19 @@ async def test_each_take_gets_its_own_cached_answer(accel: Accelerator) -> None:
     assert [cached for _, cached, _ in answers] == [f"answer-{n}".encode() for n in range(10)] + [None] * 10
 
 
-async def test_a_script_redis_lost_is_loaded_again(accel: Accelerator) -> None:
-    assert (await accel.preflight(f"s-{uuid.uuid4()}", 5, None))[2]
-    await accel.client.script_flush()
-    answers = await asyncio.gather(*(accel.preflight(f"s-{uuid.uuid4()}", 5, None) for _ in range(5)))
+async def test_a_script_redis_lost_is_loaded_again(own_redis_accel: Accelerator) -> None:
+    assert (await own_redis_accel.preflight(f"s-{uuid.uuid4()}", 5, None))[2]
+    await own_redis_accel.client.script_flush()
+    answers = await asyncio.gather(*(own_redis_accel.preflight(f"s-{uuid.uuid4()}", 5, None) for _ in range(5)))
     assert all(answered and wait_s == 0 for wait_s, _, answered in answers)
 
 
 async def test_a_script_redis_lost_is_loaded_again_for_a_lone_call(
-        accel: Accelerator, monkeypatch: pytest.MonkeyPatch) -> None:
+        own_redis_accel: Accelerator, monkeypatch: pytest.MonkeyPatch) -> None:
     """A script sent alone (a plain command, not a pipeline) that Redis lost is loaded and sent again."""
     sizes = _count_pipelines(monkeypatch)
-    await accel.client.script_flush()
-    wait_s, _, answered = await accel.preflight(f"s-{uuid.uuid4()}", 5, None)
+    await own_redis_accel.client.script_flush()
+    wait_s, _, answered = await own_redis_accel.preflight(f"s-{uuid.uuid4()}", 5, None)
     assert answered and wait_s == 0
     assert sizes == [1, 1]  # refused for its script, then sent again once loaded
 
@@ -210,11 +210,11 @@ async def test_a_count_only_window_forgets_what_left_it(accel: Accelerator) -> N
     assert 0 < await accel.client.ttl(window.key) <= 11
 
 
-async def test_a_window_script_redis_lost_is_loaded_again(accel: Accelerator) -> None:
+async def test_a_window_script_redis_lost_is_loaded_again(own_redis_accel: Accelerator) -> None:
     window = _w(f"risk:w:test:{uuid.uuid4().hex}", count_max=5)
-    await accel.client.script_flush()
-    found = await asyncio.gather(*(accel.windows_take([window], 1.0, uuid.uuid4().hex) for _ in range(3)),
-                                 accel.preflight(f"s-{uuid.uuid4()}", 5, None))
+    await own_redis_accel.client.script_flush()
+    found = await asyncio.gather(*(own_redis_accel.windows_take([window], 1.0, uuid.uuid4().hex) for _ in range(3)),
+                                 own_redis_accel.preflight(f"s-{uuid.uuid4()}", 5, None))
     assert [f.taken for f in found[:3] if isinstance(f, Windows)] == [True] * 3 and found[3][2]
 
 

@@ -202,7 +202,7 @@ async def test_a_large_pay_code_charge_waiting_for_the_pin_is_not_confirmed_from
 
 
 async def test_a_script_reload_resends_the_scripts_only_never_the_copies(
-        accel: Accelerator, monkeypatch: pytest.MonkeyPatch) -> None:
+        own_redis_accel: Accelerator, monkeypatch: pytest.MonkeyPatch) -> None:
     """Not a bug (a guard): Redis lost its scripts (SCRIPT FLUSH) while copies ride in the same pipeline:
     the copies went once, only the scripts are sent again (a copy sent twice would be harmless anyway:
     a key's stored answer never changes once done)."""
@@ -214,14 +214,14 @@ async def test_a_script_reload_resends_the_scripts_only_never_the_copies(
         return await real(self, raise_on_error)
 
     monkeypatch.setattr(Pipeline, "execute", recording)
-    await accel.client.script_flush()
+    await own_redis_accel.client.script_flush()
     key = f"r36-copy-{uuid.uuid4().hex}"
-    accel.copy_later(key, b"done", 60)
-    answers = await asyncio.gather(*(accel.preflight(f"s-{uuid.uuid4()}", 5, None) for _ in range(3)))
-    await accel.copies_sent()
+    own_redis_accel.copy_later(key, b"done", 60)
+    answers = await asyncio.gather(*(own_redis_accel.preflight(f"s-{uuid.uuid4()}", 5, None) for _ in range(3)))
+    await own_redis_accel.copies_sent()
     assert all(answered for _, _, answered in answers)
     assert sum(cmds.count(b"SET") for cmds in sent) == 1, sent
-    assert await accel.get(key) == b"done"
+    assert await own_redis_accel.get(key) == b"done"
 
 
 async def test_a_caller_cancelled_mid_round_trip_leaves_the_others_answered_and_the_sender_done(
