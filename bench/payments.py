@@ -129,6 +129,8 @@ from paybench.system import (
     run_cli_status,
     run_pgbench,
     run_tap_to_approval,
+    statements,
+    statements_lines,
     vacuum_analyze,
     wal_bytes,
 )
@@ -179,6 +181,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
     p.add_argument("--tap-sales", type=int, default=30, help="sales of bench/tap_to_approval.py (0: skip)")
     p.add_argument("--feature-rounds", type=int, default=3,
                    help="issue 13's rounds (features off, features, every rule; one block off after the last)")
+    p.add_argument("--statements", action="store_true",
+                   help="after each of issue 13's blocks, the statements that took the most time in it (a server"
+                   " that preloads pg_stat_statements, with pg_stat_statements.track = all for the functions' own)")
     p.add_argument("--only-features", action="store_true",
                    help="issue 13's figures alone: A, issue 13's rounds, then A again (no pgbench, tap, sweep)")
     args = p.parse_args(argv)
@@ -295,6 +300,7 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
             glog.attach(PhaseResult("between blocks", Recorder(), 0.0, {}))  # skip the set-up requests
             batched = await group_commit_counts(api)
             wal_before = await wal_bytes(args.database_url)
+            ran_before = await statements(args.database_url) if args.statements else None
             started_s = time.perf_counter()
             results[key] = glog.attach(
                 await closed_loop(api, world, LOAD_A, sizes, block_count, block_s, gateway))
@@ -303,6 +309,9 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
             print(group_commit_line(batched, await group_commit_counts(api)))
             if results[key].rec.confirmed:
                 print(f"  write-ahead log: {wal_written / results[key].rec.confirmed:,.0f} bytes per confirmed payment")
+            ran_after = await statements(args.database_url) if ran_before is not None else None
+            if ran_before is not None and ran_after is not None:
+                print("\n".join(statements_lines(ran_before, ran_after, results[key].rec.confirmed)))
             done = results[key]
             return Block(done.rate_per_s, (started_s + time.perf_counter()) / 2, cost_of(done.cpu, done.rate_per_s))
 

@@ -552,3 +552,40 @@ def run_tap_to_approval(sales: int) -> tuple[float | None, str]:
     if done.returncode != 0 or found is None:
         return None, f"tap_to_approval.py failed ({done.returncode}): {done.stderr.decode(errors='replace')[-800:]}"
     return float(found.group(3)), out.strip()
+
+
+Statements = dict[int, tuple[int, float, str]]  # queryid -> calls, total execution ms, text
+
+
+async def statements(url: str) -> Statements | None:
+    """pg_stat_statements as it stands (None: the server does not load it): two readings bracket what a
+    block ran. Only for a server of the bench's own (``--statements``): the module must be preloaded, and
+    ``track = all`` shows the statements inside the gateway's functions too."""
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        preloaded = await conn.fetchval("SELECT current_setting('shared_preload_libraries')", timeout=10)
+        if "pg_stat_statements" not in preloaded:
+            return None
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements", timeout=10)
+        rows = await conn.fetch("SELECT queryid, calls, total_exec_time, query FROM pg_stat_statements"
+                                " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                                timeout=30)
+        return {int(r["queryid"]): (int(r["calls"]), float(r["total_exec_time"]), str(r["query"])) for r in rows}
+    finally:
+        await conn.close(timeout=10)
+
+
+def statements_lines(before: Statements, after: Statements, payments: int, top: int = 15) -> list[str]:
+    """The statements that took the most time between two readings, per payment: wall time (a backend
+    waiting for a lock or a core counts), calls per payment and the statement's start."""
+    moved = []
+    for queryid, (calls, total_ms, text) in after.items():
+        calls_before, total_before, _ = before.get(queryid, (0, 0.0, text))
+        if calls > calls_before:
+            moved.append((total_ms - total_before, calls - calls_before, " ".join(text.split())[:110]))
+    moved.sort(reverse=True)
+    per = max(payments, 1)
+    lines = [f"  statements (pg_stat_statements, wall time per payment): {sum(m[0] for m in moved) * 1e3 / per:,.0f} us"
+             " in all"]
+    lines += [f"    {ms * 1e3 / per:8,.1f} us {calls / per:5.2f}/payment  {text}" for ms, calls, text in moved[:top]]
+    return lines
