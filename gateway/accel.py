@@ -50,6 +50,7 @@ PIPELINE_MAX = 256  # calls sent together at most
 _AMOUNT_UNLIMITED = 2**53  # an amount limit no window's total reaches (exact as a Lua number)
 COPIES_PENDING_MAX = 1000  # copies waiting for their round trip; beyond that they are skipped (PostgreSQL has them)
 _FAILURES = (RedisError, OSError, TimeoutError)
+FORGET_BATCH = 500  # keys a SCAN step asks for and an UNLINK removes at once (``forget``)
 _Call = tuple[AsyncScript, list[str], Sequence[float | int | str | bytes]]  # a script, its keys and arguments
 
 # gateway.domain.throttle.take, run by Redis on its own clock so that every gateway process shares
@@ -309,6 +310,27 @@ class Accelerator:
 
     async def delete(self, key: str) -> None:
         await self._call("delete", key)
+
+    async def forget(self, pattern: str) -> int | None:
+        """Remove every key matching ``pattern`` (SCAN, then UNLINK in batches: Redis is never blocked for
+        the whole keyspace): how many went; None when Redis gave no answer (keys left expire by their TTL)."""
+        if not self.available:
+            return None
+        gone = 0
+        try:
+            batch: list[bytes] = []
+            async for key in self.client.scan_iter(match=pattern, count=FORGET_BATCH):
+                batch.append(key)
+                if len(batch) >= FORGET_BATCH:
+                    gone += int(await self.client.unlink(*batch))
+                    batch.clear()
+            if batch:
+                gone += int(await self.client.unlink(*batch))
+        except _FAILURES as exc:
+            self._failed(exc)
+            return None
+        self._answered()
+        return gone
 
     async def windows_take(self, windows: Sequence[Window], now_s: float, payment: str) -> Windows | None:
         """Charge the payment in every window if it fits in all, else in none (see ``_WINDOWS_LUA``); None

@@ -253,9 +253,13 @@ def _scope(rule: risk.Rule, attempt: risk.Attempt) -> tuple[store.Scope, Any]:
     return "merchant_id", attempt.merchant_id
 
 
+def _window_prefix(rule_id: uuid.UUID) -> str:
+    return f"risk:w:{rule_id.hex}:"
+
+
 def _window_key(rule: risk.Rule, attempt: risk.Attempt) -> str:
     value = _scope(rule, attempt)[1]
-    return f"risk:w:{rule.id.hex}:{value.hex if isinstance(value, uuid.UUID) else value}"
+    return f"{_window_prefix(rule.id)}{value.hex if isinstance(value, uuid.UUID) else value}"
 
 
 async def _recent_allowed(conn: Connection, rule: risk.Rule, attempt: risk.Attempt, now: datetime) -> risk.Recent:
@@ -828,8 +832,10 @@ def _uuid(text: str) -> uuid.UUID:
 async def disable(svc: Services, who: Principal, text_id: str, identity: RequestIdentity) -> Reply:
     """Disable a rule now; disabling it again answers it unchanged."""
     rid = _uuid(text_id)
+    counted = False
 
     async def work(conn: Connection) -> tuple[int, Any]:
+        nonlocal counted
         row = await store.get(conn, rid, for_update=True)
         if row is None:
             raise NotFound(f"no such risk rule: {text_id}", param="id")
@@ -837,11 +843,14 @@ async def disable(svc: Services, who: Principal, text_id: str, identity: Request
         view = rule_view(await store.disable(conn, rid, svc.now()))
         if not was_disabled:
             await audit.record(conn, who, "risk_rule.disabled", rid, view, merchant_id=None)
+        counted = risk.RuleKind(row["kind"]) in risk.COUNTED_KINDS
         return 200, view
 
     reply = await svc.idempotency.run(identity, work)
     async with svc.db.connection() as conn:  # this process's fast path sees the change at once
         await svc.risk_rules.load(conn)
+    if counted:  # its windows in Redis go once no process charges them any more (a rule is never enabled again)
+        svc.risk_rules.forget_later(lambda: svc.accel.forget(f"{_window_prefix(rid)}*"))
     return reply
 
 

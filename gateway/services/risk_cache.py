@@ -25,7 +25,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -37,6 +37,9 @@ from gateway.tasks import cancel_and_wait
 REFRESH_S = 2.0
 SIGHTINGS_MAX = 50_000  # (holder, device) first sightings one process keeps; the least recently used go first
 FRESH_S = 3 * REFRESH_S  # after 3 failed refreshes the view cannot tell: the general path runs
+# A disabled rule's velocity windows are removed from Redis this long after the disable: by then no process's
+# fast path still charges them (its view is fresh within FRESH_S, and the general path reads the rules).
+FORGET_AFTER_S = 2 * FRESH_S
 log = logging.getLogger(__name__)
 
 
@@ -80,6 +83,22 @@ class RiskRules:
     sightings: Sightings = field(default_factory=Sightings)
     _begun: int = 0
     _kept: int = 0
+    _forgetting: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def forget_later(self, forget: Callable[[], Awaitable[object]]) -> None:
+        """Run ``forget`` (a disabled rule's windows removed) ``FORGET_AFTER_S`` from now, in the background;
+        a stop cancels it (the windows then expire by their TTL, as they would have without it)."""
+
+        async def later() -> None:
+            await asyncio.sleep(FORGET_AFTER_S)
+            try:
+                await forget()
+            except Exception as exc:  # an accelerator's failure is its own to report; nothing waits for this
+                log.warning("a disabled rule's windows were not removed", extra={"error": type(exc).__name__})
+
+        task = asyncio.create_task(later())
+        self._forgetting.add(task)
+        task.add_done_callback(self._forgetting.discard)
 
     def saw(self, rules: tuple[risk.Rule, ...], read_number: int | None = None) -> None:
         if read_number is not None:
@@ -127,4 +146,4 @@ class RiskRules:
         try:
             yield
         finally:
-            await cancel_and_wait([task])
+            await cancel_and_wait([task, *self._forgetting])
