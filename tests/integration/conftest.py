@@ -53,6 +53,16 @@ async def world(client: TestClient) -> World:
 
 
 @pytest.fixture
+async def db(clean_db: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the test's own to its database, for what the API does not show."""
+    conn = await asyncpg.connect(clean_db)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
 def app_factory(clean_db: str) -> Callable[..., Any]:
     def build(settings: Settings) -> Any:
         return create_app(settings, workers=False)

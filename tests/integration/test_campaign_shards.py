@@ -6,25 +6,18 @@ the ledger invariants (campaign_shards_add_up included) after each test."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from gateway.domain.ids import Kind, decode
 from gateway.store import invariants
-from tests.integration.world import Holder, Merchant, World, batched
-
-
-def _window() -> dict[str, str]:
-    now = datetime.now(UTC).replace(tzinfo=None)
-    return {"time_zone": "UTC", "starts_at": (now - timedelta(hours=1)).isoformat(timespec="seconds"),
-            "ends_at": (now + timedelta(hours=2)).isoformat(timespec="seconds")}
+from tests.integration.world import Holder, Merchant, World, batched, campaign_window
 
 
 async def _campaign(world: World, **terms: Any) -> Any:
     body = {"name": "Spread", "currency": "CNY", "rule": "fixed", "fixed_amount": 100, "funded_by": "bank",
-            "budget": 1_000_000, **_window(), **terms}
+            "budget": 1_000_000, **campaign_window(), **terms}
     return await world.call("POST", "/v1/operator/campaigns", 201, headers=world.ops, json=body)
 
 

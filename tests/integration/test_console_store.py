@@ -5,23 +5,12 @@ filter, and the search's lookups use their indexes rather than scanning payments
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-import pytest
 
 from gateway.store import console as store
 from tests.integration.world import World, auth
-
-
-@pytest.fixture
-async def db(clean_db: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(clean_db)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 def _id(text: str) -> uuid.UUID:

@@ -12,38 +12,23 @@ import base64
 import csv
 import io
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import pytest
 from lxml import etree
 
 from gateway.banksim import Movement, book, camt053
 from gateway.domain.ids import Kind, decode
 from gateway.store import invariants
-from tests.integration.world import Holder, Merchant, World
+from tests.integration.world import Holder, Merchant, World, campaign_window
 
 D0 = datetime.now(UTC).date() - timedelta(days=10)
 
 
-@pytest.fixture
-async def db(clean_db: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(clean_db)
-    yield conn
-    await conn.close()
-
-
-def _window() -> dict[str, str]:
-    now = datetime.now(UTC).replace(tzinfo=None)
-    return {"time_zone": "UTC", "starts_at": (now - timedelta(hours=1)).isoformat(timespec="seconds"),
-            "ends_at": (now + timedelta(hours=2)).isoformat(timespec="seconds")}
-
-
 async def _cashback(world: World, m: Merchant | None, funded_by: str = "merchant", **terms: Any) -> Any:
     body = {"name": f"{funded_by} cashback", "currency": "CNY", "rule": "cashback", "funded_by": funded_by,
-            "budget": 1_000_000, **({"merchants": [m.id]} if m is not None else {}), **_window(), **terms}
+            "budget": 1_000_000, **({"merchants": [m.id]} if m is not None else {}), **campaign_window(), **terms}
     return await world.call("POST", "/v1/operator/campaigns", 201, headers=world.ops, json=body)
 
 
@@ -214,7 +199,7 @@ async def test_a_first_payment_gift_and_the_merchants_cashback_go_with_one_captu
     m = await world.merchant(fee_bps=0)
     await world.call("POST", "/v1/operator/campaigns", 201, headers=world.ops, json={
         "name": "welcome", "currency": "CNY", "rule": "gift_first_payment", "funded_by": "bank", "fixed_amount": 300,
-        "budget": 10_000, **_window()})
+        "budget": 10_000, **campaign_window()})
     await _cashback(world, m, percent_bps=1_000)
     h = await world.holder(top_up=1_000)
     paid, pid = await _paid(world, m, h, 1_000)  # exactly the wallet: neither credit pays for it
@@ -351,7 +336,7 @@ async def test_gifts_stay_the_banks_and_cashback_may_be_either(world: World) -> 
     for rule in ("gift_first_payment", "gift_registration"):
         refused = await world.call("POST", "/v1/operator/campaigns", 400, headers=world.ops, json={
             "name": "g", "currency": "CNY", "rule": rule, "funded_by": "merchant", "fixed_amount": 100,
-            "budget": 1_000, **_window()})
+            "budget": 1_000, **campaign_window()})
         assert (refused["error"]["code"], refused["error"]["param"]) == ("invalid_funded_by", "funded_by")
     created = await _cashback(world, None, percent_bps=100)
     assert (created["rule"], created["funded_by"], created["merchants"]) == ("cashback", "merchant", [])

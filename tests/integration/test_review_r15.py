@@ -12,7 +12,6 @@ import json
 import sys
 import uuid
 from collections import Counter
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -26,18 +25,12 @@ from gateway.store import ledger as ledger_store
 from gateway.store import payments as payment_store
 from tests.conftest import make_settings
 from tests.integration.conftest import serving
-from tests.integration.world import Holder, World
-
-
-def _window() -> dict[str, str]:
-    now = datetime.now(UTC).replace(tzinfo=None)
-    return {"time_zone": "UTC", "starts_at": (now - timedelta(hours=1)).isoformat(timespec="seconds"),
-            "ends_at": (now + timedelta(hours=2)).isoformat(timespec="seconds")}
+from tests.integration.world import Holder, World, campaign_window
 
 
 async def _campaign(world: World, **terms: Any) -> Any:
     body = {"name": "R15", "currency": "CNY", "rule": "percent", "percent_bps": 1_000, "funded_by": "bank",
-            "budget": 1_000_000, **_window(), **terms}
+            "budget": 1_000_000, **campaign_window(), **terms}
     return await world.call("POST", "/v1/operator/campaigns", 201, headers=world.ops, json=body)
 
 

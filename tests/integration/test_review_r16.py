@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -20,22 +19,16 @@ from gateway.store import invariants
 from gateway.store import promotions as promotion_store
 from tests.conftest import make_settings
 from tests.integration.conftest import serving
-from tests.integration.world import Holder, Merchant, World, batched
+from tests.integration.world import Holder, Merchant, World, batched, campaign_window
 
 
 def _deadlocks() -> float:
     return REGISTRY.get_sample_value("gateway_db_transaction_retries_total", {"reason": "deadlock"}) or 0.0
 
 
-def _window() -> dict[str, str]:
-    now = datetime.now(UTC).replace(tzinfo=None)
-    return {"time_zone": "UTC", "starts_at": (now - timedelta(hours=1)).isoformat(timespec="seconds"),
-            "ends_at": (now + timedelta(hours=2)).isoformat(timespec="seconds")}
-
-
 async def _campaign(world: World, **terms: Any) -> Any:
     body = {"name": "R16", "currency": "CNY", "rule": "fixed", "fixed_amount": 100, "funded_by": "bank",
-            "budget": 1_000_000, **_window(), **terms}
+            "budget": 1_000_000, **campaign_window(), **terms}
     return await world.call("POST", "/v1/operator/campaigns", 201, headers=world.ops, json=body)
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -21,24 +19,11 @@ from gateway.domain.fx_payments import share
 from gateway.domain.ids import Kind, decode
 from tests.conftest import make_settings
 from tests.integration.conftest import serving
-from tests.integration.world import Holder, Merchant, World
-
-
-@pytest.fixture
-async def db(clean_db: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(clean_db)
-    yield conn
-    await conn.close()
-
-
-def _window() -> dict[str, str]:
-    now = datetime.now(UTC).replace(tzinfo=None)
-    return {"time_zone": "UTC", "starts_at": (now - timedelta(hours=1)).isoformat(timespec="seconds"),
-            "ends_at": (now + timedelta(hours=2)).isoformat(timespec="seconds")}
+from tests.integration.world import Holder, Merchant, World, campaign_window
 
 
 async def _campaign(world: World, currency: str = "CNY", **terms: Any) -> Any:
-    body = {"name": "R37", "currency": currency, "budget": 1_000_000, **_window(), **terms}
+    body = {"name": "R37", "currency": currency, "budget": 1_000_000, **campaign_window(), **terms}
     return await world.call("POST", "/v1/operator/campaigns", 201, headers=world.ops, json=body)
 
 

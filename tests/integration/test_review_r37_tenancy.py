@@ -17,7 +17,7 @@ from gateway.services.context import Services
 from gateway.settings import Settings
 from tests.conftest import make_settings
 from tests.integration.conftest import serving
-from tests.integration.world import Holder, Merchant, World, auth
+from tests.integration.world import Holder, Merchant, World, auth, campaign_window
 
 FAKE = "0" * 32
 
@@ -66,16 +66,9 @@ async def _second_operator(world: World) -> dict[str, str]:
     return auth(token["token"])
 
 
-def _window() -> dict[str, str]:
-    from datetime import UTC, datetime, timedelta
-    now = datetime.now(UTC).replace(tzinfo=None)
-    return {"starts_at": (now - timedelta(hours=1)).isoformat(timespec="seconds"),
-            "ends_at": (now + timedelta(hours=2)).isoformat(timespec="seconds")}
-
-
 def _campaign_body(name: str = "R37", **terms: Any) -> dict[str, Any]:
     return {"name": name, "currency": "CNY", "rule": "fixed", "fixed_amount": 100, "funded_by": "bank",
-            "budget": 1_000_000, "time_zone": "UTC", **_window(), **terms}
+            "budget": 1_000_000, "time_zone": "UTC", **campaign_window(), **terms}
 
 
 # --- 1. wallet holder tenancy -------------------------------------------------------------------

@@ -45,13 +45,6 @@ async def svc(client: TestClient) -> AsyncIterator[Services]:
     await services.stop()
 
 
-@pytest.fixture
-async def db(clean_db: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(clean_db)
-    yield conn
-    await conn.close()
-
-
 async def configure(world: World, m: Merchant, **settings: Any) -> Any:
     return await world.call("POST", f"/v1/operator/merchants/{m.id}/settlement", headers=world.ops, json=settings)
 

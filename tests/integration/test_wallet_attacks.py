@@ -9,7 +9,7 @@ import asyncio
 import uuid
 from typing import Any
 
-from tests.integration.world import Holder, World
+from tests.integration.world import Holder, World, campaign_window
 
 
 async def _rate(world: World, base: str = "USD", quote: str = "CNY", rate: str = "7.1", spread_bps: int = 0) -> Any:
@@ -220,16 +220,9 @@ async def test_a_session_signed_in_without_a_device_is_listed_and_revocable(worl
 # --- a discounted payment paid from another currency ------------------------------------------------
 
 
-def _window() -> dict[str, str]:
-    from datetime import UTC, datetime, timedelta
-    now = datetime.now(UTC).replace(tzinfo=None)
-    return {"time_zone": "UTC", "starts_at": (now - timedelta(hours=1)).isoformat(timespec="seconds"),
-            "ends_at": (now + timedelta(hours=2)).isoformat(timespec="seconds")}
-
-
 async def _campaign(world: World, **terms: Any) -> Any:
     body = {"name": "Review", "currency": "EUR", "rule": "percent", "percent_bps": 1_000, "funded_by": "bank",
-            "budget": 1_000_000, **_window(), **terms}
+            "budget": 1_000_000, **campaign_window(), **terms}
     return await world.call("POST", "/v1/operator/campaigns", 201, headers=world.ops, json=body)
 
 
@@ -512,7 +505,7 @@ async def test_odd_risk_rules_and_campaigns_are_4xx(world: World) -> None:
         if status >= 500:
             failed.append(("risk_rules", body))
     base = {"name": "Odd", "currency": "CNY", "rule": "percent", "percent_bps": 1_000, "funded_by": "bank",
-            "budget": 1_000, **_window()}
+            "budget": 1_000, **campaign_window()}
     campaigns: list[dict[str, Any]] = [
         {**base, "budget": big}, {**base, "budget": 2**62}, {**base, "cap": big}, {**base, "min_amount": big},
         {**base, "time_zone": "Mars/Olympus"}, {**base, "time_zone": "Factory"}, {**base, "starts_at": "2026-02-30T00:00:00"},

@@ -27,6 +27,14 @@ def batched() -> tuple[float, float]:
             REGISTRY.get_sample_value("gateway_group_commit_fallbacks_total") or 0.0)
 
 
+def campaign_window() -> dict[str, str]:
+    """A campaign's window open now (from an hour ago to two hours on), in UTC: the body fields of
+    ``POST /v1/operator/campaigns`` that say when it runs."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    return {"time_zone": "UTC", "starts_at": (now - timedelta(hours=1)).isoformat(timespec="seconds"),
+            "ends_at": (now + timedelta(hours=2)).isoformat(timespec="seconds")}
+
+
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
