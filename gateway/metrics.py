@@ -48,6 +48,10 @@ PAYMENT_DECLINES = Counter("gateway_payment_declines_total", "Declined attempts 
 # Ledger (gateway.store.ledger.post): the one statement that writes an entry, its postings and balances.
 LEDGER_POST_DURATION = Histogram("gateway_ledger_post_duration_seconds", "Ledger posting statement latency",
                                  ["kind"], buckets=_STATEMENT_BUCKETS_S)
+# Ledger invariant checks run in the background (gateway.services.invariant_checks), by outcome: passed,
+# failed (violations found: alert on it), error (it could not finish).
+LEDGER_CHECKS = Counter("gateway_ledger_checks_total", "Background ledger invariant checks finished, by outcome",
+                        ["status"])
 
 # Group commit (gateway.services.batching): payments per batch statement, and those a batch refused
 # (they then ran their general path: a decline, a changed row, a row another transaction held).

@@ -178,6 +178,25 @@ class SettlementSettings(Section, frozen=True):
     statement_timeout_s: float = 900.0
 
 
+class LedgerSettings(Section, frozen=True):
+    # A background invariant check (POST /v1/operator/ledger/invariant_checks) reads the whole ledger in one
+    # snapshot: its statements may take far longer than database.statement_timeout_s (about 3 s per 100,000
+    # payments with their postings on a small machine). It ends as an error past this.
+    check_timeout_s: float = 3600.0
+    # A running check's lease, renewed by its worker every third of it; past it another worker takes it.
+    check_lease_s: float = 30.0
+    # Attempts a check gets (its process died, the database failed it) before it ends as an error.
+    check_attempts_max: int = 3
+    # How often each process's worker looks for a queued check (one asked in this process starts at once).
+    check_poll_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.check_timeout_s <= 0 or self.check_lease_s <= 0 or self.check_poll_s <= 0:
+            raise ValueError("ledger.check_timeout_s, check_lease_s and check_poll_s are positive")
+        if not 1 <= self.check_attempts_max <= 100:
+            raise ValueError("ledger.check_attempts_max is in [1, 100]")
+
+
 class NotificationSettings(Section, frozen=True):
     # Empty: notifications are only listed. Otherwise each is POSTed here at least once.
     push_url: str = ""
@@ -431,6 +450,7 @@ class Settings(Section, frozen=True):
     webhooks: WebhookSettings = WebhookSettings()
     reconciliation: ReconciliationSettings = ReconciliationSettings()
     settlement: SettlementSettings = SettlementSettings()
+    ledger: LedgerSettings = LedgerSettings()
     promotions: PromotionSettings = PromotionSettings()
     fx: FxSettings = FxSettings()
     notifications: NotificationSettings = NotificationSettings()

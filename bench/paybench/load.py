@@ -67,6 +67,16 @@ class Api:
                 raise RuntimeError(f"{method} {path}: expected {expect}, got {resp.status}: {raw[:300]!r}")
             return json.loads(raw)
 
+    async def invariant_check(self, token: str, timeout_s: float, poll_s: float = 1.0) -> dict[str, Any]:
+        """A background ledger invariant check asked for and waited for (``POST/GET
+        /v1/operator/ledger/invariant_checks``): its last state, finished unless ``timeout_s`` passed first."""
+        check = await self.seed("POST", "/v1/operator/ledger/invariant_checks", 202, token, {})
+        deadline_s = time.monotonic() + timeout_s
+        while check["status"] in ("queued", "running") and time.monotonic() < deadline_s:
+            await asyncio.sleep(poll_s)
+            check = await self.seed("GET", f"/v1/operator/ledger/invariant_checks/{check['id']}", 200, token)
+        return dict(check)
+
     async def timed(self, rec: Recorder, step: str, path: str, token: str, expect: int,
                     body: dict[str, Any], key: str | None = None) -> Any:
         """A measured POST with an Idempotency-Key (``key``, or a fresh one); None (and an error counted) unless it

@@ -299,14 +299,6 @@ def run_cli(env: dict[str, str], *cli_args: str, stdin: str = "") -> str:
     return done.stdout.decode()
 
 
-def run_cli_status(env: dict[str, str], *cli_args: str, timeout_s: float = SUBPROCESS_TIMEOUT_S) -> tuple[int, str]:
-    """A gateway command whose exit status is its answer (``gateway check``: 1 when broken): the status and
-    what it printed (its error output too, when it failed)."""
-    done = subprocess.run([sys.executable, "-m", "gateway", *cli_args], env=env, cwd=env["PYTHONPATH"],
-                          capture_output=True, check=False, timeout=timeout_s)
-    return done.returncode, done.stdout.decode() + (done.stderr.decode()[-2000:] if done.returncode else "")
-
-
 # The gateway's keys in Redis (accel.py: cached idempotent answers, token buckets, risk windows, pay-code
 # throttles): those of earlier runs belong to a database the run has just re-created.
 GATEWAY_KEY_PATTERNS = ("idem:*", "tb:*", "risk:w:*", "paycode:*")

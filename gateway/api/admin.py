@@ -7,7 +7,7 @@ from typing import Any
 from gateway.api import schema
 from gateway.api.routing import Call, api
 from gateway.auth.principals import PrincipalKind as P
-from gateway.services import operations, tenants, throttle, views, wallets
+from gateway.services import invariant_checks, operations, tenants, throttle, views, wallets
 
 ADMIN = {"admin"}
 
@@ -141,5 +141,35 @@ async def balance(call: Call[None, None]) -> Any:
            auth={P.OPERATOR}, response=views.InvariantReport, tag="operators")
 async def check_invariants(call: Call[None, None]) -> Any:
     """Run the ledger invariant checker now: balanced entries, balances equal to their postings, no overdraft.
-    ok is true when nothing is violated."""
+    ok is true when nothing is violated. Bound by the serving statement timeout (503 database_busy past it):
+    for a large ledger, ask for a background check (POST /v1/operator/ledger/invariant_checks)."""
     return await operations.invariant_report(call.svc)
+
+
+class CheckQuery(schema.PageQuery):
+    limit: schema.Limit = 20
+
+
+@api.route("POST", "/v1/operator/ledger/invariant_checks", summary="Ask for a ledger invariant check in the background",
+           auth={P.OPERATOR}, body=schema.Empty, response=invariant_checks.InvariantCheckView, status=202,
+           tag="operators")
+async def request_invariant_check(call: Call[schema.Empty, None]) -> Any:
+    """Queue a check of every ledger invariant, run by a worker in one read-only snapshot within
+    ledger.check_timeout_s; read its outcome with GET .../invariant_checks/{id} (status queued, running, then
+    passed, failed with the violated invariants and their first rows, or error saying why it could not
+    finish). While a check is queued or running, asking again answers that one."""
+    return await invariant_checks.request(call.svc, call.who, call.identity())
+
+
+@api.route("GET", "/v1/operator/ledger/invariant_checks", summary="List ledger invariant checks, newest first",
+           auth={P.OPERATOR}, query=CheckQuery, response=invariant_checks.InvariantCheckList, tag="operators")
+async def list_invariant_checks(call: Call[None, CheckQuery]) -> Any:
+    """Every background check, newest first, cursor paginated."""
+    return await invariant_checks.list_checks(call.svc, call.query.page())
+
+
+@api.route("GET", "/v1/operator/ledger/invariant_checks/{id}", summary="Retrieve a ledger invariant check",
+           auth={P.OPERATOR}, response=invariant_checks.InvariantCheckView, tag="operators")
+async def get_invariant_check(call: Call[None, None]) -> Any:
+    """One check: its status, progress (invariants_done of invariants_total) and outcome."""
+    return await invariant_checks.get(call.svc, call.match("id"))

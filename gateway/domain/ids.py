@@ -51,6 +51,7 @@ class Kind(StrEnum):
     RISK_RULE = "rsk"
     RISK_DECISION = "rkd"
     GIFT = "gft"
+    INVARIANT_CHECK = "chk"
 
 
 def new() -> uuid.UUID:

@@ -43,6 +43,7 @@ class Services:
     create_batches: CreateBatcher | None = None  # group commit of payment creates (None: each its own statement)
     revocations: SessionRevocations | None = None  # revoked wallet sessions (None: the database says, each time)
     codes_due: asyncio.Event = field(default_factory=asyncio.Event)  # wakes this process's sign-in code sender
+    checks_due: asyncio.Event = field(default_factory=asyncio.Event)  # wakes this process's ledger check worker
     # The live promotion campaigns; loaded only while the app keeps it ``refreshing``.
     campaigns: CampaignCache = field(default_factory=lambda: CampaignCache(PromotionSettings()))
     reads: StaleReads | None = None  # reads that may lag (None: the primary, ``db``)

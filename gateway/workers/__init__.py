@@ -4,6 +4,7 @@
 - ``webhooks``: delivery of the webhook outbox;
 - ``budgets``: committed payments and refunds evaluated against budgets (reminders);
 - ``notifications``: holder notifications pushed to the push hook, when one is configured.
+- ``invariant_checks``: the ledger invariant checks operators asked for, run in the background;
 - ``partitions``: months of the time-partitioned tables created ahead, expired ones dropped;
 - ``sign_in_codes``: delivery of one-time sign-in codes to the SMS hook (also run by an app built
   without workers: without it no new device could sign in).
@@ -18,14 +19,15 @@ from collections.abc import AsyncIterator
 
 from gateway.tasks import cancel_and_wait
 from gateway.services.context import Services
-from gateway.workers import budgets, expiry, notifications, partitions, sign_in_codes, webhooks
+from gateway.workers import budgets, expiry, invariant_checks, notifications, partitions, sign_in_codes, webhooks
 
 
 @contextlib.asynccontextmanager
 async def running(svc: Services) -> AsyncIterator[None]:
     tasks = [asyncio.create_task(expiry.loop(svc)), asyncio.create_task(webhooks.Deliverer(svc).run()),
              asyncio.create_task(budgets.Evaluator(svc).run()), asyncio.create_task(notifications.loop(svc)),
-             asyncio.create_task(sign_in_codes.CodeSender(svc).run()), asyncio.create_task(partitions.loop(svc))]
+             asyncio.create_task(sign_in_codes.CodeSender(svc).run()), asyncio.create_task(partitions.loop(svc)),
+             asyncio.create_task(invariant_checks.loop(svc))]
     try:
         yield
     finally:
