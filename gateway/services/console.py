@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import msgspec
 
@@ -24,13 +24,15 @@ from gateway.auth.principals import Principal, PrincipalKind
 from gateway.domain.ids import Kind, decode, encode
 from gateway.domain.money import Money, currency
 from gateway.errors import Forbidden, InvalidRequest, NotFound, Unauthenticated
-from gateway.services import reconciliation, tenants
+from gateway.services import invariant_checks, reconciliation, tenants
 from gateway.services.context import Services
 from gateway.services.idempotency import RequestIdentity, fingerprint
 from gateway.services.pages import PageRequest
 from gateway.store import console as store
 
 LIST_LIMIT = 100
+CHECKS_SHOWN = 20  # the ledger page's latest checks
+VIOLATIONS_NAMED_MAX = 10  # violated invariants named in a check's row
 OVERVIEW_DAYS = 14
 SEARCH_TEXT_MAX = 100
 
@@ -269,3 +271,40 @@ async def audit_log(svc: Services) -> list[Row]:
         "statement": encode(Kind.BANK_STATEMENT, r["statement_id"]) if r["statement_id"] else "",
         "reason": r["reason"] or "", "details": r["details"] if r["details"] != "{}" else "",
     }) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerChecks:
+    rows: list[Row]
+    active: bool  # one is queued or running: the page refreshes itself
+
+
+def _stamp(seconds: int | None) -> str:
+    return _at(None if seconds is None else datetime.fromtimestamp(seconds, UTC))
+
+
+def _outcome(view: invariant_checks.InvariantCheckView) -> str:
+    if view.error is not None:
+        return view.error
+    names = sorted(view.violations or {})
+    return ", ".join(names[:VIOLATIONS_NAMED_MAX]) + (" ..." if len(names) > VIOLATIONS_NAMED_MAX else "")
+
+
+async def ledger_checks(svc: Services) -> LedgerChecks:
+    """The latest background invariant checks, newest first."""
+    found = (await invariant_checks.list_checks(svc, PageRequest(limit=CHECKS_SHOWN))).data
+    rows = [Row(v.id, {
+        "status": v.status, "progress": f"{v.invariants_done} / {v.invariants_total}", "requested_by": v.requested_by,
+        "created": _stamp(v.created), "finished": _stamp(v.finished), "outcome": _outcome(v),
+    }) for v in found]
+    return LedgerChecks(rows, any(v.status in ("queued", "running") for v in found))
+
+
+async def check_ledger(svc: Services, who: Principal, request_id: str) -> invariant_checks.InvariantCheckView:
+    """Ask for a background check (the API's use case, which audits it): answered the one queued or
+    running already, if any."""
+    path = "/console/ledger/checks"
+    identity = RequestIdentity(scope=who.idempotency_scope, key=None, method="POST", path=path,
+                               fingerprint=fingerprint("POST", path, {}), request_id=request_id, actor=who)
+    reply = await invariant_checks.request(svc, who, identity)
+    return msgspec.json.decode(reply.body, type=invariant_checks.InvariantCheckView)

@@ -1,5 +1,5 @@
 """The operator console: ``/console/`` (login, overview, settlement, exceptions, payments,
-merchants and terminals, audit log).
+merchants and terminals, ledger checks, audit log).
 
 Thin handlers: read the session cookie, call ``services.console``, render a template. The
 session is the operator API's JWT in an HttpOnly, SameSite=Strict cookie scoped to ``/console``
@@ -243,6 +243,23 @@ async def merchants(request: web.Request, who: Principal, token: str) -> web.Str
 
 
 @page
+async def ledger(request: web.Request, who: Principal, token: str) -> web.StreamResponse:
+    checks = await console.ledger_checks(request.app[SERVICES])
+    asked = request.query.get("asked")  # the check the form just asked for (named only if it is listed)
+    done = None
+    if asked is not None and any(r.id == asked for r in checks.rows):
+        done = i18n.CONSOLE[_lang(request).code]["check_asked"].format(id=asked)
+    return _render(request, "console/ledger.html", {"checks": checks, "done": done}, who=who, token=token)
+
+
+@page
+async def check_ledger(request: web.Request, who: Principal, token: str) -> web.StreamResponse:
+    """Post/redirect/get: the ledger page it answers with refreshes itself without asking again."""
+    view = await console.check_ledger(request.app[SERVICES], who, request.headers.get("X-Request-Id", ""))
+    return page_headers(web.Response(status=303, headers={"Location": f"{PATH}/ledger?asked={view.id}"}))
+
+
+@page
 async def audit(request: web.Request, who: Principal, token: str) -> web.StreamResponse:
     rows = await console.audit_log(request.app[SERVICES])
     return _render(request, "console/audit.html", {"rows": rows}, who=who, token=token)
@@ -264,4 +281,6 @@ def install(app: web.Application) -> None:
     app.router.add_post(f"{PATH}/exceptions/{{id}}/resolve", resolve)
     app.router.add_get(f"{PATH}/payments", payments)
     app.router.add_get(f"{PATH}/merchants", merchants)
+    app.router.add_get(f"{PATH}/ledger", ledger)
+    app.router.add_post(f"{PATH}/ledger/checks", check_ledger)
     app.router.add_get(f"{PATH}/audit", audit)

@@ -94,6 +94,12 @@ CONSOLE: dict[str, dict[str, str]] = {
         "agent_version": "Agent version", "last_seen": "Last seen",
         "at": "When", "operator": "Operator", "action": "Action", "exception": "Exception",
         "statement": "Statement", "details": "Details", "error": "Error",
+        "ledger": "Ledger checks", "check_now": "Check the ledger now",
+        "check_hint": "Every invariant of the ledger, read in one snapshot by a background worker. While a check"
+                      " is queued or running this page refreshes itself; asking again meanwhile answers that check.",
+        "check_asked": "Check {id} asked for.", "progress": "Invariants checked", "requested_by": "Requested by",
+        "finished": "Finished", "outcome": "Outcome", "queued": "Queued", "running": "Running", "passed": "Passed",
+        "failed": "Violations found",
     },
     "zh": {
         "console": "运营控制台", "language": "语言", "skip": "跳到正文",
@@ -124,6 +130,11 @@ CONSOLE: dict[str, dict[str, str]] = {
         "agent_version": "终端程序版本", "last_seen": "最近在线",
         "at": "时间", "operator": "操作人", "action": "操作", "exception": "异常",
         "statement": "对账单", "details": "详情", "error": "错误",
+        "ledger": "账本检查", "check_now": "立即检查账本",
+        "check_hint": "后台任务在同一快照中读取账本的全部不变量。检查排队或进行时本页会自动刷新；其间再次发起将返回该检查。",
+        "check_asked": "已发起检查 {id}。", "progress": "已检查不变量", "requested_by": "发起人",
+        "finished": "完成时间", "outcome": "结果", "queued": "排队中", "running": "进行中", "passed": "通过",
+        "failed": "发现违规",
     },
 }
 

@@ -1,7 +1,7 @@
 """The operator console in a real browser (Debian's Chromium driven by Playwright): log in, the
 overview's charts drawn for the seeded days, a payment found by its merchant reference, an
 exception written off and seen in the audit log, a support operator who may look but not resolve
-(the button absent and a forged POST refused), the way back to the login page, the Chinese page;
+(the button absent and a forged POST refused), the way back to the login page, the Chinese page, a ledger check asked for and its outcome shown;
 and, without a browser, a POST without the session's CSRF token refused."""
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
+from gateway.api.routing import SERVICES
 from gateway.banksim import Inject, book, csv
 from gateway.demo_browser import DESKTOP
 from gateway.domain.ids import Kind, decode
-from gateway.services import tenants
+from gateway.services import invariant_checks, tenants
 from gateway.services.context import Services
 from gateway.settings import Settings
+from gateway.store import invariants as store_invariants
 from tests.conftest import make_settings
 from tests.integration.world import OPERATOR_EMAIL, OPERATOR_PASSWORD, World, auth
 
@@ -285,4 +287,57 @@ async def test_a_settlement_batch_shows_what_refunds_and_the_merchants_cashback_
     await expect(row.locator(".cashback")).to_have_text("3.00")
     await expect(row.locator(".net")).to_have_text("56.40")
     await expect(page.locator("#batches th[title]")).to_have_text("Cashback")
+    await context.close()
+
+
+async def test_an_operator_checks_the_ledger_from_the_console_and_sees_it_pass_then_fail(
+    world: World, browser: Browser, settings: Settings, clean_db: str, tmp_path: Path,
+) -> None:
+    await _seed(world, clean_db)
+    svc = world.client.server.app[SERVICES]
+    base = settings.server.public_url
+    context, page = await _login(browser, base)
+    await page.get_by_role("link", name="Ledger checks").click()
+    await expect(page.get_by_role("heading", name="Ledger checks")).to_be_visible()
+    await page.get_by_role("button", name="Check the ledger now").click()
+    await expect(page.locator("#done")).to_contain_text("chk_")
+    row = page.locator("#checks tbody tr").first
+    check_id = await row.get_attribute("id")
+    await expect(row).to_have_attribute("data-status", "queued")
+    await expect(page.locator("meta[http-equiv=refresh]")).to_have_count(1)  # it refreshes while one is queued
+    done = await invariant_checks.run_next(svc)
+    assert done is not None and done.id == check_id and done.status == "passed"
+    # The page's own refresh shows the outcome, and then refreshes no more.
+    await expect(page.locator(f"[id='{check_id}']")).to_have_attribute("data-status", "passed")
+    await expect(page.locator(f"[id='{check_id}'] .status")).to_have_text("Passed")
+    total = store_invariants.count()
+    await expect(page.locator(f"[id='{check_id}'] .progress")).to_have_text(f"{total} / {total}")
+    await expect(page.locator("meta[http-equiv=refresh]")).to_have_count(0)
+    events = await world.call("GET", "/v1/operator/events", headers=world.ops,
+                              params={"type": "invariant_check.requested"})
+    assert [e["data"]["object"]["id"] for e in events["data"]] == [check_id]
+
+    conn = await asyncpg.connect(clean_db)
+    try:
+        account = await conn.fetchval("SELECT account_id FROM balances WHERE posted_minor > 0 ORDER BY 1 LIMIT 1")
+        await conn.execute("UPDATE balances SET posted_minor = posted_minor + 1 WHERE account_id = $1 AND shard = 0",
+                           account)
+        try:
+            await page.get_by_role("button", name="Check the ledger now").click()
+            second = await page.locator("#checks tbody tr").first.get_attribute("id")
+            assert second != check_id
+            failed = await invariant_checks.run_next(svc)
+            assert failed is not None and failed.status == "failed"
+            await page.reload()
+            await expect(page.locator(f"[id='{second}']")).to_have_attribute("data-status", "failed")
+            await expect(page.locator(f"[id='{second}'] .status")).to_have_text("Violations found")
+            await expect(page.locator(f"[id='{second}'] .outcome")).to_contain_text("balance_differs_from_postings")
+            shot = tmp_path / "console-ledger.png"
+            await page.screenshot(path=str(shot), full_page=True)
+            print(f"ledger screenshot: {shot}")
+        finally:
+            await conn.execute("UPDATE balances SET posted_minor = posted_minor - 1"
+                               " WHERE account_id = $1 AND shard = 0", account)
+    finally:
+        await conn.close()
     await context.close()
