@@ -341,9 +341,14 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
                       f" {cpu_e:.3f}x")
         glog.attach(PhaseResult("features off", Recorder(), 0.0, {}))
         await plain_phase("A_again", LOAD_A, "A again, issue 13's features off")
+        # What is judged against A from here on (one merchant, replays, the half load, the sweep) takes this A,
+        # measured next to it: the host's speed drifts within a run (2026-12-07: A at 650/s at the start and
+        # 499/s here, the bench client's own CPU per payment up by a third with it), so the first A would judge
+        # them against another machine. A / pgbench keeps the first A (pgbench, at the end, drifts too).
+        reference = results["A_again"].rate_per_s
         if not args.only_features:
+            await plain_phase("one_merchant", LOAD_ONE, LOAD_ONE.name)  # first: the closest to A again
             await plain_phase("B", LOAD_B, LOAD_B.name)
-            await plain_phase("one_merchant", LOAD_ONE, LOAD_ONE.name)
 
         sweep: list[dict[str, Any]] = []
         plot: str | None = None
@@ -371,7 +376,7 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
                 sizes, len(codes), sizes.duration_s, gateway))
             results["pay_code"].print()
 
-            half_rate = sizes.half_rate_per_s or peak / 2
+            half_rate = sizes.half_rate_per_s or reference / 2
             banner(f"half load: A paced open loop at {half_rate:,.1f} payments/s,"
                    f" {sizes.count} payments or {sizes.duration_s:g} s")
             if half_rate > 0:
@@ -384,19 +389,21 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
             else:
                 print("  skipped: phase A confirmed nothing")
 
-            banner(f"sweep: A paced open loop at {', '.join(f'{f:g}' for f in SWEEP_FRACTIONS)} of A's {peak:,.1f}/s,"
+            banner(f"sweep: A paced open loop at {', '.join(f'{f:g}' for f in SWEEP_FRACTIONS)} of A again's"
+                   f" {reference:,.1f}/s,"
                    f" {sizes.sweep_duration_s:g} s each")
-            for fraction in SWEEP_FRACTIONS if peak > 0 else ():
+            for fraction in SWEEP_FRACTIONS if reference > 0 else ():
                 await vacuum()
-                step = glog.attach(await open_loop(api, world, LOAD_A, sizes, fraction * peak, 10**9,
+                step = glog.attach(await open_loop(api, world, LOAD_A, sizes, fraction * reference, 10**9,
                                                    sizes.sweep_duration_s, gateway))
-                point = {"fraction": fraction, "offered_per_s": fraction * peak, **step.figures()}
+                point = {"fraction": fraction, "offered_per_s": fraction * reference, **step.figures()}
                 sweep.append(point)
-                print(f"  {fraction:4.2f} x peak: offered {fraction * peak:8,.1f}/s, confirmed {step.rate_per_s:8,.1f}/s,"
+                print(f"  {fraction:4.2f} x peak: offered {fraction * reference:8,.1f}/s,"
+                      f" confirmed {step.rate_per_s:8,.1f}/s,"
                       f" p50 {fmt_ms(point['p50_ms'])} ms, p99 {fmt_ms(point['p99_ms'])} ms,"
                       f" errors {sum(step.rec.errors.values())}")
             plot_path = Path(args.plot_path) if args.plot_path else log_dir / "latency.png"
-            plot = write_plot(sweep, peak, plot_path)
+            plot = write_plot(sweep, reference, plot_path)
             print(f"  plot: {plot}")
 
         big_s: float | None = None
@@ -509,11 +516,12 @@ async def run(args: argparse.Namespace, sizes: Sizes, gateway: Gateway, log_dir:
          GOAL_PGBENCH_RATIO_MIN),
         ("payments_B_over_pgbench", "payments/s (B) / pgbench tps", ratio("B", tps), "x", ">=",
          GOAL_B_PGBENCH_RATIO_MIN),
-        ("one_merchant_over_spread", "one merchant / spread (A)", ratio("one_merchant", peak), "x", ">=",
+        ("one_merchant_over_spread", "one merchant / spread (A again)", ratio("one_merchant", reference), "x", ">=",
          GOAL_ONE_MERCHANT_RATIO_MIN),
-        ("half_load_p99_ms", "p99 whole payment at half load (A)",
+        ("half_load_p99_ms", "p99 whole payment at half load (of A again)",
          percentile_ms(half.rec.whole_s, 99) if half else None, " ms", "<=", GOAL_HALF_LOAD_P99_MS_MAX),
-        ("replays_over_payments", "idempotent replays/s / payments/s (A)", ratio("replays", peak), "x", ">=",
+        ("replays_over_payments", "idempotent replays/s / payments/s (A again)", ratio("replays", reference), "x",
+         ">=",
          GOAL_REPLAY_RATIO_MIN),
         ("pay_code_over_pgbench", "pay-code charges/s / pgbench tps", ratio("pay_code", tps), "x", ">=",
          GOAL_PAY_CODE_RATIO_MIN),
