@@ -185,8 +185,8 @@ class LedgerSettings(Section, frozen=True):
     check_timeout_s: float = 3600.0
     # A running check's lease, renewed by its worker every third of it; past it another worker takes it.
     check_lease_s: float = 30.0
-    # Attempts a check gets (its process died, the database failed it) before it ends as an error.
-    check_attempts_max: int = 3
+    # Attempts a check gets (its process died or stopped, the database failed it) before it ends as an error.
+    check_attempts_max: int = 5
     # How often each process's worker looks for a queued check (one asked in this process starts at once).
     check_poll_s: float = 2.0
 

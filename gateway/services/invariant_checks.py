@@ -9,9 +9,11 @@ Invariants:
   one connection of the primary, with its own statement timeout (``ledger.check_timeout_s``) and as a whole
   within that time; its lease is renewed by the worker meanwhile (every third of ``ledger.check_lease_s``),
   so a check whose process died is taken again by another process once its lease lapses;
-- an attempt that the database failed (connection lost, a lock it could not take) is queued again at once;
-  after ``ledger.check_attempts_max`` attempts, or past its time limit, the check ends as an error that
-  says why: a check never runs forever and never silently disappears;
+- an attempt that the database failed (connection lost, its statement cancelled by an administrator before
+  the check's limit, no pooled connection), or that failed otherwise, is queued again at once; after
+  ``ledger.check_attempts_max`` attempts, or past its time limit (a statement, or a lock wait, that the
+  server ended after the limit; or the whole check past the limit and a margin), the check ends as an
+  error that says why: a check never runs forever and never silently disappears;
 - an outcome is written only by the attempt that holds the check (``store.invariants``: attempts is the
   fencing token), once; a failed check is logged at ERROR with the names of the invariants it found broken,
   and counted (``gateway_ledger_checks_total``).
@@ -126,7 +128,8 @@ async def list_checks(svc: Services, page: PageRequest) -> InvariantCheckList:
 async def _renewing(svc: Services, check_id: uuid.UUID, attempt: int, done: list[int],
                     lost: asyncio.Event) -> None:
     """Renew the attempt's lease (and write its progress) every third of the lease, until cancelled; sets
-    ``lost`` when the check is no longer this attempt's (taken over after a lapse)."""
+    ``lost`` when the check is no longer this attempt's (taken over after a lapse), or when its renewal
+    failed otherwise than by the database (a bug: the attempt stops rather than run on unleased)."""
     lease_s = svc.settings.ledger.check_lease_s
     while True:
         await asyncio.sleep(lease_s / 3)
@@ -135,6 +138,10 @@ async def _renewing(svc: Services, check_id: uuid.UUID, attempt: int, done: list
                 kept = await store.renew(conn, check_id, attempt, lease_s, done[0])
         except Unavailable:
             continue  # the lease may lapse; the check's own statements fail too if the database is gone
+        except Exception:
+            log.exception("ledger invariant check lease not renewed", extra={"check": encode(Kind.INVARIANT_CHECK,
+                                                                                             check_id)})
+            kept = False
         if not kept:
             lost.set()
             return
@@ -157,6 +164,7 @@ async def _attempt(svc: Services, check_id: uuid.UUID, attempt: int) -> tuple[st
             return await store.check(conn, statement_timeout_s=limit_s, progress=progress)
 
     checking = asyncio.create_task(run())
+    started_s = time.monotonic()
     try:
         # The server's statement limit ends a statement that runs too long; this ends a check whose statements
         # each stay under it but together do not (and one the server cannot answer).
@@ -164,15 +172,18 @@ async def _attempt(svc: Services, check_id: uuid.UUID, attempt: int) -> tuple[st
                                          return_when=asyncio.FIRST_COMPLETED)
         if checking not in finished:
             checking.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Unavailable):
-                await checking
+            await asyncio.wait({checking})  # a stop of this task meanwhile still stops it (wait re-raises it)
             if loser in finished:
                 raise _Lost
             return None, f"did not finish within ledger.check_timeout_s ({limit_s:g} s)"
         try:
             found = checking.result()
         except Unavailable as exc:
-            if isinstance(exc.__cause__, (asyncpg.QueryCanceledError, asyncpg.LockNotAvailableError)):  # its limits
+            # Its own limits end a statement (statement_timeout) or a lock wait (lock_timeout) only once the
+            # attempt ran that long; the same errors sooner come from elsewhere (pg_cancel_backend: review R38):
+            # the database failed the attempt.
+            limited = isinstance(exc.__cause__, (asyncpg.QueryCanceledError, asyncpg.LockNotAvailableError))
+            if limited and time.monotonic() - started_s >= limit_s:
                 at = store.names()[min(done[0], store.count() - 1)]
                 return None, (f"invariant {at} ran or waited for a lock longer than ledger.check_timeout_s"
                               f" ({limit_s:g} s)")
@@ -212,9 +223,13 @@ async def run_next(svc: Services) -> InvariantCheckView | None:
         except _Lost:
             log.warning("ledger invariant check taken over by another process", extra={"check": text_id})
             return None
-        except Unavailable as exc:
-            log.warning("ledger invariant check failed by the database; queued again",
-                        extra={"check": text_id, "attempt": attempt, "error": exc.code})
+        except Exception as exc:  # the database failed it (Unavailable), or a bug: another attempt may pass
+            if isinstance(exc, Unavailable):
+                log.warning("ledger invariant check failed by the database; queued again",
+                            extra={"check": text_id, "attempt": attempt, "error": exc.code})
+            else:
+                log.exception("ledger invariant check failed; queued again", extra={"check": text_id,
+                                                                                     "attempt": attempt})
             with contextlib.suppress(Unavailable):
                 async with svc.db.connection() as conn:
                     await store.give_back(conn, check_id, attempt)

@@ -98,18 +98,20 @@ def all_checks() -> pages.Query:
 
 
 async def claim(conn: Connection, lease_s: float) -> asyncpg.Record | None:
-    """The check queued, or running with its lease lapsed, taken for a new attempt (None: nothing to run)."""
+    """The check queued, or running with its lease lapsed, taken for a new attempt (None: nothing to run).
+    Its total becomes the invariants this process runs: a check queued by another version of the gateway
+    (a rolling deploy) shows, and counts its progress against, what is really checked (review R38)."""
     row: asyncpg.Record | None = await conn.fetchrow(
         f"""
         UPDATE invariant_checks c
            SET status = 'running', started_at = coalesce(c.started_at, now()), attempts = c.attempts + 1,
-               lease_until = now() + make_interval(secs => $1), invariants_done = 0
+               lease_until = now() + make_interval(secs => $1), invariants_done = 0, invariants_total = $2
          WHERE c.id = (SELECT id FROM invariant_checks
                         WHERE status = 'queued' OR (status = 'running' AND lease_until < now())
                         ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
         RETURNING {COLUMNS}
         """,
-        lease_s,
+        lease_s, count(),
     )
     return row
 
