@@ -9,6 +9,7 @@ import contextlib
 import logging
 import random
 
+from gateway.errors import Unavailable
 from gateway.services import invariant_checks
 from gateway.services.context import Services
 
@@ -22,6 +23,8 @@ async def loop(svc: Services) -> None:
         svc.checks_due.clear()
         try:
             await invariant_checks.run_next(svc)  # bounded by ledger.check_timeout_s
+        except Unavailable as exc:  # the database is away: nothing was claimed, the next poll tries again
+            log.warning("ledger invariant check worker: database unavailable", extra={"error": exc.code})
         except Exception:
             log.exception("ledger invariant check worker failed; will retry")
             await asyncio.sleep(svc.settings.ledger.check_poll_s)

@@ -19,16 +19,15 @@ import pytest
 from prometheus_client import REGISTRY
 from yarl import URL
 
-from gateway.api.routing import SERVICES
 from gateway.services import invariant_checks
 from gateway.services.context import Services
 from gateway.settings import Settings
 from gateway.store import invariants as store
 from tests.conftest import make_settings
+from tests.integration.test_invariant_checks import CHECKS, _ask, _paid, _svc
 from tests.integration.world import OPERATOR_EMAIL, OPERATOR_PASSWORD, World, auth
 
 pytestmark = pytest.mark.asyncio
-CHECKS = "/v1/operator/ledger/invariant_checks"
 LEASE_S = 0.6
 LEDGER = {"check_lease_s": LEASE_S, "check_poll_s": 0.2, "check_timeout_s": 30.0}
 
@@ -38,25 +37,8 @@ def settings() -> Settings:
     return make_settings(ledger=LEDGER)
 
 
-def _svc(world: World) -> Services:
-    return world.client.server.app[SERVICES]
-
-
-async def _ask(world: World, key: str | None = None) -> Any:
-    headers = {**world.ops, **({"Idempotency-Key": key} if key else {})}
-    return await world.call("POST", CHECKS, 202, headers=headers, json={})
-
-
 def _checks_counted(status: str) -> float:
     return REGISTRY.get_sample_value("gateway_ledger_checks_total", {"status": status}) or 0.0
-
-
-async def _paid(world: World) -> None:
-    m = await world.merchant()
-    h = await world.holder(top_up=50_000)
-    p = await world.payment(m, 1_234)
-    await world.pay(h, p["id"])
-    await world.call("POST", f"/v1/payments/{p['id']}/refunds", 201, headers=m.headers, json={"amount": 234})
 
 
 async def _waiting_pid(db: asyncpg.Connection, table: str) -> int | None:
