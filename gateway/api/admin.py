@@ -138,11 +138,13 @@ async def balance(call: Call[None, None]) -> Any:
 
 
 @api.route("GET", "/v1/operator/ledger/invariants", summary="Run the ledger invariant checker",
-           auth={P.OPERATOR}, response=views.InvariantReport, tag="operators")
+           auth={P.OPERATOR}, response=views.InvariantReport, tag="operators",
+           errors={503: ("ledger_too_large_for_a_request",)})
 async def check_invariants(call: Call[None, None]) -> Any:
     """Run the ledger invariant checker now: balanced entries, balances equal to their postings, no overdraft.
-    ok is true when nothing is violated. Bound by the serving statement timeout (503 database_busy past it):
-    for a large ledger, ask for a background check (POST /v1/operator/ledger/invariant_checks)."""
+    ok is true when nothing is violated. Bound by the serving statement timeout (503
+    ledger_too_large_for_a_request past it): for a large ledger, ask for a background check (POST
+    /v1/operator/ledger/invariant_checks)."""
     return await operations.invariant_report(call.svc)
 
 

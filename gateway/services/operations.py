@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Literal
 
+import asyncpg
 import msgspec
+
+from gateway.errors import Unavailable
 
 from gateway.services import views
 from gateway.services.context import Services
@@ -13,8 +17,19 @@ from gateway.store import invariants
 
 
 async def invariant_report(svc: Services) -> views.InvariantReport:
-    async with svc.db.connection() as conn:
-        found = await invariants.check(conn)
+    """The invariants checked now, within the request's statement timeout; a ledger that outgrew it is told
+    to ask for a background check (``services.invariant_checks``), which no retry of this request replaces."""
+    started_s = time.monotonic()
+    try:
+        async with svc.db.connection() as conn:
+            found = await invariants.check(conn)
+    except Unavailable as exc:
+        ran_s = time.monotonic() - started_s  # a cancel sooner than the limit came from elsewhere (an administrator)
+        if isinstance(exc.__cause__, asyncpg.QueryCanceledError) and ran_s >= svc.settings.database.statement_timeout_s:
+            raise Unavailable("the ledger is too large to check within a request (database.statement_timeout_s):"
+                              " ask for a background check, POST /v1/operator/ledger/invariant_checks",
+                              code="ledger_too_large_for_a_request") from exc
+        raise
     violations = {name: [msgspec.to_builtins(r, str_keys=True) for r in rows] for name, rows in found.items() if rows}
     return views.InvariantReport(ok=not violations, violations=violations)
 

@@ -237,3 +237,24 @@ async def test_an_unknown_or_malformed_id_is_not_found_and_a_body_with_fields_is
         "object": "list", "data": [], "has_more": False}
     bad = await world.call("GET", CHECKS, 400, headers=world.ops, params={"starting_after": "chk_nope"})
     assert bad["error"]["code"] == "invalid_cursor"
+
+
+@pytest.mark.parametrize(("database", "code"), [
+    ({"statement_timeout_s": 0.3, "lock_timeout_s": 5.0}, "ledger_too_large_for_a_request"),  # its statement ran out
+    ({"statement_timeout_s": 5.0, "lock_timeout_s": 0.2}, "database_busy"),  # a lock it waited for: retry it
+])
+async def test_the_synchronous_report_past_the_statement_timeout_says_to_ask_for_a_background_check(
+        clean_db: str, database: dict[str, Any], code: str) -> None:
+    async with serving(clean_db, make_settings(database=database)) as client:
+        world = await World.create(client)
+        locker = await asyncpg.connect(clean_db)
+        try:
+            async with locker.transaction():  # a statement of the report waits here as one over a huge ledger runs
+                await locker.execute("LOCK TABLE postings IN ACCESS EXCLUSIVE MODE")
+                body = await world.call("GET", "/v1/operator/ledger/invariants", 503, headers=world.ops)
+        finally:
+            await locker.close()
+        assert body["error"]["code"] == code
+        if code == "ledger_too_large_for_a_request":
+            assert CHECKS in body["error"]["message"]
+        assert (await world.call("GET", "/v1/operator/ledger/invariants", headers=world.ops))["ok"] is True
