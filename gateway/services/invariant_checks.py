@@ -29,7 +29,6 @@ import uuid
 from functools import partial
 from typing import Any, Literal
 
-import asyncpg
 import msgspec
 
 from gateway import metrics
@@ -41,7 +40,7 @@ from gateway.services.context import Services
 from gateway.services.idempotency import Reply, RequestIdentity
 from gateway.services.pages import PageRequest
 from gateway.store import invariants as store
-from gateway.store.db import Connection
+from gateway.store.db import Connection, ran_out
 
 log = logging.getLogger(__name__)
 
@@ -103,17 +102,12 @@ async def request(svc: Services, who: Principal, identity: RequestIdentity) -> R
     return reply
 
 
-def _check_id(text_id: str) -> uuid.UUID:
-    found = decode(Kind.INVARIANT_CHECK, text_id)
-    if found is None:
-        raise NotFound(f"no such invariant check: {text_id}", param="id")
-    return found
-
-
 async def get(svc: Services, text_id: str) -> InvariantCheckView:
-    check_id = _check_id(text_id)
-    async with svc.db.connection() as conn:
-        row = await store.get(conn, check_id)
+    check_id = decode(Kind.INVARIANT_CHECK, text_id)
+    row = None
+    if check_id is not None:
+        async with svc.db.connection() as conn:
+            row = await store.get(conn, check_id)
     if row is None:
         raise NotFound(f"no such invariant check: {text_id}", param="id")
     return check_view(row)
@@ -179,17 +173,14 @@ async def _attempt(svc: Services, check_id: uuid.UUID, attempt: int) -> tuple[st
         try:
             found = checking.result()
         except Unavailable as exc:
-            # Its own limits end a statement (statement_timeout) or a lock wait (lock_timeout) only once the
-            # attempt ran that long; the same errors sooner come from elsewhere (pg_cancel_backend: review R38):
-            # the database failed the attempt.
-            limited = isinstance(exc.__cause__, (asyncpg.QueryCanceledError, asyncpg.LockNotAvailableError))
-            if limited and time.monotonic() - started_s >= limit_s:
+            # Its own limits (statement_timeout, lock_timeout); the same errors sooner mean the database failed
+            # the attempt (pg_cancel_backend: review R38).
+            if ran_out(exc, time.monotonic() - started_s, limit_s):
                 at = store.names()[min(done[0], store.count() - 1)]
                 return None, (f"invariant {at} ran or waited for a lock longer than ledger.check_timeout_s"
                               f" ({limit_s:g} s)")
             raise
-        broken = {name: [msgspec.to_builtins(r, str_keys=True) for r in rows] for name, rows in found.items() if rows}
-        return msgspec.json.encode(broken).decode(), None
+        return msgspec.json.encode(store.violated(found)).decode(), None
     finally:
         for task in (renewer, loser, checking):
             task.cancel()

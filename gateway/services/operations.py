@@ -6,14 +6,13 @@ import asyncio
 import time
 from typing import Literal
 
-import asyncpg
 import msgspec
 
 from gateway.errors import Unavailable
-
 from gateway.services import views
 from gateway.services.context import Services
 from gateway.store import invariants
+from gateway.store.db import ran_out
 
 
 async def invariant_report(svc: Services) -> views.InvariantReport:
@@ -24,13 +23,13 @@ async def invariant_report(svc: Services) -> views.InvariantReport:
         async with svc.db.connection() as conn:
             found = await invariants.check(conn)
     except Unavailable as exc:
-        ran_s = time.monotonic() - started_s  # a cancel sooner than the limit came from elsewhere (an administrator)
-        if isinstance(exc.__cause__, asyncpg.QueryCanceledError) and ran_s >= svc.settings.database.statement_timeout_s:
+        # The session's lock_timeout is shorter than its statement_timeout: a lock waited for stays database_busy.
+        if ran_out(exc, time.monotonic() - started_s, svc.settings.database.statement_timeout_s, lock_waits=False):
             raise Unavailable("the ledger is too large to check within a request (database.statement_timeout_s):"
                               " ask for a background check, POST /v1/operator/ledger/invariant_checks",
                               code="ledger_too_large_for_a_request") from exc
         raise
-    violations = {name: [msgspec.to_builtins(r, str_keys=True) for r in rows] for name, rows in found.items() if rows}
+    violations = invariants.violated(found)
     return views.InvariantReport(ok=not violations, violations=violations)
 
 

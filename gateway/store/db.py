@@ -59,6 +59,15 @@ _LOST = (
 _TIMED_OUT = (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError, TimeoutError)
 
 
+def ran_out(exc: BaseException, ran_s: float, limit_s: float, *, lock_waits: bool = True) -> bool:
+    """``exc`` (or the error it was raised from) is the server ending a statement (or, with ``lock_waits``, a
+    lock wait) at a limit of ``limit_s`` that the work really reached (``ran_s``): the same errors sooner come
+    from elsewhere (an administrator's ``pg_cancel_backend``), which a retry may pass."""
+    cause = exc if isinstance(exc, asyncpg.PostgresError) else exc.__cause__
+    ended = (asyncpg.QueryCanceledError, asyncpg.LockNotAvailableError) if lock_waits else asyncpg.QueryCanceledError
+    return isinstance(cause, ended) and ran_s >= limit_s
+
+
 def _ms(seconds: float) -> str:
     return str(max(0, round(seconds * 1000)))
 

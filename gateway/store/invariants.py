@@ -12,11 +12,14 @@ test. Invariants of a background check's rows:
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
 from importlib import resources
+from typing import Any
 
 import asyncpg
+import msgspec
 
 from gateway.store import pages
 from gateway.store.db import Connection
@@ -24,6 +27,7 @@ from gateway.store.db import Connection
 ROWS_MAX = 20  # rows shown of each violated invariant
 
 
+@functools.cache  # the file ships with the code: read once per process (a worker's claim asks every poll)
 def _queries() -> list[tuple[str, str]]:
     text = resources.files("gateway.store").joinpath("sql/invariants.sql").read_text(encoding="utf-8")
     found: list[tuple[str, str]] = []
@@ -62,6 +66,11 @@ async def check(conn: Connection, *, statement_timeout_s: float | None = None,
             if progress is not None:
                 progress(done)
     return results
+
+
+def violated(found: dict[str, list[dict[str, object]]]) -> dict[str, list[dict[str, Any]]]:
+    """The invariants ``check`` found broken, their rows as JSON-ready values (uuids, numerics and times as text)."""
+    return {name: [msgspec.to_builtins(r, str_keys=True) for r in rows] for name, rows in found.items() if rows}
 
 
 # --- background checks ------------------------------------------------------------------------------------

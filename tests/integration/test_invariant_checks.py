@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from gateway.api.routing import SERVICES
+from gateway.domain.ids import Kind, decode
 from gateway.services import invariant_checks
 from gateway.services.context import Services
 from gateway.settings import Settings
@@ -154,15 +155,11 @@ async def test_a_running_check_renews_its_lease_and_shows_its_progress_then_one_
         await tx.rollback()
         await locker.close()
     row = await db.fetchrow("SELECT status, violations, attempts FROM invariant_checks WHERE id = $1",
-                            store_id(asked["id"]))
+                            decode(Kind.INVARIANT_CHECK, asked["id"]))
     assert row["status"] == "running" and row["violations"] is None and row["attempts"] == 2
     await db.execute("UPDATE invariant_checks SET lease_until = now() - interval '1 second'")
     done = await invariant_checks.run_next(_svc(world))
     assert done is not None and done.status == "passed" and done.attempts == 3
-
-
-def store_id(text_id: str) -> uuid.UUID:
-    return uuid.UUID(hex=text_id.removeprefix("chk_"))
 
 
 async def _waiting_on_a_lock(world: World, clean_db: str, settings_: dict[str, Any]) -> Any:

@@ -19,6 +19,7 @@ import pytest
 from prometheus_client import REGISTRY
 from yarl import URL
 
+from gateway.domain.ids import Kind, decode
 from gateway.services import invariant_checks
 from gateway.services.context import Services
 from gateway.settings import Settings
@@ -113,7 +114,7 @@ async def test_asks_racing_a_worker_that_finishes_checks_never_fail_nor_make_two
     rows = await db.fetch("SELECT id, status FROM invariant_checks")
     assert sum(r["status"] in ("queued", "running") for r in rows) <= 1
     assert {r["status"] for r in rows} <= {"queued", "running", "passed"}, rows
-    assert {uuid.UUID(hex=a["id"].removeprefix("chk_")) for a in answers} <= {r["id"] for r in rows}
+    assert {decode(Kind.INVARIANT_CHECK, a["id"]) for a in answers} <= {r["id"] for r in rows}
 
 
 # --- workers -----------------------------------------------------------------------------------------------
@@ -473,7 +474,7 @@ async def test_a_check_whose_statement_an_administrator_cancelled_is_not_reporte
         await locker.close()
     assert elapsed_s < 5  # nowhere near its 30 s limit
     row = await db.fetchrow("SELECT status, error FROM invariant_checks WHERE id = $1",
-                            uuid.UUID(hex=asked["id"].removeprefix("chk_")))
+                            decode(Kind.INVARIANT_CHECK, asked["id"]))
     queued_again = done is None and row["status"] == "queued"
     truthful_error = row["status"] == "error" and "longer than ledger.check_timeout_s" not in row["error"]
     assert queued_again or truthful_error, (row["status"], row["error"])
